@@ -1,0 +1,250 @@
+"""Reading official FOCUS checkpoints, hub download, and compact inference checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .presets import SIZES, architecture_preset, check_size, check_task, hub_location
+
+# Weights the official checkpoints carry for training only (CLIP refiner and its projections).
+TRAINING_ONLY_PREFIXES = (
+    "sem_seg_head.predictor.clip_refiner.",
+    "sem_seg_head.predictor.text_embed.",
+    "sem_seg_head.predictor.image_embed.",
+)
+METADATA_FORMAT = "napari-focus/inference-v1"
+_LIST_LIMIT = 12
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class CheckpointNotAvailable(FileNotFoundError):
+    """The official checkpoint is neither cached nor downloadable right now."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a state dict and its metadata from ``.pth``/``.pt`` or ``.safetensors``.
+
+    ``.pth`` files may be detectron2 checkpoints (``{"model": state_dict, ...}``)
+    or bare state dicts. They are unpickled with ``weights_only=True``: a file
+    that would run code is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_pickle(path), {}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
+    return state, metadata
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        reason = _weights_only_reason(error)
+        if "global" not in reason.lower():
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}"
+            ) from error
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects other than tensors and plain "
+            "containers, so unpickling it could run code. Only load checkpoints from sources "
+            f"you trust, and convert them to .safetensors. ({reason})"
+        ) from error
+    except Exception as error:  # the weights-only unpickler fails in many ways on bad bytes
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
+        ) from error
+    state = obj.get("model", obj) if isinstance(obj, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state dict or a detectron2 checkpoint "
+            "with a 'model' entry"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+        tensors[str(key)] = value
+    return tensors
+
+
+def _weights_only_reason(error: Exception) -> str:
+    """The one informative line of torch's long weights-only error message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Unsupported", "Trying to")) or "GLOBAL" in line:
+            return line
+    return lines[-1] if lines else type(error).__name__
+
+
+def drop_training_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the weights that only training uses."""
+    return {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
+def infer_size(state: Mapping[str, torch.Tensor]) -> str:
+    """Tell ``"large"`` from ``"giant"`` by the ViT width, depth and feed-forward type."""
+    proj = state.get("backbone.patch_embed.proj.weight")
+    if proj is None:
+        raise CheckpointError(
+            "the checkpoint has no 'backbone.patch_embed.proj.weight': it is not a FOCUS model"
+        )
+    embed_dim = proj.shape[0]
+    depth = len({k.split(".")[2] for k in state if k.startswith("backbone.blocks.")})
+    ffn = "swiglu" if "backbone.blocks.0.mlp.w12.weight" in state else "mlp"
+    for size in SIZES:
+        preset = architecture_preset(size)
+        if (preset["embed_dim"], preset["depth"], preset["ffn_type"]) == (embed_dim, depth, ffn):
+            return size
+    raise CheckpointError(
+        f"the checkpoint's ViT (width {embed_dim}, {depth} blocks, {ffn} feed-forward) matches "
+        f"neither official size ({', '.join(SIZES)}); pass `architecture=` explicitly"
+    )
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_LIMIT])
+    more = f" (and {len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
+    return f"{title} ({len(items)}): {shown}{more}"
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise one :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = [
+            _listing(title, items)
+            for title, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
+        raise CheckpointError(f"{source} does not fit the FOCUS model:\n  " + "\n  ".join(parts))
+
+
+def official_checkpoint(
+    task: str,
+    size: str = "large",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+) -> Path:
+    """Path of the official checkpoint, downloaded from the Hugging Face hub on first use.
+
+    Honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_HOME``/``HF_HUB_CACHE``.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id, filename = hub_location(check_task(task), check_size(size))
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=offline,
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )
+        )
+    except LocalEntryNotFoundError as error:
+        cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise CheckpointNotAvailable(
+            f"the FOCUS checkpoint '{filename}' of the Hugging Face repo '{repo_id}' is not in "
+            f"the cache at {cache} and {why}. Either download it once with network access "
+            f"(`hf download {repo_id} {filename} --cache-dir {cache}`), or put the file "
+            f"anywhere and load it with `--weights /path/to/{filename}` "
+            "(Python: `FocusPredictor.from_checkpoint(path)`)."
+        ) from error
+
+
+def save_inference_checkpoint(
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    architecture: Mapping[str, Any],
+    task: str | None,
+    dtype: torch.dtype = torch.float16,
+    source: str | None = None,
+) -> Path:
+    """Write inference weights as ``.safetensors`` with the architecture and task in the
+    metadata. Floating-point tensors are stored as ``dtype``; the file appears atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"inference checkpoints are .safetensors files, got {path.name}")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().to("cpu")
+        if value.is_floating_point():
+            cast = value.to(dtype)
+            if not torch.isfinite(cast).all():
+                raise ValueError(f"{key} overflows {dtype}; save with dtype=torch.float32")
+            value = cast
+        tensors[key] = value.contiguous()
+    metadata = {
+        "format": METADATA_FORMAT,
+        "architecture": json.dumps(dict(architecture)),
+        "task": task or "",
+        "dtype": str(dtype).removeprefix("torch."),
+        "source": source or "",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def metadata_architecture(metadata: Mapping[str, str]) -> dict[str, Any] | None:
+    raw = metadata.get("architecture")
+    return json.loads(raw) if raw else None

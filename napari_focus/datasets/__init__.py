@@ -1,0 +1,32 @@
+"""Export corrected masks into the folder layouts FOCUS training reads.
+
+``export_sample(root, layout, name, image, mask, on_exists=..., provenance=...)`` writes
+one sample (image, 0/255 mask, ``annotations_detectron2`` semantic file, COCO instance and
+semantic JSON entries) atomically under a lock and logs a provenance line; see
+:mod:`.layouts` for the exact folders and formats of each layout.
+"""
+
+from .errors import ExportError, SampleExistsError
+from .export import ON_EXISTS, ExportResult, SamplePaths, export_sample, sample_paths
+from .layouts import LAYOUT_SPECS, LAYOUTS, Layout, get_layout, layout_for_task
+from .names import sanitize_name
+from .provenance import PROVENANCE_NAME, Provenance, read_records
+
+__all__ = [
+    "LAYOUTS",
+    "LAYOUT_SPECS",
+    "ON_EXISTS",
+    "PROVENANCE_NAME",
+    "ExportError",
+    "ExportResult",
+    "Layout",
+    "Provenance",
+    "SampleExistsError",
+    "SamplePaths",
+    "export_sample",
+    "get_layout",
+    "layout_for_task",
+    "read_records",
+    "sample_paths",
+    "sanitize_name",
+]

@@ -1,0 +1,149 @@
+"""``napari-focus export``: a folder of images plus a folder of masks into a split.
+
+Images and masks are paired by file stem: a mask ``<stem>.png|.bmp|.tif|.tiff`` or one
+that follows the layout's naming (``<stem>_gt.png`` for casia-train). Masks named
+``<stem>_probability.*`` (written by ``napari-focus predict --probability``) are ignored.
+Exit status: 0 when every image was exported or skipped by policy, 1 when any sample
+failed or any file had no partner, 2 when nothing could be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportError
+from .export import ON_EXISTS, export_sample
+from .layouts import LAYOUTS, get_layout, layout_for_task
+
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+EXIT_FAILED = 1
+EXIT_SETUP_ERROR = 2
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` sub-command to an ``argparse`` sub-parsers object."""
+    from ..presets import TASKS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="export images + corrected masks into a FOCUS training dataset",
+        description="Export images and their masks into a FOCUS training-dataset layout.",
+    )
+    parser.add_argument("images_dir", help="folder of images")
+    parser.add_argument("masks_dir", help="folder of masks (nonzero = foreground)")
+    parser.add_argument("--root", required=True, help="the FOCUS datasets/ folder")
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, type=str.lower, help="default: the task's training split"
+    )
+    parser.add_argument("--task", choices=TASKS, type=str.lower, help="recorded in provenance")
+    parser.add_argument("--on-exists", choices=ON_EXISTS, default="error", dest="on_exists")
+    parser.set_defaults(func=run_export)
+    return parser
+
+
+def pair_files(
+    images_dir: Path, masks_dir: Path, layout: str
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, mask) pairs and one message per image or mask that could not be paired."""
+    from ..io import IMAGE_EXTENSIONS
+
+    convention = get_layout(layout).mask_suffix.rsplit(".", 1)[0]  # "" or e.g. "_gt"
+    images = sorted(
+        p for p in images_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )  # fmt: skip
+    masks: dict[str, list[Path]] = {}
+    for p in sorted(masks_dir.iterdir()):
+        hidden_or_probability = p.name.startswith(".") or p.stem.endswith("_probability")
+        if p.is_file() and not hidden_or_probability and p.suffix.lower() in MASK_EXTENSIONS:
+            masks.setdefault(p.stem, []).append(p)
+
+    pairs: list[tuple[Path, Path]] = []
+    problems: list[str] = []
+    used: set[Path] = set()
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems:
+            problems.append(f"{image}: same stem as {stems[image.stem]}; rename one")
+            continue
+        stems[image.stem] = image
+        keys = [image.stem] + ([image.stem + convention] if convention else [])
+        found = [m for key in keys for m in masks.get(key, [])]
+        if not found:
+            problems.append(f"{image}: no mask in {masks_dir}")
+        elif len(found) > 1:
+            problems.append(f"{image}: several masks match: {', '.join(m.name for m in found)}")
+        else:
+            pairs.append((image, found[0]))
+        used.update(found)
+    for group in masks.values():
+        problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
+    return pairs, problems
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from ..io import read_image
+
+    mask = read_image(path)
+    if mask.ndim == 3 and (mask == mask[..., :1]).all():
+        mask = mask[..., 0]
+    return mask
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..io import read_image
+
+    try:
+        layout = args.layout or (layout_for_task(args.task) if args.task else None)
+    except ValueError as exc:
+        print(f"napari-focus: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if layout is None:
+        print("napari-focus: give --layout or --task", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    images_dir, masks_dir = Path(args.images_dir), Path(args.masks_dir)
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            print(f"napari-focus: {folder} is not a folder", file=sys.stderr)
+            return EXIT_SETUP_ERROR
+
+    pairs, problems = pair_files(images_dir, masks_dir, layout)
+    for message in problems:
+        print(f"  unpaired: {message}", file=sys.stderr)
+    counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
+    failures: list[str] = []
+    for image_path, mask_path in pairs:
+        try:
+            result = export_sample(
+                args.root,
+                layout,
+                image_path.stem,
+                read_image(image_path),
+                _read_mask(mask_path),
+                on_exists=args.on_exists,
+                provenance={
+                    "source_path": str(image_path.resolve()),
+                    "task": args.task,
+                    "mask_path": str(mask_path.resolve()),
+                    "tool": "napari-focus export",
+                },
+            )
+        except (ExportError, OSError, ValueError) as exc:
+            failures.append(f"{image_path}: {exc}")
+            continue
+        counts[result.status] += 1
+        print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
+    for message in failures:
+        print(f"  failed: {message}", file=sys.stderr)
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    print(
+        f"napari-focus: {summary}, {len(failures)} failed, {len(problems)} unpaired "
+        f"-> {args.root} ({layout})",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED if failures or problems else 0

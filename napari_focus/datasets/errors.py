@@ -1,0 +1,15 @@
+"""Errors raised by the dataset exporter."""
+
+from __future__ import annotations
+
+
+class ExportError(ValueError):
+    """An export was refused or failed; the message says why. Nothing visible was damaged."""
+
+
+class SampleExistsError(ExportError):
+    """A sample with the requested name already exists and the policy is ``"error"``."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name

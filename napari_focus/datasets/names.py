@@ -1,0 +1,70 @@
+"""Turning a layer or file name into a safe sample name.
+
+A safe name is a single path component of Unicode letters, digits, ``_`` and ``-``: no
+path separators, dots (so no ``..``, and FOCUS's ``file_name.split('.')[0]`` finds the
+whole stem), control characters or leading/trailing punctuation, at most
+:data:`MAX_NAME_CHARS` characters and :data:`MAX_NAME_BYTES` UTF-8 bytes (room is left
+for suffixes such as ``_gt.png`` and ``_12`` within the usual 255-byte file-name limit).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from .errors import ExportError
+from .layouts import Layout
+
+MAX_NAME_CHARS = 100
+MAX_NAME_BYTES = 150
+DASH_PREFIX = "NF-"
+_STRIP_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_UNSAFE_RUN = re.compile(r"[^\w-]+")
+_WINDOWS_RESERVED = {
+    "con", "prn", "aux", "nul",
+    *(f"com{i}" for i in range(1, 10)),
+    *(f"lpt{i}" for i in range(1, 10)),
+}  # fmt: skip
+
+
+def sanitize_name(raw: str, layout: Layout | None = None) -> str:
+    """Safe sample name from ``raw`` (a layer name, a file name or a path's last part).
+
+    A trailing image extension is dropped; every run of other characters becomes ``_``.
+    For layouts whose FOCUS loader splits names at ``-`` (COD10K, ISTD) a name without a
+    dash is prefixed with :data:`DASH_PREFIX`, and names that loader would skip
+    (second ``-`` field ``NonCAM``) are refused.
+
+    Raises:
+        ExportError: when nothing safe is left, or the name is reserved or too long.
+    """
+    if not isinstance(raw, str):
+        raise ExportError(f"sample name must be a string, got {type(raw).__name__}")
+    text = unicodedata.normalize("NFC", raw)
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    text = text.strip()
+    lowered = text.lower()
+    for ext in _STRIP_EXTENSIONS:
+        if lowered.endswith(ext) and len(text) > len(ext):
+            text = text[: -len(ext)]
+            break
+    name = _UNSAFE_RUN.sub("_", text).strip("_-")
+    name = re.sub(r"_{2,}", "_", name)
+    if not name:
+        raise ExportError(f"sample name {raw!r} has nothing usable left after sanitising")
+    if name.lower() in _WINDOWS_RESERVED:
+        raise ExportError(f"sample name {raw!r} is a reserved device name on Windows")
+    if layout is not None and layout.name_needs_dash:
+        if "-" not in name:
+            name = DASH_PREFIX + name
+        if name.split("-")[1] == "NonCAM":
+            raise ExportError(
+                f"sample name {name!r} would be skipped by FOCUS training for {layout.name} "
+                "(its second '-' field is 'NonCAM'); choose another name"
+            )
+    if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ExportError(
+            f"sample name {raw!r} is too long ({len(name)} characters; at most "
+            f"{MAX_NAME_CHARS} characters and {MAX_NAME_BYTES} UTF-8 bytes)"
+        )
+    return name

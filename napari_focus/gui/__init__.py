@@ -1,0 +1,1 @@
+"""napari widgets and helpers (the only part of napari-focus that imports napari or Qt)."""

@@ -1,0 +1,91 @@
+"""The background job behind the Run button: load (or reuse) a predictor, segment planes.
+
+Runs in a napari worker thread: it only reads layer data and returns arrays;
+the widget creates and changes layers when the job returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..predictor import FocusPredictor
+from ..presets import hub_location
+from .planes import LayerPlanes
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What identifies a loaded model; a change of any field means loading again."""
+
+    task: str
+    size: str
+    weights: str | None  # local checkpoint path, or None for the official hub weights
+    device: str
+
+    @property
+    def weights_id(self) -> str:
+        """The local checkpoint path, or ``hf://<repo>/<file>`` of the official weights."""
+        if self.weights:
+            return self.weights
+        repo, filename = hub_location(self.task, self.size)
+        return f"hf://{repo}/{filename}"
+
+    def describe(self) -> str:
+        return f"FOCUS {self.task.upper()} from {self.weights_id} on {self.device}"
+
+
+@dataclass(frozen=True)
+class Progress:
+    message: str
+    fraction: float | None  # None: indeterminate (downloading, loading)
+
+
+@dataclass
+class JobResult:
+    predictor: FocusPredictor
+    key: ModelKey
+    indices: list[tuple[int, ...]]
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+
+
+def load_predictor(key: ModelKey) -> FocusPredictor:
+    if key.weights:
+        return FocusPredictor.from_checkpoint(key.weights, key.task, device=key.device)
+    return FocusPredictor.from_pretrained(key.task, key.size, device=key.device)
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """An expected failure (bad checkpoint, no network, bad image), returned, not raised,
+    so the widget reports it once, in words, and stays usable."""
+
+    error: Exception
+
+
+def run_job(
+    key: ModelKey,
+    predictor: FocusPredictor | None,
+    planes: LayerPlanes,
+    indices: list[tuple[int, ...]],
+    tta: bool,
+) -> Generator[Progress, None, JobResult | JobFailure]:
+    """Yields progress; returns the per-plane probabilities and official masks."""
+    try:
+        if predictor is None:
+            yield Progress(f"Loading {key.describe()}…", None)
+            predictor = load_predictor(key)
+        result = JobResult(predictor=predictor, key=key, indices=indices)
+        for done, index in enumerate(indices):
+            where = f" plane {done + 1}/{len(indices)}" if len(indices) > 1 else ""
+            yield Progress(f"Segmenting{where}…", done / len(indices))
+            prediction = predictor.predict(planes.plane(index), tta=tta)
+            result.probabilities.append(prediction.probability)
+            result.masks.append(prediction.mask)
+    except (ValueError, OSError, RuntimeError) as error:
+        return JobFailure(error)
+    yield Progress("Done", 1.0)
+    return result

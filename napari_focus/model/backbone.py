@@ -1,0 +1,113 @@
+"""FOCUS backbone: DINOv2 ViT with an edge-prior adapter, producing res2..res5."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import InteractionBlock
+from .config import FocusArchitecture
+from .deform_attn import level_geometry, reference_points
+from .edge_prior import EdgePriorModule, inject_edges
+from .vit import Block, PatchEmbed
+
+
+class FocusBackbone(nn.Module):
+    """Maps a normalised, padded ``(B, 3, H, W)`` image (H, W multiples of 32) to
+    ``{"res2": stride 4, "res3": 8, "res4": 16, "res5": 32}``, each ``embed_dim`` wide."""
+
+    def __init__(self, arch: FocusArchitecture) -> None:
+        super().__init__()
+        dim = arch.embed_dim
+        self.patch_size = arch.patch_size
+        self.pretrain_grid = arch.pretrain_size // arch.patch_size
+        self.interaction_indexes = arch.interaction_indexes
+
+        self.patch_embed = PatchEmbed(arch.patch_size, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.pretrain_grid**2 + 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, arch.num_heads, arch.ffn_type, arch.mlp_ratio) for _ in range(arch.depth)
+        )
+        self.level_embed = nn.Parameter(torch.zeros(3, dim))
+        self.edge = EdgePriorModule(dim)
+        self.interactions = nn.ModuleList(
+            InteractionBlock(
+                dim,
+                arch.deform_heads,
+                arch.n_points,
+                arch.deform_ratio,
+                arch.cffn_ratio,
+                extra_extractors=i == len(arch.interaction_indexes) - 1,
+            )
+            for i in range(len(arch.interaction_indexes))
+        )
+        self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.norm3 = nn.BatchNorm2d(dim)
+        self.norm4 = nn.BatchNorm2d(dim)
+
+    def _position_embedding(self, h: int, w: int) -> torch.Tensor:
+        grid = self.pos_embed[:, 1:].reshape(1, self.pretrain_grid, self.pretrain_grid, -1)
+        grid = F.interpolate(
+            grid.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False
+        )
+        return torch.cat((self.pos_embed[:, :1], grid.flatten(2).transpose(1, 2)), dim=1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, _, height, width = images.shape
+        if height % 32 or width % 32:
+            raise ValueError(
+                f"backbone input must be padded to multiples of 32, got {height}x{width}"
+            )
+        device = images.device
+        edge_sizes = [(height // s, width // s) for s in (8, 16, 32)]
+        token_hw = (height // self.patch_size, width // self.patch_size)
+        injector_geometry = {
+            "ref": reference_points([token_hw], device),
+            "levels": level_geometry(edge_sizes, device),
+        }
+        extractor_geometry = {
+            "ref": reference_points(edge_sizes, device),
+            "levels": level_geometry([token_hw], device),
+        }
+
+        c1, c2, c3, c4 = self.edge(inject_edges(images).to(images.dtype))
+        c = torch.cat(
+            [c2 + self.level_embed[0], c3 + self.level_embed[1], c4 + self.level_embed[2]], dim=1
+        )
+
+        x, th, tw = self.patch_embed(images)
+        tokens = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
+        tokens = tokens + self._position_embedding(th, tw)
+        cls, x = tokens[:, :1], tokens[:, 1:]
+
+        vit_maps = []
+        for layer, (first, last) in zip(self.interactions, self.interaction_indexes, strict=True):
+            blocks = list(self.blocks[first : last + 1])
+            x, c, cls = layer(
+                x, c, cls, blocks, injector_geometry, extractor_geometry, edge_sizes[1]
+            )
+            vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw))
+
+        splits = [h * w for h, w in edge_sizes]
+        c2, c3, c4 = (
+            part.transpose(1, 2).reshape(b, -1, h, w)
+            for part, (h, w) in zip(c.split(splits, dim=1), edge_sizes, strict=True)
+        )
+        c1 = self.up(c2) + c1
+        outputs = {}
+        for name, feature, vit_map, norm in zip(
+            ("res2", "res3", "res4", "res5"),
+            (c1, c2, c3, c4),
+            vit_maps,
+            (self.norm1, self.norm2, self.norm3, self.norm4),
+            strict=True,
+        ):
+            resized = F.interpolate(
+                vit_map, size=feature.shape[-2:], mode="bilinear", align_corners=False
+            )
+            outputs[name] = norm(feature + resized)
+        return outputs

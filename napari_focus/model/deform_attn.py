@@ -1,0 +1,82 @@
+"""Multi-scale deformable attention module (projections around the op)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import ms_deform_attn
+
+
+def level_geometry(
+    sizes: list[tuple[int, int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spatial_shapes (L, 2)`` and ``level_start_index (L,)`` of flattened levels."""
+    shapes = torch.as_tensor(sizes, dtype=torch.long, device=device)
+    starts = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
+    return shapes, starts
+
+
+def reference_points(sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """Pixel-centre reference points ``(1, sum(h*w), 1, 2)`` as normalised ``(x, y)``."""
+    points = []
+    for h, w in sizes:
+        ys = torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device) / h
+        xs = torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device) / w
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1))
+    return torch.cat(points, 0)[None, :, None]
+
+
+class MSDeformAttn(nn.Module):
+    """Deformable attention of queries over multi-level flattened features.
+
+    ``ratio`` shrinks the value width (the ViT adapter uses 0.5).
+    """
+
+    def __init__(
+        self, d_model: int, n_levels: int, n_heads: int, n_points: int, ratio: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.n_levels, self.n_heads, self.n_points = n_levels, n_heads, n_points
+        self.value_dim = int(d_model * ratio)
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, self.value_dim)
+        self.output_proj = nn.Linear(self.value_dim, d_model)
+        self.backend = "auto"
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        ref_points: torch.Tensor,
+        features: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """query ``(B, Q, C)``, ref_points ``(B or 1, Q, 1 or L, 2)``, features ``(B, S, C)``."""
+        b, q, _ = query.shape
+        s = features.shape[1]
+        value = self.value_proj(features).view(b, s, self.n_heads, -1)
+        offsets = self.sampling_offsets(query).view(
+            b, q, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        weights = F.softmax(self.attention_weights(query).view(b, q, self.n_heads, -1), -1).view(
+            b, q, self.n_heads, self.n_levels, self.n_points
+        )
+        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # (W, H) per level
+        locations = (
+            ref_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None]
+        )
+        # Sampling stays in float32 under autocast: offsets of a few pixels on a
+        # large map lose too much precision in half types.
+        out = ms_deform_attn(
+            value.float(),
+            spatial_shapes,
+            level_start_index,
+            locations.float(),
+            weights.float(),
+            backend=self.backend,
+        )
+        return self.output_proj(out.to(value.dtype))

@@ -1,0 +1,94 @@
+"""What `napari-focus doctor` and the napari widget say about the compiled kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import build as jit
+
+
+def cpu_model() -> str:
+    """The CPU's model name (as `lscpu` prints it on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _devices() -> list[str]:
+    devices = [f"cpu: {cpu_model()}, {os.cpu_count()} cores, "
+               f"{torch.get_num_threads()} torch threads"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            devices.append(f"cuda:{i}: {torch.cuda.get_device_name(i)} (sm_{major}{minor})")
+    return devices
+
+
+def _kernel(kind: str, build_now: bool) -> dict[str, Any]:
+    st = jit.state(kind)
+    if build_now and st.op is None and st.error is None:
+        with contextlib.suppress(jit.KernelUnavailableError):
+            jit.load(kind)
+    if st.op is not None:
+        status, detail = "loaded", None
+        if st.build_seconds is not None:
+            detail = f"ready after {st.build_seconds:.1f} s (build or cache check)"
+    elif st.error is not None:
+        status, detail = "unavailable", st.error.reason
+    elif (reason := jit.unavailable_reason(kind)) is not None:
+        status, detail = "unavailable", reason
+    elif jit.is_cached(kind):
+        status, detail = "built", "in the cache; loads on first use"
+    else:
+        status, detail = "not built", "builds on first use (or run `napari-focus doctor --build`)"
+    log = jit.build_directory(kind) / "build.log"
+    return {
+        "status": status,
+        "detail": detail,
+        "build_directory": str(jit.build_directory(kind)),
+        "log": str(log) if log.exists() else None,
+    }
+
+
+def kernel_status(build_now: bool = False) -> dict[str, Any]:
+    """Versions, devices, cache folder and per-kernel status (``status``: ``"loaded"``,
+    ``"built"``, ``"not built"`` or ``"unavailable"``, with ``detail`` saying why)."""
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "devices": _devices(),
+        "cache": str(jit.cache_root()),
+        "kernels": {kind: _kernel(kind, build_now) for kind in jit.KINDS},
+    }
+
+
+def doctor_report(build: bool = False) -> str:
+    """Human-readable report; ``build=True`` compiles missing kernels first."""
+    info = kernel_status(build_now=build)
+    lines = [
+        f"torch: {info['torch']}",
+        f"CUDA (torch build): {info['cuda'] or 'none'}",
+        "devices:",
+        *(f"  {device}" for device in info["devices"]),
+        f"kernel cache: {info['cache']}",
+        "deformable-attention kernels:",
+    ]
+    for kind, kernel in info["kernels"].items():
+        detail = f" - {kernel['detail']}" if kernel["detail"] else ""
+        lines.append(f"  {kind}: {kernel['status']}{detail}")
+        lines.append(f"    folder: {kernel['build_directory']}")
+        if kernel["log"]:
+            lines.append(f"    build log: {kernel['log']}")
+    if not build and any(k["status"] == "not built" for k in info["kernels"].values()):
+        lines.append("run `napari-focus doctor --build` to compile them now.")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Image validation, conversion and the FOCUS test-time resize/normalise/pad."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .presets import InputPreset
+
+MIN_SIDE = 32
+ACCEPTED = (
+    "a 2-D (H, W) gray image or a 3-D (H, W, 1|3|4) gray/RGB/RGBA image, "
+    "dtype uint8, uint16, bool or float, at least 32x32 pixels, with finite values"
+)
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Validate an image and convert it to ``(H, W, 3)`` uint8 RGB.
+
+    Conversion rules:
+
+    * gray is repeated into three channels; an alpha channel is dropped;
+    * uint8 is used as is; uint16 is scaled by ``255 / 65535`` and rounded;
+      bool maps to 0/255;
+    * float in ``[0, 1]`` is multiplied by 255; float in ``[0, 255]`` is taken
+      as 8-bit intensities; any other float range is stretched linearly from
+      its minimum to its maximum (a constant image outside ``[0, 255]`` has no
+      range to stretch and is clipped to it); then rounded.
+
+    Raises:
+        ValueError: naming what was received and what is accepted.
+    """
+    array = np.asarray(image)
+    received = f"array of shape {array.shape} and dtype {array.dtype}"
+    if array.size == 0:
+        raise ValueError(f"empty image ({received}); expected {ACCEPTED}")
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        channels = array.shape[-1]
+    elif array.ndim == 2:
+        channels = 1
+    else:
+        raise ValueError(f"unsupported image layout ({received}); expected {ACCEPTED}")
+    height, width = array.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(f"image is too small ({received}); expected {ACCEPTED}")
+
+    if array.dtype == np.uint8:
+        u8 = array
+    elif array.dtype == np.uint16:
+        u8 = np.round(array.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif array.dtype == np.bool_:
+        u8 = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        u8 = _float_to_uint8(array, received)
+    else:
+        raise ValueError(f"unsupported dtype ({received}); expected {ACCEPTED}")
+
+    if channels == 1:
+        gray = u8 if u8.ndim == 2 else u8[..., 0]
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.ascontiguousarray(u8[..., :3])
+
+
+def _float_to_uint8(array: np.ndarray, received: str) -> np.ndarray:
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"image holds NaN or infinite values ({received}); expected {ACCEPTED}")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0.0 and high <= 1.0:
+        scaled = values * 255.0
+    elif low >= 0.0 and high <= 255.0:
+        scaled = values
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:  # constant image outside [0, 255]: nothing to stretch
+        scaled = np.full_like(values, 0.0 if high < 0.0 else 255.0)
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def resized_shape(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """Shortest-edge resize target ``(h, w)``: short side -> ``short_side``, long side capped."""
+    scale = short_side / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max(new_h, new_w) > max_long_side:
+        cap = max_long_side / max(new_h, new_w)
+        new_h, new_w = new_h * cap, new_w * cap
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_rgb(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of uint8 RGB with PIL (what FOCUS was evaluated with)."""
+    if image.shape[:2] == shape:
+        return image
+    return np.array(Image.fromarray(image).resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def normalize_and_pad(
+    image: np.ndarray, preset: InputPreset, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """uint8 RGB ``(h, w, 3)`` -> ``(1, 3, H, W)`` float32, normalised, zero-padded
+    bottom/right to multiples of ``preset.size_divisibility``."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
+    mean = torch.tensor(preset.pixel_mean, device=x.device).view(3, 1, 1)
+    std = torch.tensor(preset.pixel_std, device=x.device).view(3, 1, 1)
+    x = (x - mean) / std
+    div = preset.size_divisibility
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % div, (-w) % div
+    return F.pad(x, (0, pad_w, 0, pad_h))[None]

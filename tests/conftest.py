@@ -1,0 +1,74 @@
+"""Shared fixtures: the FOCUS reference folder and tiny models built from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir() -> Path | None:
+    candidates = [
+        os.environ.get("FOCUS_REFERENCE"),
+        REPO_ROOT.parent / "shared" / "focus-reference",
+        REPO_ROOT / "shared" / "focus-reference",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "cases.json").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def focus_reference() -> Path:
+    path = _reference_dir()
+    if path is None:
+        pytest.skip("FOCUS reference fixtures not found (set FOCUS_REFERENCE)")
+    return path
+
+
+def tiny_architecture(reference: Path, case: str) -> dict:
+    spec = json.loads((reference / "cases.json").read_text())[case]
+    return {**spec["preset"], **spec["head"]}
+
+
+def tiny_state_dict(reference: Path, case: str) -> dict[str, torch.Tensor]:
+    """Official-key tiny weights (including training-only keys), as float32."""
+    from safetensors.torch import load_file
+
+    weights = {
+        **load_file(reference / "weights_edge.safetensors"),
+        **load_file(reference / f"{case}_weights.safetensors"),
+    }
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp(focus_reference: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    return tiny_architecture(focus_reference, "tiny_mlp"), tiny_state_dict(
+        focus_reference, "tiny_mlp"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_swiglu(focus_reference: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    return (
+        tiny_architecture(focus_reference, "tiny_swiglu"),
+        tiny_state_dict(focus_reference, "tiny_swiglu"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_mlp) -> Path:
+    """The tiny MLP case as an inference checkpoint (.safetensors with metadata)."""
+    from napari_focus import FocusPredictor
+
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    path = tmp_path_factory.mktemp("weights") / "tiny_mlp.safetensors"
+    return predictor.save_inference_checkpoint(path, dtype=torch.float32)

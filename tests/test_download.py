@@ -1,0 +1,284 @@
+"""Official-checkpoint download through huggingface_hub, against a local fake hub.
+
+A threading HTTP server on 127.0.0.1 answers the two requests ``hf_hub_download``
+makes for ``geshang/focus_large_sod`` / ``focus_large_sod.pth``: a HEAD on
+``/{repo}/resolve/{revision}/{file}`` (commit, ETag, size; no Xet headers, so the
+plain HTTP path is used) and the GET of the file. It serves a detectron2-style
+checkpoint holding the tiny_mlp weights. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_focus import FocusPredictor
+from napari_focus.checkpoints import (
+    TRAINING_ONLY_PREFIXES,
+    CheckpointError,
+    CheckpointNotAvailable,
+    official_checkpoint,
+)
+
+REPO_ID = "geshang/focus_large_sod"
+FILENAME = "focus_large_sod.pth"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REVISIONS = ("main", "v1.0", COMMIT)
+
+
+class FakeHub:
+    """Serves one file of one repo, the way the Hugging Face hub's /resolve endpoint does."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.etag = hashlib.sha256(payload).hexdigest()
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep the test output clean
+                pass
+
+            def _route(self) -> bool:
+                with hub._lock:
+                    hub.requests.append((self.command, self.path))
+                for revision in REVISIONS:
+                    if self.path == f"/{REPO_ID}/resolve/{revision}/{FILENAME}":
+                        return True
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("X-Error-Message", "Entry not found")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return False
+
+            def _headers(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(hub.payload)))
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hub.etag}"')
+                self.send_header("X-Linked-Etag", f'"{hub.etag}"')
+                self.send_header("X-Linked-Size", str(len(hub.payload)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                if self._route():
+                    self._headers()
+
+            def do_GET(self) -> None:
+                if self._route():
+                    self._headers()
+                    view = memoryview(hub.payload)
+                    for start in range(0, len(view), 1 << 20):
+                        self.wfile.write(view[start : start + (1 << 20)])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def count(self, method: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for m, _ in self.requests if method is None or m == method)
+
+    def file_downloads(self) -> int:
+        return self.count("GET")
+
+
+@pytest.fixture(scope="module")
+def served_state(tiny_mlp) -> dict[str, torch.Tensor]:
+    """The tiny weights as float16 (half the bytes to serve), training-only keys included."""
+    _, state = tiny_mlp
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def hub(served_state):
+    buffer = io.BytesIO()
+    torch.save({"model": served_state, "iteration": 5}, buffer)
+    with FakeHub(buffer.getvalue()) as server:
+        assert server.server.server_address[0] == "127.0.0.1"
+        yield server
+    assert not server.thread.is_alive()
+
+
+def _hub_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, *, offline: bool) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    # huggingface_hub reads these once, at import. Its own offline switch stays off (as when
+    # HF_HUB_OFFLINE is set after the import): napari_focus must honour the variable itself.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    # huggingface_hub's import-time default endpoint becomes a closed local port: code that
+    # ignored HF_ENDPOINT fails here instead of reaching out to huggingface.co
+    decoy = _closed_port_url()
+    monkeypatch.setattr(constants, "ENDPOINT", decoy)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", decoy + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+
+
+@pytest.fixture
+def online(hub, monkeypatch):
+    _hub_env(monkeypatch, hub.url, offline=False)
+    return hub
+
+
+@pytest.fixture(scope="module")
+def warm_cache(hub, tmp_path_factory) -> tuple[Path, Path]:
+    """A cache folder into which the checkpoint was downloaded once: (cache_dir, file path)."""
+    cache = tmp_path_factory.mktemp("warm_cache")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _hub_env(monkeypatch, hub.url, offline=False)
+        path = official_checkpoint("sod", "large", cache_dir=cache)
+    return cache, path
+
+
+def _closed_port_url() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# ----------------------------------------------------------------------------- tests
+def test_download_then_served_from_cache(online, tmp_path):
+    cache = tmp_path / "cache"
+    before = online.file_downloads()
+    path = official_checkpoint("sod", "large", cache_dir=cache)
+    assert online.file_downloads() == before + 1
+    assert (
+        "GET",
+        f"/{REPO_ID}/resolve/main/{FILENAME}",
+    ) in online.requests
+    assert path.is_file()
+    assert path.read_bytes() == online.payload
+    assert path.name == FILENAME
+    assert cache.resolve() in path.resolve().parents or cache.resolve() in path.parents
+    assert COMMIT in path.parts  # the hub cache layout: snapshots/<commit>/<file>
+
+    again = official_checkpoint("SOD", "large", cache_dir=cache)
+    assert again == path
+    assert online.file_downloads() == before + 1, "the cached file was downloaded again"
+
+
+def test_revision_is_passed_to_the_hub(online, tmp_path):
+    official_checkpoint("sod", "large", cache_dir=tmp_path, revision="v1.0")
+    assert ("GET", f"/{REPO_ID}/resolve/v1.0/{FILENAME}") in online.requests
+
+
+def test_downloaded_checkpoint_loads_with_explicit_architecture(
+    online, warm_cache, tiny_mlp, served_state
+):
+    arch, _ = tiny_mlp
+    _, path = warm_cache
+    predictor = FocusPredictor.from_checkpoint(path, "sod", architecture=arch, device="cpu")
+    loaded = predictor.model.state_dict()
+    expected = {k: v for k, v in served_state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    assert set(loaded) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value.float() if value.is_floating_point() else value), key
+
+
+def test_from_pretrained_downloads_then_checks_the_size(online, tmp_path):
+    # the served tiny weights are not a "large" model: the download works, the shape check refuses
+    with pytest.raises(CheckpointError) as info:
+        FocusPredictor.from_pretrained("sod", "large", cache_dir=tmp_path, device="cpu")
+    message = str(info.value)
+    assert FILENAME in message
+    assert "shape mismatches" in message
+    assert ("GET", f"/{REPO_ID}/resolve/main/{FILENAME}") in online.requests
+
+
+def test_offline_with_empty_cache_says_what_to_do(hub, monkeypatch, tmp_path):
+    _hub_env(monkeypatch, hub.url, offline=True)
+    before = hub.count()
+    cache = tmp_path / "empty_cache"
+    with pytest.raises(CheckpointNotAvailable) as info:
+        official_checkpoint("sod", "large", cache_dir=cache)
+    message = str(info.value)
+    assert REPO_ID in message
+    assert FILENAME in message
+    assert str(cache) in message
+    assert "--weights" in message
+    assert "HF_HUB_OFFLINE" in message
+    assert isinstance(info.value, FileNotFoundError)
+    assert hub.count() == before, "offline mode contacted the server"
+
+
+def test_offline_from_pretrained_raises_not_available(hub, monkeypatch, tmp_path):
+    _hub_env(monkeypatch, hub.url, offline=True)
+    with pytest.raises(CheckpointNotAvailable, match="focus_large_sod"):
+        FocusPredictor.from_pretrained("sod", "large", cache_dir=tmp_path, device="cpu")
+
+
+def test_offline_default_cache_is_named(hub, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    _hub_env(monkeypatch, hub.url, offline=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default_cache"))
+    with pytest.raises(CheckpointNotAvailable) as info:
+        official_checkpoint("cod", "giant")
+    message = str(info.value)
+    assert "geshang/focus_giant_cod" in message and "focus_giant_cod.pth" in message
+    assert str(tmp_path / "default_cache") in message
+
+
+def test_offline_with_warm_cache_uses_it_without_network(hub, warm_cache, monkeypatch):
+    cache, path = warm_cache
+    _hub_env(monkeypatch, hub.url, offline=True)
+    before = hub.count()
+    assert official_checkpoint("sod", "large", cache_dir=cache) == path
+    assert hub.count() == before, "offline mode contacted the server"
+
+
+def test_unreachable_hub_with_warm_cache_uses_it(warm_cache, monkeypatch):
+    cache, path = warm_cache
+    _hub_env(monkeypatch, _closed_port_url(), offline=False)
+    assert official_checkpoint("sod", "large", cache_dir=cache) == path
+
+
+def test_warm_cache_is_not_downloaded_again(online, warm_cache):
+    cache, path = warm_cache
+    before = online.file_downloads()
+    assert official_checkpoint("sod", "large", cache_dir=cache) == path
+    assert online.file_downloads() == before
+    assert path.read_bytes() == online.payload
+
+
+def test_unknown_task_or_size_is_refused_before_any_request(online, tmp_path):
+    before = online.count()
+    with pytest.raises(ValueError, match="task"):
+        official_checkpoint("nope", "large", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="size"):
+        official_checkpoint("sod", "huge", cache_dir=tmp_path)
+    assert online.count() == before

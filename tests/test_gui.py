@@ -1,0 +1,316 @@
+"""The FOCUS dock widget in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.transform import resize
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_focus.gui import job as job_module  # noqa: E402
+from napari_focus.gui import widget as widget_module  # noqa: E402
+from napari_focus.gui.samples import coffee  # noqa: E402
+from napari_focus.gui.widget import FocusWidget  # noqa: E402
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.weights_source.value = "file"
+    widget.weights_path.value = tiny_checkpoint
+    widget.device.value = "cpu"
+    return viewer, widget
+
+
+@pytest.fixture
+def small_coffee() -> np.ndarray:
+    image = coffee()[0][0]
+    return (resize(image, (60, 90), anti_aliasing=True) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr(widget_module, "show_error", seen.append)
+    return seen
+
+
+def _run_and_wait(qtbot, widget: FocusWidget) -> None:
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+
+
+def test_widget_comes_from_the_manifest(viewer_widget):
+    _, widget = viewer_widget
+    assert isinstance(widget, FocusWidget)
+    assert widget.device.choices[:2] == ("auto", "cpu")
+
+
+def test_image_choices_follow_layers(viewer_widget, small_coffee):
+    viewer, widget = viewer_widget
+    assert widget.image.value is None
+    first = viewer.add_image(small_coffee, name="first")
+    second = viewer.add_image(small_coffee, name="second")
+    assert widget._image_choices() == ["first", "second"]
+    assert widget.image.value == "second"  # the active layer
+    viewer.layers.selection.active = first
+    assert widget.image.value == "first"
+    viewer.layers.remove(first)
+    assert widget.image.value == "second"
+    assert widget.selected_layer().name == second.name
+
+
+def test_run_adds_labels_and_probability_without_freezing(
+    qtbot, viewer_widget, small_coffee, monkeypatch
+):
+    viewer, widget = viewer_widget
+    image = viewer.add_image(small_coffee, name="cup", scale=(2.0, 0.5), translate=(3, 4))
+
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = []
+    returned_at: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    original = FocusWidget._on_returned
+    monkeypatch.setattr(
+        FocusWidget,
+        "_on_returned",
+        lambda *a: returned_at.append(time.perf_counter()) or original(*a),
+    )
+    timer.start(10)
+    _run_and_wait(qtbot, widget)
+    timer.stop()
+    # gaps between event-loop ticks while the worker loaded the model and ran it
+    during = [t for t in ticks if t <= returned_at[0]]
+    longest_stall = max(np.diff(during))
+    assert len(during) > 20, "the event loop did not run while the worker ran"
+    assert longest_stall < 0.25, f"event loop stalled for {longest_stall:.3f} s"
+
+    labels = viewer.layers["cup [FOCUS SOD]"]
+    assert isinstance(labels, napari.layers.Labels)
+    assert labels.data.shape == (60, 90) and np.issubdtype(labels.data.dtype, np.integer)
+    assert set(np.unique(labels.data)) <= {0, 1}
+    np.testing.assert_array_equal(labels.scale, image.scale)
+    np.testing.assert_array_equal(labels.translate, image.translate)
+    assert viewer.layers.selection.active is labels and labels.mode == "paint"
+    prob = viewer.layers["cup [FOCUS SOD] probability"]
+    assert prob.data.dtype == np.float32 and not prob.visible
+    assert prob.data.min() >= 0 and prob.data.max() <= 1
+    state = labels.metadata["napari_focus"]
+    assert state["task"] == "sod" and state["weights"].endswith("tiny_mlp.safetensors")
+
+
+def test_model_is_reused_until_settings_change(qtbot, viewer_widget, small_coffee, monkeypatch):
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    loads = []
+    original = job_module.load_predictor
+    monkeypatch.setattr(
+        job_module, "load_predictor", lambda key: loads.append(key) or original(key)
+    )
+    _run_and_wait(qtbot, widget)
+    _run_and_wait(qtbot, widget)
+    assert len(loads) == 1
+    widget.task.value = "cod"
+    _run_and_wait(qtbot, widget)
+    assert len(loads) == 2
+    assert "cup [FOCUS COD]" in [layer.name for layer in viewer.layers]
+
+
+def test_cancel_stops_the_worker(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    stack = np.random.default_rng(0).integers(0, 255, (6, 48, 64), dtype=np.uint8)
+    viewer.add_image(stack, name="stack")
+    widget.planes.value = "all"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.status.value.startswith("Segmenting"), timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert widget.status.value == "cancelled"
+    assert "stack [FOCUS SOD]" not in [layer.name for layer in viewer.layers]
+    assert widget.run_button.enabled
+
+
+def test_bad_checkpoint_becomes_a_notification(
+    qtbot, viewer_widget, small_coffee, tmp_path, errors
+):
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    widget.weights_path.value = bad
+    _run_and_wait(qtbot, widget)
+    assert errors and "broken.pth" in errors[-1]
+    assert widget.status.value.startswith("error")
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert len(viewer.layers) == 1
+
+
+def test_unsupported_layer_gets_a_message(viewer_widget, errors):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.zeros((10, 12), np.uint8), name="speck")
+    widget.run()
+    assert not widget.running
+    assert errors and "at least 32x32" in errors[-1]
+
+
+def test_refinement_changes_mask_without_the_model(qtbot, viewer_widget, small_coffee, monkeypatch):
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    _run_and_wait(qtbot, widget)
+    labels = viewer.layers["cup [FOCUS SOD]"]
+    state = labels.metadata["napari_focus"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not run for a refinement")
+
+    monkeypatch.setattr(widget._predictor, "predict", no_model)
+    widget.official.value = False
+    widget.threshold.value = 0.3
+    expected = (state["probability"] > 0.3).astype(np.uint8)
+    np.testing.assert_array_equal(labels.data, expected)
+    widget.threshold.value = 0.7
+    np.testing.assert_array_equal(labels.data, state["probability"] > 0.7)
+    widget.official.value = True
+    widget.keep_largest.value = True
+    from napari_focus.mask_ops import keep_largest_object
+
+    np.testing.assert_array_equal(labels.data, keep_largest_object(state["official_mask"] > 0))
+
+
+def test_edits_are_protected(qtbot, viewer_widget, small_coffee, monkeypatch):
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    _run_and_wait(qtbot, widget)
+    labels = viewer.layers["cup [FOCUS SOD]"]
+    edited = labels.data.copy()
+    edited[:10, :10] = 1 - edited[:10, :10]
+    labels.data = edited
+    questions: list[str] = []
+    monkeypatch.setattr(widget_module, "ask_yes_no", lambda _, q: questions.append(q) or False)
+
+    widget.fill_holes.value = True
+    np.testing.assert_array_equal(labels.data, edited)
+    _run_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, edited)
+    assert len(questions) == 2
+
+    monkeypatch.setattr(widget_module, "ask_yes_no", lambda _, q: True)
+    _run_and_wait(qtbot, widget)
+    assert not np.array_equal(labels.data, edited)
+
+
+def test_stacks_run_per_plane(qtbot, viewer_widget, small_coffee, monkeypatch):
+    viewer, widget = viewer_widget
+    gray = small_coffee.mean(-1).astype(np.uint8)
+    stack = np.stack([gray, gray[::-1], gray[:, ::-1]])
+    viewer.add_image(stack, name="stack")
+    assert not widget.planes.native.isHidden()  # shown for stacks
+    viewer.dims.set_current_step(0, 1)
+    widget.planes.value = "current"
+    _run_and_wait(qtbot, widget)
+    labels = viewer.layers["stack [FOCUS SOD]"]
+    prob = labels.metadata["napari_focus"]["probability"]
+    assert labels.data.shape == stack.shape
+    assert prob[1].max() > 0 and prob[0].max() == 0 and prob[2].max() == 0
+
+    widget.planes.value = "all"
+    monkeypatch.setattr(widget_module, "ask_yes_no", lambda _, q: True)
+    _run_and_wait(qtbot, widget)
+    prob = labels.metadata["napari_focus"]["probability"]
+    assert all(prob[i].max() > 0 for i in range(3))
+    # each plane holds exactly what the model gives for that plane alone
+    for i in (0, 2):
+        direct = widget._predictor.predict(stack[i])
+        np.testing.assert_allclose(prob[i], direct.probability, atol=1e-6)
+        np.testing.assert_array_equal(
+            labels.metadata["napari_focus"]["official_mask"][i], direct.mask
+        )
+
+
+def test_writer_saves_png_and_tiff(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from napari_focus.gui.writer import write_labels
+
+    mask = np.zeros((40, 50), np.int32)
+    mask[5:20, 10:30] = 1
+    (png,) = write_labels(str(tmp_path / "m.png"), mask, {"name": "m"})
+    np.testing.assert_array_equal(np.array(Image.open(png)), mask * 255)
+    (tif,) = write_labels(str(tmp_path / "s.tif"), np.stack([mask, mask]), {"name": "s"})
+    assert tifffile.imread(tif).shape == (2, 40, 50)
+    with pytest.raises(ValueError, match=r"save it as \.tif"):
+        write_labels(str(tmp_path / "s.png"), np.stack([mask, mask]), {"name": "s"})
+
+
+def test_sample_data_is_bundled():
+    from napari_focus.gui import samples
+
+    for make in (samples.coffee, samples.chelsea, samples.astronaut):
+        ((data, meta, kind),) = make()
+        assert data.ndim == 3 and kind == "image" and meta["name"]
+
+
+def test_screenshot_of_the_docked_widget(qtbot, viewer_widget):
+    """Writes the README screenshot when NAPARI_FOCUS_SCREENSHOT names a file."""
+    target = os.environ.get("NAPARI_FOCUS_SCREENSHOT")
+    viewer, widget = viewer_widget
+    viewer.add_image(coffee()[0][0], name="coffee")
+    _run_and_wait(qtbot, widget)
+    assert "coffee [FOCUS SOD]" in [layer.name for layer in viewer.layers]
+    if target:
+        from skimage.io import imsave
+
+        viewer.window._qt_window.resize(1400, 900) if False else None
+        imsave(Path(target), viewer.screenshot(canvas_only=False, flash=False))
+
+
+def test_export_section_writes_a_training_sample(
+    qtbot, viewer_widget, small_coffee, tmp_path, monkeypatch, errors
+):
+    import json
+
+    from PIL import Image
+
+    from napari_focus.gui import export_section as export_module
+
+    monkeypatch.setattr(export_module, "show_error", errors.append)
+    viewer, widget = viewer_widget
+    section = widget.export_section
+    viewer.add_image(small_coffee, name="cup")
+    assert section.dataset_layout.value == "duts-tr" and section.sample_name.value == "cup"
+    assert section.export() is None and errors  # no proposal yet
+    _run_and_wait(qtbot, widget)
+    labels = viewer.layers["cup [FOCUS SOD]"]
+    corrected = labels.data.copy()
+    corrected[:20, :30] = 1
+    labels.data = corrected
+    section.dataset_root.value = tmp_path
+
+    result = section.export()
+    assert result.status == "written"
+    written = np.array(Image.open(result.mask))
+    np.testing.assert_array_equal(written, corrected * 255)
+    record = json.loads((tmp_path / "napari_focus_provenance.jsonl").read_text().splitlines()[-1])
+    assert record["layout"] == "duts-tr" and record["task"] == "sod"
+    assert 0 < record["proposal"]["changed_fraction"] < 1
+
+    asked: list[str] = []
+    monkeypatch.setattr(export_module, "ask_policy", lambda _, q: asked.append(q) or "rename")
+    again = section.export()
+    assert asked and again.status == "renamed" and again.name == "cup_1"
+
+    widget.task.value = "cod"
+    assert section.dataset_layout.value == "cod10k-train"

@@ -1,0 +1,82 @@
+"""FocusPredictor behaviour beyond the golden numbers: TTA, inputs, devices."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_focus import FocusPredictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_mlp):
+    arch, state = tiny_mlp
+    return FocusPredictor.from_state_dict(state, "cod", architecture=arch, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_image(focus_reference) -> np.ndarray:
+    rgb = Image.open(focus_reference / "input.png").convert("RGB")
+    return np.array(rgb.resize((72, 50), Image.BILINEAR))
+
+
+def test_tta_averages_scales_and_flips(predictor, small_image, monkeypatch):
+    preset = dataclasses.replace(predictor.input, tta_short_sides=(64, 96), tta_max_long_side=4480)
+    monkeypatch.setattr(predictor, "input", preset)
+    result = predictor.predict(small_image, tta=True)
+
+    expected = []
+    for side in (64, 96):
+        plain, _ = predictor._sem_seg(small_image, side, 4480, with_mask=False)
+        flipped, _ = predictor._sem_seg(
+            np.ascontiguousarray(small_image[:, ::-1]), side, 4480, with_mask=False
+        )
+        expected += [plain, flipped.flip(-1)]
+    average = torch.stack(expected).mean(0)
+    assert result.probability.shape == small_image.shape[:2]
+    np.testing.assert_allclose(result.probability, average[0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(result.mask, (average[0] > average[1]).numpy().astype(np.uint8))
+    # flipping matters: the average differs from the unflipped passes alone
+    assert not torch.allclose(expected[0], expected[1], atol=1e-4)
+
+
+def test_gray_uint16_input_keeps_resolution(predictor, small_image):
+    gray16 = (small_image.mean(-1) * 257).astype(np.uint16)
+    result = predictor.predict(gray16)
+    assert result.mask.shape == result.probability.shape == gray16.shape
+    assert result.mask.dtype == np.uint8 and set(np.unique(result.mask)) <= {0, 1}
+    assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
+
+
+def test_rgba_equals_rgb(predictor, small_image):
+    rgba = np.concatenate([small_image, np.full((*small_image.shape[:2], 1), 7, np.uint8)], -1)
+    a, b = predictor.predict(rgba), predictor.predict(small_image)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.probability, b.probability)
+
+
+def test_bad_image_is_rejected_before_the_model(predictor):
+    with pytest.raises(ValueError, match=r"shape \(10, 10, 3\)"):
+        predictor.predict(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_half_precision_needs_an_accelerator(predictor):
+    with pytest.raises(ValueError, match="CUDA or MPS"):
+        FocusPredictor(predictor.model, "sod", device="cpu", precision="float16")
+    with pytest.raises(ValueError, match="precision"):
+        FocusPredictor(predictor.model, "sod", device="cpu", precision="float8")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_missing_cuda_is_a_clear_error(predictor):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        FocusPredictor(predictor.model, "sod", device="cuda")
+
+
+def test_unknown_task_is_rejected(predictor):
+    with pytest.raises(ValueError, match="unknown task"):
+        FocusPredictor(predictor.model, "xyz", device="cpu")
