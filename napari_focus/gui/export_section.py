@@ -47,7 +47,9 @@ class ExportSection(Container):
         self.viewer = viewer
         self._image_layer, self._proposal_layer, self._task = image_layer, proposal_layer, task
         self.dataset_root = FileEdit(label="dataset root", mode="d")
-        self.dataset_layout = ComboBox(label="layout", choices=list(LAYOUTS), value=layout_for_task(task()))
+        self.dataset_layout = ComboBox(
+            label="layout", choices=list(LAYOUTS), value=layout_for_task(task())
+        )
         self.sample_name = LineEdit(label="sample name")
         self.policy = ComboBox(label="if it exists", choices=list(POLICIES), value="ask")
         self.export_button = PushButton(text="Export")
@@ -79,16 +81,20 @@ class ExportSection(Container):
             if not root or str(root) in ("", "."):
                 raise ExportError("choose the dataset root (the FOCUS datasets/ folder) first")
             policy = self.policy.value
-            try:
-                result = export_sample(
+
+            def attempt(on_exists: str) -> Any:
+                return export_sample(
                     root,
                     self.dataset_layout.value,
                     name,
                     image,
                     mask,
-                    on_exists="error" if policy == "ask" else policy,
+                    on_exists=on_exists,
                     provenance=provenance,
                 )
+
+            try:
+                result = attempt("error" if policy == "ask" else policy)
             except SampleExistsError as exists:
                 if policy != "ask":
                     raise
@@ -96,15 +102,7 @@ class ExportSection(Container):
                 if choice is None:
                     self.result_label.value = "export cancelled"
                     return None
-                result = export_sample(
-                    root,
-                    self.dataset_layout.value,
-                    name,
-                    image,
-                    mask,
-                    on_exists=choice,
-                    provenance=provenance,
-                )
+                result = attempt(choice)
         except (ExportError, UnsupportedLayerError, OSError) as error:
             self.result_label.value = f"error: {error}"
             show_error(f"FOCUS export: {error}")
