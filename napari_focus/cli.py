@@ -1,4 +1,4 @@
-"""Command line: `napari-focus predict | export | annotate | doctor`."""
+"""Command line: `napari-focus predict | export | rank | annotate | doctor`."""
 
 from __future__ import annotations
 
@@ -164,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=run_predict)
 
     from .datasets.cli import add_export_parser
+    from .series.rank import add_rank_parser
 
     add_export_parser(commands)
+    add_rank_parser(commands)
 
     annotate = commands.add_parser(
         "annotate", help="open napari with the FOCUS widget (and an image or folder)"

@@ -1,0 +1,45 @@
+"""Image-series labeling without a GUI: queue, resumable state, prefetch plan, ranking.
+
+- :mod:`.queue`: :class:`ImageQueue` of :class:`QueueItem` with :class:`Status`.
+- :mod:`.state`: :func:`load_or_create` / :class:`SeriesState`, the JSON state file
+  ``<output>/.napari_focus_queue.json`` and autosaved edits in ``<output>/work/``.
+- :mod:`.references`: :func:`find_reference_mask` (existing masks by file stem).
+- :mod:`.prefetch`: :class:`PrefetchCache`, which proposals to compute ahead.
+- :mod:`.rank`: :func:`rank_folder`, :func:`write_ranking_csv`, the ``rank`` command.
+"""
+
+from .prefetch import PrefetchCache, needs_proposal
+from .queue import ImageQueue, QueueItem, Status, export_record, scan_folder
+from .rank import RankRow, add_rank_parser, rank_folder, run_rank, write_ranking_csv
+from .references import find_reference_mask, reference_mask_path
+from .state import (
+    STATE_NAME,
+    SeriesState,
+    SeriesStateError,
+    load_or_create,
+    read_state_file,
+    work_name,
+)
+
+__all__ = [
+    "STATE_NAME",
+    "ImageQueue",
+    "PrefetchCache",
+    "QueueItem",
+    "RankRow",
+    "SeriesState",
+    "SeriesStateError",
+    "Status",
+    "add_rank_parser",
+    "export_record",
+    "find_reference_mask",
+    "load_or_create",
+    "needs_proposal",
+    "rank_folder",
+    "read_state_file",
+    "reference_mask_path",
+    "run_rank",
+    "scan_folder",
+    "work_name",
+    "write_ranking_csv",
+]

@@ -1,0 +1,216 @@
+"""Ranking a folder by proposal uncertainty, and the ``napari-focus rank`` command.
+
+CSV columns (UTF-8, header line; empty cell = not available): ``rank`` (1 = most
+doubtful), ``name``, ``path`` (relative to the folder, POSIX), ``uncertainty``,
+``seconds`` (prediction time), ``width``, ``height``, then with a ground-truth folder the
+:data:`napari_focus.quality.METRICS` (``reference`` names the mask used), and ``error``
+for images that failed (ranked last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io import IMAGE_EXTENSIONS, read_image
+from ..presets import SIZES, TASKS
+from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
+from ..quality import write_csv as _write_csv
+from .queue import scan_folder
+from .references import reference_mask_path
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class RankRow:
+    """One image of a ranking; see the module docstring for the CSV columns."""
+
+    path: str
+    name: str
+    uncertainty: float = math.nan
+    seconds: float = math.nan
+    width: int | None = None
+    height: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reference: str | None = None
+    error: str | None = None
+    rank: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "rank": self.rank,
+            "name": self.name,
+            "path": self.path,
+            "uncertainty": self.uncertainty,
+            "seconds": self.seconds,
+            "width": self.width,
+            "height": self.height,
+            **self.metrics,
+        }
+        if self.reference is not None:
+            row["reference"] = self.reference
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+def rank_folder(
+    folder: str | os.PathLike,
+    predictor: Any,
+    *,
+    recursive: bool = False,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    pattern: str | None = None,
+    gt_folder: str | os.PathLike | None = None,
+    tta: bool = False,
+    method: str = DEFAULT_UNCERTAINTY,
+    progress: Progress | None = None,
+) -> list[RankRow]:
+    """Predict every image of ``folder`` and rank by :func:`~napari_focus.quality.
+    uncertainty` (``method``), most doubtful first (``rank`` 1); failures come last with
+    ``error`` set.
+
+    ``predictor`` needs ``predict(image, tta=...) -> Prediction``. With ``gt_folder``,
+    each image with a mask there (see :func:`.references.reference_mask_path`) also gets
+    :func:`~napari_focus.quality.mask_metrics` of its probability map; when it is
+    ``folder`` itself, the mask files are not ranked as images. ``progress`` is
+    called as ``progress(done, total, name)`` after each image.
+    """
+    if method not in UNCERTAINTY_METHODS:
+        raise ValueError(f"unknown uncertainty method {method!r}")
+    root = Path(folder)
+    keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern)
+    if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
+        keys = _without_masks(root, keys)
+    rows: list[RankRow] = []
+    for done, key in enumerate(keys, start=1):
+        row = RankRow(path=key, name=Path(key).stem)
+        try:
+            image = read_image(root / key)
+            row.height, row.width = int(image.shape[0]), int(image.shape[1])
+            start = time.perf_counter()
+            prediction = predictor.predict(image, tta=tta)
+            row.seconds = time.perf_counter() - start
+            row.uncertainty = uncertainty(prediction.probability, method)
+            if gt_folder is not None:
+                mask_path = reference_mask_path(root / key, gt_folder, relative=key)
+                if mask_path is not None:
+                    reference = read_image(mask_path)
+                    row.metrics = mask_metrics(prediction.probability, reference)
+                    row.reference = str(mask_path)
+        except Exception as error:  # one bad image must not stop the ranking
+            row.error = f"{type(error).__name__}: {error}"
+        rows.append(row)
+        if progress is not None:
+            progress(done, len(keys), key)
+    rows.sort(key=lambda r: (r.error is not None, -r.uncertainty if r.error is None else 0))
+    for rank, row in enumerate(rows, start=1):
+        row.rank = rank
+    return rows
+
+
+def _without_masks(root: Path, keys: list[str]) -> list[str]:
+    """Drop the files that are another listed image's mask (masks beside their images)."""
+    masks = {
+        found.resolve()
+        for key in keys
+        if (found := reference_mask_path(root / key, root, relative=key)) is not None
+    }
+    return [key for key in keys if (root / key).resolve() not in masks]
+
+
+def write_ranking_csv(rows: Iterable[RankRow], path: str | os.PathLike) -> Path:
+    """Write the ranking as CSV (atomically); see the module docstring for columns."""
+    return _write_csv(list(rows), path)
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``rank`` to an argparse subparsers object (``func=run_rank``)."""
+    rank = subparsers.add_parser(
+        "rank",
+        help="rank a folder's images by proposal uncertainty (CSV)",
+        description="Predict every image of FOLDER and write them, most doubtful first, "
+        "as CSV; with --gt also quality metrics against ground-truth masks.",
+    )
+    rank.add_argument("folder", help="folder of images")
+    rank.add_argument("--task", required=True, choices=TASKS, type=str.lower)
+    rank.add_argument("--size", choices=SIZES, default=None, help="model size (default: large)")
+    rank.add_argument("--weights", help="local checkpoint (.pth or .safetensors) instead of hub")
+    rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    rank.add_argument("--tta", action="store_true", help="official test-time augmentation")
+    rank.add_argument("--gt", metavar="MASK_FOLDER", help="ground-truth masks, matched by stem")
+    rank.add_argument("--out", help="CSV path (default: ./focus_<task>_rank.csv)")
+    rank.add_argument("--report", metavar="DIR", help="also write metrics.csv and report.html")
+    rank.add_argument("--recursive", action="store_true", help="include sub-folders")
+    rank.add_argument("--pattern", help="glob on file name or relative path, e.g. '*_rgb.*'")
+    rank.add_argument(
+        "--method",
+        choices=UNCERTAINTY_METHODS,
+        default=DEFAULT_UNCERTAINTY,
+        help="uncertainty score: entropy (pixel error) or iou (object-relative error)",
+    )
+    rank.add_argument("--quiet", action="store_true", help="no progress bar")
+    rank.set_defaults(func=run_rank)
+    return rank
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, _load_predictor
+    from ..quality import folder_report
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"napari-focus: not a folder: {folder}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if args.gt and not Path(args.gt).is_dir():
+        print(f"napari-focus: --gt is not a folder: {args.gt}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern)
+    if not keys:
+        print(f"napari-focus: no images in {folder}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if not hasattr(args, "size_given"):  # napari_focus.cli.main sets these for predict only
+        args.size_given = args.size
+        args.size = args.size or "large"
+    try:
+        predictor = _load_predictor(args)
+    except Exception as error:  # a bad checkpoint or no network: say why and stop
+        print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(keys), desc="rank", unit="image", disable=args.quiet) as bar:
+        rows = rank_folder(
+            folder,
+            predictor,
+            recursive=args.recursive,
+            pattern=args.pattern,
+            gt_folder=args.gt,
+            tta=args.tta,
+            method=args.method,
+            progress=lambda done, total, name: bar.update(1),
+        )
+    out = Path(args.out or f"focus_{args.task}_rank.csv")
+    write_ranking_csv(rows, out)
+    if args.report:
+        folder_report(rows, args.report)
+    failed = [r for r in rows if r.error is not None]
+    print(
+        f"napari-focus: ranked {len(rows) - len(failed)} images, {len(failed)} failed -> {out}",
+        file=sys.stderr,
+    )
+    for row in failed:
+        print(f"  failed: {row.path}: {row.error}", file=sys.stderr)
+    return EXIT_FAILED_IMAGES if failed else 0

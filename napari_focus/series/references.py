@@ -1,0 +1,67 @@
+"""Finding an existing mask (ground truth or earlier work) for an image, by file stem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io import read_image
+
+MASK_SUFFIXES = ("", "_gt", "_mask")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+
+
+def reference_mask_path(
+    image_path: str | os.PathLike,
+    mask_folder: str | os.PathLike,
+    *,
+    relative: str | os.PathLike | None = None,
+) -> Path | None:
+    """Path of the mask for ``image_path`` in ``mask_folder``, or None.
+
+    Candidates, in order: ``<stem>.png``, ``<stem>_gt.png``, ``<stem>_mask.png``, then the
+    same with ``.bmp``, ``.tif`` and ``.tiff`` (extensions compared case-insensitively).
+    With ``relative`` (the image's path relative to its image folder) the matching
+    sub-folder of ``mask_folder`` is searched first, then ``mask_folder`` itself. The
+    image file itself is never returned (masks may live beside their images).
+    """
+    image = Path(image_path)
+    stem = image.stem
+    folders = [Path(mask_folder)]
+    if relative is not None and Path(relative).parent != Path("."):
+        folders.insert(0, Path(mask_folder) / Path(relative).parent)
+    image_resolved = image.resolve()
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
+        for extension in MASK_EXTENSIONS:
+            for suffix in MASK_SUFFIXES:
+                found = by_name.get(f"{stem}{suffix}{extension}".lower())
+                if found is not None and found.resolve() != image_resolved:
+                    return found
+    return None
+
+
+def find_reference_mask(
+    image_path: str | os.PathLike,
+    mask_folder: str | os.PathLike,
+    *,
+    relative: str | os.PathLike | None = None,
+) -> np.ndarray | None:
+    """The mask for ``image_path`` as a bool ``(H, W)`` array (``> 127`` for 8-bit or
+    wider masks, ``> 0`` for 0/1 ones; RGB masks use their first channel), or None when
+    :func:`reference_mask_path` finds no file."""
+    path = reference_mask_path(image_path, mask_folder, relative=relative)
+    if path is None:
+        return None
+    data = np.asarray(read_image(path))
+    if data.ndim == 3:
+        data = data[..., 0]
+    if data.dtype == bool:
+        return data
+    if np.issubdtype(data.dtype, np.floating):
+        return data > 0.5
+    return data > (127 if data.size and data.max() > 1 else 0)

@@ -1,0 +1,512 @@
+"""Series labeling core: queue, resumable state, autosave, existing masks, prefetch plan,
+and the `rank` command end to end with the tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_focus.io import read_image
+from napari_focus.series import (
+    STATE_NAME,
+    ImageQueue,
+    PrefetchCache,
+    RankRow,
+    SeriesStateError,
+    Status,
+    add_rank_parser,
+    export_record,
+    find_reference_mask,
+    load_or_create,
+    rank_folder,
+    reference_mask_path,
+    scan_folder,
+    work_name,
+    write_ranking_csv,
+)
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for name in ["a.png", "b10.png", "b2.jpg", "sub/c.tif", "sub/deep/d.PNG", ".hidden.png",
+                 ".cache/e.png", "notes.txt"]:  # fmt: skip
+        touch(root / name)
+    return root
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+# --- queue ------------------------------------------------------------------------------
+
+
+def test_scan_folder_recursion_glob_and_extensions(folder):
+    assert scan_folder(folder) == ["a.png", "b2.jpg", "b10.png"]  # natural order
+    assert scan_folder(folder, recursive=True) == [
+        "a.png", "b2.jpg", "b10.png", "sub/c.tif", "sub/deep/d.PNG",
+    ]  # fmt: skip
+    assert scan_folder(folder, pattern="b*") == ["b2.jpg", "b10.png"]
+    assert scan_folder(folder, recursive=True, pattern="sub/*") == ["sub/c.tif", "sub/deep/d.PNG"]
+    assert scan_folder(folder, recursive=True, pattern="*.png") == [
+        "a.png", "b10.png", "sub/deep/d.PNG",
+    ]  # fmt: skip
+    assert scan_folder(folder, extensions=("png",)) == ["a.png", "b10.png"]
+    assert scan_folder(folder, recursive=True, exclude=[folder / "sub"]) == [
+        "a.png", "b2.jpg", "b10.png",
+    ]  # fmt: skip
+    with pytest.raises(NotADirectoryError):
+        scan_folder(folder / "a.png")
+
+
+def test_queue_items_and_navigation(folder):
+    queue = ImageQueue.from_folder(folder, recursive=True)
+    assert [item.name for item in queue] == ["a", "b2", "b10", "c", "d"]
+    assert queue[3].key == "sub/c.tif" and queue[3].path == folder.resolve() / "sub/c.tif"
+    assert all(item.status is Status.PENDING for item in queue)
+    assert queue.current.key == "a.png" and queue.position_text() == "1 / 5"
+
+    assert queue.next().key == "b2.jpg"
+    queue.record_export("b10.png", {"layout": "DUTS", "name": "b10"})
+    queue.mark(3, Status.REJECTED)
+    assert queue.next().key == "sub/c.tif"  # the exported item is passed over
+    assert queue.previous().key == "b2.jpg"
+    assert queue.next(include_exported=True).key == "b10.png"
+    queue.jump(-1)
+    assert queue.index == 4 and queue.next() is None and queue.index == 4  # end: stay
+    assert queue.upcoming(5) == []
+    queue.jump(0)
+    assert queue.upcoming(2) == [1, 3]
+    assert queue.upcoming(2, include_exported=True) == [1, 2]
+    queue.skip_exported = False
+    assert queue.upcoming(2) == [1, 2]
+    with pytest.raises(IndexError):
+        queue.jump(5)
+    assert queue.previous() is None and queue.index == 0
+
+    counts = queue.counts()
+    assert counts[Status.ACCEPTED] == 1 and counts[Status.REJECTED] == 1
+    assert counts[Status.PENDING] == 3 and sum(counts.values()) == 5
+    item = queue.mark(None, "skipped")
+    assert item.key == "a.png" and item.status is Status.SKIPPED and item.updated
+    with pytest.raises(ValueError):
+        queue.mark(0, "done")
+    with pytest.raises(KeyError):
+        queue.mark("missing.png", Status.ACCEPTED)
+    assert queue.first_open() == 0
+
+
+def test_queue_from_layer_names():
+    queue = ImageQueue.from_names(["cells", "nuclei", "cells", "tissue"])
+    assert queue.keys() == ["cells", "nuclei", "tissue"]
+    assert queue[0].path is None and queue[0].name == "cells"
+    assert ImageQueue.from_names([]).current is None
+    assert ImageQueue.from_names([]).position_text() == "0 / 0"
+
+
+def test_order_by_keeps_the_current_item(folder):
+    queue = ImageQueue.from_folder(folder)  # a, b2, b10
+    queue.jump(1)
+    queue.order_by({"a.png": 0.2, "b10.png": 0.9})  # b2 has no score: last
+    assert queue.keys() == ["b10.png", "a.png", "b2.jpg"]
+    assert queue.current.key == "b2.jpg" and queue.index == 2
+    queue.order_by([0.5, 0.5, math.nan], descending=False)  # ties keep their order
+    assert queue.keys() == ["b10.png", "a.png", "b2.jpg"]
+    queue.order_by([3, 1, 2], descending=False)
+    assert queue.keys() == ["a.png", "b2.jpg", "b10.png"] and queue.current.key == "b2.jpg"
+    queue.reorder(["b10.png", "b2.jpg", "a.png"])
+    assert queue.keys() == ["b10.png", "b2.jpg", "a.png"]
+    with pytest.raises(ValueError):
+        queue.order_by([1.0])
+    with pytest.raises(ValueError):
+        queue.reorder(["a.png"])
+
+
+# --- persistence ------------------------------------------------------------------------
+
+
+def test_state_round_trip_resumes_order_statuses_and_position(folder):
+    output = folder / "focus_out"  # inside the image folder: must not be scanned
+    state = load_or_create(output, folder, recursive=True)
+    assert state.recovered_from is None
+    assert (output / STATE_NAME).is_file()
+    queue = state.queue
+    assert len(queue) == 5
+    state.record_export("a.png", {"layout": "DUTS", "name": "a", "mask": "DUTS/a.png"})
+    state.mark("sub/c.tif", Status.REJECTED)
+    queue.order_by({"sub/deep/d.PNG": 3, "b10.png": 2})
+    queue.jump(queue.index_of("b10.png"))
+    state.save()
+    write_png(output / "work" / "x.png", np.zeros((2, 2), np.uint8))  # in output: ignored
+
+    saved = json.loads((output / STATE_NAME).read_text(encoding="utf-8"))
+    assert saved["version"] == 1 and saved["folder"] == ".."
+    assert saved["current"] == "b10.png"
+    assert saved["items"][0]["key"] == "sub/deep/d.PNG"
+
+    (folder / "b2.jpg").unlink()
+    touch(folder / "z.png")
+    resumed = load_or_create(output, folder, recursive=True)
+    q = resumed.queue
+    assert q.keys() == ["sub/deep/d.PNG", "b10.png", "a.png", "sub/c.tif", "z.png"]
+    assert q.current.key == "b10.png"
+    assert q.item("a.png").status is Status.ACCEPTED
+    assert q.item("a.png").export["mask"] == "DUTS/a.png"
+    assert q.item("sub/c.tif").status is Status.REJECTED
+    assert q.item("z.png").status is Status.PENDING
+    assert q.next().key == "sub/c.tif"  # a.png is exported: passed over
+    assert q.item("sub/c.tif").path == folder.resolve() / "sub/c.tif"
+
+
+def test_resume_when_the_current_image_vanished_goes_to_the_first_open_one(folder, tmp_path):
+    state = load_or_create(tmp_path / "out", folder)
+    state.record_export("a.png", {"name": "a"})
+    state.queue.jump(2)
+    state.save()
+    (folder / "b10.png").unlink()
+    resumed = load_or_create(tmp_path / "out", folder)
+    assert resumed.queue.current.key == "b2.jpg"
+
+
+def test_state_of_layer_names(tmp_path):
+    state = load_or_create(tmp_path / "out", names=["cells", "nuclei"])
+    state.mark("nuclei", Status.CORRECTED)
+    state.queue.jump(1)
+    state.save()
+    resumed = load_or_create(tmp_path / "out", names=["cells", "nuclei", "new"])
+    assert resumed.queue.keys() == ["cells", "nuclei", "new"]
+    assert resumed.queue.current.key == "nuclei"
+    assert resumed.queue.item("nuclei").status is Status.CORRECTED
+    with pytest.raises(ValueError):
+        load_or_create(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[]", '{"schema": "other", "version": 1, "items": []}',
+     '{"schema": "napari-focus-queue", "version": 1, "items": [{"key": 3}]}',
+     '{"schema": "napari-focus-queue", "version": 1, "items": [{"key": "a.png", "status": "x"}]}',
+     '{"schema": "napari-focus-queue", "version": "1", "items": []}'],
+)  # fmt: skip
+def test_corrupt_state_is_backed_up_or_refused(folder, tmp_path, content):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / STATE_NAME).write_text(content, encoding="utf-8")
+    with pytest.raises(SeriesStateError):
+        load_or_create(output, folder, on_corrupt="raise")
+    assert (output / STATE_NAME).read_text(encoding="utf-8") == content
+
+    state = load_or_create(output, folder)
+    assert state.recovered_from is not None
+    assert state.recovered_from.read_text(encoding="utf-8") == content
+    assert state.recovered_from.name.startswith(STATE_NAME + ".bad-")
+    assert all(item.status is Status.PENDING for item in state.queue)
+    assert json.loads((output / STATE_NAME).read_text(encoding="utf-8"))["version"] == 1
+
+
+def test_newer_state_version_is_never_overwritten(folder, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    content = json.dumps({"schema": "napari-focus-queue", "version": 99, "items": []})
+    (output / STATE_NAME).write_text(content, encoding="utf-8")
+    with pytest.raises(SeriesStateError, match="version 99"):
+        load_or_create(output, folder)
+    assert (output / STATE_NAME).read_text(encoding="utf-8") == content
+    assert list(output.iterdir()) == [output / STATE_NAME]
+
+
+def test_autosave_and_load(folder, tmp_path):
+    state = load_or_create(tmp_path / "out", folder, recursive=True)
+    assert state.load_autosaved("a.png") is None
+    mask = np.zeros((6, 8), bool)
+    mask[2:4, 1:5] = True
+    path = state.autosave("sub/c.tif", mask.astype(np.uint8) * 7)
+    assert path == tmp_path / "out" / "work" / "sub__c.png"
+    assert work_name("sub/deep/d.PNG") == "sub__deep__d"
+    assert set(np.unique(read_image(path))) == {0, 255}
+    item = state.queue.item("sub/c.tif")
+    assert item.autosaved and item.status is Status.CORRECTED
+
+    resumed = load_or_create(tmp_path / "out", folder, recursive=True)
+    assert resumed.queue.item("sub/c.tif").autosaved
+    np.testing.assert_array_equal(resumed.load_autosaved("sub/c.tif"), mask)
+    resumed.mark("sub/c.tif", Status.REJECTED)
+    resumed.autosave("sub/c.tif", mask)  # a decided status is kept
+    assert resumed.queue.item("sub/c.tif").status is Status.REJECTED
+    resumed.discard_autosaved("sub/c.tif")
+    assert resumed.load_autosaved("sub/c.tif") is None
+    assert (
+        not load_or_create(tmp_path / "out", folder, recursive=True)
+        .queue.item("sub/c.tif")
+        .autosaved
+    )
+
+
+def test_export_record_from_an_export_result(tmp_path):
+    from napari_focus.datasets import export_sample
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:20, 8:20] = True
+    result = export_sample(tmp_path / "datasets", "duts-tr", "img one", image, mask)
+    record = export_record(result, relative_to=tmp_path)
+    assert record["name"] == "img_one" and record["layout"] == "duts-tr"
+    assert record["mask"].startswith("datasets/") and (tmp_path / record["mask"]).is_file()
+    queue = ImageQueue.from_names(["img one"])
+    queue.record_export(0, record)
+    assert queue[0].exported and queue[0].status is Status.ACCEPTED
+    json.dumps(record)
+
+
+# --- existing masks ---------------------------------------------------------------------
+
+
+def test_find_reference_mask_by_stem(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    square = np.zeros((6, 6), np.uint8)
+    square[1:4, 1:4] = 255
+    for name in ["one.jpg", "two.png", "three.png", "four.png", "sub/five.png"]:
+        write_png(images / name, np.zeros((6, 6, 3), np.uint8))
+    write_png(masks / "one_gt.png", square)
+    write_png(masks / "two_mask.bmp", (square > 0).astype(np.uint8))  # 0/1
+    write_png(masks / "three.PNG", np.stack([square] * 3, axis=-1))  # RGB
+    write_png(masks / "sub" / "five.png", square)
+    write_png(images / "two_gt.png", square)  # a mask beside its image
+
+    for name in ["one.jpg", "two.png", "three.png"]:
+        found = find_reference_mask(images / name, masks)
+        assert found is not None and found.dtype == bool, name
+        np.testing.assert_array_equal(found, square > 0)
+    assert find_reference_mask(images / "four.png", masks) is None
+    assert find_reference_mask(images / "four.png", tmp_path / "nowhere") is None
+    assert reference_mask_path(images / "sub/five.png", masks, relative="sub/five.png") == (
+        masks / "sub" / "five.png"
+    )
+    # in the image folder itself: never the image, but its _gt file
+    assert reference_mask_path(images / "two.png", images) == images / "two_gt.png"
+    assert reference_mask_path(images / "four.png", images) is None
+
+
+# --- prefetch ---------------------------------------------------------------------------
+
+
+def test_prefetch_plans_the_next_two_and_never_twice():
+    queue = ImageQueue.from_names([f"k{i}" for i in range(6)])
+    cache = PrefetchCache(capacity=4, lookahead=2)
+    assert cache.window(queue, 4) == ["k4", "k5"] and queue.index == 0
+    assert cache.plan(queue) == ["k0", "k1", "k2"] and cache.in_flight == frozenset()
+    jobs = cache.schedule(queue)
+    assert [key for key, _ in jobs] == ["k0", "k1", "k2"]  # current first
+    assert cache.schedule(queue) == []
+    assert cache.mark_in_flight("k1") is None
+    tickets = dict(jobs)
+    assert cache.store("k1", "p1", tickets["k1"]) and cache.get("k1") == "p1"
+    assert cache.schedule(queue) == []  # k1 done, k0/k2 in flight
+
+    queue.mark("k0", Status.PROPOSED)
+    assert cache.store("k0", "p0", tickets["k0"])
+    assert cache.take("k0") == "p0" and cache.get("k0") is None
+    queue.next()
+    assert [key for key, _ in cache.schedule(queue)] == ["k3"]  # window k1, k2, k3
+    assert cache.in_flight == {"k2", "k3"}
+    assert cache.schedule(queue) == []
+
+    queue.mark("k1", Status.PROPOSED)  # shown: no longer wanted even after invalidation
+    cache.invalidate("k1")
+    assert cache.schedule(queue) == []
+    cache.invalidate("k2")  # the image changed while computing: result refused
+    assert not cache.store("k2", "old", tickets["k2"])
+    assert [key for key, _ in cache.schedule(queue)] == ["k2"]
+
+
+def test_prefetch_respects_its_memory_bound_and_drops_stale_results():
+    queue = ImageQueue.from_names([f"k{i}" for i in range(10)])
+    cache = PrefetchCache(capacity=2, lookahead=2)
+    jobs = cache.schedule(queue)
+    assert [key for key, _ in jobs] == ["k0", "k1"]  # capacity counts in-flight work
+    for key, ticket in jobs:
+        cache.store(key, key.upper(), ticket)
+    assert cache.schedule(queue) == [] and len(cache) == 2
+
+    queue.jump(5)  # the user jumped away: old results make room, newest window first
+    jobs = cache.schedule(queue)
+    assert [key for key, _ in jobs] == ["k5", "k6"] and len(cache) == 0
+    cache.clear()  # e.g. the model changed
+    assert not cache.store("k5", "stale", jobs[0][1])
+    fresh = cache.schedule(queue)
+    assert [key for key, _ in fresh] == ["k5", "k6"]
+    assert not cache.store("k5", "stale", jobs[0][1])  # an old ticket is refused
+    assert cache.store("k5", "new", fresh[0][1]) and cache.get("k5") == "new"
+    cache.fail("k6", fresh[1][1])
+    assert cache.in_flight == frozenset()
+    assert [key for key, _ in cache.schedule(queue)] == ["k7"]  # k6 failed: not retried
+    assert cache.mark_in_flight("k6") is not None  # unless asked explicitly
+
+
+def test_prefetch_random_walk_never_computes_a_shown_image_twice():
+    rng = np.random.default_rng(7)
+    queue = ImageQueue.from_names([f"k{i}" for i in range(12)])
+    cache = PrefetchCache(capacity=4, lookahead=2)
+    running: dict[str, int] = {}
+    shown: set[str] = set()
+    computed: dict[str, int] = {}
+    for _ in range(600):
+        action = rng.integers(6)
+        if action == 0:
+            queue.next()
+        elif action == 1:
+            queue.previous()
+        elif action == 2:
+            queue.jump(int(rng.integers(len(queue))))
+        elif action == 3 and running:
+            key = sorted(running)[int(rng.integers(len(running)))]
+            cache.store(key, f"P{key}", running.pop(key))
+        elif action == 4:
+            key = queue.current.key
+            if cache.take(key) is not None:
+                shown.add(key)
+        for key, ticket in cache.schedule(queue, wanted=lambda item: True):
+            assert key not in running and key not in shown and key not in cache
+            running[key] = ticket
+            computed[key] = computed.get(key, 0) + 1
+        assert len(cache) + len(cache.in_flight) <= cache.capacity
+        assert set(cache.in_flight) == set(running)
+    assert len(shown) > 5 and all(count >= 1 for count in computed.values())
+
+
+def test_prefetch_claims_are_exclusive_across_threads():
+    cache = PrefetchCache()
+    barrier = threading.Barrier(8)
+    tickets: list[int | None] = []
+
+    def claim() -> None:
+        barrier.wait()
+        tickets.append(cache.mark_in_flight("same"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(t is not None for t in tickets) == 1
+
+
+# --- ranking ----------------------------------------------------------------------------
+
+
+class FakePredictor:
+    """Probability = the image's first channel / 255: uncertainty is set by the image."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, image, tta=False):
+        from napari_focus import Prediction
+
+        self.calls += 1
+        prob = image[..., 0].astype(np.float32) / 255
+        return Prediction(probability=prob, mask=(prob > 0.5).astype(np.uint8))
+
+
+def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
+    images, gt = tmp_path / "images", tmp_path / "gt"
+    for name, level in [("sure", 250), ("doubtful", 128), ("middle", 200)]:
+        write_png(images / f"{name}.png", np.full((8, 8, 3), level, np.uint8))
+    write_png(gt / "middle_gt.png", np.full((8, 8), 255, np.uint8))
+    (images / "broken.png").write_bytes(b"not a png")
+    calls: list[tuple[int, int, str]] = []
+    predictor = FakePredictor()
+    rows = rank_folder(images, predictor, gt_folder=gt, progress=lambda *a: calls.append(a))
+    assert [r.name for r in rows] == ["doubtful", "middle", "sure", "broken"]
+    assert [r.rank for r in rows] == [1, 2, 3, 4]
+    assert rows[3].error and math.isnan(rows[3].uncertainty)
+    assert rows[1].metrics["mae"] == pytest.approx(1 - 200 / 255, abs=1e-6)
+    assert rows[1].reference.endswith("middle_gt.png") and rows[0].metrics == {}
+    assert [c[:2] for c in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert predictor.calls == 3
+
+    path = write_ranking_csv(rows, tmp_path / "rank.csv")
+    with open(path, newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [r["path"] for r in table] == ["doubtful.png", "middle.png", "sure.png", "broken.png"]
+    assert table[0]["mae"] == "" and float(table[1]["iou"]) == 1
+    assert table[3]["uncertainty"] == "" and table[3]["error"]
+    assert isinstance(rows[0], RankRow)
+
+
+def test_rank_folder_with_masks_beside_the_images(tmp_path):
+    write_png(tmp_path / "p.png", np.full((8, 8, 3), 200, np.uint8))
+    write_png(tmp_path / "p_gt.png", np.full((8, 8), 255, np.uint8))
+    write_png(tmp_path / "q.jpg", np.full((8, 8, 3), 100, np.uint8))
+    write_png(tmp_path / "q.png", np.zeros((8, 8), np.uint8))  # DUTS style: mask = stem.png
+    rows = rank_folder(tmp_path, FakePredictor(), gt_folder=tmp_path)
+    assert [r.path for r in rows] == ["q.jpg", "p.png"]
+    assert rows[0].metrics["iou"] == 1 and rows[1].metrics["mae"] == pytest.approx(55 / 255)
+
+
+def run_rank_cli(*args) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="napari-focus")
+    add_rank_parser(parser.add_subparsers(dest="command", required=True))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            parsed = parser.parse_args([str(a) for a in args])
+            code = parsed.func(parsed)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoint, tmp_path):
+    images, gt = tmp_path / "images", tmp_path / "gt"
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    images.mkdir()
+    for i, box in enumerate([(0, 0, 130, 90), (100, 60, 260, 180), (40, 20, 200, 140)]):
+        source.crop(box).resize((64, 48), Image.BILINEAR).save(images / f"img{i}.png")
+    square = np.zeros((48, 64), np.uint8)
+    square[10:38, 16:48] = 255
+    write_png(gt / "img1_mask.png", square)
+    out_csv, report = tmp_path / "rank.csv", tmp_path / "report"
+
+    code, err = run_rank_cli(
+        "rank", images, "--task", "sod", "--weights", tiny_checkpoint, "--device", "cpu",
+        "--gt", gt, "--out", out_csv, "--report", report, "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "ranked 3 images, 0 failed" in err
+    with open(out_csv, newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in table) == ["img0.png", "img1.png", "img2.png"]
+    assert [int(r["rank"]) for r in table] == [1, 2, 3]
+    scores = [float(r["uncertainty"]) for r in table]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert all(float(r["seconds"]) > 0 and r["width"] == "64" and r["height"] == "48"
+               for r in table)  # fmt: skip
+    with_gt = [r for r in table if r["iou"] != ""]
+    assert [r["path"] for r in with_gt] == ["img1.png"]
+    assert 0 <= float(with_gt[0]["iou"]) <= 1 and 0 <= float(with_gt[0]["mae"]) <= 1
+    assert (report / "metrics.csv").is_file() and "<svg" in (report / "report.html").read_text()
+
+    assert run_rank_cli("rank", tmp_path / "nope", "--task", "sod")[0] == 2
+    assert run_rank_cli("rank", images, "--task", "sod", "--gt", tmp_path / "nope")[0] == 2
+    code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "x.pth")
+    assert code == 2 and "cannot load the model" in err
