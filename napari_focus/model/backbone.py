@@ -93,11 +93,12 @@ class FocusBackbone(nn.Module):
             vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw))
 
         splits = [h * w for h, w in edge_sizes]
+        tokens2, tokens3, tokens4 = c.split(splits, dim=1)
         c2, c3, c4 = (
             part.transpose(1, 2).reshape(b, -1, h, w)
-            for part, (h, w) in zip(c.split(splits, dim=1), edge_sizes, strict=True)
+            for part, (h, w) in zip((tokens2, tokens3, tokens4), edge_sizes, strict=True)
         )
-        c1 = self.up(c2) + c1
+        c1 = self._upsample(tokens2, *edge_sizes[0]).add_(c1)
         outputs = {}
         for name, feature, vit_map, norm in zip(
             ("res2", "res3", "res4", "res5"),
@@ -109,5 +110,20 @@ class FocusBackbone(nn.Module):
             resized = F.interpolate(
                 vit_map, size=feature.shape[-2:], mode="bilinear", align_corners=False
             )
-            outputs[name] = norm(feature + resized)
+            outputs[name] = norm(resized.add_(feature))
         return outputs
+
+    def _upsample(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``self.up`` (2x2 transposed convolution, stride 2) on ``(B, h*w, C)`` tokens.
+
+        With kernel == stride every output pixel comes from one input pixel, so the
+        layer is a single matrix product followed by a pixel shuffle; on CPU this is
+        about twice as fast as the generic transposed convolution.
+        """
+        b = tokens.shape[0]
+        weight = self.up.weight  # (C_in, C_out, 2, 2)
+        c_out = weight.shape[1]
+        out = torch.matmul(tokens, weight.flatten(1))  # (B, h*w, C_out*4)
+        out = out.view(b, h, w, c_out, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        out = out.reshape(b, c_out, 2 * h, 2 * w)
+        return out.add_(self.up.bias.view(1, -1, 1, 1))
