@@ -57,8 +57,9 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype, seed: int = 0) -> l
     ]
 
 
-def median_ms(fns: dict[str, Callable[[], torch.Tensor]], repeat: int,
-              cuda: bool) -> dict[str, float]:
+def median_ms(
+    fns: dict[str, Callable[[], torch.Tensor]], repeat: int, cuda: bool
+) -> dict[str, float]:
     """Median wall time of each function; runs are interleaved so that load from
     other processes on a shared machine hits every backend alike."""
     for fn in fns.values():
@@ -83,14 +84,27 @@ def run(device: str, dtype: torch.dtype, repeat: int) -> None:
     print("|---|---:|---:|---:|---:|")
     for case in CASES:
         args = make_inputs(case, device, dtype)
-        ms = median_ms({
-            "torch": lambda a=args: ms_deform_attn(*a, backend="torch"),
-            "compiled": lambda a=args: ms_deform_attn(*a, backend=device),
-        }, repeat, device == "cuda")
-        diff = (ms_deform_attn(*args, backend=device).float()
-                - ms_deform_attn(*args, backend="torch").float()).abs().max().item()
-        print(f"| {case.name} | {ms['torch']:.1f} | {ms['compiled']:.1f} | "
-              f"{ms['torch'] / ms['compiled']:.1f}x | {diff:.1e} |")
+        ms = median_ms(
+            {
+                "torch": lambda a=args: ms_deform_attn(*a, backend="torch"),
+                "compiled": lambda a=args: ms_deform_attn(*a, backend=device),
+            },
+            repeat,
+            device == "cuda",
+        )
+        diff = (
+            (
+                ms_deform_attn(*args, backend=device).float()
+                - ms_deform_attn(*args, backend="torch").float()
+            )
+            .abs()
+            .max()
+            .item()
+        )
+        print(
+            f"| {case.name} | {ms['torch']:.1f} | {ms['compiled']:.1f} | "
+            f"{ms['torch'] / ms['compiled']:.1f}x | {diff:.1e} |"
+        )
 
 
 def main() -> None:

@@ -7,8 +7,13 @@ from pathlib import Path
 import torch
 from hypothesis import strategies as st
 
-ARG_NAMES = ("value", "spatial_shapes", "level_start_index", "sampling_locations",
-             "attention_weights")
+ARG_NAMES = (
+    "value",
+    "spatial_shapes",
+    "level_start_index",
+    "sampling_locations",
+    "attention_weights",
+)
 
 
 def golden(reference: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -36,12 +41,17 @@ def random_inputs(
     areas = shapes.prod(1)
     starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
     n_levels = len(levels)
-    value = torch.randn(batch, int(areas.sum()), heads, head_dim, generator=gen,
-                        dtype=torch.float64)
-    locations = torch.rand(batch, queries, heads, n_levels, points, 2, generator=gen,
-                           dtype=torch.float64) * (1 + 2 * spread) - spread
-    weights = torch.rand(batch, queries, heads, n_levels, points, generator=gen,
-                         dtype=torch.float64)
+    value = torch.randn(
+        batch, int(areas.sum()), heads, head_dim, generator=gen, dtype=torch.float64
+    )
+    locations = (
+        torch.rand(batch, queries, heads, n_levels, points, 2, generator=gen, dtype=torch.float64)
+        * (1 + 2 * spread)
+        - spread
+    )
+    weights = torch.rand(
+        batch, queries, heads, n_levels, points, generator=gen, dtype=torch.float64
+    )
     weights = weights / weights.flatten(-2).sum(-1)[..., None, None]
     return [
         value.to(device, dtype),
@@ -62,7 +72,6 @@ def shapes(draw: st.DrawFn) -> dict:
         "queries": draw(st.integers(1, 40)),
         "heads": draw(st.integers(1, 16)),
         "head_dim": draw(st.sampled_from([8, 13, 16, 24, 31, 32, 48, 64])),
-        "levels": [(draw(st.integers(1, 13)), draw(st.integers(1, 13)))
-                   for _ in range(n_levels)],
+        "levels": [(draw(st.integers(1, 13)), draw(st.integers(1, 13))) for _ in range(n_levels)],
         "points": draw(st.integers(1, 4)),
     }

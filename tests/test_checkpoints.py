@@ -326,9 +326,7 @@ def test_official_key_set_matches_the_reference_manifest(meta_state_dicts, focus
     manifest = json.loads((focus_reference / "state_dict_manifest.json").read_text())[size]
     assert set(manifest["training_only_prefixes"]) == set(TRAINING_ONLY_PREFIXES)
     expected = {
-        k: tuple(v)
-        for k, v in manifest["keys"].items()
-        if not k.startswith(TRAINING_ONLY_PREFIXES)
+        k: tuple(v) for k, v in manifest["keys"].items() if not k.startswith(TRAINING_ONLY_PREFIXES)
     }
     state = meta_state_dicts[size]
     assert {k: tuple(v.shape) for k, v in state.items()} == expected

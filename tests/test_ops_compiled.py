@@ -42,8 +42,9 @@ def test_golden(cpu_kernel: None, focus_reference: Path) -> None:
 @given(case=shapes())
 def test_matches_reference(cpu_kernel: None, case: dict) -> None:
     args = random_inputs(**case)
-    torch.testing.assert_close(ms_deform_attn(*args, backend="cpu"),
-                               ms_deform_attn_torch(*args), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ms_deform_attn(*args, backend="cpu"), ms_deform_attn_torch(*args), atol=1e-5, rtol=1e-5
+    )
 
 
 @settings(max_examples=15, deadline=None)
@@ -71,8 +72,9 @@ def test_points_on_borders_and_far_outside(cpu_kernel: None) -> None:
     locations = args[3]
     locations[..., 0] = edges.view(1, 1, 1, 1, 8)
     locations[..., 1] = edges.flip(0).view(1, 1, 1, 1, 8)
-    torch.testing.assert_close(ms_deform_attn(*args, backend="cpu"), ms_deform_attn_torch(*args),
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        ms_deform_attn(*args, backend="cpu"), ms_deform_attn_torch(*args), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_non_contiguous_inputs(cpu_kernel: None) -> None:
@@ -183,7 +185,11 @@ def _run_probe(reference: Path, env_changes: dict[str, str]) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, str(reference / "postprocess_and_msda_golden.safetensors")],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -192,8 +198,9 @@ def _run_probe(reference: Path, env_changes: dict[str, str]) -> dict:
 def test_auto_falls_back_without_a_compiler(focus_reference: Path, tmp_path: Path) -> None:
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
-    probe = _run_probe(focus_reference, {
-        "PATH": str(empty_bin), "NAPARI_FOCUS_CACHE": str(tmp_path / "cache")})
+    probe = _run_probe(
+        focus_reference, {"PATH": str(empty_bin), "NAPARI_FOCUS_CACHE": str(tmp_path / "cache")}
+    )
     assert max(probe["errors"]) < 1e-5
     assert len(probe["warnings"]) == 1
     category, message = probe["warnings"][0]
@@ -206,7 +213,8 @@ def test_auto_falls_back_when_the_build_fails(focus_reference: Path, tmp_path: P
     calls = tmp_path / "compiler-calls"
     broken = tmp_path / "broken-c++"
     # Answers torch's version probes like GCC, then fails every compilation.
-    broken.write_text(textwrap.dedent(f"""\
+    broken.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         case "$*" in
           *-dumpversion*) echo 12.2.0; exit 0;;
@@ -215,7 +223,8 @@ def test_auto_falls_back_when_the_build_fails(focus_reference: Path, tmp_path: P
         echo call >> "{calls}"
         echo "napari-focus test: this compiler is broken" >&2
         exit 1
-        """))
+        """)
+    )
     broken.chmod(0o755)
     cache = tmp_path / "cache"
     probe = _run_probe(focus_reference, {"CXX": str(broken), "NAPARI_FOCUS_CACHE": str(cache)})
@@ -235,12 +244,17 @@ def test_concurrent_first_builds_share_the_cache(focus_reference: Path, tmp_path
     """Two processes building into one empty cache both get a working kernel."""
     if (reason := build.unavailable_reason("cpu")) is not None:
         pytest.skip(f"CPU kernel cannot be built here: {reason}")
-    env = {**os.environ, "NAPARI_FOCUS_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "NAPARI_FOCUS_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")]),
+    }
     golden_file = focus_reference / "postprocess_and_msda_golden.safetensors"
     probe = [sys.executable, "-c", _PROBE, str(golden_file)]
-    procs = [subprocess.Popen(probe, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(probe, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=900)
         assert proc.returncode == 0, stderr

@@ -36,10 +36,22 @@ def test_torch_free_kernel_compiles_with_nvcc(tmp_path: Path) -> None:
     source = bundled_dir("ops") / "msda_cuda_kernel.cu"
     result = subprocess.run(
         # The same half-type restrictions torch puts on extension builds.
-        [nvcc, "-std=c++17", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-         "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-         "-c", str(source), "-o", str(tmp_path / "kernel.o")],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            nvcc,
+            "-std=c++17",
+            "-D__CUDA_NO_HALF_OPERATORS__",
+            "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+            "-D__CUDA_NO_HALF2_OPERATORS__",
+            "-c",
+            str(source),
+            "-o",
+            str(tmp_path / "kernel.o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "kernel.o").stat().st_size > 0
@@ -68,14 +80,16 @@ def test_golden(cuda_kernel: None, focus_reference: Path) -> None:
 @given(case=shapes())
 def test_matches_reference(cuda_kernel: None, case: dict) -> None:
     args = random_inputs(**case, device="cuda")
-    torch.testing.assert_close(ms_deform_attn(*args, backend="cuda"),
-                               ms_deform_attn_torch(*args), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ms_deform_attn(*args, backend="cuda"), ms_deform_attn_torch(*args), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.cuda
 @needs_gpu
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2),
-                                            (torch.float64, 1e-12)])
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2), (torch.float64, 1e-12)]
+)
 def test_other_dtypes(cuda_kernel: None, dtype: torch.dtype, tol: float) -> None:
     args = random_inputs(0, 2, 50, 8, 32, [(9, 11), (5, 6), (3, 3)], 4, device="cuda")
     typed = [a.to(dtype) if a.is_floating_point() else a for a in args]

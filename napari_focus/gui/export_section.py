@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from napari.utils.notifications import show_error, show_info
 
 from ..datasets import LAYOUTS, ExportError, SampleExistsError, export_sample, layout_for_task
+from .fields import chosen_dir
 from .planes import UnsupportedLayerError, current_plane_index, layer_planes
 
 META_KEY = "napari_focus"
@@ -77,8 +78,8 @@ class ExportSection(Container):
         """Export now; returns the :class:`~napari_focus.datasets.ExportResult` or None."""
         try:
             image, mask, name, provenance = self._sample()
-            root = self.dataset_root.value
-            if not root or str(root) in ("", "."):
+            root = chosen_dir(self.dataset_root.value)
+            if root is None:
                 raise ExportError("choose the dataset root (the FOCUS datasets/ folder) first")
             policy = self.policy.value
 
@@ -126,7 +127,7 @@ class ExportSection(Container):
         name = self.sample_name.value.strip() or image_layer.name
         if index:
             name = f"{name}_plane{'_'.join(str(i) for i in index)}"
-        state = labels.metadata.get(META_KEY, {})
+        state = labels.metadata.get(META_KEY) or {}
         refinement = state.get("refinement", {})
         provenance = {
             "source_path": image_layer.metadata.get("path") or image_layer.source.path,

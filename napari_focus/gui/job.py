@@ -16,6 +16,11 @@ from ..presets import hub_location
 from .planes import LayerPlanes
 
 
+def proposal_name(image_name: str, task: str) -> str:
+    """Name of the Labels layer holding the proposal for an image and task."""
+    return f"{image_name} [FOCUS {task.upper()}]"
+
+
 @dataclass(frozen=True)
 class ModelKey:
     """What identifies a loaded model; a change of any field means loading again."""

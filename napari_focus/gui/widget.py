@@ -24,8 +24,9 @@ from napari.utils.notifications import show_error
 from ..mask_ops import Refinement, refine
 from ..presets import SIZES, TASKS, task_info
 from .export_section import ExportSection
-from .job import JobFailure, JobResult, ModelKey, Progress, run_job
+from .job import JobFailure, JobResult, ModelKey, Progress, proposal_name, run_job
 from .planes import LayerPlanes, UnsupportedLayerError, current_plane_index, layer_planes
+from .series_section import SeriesSection
 
 if TYPE_CHECKING:
     import napari
@@ -63,10 +64,6 @@ def ask_yes_no(parent: Any, question: str) -> bool:
     buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
     answer = QMessageBox.question(parent, "FOCUS", question, buttons, QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
-
-
-def proposal_name(image_name: str, task: str) -> str:
-    return f"{image_name} [FOCUS {task.upper()}]"
 
 
 class FocusWidget(Container):
@@ -115,8 +112,9 @@ class FocusWidget(Container):
         self.min_size = SpinBox(label="remove objects <", min=0, max=10**7, value=0)
         self.keep_largest = CheckBox(text="keep largest object", value=False)
         self.export_section = ExportSection(
-            self.viewer, self.selected_layer, self._proposal_layer, lambda: self.task.value
+            self.viewer, self.selected_layer, self.mask_layer, lambda: self.task.value
         )
+        self.series = SeriesSection(self)
 
         super().__init__(
             widgets=[
@@ -141,6 +139,8 @@ class FocusWidget(Container):
                 self.keep_largest,
                 Label(value="Export to a FOCUS training set"),
                 self.export_section,
+                Label(value="Go through a folder (series)"),
+                self.series,
             ],
             labels=True,
         )
@@ -200,6 +200,18 @@ class FocusWidget(Container):
         self.weights_path.visible = source == "file"
         self.size.enabled = source == "official"
 
+    # -------------------------------------------------------------- model
+    def adopt_predictor(self, key: ModelKey, predictor: Any) -> None:
+        """Keep ``predictor`` for reuse while the settings stay at ``key``."""
+        self._predictor, self._predictor_key = predictor, key
+
+    def loaded_predictor(self) -> Any:
+        """The kept predictor if it matches the current settings, else None."""
+        return self._predictor if self._predictor_key == self.model_key() else None
+
+    def current_model(self) -> tuple[ModelKey, Any]:
+        return self._predictor_key, self._predictor
+
     # ---------------------------------------------------------------- run
     def model_key(self) -> ModelKey:
         weights = None
@@ -229,7 +241,7 @@ class FocusWidget(Container):
             indices = [current_plane_index(layer, tuple(self.viewer.dims.point), planes)]
         else:
             indices = planes.all_indices()
-        predictor = self._predictor if key == self._predictor_key else None
+        predictor = self.loaded_predictor()
 
         worker = thread_worker(run_job, start_thread=False)(
             key, predictor, planes, indices, self.tta.value
@@ -285,7 +297,11 @@ class FocusWidget(Container):
         if isinstance(result, JobFailure):
             self._report_error(result.error)
             return
-        self._predictor, self._predictor_key = result.predictor, result.key
+        self.show_result(result, layer, planes)
+
+    def show_result(self, result: JobResult, layer: Any, planes: LayerPlanes) -> None:
+        """Add or update the proposal (Labels + hidden probability) of ``layer``."""
+        self.adopt_predictor(result.key, result.predictor)
         name = proposal_name(layer.name, result.key.task)
         labels = self._find_layer(name)
         if labels is not None and tuple(labels.data.shape) != planes.spatial_shape:
@@ -295,8 +311,8 @@ class FocusWidget(Container):
             self._set_status("kept your edits; new proposal discarded")
             return
 
-        state = labels.metadata[META_KEY] if labels is not None else None
-        if state is None:
+        state = labels.metadata.get(META_KEY) if labels is not None else None
+        if state is None or state["probability"].shape != planes.spatial_shape:
             probability = np.zeros(planes.spatial_shape, np.float32)
             official = np.zeros(planes.spatial_shape, np.uint8)
         else:
@@ -368,17 +384,29 @@ class FocusWidget(Container):
             keep_largest=self.keep_largest.value,
         )
 
-    def _proposal_layer(self) -> Any:
+    def mask_layer(self) -> Any:
+        """The Labels layer ``"<image> [FOCUS <task>]"`` of the selected image, if any
+        (a model proposal, or a mask loaded as the starting point)."""
+        from napari.layers import Labels
+
         layer = self.selected_layer()
         if layer is None:
             return None
         labels = self._find_layer(proposal_name(layer.name, self.task.value))
+        return labels if isinstance(labels, Labels) else None
+
+    def _proposal_layer(self) -> Any:
+        labels = self.mask_layer()
         return labels if labels is not None and META_KEY in labels.metadata else None
 
     @staticmethod
     def _is_edited(labels: Any) -> bool:
-        proposal = labels.metadata[META_KEY]["proposal"]
-        return not np.array_equal(np.asarray(labels.data) > 0, proposal > 0)
+        """Painted since the last proposal; without one, any painted pixel counts."""
+        data = np.asarray(labels.data) > 0
+        state = labels.metadata.get(META_KEY)
+        if state is None:
+            return bool(data.any())
+        return not np.array_equal(data, state["proposal"] > 0)
 
     def _on_official_toggled(self, official: bool) -> None:
         self.threshold.enabled = not official

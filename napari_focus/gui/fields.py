@@ -1,0 +1,13 @@
+"""Small helpers for reading magicgui fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def chosen_dir(value: Any) -> Path | None:
+    """The folder a FileEdit holds, or None when nothing was chosen (empty or ".")."""
+    if value is None or str(value).strip() in ("", "."):
+        return None
+    return Path(value)

@@ -1,0 +1,129 @@
+"""Going through a folder in napari: prefetch, autosave, accept, resume (under Xvfb)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_focus.predictor import FocusPredictor  # noqa: E402
+from napari_focus.series import Status  # noqa: E402
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def folder(tmp_path, focus_reference):
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        crop = source.crop((i * 20, 0, i * 20 + 96, 64))
+        crop.save(images / f"img{i}.png")
+    return images
+
+
+@pytest.fixture
+def predict_threads(monkeypatch) -> list[str]:
+    threads: list[str] = []
+    original = FocusPredictor.predict
+
+    def recording(self, image, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "predict", recording)
+    return threads
+
+
+def _widget(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.weights_source.value = "file"
+    widget.weights_path.value = checkpoint
+    widget.device.value = "cpu"
+    return viewer, widget
+
+
+def _labels(viewer, name):
+    return viewer.layers[f"{name} [FOCUS SOD]"]
+
+
+def test_series_prefetch_autosave_accept_resume(
+    qtbot, make_napari_viewer, tiny_checkpoint, folder, tmp_path, predict_threads
+):
+    viewer, widget = _widget(make_napari_viewer, tiny_checkpoint)
+    series = widget.series
+    series.open(folder)
+    assert series.state is not None and len(series.state.queue) == 5
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    # the current proposal is shown; the next two were computed ahead, off the UI thread
+    assert _labels(viewer, "img0").data.shape == (64, 96)
+    assert series.cache.get("img1.png") is not None and series.cache.get("img2.png") is not None
+    assert predict_threads and threading.main_thread().name not in predict_threads
+    computed = len(predict_threads)
+    assert computed == 3
+
+    series.next()  # shows the prefetched proposal at once, no model call
+    labels1 = _labels(viewer, "img1")
+    np.testing.assert_array_equal(labels1.data, series.cache.get("img1.png").mask)
+    assert series.state.queue.current.status is Status.PROPOSED
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert len(predict_threads) == computed + 1  # only img3 was new; nothing twice
+    assert sorted(set(series.seconds)) == ["img0.png", "img1.png", "img2.png", "img3.png"]
+
+    edited = labels1.data.copy()
+    edited[:16, :16] = 1
+    labels1.data = edited
+    series.previous()  # leaving with edits autosaves them
+    assert (series.state.work_folder / "img1.png").is_file()
+    series.next()
+    np.testing.assert_array_equal(_labels(viewer, "img1").data > 0, edited > 0)
+
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    widget.export_section.dataset_layout.value = "generic"
+    series.accept()
+    assert series.state.queue.item("img1.png").status is Status.ACCEPTED
+    assert (tmp_path / "datasets" / "masks" / "img1.png").is_file()
+    assert series.state.queue.current.key == "img2.png"
+    assert "IoU" in series.quality.value
+    series.skip_button.changed.emit(True)
+    assert series.state.queue.item("img2.png").status is Status.SKIPPED
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    labels3 = _labels(viewer, "img3")
+    closing_edit = labels3.data.copy()
+    closing_edit[-8:, -8:] = 1 - closing_edit[-8:, -8:]
+    labels3.data = closing_edit
+    current = series.state.queue.current.key
+    viewer.close()  # closing napari keeps the edits
+    assert (series.state.work_folder / "img3.png").is_file()
+    statuses = {item.key: item.status for item in series.state.queue}
+
+    viewer2, widget2 = _widget(make_napari_viewer, tiny_checkpoint)
+    widget2.series.open(folder)
+    assert widget2.series.state.queue.current.key == current == "img3.png"
+    assert {item.key: item.status for item in widget2.series.state.queue} == statuses
+    assert statuses["img3.png"] is Status.CORRECTED
+    np.testing.assert_array_equal(_labels(viewer2, "img3").data > 0, closing_edit > 0)
+    qtbot.waitUntil(lambda: not widget2.series.busy, timeout=WAIT_MS)
+
+
+def test_order_by_uncertainty_scores_every_image(
+    qtbot, make_napari_viewer, tiny_checkpoint, folder
+):
+    _viewer, widget = _widget(make_napari_viewer, tiny_checkpoint)
+    series = widget.series
+    series.prefetch.value = False
+    series.open(folder)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    series.order_by_uncertainty()
+    qtbot.waitUntil(lambda: not series.busy and len(series.scores) == 5, timeout=WAIT_MS)
+    order = [item.key for item in series.state.queue]
+    expected = sorted(series.scores, key=lambda key: -series.scores[key])
+    assert order == expected
