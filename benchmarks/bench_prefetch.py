@@ -3,7 +3,7 @@
 Runs napari (needs a display: use `xvfb-run -a`) with FOCUS-L random weights on the
 CPU over a folder of 480x640 images. After opening the series it waits as a user
 would while correcting the first image (until the background work is idle), then
-presses Next and measures until the new proposal's Labels layer exists.
+presses Next and measures until the new image's proposal is displayed.
 
     xvfb-run -a python benchmarks/bench_prefetch.py --size large --nexts 2
 """
@@ -63,11 +63,11 @@ def run(prefetch: bool, weights: Path, folder: Path, nexts: int) -> list[float]:
     latencies = []
     for _ in range(nexts):
         wait(lambda: not series.busy)  # the user corrects the shown image meanwhile
-        target = series.state.queue.upcoming(1)[0]
-        name = f"{series.state.queue[target].name} [FOCUS SOD]"
+        target = series.state.queue[series.state.queue.upcoming(1)[0]].key
         start = time.perf_counter()
         series.next()
-        wait(lambda name=name: name in [layer.name for layer in viewer.layers])
+        assert series.shown_key == target
+        wait(lambda: series.proposal_ready)
         latencies.append(time.perf_counter() - start)
     wait(lambda: not series.busy)
     viewer.close()

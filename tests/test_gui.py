@@ -278,3 +278,21 @@ def test_screenshot_of_the_docked_widget(qtbot, viewer_widget):
         viewer.window.resize(1500, 950)
         qtbot.wait(500)
         imsave(Path(target), viewer.screenshot(canvas_only=False, flash=False))
+
+
+def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from napari_focus.cli import collect_inputs
+    from napari_focus.gui import annotate
+
+    for name in ("a", "b"):
+        Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
+    monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
+    paths, unmatched = collect_inputs([str(tmp_path)])
+    viewer, widget = annotate.open_viewer(paths, show=False)
+    assert not unmatched
+    assert isinstance(widget, FocusWidget)
+    assert [layer.name for layer in viewer.layers] == ["a", "b"]
+    assert viewer.layers["a"].rgb and viewer.layers["a"].metadata["path"].endswith("a.png")
+    assert widget.image.value == "a"

@@ -71,6 +71,7 @@ def test_series_prefetch_autosave_accept_resume(
     assert computed == 3
 
     series.next()  # shows the prefetched proposal at once, no model call
+    assert series.shown_key == "img1.png" and series.proposal_ready
     labels1 = _labels(viewer, "img1")
     np.testing.assert_array_equal(labels1.data, series.cache.get("img1.png").mask)
     assert series.state.queue.current.status is Status.PROPOSED

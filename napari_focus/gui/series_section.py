@@ -406,7 +406,18 @@ class SeriesSection(Container):
 
     @property
     def busy(self) -> bool:
+        """A background job (prefetch or scoring) is running."""
         return self._worker is not None
+
+    @property
+    def shown_key(self) -> str | None:
+        """Queue key of the image on screen."""
+        return self._shown
+
+    @property
+    def proposal_ready(self) -> bool:
+        """The image on screen has its mask (proposal or saved mask) displayed."""
+        return self._shown is not None and self._awaiting is None
 
     # ------------------------------------------------------------ decisions
     def accept(self) -> None:
