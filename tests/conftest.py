@@ -72,3 +72,19 @@ def tiny_checkpoint(tmp_path_factory, tiny_mlp) -> Path:
     predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
     path = tmp_path_factory.mktemp("weights") / "tiny_mlp.safetensors"
     return predictor.save_inference_checkpoint(path, dtype=torch.float32)
+
+
+@pytest.fixture
+def open_focus_widget(make_napari_viewer, tiny_checkpoint):
+    """Opens a napari viewer with the FOCUS widget docked from the manifest, set to the
+    tiny checkpoint on the CPU; returns ``(viewer, widget)``."""
+
+    def open_() -> tuple:
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+        widget.weights_source.value = "file"
+        widget.weights_path.value = tiny_checkpoint
+        widget.device.value = "cpu"
+        return viewer, widget
+
+    return open_

@@ -42,23 +42,14 @@ def predict_threads(monkeypatch) -> list[str]:
     return threads
 
 
-def _widget(make_napari_viewer, checkpoint):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
-    widget.weights_source.value = "file"
-    widget.weights_path.value = checkpoint
-    widget.device.value = "cpu"
-    return viewer, widget
-
-
 def _labels(viewer, name):
     return viewer.layers[f"{name} [FOCUS SOD]"]
 
 
 def test_series_prefetch_autosave_accept_resume(
-    qtbot, make_napari_viewer, tiny_checkpoint, folder, tmp_path, predict_threads
+    qtbot, open_focus_widget, folder, tmp_path, predict_threads
 ):
-    viewer, widget = _widget(make_napari_viewer, tiny_checkpoint)
+    viewer, widget = open_focus_widget()
     series = widget.series
     series.open(folder)
     assert series.state is not None and len(series.state.queue) == 5
@@ -106,7 +97,7 @@ def test_series_prefetch_autosave_accept_resume(
     assert (series.state.work_folder / "img3.png").is_file()
     statuses = {item.key: item.status for item in series.state.queue}
 
-    viewer2, widget2 = _widget(make_napari_viewer, tiny_checkpoint)
+    viewer2, widget2 = open_focus_widget()
     widget2.series.open(folder)
     assert widget2.series.state.queue.current.key == current == "img3.png"
     assert {item.key: item.status for item in widget2.series.state.queue} == statuses
@@ -115,10 +106,8 @@ def test_series_prefetch_autosave_accept_resume(
     qtbot.waitUntil(lambda: not widget2.series.busy, timeout=WAIT_MS)
 
 
-def test_order_by_uncertainty_scores_every_image(
-    qtbot, make_napari_viewer, tiny_checkpoint, folder
-):
-    _viewer, widget = _widget(make_napari_viewer, tiny_checkpoint)
+def test_order_by_uncertainty_scores_every_image(qtbot, open_focus_widget, folder):
+    _viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
     series.open(folder)
