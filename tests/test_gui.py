@@ -292,3 +292,19 @@ def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_pa
     assert [layer.name for layer in viewer.layers] == ["a", "b"]
     assert viewer.layers["a"].rgb and viewer.layers["a"].metadata["path"].endswith("a.png")
     assert widget.image.value == "a"
+
+
+def test_layer_planes_multiscale_stacks_and_unsupported():
+    from napari.layers import Image, Labels
+
+    from napari_focus.gui.planes import UnsupportedLayerError, layer_planes
+
+    base = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    planes = layer_planes(Image([base, base[::2, ::2]], multiscale=True))
+    assert planes.spatial_shape == (64, 80) and not planes.is_stack
+    np.testing.assert_array_equal(planes.plane(()), base)  # highest resolution
+    stack = layer_planes(Image(np.zeros((3, 40, 50, 3), np.uint8), rgb=True))
+    assert stack.spatial_shape == (3, 40, 50) and stack.is_stack
+    assert stack.plane((2,)).shape == (40, 50, 3) and len(stack.all_indices()) == 3
+    with pytest.raises(UnsupportedLayerError, match="Labels layer"):
+        layer_planes(Labels(np.zeros((40, 40), np.uint8), name="mask"))

@@ -42,6 +42,15 @@ def predict_threads(monkeypatch) -> list[str]:
     return threads
 
 
+@pytest.fixture
+def errors_series(monkeypatch) -> list[str]:
+    from napari_focus.gui import series_section
+
+    seen: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", seen.append)
+    return seen
+
+
 def _labels(viewer, name):
     return viewer.layers[f"{name} [FOCUS SOD]"]
 
@@ -117,3 +126,40 @@ def test_order_by_uncertainty_scores_every_image(qtbot, open_focus_widget, folde
     order = [item.key for item in series.state.queue]
     expected = sorted(series.scores, key=lambda key: -series.scores[key])
     assert order == expected
+
+
+def test_existing_masks_are_the_starting_point(qtbot, open_focus_widget, folder, predict_threads):
+    masks = folder.parent / "masks"
+    masks.mkdir()
+    truth = np.zeros((64, 96), np.uint8)
+    truth[10:40, 20:70] = 255
+    Image.fromarray(truth).save(masks / "img0_gt.png")
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.references.value = masks
+    series.open(folder)
+    assert series.proposal_ready  # no model needed for the first image
+    np.testing.assert_array_equal(_labels(viewer, "img0").data > 0, truth > 0)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert predict_threads == []
+
+
+def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series):
+    viewer, widget = open_focus_widget()
+    rng = np.random.default_rng(1)
+    for name in ("first", "second", "third"):
+        viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name=name)
+    series = widget.series
+    series.open_layers()
+    assert errors_series and "series folder" in errors_series[-1]
+    series.output.value = tmp_path / "series"
+    series.open_layers()
+    assert [item.key for item in series.state.queue] == ["first", "second", "third"]
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert _labels(viewer, "first").data.shape == (40, 56)
+    series.next()
+    assert series.proposal_ready  # prefetched from the layer's pixels
+    assert widget.image.value == "second"
+    assert viewer.layers["second"].visible and not viewer.layers["first"].visible
+    assert _labels(viewer, "second").data.shape == (40, 56)

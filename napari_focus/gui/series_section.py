@@ -38,7 +38,7 @@ from ..series import (
 )
 from .fields import chosen_dir
 from .job import JobResult, ModelKey, load_predictor, proposal_name
-from .planes import layer_planes
+from .planes import current_plane_index, layer_planes
 
 if TYPE_CHECKING:
     from .widget import FocusWidget
@@ -48,7 +48,9 @@ ROLE_KEY = "napari_focus_series_role"  # metadata: "image", "labels" or "probabi
 
 
 def prefetch_job(
-    key: ModelKey, predictor: FocusPredictor | None, jobs: list[tuple[str, int, Path]]
+    key: ModelKey,
+    predictor: FocusPredictor | None,
+    jobs: list[tuple[str, int, Path | np.ndarray]],
 ) -> Generator[tuple, None, None]:
     """Background job: load the model if needed, then predict each queued image.
 
@@ -67,7 +69,8 @@ def prefetch_job(
     for item_key, ticket, path in jobs:
         start = time.perf_counter()
         try:
-            prediction = predictor.predict(read_image(path))
+            image = read_image(path) if isinstance(path, Path) else path
+            prediction = predictor.predict(image)
         except (ValueError, OSError, RuntimeError) as error:
             yield ("failed", item_key, ticket, str(error))
             continue
@@ -94,7 +97,9 @@ class SeriesSection(Container):
         self.recursive = CheckBox(text="include subfolders", value=False)
         self.pattern = LineEdit(label="glob (optional)")
         self.references = FileEdit(label="existing masks (optional)", mode="d")
-        self.open_button = PushButton(text="Open series")
+        self.open_button = PushButton(text="Open folder")
+        self.layers_button = PushButton(text="Queue the open image layers")
+        self.include_exported = CheckBox(text="visit exported images too", value=False)
         self.position = Label(label="image", value="no series")
         self.previous_button = PushButton(text="◀ Previous", enabled=False)
         self.next_button = PushButton(text="Next ▶", enabled=False)
@@ -117,7 +122,8 @@ class SeriesSection(Container):
                 self.recursive,
                 self.pattern,
                 self.references,
-                self.open_button,
+                Container(widgets=[self.open_button, self.layers_button], layout="horizontal"),
+                self.include_exported,
                 self.position,
                 Container(widgets=[self.previous_button, self.next_button], layout="horizontal"),
                 Container(
@@ -132,7 +138,8 @@ class SeriesSection(Container):
             ],
             labels=True,
         )
-        self.open_button.changed.connect(self.open)
+        self.open_button.changed.connect(lambda: self.open())
+        self.layers_button.changed.connect(self.open_layers)
         self.previous_button.changed.connect(self.previous)
         self.next_button.changed.connect(self.next)
         self.accept_button.changed.connect(self.accept)
@@ -146,28 +153,46 @@ class SeriesSection(Container):
 
     # ------------------------------------------------------------------ open
     def open(self, folder: str | Path | None = None) -> None:
+        """Queue the images of a folder (state in the series folder, default
+        ``<folder>/napari_focus``), resuming where the last session stopped."""
         folder = Path(folder or self.folder.value)
         if not folder.is_dir():
             self._error(f"'{folder}' is not a folder of images")
             return
         output = chosen_dir(self.output.value) or folder / "napari_focus"
-        try:
-            self.state = load_or_create(
+        self._start(
+            lambda: load_or_create(
                 output,
                 folder,
                 recursive=self.recursive.value,
                 pattern=self.pattern.value.strip() or None,
-            )
+            ),
+            f"no images in '{folder}'",
+        )
+
+    def open_layers(self) -> None:
+        """Queue the image layers open in the viewer (state in the series folder)."""
+        output = chosen_dir(self.output.value)
+        if output is None:
+            self._error("choose a series folder to keep the queue of the open layers")
+            return
+        names = self.owner.image_layer_names()
+        self._start(lambda: load_or_create(output, names=names), "no image layers are open")
+
+    def _start(self, load: Any, empty_message: str) -> None:
+        try:
+            self.state = load()
         except (SeriesStateError, OSError, ValueError) as error:
             self._error(str(error))
             return
         if self.state.recovered_from:
             show_warning(f"FOCUS: unreadable series state moved to {self.state.recovered_from}")
         if not len(self.state.queue):
-            self._error(f"no images in '{folder}'")
+            self._error(empty_message)
             self.state = None
             return
         self.cache.clear()
+        self._awaiting = None
         self.jump_to.max = len(self.state.queue)
         for button in self._buttons():
             button.enabled = True
@@ -185,10 +210,13 @@ class SeriesSection(Container):
 
     # ----------------------------------------------------------- navigation
     def next(self) -> None:
-        self._move(lambda queue: queue.next())
+        self._move(self._forward)
+
+    def _forward(self, queue: Any) -> Any:
+        return queue.next(include_exported=self.include_exported.value)
 
     def previous(self) -> None:
-        self._move(lambda queue: queue.previous())
+        self._move(lambda queue: queue.previous(include_exported=self.include_exported.value))
 
     def _on_jump(self, number: int) -> None:
         if self.state is not None and number - 1 != self.state.queue.index:
@@ -242,8 +270,13 @@ class SeriesSection(Container):
         self.jump_to.value = state.queue.index + 1
         self.jump_to.changed.connect(self._on_jump)
 
-        image = read_image(item.path)
-        layer = self._show_image(item.key, item.name, item.path, image)
+        if item.path is None:  # a queue of open layers: show that layer
+            layer = self._image_layer_for(item.key)
+            for queued in self.state.queue:
+                if queued.key in self.viewer.layers:
+                    self.viewer.layers[queued.key].visible = queued.key == item.key
+        else:
+            layer = self._show_image(item.key, item.name, item.path, read_image(item.path))
         self.owner.image.value = layer.name
         shape = layer_planes(layer).spatial_shape
         labels = self._series_layer("labels")
@@ -266,6 +299,23 @@ class SeriesSection(Container):
             self.owner.status.value = "computing the proposal…"
             self.cache.invalidate(item.key)  # e.g. evicted earlier: compute it again
         self._schedule()
+
+    def _image_layer_for(self, key: str) -> Any:
+        """The image layer showing queue item ``key``."""
+        if self.state is not None and self.state.queue.item(key).path is None:
+            return self.viewer.layers[key]
+        return self._series_layer("image")
+
+    def _source(self, key: str) -> Path | np.ndarray:
+        """What a background job reads for item ``key``: a file, or the pixels of a layer
+        (taken here, on the UI thread)."""
+        assert self.state is not None
+        item = self.state.queue.item(key)
+        if item.path is not None:
+            return item.path
+        layer = self.viewer.layers[key]
+        planes = layer_planes(layer)
+        return planes.plane(current_plane_index(layer, tuple(self.viewer.dims.point), planes))
 
     def _series_layer(self, role: str) -> Any:
         return next(
@@ -290,10 +340,10 @@ class SeriesSection(Container):
         self._tag(layer, "image", key)
         return layer
 
-    def _starting_mask(self, key: str, path: Path) -> np.ndarray | None:
+    def _starting_mask(self, key: str, path: Path | None) -> np.ndarray | None:
         assert self.state is not None
         saved = self.state.load_autosaved(key)
-        if saved is not None:
+        if saved is not None or path is None:
             return saved
         folder = chosen_dir(self.references.value)
         return find_reference_mask(path, folder) if folder and folder.is_dir() else None
@@ -359,7 +409,9 @@ class SeriesSection(Container):
         shown_pending = current is not None and self._awaiting == current
 
         def wanted(item: Any) -> bool:
-            return needs_proposal(item) or (item.key == current and shown_pending)
+            if item.key == current:  # shown with a saved mask: no proposal needed
+                return shown_pending
+            return needs_proposal(item)
 
         jobs = self.cache.schedule(queue, wanted=wanted)
         if not self.prefetch.value:
@@ -373,7 +425,7 @@ class SeriesSection(Container):
             self._error(str(error))
             self.cache.invalidate(*[k for k, _ in jobs])
             return
-        paths = [(k, ticket, queue.item(k).path) for k, ticket in jobs]
+        paths = [(k, ticket, self._source(k)) for k, ticket in jobs]
         worker = thread_worker(prefetch_job, start_thread=False)(key, predictor, paths)
         worker.yielded.connect(self._on_prefetched)
         worker.finished.connect(self._on_prefetch_finished)
@@ -394,7 +446,7 @@ class SeriesSection(Container):
         self.seconds[key] = seconds
         self.scores[key] = uncertainty(prediction.probability)
         if self.cache.store(key, prediction, ticket) and key == self._awaiting:
-            self._show_prediction(self._series_layer("image"), key, prediction)
+            self._show_prediction(self._image_layer_for(key), key, prediction)
 
     def _on_prefetch_finished(self) -> None:
         self._worker = None
@@ -436,9 +488,9 @@ class SeriesSection(Container):
         self.state.mark(item.key, Status.ACCEPTED)
         self.state.discard_autosaved(item.key)
         self._report_quality(labels, item.key, item.path)
-        self._move(lambda queue: queue.next())
+        self._move(self._forward)
 
-    def _report_quality(self, labels: Any, key: str, path: Path) -> None:
+    def _report_quality(self, labels: Any, key: str, path: Path | None) -> None:
         """Metrics of the model's proposal against the ground truth (when a mask folder
         holds one) or else against the mask the user accepted."""
         state = labels.metadata.get("napari_focus")
@@ -451,7 +503,9 @@ class SeriesSection(Container):
             self.quality.value = "no model proposal to compare (started from a saved mask)"
             return
         folder = chosen_dir(self.references.value)
-        reference = find_reference_mask(path, folder) if folder and folder.is_dir() else None
+        reference = (
+            find_reference_mask(path, folder) if path and folder and folder.is_dir() else None
+        )
         against = "ground truth" if reference is not None else "your corrected mask"
         if reference is None:
             reference = np.asarray(labels.data) > 0
@@ -472,7 +526,7 @@ class SeriesSection(Container):
         if self.state is None or self._shown is None:
             return
         self.state.mark(self._shown, status)
-        self._move(lambda queue: queue.next())
+        self._move(self._forward)
 
     def order_by_uncertainty(self) -> None:
         """Most doubtful proposals first (:func:`napari_focus.quality.uncertainty`).
@@ -500,7 +554,7 @@ class SeriesSection(Container):
             self._error(str(error))
             return
         self.owner.status.value = f"scoring {len(missing)} images…"
-        jobs = [(k, 0, self.state.queue.item(k).path) for k in missing]
+        jobs = [(k, 0, self._source(k)) for k in missing]
         worker = thread_worker(prefetch_job, start_thread=False)(key, predictor, jobs)
         worker.yielded.connect(self._on_scored)
         worker.finished.connect(self._on_rank_finished)

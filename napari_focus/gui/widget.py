@@ -162,6 +162,10 @@ class FocusWidget(Container):
         self._on_active_layer()
 
     # ------------------------------------------------------------ choices
+    def image_layer_names(self) -> list[str]:
+        """Names of the image layers FOCUS can segment (not its own outputs)."""
+        return self._image_choices()
+
     def _image_choices(self, _widget: Any = None) -> list[str]:
         # Layers are referred to by name: npe2 hands plugins a proxy of the viewer,
         # whose layer objects are not identical from one access to the next.
