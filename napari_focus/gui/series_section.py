@@ -419,18 +419,24 @@ class SeriesSection(Container):
             self.cache.invalidate(*[key for key, _ in self.cache.schedule(queue, wanted=wanted)])
         if not jobs:
             return
+        sources = [(k, ticket, self._source(k)) for k, ticket in jobs]
+        if not self._start_worker(sources, self._on_prefetched, self._on_prefetch_finished):
+            self.cache.invalidate(*[k for k, _ in jobs])
+
+    def _start_worker(self, jobs: list[tuple], on_yield: Any, on_finish: Any) -> bool:
+        """Run :func:`prefetch_job` over ``jobs`` in a napari worker; False if the model
+        settings are incomplete (the error is reported)."""
         try:
             key, predictor = self.owner.model_key(), self.owner.loaded_predictor()
         except ValueError as error:
             self._error(str(error))
-            self.cache.invalidate(*[k for k, _ in jobs])
-            return
-        paths = [(k, ticket, self._source(k)) for k, ticket in jobs]
-        worker = thread_worker(prefetch_job, start_thread=False)(key, predictor, paths)
-        worker.yielded.connect(self._on_prefetched)
-        worker.finished.connect(self._on_prefetch_finished)
+            return False
+        worker = thread_worker(prefetch_job, start_thread=False)(key, predictor, jobs)
+        worker.yielded.connect(on_yield)
+        worker.finished.connect(on_finish)
         self._worker = worker
         worker.start()
+        return True
 
     def _on_prefetched(self, message: tuple) -> None:
         kind = message[0]
@@ -548,18 +554,9 @@ class SeriesSection(Container):
         if self._worker is not None:
             self._pending_rank = True
             return
-        try:
-            key, predictor = self.owner.model_key(), self.owner.loaded_predictor()
-        except ValueError as error:
-            self._error(str(error))
-            return
-        self.owner.status.value = f"scoring {len(missing)} images…"
         jobs = [(k, 0, self._source(k)) for k in missing]
-        worker = thread_worker(prefetch_job, start_thread=False)(key, predictor, jobs)
-        worker.yielded.connect(self._on_scored)
-        worker.finished.connect(self._on_rank_finished)
-        self._worker = worker
-        worker.start()
+        if self._start_worker(jobs, self._on_scored, self._on_rank_finished):
+            self.owner.status.value = f"scoring {len(missing)} images…"
 
     def _on_scored(self, message: tuple) -> None:
         if message[0] == "model":
