@@ -163,3 +163,18 @@ def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series)
     assert widget.image.value == "second"
     assert viewer.layers["second"].visible and not viewer.layers["first"].visible
     assert _labels(viewer, "second").data.shape == (40, 56)
+
+
+def test_prefetch_off_computes_only_the_shown_image(
+    qtbot, open_focus_widget, folder, predict_threads
+):
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert len(predict_threads) == 1 and not series.cache.in_flight
+    series.prefetch.value = True  # switching it on schedules the next two
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert len(predict_threads) == 3
+    assert series.cache.get("img1.png") is not None and series.cache.get("img2.png") is not None

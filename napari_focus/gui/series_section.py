@@ -411,12 +411,9 @@ class SeriesSection(Container):
         def wanted(item: Any) -> bool:
             if item.key == current:  # shown with a saved mask: no proposal needed
                 return shown_pending
-            return needs_proposal(item)
+            return self.prefetch.value and needs_proposal(item)
 
         jobs = self.cache.schedule(queue, wanted=wanted)
-        if not self.prefetch.value:
-            jobs = [(key, ticket) for key, ticket in jobs if key == current]
-            self.cache.invalidate(*[key for key, _ in self.cache.schedule(queue, wanted=wanted)])
         if not jobs:
             return
         sources = [(k, ticket, self._source(k)) for k, ticket in jobs]

@@ -65,8 +65,10 @@ class KernelUnavailableError(RuntimeError):
         self.reason = reason
         self.log_path = log_path
         log = f" Build log: {log_path}." if log_path is not None else ""
-        super().__init__(f"the compiled {kind.upper()} deformable-attention kernel is "
-                         f"unavailable: {reason}.{log}")
+        super().__init__(
+            f"the compiled {kind.upper()} deformable-attention kernel is "
+            f"unavailable: {reason}.{log}"
+        )
 
 
 @dataclass
@@ -139,8 +141,11 @@ def _build_tag(kind: str) -> str:
     if kind == "cpu":
         isa = _cpu_isa_tag()
         return f"native-{isa}" if isa else "generic"
-    arch = _cuda_arch_list() if torch.cuda.is_available() else os.environ.get(
-        "TORCH_CUDA_ARCH_LIST", "")
+    arch = (
+        _cuda_arch_list()
+        if torch.cuda.is_available()
+        else os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    )
     archs = [a.replace(".", "").replace("+PTX", "ptx") for a in arch.replace(" ", ";").split(";")]
     return "sm" + "_".join(a for a in archs if a) if any(archs) else "default"
 
@@ -295,8 +300,10 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
                     log = _log_path(kind)
                     first = (str(exc).strip().splitlines() or [""])[0][:200]
                     st.error = KernelUnavailableError(
-                        kind, f"the build failed ({type(exc).__name__}: {first})",
-                        log if log.exists() else None)
+                        kind,
+                        f"the build failed ({type(exc).__name__}: {first})",
+                        log if log.exists() else None,
+                    )
         if st.error is not None:
             raise st.error
         assert st.op is not None

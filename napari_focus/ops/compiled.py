@@ -44,13 +44,21 @@ class KernelFallbackWarning(RuntimeWarning):
 
 class _CompiledMSDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, op: Any, value: torch.Tensor, spatial_shapes: torch.Tensor,
-                level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-                attention_weights: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
-                              attention_weights)
-        return _run(op, value, spatial_shapes, level_start_index, sampling_locations,
-                    attention_weights)
+    def forward(
+        ctx: Any,
+        op: Any,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        return _run(
+            op, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -58,22 +66,30 @@ class _CompiledMSDA(torch.autograd.Function):
         inputs = (value, locations, weights)
         needs = (ctx.needs_input_grad[1], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need)
-                      for t, need in zip(inputs, needs, strict=True)]
+            leaves = [
+                t.detach().requires_grad_(need) for t, need in zip(inputs, needs, strict=True)
+            ]
             out = ms_deform_attn_torch(leaves[0], shapes, starts, leaves[1], leaves[2])
             wanted = [leaf for leaf in leaves if leaf.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad_output))
         value_grad, loc_grad, weight_grad = (
-            next(grads) if leaf.requires_grad else None for leaf in leaves)
+            next(grads) if leaf.requires_grad else None for leaf in leaves
+        )
         return None, value_grad, None, None, loc_grad, weight_grad
 
 
-def _run(op: Any, value: torch.Tensor, spatial_shapes: torch.Tensor,
-         level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-         attention_weights: torch.Tensor) -> torch.Tensor:
+def _run(
+    op: Any,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     if value.device.type == "cpu" and value.dtype in _HALF:
-        out = op(value.float(), spatial_shapes, level_start_index, sampling_locations,
-                 attention_weights)
+        out = op(
+            value.float(), spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
         return out.to(value.dtype)
     return op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 

@@ -25,8 +25,9 @@ def cpu_model() -> str:
 
 
 def _devices() -> list[str]:
-    devices = [f"cpu: {cpu_model()}, {os.cpu_count()} cores, "
-               f"{torch.get_num_threads()} torch threads"]
+    devices = [
+        f"cpu: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)
