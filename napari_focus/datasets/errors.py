@@ -13,3 +13,8 @@ class SampleExistsError(ExportError):
     def __init__(self, message: str, name: str) -> None:
         super().__init__(message)
         self.name = name
+
+    def cli_message(self) -> str:
+        """The message in the command line's words (``--on-exists skip``, not ``on_exists=``)."""
+        reason = str(self).split("; choose on_exists", 1)[0]
+        return f"{reason}; use --on-exists skip, rename or replace"
