@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -278,8 +279,27 @@ def _check_device(args: argparse.Namespace) -> bool:
     return True
 
 
+class _StderrLines(logging.Handler):
+    """Prints a kernel build's start and end as ``napari-focus: <message>`` on the current
+    ``sys.stderr`` (failures reach the user once, as the fallback warning)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "kernel_event", None) in ("build-started", "build-finished"):
+            print(f"napari-focus: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _announce_kernel_builds() -> None:
+    """Say on stderr when the deformable-attention kernel is compiled (the first run)."""
+    log = logging.getLogger("napari_focus.ops.build")
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines(logging.INFO))
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _announce_kernel_builds()
     if getattr(args, "command", None) == "predict":
         args.size_given = args.size
         args.size = args.size or "large"
