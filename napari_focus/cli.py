@@ -297,9 +297,26 @@ def _announce_kernel_builds() -> None:
         log.setLevel(logging.INFO)
 
 
+QT_BINDINGS = ("PyQt6", "PySide6", "PyQt5", "PySide2")
+
+
+def _has_qt_binding() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None for name in QT_BINDINGS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _announce_kernel_builds()
+    if getattr(args, "command", None) == "annotate" and not _has_qt_binding():
+        print(
+            "napari-focus: annotate opens napari, which needs a Qt binding, and none is "
+            f"installed ({', '.join(QT_BINDINGS)}). Install one with "
+            "`pip install \"napari-focus[gui]\"` (PyQt6).",
+            file=sys.stderr,
+        )
+        return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict":
         args.size_given = args.size
         args.size = args.size or "large"
