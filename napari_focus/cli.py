@@ -284,8 +284,15 @@ class _StderrLines(logging.Handler):
     ``sys.stderr`` (failures reach the user once, as the fallback warning)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "kernel_event", None) in ("build-started", "build-finished"):
-            print(f"napari-focus: {record.getMessage()}", file=sys.stderr, flush=True)
+        if getattr(record, "kernel_event", None) not in ("build-started", "build-finished"):
+            return
+        line = f"napari-focus: {record.getMessage()}"
+        if "tqdm" in sys.modules:  # keeps a running progress bar intact
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
 def _announce_kernel_builds() -> None:
