@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import napari_focus
 from napari_focus import FocusPredictor, checkpoints
 from napari_focus.cli import main
 from napari_focus.devices import DeviceError, check_device_name, resolve_device
 
-PACKAGE_PARENT = Path(napari_focus.__file__).resolve().parents[1]
 cpu_only_torch = pytest.mark.skipif(
     torch.version.cuda is not None, reason="needs a CPU-only PyTorch build"
 )
@@ -126,49 +122,3 @@ def test_cli_misspelled_device_is_a_usage_error(tmp_path: Path) -> None:
         main(["predict", str(tmp_path), "--task", "sod", "--device", "tpu"])
     assert exit_.value.code == 2
     assert "argument --device: unknown device" in err.getvalue()
-
-
-def _run(*code: str) -> subprocess.CompletedProcess:
-    env_path = str(PACKAGE_PARENT)
-    return subprocess.run(
-        [sys.executable, "-c", "\n".join(code)],
-        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_help_and_version_do_not_import_torch() -> None:
-    """`napari-focus --help` stays fast: nothing on the CLI's import path loads PyTorch."""
-    result = _run(
-        "import sys, contextlib, io",
-        "from napari_focus.cli import build_parser",
-        "parser = build_parser()",
-        "for argv in (['--help'], ['--version'], ['predict', '--help'], ['export', '--help'],",
-        "             ['rank', '--help'], ['annotate', '--help'], ['doctor', '--help']):",
-        "    out = io.StringIO()",
-        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):",
-        "        parser.parse_args(argv)",
-        "    print(out.getvalue())",
-        "print('TORCH LOADED' if 'torch' in sys.modules else 'TORCH NOT LOADED')",
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert out.rstrip().endswith("TORCH NOT LOADED")
-    assert f"napari-focus {napari_focus.__version__}" in out
-    assert "exit codes:" in out and "salient objects" in out and "camouflaged" in out
-    assert "--on-exists {error,skip,rename,replace}" in out
-
-
-def test_every_option_has_help() -> None:
-    import argparse
-
-    from napari_focus.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, command in sub.choices.items():
-        for action in command._actions:
-            assert action.help, f"napari-focus {name} {action.option_strings or action.dest}"

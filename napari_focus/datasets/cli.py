@@ -151,10 +151,9 @@ def run_export(args: argparse.Namespace) -> int:
                     "tool": "napari-focus export",
                 },
             )
-        except SampleExistsError as exc:
-            failures.append(f"{image_path}: {exc.cli_message()}")
         except (ExportError, OSError, ValueError) as exc:
-            failures.append(f"{image_path}: {exc}")
+            words = exc.cli_message() if isinstance(exc, SampleExistsError) else str(exc)
+            failures.append(f"{image_path}: {words}")
             continue
         counts[result.status] += 1
         print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
