@@ -7,7 +7,14 @@ semantic JSON entries) atomically under a lock and logs a provenance line; see
 """
 
 from .errors import ExportError, SampleExistsError
-from .export import ON_EXISTS, ExportResult, SamplePaths, export_sample, sample_paths
+from .export import (
+    ON_EXISTS,
+    ExportResult,
+    SamplePaths,
+    export_sample,
+    recover_split,
+    sample_paths,
+)
 from .layouts import LAYOUT_SPECS, LAYOUTS, Layout, get_layout, layout_for_task
 from .names import sanitize_name
 from .provenance import PROVENANCE_NAME, Provenance, read_records
@@ -27,6 +34,7 @@ __all__ = [
     "get_layout",
     "layout_for_task",
     "read_records",
+    "recover_split",
     "sample_paths",
     "sanitize_name",
 ]
