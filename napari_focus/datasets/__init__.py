@@ -17,7 +17,7 @@ from .export import (
 )
 from .layouts import LAYOUT_SPECS, LAYOUTS, Layout, get_layout, layout_for_task
 from .names import sanitize_name
-from .provenance import PROVENANCE_NAME, Provenance, read_records
+from .provenance import PROVENANCE_NAME, Provenance, ProvenanceLog, read_log, read_records
 
 __all__ = [
     "LAYOUTS",
@@ -28,11 +28,13 @@ __all__ = [
     "ExportResult",
     "Layout",
     "Provenance",
+    "ProvenanceLog",
     "SampleExistsError",
     "SamplePaths",
     "export_sample",
     "get_layout",
     "layout_for_task",
+    "read_log",
     "read_records",
     "recover_split",
     "sample_paths",

@@ -21,7 +21,7 @@ from PIL import Image
 from ..atomic import remove_stale_temps
 from .journal import Transaction, roll_forward
 from .layouts import Layout
-from .provenance import read_records
+from .provenance import read_log
 from .splitjson import SplitJson, dumps
 
 
@@ -58,7 +58,7 @@ def recover_samples(root: Path, base: Path, spec: Layout, store: SplitJson, path
     if orphans:
         ours = {
             str(r.get("name", "")).casefold()
-            for r in read_records(root)
+            for r in read_log(root).records
             if r.get("layout") == spec.name and r.get("status") != "skipped"
         }
         for name in sorted(orphans):
