@@ -130,10 +130,13 @@ def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = create_temp(path)
+        created = os.stat(tmp).st_mode & 0o7777
     except OSError as exc:
         raise WriteError(path, exc) from exc
     try:
         write(os.fspath(tmp))
+        if os.stat(tmp).st_mode & 0o7777 != created:  # a writer that made its own file
+            os.chmod(tmp, created)
         fsync_path(tmp)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
