@@ -174,7 +174,7 @@ def _export_locked(
     store = SplitJson.load(base, spec)
     recovered += recover_samples(root, base, spec, store, lambda n: sample_paths(root, spec, n))
     for message in recovered:
-        log.warning("%s", message)
+        log.info("%s", message)
 
     name, status = _resolve_name(root, spec, store, wanted, on_exists)
     paths = sample_paths(root, spec, name)
