@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -234,7 +235,9 @@ def test_users_hidden_files_survive_the_temp_clean_up(tmp_path: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for name in names:
             (folder / name).write_bytes(b"mine")
-    stale = base / SPEC.image_dir / f"{atomic.TEMP_PREFIX}{os.getpid()}-0123abcd-s.jpg"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = base / SPEC.image_dir / f"{atomic.TEMP_PREFIX}{int(gone.stdout)}-0123abcd-s.jpg"
     stale.write_bytes(b"half")
     result = export_sample(tmp_path, LAYOUT, "s", *make_sample(0))
     assert not stale.exists() and "temporary file" in " ".join(result.recovered)

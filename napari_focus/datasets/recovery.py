@@ -35,8 +35,8 @@ def split_folders(base: Path, spec: Layout) -> list[Path]:
 def tidy_split(root: Path, base: Path, spec: Layout) -> list[str]:
     """Roll forward, then delete stale temporary files; messages of what was done."""
     messages = roll_forward(base)
-    removed = [p for folder in split_folders(base, spec) for p in remove_stale_temps(
-        folder, everything=True)]  # fmt: skip
+    # temp files of live processes are kept: under the lock they are not an export's
+    removed = [p for folder in split_folders(base, spec) for p in remove_stale_temps(folder)]
     if removed:
         messages.append(
             f"removed {len(removed)} temporary file(s) of an interrupted export in {base}"
@@ -107,7 +107,7 @@ def _recover_one(root: Path, paths, name: str) -> tuple[str, np.ndarray | None]:
                 size = img.size
             if size != (fg.shape[1], fg.shape[0]):
                 missing, fg = [paths.image], None
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):
             missing, fg = [paths.mask], None
     if fg is not None:
         return f"re-listed orphaned sample {name!r} (complete files, no JSON entry)", fg

@@ -204,7 +204,7 @@ class SplitJson:
             try:
                 with Image.open(mask_path_of(file_name.split(".")[0])) as img:
                     fg = np.asarray(img.convert("L")) > 0
-            except (OSError, ValueError):
+            except (OSError, ValueError, Image.DecompressionBombError):
                 continue  # nothing on disk to complete it from; leave it as it is
             image_id = ann.get("image_id")
             entry = next((i for i in self.instance["images"] if i.get("id") == image_id), None)
