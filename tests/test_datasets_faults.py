@@ -22,6 +22,7 @@ from napari_focus.datasets import (
     ON_EXISTS,
     PROVENANCE_NAME,
     ExportError,
+    ExportWriteError,
     SampleExistsError,
     export_sample,
     get_layout,
@@ -108,8 +109,9 @@ def test_replace_on_a_full_disk_keeps_the_sample_listed(tmp_path: Path, monkeypa
             fault = DiskFull(patch, k)
             try:
                 export_sample(tmp_path, LAYOUT, "s", new_image, new_mask, on_exists="replace")
-            except ExportError as exc:
+            except ExportWriteError as exc:
                 error = str(exc)
+                assert exc.reason == "the disk is full"
             else:
                 assert fault.calls < k, "every write point was tried"
                 break
@@ -135,8 +137,9 @@ def test_provenance_short_write_is_an_error_not_a_torn_line(tmp_path: Path, monk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(provenance_module.os, "write", short_then_full)
-    with pytest.raises(ExportError, match="provenance not written"):
+    with pytest.raises(ExportWriteError, match="provenance line not written") as info:
         export_sample(tmp_path, LAYOUT, "b", image, mask)
+    assert info.value.reason == "the disk is full"
     assert (tmp_path / PROVENANCE_NAME).read_bytes() == before
     monkeypatch.undo()
 

@@ -104,3 +104,17 @@ def test_every_rewrite_keeps_the_previous_state(series) -> None:
     assert state.backup_path.read_bytes() == previous
     assert json.loads(state.state_path.read_text())["items"][3]["status"] == "skipped"
     assert state.backup_path.name == STATE_NAME + ".bak"
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[" * 100_000, b'{"schema": 1}'])
+def test_a_damaged_state_file_resumes_from_the_backup(series, damage: bytes) -> None:
+    images, out = series
+    state = load_or_create(out, images)
+    state.mark("d.png", Status.SKIPPED)  # the backup now holds the state before this mark
+    state.state_path.write_bytes(damage)
+    resumed = load_or_create(out, images)
+    assert resumed.recovered_from is not None and resumed.recovered_from.read_bytes() == damage
+    assert resumed.restored_backup == resumed.backup_path
+    assert resumed.queue.item("a.png").status is Status.ACCEPTED
+    assert resumed.queue.item("b.png").status is Status.REJECTED
+    assert resumed.queue.item("d.png").status is Status.PENDING  # the one lost change

@@ -6,7 +6,7 @@ semantic JSON entries) atomically under a lock and logs a provenance line; see
 :mod:`.layouts` for the exact folders and formats of each layout.
 """
 
-from .errors import ExportError, SampleExistsError
+from .errors import ExportError, ExportWriteError, SampleExistsError
 from .export import (
     ON_EXISTS,
     ExportResult,
@@ -26,6 +26,7 @@ __all__ = [
     "PROVENANCE_NAME",
     "ExportError",
     "ExportResult",
+    "ExportWriteError",
     "Layout",
     "Provenance",
     "ProvenanceLog",

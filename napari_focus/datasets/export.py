@@ -32,13 +32,20 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from ..atomic import WriteError
 from ..transforms import to_rgb_uint8
-from .errors import ExportError, SampleExistsError
+from .errors import ExportError, ExportWriteError, SampleExistsError
 from .journal import Transaction
 from .jsonstore import root_lock
 from .layouts import Layout, get_layout
 from .names import sanitize_name
-from .provenance import Provenance, append_record, build_record, check_proposal
+from .provenance import (
+    PROVENANCE_NAME,
+    Provenance,
+    append_record,
+    build_record,
+    check_proposal,
+)
 from .recovery import recover_samples, tidy_split
 from .splitjson import Ids, SplitJson, dumps
 
@@ -207,7 +214,10 @@ def _export_locked(
     try:
         prov_path = append_record(root, record)
     except OSError as exc:
-        raise ExportError(f"sample {name!r} exported but provenance not written: {exc}") from exc
+        reason = WriteError(root / PROVENANCE_NAME, exc).reason
+        raise ExportWriteError(
+            f"sample {name!r} exported but its provenance line not written: {reason}", reason
+        ) from exc
     return _result(spec, name, status, paths, store, ids, prov_path, recovered)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import WriteError, atomic_write_bytes, fsync_dir, write_temp
-from .errors import ExportError
+from .errors import ExportError, ExportWriteError
 
 JOURNAL_NAME = ".napari_focus-journal.json"
 
@@ -49,7 +49,7 @@ class Transaction:
         try:
             tmp = write_temp(path, write)  # type: ignore[arg-type]
         except WriteError as exc:
-            raise ExportError(str(exc)) from exc
+            raise ExportWriteError(f"{exc}; the split is unchanged", exc.reason) from exc
         self.staged.append((tmp, path))
 
     def abort(self) -> None:
@@ -77,15 +77,16 @@ class Transaction:
         try:
             atomic_write_bytes(journal, json.dumps(record).encode("utf-8"))
         except WriteError as exc:
-            raise ExportError(f"{exc}; the split is unchanged") from exc
+            raise ExportWriteError(f"{exc}; the split is unchanged", exc.reason) from exc
         self.committed = True
         try:
             _apply(self.base, record["renames"])
             journal.unlink()
         except OSError as exc:
-            raise ExportError(
+            raise ExportWriteError(
                 f"could not complete the update of {self.base}: {exc}; the next export "
-                "completes it"
+                "completes it",
+                exc.strerror,
             ) from exc
 
 

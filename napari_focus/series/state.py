@@ -28,9 +28,11 @@ work name being the key without its extension, ``/`` replaced by ``__``.
 
 A state file that cannot be read (bad JSON, wrong layout, or ``version`` not an int) is,
 with ``on_corrupt="backup"`` (default), renamed to ``.napari_focus_queue.json.bad-<time>``
-and the series starts afresh (:attr:`SeriesState.recovered_from` names the backup, for the
-UI to warn); with ``on_corrupt="raise"`` it raises :class:`SeriesStateError`. A file of a
-newer ``version`` always raises: it was written by a newer napari-focus and is left alone.
+and the series resumes from the previous state file ``.napari_focus_queue.json.bak`` when
+that one is readable (:attr:`SeriesState.restored_backup`), else starts afresh
+(:attr:`SeriesState.recovered_from` names the set-aside file, for the UI to warn); with
+``on_corrupt="raise"`` it raises :class:`SeriesStateError`. A file of a newer ``version``
+always raises: it was written by a newer napari-focus and is left alone.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class SeriesState:
     queue: ImageQueue
     settings: dict[str, Any] = field(default_factory=dict)
     recovered_from: Path | None = None
+    #: the backup the series was resumed from when the state file was unreadable
+    restored_backup: Path | None = None
     #: renamed files recognised by content on opening: old key -> new key
     renamed: dict[str, str] = field(default_factory=dict)
     #: autosaves set aside because their image changed: key -> set-aside file
@@ -261,7 +265,7 @@ def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise SeriesStateError(f"cannot read {path}: {error}") from error
     return _parse(data, path)
 
@@ -303,6 +307,7 @@ def load_or_create(
     state = SeriesState(output, queue, settings)
 
     path = state.state_path
+    data = None
     if path.exists():
         try:
             data = read_state_file(path)
@@ -311,19 +316,22 @@ def load_or_create(
         except SeriesStateError:
             if on_corrupt == "raise":
                 raise
-            backup = path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(path, backup)
-            state.recovered_from = backup
-        else:
-            restored, new = restore_items(data["items"], queue, queue.folder)
-            match_renames(state, restored, new)
-            queue.items = restored + new
-            current = state.renamed.get(data.get("current"), data.get("current"))
-            keys = queue.keys()
-            if current in keys and not queue[keys.index(current)].missing:
-                queue.jump(keys.index(current))
-            elif keys:
-                queue.jump(queue.first_open())
+            bad = path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, bad)
+            state.recovered_from = bad
+            with contextlib.suppress(SeriesStateError):  # the previous state, if usable
+                data = read_state_file(state.backup_path)
+                state.restored_backup = state.backup_path
+    if data is not None:
+        restored, new = restore_items(data["items"], queue, queue.folder)
+        match_renames(state, restored, new)
+        queue.items = restored + new
+        current = state.renamed.get(data.get("current"), data.get("current"))
+        keys = queue.keys()
+        if current in keys and not queue[keys.index(current)].missing:
+            queue.jump(keys.index(current))
+        elif keys:
+            queue.jump(queue.first_open())
     output.mkdir(parents=True, exist_ok=True)
     state.save()
     return state
