@@ -62,6 +62,13 @@ class WriteError(OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self) -> tuple:  # survives pickling (worker processes)
+        return _rebuild_write_error, (os.fspath(self.path), self.errno, self.reason)
+
+
+def _rebuild_write_error(path: str, code: int | None, reason: str) -> WriteError:
+    return WriteError(path, OSError(code, reason) if code is not None else reason)
+
 
 def temp_path(path: str | os.PathLike) -> Path:
     """A fresh temporary name beside ``path`` (same folder, same extension)."""
