@@ -18,3 +18,14 @@ class SampleExistsError(ExportError):
         """The message in the command line's words (``--on-exists skip``, not ``on_exists=``)."""
         reason = str(self).split("; choose on_exists", 1)[0]
         return f"{reason}; use --on-exists skip, rename or replace"
+
+
+class ExportWriteError(ExportError):
+    """A file could not be written (the disk is full, permission denied, a read-only file
+    system...). The message names the file and the cause; ``reason`` is the cause in
+    plain words. The split still lists the previous sample (or, when the failure came
+    after the commit point, the next export completes the new one)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
