@@ -4,8 +4,10 @@ a folder every node sees, a manifest row per input."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -101,6 +103,30 @@ def _storage_now(folder: Path) -> int:
     finally:
         os.close(fd)
         os.unlink(marker)
+
+
+_TEMP_RANDOM = re.compile(r"^[a-z0-9_]{8}$")
+
+
+def _leftover_temps(jobs: Sequence[Job]) -> list[Path]:
+    """Temporary files of these jobs' outputs (``.<stem>.<8 random><suffix>``, see
+    :func:`napari_focus.io.atomic_write`) that a killed worker left behind; call only
+    once no worker writes them any more."""
+    wanted: dict[str, set[tuple[str, str]]] = {}
+    for job in jobs:
+        for output in map(Path, job.outputs()):
+            wanted.setdefault(str(output.parent), set()).add((output.stem, output.suffix))
+    found = []
+    for folder, names in wanted.items():
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if not entry.name.startswith("."):
+                    continue
+                base, suffix = os.path.splitext(entry.name[1:])
+                stem, _, random = base.rpartition(".")
+                if (stem, suffix) in names and _TEMP_RANDOM.match(random):
+                    found.append(Path(entry.path))
+    return found
 
 
 def _ordered(rows: Iterable[dict[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
@@ -223,6 +249,8 @@ def predict_dataset(
             checkpoint_seconds=checkpoint_seconds,
         )
         rows += done
+        for leftover in _leftover_temps(plan.todo):
+            leftover.unlink(missing_ok=True)
     rows = _ordered(rows, sources)
     write_manifest(rows, manifest_path)
     return DatasetRun(
