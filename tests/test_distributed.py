@@ -374,5 +374,6 @@ def test_leftover_temporary_files_are_recognised(tmp_path):
              ".dog.k2x_9abc.png", "cat.k2x_9abc.png", ".cat.k2x_9abc.tif"]  # fmt: skip
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    found = sorted(p.name for p in _leftover_temps([job]))
+    os.utime(tmp_path / ".cat.original.png", ns=(OLD_TIME_NS, OLD_TIME_NS))  # the user's
+    found = sorted(p.name for p in _leftover_temps([job], since_ns=OLD_TIME_NS + 1))
     assert found == [".cat.k2x_9abc.png", ".cat_probability.0aq3zz1_.png"]

@@ -108,10 +108,11 @@ def _storage_now(folder: Path) -> int:
 _TEMP_RANDOM = re.compile(r"^[a-z0-9_]{8}$")
 
 
-def _leftover_temps(jobs: Sequence[Job]) -> list[Path]:
+def _leftover_temps(jobs: Sequence[Job], since_ns: int) -> list[Path]:
     """Temporary files of these jobs' outputs (``.<stem>.<8 random><suffix>``, see
-    :func:`napari_focus.io.atomic_write`) that a killed worker left behind; call only
-    once no worker writes them any more."""
+    :func:`napari_focus.io.atomic_write`) created from ``since_ns`` on (storage clock),
+    i.e. left behind by a worker of this run that was killed; call only once no worker
+    writes them any more. (The time tells them from a user's ``.cat.original.png``.)"""
     wanted: dict[str, set[tuple[str, str]]] = {}
     for job in jobs:
         for output in map(Path, job.outputs()):
@@ -124,7 +125,11 @@ def _leftover_temps(jobs: Sequence[Job]) -> list[Path]:
                     continue
                 base, suffix = os.path.splitext(entry.name[1:])
                 stem, _, random = base.rpartition(".")
-                if (stem, suffix) in names and _TEMP_RANDOM.match(random):
+                if (
+                    (stem, suffix) in names
+                    and _TEMP_RANDOM.match(random)
+                    and entry.stat().st_mtime_ns >= since_ns
+                ):
                     found.append(Path(entry.path))
     return found
 
@@ -249,7 +254,7 @@ def predict_dataset(
             checkpoint_seconds=checkpoint_seconds,
         )
         rows += done
-        for leftover in _leftover_temps(plan.todo):
+        for leftover in _leftover_temps(plan.todo, settings.run_started_ns):
             leftover.unlink(missing_ok=True)
     rows = _ordered(rows, sources)
     write_manifest(rows, manifest_path)
