@@ -171,8 +171,10 @@ def predict_dataset(
         task, size, weights: the model: official hub weights of ``size`` (default
             large), or a local checkpoint (on shared storage; ``size``, if given, names
             its architecture, else the file's metadata or tensor shapes do).
-        address: Ray cluster to join (``auto``, ``ray://host:10001``, ``host:6379``);
-            None starts a local Ray instance (or uses the one ``ray.init`` started).
+        address: Ray cluster to join (``auto``: the one running on this machine,
+            ``host:6379``, ``ray://host:10001``). None: the Ray instance this process
+            already initialised, else the cluster of ``$RAY_ADDRESS`` (set inside a Ray
+            job), else a new local instance for the run.
         num_workers, gpus_per_worker, cpus_per_worker: the actor pool, one model per
             actor; see :func:`plan_resources` for the defaults.
         batch_size: images per model call.
@@ -284,9 +286,10 @@ def _run(
 
     started_here = not ray.is_initialized()
     if started_here:
-        if address is None:
-            ray.init(include_dashboard=False)
-        else:
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            # the embedded default: a new local instance, never someone else's
+            ray.init(address="local", include_dashboard=False)
+        else:  # the given cluster, or the one of the Ray job this runs in
             ray.init(address=address)
     done: list[dict[str, Any]] = []
     try:
