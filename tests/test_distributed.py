@@ -303,6 +303,7 @@ def test_resources_default_to_one_worker_per_gpu_or_node():
     gpu = {"CPU": 32.0, "GPU": 4.0}
     plan = plan_resources(gpu, 16, num_workers=None, gpus_per_worker=0.5, cpus_per_worker=None)
     assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (8, 0.5, 1.0)
+    assert plan.calls_per_worker == 2  # a batch in the model while the last one is written
     with pytest.raises(ValueError, match="has 0 GPUs"):
         plan_resources(cpu, 8, num_workers=None, gpus_per_worker=1, cpus_per_worker=None)
     with pytest.raises(ValueError, match="largest node has 8"):

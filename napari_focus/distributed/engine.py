@@ -50,11 +50,13 @@ class DatasetRun:
 
 @dataclass(frozen=True)
 class Resources:
-    """How many actors and what each reserves."""
+    """How many actors, what each reserves, and how many calls each runs at once (two on
+    a GPU: one batch in the model while the other's outputs are written)."""
 
     workers: int
     gpus_per_worker: float
     cpus_per_worker: float
+    calls_per_worker: int = 1
 
 
 def plan_resources(
@@ -82,7 +84,7 @@ def plan_resources(
         raise ValueError("--num-workers must be at least 1")
     if gpus_per_worker > 0:
         workers = num_workers or max(1, int(gpus // gpus_per_worker))
-        return Resources(workers, gpus_per_worker, cpus_per_worker or 1.0)
+        return Resources(workers, gpus_per_worker, cpus_per_worker or 1.0, calls_per_worker=2)
     if cpus_per_worker is None:
         share = cpus // num_workers if num_workers else node_cpus
         cpus_per_worker = float(max(1, min(share, node_cpus)))
@@ -328,7 +330,11 @@ def _run(
         dataset = dataset.map_batches(
             FocusWorker,
             fn_constructor_kwargs={"settings": settings.as_dict()},
-            compute=ray.data.ActorPoolStrategy(size=resources.workers),
+            compute=ray.data.ActorPoolStrategy(
+                size=resources.workers,
+                max_concurrent_calls_per_actor=resources.calls_per_worker,
+                enable_true_multi_threading=resources.calls_per_worker > 1,
+            ),
             batch_size=batch_size,
             batch_format="numpy",
             num_cpus=resources.cpus_per_worker,

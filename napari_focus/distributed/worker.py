@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -105,7 +106,10 @@ def _needs_write(path: str, settings: WorkerSettings) -> bool:
 
 class FocusWorker:
     """One FOCUS model, loaded once; each call predicts a batch of decoded images, writes
-    their masks (and probability maps) and returns one result row per input."""
+    their masks (and probability maps) and returns one result row per input.
+
+    Calls may run in two threads at once: the model serves one at a time, so one batch
+    is predicted while the previous one is written and scored."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = WorkerSettings(**settings)
@@ -114,6 +118,7 @@ class FocusWorker:
 
             torch.set_num_threads(max(1, self.settings.threads))
         self.predictor = load_predictor(self.settings)
+        self.model_lock = threading.Lock()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def _predict(self, images: Sequence[np.ndarray]) -> list[tuple[Any, float]]:
@@ -179,7 +184,9 @@ class FocusWorker:
             )
             for i in readable
         ]
-        for i, (result, seconds) in zip(readable, self._predict(images), strict=True):
+        with self.model_lock:
+            predictions = self._predict(images)
+        for i, (result, seconds) in zip(readable, predictions, strict=True):
             row = rows[i]
             row["seconds"] = seconds
             if isinstance(result, Exception):
