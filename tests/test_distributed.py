@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -378,3 +379,28 @@ def test_leftover_temporary_files_are_recognised(tmp_path):
     os.utime(tmp_path / ".cat.original.png", ns=(OLD_TIME_NS, OLD_TIME_NS))  # the user's
     found = sorted(p.name for p in _leftover_temps([job], since_ns=OLD_TIME_NS + 1))
     assert found == [".cat.k2x_9abc.png", ".cat_probability.0aq3zz1_.png"]
+
+
+def test_a_model_the_workers_cannot_load_is_a_clear_error(ray_local, images, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    code, err = run_cli(
+        "predict", images / "photo.png", "--task", "sod", "--weights", bad, "--out",
+        tmp_path / "out", "--engine", "ray", "--quiet",
+    )  # fmt: skip
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"napari-focus: cannot load the model: {bad}"), last
+    rows = read_manifest(tmp_path / "out" / "focus_manifest.parquet")
+    assert [r["status"] for r in rows] == ["pending"]
+
+
+def test_engine_ray_without_ray_says_how_to_install(images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code, err = run_cli(
+        "predict", images / "photo.png", "--task", "sod", "--out", tmp_path, "--engine", "ray"
+    )
+    assert code == 2
+    assert "pip install 'napari-focus[ray]'" in err
+    assert not any(tmp_path.iterdir())

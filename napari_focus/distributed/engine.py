@@ -24,7 +24,7 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
-from .worker import FocusWorker, WorkerSettings, decode_batch
+from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
 
 MAX_BLOCKS = 20_000  # input blocks: enough to spread decoding, few enough to schedule
 
@@ -353,9 +353,12 @@ def _run(
                     last = time.monotonic()
         except BaseException as error:  # keep what was done, then stop
             checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
-            if isinstance(error, Exception):
-                raise RuntimeError(f"the Ray run stopped: {error}") from error
-            raise
+            if not isinstance(error, Exception):
+                raise
+            reasons = re.findall(rf"{re.escape(MODEL_ERROR)}(.+)", str(error))
+            if reasons:
+                raise RuntimeError(f"cannot load the model: {reasons[-1]}") from error
+            raise RuntimeError(f"the Ray run stopped: {error}") from error
         return done, resources.workers
     finally:
         if started_here:

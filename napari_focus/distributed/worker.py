@@ -16,6 +16,9 @@ import numpy as np
 
 from .inputs import read_source
 
+#: start of the error a worker raises when it cannot load the model (found by the driver
+#: in Ray's wrapped error)
+MODEL_ERROR = "napari-focus worker cannot load the model: "
 JOB_COLUMNS = ("source", "name", "mask", "probability")
 #: Columns of the rows the workers return (see :mod:`.manifest` for their meaning).
 RESULT_COLUMNS = (
@@ -117,7 +120,10 @@ class FocusWorker:
             import torch
 
             torch.set_num_threads(max(1, self.settings.threads))
-        self.predictor = load_predictor(self.settings)
+        try:
+            self.predictor = load_predictor(self.settings)
+        except Exception as error:
+            raise RuntimeError(f"{MODEL_ERROR}{error}") from error
         self.model_lock = threading.Lock()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
