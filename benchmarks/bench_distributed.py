@@ -53,10 +53,11 @@ def tiny_weights(folder: Path) -> Path:
     return predictor.save_inference_checkpoint(folder / "tiny.safetensors", dtype=torch.float32)
 
 
-def run(command: list[str]) -> tuple[float, float]:
+def run(command: list[str], threads: int | None = None) -> tuple[float, float]:
     """Wall seconds and CPU seconds of the command's process tree."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     root = psutil.Process(process.pid)
     cpu: dict[int, float] = {}
     while process.poll() is None:
@@ -95,10 +96,11 @@ def main() -> None:
     model = ["--task", "sod", "--weights", str(weights), "--quiet"]
     if args.size:
         model += ["--size", args.size]
-    configs = {
-        "local CLI": ["--device", "cpu"],
-        "ray, 1 worker x 2 CPUs": ["--engine", "ray", "--num-workers", "1"],
-        "ray, 2 workers x 1 CPU": ["--engine", "ray", "--num-workers", "2"],
+    one = ["--engine", "ray", "--cpus-per-worker", "1"]
+    configs = {  # one torch thread per model everywhere: a shared machine punishes more
+        "local CLI, 1 thread": ["--device", "cpu"],
+        "ray, 1 worker x 1 CPU": [*one, "--num-workers", "1"],
+        "ray, 2 workers x 1 CPU": [*one, "--num-workers", "2"],
     }
     results: dict[str, dict[int, list[tuple[float, float]]]] = {c: {} for c in configs}
     for repeat in range(args.repeats):
@@ -108,7 +110,7 @@ def main() -> None:
                 command = [sys.executable, "-m", "napari_focus.cli", "predict"]
                 command += [str(work / f"images_{count}"), "--out", str(out), *model, *extra]
                 load = os.getloadavg()[0]
-                wall, cpu = run(command)
+                wall, cpu = run(command, threads=1 if "local" in name else None)
                 results[name].setdefault(count, []).append((wall, cpu))
                 print(
                     f"{name:26s} {count:3d} images: {wall:6.1f} s wall, {cpu:6.1f} CPU-s, "

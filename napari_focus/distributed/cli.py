@@ -34,6 +34,13 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPUs per model copy, e.g. 0.5 for two per GPU (default: 1 with GPUs, else 0)",
     )
     group.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        metavar="F",
+        help="CPUs per model copy (default: 1 next to a GPU; on CPUs a node's CPUs "
+        "divided among its workers); a CPU worker runs that many torch threads",
+    )
+    group.add_argument(
         "--manifest",
         metavar="PATH",
         help="results per image, .parquet or .csv (default: OUT/focus_manifest.parquet)",
@@ -82,8 +89,10 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             address=args.address,
             num_workers=args.num_workers,
             gpus_per_worker=gpus,
-            batch_size=getattr(args, "batch_size", None) or 4,
+            cpus_per_worker=args.cpus_per_worker,
+            batch_size=getattr(args, "batch_size", None),
             precision=getattr(args, "precision", None),
+            compile=getattr(args, "compile", False),
             tta=args.tta,
             probability=args.probability,
             image_format=args.format,

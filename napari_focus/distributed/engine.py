@@ -26,6 +26,7 @@ from .manifest import (
 )
 from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
 
+DEFAULT_ROWS_PER_CALL = 4
 MAX_BLOCKS = 20_000  # input blocks: enough to spread decoding, few enough to schedule
 
 
@@ -152,8 +153,9 @@ def predict_dataset(
     num_workers: int | None = None,
     gpus_per_worker: float | None = None,
     cpus_per_worker: float | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     precision: str | None = None,
+    compile: bool = False,
     tta: bool = False,
     probability: bool = False,
     image_format: str = "png",
@@ -179,8 +181,10 @@ def predict_dataset(
             job), else a new local instance for the run.
         num_workers, gpus_per_worker, cpus_per_worker: the actor pool, one model per
             actor; see :func:`plan_resources` for the defaults.
-        batch_size: images per model call.
+        batch_size: images per model call (None: the predictor's default); each worker
+            call gets ``batch_size`` images (4 if None).
         precision: passed to the predictor's loader (None: its default).
+        compile: compile the model in every worker (``FocusPredictor.compile``).
         overwrite: redo inputs whose outputs exist (default: skip them).
         manifest: results path (``.parquet`` or ``.csv``); default
             ``out/focus_manifest.parquet``. Rewritten every ``checkpoint_seconds`` while
@@ -204,7 +208,7 @@ def predict_dataset(
         raise ValueError(
             f"the output folder must be a path every worker mounts (e.g. NFS), not {out}"
         )
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError("batch size must be at least 1")
     if weights is not None:
         if not Path(weights).is_file():
@@ -240,6 +244,7 @@ def predict_dataset(
             precision=precision,
             tta=tta,
             batch_size=batch_size,
+            compile=compile,
             overwrite=overwrite,
             run_started_ns=_storage_now(out),
         )
@@ -250,7 +255,7 @@ def predict_dataset(
             num_workers=num_workers,
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
-            batch_size=batch_size,
+            rows_per_call=batch_size or DEFAULT_ROWS_PER_CALL,
             progress=progress,
             checkpoint=lambda partial: write_manifest(
                 _ordered(rows + partial, sources), manifest_path
@@ -279,7 +284,7 @@ def _run(
     num_workers: int | None,
     gpus_per_worker: float | None,
     cpus_per_worker: float | None,
-    batch_size: int,
+    rows_per_call: int,
     progress: bool,
     checkpoint: Any,
     checkpoint_seconds: float,
@@ -316,14 +321,14 @@ def _run(
         )
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
-        blocks = max(1, min(math.ceil(len(jobs) / batch_size), MAX_BLOCKS))
+        blocks = max(1, min(math.ceil(len(jobs) / rows_per_call), MAX_BLOCKS))
         dataset = ray.data.from_items([job.as_dict() for job in jobs], override_num_blocks=blocks)
         # On CPU workers the decoding asks for the same CPUs as the worker, so Ray Data
         # fuses it into the worker (no CPUs held back for idle decoders); next to GPU
         # workers it runs in separate one-CPU tasks that keep the GPUs fed.
         dataset = dataset.map_batches(
             decode_batch,
-            batch_size=batch_size,
+            batch_size=rows_per_call,
             batch_format="numpy",
             num_cpus=1.0 if on_gpu else resources.cpus_per_worker,
         )
@@ -335,7 +340,7 @@ def _run(
                 max_concurrent_calls_per_actor=resources.calls_per_worker,
                 enable_true_multi_threading=resources.calls_per_worker > 1,
             ),
-            batch_size=batch_size,
+            batch_size=rows_per_call,
             batch_format="numpy",
             num_cpus=resources.cpus_per_worker,
             num_gpus=resources.gpus_per_worker if on_gpu else None,

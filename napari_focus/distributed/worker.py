@@ -74,7 +74,8 @@ class WorkerSettings:
     threads: int = 1  # torch threads of a CPU worker
     precision: str | None = None  # None: the loader's default
     tta: bool = False
-    batch_size: int | None = None
+    batch_size: int | None = None  # images per forward (None: the predictor's default)
+    compile: bool = False
     overwrite: bool = False
     run_started_ns: int = 0  # storage clock at the start of the run (see FocusWorker)
 
@@ -122,6 +123,8 @@ class FocusWorker:
             torch.set_num_threads(max(1, self.settings.threads))
         try:
             self.predictor = load_predictor(self.settings)
+            if self.settings.compile:
+                self.predictor.compile()
         except Exception as error:
             raise RuntimeError(f"{MODEL_ERROR}{error}") from error
         self.model_lock = threading.Lock()
