@@ -220,8 +220,10 @@ def predict_dataset(
         raise ValueError(f"no input images (nothing matches {', '.join(map(str, items))})")
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
+    if manifest_path.suffix.lower() not in (".parquet", ".csv"):
+        raise ValueError(f"the manifest must end in .parquet or .csv, not {manifest_path}")
+    out.mkdir(parents=True, exist_ok=True)
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
@@ -346,16 +348,19 @@ def _run(
             num_gpus=resources.gpus_per_worker if on_gpu else None,
         )
         pending = {job.source: job for job in jobs}
-        last = time.monotonic()
+        last, interval = time.monotonic(), checkpoint_seconds
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for index in range(len(batch["source"])):
                     row = normalize({column: batch[column][index] for column in batch})
                     pending.pop(str(row["source"]), None)
                     done.append(row)
-                if time.monotonic() - last > checkpoint_seconds:
+                if time.monotonic() - last > interval:
+                    began = time.monotonic()
                     checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
                     last = time.monotonic()
+                    # a million rows take seconds to write: keep that under a tenth
+                    interval = max(checkpoint_seconds, 10 * (last - began))
         except BaseException as error:  # keep what was done, then stop
             checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
             if not isinstance(error, Exception):
