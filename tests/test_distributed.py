@@ -404,3 +404,16 @@ def test_engine_ray_without_ray_says_how_to_install(images, tmp_path, monkeypatc
     assert code == 2
     assert "pip install 'napari-focus[ray]'" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_settings_stop_before_any_work(images, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    common = ("predict", images / "photo.png", "--task", "sod", "--out", out, "--engine", "ray")
+    code, err = run_cli(*common, "--manifest", tmp_path / "results.json")
+    assert code == 2 and "must end in .parquet or .csv" in err
+    code, err = run_cli(*common, "--weights", tmp_path / "missing.safetensors")
+    assert code == 2 and "weights file not found" in err
+    code, err = run_cli(*common, "--device", "cuda:1")
+    assert code == 2 and "--gpus-per-worker" in err
+    assert not out.exists()
