@@ -55,7 +55,11 @@ def tiny_weights(folder: Path) -> Path:
 
 def run(command: list[str], threads: int | None = None) -> tuple[float, float]:
     """Wall seconds and CPU seconds of the command's process tree."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    # Ray starts its workers at niceness 15; on a machine shared with other work that
+    # alone would slow them, so they run at the local command's priority here
+    env = dict(os.environ, RAY_worker_niceness="0")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     root = psutil.Process(process.pid)
