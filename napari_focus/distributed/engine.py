@@ -26,7 +26,10 @@ from .manifest import (
 )
 from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
 
-DEFAULT_ROWS_PER_CALL = 4
+#: images per worker call when no batch size is given: on a GPU two forwards' worth, so
+#: images of one padded size find each other; on CPUs (seconds per image) one, so that
+#: the work spreads evenly over the workers
+DEFAULT_ROWS_PER_CALL = {"gpu": 8, "cpu": 1}
 MAX_BLOCKS = 20_000  # input blocks: enough to spread decoding, few enough to schedule
 
 
@@ -182,7 +185,7 @@ def predict_dataset(
         num_workers, gpus_per_worker, cpus_per_worker: the actor pool, one model per
             actor; see :func:`plan_resources` for the defaults.
         batch_size: images per model call (None: the predictor's default); each worker
-            call gets ``batch_size`` images (4 if None).
+            call gets ``batch_size`` images (if None: 8 on a GPU, 1 on CPUs).
         precision: passed to the predictor's loader (None: its default).
         compile: compile the model in every worker (``FocusPredictor.compile``).
         overwrite: redo inputs whose outputs exist (default: skip them).
@@ -257,7 +260,7 @@ def predict_dataset(
             num_workers=num_workers,
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
-            rows_per_call=batch_size or DEFAULT_ROWS_PER_CALL,
+            rows_per_call=batch_size,
             progress=progress,
             checkpoint=lambda partial: write_manifest(
                 _ordered(rows + partial, sources), manifest_path
@@ -286,7 +289,7 @@ def _run(
     num_workers: int | None,
     gpus_per_worker: float | None,
     cpus_per_worker: float | None,
-    rows_per_call: int,
+    rows_per_call: int | None,
     progress: bool,
     checkpoint: Any,
     checkpoint_seconds: float,
@@ -321,6 +324,7 @@ def _run(
                 "threads": max(1, math.floor(resources.cpus_per_worker)),
             }
         )
+        rows_per_call = rows_per_call or DEFAULT_ROWS_PER_CALL["gpu" if on_gpu else "cpu"]
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         blocks = max(1, min(math.ceil(len(jobs) / rows_per_call), MAX_BLOCKS))
