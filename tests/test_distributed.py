@@ -37,6 +37,7 @@ from napari_focus.distributed import (
     write_ranking,
 )
 from napari_focus.distributed.inputs import list_sources, plan_outputs
+from napari_focus.io import write_mask
 from napari_focus.series.references import reference_mask_path
 
 OLD_TIME_NS = 1_000_000_000 * 10**9
@@ -367,18 +368,19 @@ def test_order_series_resumes_with_its_statuses(tmp_path):
 
 
 def test_leftover_temporary_files_are_recognised(tmp_path):
+    from napari_focus.atomic import temp_path
     from napari_focus.distributed.engine import _leftover_temps
-    from napari_focus.io import write_mask
 
     [job] = plan_outputs(["/data/cat.png"], tmp_path, probability=True).todo
     write_mask(job.mask, np.ones((4, 4), np.uint8))
-    names = [".cat.k2x_9abc.png", ".cat_probability.0aq3zz1_.png", ".cat.original.png",
-             ".dog.k2x_9abc.png", "cat.k2x_9abc.png", ".cat.k2x_9abc.tif"]  # fmt: skip
-    for name in names:
-        (tmp_path / name).write_bytes(b"")
-    os.utime(tmp_path / ".cat.original.png", ns=(OLD_TIME_NS, OLD_TIME_NS))  # the user's
-    found = sorted(p.name for p in _leftover_temps([job], since_ns=OLD_TIME_NS + 1))
-    assert found == [".cat.k2x_9abc.png", ".cat_probability.0aq3zz1_.png"]
+    leftovers = [temp_path(job.mask), temp_path(job.probability)]
+    others = [temp_path(tmp_path / "dog.png"), tmp_path / ".cat.k2x_9abc.png"]
+    old = temp_path(job.mask)  # from an earlier run: not this run's to remove
+    for path in [*leftovers, *others, old]:
+        path.write_bytes(b"")
+    os.utime(old, ns=(OLD_TIME_NS, OLD_TIME_NS))
+    found = _leftover_temps([job], since_ns=OLD_TIME_NS + 1)
+    assert sorted(found) == sorted(leftovers)
 
 
 def test_a_model_the_workers_cannot_load_is_a_clear_error(ray_local, images, tmp_path, caplog):

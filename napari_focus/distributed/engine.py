@@ -111,32 +111,24 @@ def _storage_now(folder: Path) -> int:
         os.unlink(marker)
 
 
-_TEMP_RANDOM = re.compile(r"^[a-z0-9_]{8}$")
-
-
 def _leftover_temps(jobs: Sequence[Job], since_ns: int) -> list[Path]:
-    """Temporary files of these jobs' outputs (``.<stem>.<8 random><suffix>``, see
-    :func:`napari_focus.io.atomic_write`) created from ``since_ns`` on (storage clock),
-    i.e. left behind by a worker of this run that was killed; call only once no worker
-    writes them any more. (The time tells them from a user's ``.cat.original.png``.)"""
-    wanted: dict[str, set[tuple[str, str]]] = {}
+    """Temporary files of these jobs' outputs (:func:`napari_focus.atomic.temp_path`
+    names) created from ``since_ns`` on (storage clock): left by workers of this run that
+    were killed while writing. Call only once no worker writes them any more."""
+    from ..atomic import TEMP_PREFIX, temp_files
+
+    wanted: dict[Path, set[str]] = {}
     for job in jobs:
         for output in map(Path, job.outputs()):
-            wanted.setdefault(str(output.parent), set()).add((output.stem, output.suffix))
+            wanted.setdefault(output.parent, set()).add(output.name)
     found = []
     for folder, names in wanted.items():
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                if not entry.name.startswith("."):
-                    continue
-                base, suffix = os.path.splitext(entry.name[1:])
-                stem, _, random = base.rpartition(".")
-                if (
-                    (stem, suffix) in names
-                    and _TEMP_RANDOM.match(random)
-                    and entry.stat().st_mtime_ns >= since_ns
-                ):
-                    found.append(Path(entry.path))
+        for temp in temp_files(folder):
+            # .napari_focus-tmp-<pid>-<random>-<final name>
+            final = temp.name[len(TEMP_PREFIX) :].split("-", 2)[-1]
+            with contextlib.suppress(OSError):
+                if final in names and temp.stat().st_mtime_ns >= since_ns:
+                    found.append(temp)
     return found
 
 
