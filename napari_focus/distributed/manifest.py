@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..atomic import atomic_write
 from .inputs import Job, is_uri
 
 MANIFEST_NAME = "focus_manifest.parquet"
