@@ -72,6 +72,9 @@ def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
         if is_uri(item):
             try:
                 found = _expand_uri(item)
+            except ImportError:
+                unmatched.append(f"{item} (URIs need pyarrow: pip install 'napari-focus[ray]')")
+                continue
             except (OSError, ValueError) as error:  # unknown scheme, no credentials, ...
                 unmatched.append(f"{item} ({error})")
                 continue
