@@ -270,21 +270,43 @@ def test_sample_data_is_bundled():
         assert data.ndim == 3 and kind == "image" and meta["name"]
 
 
-def test_screenshot_of_the_docked_widget(qtbot, viewer_widget):
-    """Writes the README screenshot when NAPARI_FOCUS_SCREENSHOT names a file."""
-    target = os.environ.get("NAPARI_FOCUS_SCREENSHOT")
+def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
+    """At 1366x768, every section renders inside the window. With
+    NAPARI_FOCUS_SCREENSHOTS=<folder>, writes docs-style screenshots there
+    (``screenshot-<section>.png``)."""
+    from PIL import Image
+
+    target = os.environ.get("NAPARI_FOCUS_SCREENSHOTS")
     viewer, widget = viewer_widget
     viewer.add_image(coffee()[0][0], name="coffee")
     _run_and_wait(qtbot, widget)
     labels = viewer.layers["coffee [FOCUS SOD]"]
     assert labels.data.shape == (400, 600)
-    if target:
-        from skimage.io import imsave
+    folder = tmp_path / "series"
+    folder.mkdir()
+    from napari_focus.gui.samples import astronaut, chelsea
 
-        viewer.show()
-        viewer.window.resize(1500, 950)
-        qtbot.wait(500)
-        imsave(Path(target), viewer.screenshot(canvas_only=False, flash=False))
+    for name, sample in (("cat", chelsea), ("astronaut", astronaut)):
+        Image.fromarray(sample()[0][0]).save(folder / f"{name}.png")
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    window = widget.native.window()
+    window.show()
+    window.resize(1366, 768)
+    for title in widget.sections:
+        widget.show_section(title)
+        if title == "Series":
+            for layer in viewer.layers:
+                layer.visible = False
+            widget.series.folder.value = folder
+            widget.series.prefetch.value = False
+            widget.series.open(folder)
+            qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
+        qtbot.wait(300)
+        shot = viewer.screenshot(canvas_only=False, flash=False)
+        assert shot.shape[0] <= 768 and shot.shape[1] <= 1366
+        if target:
+            Image.fromarray(shot).save(Path(target) / f"screenshot-{title.lower()}.png")
+    qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
 
 
 def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_path, monkeypatch):
@@ -296,7 +318,7 @@ def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_pa
     for name in ("a", "b"):
         Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
     monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
-    paths, unmatched = collect_inputs([str(tmp_path)])
+    paths, unmatched = collect_inputs([str(tmp_path / "a.png"), str(tmp_path / "b.png")])
     viewer, widget = annotate.open_viewer(paths, show=False)
     assert not unmatched
     assert isinstance(widget, FocusWidget)

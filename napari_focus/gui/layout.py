@@ -67,16 +67,24 @@ def narrow_line_edits(widget: Any) -> None:
 
 
 def scrolling(page: Any) -> Any:
-    """``page`` (a QWidget) inside a vertical-only scroll area."""
+    """``page`` (a QWidget) at the top of a vertical-only scroll area, never narrower
+    than the page needs (so nothing is cut off at the right)."""
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QFrame, QScrollArea
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+    holder = QWidget()
+    column = QVBoxLayout(holder)
+    column.setContentsMargins(0, 0, 0, 0)
+    column.addWidget(page)
+    column.addStretch(1)
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setWidget(page)
+    area.setWidget(holder)
     area.setMinimumHeight(120)
+    scrollbar = area.verticalScrollBar().sizeHint().width()
+    area.setMinimumWidth(page.minimumSizeHint().width() + scrollbar + 4)
     return area
 
 
@@ -86,7 +94,7 @@ def tabbed_sections(sections: Iterable[tuple[str, Any]]) -> Any:
 
     tabs = QTabWidget()
     tabs.setUsesScrollButtons(True)
-    tabs.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+    tabs.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
     for title, section in sections:
         tabs.addTab(scrolling(section.native), title)
     return tabs

@@ -64,7 +64,7 @@ class ModelSection(Container):
         # The predictor's precisions; an "auto" choice appears here once the predictor
         # accepts it.
         self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="float32")
-        self.tta = CheckBox(text="test-time augmentation (12 passes)", value=False)
+        self.tta = CheckBox(text="test-time augmentation", value=False)
         self.planes = ComboBox(
             label="planes",
             choices=[("current plane", "current"), ("all planes", "all")],
@@ -99,7 +99,7 @@ class ModelSection(Container):
         self.precision.tooltip = (
             "Number format of the model; half precision (float16/bfloat16) needs a GPU"
         )
-        self.tta.tooltip = "Average 6 scales x 2 flips: better masks, 12x slower"
+        self.tta.tooltip = "Test-time augmentation: average 6 scales x 2 flips (12 passes): better masks, 12x slower"
         self.planes.tooltip = "For stacks: segment the plane on screen, or every plane"
         self.weights_source.changed.connect(self._on_weights_source)
 

@@ -64,7 +64,8 @@ class CloseGuard:
     def on_layer_removing(self, event: Any) -> None:
         labels = self.unsaved_labels()
         removed = self.section.viewer.layers[event.index]
-        if labels is not None and removed is labels and not self.autosave(labels):
+        # by name: the viewer proxy npe2 gives plugins wraps layers anew on each access
+        if labels is not None and removed.name == labels.name and not self.autosave(labels):
             print(f"napari-focus: {self.last_failure}", file=sys.stderr)
 
     # --- closing napari -------------------------------------------------------------

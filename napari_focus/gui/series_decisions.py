@@ -57,7 +57,11 @@ class SeriesDecisions:
             return
         key = self._shown
         state = labels.metadata.get(META_KEY)
-        proposal = state["proposal"] if state else None
+        if state:
+            proposal = state["proposal"]
+        else:  # a saved mask is shown: compare the model's own proposal, if it exists
+            known = self._known_prediction(self.state.queue.item(key))
+            proposal = known.mask if known is not None else None
         accepted = np.asarray(labels.data) > 0
         self.accept_button.enabled = False
         self.owner.export_section.export(

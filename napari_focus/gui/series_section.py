@@ -29,7 +29,6 @@ from ..series import (
     Status,
     find_reference_mask,
     load_or_create,
-    needs_proposal,
 )
 from ..series.images import UnusableImageError, load_series_image
 from .fields import chosen_dir
@@ -48,9 +47,10 @@ from .series_layers import (
     show_saved_mask,
     tag,
 )
+from .series_scheduling import SeriesScheduling
 
 
-class SeriesSection(SeriesDecisions, Container):
+class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
     """Folder queue with Previous / Next / Accept / Reject / Skip, resume and prefetch."""
 
     def __init__(self, owner: Any) -> None:
@@ -70,8 +70,8 @@ class SeriesSection(SeriesDecisions, Container):
         self.folder = FileEdit(label="image folder", mode="d")
         self.output = FileEdit(label="series folder", mode="d")
         self.recursive = CheckBox(text="include subfolders", value=False)
-        self.pattern = LineEdit(label="glob (optional)")
-        self.references = FileEdit(label="existing masks (optional)", mode="d")
+        self.pattern = LineEdit(label="file pattern")
+        self.references = FileEdit(label="start masks", mode="d")
         self.open_button = PushButton(text="Open folder")
         self.layers_button = PushButton(text="Queue open layers")
         self.include_exported = CheckBox(text="visit exported images too", value=False)
@@ -145,8 +145,8 @@ class SeriesSection(SeriesDecisions, Container):
             "(default: <image folder>/napari_focus)"
         )
         self.recursive.tooltip = "Also queue the images in subfolders"
-        self.pattern.tooltip = "Only files matching this pattern, e.g. *_rgb.* or day1/*"
-        self.references.tooltip = "A folder of masks with the same file names: start from them"
+        self.pattern.tooltip = "Optional: only files matching this pattern, e.g. *_rgb.* or day1/*"
+        self.references.tooltip = "Optional: a folder of existing masks with the same file names to start from"
         self.open_button.tooltip = "Queue the folder's images (resumes where you stopped)"
         self.layers_button.tooltip = "Queue the image layers open in napari"
         self.include_exported.tooltip = "Next/Previous also stop at images already exported"
@@ -388,81 +388,6 @@ class SeriesSection(SeriesDecisions, Container):
             if labels is not None and labels.metadata.get(SERIES_KEY) == self._shown
             else None
         )
-
-    # ------------------------------------------------------------- prefetch
-    def _use_model(self) -> Any:
-        assert self.state is not None
-        key = self.owner.model_key()
-        self.prefetcher.use_model(key, self.state.output_folder)
-        return key
-
-    def _schedule(self) -> None:
-        """Plan the image on screen first, then the next ones; start the worker if idle.
-        A computation already running goes on (its result is kept)."""
-        if self.state is None:
-            return
-        try:
-            key = self._use_model()
-        except ValueError as error:
-            self._error(str(error))
-            return
-        if key == self._model_error:
-            return
-        queue = self.state.queue
-        current = queue.current.key if queue.current else None
-        store = self.prefetcher.store
-
-        def wanted(item: Any) -> bool:
-            if store is not None and store.has(item.key):
-                return item.key == current and self._awaiting == current
-            if item.key == current:  # shown with a saved mask: no proposal needed
-                return self._awaiting == current
-            return self.prefetch.value and needs_proposal(item)
-
-        window = self.cache.window(queue)
-        self.prefetcher.replan([k for k in window if wanted(queue.item(k))])
-        jobs = self.cache.schedule(queue, wanted=wanted)
-        if jobs:
-            self.prefetcher.plan([(k, ticket, self._source(k)) for k, ticket in jobs])
-        self.prefetcher.start(key, self.owner.loaded_predictor())
-
-    def _on_prefetched(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "model":
-            self.owner.adopt_predictor(self.owner.model_key(), message[1])
-        elif kind == "model_failed":
-            self._model_error = self.owner.model_key()
-            self._error(message[1])
-        elif kind in ("unusable", "failed"):
-            _, key, ticket, text = message
-            self.cache.fail(key, ticket)
-            self.scores[key] = float("nan")
-            if kind == "unusable":
-                self._mark_unusable(key, text)
-            else:
-                self._error(f"{key}: {text}")
-            if key == self._awaiting:
-                self.owner.set_status(f"error: {text}")
-        else:
-            _, key, ticket, prediction, seconds = message
-            self.seconds[key] = seconds
-            self.scores[key] = uncertainty(prediction.probability)
-            if self.cache.store(key, prediction, ticket) and key == self._awaiting:
-                self._show_prediction(self._image_layer_for(key), key, prediction)
-
-    def _mark_unusable(self, key: str, reason: str) -> None:
-        assert self.state is not None
-        try:
-            self.state.mark_failed(key, reason)
-        except OSError as error:
-            self.state.queue.mark_failed(key, reason)
-            self._error(self.close_guard.save_failure_text(error, "the series state"))
-        show_warning(f"FOCUS series: skipped {key}: {reason}")
-
-    def _on_prefetch_idle(self) -> None:
-        if self._rank_wanted:
-            self.order_by_uncertainty()
-        self._schedule()
 
     @property
     def busy(self) -> bool:
