@@ -93,7 +93,7 @@ def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
     from napari_focus.gui.samples import astronaut
 
     dialogs.ask_yes_no = lambda _parent, _question: True
-    height = int(round((megapixels * 1e6 * 3 / 4) ** 0.5))
+    height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
     width = height * 4 // 3
     base = Image.fromarray(astronaut()[0][0]).resize((width, height))
     folder = root / "images"

@@ -99,7 +99,10 @@ class ModelSection(Container):
         self.precision.tooltip = (
             "Number format of the model; half precision (float16/bfloat16) needs a GPU"
         )
-        self.tta.tooltip = "Test-time augmentation: average 6 scales x 2 flips (12 passes): better masks, 12x slower"
+        self.tta.tooltip = (
+            "Test-time augmentation: average 6 scales x 2 flips (12 passes); "
+            "better masks, 12x slower"
+        )
         self.planes.tooltip = "For stacks: segment the plane on screen, or every plane"
         self.weights_source.changed.connect(self._on_weights_source)
 

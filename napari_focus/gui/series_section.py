@@ -146,7 +146,9 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
         )
         self.recursive.tooltip = "Also queue the images in subfolders"
         self.pattern.tooltip = "Optional: only files matching this pattern, e.g. *_rgb.* or day1/*"
-        self.references.tooltip = "Optional: a folder of existing masks with the same file names to start from"
+        self.references.tooltip = (
+            "Optional: a folder of existing masks with the same file names to start from"
+        )
         self.open_button.tooltip = "Queue the folder's images (resumes where you stopped)"
         self.layers_button.tooltip = "Queue the image layers open in napari"
         self.include_exported.tooltip = "Next/Previous also stop at images already exported"
