@@ -31,7 +31,9 @@ def mixed_folder(tmp_path, focus_reference):
     Image.fromarray(source.mean(-1).astype(np.uint8)).save(folder / "a_gray.png")
     Image.fromarray(source[:48, :80]).save(folder / "b_rgb.jpg", quality=90)
     tifffile.imwrite(folder / "c_16bit.tif", source[..., 1].astype(np.uint16) * 257)
-    tifffile.imwrite(folder / "d_planes.tif", np.stack([source[..., 0]] * 4))
+    tifffile.imwrite(
+        folder / "d_planes.tif", np.stack([source[..., 0]] * 4), photometric="minisblack"
+    )
     rgba = np.dstack([source[:56, :72], np.full((56, 72), 255, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(folder / "e_rgba.png")
     (folder / "f_text.png").write_text("this is not an image\n")
