@@ -36,13 +36,33 @@ from bench_model import random_predictor
 
 
 class StallMeter:
-    """Longest gap between 5 ms timer ticks on the GUI thread while active."""
+    """Longest gap between 5 ms timer ticks on the GUI thread while active. With
+    ``explain``, a watchdog thread prints the GUI thread's stack during any stall
+    longer than 0.5 s (to find what blocks it)."""
+
+    explain = False
 
     def __init__(self) -> None:
         self.ticks: list[float] = []
         self.timer = QTimer()
         self.timer.setInterval(5)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        if self.explain:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        import traceback
+
+        main = threading.main_thread().ident
+        reported = None
+        while True:
+            time.sleep(0.25)
+            if self.timer.isActive() and self.ticks:
+                last = self.ticks[-1]
+                if time.perf_counter() - last > 0.5 and reported != last:
+                    reported = last
+                    stack = "".join(traceback.format_stack(sys._current_frames()[main]))
+                    print(f"--- GUI thread stalled; it is in:\n{stack}", file=sys.stderr)
 
     def __enter__(self) -> StallMeter:
         self.ticks = [time.perf_counter()]
@@ -108,8 +128,7 @@ def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
     widget.weights_path.value = tiny_checkpoint(root)
     widget.device.value = "cpu"
     series = widget.series
-    series.prefetch.value = False
-    series.open(folder)
+    series.open(folder)  # the next two proposals are computed ahead, as by default
     wait(lambda: series.proposal_ready and not series.busy)  # model loaded, image 0 shown
 
     result: dict[str, float] = {"megapixels": round(width * height / 1e6, 1)}
@@ -141,6 +160,7 @@ def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
     widget.export_section.dataset_root.value = root / "datasets"
     widget.export_section.dataset_layout.value = "generic"
     shown = series.shown_key
+    wait(lambda: not series.busy)  # image 1 computed ahead while the user corrected 0
     with StallMeter() as meter:  # export, quality, next image shown (its Run is apart)
         series.accept()
         wait(lambda: series.shown_key != shown and not series.busy)
@@ -182,7 +202,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megapixels", type=float, default=24.0)
     parser.add_argument("--cancel-at", type=float, nargs="*", default=[3.0, 8.0, 15.0])
+    parser.add_argument("--explain", action="store_true", help="print what blocks the GUI")
     args = parser.parse_args()
+    StallMeter.explain = args.explain
     torch.set_num_threads(2)
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -97,6 +97,12 @@ class RefineSection(Container):
         finally:
             self._syncing = False
 
+    def apply_now(self) -> None:
+        """Refine the new proposal with the current settings (no question: nothing of
+        the user's is replaced)."""
+        self._approved = True
+        self._apply()
+
     def _apply(self) -> None:
         labels = self.owner.proposal_layer()
         if labels is None:

@@ -13,6 +13,7 @@ import numpy as np
 from napari.qt.threading import thread_worker
 
 from ..predictor import FocusPredictor
+from ..quality import uncertainty
 from ..run_control import Cancelled, RunControl, watch_model
 from ..series import PrefetchCache
 from ..series.images import UnusableImageError, load_series_image
@@ -36,9 +37,10 @@ def prefetch_job(
     """Load the model if needed, then take jobs from ``board`` until it is empty.
 
     Yields ``("model", predictor)`` once when it loaded one; per image
-    ``("prediction", key, ticket, prediction, seconds)``, ``("unusable", key, ticket,
-    reason)`` (the file cannot be part of the series) or ``("failed", key, ticket,
-    reason)``; ``("model_failed", reason)`` when the model cannot be loaded.
+    ``("prediction", key, ticket, prediction, seconds, uncertainty, decoded image)``,
+    ``("unusable", key, ticket, reason)`` (the file cannot be part of the series) or
+    ``("failed", key, ticket, reason)``; ``("model_failed", reason)`` when the model
+    cannot be loaded.
     """
     if predictor is None:
         try:
@@ -67,8 +69,12 @@ def prefetch_job(
         if store is not None:
             with contextlib.suppress(OSError):  # a full disk only costs a recomputation
                 store.save(item_key, path, prediction.probability, prediction.mask)
+        score = uncertainty(prediction.probability)  # here: a 24-MP map takes 0.5 s
         board.done(item_key)
-        yield ("prediction", item_key, ticket, prediction, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        # the decoded file goes along, so showing it later costs the GUI no decoding
+        decoded = image if path is not None else None
+        yield ("prediction", item_key, ticket, prediction, seconds, score, decoded)
 
 
 class Prefetcher:

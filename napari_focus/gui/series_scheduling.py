@@ -3,12 +3,14 @@ results (mixed into :class:`~napari_focus.gui.series_section.SeriesSection`)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from napari.utils.notifications import show_warning
 
-from ..quality import uncertainty
 from ..series import needs_proposal
+
+DECODED_IMAGES = 3  # decoded files kept for display (a 24-MP RGB image is 72 MB)
 
 
 class SeriesScheduling:
@@ -20,6 +22,7 @@ class SeriesScheduling:
     prefetcher: Any
     scores: dict[str, float]
     seconds: dict[str, float]
+    decoded: OrderedDict[str, Any]
     _awaiting: str | None
     _model_error: Any
     _rank_wanted: bool
@@ -78,9 +81,13 @@ class SeriesScheduling:
             if key == self._awaiting:
                 self.owner.set_status(f"error: {text}")
         else:
-            _, key, ticket, prediction, seconds = message
+            _, key, ticket, prediction, seconds, score, decoded = message
+            if decoded is not None:
+                self.decoded[key] = decoded
+                while len(self.decoded) > DECODED_IMAGES:
+                    self.decoded.popitem(last=False)
             self.seconds[key] = seconds
-            self.scores[key] = uncertainty(prediction.probability)
+            self.scores[key] = score
             if self.cache.store(key, prediction, ticket) and key == self._awaiting:
                 self._show_prediction(self._image_layer_for(key), key, prediction)
 

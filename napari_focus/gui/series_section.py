@@ -5,6 +5,7 @@ computed ahead in the background (queue, resume and prefetch logic live in
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
         self.prefetcher = Prefetcher(self.cache, self._on_prefetched)
         self.prefetcher.on_idle = self._on_prefetch_idle
         self.seconds: dict[str, float] = {}
+        self.decoded: OrderedDict[str, np.ndarray] = OrderedDict()  # files read ahead
         self.scores: dict[str, float] = {}  # uncertainty of every proposal computed
         self._shown: str | None = None
         self._awaiting: str | None = None  # key whose proposal is being computed
@@ -274,7 +276,7 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
             item = state.queue.current
             if item.status is not Status.FAILED:
                 try:
-                    image = load_series_image(item.path) if item.path is not None else None
+                    image = self._read(item)
                 except UnusableImageError as error:
                     self._mark_unusable(item.key, str(error))
                 else:
@@ -287,6 +289,13 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
                 break
         self._shown = None
         self.position.value = "no image of this series can be shown (see the failed items)"
+
+    def _read(self, item: Any) -> np.ndarray | None:
+        """The item's pixels: decoded ahead by the background worker, or read now."""
+        if item.path is None:
+            return None
+        decoded = self.decoded.pop(item.key, None)
+        return decoded if decoded is not None else load_series_image(item.path)
 
     def _display(self, item: Any, image: np.ndarray | None) -> None:
         assert self.state is not None
@@ -378,7 +387,8 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
         tag(labels, "labels", key)
         tag(self.viewer.layers[f"{name} probability"], "probability", key)
         self._awaiting = None
-        self.scores.setdefault(key, uncertainty(prediction.probability))
+        if key not in self.scores:
+            self.scores[key] = uncertainty(prediction.probability)
         if self.state.queue.current.status is Status.PENDING:
             self.state.mark(key, Status.PROPOSED)
             self._show_position(self.state.queue.current)

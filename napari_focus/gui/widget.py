@@ -41,6 +41,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("Series", "series", "napari_focus.gui.series_section:SeriesSection"),
 )
 STATUS_TICK_MS = 500
+INLINE_REFINE_PIXELS = 2_000_000  # larger proposals are refined in a worker
 
 
 def ask_yes_no(parent: Any, question: str) -> bool:
@@ -302,7 +303,7 @@ class FocusWidget(Container):
 
     def show_result(self, result: JobResult, layer: Any, planes: LayerPlanes) -> Any:
         """Add or update the proposal (Labels + hidden probability) of ``layer``."""
-        from ..mask_ops import refine
+        from ..mask_ops import Refinement, refine
 
         self.adopt_predictor(result.key, result.predictor)
         name = proposal_name(layer.name, result.key.task)
@@ -311,12 +312,18 @@ class FocusWidget(Container):
             labels = None
         probability, official = merged_outputs(labels, result, planes)
         refinement = self.refine_section.refinement()
-        mask = refine(probability, official, refinement)
+        deferred = refinement != Refinement() and probability.size > INLINE_REFINE_PIXELS
+        if deferred:  # large image: show the model's mask now, refine in a worker
+            refinement, mask = Refinement(), official.copy()
+        else:
+            mask = refine(probability, official, refinement)
         metadata = proposal_metadata(
             result, layer.name, probability, official, mask, refinement, self.tta.value
         )
         labels = put_proposal(self.viewer, layer, name, mask, metadata)
         self.set_status(f"proposed {name}")
+        if deferred:
+            self.refine_section.apply_now()
         self.update_enabled()
         return labels
 
