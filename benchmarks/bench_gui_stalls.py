@@ -57,7 +57,11 @@ class StallMeter:
         reported = None
         while True:
             time.sleep(0.25)
-            if self.timer.isActive() and self.ticks:
+            try:
+                active = self.timer.isActive()
+            except RuntimeError:  # the timer is gone: the benchmark ended
+                return
+            if active and self.ticks:
                 last = self.ticks[-1]
                 if time.perf_counter() - last > 0.5 and reported != last:
                     reported = last

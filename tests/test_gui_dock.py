@@ -185,3 +185,17 @@ def test_readme_lists_the_shortcuts():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert shortcut_table() in readme
+
+
+def test_errors_speak_the_widget_s_words():
+    from napari_focus.checkpoints import CheckpointNotAvailable
+    from napari_focus.gui.job import gui_message
+
+    error = CheckpointNotAvailable(
+        "not in the cache and the hub could not be reached. Either download it once, or put "
+        "the file anywhere and load it with `--weights /path/to/focus_large_sod.pth` "
+        "(Python: `FocusPredictor.from_checkpoint(path)`)."
+    )
+    text = gui_message(error)
+    assert "--weights" not in text
+    assert "'local checkpoint' in the Model tab and pick /path/to/focus_large_sod.pth" in text

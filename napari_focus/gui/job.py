@@ -6,6 +6,7 @@ the widget creates and changes layers when the job returns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -69,9 +70,10 @@ def load_predictor(key: ModelKey) -> FocusPredictor:
 def gui_message(error: BaseException) -> str:
     """An error's text in the widget's words (the library speaks of CLI flags)."""
     text = str(error) or type(error).__name__
-    return text.replace(
-        "load it with `--weights",
-        "choose weights: local checkpoint and pick the file (`",
+    return re.sub(
+        r"load it with `--weights ([^`]*)`\s*(\(Python: `[^`]*`\))?",
+        r"choose weights: 'local checkpoint' in the Model tab and pick \1",
+        text,
     )
 
 

@@ -77,6 +77,8 @@ def merged_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probability and official mask of the whole layer: the new planes of ``result``
     written over what ``labels`` held for the others."""
+    if result.indices == [()]:  # one 2-D image: the result is the whole layer, no copies
+        return result.probabilities[0], result.masks[0]
     state = labels.metadata.get(META_KEY) if labels is not None else None
     if state is None or state["probability"].shape != planes.spatial_shape:
         probability = np.zeros(planes.spatial_shape, np.float32)

@@ -84,6 +84,7 @@ class CloseGuard:
         labels = self.unsaved_labels()
         if labels is None or self.autosave(labels):
             self.section.prefetcher.stop()
+            self.section.shutdown_metrics()
             return True
         from . import dialogs
 
@@ -92,6 +93,7 @@ class CloseGuard:
         )
         if dialogs.ask_yes_no(self.section.native, question):
             self.section.prefetcher.stop()
+            self.section.shutdown_metrics()
             return True
         show_error(f"FOCUS series: {self.last_failure}")
         return False

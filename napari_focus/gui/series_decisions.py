@@ -1,5 +1,5 @@
 """What the user decides about the shown image of a series: Accept (export in a worker,
-then the quality line, computed in a worker too), Reject, Skip, and ordering the queue
+then the quality line, computed in a separate process), Reject, Skip, and ordering the queue
 by uncertainty. Mixed into :class:`~napari_focus.gui.series_section.SeriesSection`."""
 
 from __future__ import annotations
@@ -12,27 +12,13 @@ from napari.utils.notifications import show_info
 
 from ..quality import uncertainty
 from ..series import Status, export_record
+from ..series.review import quality_text
 from .proposal_layers import META_KEY
 
 
-def quality_text(
-    name: str, proposal: np.ndarray | None, reference: np.ndarray, against: str
-) -> str:
-    """Metrics of the proposal as it was shown (after refinement) against the accepted
-    mask or the ground truth. Runs in a worker (the metrics import alone takes seconds)."""
-    if proposal is None:
-        return f"{name}: no model proposal to compare (it started from a saved mask)"
-    try:
-        from ..quality import mask_metrics
-
-        metrics = mask_metrics((proposal > 0).astype(np.float32), reference)
-    except ImportError as error:
-        return str(error)
-    return (
-        f"{name}: proposal vs {against}: IoU {metrics['iou']:.3f}, MAE {metrics['mae']:.3f}, "
-        f"S {metrics['smeasure']:.3f}, E {metrics['emeasure_mean']:.3f}, "
-        f"wF {metrics['wfmeasure']:.3f}, BER {metrics['ber']:.3f}"
-    )
+def _quality_in_a_process(pool: Any, *args: Any) -> str:
+    """Worker-thread body: wait (GIL released) for the metrics computed in ``pool``."""
+    return pool.submit(quality_text, *args).result()
 
 
 class SeriesDecisions:
@@ -89,13 +75,30 @@ class SeriesDecisions:
         reference = self._reference_mask(item.path)
         against = "ground truth" if reference is not None else "your corrected mask"
         reference = accepted if reference is None else reference
-        worker = thread_worker(quality_text, start_thread=False)(
-            item.name, proposal, reference, against
+        worker = thread_worker(_quality_in_a_process, start_thread=False)(
+            self.metrics_pool(), item.name, proposal, reference, against
         )
         worker.returned.connect(lambda text: setattr(self.quality, "value", text))
         self.quality.value = f"{item.name}: computing the quality…"
         self._quality_worker = worker  # kept alive until it returns
         worker.start()
+
+    def metrics_pool(self) -> Any:
+        """One spawned process for the metrics, started on the first Accept."""
+        pool = getattr(self, "_metrics_pool", None)
+        if pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("spawn")
+            pool = self._metrics_pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return pool
+
+    def shutdown_metrics(self) -> None:
+        pool = getattr(self, "_metrics_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._metrics_pool = None
 
     @property
     def quality_pending(self) -> bool:

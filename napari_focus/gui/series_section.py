@@ -21,37 +21,29 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..predictor import Prediction
-from ..quality import uncertainty
 from ..series import (
     PrefetchCache,
     SeriesState,
     SeriesStateError,
     Status,
-    find_reference_mask,
     load_or_create,
 )
-from ..series.images import UnusableImageError, load_series_image
+from ..series.images import UnusableImageError
 from .fields import chosen_dir
-from .job import JobResult, proposal_name
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
-from .planes import current_plane_index, layer_planes
 from .proposal_layers import META_KEY, is_edited
 from .series_close import CloseGuard, provenance_of
 from .series_decisions import SeriesDecisions
+from .series_display import SeriesDisplay
 from .series_jobs import Prefetcher
 from .series_layers import (
     SERIES_KEY,
-    clear_mask_layers,
     series_layer,
-    show_image,
-    show_saved_mask,
-    tag,
 )
 from .series_scheduling import SeriesScheduling
 
 
-class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
+class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container):
     """Folder queue with Previous / Next / Accept / Reject / Skip, resume and prefetch."""
 
     def __init__(self, owner: Any) -> None:
@@ -137,6 +129,7 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
         self.rank_button.changed.connect(self.order_by_uncertainty)
         self.prefetch.changed.connect(lambda _: self._schedule())
         self.close_guard = CloseGuard(self)
+        self.native.destroyed.connect(lambda *_: self.shutdown_metrics())
         # deleting the mask layer (or closing napari) removes it: keep the edits first
         self.viewer.layers.events.removing.connect(self.close_guard.on_layer_removing)
 
@@ -290,109 +283,6 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
         self._shown = None
         self.position.value = "no image of this series can be shown (see the failed items)"
 
-    def _read(self, item: Any) -> np.ndarray | None:
-        """The item's pixels: decoded ahead by the background worker, or read now."""
-        if item.path is None:
-            return None
-        decoded = self.decoded.pop(item.key, None)
-        return decoded if decoded is not None else load_series_image(item.path)
-
-    def _display(self, item: Any, image: np.ndarray | None) -> None:
-        assert self.state is not None
-        self._shown = item.key
-        self._awaiting = None
-        self._show_position(item)
-        self.jump_to.changed.disconnect(self._on_jump)
-        self.jump_to.value = self.state.queue.index + 1
-        self.jump_to.changed.connect(self._on_jump)
-
-        if item.path is None:  # a queue of open layers: show that layer
-            layer = self.viewer.layers[item.key]
-            for queued in self.state.queue:
-                if queued.key in self.viewer.layers:
-                    self.viewer.layers[queued.key].visible = queued.key == item.key
-        else:
-            layer = show_image(self.viewer, item.key, item.name, item.path, image)
-        self.owner.image.value = layer.name
-        shape = layer_planes(layer).spatial_shape
-        name = proposal_name(item.name, self.owner.task.value)
-        clear_mask_layers(self.viewer, item.key, shape, name)
-
-        saved = self.state.load_autosaved(item.key)
-        start = saved if saved is not None else self._reference_mask(item.path)
-        if start is not None:
-            provenance = self.state.autosaved_provenance(item.key) if saved is not None else None
-            show_saved_mask(self.viewer, layer, item.key, name, start, provenance)
-            self.owner.set_status("loaded a saved mask")
-        elif (prediction := self._known_prediction(item)) is not None:
-            self._show_prediction(layer, item.key, prediction)
-        else:
-            self._awaiting = item.key
-            self.owner.set_status(f"computing the proposal of {item.name}…")
-        self.owner.update_enabled()
-        self._schedule()
-
-    def _show_position(self, item: Any) -> None:
-        assert self.state is not None
-        counts = self.state.queue.counts()
-        failed = f", {counts[Status.FAILED]} failed" if counts[Status.FAILED] else ""
-        self.position.value = (
-            f"{self.state.queue.position_text()} {item.name} — {item.status}{failed}"
-        )
-
-    def _known_prediction(self, item: Any) -> Prediction | None:
-        """The proposal from memory, or from the series folder (computed earlier)."""
-        prediction = self.cache.get(item.key)
-        if prediction is None and self.state is not None:
-            self._use_model()
-            prediction = self.prefetcher.load_stored(item.key, item.path)
-        return prediction
-
-    def _reference_mask(self, path: Path | None) -> np.ndarray | None:
-        folder = chosen_dir(self.references.value)
-        if path is None or folder is None or not folder.is_dir():
-            return None
-        return find_reference_mask(path, folder)
-
-    def _image_layer_for(self, key: str) -> Any:
-        if self.state is not None and self.state.queue.item(key).path is None:
-            return self.viewer.layers[key]
-        return series_layer(self.viewer, "image")
-
-    def _source(self, key: str) -> Path | np.ndarray:
-        """What a background job reads for item ``key``: a file, or the pixels of a layer
-        (taken here, on the UI thread)."""
-        assert self.state is not None
-        item = self.state.queue.item(key)
-        if item.path is not None:
-            return item.path
-        layer = self.viewer.layers[key]
-        planes = layer_planes(layer)
-        return planes.plane(current_plane_index(layer, tuple(self.viewer.dims.point), planes))
-
-    def _show_prediction(self, layer: Any, key: str, prediction: Prediction) -> None:
-        assert self.state is not None
-        model_key, predictor = self.owner.current_model()
-        if predictor is None or model_key is None:
-            model_key, predictor = self.owner.model_key(), _StoredModel(self.owner)
-        result = JobResult(
-            predictor=predictor,
-            key=model_key,
-            indices=[()],
-            probabilities=[prediction.probability],
-            masks=[prediction.mask],
-        )
-        labels = self.owner.show_result(result, layer, layer_planes(layer))
-        name = proposal_name(layer.name, self.owner.task.value)
-        tag(labels, "labels", key)
-        tag(self.viewer.layers[f"{name} probability"], "probability", key)
-        self._awaiting = None
-        if key not in self.scores:
-            self.scores[key] = uncertainty(prediction.probability)
-        if self.state.queue.current.status is Status.PENDING:
-            self.state.mark(key, Status.PROPOSED)
-            self._show_position(self.state.queue.current)
-
     def _proposal_labels(self) -> Any:
         labels = series_layer(self.viewer, "labels")
         return (
@@ -419,16 +309,6 @@ class SeriesSection(SeriesScheduling, SeriesDecisions, Container):
     def _error(self, message: str) -> None:
         self.owner.set_status(f"error: {message}")
         show_error(f"FOCUS series: {message}")
-
-
-class _StoredModel:
-    """Stands in for the predictor of a proposal loaded from the series folder (only
-    its description is used)."""
-
-    def __init__(self, owner: Any) -> None:
-        key = owner.model_key()
-        self.device = key.device
-        self.architecture = type("Architecture", (), {"size_name": key.size})()
 
 
 __all__ = ["META_KEY", "SERIES_KEY", "SeriesSection", "provenance_of"]
