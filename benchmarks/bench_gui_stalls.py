@@ -38,7 +38,7 @@ from bench_model import random_predictor
 class StallMeter:
     """Longest gap between 5 ms timer ticks on the GUI thread while active. With
     ``explain``, a watchdog thread prints the GUI thread's stack during any stall
-    longer than 0.5 s (to find what blocks it)."""
+    longer than 0.15 s (to find what blocks it)."""
 
     explain = False
 
@@ -56,14 +56,14 @@ class StallMeter:
         main = threading.main_thread().ident
         reported = None
         while True:
-            time.sleep(0.25)
+            time.sleep(0.05)
             try:
                 active = self.timer.isActive()
             except RuntimeError:  # the timer is gone: the benchmark ended
                 return
             if active and self.ticks:
                 last = self.ticks[-1]
-                if time.perf_counter() - last > 0.5 and reported != last:
+                if time.perf_counter() - last > 0.15 and reported != last:
                     reported = last
                     stack = "".join(traceback.format_stack(sys._current_frames()[main]))
                     print(f"--- GUI thread stalled; it is in:\n{stack}", file=sys.stderr)

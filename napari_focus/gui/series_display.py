@@ -16,7 +16,7 @@ from ..series.images import load_series_image
 from .fields import chosen_dir
 from .job import JobResult, proposal_name
 from .planes import current_plane_index, layer_planes
-from .series_layers import clear_mask_layers, series_layer, show_image, show_saved_mask, tag
+from .series_layers import retarget_mask_layers, series_layer, show_image, show_saved_mask, tag
 
 
 class SeriesDisplay:
@@ -61,15 +61,16 @@ class SeriesDisplay:
         self.owner.image.value = layer.name
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
-        clear_mask_layers(self.viewer, item.key, shape, name)
-
         saved = self.state.load_autosaved(item.key)
         start = saved if saved is not None else self._reference_mask(item.path)
+        prediction = self._known_prediction(item) if start is None else None
+        clear = start is None and prediction is None
+        retarget_mask_layers(self.viewer, item.key, shape, name, clear=clear)
         if start is not None:
             provenance = self.state.autosaved_provenance(item.key) if saved is not None else None
             show_saved_mask(self.viewer, layer, item.key, name, start, provenance)
             self.owner.set_status("loaded a saved mask")
-        elif (prediction := self._known_prediction(item)) is not None:
+        elif prediction is not None:
             self._show_prediction(layer, item.key, prediction)
         else:
             self._awaiting = item.key

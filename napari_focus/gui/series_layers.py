@@ -48,16 +48,21 @@ def show_image(viewer: Any, key: str, name: str, path: Path, image: np.ndarray) 
     return layer
 
 
-def clear_mask_layers(viewer: Any, key: str, shape: tuple[int, ...], name: str) -> None:
-    """Empty the reused mask and probability layers for image ``key`` (fresh undo)."""
+def retarget_mask_layers(
+    viewer: Any, key: str, shape: tuple[int, ...], name: str, *, clear: bool
+) -> None:
+    """Name the reused mask and probability layers for image ``key``; with ``clear``
+    empty them (fresh undo), else the caller fills them at once (no extra redraw)."""
     labels = series_layer(viewer, "labels")
     if labels is not None:
         labels.metadata = {SERIES_KEY: key, ROLE_KEY: "labels"}
-        replace_labels_data(labels, np.zeros(shape, np.uint8))
+        if clear:
+            replace_labels_data(labels, np.zeros(shape, np.uint8))
         labels.name = name
     probability = series_layer(viewer, "probability")
     if probability is not None:
-        probability.data = np.zeros(shape, np.float32)
+        if clear:
+            probability.data = np.zeros(shape, np.float32)
         probability.name = f"{name} probability"
 
 
