@@ -148,7 +148,8 @@ class ExportSection(Container):
         if isinstance(error, OSError):
             where = error.filename or chosen_dir(self.dataset_root.value)
             text = (
-                f"could not write to {where}: {error.strerror or error}. Your mask is still "
+                f"could not write to {where}: {getattr(error, 'reason', None) or error.strerror}. "
+                "Your mask is still "
                 "in the viewer: free some space or choose another dataset root, then export "
                 "again"
             )

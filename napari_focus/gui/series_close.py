@@ -35,7 +35,7 @@ class CloseGuard:
 
     def save_failure_text(self, error: OSError, what: str) -> str:
         folder = self.section.state.output_folder if self.section.state else "the series folder"
-        reason = error.strerror or str(error)
+        reason = getattr(error, "reason", None) or error.strerror or str(error)
         return (
             f"could not save {what} in {folder}: {reason}. Your edits are still in the "
             "viewer: free some space (or choose another series folder), then try again"

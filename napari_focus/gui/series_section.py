@@ -267,7 +267,7 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         assert state is not None
         for _ in range(len(state.queue)):
             item = state.queue.current
-            if item.status is not Status.FAILED:
+            if item.status is not Status.FAILED and not item.missing:
                 try:
                     image = self._read(item)
                 except UnusableImageError as error:
