@@ -147,11 +147,10 @@ class ExportSection(Container):
     def _failed(self, error: BaseException, on_done: Callable | None) -> None:
         if isinstance(error, OSError):
             where = error.filename or chosen_dir(self.dataset_root.value)
+            reason = getattr(error, "reason", None) or error.strerror or str(error)
             text = (
-                f"could not write to {where}: {getattr(error, 'reason', None) or error.strerror}. "
-                "Your mask is still "
-                "in the viewer: free some space or choose another dataset root, then export "
-                "again"
+                f"could not write to {where}: {reason}. Your mask is still in the viewer: "
+                "free some space or choose another dataset root, then export again"
             )
         else:
             text = str(error)
