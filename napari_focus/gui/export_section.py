@@ -11,7 +11,14 @@ from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..datasets import LAYOUTS, ExportError, SampleExistsError, export_sample, layout_for_task
+from ..datasets import (
+    LAYOUTS,
+    ExportError,
+    ExportWriteError,
+    SampleExistsError,
+    export_sample,
+    layout_for_task,
+)
 from . import dialogs
 from .fields import chosen_dir
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
@@ -152,6 +159,8 @@ class ExportSection(Container):
                 f"could not write to {where}: {reason}. Your mask is still in the viewer: "
                 "free some space or choose another dataset root, then export again"
             )
+        elif isinstance(error, ExportWriteError):
+            text = f"{error}. Your mask is still in the viewer: fix that, then export again"
         else:
             text = str(error)
         self.result_label.value = f"error: {text}"
