@@ -10,10 +10,9 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
+from .cli_common import load_predictor_from_args as _load_predictor
 from .presets import SIZES, TASKS
-
-EXIT_FAILED_IMAGES = 1
-EXIT_SETUP_ERROR = 2
 
 
 def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -46,16 +45,6 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         found.extend(matches)
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique, unmatched
-
-
-def _load_predictor(args: argparse.Namespace):
-    from .predictor import FocusPredictor
-
-    if args.weights:
-        return FocusPredictor.from_checkpoint(
-            args.weights, args.task, architecture=args.size_given, device=args.device
-        )
-    return FocusPredictor.from_pretrained(args.task, args.size, device=args.device)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -129,12 +118,13 @@ def run_annotate(args: argparse.Namespace) -> int:
     from .gui.annotate import open_viewer
 
     paths: list[Path] = []
-    if args.path:
+    folder = Path(args.path) if args.path and Path(args.path).is_dir() else None
+    if args.path and folder is None:
         paths, unmatched = collect_inputs([args.path])
         if unmatched:
             print(f"napari-focus: no image matches {args.path!r}", file=sys.stderr)
             return EXIT_SETUP_ERROR
-    open_viewer(paths)
+    open_viewer(paths, folder=folder)
     napari.run()
     return 0
 
@@ -251,10 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate = commands.add_parser(
         "annotate",
-        help="open napari with the FOCUS widget (and an image or folder)",
+        help="open napari with the FOCUS widget; a folder opens as a series to label",
         description="Open napari with the FOCUS widget docked, optionally with images loaded.",
     )
-    annotate.add_argument("path", nargs="?", help="an image file or a folder of images")
+    annotate.add_argument(
+        "path",
+        nargs="?",
+        help="a folder of images (opened as a series: Previous / Next / Accept) or an image",
+    )
     annotate.set_defaults(func=run_annotate)
 
     doctor = commands.add_parser(

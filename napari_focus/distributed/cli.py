@@ -53,7 +53,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(message: str) -> int:
-    from ..cli import EXIT_SETUP_ERROR
+    from ..cli_common import EXIT_SETUP_ERROR
 
     print(f"napari-focus: {message}", file=sys.stderr)
     return EXIT_SETUP_ERROR
@@ -61,7 +61,7 @@ def _fail(message: str) -> int:
 
 def run_predict_ray(args: argparse.Namespace) -> int:
     """Run ``predict`` with ``--engine ray``; exit codes as the local engine's."""
-    from ..cli import EXIT_FAILED_IMAGES
+    from ..cli_common import EXIT_FAILED_IMAGES
 
     if args.device not in ("auto", "cpu", "cuda"):
         return _fail(

@@ -164,7 +164,8 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, _load_predictor
+    from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
+    from ..cli_common import load_predictor_from_args as _load_predictor
     from ..quality import folder_report
 
     folder = Path(args.folder)
