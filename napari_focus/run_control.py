@@ -17,6 +17,7 @@ CPU). Thread-safe: the run happens in a worker thread, cancel and reads come fro
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -107,3 +108,36 @@ def watch_model(model: nn.Module, control: RunControl) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def kernel_build_stage(control: RunControl) -> Iterator[None]:
+    """While inside the block, a first compile of the deformable-attention kernel in
+    this thread becomes ``control``'s stage (it takes a minute or two, once per machine)."""
+    from .ops.build import BUILD_STARTED
+    from .ops.build import logger as build_logger
+
+    thread = threading.get_ident()
+    resumed: list[str] = []
+
+    class StageHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread != thread:
+                return
+            event = getattr(record, "kernel_event", None)
+            if event == "build-started":
+                resumed.append(control.snapshot()[0])
+                control.set_stage(BUILD_STARTED)
+            elif event in ("build-finished", "build-failed") and resumed:
+                control.set_stage(resumed.pop())
+
+    handler = StageHandler(logging.INFO)
+    old_level = build_logger.level
+    if not build_logger.isEnabledFor(logging.INFO):
+        build_logger.setLevel(logging.INFO)
+    build_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        build_logger.removeHandler(handler)
+        build_logger.setLevel(old_level)

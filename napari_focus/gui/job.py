@@ -14,7 +14,7 @@ import numpy as np
 
 from ..predictor import FocusPredictor
 from ..presets import hub_location
-from ..run_control import Cancelled, RunControl, watch_model
+from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
 from .planes import LayerPlanes
 
 
@@ -97,30 +97,42 @@ def run_job(
     :class:`JobFailure`, or None when ``control`` was cancelled.
 
     Stages (in ``control``, which the widget polls for the elapsed time): loading the
-    model, segmenting plane k/N (checked for a cancel between model stages),
-    post-processing.
+    model, compiling the deformable-attention kernel (first run on a machine only),
+    segmenting plane k/N (checked for a cancel between model stages), post-processing.
     """
     control = control or RunControl()
     try:
-        if predictor is None:
-            control.set_stage(f"loading {key.describe()}")
-            yield Progress(f"Loading {key.describe()}…", None)
-            predictor = load_predictor(key)
-            # A first build of the compiled kernel is announced here once the ops package
-            # reports it ("compiling the kernel"); until then it shows as loading.
-        result = JobResult(predictor=predictor, key=key, indices=indices)
-        for done, index in enumerate(indices):
-            control.check()
-            where = f" plane {done + 1}/{len(indices)}" if len(indices) > 1 else ""
-            control.set_stage(f"segmenting{where}")
-            yield Progress(f"Segmenting{where}…", done / len(indices))
-            with watch_model(predictor.model, control):
-                prediction = predictor.predict(planes.plane(index), tta=tta)
-            result.probabilities.append(prediction.probability)
-            result.masks.append(prediction.mask)
+        with kernel_build_stage(control):
+            result = yield from _segment(key, predictor, planes, indices, tta, control)
     except Cancelled:
         return None
     except (ValueError, OSError, RuntimeError) as error:
         return JobFailure(error)
     yield Progress("Done", 1.0)
+    return result
+
+
+def _segment(
+    key: ModelKey,
+    predictor: FocusPredictor | None,
+    planes: LayerPlanes,
+    indices: list[tuple[int, ...]],
+    tta: bool,
+    control: RunControl,
+) -> Generator[Progress, None, JobResult]:
+    """Load the model if needed, then segment each plane; raises :class:`Cancelled`."""
+    if predictor is None:
+        control.set_stage(f"loading {key.describe()}")
+        yield Progress(f"Loading {key.describe()}…", None)
+        predictor = load_predictor(key)
+    result = JobResult(predictor=predictor, key=key, indices=indices)
+    for done, index in enumerate(indices):
+        control.check()
+        where = f" plane {done + 1}/{len(indices)}" if len(indices) > 1 else ""
+        control.set_stage(f"segmenting{where}")
+        yield Progress(f"Segmenting{where}…", done / len(indices))
+        with watch_model(predictor.model, control):
+            prediction = predictor.predict(planes.plane(index), tta=tta)
+        result.probabilities.append(prediction.probability)
+        result.masks.append(prediction.mask)
     return result
