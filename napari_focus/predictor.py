@@ -104,6 +104,7 @@ class FocusPredictor:
         self.model = model.to(self.device).eval()
         cast_autocast_weights(self.model, DTYPES[self.precision])
         self.input = input_preset()
+        self._compiled: torch.nn.Module | None = None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -188,8 +189,18 @@ class FocusPredictor:
         )
 
     @property
+    def default_batch_size(self) -> int:
+        """Images per forward when ``batch_size`` is not given."""
+        return DEFAULT_BATCH.get(self.device.type, 1)
+
+    @property
     def architecture(self) -> FocusArchitecture:
         return self.model.architecture
+
+    def compile(self) -> None:
+        """Run later forwards through ``torch.compile`` (each new padded input size
+        compiles again; see docs/benchmarks.md for when it pays off)."""
+        self._compiled = torch.compile(self.model, dynamic=False)
 
     # -------------------------------------------------------------- inference
     def prepare(self, image: np.ndarray, *, tta: bool = False) -> PreparedInput:
@@ -232,7 +243,7 @@ class FocusPredictor:
     ) -> list[Prediction]:
         """Run the model on inputs from :meth:`prepare`; results in the same order."""
         if batch_size is None:
-            batch_size = DEFAULT_BATCH.get(self.device.type, 1)
+            batch_size = self.default_batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         # every view of every input, grouped by padded size (order kept within a group)
@@ -283,7 +294,7 @@ class FocusPredictor:
         device, batched over views that share their resized and output sizes."""
         images, edges = upload_views(views, self.input, self.device)
         with autocast(self.device, self.precision):
-            out = self.model(images, edges)
+            out = (self._compiled or self.model)(images, edges)
         logits, pred_masks = out["pred_logits"], out["pred_masks"]
         sem_segs: list[torch.Tensor | None] = [None] * len(views)
         masks: list[torch.Tensor | None] = [None] * len(views)
