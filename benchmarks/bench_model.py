@@ -41,7 +41,7 @@ def matmul_rate(n: int = 2048, seconds: float = 3.0) -> float:
     return best
 
 
-def random_predictor(size: str, seed: int = 0) -> FocusPredictor:
+def random_predictor(size: str, seed: int = 0, precision: str = "float32") -> FocusPredictor:
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = build_model(size)
@@ -55,7 +55,7 @@ def random_predictor(size: str, seed: int = 0) -> FocusPredictor:
             tensor.fill_(0.0 if name.endswith("bias") else 1.0)
         else:
             tensor.normal_(0, 0.02)
-    return FocusPredictor(model.eval(), "sod", device="cpu")
+    return FocusPredictor(model.eval(), "sod", device="cpu", precision=precision)
 
 
 def model_flops(predictor: FocusPredictor, image: np.ndarray) -> int:

@@ -96,7 +96,10 @@ class FocusBackbone(nn.Module):
             x, c, cls = layer(
                 x, c, cls, blocks, injector_geometry, extractor_geometry, edge_sizes[1]
             )
-            vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw))
+            # contiguous at token resolution: the transposed view would make the
+            # stride-4 interpolation, addition and BatchNorm run channels-last
+            # against NCHW operands (3x slower on CPU)
+            vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw).contiguous())
 
         splits = [h * w for h, w in edge_sizes]
         tokens2, tokens3, tokens4 = c.split(splits, dim=1)
