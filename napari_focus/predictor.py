@@ -294,7 +294,8 @@ class FocusPredictor:
         device, batched over views that share their resized and output sizes."""
         images, edges = upload_views(views, self.input, self.device)
         with autocast(self.device, self.precision):
-            out = (self._compiled or self.model)(images, edges)
+            model = self.model if self._compiled is None else self._compiled
+            out = model(images, edges)
         logits, pred_masks = out["pred_logits"], out["pred_masks"]
         sem_segs: list[torch.Tensor | None] = [None] * len(views)
         masks: list[torch.Tensor | None] = [None] * len(views)
