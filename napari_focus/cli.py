@@ -72,7 +72,8 @@ def _raise_terminated(signum, frame) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .pipeline import Job, OutputFolderError, check_output_folder, remove_own_temps
+    from .atomic import WriteError, check_writable_folder, remove_own_temps, remove_stale_temps
+    from .pipeline import Job
 
     images, unmatched = collect_inputs(args.inputs)
     for item in unmatched:
@@ -101,10 +102,12 @@ def run_predict(args: argparse.Namespace) -> int:
     written, interrupted = 0, None
     if jobs:
         try:
-            check_output_folder(out_dir)
-        except OutputFolderError as error:
-            print(f"napari-focus: --out {error}", file=sys.stderr)
+            check_writable_folder(out_dir)
+        except WriteError as error:
+            print(f"napari-focus: --out {out_dir}: {error.reason}", file=sys.stderr)
             return EXIT_SETUP_ERROR
+        if out_dir.is_dir():  # what killed runs left behind
+            remove_stale_temps(out_dir)
         try:
             predictor = _load_predictor(args)
         except Exception as error:  # a bad checkpoint or no network: say why and stop

@@ -6,13 +6,13 @@ resizing and edge injection (PIL, OpenCV: they release the GIL) run in
 ``workers`` threads, at most a few batches ahead; masks are written by one
 writer thread, at most a few batches behind. Every image's result is what
 :meth:`FocusPredictor.predict` gives, so the files are byte-identical to a
-serial run.
+serial run. Outputs are written atomically (:mod:`napari_focus.atomic`), so an
+interrupted run leaves only this process's temporary files, which the caller
+removes with :func:`napari_focus.atomic.remove_own_temps`.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,10 +23,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .predictor import FocusPredictor, Prediction, PreparedInput
-
-# temporary names of this run's files start with this prefix and the process id
-TEMP_PREFIX = ".napari_focus-tmp-"
-
 
 @dataclass(frozen=True)
 class Job:
@@ -48,48 +44,6 @@ class RunSummary:
     def images_per_second(self) -> float:
         done = self.written + len(self.failures)
         return done / self.seconds if self.seconds > 0 else 0.0
-
-
-class OutputFolderError(OSError):
-    """The output folder cannot take new files; ``str(error)`` says why."""
-
-
-def check_output_folder(folder: str | os.PathLike) -> Path:
-    """Check, before the model loads, that files can be created in ``folder`` (which
-    may not exist yet: then that it can be created). Leaves nothing behind."""
-    folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputFolderError(f"{folder}: {existing} is a file, not a folder")
-    probe = existing / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-probe"
-    try:
-        if existing == folder:
-            probe.touch(exist_ok=False)
-            probe.unlink()
-        else:
-            probe.mkdir()
-            probe.rmdir()
-    except OSError as error:
-        raise OutputFolderError(f"{folder}: cannot create files there ({error.strerror})") from None
-    return folder
-
-
-def remove_own_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files this process left in ``folder`` (an interrupted
-    write); only names made with :data:`TEMP_PREFIX` and this process id."""
-    own = f"{TEMP_PREFIX}{os.getpid()}-"
-    removed = []
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        if entry.name.startswith(own) and entry.is_file():
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
 
 
 def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> PreparedInput:

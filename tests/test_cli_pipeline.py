@@ -17,7 +17,7 @@ from test_cli import REPO_ROOT, run_cli
 
 from napari_focus import FocusPredictor
 from napari_focus.io import read_image, write_mask, write_probability
-from napari_focus.pipeline import Job, check_output_folder, run_pipeline
+from napari_focus.pipeline import Job, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +103,6 @@ def test_unusable_out_is_reported_before_the_model_loads(folder, tmp_path, block
     assert list(tmp_path.glob("**/.napari_focus-tmp-*")) == []
     if blocker == "readonly":
         out.chmod(0o700)
-
-
-def test_check_output_folder_accepts_new_nested_folders(tmp_path):
-    assert check_output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
-    assert not (tmp_path / "a").exists()  # nothing left behind
-    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
