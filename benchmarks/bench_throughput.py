@@ -21,13 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_model import random_predictor
+from bench_model import model_flops, random_predictor
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 from napari_focus.io import read_image, write_mask
 from napari_focus.pipeline import Job, run_pipeline
-from napari_focus.transforms import upload_views
 
 
 def machine() -> str:
@@ -68,29 +66,6 @@ def fp32_gemm_rate(seconds: float = 4.0) -> dict[str, float]:
             _, _, cpu = timed(fn)
             best[name] = max(best[name], flops / cpu)
     return best
-
-
-def model_flops(predictor, image: np.ndarray) -> int:
-    """FlopCounterMode's count plus scaled-dot-product attention, which it counts as 0
-    on CPU (4 * B * heads * Lq * Lk * head_dim per call)."""
-    view = predictor.prepare(image).views[0]
-    images, edges = upload_views([view], predictor.input, predictor.device)
-    attention = 0
-    original = F.scaled_dot_product_attention
-
-    def counting(q, k, v, *args, **kwargs):
-        nonlocal attention
-        attention += 4 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1]
-        return original(q, k, v, *args, **kwargs)
-
-    counter = FlopCounterMode(display=False)
-    F.scaled_dot_product_attention = counting
-    try:
-        with torch.inference_mode(), counter:
-            predictor.model(images, edges)
-    finally:
-        F.scaled_dot_product_attention = original
-    return counter.get_total_flops() + attention
 
 
 def make_folder(folder: Path, count: int, height: int, width: int) -> list[Path]:
