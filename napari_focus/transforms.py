@@ -193,8 +193,8 @@ def upload_views(
     padded = views[0].padded_hw
     if any(view.padded_hw != padded for view in views):
         raise ValueError("upload_views needs views of one padded size")
-    mean = torch.tensor(preset.pixel_mean, device=device).view(3, 1, 1)
-    std = torch.tensor(preset.pixel_std, device=device).view(3, 1, 1)
+    mean = _to_device(np.array(preset.pixel_mean, np.float32), device).view(3, 1, 1)
+    std = _to_device(np.array(preset.pixel_std, np.float32), device).view(3, 1, 1)
     images = torch.zeros((len(views), 3, *padded), device=device)
     for i, view in enumerate(views):
         h, w = view.resized_hw

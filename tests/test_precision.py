@@ -123,3 +123,22 @@ def test_cpu_fast_mode_agrees_with_the_official_masks(case, request, focus_refer
     print(f"{case}: bfloat16 mask agreement {agreement:.5f}, max probability diff {difference:.4f}")
     assert agreement >= 0.995
     assert difference < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_forward_has_no_device_sync(tiny_mlp, focus_reference):
+    from napari_focus.transforms import upload_views
+
+    predictor = _fresh(tiny_mlp, device="cuda", precision="float16")
+    image = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
+    view = predictor.prepare(image).views[0]
+    images, edges = upload_views([view], predictor.input, predictor.device)
+    with torch.inference_mode():
+        predictor.model(images, edges)  # warm-up: kernels built, caches filled
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.autocast("cuda", dtype=torch.float16):
+                predictor.model(images, edges)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
