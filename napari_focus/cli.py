@@ -101,6 +101,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
     written, interrupted = 0, None
     if jobs:
+        try:  # before anything slow: a precision this device cannot run
+            from .predictor import resolve_device
+            from .runtime import resolve_precision
+
+            resolve_precision(args.precision, resolve_device(args.device))
+        except ValueError as error:
+            print(f"napari-focus: --precision {args.precision}: {error}", file=sys.stderr)
+            return EXIT_SETUP_ERROR
         try:
             check_writable_folder(out_dir)
         except WriteError as error:

@@ -105,6 +105,16 @@ def test_unusable_out_is_reported_before_the_model_loads(folder, tmp_path, block
         out.chmod(0o700)
 
 
+def test_precision_the_device_cannot_run_is_refused_first(folder, tmp_path):
+    code, err = run_cli(
+        "predict", folder / "a.png", "--task", "sod", "--weights", tmp_path / "unread.pth",
+        "--out", tmp_path / "masks", "--device", "cpu", "--precision", "float16", "--quiet",
+    )  # fmt: skip
+    assert code == 2, err
+    assert "--precision float16" in err and "CUDA or MPS" in err
+    assert "cannot load the model" not in err and not (tmp_path / "masks").exists()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_ends_the_run_with_a_summary_and_no_partial_files(
     focus_reference, weights, tmp_path, signum
