@@ -253,6 +253,8 @@ class FocusPredictor:
                 groups.setdefault(view.padded_hw, []).append((i, v))
         sem_segs: dict[tuple[int, int], torch.Tensor] = {}
         masks: dict[int, torch.Tensor] = {}
+        left = [len(item.views) for item in inputs]
+        results: list[Prediction | None] = [None] * len(inputs)
         for members in groups.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
@@ -265,23 +267,31 @@ class FocusPredictor:
                     sem_segs[i, v] = sem.flip(-1) if inputs[i].flips[v] else sem
                     if mask is not None:
                         masks[i] = mask
-        results = []
-        for i, item in enumerate(inputs):
-            if item.tta:  # summed in view order, as one image at a time would
-                total = sem_segs[i, 0]
-                for v in range(1, len(item.views)):
-                    total = total + sem_segs[i, v]
-                sem_seg = total / len(item.views)
-                mask = (sem_seg[0] > sem_seg[1]).to(torch.uint8)
-            else:
-                sem_seg, mask = sem_segs[i, 0], masks[i]
-            results.append(
-                Prediction(
-                    probability=sem_seg[0].clamp(0, 1).float().cpu().numpy(),
-                    mask=mask.cpu().numpy().astype(np.uint8),
-                )
-            )
-        return results
+                    left[i] -= 1
+                    if not left[i]:  # complete: to the host, free the device copies
+                        results[i] = self._finish(inputs[i], i, sem_segs, masks)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _finish(
+        item: PreparedInput,
+        index: int,
+        sem_segs: dict[tuple[int, int], torch.Tensor],
+        masks: dict[int, torch.Tensor],
+    ) -> Prediction:
+        views = [sem_segs.pop((index, v)) for v in range(len(item.views))]
+        if item.tta:  # summed in view order, as one image at a time would
+            total = views[0]
+            for sem in views[1:]:
+                total = total + sem
+            sem_seg = total / len(views)
+            mask = (sem_seg[0] > sem_seg[1]).to(torch.uint8)
+        else:
+            sem_seg, mask = views[0], masks.pop(index)
+        return Prediction(
+            probability=sem_seg[0].clamp(0, 1).float().cpu().numpy(),
+            mask=mask.cpu().numpy().astype(np.uint8),
+        )
 
     @torch.inference_mode()
     def _forward(
