@@ -49,14 +49,15 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
 def _load_predictor(args: argparse.Namespace):
     from .predictor import FocusPredictor
 
-    options = {"device": args.device, "precision": args.precision}
+    # `rank` shares this loader and has no precision or compile options
+    options = {"device": args.device, "precision": getattr(args, "precision", "auto")}
     if args.weights:
         predictor = FocusPredictor.from_checkpoint(
             args.weights, args.task, architecture=args.size_given, **options
         )
     else:
         predictor = FocusPredictor.from_pretrained(args.task, args.size, **options)
-    if args.compile:
+    if getattr(args, "compile", False):
         predictor.compile()
     return predictor
 

@@ -133,6 +133,8 @@ def test_signal_ends_the_run_with_a_summary_and_no_partial_files(
             "--weights", str(weights), "--out", str(out), "--device", "cpu", "--probability",
         ],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
+        # as in a terminal: a test run in the background may have SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while not (out.is_dir() and any(out.glob("*_probability.png"))):
