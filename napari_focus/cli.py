@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     add_throughput_arguments(predict)
     predict.set_defaults(func=run_predict)
+    from .distributed.cli import add_ray_arguments
+
+    add_ray_arguments(predict)
 
     from .datasets.cli import add_export_parser
     from .series.rank import add_rank_parser
@@ -296,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "command", None) == "predict":
         args.size_given = args.size
         args.size = args.size or "large"
+        if args.engine == "ray":
+            from .distributed.cli import run_predict_ray
+
+            return run_predict_ray(args)
     return args.func(args)
 
 
