@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,14 @@ from .checkpoints import (
 )
 from .devices import resolve_device
 from .model import FocusArchitecture, FocusModel
-from .model.postprocess import final_mask, resize_mask_logits, semantic_probabilities
+from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
 from .presets import check_task, input_preset
-from .transforms import normalize_and_pad, resize_rgb, resized_shape, to_rgb_uint8
+from .runtime import DTYPES, autocast, cast_autocast_weights, resolve_precision
+from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
 
-PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# images per forward when ``batch_size`` is not given: on a CPU a single image
+# already fills the cores; on a GPU a few images of one size keep it busy
+DEFAULT_BATCH = {"cpu": 1, "cuda": 4, "mps": 2}
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,29 @@ class Prediction:
     mask: np.ndarray
 
 
+@dataclass(frozen=True)
+class PreparedInput:
+    """An image prepared on the host (:meth:`FocusPredictor.prepare`): one view, or
+    the TTA views with their flips, plus the size the results come back at."""
+
+    views: tuple[PreparedView, ...]
+    flips: tuple[bool, ...]
+    original_hw: tuple[int, int]
+    tta: bool
+
+
 class FocusPredictor:
     """Runs FOCUS on numpy images.
 
     Build one with :meth:`from_pretrained` (official hub weights),
     :meth:`from_checkpoint` (a local file) or :meth:`from_state_dict`.
 
-    ``precision`` (``"float32"``, ``"float16"``, ``"bfloat16"``) applies to
-    CUDA and MPS through autocast; the deformable attention, the pixel decoder
-    and the post-processing stay in float32.
+    ``precision``: ``"auto"`` (float32 until a GPU measurement justifies half
+    precision; see :mod:`napari_focus.runtime`), ``"float32"``, ``"float16"``
+    (CUDA, MPS) or ``"bfloat16"`` (CUDA, MPS, and CPUs with AVX-512 BF16 / AMX as
+    an opt-in fast mode). Half types run the backbone and the transformer decoder
+    under autocast with their weights converted once here; the deformable
+    attention's sampling, the pixel decoder and the post-processing stay float32.
     """
 
     def __init__(
@@ -59,21 +75,17 @@ class FocusPredictor:
         task: str | None = None,
         *,
         device: str | torch.device | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
         source: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if precision != "float32" and self.device.type == "cpu":
-            raise ValueError(
-                f"precision {precision!r} needs a CUDA or MPS device; on CPU use float32"
-            )
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self.task = check_task(task) if task else None
         self.source = source
         self.model = model.to(self.device).eval()
+        cast_autocast_weights(self.model, DTYPES[self.precision])
         self.input = input_preset()
+        self._compiled: torch.nn.Module | None = None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -85,7 +97,7 @@ class FocusPredictor:
         device: str | torch.device | None = None,
         cache_dir: str | os.PathLike | None = None,
         revision: str | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
     ) -> FocusPredictor:
         """Official weights ``geshang/focus_{size}_{task}``, downloaded once and cached."""
         device = resolve_device(device)  # before any download
@@ -102,7 +114,7 @@ class FocusPredictor:
         *,
         architecture: str | Mapping[str, Any] | FocusArchitecture | None = None,
         device: str | torch.device | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
     ) -> FocusPredictor:
         """Load an official ``.pth`` (detectron2 dict or bare state dict) or a
         ``.safetensors`` file. The size is read from the file's metadata or
@@ -129,7 +141,7 @@ class FocusPredictor:
         *,
         architecture: str | Mapping[str, Any] | FocusArchitecture | None = None,
         device: str | torch.device | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
         source: str | None = None,
     ) -> FocusPredictor:
         device = resolve_device(device)
@@ -152,55 +164,151 @@ class FocusPredictor:
         )
 
     @property
+    def default_batch_size(self) -> int:
+        """Images per forward when ``batch_size`` is not given."""
+        return DEFAULT_BATCH.get(self.device.type, 1)
+
+    @property
     def architecture(self) -> FocusArchitecture:
         return self.model.architecture
 
-    # -------------------------------------------------------------- inference
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+    def compile(self) -> None:
+        """Run later forwards through ``torch.compile`` (each new padded input size
+        compiles again; see docs/benchmarks.md for when it pays off)."""
+        self._compiled = torch.compile(self.model, dynamic=False)
 
-    @torch.inference_mode()
-    def _sem_seg(
-        self, rgb: np.ndarray, short_side: int, max_long_side: int, with_mask: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        height, width = rgb.shape[:2]
-        target = resized_shape(height, width, short_side, max_long_side)
-        x = normalize_and_pad(resize_rgb(rgb, target), self.input, self.device)
-        with self._autocast():
-            out = self.model(x)
-        logits = out["pred_logits"][0]
-        masks = resize_mask_logits(
-            out["pred_masks"][0], tuple(x.shape[-2:]), target, (height, width)
-        )
-        sem_seg = semantic_probabilities(logits, masks)
-        return sem_seg, final_mask(logits, masks) if with_mask else None
+    # -------------------------------------------------------------- inference
+    def prepare(self, image: np.ndarray, *, tta: bool = False) -> PreparedInput:
+        """Validate, convert, resize and edge-inject one image on the host (no model,
+        thread-safe): the part of :meth:`predict` a pipeline runs ahead of the model."""
+        rgb = to_rgb_uint8(image)
+        preset = self.input
+        if not tta:
+            view = prepare_view(rgb, preset.short_side, preset.max_long_side, preset)
+            return PreparedInput((view,), (False,), rgb.shape[:2], tta=False)
+        views, flips = [], []
+        for short_side in preset.tta_short_sides:
+            for flip in (False, True) if preset.tta_flip else (False,):
+                source = np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb
+                views.append(prepare_view(source, short_side, preset.tta_max_long_side, preset))
+                flips.append(flip)
+        return PreparedInput(tuple(views), tuple(flips), rgb.shape[:2], tta=True)
 
     def predict(self, image: np.ndarray, *, tta: bool = False) -> Prediction:
         """Segment one image (see :func:`napari_focus.transforms.to_rgb_uint8` for the
         accepted inputs). ``tta`` averages ``sem_seg`` over the official scales
         (short side 320-1120) and horizontal flips."""
-        rgb = to_rgb_uint8(image)
-        if not tta:
-            sem_seg, mask = self._sem_seg(
-                rgb, self.input.short_side, self.input.max_long_side, with_mask=True
-            )
-            assert mask is not None
-        else:
-            total = None
-            passes = 0
-            flips = (False, True) if self.input.tta_flip else (False,)
-            for short_side in self.input.tta_short_sides:
-                for flip in flips:
-                    view = np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb
-                    sem, _ = self._sem_seg(
-                        view, short_side, self.input.tta_max_long_side, with_mask=False
-                    )
-                    sem = sem.flip(-1) if flip else sem
-                    total = sem if total is None else total + sem
-                    passes += 1
-            sem_seg = total / passes
+        return self.predict_prepared([self.prepare(image, tta=tta)], batch_size=1)[0]
+
+    def predict_batch(
+        self, images: Iterable[np.ndarray], *, tta: bool = False, batch_size: int | None = None
+    ) -> list[Prediction]:
+        """:meth:`predict` of several images, in order, with equal results.
+
+        Images whose padded model input has the same size run together, up to
+        ``batch_size`` per forward (default: 1 on CPU, 4 on CUDA); padding
+        images to a common larger canvas would change FOCUS's outputs.
+        """
+        return self.predict_prepared(
+            [self.prepare(image, tta=tta) for image in images], batch_size=batch_size
+        )
+
+    def predict_prepared(
+        self, inputs: Sequence[PreparedInput], *, batch_size: int | None = None
+    ) -> list[Prediction]:
+        """Run the model on inputs from :meth:`prepare`; results in the same order."""
+        if batch_size is None:
+            batch_size = self.default_batch_size
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        # every view of every input, grouped by padded size (order kept within a group)
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, item in enumerate(inputs):
+            for v, view in enumerate(item.views):
+                groups.setdefault(view.padded_hw, []).append((i, v))
+        sem_segs: dict[tuple[int, int], torch.Tensor] = {}
+        masks: dict[int, torch.Tensor] = {}
+        left = [len(item.views) for item in inputs]
+        results: list[Prediction | None] = [None] * len(inputs)
+        for members in groups.values():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                views = [inputs[i].views[v] for i, v in chunk]
+                targets = [inputs[i].original_hw for i, _ in chunk]
+                with_mask = [not inputs[i].tta for i, _ in chunk]
+                for (i, v), sem, mask in zip(
+                    chunk, *self._forward(views, targets, with_mask), strict=True
+                ):
+                    sem_segs[i, v] = sem.flip(-1) if inputs[i].flips[v] else sem
+                    if mask is not None:
+                        masks[i] = mask
+                    left[i] -= 1
+                    if not left[i]:  # complete: to the host, free the device copies
+                        results[i] = self._finish(inputs[i], i, sem_segs, masks)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _finish(
+        item: PreparedInput,
+        index: int,
+        sem_segs: dict[tuple[int, int], torch.Tensor],
+        masks: dict[int, torch.Tensor],
+    ) -> Prediction:
+        views = [sem_segs.pop((index, v)) for v in range(len(item.views))]
+        if item.tta:  # summed in view order, as one image at a time would
+            total = views[0]
+            for sem in views[1:]:
+                total = total + sem
+            sem_seg = total / len(views)
             mask = (sem_seg[0] > sem_seg[1]).to(torch.uint8)
-        probability = sem_seg[0].clamp(0, 1).float().cpu().numpy()
-        return Prediction(probability=probability, mask=mask.cpu().numpy().astype(np.uint8))
+        else:
+            sem_seg, mask = views[0], masks.pop(index)
+        return Prediction(
+            probability=sem_seg[0].clamp(0, 1).float().cpu().numpy(),
+            mask=mask.cpu().numpy().astype(np.uint8),
+        )
+
+    @torch.inference_mode()
+    def _forward(
+        self,
+        views: list[PreparedView],
+        output_hw: list[tuple[int, int]],
+        with_mask: list[bool],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """One forward of views of one padded size, then the post-processing on the
+        device, batched over views that share their resized and output sizes."""
+        images, edges = upload_views(views, self.input, self.device)
+        with autocast(self.device, self.precision):
+            model = self.model if self._compiled is None else self._compiled
+            out = model(images, edges)
+        logits, pred_masks = out["pred_logits"], out["pred_masks"]
+        sem_segs: list[torch.Tensor | None] = [None] * len(views)
+        masks: list[torch.Tensor | None] = [None] * len(views)
+        by_size: dict[tuple, list[int]] = {}
+        for j, view in enumerate(views):
+            by_size.setdefault((view.resized_hw, output_hw[j]), []).append(j)
+        for (resized_hw, target), members in by_size.items():
+            every = len(members) == len(views)
+            cls = logits if every else torch.stack([logits[j] for j in members])
+            mask_logits = resize_mask_logits(
+                pred_masks if every else torch.stack([pred_masks[j] for j in members]),
+                tuple(images.shape[-2:]),
+                resized_hw,
+                target,
+            )
+            sem = semantic_probabilities(cls, mask_logits)
+            want = [j for j in members if with_mask[j]]
+            final = final_masks(cls, mask_logits) if want else None
+            for k, j in enumerate(members):
+                sem_segs[j] = sem[k]
+                if with_mask[j] and final is not None:
+                    masks[j] = final[k]
+        return sem_segs, masks  # type: ignore[return-value]
+
+    def _sem_seg(
+        self, rgb: np.ndarray, short_side: int, max_long_side: int, with_mask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``sem_seg`` (and the final mask) of one view at the image's resolution."""
+        view = prepare_view(rgb, short_side, max_long_side, self.input)
+        sems, masks = self._forward([view], [rgb.shape[:2]], [with_mask])
+        return sems[0], masks[0]

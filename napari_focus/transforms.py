@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,3 +135,93 @@ def normalize_and_pad(
     h, w = x.shape[-2:]
     pad_h, pad_w = (-h) % div, (-w) % div
     return F.pad(x, (0, pad_w, 0, pad_h))[None]
+
+
+@dataclass(frozen=True)
+class PreparedView:
+    """One model input prepared on the host: the resized image and its edges.
+
+    resized: ``(h, w, 3)`` uint8 RGB after the shortest-edge resize.
+    edges: ``(H, W, 3)`` uint8 BGR edge-injected image of the padded input
+        (``H, W`` = ``h, w`` rounded up to the size divisibility).
+    """
+
+    resized: np.ndarray
+    edges: np.ndarray
+
+    @property
+    def resized_hw(self) -> tuple[int, int]:
+        return self.resized.shape[0], self.resized.shape[1]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return self.edges.shape[0], self.edges.shape[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _quantised_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``(256, 3)`` uint8: what :func:`quantise_normalised` makes of each 8-bit value
+    once normalised, computed with the same float32 operations as
+    :func:`normalize_and_pad`, so the table is bit-identical to the tensor path."""
+    import torch
+
+    from .model.edge_prior import quantise_normalised
+
+    values = torch.arange(256, dtype=torch.uint8).float()[:, None]
+    normalised = (values - torch.tensor(mean)) / torch.tensor(std)
+    return quantise_normalised(normalised).numpy()
+
+
+def padded_shape(height: int, width: int, divisibility: int) -> tuple[int, int]:
+    return height + (-height) % divisibility, width + (-width) % divisibility
+
+
+def prepare_view(
+    rgb: np.ndarray, short_side: int, max_long_side: int, preset: InputPreset
+) -> PreparedView:
+    """Resize and edge-inject one ``(H, W, 3)`` uint8 RGB image on the host.
+
+    The edges equal :func:`~napari_focus.model.edge_prior.edge_injected_u8` of the
+    normalised, padded tensor bit for bit: normalising and quantising a uint8 value
+    is a per-channel table, and zero padding quantises to 0.
+    """
+    from .model.edge_prior import blend_canny_edges
+
+    resized = resize_rgb(rgb, resized_shape(*rgb.shape[:2], short_side, max_long_side))
+    h, w = resized.shape[:2]
+    lut = _quantised_lut(tuple(preset.pixel_mean), tuple(preset.pixel_std))
+    canvas = np.zeros((*padded_shape(h, w, preset.size_divisibility), 3), np.uint8)
+    canvas[:h, :w] = lut[resized, np.arange(3)]
+    return PreparedView(resized=resized, edges=blend_canny_edges(canvas))
+
+
+def upload_views(
+    views: list[PreparedView], preset: InputPreset, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of one padded size -> the model's ``images`` and ``edges`` on ``device``
+    (uint8 goes over the bus; normalisation and padding happen on the device)."""
+    import torch
+
+    from .model.edge_prior import edges_to_float
+
+    padded = views[0].padded_hw
+    if any(view.padded_hw != padded for view in views):
+        raise ValueError("upload_views needs views of one padded size")
+    mean = _to_device(np.array(preset.pixel_mean, np.float32), device).view(3, 1, 1)
+    std = _to_device(np.array(preset.pixel_std, np.float32), device).view(3, 1, 1)
+    images = torch.zeros((len(views), 3, *padded), device=device)
+    for i, view in enumerate(views):
+        h, w = view.resized_hw
+        x = _to_device(view.resized, device).permute(2, 0, 1).float()
+        images[i, :, :h, :w] = (x - mean) / std
+    edges = edges_to_float(_to_device(np.stack([view.edges for view in views]), device))
+    return images, edges
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":  # pinned host memory: the copy does not block the host
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

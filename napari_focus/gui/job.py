@@ -31,7 +31,7 @@ class ModelKey:
     size: str
     weights: str | None  # local checkpoint path, or None for the official hub weights
     device: str
-    precision: str = "float32"
+    precision: str = "auto"
 
     @property
     def weights_id(self) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 
-from ..predictor import PRECISIONS
+from ..runtime import PRECISIONS
 from ..presets import SIZES, TASKS, task_info
 from .job import ModelKey
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
@@ -61,9 +61,7 @@ class ModelSection(Container):
             label="checkpoint", mode="r", filter="*.pth *.pt *.safetensors", visible=False
         )
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
-        # The predictor's precisions; an "auto" choice appears here once the predictor
-        # accepts it.
-        self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="float32")
+        self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="auto")
         self.tta = CheckBox(text="test-time augmentation", value=False)
         self.planes = ComboBox(
             label="planes",
@@ -97,7 +95,8 @@ class ModelSection(Container):
         self.weights_path.tooltip = "A FOCUS checkpoint (.pth or .safetensors)"
         self.device.tooltip = "Where the model runs; auto picks a GPU when there is one"
         self.precision.tooltip = (
-            "Number format of the model; half precision (float16/bfloat16) needs a GPU"
+            "Number format of the model: auto = float32 (exact); float16 needs a GPU; "
+            "bfloat16 runs on a GPU or, faster and slightly less exact, on CPUs with bf16"
         )
         self.tta.tooltip = (
             "Test-time augmentation: average 6 scales x 2 flips (12 passes); "

@@ -56,7 +56,11 @@ class FocusBackbone(nn.Module):
         )
         return torch.cat((self.pos_embed[:, :1], grid.flatten(2).transpose(1, 2)), dim=1)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, edges: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``edges``: the edge-injected images ``(B, 3, H, W)`` float in [0, 1] (BGR),
+        computed from ``images`` (through the host) when not given."""
         b, _, height, width = images.shape
         if height % 32 or width % 32:
             raise ValueError(
@@ -74,7 +78,9 @@ class FocusBackbone(nn.Module):
             "levels": level_geometry([token_hw], device),
         }
 
-        c1, c2, c3, c4 = self.edge(inject_edges(images).to(images.dtype))
+        if edges is None:
+            edges = inject_edges(images)
+        c1, c2, c3, c4 = self.edge(edges.to(images.dtype))
         c = torch.cat(
             [c2 + self.level_embed[0], c3 + self.level_embed[1], c4 + self.level_embed[2]], dim=1
         )
@@ -90,7 +96,10 @@ class FocusBackbone(nn.Module):
             x, c, cls = layer(
                 x, c, cls, blocks, injector_geometry, extractor_geometry, edge_sizes[1]
             )
-            vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw))
+            # contiguous at token resolution: the transposed view would make the
+            # stride-4 interpolation, addition and BatchNorm run channels-last
+            # against NCHW operands (3x slower on CPU)
+            vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw).contiguous())
 
         splits = [h * w for h, w in edge_sizes]
         tokens2, tokens3, tokens4 = c.split(splits, dim=1)

@@ -13,7 +13,11 @@ def level_geometry(
     sizes: list[tuple[int, int]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``spatial_shapes (L, 2)`` and ``level_start_index (L,)`` of flattened levels."""
-    shapes = torch.as_tensor(sizes, dtype=torch.long, device=device)
+    shapes = torch.tensor(sizes, dtype=torch.long)
+    if device.type == "cuda":  # pinned: the upload does not wait for the GPU
+        shapes = shapes.pin_memory().to(device, non_blocking=True)
+    else:
+        shapes = shapes.to(device)
     starts = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
     return shapes, starts
 
@@ -59,24 +63,23 @@ class MSDeformAttn(nn.Module):
         b, q, _ = query.shape
         s = features.shape[1]
         value = self.value_proj(features).view(b, s, self.n_heads, -1)
-        offsets = self.sampling_offsets(query).view(
-            b, q, self.n_heads, self.n_levels, self.n_points, 2
-        )
-        weights = F.softmax(self.attention_weights(query).view(b, q, self.n_heads, -1), -1).view(
-            b, q, self.n_heads, self.n_levels, self.n_points
-        )
-        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # (W, H) per level
-        locations = (
-            ref_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None]
-        )
-        # Sampling stays in float32 under autocast: offsets of a few pixels on a
-        # large map lose too much precision in half types.
+        # Sampling offsets and weights stay float32 under autocast: offsets of a few
+        # pixels on a large map lose too much precision in half types. The value
+        # keeps its dtype (the CUDA kernel reads half values, accumulating in float32).
+        with torch.autocast(query.device.type, enabled=False):
+            query = query.float()
+            offsets = self.sampling_offsets(query).view(
+                b, q, self.n_heads, self.n_levels, self.n_points, 2
+            )
+            weights = F.softmax(
+                self.attention_weights(query).view(b, q, self.n_heads, -1), -1
+            ).view(b, q, self.n_heads, self.n_levels, self.n_points)
+            normalizer = spatial_shapes.flip(-1).float()  # (W, H) per level
+            locations = (
+                ref_points[:, :, None, :, None, :].float()
+                + offsets / normalizer[None, None, None, :, None]
+            )
         out = ms_deform_attn(
-            value.float(),
-            spatial_shapes,
-            level_start_index,
-            locations.float(),
-            weights.float(),
-            backend=self.backend,
+            value, spatial_shapes, level_start_index, locations, weights, backend=self.backend
         )
-        return self.output_proj(out.to(value.dtype))
+        return self.output_proj(out)

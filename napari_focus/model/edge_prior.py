@@ -14,19 +14,14 @@ CANNY_THRESHOLDS = (100, 200)
 IMAGE_WEIGHT, EDGE_WEIGHT = 0.7, 0.3
 
 
-def edge_injected_u8(image: torch.Tensor) -> np.ndarray:
-    """Blend Canny edges into one image, as FOCUS does before its edge prior.
+def quantise_normalised(image: torch.Tensor) -> torch.Tensor:
+    """FOCUS quantises the normalised tensor as if it were in [0, 1]; we keep that
+    behaviour because the published weights were trained on it. Returns uint8."""
+    return image.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
-    Args:
-        image: ``(3, H, W)`` normalised, padded RGB tensor. FOCUS quantises this
-            normalised tensor as if it were in [0, 1]; we keep that behaviour
-            because the published weights were trained on it.
 
-    Returns:
-        ``(H, W, 3)`` uint8 image in BGR order.
-    """
-    quantised = image.detach().float().mul(255).add_(0.5).clamp_(0, 255)
-    rgb = quantised.permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+def blend_canny_edges(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> blurred BGR with its per-channel Canny edges blended in."""
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     blurred = cv2.GaussianBlur(bgr, BLUR_KERNEL, BLUR_SIGMA)
     edges = np.stack(
@@ -36,13 +31,36 @@ def edge_injected_u8(image: torch.Tensor) -> np.ndarray:
     return cv2.addWeighted(blurred, IMAGE_WEIGHT, edges, EDGE_WEIGHT, 0)
 
 
+def edge_injected_u8(image: torch.Tensor) -> np.ndarray:
+    """Blend Canny edges into one image, as FOCUS does before its edge prior.
+
+    Args:
+        image: ``(3, H, W)`` normalised, padded RGB tensor.
+
+    Returns:
+        ``(H, W, 3)`` uint8 image in BGR order.
+    """
+    rgb = quantise_normalised(image).permute(1, 2, 0).cpu().numpy()
+    return blend_canny_edges(rgb)
+
+
+def edges_to_float(edges: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 edge-injected images -> ``(B, 3, H, W)`` float32 in [0, 1].
+
+    ``v / 255`` in float32 equals the official float64 division rounded to
+    float32 for all 256 values, so this runs on the device without a float64 copy.
+    """
+    return edges.permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def inject_edges(images: torch.Tensor) -> torch.Tensor:
-    """Edge-injected copies of a batch: ``(B, 3, H, W)`` float in [0, 1], BGR channel order."""
-    out = []
-    for image in images:
-        blended = edge_injected_u8(image).astype(np.float64) / 255.0  # float64 like the original
-        out.append(torch.from_numpy(blended).permute(2, 0, 1).to(torch.float32))
-    return torch.stack(out).to(device=images.device)
+    """Edge-injected copies of a batch: ``(B, 3, H, W)`` float in [0, 1], BGR channel order.
+
+    This copies the batch to the host; the predictor computes the edges from the
+    uint8 image on the host instead and passes them to the model.
+    """
+    blended = np.stack([edge_injected_u8(image) for image in images])
+    return edges_to_float(torch.from_numpy(blended).to(images.device))
 
 
 class Bottleneck(nn.Module):

@@ -58,17 +58,22 @@ class FocusModel(nn.Module):
             if isinstance(module, MSDeformAttn):
                 module.backend = backend
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, edges: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """
         Args:
             images: ``(B, 3, H, W)`` float, normalised with the FOCUS pixel mean/std,
                 zero-padded to multiples of 32.
+            edges: optional edge-injected images ``(B, 3, H, W)`` float in [0, 1]
+                (BGR order, see :mod:`.edge_prior`); computed from ``images`` if
+                omitted, which costs a round trip through the host.
 
         Returns:
             ``pred_logits`` ``(B, 2, 3)`` (foreground, background, no-object) and
             ``pred_masks`` ``(B, 2, H/4, W/4)`` mask logits.
         """
-        features = self.backbone(images)
+        features = self.backbone(images, edges)
         mask_features, multi_scale = self.sem_seg_head.pixel_decoder(features)
         logits, masks = self.sem_seg_head.predictor(multi_scale, mask_features)
         return {"pred_logits": logits.float(), "pred_masks": masks.float()}

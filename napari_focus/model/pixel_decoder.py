@@ -112,12 +112,13 @@ class PixelDecoder(nn.Module):
         with torch.autocast(features["res2"].device.type, enabled=False):
             inputs = [features[name].float() for name in ("res5", "res4", "res3")]
             srcs = [proj(x) for proj, x in zip(self.input_proj, inputs, strict=True)]
-            memory, shapes, _ = self.transformer(srcs)
+            memory, _, _ = self.transformer(srcs)
             b = memory.shape[0]
+            sizes = [tuple(src.shape[-2:]) for src in srcs]  # host ints: no device sync
             maps = [
-                part.transpose(1, 2).reshape(b, -1, int(h), int(w))
+                part.transpose(1, 2).reshape(b, -1, h, w)
                 for part, (h, w) in zip(
-                    memory.split(shapes.prod(1).tolist(), dim=1), shapes.tolist(), strict=True
+                    memory.split([h * w for h, w in sizes], dim=1), sizes, strict=True
                 )
             ]
             lateral = self.adapter_1(features["res2"].float())

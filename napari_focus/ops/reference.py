@@ -20,6 +20,16 @@ def ms_deform_attn_torch(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Reference implementation; see :func:`napari_focus.ops.ms_deform_attn` for shapes."""
+    if value.dtype != sampling_locations.dtype:
+        # grid_sample needs one dtype: sample half values at float32 locations in float32
+        out = ms_deform_attn_torch(
+            value.to(sampling_locations.dtype),
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights.to(sampling_locations.dtype),
+        )
+        return out.to(value.dtype)
     del level_start_index  # levels are contiguous in `value`; their sizes suffice
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape

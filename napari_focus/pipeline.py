@@ -1,0 +1,167 @@
+"""Pipelined batch prediction over files: reading and preparing images in worker
+threads ahead of the model, writing behind it, with bounded queues.
+
+The model runs in the calling thread on batches of prepared images; decoding,
+resizing and edge injection (PIL, OpenCV: they release the GIL) run in
+``workers`` threads, at most a few batches ahead; masks are written by one
+writer thread, at most a few batches behind. Every image's result is what
+:meth:`FocusPredictor.predict` gives, so the files are byte-identical to a
+serial run. Outputs are written atomically (:mod:`napari_focus.atomic`), so an
+interrupted run leaves only this process's temporary files, which the caller
+removes with :func:`napari_focus.atomic.remove_own_temps`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .predictor import FocusPredictor, Prediction, PreparedInput
+
+@dataclass(frozen=True)
+class Job:
+    """One image and where its outputs go (``probability`` None: no probability map)."""
+
+    source: Path
+    mask: Path
+    probability: Path | None = None
+
+
+@dataclass
+class RunSummary:
+    written: int = 0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: BaseException | None = None  # the KeyboardInterrupt that stopped the run
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.written + len(self.failures)
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> PreparedInput:
+    from .io import read_image
+
+    return predictor.prepare(read_image(job.source), tta=tta)
+
+
+def _write(job: Job, prediction: Prediction) -> None:
+    from .io import write_mask, write_probability
+
+    write_mask(job.mask, prediction.mask)
+    if job.probability is not None:
+        write_probability(job.probability, prediction.probability)
+
+
+def run_pipeline(
+    predictor: FocusPredictor,
+    jobs: Sequence[Job],
+    *,
+    tta: bool = False,
+    batch_size: int | None = None,
+    workers: int = 2,
+    on_done: Callable[[Job, str | None], None] | None = None,
+) -> RunSummary:
+    """Predict and write every job; a failing image is reported and the run goes on.
+
+    ``on_done(job, error)`` is called in the calling thread after each image is
+    written (``error`` None) or has failed (the message). A ``KeyboardInterrupt``
+    (Ctrl-C, or a SIGTERM turned into one by the caller) stops the run after the
+    writes in flight; the summary then holds it in ``interrupted``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    per_batch = batch_size or predictor.default_batch_size
+    summary = RunSummary()
+    start = time.perf_counter()
+    readers = ThreadPoolExecutor(workers, thread_name_prefix="focus-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="focus-write")
+    ahead: deque[tuple[Job, Future]] = deque()
+    behind: deque[tuple[Job, Future]] = deque()
+    pending = iter(jobs)
+    lookahead = max(2 * per_batch, 2 * workers)
+
+    def report(job: Job, error: str | None) -> None:
+        if error is None:
+            summary.written += 1
+        else:
+            summary.failures.append((job.source, error))
+        if on_done is not None:
+            on_done(job, error)
+
+    def settle_writes(limit: int) -> None:
+        while len(behind) > limit:
+            job, future = behind.popleft()
+            if future.cancelled():  # interrupted before it started: neither written nor failed
+                continue
+            error = future.exception()
+            report(job, None if error is None else f"cannot write: {error}")
+
+    try:
+        while True:
+            for job in pending:
+                ahead.append((job, readers.submit(_read_and_prepare, predictor, job, tta)))
+                if len(ahead) >= lookahead:
+                    break
+            if not ahead:
+                break
+            batch = []
+            while ahead and len(batch) < per_batch:
+                job, future = ahead.popleft()
+                error = future.exception()
+                if error is None:
+                    batch.append((job, future.result()))
+                else:
+                    report(job, str(error))
+            if not batch:
+                continue
+            for job, outcome in _predict(predictor, batch, per_batch):
+                if isinstance(outcome, str):
+                    report(job, outcome)
+                else:
+                    behind.append((job, writer.submit(_write, job, outcome)))
+            settle_writes(limit=2 * per_batch)
+        settle_writes(limit=0)
+    except KeyboardInterrupt as interrupt:
+        summary.interrupted = interrupt
+        for _, future in ahead:
+            future.cancel()
+        for _, future in behind:  # writes not started are dropped, those running finish
+            future.cancel()
+        writer.shutdown(wait=True)
+        settle_writes(limit=0)
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _predict(
+    predictor: FocusPredictor, batch: list[tuple[Job, PreparedInput]], per_batch: int
+) -> list[tuple[Job, Prediction | str]]:
+    """Predict a batch; if it fails as a whole, retry one image at a time so that
+    only the images that really fail are reported."""
+    inputs = [prepared for _, prepared in batch]
+    try:
+        predictions = predictor.predict_prepared(inputs, batch_size=per_batch)
+        return [(job, p) for (job, _), p in zip(batch, predictions, strict=True)]
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        if len(batch) == 1:
+            return [(batch[0][0], str(error))]
+    results: list[tuple[Job, Prediction | str]] = []
+    for job, prepared in batch:
+        try:
+            results.append((job, predictor.predict_prepared([prepared], batch_size=1)[0]))
+        except Exception as error:  # report this image, keep going with the others
+            results.append((job, str(error)))
+    return results

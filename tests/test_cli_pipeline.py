@@ -1,0 +1,155 @@
+"""`napari-focus predict` as a pipeline: same bytes as a serial run, --out checked
+before the model loads, SIGINT/SIGTERM end in order with a summary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import REPO_ROOT, run_cli
+
+from napari_focus import FocusPredictor
+from napari_focus.io import read_image, write_mask, write_probability
+from napari_focus.pipeline import Job, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_mlp, tmp_path_factory) -> Path:
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def folder(focus_reference, tmp_path_factory) -> Path:
+    """Four images: two of one size (PNG, JPEG), two others (one gray), a broken file."""
+    out = tmp_path_factory.mktemp("mixed")
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    source.resize((80, 64), Image.BILINEAR).save(out / "a.png")
+    source.transpose(Image.FLIP_LEFT_RIGHT).resize((80, 64)).save(out / "b.jpg", quality=90)
+    source.resize((64, 64), Image.BILINEAR).save(out / "c.png")
+    source.convert("L").resize((70, 50)).save(out / "f.png")
+    (out / "g.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return out
+
+
+def test_pipelined_cli_writes_the_bytes_of_a_serial_run(folder, weights, tmp_path):
+    out = tmp_path / "masks"
+    code, err = run_cli(
+        "predict", folder, "--task", "sod", "--weights", weights, "--out", out,
+        "--probability", "--device", "cpu", "--batch-size", "3", "--workers", "3", "--quiet",
+    )  # fmt: skip
+    assert code == 1, err  # g.png is broken
+    assert "g.png" in err and "4 written" in err
+
+    serial = tmp_path / "serial"
+    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+    for path in sorted(folder.iterdir()):
+        if path.name == "g.png":
+            continue
+        result = predictor.predict(read_image(path))
+        write_mask(serial / f"{path.stem}.png", result.mask)
+        write_probability(serial / f"{path.stem}_probability.png", result.probability)
+    names = sorted(os.listdir(serial))
+    assert sorted(os.listdir(out)) == names and len(names) == 8
+    for name in names:
+        assert (out / name).read_bytes() == (serial / name).read_bytes(), name
+
+
+def test_run_pipeline_reports_each_image_in_order_of_completion(folder, weights, tmp_path):
+    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+    jobs = [Job(folder / n, tmp_path / f"{Path(n).stem}.png") for n in ("g.png", "c.png")]
+    seen = []
+    summary = run_pipeline(predictor, jobs, workers=1, on_done=lambda j, e: seen.append((j, e)))
+    assert summary.written == 1 and len(summary.failures) == 1
+    assert summary.interrupted is None and summary.images_per_second > 0
+    assert seen[0][0].source.name == "g.png" and seen[0][1]
+    assert seen[1] == (jobs[1], None)
+    assert (tmp_path / "c.png").is_file()
+    with pytest.raises(ValueError, match="workers"):
+        run_pipeline(predictor, jobs, workers=0)
+
+
+@pytest.mark.parametrize("blocker", ["file", "readonly"])
+def test_unusable_out_is_reported_before_the_model_loads(folder, tmp_path, blocker):
+    if blocker == "file":
+        out = tmp_path / "taken"
+        out.write_text("a file where the folder should be")
+        target = out / "masks"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root ignores folder permissions")
+        out = tmp_path / "locked"
+        out.mkdir()
+        out.chmod(0o500)
+        target = out
+    missing_weights = tmp_path / "never_read.safetensors"  # loading would fail differently
+    started = time.perf_counter()
+    code, err = run_cli(
+        "predict", folder / "a.png", "--task", "sod", "--weights", missing_weights,
+        "--out", target, "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert code == 2, err
+    assert "--out" in err and str(target) in err
+    assert "cannot load the model" not in err
+    assert time.perf_counter() - started < 30
+    assert list(tmp_path.glob("**/.napari_focus-tmp-*")) == []
+    if blocker == "readonly":
+        out.chmod(0o700)
+
+
+def test_precision_the_device_cannot_run_is_refused_first(folder, tmp_path):
+    code, err = run_cli(
+        "predict", folder / "a.png", "--task", "sod", "--weights", tmp_path / "unread.pth",
+        "--out", tmp_path / "masks", "--device", "cpu", "--precision", "float16", "--quiet",
+    )  # fmt: skip
+    assert code == 2, err
+    assert "--precision float16" in err and "CUDA or MPS" in err
+    assert "cannot load the model" not in err and not (tmp_path / "masks").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_the_run_with_a_summary_and_no_partial_files(
+    focus_reference, weights, tmp_path, signum
+):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    for i in range(8):
+        source.rotate(i * 10).resize((96, 72)).save(images / f"img{i:02d}.png")
+    out = tmp_path / "masks"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "napari_focus.cli", "predict", str(images), "--task", "sod",
+            "--weights", str(weights), "--out", str(out), "--device", "cpu", "--probability",
+        ],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
+        # as in a terminal: a test run in the background may have SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (out.is_dir() and any(out.glob("*_probability.png"))):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no output appeared"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert "interrupted:" in err and "written" in err
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    masks = sorted(out.glob("img??.png"))
+    assert 1 <= len(masks) < 8
+    for mask in masks:  # everything on disk is complete
+        assert set(np.unique(np.array(Image.open(mask)))) <= {0, 255}
+        assert (out / f"{mask.stem}_probability.png").is_file()
