@@ -165,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .datasets.cli import add_export_parser
     from .series.rank import add_rank_parser
+    from .training.cli import add_train_parser
 
     add_export_parser(commands)
     add_rank_parser(commands)
+    add_train_parser(commands)
 
     annotate = commands.add_parser(
         "annotate", help="open napari with the FOCUS widget (and an image or folder)"

@@ -34,8 +34,9 @@ class TrainConfig:
         poly decay (power 0.9) to 0 at ``steps``.
     eval_every: validation period in steps (default ``steps // 5``, at least 1).
     val_fraction / val_names: held-out share of the samples, or the names to hold out.
-    select_metric: the validation figure that picks the best step (``iou``,
-        ``smeasure``, ``edit_effort``, ...).
+    select_metric: the validation figure that picks the best step (``mask_iou``,
+        the IoU of the proposal a person would correct, by default; ``smeasure``,
+        ``edit_effort``, ... see :data:`~.validate.VALIDATION_METRICS`).
     work_dir: resume state and report (default ``<out stem>.training`` beside ``out``).
     resume: continue from the resume state in ``work_dir``.
     """
@@ -64,7 +65,7 @@ class TrainConfig:
     eval_every: int | None = None
     val_fraction: float = 0.2
     val_names: tuple[str, ...] | None = None
-    select_metric: str = "iou"
+    select_metric: str = "mask_iou"
     seed: int = 0
     save_dtype: str = "float16"
     work_dir: Path | None = None
@@ -81,6 +82,13 @@ class TrainConfig:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        from .validate import VALIDATION_METRICS
+
+        if self.select_metric not in VALIDATION_METRICS:
+            raise ValueError(
+                f"select_metric must be one of {', '.join(VALIDATION_METRICS)}, "
+                f"got {self.select_metric!r}"
+            )
         if self.work_dir is None:
             self.work_dir = self.out.parent / f"{self.out.stem}.training"
         self.work_dir = Path(self.work_dir)

@@ -4,7 +4,8 @@ Each held-out sample is segmented with the official test pipeline
 (:meth:`napari_focus.FocusPredictor.predict`) and scored against its corrected mask with
 :func:`napari_focus.quality.mask_metrics` (PySODMetrics), plus the *edit effort*: the
 fraction of pixels a person would still have to change to turn the proposal (the
-official final mask) into the corrected mask.
+official final mask) into the corrected mask, and ``mask_iou``, the IoU of that
+proposal (PySODMetrics' ``iou`` thresholds the probability at 0.5 instead).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .data import FOREGROUND, IGNORE, Sample
 
 #: reported per evaluation, in order; True = higher is better
 VALIDATION_METRICS: dict[str, bool] = {
+    "mask_iou": True,
     "iou": True,
     "smeasure": True,
     "emeasure_mean": True,
@@ -45,8 +47,12 @@ def score_samples(predictor: Any, samples: Sequence[Sample]) -> dict[str, float]
         valid = classes != IGNORE
         prediction = predictor.predict(image)
         metrics = mask_metrics(prediction.probability, reference)
-        changed = (prediction.mask.astype(bool) != reference) & valid
+        proposal = prediction.mask.astype(bool)
+        changed = (proposal != reference) & valid
         metrics["edit_effort"] = float(changed.sum() / max(int(valid.sum()), 1))
+        union = int(((proposal | reference) & valid).sum())
+        inter = int((proposal & reference & valid).sum())
+        metrics["mask_iou"] = inter / union if union else 1.0
         rows.append(metrics)
     return {key: float(np.mean([row[key] for row in rows])) for key in VALIDATION_METRICS}
 
@@ -74,7 +80,7 @@ def write_report(folder: Path, history: Sequence[Mapping[str, Any]], title: str)
     losses = [(r["step"], r["loss"]) for r in history if r.get("kind") == "train"]
     evals = [r for r in history if r.get("kind") == "eval"]
     charts = [_svg_chart("training loss", losses)]
-    for metric in ("iou", "smeasure", "edit_effort"):
+    for metric in ("mask_iou", "smeasure", "edit_effort"):
         charts.append(_svg_chart(f"validation {metric}", [(r["step"], r[metric]) for r in evals]))
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(k)))}</td>" for k in REPORT_COLUMNS)
