@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_shapes import shape_sample
 
 from napari_focus.datasets import LAYOUTS, export_sample, get_layout
 from napari_focus.training.augment import (
@@ -24,7 +25,6 @@ from napari_focus.training.data import (
     list_samples,
     split_samples,
 )
-from synthetic_shapes import shape_sample
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -87,7 +87,7 @@ def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
     samples, _ = collect_samples(tmp_path, ["generic"])
     train, val = split_samples(samples[:8], val_fraction=0.25)
     assert len(val) == 2 and len(train) == 6
-    train2, val2 = split_samples(samples, val_fraction=0.25)
+    train2, _val2 = split_samples(samples, val_fraction=0.25)
     kept = {s.key for s in val}
     assert all(s.key not in kept for s in train2)
     _, chosen = split_samples(samples, val_names=["s3", "generic/s4"])

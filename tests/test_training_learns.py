@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_architecture
+from synthetic_shapes import export_shapes
 
 from napari_focus import FocusPredictor
 from napari_focus.checkpoints import read_checkpoint
 from napari_focus.training import TrainConfig, collect_samples, split_samples, train
 from napari_focus.training.validate import score_samples
-from synthetic_shapes import export_shapes
-from conftest import tiny_architecture
 
 STEPS = 16
 
@@ -84,7 +84,7 @@ def test_fine_tuning_learns_reloads_and_resumes(
     assert result.best_metrics["edit_effort"] < result.baseline_metrics["edit_effort"] / 4
 
     # the checkpoint reloads like any other and reproduces the validation figures
-    state, metadata = read_checkpoint(out)
+    _state, metadata = read_checkpoint(out)
     assert metadata["base_checkpoint"] == "random-init:seed=0"
     assert len(json.loads(metadata["training_data"])) == 15
     assert json.loads(metadata["training_config"])["steps"] == STEPS

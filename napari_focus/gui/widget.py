@@ -24,6 +24,7 @@ from napari.utils.notifications import show_error
 from ..mask_ops import Refinement, refine
 from ..presets import SIZES, TASKS, task_info
 from .export_section import ExportSection
+from .improve_section import FocusWidgetHost, ImproveSection
 from .job import JobFailure, JobResult, ModelKey, Progress, proposal_name, run_job
 from .planes import LayerPlanes, UnsupportedLayerError, current_plane_index, layer_planes
 from .series_section import SeriesSection
@@ -115,6 +116,7 @@ class FocusWidget(Container):
             self.viewer, self.selected_layer, self.mask_layer, lambda: self.task.value
         )
         self.series = SeriesSection(self)
+        self.improve = ImproveSection(self.viewer, FocusWidgetHost(self))
 
         super().__init__(
             widgets=[
@@ -141,6 +143,8 @@ class FocusWidget(Container):
                 self.export_section,
                 Label(value="Go through a folder (series)"),
                 self.series,
+                Label(value="Improve the model"),
+                self.improve,
             ],
             labels=True,
         )
