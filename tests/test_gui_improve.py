@@ -1,0 +1,82 @@
+"""The "Improve the model" section trains the tiny model in a worker and switches weights."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_shapes import export_shapes, shape_sample
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+WAIT_MS = 900_000
+
+
+def _proposal(qtbot, viewer, widget) -> np.ndarray:
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    return np.array(viewer.layers["shape [FOCUS SOD] probability"].data)
+
+
+def test_improve_trains_in_a_worker_and_switches_weights(
+    qtbot, open_focus_widget, tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = open_focus_widget()
+    root = tmp_path / "datasets"
+    export_shapes(root, "duts-tr", 6, seed=3, size=64)
+    widget.export_section.dataset_root.value = root
+    assert widget.export_section.dataset_layout.value == "duts-tr"
+    image, _ = shape_sample(np.random.default_rng(99), 64)
+    viewer.add_image(image, name="shape", rgb=True)
+    before = _proposal(qtbot, viewer, widget)
+
+    improve = widget.improve
+    improve.steps.value = 4
+    improve.preset.value = "cpu"
+    improve.crop.value = 128
+    out = tmp_path / "improved.safetensors"
+    improve.output.value = out
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    improve.improve_button.clicked.emit()  # what a click does
+    assert improve.running and improve.cancel_button.enabled
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    timer.stop()
+    stall = max(np.diff(ticks))
+    print(f"longest event-loop stall while training ran: {stall * 1000:.0f} ms")
+    assert len(ticks) > 50, "the event loop did not run while training ran"
+    assert stall < 0.5, f"event loop stalled for {stall:.3f} s"
+    assert out.is_file(), improve.status.value
+    assert improve.status.value.startswith("done"), improve.status.value
+    assert improve.use_new_button.enabled
+
+    improve.use_new_weights()
+    assert widget.weights_source.value == "file" and Path(widget.weights_path.value) == out
+    after = _proposal(qtbot, viewer, widget)
+    assert not np.allclose(before, after, atol=1e-6), "the new weights changed nothing"
+
+    improve.use_previous_weights()  # one click back
+    assert Path(widget.weights_path.value) == tiny_checkpoint
+    np.testing.assert_allclose(_proposal(qtbot, viewer, widget), before, atol=1e-6)
+
+
+def test_improve_explains_what_is_missing(open_focus_widget, tmp_path: Path) -> None:
+    _, widget = open_focus_widget()
+    improve = widget.improve
+    improve.start()
+    assert "dataset root" in improve.status.value and not improve.running
+    widget.export_section.dataset_root.value = tmp_path
+    improve.output.value = tmp_path / "x.safetensors"
+    (tmp_path / "x.safetensors").write_bytes(b"mine")
+    improve.start()
+    assert "exists" in improve.status.value and not improve.running
+    assert (tmp_path / "x.safetensors").read_bytes() == b"mine"
