@@ -39,6 +39,7 @@ class TrainConfig:
         ``edit_effort``, ... see :data:`~.validate.VALIDATION_METRICS`).
     work_dir: resume state and report (default ``<out stem>.training`` beside ``out``).
     resume: continue from the resume state in ``work_dir``.
+    overwrite: replace an existing ``out`` (otherwise an existing file is an error).
     """
 
     root: Path
@@ -70,6 +71,7 @@ class TrainConfig:
     save_dtype: str = "float16"
     work_dir: Path | None = None
     resume: bool = False
+    overwrite: bool = False
     deform_attn_backend: str = "torch"
     extra: dict[str, Any] = field(default_factory=dict)
 

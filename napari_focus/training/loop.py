@@ -128,6 +128,8 @@ def train(
     checkpointing = preset.checkpointing if config.checkpointing is None else config.checkpointing
     if canvas % 32:
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
+    if config.out.exists() and not config.overwrite:
+        raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
 
     report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))
     samples, problems = collect_samples(config.root, config.layouts)
