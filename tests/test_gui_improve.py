@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from synthetic_shapes import export_shapes, shape_sample
 
 pytestmark = pytest.mark.gui
@@ -17,6 +18,7 @@ WAIT_MS = 900_000
 
 
 def _proposal(qtbot, viewer, widget) -> np.ndarray:
+    widget.image.value = "shape"
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     return np.array(viewer.layers["shape [FOCUS SOD] probability"].data)
@@ -59,8 +61,23 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     assert improve.status.value.startswith("done"), improve.status.value
     assert improve.use_new_button.enabled
 
+    # a series in progress: its images not yet accepted get new proposals and a new order
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        Image.fromarray(shape_sample(rng, 64)[0]).save(folder / f"s{i}.png")
+    widget.series.open(folder)
+    qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
+    old_scores = dict(widget.series.scores)
+
     improve.use_new_weights()
     assert widget.weights_source.value == "file" and Path(widget.weights_path.value) == out
+    assert "re-proposing 2 series images" in improve.status.value
+    qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
+    assert set(widget.series.scores) == {"s0.png", "s1.png"}
+    assert widget.series.scores != old_scores
     after = _proposal(qtbot, viewer, widget)
     assert not np.allclose(before, after, atol=1e-6), "the new weights changed nothing"
 

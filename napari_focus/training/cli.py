@@ -101,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         result = train(config, progress=show)
-    except (DatasetError, FileNotFoundError, ValueError) as error:
+    except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
         bar.close()
         print(f"napari-focus train: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
