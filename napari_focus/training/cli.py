@@ -88,10 +88,9 @@ def run_train(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)
 
     def show(progress: Any) -> None:
-        if progress.phase == "train":
-            bar.n = progress.step
+        if progress.phase == "train":  # tqdm shows step/s and the ETA
             bar.set_postfix(loss=f"{progress.loss:.3f}", refresh=False)
-            bar.refresh()
+            bar.update(progress.step - bar.n)
         elif progress.phase == "eval" and progress.metrics is not None:
             tqdm.write(progress.message, file=sys.stderr)
         elif progress.phase == "setup":
