@@ -32,9 +32,8 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
+from ..training.cli import PRESET_NAMES
 from .fields import chosen_dir
-
-PRESET_CHOICES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ class ImproveSection(Container):
         self.previous_weights: WeightsChoice | None = None
 
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
-        self.preset = ComboBox(label="hardware preset", choices=list(PRESET_CHOICES), value="auto")
+        self.preset = ComboBox(label="hardware preset", choices=list(PRESET_NAMES), value="auto")
         self.crop = SpinBox(label="crop (0 = preset)", min=0, max=2048, step=32, value=0)
         self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
         self.improve_button = PushButton(text="Improve the model")
