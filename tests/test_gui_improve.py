@@ -31,7 +31,7 @@ def test_improve_trains_in_a_worker_and_switches_weights(
 
     viewer, widget = open_focus_widget()
     root = tmp_path / "datasets"
-    export_shapes(root, "duts-tr", 6, seed=3, size=64)
+    export_shapes(root, "duts-tr", 8, seed=3, size=64)
     widget.export_section.dataset_root.value = root
     assert widget.export_section.dataset_layout.value == "duts-tr"
     image, _ = shape_sample(np.random.default_rng(99), 64)
@@ -39,26 +39,33 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     before = _proposal(qtbot, viewer, widget)
 
     improve = widget.improve
-    improve.steps.value = 4
+    improve.steps.value = 16
     improve.preset.value = "cpu"
     improve.crop.value = 128
+    improve.learning_rate.value = 1e-3  # the tiny base has random weights
     out = tmp_path / "improved.safetensors"
     improve.output.value = out
 
     ticks: list[float] = []
+    states: list[str] = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(
+        lambda: ticks.append(time.perf_counter()) or states.append(improve.status.value)
+    )
     timer.start(10)
     improve.improve_button.clicked.emit()  # what a click does
     assert improve.running and improve.cancel_button.enabled
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     timer.stop()
-    stall = max(np.diff(ticks))
-    print(f"longest event-loop stall while training ran: {stall * 1000:.0f} ms")
+    gaps = np.diff(ticks)
+    stall = gaps.max()
+    for i in np.argsort(gaps)[-3:]:
+        print(f"stall {gaps[i] * 1000:.0f} ms: {states[i]!r} -> {states[i + 1]!r}")
     assert len(ticks) > 50, "the event loop did not run while training ran"
-    assert stall < 0.5, f"event loop stalled for {stall:.3f} s"
+    assert stall < 0.4, f"event loop stalled for {stall:.3f} s"
     assert out.is_file(), improve.status.value
     assert improve.status.value.startswith("done"), improve.status.value
+    assert "no step beat" not in improve.status.value, improve.status.value
     assert improve.use_new_button.enabled
 
     # a series in progress: its images not yet accepted get new proposals and a new order

@@ -1,9 +1,10 @@
 """The "Improve the model" section: fine-tune on the exported corrections, then switch.
 
 The section trains from the dataset root and layout the Export section writes to, in a
-worker thread (progress, Cancel), with the model currently chosen in the widget as the
-base. When the run ends it offers to switch to the new weights (and to re-propose and
-re-rank the series images not yet accepted); the previous weights stay one click away.
+separate process watched by a worker thread (progress, Cancel), with the model currently
+chosen in the widget as the base. When the run ends it offers to switch to the new
+weights (and to re-propose and re-rank the series images not yet accepted); the previous
+weights stay one click away.
 
 It talks to its host only through :class:`ImproveHost`, so it can sit in any dock
 layout; :class:`FocusWidgetHost` adapts the FOCUS dock widget.
@@ -11,10 +12,8 @@ layout; :class:`FocusWidgetHost` adapts the FOCUS dock widget.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,30 +105,6 @@ class FocusWidgetHost:
         return len(pending)
 
 
-def training_job(config: Any, cancel: threading.Event) -> Generator[Any, None, Any]:
-    """Runs :func:`napari_focus.training.train` in a thread of its own and yields its
-    progress reports; returns the result or the exception."""
-    from ..training import train
-
-    reports: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = train(config, progress=reports.put, cancel=cancel)
-        except Exception as error:  # handed to the GUI thread, reported there
-            outcome["result"] = error
-
-    thread = threading.Thread(target=run, name="napari-focus-training", daemon=True)
-    thread.start()
-    while thread.is_alive() or not reports.empty():
-        try:
-            yield reports.get(timeout=0.1)
-        except queue.Empty:
-            continue
-    return outcome["result"]
-
-
 class ImproveSection(Container):
     """Steps, preset, output file; Improve / Cancel; then use the new or previous weights."""
 
@@ -143,6 +118,11 @@ class ImproveSection(Container):
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
         self.preset = ComboBox(label="hardware preset", choices=list(PRESET_NAMES), value="auto")
         self.crop = SpinBox(label="crop (0 = preset)", min=0, max=2048, step=32, value=0)
+        self.learning_rate = ComboBox(
+            label="learning rate",
+            choices=[("1e-4 (official)", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3), ("3e-5", 3e-5)],
+            value=1e-4,
+        )
         self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
         self.improve_button = PushButton(text="Improve the model")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -153,7 +133,7 @@ class ImproveSection(Container):
         self.use_previous_button = PushButton(text="Back to the previous weights", enabled=False)
         super().__init__(
             widgets=[
-                self.steps, self.preset, self.crop, self.output,
+                self.steps, self.preset, self.crop, self.learning_rate, self.output,
                 Container(widgets=[self.improve_button, self.cancel_button], layout="horizontal"),
                 self.progress, self.status, self.repropose,
                 Container(widgets=[self.use_new_button, self.use_previous_button],
@@ -191,6 +171,7 @@ class ImproveSection(Container):
             weights=str(base.path) if base.source == "file" else base.task,
             size=base.size, task=base.task, steps=self.steps.value, device=base.device,
             preset=self.preset.value, canvas=self.crop.value or None,
+            lr=self.learning_rate.value,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -203,7 +184,10 @@ class ImproveSection(Container):
             return
         self._cancel = threading.Event()
         self._base = self.host.current_weights()
-        worker = thread_worker(training_job, start_thread=False)(config, self._cancel)
+        from ..training.process import train_in_subprocess
+
+        # a process of its own: the training's Python work never competes with the viewer
+        worker = thread_worker(train_in_subprocess, start_thread=False)(config, self._cancel)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
@@ -241,6 +225,9 @@ class ImproveSection(Container):
         self.new_weights = WeightsChoice(
             "file", result.output, self._base.size, self._base.task, self._base.device
         )
+        if result.best_step == 0:
+            gain += " (no step beat the starting weights on the held-out images; the new file "
+            gain += "holds them unchanged)"
         self.status.value = f"done: {gain}; {result.output.name}"
         self.use_new_button.enabled = True
         show_info(f"FOCUS: new weights {result.output} ({gain})")
