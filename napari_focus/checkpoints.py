@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -214,6 +213,8 @@ def save_inference_checkpoint(
     Floating-point tensors are stored as ``dtype``; the file appears atomically."""
     from safetensors.torch import save_file
 
+    from .atomic import atomic_write
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"inference checkpoints are .safetensors files, got {path.name}")
@@ -239,16 +240,7 @@ def save_inference_checkpoint(
         if key in metadata:
             raise ValueError(f"metadata key {key!r} is reserved")
         metadata[str(key)] = str(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def metadata_architecture(metadata: Mapping[str, str]) -> dict[str, Any] | None:

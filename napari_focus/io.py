@@ -1,30 +1,88 @@
-"""Reading images and writing masks/probability maps, atomically."""
+"""Reading images (with a pixel limit) and writing masks/probability maps atomically."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from .atomic import WriteError, atomic_write
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "TIFF_EXTENSIONS",
+    "ImageTooLargeError",
+    "WriteError",
+    "atomic_write",
+    "pixel_limit",
+    "read_image",
+    "write_mask",
+    "write_probability",
+]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as a numpy array (gray, RGB or RGBA; uint8/uint16/float)."""
+MAX_PIXELS_ENV = "NAPARI_FOCUS_MAX_PIXELS"
+
+
+class ImageTooLargeError(ValueError):
+    """An image file declares more pixels than the reader's limit (possibly a
+    decompression bomb); it was refused before decoding."""
+
+
+def pixel_limit() -> int | None:
+    """The pixel limit of :func:`read_image`: ``$NAPARI_FOCUS_MAX_PIXELS`` if set (``0``
+    = no limit), else PIL's ``Image.MAX_IMAGE_PIXELS`` (None there = no limit)."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise ValueError(
+                f"{MAX_PIXELS_ENV}={raw!r} is not a number of pixels (0 = no limit)"
+            ) from None
+        return value if value > 0 else None
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else None
+
+
+def _check_pixels(path: Path, height: int, width: int, planes: int, limit: int | None) -> None:
+    pixels = height * width * planes
+    if limit is not None and pixels > limit:
+        planes_text = f" x {planes} planes" if planes > 1 else ""
+        raise ImageTooLargeError(
+            f"{path}: {width} x {height}{planes_text} = {pixels:,} pixels is above the limit "
+            f"of {limit:,} pixels (a damaged file or a decompression bomb?); not decoded. "
+            f"Set {MAX_PIXELS_ENV} to raise the limit for a genuine large image."
+        )
+
+
+def read_image(
+    path: str | os.PathLike, *, max_pixels: int | Literal["default"] | None = "default"
+) -> np.ndarray:
+    """Read an image file as a numpy array (gray, RGB or RGBA; uint8/uint16/float).
+
+    Files that declare more than ``max_pixels`` pixels (default: :func:`pixel_limit`;
+    None = no limit) are refused with :class:`ImageTooLargeError` before decoding, PNG,
+    JPEG, TIFF and every other format alike.
+    """
     path = Path(path)
+    limit = pixel_limit() if max_pixels == "default" else max_pixels
     if path.suffix.lower() in TIFF_EXTENSIONS:
-        array = tifffile.imread(path)
-        # a single-plane file may carry leading singleton axes
-        while array.ndim > 3 and array.shape[0] == 1:
-            array = array[0]
-        return array
-    with Image.open(path) as image:
+        return _read_tiff(path, limit)
+    try:
+        image_file = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"{path}: {exc} Set {MAX_PIXELS_ENV} and PIL.Image.MAX_IMAGE_PIXELS to read it."
+        ) from exc
+    with image_file as image:
+        _check_pixels(path, image.height, image.width, 1, limit)
         if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
             image = image.convert(
                 "RGBA" if "A" in image.mode or "transparency" in image.info else "RGB"
@@ -34,20 +92,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         return np.array(image)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it into
-    place, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def _read_tiff(path: Path, limit: int | None) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError(f"{path}: no image in this TIFF file")
+        series = tif.series[0]
+        shape = tuple(int(n) for n in series.shape)
+        spatial = shape[:-1] if len(shape) >= 3 and shape[-1] in (1, 3, 4) else shape
+        if len(spatial) < 2:
+            raise ValueError(f"{path}: TIFF image of shape {shape} is not 2-D")
+        planes = int(np.prod(spatial[:-2], dtype=np.int64)) if len(spatial) > 2 else 1
+        _check_pixels(path, spatial[-2], spatial[-1], planes, limit)
+        array = tif.asarray()  # series 0, as tifffile.imread reads it
+    # a single-plane file may carry leading singleton axes
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+    return array
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:

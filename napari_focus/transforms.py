@@ -32,7 +32,13 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: naming what was received and what is accepted.
     """
-    array = np.asarray(image)
+    try:
+        array = np.asarray(image)
+    except ValueError:  # a ragged nested list
+        raise ValueError(
+            f"image is a ragged sequence ({type(image).__name__} whose rows differ in "
+            f"length), not a rectangular array; expected {ACCEPTED}"
+        ) from None
     received = f"array of shape {array.shape} and dtype {array.dtype}"
     if array.size == 0:
         raise ValueError(f"empty image ({received}); expected {ACCEPTED}")
@@ -72,20 +78,32 @@ def _float_to_uint8(array: np.ndarray, received: str) -> np.ndarray:
         scaled = values * 255.0
     elif low >= 0.0 and high <= 255.0:
         scaled = values
-    elif high > low:
-        scaled = (values - low) * (255.0 / (high - low))
+    elif high > low:  # halved first, so that a range wider than float64's max stays finite
+        scaled = (values / 2 - low / 2) * (255.0 / (high / 2 - low / 2))
     else:  # constant image outside [0, 255]: nothing to stretch
         scaled = np.full_like(values, 0.0 if high < 0.0 else 255.0)
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def resized_shape(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
-    """Shortest-edge resize target ``(h, w)``: short side -> ``short_side``, long side capped."""
+    """Shortest-edge resize target ``(h, w)``: short side -> ``short_side``, long side capped.
+
+    Raises:
+        ValueError: for an aspect ratio so extreme that the short side would round to 0.
+    """
     scale = short_side / min(height, width)
     new_h, new_w = height * scale, width * scale
     if max(new_h, new_w) > max_long_side:
         cap = max_long_side / max(new_h, new_w)
         new_h, new_w = new_h * cap, new_w * cap
+    if min(new_h, new_w) < 0.5:
+        short, long = sorted((height, width))
+        raise ValueError(
+            f"image of {height} x {width} pixels (H x W) is too elongated for the model: "
+            f"with its long side scaled to {max_long_side} pixels its short side would be "
+            f"{min(new_h, new_w):.2f} pixels; crop it or cut it into pieces no longer than "
+            f"{int(2 * max_long_side)} times their width (this one is {long / short:.0f}:1)"
+        )
     return int(new_h + 0.5), int(new_w + 0.5)
 
 

@@ -6,11 +6,18 @@ semantic JSON entries) atomically under a lock and logs a provenance line; see
 :mod:`.layouts` for the exact folders and formats of each layout.
 """
 
-from .errors import ExportError, SampleExistsError
-from .export import ON_EXISTS, ExportResult, SamplePaths, export_sample, sample_paths
+from .errors import ExportError, ExportWriteError, SampleExistsError
+from .export import (
+    ON_EXISTS,
+    ExportResult,
+    SamplePaths,
+    export_sample,
+    recover_split,
+    sample_paths,
+)
 from .layouts import LAYOUT_SPECS, LAYOUTS, Layout, get_layout, layout_for_task
 from .names import sanitize_name
-from .provenance import PROVENANCE_NAME, Provenance, read_records
+from .provenance import PROVENANCE_NAME, Provenance, ProvenanceLog, read_log, read_records
 
 __all__ = [
     "LAYOUTS",
@@ -19,14 +26,18 @@ __all__ = [
     "PROVENANCE_NAME",
     "ExportError",
     "ExportResult",
+    "ExportWriteError",
     "Layout",
     "Provenance",
+    "ProvenanceLog",
     "SampleExistsError",
     "SamplePaths",
     "export_sample",
     "get_layout",
     "layout_for_task",
+    "read_log",
     "read_records",
+    "recover_split",
     "sample_paths",
     "sanitize_name",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import WriteError, check_writable_folder
 from .errors import ExportError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
@@ -112,6 +113,12 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"napari-focus: {folder} is not a folder", file=sys.stderr)
             return EXIT_SETUP_ERROR
 
+    try:
+        check_writable_folder(args.root)
+    except WriteError as exc:
+        print(f"napari-focus: --root: {exc}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+
     pairs, problems = pair_files(images_dir, masks_dir, layout)
     for message in problems:
         print(f"  unpaired: {message}", file=sys.stderr)
@@ -133,13 +140,18 @@ def run_export(args: argparse.Namespace) -> int:
                     "tool": "napari-focus export",
                 },
             )
-        except (ExportError, OSError, ValueError) as exc:
+        except (ExportError, OSError, ValueError, MemoryError) as exc:
             failures.append(f"{image_path}: {exc}")
+            print(f"failed: {image_path.name}: {exc}", file=sys.stderr)
             continue
+        except Exception as exc:  # one bad pair (e.g. an undecodable file) must not stop
+            failures.append(f"{image_path}: {type(exc).__name__}: {exc}")
+            print(f"failed: {image_path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        for message in result.recovered:
+            print(f"  recovered: {message}", file=sys.stderr)
         counts[result.status] += 1
         print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
-    for message in failures:
-        print(f"  failed: {message}", file=sys.stderr)
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     print(
         f"napari-focus: {summary}, {len(failures)} failed, {len(problems)} unpaired "

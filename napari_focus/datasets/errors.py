@@ -13,3 +13,14 @@ class SampleExistsError(ExportError):
     def __init__(self, message: str, name: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class ExportWriteError(ExportError):
+    """A file could not be written (the disk is full, permission denied, a read-only file
+    system...). The message names the file and the cause; ``reason`` is the cause in
+    plain words. The split still lists the previous sample (or, when the failure came
+    after the commit point, the next export completes the new one)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason

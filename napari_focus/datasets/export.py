@@ -2,28 +2,28 @@
 
 Order of work, all of it under the root's lock (see :mod:`.jsonstore`):
 
-1. stale temp files of earlier, killed exports are removed from the split's folders, and
-   a sample that reached the instance JSON but not the semantic JSON is completed;
+1. the split is put in order (:mod:`.recovery`): an interrupted transaction is completed,
+   stale temp files of killed exports are deleted, and samples left half-listed or
+   orphaned by an interrupted export are completed, re-listed or removed (each reported
+   in :attr:`ExportResult.recovered`);
 2. the name is checked against the files on disk and the JSON entries, and the
    ``on_exists`` policy applied;
-3. on ``replace``, the sample's JSON entries are removed first (semantic JSON, then
-   instance JSON);
-4. image, mask(s) and semantic file are each written to a temp name in their folder and
-   renamed into place;
-5. the entries are appended to the instance JSON, then to the semantic JSON (the one
-   FOCUS training iterates), each file replaced atomically;
-6. one provenance line is appended.
+3. image, mask(s), semantic file and both JSON files are written completely under temp
+   names; then, as one journaled transaction (:mod:`.journal`), a replaced sample's
+   entries are left out of the JSON files, the files are swapped in and the JSON files
+   with the new entries (in place, same ids) follow;
+4. one provenance line is appended.
 
-So a crash leaves every JSON parseable and pointing only at complete files. What it may
-leave is an *orphan*: complete files with no JSON entry, which FOCUS ignores (it only
-loads what the JSON lists). Orphans still count as existing names, so the next export
-of that name needs ``on_exists="replace"`` (the error message says so).
+A failure before the journal is written changes nothing (the old sample stays listed).
+A kill after it leaves the sample unlisted, never listed with half-swapped files, and
+the next export (or :func:`recover_split`) completes it: the split then lists the new
+sample. Every JSON parses at every moment.
 """
 
 from __future__ import annotations
 
 import io
-import re
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +32,27 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from ..io import atomic_write
+from ..atomic import WriteError
 from ..transforms import to_rgb_uint8
-from . import rle
-from .errors import ExportError, SampleExistsError
-from .jsonstore import read_json, root_lock, write_json
-from .layouts import (
-    BACKGROUND_CATEGORY,
-    FOREGROUND_CATEGORY,
-    INSTANCE_CATEGORIES,
-    SEMANTIC_CATEGORIES,
-    Layout,
-    get_layout,
-)
+from .errors import ExportError, ExportWriteError, SampleExistsError
+from .journal import Transaction
+from .jsonstore import root_lock
+from .layouts import Layout, get_layout
 from .names import sanitize_name
-from .provenance import Provenance, append_record, build_record, check_proposal
+from .provenance import (
+    PROVENANCE_NAME,
+    Provenance,
+    append_record,
+    build_record,
+    check_proposal,
+)
+from .recovery import recover_samples, tidy_split
+from .splitjson import Ids, SplitJson, dumps
 
 OnExists = Literal["error", "skip", "rename", "replace"]
 ON_EXISTS = ("error", "skip", "rename", "replace")
 JPEG_QUALITY = 95
-_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.(jpg|png|bmp|json)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ class SamplePaths:
 class ExportResult:
     """What an export did. ``status`` is ``written``, ``renamed`` (written under a
     suffixed name), ``replaced`` or ``skipped`` (the paths then name the existing sample
-    and nothing was written; ``provenance`` is None)."""
+    and nothing was written; ``provenance`` is None). ``recovered`` says what was put in
+    order in the split first (an interrupted export completed, an orphaned sample
+    re-listed or removed), one message each."""
 
     layout: str
     name: str
@@ -87,6 +90,7 @@ class ExportResult:
     annotation_id: int | None
     segment_ids: tuple[int, int] | None
     provenance: Path | None
+    recovered: tuple[str, ...] = ()
 
     @property
     def files(self) -> list[Path]:
@@ -159,14 +163,13 @@ def export_sample(
     }
     root = Path(root)
     with root_lock(root):
-        return _export_locked(root, spec, wanted, rgb, fg, payload, on_exists, info, image)
+        return _export_locked(root, spec, wanted, fg, payload, on_exists, info, image)
 
 
 def _export_locked(
     root: Path,
     spec: Layout,
     wanted: str,
-    rgb: np.ndarray,
     fg: np.ndarray,
     payload: dict[str, bytes],
     on_exists: str,
@@ -174,29 +177,30 @@ def _export_locked(
     source: np.ndarray,
 ) -> ExportResult:
     base = dataset_dir(root, spec)
-    _remove_stale_temps(base, spec)
-    store = _JsonPair.load(base, spec)
-    store.repair(root, spec)
+    recovered = tidy_split(root, base, spec)
+    store = SplitJson.load(base, spec)
+    recovered += recover_samples(root, base, spec, store, lambda n: sample_paths(root, spec, n))
+    for message in recovered:
+        log.info("%s", message)
 
     name, status = _resolve_name(root, spec, store, wanted, on_exists)
     paths = sample_paths(root, spec, name)
     if status == "skipped":
-        ids = store.ids_of(name)
-        return _result(spec, name, status, paths, store, ids, None)
+        return _result(spec, name, status, paths, store, store.ids_of(name), None, recovered)
 
-    old_ids = store.ids_of(name) if status == "replaced" else (None, None, None)
-    if status == "replaced" and old_ids != (None, None, None):
-        store.remove(name)
-    height, width = fg.shape
-    try:
+    with Transaction(base) as tx:
+        # a listed sample is first left out of the JSON files, so that no reader ever
+        # sees its entries next to half-swapped files; the journal re-lists it
+        for path, data in store.without(name):
+            tx.stage(path, dumps(data))
         for path in [paths.image, paths.mask, *paths.extra_masks]:
-            data = payload["image"] if path == paths.image else payload["mask"]
-            _write_bytes(path, data)
+            tx.stage(path, payload["image"] if path == paths.image else payload["mask"])
         if paths.semantic is not None:
-            _write_bytes(paths.semantic, payload["semantic"])
-    except OSError as exc:
-        raise ExportError(f"could not write sample {name!r} under {root}: {exc}") from exc
-    ids = store.add(name + spec.image_ext, fg, height, width, old_ids)
+            tx.stage(paths.semantic, payload["semantic"])
+        ids = store.put(name + spec.image_ext, fg)
+        for path, data in store.files():
+            tx.stage(path, dumps(data))
+        tx.commit()
 
     record = build_record(
         info,
@@ -210,8 +214,28 @@ def _export_locked(
     try:
         prov_path = append_record(root, record)
     except OSError as exc:
-        raise ExportError(f"sample {name!r} exported but provenance not written: {exc}") from exc
-    return _result(spec, name, status, paths, store, ids, prov_path)
+        reason = WriteError(root / PROVENANCE_NAME, exc).reason
+        raise ExportWriteError(
+            f"sample {name!r} exported but its provenance line not written: {reason}", reason
+        ) from exc
+    return _result(spec, name, status, paths, store, ids, prov_path, recovered)
+
+
+def recover_split(root: str | Path, layout: str) -> list[str]:
+    """Put a split in order as an export does first (complete an interrupted export,
+    delete stale temp files, re-list or remove orphaned samples); a message per action.
+    Worth calling before training from a split whose last export may have been killed.
+    """
+    spec = get_layout(layout)
+    root = Path(root)
+    base = dataset_dir(root, spec)
+    with root_lock(root):
+        messages = tidy_split(root, base, spec)
+        store = SplitJson.load(base, spec)
+        messages += recover_samples(
+            root, base, spec, store, lambda n: sample_paths(root, spec, n)
+        )
+    return messages
 
 
 def _result(
@@ -219,9 +243,10 @@ def _result(
     name: str,
     status: str,
     paths: SamplePaths,
-    store: _JsonPair,
-    ids: tuple[int | None, int | None, tuple[int, int] | None],
+    store: SplitJson,
+    ids: Ids,
     prov: Path | None,
+    recovered: list[str],
 ) -> ExportResult:
     return ExportResult(
         layout=spec.name,
@@ -237,11 +262,12 @@ def _result(
         annotation_id=ids[1],
         segment_ids=ids[2],
         provenance=prov,
+        recovered=tuple(recovered),
     )
 
 
 def _resolve_name(
-    root: Path, spec: Layout, store: _JsonPair, wanted: str, on_exists: str
+    root: Path, spec: Layout, store: SplitJson, wanted: str, on_exists: str
 ) -> tuple[str, str]:
     def taken(candidate: str) -> bool:
         on_disk = any(p.exists() for p in sample_paths(root, spec, candidate).all())
@@ -269,237 +295,6 @@ def _resolve_name(
     # skip / replace act on the existing sample, spelled as the JSON spells it
     existing = store.spelling(wanted) or wanted
     return existing, "skipped" if on_exists == "skip" else "replaced"
-
-
-class _JsonPair:
-    """The instance and semantic JSON files of a split, read under the lock."""
-
-    def __init__(self, spec: Layout, base: Path) -> None:
-        self.spec = spec
-        self.instance_path = base / spec.instance_json if spec.instance_json else None
-        self.semantic_path = base / spec.semantic_json if spec.semantic_json else None
-        self.instance: dict[str, Any] = {}
-        self.semantic: dict[str, Any] = {}
-        self._slots: dict[tuple[int, str], int] = {}
-
-    @classmethod
-    def load(cls, base: Path, spec: Layout) -> _JsonPair:
-        pair = cls(spec, base)
-        if pair.instance_path is not None and pair.semantic_path is not None:
-            pair.instance = _normalised(read_json(pair.instance_path), INSTANCE_CATEGORIES)
-            pair.semantic = _normalised(read_json(pair.semantic_path), SEMANTIC_CATEGORIES)
-        return pair
-
-    @property
-    def enabled(self) -> bool:
-        return self.instance_path is not None
-
-    def _stems(self) -> dict[str, str]:
-        stems: dict[str, str] = {}
-        for data in (self.instance, self.semantic):
-            for item in [*data.get("images", []), *data.get("annotations", [])]:
-                file_name = str(item.get("file_name", ""))
-                stem = file_name.split(".")[0]  # as the FOCUS loaders take the stem
-                stems.setdefault(stem.casefold(), stem)
-        return stems
-
-    def has(self, name: str) -> bool:
-        return self.enabled and name.casefold() in self._stems()
-
-    def spelling(self, name: str) -> str | None:
-        return self._stems().get(name.casefold()) if self.enabled else None
-
-    def _matches(self, item: Mapping[str, Any], name: str) -> bool:
-        return str(item.get("file_name", "")).split(".")[0].casefold() == name.casefold()
-
-    def ids_of(self, name: str) -> tuple[int | None, int | None, tuple[int, int] | None]:
-        if not self.enabled:
-            return None, None, None
-        image_id = ann_id = segs = None
-        for data in (self.instance, self.semantic):
-            for item in data["images"]:
-                if self._matches(item, name) and image_id is None:
-                    image_id = item.get("id")
-        for item in self.instance["annotations"]:
-            if self._matches(item, name) and ann_id is None:
-                ann_id = item.get("id")
-                image_id = item.get("image_id", image_id)
-        for item in self.semantic["annotations"]:
-            info = item.get("segments_info") or []
-            if self._matches(item, name) and segs is None and len(info) >= 2:
-                segs = (info[0].get("id"), info[1].get("id"))
-        return image_id, ann_id, segs
-
-    def remove(self, name: str) -> None:
-        """Drop the sample's entries: semantic JSON first, so that an interruption
-        leaves at most an instance-only entry, which :meth:`repair` completes. Their
-        list positions are kept so that :meth:`add` puts the new entries back there."""
-        for data, path in (
-            (self.semantic, self.semantic_path),
-            (self.instance, self.instance_path),
-        ):
-            assert path is not None
-            for key in ("images", "annotations"):
-                hits = [i for i, x in enumerate(data[key]) if self._matches(x, name)]
-                if hits:
-                    self._slots[(id(data), key)] = hits[0]
-                data[key] = [x for x in data[key] if not self._matches(x, name)]
-            _write_json(path, data)
-
-    def _put(self, data: dict[str, Any], key: str, entry: dict[str, Any]) -> None:
-        slot = self._slots.pop((id(data), key), None)
-        if slot is None:
-            data[key].append(entry)
-        else:
-            data[key].insert(slot, entry)
-
-    def add(
-        self,
-        file_name: str,
-        fg: np.ndarray,
-        height: int,
-        width: int,
-        old: tuple[int | None, int | None, tuple[int, int] | None],
-    ) -> tuple[int | None, int | None, tuple[int, int] | None]:
-        if not self.enabled:
-            return None, None, None
-        assert self.instance_path is not None and self.semantic_path is not None
-        image_id = old[0] if old[0] is not None else self._next_image_id()
-        ann_id = old[1] if old[1] is not None else _max_id(self.instance["annotations"]) + 1
-        if old[2] is not None:
-            segs = old[2]
-        else:
-            first = _max_segment_id(self.semantic["annotations"]) + 1
-            segs = (first, first + 1)
-        image_entry = {"id": image_id, "file_name": file_name, "width": width, "height": height}
-        self._put(self.instance, "images", dict(image_entry))
-        self._put(
-            self.instance, "annotations", _instance_annotation(ann_id, image_id, file_name, fg)
-        )
-        _write_json(self.instance_path, self.instance)
-        self._put(self.semantic, "images", dict(image_entry))
-        self._put(self.semantic, "annotations", _semantic_annotation(segs, image_id, file_name, fg))
-        _write_json(self.semantic_path, self.semantic)
-        return image_id, ann_id, segs
-
-    def _next_image_id(self) -> int:
-        ids = [_max_id(self.instance["images"]), _max_id(self.semantic["images"])]
-        for data in (self.instance, self.semantic):
-            ids += [_int(a.get("image_id")) for a in data["annotations"]]
-        return max(ids) + 1
-
-    def repair(self, root: Path, spec: Layout) -> None:
-        """Complete samples an interrupted export left in the instance JSON only."""
-        if not self.enabled:
-            return
-        done = {str(a.get("file_name")) for a in self.semantic["annotations"]}
-        pending = [a for a in self.instance["annotations"] if str(a.get("file_name")) not in done]
-        changed = False
-        for ann in pending:
-            file_name = str(ann.get("file_name"))
-            mask_path = sample_paths(root, spec, file_name.split(".")[0]).mask
-            try:
-                with Image.open(mask_path) as img:
-                    fg = np.asarray(img.convert("L")) > 0
-            except (OSError, ValueError):
-                continue  # nothing on disk to complete it from; leave it as it is
-            image_id = ann.get("image_id")
-            entry = next((i for i in self.instance["images"] if i.get("id") == image_id), None)
-            if entry is None or (entry.get("height"), entry.get("width")) != fg.shape:
-                continue
-            if not any(i.get("id") == image_id for i in self.semantic["images"]):
-                self.semantic["images"].append(dict(entry))
-            first = _max_segment_id(self.semantic["annotations"]) + 1
-            self.semantic["annotations"].append(
-                _semantic_annotation((first, first + 1), image_id, file_name, fg)
-            )
-            changed = True
-        if changed:
-            assert self.semantic_path is not None
-            _write_json(self.semantic_path, self.semantic)
-
-
-def _instance_annotation(ann_id: int, image_id: int, file_name: str, fg: np.ndarray) -> dict:
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "file_name": file_name,
-        "category_id": FOREGROUND_CATEGORY,
-        "segmentation": rle.encode(fg),
-        "area": rle.area(fg),
-        "bbox": rle.bbox(fg),
-        "iscrowd": 0,
-    }
-
-
-def _semantic_annotation(
-    segs: tuple[int, int], image_id: Any, file_name: str, fg: np.ndarray
-) -> dict:
-    bg = ~fg
-    return {
-        "image_id": image_id,
-        "file_name": file_name,
-        "segments_info": [
-            {"id": segs[0], "category_id": FOREGROUND_CATEGORY, "area": rle.area(fg),
-             "bbox": rle.bbox(fg), "iscrowd": 0},
-            {"id": segs[1], "category_id": BACKGROUND_CATEGORY, "area": rle.area(bg),
-             "bbox": rle.bbox(bg), "iscrowd": 0},
-        ],
-    }  # fmt: skip
-
-
-def _normalised(data: dict[str, Any] | None, categories: list[dict]) -> dict[str, Any]:
-    data = {} if data is None else data
-    for key in ("images", "annotations"):
-        if not isinstance(data.setdefault(key, []), list):
-            raise ExportError(f"JSON key {key!r} is not a list; not touching the file")
-    data.setdefault("categories", [dict(c) for c in categories])
-    return data
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _max_id(items: list[Mapping[str, Any]]) -> int:
-    return max((_int(x.get("id")) for x in items), default=0)
-
-
-def _max_segment_id(annotations: list[Mapping[str, Any]]) -> int:
-    return max(
-        (_int(s.get("id")) for a in annotations for s in (a.get("segments_info") or [])),
-        default=0,
-    )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    try:
-        write_json(path, data)
-    except OSError as exc:
-        raise ExportError(f"could not write {path}: {exc}") from exc
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-
-    atomic_write(path, write)
-
-
-def _remove_stale_temps(base: Path, spec: Layout) -> None:
-    """Delete temp files left by killed exports (safe: every export holds the lock)."""
-    folders = {base, *(base / d for d in (spec.image_dir, spec.mask_dir, *spec.extra_mask_dirs))}
-    if spec.semantic_dir:
-        folders.add(base / spec.semantic_dir)
-    for folder in folders:
-        try:
-            entries = list(folder.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
-            if _TEMP_FILE.match(entry.name) and entry.is_file():
-                entry.unlink(missing_ok=True)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

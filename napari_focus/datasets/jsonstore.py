@@ -1,4 +1,4 @@
-"""A lock per dataset root, and JSON files replaced atomically.
+"""A lock per dataset root, and JSON files read with care and replaced atomically.
 
 Locking uses a lock file that is never deleted. On POSIX it is held with
 ``fcntl.flock`` (advisory, released by the kernel when the holder exits or is killed, so
@@ -9,7 +9,6 @@ On Windows ``msvcrt.locking`` on the file's first byte is used instead.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..atomic import atomic_write_bytes
 from .errors import ExportError
 
 LOCK_NAME = ".napari_focus.lock"
@@ -82,16 +81,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """The parsed JSON object at ``path``; None if the file does not exist.
 
     Raises:
-        ExportError: if the file is not a JSON object (it is left untouched).
+        ExportError: if the file is not a JSON object in UTF-8 (it is left untouched).
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExportError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); JSON files must be UTF-8; not touching it"
+        ) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path} is not valid JSON ({exc}); not touching it") from exc
+    except RecursionError as exc:
+        raise ExportError(
+            f"{path} is nested too deeply to be a COCO file; not touching it"
+        ) from exc
     if not isinstance(data, dict):
         raise ExportError(f"{path} does not hold a JSON object; not touching it")
     return data
@@ -99,12 +111,4 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` by ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    text = json.dumps(data)  # compact, like the official json.dump(coco_format, f)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))

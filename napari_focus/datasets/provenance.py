@@ -17,9 +17,12 @@ Each line is a JSON object with:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -119,37 +122,79 @@ def build_record(
 
 
 def append_record(root: Path, record: dict[str, Any]) -> Path:
-    """Append one line with a single ``write`` (call it while holding the root lock).
+    """Append one line (call it while holding the root lock): the whole line is written
+    and flushed, or the file is cut back to its previous length and an ``OSError`` is
+    raised, so a full disk never leaves a torn line that was reported as written.
 
     If an earlier writer was killed mid-line, a newline is written first so that the
     damage stays confined to that one unparseable line.
     """
     path = root / PROVENANCE_NAME
     line = json.dumps(record, default=_json_default, ensure_ascii=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         size = os.fstat(fd).st_size
         if size and not _ends_with_newline(path, size):
             line = "\n" + line
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
+        data = memoryview(line.encode("utf-8"))
+        try:
+            while data:
+                written = os.write(fd, data)
+                if written <= 0:  # pragma: no cover - os.write raises rather than return 0
+                    raise OSError(errno.ENOSPC, "short write", str(path))
+                data = data[written:]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):  # else the reader skips the torn line
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
     return path
 
 
-def read_records(root: Path) -> list[dict[str, Any]]:
-    """All parseable provenance lines (a torn line from a crash is skipped)."""
+@dataclass
+class ProvenanceLog:
+    """The parseable records of a provenance file and the 1-based numbers of the lines
+    that could not be parsed (a torn last line after a crash, or damage)."""
+
+    records: list[dict[str, Any]]
+    skipped_lines: list[int]
+
+
+def read_log(root: Path) -> ProvenanceLog:
+    """All records, and which lines were skipped."""
     path = root / PROVENANCE_NAME
+    log = ProvenanceLog([], [])
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+        return log
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-    return records
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if isinstance(record, dict):
+            log.records.append(record)
+        else:
+            log.skipped_lines.append(number)
+    return log
+
+
+def read_records(root: Path) -> list[dict[str, Any]]:
+    """All parseable provenance lines; unparseable ones (a torn line from a crash) are
+    skipped and reported with a ``UserWarning`` naming the file and line numbers."""
+    log = read_log(root)
+    if log.skipped_lines:
+        warnings.warn(
+            f"{root / PROVENANCE_NAME}: skipped {len(log.skipped_lines)} unreadable line(s) "
+            f"(line {', '.join(map(str, log.skipped_lines[:10]))}), e.g. a record torn by a "
+            "crash",
+            stacklevel=2,
+        )
+    return log.records
 
 
 def _ends_with_newline(path: Path, size: int) -> bool:

@@ -49,6 +49,12 @@ class QueueItem:
     created / updated: ISO 8601 UTC times of creation and of the last status change.
     export: JSON-able record of the last export (see :func:`export_record`); None if never.
     autosaved: an edited mask was saved to the working folder and not yet exported.
+    missing: the last scan did not find the image (moved, renamed, a drive not mounted,
+        another pattern); the item keeps its status, export record and autosave, and
+        navigation passes over it until a scan finds it again.
+    fingerprint: ``{"size", "mtime_ns", "sha256"}`` of the image file when it was last
+        hashed (for matching a renamed file, and for noticing changed pixels); or None.
+    autosave_of: SHA-256 of the image file the autosaved mask was drawn on, or None.
     """
 
     key: str
@@ -59,6 +65,9 @@ class QueueItem:
     updated: str | None = None
     export: dict[str, Any] | None = None
     autosaved: bool = False
+    missing: bool = False
+    fingerprint: dict[str, Any] | None = None
+    autosave_of: str | None = None
 
     @property
     def exported(self) -> bool:
@@ -210,7 +219,7 @@ class ImageQueue:
 
     def _visitable(self, include_exported: bool | None) -> Callable[[QueueItem], bool]:
         include = not self.skip_exported if include_exported is None else include_exported
-        return lambda item: include or not item.exported
+        return lambda item: not item.missing and (include or not item.exported)
 
     def _step(self, step: int, include_exported: bool | None) -> QueueItem | None:
         visitable = self._visitable(include_exported)
@@ -254,11 +263,12 @@ class ImageQueue:
         return self.items[self._index]
 
     def first_open(self) -> int:
-        """Index of the first item not exported (0 if all are, or the queue is empty)."""
+        """Index of the first present item not exported (else the first present item;
+        0 if there is none)."""
         for i, item in enumerate(self.items):
-            if not item.exported:
+            if not item.exported and not item.missing:
                 return i
-        return 0
+        return next((i for i, item in enumerate(self.items) if not item.missing), 0)
 
     # --- status -------------------------------------------------------------------------
 

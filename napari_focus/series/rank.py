@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..io import IMAGE_EXTENSIONS, read_image
 from ..presets import SIZES, TASKS
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
@@ -176,6 +177,20 @@ def run_rank(args: argparse.Namespace) -> int:
     if args.gt and not Path(args.gt).is_dir():
         print(f"napari-focus: --gt is not a folder: {args.gt}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    out = Path(args.out or f"focus_{args.task}_rank.csv")
+    try:  # before any prediction: a typo in --out must not cost the whole run
+        check_writable_file(out)
+    except WriteError as error:
+        print(f"napari-focus: --out: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if args.report:
+        try:
+            if Path(args.report).exists() and not Path(args.report).is_dir():
+                raise WriteError(args.report, "it is a file; --report takes a folder")
+            check_writable_folder(args.report)
+        except WriteError as error:
+            print(f"napari-focus: --report: {error}", file=sys.stderr)
+            return EXIT_SETUP_ERROR
     keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern)
     if not keys:
         print(f"napari-focus: no images in {folder}", file=sys.stderr)
@@ -202,10 +217,13 @@ def run_rank(args: argparse.Namespace) -> int:
             method=args.method,
             progress=lambda done, total, name: bar.update(1),
         )
-    out = Path(args.out or f"focus_{args.task}_rank.csv")
-    write_ranking_csv(rows, out)
-    if args.report:
-        folder_report(rows, args.report)
+    try:
+        write_ranking_csv(rows, out)
+        if args.report:
+            folder_report(rows, args.report)
+    except OSError as error:
+        print(f"napari-focus: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     failed = [r for r in rows if r.error is not None]
     print(
         f"napari-focus: ranked {len(rows) - len(failed)} images, {len(failed)} failed -> {out}",

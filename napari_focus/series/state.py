@@ -11,20 +11,35 @@ State file ``<output>/.napari_focus_queue.json`` (UTF-8 JSON, written atomically
                 "created": "...", "updated": "...", "export": {...}, "autosaved": false},
                ...]}                   # in queue order, so a reordering survives
 
+Items also carry ``"missing"`` (the last scan did not find the image: kept with its
+status, export record and autosave, passed over by navigation; an untouched pending item
+is simply dropped), ``"fingerprint"``
+(``{"size", "mtime_ns", "sha256"}`` of the image file, taken when the item gets a status,
+an export or an autosave) and ``"autosave_of"`` (SHA-256 of the image the autosaved mask
+was drawn on). A scan that finds a new file with the SHA-256 of a missing item treats it
+as that item renamed (status, export record and autosave follow it); an autosave whose
+image no longer has that SHA-256 is set aside (``work/<work name>.stale-<time>.png``),
+never shown on other pixels. Each rewrite of the state file first keeps the previous
+one as ``.napari_focus_queue.json.bak``.
+
 Keys are POSIX paths relative to the image folder, so the output and image folders may
 move together. Autosaved edits live in ``<output>/work/<work name>.png`` (0/255), the
 work name being the key without its extension, ``/`` replaced by ``__``.
 
 A state file that cannot be read (bad JSON, wrong layout, or ``version`` not an int) is,
 with ``on_corrupt="backup"`` (default), renamed to ``.napari_focus_queue.json.bad-<time>``
-and the series starts afresh (:attr:`SeriesState.recovered_from` names the backup, for the
-UI to warn); with ``on_corrupt="raise"`` it raises :class:`SeriesStateError`. A file of a
-newer ``version`` always raises: it was written by a newer napari-focus and is left alone.
+and the series resumes from the previous state file ``.napari_focus_queue.json.bak`` when
+that one is readable (:attr:`SeriesState.restored_backup`), else starts afresh
+(:attr:`SeriesState.recovered_from` names the set-aside file, for the UI to warn); with
+``on_corrupt="raise"`` it raises :class:`SeriesStateError`. A file of a newer ``version``
+always raises: it was written by a newer napari-focus and is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -34,13 +49,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..io import IMAGE_EXTENSIONS, atomic_write, read_image, write_mask
+from ..atomic import atomic_write_text, temp_path
+from ..io import IMAGE_EXTENSIONS, read_image, write_mask
 from .queue import ImageQueue, QueueItem, Status, scan_folder
+from .resume import file_fingerprint, match_renames, restore_items
 
 STATE_NAME = ".napari_focus_queue.json"
 SCHEMA = "napari-focus-queue"
+BACKUP_SUFFIX = ".bak"
 VERSION = 1
 WORK_DIR = "work"
+log = logging.getLogger(__name__)
 
 
 class SeriesStateError(RuntimeError):
@@ -63,6 +82,12 @@ class SeriesState:
     queue: ImageQueue
     settings: dict[str, Any] = field(default_factory=dict)
     recovered_from: Path | None = None
+    #: the backup the series was resumed from when the state file was unreadable
+    restored_backup: Path | None = None
+    #: renamed files recognised by content on opening: old key -> new key
+    renamed: dict[str, str] = field(default_factory=dict)
+    #: autosaves set aside because their image changed: key -> set-aside file
+    stale_autosaves: dict[str, Path] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
@@ -96,16 +121,34 @@ class SeriesState:
                     "updated": item.updated,
                     "export": item.export,
                     "autosaved": item.autosaved,
+                    "missing": item.missing,
+                    "fingerprint": item.fingerprint,
+                    "autosave_of": item.autosave_of,
                 }
                 for item in self.queue
             ],
         }
 
+    @property
+    def backup_path(self) -> Path:
+        return self.output_folder / (STATE_NAME + BACKUP_SUFFIX)
+
     def save(self) -> Path:
+        """Write the state file atomically, the previous one kept as the backup.
+
+        Raises:
+            napari_focus.atomic.WriteError: the file could not be written (e.g. the disk
+                is full); the previous state file is unchanged.
+        """
         text = json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
-        return atomic_write(
-            self.state_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
-        )
+        _keep_backup(self.state_path, self.backup_path)
+        return atomic_write_text(self.state_path, text)
+
+    def _fingerprint(self, item: QueueItem) -> None:
+        if item.path is None:
+            return
+        with contextlib.suppress(OSError):  # gone or unreadable: keep the last one known
+            item.fingerprint = file_fingerprint(item.path, item.fingerprint)
 
     # --- working folder -----------------------------------------------------------------
 
@@ -118,6 +161,8 @@ class SeriesState:
         the state."""
         item = self.queue.item(key)
         path = write_mask(self.autosave_path(key), mask)
+        self._fingerprint(item)
+        item.autosave_of = item.fingerprint["sha256"] if item.fingerprint else None
         item.autosaved = True
         if item.status in (Status.PENDING, Status.PROPOSED):
             self.queue.mark(key, Status.CORRECTED)
@@ -125,10 +170,24 @@ class SeriesState:
         return path
 
     def load_autosaved(self, key: str) -> np.ndarray | None:
-        """The autosaved mask of an item as a bool ``(H, W)`` array, or None."""
+        """The autosaved mask of an item as a bool ``(H, W)`` array, or None. An autosave
+        drawn on other pixels than the image file has now is set aside (listed in
+        :attr:`stale_autosaves`) and None is returned."""
         path = self.autosave_path(key)
         if not path.is_file():
             return None
+        item = self.queue.item(key)
+        if item.autosave_of is not None and item.path is not None:
+            self._fingerprint(item)
+            if item.fingerprint is not None and item.fingerprint["sha256"] != item.autosave_of:
+                aside = path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.png")
+                os.replace(path, aside)
+                item.autosaved, item.autosave_of = False, None
+                self.stale_autosaves[key] = aside
+                log.warning("%s changed since its mask was autosaved; set aside as %s",
+                            item.path, aside)  # fmt: skip
+                self.save()
+                return None
         data = read_image(path)
         if data.ndim == 3:
             data = data[..., 0]
@@ -137,20 +196,39 @@ class SeriesState:
     def discard_autosaved(self, key: str) -> None:
         """Delete an item's autosaved mask (e.g. once exported) and clear its flag."""
         self.autosave_path(key).unlink(missing_ok=True)
-        self.queue.item(key).autosaved = False
+        item = self.queue.item(key)
+        item.autosaved, item.autosave_of = False, None
         self.save()
 
     # --- status helpers that persist ----------------------------------------------------
 
     def mark(self, which: int | str | None, status: Status | str) -> QueueItem:
         item = self.queue.mark(which, status)
+        self._fingerprint(item)
         self.save()
         return item
 
     def record_export(self, which: int | str | None, record: dict[str, Any]) -> QueueItem:
         item = self.queue.record_export(which, record)
+        self._fingerprint(item)
         self.save()
         return item
+
+
+def _keep_backup(path: Path, backup: Path) -> None:
+    """Make ``backup`` the current ``path`` (a hard link, else a copy), atomically."""
+    if not path.is_file():
+        return
+    tmp = temp_path(backup)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            tmp.write_bytes(path.read_bytes())
+        os.replace(tmp, backup)
+    except OSError as error:  # the new state is still written; say the backup was not
+        log.warning("could not keep a backup of %s: %s", path, error)
+        tmp.unlink(missing_ok=True)
 
 
 class _NewerVersionError(SeriesStateError):
@@ -187,32 +265,9 @@ def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise SeriesStateError(f"cannot read {path}: {error}") from error
     return _parse(data, path)
-
-
-def _restore_items(
-    saved: list[dict[str, Any]], queue: ImageQueue, folder: Path | None
-) -> list[QueueItem]:
-    """Saved items (in saved order) that still exist, then the new ones in scan order."""
-    present = {item.key: item for item in queue}
-    restored: list[QueueItem] = []
-    for entry in saved:
-        key = entry["key"]
-        if key not in present:
-            continue  # the image is gone
-        item = ImageQueue.item_for_key(folder, key)
-        item.name = str(entry.get("name") or item.name)
-        item.status = Status(entry.get("status", "pending"))
-        item.created = str(entry.get("created") or item.created)
-        item.updated = entry.get("updated")
-        export = entry.get("export")
-        item.export = export if isinstance(export, dict) else None
-        item.autosaved = bool(entry.get("autosaved", False))
-        restored.append(item)
-        del present[key]
-    return restored + list(present.values())
 
 
 def load_or_create(
@@ -228,10 +283,15 @@ def load_or_create(
     """Open the series of ``folder`` (or of layer ``names``) whose state lives in
     ``output_folder``, resuming where it stopped, or start it.
 
-    The folder is scanned now: images that vanished are dropped, new ones are appended
-    (pending). Saved order, statuses, export records and the current item are kept; if the
-    saved current item vanished, the first not-exported item is current. The state is
-    saved before returning. An output folder inside the image folder is not scanned.
+    The folder is scanned now: images the scan does not find are kept, flagged
+    ``missing``, unless they were untouched (pending, never exported or autosaved), so
+    nothing is forgotten when a drive is not mounted yet or another pattern is used; a
+    new file with the content of a missing one takes over its record (a rename, listed
+    in :attr:`SeriesState.renamed`); other new ones are appended (pending). Saved
+    order, statuses, export records and the current item are kept; if the saved
+    current item is missing, the first present not-exported item is current.
+    The state is saved before returning (the previous file kept as the backup). An
+    output folder inside the image folder is not scanned.
     """
     if (folder is None) == (names is None):
         raise ValueError("give either an image folder or layer names")
@@ -247,6 +307,7 @@ def load_or_create(
     state = SeriesState(output, queue, settings)
 
     path = state.state_path
+    data = None
     if path.exists():
         try:
             data = read_state_file(path)
@@ -255,17 +316,22 @@ def load_or_create(
         except SeriesStateError:
             if on_corrupt == "raise":
                 raise
-            backup = path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(path, backup)
-            state.recovered_from = backup
-        else:
-            queue.items = _restore_items(data["items"], queue, queue.folder)
-            keys = queue.keys()
-            current = data.get("current")
-            if current in keys:
-                queue.jump(keys.index(current))
-            elif keys:
-                queue.jump(queue.first_open())
+            bad = path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, bad)
+            state.recovered_from = bad
+            with contextlib.suppress(SeriesStateError):  # the previous state, if usable
+                data = read_state_file(state.backup_path)
+                state.restored_backup = state.backup_path
+    if data is not None:
+        restored, new = restore_items(data["items"], queue, queue.folder)
+        match_renames(state, restored, new)
+        queue.items = restored + new
+        current = state.renamed.get(data.get("current"), data.get("current"))
+        keys = queue.keys()
+        if current in keys and not queue[keys.index(current)].missing:
+            queue.jump(keys.index(current))
+        elif keys:
+            queue.jump(queue.first_open())
     output.mkdir(parents=True, exist_ok=True)
     state.save()
     return state
@@ -276,6 +342,7 @@ __all__ = [
     "VERSION",
     "SeriesState",
     "SeriesStateError",
+    "file_fingerprint",
     "load_or_create",
     "read_state_file",
     "scan_folder",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datasets import get_layout, sample_paths
+from ..datasets import get_layout, recover_split, sample_paths
 from ..datasets.export import dataset_dir
 from ..transforms import to_rgb_uint8
 
@@ -125,6 +125,9 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
     samples: list[Sample] = []
     problems: list[str] = []
     for layout in layouts:
+        if dataset_dir(root, get_layout(layout)).is_dir():
+            # complete an export that was interrupted, as the next export would
+            problems += [f"{layout}: {m}" for m in recover_split(root, layout)]
         found, issues = list_samples(root, layout)
         samples += found
         problems += issues

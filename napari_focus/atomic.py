@@ -1,0 +1,288 @@
+"""Atomic file writes shared by every writer of the package.
+
+A file is written under a temporary name in its own folder, flushed to disk (``fsync``)
+and renamed over the final name, so a reader sees the old file or the new one, never
+half of one. Temporary files are created with ``O_CREAT | O_EXCL`` and mode ``0o666``,
+so the kernel applies the user's umask (and any default ACL) exactly as for a file
+created by ``open(path, "w")``: 0644 under umask 022, 0600 under 077.
+
+Temporary names start with :data:`TEMP_PREFIX` and carry the writer's process id::
+
+    .napari_focus-tmp-<pid>-<random>-<final name>
+
+so a clean-up only ever matches names this package made (never a user's
+``.cat.original.jpg``), and can tell the files of a live process from those a killed
+one left behind (:func:`remove_stale_temps`, :func:`remove_own_temps`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TEMP_PREFIX = ".napari_focus-tmp-"
+_TEMP_NAME = re.compile(r"^\.napari_focus-tmp-(\d+)-[0-9a-f]{8}-")
+_MAX_NAME_BYTES = 240
+#: temp files older than this are stale even if their process id is alive (reused pid)
+STALE_AFTER_S = 24 * 3600.0
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENAMETOOLONG: "the file name is too long",
+}
+
+
+class WriteError(OSError):
+    """A file could not be written; ``str(error)`` is a complete message for the user
+    (which file, and why in plain words). The previous file, if any, is unchanged.
+
+    Attributes: ``path`` (the file that was to be written), ``errno``, ``reason`` (the
+    plain-words cause, e.g. ``"the disk is full"``).
+    """
+
+    def __init__(self, path: str | os.PathLike, cause: OSError | str) -> None:
+        code = cause.errno if isinstance(cause, OSError) else None
+        reason = (
+            _REASONS.get(code or -1) or (cause.strerror if isinstance(cause, OSError) else None)
+        ) or str(cause)
+        super().__init__(code, f"could not write {os.fspath(path)}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple:  # survives pickling (worker processes)
+        return _rebuild_write_error, (os.fspath(self.path), self.errno, self.reason)
+
+
+def _rebuild_write_error(path: str, code: int | None, reason: str) -> WriteError:
+    return WriteError(path, OSError(code, reason) if code is not None else reason)
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh temporary name beside ``path`` (same folder, same extension)."""
+    path = Path(path)
+    head = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+    name = path.name
+    room = _MAX_NAME_BYTES - len(head)
+    if len(name.encode("utf-8")) > room:  # keep the extension, which some writers read
+        suffix = path.suffix if len(path.suffix) < 16 else ""
+        stem = name[: len(name) - len(suffix)].encode("utf-8")[: room - len(suffix)]
+        name = stem.decode("utf-8", "ignore") + suffix
+    return path.with_name(head + name)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of this package's temporary names."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def create_temp(path: str | os.PathLike) -> Path:
+    """Create an empty temporary file beside ``path`` (mode 0o666 less the umask)."""
+    path = Path(path)
+    while True:
+        tmp = temp_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+        os.close(fd)
+        return tmp
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a written file to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (renames) to disk, where the platform allows it."""
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a folder we may write but not read
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse it on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a new temporary file beside ``path`` and flush it; the
+    caller renames it into place (:func:`commit`) or deletes it.
+
+    Raises:
+        WriteError: the file could not be written (nothing is left behind).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = create_temp(path)
+        created = os.stat(tmp).st_mode & 0o7777
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
+    try:
+        write(os.fspath(tmp))
+        if os.stat(tmp).st_mode & 0o7777 != created:  # a writer that made its own file
+            os.chmod(tmp, created)
+        fsync_path(tmp)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc) from exc
+        raise
+    return tmp
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a flushed temporary file over ``path`` and flush the folder."""
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, flush it and rename
+    it into place, so readers never see a half-written file. The file gets the mode a
+    plain ``open(path, "w")`` would give it (the umask applies).
+
+    Raises:
+        WriteError: with the previous ``path`` (if any) untouched and no temp file left.
+    """
+    path = Path(path)
+    tmp = write_temp(path, write)
+    try:
+        commit(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from exc
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (someone else's), or cannot tell: keep its files
+    return True
+
+
+def temp_files(folder: str | os.PathLike) -> list[Path]:
+    """This package's temporary files directly inside ``folder``."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if is_temp_name(e.name) and e.is_file()]
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, everything: bool = False) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder`` (those whose
+    process is gone, or older than :data:`STALE_AFTER_S`); with ``everything``, all of
+    them (only safe under a lock every writer of the folder holds). Returns the paths
+    removed. Only names made by :func:`temp_path` are ever touched."""
+    removed = []
+    now = time.time()
+    for entry in temp_files(folder):
+        match = _TEMP_NAME.match(entry.name)
+        assert match is not None
+        pid = int(match.group(1))
+        if not everything:
+            if pid == os.getpid():
+                continue  # this process may be writing it right now
+            try:
+                young = now - entry.stat().st_mtime < STALE_AFTER_S
+            except OSError:
+                continue
+            if young and _alive(pid):
+                continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_own_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete this process's temporary files in ``folder`` (e.g. from a signal handler
+    after an interrupted run). Returns the paths removed."""
+    removed = []
+    for entry in temp_files(folder):
+        match = _TEMP_NAME.match(entry.name)
+        if match is not None and int(match.group(1)) == os.getpid():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Check, before any work, that files can be created in ``folder`` (which may not
+    exist yet: then that it can be created). Nothing is left behind.
+
+    Raises:
+        WriteError: naming the folder and why (a file in the way, permission denied,
+            read-only file system, ...).
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(folder, f"{existing} is a file, not a folder")
+    probe = existing / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-probe"
+    try:
+        if existing == folder:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.close(fd)
+            probe.unlink()
+        else:
+            probe.mkdir()
+            probe.rmdir()
+    except OSError as exc:
+        raise WriteError(folder, exc) from exc
+    return folder
+
+
+def check_writable_file(path: str | os.PathLike) -> Path:
+    """Check, before any work, that ``path`` can be written atomically: it is not a
+    folder and its folder accepts new files (see :func:`check_writable_folder`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(path, "it is a folder; give a file name")
+    check_writable_folder(path.parent if str(path.parent) else Path("."))
+    return path

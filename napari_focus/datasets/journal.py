@@ -1,0 +1,137 @@
+"""Several files of a split replaced as one transaction (a redo journal).
+
+Every new file (image, masks, semantic file, both JSON files) is first written completely
+under a temporary name beside its final name and flushed (:func:`napari_focus.atomic.
+write_temp`). Then the journal ``<dataset folder>/.napari_focus-journal.json``, listing
+each (temporary, final) pair, is written atomically; that is the commit point. Then the
+temporary files are renamed over the final ones and the journal is deleted.
+
+A kill before the journal exists leaves the split as it was (plus temporary files, which
+the next export deletes); a kill after it is rolled forward by :func:`roll_forward` at
+the start of the next export (each pending rename is done; a rename already done is
+skipped). So the split always lists the old state or the new one, never a mixture.
+Callers hold the root lock (:func:`.jsonstore.root_lock`) throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..atomic import WriteError, atomic_write_bytes, fsync_dir, write_temp
+from .errors import ExportError, ExportWriteError
+
+JOURNAL_NAME = ".napari_focus-journal.json"
+
+
+class Transaction:
+    """Stage files with :meth:`stage`, then :meth:`commit`; :meth:`abort` (or leaving a
+    ``with`` block by an exception before the commit) deletes the staged files."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.staged: list[tuple[Path, Path]] = []
+        self.committed = False
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed:
+            self.abort()
+
+    def stage(self, path: Path, data: bytes) -> None:
+        self.stage_with(path, lambda tmp: Path(tmp).write_bytes(data))
+
+    def stage_with(self, path: Path, write: Callable[[str], object]) -> None:
+        try:
+            tmp = write_temp(path, write)  # type: ignore[arg-type]
+        except WriteError as exc:
+            raise ExportWriteError(f"{exc}; the split is unchanged", exc.reason) from exc
+        self.staged.append((tmp, path))
+
+    def abort(self) -> None:
+        for tmp, _ in self.staged:
+            tmp.unlink(missing_ok=True)
+        self.staged.clear()
+
+    def commit(self) -> None:
+        """Write the journal, do the renames, delete the journal.
+
+        Raises:
+            ExportError: the journal could not be written (nothing changed), or a rename
+                failed after it was (the next export completes the transaction).
+        """
+        if not self.staged:
+            self.committed = True
+            return
+        journal = self.base / JOURNAL_NAME
+        record = {
+            "renames": [
+                [tmp.relative_to(self.base).as_posix(), final.relative_to(self.base).as_posix()]
+                for tmp, final in self.staged
+            ]
+        }
+        try:
+            atomic_write_bytes(journal, json.dumps(record).encode("utf-8"))
+        except WriteError as exc:
+            raise ExportWriteError(f"{exc}; the split is unchanged", exc.reason) from exc
+        self.committed = True
+        try:
+            _apply(self.base, record["renames"])
+            journal.unlink()
+        except OSError as exc:
+            raise ExportWriteError(
+                f"could not complete the update of {self.base}: {exc}; the next export "
+                "completes it",
+                exc.strerror,
+            ) from exc
+
+
+def _apply(base: Path, renames: list[list[str]]) -> None:
+    folders = set()
+    for tmp_rel, final_rel in renames:
+        tmp, final = base / tmp_rel, base / final_rel
+        if tmp.exists():
+            os.replace(tmp, final)
+        folders.add(final.parent)
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def roll_forward(base: Path) -> list[str]:
+    """Complete a transaction a killed export committed but did not finish; returns a
+    message per completed transaction (empty if there was none)."""
+    journal = base / JOURNAL_NAME
+    try:
+        record = json.loads(journal.read_text(encoding="utf-8"))
+        renames = record["renames"]
+        valid = all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(p, str) and not Path(p).is_absolute() and ".." not in
+                    Path(p).parts for p in pair)
+            for pair in renames
+        )  # fmt: skip
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(
+            f"{journal} is damaged ({exc}); move it away and check the split"
+        ) from exc
+    if not valid:
+        raise ExportError(f"{journal} is damaged; move it away and check the split")
+    pending = [final for tmp, final in renames if (base / tmp).exists()]
+    try:
+        _apply(base, renames)
+        journal.unlink()
+    except OSError as exc:
+        raise ExportError(f"could not complete an interrupted export in {base}: {exc}") from exc
+    if not pending:
+        return []
+    return [
+        f"completed an interrupted export in {base}: {len(pending)} file(s) put in place "
+        f"({', '.join(sorted({Path(p).name for p in pending})[:4])})"
+    ]

@@ -1,0 +1,235 @@
+"""Atomic writes (package temp names, umask modes, full disk), pixel limits of the
+readers, and the output checks done before any work."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_focus import atomic
+from napari_focus.atomic import (
+    TEMP_PREFIX,
+    WriteError,
+    atomic_write,
+    atomic_write_bytes,
+    check_writable_file,
+    check_writable_folder,
+    is_temp_name,
+    remove_own_temps,
+    remove_stale_temps,
+    temp_path,
+)
+from napari_focus.io import ImageTooLargeError, pixel_limit, read_image, write_mask
+
+USER_HIDDEN_FILES = [  # names the old clean-up pattern took for temp files
+    ".cat.original.jpg",
+    ".DUTS_Train.20240101.json",
+    ".scan.abcdefgh.png",
+    ".mask.backup_1.bmp",
+    ".notes.tmp",
+    ".x.12345678.json",
+]
+
+
+@contextlib.contextmanager
+def umask(value: int) -> Iterator[None]:
+    old = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+
+def test_temp_names_are_recognisable_and_keep_the_extension(tmp_path: Path) -> None:
+    tmp = temp_path(tmp_path / "mask.png")
+    assert tmp.parent == tmp_path and tmp.suffix == ".png"
+    assert tmp.name.startswith(TEMP_PREFIX) and is_temp_name(tmp.name)
+    assert f"-{os.getpid()}-" in tmp.name
+    long = temp_path(tmp_path / ("é" * 120 + ".tiff"))
+    assert len(long.name.encode()) <= 240 and long.suffix == ".tiff"
+    assert not any(is_temp_name(n) for n in USER_HIDDEN_FILES)
+
+
+def test_clean_up_only_touches_package_temps(tmp_path: Path) -> None:
+    for name in USER_HIDDEN_FILES:
+        (tmp_path / name).write_bytes(b"user data")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f"{TEMP_PREFIX}{int(dead.stdout)}-0123abcd-a.png"
+    stale.write_bytes(b"half")
+    mine = temp_path(tmp_path / "b.png")
+    mine.write_bytes(b"being written")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert mine.exists()  # this process's file may still be in progress
+    assert remove_own_temps(tmp_path) == [mine]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(USER_HIDDEN_FILES)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path: Path, mask: int, expected: int) -> None:
+    from napari_focus.checkpoints import save_inference_checkpoint
+    from napari_focus.datasets import export_sample
+    from napari_focus.io import write_probability
+    from napari_focus.quality import write_csv
+    from napari_focus.series import load_or_create
+
+    torch = pytest.importorskip("torch")
+    image = np.zeros((40, 60, 3), np.uint8)
+    with umask(mask):
+        written = [
+            write_mask(tmp_path / "m.png", np.ones((40, 60))),
+            write_mask(tmp_path / "m.tif", np.ones((40, 60))),
+            write_probability(tmp_path / "p.tif", np.zeros((40, 60))),
+            write_csv([{"name": "a"}], tmp_path / "r.csv"),
+            save_inference_checkpoint(
+                {"w": torch.zeros(2)}, tmp_path / "w.safetensors", architecture={}, task="sod"
+            ),
+        ]
+        result = export_sample(tmp_path / "ds", "duts-tr", "a", image, np.ones((40, 60)))
+        written += [*result.files, result.instance_json, result.semantic_json, result.provenance]
+        (tmp_path / "imgs").mkdir()
+        Image.fromarray(image).save(tmp_path / "imgs" / "x.png")
+        state = load_or_create(tmp_path / "series", tmp_path / "imgs")
+        state.save()  # a rewrite: the previous file becomes the backup
+        written += [state.state_path, state.backup_path, state.autosave("x.png", image[..., 0])]
+    for path in written:
+        assert mode(Path(path)) == expected, path
+
+
+def test_full_disk_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = atomic_write_bytes(tmp_path / "a.json", b"old")
+
+    def fill(tmp: str) -> None:
+        Path(tmp).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match="the disk is full") as info:
+        atomic_write(target, fill)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert info.value.path == target and str(target) in str(info.value)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_failed_rename_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
+    def refuse(src, dst):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(WriteError, match="read-only"):
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (a real full disk); skipped where mounting is not allowed."""
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+                          capture_output=True)  # fmt: skip
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_real_full_disk(tiny_tmpfs: Path) -> None:
+    mask = np.random.default_rng(0).integers(0, 2, (600, 600))
+    first = write_mask(tiny_tmpfs / "keep.png", np.ones((8, 8)))
+    with pytest.raises(WriteError, match="the disk is full"):
+        for i in range(100):
+            write_mask(tiny_tmpfs / f"m{i}.png", mask)
+            write_mask(tiny_tmpfs / "keep.png", mask)
+    assert not [p for p in tiny_tmpfs.iterdir() if is_temp_name(p.name)]
+    assert read_image(first).shape in ((8, 8), (600, 600))  # the old or the new, complete
+
+
+# --- checks before work ------------------------------------------------------------------
+
+
+def test_output_checks(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    assert check_writable_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checked, nothing created
+    check_writable_file(tmp_path / "out.csv")
+    with pytest.raises(WriteError, match="is a file, not a folder"):
+        check_writable_folder(tmp_path / "file.txt" / "sub")
+    with pytest.raises(WriteError, match="is a folder"):
+        check_writable_file(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+# --- pixel limits ----------------------------------------------------------------------------
+
+
+def png_bomb(path: Path, side: int) -> Path:
+    Image.new("1", (side, side)).save(path)
+    return path
+
+
+def tiff_bomb(path: Path, side: int) -> Path:
+    tile = np.zeros((512, 512), np.uint8)
+    count = (-(-side // 512)) ** 2
+    tifffile.imwrite(path, (tile for _ in range(count)), shape=(side, side), dtype=np.uint8,
+                     tile=(512, 512), compression="zlib")  # fmt: skip
+    return path
+
+
+def test_png_and_tiff_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
+    limit = pixel_limit()
+    assert limit == Image.MAX_IMAGE_PIXELS
+    side = int((2 * limit) ** 0.5) + 64  # above PIL's own error threshold
+    tiff = tiff_bomb(tmp_path / "bomb.tif", side)
+    assert tiff.stat().st_size < 2_000_000
+    for path in (png_bomb(tmp_path / "bomb.png", side), tiff):
+        with pytest.raises(ImageTooLargeError, match="NAPARI_FOCUS_MAX_PIXELS") as info:
+            read_image(path)
+        assert str(path) in str(info.value)
+    between = png_bomb(tmp_path / "between.png", int(limit**0.5) + 64)  # PIL only warns
+    with pytest.raises(ImageTooLargeError, match="above the limit"):
+        read_image(between)
+
+
+def test_the_limit_is_configurable(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.zeros((40, 60), np.uint8))
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "1000")
+    for name in ("a.tif", "a.png"):
+        with pytest.raises(ImageTooLargeError, match="2,400 pixels"):
+            read_image(tmp_path / name)
+        assert read_image(tmp_path / name, max_pixels=None).shape == (40, 60)
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "0")
+    assert pixel_limit() is None
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="NAPARI_FOCUS_MAX_PIXELS"):
+        pixel_limit()
+
+
+def test_tiff_reading_is_unchanged(tmp_path: Path) -> None:
+    data = np.arange(40 * 60 * 3, dtype=np.uint16).reshape(1, 40, 60, 3)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), data[0])
