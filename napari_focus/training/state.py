@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_write
+from ..atomic import atomic_write
 
 STATE_NAME = "resume.pt"
 STATE_FORMAT = "napari-focus/training-state-v1"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write
+from ..atomic import atomic_write_text
 from .data import FOREGROUND, IGNORE, Sample
 
 #: reported per evaluation, in order; True = higher is better
@@ -107,10 +107,7 @@ def _fmt(value: Any) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    atomic_write(path, write)
+    atomic_write_text(path, text)
 
 
 def _svg_chart(title: str, points: Sequence[tuple[float, float]]) -> str:
