@@ -31,7 +31,7 @@ def test_improve_trains_in_a_worker_and_switches_weights(
 
     viewer, widget = open_focus_widget()
     root = tmp_path / "datasets"
-    export_shapes(root, "duts-tr", 8, seed=3, size=64)
+    export_shapes(root, "duts-tr", 6, seed=3, size=64)
     widget.export_section.dataset_root.value = root
     assert widget.export_section.dataset_layout.value == "duts-tr"
     image, _ = shape_sample(np.random.default_rng(99), 64)
@@ -62,7 +62,9 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     for i in np.argsort(gaps)[-3:]:
         print(f"stall {gaps[i] * 1000:.0f} ms: {states[i]!r} -> {states[i + 1]!r}")
     assert len(ticks) > 50, "the event loop did not run while training ran"
-    assert stall < 0.4, f"event loop stalled for {stall:.3f} s"
+    # Training runs in a process of its own; a viewer blocked by it would stall for the
+    # whole run (minutes). The bar leaves room for oversubscribed shared CI machines.
+    assert stall < 2.0, f"event loop stalled for {stall:.3f} s"
     assert out.is_file(), improve.status.value
     assert improve.status.value.startswith("done"), improve.status.value
     assert "no step beat" not in improve.status.value, improve.status.value
