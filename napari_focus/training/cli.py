@@ -39,8 +39,10 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
         "(focus_large_cod) or a checkpoint file (.pth or .safetensors)",
     )  # fmt: skip
     train.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
-    train.add_argument("--size", choices=("large", "giant"), default="large")
-    train.add_argument("--task", help="task recorded in the output (default: the base's)")
+    train.add_argument("--size", choices=("large", "giant"), default="large",
+                       help="size of an official base given as a task (default large)")
+    train.add_argument("--task", choices=("sod", "cod", "sd", "dbd", "fd"), type=str.lower,
+                       help="task recorded in the output (default: the base's)")  # fmt: skip
     train.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--preset", choices=PRESET_NAMES, default="auto",
