@@ -14,11 +14,13 @@ import torch
 
 from .presets import SIZES, architecture_preset, check_size, check_task, hub_location
 
-# Weights the official checkpoints carry for training only (CLIP refiner and its projections).
+# Weights the official checkpoints carry for training only (CLIP refiner, its projections,
+# the criterion's buffer).
 TRAINING_ONLY_PREFIXES = (
     "sem_seg_head.predictor.clip_refiner.",
     "sem_seg_head.predictor.text_embed.",
     "sem_seg_head.predictor.image_embed.",
+    "criterion.",  # the loss module's no-object class weights (empty_weight)
 )
 METADATA_FORMAT = "napari-focus/inference-v1"
 _LIST_LIMIT = 12
