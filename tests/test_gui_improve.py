@@ -43,6 +43,9 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     improve.preset.value = "cpu"
     improve.crop.value = 128
     improve.learning_rate.value = 1e-3  # the tiny base has random weights
+    # 16 steps teach this base the probability map before the query classes, which the
+    # official mask rule needs: select on the probability map
+    improve.keep.value = "iou"
     out = tmp_path / "improved.safetensors"
     improve.output.value = out
 

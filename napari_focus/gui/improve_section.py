@@ -123,6 +123,12 @@ class ImproveSection(Container):
             choices=[("1e-4 (official)", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3), ("3e-5", 3e-5)],
             value=1e-4,
         )
+        self.keep = ComboBox(
+            label="keep the step with the best",
+            choices=[("proposal IoU", "mask_iou"), ("IoU of probability > 0.5", "iou"),
+                     ("S-measure", "smeasure"), ("edit effort", "edit_effort")],
+            value="mask_iou",
+        )  # fmt: skip
         self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
         self.improve_button = PushButton(text="Improve the model")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -133,7 +139,7 @@ class ImproveSection(Container):
         self.use_previous_button = PushButton(text="Back to the previous weights", enabled=False)
         super().__init__(
             widgets=[
-                self.steps, self.preset, self.crop, self.learning_rate, self.output,
+                self.steps, self.preset, self.crop, self.learning_rate, self.keep, self.output,
                 Container(widgets=[self.improve_button, self.cancel_button], layout="horizontal"),
                 self.progress, self.status, self.repropose,
                 Container(widgets=[self.use_new_button, self.use_previous_button],
@@ -171,7 +177,7 @@ class ImproveSection(Container):
             weights=str(base.path) if base.source == "file" else base.task,
             size=base.size, task=base.task, steps=self.steps.value, device=base.device,
             preset=self.preset.value, canvas=self.crop.value or None,
-            lr=self.learning_rate.value,
+            lr=self.learning_rate.value, select_metric=self.keep.value,
         )  # fmt: skip
 
     def start(self) -> None:
