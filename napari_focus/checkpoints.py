@@ -5,24 +5,29 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .presets import SIZES, architecture_preset, check_size, check_task, hub_location
+from .presets import SIZES, TASKS, architecture_preset, check_size, check_task, hub_location
 
-# Weights the official checkpoints carry for training only (CLIP refiner, its projections,
-# the criterion's buffer).
+# What the official checkpoints carry for training only: the CLIP refiner, its
+# projection heads and the loss module's class-weight buffer.
 TRAINING_ONLY_PREFIXES = (
     "sem_seg_head.predictor.clip_refiner.",
     "sem_seg_head.predictor.text_embed.",
     "sem_seg_head.predictor.image_embed.",
-    "criterion.",  # the loss module's no-object class weights (empty_weight)
+    "criterion.",
 )
+# torch.nn.DataParallel / DistributedDataParallel prefix every key with this
+PARALLEL_PREFIX = "module."
 METADATA_FORMAT = "napari-focus/inference-v1"
+SIZE_NAMES = {"large": "FOCUS-L", "giant": "FOCUS-G"}
 _LIST_LIMIT = 12
 
 
@@ -34,19 +39,65 @@ class CheckpointNotAvailable(FileNotFoundError):
     """The official checkpoint is neither cached nor downloadable right now."""
 
 
+def _numpy_globals() -> list[Any]:
+    """What unpickling numpy arrays and scalars of numeric dtypes needs, under the names
+    numpy 1.x (``numpy.core``) and numpy 2.x (``numpy._core``) write into pickles.
+
+    These only allocate an array or scalar from a dtype and raw bytes; no other
+    callable is allowed, so a pickle still cannot run code. Object, string and
+    structured dtypes are not listed and stay refused.
+    """
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    numeric = "?bBhHiIlLqQefdFD"
+    return [
+        *(
+            (getattr(multiarray, name), f"{module}.multiarray.{name}")
+            for name in ("_reconstruct", "scalar")
+            for module in ("numpy.core", "numpy._core")
+        ),
+        np.ndarray,
+        np.dtype,
+        *sorted({type(np.dtype(code)) for code in numeric}, key=lambda t: t.__name__),
+    ]
+
+
+# torch's allowlist is process-wide: add the numpy entries for one load at a time
+_ALLOWLIST_LOCK = threading.Lock()
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a state dict and its metadata from ``.pth``/``.pt`` or ``.safetensors``.
 
-    ``.pth`` files may be detectron2 checkpoints (``{"model": state_dict, ...}``)
-    or bare state dicts. They are unpickled with ``weights_only=True``: a file
-    that would run code is refused.
+    ``.pth`` files may be detectron2 checkpoints (``{"model": state_dict, ...}``
+    beside ``optimizer``, ``scheduler``, ``iteration``, ...) or bare state dicts.
+    They are unpickled with ``weights_only=True`` plus numpy arrays and scalars
+    (as fvcore accepts them): a file that would run code is refused. A
+    ``module.`` prefix on every key (DataParallel) is removed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_pickle(path), {}
+        state, metadata = _read_safetensors(path)
+        _check_metadata(metadata, path)
+        return strip_parallel_prefix(state), metadata
+    return strip_parallel_prefix(_read_pickle(path)), {}
+
+
+def strip_parallel_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove the ``module.`` prefix that (Distributed)DataParallel puts on every key."""
+    if state and all(str(key).startswith(PARALLEL_PREFIX) for key in state):
+        return {str(key)[len(PARALLEL_PREFIX) :]: value for key, value in state.items()}
+    return dict(state)
+
+
+def _check_metadata(metadata: Mapping[str, str], path: Path) -> None:
+    task = metadata.get("task") or ""
+    if task and task.lower() not in TASKS:
+        raise CheckpointError(
+            f"{path}: the metadata names the task {task!r}, which is none of {', '.join(TASKS)}"
+        )
+    metadata_architecture(metadata, source=str(path))
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -65,7 +116,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with _ALLOWLIST_LOCK:
+            present = set(torch.serialization.get_safe_globals())
+            extra = [entry for entry in _numpy_globals() if entry not in present]
+            with torch.serialization.safe_globals(extra):
+                obj = torch.load(
+                    path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+                )
     except pickle.UnpicklingError as error:
         reason = _weights_only_reason(error)
         if "global" not in reason.lower():
@@ -89,12 +146,26 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         )
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        if isinstance(value, np.ndarray | np.generic):
+            value = _numpy_to_tensor(value, key, path)
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor"
             )
         tensors[str(key)] = value
     return tensors
+
+
+def _numpy_to_tensor(value: np.ndarray | np.generic, key: Any, path: Path) -> torch.Tensor:
+    array = np.array(value)  # a writable, native-order copy (torch refuses big-endian views)
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        return torch.from_numpy(array)
+    except TypeError as error:
+        raise CheckpointError(
+            f"{path}: entry {key!r} is a numpy array of dtype {array.dtype}, not a tensor"
+        ) from error
 
 
 def _weights_only_reason(error: Exception) -> str:
@@ -114,12 +185,13 @@ def drop_training_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 def infer_size(state: Mapping[str, torch.Tensor]) -> str:
     """Tell ``"large"`` from ``"giant"`` by the ViT width, depth and feed-forward type."""
     proj = state.get("backbone.patch_embed.proj.weight")
-    if proj is None:
+    if not isinstance(proj, torch.Tensor) or proj.dim() == 0:
         raise CheckpointError(
             "the checkpoint has no 'backbone.patch_embed.proj.weight': it is not a FOCUS model"
         )
     embed_dim = proj.shape[0]
-    depth = len({k.split(".")[2] for k in state if k.startswith("backbone.blocks.")})
+    blocks = [k for k in state if k.startswith("backbone.blocks.") and k.count(".") >= 3]
+    depth = len({k.split(".")[2] for k in blocks})
     ffn = "swiglu" if "backbone.blocks.0.mlp.w12.weight" in state else "mlp"
     for size in SIZES:
         preset = architecture_preset(size)
@@ -245,6 +317,22 @@ def save_inference_checkpoint(
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def metadata_architecture(metadata: Mapping[str, str]) -> dict[str, Any] | None:
+def metadata_architecture(
+    metadata: Mapping[str, str], source: str = "the checkpoint"
+) -> dict[str, Any] | None:
+    """The architecture mapping stored in an inference checkpoint's metadata, if any."""
     raw = metadata.get("architecture")
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        architecture = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(
+            f"{source}: the architecture in the metadata is not valid JSON ({error})"
+        ) from error
+    if not isinstance(architecture, dict):
+        raise CheckpointError(
+            f"{source}: the architecture in the metadata is a {type(architecture).__name__}, "
+            "not a mapping of hyper-parameters"
+        )
+    return architecture

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
+from .cli_common import load_predictor_from_args as _load_predictor
 from .presets import SIZES, TASKS
-
-EXIT_FAILED_IMAGES = 1
-EXIT_SETUP_ERROR = 2
 
 
 def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -44,16 +45,6 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         found.extend(matches)
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique, unmatched
-
-
-def _load_predictor(args: argparse.Namespace):
-    from .predictor import FocusPredictor
-
-    if args.weights:
-        return FocusPredictor.from_checkpoint(
-            args.weights, args.task, architecture=args.size_given, device=args.device
-        )
-    return FocusPredictor.from_pretrained(args.task, args.size, device=args.device)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -127,67 +118,220 @@ def run_annotate(args: argparse.Namespace) -> int:
     from .gui.annotate import open_viewer
 
     paths: list[Path] = []
-    if args.path:
+    folder = Path(args.path) if args.path and Path(args.path).is_dir() else None
+    if args.path and folder is None:
         paths, unmatched = collect_inputs([args.path])
         if unmatched:
             print(f"napari-focus: no image matches {args.path!r}", file=sys.stderr)
             return EXIT_SETUP_ERROR
-    open_viewer(paths)
+    open_viewer(paths, folder=folder)
     napari.run()
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="napari-focus", description="FOCUS foreground segmentation"
+TASK_HELP = (
+    "sod = salient objects, cod = camouflaged objects, sd = shadows, "
+    "dbd = defocus blur, fd = forgeries (image manipulation)"
+)
+
+EXIT_CODES = f"""\
+exit codes:
+  0  everything done (existing outputs skipped by policy count as done)
+  {EXIT_FAILED_IMAGES}  some inputs failed or matched nothing; the others were processed
+  {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, or weights
+     that could not be downloaded or loaded
+"""
+
+
+def _device_argument(text: str) -> str:
+    from .devices import DeviceError, check_device_name
+
+    try:
+        return check_device_name(text)
+    except DeviceError as error:
+        raise argparse.ArgumentTypeError(
+            error.cli_message().removeprefix(f"--device {text}: ")
+        ) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--task, --size, --weights, --device and --tta, shared by the commands that predict."""
+    parser.add_argument(
+        "--task", required=True, choices=TASKS, type=str.lower, help=f"what to segment: {TASK_HELP}"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default=None,
+        help="model size: large (FOCUS-L, DINOv2-L, ~2 GB download) or giant (FOCUS-G, "
+        "DINOv2-G); default large, or what --weights holds",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a local checkpoint (official .pth or .safetensors) instead of downloading "
+        "geshang/focus_<size>_<task> from the Hugging Face hub",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=_device_argument,
+        help="where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, "
+        "cuda:N, gpu (same as cuda) or mps; default auto",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="official test-time augmentation (6 scales x horizontal flip, averaged; "
+        "about 20x slower)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="napari-focus",
+        description=textwrap.fill(
+            f"FOCUS foreground segmentation (AAAI 2025) of images: {TASK_HELP}. "
+            "Run `napari-focus COMMAND --help` for a command's options.",
+            width=80,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser(
-        "predict", help="segment images and write masks", description="Segment images with FOCUS."
+        "predict",
+        help="segment images and write masks",
+        description="Segment images with FOCUS and write one 0/255 mask per image.",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
     )
     predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    predict.add_argument("--task", required=True, choices=TASKS, type=str.lower)
-    predict.add_argument("--size", choices=SIZES, default=None, help="model size (default: large)")
+    add_model_arguments(predict)
     predict.add_argument(
-        "--weights", help="local checkpoint (.pth or .safetensors) instead of the hub"
+        "--out", metavar="FOLDER", help="output folder (default: ./focus_<task>_masks)"
     )
-    predict.add_argument("--out", help="output folder (default: ./focus_<task>_masks)")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    predict.add_argument("--tta", action="store_true", help="official test-time augmentation")
     predict.add_argument(
-        "--probability", action="store_true", help="also write <name>_probability maps"
+        "--probability",
+        action="store_true",
+        help="also write <name>_probability maps (foreground probability, 0-255)",
     )
-    predict.add_argument("--format", choices=("png", "tif"), default="png")
-    predict.add_argument("--overwrite", action="store_true", help="redo existing outputs")
+    predict.add_argument(
+        "--format", choices=("png", "tif"), default="png", help="mask file format (default png)"
+    )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="redo images whose outputs already exist"
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=run_predict)
+    from .distributed.cli import add_ray_arguments
+
+    add_ray_arguments(predict)
 
     from .datasets.cli import add_export_parser
     from .series.rank import add_rank_parser
     from .training.cli import add_train_parser
 
-    add_export_parser(commands)
-    add_rank_parser(commands)
-    add_train_parser(commands)
+    for sub in (add_export_parser(commands), add_rank_parser(commands),
+                add_train_parser(commands)):  # fmt: skip
+        sub.epilog, sub.formatter_class = EXIT_CODES, formatter
 
     annotate = commands.add_parser(
-        "annotate", help="open napari with the FOCUS widget (and an image or folder)"
+        "annotate",
+        help="open napari with the FOCUS widget; a folder opens as a series to label",
+        description="Open napari with the FOCUS widget docked, optionally with images loaded.",
     )
-    annotate.add_argument("path", nargs="?", help="an image file or a folder of images")
+    annotate.add_argument(
+        "path",
+        nargs="?",
+        help="a folder of images (opened as a series: Previous / Next / Accept) or an image",
+    )
     annotate.set_defaults(func=run_annotate)
 
-    doctor = commands.add_parser("doctor", help="report torch, devices and the compiled kernels")
-    doctor.add_argument("--build", action="store_true", help="build the kernels now")
+    doctor = commands.add_parser(
+        "doctor",
+        help="report torch, devices and the compiled kernels",
+        description="Report the PyTorch build, the devices and the state of the compiled "
+        "deformable-attention kernels.",
+    )
+    doctor.add_argument(
+        "--build", action="store_true", help="compile (and self-check) the kernels now"
+    )
     doctor.set_defaults(func=run_doctor)
     return parser
 
 
+def _check_device(args: argparse.Namespace) -> bool:
+    """Whether --device is usable here; says why not, before any download or file read."""
+    from .devices import DeviceError, resolve_device
+
+    try:
+        resolve_device(args.device)
+    except DeviceError as error:
+        print(f"napari-focus: {error.cli_message()}", file=sys.stderr)
+        return False
+    return True
+
+
+class _StderrLines(logging.Handler):
+    """Prints a kernel build's start and end as ``napari-focus: <message>`` on the current
+    ``sys.stderr`` (failures reach the user once, as the fallback warning)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "kernel_event", None) not in ("build-started", "build-finished"):
+            return
+        line = f"napari-focus: {record.getMessage()}"
+        if "tqdm" in sys.modules:  # keeps a running progress bar intact
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _announce_kernel_builds() -> None:
+    """Say on stderr when the deformable-attention kernel is compiled (the first run)."""
+    log = logging.getLogger("napari_focus.ops.build")
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines(logging.INFO))
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+
+
+QT_BINDINGS = ("PyQt6", "PySide6", "PyQt5", "PySide2")
+
+
+def _has_qt_binding() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) is not None for name in QT_BINDINGS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _announce_kernel_builds()
+    if getattr(args, "command", None) == "annotate" and not _has_qt_binding():
+        print(
+            "napari-focus: annotate opens napari, which needs a Qt binding, and none is "
+            f"installed ({', '.join(QT_BINDINGS)}). Install one with "
+            "`pip install \"napari-focus[gui]\"` (PyQt6).",
+            file=sys.stderr,
+        )
+        return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict":
         args.size_given = args.size
         args.size = args.size or "large"
+        if args.engine == "ray":  # the workers' devices are checked where they run
+            from .distributed.cli import run_predict_ray
+
+            return run_predict_ray(args)
+    if getattr(args, "device", None) is not None and not _check_device(args):
+        return EXIT_SETUP_ERROR
     return args.func(args)
 
 

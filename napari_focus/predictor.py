@@ -12,16 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint_fit import load_model
 from .checkpoints import (
-    check_state_dict,
-    drop_training_keys,
-    infer_size,
     metadata_architecture,
     official_checkpoint,
     read_checkpoint,
     save_inference_checkpoint,
 )
-from .model import FocusArchitecture, FocusModel, build_model, resolve_architecture
+from .devices import resolve_device
+from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_mask, resize_mask_logits, semantic_probabilities
 from .presets import check_task, input_preset
 from .transforms import normalize_and_pad, resize_rgb, resized_shape, to_rgb_uint8
@@ -41,24 +40,6 @@ class Prediction:
 
     probability: np.ndarray
     mask: np.ndarray
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA, then MPS, then CPU; anything else must exist."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available here")
-    if resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}; use cpu, cuda or mps")
-    return resolved
 
 
 class FocusPredictor:
@@ -107,6 +88,7 @@ class FocusPredictor:
         precision: str = "float32",
     ) -> FocusPredictor:
         """Official weights ``geshang/focus_{size}_{task}``, downloaded once and cached."""
+        device = resolve_device(device)  # before any download
         path = official_checkpoint(task, size, cache_dir=cache_dir, revision=revision)
         return cls.from_checkpoint(
             path, task, architecture=size, device=device, precision=precision
@@ -125,9 +107,10 @@ class FocusPredictor:
         """Load an official ``.pth`` (detectron2 dict or bare state dict) or a
         ``.safetensors`` file. The size is read from the file's metadata or
         detected from tensor shapes unless ``architecture`` is given."""
+        device = resolve_device(device)  # before reading the file
         state, metadata = read_checkpoint(path)
         if architecture is None:
-            architecture = metadata_architecture(metadata)
+            architecture = metadata_architecture(metadata, str(path))
         task = task or metadata.get("task") or None
         return cls.from_state_dict(
             state,
@@ -149,16 +132,8 @@ class FocusPredictor:
         precision: str = "float32",
         source: str | None = None,
     ) -> FocusPredictor:
-        state = drop_training_keys(state_dict)
-        if architecture is None:
-            architecture = infer_size(state)
-        arch = resolve_architecture(architecture)
-        with torch.device("meta"):
-            model = build_model(arch)
-        check_state_dict(model.state_dict(), state, source or "the state dict")
-        # float32 copies, then assign: no random initialisation, no second copy
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        model.load_state_dict(state, strict=True, assign=True)
+        device = resolve_device(device)
+        model = load_model(state_dict, architecture, source or "the state dict")
         return cls(model, task, device=device, precision=precision, source=source)
 
     def save_inference_checkpoint(

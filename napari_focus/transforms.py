@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .presets import InputPreset
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help stays fast
+    import torch
 
 MIN_SIDE = 32
 ACCEPTED = (
@@ -119,6 +122,9 @@ def normalize_and_pad(
 ) -> torch.Tensor:
     """uint8 RGB ``(h, w, 3)`` -> ``(1, 3, H, W)`` float32, normalised, zero-padded
     bottom/right to multiples of ``preset.size_divisibility``."""
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
     mean = torch.tensor(preset.pixel_mean, device=x.device).view(3, 1, 1)
     std = torch.tensor(preset.pixel_std, device=x.device).view(3, 1, 1)

@@ -169,6 +169,13 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value,
         v.data_ptr<scalar_t>(), shp, st, loc.data_ptr<scalar_t>(),
         attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, spatial,
         heads, dim, queries, levels, points);
+#ifdef NAPARI_FOCUS_MSDA_FAULT
+    // Deliberately wrong results, only in builds made with this macro
+    // (NAPARI_FOCUS_KERNEL_CFLAGS=-DNAPARI_FOCUS_MSDA_FAULT): the tests use it
+    // to prove that the self-check catches a kernel that computes wrongly.
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = o[i] * scalar_t(1.01) + scalar_t(0.01);
+#endif
   });
   return out;
 }

@@ -49,6 +49,22 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value,
               "attention_weights must be (B, Q, M, L, P)");
   TORCH_CHECK(spatial_shapes.numel() == 2 * levels && level_start_index.numel() == levels,
               "spatial_shapes must be (L, 2) and level_start_index (L,)");
+  // Out-of-range levels would read outside `value`, and an illegal address
+  // kills the CUDA context of the whole process: refuse them up front (a
+  // host copy of 3 L integers).
+  {
+    const auto shapes_host = spatial_shapes.to(at::kCPU, at::kLong).contiguous();
+    const auto starts_host = level_start_index.to(at::kCPU, at::kLong).contiguous();
+    const int64_t* shp = shapes_host.data_ptr<int64_t>();
+    const int64_t* st = starts_host.data_ptr<int64_t>();
+    for (int64_t l = 0; l < levels; ++l) {
+      TORCH_CHECK(shp[2 * l] > 0 && shp[2 * l + 1] > 0 && st[l] >= 0 &&
+                      st[l] + shp[2 * l] * shp[2 * l + 1] <= spatial,
+                  "level ", l, " (", shp[2 * l], "x", shp[2 * l + 1],
+                  " starting at ", st[l], ") does not fit in ", spatial,
+                  " value tokens");
+    }
+  }
 
   const c10::cuda::CUDAGuard guard(value.device());
   const DType dtype = to_kernel_dtype(value.scalar_type());

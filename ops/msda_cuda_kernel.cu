@@ -97,6 +97,11 @@ __global__ void forward_kernel(const T* __restrict__ value,
         acc += aw * sample;
       }
     }
+#ifdef NAPARI_FOCUS_MSDA_FAULT
+    // Deliberately wrong results, only in builds made with this macro (see
+    // msda_cpu.cpp): proves that the self-check catches a wrong kernel.
+    acc = acc * A(1.01) + A(0.01);
+#endif
     out[i] = from_acc<T>(acc);
   }
 }

@@ -24,11 +24,23 @@ def _reference_dir() -> Path | None:
     return None
 
 
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+MISSING_REFERENCE = (
+    "FOCUS reference fixtures not found: put the project's shared/focus-reference folder "
+    "beside the checkout (../shared/focus-reference) or set FOCUS_REFERENCE to it"
+)
+
+
 @pytest.fixture(scope="session")
 def focus_reference() -> Path:
     path = _reference_dir()
     if path is None:
-        pytest.skip("FOCUS reference fixtures not found (set FOCUS_REFERENCE)")
+        if _under_ci():  # CI must test against the fixtures, never pass by skipping them
+            pytest.fail(f"{MISSING_REFERENCE} (CI=true: an error, not a skip)", pytrace=False)
+        pytest.skip(MISSING_REFERENCE)
     return path
 
 

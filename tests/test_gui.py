@@ -14,6 +14,7 @@ pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
+from napari_focus.gui import dialogs  # noqa: E402
 from napari_focus.gui import job as job_module  # noqa: E402
 from napari_focus.gui import widget as widget_module  # noqa: E402
 from napari_focus.gui.samples import coffee  # noqa: E402
@@ -130,7 +131,7 @@ def test_cancel_stops_the_worker(qtbot, viewer_widget):
     viewer.add_image(stack, name="stack")
     widget.planes.value = "all"
     widget.run()
-    qtbot.waitUntil(lambda: widget.status.value.startswith("Segmenting"), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("segmenting"), timeout=WAIT_MS)
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.status.value == "cancelled"
@@ -172,14 +173,22 @@ def test_refinement_changes_mask_without_the_model(qtbot, viewer_widget, small_c
         raise AssertionError("the model must not run for a refinement")
 
     monkeypatch.setattr(widget._predictor, "predict", no_model)
+    refine = widget.refine_section
+
+    def settle():
+        qtbot.waitUntil(lambda: refine.idle, timeout=WAIT_MS)
+
     widget.official.value = False
     widget.threshold.value = 0.3
+    settle()
     expected = (state["probability"] > 0.3).astype(np.uint8)
     np.testing.assert_array_equal(labels.data, expected)
     widget.threshold.value = 0.7
+    settle()
     np.testing.assert_array_equal(labels.data, state["probability"] > 0.7)
     widget.official.value = True
     widget.keep_largest.value = True
+    settle()
     from napari_focus.mask_ops import keep_largest_object
 
     np.testing.assert_array_equal(labels.data, keep_largest_object(state["official_mask"] > 0))
@@ -194,15 +203,17 @@ def test_edits_are_protected(qtbot, viewer_widget, small_coffee, monkeypatch):
     edited[:10, :10] = 1 - edited[:10, :10]
     labels.data = edited
     questions: list[str] = []
-    monkeypatch.setattr(widget_module, "ask_yes_no", lambda _, q: questions.append(q) or False)
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _, q: questions.append(q) or False)
 
     widget.fill_holes.value = True
+    qtbot.waitUntil(lambda: widget.refine_section.idle, timeout=WAIT_MS)
     np.testing.assert_array_equal(labels.data, edited)
+    assert widget.fill_holes.value is False  # the control shows what the mask is
     _run_and_wait(qtbot, widget)
     np.testing.assert_array_equal(labels.data, edited)
     assert len(questions) == 2
 
-    monkeypatch.setattr(widget_module, "ask_yes_no", lambda _, q: True)
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _, q: True)
     _run_and_wait(qtbot, widget)
     assert not np.array_equal(labels.data, edited)
 
@@ -222,7 +233,7 @@ def test_stacks_run_per_plane(qtbot, viewer_widget, small_coffee, monkeypatch):
     assert prob[1].max() > 0 and prob[0].max() == 0 and prob[2].max() == 0
 
     widget.planes.value = "all"
-    monkeypatch.setattr(widget_module, "ask_yes_no", lambda _, q: True)
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _, q: True)
     _run_and_wait(qtbot, widget)
     prob = labels.metadata["napari_focus"]["probability"]
     assert all(prob[i].max() > 0 for i in range(3))
@@ -259,21 +270,43 @@ def test_sample_data_is_bundled():
         assert data.ndim == 3 and kind == "image" and meta["name"]
 
 
-def test_screenshot_of_the_docked_widget(qtbot, viewer_widget):
-    """Writes the README screenshot when NAPARI_FOCUS_SCREENSHOT names a file."""
-    target = os.environ.get("NAPARI_FOCUS_SCREENSHOT")
+def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
+    """At 1366x768, every section renders inside the window. With
+    NAPARI_FOCUS_SCREENSHOTS=<folder>, writes docs-style screenshots there
+    (``screenshot-<section>.png``)."""
+    from PIL import Image
+
+    target = os.environ.get("NAPARI_FOCUS_SCREENSHOTS")
     viewer, widget = viewer_widget
     viewer.add_image(coffee()[0][0], name="coffee")
     _run_and_wait(qtbot, widget)
     labels = viewer.layers["coffee [FOCUS SOD]"]
     assert labels.data.shape == (400, 600)
-    if target:
-        from skimage.io import imsave
+    folder = tmp_path / "series"
+    folder.mkdir()
+    from napari_focus.gui.samples import astronaut, chelsea
 
-        viewer.show()
-        viewer.window.resize(1500, 950)
-        qtbot.wait(500)
-        imsave(Path(target), viewer.screenshot(canvas_only=False, flash=False))
+    for name, sample in (("cat", chelsea), ("astronaut", astronaut)):
+        Image.fromarray(sample()[0][0]).save(folder / f"{name}.png")
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    window = widget.native.window()
+    window.show()
+    window.resize(1366, 768)
+    for title in widget.sections:
+        widget.show_section(title)
+        if title == "Series":
+            for layer in viewer.layers:
+                layer.visible = False
+            widget.series.folder.value = folder
+            widget.series.prefetch.value = False
+            widget.series.open(folder)
+            qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
+        qtbot.wait(300)
+        shot = viewer.screenshot(canvas_only=False, flash=False)
+        assert shot.shape[0] <= 768 and shot.shape[1] <= 1366
+        if target:
+            Image.fromarray(shot).save(Path(target) / f"screenshot-{title.lower()}.png")
+    qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
 
 
 def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_path, monkeypatch):
@@ -285,7 +318,7 @@ def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_pa
     for name in ("a", "b"):
         Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
     monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
-    paths, unmatched = collect_inputs([str(tmp_path)])
+    paths, unmatched = collect_inputs([str(tmp_path / "a.png"), str(tmp_path / "b.png")])
     viewer, widget = annotate.open_viewer(paths, show=False)
     assert not unmatched
     assert isinstance(widget, FocusWidget)

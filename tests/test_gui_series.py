@@ -89,11 +89,13 @@ def test_series_prefetch_autosave_accept_resume(
 
     widget.export_section.dataset_root.value = tmp_path / "datasets"
     widget.export_section.dataset_layout.value = "generic"
-    series.accept()
+    series.accept()  # exports in a worker, then moves on
+    qtbot.waitUntil(lambda: series.shown_key == "img2.png", timeout=WAIT_MS)
     assert series.state.queue.item("img1.png").status is Status.ACCEPTED
     assert (tmp_path / "datasets" / "masks" / "img1.png").is_file()
     assert series.state.queue.current.key == "img2.png"
-    assert "IoU" in series.quality.value
+    qtbot.waitUntil(lambda: "IoU" in series.quality.value, timeout=WAIT_MS)
+    assert series.quality.value.startswith("img1: ")  # the line names its image
     series.skip_button.changed.emit(True)
     assert series.state.queue.item("img2.png").status is Status.SKIPPED
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)

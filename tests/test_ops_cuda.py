@@ -57,6 +57,37 @@ def test_torch_free_kernel_compiles_with_nvcc(tmp_path: Path) -> None:
     assert (tmp_path / "kernel.o").stat().st_size > 0
 
 
+def test_cuda_binding_compiles_against_torch_headers(tmp_path: Path) -> None:
+    """The ATen binding (with its level bounds check) is valid C++ for this torch, checked
+    without a GPU: a syntax-only compile with torch's headers and the CUDA runtime's."""
+    from torch.utils.cpp_extension import include_paths
+
+    nvcc = _nvcc()
+    cxx = shutil.which(os.environ.get("CXX", "c++"))
+    if nvcc is None or cxx is None:
+        pytest.skip("needs nvcc (for the CUDA headers) and a C++ compiler")
+    homes = [Path(nvcc).resolve().parent.parent, Path("/usr/local/cuda")]
+    if env_home := os.environ.get("CUDA_HOME"):
+        homes.insert(0, Path(env_home))
+    headers = [h / "include" for h in homes if (h / "include" / "cuda_runtime.h").exists()]
+    if not headers:
+        pytest.skip("the CUDA runtime headers (cuda_runtime.h) were not found")
+    # CPU wheels ship c10/cuda headers without the one their CMake build generates
+    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#pragma once\n")
+    includes = [*include_paths(), str(headers[0]), str(tmp_path)]
+    result = subprocess.run(
+        [cxx, "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes),
+         str(bundled_dir("ops") / "msda_cuda.cpp")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def cuda_kernel() -> None:
     if not torch.cuda.is_available():

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import WriteError, check_writable_folder
-from .errors import ExportError
+from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
 
@@ -37,12 +37,30 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("images_dir", help="folder of images")
     parser.add_argument("masks_dir", help="folder of masks (nonzero = foreground)")
-    parser.add_argument("--root", required=True, help="the FOCUS datasets/ folder")
     parser.add_argument(
-        "--layout", choices=LAYOUTS, type=str.lower, help="default: the task's training split"
+        "--root", required=True, help="the FOCUS datasets/ folder (DETECTRON2_DATASETS)"
     )
-    parser.add_argument("--task", choices=TASKS, type=str.lower, help="recorded in provenance")
-    parser.add_argument("--on-exists", choices=ON_EXISTS, default="error", dest="on_exists")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        type=str.lower,
+        help="training split to add to (default: the --task's training split)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        type=str.lower,
+        help="sod = salient objects, cod = camouflaged objects, sd = shadows, dbd = defocus "
+        "blur, fd = forgeries; picks the default --layout and is recorded in provenance",
+    )
+    parser.add_argument(
+        "--on-exists",
+        choices=ON_EXISTS,
+        default="error",
+        dest="on_exists",
+        help="when a sample of that name exists: error (default, report it), skip, "
+        "rename (append _1, _2, ...) or replace",
+    )
     parser.set_defaults(func=run_export)
     return parser
 
@@ -141,8 +159,9 @@ def run_export(args: argparse.Namespace) -> int:
                 },
             )
         except (ExportError, OSError, ValueError, MemoryError) as exc:
-            failures.append(f"{image_path}: {exc}")
-            print(f"failed: {image_path.name}: {exc}", file=sys.stderr)
+            words = exc.cli_message() if isinstance(exc, SampleExistsError) else str(exc)
+            failures.append(f"{image_path}: {words}")
+            print(f"failed: {image_path.name}: {words}", file=sys.stderr)
             continue
         except Exception as exc:  # one bad pair (e.g. an undecodable file) must not stop
             failures.append(f"{image_path}: {type(exc).__name__}: {exc}")

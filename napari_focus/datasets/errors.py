@@ -14,6 +14,11 @@ class SampleExistsError(ExportError):
         super().__init__(message)
         self.name = name
 
+    def cli_message(self) -> str:
+        """The message in the command line's words (``--on-exists skip``, not ``on_exists=``)."""
+        reason = str(self).split("; choose on_exists", 1)[0]
+        return f"{reason}; use --on-exists skip, rename or replace"
+
 
 class ExportWriteError(ExportError):
     """A file could not be written (the disk is full, permission denied, a read-only file

@@ -1,4 +1,5 @@
-"""`napari-focus annotate`: napari with the FOCUS widget docked and images loaded."""
+"""`napari-focus annotate`: napari with the FOCUS widget docked; a folder opens as a
+series (Previous / Next / Accept), image files open as layers."""
 
 from __future__ import annotations
 
@@ -15,14 +16,21 @@ def add_image_file(viewer: Any, path: Path) -> Any:
     return viewer.add_image(data, name=path.stem, rgb=rgb, metadata={"path": str(path)})
 
 
-def open_viewer(paths: Sequence[Path] = (), *, show: bool = True) -> tuple[Any, Any]:
-    """Create a viewer, dock the FOCUS widget, load ``paths``; returns (viewer, widget)."""
+def open_viewer(
+    paths: Sequence[Path] = (), *, folder: Path | None = None, show: bool = True
+) -> tuple[Any, Any]:
+    """Create a viewer and dock the FOCUS widget; open ``folder`` as a series, or load
+    ``paths`` as layers. Returns ``(viewer, widget)``."""
     import napari
 
     viewer = napari.Viewer(show=show)
     _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    if folder is not None:
+        widget.show_section("Series")
+        widget.series.folder.value = folder
+        widget.series.open(folder)
     for path in paths:
         add_image_file(viewer, path)
-    if len(viewer.layers):
+    if paths and len(viewer.layers):
         viewer.layers.selection.active = viewer.layers[0]
     return viewer, widget

@@ -7,54 +7,44 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton
+from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..datasets import LAYOUTS, ExportError, SampleExistsError, export_sample, layout_for_task
+from ..datasets import (
+    LAYOUTS,
+    ExportError,
+    ExportWriteError,
+    SampleExistsError,
+    export_sample,
+    layout_for_task,
+)
+from . import dialogs
 from .fields import chosen_dir
+from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 from .planes import UnsupportedLayerError, current_plane_index, layer_planes
+from .proposal_layers import META_KEY
+from .series_layers import PROVENANCE_KEY
 
-META_KEY = "napari_focus"
 POLICIES = ("ask", "skip", "rename", "replace")
-
-
-def ask_policy(parent: Any, question: str) -> str | None:
-    """Ask what to do with an existing sample: "replace", "rename", "skip" or None (cancel)."""
-    from qtpy.QtWidgets import QMessageBox
-
-    box = QMessageBox(parent)
-    box.setWindowTitle("FOCUS export")
-    box.setText(question)
-    buttons = {
-        box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole): "replace",
-        box.addButton("Keep both (rename)", QMessageBox.ButtonRole.AcceptRole): "rename",
-        box.addButton("Skip", QMessageBox.ButtonRole.RejectRole): "skip",
-    }
-    box.addButton(QMessageBox.StandardButton.Cancel)
-    box.exec()
-    return buttons.get(box.clickedButton())
 
 
 class ExportSection(Container):
     """Dataset root, layout (default: the task's split), sample name, overwrite policy."""
 
-    def __init__(
-        self,
-        viewer: Any,
-        image_layer: Callable[[], Any],
-        proposal_layer: Callable[[], Any],
-        task: Callable[[], str],
-    ) -> None:
-        self.viewer = viewer
-        self._image_layer, self._proposal_layer, self._task = image_layer, proposal_layer, task
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.viewer = owner.viewer
+        self._worker: Any = None
+        self._layout_chosen = False  # the user picked a layout: a task switch keeps it
         self.dataset_root = FileEdit(label="dataset root", mode="d")
         self.dataset_layout = ComboBox(
-            label="layout", choices=list(LAYOUTS), value=layout_for_task(task())
+            label="layout", choices=list(LAYOUTS), value=layout_for_task(owner.task.value)
         )
         self.sample_name = LineEdit(label="sample name")
         self.policy = ComboBox(label="if it exists", choices=list(POLICIES), value="ask")
-        self.export_button = PushButton(text="Export")
-        self.result_label = Label(label="export", value="")
+        self.export_button = PushButton(text="Export", enabled=False)
+        self.result_label = WrappingLabel(label="export", value="")
         super().__init__(
             widgets=[
                 self.dataset_root,
@@ -66,68 +56,133 @@ class ExportSection(Container):
             ],
             labels=True,
         )
-        self.export_button.changed.connect(self.export)
+        narrow_combo(self.dataset_layout)
+        narrow_line_edits(self.dataset_root)
+        narrow_line_edits(self.sample_name)
+        self.dataset_root.tooltip = "The FOCUS datasets/ folder the sample is added to"
+        self.dataset_layout.tooltip = "Which training split (by default the task's own)"
+        self.sample_name.tooltip = "File name of the exported image and mask (no extension)"
+        self.policy.tooltip = "What to do when a sample of that name is already listed"
+        self.export_button.tooltip = "Add the image and its mask to the split (needs a mask)"
+        self.export_button.changed.connect(lambda: self.export())
+        self.dataset_layout.changed.connect(self._on_layout_chosen)
+
+    def _on_layout_chosen(self, _value: Any = None) -> None:
+        if not self._following_task:
+            self._layout_chosen = True
+
+    _following_task = False
 
     def task_changed(self, task: str) -> None:
-        self.dataset_layout.value = layout_for_task(task)
+        """Follow the task's default layout until the user picks one."""
+        if self._layout_chosen:
+            return
+        self._following_task = True
+        try:
+            self.dataset_layout.value = layout_for_task(task)
+        finally:
+            self._following_task = False
 
     def image_changed(self, name: str | None) -> None:
         self.sample_name.value = name or ""
 
-    def export(self) -> Any:
-        """Export now; returns the :class:`~napari_focus.datasets.ExportResult` or None."""
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def export(self, on_done: Callable[[Any], None] | None = None) -> None:
+        """Export in a worker; ``on_done`` gets the
+        :class:`~napari_focus.datasets.ExportResult`, or None when nothing was exported
+        (the reason is shown; the mask stays as it is in the viewer)."""
+        if self._worker is not None:
+            return
         try:
             image, mask, name, provenance = self._sample()
             root = chosen_dir(self.dataset_root.value)
             if root is None:
                 raise ExportError("choose the dataset root (the FOCUS datasets/ folder) first")
-            policy = self.policy.value
+        except (ExportError, UnsupportedLayerError) as error:
+            self._failed(error, on_done)
+            return
+        policy = self.policy.value
+        job = (root, self.dataset_layout.value, name, image, mask, provenance)
+        self._attempt(job, "error" if policy == "ask" else policy, on_done)
 
-            def attempt(on_exists: str) -> Any:
-                return export_sample(
-                    root,
-                    self.dataset_layout.value,
-                    name,
-                    image,
-                    mask,
-                    on_exists=on_exists,
-                    provenance=provenance,
-                )
+    def _attempt(self, job: tuple, on_exists: str, on_done: Callable | None) -> None:
+        root, layout, name, image, mask, provenance = job
 
+        def write() -> Any:
             try:
-                result = attempt("error" if policy == "ask" else policy)
-            except SampleExistsError as exists:
-                if policy != "ask":
-                    raise
-                choice = ask_policy(self.native, f"{exists}\n\nWhat should happen?")
-                if choice is None:
-                    self.result_label.value = "export cancelled"
-                    return None
-                result = attempt(choice)
-        except (ExportError, UnsupportedLayerError, OSError) as error:
-            self.result_label.value = f"error: {error}"
-            show_error(f"FOCUS export: {error}")
-            return None
-        self.result_label.value = f"{result.status}: {result.name} -> {result.image.parent}"
-        show_info(f"FOCUS: {result.status} sample '{result.name}' in {self.dataset_layout.value}")
-        return result
+                return export_sample(
+                    root, layout, name, image, mask, on_exists=on_exists, provenance=provenance
+                )
+            except (ExportError, OSError) as error:
+                return error
+
+        worker = thread_worker(write, start_thread=False)()
+        worker.returned.connect(lambda outcome: self._on_written(job, outcome, on_done))
+        worker.errored.connect(lambda error: self._failed(error, on_done))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.export_button.enabled = False
+        self.result_label.value = f"exporting '{name}'…"
+        worker.start()
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.owner.update_enabled()
+
+    def _on_written(self, job: tuple, outcome: Any, on_done: Callable | None) -> None:
+        if isinstance(outcome, SampleExistsError) and self.policy.value == "ask":
+            choice = dialogs.ask_policy(self.native, f"{outcome}\n\nWhat should happen?")
+            if choice is None:
+                self.result_label.value = "export cancelled"
+                if on_done is not None:
+                    on_done(None)
+                return
+            self._worker = None
+            self._attempt(job, choice, on_done)
+            return
+        if isinstance(outcome, BaseException):
+            self._failed(outcome, on_done)
+            return
+        self.result_label.value = f"{outcome.status}: {outcome.name} -> {outcome.image.parent}"
+        show_info(f"FOCUS: {outcome.status} sample '{outcome.name}' in {outcome.layout}")
+        if on_done is not None:
+            on_done(outcome)
+
+    def _failed(self, error: BaseException, on_done: Callable | None) -> None:
+        if isinstance(error, OSError):
+            where = error.filename or chosen_dir(self.dataset_root.value)
+            reason = getattr(error, "reason", None) or error.strerror or str(error)
+            text = (
+                f"could not write to {where}: {reason}. Your mask is still in the viewer: "
+                "free some space or choose another dataset root, then export again"
+            )
+        elif isinstance(error, ExportWriteError):
+            text = f"{error}. Your mask is still in the viewer: fix that, then export again"
+        else:
+            text = str(error)
+        self.result_label.value = f"error: {text}"
+        show_error(f"FOCUS export: {text}")
+        if on_done is not None:
+            on_done(None)
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
-        image_layer = self._image_layer()
+        image_layer = self.owner.selected_layer()
         if image_layer is None:
             raise ExportError("select the image to export")
-        labels = self._proposal_layer()
+        labels = self.owner.mask_layer()
         if labels is None:
             raise ExportError(
-                f"no FOCUS proposal for '{image_layer.name}' and task {self._task().upper()}: "
-                "run FOCUS first, then correct the mask"
+                f"no mask for '{image_layer.name}': press Run first, then correct the mask"
             )
         planes = layer_planes(image_layer)
         index = current_plane_index(image_layer, tuple(self.viewer.dims.point), planes)
         name = self.sample_name.value.strip() or image_layer.name
         if index:
             name = f"{name}_plane{'_'.join(str(i) for i in index)}"
-        state = labels.metadata.get(META_KEY) or {}
+        state = labels.metadata.get(META_KEY) or labels.metadata.get(PROVENANCE_KEY) or {}
         refinement = state.get("refinement", {})
         provenance = {
             "source_path": image_layer.metadata.get("path") or image_layer.source.path,
@@ -139,5 +194,5 @@ class ExportSection(Container):
             "proposal": state["proposal"][index] if "proposal" in state else None,
             "extra": {"layer": image_layer.name, "plane": list(index), "tta": state.get("tta")},
         }
-        mask = np.asarray(labels.data[index] if index else labels.data)
-        return planes.plane(index), mask, name, provenance
+        mask = np.array(labels.data[index] if index else labels.data)  # a copy: painting goes on
+        return np.asarray(planes.plane(index)), mask, name, provenance

@@ -264,3 +264,8 @@ class ImproveSection(Container):
     def _error(self, message: str) -> None:
         self.status.value = f"error: {message}"
         show_error(f"FOCUS improve: {message}")
+
+
+def for_focus_widget(owner: Any) -> ImproveSection:
+    """The section as the FOCUS dock widget builds its tabs (``Class(owner)``)."""
+    return ImproveSection(owner.viewer, FocusWidgetHost(owner))

@@ -6,6 +6,7 @@ the widget creates and changes layers when the job returns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..predictor import FocusPredictor
 from ..presets import hub_location
+from ..run_control import Cancelled, RunControl, watch_model
 from .planes import LayerPlanes
 
 
@@ -29,6 +31,7 @@ class ModelKey:
     size: str
     weights: str | None  # local checkpoint path, or None for the official hub weights
     device: str
+    precision: str = "float32"
 
     @property
     def weights_id(self) -> str:
@@ -58,9 +61,20 @@ class JobResult:
 
 
 def load_predictor(key: ModelKey) -> FocusPredictor:
+    options = {"device": key.device, "precision": key.precision}
     if key.weights:
-        return FocusPredictor.from_checkpoint(key.weights, key.task, device=key.device)
-    return FocusPredictor.from_pretrained(key.task, key.size, device=key.device)
+        return FocusPredictor.from_checkpoint(key.weights, key.task, **options)
+    return FocusPredictor.from_pretrained(key.task, key.size, **options)
+
+
+def gui_message(error: BaseException) -> str:
+    """An error's text in the widget's words (the library speaks of CLI flags)."""
+    text = str(error) or type(error).__name__
+    return re.sub(
+        r"load it with `--weights ([^`]*)`\s*(\(Python: `[^`]*`\))?",
+        r"choose weights: 'local checkpoint' in the Model tab and pick \1",
+        text,
+    )
 
 
 @dataclass(frozen=True)
@@ -77,19 +91,35 @@ def run_job(
     planes: LayerPlanes,
     indices: list[tuple[int, ...]],
     tta: bool,
-) -> Generator[Progress, None, JobResult | JobFailure]:
-    """Yields progress; returns the per-plane probabilities and official masks."""
+    control: RunControl | None = None,
+) -> Generator[Progress, None, JobResult | JobFailure | None]:
+    """Yields progress; returns the per-plane probabilities and official masks, a
+    :class:`JobFailure`, or None when ``control`` was cancelled.
+
+    Stages (in ``control``, which the widget polls for the elapsed time): loading the
+    model, segmenting plane k/N (checked for a cancel between model stages),
+    post-processing.
+    """
+    control = control or RunControl()
     try:
         if predictor is None:
+            control.set_stage(f"loading {key.describe()}")
             yield Progress(f"Loading {key.describe()}…", None)
             predictor = load_predictor(key)
+            # A first build of the compiled kernel is announced here once the ops package
+            # reports it ("compiling the kernel"); until then it shows as loading.
         result = JobResult(predictor=predictor, key=key, indices=indices)
         for done, index in enumerate(indices):
+            control.check()
             where = f" plane {done + 1}/{len(indices)}" if len(indices) > 1 else ""
+            control.set_stage(f"segmenting{where}")
             yield Progress(f"Segmenting{where}…", done / len(indices))
-            prediction = predictor.predict(planes.plane(index), tta=tta)
+            with watch_model(predictor.model, control):
+                prediction = predictor.predict(planes.plane(index), tta=tta)
             result.probabilities.append(prediction.probability)
             result.masks.append(prediction.mask)
+    except Cancelled:
+        return None
     except (ValueError, OSError, RuntimeError) as error:
         return JobFailure(error)
     yield Progress("Done", 1.0)

@@ -1,13 +1,13 @@
 """Series section of the FOCUS widget: go through a folder of images with proposals
 computed ahead in the background (queue, resume and prefetch logic live in
-:mod:`napari_focus.series`)."""
+:mod:`napari_focus.series`; the worker in :mod:`.series_jobs`; the layers in
+:mod:`.series_layers`)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Generator
+from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -15,95 +15,64 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..io import read_image
-from ..predictor import FocusPredictor, Prediction
-from ..quality import uncertainty
 from ..series import (
     PrefetchCache,
     SeriesState,
     SeriesStateError,
     Status,
-    export_record,
-    find_reference_mask,
     load_or_create,
-    needs_proposal,
 )
+from ..series.images import UnusableImageError
 from .fields import chosen_dir
-from .job import JobResult, ModelKey, load_predictor, proposal_name
-from .planes import current_plane_index, layer_planes
-
-if TYPE_CHECKING:
-    from .widget import FocusWidget
-
-SERIES_KEY = "napari_focus_series"  # metadata: the queue key a layer shows
-ROLE_KEY = "napari_focus_series_role"  # metadata: "image", "labels" or "probability"
-
-
-def prefetch_job(
-    key: ModelKey,
-    predictor: FocusPredictor | None,
-    jobs: list[tuple[str, int, Path | np.ndarray]],
-) -> Generator[tuple, None, None]:
-    """Background job: load the model if needed, then predict each queued image.
-
-    Yields ``("model", predictor)`` once when it loaded one, then
-    ``("prediction", item_key, ticket, prediction, seconds)`` or
-    ``("failed", item_key, ticket, message)`` per image.
-    """
-    if predictor is None:
-        try:
-            predictor = load_predictor(key)
-        except (ValueError, OSError, RuntimeError) as error:
-            for item_key, ticket, _ in jobs:
-                yield ("failed", item_key, ticket, str(error))
-            return
-        yield ("model", predictor)
-    for item_key, ticket, path in jobs:
-        start = time.perf_counter()
-        try:
-            image = read_image(path) if isinstance(path, Path) else path
-            prediction = predictor.predict(image)
-        except (ValueError, OSError, RuntimeError) as error:
-            yield ("failed", item_key, ticket, str(error))
-            continue
-        yield ("prediction", item_key, ticket, prediction, time.perf_counter() - start)
+from .layout import WrappingLabel, narrow_combo, narrow_line_edits
+from .proposal_layers import META_KEY, is_edited
+from .series_close import CloseGuard, provenance_of
+from .series_decisions import SeriesDecisions
+from .series_display import SeriesDisplay
+from .series_jobs import Prefetcher
+from .series_layers import (
+    SERIES_KEY,
+    series_layer,
+)
+from .series_scheduling import SeriesScheduling
 
 
-class SeriesSection(Container):
+class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container):
     """Folder queue with Previous / Next / Accept / Reject / Skip, resume and prefetch."""
 
-    def __init__(self, owner: FocusWidget) -> None:
+    def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.viewer = owner.viewer
         self.state: SeriesState | None = None
-        self.cache = PrefetchCache(capacity=4, lookahead=2)
+        self.cache = PrefetchCache(capacity=8, lookahead=2)
+        self.prefetcher = Prefetcher(self.cache, self._on_prefetched)
+        self.prefetcher.on_idle = self._on_prefetch_idle
         self.seconds: dict[str, float] = {}
+        self.decoded: OrderedDict[str, np.ndarray] = OrderedDict()  # files read ahead
         self.scores: dict[str, float] = {}  # uncertainty of every proposal computed
-        self._worker = None
         self._shown: str | None = None
-        self._pending_rank = False
         self._awaiting: str | None = None  # key whose proposal is being computed
+        self._model_error: Any = None  # settings whose model failed to load
+        self._rank_wanted = False
 
         self.folder = FileEdit(label="image folder", mode="d")
         self.output = FileEdit(label="series folder", mode="d")
         self.recursive = CheckBox(text="include subfolders", value=False)
-        self.pattern = LineEdit(label="glob (optional)")
-        self.references = FileEdit(label="existing masks (optional)", mode="d")
+        self.pattern = LineEdit(label="file pattern")
+        self.references = FileEdit(label="start masks", mode="d")
         self.open_button = PushButton(text="Open folder")
-        self.layers_button = PushButton(text="Queue the open image layers")
+        self.layers_button = PushButton(text="Queue open layers")
         self.include_exported = CheckBox(text="visit exported images too", value=False)
-        self.position = Label(label="image", value="no series")
+        self.position = WrappingLabel(label="image", value="no series")
         self.previous_button = PushButton(text="◀ Previous", enabled=False)
         self.next_button = PushButton(text="Next ▶", enabled=False)
-        self.accept_button = PushButton(text="Accept (export, next)", enabled=False)
+        self.accept_button = PushButton(text="Accept", enabled=False)
         self.reject_button = PushButton(text="Reject", enabled=False)
         self.skip_button = PushButton(text="Skip", enabled=False)
         self.jump_to = SpinBox(label="go to #", min=1, max=1, value=1)
@@ -114,7 +83,17 @@ class SeriesSection(Container):
         )
         self.prefetch = CheckBox(text="compute the next proposals ahead", value=True)
         self.rank_button = PushButton(text="Order by uncertainty", enabled=False)
-        self.quality = Label(label="quality", value="")
+        self.quality = WrappingLabel(label="quality", value="")
+        rows = [
+            Container(widgets=[self.open_button, self.layers_button], layout="horizontal"),
+            Container(widgets=[self.previous_button, self.next_button], layout="horizontal"),
+            Container(
+                widgets=[self.accept_button, self.reject_button, self.skip_button],
+                layout="horizontal",
+            ),
+        ]
+        for row in rows:
+            row.margins = (0, 0, 0, 0)
         super().__init__(
             widgets=[
                 self.folder,
@@ -122,14 +101,11 @@ class SeriesSection(Container):
                 self.recursive,
                 self.pattern,
                 self.references,
-                Container(widgets=[self.open_button, self.layers_button], layout="horizontal"),
+                rows[0],
                 self.include_exported,
                 self.position,
-                Container(widgets=[self.previous_button, self.next_button], layout="horizontal"),
-                Container(
-                    widgets=[self.accept_button, self.reject_button, self.skip_button],
-                    layout="horizontal",
-                ),
+                rows[1],
+                rows[2],
                 self.jump_to,
                 self.on_leave,
                 self.prefetch,
@@ -138,6 +114,10 @@ class SeriesSection(Container):
             ],
             labels=True,
         )
+        narrow_combo(self.on_leave)
+        for field in (self.folder, self.output, self.pattern, self.references):
+            narrow_line_edits(field)
+        self._tooltips()
         self.open_button.changed.connect(lambda: self.open())
         self.layers_button.changed.connect(self.open_layers)
         self.previous_button.changed.connect(self.previous)
@@ -148,26 +128,51 @@ class SeriesSection(Container):
         self.jump_to.changed.connect(self._on_jump)
         self.rank_button.changed.connect(self.order_by_uncertainty)
         self.prefetch.changed.connect(lambda _: self._schedule())
-        # closing napari (or deleting the layer) removes the mask: keep the edits first
-        self.viewer.layers.events.removing.connect(self._on_layer_removing)
+        self.close_guard = CloseGuard(self)
+        self.native.destroyed.connect(lambda *_: self.shutdown_metrics())
+        # deleting the mask layer (or closing napari) removes it: keep the edits first
+        self.viewer.layers.events.removing.connect(self.close_guard.on_layer_removing)
+
+    def _tooltips(self) -> None:
+        self.folder.tooltip = "The folder of images to go through"
+        self.output.tooltip = (
+            "Where the queue, autosaved edits and computed proposals are kept "
+            "(default: <image folder>/napari_focus)"
+        )
+        self.recursive.tooltip = "Also queue the images in subfolders"
+        self.pattern.tooltip = "Optional: only files matching this pattern, e.g. *_rgb.* or day1/*"
+        self.references.tooltip = (
+            "Optional: a folder of existing masks with the same file names to start from"
+        )
+        self.open_button.tooltip = "Queue the folder's images (resumes where you stopped)"
+        self.layers_button.tooltip = "Queue the image layers open in napari"
+        self.include_exported.tooltip = "Next/Previous also stop at images already exported"
+        self.jump_to.tooltip = "Go to image number N of the queue"
+        self.on_leave.tooltip = "What happens to your edits when you leave an image"
+        self.prefetch.tooltip = "Compute the next two proposals while you correct this one"
+        self.rank_button.tooltip = "Put the images the model is least sure about first"
 
     # ------------------------------------------------------------------ open
     def open(self, folder: str | Path | None = None) -> None:
         """Queue the images of a folder (state in the series folder, default
         ``<folder>/napari_focus``), resuming where the last session stopped."""
-        folder = Path(folder or self.folder.value)
-        if not folder.is_dir():
-            self._error(f"'{folder}' is not a folder of images")
+        chosen = Path(folder) if folder else chosen_dir(self.folder.value)
+        if chosen is None:
+            self._error("choose an image folder first (image folder, then Open folder)")
             return
-        output = chosen_dir(self.output.value) or folder / "napari_focus"
+        if not chosen.is_dir():
+            self._error(f"'{chosen}' is not a folder of images")
+            return
+        self.folder.value = chosen
+        output = chosen_dir(self.output.value) or chosen / "napari_focus"
         self._start(
             lambda: load_or_create(
                 output,
-                folder,
+                chosen,
                 recursive=self.recursive.value,
                 pattern=self.pattern.value.strip() or None,
             ),
-            f"no images in '{folder}'",
+            f"no images in '{chosen}'",
         )
 
     def open_layers(self) -> None:
@@ -193,9 +198,11 @@ class SeriesSection(Container):
             return
         self.cache.clear()
         self._awaiting = None
+        self._model_error = None
         self.jump_to.max = len(self.state.queue)
         for button in self._buttons():
             button.enabled = True
+        self.close_guard.install()
         self.show_current()
 
     def _buttons(self) -> list[PushButton]:
@@ -216,253 +223,78 @@ class SeriesSection(Container):
         return queue.next(include_exported=self.include_exported.value)
 
     def previous(self) -> None:
-        self._move(lambda queue: queue.previous(include_exported=self.include_exported.value))
+        self._move(lambda queue: queue.previous(include_exported=self.include_exported.value), -1)
 
     def _on_jump(self, number: int) -> None:
         if self.state is not None and number - 1 != self.state.queue.index:
             self._move(lambda queue: queue.jump(number - 1))
 
-    def _move(self, step: Any) -> None:
-        if self.state is None or not self.leave_current():
+    def _move(self, step: Any, direction: int = 1, *, keep_edits: bool = True) -> None:
+        if self.state is None or (keep_edits and not self.leave_current()):
             return
+        self._model_error = None
         if step(self.state.queue) is None:
             show_info("FOCUS: no further image in that direction")
-        self.state.save()
-        self.show_current()
+        try:
+            self.state.save()
+        except OSError as error:
+            self._error(self.close_guard.save_failure_text(error, "the series state"))
+        self.show_current(direction)
 
     def leave_current(self) -> bool:
-        """Keep the user's edits of the shown image (autosave, or ask); False = stay."""
+        """Keep the user's edits of the shown image (autosave, or ask); False = stay
+        (the edits could not be saved: they stay in the viewer)."""
         labels = self._proposal_labels()
         if self.state is None or labels is None or self._shown is None:
             return True
-        if not self._edited(labels):
+        if not is_edited(labels):
             return True
         if self.on_leave.value == "ask":
-            from .widget import ask_yes_no
+            from . import dialogs
 
-            if not ask_yes_no(self.native, f"Save your edits of '{labels.name}' before leaving?"):
+            if not dialogs.ask_yes_no(
+                self.native, f"Save your edits of '{labels.name}' before leaving?"
+            ):
                 return True
-        self.state.autosave(self._shown, np.asarray(labels.data) > 0)
-        return True
-
-    def _on_layer_removing(self, event: Any) -> None:
-        labels = self._proposal_labels()
-        if labels is None or self.state is None or self._shown is None:
-            return
-        if self.viewer.layers[event.index].name == labels.name and self._edited(labels):
-            self.state.autosave(self._shown, np.asarray(labels.data) > 0)
+        return self.close_guard.autosave(labels)
 
     # ------------------------------------------------------------- display
-    def show_current(self) -> None:
-        """Show the current item: its image, and its proposal when one is ready.
-
-        The series' layers are reused from one image to the next (new data, new
-        names): removing napari layers costs a garbage collection each, which would
-        make Next take a second even with the proposal ready.
-        """
+    def show_current(self, direction: int = 1) -> None:
+        """Show the current item: its image, and its proposal when one is ready. An
+        item whose file cannot be used is marked ``failed`` (with the reason) and the
+        next one in ``direction`` is shown instead."""
         state = self.state
         assert state is not None
-        item = state.queue.current
-        self._shown = item.key
-        self._awaiting = None
-        self.position.value = f"{state.queue.position_text()} {item.name} — {item.status}"
-        self.jump_to.changed.disconnect(self._on_jump)
-        self.jump_to.value = state.queue.index + 1
-        self.jump_to.changed.connect(self._on_jump)
-
-        if item.path is None:  # a queue of open layers: show that layer
-            layer = self._image_layer_for(item.key)
-            for queued in self.state.queue:
-                if queued.key in self.viewer.layers:
-                    self.viewer.layers[queued.key].visible = queued.key == item.key
-        else:
-            layer = self._show_image(item.key, item.name, item.path, read_image(item.path))
-        self.owner.image.value = layer.name
-        shape = layer_planes(layer).spatial_shape
-        labels = self._series_layer("labels")
-        if labels is not None:
-            labels.metadata = {SERIES_KEY: item.key, ROLE_KEY: "labels"}
-            labels.data = np.zeros(shape, np.uint8)
-            labels.name = proposal_name(item.name, self.owner.task.value)
-        probability = self._series_layer("probability")
-        if probability is not None:
-            probability.data = np.zeros(shape, np.float32)
-            probability.name = f"{proposal_name(item.name, self.owner.task.value)} probability"
-
-        start = self._starting_mask(item.key, item.path)
-        if start is not None:
-            self._show_mask(layer, start)
-        elif (prediction := self.cache.get(item.key)) is not None:
-            self._show_prediction(layer, item.key, prediction)
-        else:
-            self._awaiting = item.key
-            self.owner.status.value = "computing the proposal…"
-            self.cache.invalidate(item.key)  # e.g. evicted earlier: compute it again
-        self._schedule()
-
-    def _image_layer_for(self, key: str) -> Any:
-        """The image layer showing queue item ``key``."""
-        if self.state is not None and self.state.queue.item(key).path is None:
-            return self.viewer.layers[key]
-        return self._series_layer("image")
-
-    def _source(self, key: str) -> Path | np.ndarray:
-        """What a background job reads for item ``key``: a file, or the pixels of a layer
-        (taken here, on the UI thread)."""
-        assert self.state is not None
-        item = self.state.queue.item(key)
-        if item.path is not None:
-            return item.path
-        layer = self.viewer.layers[key]
-        planes = layer_planes(layer)
-        return planes.plane(current_plane_index(layer, tuple(self.viewer.dims.point), planes))
-
-    def _series_layer(self, role: str) -> Any:
-        return next(
-            (layer for layer in self.viewer.layers if layer.metadata.get(ROLE_KEY) == role), None
-        )
-
-    def _tag(self, layer: Any, role: str, key: str) -> None:
-        layer.metadata = {**layer.metadata, SERIES_KEY: key, ROLE_KEY: role}
-
-    def _show_image(self, key: str, name: str, path: Path, image: np.ndarray) -> Any:
-        rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-        layer = self._series_layer("image")
-        if layer is not None and layer.rgb == rgb and layer.data.ndim == image.ndim:
-            layer.data = image
-            layer.name = name
-            layer.reset_contrast_limits()
-        else:
-            if layer is not None:
-                self.viewer.layers.remove(layer)
-            layer = self.viewer.add_image(image, name=name, rgb=rgb)
-        layer.metadata = {"path": str(path)}
-        self._tag(layer, "image", key)
-        return layer
-
-    def _starting_mask(self, key: str, path: Path | None) -> np.ndarray | None:
-        assert self.state is not None
-        saved = self.state.load_autosaved(key)
-        if saved is not None or path is None:
-            return saved
-        folder = chosen_dir(self.references.value)
-        return find_reference_mask(path, folder) if folder and folder.is_dir() else None
-
-    def _show_mask(self, layer: Any, mask: np.ndarray) -> None:
-        data = np.asarray(mask).astype(np.uint8)
-        labels = self._series_layer("labels")
-        if labels is None:
-            labels = self.viewer.add_labels(
-                data,
-                name=proposal_name(layer.name, self.owner.task.value),
-                scale=layer.scale,
-                translate=layer.translate,
-            )
-        else:
-            labels.data = data
-        labels.metadata = {"napari_focus_start": data.copy()}
-        self._tag(labels, "labels", self._shown)
-        labels.mode = "paint"
-        self.owner.status.value = "loaded a saved mask"
-
-    def _show_prediction(self, layer: Any, key: str, prediction: Prediction) -> None:
-        assert self.state is not None
-        model_key, predictor = self.owner.current_model()
-        result = JobResult(
-            predictor=predictor,
-            key=model_key,
-            indices=[()],
-            probabilities=[prediction.probability],
-            masks=[prediction.mask],
-        )
-        self.owner.show_result(result, layer, layer_planes(layer))
-        name = proposal_name(layer.name, self.owner.task.value)
-        self._tag(self.viewer.layers[name], "labels", key)
-        self._tag(self.viewer.layers[f"{name} probability"], "probability", key)
-        self._awaiting = None
-        if self.state.queue.current.status is Status.PENDING:
-            self.state.mark(key, Status.PROPOSED)
-            self.position.value = f"{self.state.queue.position_text()} {layer.name} — proposed"
+        for _ in range(len(state.queue)):
+            item = state.queue.current
+            if item.status is not Status.FAILED and not item.missing:
+                try:
+                    image = self._read(item)
+                except UnusableImageError as error:
+                    self._mark_unusable(item.key, str(error))
+                else:
+                    self._display(item, image)
+                    return
+            stepped = state.queue.next() if direction > 0 else state.queue.previous()
+            if stepped is None:
+                stepped = state.queue.previous() if direction > 0 else state.queue.next()
+            if stepped is None:
+                break
+        self._shown = None
+        self.position.value = "no image of this series can be shown (see the failed items)"
 
     def _proposal_labels(self) -> Any:
-        labels = self._series_layer("labels")
+        labels = series_layer(self.viewer, "labels")
         return (
             labels
             if labels is not None and labels.metadata.get(SERIES_KEY) == self._shown
             else None
         )
 
-    @staticmethod
-    def _edited(labels: Any) -> bool:
-        state = labels.metadata.get("napari_focus")
-        reference = state["proposal"] if state else labels.metadata.get("napari_focus_start")
-        data = np.asarray(labels.data) > 0
-        return bool(data.any()) if reference is None else not np.array_equal(data, reference > 0)
-
-    # ------------------------------------------------------------- prefetch
-    def _schedule(self) -> None:
-        """Start computing the current image and the next ones, if nothing runs."""
-        if self.state is None or self._worker is not None:
-            return
-        queue = self.state.queue
-        current = queue.current.key if queue.current else None
-        shown_pending = current is not None and self._awaiting == current
-
-        def wanted(item: Any) -> bool:
-            if item.key == current:  # shown with a saved mask: no proposal needed
-                return shown_pending
-            return self.prefetch.value and needs_proposal(item)
-
-        jobs = self.cache.schedule(queue, wanted=wanted)
-        if not jobs:
-            return
-        sources = [(k, ticket, self._source(k)) for k, ticket in jobs]
-        if not self._start_worker(sources, self._on_prefetched, self._on_prefetch_finished):
-            self.cache.invalidate(*[k for k, _ in jobs])
-
-    def _start_worker(self, jobs: list[tuple], on_yield: Any, on_finish: Any) -> bool:
-        """Run :func:`prefetch_job` over ``jobs`` in a napari worker; False if the model
-        settings are incomplete (the error is reported)."""
-        try:
-            key, predictor = self.owner.model_key(), self.owner.loaded_predictor()
-        except ValueError as error:
-            self._error(str(error))
-            return False
-        worker = thread_worker(prefetch_job, start_thread=False)(key, predictor, jobs)
-        worker.yielded.connect(on_yield)
-        worker.finished.connect(on_finish)
-        self._worker = worker
-        worker.start()
-        return True
-
-    def _on_prefetched(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "model":
-            self.owner.adopt_predictor(self.owner.model_key(), message[1])
-            return
-        if kind == "failed":
-            _, key, ticket, text = message
-            self.cache.fail(key, ticket)
-            self._error(f"{key}: {text}")
-            return
-        _, key, ticket, prediction, seconds = message
-        self.seconds[key] = seconds
-        self.scores[key] = uncertainty(prediction.probability)
-        if self.cache.store(key, prediction, ticket) and key == self._awaiting:
-            self._show_prediction(self._image_layer_for(key), key, prediction)
-
-    def _on_prefetch_finished(self) -> None:
-        self._worker = None
-        if self._pending_rank:
-            self._pending_rank = False
-            self.order_by_uncertainty()
-        else:
-            self._schedule()
-
     @property
     def busy(self) -> bool:
-        """A background job (prefetch or scoring) is running."""
-        return self._worker is not None
+        """A background job (prefetch, scoring, export) is running."""
+        return self.prefetcher.busy or self.owner.export_section.busy
 
     @property
     def shown_key(self) -> str | None:
@@ -474,103 +306,9 @@ class SeriesSection(Container):
         """The image on screen has its mask (proposal or saved mask) displayed."""
         return self._shown is not None and self._awaiting is None
 
-    # ------------------------------------------------------------ decisions
-    def accept(self) -> None:
-        """Export the shown image and its mask, record it, show quality, go on."""
-        if self.state is None or self._shown is None:
-            return
-        labels = self._proposal_labels()
-        if labels is None:
-            self._error("the proposal is not ready yet")
-            return
-        result = self.owner.export_section.export()
-        if result is None:
-            return
-        item = self.state.queue.item(self._shown)
-        self.state.record_export(item.key, export_record(result))
-        self.state.mark(item.key, Status.ACCEPTED)
-        self.state.discard_autosaved(item.key)
-        self._report_quality(labels, item.key, item.path)
-        self._move(self._forward)
-
-    def _report_quality(self, labels: Any, key: str, path: Path | None) -> None:
-        """Metrics of the model's proposal against the ground truth (when a mask folder
-        holds one) or else against the mask the user accepted."""
-        state = labels.metadata.get("napari_focus")
-        cached = self.cache.get(key)
-        if state:
-            probability = state["probability"]
-        elif cached is not None:
-            probability = cached.probability
-        else:
-            self.quality.value = "no model proposal to compare (started from a saved mask)"
-            return
-        folder = chosen_dir(self.references.value)
-        reference = (
-            find_reference_mask(path, folder) if path and folder and folder.is_dir() else None
-        )
-        against = "ground truth" if reference is not None else "your corrected mask"
-        if reference is None:
-            reference = np.asarray(labels.data) > 0
-        try:
-            from ..quality import mask_metrics
-
-            metrics = mask_metrics(probability, reference)
-        except ImportError as error:
-            self.quality.value = str(error)
-            return
-        self.quality.value = (
-            f"proposal vs {against}: IoU {metrics['iou']:.3f}, MAE {metrics['mae']:.3f}, "
-            f"S {metrics['smeasure']:.3f}, E {metrics['emeasure_mean']:.3f}, "
-            f"wF {metrics['wfmeasure']:.3f}, BER {metrics['ber']:.3f}"
-        )
-
-    def _mark_and_advance(self, status: Status) -> None:
-        if self.state is None or self._shown is None:
-            return
-        self.state.mark(self._shown, status)
-        self._move(self._forward)
-
-    def order_by_uncertainty(self) -> None:
-        """Most doubtful proposals first (:func:`napari_focus.quality.uncertainty`).
-
-        Images without a proposal yet are computed first, in the background; the
-        queue is reordered when all have a score.
-        """
-        if self.state is None:
-            return
-        missing = [item.key for item in self.state.queue if item.key not in self.scores]
-        if not missing:
-            self.state.queue.order_by(self.scores, descending=True)
-            self.state.save()
-            self.position.value = (
-                f"{self.state.queue.position_text()} {self.state.queue.current.name}"
-            )
-            show_info(f"FOCUS: ordered {len(self.scores)} images by uncertainty")
-            return
-        if self._worker is not None:
-            self._pending_rank = True
-            return
-        jobs = [(k, 0, self._source(k)) for k in missing]
-        if self._start_worker(jobs, self._on_scored, self._on_rank_finished):
-            self.owner.status.value = f"scoring {len(missing)} images…"
-
-    def _on_scored(self, message: tuple) -> None:
-        if message[0] == "model":
-            self.owner.adopt_predictor(self.owner.model_key(), message[1])
-        elif message[0] == "prediction":
-            _, key, _, prediction, seconds = message
-            self.seconds[key] = seconds
-            self.scores[key] = uncertainty(prediction.probability)
-        else:
-            self._error(f"{message[1]}: {message[3]}")
-            self.scores[message[1]] = float("nan")
-
-    def _on_rank_finished(self) -> None:
-        self._worker = None
-        self.order_by_uncertainty()
-        self._schedule()
-
     def _error(self, message: str) -> None:
-        self.owner.status.value = f"error: {message}"
+        self.owner.set_status(f"error: {message}")
         show_error(f"FOCUS series: {message}")
+
+
+__all__ = ["META_KEY", "SERIES_KEY", "SeriesSection", "provenance_of"]

@@ -60,6 +60,7 @@ class FocusArchitecture:
     num_classes: int = 2
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         if self.ffn_type not in ("mlp", "swiglu"):
             raise ValueError(f"ffn_type must be 'mlp' or 'swiglu', got {self.ffn_type!r}")
         if self.embed_dim % self.num_heads or self.embed_dim % self.deform_heads:
@@ -98,10 +99,77 @@ class FocusArchitecture:
         if unknown:
             raise ValueError(f"architecture mapping has unknown keys: {', '.join(unknown)}")
         values = dict(data)
-        values["interaction_indexes"] = tuple(
-            (int(a), int(b)) for a, b in values["interaction_indexes"]
-        )
+        indexes = values["interaction_indexes"]
+        if not isinstance(indexes, list | tuple) or not all(
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(_is_int(i) for i in pair)
+            for pair in indexes
+        ):
+            raise ValueError(
+                "interaction_indexes must be a list of [first, last] block numbers, "
+                f"got {_short(indexes)}"
+            )
+        values["interaction_indexes"] = tuple((int(a), int(b)) for a, b in indexes)
         return cls(**values)
+
+
+# Inclusive bounds of every number: generous for any FOCUS-like model, yet a
+# model within them builds in seconds, so absurd metadata fails before building.
+_INT_RANGES = {
+    "embed_dim": (1, 8192),
+    "num_heads": (1, 256),
+    "depth": (1, 128),
+    "deform_heads": (1, 256),
+    "conv_dim": (1, 4096),
+    "mask_dim": (1, 4096),
+    "hidden_dim": (1, 4096),
+    "nheads": (1, 256),
+    "dim_feedforward": (1, 65536),
+    "dec_layers": (1, 64),
+    "enc_layers": (1, 64),
+    "patch_size": (1, 64),
+    "pretrain_size": (1, 4096),
+    "n_points": (1, 64),
+    "enc_dim_feedforward": (1, 65536),
+    "enc_n_points": (1, 64),
+    "num_queries": (1, 1000),
+    "num_classes": (1, 1000),
+}
+_FLOAT_RANGES = {"deform_ratio": (0.0, 16.0), "cffn_ratio": (0.0, 16.0), "mlp_ratio": (0.0, 64.0)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_ranges(arch: FocusArchitecture) -> None:
+    """Types and bounds of every field, before anything is built from them."""
+    for name, (low, high) in _INT_RANGES.items():
+        value = getattr(arch, name)
+        if not _is_int(value):
+            raise ValueError(f"{name} must be an integer, got {_short(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    for name, (low, high) in _FLOAT_RANGES.items():
+        value = getattr(arch, name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, got {_short(value)}")
+        if not low < value <= high:  # also refuses NaN
+            raise ValueError(f"{name} must be above {low} and at most {high}, got {value}")
+    if not isinstance(arch.ffn_type, str):
+        raise ValueError(f"ffn_type must be 'mlp' or 'swiglu', got {_short(arch.ffn_type)}")
+    for first, last in arch.interaction_indexes:
+        if not 0 <= first <= last < arch.depth:
+            raise ValueError(
+                f"interaction_indexes [{first}, {last}] must lie within the {arch.depth} "
+                "ViT blocks"
+            )
 
 
 def resolve_architecture(

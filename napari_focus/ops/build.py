@@ -1,28 +1,45 @@
-"""Just-in-time build of the compiled deformable-attention kernels.
+"""Just-in-time build, caching and self-check of the compiled deformable-attention kernels.
 
 The C++/CUDA sources ship with the package (``napari_focus._paths.bundled_dir("ops")``)
-and are compiled with ``torch.utils.cpp_extension.load`` (ninja) on first use into
-a per-user cache, one folder per torch version and CUDA variant::
+and are compiled with ``torch.utils.cpp_extension`` (ninja) on first use into a
+per-user cache, one folder per build configuration::
 
-    $NAPARI_FOCUS_CACHE/ops/torch-2.13.0-cpu/napari_focus_msda_cpu-native-cf269088/
-    ~/.cache/napari-focus/ops/torch-2.13.0-cu128/napari_focus_msda_cuda-sm90/
+    $NAPARI_FOCUS_CACHE/ops/torch-2.13.0-cpu/napari_focus_msda_cpu-native-cf269088-1a2b3c4d/
+    ~/.cache/napari-focus/ops/torch-2.13.0-cu128/napari_focus_msda_cuda-sm90-5e6f7a8b/
 
-The CPU kernel is compiled with ``-march=native`` on Linux, so its folder names
-a hash of the CPU's instruction set; the CUDA one names the GPU architectures
-(``TORCH_CUDA_ARCH_LIST`` when set, else those of the visible GPUs).
+The last part of a folder's name is a hash of everything the build depends on:
+the sources' contents, the compile flags, the compiler versions, the torch
+version and the GPU architectures. A finished folder is never rebuilt: a
+process that finds its library there loads it directly, so processes using
+different source paths, compilers or flags can share one cache without
+rebuilding each other's kernels. Builders of one folder wait for each other
+(a file lock).
 
-The CPU and CUDA kernels are separate libraries, so the CPU one builds without
-nvcc. Each library registers ``torch.ops.napari_focus_<kind>.ms_deform_attn``.
-A failed build is remembered for the rest of the process and never retried.
+The CPU kernel is compiled with ``-march=native`` on Linux (its folder names a
+hash of the CPU's instruction set); the CUDA one for ``TORCH_CUDA_ARCH_LIST``
+when set, else the visible GPUs, restricted to what the toolkit supports.
+``NAPARI_FOCUS_KERNEL_CFLAGS`` adds compiler flags to both.
+
+Every kernel that loads is first run on a small case against the PyTorch
+reference (:mod:`napari_focus.ops.selfcheck`); one that fails to run or
+computes wrong values is treated like one that cannot be built. A failure is
+remembered for the rest of the process and never retried.
+
+Announcements: the logger ``napari_focus.ops.build`` says at INFO level when a
+build starts (the message starts with :data:`BUILD_STARTED`), ends or fails,
+and when a kernel fails its self-check. Each record carries ``kernel_event``
+(``"build-started"``, ``"build-finished"``, ``"build-failed"``,
+``"self-check-failed"``) and ``kernel_kind`` (``"cpu"``/``"cuda"``) attributes,
+so a GUI can show them in its status line with a :class:`logging.Handler`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
+import json
+import logging
 import os
-import shlex
 import shutil
 import sys
 import threading
@@ -36,8 +53,10 @@ from pathlib import Path
 import torch
 
 from .._paths import bundled_dir
+from . import selfcheck, toolchain
 
 __all__ = [
+    "BUILD_STARTED",
     "KINDS",
     "KernelState",
     "KernelUnavailableError",
@@ -45,16 +64,21 @@ __all__ = [
     "cache_root",
     "is_cached",
     "load",
+    "logger",
     "state",
     "unavailable_reason",
 ]
 
 KINDS = ("cpu", "cuda")
+BUILD_STARTED = "compiling the deformable-attention kernel (once)"
+logger = logging.getLogger(__name__)
 
 _SOURCES = {
     "cpu": ("msda_cpu.cpp",),
     "cuda": ("msda_cuda.cpp", "msda_cuda_kernel.cu"),
 }
+_HEADERS = {"cpu": (), "cuda": ("msda_cuda_kernel.cuh",)}
+_DONE_MARKER = "build.ok"
 
 
 class KernelUnavailableError(RuntimeError):
@@ -79,6 +103,8 @@ class KernelState:
     op: Callable[..., torch.Tensor] | None = None
     error: KernelUnavailableError | None = None
     build_seconds: float | None = None
+    built_now: bool = False
+    self_check: str | None = None
     warned: bool = False
 
 
@@ -105,91 +131,24 @@ def torch_variant() -> str:
     return f"torch-{version}-{'cu' + cuda.replace('.', '') if cuda else 'cpu'}"
 
 
-def _cuda_arch_list() -> str:
-    """The architectures to compile for: ``TORCH_CUDA_ARCH_LIST`` or the visible GPUs."""
-    if env := os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return env
-    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    return ";".join(f"{major}.{minor}" for major, minor in caps)
-
-
 def extension_name(kind: str) -> str:
     return f"napari_focus_msda_{kind}"
 
 
-@functools.cache
-def _cpu_isa_tag() -> str | None:
-    """A short hash of this CPU's instruction-set flags (Linux), for ``-march=native`` builds.
-
-    The cache may sit in a home folder shared by machines with different CPUs;
-    each instruction set then gets its own build instead of a crash.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in cpuinfo.splitlines():
-        key, _, flags = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return hashlib.sha1(" ".join(sorted(flags.split())).encode()).hexdigest()[:8]
-    return None
+def _cuda_archs() -> list[str]:
+    """The requested GPU architectures that the toolkit can compile for."""
+    nvcc = toolchain.nvcc_path()
+    supported = toolchain.supported_cuda_archs(nvcc) if nvcc else None
+    kept, _ = toolchain.clamp_cuda_archs(toolchain.requested_cuda_archs(), supported)
+    return kept
 
 
 def _build_tag(kind: str) -> str:
     if kind == "cpu":
-        isa = _cpu_isa_tag()
+        isa = toolchain.cpu_isa_tag()
         return f"native-{isa}" if isa else "generic"
-    arch = (
-        _cuda_arch_list()
-        if torch.cuda.is_available()
-        else os.environ.get("TORCH_CUDA_ARCH_LIST", "")
-    )
-    archs = [a.replace(".", "").replace("+PTX", "ptx") for a in arch.replace(" ", ";").split(";")]
-    return "sm" + "_".join(a for a in archs if a) if any(archs) else "default"
-
-
-def build_directory(kind: str) -> Path:
-    """``<cache>/ops/torch-<ver>-<cpu|cuXYZ>/napari_focus_msda_<kind>-<isa or arch tag>``."""
-    return cache_root() / "ops" / torch_variant() / f"{extension_name(kind)}-{_build_tag(kind)}"
-
-
-def _log_path(kind: str) -> Path:
-    return build_directory(kind) / "build.log"
-
-
-def _cxx() -> str:
-    return os.environ.get("CXX") or ("cl" if sys.platform == "win32" else "c++")
-
-
-def unavailable_reason(kind: str) -> str | None:
-    """Why ``kind`` cannot be built here, found without compiling anything (``None``: try it)."""
-    cxx = _cxx()
-    if shutil.which(shlex.split(cxx)[0] if cxx.strip() else "c++") is None:
-        return f"no C++ compiler found ('{cxx}' is not on PATH; install one or set CXX)"
-    if _ninja_dir() is None and shutil.which("ninja") is None:
-        return "ninja is not installed (pip install ninja)"
-    if kind == "cuda":
-        if torch.version.cuda is None:
-            return f"this PyTorch build ({torch.__version__}) has no CUDA support"
-        if not torch.cuda.is_available():
-            return "no CUDA GPU is visible"
-        from torch.utils.cpp_extension import CUDA_HOME
-
-        nvcc = "nvcc.exe" if sys.platform == "win32" else "nvcc"
-        if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / nvcc).exists():
-            return "nvcc (the CUDA toolkit) was not found; install it or set CUDA_HOME"
-    return None
-
-
-def _ninja_dir() -> str | None:
-    """The bin folder of the ``ninja`` pip package, which may not be on PATH."""
-    try:
-        import ninja  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return getattr(ninja, "BIN_DIR", None)
+    archs = [a.replace(".", "").replace("+PTX", "ptx") for a in _cuda_archs()]
+    return "sm" + "_".join(archs) if archs else "default"
 
 
 def _compile_flags(kind: str) -> dict[str, list[str]]:
@@ -201,12 +160,81 @@ def _compile_flags(kind: str) -> dict[str, list[str]]:
         # at::parallel_for only spreads work over threads when compiled with
         # OpenMP; the library then shares the libgomp that torch already loaded.
         cflags, ldflags = ["-O3", "-fopenmp"], ["-fopenmp"]
-        if kind == "cpu" and _cpu_isa_tag() is not None:
+        if kind == "cpu" and toolchain.cpu_isa_tag() is not None:
             cflags.append("-march=native")  # AVX2/AVX-512 halve the CPU kernel's time
-    flags = {"extra_cflags": cflags, "extra_ldflags": ldflags}
+    extra = toolchain.extra_cflags()
+    flags = {"extra_cflags": cflags + extra, "extra_ldflags": ldflags}
     if kind == "cuda":
-        flags["extra_cuda_cflags"] = ["-O3"]
+        flags["extra_cuda_cflags"] = ["-O3", *extra]
     return flags
+
+
+def _source_files(kind: str) -> list[Path]:
+    sources = bundled_dir("ops")
+    return [sources / name for name in (*_SOURCES[kind], *_HEADERS[kind])]
+
+
+def build_key(kind: str) -> str:
+    """Hash of what a build depends on: sources, flags, compilers, torch, GPU architectures."""
+    digest = hashlib.sha256()
+    for path in _source_files(kind):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    parts = {
+        "flags": _compile_flags(kind),
+        "cxx": toolchain.cxx_version(),
+        "torch": [torch.__version__, getattr(torch.version, "git_version", "")],
+    }
+    if kind == "cuda":
+        nvcc = toolchain.nvcc_path()
+        parts["nvcc"] = toolchain.nvcc_version_line(nvcc) if nvcc else "none"
+        parts["archs"] = _cuda_archs()
+    digest.update(json.dumps(parts, sort_keys=True).encode())
+    return digest.hexdigest()[:8]
+
+
+def build_directory(kind: str) -> Path:
+    """``<cache>/ops/torch-<ver>-<cpu|cuXYZ>/napari_focus_msda_<kind>-<tag>-<key>``."""
+    name = f"{extension_name(kind)}-{_build_tag(kind)}-{build_key(kind)}"
+    return cache_root() / "ops" / torch_variant() / name
+
+
+def _log_path(kind: str) -> Path:
+    return build_directory(kind) / "build.log"
+
+
+def _library_path(kind: str) -> Path:
+    suffix = ".pyd" if sys.platform == "win32" else ".so"
+    return build_directory(kind) / f"{extension_name(kind)}{suffix}"
+
+
+def unavailable_reason(kind: str) -> str | None:
+    """Why ``kind`` cannot be built here, found without compiling anything (``None``: try it)."""
+    if toolchain.cxx_path() is None:
+        return f"no C++ compiler found ('{toolchain.cxx()}' is not on PATH; install one or set CXX)"
+    if toolchain.ninja_dir() is None and shutil.which("ninja") is None:
+        return "ninja is not installed (pip install ninja)"
+    if kind == "cuda":
+        if torch.version.cuda is None:
+            return f"this PyTorch build ({torch.__version__}) has no CUDA support"
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible"
+        nvcc = toolchain.nvcc_path()
+        if nvcc is None:
+            return "nvcc (the CUDA toolkit) was not found; install it or set CUDA_HOME"
+        if (problem := toolchain.nvcc_problem(nvcc, torch.version.cuda)) is not None:
+            return problem
+        requested = toolchain.requested_cuda_archs()
+        kept, dropped = toolchain.clamp_cuda_archs(
+            requested, toolchain.supported_cuda_archs(nvcc)
+        )
+        if requested and not kept:
+            release = toolchain.nvcc_release(nvcc)
+            toolkit = f"CUDA {release[0]}.{release[1]}" if release else str(nvcc)
+            return (
+                f"the {toolkit} toolkit cannot compile for the GPU architecture(s) "
+                f"{', '.join(dropped)}; use a toolkit that supports them"
+            )
+    return None
 
 
 @contextlib.contextmanager
@@ -228,11 +256,10 @@ def _file_lock(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _build_environment(kind: str) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in ("PATH", "TORCH_CUDA_ARCH_LIST")}
-    ninja_dir = _ninja_dir()
-    if ninja_dir:
+    if ninja_dir := toolchain.ninja_dir():
         os.environ["PATH"] = ninja_dir + os.pathsep + os.environ.get("PATH", "")
     if kind == "cuda":
-        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(_cuda_archs())
     try:
         yield
     finally:
@@ -247,42 +274,59 @@ def _warning_lines(caught: list[warnings.WarningMessage]) -> str:
     return "".join(f"warning: {w.message}\n" for w in caught)
 
 
-def _compile(kind: str) -> Callable[..., torch.Tensor]:
+def _announce(kind: str, event: str, message: str, level: int = logging.INFO) -> None:
+    logger.log(level, message, extra={"kernel_event": event, "kernel_kind": kind})
+
+
+def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
+    """The kernel's op, and whether it was compiled now (else loaded from the cache)."""
     from torch.utils import cpp_extension
 
-    sources_dir = bundled_dir("ops")
     build_dir = build_directory(kind)
     build_dir.mkdir(parents=True, exist_ok=True)
-    log = _log_path(kind)
-    with _file_lock(build_dir.parent / f"{build_dir.name}.lock"), _build_environment(kind):
-        # torch's own lock file survives a build that was killed, and then
-        # makes every later build wait forever; all napari-focus builders hold
-        # the lock above, so a leftover one here is stale.
-        (build_dir / "lock").unlink(missing_ok=True)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                cpp_extension.load(
-                    name=extension_name(kind),
-                    sources=[str(sources_dir / name) for name in _SOURCES[kind]],
-                    build_directory=str(build_dir),
-                    with_cuda=kind == "cuda",
-                    is_python_module=False,
-                    verbose=False,
-                    **_compile_flags(kind),
-                )
-            except Exception as exc:
-                log.write_text(_warning_lines(caught) + f"{exc}\n\n{traceback.format_exc()}")
-                raise
-            log.write_text(_warning_lines(caught) + "build succeeded\n")
-    return getattr(torch.ops, f"napari_focus_{kind}").ms_deform_attn
+    library, log = _library_path(kind), _log_path(kind)
+    built_now = False
+    with _file_lock(build_dir.parent / f"{build_dir.name}.lock"):
+        if (build_dir / _DONE_MARKER).exists() and library.exists():
+            torch.ops.load_library(str(library))
+        else:
+            built_now = True
+            _announce(kind, "build-started", f"{BUILD_STARTED}: {kind.upper()}, into {build_dir}")
+            # the sources are copied into the folder, so its build.ninja never changes
+            source_dir = build_dir / "src"
+            source_dir.mkdir(exist_ok=True)
+            for path in _source_files(kind):
+                shutil.copyfile(path, source_dir / path.name)
+            # torch's own lock file survives a build that was killed, and then
+            # makes every later build wait forever; all napari-focus builders hold
+            # the lock above, so a leftover one here is stale.
+            (build_dir / "lock").unlink(missing_ok=True)
+            with warnings.catch_warnings(record=True) as caught, _build_environment(kind):
+                warnings.simplefilter("always")
+                try:
+                    cpp_extension.load(
+                        name=extension_name(kind),
+                        sources=[str(source_dir / name) for name in _SOURCES[kind]],
+                        build_directory=str(build_dir),
+                        with_cuda=kind == "cuda",
+                        is_python_module=False,
+                        verbose=False,
+                        **_compile_flags(kind),
+                    )
+                except Exception as exc:
+                    log.write_text(_warning_lines(caught) + f"{exc}\n\n{traceback.format_exc()}")
+                    raise
+                log.write_text(_warning_lines(caught) + "build succeeded\n")
+            (build_dir / _DONE_MARKER).write_text(json.dumps({"key": build_key(kind)}) + "\n")
+    return getattr(torch.ops, f"napari_focus_{kind}").ms_deform_attn, built_now
 
 
 def load(kind: str) -> Callable[..., torch.Tensor]:
-    """Return ``torch.ops.napari_focus_<kind>.ms_deform_attn``, building it on first use.
+    """Return ``torch.ops.napari_focus_<kind>.ms_deform_attn``, building it on first use
+    and checking it against the PyTorch reference.
 
     Raises:
-        KernelUnavailableError: it cannot be built here (the same error on every call).
+        KernelUnavailableError: it cannot be built or used here (the same error on every call).
     """
     st = _STATES[kind]
     if st.op is not None:
@@ -292,26 +336,48 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
             if (reason := unavailable_reason(kind)) is not None:
                 st.error = KernelUnavailableError(kind, reason, None)
             else:
-                start = time.perf_counter()
-                try:
-                    st.op = _compile(kind)
-                    st.build_seconds = time.perf_counter() - start
-                except Exception as exc:
-                    log = _log_path(kind)
-                    first = (str(exc).strip().splitlines() or [""])[0][:200]
-                    st.error = KernelUnavailableError(
-                        kind,
-                        f"the build failed ({type(exc).__name__}: {first})",
-                        log if log.exists() else None,
-                    )
+                _load_and_check(st)
         if st.error is not None:
             raise st.error
         assert st.op is not None
         return st.op
 
 
+def _load_and_check(st: KernelState) -> None:
+    kind = st.kind
+    start = time.perf_counter()
+    try:
+        op, st.built_now = _compile(kind)
+    except Exception as exc:
+        log = _log_path(kind)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        st.error = KernelUnavailableError(
+            kind,
+            f"the build failed ({type(exc).__name__}: {first})",
+            log if log.exists() else None,
+        )
+        _announce(kind, "build-failed", str(st.error))
+        return
+    st.build_seconds = time.perf_counter() - start
+    if st.built_now:
+        _announce(
+            kind,
+            "build-finished",
+            f"the {kind.upper()} deformable-attention kernel is ready "
+            f"(built in {st.build_seconds:.0f} s)",
+        )
+    problem = selfcheck.run(op, kind)
+    if problem is not None:
+        st.self_check = f"failed: {problem}"
+        st.error = KernelUnavailableError(
+            kind, f"it built, but its self-check failed: {problem}", None
+        )
+        _announce(kind, "self-check-failed", str(st.error))
+        return
+    st.self_check = "passed"
+    st.op = op
+
+
 def is_cached(kind: str) -> bool:
-    """Whether a built library for ``kind`` is already in the cache (no build, no import)."""
-    directory = build_directory(kind)
-    suffix = ".pyd" if sys.platform == "win32" else ".so"
-    return (directory / f"{extension_name(kind)}{suffix}").exists()
+    """Whether a finished build for ``kind`` is in the cache (no build, no import)."""
+    return (build_directory(kind) / _DONE_MARKER).exists() and _library_path(kind).exists()

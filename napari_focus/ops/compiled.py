@@ -7,9 +7,10 @@ Backends:
   ``ValueError``; a kernel that cannot be built is a ``RuntimeError``
   (:class:`~napari_focus.ops.build.KernelUnavailableError`) naming the reason
   and the build log.
-* ``"auto"``: the compiled kernel of the tensor's device when it builds, else
-  the PyTorch reference, with one :class:`KernelFallbackWarning` per kernel and
-  process saying why. Devices other than CPU and CUDA use the reference.
+* ``"auto"``: the compiled kernel of the tensor's device when it builds and
+  passes its self-check against the reference, else the PyTorch reference,
+  with one :class:`KernelFallbackWarning` per kernel and process saying why.
+  Devices other than CPU and CUDA use the reference.
 
 The kernels compute the forward pass only. When gradients are needed (grad mode
 on and an input that requires grad) the compiled forward is kept and the
@@ -39,7 +40,8 @@ _CPU_DTYPES = (torch.float32, torch.float64, *_HALF)
 
 
 class KernelFallbackWarning(RuntimeWarning):
-    """``backend="auto"`` could not build a compiled kernel and uses the PyTorch reference."""
+    """``backend="auto"`` could not build or use a compiled kernel (no compiler, a failed
+    build, a failed self-check) and uses the PyTorch reference."""
 
 
 class _CompiledMSDA(torch.autograd.Function):

@@ -35,47 +35,56 @@ def _devices() -> list[str]:
     return devices
 
 
-def _kernel(kind: str, build_now: bool) -> dict[str, Any]:
+def _kernel(kind: str, build_now: bool, load_cached: bool) -> dict[str, Any]:
     st = jit.state(kind)
-    if build_now and st.op is None and st.error is None:
+    cached = jit.is_cached(kind)
+    try_now = build_now or (load_cached and cached)  # loading a cached one compiles nothing
+    if try_now and st.op is None and st.error is None and jit.unavailable_reason(kind) is None:
         with contextlib.suppress(jit.KernelUnavailableError):
             jit.load(kind)
     if st.op is not None:
-        status, detail = "loaded", None
-        if st.build_seconds is not None:
-            detail = f"ready after {st.build_seconds:.1f} s (build or cache check)"
+        status = "loaded"
+        how = f"built in {st.build_seconds:.1f} s" if st.built_now else "from the cache"
+        detail = f"{how}; self-check against the PyTorch reference passed"
     elif st.error is not None:
         status, detail = "unavailable", st.error.reason
     elif (reason := jit.unavailable_reason(kind)) is not None:
         status, detail = "unavailable", reason
-    elif jit.is_cached(kind):
-        status, detail = "built", "in the cache; loads on first use"
+    elif cached:
+        status, detail = "built", "in the cache; loads and self-checks on first use"
     else:
         status, detail = "not built", "builds on first use (or run `napari-focus doctor --build`)"
     log = jit.build_directory(kind) / "build.log"
     return {
         "status": status,
         "detail": detail,
+        "self_check": st.self_check,
         "build_directory": str(jit.build_directory(kind)),
         "log": str(log) if log.exists() else None,
     }
 
 
-def kernel_status(build_now: bool = False) -> dict[str, Any]:
+def kernel_status(build_now: bool = False, load_cached: bool = False) -> dict[str, Any]:
     """Versions, devices, cache folder and per-kernel status (``status``: ``"loaded"``,
-    ``"built"``, ``"not built"`` or ``"unavailable"``, with ``detail`` saying why)."""
+    ``"built"``, ``"not built"`` or ``"unavailable"``, with ``detail`` saying why;
+    ``self_check``: ``"passed"``, ``"failed: <why>"`` or ``None`` when not run).
+
+    ``build_now`` compiles missing kernels; ``load_cached`` loads and self-checks
+    kernels already in the cache. Without either nothing is loaded (fast enough
+    for a GUI thread)."""
     return {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "devices": _devices(),
         "cache": str(jit.cache_root()),
-        "kernels": {kind: _kernel(kind, build_now) for kind in jit.KINDS},
+        "kernels": {kind: _kernel(kind, build_now, load_cached) for kind in jit.KINDS},
     }
 
 
 def doctor_report(build: bool = False) -> str:
-    """Human-readable report; ``build=True`` compiles missing kernels first."""
-    info = kernel_status(build_now=build)
+    """Human-readable report; kernels in the cache are loaded and self-checked,
+    ``build=True`` also compiles missing ones first."""
+    info = kernel_status(build_now=build, load_cached=True)
     lines = [
         f"torch: {info['torch']}",
         f"CUDA (torch build): {info['cuda'] or 'none'}",

@@ -10,7 +10,13 @@ The caller (a napari worker in the widget) loops::
 Guarantees: a key is never handed out while it is in flight or cached, and never again
 after its result was stored unless it is :meth:`invalidate`-d (image or model changed),
 evicted unused, or its computation :meth:`fail`-ed. Results of computations started
-before :meth:`clear` or :meth:`invalidate` are dropped on :meth:`store` (tickets).
+before :meth:`clear` or :meth:`invalidate` are dropped on :meth:`store` (tickets); any
+other result is kept when it arrives, even if the user moved on meanwhile.
+
+:class:`JobBoard` holds the claimed jobs not started yet, nearest first: the worker takes
+one at a time, so when the user moves, the plan is redone (:meth:`JobBoard.replace`,
+:meth:`PrefetchCache.release` for the jobs no longer wanted) and the image on screen is
+computed next, without stopping the computation that is running.
 """
 
 from __future__ import annotations
@@ -138,6 +144,13 @@ class PrefetchCache:
                 del self._in_flight[key]
                 self._failed.add(key)
 
+    def release(self, *keys: str) -> None:
+        """Give up claims that were never started (re-planned away): not failed, not
+        done; they may be planned again."""
+        with self._lock:
+            for key in keys:
+                self._in_flight.pop(key, None)
+
     def get(self, key: str) -> Any | None:
         with self._lock:
             return self._cache.get(key)
@@ -205,3 +218,45 @@ class PrefetchCache:
             for key in inside[: len(self._cache) + len(self._in_flight) - self.capacity]:
                 del self._cache[key]
                 self._done.discard(key)
+
+
+class JobBoard:
+    """Claimed jobs ``(key, ticket, source)`` waiting for the worker, nearest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: list[tuple[str, int, Any]] = []
+        self._running: str | None = None
+
+    def replace(self, jobs: list[tuple[str, int, Any]]) -> list[tuple[str, int, Any]]:
+        """Set the pending jobs; returns the ones dropped (to release their claims)."""
+        with self._lock:
+            keep = {key for key, _, _ in jobs}
+            dropped = [job for job in self._jobs if job[0] not in keep]
+            self._jobs = list(jobs)
+            return dropped
+
+    def pending(self) -> list[tuple[str, int, Any]]:
+        with self._lock:
+            return list(self._jobs)
+
+    def take(self) -> tuple[str, int, Any] | None:
+        """The next job (called by the worker thread), or None when there is none."""
+        with self._lock:
+            if not self._jobs:
+                self._running = None
+                return None
+            job = self._jobs.pop(0)
+            self._running = job[0]
+            return job
+
+    @property
+    def running(self) -> str | None:
+        """Key of the job the worker took last and has not finished."""
+        with self._lock:
+            return self._running
+
+    def done(self, key: str) -> None:
+        with self._lock:
+            if self._running == key:
+                self._running = None

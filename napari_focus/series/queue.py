@@ -23,7 +23,9 @@ from ..io import IMAGE_EXTENSIONS
 class Status(StrEnum):
     """Where an item stands. ``pending``: no proposal yet; ``proposed``: a proposal (or a
     loaded mask) is shown; ``corrected``: the human edited it; ``accepted``: exported;
-    ``rejected``: not usable; ``skipped``: left for later."""
+    ``rejected``: not usable; ``skipped``: left for later; ``failed``: the file cannot be
+    read or is not a single 2-D image (:attr:`QueueItem.failure` says why); navigation
+    passes over it."""
 
     PENDING = "pending"
     PROPOSED = "proposed"
@@ -31,6 +33,7 @@ class Status(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     SKIPPED = "skipped"
+    FAILED = "failed"
 
 
 def now_iso() -> str:
@@ -49,6 +52,7 @@ class QueueItem:
     created / updated: ISO 8601 UTC times of creation and of the last status change.
     export: JSON-able record of the last export (see :func:`export_record`); None if never.
     autosaved: an edited mask was saved to the working folder and not yet exported.
+    failure: why the item is ``failed`` (None otherwise).
     missing: the last scan did not find the image (moved, renamed, a drive not mounted,
         another pattern); the item keeps its status, export record and autosave, and
         navigation passes over it until a scan finds it again.
@@ -65,6 +69,7 @@ class QueueItem:
     updated: str | None = None
     export: dict[str, Any] | None = None
     autosaved: bool = False
+    failure: str | None = None
     missing: bool = False
     fingerprint: dict[str, Any] | None = None
     autosave_of: str | None = None
@@ -219,7 +224,9 @@ class ImageQueue:
 
     def _visitable(self, include_exported: bool | None) -> Callable[[QueueItem], bool]:
         include = not self.skip_exported if include_exported is None else include_exported
-        return lambda item: not item.missing and (include or not item.exported)
+        return lambda item: (
+            not item.missing and item.status is not Status.FAILED and (include or not item.exported)
+        )
 
     def _step(self, step: int, include_exported: bool | None) -> QueueItem | None:
         visitable = self._visitable(include_exported)
@@ -290,6 +297,14 @@ class ImageQueue:
         item = self.items[self._resolve(which)]
         item.status = Status(status)
         item.updated = now_iso()
+        if item.status is not Status.FAILED:
+            item.failure = None
+        return item
+
+    def mark_failed(self, which: int | str | None, reason: str) -> QueueItem:
+        """Mark an item ``failed`` (unreadable, or not a single 2-D image) with why."""
+        item = self.mark(which, Status.FAILED)
+        item.failure = reason
         return item
 
     def record_export(self, which: int | str | None, record: Mapping[str, Any]) -> QueueItem:

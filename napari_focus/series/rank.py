@@ -21,7 +21,6 @@ from typing import Any
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..io import IMAGE_EXTENSIONS, read_image
-from ..presets import SIZES, TASKS
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
 from .queue import scan_folder
@@ -144,12 +143,10 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict every image of FOLDER and write them, most doubtful first, "
         "as CSV; with --gt also quality metrics against ground-truth masks.",
     )
+    from ..cli import add_model_arguments
+
     rank.add_argument("folder", help="folder of images")
-    rank.add_argument("--task", required=True, choices=TASKS, type=str.lower)
-    rank.add_argument("--size", choices=SIZES, default=None, help="model size (default: large)")
-    rank.add_argument("--weights", help="local checkpoint (.pth or .safetensors) instead of hub")
-    rank.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    rank.add_argument("--tta", action="store_true", help="official test-time augmentation")
+    add_model_arguments(rank)
     rank.add_argument("--gt", metavar="MASK_FOLDER", help="ground-truth masks, matched by stem")
     rank.add_argument("--out", help="CSV path (default: ./focus_<task>_rank.csv)")
     rank.add_argument("--report", metavar="DIR", help="also write metrics.csv and report.html")
@@ -167,7 +164,8 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, _load_predictor
+    from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
+    from ..cli_common import load_predictor_from_args as _load_predictor
     from ..quality import folder_report
 
     folder = Path(args.folder)

@@ -51,6 +51,8 @@ def restore_items(
         autosave_of = entry.get("autosave_of")
         item.autosave_of = autosave_of if isinstance(autosave_of, str) else None
         item.missing = found is None
+        if item.status is Status.FAILED:  # the file may have been fixed: try it again
+            item.status = Status.PENDING
         if item.missing and not _worth_keeping(item):
             continue  # an untouched pending item: nothing to keep
         restored.append(item)

@@ -121,6 +121,7 @@ class SeriesState:
                     "updated": item.updated,
                     "export": item.export,
                     "autosaved": item.autosaved,
+                    "failure": item.failure,
                     "missing": item.missing,
                     "fingerprint": item.fingerprint,
                     "autosave_of": item.autosave_of,
@@ -155,11 +156,18 @@ class SeriesState:
     def autosave_path(self, key: str) -> Path:
         return self.work_folder / f"{work_name(key)}.png"
 
-    def autosave(self, key: str, mask: np.ndarray) -> Path:
-        """Save an edited mask (``> 0`` = foreground) as ``work/<work name>.png`` (0/255),
-        flag the item, mark it ``corrected`` if it was ``pending``/``proposed``, and save
-        the state."""
+    def autosave(
+        self, key: str, mask: np.ndarray, provenance: dict[str, Any] | None = None
+    ) -> Path:
+        """Save an edited mask (``> 0`` = foreground) as ``work/<work name>.png`` (0/255)
+        and, when given, where it came from (task, model, refinement) as
+        ``work/<work name>.json``; flag the item, mark it ``corrected`` if it was
+        ``pending``/``proposed``, and save the state. OSError (e.g. a full disk) leaves
+        the previous autosave in place."""
         item = self.queue.item(key)
+        if provenance is not None:
+            text = json.dumps(provenance, ensure_ascii=False, default=str)
+            atomic_write_text(self.autosave_path(key).with_suffix(".json"), text)
         path = write_mask(self.autosave_path(key), mask)
         self._fingerprint(item)
         item.autosave_of = item.fingerprint["sha256"] if item.fingerprint else None
@@ -193,9 +201,18 @@ class SeriesState:
             data = data[..., 0]
         return data > 0
 
+    def autosaved_provenance(self, key: str) -> dict[str, Any] | None:
+        """What the autosaved mask of an item was made from, if recorded."""
+        try:
+            data = json.loads(self.autosave_path(key).with_suffix(".json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def discard_autosaved(self, key: str) -> None:
         """Delete an item's autosaved mask (e.g. once exported) and clear its flag."""
         self.autosave_path(key).unlink(missing_ok=True)
+        self.autosave_path(key).with_suffix(".json").unlink(missing_ok=True)
         item = self.queue.item(key)
         item.autosaved, item.autosave_of = False, None
         self.save()
@@ -205,6 +222,11 @@ class SeriesState:
     def mark(self, which: int | str | None, status: Status | str) -> QueueItem:
         item = self.queue.mark(which, status)
         self._fingerprint(item)
+        self.save()
+        return item
+
+    def mark_failed(self, which: int | str | None, reason: str) -> QueueItem:
+        item = self.queue.mark_failed(which, reason)
         self.save()
         return item
 

@@ -1,0 +1,227 @@
+"""How long the napari GUI thread stalls during Run, Accept and a threshold drag, and how
+soon Cancel stops a FOCUS forward.
+
+Stalls: a 5 ms QTimer runs on the GUI thread; the longest gap between its ticks while
+an action is under way is the longest time napari could not redraw or take input. The
+widget runs with the tiny reference checkpoint (``FOCUS_REFERENCE``; the GUI-thread
+work does not depend on the model size) on a ``--megapixels`` RGB image. Accept is the
+series' Accept: export, quality line, and showing the next image of the folder.
+
+Cancel: FOCUS-L with random weights on the CPU, run as the widget runs it (a worker
+thread with :func:`napari_focus.run_control.watch_model`); Cancel is pressed at
+several points inside one forward and the time until the forward stops is measured.
+
+    xvfb-run -a -s "-screen 0 1366x768x24" python benchmarks/bench_gui_stalls.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import random_predictor
+
+
+class StallMeter:
+    """Longest gap between 5 ms timer ticks on the GUI thread while active. With
+    ``explain``, a watchdog thread prints the GUI thread's stack during any stall
+    longer than 0.15 s (to find what blocks it)."""
+
+    explain = False
+
+    def __init__(self) -> None:
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        if self.explain:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        import traceback
+
+        main = threading.main_thread().ident
+        reported = None
+        while True:
+            time.sleep(0.05)
+            try:
+                active = self.timer.isActive()
+            except RuntimeError:  # the timer is gone: the benchmark ended
+                return
+            if active and self.ticks:
+                last = self.ticks[-1]
+                if time.perf_counter() - last > 0.15 and reported != last:
+                    reported = last
+                    stack = "".join(traceback.format_stack(sys._current_frames()[main]))
+                    print(f"--- GUI thread stalled; it is in:\n{stack}", file=sys.stderr)
+
+    def __enter__(self) -> StallMeter:
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.stop()
+        self.ticks.append(time.perf_counter())
+
+    @property
+    def longest_ms(self) -> float:
+        return float(np.max(np.diff(self.ticks))) * 1000
+
+
+def wait(condition, timeout: float = 900.0) -> None:
+    app = QApplication.instance()
+    start = time.perf_counter()
+    while not condition():
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("gave up waiting")
+
+
+def tiny_checkpoint(root: Path) -> Path:
+    from safetensors.torch import load_file
+
+    from napari_focus import FocusPredictor
+
+    reference = Path(os.environ.get("FOCUS_REFERENCE", "../shared/focus-reference"))
+    spec = json.loads((reference / "cases.json").read_text())["tiny_mlp"]
+    state = {
+        **load_file(reference / "weights_edge.safetensors"),
+        **load_file(reference / "tiny_mlp_weights.safetensors"),
+    }
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    predictor = FocusPredictor.from_state_dict(
+        state, "sod", architecture={**spec["preset"], **spec["head"]}, device="cpu"
+    )
+    return predictor.save_inference_checkpoint(root / "tiny.safetensors", dtype=torch.float32)
+
+
+def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
+    import napari
+
+    from napari_focus.gui import dialogs
+    from napari_focus.gui.samples import astronaut
+
+    dialogs.ask_yes_no = lambda _parent, _question: True
+    height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
+    width = height * 4 // 3
+    base = Image.fromarray(astronaut()[0][0]).resize((width, height))
+    folder = root / "images"
+    folder.mkdir()
+    for i in range(3):
+        base.rotate(i * 90 if i != 1 else 180).save(folder / f"image{i}.jpg", quality=92)
+
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.native.window().resize(1366, 768)
+    widget.weights_source.value = "file"
+    widget.weights_path.value = tiny_checkpoint(root)
+    widget.device.value = "cpu"
+    series = widget.series
+    series.open(folder)  # the next two proposals are computed ahead, as by default
+    wait(lambda: series.proposal_ready and not series.busy)  # model loaded, image 0 shown
+
+    result: dict[str, float] = {"megapixels": round(width * height / 1e6, 1)}
+    with StallMeter() as meter:  # Run on the shown image: worker, then the new layers
+        widget.run()
+        wait(lambda: not widget.running)
+        QApplication.instance().processEvents()
+    result["run_ms"] = meter.longest_ms
+
+    widget.official.value = False
+    wait(lambda: widget.refine_section.idle)
+    steps = iter(np.round(np.linspace(0.30, 0.70, 41), 2))
+    drag = QTimer()
+    drag.setInterval(25)  # a slider dragged over 40 steps in one second
+
+    def step() -> None:
+        value = next(steps, None)
+        if value is None:
+            drag.stop()
+        else:
+            widget.threshold.value = float(value)
+
+    with StallMeter() as meter:
+        drag.timeout.connect(step)
+        drag.start()
+        wait(lambda: not drag.isActive() and widget.refine_section.idle)
+    result["threshold_drag_ms"] = meter.longest_ms
+
+    widget.export_section.dataset_root.value = root / "datasets"
+    widget.export_section.dataset_layout.value = "generic"
+    shown = series.shown_key
+    wait(lambda: not series.busy)  # image 1 computed ahead while the user corrected 0
+    with StallMeter() as meter:  # export, quality, next image shown (its Run is apart)
+        series.accept()
+        wait(lambda: series.shown_key != shown and not series.busy)
+        wait(lambda: not series.quality_pending)
+    result["accept_ms"] = meter.longest_ms
+    viewer.close()
+    return result
+
+
+def cancel_latency(points: list[float]) -> list[float]:
+    """Seconds from Cancel to the forward stopping, Cancel pressed ``points`` s in."""
+    from napari_focus.run_control import Cancelled, RunControl, watch_model
+
+    predictor = random_predictor("large")
+    image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    latencies = []
+    for point in points:
+        control = RunControl()
+        stopped: list[float] = []
+
+        def forward(control: RunControl = control, stopped: list[float] = stopped) -> None:
+            try:
+                with watch_model(predictor.model, control):
+                    predictor.predict(image)
+            except Cancelled:
+                stopped.append(time.perf_counter())
+
+        thread = threading.Thread(target=forward)
+        thread.start()
+        time.sleep(point)
+        pressed = time.perf_counter()
+        control.cancel()
+        thread.join()
+        latencies.append(round(stopped[0] - pressed, 3) if stopped else float("nan"))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megapixels", type=float, default=24.0)
+    parser.add_argument("--cancel-at", type=float, nargs="*", default=[3.0, 8.0, 15.0])
+    parser.add_argument("--explain", action="store_true", help="print what blocks the GUI")
+    args = parser.parse_args()
+    StallMeter.explain = args.explain
+    torch.set_num_threads(2)
+    cpu0 = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        stalls = gui_stalls(args.megapixels, Path(tmp))
+    cancels = cancel_latency(args.cancel_at) if args.cancel_at else []
+    result = {
+        **{k: round(v, 1) for k, v in stalls.items()},
+        "cancel_pressed_at_s": args.cancel_at,
+        "cancel_latency_s": cancels,
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Which device the model runs on: parse, validate and explain, before any work is done.
+
+:func:`check_device_name` checks the spelling without importing torch (the CLI
+calls it while parsing); :func:`resolve_device` also checks that this machine
+and this PyTorch build can use the device, and names the reason when not: a
+CPU-only PyTorch, no visible GPU, a GPU index that does not exist, no MPS.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, gpu (same as cuda), gpu:N or mps"
+_PATTERN = re.compile(r"^(auto|cpu|mps|cuda|gpu)(?::(\d+))?$")
+
+
+class DeviceError(ValueError):
+    """A device that is misspelled or that this machine or PyTorch build cannot use.
+
+    ``requested`` is what was asked for, ``reason`` why it cannot be used and
+    ``instead`` a device name to use instead (or ``None``).
+    """
+
+    def __init__(self, requested: object, reason: str, instead: str | None = "cpu") -> None:
+        self.requested = str(requested)
+        self.reason = reason
+        self.instead = instead
+        advice = f"; use the device {instead!r} instead" if instead else ""
+        super().__init__(f"device {self.requested!r}: {reason}{advice}")
+
+    def cli_message(self) -> str:
+        """The same in the command line's words."""
+        advice = f" Use --device {self.instead}." if self.instead else ""
+        return f"--device {self.requested}: {self.reason}.{advice}"
+
+
+def check_device_name(device: str) -> str:
+    """Normalise a device name (``"GPU:1"`` -> ``"cuda:1"``); no torch import."""
+    name = str(device).strip().lower()
+    match = _PATTERN.match(name)
+    if match is None or (match.group(2) is not None and match.group(1) == "auto"):
+        raise DeviceError(device, f"unknown device; choose one of {DEVICE_CHOICES}", None)
+    kind = "cuda" if match.group(1) == "gpu" else match.group(1)
+    if kind == "cpu" or match.group(2) is None:
+        return kind
+    return f"{kind}:{int(match.group(2))}"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA, then MPS, then CPU; anything else must be usable here.
+
+    Raises:
+        DeviceError: saying why the device cannot be used (and what to do).
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = "auto" if device is None else check_device_name(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    resolved = torch.device(name)
+    if resolved.type == "cuda":
+        _check_cuda(device, resolved)
+    elif resolved.type == "mps" and not _mps_available():
+        built = getattr(torch.backends, "mps", None) and torch.backends.mps.is_built()
+        why = (
+            "this machine has no usable Apple GPU (MPS needs macOS on Apple silicon)"
+            if built
+            else f"this PyTorch build ({torch.__version__}) has no MPS support"
+        )
+        raise DeviceError(device, why)
+    return resolved
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def _check_cuda(requested: object, resolved: torch.device) -> None:
+    import torch
+
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        raise DeviceError(
+            requested,
+            f"CUDA is needed, but the installed PyTorch ({torch.__version__}) is a CPU-only "
+            "build (install a CUDA build of PyTorch: https://pytorch.org/get-started/locally/)",
+        )
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            requested,
+            f"PyTorch {torch.__version__} supports CUDA, but no CUDA GPU is visible "
+            "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides the GPUs)",
+        )
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise DeviceError(
+            requested,
+            f"this machine has {count} CUDA GPU(s), numbered cuda:0 to cuda:{count - 1}",
+            "cuda:0",
+        )

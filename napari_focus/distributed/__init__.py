@@ -1,0 +1,39 @@
+"""Distributed batch prediction on Ray Data (``pip install 'napari-focus[ray]'``).
+
+- :func:`predict_dataset`: FOCUS over many images (files, folders, globs, lists, object
+  store URIs) on a Ray cluster or a local Ray instance; masks written as
+  ``napari-focus predict`` writes them, a results manifest (:mod:`.manifest`).
+- :func:`write_ranking`, :func:`order_series`: the manifest as a ``napari-focus rank``
+  CSV, and a labeling series in that order.
+- :mod:`.cli`: ``napari-focus predict ... --engine ray``.
+
+Ray is imported only when a run starts.
+"""
+
+from __future__ import annotations
+
+from .engine import DatasetRun, plan_resources, predict_dataset
+from .manifest import (
+    MANIFEST_NAME,
+    RANKING_NAME,
+    order_series,
+    ranking_rows,
+    read_manifest,
+    read_ranking,
+    write_manifest,
+    write_ranking,
+)
+
+__all__ = [
+    "MANIFEST_NAME",
+    "RANKING_NAME",
+    "DatasetRun",
+    "order_series",
+    "plan_resources",
+    "predict_dataset",
+    "ranking_rows",
+    "read_manifest",
+    "read_ranking",
+    "write_manifest",
+    "write_ranking",
+]

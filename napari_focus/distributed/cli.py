@@ -1,0 +1,130 @@
+"""``napari-focus predict ... --engine ray``: the predict command on a Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ENGINES = ("local", "ray")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--engine`` and the Ray options to the ``predict`` parser."""
+    group = parser.add_argument_group(
+        "distributed (--engine ray, needs pip install 'napari-focus[ray]')"
+    )
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: this process; ray: a Ray cluster, or a local Ray instance without --address",
+    )
+    group.add_argument("--address", help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001")
+    group.add_argument(
+        "--num-workers",
+        type=int,
+        metavar="N",
+        help="model copies (default: one per GPU; on CPUs one per node)",
+    )
+    group.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="F",
+        help="GPUs per model copy, e.g. 0.5 for two per GPU (default: 1 with GPUs, else 0)",
+    )
+    group.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        metavar="F",
+        help="CPUs per model copy (default: 1 next to a GPU; on CPUs a node's CPUs "
+        "divided among its workers); a CPU worker runs that many torch threads",
+    )
+    group.add_argument(
+        "--manifest",
+        metavar="PATH",
+        help="results per image, .parquet or .csv (default: OUT/focus_manifest.parquet)",
+    )
+    group.add_argument(
+        "--series",
+        metavar="DIR",
+        help="also prepare a labeling series in DIR, most doubtful image first",
+    )
+
+
+def _fail(message: str) -> int:
+    from ..cli_common import EXIT_SETUP_ERROR
+
+    print(f"napari-focus: {message}", file=sys.stderr)
+    return EXIT_SETUP_ERROR
+
+
+def run_predict_ray(args: argparse.Namespace) -> int:
+    """Run ``predict`` with ``--engine ray``; exit codes as the local engine's."""
+    from ..cli_common import EXIT_FAILED_IMAGES
+
+    if args.device not in ("auto", "cpu", "cuda"):
+        return _fail(
+            f"--device {args.device} does not apply to --engine ray: workers use a GPU "
+            "when --gpus-per-worker is above 0, else their CPUs"
+        )
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return _fail("--engine ray needs Ray: pip install 'napari-focus[ray]'")
+    from .engine import predict_dataset
+    from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
+
+    gpus = args.gpus_per_worker
+    if gpus is None and args.device == "cpu":
+        gpus = 0.0
+    out = Path(args.out or f"focus_{args.task}_masks")
+    try:
+        run = predict_dataset(
+            args.inputs,
+            out,
+            task=args.task,
+            size=getattr(args, "size_given", args.size),
+            weights=args.weights,
+            address=args.address,
+            num_workers=args.num_workers,
+            gpus_per_worker=gpus,
+            cpus_per_worker=args.cpus_per_worker,
+            batch_size=getattr(args, "batch_size", None),
+            precision=getattr(args, "precision", None),
+            compile=getattr(args, "compile", False),
+            tta=args.tta,
+            probability=args.probability,
+            image_format=args.format,
+            overwrite=args.overwrite,
+            manifest=args.manifest,
+            progress=not args.quiet,
+        )
+    except ValueError as error:
+        return _fail(str(error))
+    except (RuntimeError, ConnectionError) as error:  # the model or the cluster
+        return _fail(str(error))
+
+    for item in run.unmatched:
+        print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
+    ranking = write_ranking(run.rows, run.manifest.with_name(RANKING_NAME))
+    print(
+        f"napari-focus: {run.count('written')} written, {run.count('skipped')} skipped "
+        f"(already exist; --overwrite to redo), {len(run.failed)} failed -> {out} "
+        f"({run.workers} Ray workers, {run.seconds:.1f} s); manifest {run.manifest}, "
+        f"ranking {ranking}",
+        file=sys.stderr,
+    )
+    for row in run.failed:
+        print(f"  failed: {row['source']}: {row['error']}", file=sys.stderr)
+    if args.series:
+        folder = image_folder_of(run.rows)
+        if folder is None:
+            return _fail("--series needs local input images")
+        state = order_series(args.series, folder, ranking)
+        print(
+            f"napari-focus: series of {folder} in {args.series}, {len(state.queue)} images, "
+            f"most doubtful first; in the FOCUS widget open it with 'existing masks' {out}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED_IMAGES if run.failed or run.unmatched else 0

@@ -1,0 +1,371 @@
+"""``predict_dataset``: FOCUS over many images on a Ray cluster (or a local Ray instance)
+with Ray Data: decoding in tasks, one model per actor, outputs written by the actors into
+a folder every node sees, a manifest row per input."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .inputs import Job, is_uri, list_sources, plan_outputs
+from .manifest import (
+    MANIFEST_NAME,
+    carried_rows,
+    empty_row,
+    normalize,
+    read_manifest,
+    write_manifest,
+)
+from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
+
+#: images per worker call when no batch size is given: on a GPU two forwards' worth, so
+#: images of one padded size find each other; on CPUs (seconds per image) one, so that
+#: the work spreads evenly over the workers
+DEFAULT_ROWS_PER_CALL = {"gpu": 8, "cpu": 1}
+MAX_BLOCKS = 20_000  # input blocks: enough to spread decoding, few enough to schedule
+
+
+@dataclass
+class DatasetRun:
+    """What a run did: ``rows`` (one per input, manifest columns, input order), the
+    manifest path, the inputs that matched nothing, workers used and wall seconds."""
+
+    rows: list[dict[str, Any]]
+    manifest: Path
+    unmatched: list[str] = field(default_factory=list)
+    workers: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for row in self.rows if row["status"] == status)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row["status"] == "failed"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How many actors, what each reserves, and how many calls each runs at once (two on
+    a GPU: one batch in the model while the other's outputs are written)."""
+
+    workers: int
+    gpus_per_worker: float
+    cpus_per_worker: float
+    calls_per_worker: int = 1
+
+
+def plan_resources(
+    cluster: dict[str, float],
+    node_cpus: float,
+    *,
+    num_workers: int | None,
+    gpus_per_worker: float | None,
+    cpus_per_worker: float | None,
+) -> Resources:
+    """Defaults: with GPUs in the cluster one worker per GPU, each reserving one GPU and
+    one CPU; without, one worker per ``cpus_per_worker`` (default: a whole node's CPUs)."""
+    gpus = float(cluster.get("GPU", 0.0))
+    cpus = float(cluster.get("CPU", 0.0))
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus >= 1 else 0.0
+    if gpus_per_worker < 0:
+        raise ValueError("--gpus-per-worker must be 0 (CPU) or more")
+    if gpus_per_worker > 0 and gpus < gpus_per_worker:
+        raise ValueError(
+            f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPUs; "
+            "use --gpus-per-worker 0 to run on CPUs"
+        )
+    if num_workers is not None and num_workers < 1:
+        raise ValueError("--num-workers must be at least 1")
+    if gpus_per_worker > 0:
+        workers = num_workers or max(1, int(gpus // gpus_per_worker))
+        return Resources(workers, gpus_per_worker, cpus_per_worker or 1.0, calls_per_worker=2)
+    if cpus_per_worker is None:
+        share = cpus // num_workers if num_workers else node_cpus
+        cpus_per_worker = float(max(1, min(share, node_cpus)))
+    if cpus_per_worker > node_cpus:
+        raise ValueError(
+            f"{cpus_per_worker:g} CPUs per worker, but the largest node has {node_cpus:g}"
+        )
+    workers = num_workers or max(1, int(cpus // cpus_per_worker))
+    return Resources(workers, 0.0, cpus_per_worker)
+
+
+def _storage_now(folder: Path) -> int:
+    """The storage's clock (a new file's mtime) in ns: outputs modified at or after it
+    were written by this run, whatever the nodes' clocks say."""
+    fd, marker = tempfile.mkstemp(prefix=".napari_focus_run.", dir=folder)
+    try:
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+        os.unlink(marker)
+
+
+def _leftover_temps(jobs: Sequence[Job], since_ns: int) -> list[Path]:
+    """Temporary files of these jobs' outputs (:func:`napari_focus.atomic.temp_path`
+    names) created from ``since_ns`` on (storage clock): left by workers of this run that
+    were killed while writing. Call only once no worker writes them any more."""
+    from ..atomic import TEMP_PREFIX, temp_files
+
+    wanted: dict[Path, set[str]] = {}
+    for job in jobs:
+        for output in map(Path, job.outputs()):
+            wanted.setdefault(output.parent, set()).add(output.name)
+    found = []
+    for folder, names in wanted.items():
+        for temp in temp_files(folder):
+            # .napari_focus-tmp-<pid>-<random>-<final name>
+            final = temp.name[len(TEMP_PREFIX) :].split("-", 2)[-1]
+            with contextlib.suppress(OSError):
+                if final in names and temp.stat().st_mtime_ns >= since_ns:
+                    found.append(temp)
+    return found
+
+
+def _ordered(rows: Iterable[dict[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
+    position = {source: i for i, source in enumerate(sources)}
+    return sorted(rows, key=lambda r: position.get(r["source"], len(position)))
+
+
+def predict_dataset(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    task: str,
+    size: str | None = None,
+    weights: str | os.PathLike | None = None,
+    address: str | None = None,
+    num_workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    compile: bool = False,
+    tta: bool = False,
+    probability: bool = False,
+    image_format: str = "png",
+    overwrite: bool = False,
+    manifest: str | os.PathLike | None = None,
+    progress: bool = True,
+    checkpoint_seconds: float = 30.0,
+) -> DatasetRun:
+    """Segment every input with FOCUS on Ray Data and write the masks into ``out``.
+
+    Args:
+        inputs: files, folders, glob patterns, text files listing them, object-store URIs
+            (see :mod:`napari_focus.distributed.inputs`).
+        out: output folder, on storage every worker mounts (written by the workers).
+            Names and formats as ``napari-focus predict``: ``<stem>.png|.tif`` (0/255),
+            ``<stem>_probability.png|.tif`` with ``probability``.
+        task, size, weights: the model: official hub weights of ``size`` (default
+            large), or a local checkpoint (on shared storage; ``size``, if given, names
+            its architecture, else the file's metadata or tensor shapes do).
+        address: Ray cluster to join (``auto``: the one running on this machine,
+            ``host:6379``, ``ray://host:10001``). None: the Ray instance this process
+            already initialised, else the cluster of ``$RAY_ADDRESS`` (set inside a Ray
+            job), else a new local instance for the run.
+        num_workers, gpus_per_worker, cpus_per_worker: the actor pool, one model per
+            actor; see :func:`plan_resources` for the defaults.
+        batch_size: images per model call (None: the predictor's default); each worker
+            call gets ``batch_size`` images (if None: 8 on a GPU, 1 on CPUs).
+        precision: passed to the predictor's loader (None: its default).
+        compile: compile the model in every worker (``FocusPredictor.compile``).
+        overwrite: redo inputs whose outputs exist (default: skip them).
+        manifest: results path (``.parquet`` or ``.csv``); default
+            ``out/focus_manifest.parquet``. Rewritten every ``checkpoint_seconds`` while
+            running (inputs not done yet are ``pending``) and at the end.
+        progress: Ray Data's progress bars.
+
+    Each input is predicted and written once: a worker that dies is restarted by Ray and
+    its batches retried; outputs an earlier attempt wrote are not written again. An input
+    that fails (unreadable, too small, a write error) is a ``failed`` manifest row.
+
+    Raises:
+        ValueError: no input images, bad settings, an output folder that is a URI.
+        RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
+            workers); the manifest keeps what was done.
+    """
+    from ..presets import check_task
+
+    started = time.perf_counter()
+    task = check_task(task)
+    if is_uri(str(out)):
+        raise ValueError(
+            f"the output folder must be a path every worker mounts (e.g. NFS), not {out}"
+        )
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch size must be at least 1")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ValueError(f"weights file not found: {weights}")
+        weights = str(Path(weights).resolve())
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    sources, unmatched = list_sources([str(i) for i in items])
+    if not sources:
+        raise ValueError(f"no input images (nothing matches {', '.join(map(str, items))})")
+
+    out = Path(out).resolve()
+    manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
+    if manifest_path.suffix.lower() not in (".parquet", ".csv"):
+        raise ValueError(f"the manifest must end in .parquet or .csv, not {manifest_path}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_outputs(
+        sources, out, image_format=image_format, probability=probability, overwrite=overwrite
+    )
+    previous: list[dict[str, Any]] = []
+    if manifest_path.is_file():
+        try:
+            previous = read_manifest(manifest_path)
+        except Exception:  # an unreadable manifest only loses the earlier scores
+            previous = []
+    rows = carried_rows(plan.existing, previous)
+    rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
+
+    workers = 0
+    if plan.todo:
+        settings = WorkerSettings(
+            task=task,
+            size=size or "large",
+            weights=str(weights) if weights else None,
+            architecture=size if weights else None,
+            precision=precision,
+            tta=tta,
+            batch_size=batch_size,
+            compile=compile,
+            overwrite=overwrite,
+            run_started_ns=_storage_now(out),
+        )
+        done, workers = _run(
+            plan.todo,
+            settings,
+            address=address,
+            num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            rows_per_call=batch_size,
+            progress=progress,
+            checkpoint=lambda partial: write_manifest(
+                _ordered(rows + partial, sources), manifest_path
+            ),
+            checkpoint_seconds=checkpoint_seconds,
+        )
+        rows += done
+        for leftover in _leftover_temps(plan.todo, settings.run_started_ns):
+            leftover.unlink(missing_ok=True)
+    rows = _ordered(rows, sources)
+    write_manifest(rows, manifest_path)
+    return DatasetRun(
+        rows=rows,
+        manifest=manifest_path,
+        unmatched=unmatched,
+        workers=workers,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run(
+    jobs: list[Job],
+    settings: WorkerSettings,
+    *,
+    address: str | None,
+    num_workers: int | None,
+    gpus_per_worker: float | None,
+    cpus_per_worker: float | None,
+    rows_per_call: int | None,
+    progress: bool,
+    checkpoint: Any,
+    checkpoint_seconds: float,
+) -> tuple[list[dict[str, Any]], int]:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            # the embedded default: a new local instance, never someone else's
+            ray.init(address="local", include_dashboard=False)
+        else:  # the given cluster, or the one of the Ray job this runs in
+            ray.init(address=address)
+    done: list[dict[str, Any]] = []
+    try:
+        node_cpus = max(
+            (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")),
+            default=0.0,
+        )
+        resources = plan_resources(
+            ray.cluster_resources(),
+            node_cpus,
+            num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+        )
+        on_gpu = resources.gpus_per_worker > 0
+        settings = WorkerSettings(
+            **{
+                **settings.as_dict(),
+                "device": "cuda" if on_gpu else "cpu",
+                "threads": max(1, math.floor(resources.cpus_per_worker)),
+            }
+        )
+        rows_per_call = rows_per_call or DEFAULT_ROWS_PER_CALL["gpu" if on_gpu else "cpu"]
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = progress
+        blocks = max(1, min(math.ceil(len(jobs) / rows_per_call), MAX_BLOCKS))
+        dataset = ray.data.from_items([job.as_dict() for job in jobs], override_num_blocks=blocks)
+        # On CPU workers the decoding asks for the same CPUs as the worker, so Ray Data
+        # fuses it into the worker (no CPUs held back for idle decoders); next to GPU
+        # workers it runs in separate one-CPU tasks that keep the GPUs fed.
+        dataset = dataset.map_batches(
+            decode_batch,
+            batch_size=rows_per_call,
+            batch_format="numpy",
+            num_cpus=1.0 if on_gpu else resources.cpus_per_worker,
+        )
+        dataset = dataset.map_batches(
+            FocusWorker,
+            fn_constructor_kwargs={"settings": settings.as_dict()},
+            compute=ray.data.ActorPoolStrategy(
+                size=resources.workers,
+                max_concurrent_calls_per_actor=resources.calls_per_worker,
+                enable_true_multi_threading=resources.calls_per_worker > 1,
+            ),
+            batch_size=rows_per_call,
+            batch_format="numpy",
+            num_cpus=resources.cpus_per_worker,
+            num_gpus=resources.gpus_per_worker if on_gpu else None,
+        )
+        pending = {job.source: job for job in jobs}
+        last, interval = time.monotonic(), checkpoint_seconds
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for index in range(len(batch["source"])):
+                    row = normalize({column: batch[column][index] for column in batch})
+                    pending.pop(str(row["source"]), None)
+                    done.append(row)
+                if time.monotonic() - last > interval:
+                    began = time.monotonic()
+                    checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
+                    last = time.monotonic()
+                    # a million rows take seconds to write: keep that under a tenth
+                    interval = max(checkpoint_seconds, 10 * (last - began))
+        except BaseException as error:  # keep what was done, then stop
+            checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
+            if not isinstance(error, Exception):
+                raise
+            reasons = re.findall(rf"{re.escape(MODEL_ERROR)}(.+)", str(error))
+            if reasons:
+                raise RuntimeError(f"cannot load the model: {reasons[-1]}") from error
+            raise RuntimeError(f"the Ray run stopped: {error}") from error
+        return done, resources.workers
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,236 @@
+"""The results manifest of a distributed run, and what is made from it: the ranking CSV
+of ``napari-focus rank`` and a labeling series in that order.
+
+One row per input, columns:
+
+- ``source``: the input (absolute local path or URI); ``name``: its stem;
+- ``mask``, ``probability``: the output paths (``probability`` empty if not written);
+- ``status``: ``written`` (by this run), ``skipped`` (the outputs existed; the row keeps
+  the scores of the run that wrote them, when the earlier manifest has them) or
+  ``failed``; ``pending`` only in the copies written while a run goes on; ``error``: why
+  it failed (``Type: message``), else empty;
+- ``uncertainty``: :func:`napari_focus.quality.uncertainty` of the probability map
+  (mean binary entropy, bits); ``foreground``: the mask's share of foreground pixels;
+- ``seconds``: model time for the image (its share of a batch); ``width``, ``height``;
+- ``worker``: ``host:pid`` of the process that predicted it.
+
+Parquet (``.parquet``, the default ``focus_manifest.parquet`` in the output folder) or
+CSV (``.csv``: empty cell = missing). Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_write
+from .inputs import Job, is_uri
+
+MANIFEST_NAME = "focus_manifest.parquet"
+RANKING_NAME = "focus_rank.csv"
+STATUSES = ("written", "skipped", "failed", "pending")
+TEXT_COLUMNS = ("source", "name", "mask", "probability", "status", "error", "worker")
+FLOAT_COLUMNS = ("uncertainty", "foreground", "seconds")
+INT_COLUMNS = ("width", "height")
+COLUMNS = (
+    "source",
+    "name",
+    "mask",
+    "probability",
+    "status",
+    "error",
+    "uncertainty",
+    "foreground",
+    "seconds",
+    "width",
+    "height",
+    "worker",
+)
+
+
+def empty_row(job: Job, status: str, error: str = "") -> dict[str, Any]:
+    return {
+        **job.as_dict(),
+        "status": status,
+        "error": error,
+        "uncertainty": math.nan,
+        "foreground": math.nan,
+        "seconds": math.nan,
+        "width": None,
+        "height": None,
+        "worker": "",
+    }
+
+
+def normalize(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with every column, typed: text ('' if missing), float (NaN), int (None)."""
+    out: dict[str, Any] = {}
+    for column in TEXT_COLUMNS:
+        value = row.get(column)
+        out[column] = "" if value is None else str(value)
+    for column in FLOAT_COLUMNS:
+        value = row.get(column)
+        try:
+            out[column] = math.nan if value in (None, "") else float(value)
+        except (TypeError, ValueError):
+            out[column] = math.nan
+    for column in INT_COLUMNS:
+        value = row.get(column)
+        try:
+            out[column] = None if value in (None, "") else int(value)
+        except (TypeError, ValueError):
+            out[column] = None
+    if out["width"] == 0 and out["height"] == 0:  # unreadable image: size unknown
+        out["width"] = out["height"] = None
+    return {c: out[c] for c in COLUMNS}
+
+
+def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write the manifest (Parquet or CSV by the extension), atomically."""
+    path = Path(path)
+    table = [normalize(r) for r in rows]
+    if path.suffix.lower() == ".csv":
+        from ..quality import write_csv
+
+        return write_csv(table, path) if table else _write_header(path)
+    if path.suffix.lower() != ".parquet":
+        raise ValueError(f"manifest must end in .parquet or .csv, got {path.name!r}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [(c, pa.string()) for c in TEXT_COLUMNS[:6]]
+        + [(c, pa.float64()) for c in FLOAT_COLUMNS]
+        + [(c, pa.int64()) for c in INT_COLUMNS]
+        + [("worker", pa.string())]
+    )
+    data = pa.Table.from_pylist(table, schema=schema)
+    return atomic_write(path, lambda tmp: pq.write_table(data, tmp))
+
+
+def _write_header(path: Path) -> Path:
+    header = ",".join(COLUMNS) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(header, encoding="utf-8"))
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a manifest written by :func:`write_manifest`, normalized."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            return [normalize(r) for r in csv.DictReader(handle)]
+    import pyarrow.parquet as pq
+
+    return [normalize(r) for r in pq.read_table(path).to_pylist()]
+
+
+def carried_rows(jobs: Sequence[Job], previous: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Rows for inputs skipped because their outputs exist: the earlier row of the same
+    source (its scores) with status ``skipped``, or a row without scores."""
+    earlier = {r["source"]: r for r in previous if r.get("status") in ("written", "skipped")}
+    rows = []
+    for job in jobs:
+        row = empty_row(job, "skipped")
+        if job.source in earlier:
+            before = earlier[job.source]
+            for column in (*FLOAT_COLUMNS, *INT_COLUMNS, "worker"):
+                row[column] = before[column]
+        rows.append(row)
+    return rows
+
+
+# --- ranking and series --------------------------------------------------------------------
+
+
+def image_folder_of(rows: Sequence[Mapping[str, Any]]) -> Path | None:
+    """The deepest folder holding every local source, or None (no local source)."""
+    local = [Path(r["source"]).parent for r in rows if not is_uri(str(r["source"]))]
+    return Path(os.path.commonpath(local)) if local else None
+
+
+def ranking_rows(
+    rows: Sequence[Mapping[str, Any]], image_folder: str | os.PathLike | None = None
+) -> list[Any]:
+    """:class:`~napari_focus.series.rank.RankRow` per manifest row, most doubtful first
+    (``rank`` 1); rows without a score follow, failures come last. ``path`` is relative to
+    ``image_folder`` (default: :func:`image_folder_of`) as in ``napari-focus rank``."""
+    from ..series.rank import RankRow
+
+    folder = Path(image_folder) if image_folder is not None else image_folder_of(rows)
+    ranked = []
+    for row in map(normalize, rows):
+        source = row["source"]
+        key = source
+        if folder is not None and not is_uri(source):
+            key = Path(os.path.relpath(source, folder)).as_posix()
+        ranked.append(
+            RankRow(
+                path=key,
+                name=row["name"],
+                uncertainty=row["uncertainty"],
+                seconds=row["seconds"],
+                width=row["width"],
+                height=row["height"],
+                error=(row["error"] or "failed") if row["status"] == "failed" else None,
+            )
+        )
+
+    def order(r: Any) -> tuple[int, float]:
+        if r.error is not None:
+            return (2, 0.0)
+        return (1, 0.0) if math.isnan(r.uncertainty) else (0, -r.uncertainty)
+
+    ranked.sort(key=order)
+    for rank, row in enumerate(ranked, start=1):
+        row.rank = rank
+    return ranked
+
+
+def write_ranking(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    image_folder: str | os.PathLike | None = None,
+) -> Path:
+    """The manifest as a ``napari-focus rank`` CSV (see :func:`ranking_rows`)."""
+    from ..series.rank import write_ranking_csv
+
+    return write_ranking_csv(ranking_rows(rows, image_folder), path)
+
+
+def read_ranking(path: str | os.PathLike) -> dict[str, int]:
+    """``path`` column -> ``rank`` of a ranking CSV (``napari-focus rank`` or
+    :func:`write_ranking`)."""
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"rank", "path"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} is not a ranking CSV (needs 'rank' and 'path' columns)")
+        return {row["path"]: int(row["rank"]) for row in reader if row["path"]}
+
+
+def order_series(
+    series_folder: str | os.PathLike,
+    image_folder: str | os.PathLike,
+    ranking: str | os.PathLike | Mapping[str, int],
+) -> Any:
+    """Open (or create) the labeling series of ``image_folder`` kept in ``series_folder``
+    and put its queue in the ranking's order: most doubtful first, images the ranking does
+    not name last. A new series starts at its first image; a resumed one keeps its
+    current image and statuses. Returns the :class:`~napari_focus.series.SeriesState`.
+
+    Opened in the widget with *existing masks* set to the prediction folder, each image
+    starts from its predicted mask.
+    """
+    from ..series.state import STATE_NAME, load_or_create
+
+    ranks = read_ranking(ranking) if not isinstance(ranking, Mapping) else dict(ranking)
+    fresh = not (Path(series_folder) / STATE_NAME).exists()
+    state = load_or_create(series_folder, image_folder, recursive=any("/" in key for key in ranks))
+    state.queue.order_by({key: -rank for key, rank in ranks.items()}, descending=True)
+    if fresh and len(state.queue):
+        state.queue.jump(0)
+    state.save()
+    return state

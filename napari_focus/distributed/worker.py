@@ -1,0 +1,208 @@
+"""The two stages a distributed run maps over its inputs: decoding (Ray tasks) and
+prediction + writing (one FOCUS model per actor). Plain functions and classes: Ray Data
+runs them, nothing here imports Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .inputs import read_source
+
+#: start of the error a worker raises when it cannot load the model (found by the driver
+#: in Ray's wrapped error)
+MODEL_ERROR = "napari-focus worker cannot load the model: "
+JOB_COLUMNS = ("source", "name", "mask", "probability")
+#: Columns of the rows the workers return (see :mod:`.manifest` for their meaning).
+RESULT_COLUMNS = (
+    *JOB_COLUMNS,
+    "status",
+    "error",
+    "uncertainty",
+    "foreground",
+    "seconds",
+    "width",
+    "height",
+    "worker",
+)
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
+    """Read each source as ``(H, W, 3)`` uint8 RGB (the conversion ``predict`` applies
+    itself), carried as raw bytes so images of any size share a batch. An image that
+    cannot be read keeps its row, with ``error`` set."""
+    from ..transforms import to_rgb_uint8
+
+    out: dict[str, list] = {c: [] for c in (*JOB_COLUMNS, "pixels", "height", "width", "error")}
+    for index in range(len(batch["source"])):
+        for column in JOB_COLUMNS:
+            out[column].append(str(batch[column][index]))
+        try:
+            rgb = np.ascontiguousarray(to_rgb_uint8(read_source(str(batch["source"][index]))))
+            out["pixels"].append(rgb.tobytes())
+            out["height"].append(int(rgb.shape[0]))
+            out["width"].append(int(rgb.shape[1]))
+            out["error"].append("")
+        except Exception as error:  # a corrupt file is a failed row, not a failed run
+            out["pixels"].append(b"")
+            out["height"].append(0)
+            out["width"].append(0)
+            out["error"].append(describe(error))
+    return out
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every actor needs to load the model and write its outputs."""
+
+    task: str
+    size: str = "large"
+    weights: str | None = None
+    architecture: str | None = None  # model size given with a local checkpoint
+    device: str = "cpu"
+    threads: int = 1  # torch threads of a CPU worker
+    precision: str | None = None  # None: the loader's default
+    tta: bool = False
+    batch_size: int | None = None  # images per forward (None: the predictor's default)
+    compile: bool = False
+    overwrite: bool = False
+    run_started_ns: int = 0  # storage clock at the start of the run (see FocusWorker)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_predictor(settings: WorkerSettings) -> Any:
+    from ..predictor import FocusPredictor
+
+    options: dict[str, Any] = {"device": settings.device}
+    if settings.precision is not None:
+        options["precision"] = settings.precision
+    if settings.weights:
+        return FocusPredictor.from_checkpoint(
+            settings.weights, settings.task, architecture=settings.architecture, **options
+        )
+    return FocusPredictor.from_pretrained(settings.task, settings.size, **options)
+
+
+def _needs_write(path: str, settings: WorkerSettings) -> bool:
+    """False when ``path`` was already written by this run: an earlier attempt of the same
+    batch, on a worker that died after writing it. Inputs whose outputs existed before
+    the run never reach a worker unless ``overwrite``; then "this run" means a
+    modification time not before ``run_started_ns``."""
+    try:
+        modified = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return True
+    return settings.overwrite and modified < settings.run_started_ns
+
+
+class FocusWorker:
+    """One FOCUS model, loaded once; each call predicts a batch of decoded images, writes
+    their masks (and probability maps) and returns one result row per input.
+
+    Calls may run in two threads at once: the model serves one at a time, so one batch
+    is predicted while the previous one is written and scored."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = WorkerSettings(**settings)
+        if self.settings.device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, self.settings.threads))
+        try:
+            self.predictor = load_predictor(self.settings)
+            if self.settings.compile:
+                self.predictor.compile()
+        except Exception as error:
+            raise RuntimeError(f"{MODEL_ERROR}{error}") from error
+        self.model_lock = threading.Lock()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _predict(self, images: Sequence[np.ndarray]) -> list[tuple[Any, float]]:
+        """(prediction or exception, seconds) per image; a batch that fails is redone one
+        image at a time so that only the bad image fails."""
+        tta = self.settings.tta
+        if len(images) > 1 and hasattr(self.predictor, "predict_batch"):
+            start = time.perf_counter()
+            try:
+                results = self.predictor.predict_batch(
+                    list(images), tta=tta, batch_size=self.settings.batch_size
+                )
+            except Exception:
+                pass
+            else:
+                share = (time.perf_counter() - start) / len(images)
+                return [(result, share) for result in results]
+        out: list[tuple[Any, float]] = []
+        for image in images:
+            start = time.perf_counter()
+            try:
+                out.append((self.predictor.predict(image, tta=tta), time.perf_counter() - start))
+            except Exception as error:
+                out.append((error, time.perf_counter() - start))
+        return out
+
+    def _write(self, row: dict[str, Any], prediction: Any) -> None:
+        from ..io import write_mask, write_probability
+        from ..quality import uncertainty
+
+        writes: list[tuple[str, Callable[[str, np.ndarray], Any], np.ndarray]] = [
+            (row["mask"], write_mask, prediction.mask)
+        ]
+        if row["probability"]:
+            writes.append((row["probability"], write_probability, prediction.probability))
+        for path, write, data in writes:
+            if _needs_write(path, self.settings):
+                write(path, data)
+        row["uncertainty"] = uncertainty(prediction.probability)
+        row["foreground"] = float(np.count_nonzero(prediction.mask)) / prediction.mask.size
+        row["status"] = "written"
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        count = len(batch["source"])
+        rows = [
+            {
+                **{c: str(batch[c][i]) for c in JOB_COLUMNS},
+                "status": "failed",
+                "error": str(batch["error"][i]),
+                "uncertainty": float("nan"),
+                "foreground": float("nan"),
+                "seconds": float("nan"),
+                "width": int(batch["width"][i]),
+                "height": int(batch["height"][i]),
+                "worker": self.worker,
+            }
+            for i in range(count)
+        ]
+        readable = [i for i in range(count) if not rows[i]["error"]]
+        images = [
+            np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(
+                rows[i]["height"], rows[i]["width"], 3
+            )
+            for i in readable
+        ]
+        with self.model_lock:
+            predictions = self._predict(images)
+        for i, (result, seconds) in zip(readable, predictions, strict=True):
+            row = rows[i]
+            row["seconds"] = seconds
+            if isinstance(result, Exception):
+                row["error"] = describe(result)
+                continue
+            try:
+                self._write(row, result)
+            except Exception as error:  # disk full, permissions: this input failed
+                row["status"], row["error"] = "failed", describe(error)
+        return {c: [row[c] for row in rows] for c in RESULT_COLUMNS}

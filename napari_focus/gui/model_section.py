@@ -1,0 +1,160 @@
+"""Model section of the FOCUS widget: image, task, weights, device, precision; it keeps
+the loaded predictor and frees the old one before another is loaded."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
+
+from ..predictor import PRECISIONS
+from ..presets import SIZES, TASKS, task_info
+from .job import ModelKey
+from .layout import WrappingLabel, narrow_combo, narrow_line_edits
+
+
+def available_devices() -> list[str]:
+    devices = ["auto", "cpu"]
+    devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def kernel_status_text() -> str:
+    """One line on the deformable-attention kernels, without building anything."""
+    try:
+        from ..ops.doctor import kernel_status
+
+        status = kernel_status()
+    except Exception as error:  # the status line must never break the widget
+        return f"kernels: unknown ({error})"
+    parts = [
+        f"{name.upper()} {info.get('status', '?')}"
+        for name, info in status.get("kernels", {}).items()
+    ]
+    return "compiled kernels: " + (", ".join(parts) if parts else "none (PyTorch reference)")
+
+
+class ModelSection(Container):
+    """Which image and which model: every choice that decides the proposal."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self._predictor: Any = None
+        self._predictor_key: ModelKey | None = None
+        self.image = ComboBox(label="image", choices=owner.image_choices, nullable=True)
+        self.task = ComboBox(
+            label="task",
+            choices=[(f"{task_info(t)['name']} ({t.upper()})", t) for t in TASKS],
+            value="sod",
+        )
+        self.size = ComboBox(label="model size", choices=list(SIZES), value="large")
+        self.weights_source = ComboBox(
+            label="weights",
+            choices=[("official (Hugging Face hub)", "official"), ("local checkpoint", "file")],
+            value="official",
+        )
+        self.weights_path = FileEdit(
+            label="checkpoint", mode="r", filter="*.pth *.pt *.safetensors", visible=False
+        )
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        # The predictor's precisions; an "auto" choice appears here once the predictor
+        # accepts it.
+        self.precision = ComboBox(label="precision", choices=list(PRECISIONS), value="float32")
+        self.tta = CheckBox(text="test-time augmentation", value=False)
+        self.planes = ComboBox(
+            label="planes",
+            choices=[("current plane", "current"), ("all planes", "all")],
+            value="current",
+            visible=False,
+        )
+        self.kernels = WrappingLabel(label="kernels", value=kernel_status_text())
+        super().__init__(
+            widgets=[
+                self.image,
+                self.task,
+                self.size,
+                self.weights_source,
+                self.weights_path,
+                self.device,
+                self.precision,
+                self.tta,
+                self.planes,
+                self.kernels,
+            ],
+            labels=True,
+        )
+        for combo in (self.image, self.task, self.weights_source, self.planes):
+            narrow_combo(combo)
+        narrow_line_edits(self.weights_path)
+        self.image.tooltip = "The image layer to segment (the selected layer by default)"
+        self.task.tooltip = "What counts as foreground: each task has its own FOCUS weights"
+        self.size.tooltip = "FOCUS-L (large) or FOCUS-G (giant, slower, more memory)"
+        self.weights_source.tooltip = "Official weights from the Hugging Face hub, or a file"
+        self.weights_path.tooltip = "A FOCUS checkpoint (.pth or .safetensors)"
+        self.device.tooltip = "Where the model runs; auto picks a GPU when there is one"
+        self.precision.tooltip = (
+            "Number format of the model; half precision (float16/bfloat16) needs a GPU"
+        )
+        self.tta.tooltip = (
+            "Test-time augmentation: average 6 scales x 2 flips (12 passes); "
+            "better masks, 12x slower"
+        )
+        self.planes.tooltip = "For stacks: segment the plane on screen, or every plane"
+        self.weights_source.changed.connect(self._on_weights_source)
+
+    def _on_weights_source(self, source: str) -> None:
+        self.weights_path.visible = source == "file"
+        self.size.enabled = source == "official"
+
+    # ------------------------------------------------------------- model
+    def model_key(self) -> ModelKey:
+        weights = None
+        if self.weights_source.value == "file":
+            path = self.weights_path.value
+            if not path or not str(path).strip() or not path.is_file():
+                raise ValueError(
+                    "choose a checkpoint file (.pth or .safetensors) under 'checkpoint' first"
+                )
+            weights = str(path)
+        return ModelKey(
+            task=self.task.value,
+            size=self.size.value,
+            weights=weights,
+            device=self.device.value,
+            precision=self.precision.value,
+        )
+
+    def adopt_predictor(self, key: ModelKey, predictor: Any) -> None:
+        """Keep ``predictor`` for reuse while the settings stay at ``key``."""
+        if predictor is not self._predictor:
+            self.release_model()
+        self._predictor, self._predictor_key = predictor, key
+
+    def loaded_predictor(self) -> Any:
+        """The kept predictor if it matches the current settings; otherwise the old one
+        is freed (so two models never sit in memory) and None is returned."""
+        try:
+            key = self.model_key()
+        except ValueError:
+            return None
+        if self._predictor_key == key:
+            return self._predictor
+        self.release_model()
+        return None
+
+    def release_model(self) -> None:
+        """Drop the kept model and return its memory (GPU caches included)."""
+        if self._predictor is None:
+            return
+        device = getattr(self._predictor, "device", None)
+        self._predictor, self._predictor_key = None, None
+        gc.collect()
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def current_model(self) -> tuple[ModelKey | None, Any]:
+        return self._predictor_key, self._predictor

@@ -1,0 +1,113 @@
+"""Nothing the user painted is lost: autosave with a message in the widget's words when
+it fails, and a warning before napari closes with edits that cannot be saved."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QObject
+
+from .proposal_layers import META_KEY, is_edited
+from .series_layers import PROVENANCE_KEY
+
+PROVENANCE_FIELDS = ("task", "size", "weights", "device", "tta", "refinement", "source_image")
+
+
+def provenance_of(labels: Any) -> dict[str, Any] | None:
+    """Where a mask came from (model, task, refinement), to keep through an autosave."""
+    state = labels.metadata.get(META_KEY)
+    if isinstance(state, dict):
+        return {k: state.get(k) for k in PROVENANCE_FIELDS}
+    saved = labels.metadata.get(PROVENANCE_KEY)
+    return dict(saved) if isinstance(saved, dict) else None
+
+
+class CloseGuard:
+    """Autosaves for a series section; watches napari's main window for closing."""
+
+    def __init__(self, section: Any) -> None:
+        self.section = section
+        self._filter: Any = None
+        self.last_failure: str | None = None
+
+    def save_failure_text(self, error: OSError, what: str) -> str:
+        folder = self.section.state.output_folder if self.section.state else "the series folder"
+        reason = getattr(error, "reason", None) or error.strerror or str(error)
+        return (
+            f"could not save {what} in {folder}: {reason}. Your edits are still in the "
+            "viewer: free some space (or choose another series folder), then try again"
+        )
+
+    def autosave(self, labels: Any) -> bool:
+        """Save the shown mask's edits; False (and a message) when it cannot be saved."""
+        section = self.section
+        try:
+            section.state.autosave(
+                section.shown_key, np.asarray(labels.data) > 0, provenance_of(labels)
+            )
+        except OSError as error:
+            self.last_failure = self.save_failure_text(error, f"your edits of '{labels.name}'")
+            section._error(self.last_failure)
+            return False
+        self.last_failure = None
+        return True
+
+    def unsaved_labels(self) -> Any:
+        labels = self.section._proposal_labels()
+        if labels is None or self.section.state is None or self.section.shown_key is None:
+            return None
+        return labels if is_edited(labels) else None
+
+    def on_layer_removing(self, event: Any) -> None:
+        labels = self.unsaved_labels()
+        removed = self.section.viewer.layers[event.index]
+        # by name: the viewer proxy npe2 gives plugins wraps layers anew on each access
+        if labels is not None and removed.name == labels.name and not self.autosave(labels):
+            print(f"napari-focus: {self.last_failure}", file=sys.stderr)
+
+    # --- closing napari -------------------------------------------------------------
+    def install(self) -> None:
+        """Watch the window the widget is docked in (once)."""
+        if self._filter is not None:
+            return
+        window = self.section.native.window()
+        if window is None or window is self.section.native:
+            return
+        self._filter = _CloseFilter(self)
+        window.installEventFilter(self._filter)
+
+    def allow_close(self) -> bool:
+        """Save the edits before napari closes; if that fails, ask whether to close."""
+        labels = self.unsaved_labels()
+        if labels is None or self.autosave(labels):
+            self.section.prefetcher.stop()
+            self.section.shutdown_metrics()
+            return True
+        from . import dialogs
+
+        question = (
+            f"{self.last_failure}.\n\nClose napari anyway and lose your edits of '{labels.name}'?"
+        )
+        if dialogs.ask_yes_no(self.section.native, question):
+            self.section.prefetcher.stop()
+            self.section.shutdown_metrics()
+            return True
+        show_error(f"FOCUS series: {self.last_failure}")
+        return False
+
+
+class _CloseFilter(QObject):
+    """Asks the guard before napari's main window closes."""
+
+    def __init__(self, guard: CloseGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def eventFilter(self, _watched: Any, event: Any) -> bool:
+        if event.type() == QEvent.Type.Close and not self.guard.allow_close():
+            event.ignore()
+            return True
+        return False

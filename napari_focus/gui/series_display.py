@@ -1,0 +1,153 @@
+"""Showing the current item of a series: its image (decoded ahead when possible), then
+its saved mask or its proposal (mixed into
+:class:`~napari_focus.gui.series_section.SeriesSection`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..predictor import Prediction
+from ..quality import uncertainty
+from ..series import Status, find_reference_mask
+from ..series.images import load_series_image
+from .fields import chosen_dir
+from .job import JobResult, proposal_name
+from .planes import current_plane_index, layer_planes
+from .series_layers import retarget_mask_layers, series_layer, show_image, show_saved_mask, tag
+
+
+class SeriesDisplay:
+    """Image, mask and probability of the shown item."""
+
+    state: Any
+    owner: Any
+    viewer: Any
+    cache: Any
+    prefetcher: Any
+    decoded: Any
+    scores: dict[str, float]
+    references: Any
+    position: Any
+    jump_to: Any
+    _shown: str | None
+    _awaiting: str | None
+
+    def _read(self, item: Any) -> np.ndarray | None:
+        """The item's pixels: decoded ahead by the background worker, or read now."""
+        if item.path is None:
+            return None
+        decoded = self.decoded.pop(item.key, None)
+        return decoded if decoded is not None else load_series_image(item.path)
+
+    def _display(self, item: Any, image: np.ndarray | None) -> None:
+        assert self.state is not None
+        self._shown = item.key
+        self._awaiting = None
+        self._show_position(item)
+        self.jump_to.changed.disconnect(self._on_jump)
+        self.jump_to.value = self.state.queue.index + 1
+        self.jump_to.changed.connect(self._on_jump)
+
+        if item.path is None:  # a queue of open layers: show that layer
+            layer = self.viewer.layers[item.key]
+            for queued in self.state.queue:
+                if queued.key in self.viewer.layers:
+                    self.viewer.layers[queued.key].visible = queued.key == item.key
+        else:
+            layer = show_image(self.viewer, item.key, item.name, item.path, image)
+        self.owner.image.value = layer.name
+        shape = layer_planes(layer).spatial_shape
+        name = proposal_name(item.name, self.owner.task.value)
+        saved = self.state.load_autosaved(item.key)
+        start = saved if saved is not None else self._reference_mask(item.path)
+        prediction = self._known_prediction(item) if start is None else None
+        clear = start is None and prediction is None
+        retarget_mask_layers(self.viewer, item.key, shape, name, clear=clear)
+        if start is not None:
+            provenance = self.state.autosaved_provenance(item.key) if saved is not None else None
+            show_saved_mask(self.viewer, layer, item.key, name, start, provenance)
+            self.owner.set_status("loaded a saved mask")
+        elif prediction is not None:
+            self._show_prediction(layer, item.key, prediction)
+        else:
+            self._awaiting = item.key
+            self.owner.set_status(f"computing the proposal of {item.name}…")
+        self.owner.update_enabled()
+        self._schedule()
+
+    def _show_position(self, item: Any) -> None:
+        assert self.state is not None
+        counts = self.state.queue.counts()
+        failed = f", {counts[Status.FAILED]} failed" if counts[Status.FAILED] else ""
+        self.position.value = (
+            f"{self.state.queue.position_text()} {item.name} — {item.status}{failed}"
+        )
+
+    def _known_prediction(self, item: Any) -> Prediction | None:
+        """The proposal from memory, or from the series folder (computed earlier)."""
+        prediction = self.cache.get(item.key)
+        if prediction is None and self.state is not None:
+            self._use_model()
+            prediction = self.prefetcher.load_stored(item.key, item.path)
+        return prediction
+
+    def _reference_mask(self, path: Path | None) -> np.ndarray | None:
+        folder = chosen_dir(self.references.value)
+        if path is None or folder is None or not folder.is_dir():
+            return None
+        return find_reference_mask(path, folder)
+
+    def _image_layer_for(self, key: str) -> Any:
+        if self.state is not None and self.state.queue.item(key).path is None:
+            return self.viewer.layers[key]
+        return series_layer(self.viewer, "image")
+
+    def _source(self, key: str) -> Path | np.ndarray:
+        """What a background job reads for item ``key``: a file, or the pixels of a layer
+        (taken here, on the UI thread)."""
+        assert self.state is not None
+        item = self.state.queue.item(key)
+        if item.path is not None:
+            return item.path
+        layer = self.viewer.layers[key]
+        planes = layer_planes(layer)
+        return planes.plane(current_plane_index(layer, tuple(self.viewer.dims.point), planes))
+
+    def _show_prediction(self, layer: Any, key: str, prediction: Prediction) -> None:
+        assert self.state is not None
+        model_key, predictor = self.owner.current_model()
+        if predictor is None or model_key is None:
+            model_key, predictor = self.owner.model_key(), _StoredModel(self.owner)
+        result = JobResult(
+            predictor=predictor,
+            key=model_key,
+            indices=[()],
+            probabilities=[prediction.probability],
+            masks=[prediction.mask],
+        )
+        labels = self.owner.show_result(result, layer, layer_planes(layer))
+        name = proposal_name(layer.name, self.owner.task.value)
+        tag(labels, "labels", key)
+        tag(self.viewer.layers[f"{name} probability"], "probability", key)
+        self._awaiting = None
+        if key not in self.scores:
+            self.scores[key] = uncertainty(prediction.probability)
+        if self.state.queue.current.status is Status.PENDING:
+            try:
+                self.state.mark(key, Status.PROPOSED)
+            except OSError as error:
+                self._error(self.close_guard.save_failure_text(error, "the series state"))
+            self._show_position(self.state.queue.current)
+
+
+class _StoredModel:
+    """Stands in for the predictor of a proposal loaded from the series folder (only
+    its description is used)."""
+
+    def __init__(self, owner: Any) -> None:
+        key = owner.model_key()
+        self.device = key.device
+        self.architecture = type("Architecture", (), {"size_name": key.size})()

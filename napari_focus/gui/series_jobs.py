@@ -1,0 +1,154 @@
+"""Background work of the series: computing proposals ahead, one image at a time, in
+the order the user needs them (the plan lives in :mod:`napari_focus.series.prefetch`)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.qt.threading import thread_worker
+
+from ..predictor import FocusPredictor
+from ..quality import uncertainty
+from ..run_control import Cancelled, RunControl, watch_model
+from ..series import PrefetchCache
+from ..series.images import UnusableImageError, load_series_image
+from ..series.prefetch import JobBoard
+from ..series.proposal_store import ProposalStore
+from .job import ModelKey, gui_message, load_predictor
+
+
+def model_id(key: ModelKey) -> str:
+    """What identifies a series proposal's model (the proposal store's folder)."""
+    return f"{key.task}|{key.size}|{key.weights_id}|{key.precision}"
+
+
+def prefetch_job(
+    key: ModelKey,
+    predictor: FocusPredictor | None,
+    board: JobBoard,
+    store: ProposalStore | None,
+    control: RunControl,
+) -> Generator[tuple, None, None]:
+    """Load the model if needed, then take jobs from ``board`` until it is empty.
+
+    Yields ``("model", predictor)`` once when it loaded one; per image
+    ``("prediction", key, ticket, prediction, seconds, uncertainty, decoded image)``,
+    ``("unusable", key, ticket, reason)`` (the file cannot be part of the series) or
+    ``("failed", key, ticket, reason)``; ``("model_failed", reason)`` when the model
+    cannot be loaded.
+    """
+    if predictor is None:
+        try:
+            predictor = load_predictor(key)
+        except (ValueError, OSError, RuntimeError) as error:
+            yield ("model_failed", gui_message(error))
+            return
+        yield ("model", predictor)
+    while (job := board.take()) is not None:
+        item_key, ticket, source = job
+        start = time.perf_counter()
+        path = source if isinstance(source, Path) else None
+        try:
+            image = load_series_image(path) if path is not None else source
+        except UnusableImageError as error:
+            yield ("unusable", item_key, ticket, str(error))
+            continue
+        try:
+            with watch_model(predictor.model, control):
+                prediction = predictor.predict(image)
+        except Cancelled:
+            return
+        except (ValueError, OSError, RuntimeError) as error:
+            yield ("failed", item_key, ticket, gui_message(error))
+            continue
+        if store is not None:
+            with contextlib.suppress(OSError):  # a full disk only costs a recomputation
+                store.save(item_key, path, prediction.probability, prediction.mask)
+        score = uncertainty(prediction.probability)  # here: a 24-MP map takes 0.5 s
+        board.done(item_key)
+        seconds = time.perf_counter() - start
+        # the decoded file goes along, so showing it later costs the GUI no decoding
+        decoded = image if path is not None else None
+        yield ("prediction", item_key, ticket, prediction, seconds, score, decoded)
+
+
+class Prefetcher:
+    """One worker at a time over a :class:`JobBoard`; results go to ``on_message``."""
+
+    def __init__(self, cache: PrefetchCache, on_message: Callable[[tuple], None]) -> None:
+        self.cache = cache
+        self.board = JobBoard()
+        self.on_message = on_message
+        self.on_idle: Callable[[], None] = lambda: None
+        self._worker: Any = None
+        self._control: RunControl | None = None
+        self._model_id: str | None = None
+        self.store: ProposalStore | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def use_model(self, key: ModelKey, series_folder: Path) -> None:
+        """Forget results of another model (or series) before planning with ``key``."""
+        ident = f"{model_id(key)}|{series_folder}"
+        if ident != self._model_id:
+            self.cache.release(*[job[0] for job in self.board.replace([])])
+            self.cache.clear()
+            self._model_id = ident
+            self.store = ProposalStore(series_folder, model_id(key))
+
+    def plan(self, jobs: list[tuple[str, int, Any]]) -> None:
+        """Put ``jobs`` (claimed, nearest first) ahead of whatever was planned before,
+        release the claims no longer planned; the running computation goes on."""
+        keys = {job[0] for job in jobs}
+        kept = [job for job in self.board.pending() if job[0] not in keys]
+        dropped = self.board.replace([*jobs, *kept])
+        self.cache.release(*[job[0] for job in dropped])
+
+    def replan(self, wanted_keys: list[str]) -> None:
+        """Keep only the pending jobs of ``wanted_keys``, in that order."""
+        order = {key: i for i, key in enumerate(wanted_keys)}
+        pending = sorted(
+            (job for job in self.board.pending() if job[0] in order), key=lambda j: order[j[0]]
+        )
+        self.cache.release(*[job[0] for job in self.board.replace(pending)])
+
+    def start(self, key: ModelKey, predictor: FocusPredictor | None) -> None:
+        if self._worker is not None or not self.board.pending():
+            return
+        self._control = RunControl()
+        worker = thread_worker(prefetch_job, start_thread=False)(
+            key, predictor, self.board, self.store, self._control
+        )
+        worker.yielded.connect(self.on_message)
+        worker.errored.connect(lambda error: self.on_message(("model_failed", str(error))))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _on_finished(self) -> None:
+        self._worker, self._control = None, None
+        self.cache.release(*[job[0] for job in self.board.replace([])])
+        self.on_idle()
+
+    def stop(self) -> None:
+        """Cancel the running computation (napari closes) and drop the plan."""
+        self.cache.release(*[job[0] for job in self.board.replace([])])
+        if self._control is not None:
+            self._control.cancel()
+
+    def load_stored(self, item_key: str, path: Path | None) -> Any:
+        """A proposal of this model saved on disk earlier, as a prediction, or None."""
+        from ..predictor import Prediction
+
+        loaded = self.store.load(item_key, path) if self.store is not None else None
+        if loaded is None:
+            return None
+        probability, mask = loaded
+        return Prediction(probability=probability, mask=np.asarray(mask, np.uint8))

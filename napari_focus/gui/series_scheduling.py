@@ -1,0 +1,106 @@
+"""Planning the series' background work from what is on screen, and taking its
+results (mixed into :class:`~napari_focus.gui.series_section.SeriesSection`)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from napari.utils.notifications import show_warning
+
+from ..series import needs_proposal
+
+DECODED_IMAGES = 3  # decoded files kept for display (a 24-MP RGB image is 72 MB)
+
+
+class SeriesScheduling:
+    """The image on screen first, then the next ones; results kept when they arrive."""
+
+    state: Any
+    owner: Any
+    cache: Any
+    prefetcher: Any
+    scores: dict[str, float]
+    seconds: dict[str, float]
+    decoded: OrderedDict[str, Any]
+    _awaiting: str | None
+    _model_error: Any
+    _rank_wanted: bool
+
+    def _use_model(self) -> Any:
+        assert self.state is not None
+        key = self.owner.model_key()
+        self.prefetcher.use_model(key, self.state.output_folder)
+        return key
+
+    def _schedule(self) -> None:
+        """Plan the image on screen first, then the next ones; start the worker if idle.
+        A computation already running goes on (its result is kept)."""
+        if self.state is None:
+            return
+        try:
+            key = self._use_model()
+        except ValueError as error:
+            self._error(str(error))
+            return
+        if key == self._model_error:
+            return
+        queue = self.state.queue
+        current = queue.current.key if queue.current else None
+        store = self.prefetcher.store
+
+        def wanted(item: Any) -> bool:
+            if store is not None and store.has(item.key):
+                return item.key == current and self._awaiting == current
+            if item.key == current:  # shown with a saved mask: no proposal needed
+                return self._awaiting == current
+            return self.prefetch.value and needs_proposal(item)
+
+        window = self.cache.window(queue)
+        self.prefetcher.replan([k for k in window if wanted(queue.item(k))])
+        jobs = self.cache.schedule(queue, wanted=wanted)
+        if jobs:
+            self.prefetcher.plan([(k, ticket, self._source(k)) for k, ticket in jobs])
+        self.prefetcher.start(key, self.owner.loaded_predictor())
+
+    def _on_prefetched(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "model":
+            self.owner.adopt_predictor(self.owner.model_key(), message[1])
+        elif kind == "model_failed":
+            self._model_error = self.owner.model_key()
+            self._error(message[1])
+        elif kind in ("unusable", "failed"):
+            _, key, ticket, text = message
+            self.cache.fail(key, ticket)
+            self.scores[key] = float("nan")
+            if kind == "unusable":
+                self._mark_unusable(key, text)
+            else:
+                self._error(f"{key}: {text}")
+            if key == self._awaiting:
+                self.owner.set_status(f"error: {text}")
+        else:
+            _, key, ticket, prediction, seconds, score, decoded = message
+            if decoded is not None:
+                self.decoded[key] = decoded
+                while len(self.decoded) > DECODED_IMAGES:
+                    self.decoded.popitem(last=False)
+            self.seconds[key] = seconds
+            self.scores[key] = score
+            if self.cache.store(key, prediction, ticket) and key == self._awaiting:
+                self._show_prediction(self._image_layer_for(key), key, prediction)
+
+    def _mark_unusable(self, key: str, reason: str) -> None:
+        assert self.state is not None
+        try:
+            self.state.mark_failed(key, reason)
+        except OSError as error:
+            self.state.queue.mark_failed(key, reason)
+            self._error(self.close_guard.save_failure_text(error, "the series state"))
+        show_warning(f"FOCUS series: skipped {key}: {reason}")
+
+    def _on_prefetch_idle(self) -> None:
+        if self._rank_wanted:
+            self.order_by_uncertainty()
+        self._schedule()

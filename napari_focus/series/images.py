@@ -1,0 +1,45 @@
+"""Reading a series image, or saying in words why it cannot be part of the series."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io import read_image
+from ..transforms import MIN_SIDE
+
+
+class UnusableImageError(ValueError):
+    """The file cannot be read, or is not one 2-D image; the message says which."""
+
+
+def load_series_image(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of one series image: gray ``(H, W)``, ``(H, W, 1)``, RGB or RGBA of
+    any numeric dtype, both sides at least ``MIN_SIDE``. Anything else (an unreadable
+    file, a multi-plane TIFF, a speck) raises :class:`UnusableImageError`."""
+    path = Path(path)
+    try:
+        image = read_image(path)
+    except Exception as error:  # PIL and tifffile raise many kinds; each means unreadable
+        raise UnusableImageError(f"cannot read {path.name}: {error}") from error
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[-1] not in (1, 3, 4):
+        raise UnusableImageError(
+            f"{path.name} has {shape[0] if shape[0] < shape[-1] else shape[-1]} planes "
+            f"(shape {shape}); a series takes single images (gray, RGB or RGBA): open a "
+            "stack as a layer and press Run"
+        )
+    if image.ndim not in (2, 3):
+        raise UnusableImageError(
+            f"{path.name} has shape {shape}; a series takes single images (gray, RGB or RGBA)"
+        )
+    if min(shape[:2]) < MIN_SIDE:
+        raise UnusableImageError(
+            f"{path.name} is {shape[0]}x{shape[1]} pixels; FOCUS needs at least "
+            f"{MIN_SIDE}x{MIN_SIDE}"
+        )
+    if np.dtype(image.dtype).kind not in "uifb":
+        raise UnusableImageError(f"{path.name} has pixels of type {image.dtype}; expected numbers")
+    return image[..., 0] if image.ndim == 3 and shape[-1] == 1 else image

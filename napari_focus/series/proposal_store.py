@@ -1,0 +1,76 @@
+"""Proposals of a series kept on disk, so going back never runs the model again.
+
+``<series folder>/proposals/<model id hash>/<work name>.npz`` holds the probability map
+(float16) and the model's own mask (bit-packed) of one image, with the image file's size
+and modification time: a changed image does not get a stale proposal. One subfolder per
+model (task, weights, size, precision, TTA), so switching models never mixes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write
+from .state import work_name
+
+FOLDER = "proposals"
+
+
+def image_signature(path: Path | None) -> np.ndarray:
+    """``[size, mtime_ns]`` of an image file (zeros for an in-memory layer)."""
+    if path is None:
+        return np.zeros(2, np.int64)
+    stat = path.stat()
+    return np.array([stat.st_size, stat.st_mtime_ns], np.int64)
+
+
+class ProposalStore:
+    """Save and load the proposals of one model for the images of one series."""
+
+    def __init__(self, series_folder: str | os.PathLike, model_id: str) -> None:
+        digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
+        self.folder = Path(series_folder) / FOLDER / digest
+        self.model_id = model_id
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{work_name(key)}.npz"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def save(self, key: str, source: Path | None, probability: np.ndarray, mask: np.ndarray):
+        """Write atomically (call from a worker thread: a 24-MP map is ~50 MB)."""
+        packed = np.packbits(np.asarray(mask) > 0)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle,
+                    probability=np.asarray(probability, np.float16),
+                    mask=packed,
+                    shape=np.array(mask.shape, np.int64),
+                    signature=image_signature(source),
+                )
+
+        return atomic_write(self.path(key), write)
+
+    def load(self, key: str, source: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(probability float32, mask uint8)``, or None when absent, unreadable or made
+        from a different version of the image."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                if not np.array_equal(data["signature"], image_signature(source)):
+                    return None
+                shape = tuple(int(s) for s in data["shape"])
+                count = int(np.prod(shape))
+                mask = np.unpackbits(data["mask"], count=count).reshape(shape)
+                return data["probability"].astype(np.float32), mask.astype(np.uint8)
+        except (OSError, ValueError, KeyError):
+            return None

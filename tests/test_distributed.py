@@ -1,0 +1,422 @@
+"""Distributed prediction on a local Ray instance (2 CPUs) with the tiny model, against the
+local `napari-focus predict`; plus the pieces around it (inputs, resources, manifest,
+ranking, series order) without Ray.
+
+Each tiny-model prediction costs seconds on a CPU and each Ray worker loads its own
+model, so the Ray runs are few: one folder run (reused by the rerun test) and one run
+with a killed worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_focus import FocusPredictor
+from napari_focus.cli import main
+from napari_focus.distributed import (
+    order_series,
+    plan_resources,
+    ranking_rows,
+    read_manifest,
+    read_ranking,
+    write_manifest,
+    write_ranking,
+)
+from napari_focus.distributed.inputs import list_sources, plan_outputs
+from napari_focus.io import write_mask
+from napari_focus.series.references import reference_mask_path
+
+OLD_TIME_NS = 1_000_000_000 * 10**9
+
+
+def run_cli(*args: str | os.PathLike) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_mlp, tmp_path_factory) -> Path:
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    folder = tmp_path_factory.mktemp("weights")
+    return predictor.save_inference_checkpoint(folder / "tiny_sod.safetensors", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def images(focus_reference, tmp_path_factory) -> Path:
+    """photo.png (RGB), gray.png (8-bit gray), tall.jpg, broken.png (corrupt), notes.txt."""
+    folder = tmp_path_factory.mktemp("images")
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    source.resize((80, 64), Image.BILINEAR).save(folder / "photo.png")
+    source.convert("L").crop((60, 40, 188, 168)).resize((64, 64)).save(folder / "gray.png")
+    source.resize((64, 96), Image.BILINEAR).save(folder / "tall.jpg", quality=90)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def both_runs(ray_local, images, weights, tmp_path_factory):
+    """The folder through the local CLI and through --engine ray (with a series)."""
+    root = tmp_path_factory.mktemp("runs")
+    common = ("--task", "sod", "--weights", weights, "--probability", "--quiet")
+    local = run_cli("predict", images, "--out", root / "local", "--device", "cpu", *common)
+    distributed = run_cli(
+        "predict", images, "--out", root / "ray", "--engine", "ray", "--num-workers", "1",
+        "--series", root / "series", *common,
+    )  # fmt: skip
+    return root, local, distributed
+
+
+def test_ray_engine_writes_the_local_masks(both_runs, images):
+    """Same masks as the local engine; the corrupt file is a failed row, not a crash."""
+    root, (local_code, local_err), (code, err) = both_runs
+    assert local_code == 1, local_err
+    assert code == 1, err  # because of broken.png
+    assert "3 written, 0 skipped" in err and "1 failed" in err
+    assert "broken.png" in err
+
+    outputs = sorted(p.name for p in (root / "local").iterdir())
+    assert outputs == [
+        "gray.png", "gray_probability.png", "photo.png", "photo_probability.png",
+        "tall.png", "tall_probability.png",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (root / "ray").iterdir()) == sorted(
+        [*outputs, "focus_manifest.parquet", "focus_rank.csv"]
+    )
+    for name in ("gray", "photo", "tall"):
+        local_mask = (root / "local" / f"{name}.png").read_bytes()
+        assert (root / "ray" / f"{name}.png").read_bytes() == local_mask, name
+        # probabilities are float sums whose last bits follow the thread count
+        local_prob = np.array(Image.open(root / "local" / f"{name}_probability.png"), int)
+        prob = np.array(Image.open(root / "ray" / f"{name}_probability.png"), int)
+        assert np.abs(prob - local_prob).max() <= 1
+
+    rows = {
+        Path(r["source"]).name: r for r in read_manifest(root / "ray" / "focus_manifest.parquet")
+    }
+    assert sorted(rows) == ["broken.png", "gray.png", "photo.png", "tall.jpg"]
+    broken = rows.pop("broken.png")
+    local_reason = local_err.split(f"failed: {images / 'broken.png'}: ")[-1].strip()
+    assert broken["status"] == "failed" and broken["error"].endswith(local_reason)
+    assert math.isnan(broken["uncertainty"])
+    for name, row in rows.items():
+        assert row["status"] == "written" and row["error"] == "", name
+        mask = np.array(Image.open(row["mask"])) > 0
+        assert row["foreground"] == pytest.approx(mask.mean())
+        assert (row["height"], row["width"]) == mask.shape
+        assert 0 <= row["uncertainty"] <= 1 and row["seconds"] > 0
+        assert row["probability"].endswith(f"{row['name']}_probability.png")
+
+
+def test_ranking_and_series_follow_the_uncertainty(both_runs, images):
+    root, _, _ = both_runs
+    rows = read_manifest(root / "ray" / "focus_manifest.parquet")
+    by_doubt = sorted(
+        (r for r in rows if r["status"] == "written"), key=lambda r: -r["uncertainty"]
+    )
+    expected = [Path(r["source"]).name for r in by_doubt] + ["broken.png"]
+    ranks = read_ranking(root / "ray" / "focus_rank.csv")
+    assert sorted(ranks, key=ranks.get) == expected
+
+    from napari_focus.series.state import load_or_create
+
+    state = load_or_create(root / "series", images)
+    assert state.queue.keys() == expected
+    assert state.queue.current.key == expected[0]
+    # the widget's "existing masks" folder: each image finds its predicted mask
+    for key in expected[:-1]:
+        found = reference_mask_path(images / key, root / "ray", relative=key)
+        assert found == root / "ray" / f"{Path(key).stem}.png"
+    assert reference_mask_path(images / "broken.png", root / "ray") is None
+
+
+def test_rerun_skips_everything(both_runs, images, weights):
+    root, _, _ = both_runs
+    out = root / "ray"
+    for path in out.iterdir():
+        if path.suffix == ".png":
+            os.utime(path, ns=(OLD_TIME_NS, OLD_TIME_NS))
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    first = {r["source"]: r for r in read_manifest(out / "focus_manifest.parquet")}
+
+    valid = [images / "photo.png", images / "gray.png", images / "tall.jpg"]
+    code, err = run_cli(
+        "predict", *valid, "--task", "sod", "--weights", weights, "--out", out,
+        "--probability", "--engine", "ray", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "0 written, 3 skipped" in err and "0 failed" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == before
+    rows = read_manifest(out / "focus_manifest.parquet")
+    assert [Path(r["source"]).name for r in rows] == ["photo.png", "gray.png", "tall.jpg"]
+    for row in rows:  # the scores of the run that wrote the outputs are kept
+        assert row["status"] == "skipped"
+        assert row["uncertainty"] == first[row["source"]]["uncertainty"]
+        assert row["worker"] == first[row["source"]]["worker"]
+
+
+def _actor_pids() -> list[int]:
+    import psutil
+
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "FocusWorker" in " ".join(process.info["cmdline"] or []):
+                pids.append(process.info["pid"])
+    return pids
+
+
+def test_killed_worker_is_retried_and_nothing_is_written_twice(
+    ray_local, focus_reference, weights, tmp_path, caplog
+):
+    from napari_focus.distributed import predict_dataset
+
+    # Ray Data's debug record of its settings has a formatting error that pytest's log
+    # capture raises (logging's own handlers print it and go on)
+    caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
+
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = [f"img_{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        source.rotate(30 * i).resize((64 + 8 * i, 72), Image.BILINEAR).save(folder / f"{name}.png")
+    # inputs as a list file, one entry a file:// URI
+    listing = tmp_path / "inputs.txt"
+    entries = [f"images/{n}.png" for n in names[:-1]] + [(folder / f"{names[-1]}.png").as_uri()]
+    listing.write_text("# six images\n" + "\n".join(entries) + "\n")
+    out = tmp_path / "masks"
+
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["run"] = predict_dataset(
+                listing, out, task="sod", weights=weights, num_workers=2, batch_size=1,
+                probability=True, progress=False,
+            )  # fmt: skip
+        except BaseException as error:
+            result["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    first_seen: dict[str, tuple[int, int]] = {}
+    killed, written_at_kill = None, 0
+    deadline = time.monotonic() + 600
+    while thread.is_alive() and time.monotonic() < deadline:
+        if out.is_dir():
+            for path in out.iterdir():
+                if path.suffix == ".png" and path.name not in first_seen:
+                    stat = path.stat()
+                    first_seen[path.name] = (stat.st_ino, stat.st_mtime_ns)
+        masks = [n for n in first_seen if not n.endswith("_probability.png")]
+        if killed is None and masks:
+            pids = _actor_pids()
+            if pids:
+                killed, written_at_kill = pids[0], len(masks)
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    thread.join(timeout=60)
+    assert "error" not in result, result.get("error")
+    assert killed is not None and written_at_kill < len(names)
+
+    run = result["run"]
+    assert [r["name"] for r in run.rows] == names
+    assert [r["status"] for r in run.rows] == ["written"] * len(names), run.rows
+    expected = sorted([f"{n}.png" for n in names] + [f"{n}_probability.png" for n in names])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected, "focus_manifest.parquet"])
+    for name in expected:  # every output written once: the file first seen is the last
+        stat = (out / name).stat()
+        assert first_seen.get(name, (stat.st_ino, stat.st_mtime_ns)) == (
+            stat.st_ino,
+            stat.st_mtime_ns,
+        ), name
+    assert len(read_manifest(run.manifest)) == len(names)
+
+
+# --- without Ray ---------------------------------------------------------------------------
+
+
+def test_sources_from_folders_globs_lists_and_uris(images, tmp_path):
+    pytest.importorskip("pyarrow")  # object-store URIs go through pyarrow's file systems
+    remote = tmp_path / "bucket"
+    remote.mkdir()
+    for name in ("x.png", "gray.png", "readme.txt"):
+        (remote / name).write_bytes(b"")
+    listing = tmp_path / "more.list"
+    listing.write_text(f"# inputs\n{images / 'photo.png'}\n\n{images}/*.jpg\nmissing.png\n")
+    sources, unmatched = list_sources(
+        [str(images / "gray.png"), remote.as_uri(), str(listing), str(tmp_path / "nope")]
+    )
+    assert sources == [
+        str(images / "gray.png"),
+        (remote / "gray.png").as_uri(),
+        (remote / "x.png").as_uri(),
+        str(images / "photo.png"),
+        str(images / "tall.jpg"),
+    ]
+    assert unmatched == [
+        f"{tmp_path / 'missing.png'} (listed in {listing})",
+        str(tmp_path / "nope"),
+    ]
+
+    plan = plan_outputs(sources, tmp_path / "out", image_format="tif", probability=True)
+    assert [j.name for j in plan.todo] == ["gray", "x", "photo", "tall"]
+    assert plan.todo[0].probability == str(tmp_path / "out" / "gray_probability.tif")
+    ((clash, reason),) = plan.clashes
+    assert clash.source == (remote / "gray.png").as_uri() and "same output name" in reason
+
+
+def test_resources_default_to_one_worker_per_gpu_or_node():
+    cpu = {"CPU": 16.0}
+    assert plan_resources(cpu, 8, num_workers=None, gpus_per_worker=None, cpus_per_worker=None) == (
+        plan_resources(cpu, 8, num_workers=2, gpus_per_worker=0, cpus_per_worker=None)
+    )
+    plan = plan_resources(cpu, 8, num_workers=None, gpus_per_worker=None, cpus_per_worker=None)
+    assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (2, 0.0, 8.0)
+    gpu = {"CPU": 32.0, "GPU": 4.0}
+    plan = plan_resources(gpu, 16, num_workers=None, gpus_per_worker=0.5, cpus_per_worker=None)
+    assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (8, 0.5, 1.0)
+    assert plan.calls_per_worker == 2  # a batch in the model while the last one is written
+    with pytest.raises(ValueError, match="has 0 GPUs"):
+        plan_resources(cpu, 8, num_workers=None, gpus_per_worker=1, cpus_per_worker=None)
+    with pytest.raises(ValueError, match="largest node has 8"):
+        plan_resources(cpu, 8, num_workers=None, gpus_per_worker=0, cpus_per_worker=12)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_manifest_round_trip_and_ranking(tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    images = tmp_path / "images"
+    rows = [
+        {"source": str(images / "a.png"), "name": "a", "mask": "m/a.png", "status": "written",
+         "uncertainty": 0.2, "foreground": 0.5, "seconds": 1.5, "width": 8, "height": 6,
+         "worker": "node:1"},
+        {"source": str(images / "sub/b.png"), "name": "b", "mask": "m/b.png",
+         "status": "failed", "error": "ValueError: too small"},
+        {"source": str(images / "c.png"), "name": "c", "mask": "m/c.png", "status": "skipped"},
+        {"source": str(images / "d.png"), "name": "d", "mask": "m/d.png", "status": "written",
+         "uncertainty": 0.7, "foreground": 0.1, "seconds": 1.0, "width": 8, "height": 8},
+    ]  # fmt: skip
+    path = write_manifest(rows, tmp_path / f"manifest{suffix}")
+    back = read_manifest(path)
+    assert [r["name"] for r in back] == ["a", "b", "c", "d"]
+    assert back[0]["uncertainty"] == 0.2 and back[0]["width"] == 8
+    assert math.isnan(back[1]["uncertainty"]) and back[1]["width"] is None
+    assert back[1]["error"] == "ValueError: too small" and back[2]["error"] == ""
+
+    ranked = ranking_rows(back)
+    assert [(r.rank, r.path) for r in ranked] == [
+        (1, "d.png"),
+        (2, "a.png"),
+        (3, "c.png"),
+        (4, "sub/b.png"),
+    ]
+    assert ranked[-1].error == "ValueError: too small"
+    ranks = read_ranking(write_ranking(back, tmp_path / "rank.csv"))
+    assert ranks == {"d.png": 1, "a.png": 2, "c.png": 3, "sub/b.png": 4}
+
+
+def test_order_series_resumes_with_its_statuses(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / f"{name}.png")
+    state = order_series(tmp_path / "series", images, {"c.png": 1, "a.png": 2})
+    assert state.queue.keys() == ["c.png", "a.png", "b.png"]
+    assert state.queue.current.key == "c.png"
+    state.mark("a.png", "accepted")
+    state.queue.jump(2)
+    state.save()
+    again = order_series(tmp_path / "series", images, {"a.png": 1, "b.png": 2, "c.png": 3})
+    assert again.queue.keys() == ["a.png", "b.png", "c.png"]
+    assert again.queue.item("a.png").status == "accepted"
+    assert again.queue.current.key == "b.png"
+    with pytest.raises(ValueError, match="not a ranking CSV"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("name,score\na,1\n")
+        order_series(tmp_path / "series", images, bad)
+
+
+def test_leftover_temporary_files_are_recognised(tmp_path):
+    from napari_focus.atomic import temp_path
+    from napari_focus.distributed.engine import _leftover_temps
+
+    [job] = plan_outputs(["/data/cat.png"], tmp_path, probability=True).todo
+    write_mask(job.mask, np.ones((4, 4), np.uint8))
+    leftovers = [temp_path(job.mask), temp_path(job.probability)]
+    others = [temp_path(tmp_path / "dog.png"), tmp_path / ".cat.k2x_9abc.png"]
+    old = temp_path(job.mask)  # from an earlier run: not this run's to remove
+    for path in [*leftovers, *others, old]:
+        path.write_bytes(b"")
+    os.utime(old, ns=(OLD_TIME_NS, OLD_TIME_NS))
+    found = _leftover_temps([job], since_ns=OLD_TIME_NS + 1)
+    assert sorted(found) == sorted(leftovers)
+
+
+def test_a_model_the_workers_cannot_load_is_a_clear_error(ray_local, images, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    code, err = run_cli(
+        "predict", images / "photo.png", "--task", "sod", "--weights", bad, "--out",
+        tmp_path / "out", "--engine", "ray", "--quiet",
+    )  # fmt: skip
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"napari-focus: cannot load the model: {bad}"), last
+    rows = read_manifest(tmp_path / "out" / "focus_manifest.parquet")
+    assert [r["status"] for r in rows] == ["pending"]
+
+
+def test_engine_ray_without_ray_says_how_to_install(images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code, err = run_cli(
+        "predict", images / "photo.png", "--task", "sod", "--out", tmp_path, "--engine", "ray"
+    )
+    assert code == 2
+    assert "pip install 'napari-focus[ray]'" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_settings_stop_before_any_work(images, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    common = ("predict", images / "photo.png", "--task", "sod", "--out", out, "--engine", "ray")
+    code, err = run_cli(*common, "--manifest", tmp_path / "results.json")
+    assert code == 2 and "must end in .parquet or .csv" in err
+    code, err = run_cli(*common, "--weights", tmp_path / "missing.safetensors")
+    assert code == 2 and "weights file not found" in err
+    code, err = run_cli(*common, "--device", "cuda:1")
+    assert code == 2 and "--gpus-per-worker" in err
+    assert not out.exists()

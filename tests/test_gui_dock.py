@@ -1,0 +1,201 @@
+"""The dock on a 1366x768 laptop screen: size, reachability, tooltips, shortcuts, undo,
+stages and cancel (run under `xvfb-run -s "-screen 0 1366x768x24"`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.transform import resize
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_focus.gui import dialogs  # noqa: E402
+from napari_focus.gui.samples import coffee  # noqa: E402
+from napari_focus.gui.shortcuts import SHORTCUTS  # noqa: E402
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def small_coffee() -> np.ndarray:
+    image = coffee()[0][0]
+    return (resize(image, (60, 90), anti_aliasing=True) * 255).astype(np.uint8)
+
+
+def _shown_window(qtbot, widget):
+    from qtpy.QtWidgets import QApplication
+
+    window = widget.native.window()
+    window.show()
+    window.resize(1366, 768)
+    qtbot.wait(300)
+    return window, QApplication.primaryScreen().availableGeometry()
+
+
+def test_dock_fits_the_screen_after_a_long_error(qtbot, open_focus_widget, monkeypatch):
+    from napari_focus.gui import widget as widget_module
+
+    monkeypatch.setattr(widget_module, "show_error", lambda text: None)
+    _viewer, widget = open_focus_widget()
+    window, available = _shown_window(qtbot, widget)
+    from qtpy.QtCore import QRect
+
+    screen = available.intersected(QRect(0, 0, 1366, 768))  # a laptop, at most
+    opened_width = widget.native.width()
+    for _title, _section in widget.sections.items():
+        widget.show_section(_title)
+        qtbot.wait(50)
+    long_words = " ".join(["unreachable-host.example.org/" + "x" * 120] * 30)
+    widget.report_error(OSError(long_words))
+    widget.series.quality.value = "q" * 2000
+    widget.export_section.result_label.value = "e" * 2000
+    qtbot.wait(300)
+    assert widget.native.width() <= opened_width
+    assert widget.native.height() <= screen.height()
+    assert window.frameGeometry().width() <= screen.width() + 16
+    assert window.frameGeometry().height() <= screen.height() + 40
+    assert long_words in widget.status.native.toolTip()  # the full text stays readable
+
+
+def test_every_series_button_is_reachable(qtbot, open_focus_widget):
+    from qtpy.QtWidgets import QScrollArea
+
+    _viewer, widget = open_focus_widget()
+    _shown_window(qtbot, widget)
+    widget.show_section("Series")
+    area = widget.tabs.currentWidget()
+    assert isinstance(area, QScrollArea)
+    series = widget.series
+    for button in [series.open_button, series.layers_button, *series._buttons()]:
+        area.ensureWidgetVisible(button.native)
+        qtbot.wait(20)
+        assert not button.native.visibleRegion().isEmpty(), button.text
+    footer = widget.footer.native
+    assert not footer.visibleRegion().isEmpty()  # Run / Cancel / status: always visible
+
+
+def test_tooltips_enabled_states_and_shortcuts(qtbot, open_focus_widget, small_coffee):
+    from magicgui.widgets import Label
+    from napari.utils.key_bindings import KeyBinding
+
+    viewer, widget = open_focus_widget()
+    controls = [widget.run_button, widget.cancel_button]
+    for section in widget.sections.values():
+        stack = [section]
+        while stack:
+            item = stack.pop()
+            children = getattr(item, "_list", None)
+            if children is not None and not hasattr(item, "mode"):  # a container
+                stack.extend(children)
+            elif not isinstance(item, Label):
+                controls.append(item)
+    missing = [getattr(c, "label", None) or c for c in controls if not c.tooltip]
+    assert not missing, f"controls without a tooltip: {missing}"
+
+    assert not widget.run_button.enabled  # no image yet
+    assert not widget.export_section.export_button.enabled  # no proposal yet
+    viewer.add_image(small_coffee, name="cup")
+    assert widget.run_button.enabled
+
+    for key, _text, _path in SHORTCUTS:
+        assert KeyBinding.from_str(key) in viewer.keymap, key
+    assert "Shift+N" in widget.series.next_button.tooltip
+    viewer.keymap[KeyBinding.from_str("Shift-R")](viewer)  # = pressing Run
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "cup [FOCUS SOD]" in viewer.layers
+    assert widget.export_section.export_button.enabled
+
+    widget.native.close()
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: KeyBinding.from_str("Shift-N") not in viewer.keymap, timeout=5000)
+
+
+def test_undo_after_a_refinement_gives_the_refinement(
+    qtbot, open_focus_widget, small_coffee, monkeypatch
+):
+    from napari_focus.mask_ops import Refinement, refine
+
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    labels = viewer.layers["cup [FOCUS SOD]"]
+    state = labels.metadata["napari_focus"]
+    labels.paint((5, 5), 1)  # a stroke, recorded in napari's undo history
+    labels.paint((30, 40), 0)
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _parent, _question: True)
+    widget.official.value = False
+    widget.threshold.value = 0.35
+    qtbot.waitUntil(lambda: widget.refine_section.idle, timeout=WAIT_MS)
+    expected = refine(state["probability"], state["official_mask"], Refinement(threshold=0.35))
+    np.testing.assert_array_equal(labels.data, expected)
+    labels.undo()  # Ctrl+Z
+    np.testing.assert_array_equal(labels.data, expected)
+
+    labels.paint((20, 20), 1)
+    widget.refine_section.reset_button.native.click()  # Shift+O: back to the proposal
+    np.testing.assert_array_equal(labels.data, expected)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, expected)
+
+
+def test_run_shows_stages_and_cancel_stops_inside_the_forward(
+    qtbot, open_focus_widget, small_coffee, monkeypatch
+):
+    import threading
+    import time
+
+    from napari_focus.model.vit import Block
+
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)  # model loaded
+    entered = threading.Event()
+    original = Block.forward
+
+    def slow_block(self, x):
+        entered.set()
+        time.sleep(0.3)
+        return original(self, x)
+
+    monkeypatch.setattr(Block, "forward", slow_block)
+    viewer.layers.remove("cup [FOCUS SOD]")
+    viewer.layers.remove("cup [FOCUS SOD] probability")
+    widget.run()
+    qtbot.waitUntil(entered.is_set, timeout=WAIT_MS)
+    qtbot.wait(600)
+    assert widget.status.value.startswith("segmenting —") and widget.status.value.endswith(" s")
+    cancelled_at = time.perf_counter()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    latency = time.perf_counter() - cancelled_at
+    assert latency < 1.5, f"cancel took {latency:.2f} s"
+    assert widget.status.value == "cancelled"
+    assert "cup [FOCUS SOD]" not in viewer.layers
+
+
+def test_readme_lists_the_shortcuts():
+    from pathlib import Path
+
+    from napari_focus.gui.shortcuts import shortcut_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert shortcut_table() in readme
+
+
+def test_errors_speak_the_widget_s_words():
+    from napari_focus.checkpoints import CheckpointNotAvailable
+    from napari_focus.gui.job import gui_message
+
+    error = CheckpointNotAvailable(
+        "not in the cache and the hub could not be reached. Either download it once, or put "
+        "the file anywhere and load it with `--weights /path/to/focus_large_sod.pth` "
+        "(Python: `FocusPredictor.from_checkpoint(path)`)."
+    )
+    text = gui_message(error)
+    assert "--weights" not in text
+    assert "'local checkpoint' in the Model tab and pick /path/to/focus_large_sod.pth" in text

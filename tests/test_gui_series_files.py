@@ -1,0 +1,184 @@
+"""A series over a real, mixed folder; undo across images; computations never thrown
+away; failed saves keep the edits (run under Xvfb)."""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_focus.gui import dialogs  # noqa: E402
+from napari_focus.predictor import FocusPredictor  # noqa: E402
+from napari_focus.series import Status  # noqa: E402
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, focus_reference):
+    source = np.array(Image.open(focus_reference / "input.png").convert("RGB"))[:64, :96]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(source.mean(-1).astype(np.uint8)).save(folder / "a_gray.png")
+    Image.fromarray(source[:48, :80]).save(folder / "b_rgb.jpg", quality=90)
+    tifffile.imwrite(folder / "c_16bit.tif", source[..., 1].astype(np.uint16) * 257)
+    tifffile.imwrite(
+        folder / "d_planes.tif", np.stack([source[..., 0]] * 4), photometric="minisblack"
+    )
+    rgba = np.dstack([source[:56, :72], np.full((56, 72), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "e_rgba.png")
+    (folder / "f_text.png").write_text("this is not an image\n")
+    return folder
+
+
+@pytest.fixture
+def uncaught(monkeypatch) -> list:
+    seen: list = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: seen.append(info))
+    return seen
+
+
+def _labels_and_image(viewer):
+    from napari_focus.gui.series_layers import series_layer
+
+    return series_layer(viewer, "labels"), series_layer(viewer, "image")
+
+
+def test_mixed_folder_next_through_all(qtbot, open_focus_widget, mixed_folder, uncaught):
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.open(mixed_folder)
+    seen = []
+    for _ in range(6):
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+        labels, image = _labels_and_image(viewer)
+        layers = list(viewer.layers)
+        assert layers.index(labels) > layers.index(image), "the mask must lie above the image"
+        assert labels.visible and labels.data.shape == image.data.shape[:2]
+        assert labels.name.startswith(image.name)
+        seen.append(series.shown_key)
+        assert series.shown_key in series.position.value or image.name in series.position.value
+        series.next()
+    assert seen == ["a_gray.png", "b_rgb.jpg", "c_16bit.tif", "e_rgba.png", *seen[4:]]
+    queue = series.state.queue
+    for bad, words in (("d_planes.tif", "4 planes"), ("f_text.png", "cannot read")):
+        item = queue.item(bad)
+        assert item.status is Status.FAILED and words in item.failure
+    for good in ("a_gray.png", "b_rgb.jpg", "c_16bit.tif", "e_rgba.png"):
+        assert queue.item(good).status is Status.PROPOSED
+    assert "2 failed" in series.position.value
+    assert not uncaught
+
+
+def test_undo_never_crosses_images(qtbot, open_focus_widget, mixed_folder):
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(mixed_folder)
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    labels, _ = _labels_and_image(viewer)
+    labels.paint((10, 10), 1)
+    labels.paint((12, 40), 1)
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    labels, _ = _labels_and_image(viewer)
+    before = labels.data.copy()
+    labels.undo()  # Ctrl+Z on image k+1 after painting on image k
+    np.testing.assert_array_equal(labels.data, before)
+    assert (series.state.work_folder / "a_gray.png").is_file()  # image k's edits kept
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+
+
+def test_next_onto_a_running_computation_waits_for_it(
+    qtbot, open_focus_widget, mixed_folder, monkeypatch
+):
+    calls: list[tuple] = []
+    release = threading.Event()
+    original = FocusPredictor.predict
+
+    def recording(self, image, **kwargs):
+        calls.append(image.shape)
+        if len(calls) == 2:  # the prefetch of the second image: held until released
+            release.wait(60)
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "predict", recording)
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(mixed_folder)
+    qtbot.waitUntil(lambda: len(calls) == 2, timeout=WAIT_MS)
+    series.next()  # onto b_rgb.jpg, whose proposal is being computed
+    assert series.shown_key == "b_rgb.jpg" and not series.proposal_ready
+    release.set()
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    labels, _ = _labels_and_image(viewer)
+    assert labels.data.shape == (48, 80)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert calls.count((48, 80, 3)) == 1  # the model ran once for it
+
+    series.previous()  # back to the first image: from memory or the series folder
+    assert series.proposal_ready
+    series.cache.clear()
+    series.next()
+    assert series.proposal_ready  # from the series folder on disk, no model call
+    assert calls.count((48, 80, 3)) == 1
+
+
+def test_failed_autosave_keeps_the_edits_and_says_so(
+    qtbot, open_focus_widget, mixed_folder, monkeypatch
+):
+    from napari_focus.gui import series_section
+    from napari_focus.series.state import SeriesState
+
+    errors: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.open(mixed_folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels, _ = _labels_and_image(viewer)
+    labels.paint((10, 10), 1)
+    edited = labels.data.copy()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SeriesState, "autosave", full_disk)
+    series.next()
+    assert series.shown_key == "a_gray.png"  # stayed: nothing lost
+    np.testing.assert_array_equal(labels.data, edited)
+    assert errors and "could not save your edits" in errors[-1]
+    assert "No space left" in errors[-1] and "OSError" not in errors[-1]
+
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
+    window = widget.native.window()
+    window.show()
+    assert not window.close()  # the user said "No": napari stays open with the edits
+    assert questions and "lose your edits" in questions[-1]
+    np.testing.assert_array_equal(labels.data, edited)
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
+
+
+def test_annotate_opens_a_folder_as_a_series(make_napari_viewer, mixed_folder, monkeypatch):
+    from napari_focus.gui import annotate, series_jobs, series_section
+
+    def offline(key):
+        raise OSError("offline in tests")
+
+    monkeypatch.setattr(series_jobs, "load_predictor", offline)  # never the network
+    monkeypatch.setattr(series_section, "show_error", lambda text: None)
+    monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
+    _viewer, widget = annotate.open_viewer(folder=mixed_folder, show=False)
+    assert widget.series.state is not None and len(widget.series.state.queue) == 6
+    assert widget.tabs.tabText(widget.tabs.currentIndex()) == "Series"

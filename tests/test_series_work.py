@@ -1,0 +1,139 @@
+"""Series work without a GUI: image checks, the proposal store, the job board, and
+cancelling a forward between model stages."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_focus.run_control import Cancelled, RunControl, stage_modules, watch_model
+from napari_focus.series import ImageQueue, PrefetchCache, Status
+from napari_focus.series.images import UnusableImageError, load_series_image
+from napari_focus.series.prefetch import JobBoard
+from napari_focus.series.proposal_store import ProposalStore
+
+
+def test_series_images_are_single_images_or_fail_with_a_reason(tmp_path):
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.zeros((40, 50, 4), np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    tifffile.imwrite(tmp_path / "deep.tif", np.zeros((40, 50), np.uint16))
+    tifffile.imwrite(
+        tmp_path / "planes.tif", np.zeros((4, 40, 50), np.uint8), photometric="minisblack"
+    )
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((40, 50, 1), np.uint8))
+    Image.fromarray(np.zeros((10, 50), np.uint8)).save(tmp_path / "speck.png")
+    (tmp_path / "text.png").write_text("not an image")
+    assert load_series_image(tmp_path / "gray.png").shape == (40, 50)
+    assert load_series_image(tmp_path / "rgba.png").shape == (40, 50, 4)
+    assert load_series_image(tmp_path / "deep.tif").dtype == np.uint16
+    assert load_series_image(tmp_path / "one.tif").shape == (40, 50)
+    for name, words in (
+        ("planes.tif", "4 planes"),
+        ("speck.png", "at least"),
+        ("text.png", "cannot read"),
+    ):
+        with pytest.raises(UnusableImageError, match=words):
+            load_series_image(tmp_path / name)
+
+
+def test_failed_items_are_passed_over_and_retried_after_reopening(tmp_path):
+    from napari_focus.series import load_or_create
+
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / f"{name}.png")
+    state = load_or_create(tmp_path / "out", tmp_path)
+    state.mark_failed("b.png", "cannot read b.png: broken")
+    assert state.queue.item("b.png").failure == "cannot read b.png: broken"
+    assert state.queue.next().key == "c.png"  # b is passed over
+    assert state.queue.previous().key == "a.png"
+    reopened = load_or_create(tmp_path / "out", tmp_path)
+    assert reopened.queue.item("b.png").status is Status.PENDING
+
+
+def test_proposal_store_round_trip_and_stale_images(tmp_path):
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(image)
+    store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
+    probability = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    mask = (probability > 0.4).astype(np.uint8)
+    assert store.load("img.png", image) is None and not store.has("img.png")
+    store.save("img.png", image, probability, mask)
+    loaded_probability, loaded_mask = store.load("img.png", image)
+    np.testing.assert_array_equal(loaded_mask, mask)
+    np.testing.assert_allclose(loaded_probability, probability, atol=1e-3)
+    assert (
+        ProposalStore(tmp_path / "series", "cod|large|hf://x|float32").load("img.png", image)
+        is None
+    )
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the image changed
+    assert store.load("img.png", image) is None
+
+
+def test_job_board_reprioritises_without_losing_claims():
+    queue = ImageQueue.from_names(["a", "b", "c", "d"])
+    cache = PrefetchCache(capacity=4, lookahead=2)
+    board = JobBoard()
+    jobs = cache.schedule(queue)
+    board.replace([(k, t, None) for k, t in jobs])
+    assert [job[0] for job in board.pending()] == ["a", "b", "c"]
+    running = board.take()
+    assert running[0] == "a" and board.running == "a"
+    queue.jump(2)  # the user jumped to "c": it goes first, "b" is released
+    dropped = board.replace([job for job in board.pending() if job[0] == "c"])
+    cache.release(*[job[0] for job in dropped])
+    assert "b" not in cache.in_flight and "a" in cache.in_flight  # "a" still runs
+    assert cache.store("a", "result of a", running[1])  # kept when it arrives
+    assert board.take()[0] == "c" and board.take() is None
+
+
+def test_cancel_stops_a_forward_between_stages(tiny_mlp):
+    from napari_focus import FocusPredictor
+    from napari_focus.model.vit import Block
+
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    kinds = {type(m).__name__ for m in stage_modules(predictor.model)}
+    assert {"Block", "EncoderLayer", "CrossAttentionLayer", "Bottleneck"} <= kinds
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    control = RunControl()
+    seen_blocks: list[int] = []
+    original = Block.forward
+
+    def counting(self, x):
+        seen_blocks.append(1)
+        if len(seen_blocks) == 1:
+            control.cancel()  # pressed while the first ViT block runs
+        return original(self, x)
+
+    Block.forward = counting
+    try:
+        with pytest.raises(Cancelled), watch_model(predictor.model, control):
+            predictor.predict(image)
+    finally:
+        Block.forward = original
+    assert len(seen_blocks) == 1  # stopped before the second block
+    # the hooks are gone and another thread's forward was never affected
+    result = predictor.predict(image)
+    assert result.mask.shape == (64, 80)
+
+    finished = threading.Event()
+
+    def elsewhere():
+        predictor.predict(image)  # a second thread runs the same model meanwhile
+        finished.set()
+
+    watching = RunControl()
+    with watch_model(predictor.model, watching):
+        watching.cancel()  # cancels this thread's run only
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join(60)
+    assert finished.is_set()
+    stage, in_stage, total = control.snapshot()
+    assert total >= in_stage >= 0 and isinstance(stage, str)
