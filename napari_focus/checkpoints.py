@@ -280,9 +280,11 @@ def save_inference_checkpoint(
     task: str | None,
     dtype: torch.dtype = torch.float16,
     source: str | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write inference weights as ``.safetensors`` with the architecture and task in the
-    metadata. Floating-point tensors are stored as ``dtype``; the file appears atomically."""
+    metadata (plus ``extra_metadata``, string values, e.g. a fine-tuning record).
+    Floating-point tensors are stored as ``dtype``; the file appears atomically."""
     from safetensors.torch import save_file
 
     from .atomic import atomic_write
@@ -308,6 +310,10 @@ def save_inference_checkpoint(
         "dtype": str(dtype).removeprefix("torch."),
         "source": source or "",
     }
+    for key, value in (extra_metadata or {}).items():
+        if key in metadata:
+            raise ValueError(f"metadata key {key!r} is reserved")
+        metadata[str(key)] = str(value)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

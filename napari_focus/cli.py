@@ -339,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .datasets.cli import add_export_parser
     from .series.rank import add_rank_parser
+    from .training.cli import add_train_parser
 
-    for sub in (add_export_parser(commands), add_rank_parser(commands)):
+    for sub in (add_export_parser(commands), add_rank_parser(commands),
+                add_train_parser(commands)):  # fmt: skip
         sub.epilog, sub.formatter_class = EXIT_CODES, formatter
 
     annotate = commands.add_parser(

@@ -39,6 +39,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("Refine", "refine_section", "napari_focus.gui.refine_section:RefineSection"),
     ("Export", "export_section", "napari_focus.gui.export_section:ExportSection"),
     ("Series", "series", "napari_focus.gui.series_section:SeriesSection"),
+    ("Improve", "improve", "napari_focus.gui.improve_section:for_focus_widget"),
 )
 STATUS_TICK_MS = 500
 INLINE_REFINE_PIXELS = 2_000_000  # larger proposals are refined in a worker

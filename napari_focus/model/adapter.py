@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .deform_attn import MSDeformAttn
 from .vit import LAYER_NORM_EPS, Block
@@ -100,6 +101,7 @@ class InteractionBlock(nn.Module):
             if extra_extractors
             else None
         )
+        self.checkpoint_blocks = False
 
     def forward(
         self,
@@ -114,7 +116,10 @@ class InteractionBlock(nn.Module):
         x = self.injector(x, c, injector_geometry)
         x = torch.cat((cls, x), dim=1)
         for block in blocks:
-            x = block(x)
+            if self.checkpoint_blocks and torch.is_grad_enabled():  # training: recompute
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         cls, x = x[:, :1], x[:, 1:]
         extractors = [self.extractor, *(self.extra_extractors or ())]
         for extractor in extractors:

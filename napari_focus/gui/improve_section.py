@@ -1,0 +1,271 @@
+"""The "Improve the model" section: fine-tune on the exported corrections, then switch.
+
+The section trains from the dataset root and layout the Export section writes to, in a
+separate process watched by a worker thread (progress, Cancel), with the model currently
+chosen in the widget as the base. When the run ends it offers to switch to the new
+weights (and to re-propose and re-rank the series images not yet accepted); the previous
+weights stay one click away.
+
+It talks to its host only through :class:`ImproveHost`, so it can sit in any dock
+layout; :class:`FocusWidgetHost` adapts the FOCUS dock widget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..training.cli import PRESET_NAMES
+from .fields import chosen_dir
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What the widget's model settings say: official hub weights or a local file."""
+
+    source: str  # "official" or "file"
+    path: Path | None
+    size: str
+    task: str
+    device: str
+
+    def describe(self) -> str:
+        return str(self.path) if self.source == "file" else f"official FOCUS {self.size}"
+
+
+class ImproveHost(Protocol):
+    """What the section needs from the widget that hosts it."""
+
+    def training_data(self) -> tuple[Path | None, str]:
+        """The dataset root the exports go to (None if unset) and their layout."""
+
+    def current_weights(self) -> WeightsChoice: ...
+
+    def use_weights(self, choice: WeightsChoice) -> None:
+        """Switch the widget's model settings to ``choice`` (the model reloads lazily)."""
+
+    def repropose_open_images(self) -> int:
+        """Recompute (and re-rank) the proposals of the series images not yet accepted;
+        returns how many will be recomputed."""
+
+
+class FocusWidgetHost:
+    """:class:`ImproveHost` over the FOCUS dock widget's public parts."""
+
+    def __init__(self, widget: Any) -> None:
+        self.widget = widget
+
+    def training_data(self) -> tuple[Path | None, str]:
+        export = self.widget.export_section
+        return chosen_dir(export.dataset_root.value), export.dataset_layout.value
+
+    def current_weights(self) -> WeightsChoice:
+        w = self.widget
+        path = w.weights_path.value if w.weights_source.value == "file" else None
+        return WeightsChoice(
+            w.weights_source.value, Path(path) if path else None, w.size.value, w.task.value,
+            w.device.value,
+        )  # fmt: skip
+
+    def use_weights(self, choice: WeightsChoice) -> None:
+        w = self.widget
+        w.task.value = choice.task
+        w.size.value = choice.size
+        if choice.path is not None:
+            w.weights_path.value = choice.path
+        w.weights_source.value = choice.source
+
+    def repropose_open_images(self) -> int:
+        series = self.widget.series
+        if series.state is None:
+            return 0
+        from ..series.queue import Status
+
+        pending = [i.key for i in series.state.queue if i.status != Status.ACCEPTED]
+        series.cache.invalidate(*pending)
+        for key in pending:
+            series.scores.pop(key, None)
+        series.order_by_uncertainty()  # computes the missing proposals, then re-ranks
+        return len(pending)
+
+
+class ImproveSection(Container):
+    """Steps, preset, output file; Improve / Cancel; then use the new or previous weights."""
+
+    def __init__(self, viewer: Any, host: ImproveHost) -> None:
+        self.viewer, self.host = viewer, host
+        self._worker = None
+        self._cancel = threading.Event()
+        self.new_weights: WeightsChoice | None = None
+        self.previous_weights: WeightsChoice | None = None
+
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
+        self.preset = ComboBox(label="hardware preset", choices=list(PRESET_NAMES), value="auto")
+        self.crop = SpinBox(label="crop (0 = preset)", min=0, max=2048, step=32, value=0)
+        self.learning_rate = ComboBox(
+            label="learning rate",
+            choices=[("1e-4 (official)", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3), ("3e-5", 3e-5)],
+            value=1e-4,
+        )
+        self.keep = ComboBox(
+            label="keep the step with the best",
+            choices=[("proposal IoU", "mask_iou"), ("IoU of probability > 0.5", "iou"),
+                     ("S-measure", "smeasure"), ("edit effort", "edit_effort")],
+            value="mask_iou",
+        )  # fmt: skip
+        self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
+        self.improve_button = PushButton(text="Improve the model")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="training", min=0, max=100, value=0)
+        self.status = Label(label="status", value="")
+        self.repropose = CheckBox(text="re-propose the series images not yet accepted", value=True)
+        self.use_new_button = PushButton(text="Use the new weights", enabled=False)
+        self.use_previous_button = PushButton(text="Back to the previous weights", enabled=False)
+        super().__init__(
+            widgets=[
+                self.steps, self.preset, self.crop, self.learning_rate, self.keep, self.output,
+                Container(widgets=[self.improve_button, self.cancel_button], layout="horizontal"),
+                self.progress, self.status, self.repropose,
+                Container(widgets=[self.use_new_button, self.use_previous_button],
+                          layout="horizontal"),
+            ],
+            labels=True,
+        )  # fmt: skip
+        self.improve_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.use_new_button.changed.connect(self.use_new_weights)
+        self.use_previous_button.changed.connect(self.use_previous_weights)
+
+    # ------------------------------------------------------------- training
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def build_config(self) -> Any:
+        from ..training import TrainConfig
+
+        root, layout = self.host.training_data()
+        if root is None:
+            raise ValueError("choose the dataset root in the Export section first")
+        base = self.host.current_weights()
+        if base.source == "file" and (base.path is None or not base.path.is_file()):
+            raise ValueError("choose the base checkpoint file in the model settings first")
+        out = chosen_dir(self.output.value)
+        if out is None or out.suffix != ".safetensors":
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = root / "napari_focus_models" / f"focus_{base.task}_{stamp}.safetensors"
+        if out.exists():
+            raise ValueError(f"{out} exists; choose another file for the new weights")
+        return TrainConfig(
+            root=root, layouts=(layout,), out=out,
+            weights=str(base.path) if base.source == "file" else base.task,
+            size=base.size, task=base.task, steps=self.steps.value, device=base.device,
+            preset=self.preset.value, canvas=self.crop.value or None,
+            lr=self.learning_rate.value, select_metric=self.keep.value,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        if self._worker is not None:
+            return
+        try:
+            config = self.build_config()
+        except ValueError as error:
+            self._error(str(error))
+            return
+        self._cancel = threading.Event()
+        self._base = self.host.current_weights()
+        from ..training.process import train_in_subprocess
+
+        # a process of its own: the training's Python work never competes with the viewer
+        worker = thread_worker(train_in_subprocess, start_thread=False)(config, self._cancel)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.improve_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"starting from {self._base.describe()}…"
+        worker.start()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._cancel.set()
+            self.status.value = "cancelling after this step…"
+
+    def _on_progress(self, report: Any) -> None:
+        self.progress.value = int(100 * report.step / max(report.steps, 1))
+        if report.phase == "train":
+            eta = f", {report.eta_seconds:.0f} s left" if report.eta_seconds else ""
+            self.status.value = f"step {report.step}/{report.steps}, loss {report.loss:.3f}{eta}"
+        else:
+            self.status.value = report.message
+
+    def _on_returned(self, result: Any) -> None:
+        if isinstance(result, Exception):
+            self._error(f"training failed: {result}")
+            return
+        if result.cancelled:
+            self.status.value = f"cancelled at step {result.step} (the run can be resumed)"
+            return
+        base, best = result.baseline_metrics or {}, result.best_metrics or {}
+        gain = (
+            f"IoU {base['mask_iou']:.3f} -> {best['mask_iou']:.3f}"
+            if "mask_iou" in base and "mask_iou" in best
+            else "no validation samples"
+        )
+        self.new_weights = WeightsChoice(
+            "file", result.output, self._base.size, self._base.task, self._base.device
+        )
+        if result.best_step == 0:
+            gain += " (no step beat the starting weights on the held-out images; the new file "
+            gain += "holds them unchanged)"
+        self.status.value = f"done: {gain}; {result.output.name}"
+        self.use_new_button.enabled = True
+        show_info(f"FOCUS: new weights {result.output} ({gain})")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.improve_button.enabled, self.cancel_button.enabled = True, False
+
+    # -------------------------------------------------------------- switching
+    def use_new_weights(self) -> None:
+        if self.new_weights is None:
+            return
+        self.previous_weights = self.host.current_weights()
+        self.host.use_weights(self.new_weights)
+        self.use_previous_button.enabled = True
+        count = self.host.repropose_open_images() if self.repropose.value else 0
+        again = f"; re-proposing {count} series images" if count else ""
+        self.status.value = f"using {self.new_weights.describe()}{again}"
+
+    def use_previous_weights(self) -> None:
+        if self.previous_weights is None:
+            return
+        self.host.use_weights(self.previous_weights)
+        count = self.host.repropose_open_images() if self.repropose.value else 0
+        again = f"; re-proposing {count} series images" if count else ""
+        self.status.value = f"back to {self.previous_weights.describe()}{again}"
+
+    def _error(self, message: str) -> None:
+        self.status.value = f"error: {message}"
+        show_error(f"FOCUS improve: {message}")
+
+
+def for_focus_widget(owner: Any) -> ImproveSection:
+    """The section as the FOCUS dock widget builds its tabs (``Class(owner)``)."""
+    return ImproveSection(owner.viewer, FocusWidgetHost(owner))

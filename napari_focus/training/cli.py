@@ -1,0 +1,129 @@
+"""``napari-focus train``: fine-tune FOCUS on exported corrections.
+
+Registered by :func:`add_train_parser`; nothing heavy (torch) is imported until the
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
+LAYOUT_NAMES = ("duts-tr", "cod10k-train", "camo-train", "istd-train", "defocus-train",
+                "casia-train", "generic")  # fmt: skip
+EXIT_FAILED = 1
+EXIT_SETUP_ERROR = 2
+
+
+def add_train_parser(commands: Any) -> argparse.ArgumentParser:
+    train = commands.add_parser(
+        "train",
+        help="fine-tune FOCUS on exported corrected masks",
+        description=(
+            "Fine-tune FOCUS on the samples exported under --root (official loss and "
+            "augmentation, AdamW, held-out validation) and write a .safetensors checkpoint "
+            "that `predict --weights` and the widget load."
+        ),
+    )
+    train.add_argument("--root", required=True, help="dataset root the exports went to")
+    train.add_argument(
+        "--layout", action="append", required=True, choices=LAYOUT_NAMES, type=str.lower,
+        help="layout to train on (repeat for several)",
+    )  # fmt: skip
+    train.add_argument(
+        "--weights", required=True,
+        help="base weights: a task (sod, cod, sd, dbd, fd; with --size), an official name "
+        "(focus_large_cod) or a checkpoint file (.pth or .safetensors)",
+    )  # fmt: skip
+    train.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
+    train.add_argument("--size", choices=("large", "giant"), default="large",
+                       help="size of an official base given as a task (default large)")
+    train.add_argument("--task", choices=("sod", "cod", "sd", "dbd", "fd"), type=str.lower,
+                       help="task recorded in the output (default: the base's)")  # fmt: skip
+    train.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    train.add_argument("--preset", choices=PRESET_NAMES, default="auto",
+                       help="hardware preset: what trains, batch size, crop")  # fmt: skip
+    train.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    train.add_argument("--crop", type=int, help="override the preset's crop (multiple of 32)")
+    train.add_argument("--lr", type=float, help="learning rate (official: 1e-4)")
+    train.add_argument("--eval-every", type=int, help="validation period (default steps/5)")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="held-out share of the samples (default 0.2)")  # fmt: skip
+    train.add_argument("--val", nargs="+", metavar="NAME",
+                       help="hold out these samples instead (names or layout/name)")  # fmt: skip
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=run_train)
+    return train
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import OFFICIAL_LR, TrainConfig
+    from .data import DatasetError
+    from .loop import train
+
+    try:
+        config = TrainConfig(
+            root=Path(args.root), layouts=tuple(args.layout), out=Path(args.out),
+            weights=args.weights, size=args.size, task=args.task, steps=args.steps,
+            device=args.device, preset=args.preset, batch_size=args.batch_size,
+            canvas=args.crop, lr=args.lr or OFFICIAL_LR, eval_every=args.eval_every,
+            val_fraction=args.val_fraction, val_names=tuple(args.val) if args.val else None,
+            seed=args.seed, resume=args.resume,
+        )  # fmt: skip
+    except ValueError as error:
+        print(f"napari-focus train: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    out = Path(args.out)
+    if out.exists() and not args.resume:
+        print(f"napari-focus train: {out} exists; choose another --out (nothing is "
+              "overwritten)", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
+
+    bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)
+
+    def show(progress: Any) -> None:
+        if progress.phase == "train":  # tqdm shows step/s and the ETA
+            bar.set_postfix(loss=f"{progress.loss:.3f}", refresh=False)
+            bar.update(progress.step - bar.n)
+        elif progress.phase == "eval" and progress.metrics is not None:
+            tqdm.write(progress.message, file=sys.stderr)
+        elif progress.phase == "setup":
+            bar.set_description_str(progress.message)
+            if progress.message.startswith("loading"):
+                bar.set_description_str("fine-tuning")
+
+    try:
+        result = train(config, progress=show)
+    except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
+        bar.close()
+        print(f"napari-focus train: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    except KeyboardInterrupt:
+        bar.close()
+        print("napari-focus train: interrupted; `--resume` continues from the last "
+              "evaluation", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    bar.close()
+    for problem in result.problems:
+        print(f"  skipped: {problem}", file=sys.stderr)
+    best = result.best_metrics or {}
+    base = result.baseline_metrics or {}
+    summary = ", ".join(
+        f"{k} {base[k]:.3f} -> {best[k]:.3f}" if k in base else f"{k} {best[k]:.3f}"
+        for k in ("mask_iou", "smeasure", "edit_effort")
+        if k in best
+    )
+    print(
+        f"napari-focus: wrote {result.output} (best step {result.best_step}"
+        f"{': ' + summary if summary else ''}); report: {result.report}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,176 @@
+"""Reading the training samples that :func:`napari_focus.datasets.export_sample` wrote.
+
+Every FOCUS layout is read the way the official training reads it: the samples listed in
+the split's semantic JSON (the file FOCUS training iterates), each with its image and its
+``annotations_detectron2`` semantic file (0 = foreground, 1 = background, 255 = ignore).
+The ``generic`` layout (``images/*.png`` + ``masks/*.png``) has no JSON and no semantic
+file: its samples are the image files that have a mask, and the mask (``> 127`` =
+foreground) gives the classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..datasets import get_layout, recover_split, sample_paths
+from ..datasets.export import dataset_dir
+from ..transforms import to_rgb_uint8
+
+FOREGROUND = 0
+BACKGROUND = 1
+IGNORE = 255
+
+
+class DatasetError(ValueError):
+    """The training data cannot be read (no samples, unreadable files, bad labels)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sample: where its files are. ``target`` is the semantic file for the
+    FOCUS layouts and the 0/255 mask for ``generic``."""
+
+    layout: str
+    name: str
+    image: Path
+    target: Path
+    target_is_semantic: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.layout}/{self.name}"
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(H, W, 3)`` uint8 RGB and ``(H, W)`` uint8 classes (0 fg, 1 bg, 255 ignore)."""
+        try:
+            with Image.open(self.image) as img:
+                rgb = to_rgb_uint8(np.asarray(img.convert("RGB")))
+            with Image.open(self.target) as img:
+                target = np.asarray(img.convert("L"))
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"sample {self.key}: cannot read its files: {error}") from error
+        if target.shape != rgb.shape[:2]:
+            raise DatasetError(
+                f"sample {self.key}: mask {target.shape} and image {rgb.shape[:2]} differ in size"
+            )
+        if self.target_is_semantic:
+            bad = ~np.isin(target, (FOREGROUND, BACKGROUND, IGNORE))
+            if bad.any():
+                raise DatasetError(
+                    f"sample {self.key}: {self.target.name} holds values other than 0, 1 and "
+                    "255; it is not a FOCUS semantic file (re-export the sample)"
+                )
+            return rgb, target.astype(np.uint8)
+        return rgb, np.where(target > 127, FOREGROUND, BACKGROUND).astype(np.uint8)
+
+    def sha256(self) -> str:
+        """Hash of the image file's bytes followed by the target file's bytes."""
+        digest = hashlib.sha256()
+        for path in (self.image, self.target):
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+def list_samples(root: str | Path, layout: str) -> tuple[list[Sample], list[str]]:
+    """The samples of one layout under ``root`` and the problems met (missing files of
+    listed samples), in the split's order."""
+    spec = get_layout(layout)
+    root = Path(root)
+    problems: list[str] = []
+    samples: list[Sample] = []
+    if spec.semantic_json is None:
+        image_dir = dataset_dir(root, spec) / spec.image_dir
+        names = sorted(p.stem for p in image_dir.glob(f"*{spec.image_ext}") if p.is_file())
+        names = [n for n in names if not n.startswith(".")]
+    else:
+        names = _json_names(dataset_dir(root, spec) / spec.semantic_json)
+    for name in names:
+        paths = sample_paths(root, spec, name)
+        target = paths.semantic if paths.semantic is not None else paths.mask
+        missing = [p for p in (paths.image, target) if not p.is_file()]
+        if missing:
+            problems.append(f"{spec.name}/{name}: missing {', '.join(str(p) for p in missing)}")
+            continue
+        samples.append(Sample(spec.name, name, paths.image, target, paths.semantic is not None))
+    return samples, problems
+
+
+def _json_names(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = data.get("annotations", [])
+        names = [str(entry["file_name"]).split(".")[0] for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DatasetError(f"{path} is not a readable FOCUS semantic JSON: {error}") from error
+    return list(dict.fromkeys(names))
+
+
+def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Sample], list[str]]:
+    """Samples of every layout, in order; raises :class:`DatasetError` when there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a folder")
+    layouts = list(layouts)
+    if not layouts:
+        raise DatasetError("name at least one layout to train on")
+    samples: list[Sample] = []
+    problems: list[str] = []
+    for layout in layouts:
+        if dataset_dir(root, get_layout(layout)).is_dir():
+            # complete an export that was interrupted, as the next export would
+            problems += [f"{layout}: {m}" for m in recover_split(root, layout)]
+        found, issues = list_samples(root, layout)
+        samples += found
+        problems += issues
+    if not samples:
+        raise DatasetError(
+            f"no training samples under {root} for layout(s) {', '.join(layouts)}: export "
+            "corrected masks there first (napari-focus export, or the Export section)"
+        )
+    return samples, problems
+
+
+def split_samples(
+    samples: Sequence[Sample],
+    *,
+    val_fraction: float = 0.2,
+    val_names: Iterable[str] | None = None,
+    seed: int = 0,
+) -> tuple[list[Sample], list[Sample]]:
+    """Training and validation samples.
+
+    ``val_names`` (sample names or ``layout/name`` keys) picks the validation samples;
+    otherwise a fixed share ``val_fraction`` is held out, chosen by a seeded hash of the
+    keys, so that the split does not change when new samples are exported (each sample
+    keeps its side). At least one sample stays on each side when there are two or more.
+    """
+    if val_names is not None:
+        wanted = set(val_names)
+        val = [s for s in samples if s.name in wanted or s.key in wanted]
+        unknown = wanted - {s.name for s in val} - {s.key for s in val}
+        if unknown:
+            raise DatasetError(f"validation names not found: {', '.join(sorted(unknown))}")
+        train = [s for s in samples if s not in val]
+    elif len(samples) < 2 or val_fraction <= 0:
+        return list(samples), []
+    else:
+        def score(sample: Sample) -> str:
+            return hashlib.sha256(f"{seed}:{sample.key}".encode()).hexdigest()
+
+        ranked = sorted(samples, key=score)
+        count = min(max(1, round(len(samples) * val_fraction)), len(samples) - 1)
+        chosen = set(id(s) for s in ranked[:count])
+        val = [s for s in samples if id(s) in chosen]
+        train = [s for s in samples if id(s) not in chosen]
+    if not train:
+        raise DatasetError("every sample is in the validation set: nothing left to train on")
+    return train, val

@@ -1,0 +1,303 @@
+"""The fine-tuning loop: batches, loss, AdamW step, validation, best step, resume, output.
+
+Determinism: every step draws its samples, augmentation and loss points from generators
+seeded with ``(seed, step)``, so a run resumed at step k continues exactly as the
+uninterrupted run would have (up to the nondeterminism of the device's kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoints import save_inference_checkpoint
+from ..predictor import FocusPredictor, resolve_device
+from ..presets import input_preset
+from .augment import AugmentConfig, augment, targets_from_classes
+from .config import OFFICIAL_POLY_POWER, TrainConfig
+from .criterion import SetCriterion, total_loss
+from .data import Sample, collect_samples, split_samples
+from .forward import training_forward
+from .matcher import Target
+from .presets import resolve_preset
+from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
+from .state import RunState, load_state, save_state
+from .validate import better, score_samples, write_report
+
+CACHE_SAMPLES = 256
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What a progress callback receives after every step and evaluation."""
+
+    phase: str  # "setup", "eval", "train", "done", "cancelled"
+    step: int
+    steps: int
+    message: str
+    loss: float | None = None
+    steps_per_second: float | None = None
+    eta_seconds: float | None = None
+    metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output: Path | None  # None when cancelled
+    cancelled: bool
+    step: int
+    best_step: int | None
+    best_metrics: dict[str, float] | None
+    baseline_metrics: dict[str, float] | None
+    report: Path
+    work_dir: Path
+    history: list[dict]
+    problems: tuple[str, ...] = ()
+
+
+class _Batches:
+    """Deterministic batches: epoch ``e`` visits the samples in the order of a
+    permutation seeded by ``(seed, e)``; step ``s`` augments with ``(seed, s)``."""
+
+    def __init__(
+        self, samples: Sequence[Sample], batch_size: int, config: AugmentConfig, seed: int
+    ) -> None:
+        self.samples, self.batch_size, self.config, self.seed = samples, batch_size, config, seed
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        preset = input_preset()
+        self.mean = torch.tensor(preset.pixel_mean).view(3, 1, 1)
+        self.std = torch.tensor(preset.pixel_std).view(3, 1, 1)
+
+    def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        if sample.key in self._cache:
+            self._cache.move_to_end(sample.key)
+            return self._cache[sample.key]
+        loaded = sample.load()
+        self._cache[sample.key] = loaded
+        if len(self._cache) > CACHE_SAMPLES:
+            self._cache.popitem(last=False)
+        return loaded
+
+    def indices(self, step: int) -> list[int]:
+        n = len(self.samples)
+        out = []
+        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, position = divmod(k, n)
+            out.append(int(np.random.default_rng([self.seed, epoch]).permutation(n)[position]))
+        return out
+
+    def __call__(self, step: int, device: torch.device) -> tuple[torch.Tensor, list[Target]]:
+        rng = np.random.default_rng([self.seed, step, 1])
+        images, targets = [], []
+        for index in self.indices(step):
+            image, classes = augment(*self._load(self.samples[index]), rng, self.config)
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+            images.append((x - self.mean) / self.std)
+            labels, masks = targets_from_classes(classes)
+            targets.append(
+                Target(torch.from_numpy(labels).to(device), torch.from_numpy(masks).to(device))
+            )
+        return torch.stack(images).to(device), targets
+
+
+def train(
+    config: TrainConfig,
+    *,
+    progress: Callable[[TrainProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Fine-tune FOCUS on exported samples; see :class:`TrainConfig` and the README."""
+    report_progress = progress or (lambda _p: None)
+    cancel = cancel or threading.Event()
+    device = resolve_device(config.device)
+    preset = resolve_preset(config.preset, device)
+    parts = tuple(config.parts or preset.parts)
+    batch_size = config.batch_size or preset.batch_size
+    canvas = config.canvas or preset.canvas
+    amp = (preset.amp if config.amp is None else config.amp) and device.type == "cuda"
+    checkpointing = preset.checkpointing if config.checkpointing is None else config.checkpointing
+    if canvas % 32:
+        raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
+    if config.out.exists() and not config.overwrite:
+        raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
+
+    report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))
+    samples, problems = collect_samples(config.root, config.layouts)
+    train_set, val_set = split_samples(
+        samples, val_fraction=config.val_fraction, val_names=config.val_names, seed=config.seed
+    )
+    report_progress(TrainProgress("setup", 0, config.steps, "loading the base weights…"))
+    base = load_base(config)
+    model = base.model.to(device)
+    trainable = prepare_for_training(
+        model, parts, checkpointing=checkpointing, backend=config.deform_attn_backend
+    )
+    if not trainable:
+        raise ValueError(f"nothing to train: parts {parts} hold no parameters")
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.lr, config.backbone_multiplier, config.weight_decay)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    criterion = SetCriterion(num_points=config.num_points)
+    batches = _Batches(train_set, batch_size, AugmentConfig(canvas=canvas), config.seed)
+    data_hashes = [{"sample": s.key, "sha256": s.sha256()} for s in samples]
+    identity = {
+        "base": base.base_id,
+        "parts": list(parts),
+        "data": [h["sha256"] for h in data_hashes],
+        "validation": [s.key for s in val_set],
+        "batch_size": batch_size,
+        "canvas": canvas,
+        "seed": config.seed,
+    }
+    work_dir = Path(config.work_dir)
+    run = RunState()
+    if config.resume:
+        run, weights, optimizer_state, scaler_state = load_state(work_dir, identity)
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(optimizer_state)
+        scaler.load_state_dict(scaler_state)
+    predictor = FocusPredictor(model, base.task, device=device)
+    set_train_mode(model)
+
+    def evaluate(step: int) -> dict[str, float] | None:
+        if not val_set:
+            return None
+        report_progress(TrainProgress("eval", step, config.steps, f"validating at step {step}…"))
+        metrics = score_samples(predictor, val_set)  # puts the model in eval mode
+        set_train_mode(model)
+        run.history.append({"step": step, "kind": "eval", **metrics})
+        value = metrics.get(config.select_metric, float("nan"))
+        best_value = (run.best_metrics or {}).get(config.select_metric)
+        if run.best_step is None or better(config.select_metric, value, best_value):
+            run.best_step, run.best_metrics = step, metrics
+            run.best_weights = {n: params[n].detach().cpu().clone() for n in trainable}
+        report_progress(
+            TrainProgress("eval", step, config.steps, _describe(step, metrics), metrics=metrics)
+        )
+        return metrics
+
+    def checkpoint_state() -> None:
+        save_state(
+            work_dir,
+            run=run,
+            trainable={n: params[n] for n in trainable},
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            identity=identity,
+        )
+        write_report(work_dir, run.history, f"Fine-tuning {base.base_id}")
+
+    if run.step == 0 and not any(r["kind"] == "eval" for r in run.history):
+        evaluate(0)
+    started, first_step = time.perf_counter(), run.step
+    for step in range(run.step, config.steps):
+        if cancel.is_set():
+            checkpoint_state()
+            report_progress(TrainProgress("cancelled", step, config.steps, "cancelled"))
+            return _result(None, True, run, work_dir)
+        factor = lr_factor(step, config.steps, config.warmup, OFFICIAL_POLY_POWER)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        images, targets = batches(step, device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            predictions = training_forward(model, images)
+        losses = criterion(predictions, targets)
+        loss = total_loss(losses)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([params[n] for n in trainable], config.clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        run.step = step + 1
+        elapsed = time.perf_counter() - started
+        rate = (run.step - first_step) / elapsed if elapsed > 0 else None
+        run.history.append({"step": run.step, "kind": "train", "loss": loss.item(),
+                            "lr": config.lr * factor})  # fmt: skip
+        report_progress(
+            TrainProgress(
+                "train", run.step, config.steps, f"step {run.step}/{config.steps}",
+                loss=loss.item(), steps_per_second=rate,
+                eta_seconds=(config.steps - run.step) / rate if rate else None,
+            )
+        )  # fmt: skip
+        if run.step % config.evaluation_period == 0 or run.step == config.steps:
+            evaluate(run.step)
+            checkpoint_state()
+
+    if run.best_weights is not None:
+        with torch.no_grad():
+            for name, value in run.best_weights.items():
+                params[name].copy_(value)
+    metadata = {
+        "base_checkpoint": base.base_id,
+        "training_data": json.dumps(data_hashes),
+        "training_config": config.to_json(),
+        "training_preset": json.dumps({"name": preset.name, "parts": list(parts),
+                                       "batch_size": batch_size, "canvas": canvas, "amp": amp}),
+        "training_steps": str(run.step),
+        "best_step": "" if run.best_step is None else str(run.best_step),
+        "validation": json.dumps(_baseline_and_best(run)),
+    }  # fmt: skip
+    output = save_inference_checkpoint(
+        model.state_dict(), config.out, architecture=model.architecture.to_dict(),
+        task=base.task, dtype=DTYPES[config.save_dtype], source=base.base_id,
+        extra_metadata=metadata,
+    )  # fmt: skip
+    checkpoint_state()
+    report_progress(TrainProgress("done", run.step, config.steps, f"wrote {output}"))
+    return _result(output, False, run, work_dir, problems)
+
+
+def _baseline_and_best(run: RunState) -> dict:
+    evals = [r for r in run.history if r.get("kind") == "eval"]
+    return {
+        "baseline": evals[0] if evals and evals[0]["step"] == 0 else None,
+        "best": None if run.best_step is None else {"step": run.best_step, **run.best_metrics},
+        "evaluations": evals,
+    }
+
+
+def _result(
+    output: Path | None,
+    cancelled: bool,
+    run: RunState,
+    work_dir: Path,
+    problems: Sequence[str] = (),
+) -> TrainResult:
+    evals = [r for r in run.history if r.get("kind") == "eval"]
+    baseline = {k: v for k, v in evals[0].items() if k not in ("step", "kind")} if evals else None
+    return TrainResult(
+        output=output,
+        cancelled=cancelled,
+        step=run.step,
+        best_step=run.best_step,
+        best_metrics=run.best_metrics,
+        baseline_metrics=baseline if evals and evals[0]["step"] == 0 else None,
+        report=work_dir / "training_report.html",
+        work_dir=work_dir,
+        history=list(run.history),
+        problems=tuple(problems),
+    )
+
+
+def _describe(step: int, metrics: dict[str, float]) -> str:
+    parts = [f"{k} {v:.3f}" for k, v in metrics.items() if not math.isnan(v)]
+    return f"step {step}: " + ", ".join(parts)

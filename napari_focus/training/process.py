@@ -1,0 +1,78 @@
+"""Running :func:`~.loop.train` in a process of its own, for interactive hosts.
+
+A training run is hours of Python-level work (augmentation, matching, metrics) between
+the tensor operations; in a thread of a GUI process it competes with the GUI for the
+interpreter lock and the viewer stutters. In a child process (started with ``spawn``,
+so nothing of the host, Qt included, is inherited) the host only waits on a queue.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import queue
+import threading
+from collections.abc import Generator
+from typing import Any
+
+from .config import TrainConfig
+
+
+def train_in_subprocess(
+    config: TrainConfig, cancel: threading.Event
+) -> Generator[Any, None, Any]:
+    """Yields the run's :class:`~.loop.TrainProgress` reports; returns its
+    :class:`~.loop.TrainResult`, or the exception it ended with. Setting ``cancel``
+    stops the run after the current step (its resume state is saved)."""
+    context = multiprocessing.get_context("spawn")
+    reports = context.Queue()
+    stop = context.Event()
+    child = context.Process(
+        target=_child, args=(config, reports, stop), name="napari-focus-training", daemon=True
+    )
+    child.start()
+    outcome: Any = None
+    try:
+        while True:
+            if cancel.is_set():
+                stop.set()
+            try:
+                kind, payload = reports.get(timeout=0.1)
+            except queue.Empty:
+                if not child.is_alive():
+                    break
+                continue
+            if kind == "progress":
+                yield payload
+            else:
+                outcome = payload
+                break
+    finally:
+        child.join(timeout=30)
+    if outcome is None:
+        outcome = RuntimeError(
+            f"the training process ended unexpectedly (exit code {child.exitcode}); "
+            "out of memory?"
+        )
+    return outcome
+
+
+def _child(config: TrainConfig, reports: Any, stop: Any) -> None:
+    from .loop import train
+
+    cancel = threading.Event()
+
+    def progress(report: Any) -> None:
+        reports.put(("progress", report))
+        if stop.is_set():
+            cancel.set()
+
+    try:
+        result: Any = train(config, progress=progress, cancel=cancel)
+    except Exception as error:  # handed to the host, which reports it in words
+        result = error
+    try:
+        pickle.dumps(result)
+    except Exception:
+        result = RuntimeError(f"{type(result).__name__}: {result}")
+    reports.put(("result", result))

@@ -1,0 +1,93 @@
+"""The resume state of a run: trainable weights, optimizer, scaler, step, best step, log.
+
+Saved as ``resume.pt`` in the run's work folder (atomically) and read back with
+``torch.load(..., weights_only=True)``: it holds tensors, numbers, strings and plain
+containers only. Random streams need no saving: every step derives its own from the
+seed and the step number (see :mod:`.loop`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write
+
+STATE_NAME = "resume.pt"
+STATE_FORMAT = "napari-focus/training-state-v1"
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None
+    best_metrics: dict[str, float] | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+
+
+def save_state(
+    folder: Path,
+    *,
+    run: RunState,
+    trainable: dict[str, torch.Tensor],
+    optimizer: dict,
+    scaler: dict,
+    identity: dict[str, Any],
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": STATE_FORMAT,
+        "identity": json.dumps(identity, sort_keys=True),
+        "step": run.step,
+        "history": json.dumps(run.history),
+        "best_step": -1 if run.best_step is None else run.best_step,
+        "best_metrics": json.dumps(run.best_metrics),
+        "best_weights": run.best_weights or {},
+        "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
+        "optimizer": optimizer,
+        "scaler": scaler,
+    }
+
+    def write(tmp: str) -> None:
+        torch.save(payload, tmp)
+
+    return atomic_write(folder / STATE_NAME, write)
+
+
+def load_state(folder: Path, identity: dict[str, Any]) -> tuple[RunState, dict, dict, dict]:
+    """``(run, trainable, optimizer, scaler)``; raises ValueError when the state belongs to
+    a different run (other data, base weights or trained parts)."""
+    path = folder / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no resume state at {path}: start without resume")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a napari-focus training state")
+    saved = json.loads(payload["identity"])
+    differing = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if differing:
+        raise ValueError(
+            f"{path} belongs to another run (differs in: {', '.join(differing)}); use another "
+            "output/work folder or start without resume"
+        )
+    best_step = payload["best_step"]
+    run = RunState(
+        step=int(payload["step"]),
+        history=json.loads(payload["history"]),
+        best_step=None if best_step < 0 else int(best_step),
+        best_metrics=json.loads(payload["best_metrics"]),
+        best_weights=payload["best_weights"] or None,
+    )
+    return run, payload["trainable"], payload["optimizer"], payload["scaler"]
+
+
+def remove_state(folder: Path) -> None:
+    path = folder / STATE_NAME
+    if path.exists():
+        os.unlink(path)

@@ -1,0 +1,71 @@
+"""`napari-focus train`: the parser, its errors, and a short real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from synthetic_shapes import export_shapes
+
+from napari_focus.checkpoints import read_checkpoint
+from napari_focus.cli import build_parser, main
+from napari_focus.datasets import LAYOUTS
+from napari_focus.training import PRESETS
+from napari_focus.training.cli import LAYOUT_NAMES, PRESET_NAMES
+
+
+def test_parser_choices_follow_the_package() -> None:
+    assert LAYOUT_NAMES == LAYOUTS
+    assert ("auto", *PRESETS) == PRESET_NAMES
+    args = build_parser().parse_args(
+        ["train", "--root", "r", "--layout", "DUTS-TR", "--layout", "generic",
+         "--weights", "cod", "--out", "x.safetensors"]
+    )  # fmt: skip
+    assert args.layout == ["duts-tr", "generic"] and args.steps == 300
+
+
+def test_clear_errors(tmp_path: Path, capsys) -> None:
+    code = main(["train", "--root", str(tmp_path / "none"), "--layout", "generic",
+                 "--weights", "cod", "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    assert code == 2
+    assert "is not a folder" in capsys.readouterr().err
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic",
+                 "--weights", "cod", "--out", str(tmp_path / "o.pth")])  # fmt: skip
+    assert code == 2 and ".safetensors" in capsys.readouterr().err
+    export_shapes(tmp_path, "generic", 2, size=48)
+    out = str(tmp_path / "o.safetensors")
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic",
+                 "--weights", "focus_tiny_cod", "--out", out])  # fmt: skip
+    assert code == 2 and "neither a checkpoint file nor an official model" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "taken.safetensors").write_bytes(b"mine")
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic",
+                 "--weights", "cod", "--out", str(tmp_path / "taken.safetensors")])  # fmt: skip
+    assert code == 2 and "exists" in capsys.readouterr().err
+    assert (tmp_path / "taken.safetensors").read_bytes() == b"mine"
+
+
+def test_short_run_writes_a_loadable_checkpoint(
+    tmp_path: Path, tiny_checkpoint: Path, capsys
+) -> None:
+    root = tmp_path / "datasets"
+    export_shapes(root, "camo-train", 4, size=48)
+    out = tmp_path / "tuned.safetensors"
+    code = main(["train", "--root", str(root), "--layout", "camo-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "2",
+                 "--device", "cpu", "--preset", "cpu", "--crop", "96", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"wrote {out}" in err and "mask_iou" in err
+    _, metadata = read_checkpoint(out)
+    assert metadata["base_checkpoint"].startswith("file:tiny_mlp.safetensors:sha256=")
+    assert metadata["task"] == "sod"
+    preset = json.loads(metadata["training_preset"])
+    assert preset["parts"] == ["adapter", "head"] and preset["canvas"] == 96
+    from napari_focus import FocusPredictor
+
+    FocusPredictor.from_checkpoint(out, device="cpu")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--root", "r"])

@@ -1,0 +1,137 @@
+"""The training reader reads every layout export_sample writes; augmentation as specified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_shapes import shape_sample
+
+from napari_focus.datasets import LAYOUTS, export_sample, get_layout
+from napari_focus.training.augment import (
+    OFFICIAL_SHORT_SIDES,
+    AugmentConfig,
+    augment,
+    targets_from_classes,
+)
+from napari_focus.training.data import (
+    BACKGROUND,
+    FOREGROUND,
+    IGNORE,
+    DatasetError,
+    collect_samples,
+    list_samples,
+    split_samples,
+)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reader_reads_what_export_wrote(tmp_path: Path, layout: str) -> None:
+    rng = np.random.default_rng(1)
+    written = {}
+    for i in range(3):
+        image, mask = shape_sample(rng, 64)
+        name = f"img-{i}"
+        result = export_sample(tmp_path, layout, name, image, mask)
+        written[result.name] = (image, mask)
+    samples, problems = list_samples(tmp_path, layout)
+    assert problems == []
+    assert [s.name for s in samples] == list(written)
+    spec = get_layout(layout)
+    for sample in samples:
+        image, classes = sample.load()
+        source, mask = written[sample.name]
+        assert classes.dtype == np.uint8 and set(np.unique(classes)) <= {FOREGROUND, BACKGROUND}
+        np.testing.assert_array_equal(classes == FOREGROUND, mask)
+        if spec.image_format != "JPEG":  # lossless formats give the pixels back
+            np.testing.assert_array_equal(image, source)
+        else:
+            assert np.abs(image.astype(int) - source).mean() < 10  # JPEG of noise
+        assert sample.target_is_semantic == (spec.semantic_dir is not None)
+        assert len(sample.sha256()) == 64
+
+
+def test_reader_reports_listed_samples_with_missing_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        export_sample(tmp_path, "cod10k-train", f"cam-{i}", *shape_sample(rng, 48))
+    missing = tmp_path / "COD10K-v3" / "Train" / "Image" / "cam-0.jpg"
+    missing.unlink()
+    samples, problems = list_samples(tmp_path, "cod10k-train")
+    assert [s.name for s in samples] == ["cam-1"]
+    assert len(problems) == 1 and "cam-0" in problems[0]
+
+
+def test_reader_rejects_a_damaged_semantic_file_and_empty_roots(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no training samples"):
+        collect_samples(tmp_path, ["duts-tr"])
+    export_sample(tmp_path, "duts-tr", "a", *shape_sample(np.random.default_rng(3), 48))
+    (sample,) = list_samples(tmp_path, "duts-tr")[0]
+    from PIL import Image
+
+    Image.fromarray(np.full((48, 48), 7, np.uint8)).save(sample.target)
+    with pytest.raises(DatasetError, match="other than 0, 1 and 255"):
+        sample.load()
+    json_path = tmp_path / "DUTS" / "DUTS_Semantic_Train.json"
+    json_path.write_text("{not json")
+    with pytest.raises(DatasetError, match="not a readable FOCUS semantic JSON"):
+        list_samples(tmp_path, "duts-tr")
+
+
+def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    for i in range(10):
+        export_sample(tmp_path, "generic", f"s{i}", *shape_sample(rng, 40))
+    samples, _ = collect_samples(tmp_path, ["generic"])
+    train, val = split_samples(samples[:8], val_fraction=0.25)
+    assert len(val) == 2 and len(train) == 6
+    train2, _val2 = split_samples(samples, val_fraction=0.25)
+    kept = {s.key for s in val}
+    assert all(s.key not in kept for s in train2)
+    _, chosen = split_samples(samples, val_names=["s3", "generic/s4"])
+    assert [s.name for s in chosen] == ["s3", "s4"]
+    with pytest.raises(DatasetError, match="not found"):
+        split_samples(samples, val_names=["nope"])
+
+
+def test_augmentation_keeps_image_and_labels_aligned() -> None:
+    rng = np.random.default_rng(5)
+    image = np.zeros((300, 200, 3), np.uint8)
+    classes = np.ones((300, 200), np.uint8)
+    image[100:200, 50:150] = 255
+    classes[100:200, 50:150] = FOREGROUND
+    config = AugmentConfig(canvas=256)
+    assert config.crop == 320
+    for _ in range(10):
+        out_image, out_classes = augment(image, classes, rng, config)
+        assert out_image.shape == (256, 256, 3) and out_classes.shape == (256, 256)
+        valid = out_classes != IGNORE
+        assert (out_image[~valid] == 128).all()  # padding value of the official mapper
+        fg = out_classes == FOREGROUND
+        if fg.any():  # the bright square stays where the foreground label is
+            assert out_image[fg].mean() > out_image[valid & ~fg].mean() + 100
+
+
+def test_augmentation_sides_and_targets_follow_the_official_mapper() -> None:
+    assert OFFICIAL_SHORT_SIDES == (128, 153, 179, 204, 230, 256, 281, 307, 332, 358, 384,
+                                    409, 435, 460, 486, 512)  # fmt: skip
+    classes = np.array([[0, 1], [255, 1]], np.uint8)
+    labels, masks = targets_from_classes(classes)
+    assert labels.tolist() == [0, 1]
+    assert masks[0].tolist() == [[True, False], [False, False]]
+    assert masks[1].tolist() == [[False, True], [False, True]]
+    labels, masks = targets_from_classes(np.full((2, 2), 255, np.uint8))
+    assert labels.tolist() == [] and masks.shape == (0, 2, 2)
+
+
+def test_semantic_json_order_is_the_training_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    for name in ("b-2", "a-1", "c-3"):
+        export_sample(tmp_path, "istd-train", name, *shape_sample(rng, 40))
+    samples, _ = list_samples(tmp_path, "istd-train")
+    listed = json.loads((tmp_path / "ISTD_Dataset" / "COD_SEMANTIC_train.json").read_text())
+    assert [s.name for s in samples] == [
+        a["file_name"].split(".")[0] for a in listed["annotations"]
+    ]
