@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 
-from ..runtime import PRECISIONS
 from ..presets import SIZES, TASKS, task_info
+from ..runtime import PRECISIONS
 from .job import ModelKey
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
