@@ -29,6 +29,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 from .inputs import Job, is_uri
+from .worker import RESULT_COLUMNS
 
 MANIFEST_NAME = "focus_manifest.parquet"
 RANKING_NAME = "focus_rank.csv"
@@ -36,20 +37,7 @@ STATUSES = ("written", "skipped", "failed", "pending")
 TEXT_COLUMNS = ("source", "name", "mask", "probability", "status", "error", "worker")
 FLOAT_COLUMNS = ("uncertainty", "foreground", "seconds")
 INT_COLUMNS = ("width", "height")
-COLUMNS = (
-    "source",
-    "name",
-    "mask",
-    "probability",
-    "status",
-    "error",
-    "uncertainty",
-    "foreground",
-    "seconds",
-    "width",
-    "height",
-    "worker",
-)
+COLUMNS = RESULT_COLUMNS
 
 
 def empty_row(job: Job, status: str, error: str = "") -> dict[str, Any]:

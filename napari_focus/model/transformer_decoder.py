@@ -123,6 +123,21 @@ class TransformerDecoder(nn.Module):
         self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns class logits ``(B, Q, classes + 1)`` and mask logits ``(B, Q, H/4, W/4)``."""
+        return self.predictions(multi_scale, mask_features)[-1]
+
+    def predictions(
+        self,
+        multi_scale: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        *,
+        mask_first_layer: bool = True,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(class logits, mask logits)`` from the initial queries and after each layer,
+        the final prediction last (training supervises all of them).
+
+        ``mask_first_layer=False`` lets the first layer attend everywhere, as official
+        training does (see :mod:`napari_focus.training.forward`).
+        """
         srcs, poss, sizes = [], [], []
         for i, x in enumerate(multi_scale):
             h, w = x.shape[-2:]
@@ -136,6 +151,9 @@ class TransformerDecoder(nn.Module):
         output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
 
         logits, masks, blocked = self._heads(output, mask_features, sizes[0])
+        if not mask_first_layer:
+            blocked = torch.zeros_like(blocked)
+        predictions = [(logits, masks)]
         for i in range(len(self.transformer_cross_attention_layers)):
             level = i % NUM_LEVELS
             # a query whose mask is empty everywhere may look at the whole level
@@ -146,4 +164,5 @@ class TransformerDecoder(nn.Module):
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
             logits, masks, blocked = self._heads(output, mask_features, sizes[(i + 1) % NUM_LEVELS])
-        return logits, masks
+            predictions.append((logits, masks))
+        return predictions
