@@ -23,7 +23,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -33,6 +32,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..training.cli import PRESET_NAMES
 from .fields import chosen_dir
+from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
 
 @dataclass(frozen=True)
@@ -117,26 +117,26 @@ class ImproveSection(Container):
 
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
         self.preset = ComboBox(label="hardware preset", choices=list(PRESET_NAMES), value="auto")
-        self.crop = SpinBox(label="crop (0 = preset)", min=0, max=2048, step=32, value=0)
+        self.crop = SpinBox(label="crop", min=0, max=2048, step=32, value=0)
         self.learning_rate = ComboBox(
             label="learning rate",
             choices=[("1e-4 (official)", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3), ("3e-5", 3e-5)],
             value=1e-4,
         )
         self.keep = ComboBox(
-            label="keep the step with the best",
+            label="keep best",
             choices=[("proposal IoU", "mask_iou"), ("IoU of probability > 0.5", "iou"),
                      ("S-measure", "smeasure"), ("edit effort", "edit_effort")],
             value="mask_iou",
         )  # fmt: skip
         self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
-        self.improve_button = PushButton(text="Improve the model")
+        self.improve_button = PushButton(text="Improve")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="training", min=0, max=100, value=0)
-        self.status = Label(label="status", value="")
-        self.repropose = CheckBox(text="re-propose the series images not yet accepted", value=True)
-        self.use_new_button = PushButton(text="Use the new weights", enabled=False)
-        self.use_previous_button = PushButton(text="Back to the previous weights", enabled=False)
+        self.status = WrappingLabel(label="status", value="")
+        self.repropose = CheckBox(text="re-propose unaccepted images", value=True)
+        self.use_new_button = PushButton(text="Use new weights", enabled=False)
+        self.use_previous_button = PushButton(text="Previous weights", enabled=False)
         super().__init__(
             widgets=[
                 self.steps, self.preset, self.crop, self.learning_rate, self.keep, self.output,
@@ -147,6 +147,32 @@ class ImproveSection(Container):
             ],
             labels=True,
         )  # fmt: skip
+        self.steps.tooltip = "Optimizer steps; about 50 CPU-seconds each for FOCUS-L on a CPU"
+        self.preset.tooltip = (
+            "What trains and at which batch size and crop: auto picks by the device "
+            "(CPU or < 16 GB GPU: decoder + adapter; >= 24 GB: the ViT too)"
+        )
+        self.crop.tooltip = "Training crop in pixels (multiple of 32); 0 = the preset's"
+        self.learning_rate.tooltip = "AdamW learning rate (the official recipe uses 1e-4)"
+        self.keep.tooltip = "The validation figure that chooses which step's weights are kept"
+        for combo in (self.preset, self.learning_rate, self.keep):
+            narrow_combo(combo)
+        narrow_line_edits(self.output)
+        self.output.tooltip = (
+            "Where the new .safetensors weights go (empty: napari_focus_models/ in the "
+            "dataset root); an existing file is never overwritten"
+        )
+        self.improve_button.tooltip = (
+            "Fine-tune the current model on the corrected masks exported to the dataset root"
+        )
+        self.cancel_button.tooltip = "Stop training; the run can be resumed later"
+        self.progress.tooltip = "Training steps done"
+        self.repropose.tooltip = (
+            "After switching weights, recompute the proposals of the series images not yet "
+            "accepted and re-rank them"
+        )
+        self.use_new_button.tooltip = "Switch the Model tab to the weights just trained"
+        self.use_previous_button.tooltip = "Switch back to the weights used before"
         self.improve_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         self.use_new_button.changed.connect(self.use_new_weights)

@@ -55,7 +55,8 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
                        help="held-out share of the samples (default 0.2)")  # fmt: skip
     train.add_argument("--val", nargs="+", metavar="NAME",
                        help="hold out these samples instead (names or layout/name)")  # fmt: skip
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="random seed of sampling and augmentation (default 0)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=run_train)
