@@ -6,6 +6,12 @@ predicted and written as PNG masks. Wall time and CPU time (process time, all
 threads) are reported side by side: on a shared machine the CPU seconds per
 image are the stable figure. Comparisons are interleaved (A, B, A, B, ...).
 
+Modes: ``serial`` (predict + write, one image at a time), ``pipeline`` (what
+``napari-focus predict`` runs: the float32 CPU fast path, folded BatchNorms and
+the measured linear path), ``plain`` (the pipeline with the unfolded model and
+PyTorch's default MKL linears), ``onednn`` (the fast path with the linears forced
+through oneDNN) and ``bfloat16`` (the opt-in fast mode).
+
     python benchmarks/bench_throughput.py --images 4 --rounds 2
 """
 
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from bench_model import model_flops, random_predictor
 from PIL import Image
 
+from napari_focus.cpu_linear import route_linears
 from napari_focus.io import read_image, write_mask
 from napari_focus.pipeline import Job, run_pipeline
 
@@ -75,9 +82,10 @@ def make_folder(folder: Path, count: int, height: int, width: int) -> list[Path]
     for i in range(count):  # smooth shapes with texture: realistic JPEG decode cost
         cy, cx, r = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width, height / 4
         blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.float32)
-        base = rng.uniform(0, 255, 3) * (1 - blob[..., None]) + rng.uniform(0, 255, 3) * blob[
-            ..., None
-        ]
+        base = (
+            rng.uniform(0, 255, 3) * (1 - blob[..., None])
+            + rng.uniform(0, 255, 3) * blob[..., None]
+        )
         noisy = base + rng.normal(0, 12, (height, width, 3))
         path = folder / f"img{i:03d}.jpg"
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
@@ -98,7 +106,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--skip-fast", action="store_true", help="no bfloat16 section")
+    parser.add_argument("--skip-fast", action="store_true", help="no bfloat16 mode")
+    parser.add_argument("--skip-variants", action="store_true", help="no plain and oneDNN modes")
     args = parser.parse_args()
 
     print("machine:", machine())
@@ -114,23 +123,28 @@ def main() -> None:
         flops = model_flops(predictor, read_image(sources[0]))
         bound = flops / best_rate
         print(f"model: {flops / 1e12:.3f} TFLOP per image; fp32 bound {bound:.2f} CPU-s/image")
-        predictor.predict(read_image(sources[0]))  # warm-up
-
-        fast = None
+        print(f"linear path chosen at load: {predictor.cpu_linear_path}")
+        runners = {"serial": predictor, "pipeline": predictor}
+        if not args.skip_variants:
+            plain = runners["plain"] = random_predictor(args.size)
+            plain.model.backbone.folded = None
+            route_linears(plain.model, "mkl")
+            onednn = runners["onednn"] = random_predictor(args.size)
+            route_linears(onednn.model, "onednn")
         if not args.skip_fast:
-            fast = random_predictor(args.size, precision="bfloat16")
-            fast.predict(read_image(sources[0]))
+            runners["bfloat16"] = random_predictor(args.size, precision="bfloat16")
+        for runner in {id(r): r for r in runners.values()}.values():
+            runner.predict(read_image(sources[0]))  # warm-up
 
         results: dict[str, list[tuple[float, float]]] = {}
-        agreement = []
+        agreement: dict[str, list[float]] = {}
         for round_ in range(args.rounds):
-            for mode in ("serial", "pipeline", *(("bfloat16",) if fast else ())):
+            for mode, runner in runners.items():
                 out = folder / f"{mode}{round_}"
                 jobs = [Job(s, out / f"{s.stem}.png") for s in sources]
                 if mode == "serial":
                     _, wall, cpu = timed(lambda: serial_run(predictor, jobs))  # noqa: B023
                 else:
-                    runner = predictor if mode == "pipeline" else fast
                     _, wall, cpu = timed(
                         lambda: run_pipeline(runner, jobs, workers=args.workers)  # noqa: B023
                     )
@@ -140,11 +154,11 @@ def main() -> None:
                     f"{cpu / len(jobs):.2f} CPU-s/image",
                     flush=True,
                 )
-            if fast:
+            for mode in runners:
                 for s in sources:
-                    a = np.array(Image.open(folder / f"pipeline{round_}" / f"{s.stem}.png"))
-                    b = np.array(Image.open(folder / f"bfloat16{round_}" / f"{s.stem}.png"))
-                    agreement.append((a == b).mean())
+                    a = np.array(Image.open(folder / f"serial{round_}" / f"{s.stem}.png"))
+                    b = np.array(Image.open(folder / f"{mode}{round_}" / f"{s.stem}.png"))
+                    agreement.setdefault(mode, []).append((a == b).mean())
 
     print("\nsummary (best / median over rounds):")
     for mode, runs in results.items():
@@ -155,10 +169,10 @@ def main() -> None:
             f"{min(per_image):.2f} / {statistics.median(per_image):.2f} CPU-s/image; "
             f"{min(per_image) / bound:.2f}x the fp32 FLOP bound"
         )
-    if agreement:
+    for mode, shares in agreement.items():
         print(
-            f"  bfloat16 vs float32 masks: {100 * min(agreement):.2f}-"
-            f"{100 * max(agreement):.2f} % of pixels equal"
+            f"  {mode} vs serial masks: {100 * min(shares):.2f}-"
+            f"{100 * max(shares):.2f} % of pixels equal"
         )
 
 

@@ -209,9 +209,11 @@ def _positive_int(text: str) -> int:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
+    from .cpu_linear import describe
     from .ops.doctor import doctor_report
 
     print(doctor_report(build=args.build))
+    print(describe())
     return 0
 
 

@@ -22,7 +22,13 @@ from .devices import resolve_device
 from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
 from .presets import check_task, input_preset
-from .runtime import DTYPES, autocast, cast_autocast_weights, resolve_precision
+from .runtime import (
+    DTYPES,
+    apply_cpu_fast_path,
+    autocast,
+    cast_autocast_weights,
+    resolve_precision,
+)
 from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
 
 # images per forward when ``batch_size`` is not given: on a CPU a single image
@@ -84,6 +90,8 @@ class FocusPredictor:
         self.source = source
         self.model = model.to(self.device).eval()
         cast_autocast_weights(self.model, DTYPES[self.precision])
+        # "mkl" or "onednn" on CPU in float32 (measured once per machine), else None
+        self.cpu_linear_path = apply_cpu_fast_path(self.model, self.device, self.precision)
         self.input = input_preset()
         self._compiled: torch.nn.Module | None = None
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .model import FocusModel
 from .model.deform_attn import MSDeformAttn
+from .model.folded import fold_backbone
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -95,3 +96,32 @@ def cast_autocast_weights(model: FocusModel, dtype: torch.dtype) -> int:
                 param.data = param.data.to(dtype)
                 converted += 1
     return converted
+
+
+def linear_shapes(model: FocusModel) -> list[tuple[int, int, int]]:
+    """``(tokens, in, out)`` of the ViT's linear layers at a 512x704 input."""
+    block = model.backbone.blocks[0]
+    tokens = (512 // model.backbone.patch_size) * (704 // model.backbone.patch_size) + 1
+    shapes = [
+        (tokens, linear.in_features, linear.out_features)
+        for linear in (
+            block.attn.qkv,
+            *(m for m in block.mlp.children() if isinstance(m, nn.Linear)),
+        )
+    ]
+    return shapes
+
+
+def apply_cpu_fast_path(model: FocusModel, device: torch.device, precision: str) -> str | None:
+    """For float32 inference on CPU: fold the backbone's BatchNorms into its
+    convolutions, channels-last (see :mod:`napari_focus.model.folded`), and route the
+    linear layers through the faster of MKL and oneDNN on this machine (see
+    :mod:`napari_focus.cpu_linear`). Returns the linear path, or None elsewhere."""
+    if device.type != "cpu" or precision != "float32":
+        return None
+    from . import cpu_linear
+
+    model.backbone.folded = fold_backbone(model.backbone)
+    path = cpu_linear.choose(linear_shapes(model))
+    cpu_linear.route_linears(model, path)
+    return path

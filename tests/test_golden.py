@@ -53,13 +53,20 @@ def test_edge_injection_is_exact(focus_reference):
     assert torch.equal(got, golden)
 
 
+@pytest.mark.parametrize("folded", [True, False], ids=["folded", "plain"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_every_stage_matches(case, backend, focus_reference):
+def test_every_stage_matches(case, backend, folded, focus_reference):
+    """Both backbone paths: the CPU float32 one with BatchNorms folded (what the predictor
+    runs) and the plain modules (training, other devices)."""
     if backend != "torch" and (reason := unavailable_reason(backend)) is not None:
         pytest.skip(f"the compiled {backend} kernel cannot be built here: {reason}")
     name, predictor, golden = case
     model = predictor.model
     model.set_deform_attn_backend(backend)
+    fast = model.backbone.folded
+    assert fast is not None
+    if not folded:
+        model.backbone.folded = None
     try:
         x = _padded_input(focus_reference)
         with torch.inference_mode():
@@ -68,6 +75,7 @@ def test_every_stage_matches(case, backend, focus_reference):
             logits, masks = model.sem_seg_head.predictor(multi_scale, mask_features)
     finally:
         model.set_deform_attn_backend("auto")
+        model.backbone.folded = fast
     stages = {f"backbone.{k}": v for k, v in features.items()}
     stages["pixel_decoder.mask_features"] = mask_features
     stages.update({f"pixel_decoder.multi_scale.{i}": m for i, m in enumerate(multi_scale)})

@@ -10,6 +10,7 @@ from .adapter import InteractionBlock
 from .config import FocusArchitecture
 from .deform_attn import level_geometry, reference_points
 from .edge_prior import EdgePriorModule, inject_edges
+from .folded import FoldedBackbone, TailInputs, current_fold
 from .vit import Block, PatchEmbed
 
 
@@ -48,6 +49,8 @@ class FocusBackbone(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim)
         self.norm3 = nn.BatchNorm2d(dim)
         self.norm4 = nn.BatchNorm2d(dim)
+        # set by napari_focus.runtime for CPU inference; never used with gradients
+        self.folded: FoldedBackbone | None = None
 
     def _position_embedding(self, h: int, w: int) -> torch.Tensor:
         grid = self.pos_embed[:, 1:].reshape(1, self.pretrain_grid, self.pretrain_grid, -1)
@@ -80,7 +83,12 @@ class FocusBackbone(nn.Module):
 
         if edges is None:
             edges = inject_edges(images)
-        c1, c2, c3, c4 = self.edge(edges.to(images.dtype))
+        folded = None
+        if self.folded is not None and not torch.is_grad_enabled():
+            folded = current_fold(self, self.folded)  # None while BatchNorms train
+            self.folded = folded or self.folded
+        edge = self.edge if folded is None else folded.edge
+        c1, c2, c3, c4 = edge(edges.to(images.dtype))
         c = torch.cat(
             [c2 + self.level_embed[0], c3 + self.level_embed[1], c4 + self.level_embed[2]], dim=1
         )
@@ -90,19 +98,27 @@ class FocusBackbone(nn.Module):
         tokens = tokens + self._position_embedding(th, tw)
         cls, x = tokens[:, :1], tokens[:, 1:]
 
-        vit_maps = []
+        vit_tokens = []
         for layer, (first, last) in zip(self.interactions, self.interaction_indexes, strict=True):
             blocks = list(self.blocks[first : last + 1])
             x, c, cls = layer(
                 x, c, cls, blocks, injector_geometry, extractor_geometry, edge_sizes[1]
             )
-            # contiguous at token resolution: the transposed view would make the
-            # stride-4 interpolation, addition and BatchNorm run channels-last
-            # against NCHW operands (3x slower on CPU)
-            vit_maps.append(x.transpose(1, 2).reshape(b, -1, th, tw).contiguous())
+            vit_tokens.append(x)
 
-        splits = [h * w for h, w in edge_sizes]
-        tokens2, tokens3, tokens4 = c.split(splits, dim=1)
+        edge_tokens = list(c.split([h * w for h, w in edge_sizes], dim=1))
+        inputs = TailInputs(c1, edge_tokens, vit_tokens, (th, tw), edge_sizes)
+        return self._tail(inputs) if folded is None else folded.tail(inputs)
+
+    def _tail(self, inputs: TailInputs) -> dict[str, torch.Tensor]:
+        """``res2..res5``: ViT maps resized onto the edge levels, added, normalised."""
+        c1, edge_tokens, vit_tokens, token_hw, edge_sizes = inputs
+        b = c1.shape[0]
+        # contiguous at token resolution: the transposed view would make the
+        # stride-4 interpolation, addition and BatchNorm run channels-last
+        # against NCHW operands (3x slower on CPU)
+        vit_maps = [x.transpose(1, 2).reshape(b, -1, *token_hw).contiguous() for x in vit_tokens]
+        tokens2, tokens3, tokens4 = edge_tokens
         c2, c3, c4 = (
             part.transpose(1, 2).reshape(b, -1, h, w)
             for part, (h, w) in zip((tokens2, tokens3, tokens4), edge_sizes, strict=True)

@@ -101,9 +101,7 @@ class FocusArchitecture:
         values = dict(data)
         indexes = values["interaction_indexes"]
         if not isinstance(indexes, list | tuple) or not all(
-            isinstance(pair, list | tuple)
-            and len(pair) == 2
-            and all(_is_int(i) for i in pair)
+            isinstance(pair, list | tuple) and len(pair) == 2 and all(_is_int(i) for i in pair)
             for pair in indexes
         ):
             raise ValueError(
@@ -167,8 +165,7 @@ def _check_ranges(arch: FocusArchitecture) -> None:
     for first, last in arch.interaction_indexes:
         if not 0 <= first <= last < arch.depth:
             raise ValueError(
-                f"interaction_indexes [{first}, {last}] must lie within the {arch.depth} "
-                "ViT blocks"
+                f"interaction_indexes [{first}, {last}] must lie within the {arch.depth} ViT blocks"
             )
 
 

@@ -1,0 +1,174 @@
+"""The float32 CPU fast path: folded BatchNorms, channels-last, and the measured choice
+of the linear-layer path. Same results as the plain model; same state dict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_focus import FocusPredictor, cpu_linear
+from napari_focus.model.folded import fold_backbone
+from napari_focus.runtime import apply_cpu_fast_path, linear_shapes
+
+
+@pytest.fixture
+def linear_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(cpu_linear.ENV, raising=False)
+    return tmp_path / "cache" / cpu_linear.CACHE_NAME
+
+
+def _predictor(case, **kwargs) -> FocusPredictor:
+    arch, state = case
+    return FocusPredictor.from_state_dict(
+        {k: v.clone() for k, v in state.items()}, "sod", architecture=arch, device="cpu", **kwargs
+    )
+
+
+def _randomise_batchnorms(model: torch.nn.Module) -> None:
+    """Non-trivial inference statistics, so that folding has something to fold."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+
+
+@pytest.mark.parametrize("case_name", ["tiny_mlp", "tiny_swiglu"])
+def test_folded_backbone_equals_plain(case_name, request, linear_cache):
+    predictor = _predictor(request.getfixturevalue(case_name))
+    backbone = predictor.model.backbone
+    _randomise_batchnorms(backbone)
+    backbone.folded = fold_backbone(backbone)
+    x = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    edges = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fast = backbone(x, edges)
+        folded, backbone.folded = backbone.folded, None
+        plain = backbone(x, edges)
+    for name in ("res2", "res3", "res4", "res5"):
+        assert fast[name].shape == plain[name].shape
+        assert fast[name].is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast[name], plain[name], atol=2e-5, rtol=1e-5)
+    # with gradients (training) the plain modules run, whatever is folded
+    backbone.folded = folded
+    with torch.enable_grad():
+        trained = backbone(x, edges)
+    assert trained["res2"].requires_grad
+    torch.testing.assert_close(trained["res2"].detach(), plain["res2"], atol=0, rtol=0)
+
+
+def test_fast_path_keeps_the_state_dict_and_the_masks(tiny_mlp, focus_reference, linear_cache):
+    fast = _predictor(tiny_mlp)
+    assert fast.model.backbone.folded is not None and fast.cpu_linear_path in cpu_linear.PATHS
+    keys = set(fast.model.state_dict())
+    assert not any("folded" in key for key in keys)
+    plain = _predictor(tiny_mlp)
+    plain.model.backbone.folded = None
+    cpu_linear.route_linears(plain.model, "mkl")
+    assert keys == set(plain.model.state_dict())
+    rgb = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
+    a, b = fast.predict(rgb), plain.predict(rgb)
+    assert np.abs(a.probability - b.probability).max() < 1e-5
+    assert np.array_equal(a.mask, b.mask)
+
+
+def test_other_precisions_and_devices_keep_the_plain_model(tiny_mlp, linear_cache):
+    predictor = _predictor(tiny_mlp)
+    assert apply_cpu_fast_path(predictor.model, torch.device("cuda"), "float32") is None
+    assert apply_cpu_fast_path(predictor.model, torch.device("cpu"), "bfloat16") is None
+
+
+@pytest.mark.skipif(not cpu_linear.onednn_available(), reason="torch built without oneDNN")
+def test_onednn_linear_path_matches_mkl(tiny_swiglu, focus_reference, linear_cache, monkeypatch):
+    rgb = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
+    results = {}
+    for path in cpu_linear.PATHS:
+        monkeypatch.setenv(cpu_linear.ENV, path)
+        predictor = _predictor(tiny_swiglu)
+        assert predictor.cpu_linear_path == path
+        results[path] = predictor.predict(rgb)
+    assert np.abs(results["mkl"].probability - results["onednn"].probability).max() < 1e-5
+    assert np.array_equal(results["mkl"].mask, results["onednn"].mask)
+    assert not linear_cache.exists()  # forced: nothing measured, nothing cached
+
+
+def test_linear_path_is_measured_once_and_cached(tiny_mlp, linear_cache, monkeypatch):
+    if not cpu_linear.onednn_available():
+        pytest.skip("torch built without oneDNN: MKL is the only path")
+    calls = []
+
+    def fake_measure(shapes, rounds=3):
+        calls.append(shapes)
+        return {"mkl": 100.0, "onednn": 250.0}
+
+    monkeypatch.setattr(cpu_linear, "measure", fake_measure)
+    first = _predictor(tiny_mlp)
+    assert first.cpu_linear_path == "onednn"
+    assert calls == [linear_shapes(first.model)]
+    entry = json.loads(linear_cache.read_text())[cpu_linear.machine_key()]
+    assert entry == {"path": "onednn", "gflops": {"mkl": 100.0, "onednn": 250.0}}
+    second = _predictor(tiny_mlp)
+    assert second.cpu_linear_path == "onednn" and len(calls) == 1  # from the cache
+    assert "onednn (measured GFLOP per CPU-second: mkl 100, onednn 250" in cpu_linear.describe()
+    # a tie within the margin keeps PyTorch's default path
+    linear_cache.unlink()
+    monkeypatch.setattr(cpu_linear, "measure", lambda shapes, rounds=3: {"mkl": 100, "onednn": 105})
+    assert _predictor(tiny_mlp).cpu_linear_path == "mkl"
+
+
+def test_real_measurement_and_unreadable_cache(linear_cache, monkeypatch):
+    rates = cpu_linear.measure([(64, 32, 48)], rounds=1)
+    assert set(rates) == set(cpu_linear.PATHS) and all(r > 0 for r in rates.values())
+    linear_cache.parent.mkdir(parents=True)
+    linear_cache.write_text("{not json")
+    assert cpu_linear.choose([(64, 32, 48)]) in cpu_linear.PATHS  # rewritten, no crash
+    assert isinstance(json.loads(linear_cache.read_text()), dict)
+    monkeypatch.setenv(cpu_linear.ENV, "mkl")
+    assert cpu_linear.describe() == f"CPU float32 linear layers: mkl (set by {cpu_linear.ENV})"
+    monkeypatch.setenv(cpu_linear.ENV, "fastest")
+    with pytest.raises(ValueError, match="NAPARI_FOCUS_CPU_LINEAR must be auto, mkl or onednn"):
+        cpu_linear.choose([(64, 32, 48)])
+
+
+def test_fold_follows_weight_changes_and_training_mode(tiny_mlp, linear_cache):
+    """Validation during fine-tuning must see the current weights, not those at load."""
+    predictor = _predictor(tiny_mlp)
+    backbone = predictor.model.backbone
+    first = backbone.folded
+    x = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    edges = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(1))
+
+    def both() -> tuple[dict, dict]:
+        with torch.inference_mode():
+            fast = backbone(x, edges)
+            kept, backbone.folded = backbone.folded, None
+            plain = backbone(x, edges)
+            backbone.folded = kept
+        return fast, plain
+
+    with torch.no_grad():  # an optimizer step or load_state_dict: in-place updates
+        backbone.norm1.running_var.mul_(3.0)
+        backbone.edge.layer1[0].conv1.weight.add_(0.05)
+        backbone.up.bias.add_(0.1)
+    fast, plain = both()
+    assert backbone.folded is not first  # rebuilt from the new weights
+    for name in fast:
+        torch.testing.assert_close(fast[name], plain[name], atol=2e-5, rtol=1e-5)
+    second = backbone.folded
+    both()
+    assert backbone.folded is second  # unchanged weights: no new fold
+
+    backbone.train()  # BatchNorms on batch statistics: the folded copy cannot apply
+    with torch.no_grad():
+        out = backbone(x, edges)
+    assert not out["res2"].is_contiguous(memory_format=torch.channels_last)
+    assert backbone.folded is second  # kept for when the model is back in eval mode
