@@ -106,9 +106,14 @@ def _read_cache() -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _shapes_key(shapes: list[tuple[int, int, int]]) -> str:
+    return " ".join("x".join(map(str, shape)) for shape in shapes)
+
+
 def choose(shapes: list[tuple[int, int, int]]) -> str:
-    """``"mkl"`` or ``"onednn"`` for this machine: forced by ``$NAPARI_FOCUS_CPU_LINEAR``,
-    else from the cache, else measured on ``shapes`` (about a second) and cached."""
+    """``"mkl"`` or ``"onednn"`` for this machine and these ``(tokens, in, out)`` shapes:
+    forced by ``$NAPARI_FOCUS_CPU_LINEAR``, else from the cache, else measured (about a
+    second for FOCUS-L) and cached."""
     forced = os.environ.get(ENV, "auto").strip().lower()
     if forced in PATHS:
         return "mkl" if forced == "onednn" and not onednn_available() else forced
@@ -116,7 +121,7 @@ def choose(shapes: list[tuple[int, int, int]]) -> str:
         raise ValueError(f"{ENV} must be auto, mkl or onednn, got {forced!r}")
     if not onednn_available():
         return "mkl"
-    key = machine_key()
+    key = f"{machine_key()}|{_shapes_key(shapes)}"
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and cached.get("path") in PATHS:
         return cached["path"]
@@ -138,21 +143,27 @@ def choose(shapes: list[tuple[int, int, int]]) -> str:
 
 
 def describe() -> str:
-    """One line for ``napari-focus doctor``: the path this machine uses, and why."""
+    """For ``napari-focus doctor``: the path this machine uses per model shape, and why."""
     forced = os.environ.get(ENV, "auto").strip().lower()
     if forced != "auto":
         return f"CPU float32 linear layers: {forced} (set by {ENV})"
     if not onednn_available():
         return "CPU float32 linear layers: mkl (this torch has no oneDNN)"
-    entry = _read_cache().get(machine_key())
-    if not isinstance(entry, dict) or entry.get("path") not in PATHS:
+    prefix = machine_key() + "|"
+    lines = []
+    for key, entry in sorted(_read_cache().items()):
+        if key.startswith(prefix) and isinstance(entry, dict) and entry.get("path") in PATHS:
+            rates = entry.get("gflops", {})
+            measured = ", ".join(
+                f"{k} {v:.0f}" for k, v in rates.items() if isinstance(v, int | float)
+            )
+            lines.append(
+                f"  {entry['path']} for linear shapes {key[len(prefix) :]} "
+                f"(measured GFLOP per CPU-second: {measured})"
+            )
+    if not lines:
         return "CPU float32 linear layers: measured at the first model load (about a second)"
-    rates = entry.get("gflops", {})
-    measured = ", ".join(f"{k} {v:.0f}" for k, v in rates.items() if isinstance(v, int | float))
-    return (
-        f"CPU float32 linear layers: {entry['path']} "
-        f"(measured GFLOP per CPU-second: {measured}; cached in {_cache_file()})"
-    )
+    return "\n".join([f"CPU float32 linear layers (cached in {_cache_file()}):", *lines])
 
 
 def _onednn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
