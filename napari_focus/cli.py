@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import sys
 import textwrap
@@ -11,201 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
-from .cli_common import load_predictor_from_args as _load_predictor
+from .cli_predict import add_throughput_arguments, collect_inputs, run_predict
 from .presets import SIZES, TASKS
-
-
-def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their images, sorted) and glob patterns.
-
-    Returns the image paths (deduplicated, in order) and the inputs that matched nothing.
-    """
-    from .io import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    unmatched: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-        elif path.is_file():
-            matches = [path]
-        elif glob.has_magic(item):
-            matches = sorted(
-                Path(p)
-                for p in glob.glob(item, recursive=True)
-                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
-            )
-        else:
-            matches = []
-        if not matches:
-            unmatched.append(item)
-        found.extend(matches)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique, unmatched
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interrupt so that the run stops the same orderly way."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .atomic import WriteError, check_writable_folder, remove_own_temps, remove_stale_temps
-    from .pipeline import Job
-
-    images, unmatched = collect_inputs(args.inputs)
-    for item in unmatched:
-        print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
-    if not images:
-        print("napari-focus: nothing to do: no input images", file=sys.stderr)
-        return EXIT_SETUP_ERROR
-    out_dir = Path(args.out or f"focus_{args.task}_masks")
-    suffix = ".tif" if args.format == "tif" else ".png"
-
-    jobs, failures, skipped = [], [], 0
-    claimed: dict[Path, Path] = {}
-    for image in images:
-        mask_path = out_dir / f"{image.stem}{suffix}"
-        prob_path = out_dir / f"{image.stem}_probability{suffix}"
-        if mask_path in claimed:
-            failures.append((image, f"same output name as {claimed[mask_path]}; rename one"))
-            continue
-        claimed[mask_path] = image
-        outputs = [mask_path, prob_path] if args.probability else [mask_path]
-        if not args.overwrite and all(p.exists() for p in outputs):
-            skipped += 1
-            continue
-        jobs.append(Job(image, mask_path, prob_path if args.probability else None))
-
-    written, interrupted = 0, None
-    if jobs:
-        try:  # before anything slow: a precision this device cannot run
-            from .predictor import resolve_device
-            from .runtime import resolve_precision
-
-            resolve_precision(args.precision, resolve_device(args.device))
-        except ValueError as error:
-            print(f"napari-focus: --precision {args.precision}: {error}", file=sys.stderr)
-            return EXIT_SETUP_ERROR
-        try:
-            check_writable_folder(out_dir)
-        except WriteError as error:
-            print(f"napari-focus: --out {out_dir}: {error.reason}", file=sys.stderr)
-            return EXIT_SETUP_ERROR
-        if out_dir.is_dir():  # what killed runs left behind
-            remove_stale_temps(out_dir)
-        try:
-            predictor = _load_predictor(args)
-        except Exception as error:  # a bad checkpoint or no network: say why and stop
-            print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
-            return EXIT_SETUP_ERROR
-        written, interrupted, run_failures = _run_jobs(predictor, jobs, args, tqdm)
-        failures += run_failures
-        removed = remove_own_temps(out_dir)
-        if removed:
-            print(f"napari-focus: removed {len(removed)} partial file(s)", file=sys.stderr)
-
-    status = "interrupted: " if interrupted else ""
-    print(
-        f"napari-focus: {status}{written} written, {skipped} skipped (already exist; "
-        f"--overwrite to redo), {len(failures)} failed -> {out_dir}",
-        file=sys.stderr,
-    )
-    for image, message in failures:
-        print(f"  failed: {image}: {message}", file=sys.stderr)
-    if interrupted is not None:
-        return 128 + interrupted
-    return EXIT_FAILED_IMAGES if failures or unmatched else 0
-
-
-def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int | None, list]:
-    """Run the pipeline with a progress bar; SIGTERM and Ctrl-C stop it in order.
-    Returns (written, the signal number if interrupted, failures)."""
-    import signal
-
-    from .pipeline import run_pipeline
-
-    bar = tqdm(total=len(jobs), desc="FOCUS", unit="image", disable=args.quiet)
-
-    def on_done(job, error: str | None) -> None:
-        if error is not None:
-            tqdm.write(f"FAILED {job.source}: {error}", file=sys.stderr)
-        bar.update(1)
-
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        summary = run_pipeline(
-            predictor,
-            jobs,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            on_done=on_done,
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        bar.close()
-    interrupted = None
-    if summary.interrupted is not None:
-        terminated = isinstance(summary.interrupted, _Terminated)
-        interrupted = int(signal.SIGTERM if terminated else signal.SIGINT)
-    if not args.quiet:
-        print(
-            f"napari-focus: {summary.images_per_second:.2f} images/s "
-            f"({summary.seconds:.1f} s)",
-            file=sys.stderr,
-        )
-    return summary.written, interrupted, summary.failures
-
-
-def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
-    """--batch-size, --workers, --precision and --compile of `predict`."""
-    predict.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="images per forward pass (images of one padded size run together); "
-        "default 1 on CPU, 4 on CUDA",
-    )
-    predict.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=2,
-        metavar="N",
-        help="threads reading and preparing images ahead of the model (default 2)",
-    )
-    predict.add_argument(
-        "--precision",
-        choices=("auto", "float32", "float16", "bfloat16"),
-        default="auto",
-        help="auto (float32), float32, float16 (CUDA, MPS) or bfloat16 (CUDA, MPS, or a "
-        "faster, slightly less exact mode on CPUs with AVX-512 BF16 / AMX)",
-    )
-    predict.add_argument(
-        "--compile",
-        action="store_true",
-        help="compile the model with torch.compile first (minutes; each new image size "
-        "compiles again)",
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -425,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "napari-focus: annotate opens napari, which needs a Qt binding, and none is "
             f"installed ({', '.join(QT_BINDINGS)}). Install one with "
-            "`pip install \"napari-focus[gui]\"` (PyQt6).",
+            '`pip install "napari-focus[gui]"` (PyQt6).',
             file=sys.stderr,
         )
         return EXIT_SETUP_ERROR

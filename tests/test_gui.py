@@ -312,7 +312,7 @@ def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
 def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_path, monkeypatch):
     from PIL import Image
 
-    from napari_focus.cli import collect_inputs
+    from napari_focus.cli_predict import collect_inputs
     from napari_focus.gui import annotate
 
     for name in ("a", "b"):

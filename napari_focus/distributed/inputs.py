@@ -63,7 +63,7 @@ def _read_list(path: Path) -> list[str]:
 def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
     """Expand ``inputs`` into image sources (absolute local paths or URIs, deduplicated,
     in order) and the inputs that matched nothing."""
-    from ..cli import collect_inputs
+    from ..cli_predict import collect_inputs
 
     sources: list[str] = []
     unmatched: list[str] = []
