@@ -111,12 +111,13 @@ def test_export_checks_the_root_first(tmp_path: Path) -> None:
      ("--report", "file/sub", "is a file, not a folder")],
 )  # fmt: skip
 def test_rank_checks_outputs_before_predicting(tmp_path: Path, monkeypatch, flag, where, message):
-    import napari_focus.cli
+    import napari_focus.cli_common
 
     def no_model(args):  # type: ignore[no-untyped-def]
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(napari_focus.cli, "_load_predictor", no_model)
+    # rank looks the loader up in cli_common when it runs
+    monkeypatch.setattr(napari_focus.cli_common, "load_predictor_from_args", no_model)
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(make_sample(0)[0]).save(images / "a.png")
