@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import threading
+import urllib.parse
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -233,6 +235,26 @@ def check_state_dict(
         raise CheckpointError(f"{source} does not fit the FOCUS model:\n  " + "\n  ".join(parts))
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy",
+                   "all_proxy")  # fmt: skip
+
+
+def _endpoint_reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens. Behind a proxy the endpoint
+    is not contacted directly, so the answer is left to huggingface_hub (True)."""
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    parsed = urllib.parse.urlsplit(url)
+    if not parsed.hostname:
+        return True
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def official_checkpoint(
     task: str,
     size: str = "large",
@@ -249,6 +271,10 @@ def official_checkpoint(
 
     repo_id, filename = hub_location(check_task(task), check_size(size))
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    # huggingface_hub retries a refused connection for ~25 s; a refused or unresolvable
+    # endpoint is known at once, and then only the cache can answer
+    unreachable = not offline and not _endpoint_reachable(endpoint or constants.ENDPOINT)
     try:
         return Path(
             hf_hub_download(
@@ -256,8 +282,8 @@ def official_checkpoint(
                 filename,
                 revision=revision,
                 cache_dir=cache_dir,
-                local_files_only=offline,
-                endpoint=os.environ.get("HF_ENDPOINT") or None,
+                local_files_only=offline or unreachable,
+                endpoint=endpoint,
             )
         )
     except LocalEntryNotFoundError as error:

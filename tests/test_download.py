@@ -13,6 +13,7 @@ import hashlib
 import io
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from napari_focus import FocusPredictor
 from napari_focus.checkpoints import (
+    PROXY_VARIABLES,
     TRAINING_ONLY_PREFIXES,
     CheckpointError,
     CheckpointNotAvailable,
@@ -265,6 +267,17 @@ def test_unreachable_hub_with_warm_cache_uses_it(warm_cache, monkeypatch):
     cache, path = warm_cache
     _hub_env(monkeypatch, _closed_port_url(), offline=False)
     assert official_checkpoint("sod", "large", cache_dir=cache) == path
+
+
+def test_unreachable_hub_with_empty_cache_fails_at_once(monkeypatch, tmp_path):
+    """A refused connection is final: no 25 s of huggingface_hub retries."""
+    _hub_env(monkeypatch, _closed_port_url(), offline=False)
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointNotAvailable, match="the hub could not be reached"):
+        official_checkpoint("sod", "large", cache_dir=tmp_path / "empty_cache")
+    assert time.perf_counter() - started < 5
 
 
 def test_warm_cache_is_not_downloaded_again(online, warm_cache):
