@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from .._paths import bundled_dir
+from ..atomic import atomic_write_text
 from . import selfcheck, toolchain
 
 __all__ = [
@@ -224,9 +225,7 @@ def unavailable_reason(kind: str) -> str | None:
         if (problem := toolchain.nvcc_problem(nvcc, torch.version.cuda)) is not None:
             return problem
         requested = toolchain.requested_cuda_archs()
-        kept, dropped = toolchain.clamp_cuda_archs(
-            requested, toolchain.supported_cuda_archs(nvcc)
-        )
+        kept, dropped = toolchain.clamp_cuda_archs(requested, toolchain.supported_cuda_archs(nvcc))
         if requested and not kept:
             release = toolchain.nvcc_release(nvcc)
             toolkit = f"CUDA {release[0]}.{release[1]}" if release else str(nvcc)
@@ -314,10 +313,12 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
                         **_compile_flags(kind),
                     )
                 except Exception as exc:
-                    log.write_text(_warning_lines(caught) + f"{exc}\n\n{traceback.format_exc()}")
+                    failure = f"{exc}\n\n{traceback.format_exc()}"
+                    atomic_write_text(log, _warning_lines(caught) + failure)
                     raise
-                log.write_text(_warning_lines(caught) + "build succeeded\n")
-            (build_dir / _DONE_MARKER).write_text(json.dumps({"key": build_key(kind)}) + "\n")
+                atomic_write_text(log, _warning_lines(caught) + "build succeeded\n")
+            done = json.dumps({"key": build_key(kind)}) + "\n"
+            atomic_write_text(build_dir / _DONE_MARKER, done)
     return getattr(torch.ops, f"napari_focus_{kind}").ms_deform_attn, built_now
 
 
