@@ -274,6 +274,9 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
             probe.mkdir()
             probe.rmdir()
     except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINVAL, errno.ENOSYS):  # /proc, /sys and the like
+            reason = f"{existing} does not take new files or folders; choose another folder"
+            raise WriteError(folder, reason) from exc
         raise WriteError(folder, exc) from exc
     return folder
 

@@ -182,6 +182,12 @@ def test_output_checks(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_check_in_a_special_file_system() -> None:
+    with pytest.raises(WriteError, match="/proc does not take new files or folders"):
+        check_writable_folder("/proc/napari-focus-out")
+
+
 # --- pixel limits ----------------------------------------------------------------------------
 
 
