@@ -167,7 +167,7 @@ def describe() -> str:
 
 
 def _onednn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled() or x.dtype != torch.float32:
+    if torch.is_grad_enabled() or x.dtype != torch.float32 or not x.is_cpu:
         return F.linear(x, self.weight, self.bias)
     return onednn_linear(x, self.weight, self.bias)
 
