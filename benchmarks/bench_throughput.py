@@ -127,7 +127,7 @@ def main() -> None:
         runners = {"serial": predictor, "pipeline": predictor}
         if not args.skip_variants:
             plain = runners["plain"] = random_predictor(args.size)
-            plain.model.backbone.folded = None
+            plain.model.backbone.cpu_fast_path = False
             route_linears(plain.model, "mkl")
             onednn = runners["onednn"] = random_predictor(args.size)
             route_linears(onednn.model, "onednn")

@@ -8,6 +8,7 @@ import pickle
 import socket
 import threading
 import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -235,21 +236,20 @@ def check_state_dict(
         raise CheckpointError(f"{source} does not fit the FOCUS model:\n  " + "\n  ".join(parts))
 
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy",
-                   "all_proxy")  # fmt: skip
-
-
 def _endpoint_reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens. Behind a proxy the endpoint
-    is not contacted directly, so the answer is left to huggingface_hub (True)."""
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return True
+    """Whether a TCP connection to the hub endpoint opens. Behind a proxy (from the
+    environment, or the system settings on Windows and macOS) the endpoint is not
+    contacted directly, so the answer is left to huggingface_hub (True)."""
     parsed = urllib.parse.urlsplit(url)
-    if not parsed.hostname:
-        return True
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:  # a malformed port: huggingface_hub reports the endpoint
+        return True
+    host = parsed.hostname
+    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return True
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         return False
     return True

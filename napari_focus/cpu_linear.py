@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,8 +144,10 @@ def choose(shapes: list[tuple[int, int, int]]) -> str:
 def describe() -> str:
     """For ``napari-focus doctor``: the path this machine uses per model shape, and why."""
     forced = os.environ.get(ENV, "auto").strip().lower()
-    if forced != "auto":
+    if forced in PATHS:
         return f"CPU float32 linear layers: {forced} (set by {ENV})"
+    if forced != "auto":
+        return f"CPU float32 linear layers: {ENV}={forced!r} is invalid; use auto, mkl or onednn"
     if not onednn_available():
         return "CPU float32 linear layers: mkl (this torch has no oneDNN)"
     prefix = machine_key() + "|"
@@ -166,10 +167,27 @@ def describe() -> str:
     return "\n".join([f"CPU float32 linear layers (cached in {_cache_file()}):", *lines])
 
 
-def _onednn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled() or x.dtype != torch.float32 or not x.is_cpu:
-        return F.linear(x, self.weight, self.bias)
-    return onednn_linear(x, self.weight, self.bias)
+class OneDNNForward:
+    """``forward`` of one ``nn.Linear`` through oneDNN at float32 CPU inference, and
+    through ``F.linear`` otherwise (gradients, autocast, other dtypes and devices, and
+    ``torch.compile``, whose Inductor lowers oneDNN linears only for frozen weights).
+    A class rather than a bound function so that a routed model still pickles."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.linear = linear
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.linear.weight, self.linear.bias
+        if (
+            torch.is_grad_enabled()
+            or x.dtype != torch.float32
+            or weight.dtype != torch.float32
+            or not x.is_cpu
+            or torch.is_autocast_enabled("cpu")
+            or torch.compiler.is_compiling()
+        ):
+            return F.linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
 
 def route_linears(model: nn.Module, path: str) -> int:
@@ -179,7 +197,7 @@ def route_linears(model: nn.Module, path: str) -> int:
     for module in model.modules():
         if type(module) is nn.Linear:
             if path == "onednn":
-                module.forward = types.MethodType(_onednn_forward, module)
+                module.forward = OneDNNForward(module)
             else:
                 module.__dict__.pop("forward", None)
             count += 1

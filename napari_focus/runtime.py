@@ -117,11 +117,15 @@ def apply_cpu_fast_path(model: FocusModel, device: torch.device, precision: str)
     convolutions, channels-last (see :mod:`napari_focus.model.folded`), and route the
     linear layers through the faster of MKL and oneDNN on this machine (see
     :mod:`napari_focus.cpu_linear`). Returns the linear path, or None elsewhere."""
-    if device.type != "cpu" or precision != "float32":
-        return None
     from . import cpu_linear
 
-    model.backbone.folded = fold_backbone(model.backbone)
+    if device.type != "cpu" or precision != "float32":
+        # the model may come from a float32 CPU predictor: undo its fast path
+        model.backbone.cpu_fast_path, model.backbone.folded = False, None
+        cpu_linear.route_linears(model, "mkl")
+        return None
+    model.backbone.cpu_fast_path = True
+    model.backbone.folded = fold_backbone(model.backbone)  # now rather than at the first image
     path = cpu_linear.choose(linear_shapes(model))
     cpu_linear.route_linears(model, path)
     return path

@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 
 from napari_focus import FocusPredictor, cpu_linear
-from napari_focus.model.folded import fold_backbone
-from napari_focus.runtime import apply_cpu_fast_path, linear_shapes
+from napari_focus.runtime import apply_cpu_fast_path, cpu_bfloat16_supported, linear_shapes
 
 
 @pytest.fixture
@@ -46,20 +45,19 @@ def _randomise_batchnorms(model: torch.nn.Module) -> None:
 def test_folded_backbone_equals_plain(case_name, request, linear_cache):
     predictor = _predictor(request.getfixturevalue(case_name))
     backbone = predictor.model.backbone
-    _randomise_batchnorms(backbone)
-    backbone.folded = fold_backbone(backbone)
+    _randomise_batchnorms(backbone)  # in place: the next forward refolds
     x = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
     edges = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         fast = backbone(x, edges)
-        folded, backbone.folded = backbone.folded, None
+        backbone.cpu_fast_path = False
         plain = backbone(x, edges)
     for name in ("res2", "res3", "res4", "res5"):
         assert fast[name].shape == plain[name].shape
         assert fast[name].is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(fast[name], plain[name], atol=2e-5, rtol=1e-5)
     # with gradients (training) the plain modules run, whatever is folded
-    backbone.folded = folded
+    backbone.cpu_fast_path = True
     with torch.enable_grad():
         trained = backbone(x, edges)
     assert trained["res2"].requires_grad
@@ -68,11 +66,12 @@ def test_folded_backbone_equals_plain(case_name, request, linear_cache):
 
 def test_fast_path_keeps_the_state_dict_and_the_masks(tiny_mlp, focus_reference, linear_cache):
     fast = _predictor(tiny_mlp)
-    assert fast.model.backbone.folded is not None and fast.cpu_linear_path in cpu_linear.PATHS
+    assert fast.model.backbone.cpu_fast_path and fast.model.backbone.folded is not None
+    assert fast.cpu_linear_path in cpu_linear.PATHS
     keys = set(fast.model.state_dict())
     assert not any("folded" in key for key in keys)
     plain = _predictor(tiny_mlp)
-    plain.model.backbone.folded = None
+    plain.model.backbone.cpu_fast_path = False
     cpu_linear.route_linears(plain.model, "mkl")
     assert keys == set(plain.model.state_dict())
     rgb = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
@@ -81,10 +80,55 @@ def test_fast_path_keeps_the_state_dict_and_the_masks(tiny_mlp, focus_reference,
     assert np.array_equal(a.mask, b.mask)
 
 
-def test_other_precisions_and_devices_keep_the_plain_model(tiny_mlp, linear_cache):
+@pytest.mark.parametrize("path", cpu_linear.PATHS)
+def test_another_predictor_on_the_same_model_undoes_the_fast_path(
+    tiny_mlp, focus_reference, linear_cache, monkeypatch, path
+):
+    """A float32 CPU predictor's model handed to a bfloat16 (or GPU) predictor: plain
+    modules and autocast, exactly as a fresh bfloat16 predictor."""
+    if not cpu_bfloat16_supported():
+        pytest.skip("processor without bfloat16 support")
+    monkeypatch.setenv(cpu_linear.ENV, path)
+    first = _predictor(tiny_mlp)
+    second = FocusPredictor(first.model, "sod", device="cpu", precision="bfloat16")
+    assert second.cpu_linear_path is None
+    assert not first.model.backbone.cpu_fast_path and first.model.backbone.folded is None
+    assert all("forward" not in m.__dict__ for m in first.model.modules())
+    fresh = _predictor(tiny_mlp, precision="bfloat16")
+    rgb = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
+    a, b = second.predict(rgb), fresh.predict(rgb)
+    assert np.array_equal(a.mask, b.mask)
+    assert np.abs(a.probability - b.probability).max() < 1e-6
+    assert apply_cpu_fast_path(first.model, torch.device("cuda"), "float32") is None
+
+
+def test_fold_applies_only_to_float32_cpu_inference(tiny_mlp, linear_cache):
+    backbone = _predictor(tiny_mlp).model.backbone
+    x = torch.randn(1, 3, 64, 64)
+    edges = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert backbone(x, edges)["res2"].is_contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the plain modules
+            assert not backbone(x, edges)["res2"].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not cpu_linear.onednn_available(), reason="torch built without oneDNN")
+def test_routed_model_compiles_and_pickles(tiny_mlp, linear_cache, monkeypatch):
+    import copy
+    import pickle
+
+    monkeypatch.setenv(cpu_linear.ENV, "onednn")
     predictor = _predictor(tiny_mlp)
-    assert apply_cpu_fast_path(predictor.model, torch.device("cuda"), "float32") is None
-    assert apply_cpu_fast_path(predictor.model, torch.device("cpu"), "bfloat16") is None
+    clone = pickle.loads(pickle.dumps(predictor.model))
+    assert clone.backbone.folded is None and clone.backbone.cpu_fast_path  # refolds on use
+    assert copy.deepcopy(predictor.model).backbone.folded is None
+    x, edges = torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = predictor.model(x, edges)["pred_masks"]
+        torch.testing.assert_close(clone(x, edges)["pred_masks"], expected)
+        assert clone.backbone.folded is not None
+        compiled = torch.compile(predictor.model, backend="eager")  # no C++ toolchain needed
+        torch.testing.assert_close(compiled(x, edges)["pred_masks"], expected)
 
 
 @pytest.mark.skipif(not cpu_linear.onednn_available(), reason="torch built without oneDNN")
@@ -154,9 +198,9 @@ def test_fold_follows_weight_changes_and_training_mode(tiny_mlp, linear_cache):
     def both() -> tuple[dict, dict]:
         with torch.inference_mode():
             fast = backbone(x, edges)
-            kept, backbone.folded = backbone.folded, None
+            backbone.cpu_fast_path = False
             plain = backbone(x, edges)
-            backbone.folded = kept
+            backbone.cpu_fast_path = True
         return fast, plain
 
     with torch.no_grad():  # an optimizer step or load_state_dict: in-place updates

@@ -14,6 +14,7 @@ import io
 import socket
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,7 +23,6 @@ import torch
 
 from napari_focus import FocusPredictor
 from napari_focus.checkpoints import (
-    PROXY_VARIABLES,
     TRAINING_ONLY_PREFIXES,
     CheckpointError,
     CheckpointNotAvailable,
@@ -272,12 +272,26 @@ def test_unreachable_hub_with_warm_cache_uses_it(warm_cache, monkeypatch):
 def test_unreachable_hub_with_empty_cache_fails_at_once(monkeypatch, tmp_path):
     """A refused connection is final: no 25 s of huggingface_hub retries."""
     _hub_env(monkeypatch, _closed_port_url(), offline=False)
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "getproxies", dict)  # no proxy on this machine
     started = time.perf_counter()
     with pytest.raises(CheckpointNotAvailable, match="the hub could not be reached"):
         official_checkpoint("sod", "large", cache_dir=tmp_path / "empty_cache")
     assert time.perf_counter() - started < 5
+
+
+def test_reachability_probe_leaves_proxies_and_odd_endpoints_to_the_hub(monkeypatch):
+    from napari_focus.checkpoints import _endpoint_reachable
+
+    closed = _closed_port_url()
+    monkeypatch.setattr(urllib.request, "getproxies", dict)
+    assert not _endpoint_reachable(closed)
+    # a proxy from the environment or the system settings: no direct probe
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"http": "http://proxy:3128"})
+    monkeypatch.setattr(urllib.request, "proxy_bypass", lambda host: False)
+    assert _endpoint_reachable(closed)
+    monkeypatch.setattr(urllib.request, "proxy_bypass", lambda host: True)  # NO_PROXY
+    assert not _endpoint_reachable(closed)
+    assert _endpoint_reachable("http://127.0.0.1:99999")  # malformed: the hub says so
 
 
 def test_warm_cache_is_not_downloaded_again(online, warm_cache):

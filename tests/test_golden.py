@@ -63,10 +63,8 @@ def test_every_stage_matches(case, backend, folded, focus_reference):
     name, predictor, golden = case
     model = predictor.model
     model.set_deform_attn_backend(backend)
-    fast = model.backbone.folded
-    assert fast is not None
-    if not folded:
-        model.backbone.folded = None
+    assert model.backbone.cpu_fast_path and model.backbone.folded is not None
+    model.backbone.cpu_fast_path = folded
     try:
         x = _padded_input(focus_reference)
         with torch.inference_mode():
@@ -75,7 +73,7 @@ def test_every_stage_matches(case, backend, folded, focus_reference):
             logits, masks = model.sem_seg_head.predictor(multi_scale, mask_features)
     finally:
         model.set_deform_attn_backend("auto")
-        model.backbone.folded = fast
+        model.backbone.cpu_fast_path = True
     stages = {f"backbone.{k}": v for k, v in features.items()}
     stages["pixel_decoder.mask_features"] = mask_features
     stages.update({f"pixel_decoder.multi_scale.{i}": m for i, m in enumerate(multi_scale)})

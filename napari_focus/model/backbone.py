@@ -14,6 +14,16 @@ from .folded import FoldedBackbone, TailInputs, current_fold
 from .vit import Block, PatchEmbed
 
 
+def _fold_applies(images: torch.Tensor) -> bool:
+    """The folded copies serve float32 CPU inference only (no gradients, no autocast)."""
+    return (
+        images.is_cpu
+        and images.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 class FocusBackbone(nn.Module):
     """Maps a normalised, padded ``(B, 3, H, W)`` image (H, W multiples of 32) to
     ``{"res2": stride 4, "res3": 8, "res4": 16, "res5": 32}``, each ``embed_dim`` wide."""
@@ -49,8 +59,14 @@ class FocusBackbone(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim)
         self.norm3 = nn.BatchNorm2d(dim)
         self.norm4 = nn.BatchNorm2d(dim)
-        # set by napari_focus.runtime for CPU inference; never used with gradients
+        # float32 CPU inference through folded copies (set by napari_focus.runtime);
+        # `folded` caches them and is rebuilt when the weights change
+        self.cpu_fast_path = False
         self.folded: FoldedBackbone | None = None
+
+    def __getstate__(self) -> dict:
+        # copies and pickles leave the folded copies behind; they are rebuilt when used
+        return {**super().__getstate__(), "folded": None}
 
     def _position_embedding(self, h: int, w: int) -> torch.Tensor:
         grid = self.pos_embed[:, 1:].reshape(1, self.pretrain_grid, self.pretrain_grid, -1)
@@ -84,7 +100,7 @@ class FocusBackbone(nn.Module):
         if edges is None:
             edges = inject_edges(images)
         folded = None
-        if self.folded is not None and not torch.is_grad_enabled():
+        if self.cpu_fast_path and _fold_applies(images):
             folded = current_fold(self, self.folded)  # None while BatchNorms train
             self.folded = folded or self.folded
         edge = self.edge if folded is None else folded.edge

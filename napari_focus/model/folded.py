@@ -183,10 +183,17 @@ def fold_backbone(backbone: nn.Module) -> FoldedBackbone:
     return FoldedBackbone(edge, FoldedTail(backbone.up, norms), fingerprint(backbone))
 
 
-def current_fold(backbone: nn.Module, folded: FoldedBackbone) -> FoldedBackbone | None:
+def current_fold(backbone: nn.Module, folded: FoldedBackbone | None) -> FoldedBackbone | None:
     """``folded`` if it was built from the weights ``backbone`` holds now, a new fold
-    if they changed (in place, replaced or moved), None in training mode."""
+    if they changed (in place, replaced or moved) or none was built yet, None in
+    training mode.
+
+    Changes are seen through tensor version counters, which every in-place PyTorch
+    operation and the default optimizers bump; writes that bypass them (through
+    ``.data``, fused optimizers) need ``backbone.folded = None`` to refold."""
     now = fingerprint(backbone)
     if now is None:
         return None
-    return folded if now == folded.fingerprint else fold_backbone(backbone)
+    if folded is not None and now == folded.fingerprint:
+        return folded
+    return fold_backbone(backbone)
