@@ -18,7 +18,6 @@ through oneDNN) and ``bfloat16`` (the opt-in fast mode).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -32,18 +31,14 @@ from PIL import Image
 
 from napari_focus.cpu_linear import route_linears
 from napari_focus.io import read_image, write_mask
+from napari_focus.ops.toolchain import cpu_model
 from napari_focus.pipeline import Job, run_pipeline
 
 
 def machine() -> str:
-    name = platform.processor() or "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
     flags = set(Path("/proc/cpuinfo").read_text().split())
     wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
-    return f"{name}; {', '.join(f for f in wanted if f in flags)}; torch {torch.__version__}"
+    return f"{cpu_model()}; {', '.join(f for f in wanted if f in flags)}; torch {torch.__version__}"
 
 
 def timed(fn):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,21 +45,11 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def _processor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_key() -> str:
-    from .ops.toolchain import cpu_isa_tag
+    from .ops.toolchain import cpu_isa_tag, cpu_model
 
     return "|".join(
-        (_processor(), cpu_isa_tag() or "-", torch.__version__, str(torch.get_num_threads()))
+        (cpu_model(), cpu_isa_tag() or "-", torch.__version__, str(torch.get_num_threads()))
     )
 
 

@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "msda_checks.h"
+
 namespace {
 
 // out[d] += w00 * v00[d] + ... over the head dimension; kDim > 0 fixes the
@@ -129,38 +131,19 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value,
                   value.scalar_type() == at::kDouble,
               "napari-focus CPU deformable attention supports float32 and "
               "float64 values, got ", value.scalar_type());
-  TORCH_CHECK(value.dim() == 4, "value must be (B, S, M, D)");
-  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
-              "sampling_locations must be (B, Q, M, L, P, 2)");
-  const int64_t batch = value.size(0), spatial = value.size(1);
-  const int64_t heads = value.size(2), dim = value.size(3);
-  const int64_t queries = sampling_locations.size(1);
-  const int64_t levels = sampling_locations.size(3);
-  const int64_t points = sampling_locations.size(4);
-  TORCH_CHECK(sampling_locations.size(0) == batch &&
-                  sampling_locations.size(2) == heads,
-              "sampling_locations batch/heads do not match value");
-  TORCH_CHECK(attention_weights.sizes() ==
-                  sampling_locations.sizes().slice(0, 5),
-              "attention_weights must be (B, Q, M, L, P)");
+  const auto n = napari_focus_msda::check_msda_arguments(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const int64_t batch = n.batch, spatial = n.spatial, heads = n.heads, dim = n.dim;
+  const int64_t queries = n.queries, levels = n.levels, points = n.points;
 
   const auto v = value.contiguous();
   const auto shapes = spatial_shapes.to(at::kLong).contiguous();
   const auto starts = level_start_index.to(at::kLong).contiguous();
   const auto loc = sampling_locations.to(v.scalar_type()).contiguous();
   const auto attn = attention_weights.to(v.scalar_type()).contiguous();
-  TORCH_CHECK(shapes.numel() == 2 * levels && starts.numel() == levels,
-              "spatial_shapes must be (L, 2) and level_start_index (L,)");
-  // Out-of-range levels would read outside `value`: refuse them up front.
   const int64_t* shp = shapes.data_ptr<int64_t>();
   const int64_t* st = starts.data_ptr<int64_t>();
-  for (int64_t l = 0; l < levels; ++l) {
-    TORCH_CHECK(shp[2 * l] > 0 && shp[2 * l + 1] > 0 && st[l] >= 0 &&
-                    st[l] + shp[2 * l] * shp[2 * l + 1] <= spatial,
-                "level ", l, " (", shp[2 * l], "x", shp[2 * l + 1],
-                " starting at ", st[l], ") does not fit in ", spatial,
-                " value tokens");
-  }
+  napari_focus_msda::check_levels_fit(shp, st, n);
 
   auto out = at::empty({batch, queries, heads * dim}, v.options());
   if (out.numel() == 0) return out;

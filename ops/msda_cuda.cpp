@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "msda_checks.h"
 #include "msda_cuda_kernel.cuh"
 
 namespace {
@@ -35,35 +36,15 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value,
   TORCH_CHECK(sampling_locations.device() == value.device() &&
                   attention_weights.device() == value.device(),
               "value, sampling_locations and attention_weights must be on one device");
-  TORCH_CHECK(value.dim() == 4, "value must be (B, S, M, D)");
-  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 2,
-              "sampling_locations must be (B, Q, M, L, P, 2)");
-  const int64_t batch = value.size(0), spatial = value.size(1);
-  const int64_t heads = value.size(2), dim = value.size(3);
-  const int64_t queries = sampling_locations.size(1);
-  const int64_t levels = sampling_locations.size(3);
-  const int64_t points = sampling_locations.size(4);
-  TORCH_CHECK(sampling_locations.size(0) == batch && sampling_locations.size(2) == heads,
-              "sampling_locations batch/heads do not match value");
-  TORCH_CHECK(attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
-              "attention_weights must be (B, Q, M, L, P)");
-  TORCH_CHECK(spatial_shapes.numel() == 2 * levels && level_start_index.numel() == levels,
-              "spatial_shapes must be (L, 2) and level_start_index (L,)");
-  // Out-of-range levels would read outside `value`, and an illegal address
-  // kills the CUDA context of the whole process: refuse them up front (a
-  // host copy of 3 L integers).
-  {
+  const auto n = napari_focus_msda::check_msda_arguments(
+      value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const int64_t batch = n.batch, spatial = n.spatial, heads = n.heads, dim = n.dim;
+  const int64_t queries = n.queries, levels = n.levels, points = n.points;
+  {  // the level bounds are checked on a host copy of 3 L integers
     const auto shapes_host = spatial_shapes.to(at::kCPU, at::kLong).contiguous();
     const auto starts_host = level_start_index.to(at::kCPU, at::kLong).contiguous();
-    const int64_t* shp = shapes_host.data_ptr<int64_t>();
-    const int64_t* st = starts_host.data_ptr<int64_t>();
-    for (int64_t l = 0; l < levels; ++l) {
-      TORCH_CHECK(shp[2 * l] > 0 && shp[2 * l + 1] > 0 && st[l] >= 0 &&
-                      st[l] + shp[2 * l] * shp[2 * l + 1] <= spatial,
-                  "level ", l, " (", shp[2 * l], "x", shp[2 * l + 1],
-                  " starting at ", st[l], ") does not fit in ", spatial,
-                  " value tokens");
-    }
+    napari_focus_msda::check_levels_fit(shapes_host.data_ptr<int64_t>(),
+                                        starts_host.data_ptr<int64_t>(), n);
   }
 
   const c10::cuda::CUDAGuard guard(value.device());

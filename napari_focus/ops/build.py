@@ -78,7 +78,7 @@ _SOURCES = {
     "cpu": ("msda_cpu.cpp",),
     "cuda": ("msda_cuda.cpp", "msda_cuda_kernel.cu"),
 }
-_HEADERS = {"cpu": (), "cuda": ("msda_cuda_kernel.cuh",)}
+_HEADERS = {"cpu": ("msda_checks.h",), "cuda": ("msda_checks.h", "msda_cuda_kernel.cuh")}
 _DONE_MARKER = "build.ok"
 
 

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import build as jit
-
-
-def cpu_model() -> str:
-    """The CPU's model name (as `lscpu` prints it on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from .toolchain import cpu_model
 
 
 def _devices() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -146,6 +147,18 @@ def clamp_cuda_archs(
 
 def extra_cflags() -> list[str]:
     return shlex.split(os.environ.get(EXTRA_CFLAGS_ENV, ""))
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (as `lscpu` prints it on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.cache
