@@ -57,7 +57,7 @@ def test_image_choices_follow_layers(viewer_widget, small_coffee):
     assert widget.image.value is None
     first = viewer.add_image(small_coffee, name="first")
     second = viewer.add_image(small_coffee, name="second")
-    assert widget._image_choices() == ["first", "second"]
+    assert widget.image_choices() == ["first", "second"]
     assert widget.image.value == "second"  # the active layer
     viewer.layers.selection.active = first
     assert widget.image.value == "first"

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..atomic import WriteError, check_writable_folder
+from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
+from ..cli_common import EXIT_SETUP_ERROR
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
 
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-EXIT_FAILED = 1
-EXIT_SETUP_ERROR = 2
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -100,9 +100,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             manifest=args.manifest,
             progress=not args.quiet,
         )
-    except ValueError as error:
-        return _fail(str(error))
-    except (RuntimeError, ConnectionError) as error:  # the model or the cluster
+    except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
 
     for item in run.unmatched:

@@ -45,10 +45,6 @@ STATUS_TICK_MS = 500
 INLINE_REFINE_PIXELS = 2_000_000  # larger proposals are refined in a worker
 
 
-def ask_yes_no(parent: Any, question: str) -> bool:
-    return dialogs.ask_yes_no(parent, question)
-
-
 def load_section(spec: str) -> type:
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
@@ -143,8 +139,6 @@ class FocusWidget(Container):
             for layer in self.viewer.layers
             if isinstance(layer, Image) and META_KEY not in layer.metadata
         ]
-
-    _image_choices = image_choices
 
     def reset_choices(self, *args: Any) -> None:
         super().reset_choices(*args)
@@ -282,14 +276,10 @@ class FocusWidget(Container):
     def set_status(self, text: str) -> None:
         self.status.value = text
 
-    _set_status = set_status
-
     def report_error(self, error: BaseException | str) -> None:
         message = error if isinstance(error, str) else gui_message(error)
         self.set_status(f"error: {message}")
         show_error(f"FOCUS: {message}")
-
-    _report_error = report_error
 
     # ------------------------------------------------------------- output
     def _on_returned(
@@ -355,8 +345,6 @@ class FocusWidget(Container):
         """:meth:`mask_layer` when it holds a model proposal (refinable)."""
         labels = self.mask_layer()
         return labels if labels is not None and META_KEY in labels.metadata else None
-
-    _proposal_layer = proposal_layer
 
     def refinement(self) -> Any:
         return self.refine_section.refinement()

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
+from ..cli_common import EXIT_SETUP_ERROR
+from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
+from ..presets import SIZES, TASKS
+
+# a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
-LAYOUT_NAMES = ("duts-tr", "cod10k-train", "camo-train", "istd-train", "defocus-train",
-                "casia-train", "generic")  # fmt: skip
-EXIT_FAILED = 1
-EXIT_SETUP_ERROR = 2
 
 
 def add_train_parser(commands: Any) -> argparse.ArgumentParser:
@@ -39,9 +41,9 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
         "(focus_large_cod) or a checkpoint file (.pth or .safetensors)",
     )  # fmt: skip
     train.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
-    train.add_argument("--size", choices=("large", "giant"), default="large",
+    train.add_argument("--size", choices=SIZES, default="large",
                        help="size of an official base given as a task (default large)")
-    train.add_argument("--task", choices=("sod", "cod", "sd", "dbd", "fd"), type=str.lower,
+    train.add_argument("--task", choices=TASKS, type=str.lower,
                        help="task recorded in the output (default: the base's)")  # fmt: skip
     train.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

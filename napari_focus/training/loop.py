@@ -218,8 +218,9 @@ def train(
             predictions = training_forward(model, images)
         losses = criterion(predictions, targets)
         loss = total_loss(losses)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
+        loss_value = loss.item()  # the step's one device sync
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"the loss became {loss_value} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -229,12 +230,12 @@ def train(
         run.step = step + 1
         elapsed = time.perf_counter() - started
         rate = (run.step - first_step) / elapsed if elapsed > 0 else None
-        run.history.append({"step": run.step, "kind": "train", "loss": loss.item(),
+        run.history.append({"step": run.step, "kind": "train", "loss": loss_value,
                             "lr": config.lr * factor})  # fmt: skip
         report_progress(
             TrainProgress(
                 "train", run.step, config.steps, f"step {run.step}/{config.steps}",
-                loss=loss.item(), steps_per_second=rate,
+                loss=loss_value, steps_per_second=rate,
                 eta_seconds=(config.steps - run.step) / rate if rate else None,
             )
         )  # fmt: skip

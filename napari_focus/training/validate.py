@@ -75,7 +75,7 @@ def write_report(folder: Path, history: Sequence[Mapping[str, Any]], title: str)
     writer.writeheader()
     for row in history:
         writer.writerow({k: _fmt(row.get(k)) for k in REPORT_COLUMNS})
-    _write_text(folder / "training_log.csv", buffer.getvalue())
+    atomic_write_text(folder / "training_log.csv", buffer.getvalue())
 
     losses = [(r["step"], r["loss"]) for r in history if r.get("kind") == "train"]
     evals = [r for r in history if r.get("kind") == "eval"]
@@ -94,7 +94,7 @@ def write_report(folder: Path, history: Sequence[Mapping[str, Any]], title: str)
         f"<h2>Evaluations</h2><table border=1 cellpadding=3><tr>{head}</tr>{table}</table>"
     )
     path = folder / "training_report.html"
-    _write_text(path, page)
+    atomic_write_text(path, page)
     return path
 
 
@@ -104,10 +104,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
 
 
 def _svg_chart(title: str, points: Sequence[tuple[float, float]]) -> str:
