@@ -261,6 +261,32 @@ def test_autosave_and_load(folder, tmp_path):
     )
 
 
+def test_accept_in_one_save_equals_the_three_steps(folder, tmp_path, monkeypatch):
+    record = {"layout": "duts-tr", "name": "c", "mask": "DUTS-TR/c.png"}
+    mask = np.ones((6, 8), np.uint8)
+    results = {}
+    for route in ("steps", "one"):
+        state = load_or_create(tmp_path / route, folder, recursive=True)
+        state.autosave("sub/c.tif", mask)
+        saves = []
+        monkeypatch.setattr(type(state), "save", lambda self, _s=saves: _s.append(1) or None)
+        if route == "steps":
+            state.record_export("sub/c.tif", record)
+            state.mark("sub/c.tif", Status.ACCEPTED)
+            state.discard_autosaved("sub/c.tif")
+        else:
+            state.record_accept("sub/c.tif", record)
+        monkeypatch.undo()
+        item = state.queue.item("sub/c.tif")
+        assert state.load_autosaved("sub/c.tif") is None
+        assert not state.autosave_path("sub/c.tif").with_suffix(".json").exists()
+        results[route] = (len(saves), item.status, item.export, item.autosaved,
+                          item.autosave_of, item.fingerprint)  # fmt: skip
+    assert results["steps"][0] == 3 and results["one"][0] == 1
+    assert results["steps"][1:] == results["one"][1:]
+    assert results["one"][1] is Status.ACCEPTED
+
+
 def test_export_record_from_an_export_result(tmp_path):
     from napari_focus.datasets import export_sample
 

@@ -62,9 +62,7 @@ class SeriesDecisions:
             return  # the reason is on screen; the mask stays as it is
         item = self.state.queue.item(key)
         try:
-            self.state.record_export(item.key, export_record(result))
-            self.state.mark(item.key, Status.ACCEPTED)
-            self.state.discard_autosaved(item.key)
+            self.state.record_accept(item.key, export_record(result))
         except OSError as error:
             self._error(self.close_guard.save_failure_text(error, "the series state"))
         self._report_quality(item, proposal, accepted)

@@ -211,11 +211,14 @@ class SeriesState:
 
     def discard_autosaved(self, key: str) -> None:
         """Delete an item's autosaved mask (e.g. once exported) and clear its flag."""
-        self.autosave_path(key).unlink(missing_ok=True)
-        self.autosave_path(key).with_suffix(".json").unlink(missing_ok=True)
+        self._remove_autosave_files(key)
         item = self.queue.item(key)
         item.autosaved, item.autosave_of = False, None
         self.save()
+
+    def _remove_autosave_files(self, key: str) -> None:
+        self.autosave_path(key).unlink(missing_ok=True)
+        self.autosave_path(key).with_suffix(".json").unlink(missing_ok=True)
 
     # --- status helpers that persist ----------------------------------------------------
 
@@ -234,6 +237,17 @@ class SeriesState:
         item = self.queue.record_export(which, record)
         self._fingerprint(item)
         self.save()
+        return item
+
+    def record_accept(self, key: str, record: dict[str, Any]) -> QueueItem:
+        """An accepted, exported item in one save: its export record, status ACCEPTED,
+        and no autosaved mask any more (the files go once the state says so)."""
+        item = self.queue.record_export(key, record)
+        self.queue.mark(key, Status.ACCEPTED)
+        self._fingerprint(item)
+        item.autosaved, item.autosave_of = False, None
+        self.save()
+        self._remove_autosave_files(key)
         return item
 
 
