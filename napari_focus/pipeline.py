@@ -122,9 +122,10 @@ def run_pipeline(
                     report(job, str(error))
             if not batch:
                 continue
-            for job, outcome in _predict(predictor, batch, per_batch):
-                if isinstance(outcome, str):
-                    report(job, outcome)
+            outcomes = predict_isolating(predictor, [prepared for _, prepared in batch], per_batch)
+            for (job, _), (outcome, _) in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    report(job, str(outcome))
                 else:
                     behind.append((job, writer.submit(_write, job, outcome)))
             settle_writes(limit=2 * per_batch)
@@ -144,24 +145,34 @@ def run_pipeline(
     return summary
 
 
-def _predict(
-    predictor: FocusPredictor, batch: list[tuple[Job, PreparedInput]], per_batch: int
-) -> list[tuple[Job, Prediction | str]]:
-    """Predict a batch; if it fails as a whole, retry one image at a time so that
-    only the images that really fail are reported."""
-    inputs = [prepared for _, prepared in batch]
+def predict_isolating(
+    predictor: FocusPredictor, inputs: Sequence[PreparedInput], per_batch: int | None
+) -> list[tuple[Prediction | Exception, float]]:
+    """(prediction or the exception it raised, seconds) per input. A batch that fails
+    as a whole is redone one image at a time, so that only the images that really fail
+    are reported; a batch's seconds are shared equally among its images."""
+    if not inputs:
+        return []
+    start = time.perf_counter()
     try:
         predictions = predictor.predict_prepared(inputs, batch_size=per_batch)
-        return [(job, p) for (job, _), p in zip(batch, predictions, strict=True)]
     except KeyboardInterrupt:
         raise
     except Exception as error:
-        if len(batch) == 1:
-            return [(batch[0][0], str(error))]
-    results: list[tuple[Job, Prediction | str]] = []
-    for job, prepared in batch:
+        if len(inputs) == 1:
+            return [(error, time.perf_counter() - start)]
+    else:
+        share = (time.perf_counter() - start) / max(1, len(inputs))
+        return [(prediction, share) for prediction in predictions]
+    results: list[tuple[Prediction | Exception, float]] = []
+    for prepared in inputs:
+        start = time.perf_counter()
+        outcome: Prediction | Exception
         try:
-            results.append((job, predictor.predict_prepared([prepared], batch_size=1)[0]))
+            (outcome,) = predictor.predict_prepared([prepared], batch_size=1)
+        except KeyboardInterrupt:
+            raise
         except Exception as error:  # report this image, keep going with the others
-            results.append((job, str(error)))
+            outcome = error
+        results.append((outcome, time.perf_counter() - start))
     return results

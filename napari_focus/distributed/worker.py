@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from ..pipeline import predict_isolating
 from .inputs import read_source
 
 #: start of the error a worker raises when it cannot load the model (found by the driver
@@ -130,29 +130,16 @@ class FocusWorker:
         self.model_lock = threading.Lock()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def _predict(self, images: Sequence[np.ndarray]) -> list[tuple[Any, float]]:
-        """(prediction or exception, seconds) per image; a batch that fails is redone one
-        image at a time so that only the bad image fails."""
-        tta = self.settings.tta
-        if len(images) > 1 and hasattr(self.predictor, "predict_batch"):
-            start = time.perf_counter()
-            try:
-                results = self.predictor.predict_batch(
-                    list(images), tta=tta, batch_size=self.settings.batch_size
-                )
-            except Exception:
-                pass
-            else:
-                share = (time.perf_counter() - start) / len(images)
-                return [(result, share) for result in results]
-        out: list[tuple[Any, float]] = []
+    def _prepare(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """Resize and edge-inject outside the model lock (a prepared input, or the
+        exception preparing raised), so this overlaps the other thread's forward."""
+        prepared: list[Any] = []
         for image in images:
-            start = time.perf_counter()
             try:
-                out.append((self.predictor.predict(image, tta=tta), time.perf_counter() - start))
+                prepared.append(self.predictor.prepare(image, tta=self.settings.tta))
             except Exception as error:
-                out.append((error, time.perf_counter() - start))
-        return out
+                prepared.append(error)
+        return prepared
 
     def _write(self, row: dict[str, Any], prediction: Any) -> None:
         from ..io import write_mask, write_probability
@@ -193,9 +180,16 @@ class FocusWorker:
             )
             for i in readable
         ]
+        prepared = self._prepare(images)
+        for i, result in zip(readable, prepared, strict=True):
+            if isinstance(result, Exception):
+                rows[i]["error"] = describe(result)
+        ready = [(i, p) for i, p in zip(readable, prepared, strict=True) if not rows[i]["error"]]
         with self.model_lock:
-            predictions = self._predict(images)
-        for i, (result, seconds) in zip(readable, predictions, strict=True):
+            predictions = predict_isolating(
+                self.predictor, [p for _, p in ready], self.settings.batch_size
+            )
+        for (i, _), (result, seconds) in zip(ready, predictions, strict=True):
             row = rows[i]
             row["seconds"] = seconds
             if isinstance(result, Exception):

@@ -1,0 +1,104 @@
+"""A batch in which one image fails in the model: only that image fails, in the local
+pipeline's predict step and in the distributed worker (run here without Ray), and the
+worker prepares images outside its model lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_focus import FocusPredictor
+from napari_focus.distributed.worker import FocusWorker, WorkerSettings
+from napari_focus.io import read_image
+from napari_focus.pipeline import predict_isolating
+
+FAILING_SHAPE = (50, 70)  # images of this size make the model raise, as an OOM would
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_mlp, tmp_path_factory) -> Path:
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def photos(focus_reference) -> list[np.ndarray]:
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    return [
+        np.asarray(source.resize((80, 64))),
+        np.asarray(source.resize(FAILING_SHAPE[::-1])),
+        np.asarray(source.transpose(Image.FLIP_LEFT_RIGHT).resize((64, 64))),
+    ]
+
+
+def fail_on_marked_shape(monkeypatch, predictor: FocusPredictor) -> list[int]:
+    """Make every forward holding an image of FAILING_SHAPE raise; returns the batch
+    sizes the model was called with."""
+    original = predictor.predict_prepared
+    calls: list[int] = []
+
+    def predict_prepared(inputs, *, batch_size=None):
+        calls.append(len(inputs))
+        if any(item.original_hw == FAILING_SHAPE for item in inputs):
+            raise RuntimeError("CUDA out of memory (injected)")
+        return original(inputs, batch_size=batch_size)
+
+    monkeypatch.setattr(predictor, "predict_prepared", predict_prepared)
+    return calls
+
+
+def test_only_the_failing_image_fails(weights, photos, monkeypatch):
+    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+    expected = [predictor.predict(photos[0]), predictor.predict(photos[2])]
+    calls = fail_on_marked_shape(monkeypatch, predictor)
+
+    outcomes = predict_isolating(predictor, [predictor.prepare(p) for p in photos], 3)
+    assert calls == [3, 1, 1, 1]  # the batch, then each image alone
+    (first, s0), (failed, s1), (last, s2) = outcomes
+    assert isinstance(failed, RuntimeError) and "out of memory" in str(failed)
+    np.testing.assert_array_equal(first.mask, expected[0].mask)
+    np.testing.assert_array_equal(last.mask, expected[1].mask)
+    assert min(s0, s1, s2) > 0
+    assert predict_isolating(predictor, [], 3) == []
+
+
+def test_worker_writes_the_others_and_prepares_outside_its_lock(
+    weights, photos, monkeypatch, tmp_path
+):
+    settings = WorkerSettings(task="sod", weights=str(weights), batch_size=4)
+    worker = FocusWorker(settings.as_dict())
+    fail_on_marked_shape(monkeypatch, worker.predictor)
+    prepare = worker.predictor.prepare
+    lock_held_while_preparing: list[bool] = []
+
+    def watched_prepare(image, *, tta=False):
+        lock_held_while_preparing.append(worker.model_lock.locked())
+        return prepare(image, tta=tta)
+
+    monkeypatch.setattr(worker.predictor, "prepare", watched_prepare)
+    names = ["a", "b", "c", "broken"]
+    batch = {
+        "source": [f"/in/{n}.png" for n in names],
+        "name": names,
+        "mask": [str(tmp_path / f"{n}.png") for n in names],
+        "probability": [""] * 4,
+        "pixels": [np.ascontiguousarray(p).tobytes() for p in photos] + [b""],
+        "height": [p.shape[0] for p in photos] + [0],
+        "width": [p.shape[1] for p in photos] + [0],
+        "error": ["", "", "", "OSError: cannot identify image file"],
+    }
+    rows = worker(batch)
+
+    assert rows["status"] == ["written", "failed", "written", "failed"]
+    assert "out of memory" in rows["error"][1] and "cannot identify" in rows["error"][3]
+    assert lock_held_while_preparing == [False, False, False]
+    reference = FocusPredictor.from_checkpoint(weights, device="cpu")
+    for name, photo in (("a", photos[0]), ("c", photos[2])):
+        written = read_image(tmp_path / f"{name}.png")
+        np.testing.assert_array_equal(written > 0, reference.predict(photo).mask > 0)
+    assert not (tmp_path / "b.png").exists()
+    assert rows["seconds"][0] > 0 and np.isnan(rows["uncertainty"][1])
