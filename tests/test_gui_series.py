@@ -117,8 +117,10 @@ def test_series_prefetch_autosave_accept_resume(
     qtbot.waitUntil(lambda: not widget2.series.busy, timeout=WAIT_MS)
 
 
-def test_order_by_uncertainty_scores_every_image(qtbot, open_focus_widget, folder):
-    _viewer, widget = open_focus_widget()
+def test_order_by_uncertainty_scores_every_image(
+    qtbot, open_focus_widget, folder, predict_threads, monkeypatch
+):
+    viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
     series.open(folder)
@@ -128,6 +130,25 @@ def test_order_by_uncertainty_scores_every_image(qtbot, open_focus_widget, folde
     order = [item.key for item in series.state.queue]
     expected = sorted(series.scores, key=lambda key: -series.scores[key])
     assert order == expected
+    scores = dict(series.scores)
+    computed = len(predict_threads)
+    viewer.close()
+
+    # reopened: the scores are read from the stored proposals, not recomputed from maps
+    from napari_focus.gui import series_display, series_jobs
+
+    def no_rescoring(*_args, **_kwargs):
+        raise AssertionError("a stored proposal was scored again")
+
+    monkeypatch.setattr(series_jobs, "uncertainty", no_rescoring)
+    monkeypatch.setattr(series_display, "uncertainty", no_rescoring)
+    _viewer2, widget2 = open_focus_widget()
+    series2 = widget2.series
+    series2.prefetch.value = False
+    series2.open(folder)
+    series2.order_by_uncertainty()  # all stored: ordered at once, on this thread
+    assert series2.scores == scores and len(predict_threads) == computed
+    assert [item.key for item in series2.state.queue] == expected
 
 
 def test_existing_masks_are_the_starting_point(qtbot, open_focus_widget, folder, predict_threads):

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_focus.quality import uncertainty
 from napari_focus.run_control import Cancelled, RunControl, stage_modules, watch_model
 from napari_focus.series import ImageQueue, PrefetchCache, Status
 from napari_focus.series.images import UnusableImageError, load_series_image
@@ -62,10 +63,11 @@ def test_proposal_store_round_trip_and_stale_images(tmp_path):
     probability = np.random.default_rng(0).random((30, 40)).astype(np.float32)
     mask = (probability > 0.4).astype(np.uint8)
     assert store.load("img.png", image) is None and not store.has("img.png")
-    store.save("img.png", image, probability, mask)
-    loaded_probability, loaded_mask = store.load("img.png", image)
-    np.testing.assert_array_equal(loaded_mask, mask)
-    np.testing.assert_allclose(loaded_probability, probability, atol=1e-3)
+    store.save("img.png", image, probability, mask, score=0.25)
+    loaded = store.load("img.png", image)
+    np.testing.assert_array_equal(loaded.mask, mask)
+    np.testing.assert_allclose(loaded.probability, probability, atol=1e-3)
+    assert loaded.uncertainty == store.uncertainty("img.png", image) == 0.25
     assert (
         ProposalStore(tmp_path / "series", "cod|large|hf://x|float32").load("img.png", image)
         is None
@@ -73,6 +75,31 @@ def test_proposal_store_round_trip_and_stale_images(tmp_path):
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the image changed
     assert store.load("img.png", image) is None
+    assert store.uncertainty("img.png", image) is None
+
+
+def test_stored_score_is_read_without_the_maps(tmp_path, monkeypatch):
+    store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
+    probability = np.random.default_rng(1).random((300, 400)).astype(np.float32)
+    store.save("a.png", None, probability, probability > 0.5)
+    assert store.uncertainty("a.png", None) == pytest.approx(uncertainty(probability))
+
+    with np.load(store.path("a.png")) as data:  # a file without a score: computed from it
+        members = {name: data[name] for name in data.files if name != "uncertainty"}
+    np.savez(store.path("a.png"), **members)
+    assert store.uncertainty("a.png", None) == pytest.approx(uncertainty(probability), abs=1e-4)
+
+    read: list[str] = []
+    getitem = np.lib.npyio.NpzFile.__getitem__
+
+    def watched_getitem(self, name):
+        read.append(name)
+        return getitem(self, name)
+
+    store.save("b.png", None, probability, probability > 0.5, score=0.5)
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", watched_getitem)
+    assert store.uncertainty("b.png", None) == 0.5
+    assert "probability" not in read and "mask" not in read and "uncertainty" in read
 
 
 def test_job_board_reprioritises_without_losing_claims():

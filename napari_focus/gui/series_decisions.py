@@ -10,7 +10,6 @@ import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info
 
-from ..quality import uncertainty
 from ..series import Status, export_record
 from ..series.review import quality_text
 from .proposal_layers import META_KEY
@@ -127,9 +126,9 @@ class SeriesDecisions:
             if item.key not in self.scores and item.status is not Status.FAILED
         ]
         for item in list(missing):
-            stored = self.prefetcher.load_stored(item.key, item.path)
-            if stored is not None:
-                self.scores[item.key] = uncertainty(stored.probability)
+            score = self.prefetcher.stored_uncertainty(item.key, item.path)
+            if score is not None:
+                self.scores[item.key] = score
                 missing.remove(item)
         if not missing:
             self._rank_wanted = False

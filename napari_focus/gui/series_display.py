@@ -91,7 +91,9 @@ class SeriesDisplay:
         prediction = self.cache.get(item.key)
         if prediction is None and self.state is not None:
             self._use_model()
-            prediction = self.prefetcher.load_stored(item.key, item.path)
+            stored = self.prefetcher.load_stored(item.key, item.path)
+            if stored is not None:
+                prediction, self.scores[item.key] = stored
         return prediction
 
     def _reference_mask(self, path: Path | None) -> np.ndarray | None:

@@ -9,10 +9,9 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.qt.threading import thread_worker
 
-from ..predictor import FocusPredictor
+from ..predictor import FocusPredictor, Prediction
 from ..quality import uncertainty
 from ..run_control import Cancelled, RunControl, watch_model
 from ..series import PrefetchCache
@@ -66,10 +65,10 @@ def prefetch_job(
         except (ValueError, OSError, RuntimeError) as error:
             yield ("failed", item_key, ticket, gui_message(error))
             continue
+        score = uncertainty(prediction.probability)  # here: a 24-MP map takes 0.5 s
         if store is not None:
             with contextlib.suppress(OSError):  # a full disk only costs a recomputation
-                store.save(item_key, path, prediction.probability, prediction.mask)
-        score = uncertainty(prediction.probability)  # here: a 24-MP map takes 0.5 s
+                store.save(item_key, path, prediction.probability, prediction.mask, score)
         board.done(item_key)
         seconds = time.perf_counter() - start
         # the decoded file goes along, so showing it later costs the GUI no decoding
@@ -94,14 +93,17 @@ class Prefetcher:
     def busy(self) -> bool:
         return self._worker is not None
 
-    def use_model(self, key: ModelKey, series_folder: Path) -> None:
-        """Forget results of another model (or series) before planning with ``key``."""
+    def use_model(self, key: ModelKey, series_folder: Path) -> bool:
+        """Forget results of another model (or series) before planning with ``key``;
+        True when there were such results to forget."""
         ident = f"{model_id(key)}|{series_folder}"
-        if ident != self._model_id:
-            self.cache.release(*[job[0] for job in self.board.replace([])])
-            self.cache.clear()
-            self._model_id = ident
-            self.store = ProposalStore(series_folder, model_id(key))
+        if ident == self._model_id:
+            return False
+        self.cache.release(*[job[0] for job in self.board.replace([])])
+        self.cache.clear()
+        self._model_id = ident
+        self.store = ProposalStore(series_folder, model_id(key))
+        return True
 
     def plan(self, jobs: list[tuple[str, int, Any]]) -> None:
         """Put ``jobs`` (claimed, nearest first) ahead of whatever was planned before,
@@ -143,12 +145,14 @@ class Prefetcher:
         if self._control is not None:
             self._control.cancel()
 
-    def load_stored(self, item_key: str, path: Path | None) -> Any:
-        """A proposal of this model saved on disk earlier, as a prediction, or None."""
-        from ..predictor import Prediction
-
-        loaded = self.store.load(item_key, path) if self.store is not None else None
-        if loaded is None:
+    def load_stored(self, item_key: str, path: Path | None) -> tuple[Prediction, float] | None:
+        """A proposal of this model saved on disk earlier, as a prediction with its
+        uncertainty, or None."""
+        stored = self.store.load(item_key, path) if self.store is not None else None
+        if stored is None:
             return None
-        probability, mask = loaded
-        return Prediction(probability=probability, mask=np.asarray(mask, np.uint8))
+        return Prediction(probability=stored.probability, mask=stored.mask), stored.uncertainty
+
+    def stored_uncertainty(self, item_key: str, path: Path | None) -> float | None:
+        """The uncertainty of a proposal saved on disk earlier (its maps are not read)."""
+        return self.store.uncertainty(item_key, path) if self.store is not None else None

@@ -30,7 +30,8 @@ class SeriesScheduling:
     def _use_model(self) -> Any:
         assert self.state is not None
         key = self.owner.model_key()
-        self.prefetcher.use_model(key, self.state.output_folder)
+        if self.prefetcher.use_model(key, self.state.output_folder):
+            self.scores.clear()  # another model's doubts do not rank this one's proposals
         return key
 
     def _schedule(self) -> None:
