@@ -235,13 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_SETUP_ERROR
-    if getattr(args, "command", None) == "predict":
-        args.size_given = args.size
-        args.size = args.size or "large"
-        if args.engine == "ray":  # the workers' devices are checked where they run
-            from .distributed.cli import run_predict_ray
+    if getattr(args, "command", None) == "predict" and args.engine == "ray":
+        from .distributed.cli import run_predict_ray  # workers check devices where they run
 
-            return run_predict_ray(args)
+        return run_predict_ray(args)
     if getattr(args, "device", None) is not None and not _check_device(args):
         return EXIT_SETUP_ERROR
     return args.func(args)

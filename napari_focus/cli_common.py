@@ -13,17 +13,17 @@ EXIT_SETUP_ERROR = 2
 
 def load_predictor_from_args(args: argparse.Namespace) -> Any:
     """A :class:`~napari_focus.FocusPredictor` from ``--weights`` / ``--task`` /
-    ``--size`` / ``--device`` / ``--precision`` / ``--compile`` (``args.size_given``: the
-    size the user typed, if any; commands without the throughput flags get the defaults)."""
+    ``--size`` / ``--device`` / ``--precision`` / ``--compile`` (commands without the
+    throughput flags get the defaults)."""
     from .predictor import FocusPredictor
 
-    options = {"device": args.device, "precision": getattr(args, "precision", "auto")}
-    if args.weights:
-        predictor = FocusPredictor.from_checkpoint(
-            args.weights, args.task, architecture=args.size_given, **options
-        )
-    else:
-        predictor = FocusPredictor.from_pretrained(args.task, args.size, **options)
+    predictor = FocusPredictor.load(
+        args.task,
+        size=args.size,
+        weights=args.weights,
+        device=args.device,
+        precision=getattr(args, "precision", "auto"),
+    )
     if getattr(args, "compile", False):
         predictor.compile()
     return predictor

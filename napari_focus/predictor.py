@@ -97,6 +97,25 @@ class FocusPredictor:
 
     # ---------------------------------------------------------------- loading
     @classmethod
+    def load(
+        cls,
+        task: str,
+        *,
+        size: str | None = None,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+    ) -> FocusPredictor:
+        """The model a user names: the local checkpoint ``weights`` (its size read from
+        the file unless ``size`` is given), else the official hub weights of ``size``
+        (default large). The one rule the CLI, the widget and the cluster workers use."""
+        if weights:
+            return cls.from_checkpoint(
+                weights, task, architecture=size, device=device, precision=precision
+            )
+        return cls.from_pretrained(task, size or "large", device=device, precision=precision)
+
+    @classmethod
     def from_pretrained(
         cls,
         task: str,

@@ -309,3 +309,21 @@ def test_unknown_task_or_size_is_refused_before_any_request(online, tmp_path):
     with pytest.raises(ValueError, match="size"):
         official_checkpoint("sod", "huge", cache_dir=tmp_path)
     assert online.count() == before
+
+
+def test_load_takes_a_local_file_else_the_hub(online, tmp_path, monkeypatch, tiny_checkpoint):
+    from huggingface_hub import constants
+
+    requests = online.count()
+    local = FocusPredictor.load("sod", weights=tiny_checkpoint, device="cpu")
+    assert local.architecture.embed_dim == 64  # the size from the file
+    with pytest.raises(CheckpointError, match="shape mismatches"):  # a given size wins
+        FocusPredictor.load("sod", size="large", weights=tiny_checkpoint, device="cpu")
+    assert online.count() == requests  # a local file never asks the hub
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError) as info:  # no file: the official large weights
+        FocusPredictor.load("sod", device="cpu")
+    assert FILENAME in str(info.value) and "shape mismatches" in str(info.value)
+    assert ("GET", f"/{REPO_ID}/resolve/main/{FILENAME}") in online.requests
+    assert list((tmp_path / "hub").rglob(FILENAME))

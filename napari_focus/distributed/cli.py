@@ -84,7 +84,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             args.inputs,
             out,
             task=args.task,
-            size=getattr(args, "size_given", args.size),
+            size=args.size,
             weights=args.weights,
             address=args.address,
             num_workers=args.num_workers,

@@ -235,9 +235,8 @@ def predict_dataset(
     if plan.todo:
         settings = WorkerSettings(
             task=task,
-            size=size or "large",
+            size=size,
             weights=str(weights) if weights else None,
-            architecture=size if weights else None,
             precision=precision,
             tta=tta,
             batch_size=batch_size,

@@ -67,9 +67,8 @@ class WorkerSettings:
     """What every actor needs to load the model and write its outputs."""
 
     task: str
-    size: str = "large"
+    size: str | None = None  # None: large, or what a local checkpoint holds
     weights: str | None = None
-    architecture: str | None = None  # model size given with a local checkpoint
     device: str = "cpu"
     threads: int = 1  # torch threads of a CPU worker
     precision: str | None = None  # None: the loader's default
@@ -89,11 +88,9 @@ def load_predictor(settings: WorkerSettings) -> Any:
     options: dict[str, Any] = {"device": settings.device}
     if settings.precision is not None:
         options["precision"] = settings.precision
-    if settings.weights:
-        return FocusPredictor.from_checkpoint(
-            settings.weights, settings.task, architecture=settings.architecture, **options
-        )
-    return FocusPredictor.from_pretrained(settings.task, settings.size, **options)
+    return FocusPredictor.load(
+        settings.task, size=settings.size, weights=settings.weights, **options
+    )
 
 
 def _needs_write(path: str, settings: WorkerSettings) -> bool:

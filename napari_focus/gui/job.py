@@ -61,10 +61,14 @@ class JobResult:
 
 
 def load_predictor(key: ModelKey) -> FocusPredictor:
-    options = {"device": key.device, "precision": key.precision}
-    if key.weights:
-        return FocusPredictor.from_checkpoint(key.weights, key.task, **options)
-    return FocusPredictor.from_pretrained(key.task, key.size, **options)
+    # the size list names the hub download; a local file carries its own size
+    return FocusPredictor.load(
+        key.task,
+        size=None if key.weights else key.size,
+        weights=key.weights,
+        device=key.device,
+        precision=key.precision,
+    )
 
 
 def gui_message(error: BaseException) -> str:

@@ -193,9 +193,6 @@ def run_rank(args: argparse.Namespace) -> int:
     if not keys:
         print(f"napari-focus: no images in {folder}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    if not hasattr(args, "size_given"):  # napari_focus.cli.main sets these for predict only
-        args.size_given = args.size
-        args.size = args.size or "large"
     try:
         predictor = _load_predictor(args)
     except Exception as error:  # a bad checkpoint or no network: say why and stop
