@@ -19,6 +19,7 @@ from PIL import Image
 from napari_focus.io import read_image
 from napari_focus.series import (
     STATE_NAME,
+    VERSION,
     ImageQueue,
     PrefetchCache,
     RankRow,
@@ -159,7 +160,7 @@ def test_state_round_trip_resumes_order_statuses_and_position(folder):
     write_png(output / "work" / "x.png", np.zeros((2, 2), np.uint8))  # in output: ignored
 
     saved = json.loads((output / STATE_NAME).read_text(encoding="utf-8"))
-    assert saved["version"] == 1 and saved["folder"] == ".."
+    assert saved["version"] == VERSION and saved["folder"] == ".."
     assert saved["current"] == "b10.png"
     assert saved["items"][0]["key"] == "sub/deep/d.PNG"
 
@@ -220,7 +221,7 @@ def test_corrupt_state_is_backed_up_or_refused(folder, tmp_path, content):
     assert state.recovered_from.read_text(encoding="utf-8") == content
     assert state.recovered_from.name.startswith(STATE_NAME + ".bad-")
     assert all(item.status is Status.PENDING for item in state.queue)
-    assert json.loads((output / STATE_NAME).read_text(encoding="utf-8"))["version"] == 1
+    assert json.loads((output / STATE_NAME).read_text(encoding="utf-8"))["version"] == VERSION
 
 
 def test_newer_state_version_is_never_overwritten(folder, tmp_path):
@@ -240,8 +241,8 @@ def test_autosave_and_load(folder, tmp_path):
     mask = np.zeros((6, 8), bool)
     mask[2:4, 1:5] = True
     path = state.autosave("sub/c.tif", mask.astype(np.uint8) * 7)
-    assert path == tmp_path / "out" / "work" / "sub__c.png"
-    assert work_name("sub/deep/d.PNG") == "sub__deep__d"
+    assert path == tmp_path / "out" / "work" / f"{work_name('sub/c.tif')}.png"
+    assert work_name("sub/deep/d.PNG").startswith("sub%2Fdeep%2Fd.PNG~")
     assert set(np.unique(read_image(path))) == {0, 255}
     item = state.queue.item("sub/c.tif")
     assert item.autosaved and item.status is Status.CORRECTED

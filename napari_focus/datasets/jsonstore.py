@@ -1,22 +1,20 @@
 """A lock per dataset root, and JSON files read with care and replaced atomically.
 
-Locking uses a lock file that is never deleted. On POSIX it is held with
-``fcntl.flock`` (advisory, released by the kernel when the holder exits or is killed, so
-a crashed export never leaves a stale lock; not reliable on some network file systems).
-On Windows ``msvcrt.locking`` on the file's first byte is used instead.
+The root lock is a :mod:`napari_focus.filelock` lock file in the root, never deleted
+(released by the kernel when the holder exits or is killed, so a crashed export never
+leaves a stale lock).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
+from ..filelock import LockTimeout, held
 from .errors import ExportError
 
 LOCK_NAME = ".napari_focus.lock"
@@ -25,56 +23,14 @@ LOCK_NAME = ".napari_focus.lock"
 @contextmanager
 def root_lock(folder: Path, timeout: float = 120.0) -> Iterator[None]:
     """Hold the exclusive export lock of ``folder`` (created if missing)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_NAME, "a+b")  # noqa: SIM115 - held for the whole block
-    except OSError as exc:
-        raise ExportError(f"cannot create the lock file in {folder}: {exc}") from exc
-    try:
-        _acquire(handle, timeout)
+    with ExitStack() as stack:
         try:
-            yield
-        finally:
-            _release(handle)
-    finally:
-        handle.close()
-
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _acquire(handle: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise ExportError(f"timed out waiting for the lock {handle.name}") from None
-                time.sleep(0.05)
-
-    def _release(handle: Any) -> None:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _acquire(handle: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ExportError(f"timed out waiting for the lock {handle.name}") from None
-                time.sleep(0.01)
-
-    def _release(handle: Any) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            stack.enter_context(held(folder / LOCK_NAME, timeout))
+        except LockTimeout as exc:
+            raise ExportError(str(exc)) from None
+        except OSError as exc:
+            raise ExportError(f"cannot create the lock file in {folder}: {exc}") from exc
+        yield
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

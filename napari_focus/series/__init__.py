@@ -2,7 +2,9 @@
 
 - :mod:`.queue`: :class:`ImageQueue` of :class:`QueueItem` with :class:`Status`.
 - :mod:`.state`: :func:`load_or_create` / :class:`SeriesState`, the JSON state file
-  ``<output>/.napari_focus_queue.json`` and autosaved edits in ``<output>/work/``.
+  ``<output>/.napari_focus_queue.json`` and autosaved edits in ``<output>/work/``,
+  saved by several writers at once without loss (:mod:`.merge`).
+- :mod:`.work_names`: :func:`work_name`, the file names of an item's files.
 - :mod:`.references`: :func:`find_reference_mask` (existing masks by file stem).
 - :mod:`.prefetch`: :class:`PrefetchCache`, which proposals to compute ahead.
 - :mod:`.rank`: :func:`rank_folder`, :func:`write_ranking_csv`, the ``rank`` command.
@@ -14,15 +16,17 @@ from .rank import RankRow, add_rank_parser, rank_folder, run_rank, write_ranking
 from .references import find_reference_mask, reference_mask_path
 from .state import (
     STATE_NAME,
+    VERSION,
     SeriesState,
     SeriesStateError,
     load_or_create,
     read_state_file,
-    work_name,
 )
+from .work_names import work_name
 
 __all__ = [
     "STATE_NAME",
+    "VERSION",
     "ImageQueue",
     "PrefetchCache",
     "QueueItem",

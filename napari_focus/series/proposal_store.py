@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import atomic_write
 from ..quality import uncertainty
-from .state import work_name
+from .work_names import work_name
 
 FOLDER = "proposals"
 

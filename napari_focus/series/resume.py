@@ -33,30 +33,40 @@ def restore_items(
     the items the scan found that the state did not know, in scan order."""
     present = {item.key: item for item in queue}
     restored: list[QueueItem] = []
+    seen: set[str] = set()
     for entry in saved:
         key = entry["key"]
-        if any(item.key == key for item in restored):
+        if key in seen:
             continue  # a duplicated entry in a hand-edited file
+        seen.add(key)
         found = present.pop(key, None)
         item = found or ImageQueue.item_for_key(folder, key)
         item.name = str(entry.get("name") or item.name)
-        item.status = Status(entry.get("status", "pending"))
         item.created = str(entry.get("created") or item.created)
-        item.updated = entry.get("updated")
-        export = entry.get("export")
-        item.export = export if isinstance(export, dict) else None
-        item.autosaved = bool(entry.get("autosaved", False))
-        fingerprint = entry.get("fingerprint")
-        item.fingerprint = fingerprint if _valid_fingerprint(fingerprint) else None
-        autosave_of = entry.get("autosave_of")
-        item.autosave_of = autosave_of if isinstance(autosave_of, str) else None
+        apply_entry(item, entry)
         item.missing = found is None
         if item.status is Status.FAILED:  # the file may have been fixed: try it again
-            item.status = Status.PENDING
+            item.status, item.failure = Status.PENDING, None
         if item.missing and not _worth_keeping(item):
             continue  # an untouched pending item: nothing to keep
         restored.append(item)
     return restored, list(present.values())
+
+
+def apply_entry(item: QueueItem, entry: dict[str, Any]) -> None:
+    """Give ``item`` the status, export record and autosave of a state file entry
+    (validated by the state file's parser)."""
+    item.status = Status(entry.get("status", "pending"))
+    item.updated = entry.get("updated")
+    export = entry.get("export")
+    item.export = export if isinstance(export, dict) else None
+    item.autosaved = bool(entry.get("autosaved", False))
+    failure = entry.get("failure")
+    item.failure = failure if isinstance(failure, str) else None
+    fingerprint = entry.get("fingerprint")
+    item.fingerprint = fingerprint if _valid_fingerprint(fingerprint) else None
+    autosave_of = entry.get("autosave_of")
+    item.autosave_of = autosave_of if isinstance(autosave_of, str) else None
 
 
 def _worth_keeping(item: QueueItem) -> bool:
@@ -105,9 +115,10 @@ def match_renames(state: SeriesState, restored: list[QueueItem], new: list[Queue
         old_key = old.key
         old.key, old.name, old.path = candidate.key, candidate.name, candidate.path
         old.missing, old.fingerprint = False, fingerprint
-        if before.is_file():
-            after = state.autosave_path(old.key)
-            if not after.exists():
-                os.replace(before, after)
+        after = state.autosave_path(old.key)
+        for suffix in (".png", ".json"):  # the mask and its provenance
+            source, target = before.with_suffix(suffix), after.with_suffix(suffix)
+            if source.is_file() and not target.exists():
+                os.replace(source, target)
         new.remove(candidate)
         state.renamed[old_key] = old.key

@@ -2,7 +2,7 @@
 
 State file ``<output>/.napari_focus_queue.json`` (UTF-8 JSON, written atomically)::
 
-    {"schema": "napari-focus-queue", "version": 1,
+    {"schema": "napari-focus-queue", "version": 2,
      "folder": "../images",            # image folder, relative to the output folder
      "folder_absolute": "/data/images",
      "current": "sub/img_02.png",      # key of the current item
@@ -24,7 +24,17 @@ one as ``.napari_focus_queue.json.bak``.
 
 Keys are POSIX paths relative to the image folder, so the output and image folders may
 move together. Autosaved edits live in ``<output>/work/<work name>.png`` (0/255), the
-work name being the key without its extension, ``/`` replaced by ``__``.
+work name being the key, escaped, and a digest of it (:mod:`.work_names`).
+
+Several writers (two viewers on a shared folder, a cluster run ordering the series
+while someone annotates) may save one series: each save holds the lock file
+``<output>/.napari_focus_queue.lock`` and merges what the others saved meanwhile
+(:mod:`.merge`), so no status or export record is lost.
+
+Version 2 differs from version 1 only in the work names; a version-1 series is opened
+and its files moved to the new names (:func:`.work_names.migrate_legacy_names`), then
+saved as version 2, which napari-focus releases reading only version 1 refuse to open
+(they would not find the moved files, nor take the lock).
 
 A state file that cannot be read (bad JSON, wrong layout, or ``version`` not an int) is,
 with ``on_corrupt="backup"`` (default), renamed to ``.napari_focus_queue.json.bad-<time>``
@@ -41,36 +51,39 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ..atomic import atomic_write_text, temp_path
+from ..atomic import WriteError, atomic_write_text, temp_path
+from ..filelock import LockTimeout, held
 from ..io import IMAGE_EXTENSIONS, read_image, write_mask
+from .merge import Synced, file_stamp, item_record, merge_saved
+from .proposal_store import FOLDER as PROPOSALS
 from .queue import ImageQueue, QueueItem, Status, scan_folder
 from .resume import file_fingerprint, match_renames, restore_items
+from .work_names import Migration, migrate_legacy_names, work_name
 
 STATE_NAME = ".napari_focus_queue.json"
 SCHEMA = "napari-focus-queue"
 BACKUP_SUFFIX = ".bak"
-VERSION = 1
+VERSION = 2
+#: the last version whose autosaves and proposals had the legacy names
+LEGACY_NAMES_VERSION = 1
 WORK_DIR = "work"
+LOCK_NAME = ".napari_focus_queue.lock"
+#: how long a save waits for another writer of the series (saves take milliseconds)
+LOCK_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
 
 class SeriesStateError(RuntimeError):
     """The state file cannot be used."""
-
-
-def work_name(key: str) -> str:
-    """File stem of an item's autosaved mask: key without extension, ``/`` -> ``__``."""
-    path = Path(key)
-    stem = path.with_suffix("").as_posix() if path.suffix else key
-    return stem.replace("/", "__").replace("\\", "__")
 
 
 @dataclass
@@ -88,6 +101,13 @@ class SeriesState:
     renamed: dict[str, str] = field(default_factory=dict)
     #: autosaves set aside because their image changed: key -> set-aside file
     stale_autosaves: dict[str, Path] = field(default_factory=dict)
+    #: files of a version-1 series that several keys shared: file -> those keys (left
+    #: where they are, attached to none)
+    unattached: dict[Path, list[str]] = field(default_factory=dict)
+    #: keys whose entry the last save took from another writer of the series
+    merged: list[str] = field(default_factory=list)
+    _synced: Synced = field(default_factory=Synced, repr=False)
+    _save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def state_path(self) -> Path:
@@ -112,38 +132,61 @@ class SeriesState:
             "folder_absolute": str(folder) if folder is not None else None,
             "current": current.key if current is not None else None,
             "settings": self.settings,
-            "items": [
-                {
-                    "key": item.key,
-                    "name": item.name,
-                    "status": item.status.value,
-                    "created": item.created,
-                    "updated": item.updated,
-                    "export": item.export,
-                    "autosaved": item.autosaved,
-                    "failure": item.failure,
-                    "missing": item.missing,
-                    "fingerprint": item.fingerprint,
-                    "autosave_of": item.autosave_of,
-                }
-                for item in self.queue
-            ],
+            "items": [item_record(item) for item in self.queue],
         }
 
     @property
     def backup_path(self) -> Path:
         return self.output_folder / (STATE_NAME + BACKUP_SUFFIX)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.output_folder / LOCK_NAME
+
     def save(self) -> Path:
-        """Write the state file atomically, the previous one kept as the backup.
+        """Write the state file atomically, the previous one kept as the backup, under
+        the series' lock, after taking in what other writers saved (:attr:`merged`).
 
         Raises:
             napari_focus.atomic.WriteError: the file could not be written (e.g. the disk
-                is full); the previous state file is unchanged.
+                is full, another writer holds the lock too long, or a newer napari-focus
+                wrote it); the previous state file is unchanged.
         """
-        text = json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
-        _keep_backup(self.state_path, self.backup_path)
-        return atomic_write_text(self.state_path, text)
+        with self._save_lock, self._locked():
+            saved = self._saved_by_others()
+            self.merged = merge_saved(self.queue, self._synced, saved) if saved else []
+            data = self.to_json()
+            text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+            _keep_backup(self.state_path, self.backup_path)
+            path = atomic_write_text(self.state_path, text)
+            self._synced.remember(data["items"], file_stamp(path))
+            return path
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            with held(self.lock_path, LOCK_TIMEOUT_S):
+                yield
+        except LockTimeout:
+            raise WriteError(
+                self.state_path,
+                f"another napari-focus has held {self.lock_path} for over "
+                f"{LOCK_TIMEOUT_S:.0f} s; try again",
+            ) from None
+
+    def _saved_by_others(self) -> list[dict[str, Any]] | None:
+        """The items of the state file when another writer replaced it since this one
+        last read or wrote it (None otherwise, or when it is unreadable: overwritten)."""
+        stamp = file_stamp(self.state_path)
+        if stamp is None or stamp == self._synced.stamp:
+            return None
+        try:
+            return read_state_file(self.state_path)["items"]
+        except _NewerVersionError as error:
+            raise WriteError(self.state_path, f"{error}; not overwriting it") from None
+        except SeriesStateError as error:
+            log.warning("overwriting an unreadable series state: %s", error)
+            return None
 
     def _fingerprint(self, item: QueueItem) -> None:
         if item.path is None:
@@ -219,6 +262,22 @@ class SeriesState:
     def _remove_autosave_files(self, key: str) -> None:
         self.autosave_path(key).unlink(missing_ok=True)
         self.autosave_path(key).with_suffix(".json").unlink(missing_ok=True)
+
+    def move_legacy_files(self, keys: list[str]) -> Migration:
+        """Give the autosaves and stored proposals of a version-1 series their new
+        names (see :mod:`.work_names`); files several keys shared go to
+        :attr:`unattached`."""
+        folders = [(self.work_folder, (".png", ".json"))]
+        with contextlib.suppress(OSError):
+            folders += [
+                (entry, (".npz",))
+                for entry in (self.output_folder / PROPOSALS).iterdir()
+                if entry.is_dir()
+            ]
+        with self._locked():
+            migration = migrate_legacy_names(folders, keys)
+        self.unattached.update(migration.shared)
+        return migration
 
     # --- status helpers that persist ----------------------------------------------------
 
@@ -344,7 +403,8 @@ def load_or_create(
 
     path = state.state_path
     data = None
-    if path.exists():
+    stamp = file_stamp(path)  # before reading: a later replacement is merged on saving
+    if stamp is not None:
         try:
             data = read_state_file(path)
         except _NewerVersionError:
@@ -355,11 +415,16 @@ def load_or_create(
             bad = path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(path, bad)
             state.recovered_from = bad
+            stamp = None
             with contextlib.suppress(SeriesStateError):  # the previous state, if usable
                 data = read_state_file(state.backup_path)
                 state.restored_backup = state.backup_path
     if data is not None:
+        state._synced.remember(data["items"], stamp)
         restored, new = restore_items(data["items"], queue, queue.folder)
+        if data["version"] <= LEGACY_NAMES_VERSION:
+            known = [entry["key"] for entry in data["items"]] + [item.key for item in new]
+            _detach_shared(state, restored, state.move_legacy_files(known))
         match_renames(state, restored, new)
         queue.items = restored + new
         current = state.renamed.get(data.get("current"), data.get("current"))
@@ -371,6 +436,14 @@ def load_or_create(
     output.mkdir(parents=True, exist_ok=True)
     state.save()
     return state
+
+
+def _detach_shared(state: SeriesState, items: list[QueueItem], migration: Migration) -> None:
+    """Items whose autosave was a file several keys shared have none now."""
+    owners = {key for keys in migration.shared.values() for key in keys}
+    for item in items:
+        if item.key in owners and item.autosaved and not state.autosave_path(item.key).is_file():
+            item.autosaved, item.autosave_of = False, None
 
 
 __all__ = [

@@ -1,0 +1,76 @@
+"""An exclusive lock held on a lock file, between processes and between threads.
+
+The lock file is never deleted. On POSIX it is held with ``fcntl.flock`` (advisory,
+released by the kernel when the holder exits or is killed, so a crash never leaves a
+stale lock; not reliable on some network file systems). On Windows ``msvcrt.locking``
+on the file's first byte is used instead. Each :func:`held` opens the file anew, so two
+threads of one process exclude each other too; holding one lock twice in one thread
+waits for itself until the timeout.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class LockTimeout(TimeoutError):
+    """Another holder kept the lock longer than the timeout."""
+
+
+@contextmanager
+def held(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the exclusive lock of the file ``path`` (created, with its folder, if
+    missing). Raises OSError if the file cannot be created, :class:`LockTimeout` if the
+    lock is not free within ``timeout`` seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+b")  # noqa: SIM115 - held for the whole block
+    try:
+        _acquire(handle, timeout)
+        try:
+            yield
+        finally:
+            _release(handle)
+    finally:
+        handle.close()
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _acquire(handle: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"timed out waiting for the lock {handle.name}") from None
+                time.sleep(0.05)
+
+    def _release(handle: Any) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _acquire(handle: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"timed out waiting for the lock {handle.name}") from None
+                time.sleep(0.01)
+
+    def _release(handle: Any) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
