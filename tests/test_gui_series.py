@@ -83,7 +83,7 @@ def test_series_prefetch_autosave_accept_resume(
     edited[:16, :16] = 1
     labels1.data = edited
     series.previous()  # leaving with edits autosaves them
-    assert (series.state.work_folder / "img1.png").is_file()
+    assert series.state.autosave_path("img1.png").is_file()
     series.next()
     np.testing.assert_array_equal(_labels(viewer, "img1").data > 0, edited > 0)
 
@@ -105,7 +105,7 @@ def test_series_prefetch_autosave_accept_resume(
     labels3.data = closing_edit
     current = series.state.queue.current.key
     viewer.close()  # closing napari keeps the edits
-    assert (series.state.work_folder / "img3.png").is_file()
+    assert series.state.autosave_path("img3.png").is_file()
     statuses = {item.key: item.status for item in series.state.queue}
 
     viewer2, widget2 = open_focus_widget()

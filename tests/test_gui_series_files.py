@@ -94,7 +94,7 @@ def test_undo_never_crosses_images(qtbot, open_focus_widget, mixed_folder):
     before = labels.data.copy()
     labels.undo()  # Ctrl+Z on image k+1 after painting on image k
     np.testing.assert_array_equal(labels.data, before)
-    assert (series.state.work_folder / "a_gray.png").is_file()  # image k's edits kept
+    assert series.state.autosave_path("a_gray.png").is_file()  # image k's edits kept
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
 
 

@@ -1,26 +1,11 @@
 """Persistence of a labeling series: the queue state file and the working folder.
 
-State file ``<output>/.napari_focus_queue.json`` (UTF-8 JSON, written atomically)::
-
-    {"schema": "napari-focus-queue", "version": 2,
-     "folder": "../images",            # image folder, relative to the output folder
-     "folder_absolute": "/data/images",
-     "current": "sub/img_02.png",      # key of the current item
-     "settings": {"recursive": false, "pattern": null, "extensions": [".png", ...]},
-     "items": [{"key": "sub/img_01.png", "name": "img_01", "status": "accepted",
-                "created": "...", "updated": "...", "export": {...}, "autosaved": false},
-               ...]}                   # in queue order, so a reordering survives
-
-Items also carry ``"missing"`` (the last scan did not find the image: kept with its
-status, export record and autosave, passed over by navigation; an untouched pending item
-is simply dropped), ``"fingerprint"``
-(``{"size", "mtime_ns", "sha256"}`` of the image file, taken when the item gets a status,
-an export or an autosave) and ``"autosave_of"`` (SHA-256 of the image the autosaved mask
-was drawn on). A scan that finds a new file with the SHA-256 of a missing item treats it
-as that item renamed (status, export record and autosave follow it); an autosave whose
-image no longer has that SHA-256 is set aside (``work/<work name>.stale-<time>.png``),
-never shown on other pixels. Each rewrite of the state file first keeps the previous
-one as ``.napari_focus_queue.json.bak``.
+The state file ``<output>/.napari_focus_queue.json`` is described in :mod:`.state_file`.
+A scan that finds a new file with the SHA-256 of a missing item treats it as that item
+renamed (status, export record and autosave follow it); an autosave whose image no
+longer has the SHA-256 it was drawn on is set aside
+(``work/<work name>.stale-<time>.png``), never shown on other pixels. Each rewrite of
+the state file first keeps the previous one as ``.napari_focus_queue.json.bak``.
 
 Keys are POSIX paths relative to the image folder, so the output and image folders may
 move together. Autosaved edits live in ``<output>/work/<work name>.png`` (0/255), the
@@ -30,11 +15,6 @@ Several writers (two viewers on a shared folder, a cluster run ordering the seri
 while someone annotates) may save one series: each save holds the lock file
 ``<output>/.napari_focus_queue.lock`` and merges what the others saved meanwhile
 (:mod:`.merge`), so no status or export record is lost.
-
-Version 2 differs from version 1 only in the work names; a version-1 series is opened
-and its files moved to the new names (:func:`.work_names.migrate_legacy_names`), then
-saved as version 2, which napari-focus releases reading only version 1 refuse to open
-(they would not find the moved files, nor take the lock).
 
 A state file that cannot be read (bad JSON, wrong layout, or ``version`` not an int) is,
 with ``on_corrupt="backup"`` (default), renamed to ``.napari_focus_queue.json.bad-<time>``
@@ -60,19 +40,25 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..atomic import WriteError, atomic_write_text, temp_path
+from ..atomic import WriteError, atomic_write_text
 from ..filelock import LockTimeout, held
 from ..io import IMAGE_EXTENSIONS, read_image, write_mask
 from .merge import Synced, file_stamp, item_record, merge_saved
 from .proposal_store import FOLDER as PROPOSALS
 from .queue import ImageQueue, QueueItem, Status, scan_folder
 from .resume import file_fingerprint, match_renames, restore_items
+from .state_file import (
+    BACKUP_SUFFIX,
+    SCHEMA,
+    STATE_NAME,
+    VERSION,
+    NewerVersionError,
+    SeriesStateError,
+    keep_backup,
+    read_state_file,
+)
 from .work_names import Migration, migrate_legacy_names, work_name
 
-STATE_NAME = ".napari_focus_queue.json"
-SCHEMA = "napari-focus-queue"
-BACKUP_SUFFIX = ".bak"
-VERSION = 2
 #: the last version whose autosaves and proposals had the legacy names
 LEGACY_NAMES_VERSION = 1
 WORK_DIR = "work"
@@ -80,10 +66,6 @@ LOCK_NAME = ".napari_focus_queue.lock"
 #: how long a save waits for another writer of the series (saves take milliseconds)
 LOCK_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
-
-
-class SeriesStateError(RuntimeError):
-    """The state file cannot be used."""
 
 
 @dataclass
@@ -157,7 +139,7 @@ class SeriesState:
             self.merged = merge_saved(self.queue, self._synced, saved) if saved else []
             data = self.to_json()
             text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
-            _keep_backup(self.state_path, self.backup_path)
+            keep_backup(self.state_path, self.backup_path)
             path = atomic_write_text(self.state_path, text)
             self._synced.remember(data["items"], file_stamp(path))
             return path
@@ -182,7 +164,7 @@ class SeriesState:
             return None
         try:
             return read_state_file(self.state_path)["items"]
-        except _NewerVersionError as error:
+        except NewerVersionError as error:
             raise WriteError(self.state_path, f"{error}; not overwriting it") from None
         except SeriesStateError as error:
             log.warning("overwriting an unreadable series state: %s", error)
@@ -310,61 +292,6 @@ class SeriesState:
         return item
 
 
-def _keep_backup(path: Path, backup: Path) -> None:
-    """Make ``backup`` the current ``path`` (a hard link, else a copy), atomically."""
-    if not path.is_file():
-        return
-    tmp = temp_path(backup)
-    try:
-        try:
-            os.link(path, tmp)
-        except OSError:
-            tmp.write_bytes(path.read_bytes())
-        os.replace(tmp, backup)
-    except OSError as error:  # the new state is still written; say the backup was not
-        log.warning("could not keep a backup of %s: %s", path, error)
-        tmp.unlink(missing_ok=True)
-
-
-class _NewerVersionError(SeriesStateError):
-    pass
-
-
-def _parse(data: Any, path: Path) -> dict[str, Any]:
-    """Validate the JSON layout; SeriesStateError(kind) names what is wrong."""
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise SeriesStateError(f"{path} is not a napari-focus queue state file")
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SeriesStateError(f"{path} has no valid version")
-    if version > VERSION:
-        raise _NewerVersionError(
-            f"{path} has state version {version}; this napari-focus reads up to {VERSION}. "
-            "Update napari-focus, or move the file away to start over."
-        )
-    items = data.get("items")
-    if not isinstance(items, list) or not all(
-        isinstance(i, dict) and isinstance(i.get("key"), str) for i in items
-    ):
-        raise SeriesStateError(f"{path} has no valid item list")
-    for item in items:
-        try:
-            Status(item.get("status", "pending"))
-        except ValueError as error:
-            raise SeriesStateError(f"{path}: {error}") from None
-    return data
-
-
-def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated JSON of a state file; SeriesStateError if unusable."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise SeriesStateError(f"cannot read {path}: {error}") from error
-    return _parse(data, path)
-
-
 def load_or_create(
     output_folder: str | os.PathLike,
     folder: str | os.PathLike | None = None,
@@ -407,7 +334,7 @@ def load_or_create(
     if stamp is not None:
         try:
             data = read_state_file(path)
-        except _NewerVersionError:
+        except NewerVersionError:
             raise
         except SeriesStateError:
             if on_corrupt == "raise":

@@ -1,0 +1,101 @@
+"""The series state file: its layout, validation and backup (used by :mod:`.state`).
+
+State file ``<output>/.napari_focus_queue.json`` (UTF-8 JSON, written atomically)::
+
+    {"schema": "napari-focus-queue", "version": 2,
+     "folder": "../images",            # image folder, relative to the output folder
+     "folder_absolute": "/data/images",
+     "current": "sub/img_02.png",      # key of the current item
+     "settings": {"recursive": false, "pattern": null, "extensions": [".png", ...]},
+     "items": [{"key": "sub/img_01.png", "name": "img_01", "status": "accepted",
+                "created": "...", "updated": "...", "export": {...}, "autosaved": false},
+               ...]}                   # in queue order, so a reordering survives
+
+Items also carry ``"missing"`` (the last scan did not find the image: kept with its
+status, export record and autosave, passed over by navigation; an untouched pending item
+is simply dropped), ``"fingerprint"``
+(``{"size", "mtime_ns", "sha256"}`` of the image file, taken when the item gets a status,
+an export or an autosave) and ``"autosave_of"`` (SHA-256 of the image the autosaved mask
+was drawn on).
+
+Version 2 differs from version 1 only in the work names; a version-1 series is opened
+and its files moved to the new names (:func:`.work_names.migrate_legacy_names`), then
+saved as version 2, which napari-focus releases reading only version 1 refuse to open
+(they would not find the moved files, nor take the lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..atomic import temp_path
+from .queue import Status
+
+STATE_NAME = ".napari_focus_queue.json"
+SCHEMA = "napari-focus-queue"
+BACKUP_SUFFIX = ".bak"
+VERSION = 2
+log = logging.getLogger(__name__)
+
+
+class SeriesStateError(RuntimeError):
+    """The state file cannot be used."""
+
+
+def keep_backup(path: Path, backup: Path) -> None:
+    """Make ``backup`` the current ``path`` (a hard link, else a copy), atomically."""
+    if not path.is_file():
+        return
+    tmp = temp_path(backup)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            tmp.write_bytes(path.read_bytes())
+        os.replace(tmp, backup)
+    except OSError as error:  # the new state is still written; say the backup was not
+        log.warning("could not keep a backup of %s: %s", path, error)
+        tmp.unlink(missing_ok=True)
+
+
+class NewerVersionError(SeriesStateError):
+    pass
+
+
+def _parse(data: Any, path: Path) -> dict[str, Any]:
+    """Validate the JSON layout; SeriesStateError(kind) names what is wrong."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise SeriesStateError(f"{path} is not a napari-focus queue state file")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SeriesStateError(f"{path} has no valid version")
+    if version > VERSION:
+        raise NewerVersionError(
+            f"{path} has state version {version}; this napari-focus reads up to {VERSION}. "
+            "Update napari-focus, or move the file away to start over."
+        )
+    items = data.get("items")
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("key"), str) for i in items
+    ):
+        raise SeriesStateError(f"{path} has no valid item list")
+    for item in items:
+        try:
+            Status(item.get("status", "pending"))
+        except ValueError as error:
+            raise SeriesStateError(f"{path}: {error}") from None
+    return data
+
+
+def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated JSON of a state file; SeriesStateError if unusable."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise SeriesStateError(f"cannot read {path}: {error}") from error
+    return _parse(data, path)
