@@ -2,8 +2,9 @@
 
 Makes a folder of N (empty) ``.png`` files, creates the series, gives every tenth item a
 status, then times: reopening the series (scan, restore, migrate, save), one status
-change (``SeriesState.mark``: hash the image, merge and write the state file), and
-creating a fresh one. Images are never decoded by these steps, so empty files suffice.
+change (``SeriesState.mark``: hash the image, write the state file), the same after
+another writer saved (the file is read and merged first), and creating a fresh one.
+Images are never decoded by these steps, so empty files suffice.
 
     python benchmarks/bench_series_open.py --items 10000 --repeat 3
 """
@@ -37,7 +38,9 @@ def main() -> None:
         images.mkdir()
         for i in range(args.items):
             (images / f"img_{i:06d}.png").touch()
-        results: dict[str, list[tuple[float, float]]] = {"create": [], "reopen": [], "mark": []}
+        results: dict[str, list[tuple[float, float]]] = {
+            "create": [], "reopen": [], "mark": [], "mark_merging": []
+        }
         for repeat in range(args.repeat):
             output = root / f"series{repeat}"
             results["create"].append(timed(lambda out=output: load_or_create(out, images)))
@@ -49,6 +52,11 @@ def main() -> None:
             state = load_or_create(output, images)
             key = state.queue[1].key
             results["mark"].append(timed(lambda s=state, k=key: s.mark(k, Status.ACCEPTED)))
+            if hasattr(state, "merged"):  # a second writer saved meanwhile: read and merge
+                other = load_or_create(output, images)
+                other.mark(state.queue[2].key, Status.SKIPPED)
+                mark = timed(lambda s=state, k=state.queue[3].key: s.mark(k, Status.ACCEPTED))
+                results["mark_merging"].append(mark)
         summary = {
             name: {
                 "wall_s": [round(w, 3) for w, _ in runs],

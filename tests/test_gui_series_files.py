@@ -182,3 +182,32 @@ def test_annotate_opens_a_folder_as_a_series(make_napari_viewer, mixed_folder, m
     _viewer, widget = annotate.open_viewer(folder=mixed_folder, show=False)
     assert widget.series.state is not None and len(widget.series.state.queue) == 6
     assert widget.tabs.tabText(widget.tabs.currentIndex()) == "Series"
+
+
+def test_a_version_1_series_opens_with_its_edits_and_a_word_on_shared_files(
+    qtbot, open_focus_widget, tmp_path, monkeypatch
+):
+    import shutil
+    from pathlib import Path
+
+    from napari_focus.gui import series_section
+    from napari_focus.gui.series_layers import series_layer
+
+    warnings: list[str] = []
+    monkeypatch.setattr(series_section, "show_warning", warnings.append)
+    shutil.copytree(Path(__file__).parent / "data" / "series_v1", tmp_path / "v1")
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.recursive.value = True
+    series.output.value = tmp_path / "v1" / "out"
+    series.open(tmp_path / "v1" / "images")
+    assert warnings and "cat.png" in warnings[-1] and "sub__b.png" in warnings[-1]
+    assert series.shown_key == "cat.jpg"  # where the last session stopped
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.jump_to.value = series.state.queue.index_of("dog.png") + 1  # "go to #"
+    assert series.shown_key == "dog.png" and series.proposal_ready  # its autosave, no model
+    saved = np.zeros((36, 48), bool)
+    saved[:, 8:11] = True
+    np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, saved)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)

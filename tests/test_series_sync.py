@@ -22,13 +22,13 @@ V1_SERIES = Path(__file__).parent / "data" / "series_v1"
 
 def image_file(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(seed).integers(0, 256, (36, 48, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
     return path
 
 
 def band(col: int) -> np.ndarray:
-    mask = np.zeros((12, 16), bool)
+    mask = np.zeros((36, 48), bool)
     mask[:, col : col + 3] = True
     return mask
 
@@ -65,7 +65,7 @@ def test_images_differing_only_in_extension_keep_their_own_edits(tmp_path: Path)
 
     store = ProposalStore(tmp_path / "out", "model")
     for i, key in enumerate(["cat.png", "cat.jpg"]):
-        store.save(key, images / key, np.full((12, 16), i / 2, np.float32), band(i))
+        store.save(key, images / key, np.full((36, 48), i / 2, np.float32), band(i))
     assert store.load("cat.png", images / "cat.png").probability.max() == 0.0
     assert store.load("cat.jpg", images / "cat.jpg").probability.max() == 0.5
 

@@ -192,6 +192,12 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
             return
         if self.state.recovered_from:
             show_warning(f"FOCUS: unreadable series state moved to {self.state.recovered_from}")
+        if self.state.unattached:
+            shared = ", ".join(path.name for path in self.state.unattached)
+            show_warning(
+                f"FOCUS: {shared} in the series folder belonged to several images under the "
+                "old file names; left in place, shown for none of them"
+            )
         if not len(self.state.queue):
             self._error(empty_message)
             self.state = None
