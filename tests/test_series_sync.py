@@ -259,3 +259,19 @@ def test_two_processes_marking_at_once_lose_nothing(tmp_path: Path) -> None:
     found = statuses(out, images)
     assert all(found[key] == "accepted" for key in keys[0::2])
     assert all(found[key] == "rejected" for key in keys[1::2])
+
+
+def test_a_writer_holding_the_lock_too_long_gets_a_clear_error(folder, tmp_path, monkeypatch):
+    from napari_focus.atomic import WriteError
+    from napari_focus.filelock import held
+    from napari_focus.series import state as state_module
+
+    out = tmp_path / "out"
+    state = load_or_create(out, folder)
+    monkeypatch.setattr(state_module, "LOCK_TIMEOUT_S", 0.2)
+    before = (out / STATE_NAME).read_bytes()
+    with held(state.lock_path, 1.0), pytest.raises(WriteError, match="another napari-focus"):
+        state.mark("a.png", Status.REJECTED)
+    assert (out / STATE_NAME).read_bytes() == before
+    state.save()  # free again
+    assert statuses(out, folder)["a.png"] == "rejected"

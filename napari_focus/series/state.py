@@ -146,15 +146,18 @@ class SeriesState:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            with held(self.lock_path, LOCK_TIMEOUT_S):
-                yield
-        except LockTimeout:
-            raise WriteError(
-                self.state_path,
-                f"another napari-focus has held {self.lock_path} for over "
-                f"{LOCK_TIMEOUT_S:.0f} s; try again",
-            ) from None
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(held(self.lock_path, LOCK_TIMEOUT_S))
+            except LockTimeout:
+                raise WriteError(
+                    self.state_path,
+                    f"another napari-focus has held {self.lock_path} for over "
+                    f"{LOCK_TIMEOUT_S:.0f} s; try again",
+                ) from None
+            except OSError as error:  # e.g. a series folder one may read but not write
+                raise WriteError(self.lock_path, error) from error
+            yield
 
     def _saved_by_others(self) -> list[dict[str, Any]] | None:
         """The items of the state file when another writer replaced it since this one
