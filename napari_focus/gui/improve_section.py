@@ -175,6 +175,8 @@ class ImproveSection(Container):
         self.use_previous_button.tooltip = "Switch back to the weights used before"
         self.improve_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        # napari closing mid-run: the child stops after its step and saves its resume state
+        self.native.destroyed.connect(lambda *_: self._cancel.set())
         self.use_new_button.changed.connect(self.use_new_weights)
         self.use_previous_button.changed.connect(self.use_previous_weights)
 

@@ -143,7 +143,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict every image of FOLDER and write them, most doubtful first, "
         "as CSV; with --gt also quality metrics against ground-truth masks.",
     )
-    from ..cli import add_model_arguments
+    from ..cli_common import add_model_arguments
 
     rank.add_argument("folder", help="folder of images")
     add_model_arguments(rank)

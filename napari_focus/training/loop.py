@@ -22,6 +22,7 @@ import torch
 from ..checkpoints import save_inference_checkpoint
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
+from ..runtime import DTYPES
 from .augment import AugmentConfig, augment, targets_from_classes
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
@@ -34,7 +35,6 @@ from .state import RunState, load_state, save_state
 from .validate import better, score_samples, write_report
 
 CACHE_SAMPLES = 256
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
