@@ -23,18 +23,27 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    import napari
-
-    from .gui.annotate import open_viewer
+    from .io import read_image
 
     paths: list[Path] = []
+    images = []
     folder = Path(args.path) if args.path and Path(args.path).is_dir() else None
     if args.path and folder is None:
         paths, unmatched = collect_inputs([args.path])
         if unmatched:
             print(f"napari-focus: no image matches {args.path!r}", file=sys.stderr)
             return EXIT_SETUP_ERROR
-    open_viewer(paths, folder=folder)
+        for path in paths:  # before napari opens: a file it cannot show is said here
+            try:
+                images.append(read_image(path))
+            except (OSError, ValueError) as error:
+                print(f"napari-focus: cannot open {path} as an image: {error}", file=sys.stderr)
+                return EXIT_SETUP_ERROR
+    import napari
+
+    from .gui.annotate import open_viewer
+
+    open_viewer(paths, folder=folder, images=images)
     napari.run()
     return 0
 
