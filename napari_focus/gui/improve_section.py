@@ -30,6 +30,7 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
+from ..quality import require_metrics
 from ..training.cli import PRESET_NAMES
 from .fields import chosen_dir
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
@@ -212,8 +213,9 @@ class ImproveSection(Container):
         if self._worker is not None:
             return
         try:
+            require_metrics()  # every evaluation of the run scores with them
             config = self.build_config()
-        except ValueError as error:
+        except (ImportError, ValueError) as error:
             self._error(str(error))
             return
         self._cancel = threading.Event()

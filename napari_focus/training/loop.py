@@ -22,6 +22,7 @@ import torch
 from ..checkpoints import save_inference_checkpoint
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
+from ..quality import require_metrics
 from ..runtime import DTYPES
 from .augment import AugmentConfig, augment, targets_from_classes
 from .config import OFFICIAL_POLY_POWER, TrainConfig
@@ -130,6 +131,7 @@ def train(
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
+    require_metrics()  # validation scores every evaluation; fail before any loading
 
     report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))
     samples, problems = collect_samples(config.root, config.layouts)
