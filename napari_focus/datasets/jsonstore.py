@@ -13,7 +13,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
 from ..filelock import LockTimeout, held
 from .errors import ExportError
 
@@ -63,8 +62,3 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ExportError(f"{path} does not hold a JSON object; not touching it")
     return data
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` by ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
