@@ -88,8 +88,8 @@ class SeriesState:
     unattached: dict[Path, list[str]] = field(default_factory=dict)
     #: keys whose entry the last save took from another writer of the series
     merged: list[str] = field(default_factory=list)
-    _synced: Synced = field(default_factory=Synced, repr=False)
-    _save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _synced: Synced = field(default_factory=Synced, init=False, repr=False)
+    _save_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def state_path(self) -> Path:
