@@ -51,7 +51,9 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self.viewer = owner.viewer
         self.state: SeriesState | None = None
         self.cache = PrefetchCache(capacity=8, lookahead=2)
-        self.prefetcher = Prefetcher(self.cache, self._on_prefetched)
+        self.prefetcher = Prefetcher(
+            self.cache, self._on_prefetched, owner.model_section.shared_model.get
+        )
         self.prefetcher.on_idle = self._on_prefetch_idle
         self.seconds: dict[str, float] = {}
         self.decoded: OrderedDict[str, np.ndarray] = OrderedDict()  # files read ahead
