@@ -3,6 +3,8 @@ stages and cancel (run under `xvfb-run -s "-screen 0 1366x768x24"`)."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from skimage.transform import resize
@@ -192,13 +194,14 @@ def test_errors_speak_the_widget_s_words():
     from napari_focus.gui.job import gui_message
 
     error = CheckpointNotAvailable(
-        "not in the cache and the hub could not be reached. Either download it once, or put "
-        "the file anywhere and load it with `--weights /path/to/focus_large_sod.pth` "
-        "(Python: `FocusPredictor.from_checkpoint(path)`)."
+        "not in the cache and the hub could not be reached. Either download it once",
+        "focus_large_sod.pth",
     )
+    assert "load it with `--weights /path/to/focus_large_sod.pth`" in str(error)  # CLI words
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
     text = gui_message(error)
     assert "--weights" not in text
-    assert "'local checkpoint' in the Model tab and pick /path/to/focus_large_sod.pth" in text
+    assert "'local checkpoint' in the Model tab and pick focus_large_sod.pth" in text
 
 
 def test_export_asks_in_the_dialog_s_words(

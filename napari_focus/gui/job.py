@@ -7,7 +7,6 @@ the widget creates and changes layers when the job returns.
 from __future__ import annotations
 
 import gc
-import re
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoints import CheckpointNotAvailable
 from ..predictor import FocusPredictor
 from ..presets import hub_location
 from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
@@ -106,12 +106,11 @@ class SharedModel:
 
 def gui_message(error: BaseException) -> str:
     """An error's text in the widget's words (the library speaks of CLI flags)."""
-    text = str(error) or type(error).__name__
-    return re.sub(
-        r"load it with `--weights ([^`]*)`\s*(\(Python: `[^`]*`\))?",
-        r"choose weights: 'local checkpoint' in the Model tab and pick \1",
-        text,
-    )
+    if isinstance(error, CheckpointNotAvailable):
+        return error.message_with(
+            f"choose weights: 'local checkpoint' in the Model tab and pick {error.filename}"
+        )
+    return str(error) or type(error).__name__
 
 
 @dataclass(frozen=True)
