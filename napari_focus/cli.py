@@ -194,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_SETUP_ERROR
+    if getattr(args, "command", None) == "predict" and args.engine != "ray":
+        ray_only = ("address", "num_workers", "gpus_per_worker", "cpus_per_worker", "manifest",
+                    "series")  # fmt: skip
+        given = [name for name in ray_only if getattr(args, name, None) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            print(f"napari-focus: {flag} is an option of --engine ray; add --engine ray or "
+                  f"leave {flag} out", file=sys.stderr)  # fmt: skip
+            return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict" and args.engine == "ray":
         from .distributed.cli import run_predict_ray  # workers check devices where they run
 

@@ -258,3 +258,12 @@ def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_pa
     code, err = run_cli("annotate", fake)
     assert code == 2
     assert f"cannot open {fake} as an image" in err and "Traceback" not in err
+
+
+def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    code, err = run_cli("predict", image, "--task", "sod", "--address", "auto")
+    assert code == 2 and "--address is an option of --engine ray" in err
+    code, err = run_cli("predict", image, "--task", "sod", "--series", tmp_path / "s")
+    assert code == 2 and "--series is an option of --engine ray" in err
