@@ -184,6 +184,14 @@ def _has_qt_binding() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command's own handling (loading torch, say)
+        print("napari-focus: interrupted", file=sys.stderr)
+        return 128 + 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _announce_kernel_builds()
     if getattr(args, "command", None) == "annotate" and not _has_qt_binding():
