@@ -1,6 +1,7 @@
-"""What the command-line commands share: exit codes and loading the model from the
-parsed flags (used by ``predict`` in :mod:`napari_focus.cli` and by ``rank`` in
-:mod:`napari_focus.series.rank`, which must not import each other)."""
+"""What the command-line commands share: exit codes, the ``--out`` refusal of
+``predict`` (both engines) and loading the model from the parsed flags (used by
+``predict`` in :mod:`napari_focus.cli` and by ``rank`` in :mod:`napari_focus.series.rank`,
+which must not import each other)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from typing import Any
 
 EXIT_FAILED_IMAGES = 1
 EXIT_SETUP_ERROR = 2
+
+
+def out_replaces_input_message(out: object, error: Any) -> str:
+    """``predict``'s words for :class:`~napari_focus.prediction_files.OutputReplacesInput`
+    (both engines)."""
+    return f"--out {out}: {error.what}; choose another --out"
 
 
 def load_predictor_from_args(args: argparse.Namespace) -> Any:
