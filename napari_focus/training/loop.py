@@ -32,7 +32,7 @@ from .forward import training_forward
 from .matcher import Target
 from .presets import resolve_preset
 from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
-from .state import RunState, load_state, save_state
+from .state import STATE_NAME, RunState, load_state, save_state
 from .validate import better, score_samples, write_report
 
 CACHE_SAMPLES = 256
@@ -264,7 +264,9 @@ def train(
         task=base.task, dtype=DTYPES[config.save_dtype], source=base.base_id,
         extra_metadata=metadata,
     )  # fmt: skip
-    checkpoint_state()
+    # a finished run cannot be resumed (its --out exists): its optimizer state only costs
+    # disk (several times the checkpoint); the log and the report stay
+    (work_dir / STATE_NAME).unlink(missing_ok=True)
     report_progress(TrainProgress("done", run.step, config.steps, f"wrote {output}"))
     return _result(output, False, run, work_dir, problems)
 
