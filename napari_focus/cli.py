@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, TASK_HELP, add_model_arguments
-from .cli_predict import add_throughput_arguments, collect_inputs, run_predict
+from .cli_predict import add_throughput_arguments, run_predict
+from .prediction_files import collect_inputs
 
 
 def run_doctor(args: argparse.Namespace) -> int:
