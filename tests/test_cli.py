@@ -267,3 +267,12 @@ def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
     assert code == 2 and "--address is an option of --engine ray" in err
     code, err = run_cli("predict", image, "--task", "sod", "--series", tmp_path / "s")
     assert code == 2 and "--series is an option of --engine ray" in err
+
+
+def test_a_bad_pixel_limit_is_one_setup_error(tmp_path, monkeypatch):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "abc")
+    code, err = run_cli("predict", image, "--task", "sod", "--out", tmp_path / "out")
+    assert code == 2 and "NAPARI_FOCUS_MAX_PIXELS='abc' is not a number of pixels" in err
+    assert not (tmp_path / "out").exists()
