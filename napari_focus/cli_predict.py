@@ -28,6 +28,10 @@ def run_predict(args: argparse.Namespace) -> int:
     images, unmatched = collect_inputs(args.inputs)
     for item in unmatched:
         print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
+    for folder in _folders_with_images_below(args.inputs):
+        print(f"napari-focus: note: images in subfolders of {folder} are not included; "
+              f"give '{folder}/**/*' to include them (masks go flat into --out)",
+              file=sys.stderr)  # fmt: skip
     if not images:
         print("napari-focus: nothing to do: no input images", file=sys.stderr)
         return EXIT_SETUP_ERROR
@@ -132,6 +136,25 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
             file=sys.stderr,
         )
     return summary.written, interrupted, summary.failures
+
+
+def _folders_with_images_below(inputs: list[str]) -> list[str]:
+    """The folder inputs that have images in subfolders (a folder input takes only its
+    own images)."""
+    from .io import IMAGE_EXTENSIONS
+
+    folders = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            continue
+        below = (
+            p for sub in path.iterdir() if sub.is_dir() and not sub.name.startswith(".")
+            for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+        )  # fmt: skip
+        if next(below, None) is not None:
+            folders.append(item.rstrip("/"))
+    return folders
 
 
 def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
