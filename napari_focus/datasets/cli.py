@@ -106,12 +106,9 @@ def pair_files(
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from ..io import read_image
+    from ..mask_files import read_mask_file
 
-    mask = read_image(path)
-    if mask.ndim == 3 and (mask == mask[..., :1]).all():
-        mask = mask[..., 0]
-    return mask
+    return read_mask_file(path)
 
 
 def run_export(args: argparse.Namespace) -> int:
