@@ -36,7 +36,11 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Export images and their masks into a FOCUS training-dataset layout.",
     )
     parser.add_argument("images_dir", help="folder of images")
-    parser.add_argument("masks_dir", help="folder of masks (nonzero = foreground)")
+    parser.add_argument(
+        "masks_dir",
+        help="folder of masks: foreground is > 128 in 8-bit masks (as the official "
+        "evaluation reads ground truth), 1 in 0/1 masks, any colour channel in colour masks",
+    )
     parser.add_argument(
         "--root", required=True, help="the FOCUS datasets/ folder (DETECTRON2_DATASETS)"
     )
