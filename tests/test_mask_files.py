@@ -187,7 +187,7 @@ CANDIDATES = {
 def test_series_and_model_accept_the_same_images(tmp_path: Path, name: str) -> None:
     array = CANDIDATES[name]
     path = tmp_path / f"{name}.tif"
-    tifffile.imwrite(path, array)
+    tifffile.imwrite(path, array, photometric="rgb" if array.ndim == 3 else None)
     try:
         to_rgb_uint8(array)
     except ValueError as error:
