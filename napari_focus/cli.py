@@ -9,9 +9,8 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
+from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, TASK_HELP, add_model_arguments
 from .cli_predict import add_throughput_arguments, collect_inputs, run_predict
-from .presets import SIZES, TASKS
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -24,26 +23,30 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    import napari
-
-    from .gui.annotate import open_viewer
+    from .io import read_image
 
     paths: list[Path] = []
+    images = []
     folder = Path(args.path) if args.path and Path(args.path).is_dir() else None
     if args.path and folder is None:
         paths, unmatched = collect_inputs([args.path])
         if unmatched:
             print(f"napari-focus: no image matches {args.path!r}", file=sys.stderr)
             return EXIT_SETUP_ERROR
-    open_viewer(paths, folder=folder)
+        for path in paths:  # before napari opens: a file it cannot show is said here
+            try:
+                images.append(read_image(path))
+            except (OSError, ValueError) as error:
+                print(f"napari-focus: cannot open {path} as an image: {error}", file=sys.stderr)
+                return EXIT_SETUP_ERROR
+    import napari
+
+    from .gui.annotate import open_viewer
+
+    open_viewer(paths, folder=folder, images=images)
     napari.run()
     return 0
 
-
-TASK_HELP = (
-    "sod = salient objects, cod = camouflaged objects, sd = shadows, "
-    "dbd = defocus blur, fd = forgeries (image manipulation)"
-)
 
 EXIT_CODES = f"""\
 exit codes:
@@ -52,50 +55,6 @@ exit codes:
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, or weights
      that could not be downloaded or loaded
 """
-
-
-def _device_argument(text: str) -> str:
-    from .devices import DeviceError, check_device_name
-
-    try:
-        return check_device_name(text)
-    except DeviceError as error:
-        raise argparse.ArgumentTypeError(
-            error.cli_message().removeprefix(f"--device {text}: ")
-        ) from None
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--task, --size, --weights, --device and --tta, shared by the commands that predict."""
-    parser.add_argument(
-        "--task", required=True, choices=TASKS, type=str.lower, help=f"what to segment: {TASK_HELP}"
-    )
-    parser.add_argument(
-        "--size",
-        choices=SIZES,
-        default=None,
-        help="model size: large (FOCUS-L, DINOv2-L, ~2 GB download) or giant (FOCUS-G, "
-        "DINOv2-G); default large, or what --weights holds",
-    )
-    parser.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="a local checkpoint (official .pth or .safetensors) instead of downloading "
-        "geshang/focus_<size>_<task> from the Hugging Face hub",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        type=_device_argument,
-        help="where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, "
-        "cuda:N, gpu (same as cuda) or mps; default auto",
-    )
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="official test-time augmentation (6 scales x horizontal flip, averaged; "
-        "about 20x slower)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

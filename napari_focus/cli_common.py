@@ -1,5 +1,5 @@
-"""What the command-line commands share: exit codes and loading the model from the
-parsed flags (used by ``predict`` in :mod:`napari_focus.cli` and by ``rank`` in
+"""What the command-line commands share: exit codes, the model flags and loading the
+model from them (used by ``predict`` in :mod:`napari_focus.cli` and by ``rank`` in
 :mod:`napari_focus.series.rank`, which must not import each other)."""
 
 from __future__ import annotations
@@ -7,8 +7,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .presets import SIZES, TASKS
+
 EXIT_FAILED_IMAGES = 1
 EXIT_SETUP_ERROR = 2
+
+TASK_HELP = (
+    "sod = salient objects, cod = camouflaged objects, sd = shadows, "
+    "dbd = defocus blur, fd = forgeries (image manipulation)"
+)
 
 
 def load_predictor_from_args(args: argparse.Namespace) -> Any:
@@ -27,3 +34,47 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "compile", False):
         predictor.compile()
     return predictor
+
+
+def _device_argument(text: str) -> str:
+    from .devices import DeviceError, check_device_name
+
+    try:
+        return check_device_name(text)
+    except DeviceError as error:
+        raise argparse.ArgumentTypeError(
+            error.cli_message().removeprefix(f"--device {text}: ")
+        ) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--task, --size, --weights, --device and --tta, shared by the commands that predict."""
+    parser.add_argument(
+        "--task", required=True, choices=TASKS, type=str.lower, help=f"what to segment: {TASK_HELP}"
+    )
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default=None,
+        help="model size: large (FOCUS-L, DINOv2-L, ~2 GB download) or giant (FOCUS-G, "
+        "DINOv2-G); default large, or what --weights holds",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a local checkpoint (official .pth or .safetensors) instead of downloading "
+        "geshang/focus_<size>_<task> from the Hugging Face hub",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=_device_argument,
+        help="where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, "
+        "cuda:N, gpu (same as cuda) or mps; default auto",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="official test-time augmentation (6 scales x horizontal flip, averaged; "
+        "about 20x slower)",
+    )

@@ -37,6 +37,18 @@ DEFAULT_UNCERTAINTY = "entropy"
 _EPS = 1e-6
 
 
+def require_metrics() -> None:
+    """Raise ImportError, saying how to install it, when PySODMetrics is missing: called
+    before work whose results need the metrics (fine-tuning, ranking against masks)."""
+    import importlib.util
+
+    if importlib.util.find_spec("py_sod_metrics") is None:
+        raise ImportError(
+            "quality metrics need PySODMetrics, which is not installed: "
+            "pip install 'napari-focus[metrics]'"
+        )
+
+
 def as_probability(prediction: np.ndarray) -> np.ndarray:
     """float64 ``(H, W)`` in [0, 1] from a probability (float in [0, 1]), an 8-bit map
     (uint8 0-255) or a binary mask (bool). Other integer types must hold 0/1 or 0-255."""
@@ -84,12 +96,8 @@ def mask_metrics(prediction: np.ndarray, reference: np.ndarray) -> dict[str, flo
         ``iou`` of the mask ``prediction > 0.5``. Deviation from the library: IoU is 1
         (not 0) when both the reference and the thresholded prediction are empty.
     """
-    try:
-        import py_sod_metrics as sod
-    except ImportError as error:
-        raise ImportError(
-            "quality metrics need PySODMetrics: pip install 'napari-focus[metrics]'"
-        ) from error
+    require_metrics()
+    import py_sod_metrics as sod
 
     pred = as_probability(prediction)
     gt = as_binary(reference)

@@ -250,3 +250,11 @@ def test_subprocess_missing_weights_exit_code_2(images, tmp_path):
     assert "cannot load the model" in proc.stderr
     assert str(missing) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    code, err = run_cli("annotate", fake)
+    assert code == 2
+    assert f"cannot open {fake} as an image" in err and "Traceback" not in err

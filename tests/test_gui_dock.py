@@ -199,3 +199,26 @@ def test_errors_speak_the_widget_s_words():
     text = gui_message(error)
     assert "--weights" not in text
     assert "'local checkpoint' in the Model tab and pick /path/to/focus_large_sod.pth" in text
+
+
+def test_export_asks_in_the_dialog_s_words(
+    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
+):
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    export = widget.export_section
+    export.dataset_root.value = tmp_path / "datasets"
+    export.dataset_layout.value = "generic"
+    export.policy.value = "ask"
+    outcomes: list = []
+    export.export(on_done=outcomes.append)
+    qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_policy", lambda _, q: questions.append(q) or None)
+    export.export(on_done=outcomes.append)  # the same sample again: the dialog asks
+    qtbot.waitUntil(lambda: len(outcomes) == 2, timeout=WAIT_MS)
+    assert outcomes[1] is None and export.result_label.value == "export cancelled"
+    assert len(questions) == 1 and "sample 'cup' already exists" in questions[0]
+    assert "on_exists" not in questions[0] and "What should happen?" in questions[0]

@@ -109,3 +109,26 @@ def test_improve_explains_what_is_missing(open_focus_widget, tmp_path: Path) -> 
     improve.start()
     assert "exists" in improve.status.value and not improve.running
     assert (tmp_path / "x.safetensors").read_bytes() == b"mine"
+
+
+def test_a_training_process_that_dies_is_reported_and_improve_works_again(
+    qtbot, open_focus_widget, tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    import multiprocessing
+
+    _, widget = open_focus_widget()
+    root = tmp_path / "datasets"
+    export_shapes(root, "duts-tr", 4, seed=3, size=64)
+    widget.export_section.dataset_root.value = root
+    improve = widget.improve
+    improve.steps.value = 500
+    improve.preset.value = "cpu"
+    improve.crop.value = 128
+    improve.output.value = tmp_path / "improved.safetensors"
+    improve.start()
+    qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
+    (child,) = [p for p in multiprocessing.active_children() if "training" in p.name]
+    child.kill()  # as the kernel's out-of-memory killer would
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert "training failed: the training process ended unexpectedly" in improve.status.value
+    assert improve.improve_button.enabled and not improve.cancel_button.enabled

@@ -201,3 +201,41 @@ def test_prefetch_off_computes_only_the_shown_image(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     assert len(predict_threads) == 3
     assert series.cache.get("img1.png") is not None and series.cache.get("img2.png") is not None
+
+
+def test_series_proposals_follow_the_tta_setting(qtbot, open_focus_widget, folder, monkeypatch):
+    calls: list[bool] = []
+    original = FocusPredictor.predict
+
+    def recording(self, image, *, tta=False):
+        calls.append(tta)
+        return original(self, image, tta=tta)
+
+    monkeypatch.setattr(FocusPredictor, "predict", recording)
+    import dataclasses
+
+    from napari_focus import predictor as predictor_module
+
+    official = predictor_module.input_preset
+    monkeypatch.setattr(  # two small TTA scales instead of the official six: the CI's CPU
+        predictor_module,
+        "input_preset",
+        lambda: dataclasses.replace(official(), tta_short_sides=(64, 96)),
+    )
+    viewer, widget = open_focus_widget()
+    widget.tta.value = True
+    series = widget.series
+    series.prefetch.value = False
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert calls == [True]
+    assert _labels(viewer, "img0").metadata["napari_focus"]["tta"] is True
+
+    widget.tta.value = False  # another setting: computed again, stored apart
+    series.next()
+    series.previous()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert calls[-1] is False
+    assert _labels(viewer, "img0").metadata["napari_focus"]["tta"] is False
+    stores = sorted(p.parent.name for p in series.state.output_folder.rglob("img0*.npz"))
+    assert len(stores) == 2 and stores[0] != stores[1]

@@ -45,6 +45,43 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
                  "--weights", "cod", "--out", str(tmp_path / "taken.safetensors")])  # fmt: skip
     assert code == 2 and "exists" in capsys.readouterr().err
     assert (tmp_path / "taken.safetensors").read_bytes() == b"mine"
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--resume",
+                 "--weights", "cod", "--out", str(tmp_path / "taken.safetensors")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "has finished); choose another --out" in err and "=True" not in err
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--crop", "100",
+                 "--weights", "cod", "--out", out])  # fmt: skip
+    assert code == 2 and "--crop must be a multiple of 32 (got 100)" in capsys.readouterr().err
+
+
+def test_missing_metrics_stop_train_and_rank_before_any_work(tmp_path: Path, capsys, monkeypatch):
+    import builtins
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_metrics(name, *args):  # as on a machine without the [metrics] extra
+        return None if name == "py_sod_metrics" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_metrics)
+    real_import = builtins.__import__
+
+    def no_model_loading(name, *args, **kwargs):
+        if name.endswith("predictor") or name == "napari_focus.training.setup":
+            raise AssertionError(f"{name} imported before the metrics were checked")
+        return real_import(name, *args, **kwargs)
+
+    export_shapes(tmp_path, "generic", 2, size=48)
+    (tmp_path / "gt").mkdir()
+    monkeypatch.setattr(builtins, "__import__", no_model_loading)
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic",
+                 "--weights", "cod", "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    assert code == 2 and "pip install 'napari-focus[metrics]'" in capsys.readouterr().err
+    code = main(["rank", str(tmp_path), "--task", "sod", "--gt", str(tmp_path / "gt"),
+                 "--out", str(tmp_path / "r.csv")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--gt: quality metrics need PySODMetrics" in err
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_short_run_writes_a_loadable_checkpoint(

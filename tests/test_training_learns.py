@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,22 @@ def test_fine_tuning_learns_reloads_and_resumes(
     report = result.work_dir / "training_report.html"
     assert "validation mask_iou" in report.read_text()
     assert (result.work_dir / "training_log.csv").read_text().startswith("step,kind,loss")
+
+
+def test_subprocess_run_stops_when_its_watcher_goes_away(
+    shapes_root: Path, tmp_path: Path, focus_reference: Path
+) -> None:
+    from napari_focus.training.process import train_in_subprocess
+
+    out = tmp_path / "tuned.safetensors"
+    run = train_in_subprocess(
+        config(shapes_root, out, focus_reference, steps=400, eval_every=400), threading.Event()
+    )
+    for report in run:  # the child is training: drop the watcher (napari closing)
+        if report.phase == "train" and report.step >= 2:
+            break
+    started = time.monotonic()
+    run.close()
+    assert time.monotonic() - started < 30  # stopped, not waited out
+    resume = list(tmp_path.rglob("resume.pt"))
+    assert resume and not out.exists()  # the step it stopped at is saved for --resume

@@ -8,16 +8,17 @@ class ExportError(ValueError):
 
 
 class SampleExistsError(ExportError):
-    """A sample with the requested name already exists and the policy is ``"error"``."""
+    """A sample with the requested name already exists and the policy is ``"error"``.
+    ``reason`` says what exists; ``str()`` adds the remedy in the Python API's words,
+    :meth:`cli_message` in the command line's."""
 
-    def __init__(self, message: str, name: str) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str, name: str) -> None:
+        super().__init__(f"{reason}; choose on_exists='skip', 'rename' or 'replace'")
+        self.reason = reason
         self.name = name
 
     def cli_message(self) -> str:
-        """The message in the command line's words (``--on-exists skip``, not ``on_exists=``)."""
-        reason = str(self).split("; choose on_exists", 1)[0]
-        return f"{reason}; use --on-exists skip, rename or replace"
+        return f"{self.reason}; use --on-exists skip, rename or replace"
 
 
 class ExportWriteError(ExportError):

@@ -282,14 +282,14 @@ def _resolve_name(
     if not taken(wanted):
         return wanted, "written"
     if on_exists == "error":
-        listed = (
-            "listed in the JSON files"
-            if store.has(wanted)
-            else ("present on disk but not in the JSON files (probably an interrupted export)")
-        )
+        if not spec.has_json:
+            listed = "its files are on disk"
+        elif store.has(wanted):
+            listed = "listed in the JSON files"
+        else:
+            listed = "present on disk but not in the JSON files (probably an interrupted export)"
         raise SampleExistsError(
-            f"sample {wanted!r} already exists in {spec.name} under {root} ({listed}); "
-            "choose on_exists='skip', 'rename' or 'replace'",
+            f"sample {wanted!r} already exists in {spec.name} under {root} ({listed})",
             wanted,
         )
     if on_exists == "rename":

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
 from .errors import ExportError
 
 LOCK_NAME = ".napari_focus.lock"
@@ -107,8 +106,3 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ExportError(f"{path} does not hold a JSON object; not touching it")
     return data
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` by ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))

@@ -33,7 +33,6 @@ from .worker import RESULT_COLUMNS
 
 MANIFEST_NAME = "focus_manifest.parquet"
 RANKING_NAME = "focus_rank.csv"
-STATUSES = ("written", "skipped", "failed", "pending")
 TEXT_COLUMNS = ("source", "name", "mask", "probability", "status", "error", "worker")
 FLOAT_COLUMNS = ("uncertainty", "foreground", "seconds")
 INT_COLUMNS = ("width", "height")

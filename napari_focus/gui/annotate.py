@@ -7,20 +7,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..io import read_image
 
 
-def add_image_file(viewer: Any, path: Path) -> Any:
-    data = read_image(path)
+def add_image_file(viewer: Any, path: Path, data: np.ndarray | None = None) -> Any:
+    """``path`` as an image layer (``data``: its pixels, when already read)."""
+    if data is None:
+        data = read_image(path)
     rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
     return viewer.add_image(data, name=path.stem, rgb=rgb, metadata={"path": str(path)})
 
 
 def open_viewer(
-    paths: Sequence[Path] = (), *, folder: Path | None = None, show: bool = True
+    paths: Sequence[Path] = (),
+    *,
+    folder: Path | None = None,
+    show: bool = True,
+    images: Sequence[np.ndarray] | None = None,
 ) -> tuple[Any, Any]:
     """Create a viewer and dock the FOCUS widget; open ``folder`` as a series, or load
-    ``paths`` as layers. Returns ``(viewer, widget)``."""
+    ``paths`` as layers (``images``: their pixels, when already read). Returns
+    ``(viewer, widget)``."""
     import napari
 
     viewer = napari.Viewer(show=show)
@@ -29,8 +38,8 @@ def open_viewer(
         widget.show_section("Series")
         widget.series.folder.value = folder
         widget.series.open(folder)
-    for path in paths:
-        add_image_file(viewer, path)
+    for index, path in enumerate(paths):
+        add_image_file(viewer, path, None if images is None else images[index])
     if paths and len(viewer.layers):
         viewer.layers.selection.active = viewer.layers[0]
     return viewer, widget

@@ -111,16 +111,17 @@ class ExportSection(Container):
     def _attempt(self, job: tuple, on_exists: str, on_done: Callable | None) -> None:
         root, layout, name, image, mask, provenance = job
 
-        def write() -> Any:
+        def write() -> tuple[Any, BaseException | None]:
+            # an exception is handed back in a tuple: a worker re-raises one it returns
             try:
                 return export_sample(
                     root, layout, name, image, mask, on_exists=on_exists, provenance=provenance
-                )
+                ), None
             except (ExportError, OSError) as error:
-                return error
+                return None, error
 
         worker = thread_worker(write, start_thread=False)()
-        worker.returned.connect(lambda outcome: self._on_written(job, outcome, on_done))
+        worker.returned.connect(lambda outcome: self._on_written(job, *outcome, on_done))
         worker.errored.connect(lambda error: self._failed(error, on_done))
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -132,9 +133,11 @@ class ExportSection(Container):
         self._worker = None
         self.owner.update_enabled()
 
-    def _on_written(self, job: tuple, outcome: Any, on_done: Callable | None) -> None:
-        if isinstance(outcome, SampleExistsError) and self.policy.value == "ask":
-            choice = dialogs.ask_policy(self.native, f"{outcome}\n\nWhat should happen?")
+    def _on_written(
+        self, job: tuple, outcome: Any, error: BaseException | None, on_done: Callable | None
+    ) -> None:
+        if isinstance(error, SampleExistsError) and self.policy.value == "ask":
+            choice = dialogs.ask_policy(self.native, f"{error.reason}.\n\nWhat should happen?")
             if choice is None:
                 self.result_label.value = "export cancelled"
                 if on_done is not None:
@@ -143,8 +146,8 @@ class ExportSection(Container):
             self._worker = None
             self._attempt(job, choice, on_done)
             return
-        if isinstance(outcome, BaseException):
-            self._failed(outcome, on_done)
+        if error is not None:
+            self._failed(error, on_done)
             return
         self.result_label.value = f"{outcome.status}: {outcome.name} -> {outcome.image.parent}"
         show_info(f"FOCUS: {outcome.status} sample '{outcome.name}' in {outcome.layout}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
+from ..quality import require_metrics
 from ..training.cli import PRESET_NAMES
 from .fields import chosen_dir
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
@@ -175,6 +177,8 @@ class ImproveSection(Container):
         self.use_previous_button.tooltip = "Switch back to the weights used before"
         self.improve_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        # napari closing mid-run: the child stops after its step and saves its resume state
+        self.native.destroyed.connect(lambda *_: self._cancel.set())
         self.use_new_button.changed.connect(self.use_new_weights)
         self.use_previous_button.changed.connect(self.use_previous_weights)
 
@@ -210,16 +214,15 @@ class ImproveSection(Container):
         if self._worker is not None:
             return
         try:
+            require_metrics()  # every evaluation of the run scores with them
             config = self.build_config()
-        except ValueError as error:
+        except (ImportError, ValueError) as error:
             self._error(str(error))
             return
         self._cancel = threading.Event()
         self._base = self.host.current_weights()
-        from ..training.process import train_in_subprocess
-
         # a process of its own: the training's Python work never competes with the viewer
-        worker = thread_worker(train_in_subprocess, start_thread=False)(config, self._cancel)
+        worker = thread_worker(_watch_training, start_thread=False)(config, self._cancel)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
@@ -241,9 +244,10 @@ class ImproveSection(Container):
         else:
             self.status.value = report.message
 
-    def _on_returned(self, result: Any) -> None:
-        if isinstance(result, Exception):
-            self._error(f"training failed: {result}")
+    def _on_returned(self, outcome: tuple[Any, BaseException | None]) -> None:
+        result, error = outcome
+        if error is not None:
+            self._error(f"training failed: {error}")
             return
         if result.cancelled:
             self.status.value = f"cancelled at step {result.step} (the run can be resumed)"
@@ -290,6 +294,16 @@ class ImproveSection(Container):
     def _error(self, message: str) -> None:
         self.status.value = f"error: {message}"
         show_error(f"FOCUS improve: {message}")
+
+
+def _watch_training(config: Any, cancel: threading.Event) -> Generator[Any, None, tuple]:
+    """Worker body: the run's progress reports, then ``(result, None)`` or ``(None, the
+    exception it ended with)``. A thread worker re-raises an exception it is handed as
+    the return value (and drops a RuntimeError without finishing), so it goes in a tuple."""
+    from ..training.process import train_in_subprocess
+
+    outcome = yield from train_in_subprocess(config, cancel)
+    return (None, outcome) if isinstance(outcome, BaseException) else (outcome, None)
 
 
 def for_focus_widget(owner: Any) -> ImproveSection:

@@ -58,6 +58,7 @@ class JobResult:
     indices: list[tuple[int, ...]]
     probabilities: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    tta: bool = False  # what the proposals were computed with
 
 
 def load_predictor(key: ModelKey) -> FocusPredictor:
@@ -129,7 +130,7 @@ def _segment(
         control.set_stage(f"loading {key.describe()}")
         yield Progress(f"Loading {key.describe()}…", None)
         predictor = load_predictor(key)
-    result = JobResult(predictor=predictor, key=key, indices=indices)
+    result = JobResult(predictor=predictor, key=key, indices=indices, tta=tta)
     for done, index in enumerate(indices):
         control.check()
         where = f" plane {done + 1}/{len(indices)}" if len(indices) > 1 else ""

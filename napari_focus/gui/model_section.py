@@ -100,7 +100,7 @@ class ModelSection(Container):
         )
         self.tta.tooltip = (
             "Test-time augmentation: average 6 scales x 2 flips (12 passes); "
-            "better masks, 12x slower"
+            "better masks, 12x slower; used by Run and by the series proposals"
         )
         self.planes.tooltip = "For stacks: segment the plane on screen, or every plane"
         self.weights_source.changed.connect(self._on_weights_source)

@@ -57,7 +57,6 @@ def proposal_metadata(
     official: np.ndarray,
     mask: np.ndarray,
     refinement: Refinement,
-    tta: bool,
 ) -> dict[str, Any]:
     """What a proposal's Labels layer carries: model provenance and the model output."""
     return {
@@ -65,7 +64,7 @@ def proposal_metadata(
         "size": result.predictor.architecture.size_name,
         "weights": result.key.weights_id,
         "device": str(result.predictor.device),
-        "tta": tta,
+        "tta": result.tta,
         "source_image": image_name,
         "refinement": asdict(refinement),
         "probability": probability,

@@ -140,6 +140,7 @@ class SeriesDisplay:
             indices=[()],
             probabilities=[prediction.probability],
             masks=[prediction.mask],
+            tta=self.prefetcher.tta,
         )
         labels = self.owner.show_result(result, layer, layer_planes(layer))
         name = proposal_name(layer.name, self.owner.task.value)

@@ -21,9 +21,9 @@ from ..series.proposal_store import ProposalStore
 from .job import ModelKey, gui_message, load_predictor
 
 
-def model_id(key: ModelKey) -> str:
-    """What identifies a series proposal's model (the proposal store's folder)."""
-    return f"{key.task}|{key.size}|{key.weights_id}|{key.precision}"
+def model_id(key: ModelKey, tta: bool = False) -> str:
+    """What identifies a series proposal's model and TTA (the proposal store's folder)."""
+    return f"{key.task}|{key.size}|{key.weights_id}|{key.precision}" + ("|tta" if tta else "")
 
 
 def prefetch_job(
@@ -32,6 +32,7 @@ def prefetch_job(
     board: JobBoard,
     store: ProposalStore | None,
     control: RunControl,
+    tta: bool = False,
 ) -> Generator[tuple, None, None]:
     """Load the model if needed, then take jobs from ``board`` until it is empty.
 
@@ -59,7 +60,7 @@ def prefetch_job(
             continue
         try:
             with watch_model(predictor.model, control):
-                prediction = predictor.predict(image)
+                prediction = predictor.predict(image, tta=tta)
         except Cancelled:
             return
         except (ValueError, OSError, RuntimeError) as error:
@@ -88,21 +89,23 @@ class Prefetcher:
         self._control: RunControl | None = None
         self._model_id: str | None = None
         self.store: ProposalStore | None = None
+        self.tta = False  # proposals with test-time augmentation
 
     @property
     def busy(self) -> bool:
         return self._worker is not None
 
-    def use_model(self, key: ModelKey, series_folder: Path) -> bool:
-        """Forget results of another model (or series) before planning with ``key``;
-        True when there were such results to forget."""
-        ident = f"{model_id(key)}|{series_folder}"
+    def use_model(self, key: ModelKey, series_folder: Path, tta: bool = False) -> bool:
+        """Forget results of another model, TTA setting or series before planning with
+        ``key``; True when there were such results to forget."""
+        ident = f"{model_id(key, tta)}|{series_folder}"
         if ident == self._model_id:
             return False
         self.cache.release(*[job[0] for job in self.board.replace([])])
         self.cache.clear()
         self._model_id = ident
-        self.store = ProposalStore(series_folder, model_id(key))
+        self.tta = tta
+        self.store = ProposalStore(series_folder, model_id(key, tta))
         return True
 
     def plan(self, jobs: list[tuple[str, int, Any]]) -> None:
@@ -126,7 +129,7 @@ class Prefetcher:
             return
         self._control = RunControl()
         worker = thread_worker(prefetch_job, start_thread=False)(
-            key, predictor, self.board, self.store, self._control
+            key, predictor, self.board, self.store, self._control, self.tta
         )
         worker.yielded.connect(self.on_message)
         worker.errored.connect(lambda error: self.on_message(("model_failed", str(error))))

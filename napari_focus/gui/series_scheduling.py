@@ -30,7 +30,7 @@ class SeriesScheduling:
     def _use_model(self) -> Any:
         assert self.state is not None
         key = self.owner.model_key()
-        if self.prefetcher.use_model(key, self.state.output_folder):
+        if self.prefetcher.use_model(key, self.state.output_folder, self.owner.tta.value):
             self.scores.clear()  # another model's doubts do not rank this one's proposals
         return key
 

@@ -309,7 +309,7 @@ class FocusWidget(Container):
         else:
             mask = refine(probability, official, refinement)
         metadata = proposal_metadata(
-            result, layer.name, probability, official, mask, refinement, self.tta.value
+            result, layer.name, probability, official, mask, refinement
         )
         labels = put_proposal(self.viewer, layer, name, mask, metadata)
         self.set_status(f"proposed {name}")

@@ -144,7 +144,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict every image of FOLDER and write them, most doubtful first, "
         "as CSV; with --gt also quality metrics against ground-truth masks.",
     )
-    from ..cli import add_model_arguments
+    from ..cli_common import add_model_arguments
 
     rank.add_argument("folder", help="folder of images")
     add_model_arguments(rank)
@@ -167,7 +167,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_rank(args: argparse.Namespace) -> int:
     from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
     from ..cli_common import load_predictor_from_args as _load_predictor
-    from ..quality import folder_report
+    from ..quality import folder_report, require_metrics
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -176,6 +176,12 @@ def run_rank(args: argparse.Namespace) -> int:
     if args.gt and not Path(args.gt).is_dir():
         print(f"napari-focus: --gt is not a folder: {args.gt}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    if args.gt:
+        try:
+            require_metrics()
+        except ImportError as error:
+            print(f"napari-focus: --gt: {error}", file=sys.stderr)
+            return EXIT_SETUP_ERROR
     out = Path(args.out or f"focus_{args.task}_rank.csv")
     try:  # before any prediction: a typo in --out must not cost the whole run
         check_writable_file(out)

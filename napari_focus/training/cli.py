@@ -68,10 +68,20 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..quality import require_metrics
     from .config import OFFICIAL_LR, TrainConfig
     from .data import DatasetError
     from .loop import train
 
+    if args.crop is not None and (args.crop < 32 or args.crop % 32):
+        print(f"napari-focus train: --crop must be a multiple of 32 (got {args.crop}), "
+              "e.g. 512", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
+    try:
+        require_metrics()
+    except ImportError as error:
+        print(f"napari-focus train: validation needs {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     try:
         config = TrainConfig(
             root=Path(args.root), layouts=tuple(args.layout), out=Path(args.out),
@@ -85,9 +95,10 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"napari-focus train: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        print(f"napari-focus train: {out} exists; choose another --out (nothing is "
-              "overwritten)", file=sys.stderr)  # fmt: skip
+    if out.exists():
+        finished = " (the run it came from has finished)" if args.resume else ""
+        print(f"napari-focus train: {out} exists{finished}; choose another --out (nothing "
+              "is overwritten)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
 
     bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)

@@ -22,6 +22,8 @@ import torch
 from ..checkpoints import save_inference_checkpoint
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
+from ..quality import require_metrics
+from ..runtime import DTYPES
 from .augment import AugmentConfig, augment, targets_from_classes
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
@@ -34,7 +36,6 @@ from .state import RunState, load_state, save_state
 from .validate import better, score_samples, write_report
 
 CACHE_SAMPLES = 256
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def train(
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
+    require_metrics()  # validation scores every evaluation; fail before any loading
 
     report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))
     samples, problems = collect_samples(config.root, config.layouts)

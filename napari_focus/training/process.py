@@ -47,7 +47,9 @@ def train_in_subprocess(
             else:
                 outcome = payload
                 break
-    finally:
+    finally:  # also when the watcher goes away (the generator is closed)
+        if child.is_alive() and outcome is None:
+            stop.set()  # the child saves its resume state after the current step
         child.join(timeout=30)
     if outcome is None:
         outcome = RuntimeError(

@@ -9,7 +9,6 @@ seed and the step number (see :mod:`.loop`).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +84,3 @@ def load_state(folder: Path, identity: dict[str, Any]) -> tuple[RunState, dict, 
         best_weights=payload["best_weights"] or None,
     )
     return run, payload["trainable"], payload["optimizer"], payload["scaler"]
-
-
-def remove_state(folder: Path) -> None:
-    path = folder / STATE_NAME
-    if path.exists():
-        os.unlink(path)
