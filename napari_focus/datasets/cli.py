@@ -36,7 +36,11 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Export images and their masks into a FOCUS training-dataset layout.",
     )
     parser.add_argument("images_dir", help="folder of images")
-    parser.add_argument("masks_dir", help="folder of masks (nonzero = foreground)")
+    parser.add_argument(
+        "masks_dir",
+        help="folder of masks: foreground is > 128 in 8-bit masks (as the official "
+        "evaluation reads ground truth), 1 in 0/1 masks, any colour channel in colour masks",
+    )
     parser.add_argument(
         "--root", required=True, help="the FOCUS datasets/ folder (DETECTRON2_DATASETS)"
     )
@@ -106,12 +110,9 @@ def pair_files(
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from ..io import read_image
+    from ..mask_files import read_mask_file
 
-    mask = read_image(path)
-    if mask.ndim == 3 and (mask == mask[..., :1]).all():
-        mask = mask[..., 0]
-    return mask
+    return read_mask_file(path)
 
 
 def run_export(args: argparse.Namespace) -> int:

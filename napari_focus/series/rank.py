@@ -23,6 +23,7 @@ import numpy as np
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..io import IMAGE_EXTENSIONS, read_image
+from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
 from .queue import scan_folder
@@ -106,7 +107,7 @@ def rank_folder(
             if gt_folder is not None:
                 mask_path = reference_mask_path(root / key, gt_folder, relative=key)
                 if mask_path is not None:
-                    reference = read_image(mask_path)
+                    reference = read_mask_file(mask_path)
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
                     row.reference = str(mask_path)
         except Exception as error:  # one bad image must not stop the ranking

@@ -50,7 +50,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_write_text, temp_path
-from ..io import IMAGE_EXTENSIONS, read_image, write_mask
+from ..io import IMAGE_EXTENSIONS, write_mask
+from ..mask_files import read_mask_file
 from .queue import ImageQueue, QueueItem, Status, scan_folder
 from .resume import file_fingerprint, match_renames, restore_items
 
@@ -196,10 +197,7 @@ class SeriesState:
                             item.path, aside)  # fmt: skip
                 self.save()
                 return None
-        data = read_image(path)
-        if data.ndim == 3:
-            data = data[..., 0]
-        return data > 0
+        return read_mask_file(path)
 
     def autosaved_provenance(self, key: str) -> dict[str, Any] | None:
         """What the autosaved mask of an item was made from, if recorded."""
