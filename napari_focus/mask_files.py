@@ -26,7 +26,11 @@ import numpy as np
 from .io import read_image
 
 FOREGROUND_ABOVE = 128
-__all__ = ["FOREGROUND_ABOVE", "binary_mask", "read_mask_file"]
+#: how a mask file is named after its image's stem (DUTS: ``<stem>.png``, others
+#: ``<stem>_gt.png`` or ``<stem>_mask.png``), and the lossless formats masks come in
+MASK_SUFFIXES = ("", "_gt", "_mask")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+__all__ = ["FOREGROUND_ABOVE", "MASK_EXTENSIONS", "MASK_SUFFIXES", "binary_mask", "read_mask_file"]
 
 
 def binary_mask(pixels: np.ndarray) -> np.ndarray:

@@ -19,11 +19,10 @@ import numpy as np
 from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
+from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
-
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -95,7 +94,9 @@ def pair_files(
             problems.append(f"{image}: same stem as {stems[image.stem]}; rename one")
             continue
         stems[image.stem] = image
-        keys = [image.stem] + ([image.stem + convention] if convention else [])
+        # the layout's own naming, then the names the series and rank --gt accept
+        suffixes = dict.fromkeys([convention, *MASK_SUFFIXES])
+        keys = [image.stem + suffix for suffix in suffixes]
         found = [m for key in keys for m in masks.get(key, [])]
         if not found:
             problems.append(f"{image}: no mask in {masks_dir}")

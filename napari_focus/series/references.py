@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..mask_files import read_mask_file
-
-MASK_SUFFIXES = ("", "_gt", "_mask")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
 
 
 def reference_mask_path(
