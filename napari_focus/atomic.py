@@ -6,29 +6,46 @@ half of one. Temporary files are created with ``O_CREAT | O_EXCL`` and mode ``0o
 so the kernel applies the user's umask (and any default ACL) exactly as for a file
 created by ``open(path, "w")``: 0644 under umask 022, 0600 under 077.
 
-Temporary names start with :data:`TEMP_PREFIX` and carry the writer's process id::
+Temporary names start with :data:`TEMP_PREFIX` and carry the writer's host and
+process id::
 
-    .napari_focus-tmp-<pid>-<random>-<final name>
+    .napari_focus-tmp-<host id>-<pid>-<random>-<final name>
 
 so a clean-up only ever matches names this package made (never a user's
 ``.cat.original.jpg``), and can tell the files of a live process from those a killed
-one left behind (:func:`remove_stale_temps`, :func:`remove_own_temps`).
+one left behind (:func:`remove_stale_temps`, :func:`remove_own_temps`). A process id
+only means something on its own host: in a folder on shared storage (NFS) the temporary
+files of other machines are left to their writers until they are :data:`STALE_AFTER_S`
+old. Names of older versions (``.napari_focus-tmp-<pid>-<random>-...``, no host) are
+still recognised and treated as another host's.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
+import functools
+import hashlib
 import os
 import re
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 TEMP_PREFIX = ".napari_focus-tmp-"
-_TEMP_NAME = re.compile(r"^\.napari_focus-tmp-(\d+)-[0-9a-f]{8}-")
+# the host id is 8 letters/digits of base32 (a-z, 2-7); names of older versions have none
+_TEMP_NAME = re.compile(
+    r"^\.napari_focus-tmp-(?:(?P<host>[a-z2-7]{8})-)?(?P<pid>\d+)-[0-9a-f]{8}-(?P<final>.+)$",
+    re.DOTALL,
+)
 _MAX_NAME_BYTES = 240
+# the longest head temp_path writes (a 10-digit pid), so that the final name kept in a
+# temporary name does not depend on which process wrote it
+_MAX_HEAD_BYTES = len(TEMP_PREFIX) + len("hosthost-") + 10 + len("-0123abcd-")
 #: temp files older than this are stale even if their process id is alive (reused pid)
 STALE_AFTER_S = 24 * 3600.0
 
@@ -70,17 +87,64 @@ def _rebuild_write_error(path: str, code: int | None, reason: str) -> WriteError
     return WriteError(path, OSError(code, reason) if code is not None else reason)
 
 
+@functools.cache
+def host_id() -> str:
+    """8 characters (a-z, 2-7) naming this machine in temporary names: a hash of the
+    host name and, where the system has one, the boot id. Two nodes of a cluster, or
+    two containers with their own host names, get different ids."""
+    seed = socket.gethostname()
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            seed += "/" + handle.read().strip()
+    except OSError:
+        pass
+    digest = hashlib.sha256(seed.encode("utf-8", "surrogateescape")).digest()
+    return base64.b32encode(digest).decode("ascii")[:8].lower()
+
+
+@dataclass(frozen=True)
+class TempName:
+    """What a temporary name says: the writer's host id (``None`` in names of older
+    versions), its process id, and the (possibly shortened) final file name."""
+
+    host: str | None
+    pid: int
+    final: str
+
+    @property
+    def ours(self) -> bool:
+        """Written on this host (so ``pid`` is a process id of this machine)."""
+        return self.host == host_id()
+
+
+def parse_temp_name(name: str) -> TempName | None:
+    """The parts of one of this package's temporary names; ``None`` for any other name."""
+    match = _TEMP_NAME.match(name)
+    if match is None:
+        return None
+    return TempName(match.group("host"), int(match.group("pid")), match.group("final"))
+
+
+def temp_final_name(name: str) -> str:
+    """The final name as a temporary name of ``name`` carries it: the name itself, or
+    shortened (keeping the extension) when it would make the temporary name too long."""
+    room = _MAX_NAME_BYTES - _MAX_HEAD_BYTES
+    if len(name.encode("utf-8")) <= room:
+        return name
+    suffix = Path(name).suffix
+    suffix = suffix if len(suffix) < 16 else ""  # keep the extension, which writers read
+    stem = name[: len(name) - len(suffix)].encode("utf-8")[: room - len(suffix)]
+    return stem.decode("utf-8", "ignore") + suffix
+
+
+def _temp_head() -> str:
+    return f"{TEMP_PREFIX}{host_id()}-{os.getpid()}-{secrets.token_hex(4)}-"
+
+
 def temp_path(path: str | os.PathLike) -> Path:
     """A fresh temporary name beside ``path`` (same folder, same extension)."""
     path = Path(path)
-    head = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
-    name = path.name
-    room = _MAX_NAME_BYTES - len(head)
-    if len(name.encode("utf-8")) > room:  # keep the extension, which some writers read
-        suffix = path.suffix if len(path.suffix) < 16 else ""
-        stem = name[: len(name) - len(suffix)].encode("utf-8")[: room - len(suffix)]
-        name = stem.decode("utf-8", "ignore") + suffix
-    return path.with_name(head + name)
+    return path.with_name(_temp_head() + temp_final_name(path.name))
 
 
 def is_temp_name(name: str) -> bool:
@@ -209,24 +273,24 @@ def temp_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def remove_stale_temps(folder: str | os.PathLike, *, everything: bool = False) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``folder`` (those whose
-    process is gone, or older than :data:`STALE_AFTER_S`); with ``everything``, all of
-    them (only safe under a lock every writer of the folder holds). Returns the paths
-    removed. Only names made by :func:`temp_path` are ever touched."""
+    """Delete the temporary files that killed writers left in ``folder``: this host's
+    whose process is gone, and any older than :data:`STALE_AFTER_S` (another host's
+    process cannot be asked whether it is alive); with ``everything``, all of them (only
+    safe under a lock every writer of the folder holds). Returns the paths removed. Only
+    names made by :func:`temp_path` are ever touched."""
     removed = []
     now = time.time()
     for entry in temp_files(folder):
-        match = _TEMP_NAME.match(entry.name)
-        assert match is not None
-        pid = int(match.group(1))
+        temp = parse_temp_name(entry.name)
+        assert temp is not None
         if not everything:
-            if pid == os.getpid():
+            if temp.ours and temp.pid == os.getpid():
                 continue  # this process may be writing it right now
             try:
                 young = now - entry.stat().st_mtime < STALE_AFTER_S
             except OSError:
                 continue
-            if young and _alive(pid):
+            if young and (not temp.ours or _alive(temp.pid)):
                 continue
         try:
             entry.unlink()
@@ -241,8 +305,8 @@ def remove_own_temps(folder: str | os.PathLike) -> list[Path]:
     after an interrupted run). Returns the paths removed."""
     removed = []
     for entry in temp_files(folder):
-        match = _TEMP_NAME.match(entry.name)
-        if match is not None and int(match.group(1)) == os.getpid():
+        temp = parse_temp_name(entry.name)
+        if temp is not None and temp.ours and temp.pid == os.getpid():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -264,7 +328,7 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise WriteError(folder, f"{existing} is a file, not a folder")
-    probe = existing / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-probe"
+    probe = existing / f"{_temp_head()}probe"
     try:
         if existing == folder:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -39,7 +39,26 @@ class CheckpointError(ValueError):
 
 
 class CheckpointNotAvailable(FileNotFoundError):
-    """The official checkpoint is neither cached nor downloadable right now."""
+    """The official checkpoint is neither cached nor downloadable right now. ``str()``
+    ends with the command line's and the Python API's way to load a local copy;
+    :meth:`message_with` puts another interface's words there."""
+
+    def __init__(self, reason: str, filename: str) -> None:
+        super().__init__(reason)
+        self.reason, self.filename = reason, filename
+
+    def __str__(self) -> str:
+        return self.message_with(
+            f"load it with `--weights /path/to/{self.filename}` "
+            "(Python: `FocusPredictor.from_checkpoint(path)`)"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles to training processes
+        return type(self), (self.reason, self.filename)
+
+    def message_with(self, local_copy: str) -> str:
+        """The message with ``local_copy`` saying how to use a copy of the file."""
+        return f"{self.reason}, or put the file anywhere and {local_copy}."
 
 
 def _numpy_globals() -> list[Any]:
@@ -292,9 +311,8 @@ def official_checkpoint(
         raise CheckpointNotAvailable(
             f"the FOCUS checkpoint '{filename}' of the Hugging Face repo '{repo_id}' is not in "
             f"the cache at {cache} and {why}. Either download it once with network access "
-            f"(`hf download {repo_id} {filename} --cache-dir {cache}`), or put the file "
-            f"anywhere and load it with `--weights /path/to/{filename}` "
-            "(Python: `FocusPredictor.from_checkpoint(path)`)."
+            f"(`hf download {repo_id} {filename} --cache-dir {cache}`)",
+            filename,
         ) from error
 
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, TASK_HELP, add_model_arguments
-from .cli_predict import add_throughput_arguments, collect_inputs, run_predict
+from .cli_predict import add_throughput_arguments, run_predict
+from .prediction_files import collect_inputs
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -184,6 +185,14 @@ def _has_qt_binding() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command's own handling (loading torch, say)
+        print("napari-focus: interrupted", file=sys.stderr)
+        return 128 + 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _announce_kernel_builds()
     if getattr(args, "command", None) == "annotate" and not _has_qt_binding():
@@ -194,6 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_SETUP_ERROR
+    if getattr(args, "command", None) == "predict" and args.engine != "ray":
+        ray_only = ("address", "num_workers", "gpus_per_worker", "cpus_per_worker", "manifest",
+                    "series")  # fmt: skip
+        given = [name for name in ray_only if getattr(args, name, None) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            print(f"napari-focus: {flag} is an option of --engine ray; add --engine ray or "
+                  f"leave {flag} out", file=sys.stderr)  # fmt: skip
+            return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict" and args.engine == "ray":
         from .distributed.cli import run_predict_ray  # workers check devices where they run
 

@@ -1,6 +1,7 @@
 """What the command-line commands share: exit codes, the model flags and loading the
-model from them (used by ``predict`` in :mod:`napari_focus.cli` and by ``rank`` in
-:mod:`napari_focus.series.rank`, which must not import each other)."""
+model from them, and the ``--out`` refusal of ``predict`` (both engines) (used by
+``predict`` in :mod:`napari_focus.cli` and by ``rank`` in :mod:`napari_focus.series.rank`,
+which must not import each other)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ TASK_HELP = (
     "sod = salient objects, cod = camouflaged objects, sd = shadows, "
     "dbd = defocus blur, fd = forgeries (image manipulation)"
 )
+
+
+def out_replaces_input_message(out: object, error: Any) -> str:
+    """``predict``'s words for :class:`~napari_focus.prediction_files.OutputReplacesInput`
+    (both engines)."""
+    return f"--out {out}: {error.what}; choose another --out"
 
 
 def load_predictor_from_args(args: argparse.Namespace) -> Any:

@@ -3,45 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
+from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, out_replaces_input_message
 from .cli_common import load_predictor_from_args as _load_predictor
-
-
-def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their images, sorted) and glob patterns.
-
-    Returns the image paths (deduplicated, in order) and the inputs that matched nothing.
-    """
-    from .io import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    unmatched: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-        elif path.is_file():
-            matches = [path]
-        elif glob.has_magic(item):
-            matches = sorted(
-                Path(p)
-                for p in glob.glob(item, recursive=True)
-                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
-            )
-        else:
-            matches = []
-        if not matches:
-            unmatched.append(item)
-        found.extend(matches)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique, unmatched
+from .prediction_files import OutputReplacesInput, collect_inputs, plan_outputs
 
 
 class _Terminated(KeyboardInterrupt):
@@ -61,26 +28,28 @@ def run_predict(args: argparse.Namespace) -> int:
     images, unmatched = collect_inputs(args.inputs)
     for item in unmatched:
         print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
+    for folder in _folders_with_images_below(args.inputs):
+        print(f"napari-focus: note: images in subfolders of {folder} are not included; "
+              f"give '{folder}/**/*' to include them (masks go flat into --out)",
+              file=sys.stderr)  # fmt: skip
     if not images:
         print("napari-focus: nothing to do: no input images", file=sys.stderr)
         return EXIT_SETUP_ERROR
     out_dir = Path(args.out or f"focus_{args.task}_masks")
-    suffix = ".tif" if args.format == "tif" else ".png"
-
-    jobs, failures, skipped = [], [], 0
-    claimed: dict[Path, Path] = {}
-    for image in images:
-        mask_path = out_dir / f"{image.stem}{suffix}"
-        prob_path = out_dir / f"{image.stem}_probability{suffix}"
-        if mask_path in claimed:
-            failures.append((image, f"same output name as {claimed[mask_path]}; rename one"))
-            continue
-        claimed[mask_path] = image
-        outputs = [mask_path, prob_path] if args.probability else [mask_path]
-        if not args.overwrite and all(p.exists() for p in outputs):
-            skipped += 1
-            continue
-        jobs.append(Job(image, mask_path, prob_path if args.probability else None))
+    try:
+        plan = plan_outputs(
+            [str(image) for image in images],
+            out_dir,
+            image_format=args.format,
+            probability=args.probability,
+            overwrite=args.overwrite,
+        )
+    except OutputReplacesInput as error:
+        print(f"napari-focus: {out_replaces_input_message(out_dir, error)}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    jobs = [Job(Path(entry.source), entry.mask, entry.probability) for entry in plan.todo]
+    failures = [(Path(entry.source), reason) for entry, reason in plan.clashes]
+    skipped = len(plan.existing)
 
     written, interrupted = 0, None
     if jobs:
@@ -91,6 +60,13 @@ def run_predict(args: argparse.Namespace) -> int:
             resolve_precision(args.precision, resolve_device(args.device))
         except ValueError as error:
             print(f"napari-focus: --precision {args.precision}: {error}", file=sys.stderr)
+            return EXIT_SETUP_ERROR
+        try:  # a bad NAPARI_FOCUS_MAX_PIXELS would fail every image: say it once
+            from .io import pixel_limit
+
+            pixel_limit()
+        except ValueError as error:
+            print(f"napari-focus: {error}", file=sys.stderr)
             return EXIT_SETUP_ERROR
         try:
             check_writable_folder(out_dir)
@@ -160,6 +136,25 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
             file=sys.stderr,
         )
     return summary.written, interrupted, summary.failures
+
+
+def _folders_with_images_below(inputs: list[str]) -> list[str]:
+    """The folder inputs that have images in subfolders (a folder input takes only its
+    own images)."""
+    from .io import IMAGE_EXTENSIONS
+
+    folders = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            continue
+        below = (
+            p for sub in path.iterdir() if sub.is_dir() and not sub.name.startswith(".")
+            for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+        )  # fmt: skip
+        if next(below, None) is not None:
+            folders.append(item.rstrip("/"))
+    return folders
 
 
 def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .io import atomic_write
+from .mask_files import binary_mask
 
 #: Keys of :func:`mask_metrics`, in report order. ``True`` = higher is better.
 METRICS: dict[str, bool] = {
@@ -68,17 +69,13 @@ def as_probability(prediction: np.ndarray) -> np.ndarray:
 
 
 def as_binary(reference: np.ndarray) -> np.ndarray:
-    """bool mask from a reference: bool, 0/1 or 0/255 (``> 127``), or float (``> 0.5``)."""
-    array = np.asarray(reference)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):  # an RGB(A) mask file: use one channel
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise ValueError(f"reference mask must be 2-D (H, W), got shape {array.shape}")
-    if array.dtype == bool:
-        return array
-    if np.issubdtype(array.dtype, np.integer):
-        return array > (127 if array.size and array.max() > 1 else 0)
-    return array > 0.5
+    """bool mask from a reference, by the mask-file rule of :mod:`napari_focus.mask_files`
+    (bool; 0/1; 8-bit ``> 128`` as the official evaluation; float ``> 0.5``; colour: any
+    channel)."""
+    try:
+        return binary_mask(reference)
+    except ValueError as error:
+        raise ValueError(f"reference mask: {error}") from error
 
 
 def mask_metrics(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]:

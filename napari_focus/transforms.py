@@ -17,8 +17,16 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help stays 
 MIN_SIDE = 32
 ACCEPTED = (
     "a 2-D (H, W) gray image or a 3-D (H, W, 1|3|4) gray/RGB/RGBA image, "
-    "dtype uint8, uint16, bool or float, at least 32x32 pixels, with finite values"
+    "dtype uint8, uint16, another integer type, bool or float, at least 32x32 pixels, "
+    "with finite values"
 )
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise ValueError (naming what was received and what is accepted) unless
+    :func:`to_rgb_uint8` can convert ``image``: the one acceptance rule shared by the
+    model's input and the series' image reader."""
+    _validated(image)
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -29,6 +37,10 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     * gray is repeated into three channels; an alpha channel is dropped;
     * uint8 is used as is; uint16 is scaled by ``255 / 65535`` and rounded;
       bool maps to 0/255;
+    * other integer types (int8-int64, uint32, uint64): values in the range of
+      uint8 (int8) or uint16 (wider types) are converted as that type would be,
+      so the same numbers give the same picture whatever the type; values outside
+      it (negative, or above 65535) are stretched like an out-of-range float;
     * float in ``[0, 1]`` is multiplied by 255; float in ``[0, 255]`` is taken
       as 8-bit intensities; any other float range is stretched linearly from
       its minimum to its maximum (a constant image outside ``[0, 255]`` has no
@@ -37,6 +49,25 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: naming what was received and what is accepted.
     """
+    array, channels = _validated(image)
+    if array.dtype == np.uint8:
+        u8 = array
+    elif array.dtype == np.uint16:
+        u8 = _uint16_to_uint8(array)
+    elif array.dtype == np.bool_:
+        u8 = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.integer):
+        u8 = _integer_to_uint8(array)
+    else:
+        u8 = _float_to_uint8(array)
+
+    if channels == 1:
+        gray = u8 if u8.ndim == 2 else u8[..., 0]
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.ascontiguousarray(u8[..., :3])
+
+
+def _validated(image: np.ndarray) -> tuple[np.ndarray, int]:
     try:
         array = np.asarray(image)
     except ValueError:  # a ragged nested list
@@ -56,28 +87,29 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     height, width = array.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise ValueError(f"image is too small ({received}); expected {ACCEPTED}")
-
-    if array.dtype == np.uint8:
-        u8 = array
-    elif array.dtype == np.uint16:
-        u8 = np.round(array.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-    elif array.dtype == np.bool_:
-        u8 = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        u8 = _float_to_uint8(array, received)
-    else:
+    kind = array.dtype.kind
+    if kind not in "uifb":
         raise ValueError(f"unsupported dtype ({received}); expected {ACCEPTED}")
-
-    if channels == 1:
-        gray = u8 if u8.ndim == 2 else u8[..., 0]
-        return np.repeat(gray[..., None], 3, axis=-1)
-    return np.ascontiguousarray(u8[..., :3])
-
-
-def _float_to_uint8(array: np.ndarray, received: str) -> np.ndarray:
-    values = array.astype(np.float64)
-    if not np.isfinite(values).all():
+    if kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"image holds NaN or infinite values ({received}); expected {ACCEPTED}")
+    return array, channels
+
+
+def _uint16_to_uint8(array: np.ndarray) -> np.ndarray:
+    return np.round(array.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+
+
+def _integer_to_uint8(array: np.ndarray) -> np.ndarray:
+    low, high = int(array.min()), int(array.max())
+    if low >= 0 and array.dtype == np.int8:
+        return array.astype(np.uint8)
+    if low >= 0 and high <= 65535:
+        return _uint16_to_uint8(array.astype(np.uint16))
+    return _float_to_uint8(array)
+
+
+def _float_to_uint8(array: np.ndarray) -> np.ndarray:
+    values = array.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if low >= 0.0 and high <= 1.0:
         scaled = values * 255.0

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +20,19 @@ from PIL import Image
 
 from napari_focus import atomic
 from napari_focus.atomic import (
+    STALE_AFTER_S,
     TEMP_PREFIX,
     WriteError,
     atomic_write,
     atomic_write_bytes,
     check_writable_file,
     check_writable_folder,
+    host_id,
     is_temp_name,
+    parse_temp_name,
     remove_own_temps,
     remove_stale_temps,
+    temp_final_name,
     temp_path,
 )
 from napari_focus.io import ImageTooLargeError, pixel_limit, read_image, write_mask
@@ -62,18 +67,45 @@ def test_temp_names_are_recognisable_and_keep_the_extension(tmp_path: Path) -> N
     tmp = temp_path(tmp_path / "mask.png")
     assert tmp.parent == tmp_path and tmp.suffix == ".png"
     assert tmp.name.startswith(TEMP_PREFIX) and is_temp_name(tmp.name)
-    assert f"-{os.getpid()}-" in tmp.name
-    long = temp_path(tmp_path / ("é" * 120 + ".tiff"))
+    parsed = parse_temp_name(tmp.name)
+    assert parsed is not None and parsed.ours
+    assert (parsed.host, parsed.pid, parsed.final) == (host_id(), os.getpid(), "mask.png")
+    long_name = "é" * 120 + ".tiff"
+    long = temp_path(tmp_path / long_name)
     assert len(long.name.encode()) <= 240 and long.suffix == ".tiff"
+    assert parse_temp_name(long.name).final == temp_final_name(long_name) != long_name
     assert not any(is_temp_name(n) for n in USER_HIDDEN_FILES)
+    legacy = parse_temp_name(f"{TEMP_PREFIX}4242-0123abcd-mask-1.png")  # older versions
+    assert legacy is not None and (legacy.host, legacy.pid, legacy.final) == (
+        None,
+        4242,
+        "mask-1.png",
+    )
+    assert not legacy.ours
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (on this machine)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)
+
+
+def test_host_id_tells_machines_apart() -> None:
+    other = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.gethostname = lambda: 'node-b.cluster'; "
+         "from napari_focus.atomic import host_id; print(host_id())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    mine = host_id()
+    assert len(mine) == 8 and set(mine) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert other.stdout.strip() != mine
 
 
 def test_clean_up_only_touches_package_temps(tmp_path: Path) -> None:
     for name in USER_HIDDEN_FILES:
         (tmp_path / name).write_bytes(b"user data")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    stale = tmp_path / f"{TEMP_PREFIX}{int(dead.stdout)}-0123abcd-a.png"
+    stale = tmp_path / f"{TEMP_PREFIX}{host_id()}-{_dead_pid()}-0123abcd-a.png"
     stale.write_bytes(b"half")
     mine = temp_path(tmp_path / "b.png")
     mine.write_bytes(b"being written")
@@ -81,6 +113,37 @@ def test_clean_up_only_touches_package_temps(tmp_path: Path) -> None:
     assert mine.exists()  # this process's file may still be in progress
     assert remove_own_temps(tmp_path) == [mine]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(USER_HIDDEN_FILES)
+
+
+def test_clean_up_on_shared_storage_leaves_other_machines_files_until_stale(tmp_path):
+    """A process id says nothing about another machine: a temporary file a node of a
+    cluster is writing into a shared folder is kept until it is STALE_AFTER_S old."""
+    other = "abcdefgh" if host_id() != "abcdefgh" else "bcdefghi"
+    dead = _dead_pid()  # no such process here; on the other node it may be running
+    old = time.time() - STALE_AFTER_S - 60
+
+    def temp(host: str | None, pid: int, name: str, *, aged: bool = False) -> Path:
+        head = f"{host}-" if host else ""
+        path = tmp_path / f"{TEMP_PREFIX}{head}{pid}-0123abcd-{name}"
+        path.write_bytes(b"half")
+        if aged:
+            os.utime(path, (old, old))
+        return path
+
+    in_flight = temp(other, dead, "a.png")
+    same_pid_elsewhere = temp(other, os.getpid(), "b.png")
+    legacy = temp(None, dead, "c.png")  # an older version's name: host unknown
+    killed_here = temp(host_id(), dead, "d.png")
+    stale_elsewhere = temp(other, dead, "e.png", aged=True)
+    stale_legacy = temp(None, dead, "f.png", aged=True)
+
+    assert remove_own_temps(tmp_path) == []
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([killed_here, stale_elsewhere, stale_legacy])
+    assert in_flight.exists() and same_pid_elsewhere.exists() and legacy.exists()
+    assert sorted(remove_stale_temps(tmp_path, everything=True)) == sorted(
+        [in_flight, same_pid_elsewhere, legacy]
+    )
 
 
 @pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -258,3 +258,33 @@ def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_pa
     code, err = run_cli("annotate", fake)
     assert code == 2
     assert f"cannot open {fake} as an image" in err and "Traceback" not in err
+
+
+def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    code, err = run_cli("predict", image, "--task", "sod", "--address", "auto")
+    assert code == 2 and "--address is an option of --engine ray" in err
+    code, err = run_cli("predict", image, "--task", "sod", "--series", tmp_path / "s")
+    assert code == 2 and "--series is an option of --engine ray" in err
+
+
+def test_a_bad_pixel_limit_is_one_setup_error(tmp_path, monkeypatch):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "abc")
+    code, err = run_cli("predict", image, "--task", "sod", "--out", tmp_path / "out")
+    assert code == 2 and "NAPARI_FOCUS_MAX_PIXELS='abc' is not a number of pixels" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_with_images_in_subfolders_gets_a_note(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "day2").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "day2" / "b.png")
+    broken = tmp_path / "w.safetensors"
+    broken.write_bytes(b"not weights")  # the note comes before the model would load
+    code, err = run_cli("predict", folder, "--task", "sod", "--weights", broken)
+    assert code == 2
+    assert f"images in subfolders of {folder} are not included; give '{folder}/**/*'" in err

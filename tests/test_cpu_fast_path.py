@@ -76,7 +76,9 @@ def test_fast_path_keeps_the_state_dict_and_the_masks(tiny_mlp, focus_reference,
     assert keys == set(plain.model.state_dict())
     rgb = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
     a, b = fast.predict(rgb), plain.predict(rgb)
-    assert np.abs(a.probability - b.probability).max() < 1e-5
+    # float32 rounding of folded against unfolded BatchNorms; MKL picks its thread count
+    # (so its summation order) by load, which has moved the difference past 1e-5
+    assert np.abs(a.probability - b.probability).max() < 5e-5
     assert np.array_equal(a.mask, b.mask)
 
 

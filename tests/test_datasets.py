@@ -467,7 +467,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(3):
         image, mask = make_sample(i)
         Image.fromarray(image).save(images / f"im{i}.png")
-        Image.fromarray(mask * 255).save(masks / (f"im{i}_gt.png" if i else f"im{i}.bmp"))
+        names = {0: "im0.bmp", 1: "im1_gt.png", 2: "im2_mask.png"}  # as the series names them
+        Image.fromarray(mask * 255).save(masks / names[i])
     Image.fromarray(np.zeros((H, W), np.uint8)).save(masks / "im0_probability.png")
     code = _cli(["export", str(images), str(masks), "--root", str(root), "--task", "fd"])
     assert code == 0, capsys.readouterr().err

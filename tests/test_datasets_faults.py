@@ -240,7 +240,8 @@ def test_users_hidden_files_survive_the_temp_clean_up(tmp_path: Path) -> None:
             (folder / name).write_bytes(b"mine")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    stale = base / SPEC.image_dir / f"{atomic.TEMP_PREFIX}{int(gone.stdout)}-0123abcd-s.jpg"
+    name = f"{atomic.TEMP_PREFIX}{atomic.host_id()}-{int(gone.stdout)}-0123abcd-s.jpg"
+    stale = base / SPEC.image_dir / name
     stale.write_bytes(b"half")
     result = export_sample(tmp_path, LAYOUT, "s", *make_sample(0))
     assert not stale.exists() and "temporary file" in " ".join(result.recovered)

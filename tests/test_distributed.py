@@ -369,18 +369,24 @@ def test_order_series_resumes_with_its_statuses(tmp_path):
 
 
 def test_leftover_temporary_files_are_recognised(tmp_path):
-    from napari_focus.atomic import temp_path
+    from napari_focus.atomic import TEMP_PREFIX, temp_path
     from napari_focus.distributed.engine import _leftover_temps
 
-    [job] = plan_outputs(["/data/cat.png"], tmp_path, probability=True).todo
+    long = "/data/" + "long-name-" * 30 + ".png"  # shortened in its temporary names
+    job, long_job = plan_outputs(["/data/cat.png", long], tmp_path, probability=True).todo
     write_mask(job.mask, np.ones((4, 4), np.uint8))
-    leftovers = [temp_path(job.mask), temp_path(job.probability)]
+    leftovers = [temp_path(job.mask), temp_path(job.probability), temp_path(long_job.mask)]
+    leftovers += [  # written by a worker on another node, or by an older version
+        tmp_path / f"{TEMP_PREFIX}zzzzzzzz-77-0123abcd-cat.png",
+        tmp_path / f"{TEMP_PREFIX}77-0123abcd-cat_probability.png",
+    ]
     others = [temp_path(tmp_path / "dog.png"), tmp_path / ".cat.k2x_9abc.png"]
+    others += [tmp_path / f"{TEMP_PREFIX}zzzzzzzz-77-0123abcd-dog.png"]
     old = temp_path(job.mask)  # from an earlier run: not this run's to remove
     for path in [*leftovers, *others, old]:
         path.write_bytes(b"")
     os.utime(old, ns=(OLD_TIME_NS, OLD_TIME_NS))
-    found = _leftover_temps([job], since_ns=OLD_TIME_NS + 1)
+    found = _leftover_temps([job, long_job], since_ns=OLD_TIME_NS + 1)
     assert sorted(found) == sorted(leftovers)
 
 

@@ -312,8 +312,8 @@ def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
 def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_path, monkeypatch):
     from PIL import Image
 
-    from napari_focus.cli_predict import collect_inputs
     from napari_focus.gui import annotate
+    from napari_focus.prediction_files import collect_inputs
 
     for name in ("a", "b"):
         Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")

@@ -3,6 +3,8 @@ stages and cancel (run under `xvfb-run -s "-screen 0 1366x768x24"`)."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from skimage.transform import resize
@@ -44,9 +46,16 @@ def test_dock_fits_the_screen_after_a_long_error(qtbot, open_focus_widget, monke
 
     screen = available.intersected(QRect(0, 0, 1366, 768))  # a laptop, at most
     opened_width = widget.native.width()
-    for _title, _section in widget.sections.items():
-        widget.show_section(_title)
+    from qtpy.QtWidgets import QScrollArea
+
+    for title, section in widget.sections.items():
+        widget.show_section(title)
         qtbot.wait(50)
+        scroll = section.native.parentWidget()
+        while not isinstance(scroll, QScrollArea):
+            scroll = scroll.parentWidget()
+        needed = section.native.minimumSizeHint().width()
+        assert needed <= scroll.viewport().width(), f"the {title} tab is cut at the right"
     long_words = " ".join(["unreachable-host.example.org/" + "x" * 120] * 30)
     widget.report_error(OSError(long_words))
     widget.series.quality.value = "q" * 2000
@@ -57,6 +66,17 @@ def test_dock_fits_the_screen_after_a_long_error(qtbot, open_focus_widget, monke
     assert window.frameGeometry().width() <= screen.width() + 16
     assert window.frameGeometry().height() <= screen.height() + 40
     assert long_words in widget.status.native.toolTip()  # the full text stays readable
+    improve_status = widget.improve.status
+    widget.show_section("Improve")
+    improve_status.value = (
+        "done: IoU 0.966 -> 0.966 (no step beat the starting weights on the held-out images; "
+        "the new file holds them unchanged); tuned.safetensors " * 3
+    )
+    qtbot.wait(100)
+    shown = improve_status.native.text()
+    assert shown.endswith("…") and len(shown) < len(improve_status.value)
+    native = improve_status.native
+    assert native.heightForWidth(native.width()) <= native.maximumHeight()  # nothing cut
 
 
 def test_every_series_button_is_reachable(qtbot, open_focus_widget):
@@ -192,13 +212,14 @@ def test_errors_speak_the_widget_s_words():
     from napari_focus.gui.job import gui_message
 
     error = CheckpointNotAvailable(
-        "not in the cache and the hub could not be reached. Either download it once, or put "
-        "the file anywhere and load it with `--weights /path/to/focus_large_sod.pth` "
-        "(Python: `FocusPredictor.from_checkpoint(path)`)."
+        "not in the cache and the hub could not be reached. Either download it once",
+        "focus_large_sod.pth",
     )
+    assert "load it with `--weights /path/to/focus_large_sod.pth`" in str(error)  # CLI words
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
     text = gui_message(error)
     assert "--weights" not in text
-    assert "'local checkpoint' in the Model tab and pick /path/to/focus_large_sod.pth" in text
+    assert "'local checkpoint' in the Model tab and pick focus_large_sod.pth" in text
 
 
 def test_export_asks_in_the_dialog_s_words(

@@ -239,3 +239,33 @@ def test_series_proposals_follow_the_tta_setting(qtbot, open_focus_widget, folde
     assert _labels(viewer, "img0").metadata["napari_focus"]["tta"] is False
     stores = sorted(p.parent.name for p in series.state.output_folder.rglob("img0*.npz"))
     assert len(stores) == 2 and stores[0] != stores[1]
+
+
+def test_run_and_the_series_share_one_model_load(
+    qtbot, open_focus_widget, folder, small_photo_for_run, monkeypatch
+):
+    import time
+
+    loads: list[float] = []
+    original = FocusPredictor.from_checkpoint.__func__
+
+    def slow_counted_load(cls, *args, **kwargs):
+        loads.append(time.perf_counter())
+        time.sleep(1.0)  # a big model from a slow disk: the other job asks meanwhile
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "from_checkpoint", classmethod(slow_counted_load))
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_photo_for_run, name="other", rgb=True)
+    widget.run()  # loads the model in its worker...
+    widget.series.open(folder)  # ...while the series prefetch wants it too
+    qtbot.waitUntil(lambda: not widget.running and not widget.series.busy, timeout=WAIT_MS)
+    assert len(loads) == 1
+    assert "other [FOCUS SOD]" in viewer.layers and widget.series.proposal_ready
+    _, kept = widget.model_section.current_model()
+    assert widget.series.cache.get("img1.png") is not None and kept is not None
+
+
+@pytest.fixture
+def small_photo_for_run(focus_reference) -> np.ndarray:
+    return np.array(Image.open(focus_reference / "input.png").convert("RGB"))[:64, :96]

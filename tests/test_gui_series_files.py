@@ -211,3 +211,35 @@ def test_a_version_1_series_opens_with_its_edits_and_a_word_on_shared_files(
     saved[:, 8:11] = True
     np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, saved)
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+
+
+def test_phone_photo_and_int16_scan_in_a_series(qtbot, open_focus_widget, tmp_path, uncaught):
+    """A photo stored sideways with EXIF Orientation 6 is shown and segmented upright; a
+    mask drawn on its stored pixels (other frame) is not laid over it; an int16 scan is
+    segmented like any other image."""
+    folder, references = tmp_path / "photos", tmp_path / "references"
+    folder.mkdir()
+    references.mkdir()
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:, :10] = 255
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(folder / "a_phone.jpg", exif=exif, quality=95)
+    Image.fromarray(np.full((40, 64), 255, np.uint8)).save(references / "a_phone.png")
+    tifffile.imwrite(folder / "b_scan.tif", np.arange(48 * 56, dtype=np.int16).reshape(48, 56))
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.references.value = references
+    series.open(folder)
+    shapes = {}
+    for _ in range(2):
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+        labels, image = _labels_and_image(viewer)
+        shapes[series.shown_key] = (image.data.shape[:2], labels.data.shape)
+        series.next()
+    assert shapes == {"a_phone.jpg": ((64, 40), (64, 40)), "b_scan.tif": ((48, 56), (48, 56))}
+    for key in shapes:
+        assert series.state.queue.item(key).status is Status.PROPOSED, key
+    assert not uncaught

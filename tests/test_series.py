@@ -466,7 +466,7 @@ def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
     assert [r.name for r in rows] == ["doubtful", "middle", "sure", "broken"]
     assert [r.rank for r in rows] == [1, 2, 3, 4]
     assert rows[3].error and math.isnan(rows[3].uncertainty)
-    assert rows[1].metrics["mae"] == pytest.approx(1 - 200 / 255, abs=1e-6)
+    assert rows[1].metrics["mae"] == 0  # the binary mask is scored, not the probability map
     assert rows[1].reference.endswith("middle_gt.png") and rows[0].metrics == {}
     assert [c[:2] for c in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert predictor.calls == 3
@@ -487,7 +487,7 @@ def test_rank_folder_with_masks_beside_the_images(tmp_path):
     write_png(tmp_path / "q.png", np.zeros((8, 8), np.uint8))  # DUTS style: mask = stem.png
     rows = rank_folder(tmp_path, FakePredictor(), gt_folder=tmp_path)
     assert [r.path for r in rows] == ["q.jpg", "p.png"]
-    assert rows[0].metrics["iou"] == 1 and rows[1].metrics["mae"] == pytest.approx(55 / 255)
+    assert rows[0].metrics["iou"] == 1 and rows[1].metrics["mae"] == 0
 
 
 def run_rank_cli(*args) -> tuple[int, str]:

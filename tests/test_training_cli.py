@@ -49,9 +49,26 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
                  "--weights", "cod", "--out", str(tmp_path / "taken.safetensors")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "has finished); choose another --out" in err and "=True" not in err
-    code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--crop", "100",
-                 "--weights", "cod", "--out", out])  # fmt: skip
-    assert code == 2 and "--crop must be a multiple of 32 (got 100)" in capsys.readouterr().err
+    for flag, value, words in [
+        ("--crop", "100", "must be a multiple of 32 such as 512, got 100"),
+        ("--lr", "-1", "must be a positive number, got -1"),
+        ("--steps", "0", "must be at least 1, got 0"),
+        ("--val-fraction", "1", "must be at least 0 and below 1, got 1"),
+    ]:
+        code = run_train_cli(["train", "--root", str(tmp_path), "--layout", "generic",
+                              flag, value, "--weights", "cod", "--out", out])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and f"argument {flag}: {words}" in err, err
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--weights", "cod",
+                 "--out", "/proc/tuned.safetensors"])  # fmt: skip
+    assert code == 2 and "--out: " in capsys.readouterr().err
+
+
+def run_train_cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_:  # argparse refusals
+        return exit_.code
 
 
 def test_missing_metrics_stop_train_and_rank_before_any_work(tmp_path: Path, capsys, monkeypatch):

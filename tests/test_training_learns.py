@@ -101,6 +101,7 @@ def test_fine_tuning_learns_reloads_and_resumes(
     report = result.work_dir / "training_report.html"
     assert "validation mask_iou" in report.read_text()
     assert (result.work_dir / "training_log.csv").read_text().startswith("step,kind,loss")
+    assert not (result.work_dir / "resume.pt").exists()  # a finished run keeps no optimizer state
 
 
 def test_subprocess_run_stops_when_its_watcher_goes_away(

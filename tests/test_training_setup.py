@@ -97,3 +97,27 @@ def test_resume_state_round_trip_and_identity_check(tmp_path: Path) -> None:
     assert optimizer == {"state": {}}
     with pytest.raises(ValueError, match="differs in: data"):
         load_state(tmp_path, {"base": "x", "data": ["b"]})
+
+
+
+def test_base_weights_get_the_checks_of_inference_loading(tmp_path, tiny_checkpoint):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_focus.checkpoints import CheckpointError
+    from napari_focus.training import TrainConfig
+    from napari_focus.training.setup import load_base
+
+    state = load_file(tiny_checkpoint)
+    with safe_open(tiny_checkpoint, "pt") as handle:
+        metadata = handle.metadata()
+    key = next(k for k in state if k.endswith("class_embed.weight"))
+    state[key][0, 0] = float("nan")
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(state, damaged, metadata=metadata)
+    config = TrainConfig(tmp_path, ("generic",), tmp_path / "o.safetensors", weights=str(damaged))
+    with pytest.raises(CheckpointError, match=f"the weight '{key}' holds 1 NaN"):
+        load_base(config)
+    base = load_base(TrainConfig(tmp_path, ("generic",), tmp_path / "o.safetensors",
+                                 weights=str(tiny_checkpoint)))  # fmt: skip
+    assert base.base_id.startswith("file:") and base.model.architecture.embed_dim == 64

@@ -19,11 +19,10 @@ import numpy as np
 from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
+from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
-
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,7 +35,11 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Export images and their masks into a FOCUS training-dataset layout.",
     )
     parser.add_argument("images_dir", help="folder of images")
-    parser.add_argument("masks_dir", help="folder of masks (nonzero = foreground)")
+    parser.add_argument(
+        "masks_dir",
+        help="folder of masks: foreground is > 128 in 8-bit masks (as the official "
+        "evaluation reads ground truth), 1 in 0/1 masks, any colour channel in colour masks",
+    )
     parser.add_argument(
         "--root", required=True, help="the FOCUS datasets/ folder (DETECTRON2_DATASETS)"
     )
@@ -91,7 +94,9 @@ def pair_files(
             problems.append(f"{image}: same stem as {stems[image.stem]}; rename one")
             continue
         stems[image.stem] = image
-        keys = [image.stem] + ([image.stem + convention] if convention else [])
+        # the layout's own naming, then the names the series and rank --gt accept
+        suffixes = dict.fromkeys([convention, *MASK_SUFFIXES])
+        keys = [image.stem + suffix for suffix in suffixes]
         found = [m for key in keys for m in masks.get(key, [])]
         if not found:
             problems.append(f"{image}: no mask in {masks_dir}")
@@ -106,12 +111,9 @@ def pair_files(
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from ..io import read_image
+    from ..mask_files import read_mask_file
 
-    mask = read_image(path)
-    if mask.ndim == 3 and (mask == mask[..., :1]).all():
-        mask = mask[..., 0]
-    return mask
+    return read_mask_file(path)
 
 
 def run_export(args: argparse.Namespace) -> int:

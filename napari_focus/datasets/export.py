@@ -22,7 +22,6 @@ sample. Every JSON parses at every moment.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from ..atomic import WriteError
 from ..transforms import to_rgb_uint8
 from .errors import ExportError, ExportWriteError, SampleExistsError
+from .image_bytes import encode, image_bytes
 from .journal import Transaction
 from .jsonstore import root_lock
 from .layouts import Layout, get_layout
@@ -51,7 +50,6 @@ from .splitjson import Ids, SplitJson, dumps
 
 OnExists = Literal["error", "skip", "rename", "replace"]
 ON_EXISTS = ("error", "skip", "rename", "replace")
-JPEG_QUALITY = 95
 log = logging.getLogger(__name__)
 
 
@@ -133,9 +131,13 @@ def export_sample(
         layout: one of :data:`~napari_focus.datasets.LAYOUTS`.
         name: layer or file name; sanitised by :func:`.names.sanitize_name`.
         image: (H, W), (H, W, 1|3|4) array; uint8, uint16, bool or float (converted by
-            :func:`napari_focus.transforms.to_rgb_uint8`; alpha dropped).
+            :func:`napari_focus.transforms.to_rgb_uint8`; alpha dropped). The image
+            file is written in this array's frame, never with an EXIF orientation
+            (see :mod:`.image_bytes`), so that it matches the mask for every reader.
         mask: (H, W) array, ``> 0`` = foreground (bool, integer or finite float; no
-            negative values).
+            negative values), as a Labels layer holds it. Read a mask *file* with
+            :func:`napari_focus.mask_files.read_mask_file` (``> 128`` as the official
+            evaluation), not as an image: JPEG noise and soft edges are no foreground.
         on_exists: what to do when the name is taken (files on disk or JSON entries):
             ``error`` (raise :class:`SampleExistsError`), ``skip``, ``rename`` (append
             ``_1``, ``_2``, ... until free) or ``replace`` (overwrite the files and
@@ -155,15 +157,18 @@ def export_sample(
     info = Provenance.coerce(provenance)
     check_proposal(info, fg.shape)
     mask_u8 = np.where(fg, 255, 0).astype(np.uint8)
+    image_data, image_file = image_bytes(info.source_path, rgb, spec)
     payload = {
-        "image": _source_bytes(info.source_path, rgb, spec) or _encode(rgb, spec.image_format),
-        "mask": _encode(mask_u8, spec.mask_format),
+        "image": image_data,
+        "mask": encode(mask_u8, spec.mask_format),
         # exactly the official convert(): uint8 + 1 wraps 255 (foreground) to 0
-        "semantic": _encode(mask_u8 + 1, spec.mask_format),
+        "semantic": encode(mask_u8 + 1, spec.mask_format),
     }
     root = Path(root)
     with root_lock(root):
-        return _export_locked(root, spec, wanted, fg, payload, on_exists, info, image)
+        return _export_locked(
+            root, spec, wanted, fg, payload, on_exists, info, (image, image_file)
+        )
 
 
 def _export_locked(
@@ -174,7 +179,7 @@ def _export_locked(
     payload: dict[str, bytes],
     on_exists: str,
     info: Provenance,
-    source: np.ndarray,
+    source: tuple[np.ndarray, str],
 ) -> ExportResult:
     base = dataset_dir(root, spec)
     recovered = tidy_split(root, base, spec)
@@ -208,7 +213,8 @@ def _export_locked(
         name=name,
         status=status,
         files=[p.relative_to(root).as_posix() for p in paths.all()],
-        image=source,
+        image=source[0],
+        image_file=source[1],
         mask=fg,
     )
     try:
@@ -319,26 +325,3 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if (array < 0).any():
         raise ExportError("mask holds negative values; expected 0 = background, >0 = foreground")
     return array > 0
-
-
-def _encode(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    options: dict[str, Any] = {"quality": JPEG_QUALITY, "subsampling": 0} if fmt == "JPEG" else {}
-    Image.fromarray(array).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def _source_bytes(source: str | None, rgb: np.ndarray, spec: Layout) -> bytes | None:
-    """The source file's bytes when it already is in the split's format with the very
-    pixels being exported: copying it avoids a second lossy JPEG encoding."""
-    if not source:
-        return None
-    try:
-        data = Path(source).read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != spec.image_format:
-                return None
-            pixels = np.asarray(img.convert("RGB"))
-    except (OSError, ValueError):
-        return None
-    return data if np.array_equal(pixels, rgb) else None

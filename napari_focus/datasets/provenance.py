@@ -7,7 +7,10 @@ Each line is a JSON object with:
 * ``source_path`` and ``source_sha256``: SHA-256 of the source pixels, i.e. of the
   C-ordered bytes of the image array as given to the exporter, with ``source_shape`` and
   ``source_dtype`` (re-reading the source with :func:`napari_focus.io.read_image`
-  reproduces it);
+  reproduces it); ``image_file``: how the exported image file was made (copied from
+  the source file, copied without its EXIF/XMP metadata, or encoded as PNG or as JPEG
+  at quality 95: a lossy second encoding of a JPEG source, e.g. one whose EXIF
+  orientation had to be applied to its pixels);
 * ``task``, ``model_size``, ``weights_id``, ``weights_revision``, ``threshold``,
   ``cleanup`` (whatever settings dict the caller passes);
 * ``proposal``: ``{"changed_fraction", "iou"}`` between the model's proposal and the
@@ -98,6 +101,7 @@ def build_record(
     files: list[str],
     image: np.ndarray,
     mask: np.ndarray,
+    image_file: str | None = None,
 ) -> dict[str, Any]:
     array = np.asarray(image)
     return {
@@ -110,6 +114,7 @@ def build_record(
         "source_sha256": pixels_sha256(array),
         "source_shape": list(array.shape),
         "source_dtype": str(array.dtype),
+        "image_file": image_file,
         "task": info.task,
         "model_size": info.model_size,
         "weights_id": info.weights_id,

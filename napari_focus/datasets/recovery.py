@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import remove_stale_temps
+from ..io import image_shape
+from ..mask_files import read_mask_file
 from .journal import Transaction, roll_forward
 from .layouts import Layout
 from .provenance import read_log
@@ -101,11 +103,8 @@ def _recover_one(root: Path, paths, name: str) -> tuple[str, np.ndarray | None]:
     fg = None
     if not missing:
         try:
-            with Image.open(paths.mask) as img:
-                fg = np.asarray(img.convert("L")) > 0
-            with Image.open(paths.image) as img:
-                size = img.size
-            if size != (fg.shape[1], fg.shape[0]):
+            fg = read_mask_file(paths.mask)
+            if image_shape(paths.image) != fg.shape:
                 missing, fg = [paths.image], None
         except (OSError, ValueError, Image.DecompressionBombError):
             missing, fg = [paths.mask], None

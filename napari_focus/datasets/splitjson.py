@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ..mask_files import read_mask_file
 from . import rle
 from .errors import ExportError
 from .jsonstore import read_json
@@ -202,9 +202,8 @@ class SplitJson:
         for ann in pending:
             file_name = str(ann.get("file_name"))
             try:
-                with Image.open(mask_path_of(file_name.split(".")[0])) as img:
-                    fg = np.asarray(img.convert("L")) > 0
-            except (OSError, ValueError, Image.DecompressionBombError):
+                fg = read_mask_file(mask_path_of(file_name.split(".")[0]))
+            except (OSError, ValueError):
                 continue  # nothing on disk to complete it from; leave it as it is
             image_id = ann.get("image_id")
             entry = next((i for i in self.instance["images"] if i.get("id") == image_id), None)

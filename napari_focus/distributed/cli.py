@@ -72,6 +72,8 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
     except ImportError:
         return _fail("--engine ray needs Ray: pip install 'napari-focus[ray]'")
+    from ..cli_common import out_replaces_input_message
+    from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
 
@@ -100,6 +102,8 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             manifest=args.manifest,
             progress=not args.quiet,
         )
+    except OutputReplacesInput as error:
+        return _fail(out_replaces_input_message(out, error))
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
 

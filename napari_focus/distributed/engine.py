@@ -115,19 +115,18 @@ def _leftover_temps(jobs: Sequence[Job], since_ns: int) -> list[Path]:
     """Temporary files of these jobs' outputs (:func:`napari_focus.atomic.temp_path`
     names) created from ``since_ns`` on (storage clock): left by workers of this run that
     were killed while writing. Call only once no worker writes them any more."""
-    from ..atomic import TEMP_PREFIX, temp_files
+    from ..atomic import parse_temp_name, temp_files, temp_final_name
 
     wanted: dict[Path, set[str]] = {}
     for job in jobs:
         for output in map(Path, job.outputs()):
-            wanted.setdefault(output.parent, set()).add(output.name)
+            wanted.setdefault(output.parent, set()).add(temp_final_name(output.name))
     found = []
     for folder, names in wanted.items():
         for temp in temp_files(folder):
-            # .napari_focus-tmp-<pid>-<random>-<final name>
-            final = temp.name[len(TEMP_PREFIX) :].split("-", 2)[-1]
+            parsed = parse_temp_name(temp.name)
             with contextlib.suppress(OSError):
-                if final in names and temp.stat().st_mtime_ns >= since_ns:
+                if parsed and parsed.final in names and temp.stat().st_mtime_ns >= since_ns:
                     found.append(temp)
     return found
 
@@ -192,6 +191,8 @@ def predict_dataset(
 
     Raises:
         ValueError: no input images, bad settings, an output folder that is a URI.
+        OutputReplacesInput: a ValueError: a mask or probability map would replace an
+            input image (e.g. ``out`` is the input folder).
         RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
             workers); the manifest keeps what was done.
     """
@@ -218,10 +219,10 @@ def predict_dataset(
     manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
     if manifest_path.suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"the manifest must end in .parquet or .csv, not {manifest_path}")
-    out.mkdir(parents=True, exist_ok=True)
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
+    out.mkdir(parents=True, exist_ok=True)
     previous: list[dict[str, Any]] = []
     if manifest_path.is_file():
         try:

@@ -9,7 +9,6 @@ can open: a URI of a folder stands for its images (not recursive).
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,13 +16,21 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .. import prediction_files
+from ..prediction_files import OutputReplacesInput, collect_inputs, is_uri, source_name
+
+__all__ = [
+    "Job",
+    "OutputReplacesInput",
+    "Plan",
+    "is_uri",
+    "list_sources",
+    "plan_outputs",
+    "read_source",
+    "source_name",
+]
+
 LIST_SUFFIXES = (".txt", ".lst", ".list")
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_uri(source: str) -> bool:
-    """``scheme://...``; a Windows drive letter (``C:\\``) is not a URI."""
-    return bool(_URI.match(source))
 
 
 def _expand_uri(uri: str) -> list[str]:
@@ -63,8 +70,6 @@ def _read_list(path: Path) -> list[str]:
 def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
     """Expand ``inputs`` into image sources (absolute local paths or URIs, deduplicated,
     in order) and the inputs that matched nothing."""
-    from ..cli_predict import collect_inputs
-
     sources: list[str] = []
     unmatched: list[str] = []
     for item in inputs:
@@ -90,11 +95,6 @@ def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
             unmatched.append(item)
         sources.extend(found)
     return list(dict.fromkeys(sources)), unmatched
-
-
-def source_name(source: str) -> str:
-    """File name of a source (local path or URI)."""
-    return PurePosixPath(source.split("://", 1)[-1]).name if is_uri(source) else Path(source).name
 
 
 def read_source(source: str) -> np.ndarray:
@@ -153,30 +153,27 @@ def plan_outputs(
     probability: bool = False,
     overwrite: bool = False,
 ) -> Plan:
-    """Output names as ``napari-focus predict`` writes them: ``<stem>.png|.tif`` and
-    ``<stem>_probability.png|.tif`` in ``out``. A second input with the same stem is a
-    clash (never written over the first)."""
-    suffix = ".tif" if image_format == "tif" else ".png"
-    folder = Path(out).resolve()
-    todo: list[Job] = []
-    existing: list[Job] = []
-    clashes: list[tuple[Job, str]] = []
-    claimed: dict[str, str] = {}
-    for source in sources:
-        stem = PurePosixPath(source_name(source)).stem
-        mask = str(folder / f"{stem}{suffix}")
-        job = Job(
-            source=source,
-            name=stem,
-            mask=mask,
-            probability=str(folder / f"{stem}_probability{suffix}") if probability else "",
-        )
-        if mask in claimed:
-            clashes.append((job, f"same output name as {claimed[mask]}; rename one"))
-            continue
-        claimed[mask] = source
-        if not overwrite and all(os.path.exists(p) for p in job.outputs()):
-            existing.append(job)
-        else:
-            todo.append(job)
-    return Plan(todo=todo, existing=existing, clashes=clashes)
+    """The outputs of ``sources`` in ``out``, by the rule of ``napari-focus predict``
+    (:func:`napari_focus.prediction_files.plan_outputs`): an input whose mask or
+    probability map would land on another input's output is a clash, never written.
+
+    Raises:
+        OutputReplacesInput: an output would be one of the input images.
+    """
+    plan = prediction_files.plan_outputs(
+        sources, out, image_format=image_format, probability=probability, overwrite=overwrite
+    )
+    return Plan(
+        todo=[_job(entry) for entry in plan.todo],
+        existing=[_job(entry) for entry in plan.existing],
+        clashes=[(_job(entry), reason) for entry, reason in plan.clashes],
+    )
+
+
+def _job(entry: prediction_files.PlannedOutputs) -> Job:
+    return Job(
+        source=entry.source,
+        name=entry.name,
+        mask=str(entry.mask),
+        probability=str(entry.probability) if entry.probability is not None else "",
+    )

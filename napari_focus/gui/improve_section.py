@@ -157,8 +157,9 @@ class ImproveSection(Container):
         self.crop.tooltip = "Training crop in pixels (multiple of 32); 0 = the preset's"
         self.learning_rate.tooltip = "AdamW learning rate (the official recipe uses 1e-4)"
         self.keep.tooltip = "The validation figure that chooses which step's weights are kept"
-        for combo in (self.preset, self.learning_rate, self.keep):
+        for combo in (self.learning_rate, self.keep):
             narrow_combo(combo)
+        narrow_combo(self.preset, 8)  # its label is long: the row must fit the other tabs' width
         narrow_line_edits(self.output)
         self.output.tooltip = (
             "Where the new .safetensors weights go (empty: napari_focus_models/ in the "

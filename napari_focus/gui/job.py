@@ -6,12 +6,15 @@ the widget creates and changes layers when the job returns.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Generator
+import gc
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ..checkpoints import CheckpointNotAvailable
 from ..predictor import FocusPredictor
 from ..presets import hub_location
 from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
@@ -72,14 +75,42 @@ def load_predictor(key: ModelKey) -> FocusPredictor:
     )
 
 
+class SharedModel:
+    """The model the widget's background jobs share. Run and the series prefetch may
+    both need a model that is not loaded yet: the first to ask loads it, the other waits
+    for that load instead of loading a second copy (two FOCUS-G models do not fit a
+    laptop). Called from worker threads; the widget keeps what they return."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: ModelKey | None = None
+        self._predictor: FocusPredictor | None = None
+
+    def get(self, key: ModelKey) -> FocusPredictor:
+        with self._lock:
+            if self._key == key and self._predictor is not None:
+                return self._predictor
+            self._key, self._predictor = None, None  # the old model goes before a new loads
+            gc.collect()
+            predictor = load_predictor(key)
+            self._key, self._predictor = key, predictor
+            return predictor
+
+    def forget(self, predictor: Any) -> None:
+        """Drop the reference to ``predictor`` (the widget frees it). Never waits for a
+        load in progress: a model loaded meanwhile for old settings is replaced by the
+        next :meth:`get`."""
+        if predictor is not None and self._predictor is predictor:
+            self._key, self._predictor = None, None
+
+
 def gui_message(error: BaseException) -> str:
     """An error's text in the widget's words (the library speaks of CLI flags)."""
-    text = str(error) or type(error).__name__
-    return re.sub(
-        r"load it with `--weights ([^`]*)`\s*(\(Python: `[^`]*`\))?",
-        r"choose weights: 'local checkpoint' in the Model tab and pick \1",
-        text,
-    )
+    if isinstance(error, CheckpointNotAvailable):
+        return error.message_with(
+            f"choose weights: 'local checkpoint' in the Model tab and pick {error.filename}"
+        )
+    return str(error) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -97,6 +128,7 @@ def run_job(
     indices: list[tuple[int, ...]],
     tta: bool,
     control: RunControl | None = None,
+    load: Callable[[ModelKey], FocusPredictor] = load_predictor,
 ) -> Generator[Progress, None, JobResult | JobFailure | None]:
     """Yields progress; returns the per-plane probabilities and official masks, a
     :class:`JobFailure`, or None when ``control`` was cancelled.
@@ -108,7 +140,7 @@ def run_job(
     control = control or RunControl()
     try:
         with kernel_build_stage(control):
-            result = yield from _segment(key, predictor, planes, indices, tta, control)
+            result = yield from _segment(key, predictor, planes, indices, tta, control, load)
     except Cancelled:
         return None
     except (ValueError, OSError, RuntimeError) as error:
@@ -124,12 +156,13 @@ def _segment(
     indices: list[tuple[int, ...]],
     tta: bool,
     control: RunControl,
+    load: Callable[[ModelKey], FocusPredictor],
 ) -> Generator[Progress, None, JobResult]:
     """Load the model if needed, then segment each plane; raises :class:`Cancelled`."""
     if predictor is None:
         control.set_stage(f"loading {key.describe()}")
         yield Progress(f"Loading {key.describe()}…", None)
-        predictor = load_predictor(key)
+        predictor = load(key)
     result = JobResult(predictor=predictor, key=key, indices=indices, tta=tta)
     for done, index in enumerate(indices):
         control.check()

@@ -17,13 +17,15 @@ from magicgui.widgets import ComboBox, Label
 
 class WrappingLabel(Label):
     """A Label that wraps its text in at most ``max_lines`` lines and never widens the
-    dock; longer text ends with "…", and the tooltip always holds the full text.
+    dock; text that does not fit the label's width ends with "…" (measured with the
+    label's font, again on every resize), and the tooltip always holds the full text.
     ``value`` is the full text."""
 
     def __init__(self, *, max_lines: int = 4, **kwargs: Any) -> None:
         self._full = ""
-        self._limit = 60 * max_lines  # characters shown; about a dock's width per line
+        self._max_lines = max_lines
         super().__init__(**kwargs)
+        from qtpy.QtCore import QEvent, QObject
         from qtpy.QtWidgets import QSizePolicy
 
         native = self.native
@@ -31,6 +33,17 @@ class WrappingLabel(Label):
         native.setMinimumWidth(10)
         native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         native.setMaximumHeight(native.fontMetrics().lineSpacing() * max_lines + 4)
+
+        label = self
+
+        class _OnResize(QObject):
+            def eventFilter(self, _watched: Any, event: Any) -> bool:
+                if event.type() == QEvent.Type.Resize:
+                    label._show()
+                return False
+
+        self._resize_filter = _OnResize(native)
+        native.installEventFilter(self._resize_filter)
         self.value = self._full
 
     @property
@@ -40,12 +53,36 @@ class WrappingLabel(Label):
     @value.setter
     def value(self, text: Any) -> None:
         self._full = "" if text is None else str(text)
-        shown = self._full
-        if len(shown) > self._limit:
-            shown = shown[: self._limit - 1] + "…"
-        self.native.setText(shown)
+        self._show()
         self.native.setToolTip(self._full)
         self.changed.emit(self._full)
+
+    def _show(self) -> None:
+        self.native.setText(self._elided(self._full))
+
+    def _elided(self, text: str) -> str:
+        """The longest prefix of ``text`` (+ "…") that wraps into ``max_lines`` lines,
+        measured by the label itself at its current width and font (napari's style
+        sheet sets the font after construction)."""
+        native = self.native
+        width = native.width()
+        if width < 20 or not text:  # not laid out yet: the resize shows it again
+            return text
+        native.setText("\n".join("x" * self._max_lines))
+        limit = native.heightForWidth(width)
+        native.setMaximumHeight(limit)
+
+        def fits(candidate: str) -> bool:
+            native.setText(candidate)
+            return native.heightForWidth(width) <= limit
+
+        if fits(text):
+            return text
+        low, high = 0, len(text)  # fits(text[:low] + "…"), not fits(text[:high] + "…")
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(text[:middle] + "…") else (low, middle)
+        return text[:low].rstrip() + "…"
 
 
 def narrow_combo(combo: ComboBox, characters: int = 12) -> ComboBox:

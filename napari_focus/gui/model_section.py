@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 
 from ..presets import SIZES, TASKS, task_info
 from ..runtime import PRECISIONS
-from .job import ModelKey
+from .job import ModelKey, SharedModel
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
 
@@ -45,6 +45,7 @@ class ModelSection(Container):
         self.owner = owner
         self._predictor: Any = None
         self._predictor_key: ModelKey | None = None
+        self.shared_model = SharedModel()  # what Run and the series prefetch load through
         self.image = ComboBox(label="image", choices=owner.image_choices, nullable=True)
         self.task = ComboBox(
             label="task",
@@ -150,6 +151,7 @@ class ModelSection(Container):
         if self._predictor is None:
             return
         device = getattr(self._predictor, "device", None)
+        self.shared_model.forget(self._predictor)
         self._predictor, self._predictor_key = None, None
         gc.collect()
         if device is not None and device.type == "cuda":

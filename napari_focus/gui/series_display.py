@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.utils.notifications import show_warning
 
 from ..predictor import Prediction
 from ..quality import uncertainty
@@ -63,7 +64,17 @@ class SeriesDisplay:
         name = proposal_name(item.name, self.owner.task.value)
         saved = self.state.load_autosaved(item.key)
         start = saved if saved is not None else self._reference_mask(item.path)
+        if start is not None and start.shape != tuple(shape[-2:]):
+            # e.g. drawn on a photo's stored pixels before its EXIF orientation was applied
+            kind = "autosaved" if saved is not None else "existing"
+            show_warning(
+                f"the {kind} mask of {item.name} is {start.shape[1]}x{start.shape[0]} pixels "
+                f"but the image is {shape[-1]}x{shape[-2]}: not loaded"
+            )
+            saved = start = None
         prediction = self._known_prediction(item) if start is None else None
+        if prediction is not None and prediction.mask.shape != tuple(shape[-2:]):
+            prediction = None  # a stored proposal of other pixels: computed again
         clear = start is None and prediction is None
         retarget_mask_layers(self.viewer, item.key, shape, name, clear=clear)
         if start is not None:

@@ -33,6 +33,7 @@ def prefetch_job(
     store: ProposalStore | None,
     control: RunControl,
     tta: bool = False,
+    load: Callable[[ModelKey], FocusPredictor] = load_predictor,
 ) -> Generator[tuple, None, None]:
     """Load the model if needed, then take jobs from ``board`` until it is empty.
 
@@ -44,7 +45,7 @@ def prefetch_job(
     """
     if predictor is None:
         try:
-            predictor = load_predictor(key)
+            predictor = load(key)
         except (ValueError, OSError, RuntimeError) as error:
             yield ("model_failed", gui_message(error))
             return
@@ -80,8 +81,14 @@ def prefetch_job(
 class Prefetcher:
     """One worker at a time over a :class:`JobBoard`; results go to ``on_message``."""
 
-    def __init__(self, cache: PrefetchCache, on_message: Callable[[tuple], None]) -> None:
+    def __init__(
+        self,
+        cache: PrefetchCache,
+        on_message: Callable[[tuple], None],
+        load: Callable[[ModelKey], FocusPredictor] = load_predictor,
+    ) -> None:
         self.cache = cache
+        self.load = load  # the widget's shared loader: Run and this never load twice
         self.board = JobBoard()
         self.on_message = on_message
         self.on_idle: Callable[[], None] = lambda: None
@@ -129,7 +136,7 @@ class Prefetcher:
             return
         self._control = RunControl()
         worker = thread_worker(prefetch_job, start_thread=False)(
-            key, predictor, self.board, self.store, self._control, self.tta
+            key, predictor, self.board, self.store, self._control, self.tta, self.load
         )
         worker.yielded.connect(self.on_message)
         worker.errored.connect(lambda error: self.on_message(("model_failed", str(error))))

@@ -51,7 +51,9 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self.viewer = owner.viewer
         self.state: SeriesState | None = None
         self.cache = PrefetchCache(capacity=8, lookahead=2)
-        self.prefetcher = Prefetcher(self.cache, self._on_prefetched)
+        self.prefetcher = Prefetcher(
+            self.cache, self._on_prefetched, owner.model_section.shared_model.get
+        )
         self.prefetcher.on_idle = self._on_prefetch_idle
         self.seconds: dict[str, float] = {}
         self.decoded: OrderedDict[str, np.ndarray] = OrderedDict()  # files read ahead
@@ -78,7 +80,7 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self.jump_to = SpinBox(label="go to #", min=1, max=1, value=1)
         self.on_leave = ComboBox(
             label="unsaved edits",
-            choices=[("save to the series folder", "autosave"), ("ask", "ask")],
+            choices=[("autosave", "autosave"), ("ask", "ask")],
             value="autosave",
         )
         self.prefetch = CheckBox(text="compute the next proposals ahead", value=True)
@@ -148,7 +150,10 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self.layers_button.tooltip = "Queue the image layers open in napari"
         self.include_exported.tooltip = "Next/Previous also stop at images already exported"
         self.jump_to.tooltip = "Go to image number N of the queue"
-        self.on_leave.tooltip = "What happens to your edits when you leave an image"
+        self.on_leave.tooltip = (
+            "What happens to your edits when you leave an image: autosave = kept in the "
+            "series folder (work/), shown again when you come back; ask = a question each time"
+        )
         self.prefetch.tooltip = "Compute the next two proposals while you correct this one"
         self.rank_button.tooltip = "Put the images the model is least sure about first"
 

@@ -227,8 +227,9 @@ class FocusWidget(Container):
 
         control = RunControl()
         worker = thread_worker(run_job, start_thread=False)(
-            key, self.loaded_predictor(), planes, indices, self.tta.value, control
-        )
+            key, self.loaded_predictor(), planes, indices, self.tta.value, control,
+            self.model_section.shared_model.get,
+        )  # fmt: skip
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result: self._on_returned(result, layer, planes))
         worker.errored.connect(self.report_error)

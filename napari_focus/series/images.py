@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_image
-from ..transforms import MIN_SIDE
+from ..transforms import MIN_SIDE, check_image
 
 
 class UnusableImageError(ValueError):
@@ -16,9 +16,11 @@ class UnusableImageError(ValueError):
 
 
 def load_series_image(path: str | os.PathLike) -> np.ndarray:
-    """The pixels of one series image: gray ``(H, W)``, ``(H, W, 1)``, RGB or RGBA of
-    any numeric dtype, both sides at least ``MIN_SIDE``. Anything else (an unreadable
-    file, a multi-plane TIFF, a speck) raises :class:`UnusableImageError`."""
+    """The pixels of one series image (EXIF orientation applied): gray ``(H, W)``,
+    ``(H, W, 1)``, RGB or RGBA, both sides at least ``MIN_SIDE``, of a type and with
+    values that :func:`napari_focus.transforms.check_image` accepts (the model's input
+    rule). Anything else (an unreadable file, a multi-plane TIFF, a speck, NaN pixels)
+    raises :class:`UnusableImageError`."""
     path = Path(path)
     try:
         image = read_image(path)
@@ -40,6 +42,8 @@ def load_series_image(path: str | os.PathLike) -> np.ndarray:
             f"{path.name} is {shape[0]}x{shape[1]} pixels; FOCUS needs at least "
             f"{MIN_SIDE}x{MIN_SIDE}"
         )
-    if np.dtype(image.dtype).kind not in "uifb":
-        raise UnusableImageError(f"{path.name} has pixels of type {image.dtype}; expected numbers")
+    try:
+        check_image(image)  # the model's own acceptance rule: what passes here can run
+    except ValueError as error:
+        raise UnusableImageError(f"{path.name}: {error}") from error
     return image[..., 0] if image.ndim == 3 and shape[-1] == 1 else image

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from ..quality import uncertainty
 from .work_names import work_name
 
 FOLDER = "proposals"
+T = TypeVar("T")
 
 
 def image_signature(path: Path | None) -> np.ndarray:
@@ -84,20 +87,16 @@ class ProposalStore:
     def load(self, key: str, source: Path | None) -> StoredProposal | None:
         """The proposal, or None when absent, unreadable or made from a different version
         of the image."""
-        path = self.path(key)
-        if not path.is_file():
+
+        def maps(data: np.lib.npyio.NpzFile) -> tuple[np.ndarray, np.ndarray, float | None]:
+            shape = tuple(int(s) for s in data["shape"])
+            mask = np.unpackbits(data["mask"], count=int(np.prod(shape))).reshape(shape)
+            return data["probability"].astype(np.float32), mask, _stored_score(data)
+
+        loaded = self._read(key, source, maps)
+        if loaded is None:
             return None
-        try:
-            with np.load(path) as data:
-                if not np.array_equal(data["signature"], image_signature(source)):
-                    return None
-                shape = tuple(int(s) for s in data["shape"])
-                count = int(np.prod(shape))
-                mask = np.unpackbits(data["mask"], count=count).reshape(shape)
-                probability = data["probability"].astype(np.float32)
-                score = _stored_score(data)
-        except (OSError, ValueError, KeyError):
-            return None
+        probability, mask, score = loaded
         if score is None:  # written before scores were stored
             score = uncertainty(probability)
         return StoredProposal(probability, mask.astype(np.uint8), score)
@@ -105,6 +104,17 @@ class ProposalStore:
     def uncertainty(self, key: str, source: Path | None) -> float | None:
         """The stored proposal's uncertainty without reading its maps (None as in
         :meth:`load`)."""
+        found = self._read(key, source, lambda data: (_stored_score(data),))
+        if found is None:
+            return None
+        if found[0] is None:
+            stored = self.load(key, source)
+            return None if stored is None else stored.uncertainty
+        return found[0]
+
+    def _read(self, key: str, source: Path | None, read: Callable[[Any], T]) -> T | None:
+        """``read(npz)`` of the proposal of ``key`` if it was made from this version of
+        the image; None when absent or unreadable."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -112,13 +122,9 @@ class ProposalStore:
             with np.load(path) as data:
                 if not np.array_equal(data["signature"], image_signature(source)):
                     return None
-                score = _stored_score(data)
+                return read(data)
         except (OSError, ValueError, KeyError):
             return None
-        if score is None:
-            stored = self.load(key, source)
-            return None if stored is None else stored.uncertainty
-        return score
 
 
 def _stored_score(data: np.lib.npyio.NpzFile) -> float | None:

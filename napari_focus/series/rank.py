@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..io import IMAGE_EXTENSIONS, read_image
+from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
 from .queue import scan_folder
@@ -80,7 +83,8 @@ def rank_folder(
 
     ``predictor`` needs ``predict(image, tta=...) -> Prediction``. With ``gt_folder``,
     each image with a mask there (see :func:`.references.reference_mask_path`) also gets
-    :func:`~napari_focus.quality.mask_metrics` of its probability map; when it is
+    :func:`~napari_focus.quality.mask_metrics` of its mask (the binary mask ``predict``
+    writes, which the official FOCUS evaluation scores); when it is
     ``folder`` itself, the mask files are not ranked as images. ``progress`` is
     called as ``progress(done, total, name)`` after each image.
     """
@@ -103,8 +107,8 @@ def rank_folder(
             if gt_folder is not None:
                 mask_path = reference_mask_path(root / key, gt_folder, relative=key)
                 if mask_path is not None:
-                    reference = read_image(mask_path)
-                    row.metrics = mask_metrics(prediction.probability, reference)
+                    reference = read_mask_file(mask_path)
+                    row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
                     row.reference = str(mask_path)
         except Exception as error:  # one bad image must not stop the ranking
             row.error = f"{type(error).__name__}: {error}"

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import read_image
-
-MASK_SUFFIXES = ("", "_gt", "_mask")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
 
 
 def reference_mask_path(
@@ -51,17 +48,10 @@ def find_reference_mask(
     *,
     relative: str | os.PathLike | None = None,
 ) -> np.ndarray | None:
-    """The mask for ``image_path`` as a bool ``(H, W)`` array (``> 127`` for 8-bit or
-    wider masks, ``> 0`` for 0/1 ones; RGB masks use their first channel), or None when
-    :func:`reference_mask_path` finds no file."""
+    """The mask for ``image_path`` as a bool ``(H, W)`` array (the rule of
+    :mod:`napari_focus.mask_files`: ``> 128`` for 8-bit masks, ``> 0`` for 0/1 ones, any
+    channel of a colour mask), or None when :func:`reference_mask_path` finds no file."""
     path = reference_mask_path(image_path, mask_folder, relative=relative)
     if path is None:
         return None
-    data = np.asarray(read_image(path))
-    if data.ndim == 3:
-        data = data[..., 0]
-    if data.dtype == bool:
-        return data
-    if np.issubdtype(data.dtype, np.floating):
-        return data > 0.5
-    return data > (127 if data.size and data.max() > 1 else 0)
+    return read_mask_file(path)

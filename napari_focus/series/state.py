@@ -42,7 +42,8 @@ import numpy as np
 
 from ..atomic import WriteError, atomic_write_text
 from ..filelock import LockTimeout, held
-from ..io import IMAGE_EXTENSIONS, read_image, write_mask
+from ..io import IMAGE_EXTENSIONS, write_mask
+from ..mask_files import read_mask_file
 from .merge import Synced, file_stamp, item_record, merge_saved
 from .proposal_store import FOLDER as PROPOSALS
 from .queue import ImageQueue, QueueItem, Status, scan_folder
@@ -224,10 +225,7 @@ class SeriesState:
                             item.path, aside)  # fmt: skip
                 self.save()
                 return None
-        data = read_image(path)
-        if data.ndim == 3:
-            data = data[..., 0]
-        return data > 0
+        return read_mask_file(path)
 
     def autosaved_provenance(self, key: str) -> dict[str, Any] | None:
         """What the autosaved mask of an item was made from, if recorded."""

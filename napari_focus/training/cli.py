@@ -11,13 +11,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
+from ..atomic import WriteError, check_writable_file
 from ..cli_common import EXIT_SETUP_ERROR
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
 
 # a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
+EXIT_INTERRUPTED = 128 + 2  # as a shell reports SIGINT
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def _crop(text: str) -> int:
+    value = int(text)
+    if value < 32 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32 such as 512, got {text}")
+    return value
 
 
 def add_train_parser(commands: Any) -> argparse.ArgumentParser:
@@ -45,15 +74,17 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
                        help="size of an official base given as a task (default large)")
     train.add_argument("--task", choices=TASKS, type=str.lower,
                        help="task recorded in the output (default: the base's)")  # fmt: skip
-    train.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    train.add_argument("--steps", type=_positive_int, default=300,
+                       help="optimizer steps (default 300)")  # fmt: skip
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                        help="hardware preset: what trains, batch size, crop")  # fmt: skip
-    train.add_argument("--batch-size", type=int, help="override the preset's batch size")
-    train.add_argument("--crop", type=int, help="override the preset's crop (multiple of 32)")
-    train.add_argument("--lr", type=float, help="learning rate (official: 1e-4)")
-    train.add_argument("--eval-every", type=int, help="validation period (default steps/5)")
-    train.add_argument("--val-fraction", type=float, default=0.2,
+    train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
+    train.add_argument("--crop", type=_crop, help="override the preset's crop (multiple of 32)")
+    train.add_argument("--lr", type=_positive_float, help="learning rate (official: 1e-4)")
+    train.add_argument("--eval-every", type=_positive_int,
+                       help="validation period (default steps/5)")  # fmt: skip
+    train.add_argument("--val-fraction", type=_fraction, default=0.2,
                        help="held-out share of the samples (default 0.2)")  # fmt: skip
     train.add_argument("--val", nargs="+", metavar="NAME",
                        help="hold out these samples instead (names or layout/name)")  # fmt: skip
@@ -73,10 +104,6 @@ def run_train(args: argparse.Namespace) -> int:
     from .data import DatasetError
     from .loop import train
 
-    if args.crop is not None and (args.crop < 32 or args.crop % 32):
-        print(f"napari-focus train: --crop must be a multiple of 32 (got {args.crop}), "
-              "e.g. 512", file=sys.stderr)  # fmt: skip
-        return EXIT_SETUP_ERROR
     try:
         require_metrics()
     except ImportError as error:
@@ -99,6 +126,11 @@ def run_train(args: argparse.Namespace) -> int:
         finished = " (the run it came from has finished)" if args.resume else ""
         print(f"napari-focus train: {out} exists{finished}; choose another --out (nothing "
               "is overwritten)", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
+    try:  # before hours of training: the checkpoint and its work folder go beside --out
+        check_writable_file(out)
+    except WriteError as error:
+        print(f"napari-focus train: --out: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
 
     bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)
@@ -124,7 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
         bar.close()
         print("napari-focus train: interrupted; `--resume` continues from the last "
               "evaluation", file=sys.stderr)  # fmt: skip
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED
     bar.close()
     for problem in result.problems:
         print(f"  skipped: {problem}", file=sys.stderr)
@@ -140,4 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"{': ' + summary if summary else ''}); report: {result.report}",
         file=sys.stderr,
     )
+    if result.best_step == 0:
+        print("  no step beat the base weights on the held-out samples: the output holds "
+              "them unchanged", file=sys.stderr)  # fmt: skip
     return 0

@@ -4,8 +4,10 @@ Every FOCUS layout is read the way the official training reads it: the samples l
 the split's semantic JSON (the file FOCUS training iterates), each with its image and its
 ``annotations_detectron2`` semantic file (0 = foreground, 1 = background, 255 = ignore).
 The ``generic`` layout (``images/*.png`` + ``masks/*.png``) has no JSON and no semantic
-file: its samples are the image files that have a mask, and the mask (``> 127`` =
-foreground) gives the classes.
+file: its samples are the image files that have a mask, and the mask (read by
+:func:`napari_focus.mask_files.read_mask_file`, ``> 128`` = foreground) gives the classes.
+Images are read by :func:`napari_focus.io.read_image`, in their EXIF orientation, as the
+official training's detectron2 ``read_image`` reads them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..datasets import get_layout, recover_split, sample_paths
 from ..datasets.export import dataset_dir
+from ..io import read_image
+from ..mask_files import read_mask_file
 from ..transforms import to_rgb_uint8
 
 FOREGROUND = 0
@@ -50,10 +53,11 @@ class Sample:
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """``(H, W, 3)`` uint8 RGB and ``(H, W)`` uint8 classes (0 fg, 1 bg, 255 ignore)."""
         try:
-            with Image.open(self.image) as img:
-                rgb = to_rgb_uint8(np.asarray(img.convert("RGB")))
-            with Image.open(self.target) as img:
-                target = np.asarray(img.convert("L"))
+            rgb = to_rgb_uint8(read_image(self.image))
+            if self.target_is_semantic:
+                target = _semantic_classes(read_image(self.target))
+            else:
+                target = np.where(read_mask_file(self.target), FOREGROUND, BACKGROUND)
         except (OSError, ValueError) as error:
             raise DatasetError(f"sample {self.key}: cannot read its files: {error}") from error
         if target.shape != rgb.shape[:2]:
@@ -67,8 +71,7 @@ class Sample:
                     f"sample {self.key}: {self.target.name} holds values other than 0, 1 and "
                     "255; it is not a FOCUS semantic file (re-export the sample)"
                 )
-            return rgb, target.astype(np.uint8)
-        return rgb, np.where(target > 127, FOREGROUND, BACKGROUND).astype(np.uint8)
+        return rgb, target.astype(np.uint8)
 
     def sha256(self) -> str:
         """Hash of the image file's bytes followed by the target file's bytes."""
@@ -76,6 +79,14 @@ class Sample:
         for path in (self.image, self.target):
             digest.update(path.read_bytes())
         return digest.hexdigest()
+
+
+def _semantic_classes(pixels: np.ndarray) -> np.ndarray:
+    if pixels.ndim == 3 and (pixels == pixels[..., :1]).all():
+        pixels = pixels[..., 0]
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(f"a semantic file is 8-bit gray, got {pixels.dtype} {pixels.shape}")
+    return pixels
 
 
 def list_samples(root: str | Path, layout: str) -> tuple[list[Sample], list[str]]:

@@ -24,6 +24,7 @@ from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
 from ..quality import require_metrics
 from ..runtime import DTYPES
+from ..transforms import normalize_and_pad
 from .augment import AugmentConfig, augment, targets_from_classes
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
@@ -32,7 +33,7 @@ from .forward import training_forward
 from .matcher import Target
 from .presets import resolve_preset
 from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
-from .state import RunState, load_state, save_state
+from .state import STATE_NAME, RunState, load_state, save_state
 from .validate import better, score_samples, write_report
 
 CACHE_SAMPLES = 256
@@ -75,9 +76,7 @@ class _Batches:
     ) -> None:
         self.samples, self.batch_size, self.config, self.seed = samples, batch_size, config, seed
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        preset = input_preset()
-        self.mean = torch.tensor(preset.pixel_mean).view(3, 1, 1)
-        self.std = torch.tensor(preset.pixel_std).view(3, 1, 1)
+        self.preset = input_preset()
 
     def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         if sample.key in self._cache:
@@ -102,8 +101,7 @@ class _Batches:
         images, targets = [], []
         for index in self.indices(step):
             image, classes = augment(*self._load(self.samples[index]), rng, self.config)
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-            images.append((x - self.mean) / self.std)
+            images.append(normalize_and_pad(image, self.preset)[0])  # crops: no padding
             labels, masks = targets_from_classes(classes)
             targets.append(
                 Target(torch.from_numpy(labels).to(device), torch.from_numpy(masks).to(device))
@@ -264,7 +262,9 @@ def train(
         task=base.task, dtype=DTYPES[config.save_dtype], source=base.base_id,
         extra_metadata=metadata,
     )  # fmt: skip
-    checkpoint_state()
+    # a finished run cannot be resumed (its --out exists): its optimizer state only costs
+    # disk (several times the checkpoint); the log and the report stay
+    (work_dir / STATE_NAME).unlink(missing_ok=True)
     report_progress(TrainProgress("done", run.step, config.steps, f"wrote {output}"))
     return _result(output, False, run, work_dir, problems)
 

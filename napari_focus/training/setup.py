@@ -11,15 +11,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint_fit import load_model
 from ..checkpoints import (
-    check_state_dict,
-    drop_training_keys,
-    infer_size,
     metadata_architecture,
     official_checkpoint,
     read_checkpoint,
 )
-from ..model import FocusArchitecture, FocusModel, build_model, resolve_architecture
+from ..model import FocusModel, build_model, resolve_architecture
 from ..presets import TASKS, check_size, hub_location
 from .config import TrainConfig
 from .presets import part_of
@@ -48,7 +46,7 @@ def load_base(config: TrainConfig) -> BaseModel:
     path = Path(weights)
     if path.is_file():
         state, metadata = read_checkpoint(path)
-        architecture = config.architecture or metadata_architecture(metadata)
+        architecture = config.architecture or metadata_architecture(metadata, str(path))
         task = config.task or metadata.get("task") or None
         base_id = f"file:{path.name}:sha256={_file_sha256(path)}"
     else:
@@ -59,9 +57,8 @@ def load_base(config: TrainConfig) -> BaseModel:
         repo, filename = hub_location(task, size)
         base_id = f"hf://{repo}/{filename}"
         task = config.task or task
-    state = drop_training_keys(state)
-    arch = resolve_architecture(architecture or infer_size(state))
-    return BaseModel(_from_state(state, arch, str(path)), task, base_id)
+    # the checks and messages of inference loading: shapes, other size, kinds, finiteness
+    return BaseModel(load_model(state, architecture, str(path)), task, base_id)
 
 
 def _official(name: str, size: str) -> tuple[str, str]:
@@ -75,15 +72,6 @@ def _official(name: str, size: str) -> tuple[str, str]:
             f"such as 'cod', or a name such as 'focus_large_cod')"
         )
     return match.group(2), match.group(1)
-
-
-def _from_state(state: dict, arch: FocusArchitecture, source: str) -> FocusModel:
-    with torch.device("meta"):
-        model = build_model(arch)
-    check_state_dict(model.state_dict(), state, source)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
 
 
 def _file_sha256(path: Path) -> str:

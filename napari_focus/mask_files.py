@@ -1,0 +1,83 @@
+"""What counts as foreground in a mask file: one rule for every reader of mask files.
+
+FOCUS datasets ship 0/255 PNG masks, some with soft (anti-aliased) edges, a few as
+JPEG with compression noise around 0 and 255. The official evaluation (FOCUS's
+``metrics.py`` and PySODMetrics) binarizes ground truth with ``gt > 128``; the same
+threshold is used here, on every scale a mask file may use:
+
+* bool: as is;
+* integers whose values are all 0 or 1 (0/1 masks): ``> 0``;
+* integers up to 255 (8-bit masks): ``> 128``;
+* integers up to 65535 (16-bit masks): ``> 32896`` (128 on the 16-bit scale, x 257);
+* floats in [0, 1]: ``> 0.5``; floats up to 255: ``> 128``;
+* colour masks (RGB or RGBA; alpha is ignored): a pixel is foreground when any colour
+  channel is, so a pure red ``(255, 0, 0)`` outline counts like a white one.
+
+Negative values, values above 65535 and NaN are refused: such a file is no mask.
+Labels layers (label ids, ``> 0`` = foreground) are not mask files and do not use this.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .io import read_image
+
+FOREGROUND_ABOVE = 128
+#: how a mask file is named after its image's stem (DUTS: ``<stem>.png``, others
+#: ``<stem>_gt.png`` or ``<stem>_mask.png``), and the lossless formats masks come in
+MASK_SUFFIXES = ("", "_gt", "_mask")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+__all__ = ["FOREGROUND_ABOVE", "MASK_EXTENSIONS", "MASK_SUFFIXES", "binary_mask", "read_mask_file"]
+
+
+def binary_mask(pixels: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)`` foreground of mask pixels (gray ``(H, W)``, ``(H, W, 1)`` or colour
+    ``(H, W, 3|4)``) by the module's rule. Raises ValueError for anything else."""
+    array = np.asarray(pixels)
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        channels = array[..., : min(array.shape[-1], 3)]
+        return np.logical_or.reduce(_foreground(channels, array), axis=-1)
+    if array.ndim != 2:
+        raise ValueError(
+            f"a mask must be 2-D (H, W) or a gray/colour image, got shape {array.shape}"
+        )
+    return _foreground(array, array)
+
+
+def read_mask_file(path: str | os.PathLike) -> np.ndarray:
+    """The foreground of a mask file as a bool ``(H, W)`` array (EXIF orientation
+    applied, as for images). Raises ValueError naming the file for a file that is no
+    mask; OSError when it cannot be read."""
+    try:
+        return binary_mask(read_image(path))
+    except ValueError as error:
+        raise ValueError(f"{os.fspath(path)}: {error}") from error
+
+
+def _foreground(values: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    if values.dtype == np.bool_:
+        return values.copy()
+    if values.size == 0:
+        return np.zeros(values.shape, bool)
+    if np.issubdtype(values.dtype, np.integer):
+        low, high = int(whole.min()), int(whole.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"mask values run from {low} to {high}; a mask holds 0/1, 0-255 or 0-65535"
+            )
+        if high <= 1:
+            return values > 0
+        return values > (FOREGROUND_ABOVE if high <= 255 else FOREGROUND_ABOVE * 257)
+    if np.issubdtype(values.dtype, np.floating):
+        if not np.isfinite(whole).all():
+            raise ValueError("mask holds NaN or infinite values")
+        low, high = float(whole.min()), float(whole.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"mask values run from {low:g} to {high:g}; a float mask holds 0-1 or 0-255"
+            )
+        return values > (0.5 if high <= 1 else FOREGROUND_ABOVE)
+    raise ValueError(f"mask pixels of type {values.dtype} are not numbers")

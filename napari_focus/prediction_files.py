@@ -1,0 +1,220 @@
+"""Which images a prediction reads and which files it writes for each.
+
+One rule for ``napari-focus predict`` on this machine and on a Ray cluster: an input
+``<stem>.<ext>`` gets the mask ``<stem>.png|.tif`` and, when asked, the probability map
+``<stem>_probability.png|.tif`` in the output folder. Every output path is claimed by
+one input only (a second input whose mask or probability map would land on a claimed
+path is a clash, reported for that input and never written), and no output may be an
+input image (:class:`OutputReplacesInput`, refused before any work).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+PROBABILITY_SUFFIX = "_probability"
+
+
+def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (their images, sorted) and glob patterns.
+
+    Returns the image paths (resolved, deduplicated, in order) and the inputs that
+    matched nothing.
+    """
+    from .io import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    unmatched: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(item):
+            matches = sorted(
+                Path(p)
+                for p in glob.glob(item, recursive=True)
+                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
+            )
+        else:
+            matches = []
+        if not matches:
+            unmatched.append(item)
+        found.extend(matches)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique, unmatched
+
+
+def is_uri(source: str) -> bool:
+    """``scheme://...``; a Windows drive letter (``C:\\``) is not a URI."""
+    return bool(_URI.match(source))
+
+
+def source_name(source: str) -> str:
+    """File name of a source (local path or URI)."""
+    return PurePosixPath(source.split("://", 1)[-1]).name if is_uri(source) else Path(source).name
+
+
+def _local_path(source: str) -> Path | None:
+    """The file a source names on this machine: a path or a ``file://`` URI."""
+    if not is_uri(source):
+        return Path(source)
+    parsed = urlparse(source)
+    if parsed.scheme.lower() != "file":
+        return None
+    return Path(url2pathname(parsed.path))
+
+
+@dataclass(frozen=True)
+class PlannedOutputs:
+    """One input (a local path or a URI) and the files written for it."""
+
+    source: str
+    name: str
+    mask: Path
+    probability: Path | None
+
+    def paths(self) -> list[Path]:
+        return [self.mask] if self.probability is None else [self.mask, self.probability]
+
+    def kind_of(self, path: Path) -> str:
+        return "mask" if path == self.mask else "probability map"
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Inputs to predict, inputs whose outputs all exist (skipped unless overwriting),
+    and inputs that cannot be written, each with the reason."""
+
+    todo: list[PlannedOutputs]
+    existing: list[PlannedOutputs]
+    clashes: list[tuple[PlannedOutputs, str]]
+
+
+class OutputReplacesInput(ValueError):
+    """An output file of the run would be one of its input images.
+
+    ``what`` says which, e.g. ``"the mask of photo.png would replace the input image
+    /data/photo.png"`` (``and N more`` when several); ``collisions`` lists every
+    ``(source, kind, input path)``. The caller names its own option for the folder."""
+
+    def __init__(self, collisions: list[tuple[str, str, Path]]) -> None:
+        source, kind, image = collisions[0]
+        what = f"the {kind} of {source_name(source)} would replace the input image {image}"
+        if len(collisions) > 1:
+            what += f" (and {len(collisions) - 1} more outputs would replace input images)"
+        super().__init__(f"{what}; choose another output folder")
+        self.what = what
+        self.collisions = collisions
+
+
+def output_paths(
+    source: str, folder: Path, *, image_format: str = "png", probability: bool = False
+) -> PlannedOutputs:
+    """Where the outputs of one input go in ``folder``."""
+    suffix = ".tif" if image_format == "tif" else ".png"
+    stem = PurePosixPath(source_name(source)).stem
+    return PlannedOutputs(
+        source=source,
+        name=stem,
+        mask=folder / f"{stem}{suffix}",
+        probability=folder / f"{stem}{PROBABILITY_SUFFIX}{suffix}" if probability else None,
+    )
+
+
+class _Inputs:
+    """The input images as paths and, asked only when an output exists, as files
+    (device and inode: the same file under another name, a symlink or a hard link)."""
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        local = (_local_path(s) for s in sources)
+        self.paths = {os.path.abspath(p): p for p in local if p is not None}
+        self._files: dict[tuple[int, int], Path] | None = None
+
+    def matching(self, output: Path, stat: os.stat_result | None) -> Path | None:
+        found = self.paths.get(os.path.abspath(output))
+        if found is not None or stat is None:
+            return found
+        if self._files is None:
+            self._files = {}
+            for path in self.paths.values():
+                try:
+                    info = os.stat(path)
+                except OSError:
+                    continue
+                self._files.setdefault((info.st_dev, info.st_ino), path)
+        return self._files.get((stat.st_dev, stat.st_ino))
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def plan_outputs(
+    sources: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    image_format: str = "png",
+    probability: bool = False,
+    overwrite: bool = False,
+) -> OutputPlan:
+    """Plan the outputs of ``sources`` (local paths or URIs) in the folder ``out``.
+
+    Raises:
+        OutputReplacesInput: a mask or probability map would be an input image (the
+            same path, or the same file through a link), whatever ``overwrite`` says.
+    """
+    folder = Path(out).resolve()
+    inputs = _Inputs(sources)
+    planned = [
+        output_paths(s, folder, image_format=image_format, probability=probability)
+        for s in sources
+    ]
+    stats = {path: _stat(path) for entry in planned for path in entry.paths()}
+    collisions = [
+        (entry.source, entry.kind_of(path), image)
+        for entry in planned
+        for path in entry.paths()
+        if (image := inputs.matching(path, stats[path])) is not None
+    ]
+    if collisions:
+        raise OutputReplacesInput(collisions)
+
+    todo: list[PlannedOutputs] = []
+    existing: list[PlannedOutputs] = []
+    clashes: list[tuple[PlannedOutputs, str]] = []
+    claimed: dict[Path, PlannedOutputs] = {}
+    for entry in planned:
+        taken = [(path, claimed[path]) for path in entry.paths() if path in claimed]
+        if taken:
+            path, owner = taken[0]
+            kind, other_kind = entry.kind_of(path), owner.kind_of(path)
+            if kind == other_kind:
+                reason = f"same output name as {owner.source}; rename one"
+            else:
+                reason = (
+                    f"its {kind} {path.name} would be the {other_kind} of {owner.source}; "
+                    "rename one"
+                )
+            clashes.append((entry, reason))
+            continue
+        claimed.update((path, entry) for path in entry.paths())
+        if not overwrite and all(stats[path] is not None for path in entry.paths()):
+            existing.append(entry)
+        else:
+            todo.append(entry)
+    return OutputPlan(todo=todo, existing=existing, clashes=clashes)
