@@ -170,7 +170,9 @@ def test_failed_autosave_keeps_the_edits_and_says_so(
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
 
 
-def test_annotate_opens_a_folder_as_a_series(make_napari_viewer, mixed_folder, monkeypatch):
+def test_annotate_opens_a_folder_as_a_series(
+    qtbot, make_napari_viewer, mixed_folder, monkeypatch
+):
     from napari_focus.gui import annotate, series_jobs, series_section
 
     def offline(key):
@@ -182,6 +184,7 @@ def test_annotate_opens_a_folder_as_a_series(make_napari_viewer, mixed_folder, m
     _viewer, widget = annotate.open_viewer(folder=mixed_folder, show=False)
     assert widget.series.state is not None and len(widget.series.state.queue) == 6
     assert widget.tabs.tabText(widget.tabs.currentIndex()) == "Series"
+    qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)  # before the teardown
 
 
 def test_a_version_1_series_opens_with_its_edits_and_a_word_on_shared_files(
