@@ -279,8 +279,7 @@ def _announce(kind: str, event: str, message: str, level: int = logging.INFO) ->
 
 def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
     """The kernel's op, and whether it was compiled now (else loaded from the cache)."""
-    from torch.utils import cpp_extension
-
+    cpp_extension = toolchain.cpp_extension()
     build_dir = build_directory(kind)
     build_dir.mkdir(parents=True, exist_ok=True)
     library, log = _library_path(kind), _log_path(kind)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import re
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,13 +62,27 @@ def cxx_version() -> str:
     return _tool_version(tuple(shlex.split(cxx()))) if cxx().strip() else "none"
 
 
+def cpp_extension() -> Any:
+    """``torch.utils.cpp_extension``, imported without its "No CUDA runtime is found"
+    warning: a CUDA build of torch on a machine without a GPU (PyPI's default on
+    Linux) says so on import, and the CPU kernel needs no CUDA runtime."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension as module
+    finally:
+        logger.setLevel(level)
+    return module
+
+
 def nvcc_path() -> Path | None:
     """``nvcc`` of the CUDA toolkit torch builds with (``CUDA_HOME``), if there is one."""
-    from torch.utils.cpp_extension import CUDA_HOME
+    cuda_home = cpp_extension().CUDA_HOME
 
-    if CUDA_HOME is None:
+    if cuda_home is None:
         return None
-    nvcc = Path(CUDA_HOME) / "bin" / ("nvcc.exe" if sys.platform == "win32" else "nvcc")
+    nvcc = Path(cuda_home) / "bin" / ("nvcc.exe" if sys.platform == "win32" else "nvcc")
     return nvcc if nvcc.exists() else None
 
 
