@@ -4,8 +4,6 @@ worker prepares images outside its model lock."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,13 +14,6 @@ from napari_focus.io import read_image
 from napari_focus.pipeline import predict_isolating
 
 FAILING_SHAPE = (50, 70)  # images of this size make the model raise, as an OOM would
-
-
-@pytest.fixture(scope="module")
-def weights(tiny_mlp, tmp_path_factory) -> Path:
-    arch, state = tiny_mlp
-    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
-    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +42,8 @@ def fail_on_marked_shape(monkeypatch, predictor: FocusPredictor) -> list[int]:
     return calls
 
 
-def test_only_the_failing_image_fails(weights, photos, monkeypatch):
-    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+def test_only_the_failing_image_fails(tiny_checkpoint, photos, monkeypatch):
+    predictor = FocusPredictor.from_checkpoint(tiny_checkpoint, device="cpu")
     expected = [predictor.predict(photos[0]), predictor.predict(photos[2])]
     calls = fail_on_marked_shape(monkeypatch, predictor)
 
@@ -67,9 +58,9 @@ def test_only_the_failing_image_fails(weights, photos, monkeypatch):
 
 
 def test_worker_writes_the_others_and_prepares_outside_its_lock(
-    weights, photos, monkeypatch, tmp_path
+    tiny_checkpoint, photos, monkeypatch, tmp_path
 ):
-    settings = WorkerSettings(task="sod", weights=str(weights), batch_size=4)
+    settings = WorkerSettings(task="sod", weights=str(tiny_checkpoint), batch_size=4)
     worker = FocusWorker(settings.as_dict())
     fail_on_marked_shape(monkeypatch, worker.predictor)
     prepare = worker.predictor.prepare
@@ -96,7 +87,7 @@ def test_worker_writes_the_others_and_prepares_outside_its_lock(
     assert rows["status"] == ["written", "failed", "written", "failed"]
     assert "out of memory" in rows["error"][1] and "cannot identify" in rows["error"][3]
     assert lock_held_while_preparing == [False, False, False]
-    reference = FocusPredictor.from_checkpoint(weights, device="cpu")
+    reference = FocusPredictor.from_checkpoint(tiny_checkpoint, device="cpu")
     for name, photo in (("a", photos[0]), ("c", photos[2])):
         written = read_image(tmp_path / f"{name}.png")
         np.testing.assert_array_equal(written > 0, reference.predict(photo).mask > 0)
