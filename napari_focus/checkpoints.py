@@ -157,8 +157,16 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             f"you trust, and convert them to .safetensors. ({reason})"
         ) from error
     except Exception as error:  # the weights-only unpickler fails in many ways on bad bytes
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # zip (torch.save) or pickle
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not with the "
+                "zip or pickle header of a .pth file"
+            ) from error
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(error).__name__}: {error}"
         ) from error
     state = obj.get("model", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping):

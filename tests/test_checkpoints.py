@@ -226,7 +226,7 @@ def test_truncated_legacy_pickle_is_reported(tmp_path):
 def test_garbage_pth_is_reported(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"this is not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"it starts with b'this is not ', not with the zip"):
         read_checkpoint(path)
 
 
