@@ -295,7 +295,11 @@ def folder_report(rows: Sequence[Any], out_dir: str | os.PathLike, *, top: int =
     columns = report_columns(dicts)
     summary = summarize(dicts)
 
-    sections = ["<h1>napari-focus quality report</h1>", f"<p>{len(dicts)} images.</p>"]
+    failed = sum(1 for r in dicts if r.get("error"))
+    counted = f"{len(dicts)} images"
+    if failed:
+        counted += f", {failed} of them failed (see the table)"
+    sections = ["<h1>napari-focus quality report</h1>", f"<p>{html.escape(counted)}.</p>"]
     if summary:
         sections.append("<h2>Means</h2>" + _html_table([summary], list(summary)))
     with_iou = [r for r in dicts if _number(r.get("iou")) is not None]

@@ -229,12 +229,13 @@ def test_folder_report_writes_csv_and_html(tmp_path):
             }
         )
     rows.append({"name": "no_reference", "uncertainty": 0.2, "seconds": 0.5})
+    rows.append({"name": "broken", "error": "UnidentifiedImageError: cannot identify"})
     html_path = folder_report(rows, tmp_path / "report")
     assert html_path == tmp_path / "report" / "report.html"
 
     with open(tmp_path / "report" / "metrics.csv", newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
-    assert [r["name"] for r in table] == ["img<0>", "img<1>", "img<2>", "no_reference"]
+    assert [r["name"] for r in table] == ["img<0>", "img<1>", "img<2>", "no_reference", "broken"]
     assert float(table[0]["iou"]) == pytest.approx(rows[0]["iou"], rel=1e-5)
     assert table[3]["iou"] == ""
 
@@ -243,6 +244,7 @@ def test_folder_report_writes_csv_and_html(tmp_path):
     text = "".join(parser.text)
     assert parser.tags.count("svg") == 2  # IoU bars and uncertainty-vs-error scatter
     assert "script" not in parser.tags
+    assert "5 images, 1 of them failed (see the table)." in text
     assert "img<2>" in text  # escaped in the file, intact as text
     assert "<2>" not in html_path.read_text(encoding="utf-8")
     worst = text.index("Worst 3 by IoU")
