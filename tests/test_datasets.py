@@ -486,6 +486,12 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "lonely.png: no mask" in err and "stray.png: no image" in err
     assert _cli(["export", str(images), str(masks), "--root", str(root)]) == 2
+    other = tmp_path / "other"  # a layout alone: its task goes into the provenance
+    (images / "lonely.png").unlink()
+    (masks / "stray.png").unlink()
+    argv = ["export", str(images), str(masks), "--root", str(other), "--layout", "duts-tr"]
+    assert _cli(argv) == 0
+    assert {record["task"] for record in read_records(other)} == {"sod"}
 
 
 def test_pil_bmp_keeps_gray_mode() -> None:

@@ -155,7 +155,7 @@ def run_export(args: argparse.Namespace) -> int:
                 on_exists=args.on_exists,
                 provenance={
                     "source_path": str(image_path.resolve()),
-                    "task": args.task,
+                    "task": args.task or get_layout(layout).task,  # the layout implies its task
                     "mask_path": str(mask_path.resolve()),
                     "tool": "napari-focus export",
                 },
