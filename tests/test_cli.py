@@ -288,3 +288,18 @@ def test_a_folder_with_images_in_subfolders_gets_a_note(tmp_path):
     code, err = run_cli("predict", folder, "--task", "sod", "--weights", broken)
     assert code == 2
     assert f"images in subfolders of {folder} are not included; give '{folder}/**/*'" in err
+
+
+def test_an_unreachable_ray_address_is_said_at_once(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    code, err = run_cli(
+        "predict", image, "--task", "sod", "--engine", "ray", "--address", f"127.0.0.1:{port}"
+    )
+    assert code == 2 and f"--address 127.0.0.1:{port}: nothing answers there" in err

@@ -52,6 +52,23 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _unreachable_address(address: str | None, timeout: float = 3.0) -> str | None:
+    """Why a ``HOST:PORT`` or ``ray://HOST:PORT`` cluster address cannot be reached (Ray
+    itself retries for minutes), or None when it answers or is not of that form."""
+    import socket
+
+    if not address or address == "auto":
+        return None
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
+
+
 def _fail(message: str) -> int:
     from ..cli_common import EXIT_SETUP_ERROR
 
@@ -72,6 +89,12 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
     except ImportError:
         return _fail("--engine ray needs Ray: pip install 'napari-focus[ray]'")
+    unreachable = _unreachable_address(args.address)
+    if unreachable:
+        return _fail(
+            f"--address {args.address}: nothing answers there ({unreachable}); start the "
+            "cluster's head (`ray start --head`) or check the address"
+        )
     from ..cli_common import out_replaces_input_message
     from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
