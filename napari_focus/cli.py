@@ -9,7 +9,13 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, TASK_HELP, add_model_arguments
+from .cli_common import (
+    EXIT_FAILED_IMAGES,
+    EXIT_INTERRUPTED,
+    EXIT_SETUP_ERROR,
+    TASK_HELP,
+    add_model_arguments,
+)
 from .cli_predict import add_throughput_arguments, run_predict
 from .prediction_files import collect_inputs
 
@@ -189,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt:  # before a command's own handling (loading torch, say)
         print("napari-focus: interrupted", file=sys.stderr)
-        return 128 + 2
+        return EXIT_INTERRUPTED
 
 
 def _main(argv: Sequence[str] | None) -> int:

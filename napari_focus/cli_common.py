@@ -12,6 +12,7 @@ from .presets import SIZES, TASKS
 
 EXIT_FAILED_IMAGES = 1
 EXIT_SETUP_ERROR = 2
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports SIGINT
 
 TASK_HELP = (
     "sod = salient objects, cod = camouflaged objects, sd = shadows, "
@@ -41,6 +42,17 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
     if getattr(args, "compile", False):
         predictor.compile()
     return predictor
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts (steps, batch sizes, workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _device_argument(text: str) -> str:

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, out_replaces_input_message
+from .cli_common import (
+    EXIT_FAILED_IMAGES,
+    EXIT_SETUP_ERROR,
+    out_replaces_input_message,
+    positive_int,
+)
 from .cli_common import load_predictor_from_args as _load_predictor
 from .prediction_files import OutputReplacesInput, collect_inputs, plan_outputs
 
@@ -161,7 +166,7 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
     """--batch-size, --workers, --precision and --compile of `predict`."""
     predict.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="images per forward pass (images of one padded size run together); "
@@ -169,7 +174,7 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
     )
     predict.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         metavar="N",
         help="threads reading and preparing images ahead of the model (default 2)",
@@ -189,12 +194,3 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         "docs/benchmarks.md)",
     )
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

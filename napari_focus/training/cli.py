@@ -12,20 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import WriteError, check_writable_file
-from ..cli_common import EXIT_SETUP_ERROR
+from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, positive_int
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
 
 # a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
-EXIT_INTERRUPTED = 128 + 2  # as a shell reports SIGINT
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -74,15 +66,15 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
                        help="size of an official base given as a task (default large)")
     train.add_argument("--task", choices=TASKS, type=str.lower,
                        help="task recorded in the output (default: the base's)")  # fmt: skip
-    train.add_argument("--steps", type=_positive_int, default=300,
+    train.add_argument("--steps", type=positive_int, default=300,
                        help="optimizer steps (default 300)")  # fmt: skip
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                        help="hardware preset: what trains, batch size, crop")  # fmt: skip
-    train.add_argument("--batch-size", type=_positive_int, help="override the preset's batch size")
+    train.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     train.add_argument("--crop", type=_crop, help="override the preset's crop (multiple of 32)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (official: 1e-4)")
-    train.add_argument("--eval-every", type=_positive_int,
+    train.add_argument("--eval-every", type=positive_int,
                        help="validation period (default steps/5)")  # fmt: skip
     train.add_argument("--val-fraction", type=_fraction, default=0.2,
                        help="held-out share of the samples (default 0.2)")  # fmt: skip
