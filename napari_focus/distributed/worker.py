@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,17 +127,6 @@ class FocusWorker:
         self.model_lock = threading.Lock()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def _prepare(self, images: Sequence[np.ndarray]) -> list[Any]:
-        """Resize and edge-inject outside the model lock (a prepared input, or the
-        exception preparing raised), so this overlaps the other thread's forward."""
-        prepared: list[Any] = []
-        for image in images:
-            try:
-                prepared.append(self.predictor.prepare(image, tta=self.settings.tta))
-            except Exception as error:
-                prepared.append(error)
-        return prepared
-
     def _write(self, row: dict[str, Any], prediction: Any) -> None:
         from ..io import write_mask, write_probability
         from ..quality import uncertainty
@@ -177,11 +166,14 @@ class FocusWorker:
             )
             for i in readable
         ]
-        prepared = self._prepare(images)
-        for i, result in zip(readable, prepared, strict=True):
-            if isinstance(result, Exception):
-                rows[i]["error"] = describe(result)
-        ready = [(i, p) for i, p in zip(readable, prepared, strict=True) if not rows[i]["error"]]
+        # resizing and edge injection outside the model lock: they overlap the forward of
+        # the batch the other thread is predicting
+        ready = []
+        for i, image in zip(readable, images, strict=True):
+            try:
+                ready.append((i, self.predictor.prepare(image, tta=self.settings.tta)))
+            except Exception as error:  # this image failed, the others go on
+                rows[i]["error"] = describe(error)
         with self.model_lock:
             predictions = predict_isolating(
                 self.predictor, [p for _, p in ready], self.settings.batch_size
