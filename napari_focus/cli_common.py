@@ -44,6 +44,18 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
     return predictor
 
 
+def load_predictor_or_say_why(args: argparse.Namespace) -> Any | None:
+    """:func:`load_predictor_from_args`, or None after saying on stderr why the model
+    cannot be loaded (a bad checkpoint, no network)."""
+    import sys
+
+    try:
+        return load_predictor_from_args(args)
+    except Exception as error:
+        print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
+        return None
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts (steps, batch sizes, workers)."""
     try:

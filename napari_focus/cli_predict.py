@@ -9,10 +9,10 @@ from pathlib import Path
 from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_SETUP_ERROR,
+    load_predictor_or_say_why,
     out_replaces_input_message,
     positive_int,
 )
-from .cli_common import load_predictor_from_args as _load_predictor
 from .prediction_files import OutputReplacesInput, collect_inputs, plan_outputs
 
 
@@ -80,10 +80,8 @@ def run_predict(args: argparse.Namespace) -> int:
             return EXIT_SETUP_ERROR
         if out_dir.is_dir():  # what killed runs left behind
             remove_stale_temps(out_dir)
-        try:
-            predictor = _load_predictor(args)
-        except Exception as error:  # a bad checkpoint or no network: say why and stop
-            print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
+        predictor = load_predictor_or_say_why(args)
+        if predictor is None:
             return EXIT_SETUP_ERROR
         written, interrupted, run_failures = _run_jobs(predictor, jobs, args, tqdm)
         failures += run_failures

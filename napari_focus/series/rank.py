@@ -168,8 +168,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR
-    from ..cli_common import load_predictor_from_args as _load_predictor
+    from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, load_predictor_or_say_why
     from ..quality import folder_report, require_metrics
 
     folder = Path(args.folder)
@@ -203,10 +202,8 @@ def run_rank(args: argparse.Namespace) -> int:
     if not keys:
         print(f"napari-focus: no images in {folder}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    try:
-        predictor = _load_predictor(args)
-    except Exception as error:  # a bad checkpoint or no network: say why and stop
-        print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
+    predictor = load_predictor_or_say_why(args)
+    if predictor is None:
         return EXIT_SETUP_ERROR
 
     from tqdm import tqdm
