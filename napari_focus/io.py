@@ -114,7 +114,8 @@ def file_orientation(image: Image.Image) -> int:
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` of an image file as :func:`read_image` gives it (EXIF
-    orientation applied), from the file's header only (PIL-readable formats)."""
+    orientation applied), without keeping its pixels (PIL-readable formats; for a PNG
+    without EXIF before its pixels, Pillow decodes it to look for a later chunk)."""
     with Image.open(path) as image:
         height, width = image.height, image.width
         return (width, height) if file_orientation(image) >= 5 else (height, width)

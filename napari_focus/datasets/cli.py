@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
-from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES
+from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
+from ..prediction_files import PROBABILITY_SUFFIX
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
@@ -81,7 +80,7 @@ def pair_files(
     )  # fmt: skip
     masks: dict[str, list[Path]] = {}
     for p in sorted(masks_dir.iterdir()):
-        hidden_or_probability = p.name.startswith(".") or p.stem.endswith("_probability")
+        hidden_or_probability = p.name.startswith(".") or p.stem.endswith(PROBABILITY_SUFFIX)
         if p.is_file() and not hidden_or_probability and p.suffix.lower() in MASK_EXTENSIONS:
             masks.setdefault(p.stem, []).append(p)
 
@@ -108,12 +107,6 @@ def pair_files(
     for group in masks.values():
         problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
     return pairs, problems
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    from ..mask_files import read_mask_file
-
-    return read_mask_file(path)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -151,7 +144,7 @@ def run_export(args: argparse.Namespace) -> int:
                 layout,
                 image_path.stem,
                 read_image(image_path),
-                _read_mask(mask_path),
+                read_mask_file(mask_path),
                 on_exists=args.on_exists,
                 provenance={
                     "source_path": str(image_path.resolve()),

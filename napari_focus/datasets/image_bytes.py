@@ -56,7 +56,7 @@ def _source_copy(source: str | None, rgb: np.ndarray, spec: Layout) -> tuple[byt
         return None
     try:
         data = Path(source).read_bytes()
-        stored, orientation = _decode(data, spec.image_format)
+        stored, orientation = _decode(data, spec.image_format, rgb.shape[:2])
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     if stored is None or not np.array_equal(stored, rgb):
@@ -67,7 +67,9 @@ def _source_copy(source: str | None, rgb: np.ndarray, spec: Layout) -> tuple[byt
         return None  # PNG re-encodes losslessly
     stripped = without_app1(data)
     try:
-        check, orientation = _decode(stripped, spec.image_format) if stripped else (None, 0)
+        check, orientation = (
+            _decode(stripped, spec.image_format, rgb.shape[:2]) if stripped else (None, 0)
+        )
     except (OSError, ValueError):
         return None
     if orientation != 1 or check is None or not np.array_equal(check, rgb):
@@ -75,10 +77,12 @@ def _source_copy(source: str | None, rgb: np.ndarray, spec: Layout) -> tuple[byt
     return stripped, COPIED_WITHOUT_ORIENTATION
 
 
-def _decode(data: bytes, fmt: str) -> tuple[np.ndarray | None, int]:
-    """Stored (not turned) RGB pixels and EXIF orientation; no pixels if not ``fmt``."""
+def _decode(data: bytes, fmt: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, int]:
+    """Stored (not turned) RGB pixels and EXIF orientation; no pixels (and no decoding)
+    if the file is not ``fmt`` or its stored size is not ``shape``, as for a turned
+    photo."""
     with Image.open(io.BytesIO(data)) as img:
-        if img.format != fmt:
+        if img.format != fmt or (img.height, img.width) != tuple(shape):
             return None, 1
         return np.asarray(img.convert("RGB")), file_orientation(img)
 

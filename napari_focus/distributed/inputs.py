@@ -17,11 +17,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import prediction_files
-from ..prediction_files import OutputReplacesInput, collect_inputs, is_uri, source_name
+from ..prediction_files import collect_inputs, is_uri, source_name
 
 __all__ = [
     "Job",
-    "OutputReplacesInput",
     "Plan",
     "is_uri",
     "list_sources",

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .queue import ImageQueue, QueueItem, Status
-from .resume import apply_entry
+from .queue import ImageQueue, QueueItem
+from .resume import apply_entry, has_decisions
 
 #: what a user or a run decided about an item (not facts of its file, like a fingerprint)
 DECISIONS = ("status", "updated", "export", "autosaved", "autosave_of", "failure")
@@ -70,15 +70,6 @@ def _decisions(record: dict[str, Any] | None) -> tuple[Any, ...] | None:
     return None if record is None else tuple(record.get(name) for name in DECISIONS)
 
 
-def _untouched(record: dict[str, Any]) -> bool:
-    return (
-        record.get("status", "pending") == Status.PENDING.value
-        and record.get("updated") is None
-        and record.get("export") is None
-        and not record.get("autosaved")
-    )
-
-
 def merge_saved(queue: ImageQueue, synced: Synced, saved: list[dict[str, Any]]) -> list[str]:
     """Bring into ``queue`` what another writer ``saved`` (the state file's validated
     items) since ``synced``; returns the keys whose entry came from the other writer."""
@@ -107,7 +98,7 @@ def merge_saved(queue: ImageQueue, synced: Synced, saved: list[dict[str, Any]]) 
         if _decisions(own) == _decisions(record):
             continue  # the same decision on both sides
         # an item found by both writers since this one last synced has no base
-        changed = not _untouched(own) if base is None else _decisions(own) != _decisions(base)
+        changed = has_decisions(item) if base is None else _decisions(own) != _decisions(base)
         if changed:
             if item.export is None and isinstance(record.get("export"), dict):
                 item.export = dict(record["export"])  # its files exist: keep naming them

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .queue import ImageQueue, QueueItem, Status
+from .work_names import move_new
 
 if TYPE_CHECKING:
     from .state import SeriesState
@@ -47,7 +47,7 @@ def restore_items(
         item.missing = found is None
         if item.status is Status.FAILED:  # the file may have been fixed: try it again
             item.status, item.failure = Status.PENDING, None
-        if item.missing and not _worth_keeping(item):
+        if item.missing and not has_decisions(item):
             continue  # an untouched pending item: nothing to keep
         restored.append(item)
     return restored, list(present.values())
@@ -69,7 +69,8 @@ def apply_entry(item: QueueItem, entry: dict[str, Any]) -> None:
     item.autosave_of = autosave_of if isinstance(autosave_of, str) else None
 
 
-def _worth_keeping(item: QueueItem) -> bool:
+def has_decisions(item: QueueItem) -> bool:
+    """Whether anything was decided or saved for ``item`` (it is not just listed)."""
     return (
         item.status is not Status.PENDING
         or item.export is not None
@@ -118,7 +119,7 @@ def match_renames(state: SeriesState, restored: list[QueueItem], new: list[Queue
         after = state.autosave_path(old.key)
         for suffix in (".png", ".json"):  # the mask and its provenance
             source, target = before.with_suffix(suffix), after.with_suffix(suffix)
-            if source.is_file() and not target.exists():
-                os.replace(source, target)
+            if source.is_file():
+                move_new(source, target)  # never over a file that is there already
         new.remove(candidate)
         state.renamed[old_key] = old.key

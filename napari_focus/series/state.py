@@ -58,7 +58,7 @@ from .state_file import (
     keep_backup,
     read_state_file,
 )
-from .work_names import Migration, migrate_legacy_names, work_name
+from .work_names import migrate_legacy_names, work_name
 
 #: the last version whose autosaves and proposals had the legacy names
 LEGACY_NAMES_VERSION = 1
@@ -246,7 +246,7 @@ class SeriesState:
         self.autosave_path(key).unlink(missing_ok=True)
         self.autosave_path(key).with_suffix(".json").unlink(missing_ok=True)
 
-    def move_legacy_files(self, keys: list[str]) -> Migration:
+    def move_legacy_files(self, keys: list[str]) -> None:
         """Give the autosaves and stored proposals of a version-1 series their new
         names (see :mod:`.work_names`); files several keys shared go to
         :attr:`unattached`."""
@@ -258,9 +258,7 @@ class SeriesState:
                 if entry.is_dir()
             ]
         with self._locked():
-            migration = migrate_legacy_names(folders, keys)
-        self.unattached.update(migration.shared)
-        return migration
+            self.unattached.update(migrate_legacy_names(folders, keys))
 
     # --- status helpers that persist ----------------------------------------------------
 
@@ -352,7 +350,8 @@ def load_or_create(
         restored, new = restore_items(data["items"], queue, queue.folder)
         if data["version"] <= LEGACY_NAMES_VERSION:
             known = [entry["key"] for entry in data["items"]] + [item.key for item in new]
-            _detach_shared(state, restored, state.move_legacy_files(known))
+            state.move_legacy_files(known)
+            _detach_shared(state, restored)
         match_renames(state, restored, new)
         queue.items = restored + new
         current = state.renamed.get(data.get("current"), data.get("current"))
@@ -366,9 +365,9 @@ def load_or_create(
     return state
 
 
-def _detach_shared(state: SeriesState, items: list[QueueItem], migration: Migration) -> None:
+def _detach_shared(state: SeriesState, items: list[QueueItem]) -> None:
     """Items whose autosave was a file several keys shared have none now."""
-    owners = {key for keys in migration.shared.values() for key in keys}
+    owners = {key for keys in state.unattached.values() for key in keys}
     for item in items:
         if item.key in owners and item.autosaved and not state.autosave_path(item.key).is_file():
             item.autosaved, item.autosave_of = False, None

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -48,25 +47,17 @@ def legacy_work_name(key: str) -> str:
     return stem.replace("/", "__").replace("\\", "__")
 
 
-@dataclass
-class Migration:
-    """What moving the old names did: keys whose files moved, and old files left alone
-    because several keys had their name (or the new name was taken)."""
-
-    moved: set[str] = field(default_factory=set)
-    shared: dict[Path, list[str]] = field(default_factory=dict)
-
-
 def migrate_legacy_names(
     folders: Iterable[tuple[Path, tuple[str, ...]]], keys: Iterable[str]
-) -> Migration:
+) -> dict[Path, list[str]]:
     """Rename ``<legacy name><suffix>`` to ``<work name><suffix>`` in each ``(folder,
     suffixes)`` for the ``keys`` of a series, when exactly one key has that legacy name
-    and nothing has the new name yet. Nothing is deleted or overwritten."""
+    and nothing has the new name yet. Nothing is deleted or overwritten. Returns the old
+    files left where they are, with the keys that had their name."""
     by_legacy: dict[str, list[str]] = {}
     for key in dict.fromkeys(keys):
         by_legacy.setdefault(legacy_work_name(key), []).append(key)
-    result = Migration()
+    shared: dict[Path, list[str]] = {}
     for folder, suffixes in folders:
         try:
             names = set(os.listdir(folder))
@@ -78,18 +69,15 @@ def migrate_legacy_names(
                     continue
                 source = folder / (legacy + suffix)
                 if len(owners) > 1:
-                    result.shared[source] = owners
+                    shared[source] = owners
                     log.warning("%s belonged to one of %s; left where it is", source, owners)
                     continue
-                target = folder / (work_name(owners[0]) + suffix)
-                if _move_new(source, target):
-                    result.moved.add(owners[0])
-                else:
-                    result.shared[source] = owners
-    return result
+                if not move_new(source, folder / (work_name(owners[0]) + suffix)):
+                    shared[source] = owners
+    return shared
 
 
-def _move_new(source: Path, target: Path) -> bool:
+def move_new(source: Path, target: Path) -> bool:
     """Rename ``source`` to ``target`` in one step unless ``target`` exists."""
     try:
         os.link(source, target)  # fails if the target exists: never overwrites
