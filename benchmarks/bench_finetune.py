@@ -9,6 +9,7 @@ memory figures are their own; wall time and process CPU time are reported per st
 
     python benchmarks/bench_finetune.py --preset cpu --steps 3 --rounds 2
     python benchmarks/bench_finetune.py --compare checkpointing   # on vs off
+    python benchmarks/bench_finetune.py --device cuda --preset gpu-xl --steps 6
 """
 
 from __future__ import annotations
@@ -35,23 +36,31 @@ def one_run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     preset = PRESETS[args.preset]
     canvas = args.canvas or preset.canvas
-    model = build_model(args.size)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    amp = preset.amp and cuda  # as `napari-focus train` runs it: float16 autocast, scaled
+    model = build_model(args.size).to(device)
     trainable = prepare_for_training(
-        model, preset.parts, checkpointing=args.checkpointing, backend="torch"
+        model, preset.parts, checkpointing=args.checkpointing, backend="auto" if cuda else "torch"
     )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     optimizer = torch.optim.AdamW(parameter_groups(model, 1e-4, 0.1, 0.05))
     criterion = SetCriterion()
     fg = torch.zeros(canvas, canvas)
     fg[canvas // 4 : canvas // 2, canvas // 5 : canvas // 2] = 1
-    target = Target(torch.tensor([0, 1]), torch.stack([fg, 1 - fg]))
-    images = torch.randn(preset.batch_size, 3, canvas, canvas)
+    target = Target(torch.tensor([0, 1], device=device), torch.stack([fg, 1 - fg]).to(device))
+    images = torch.randn(preset.batch_size, 3, canvas, canvas, device=device)
     walls, cpus = [], []
     for _ in range(args.steps):
         wall, cpu = time.perf_counter(), time.process_time()
-        losses = criterion(training_forward(model, images), [target] * preset.batch_size)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            losses = criterion(training_forward(model, images), [target] * preset.batch_size)
         optimizer.zero_grad(set_to_none=True)
-        total_loss(losses).backward()
-        optimizer.step()
+        scaler.scale(total_loss(losses)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if cuda:
+            torch.cuda.synchronize()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return {
@@ -68,7 +77,16 @@ def one_run(args: argparse.Namespace) -> dict:
         "step_wall_s": walls[1:],
         "step_cpu_s": cpus[1:],
         "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "amp": amp,
+        "peak_gpu_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
+
+
+def gpu_note(runs: list[dict]) -> str:
+    if runs[0]["peak_gpu_GiB"] is None:
+        return ""
+    peak = max(r["peak_gpu_GiB"] for r in runs)
+    return f", peak GPU memory {peak:.1f} GiB, float16 autocast {runs[0]['amp']}"
 
 
 def main() -> None:
@@ -80,6 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs per configuration")
     parser.add_argument("--compare", choices=("checkpointing",), help="alternate on/off")
     parser.add_argument("--checkpointing", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -91,7 +110,7 @@ def main() -> None:
         for setting in settings:
             command = [sys.executable, __file__, "--child", "--size", args.size,
                        "--preset", args.preset, "--steps", str(args.steps),
-                       "--checkpointing", str(setting)]  # fmt: skip
+                       "--checkpointing", str(setting), "--device", args.device]  # fmt: skip
             if args.canvas:
                 command += ["--canvas", str(args.canvas)]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -107,7 +126,7 @@ def main() -> None:
             f"{statistics.median(walls):.1f} s wall (median of {len(walls)}; "
             f"{min(walls):.1f}-{max(walls):.1f}), {statistics.median(cpus):.1f} s CPU, "
             f"first step {statistics.median(r['first_step_wall_s'] for r in runs):.1f} s, "
-            f"peak RSS {max(r['peak_rss_GiB'] for r in runs):.2f} GiB"
+            f"peak RSS {max(r['peak_rss_GiB'] for r in runs):.2f} GiB" + gpu_note(runs)
         )
 
 

@@ -42,7 +42,8 @@ def matmul_rate(n: int = 2048, seconds: float = 3.0) -> float:
     return best
 
 
-def random_predictor(size: str, seed: int = 0, precision: str = "float32") -> FocusPredictor:
+def random_model(size: str, seed: int = 0) -> torch.nn.Module:
+    """FOCUS with deterministic random weights (speed does not depend on them)."""
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = build_model(size)
@@ -56,7 +57,11 @@ def random_predictor(size: str, seed: int = 0, precision: str = "float32") -> Fo
             tensor.fill_(0.0 if name.endswith("bias") else 1.0)
         else:
             tensor.normal_(0, 0.02)
-    return FocusPredictor(model.eval(), "sod", device="cpu", precision=precision)
+    return model.eval()
+
+
+def random_predictor(size: str, seed: int = 0, precision: str = "float32") -> FocusPredictor:
+    return FocusPredictor(random_model(size, seed), "sod", device="cpu", precision=precision)
 
 
 def model_flops(predictor: FocusPredictor, image: np.ndarray) -> int:

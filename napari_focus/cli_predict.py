@@ -181,8 +181,9 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", "float32", "float16", "bfloat16"),
         default="auto",
-        help="auto (float32), float32, float16 (CUDA, MPS) or bfloat16 (CUDA, MPS, or a "
-        "faster, slightly less exact mode on CPUs with AVX-512 BF16 / AMX)",
+        help="auto (float16 on CUDA, else float32), float32, float16 (CUDA, MPS) or "
+        "bfloat16 (CUDA, MPS, or a faster, slightly less exact mode on CPUs with "
+        "AVX-512 BF16 / AMX)",
     )
     predict.add_argument(
         "--compile",
@@ -191,4 +192,3 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         "first image, again for each new image size; no measurable gain on CPU, see "
         "docs/benchmarks.md)",
     )
-

@@ -67,8 +67,8 @@ class FocusPredictor:
     Build one with :meth:`from_pretrained` (official hub weights),
     :meth:`from_checkpoint` (a local file) or :meth:`from_state_dict`.
 
-    ``precision``: ``"auto"`` (float32 until a GPU measurement justifies half
-    precision; see :mod:`napari_focus.runtime`), ``"float32"``, ``"float16"``
+    ``precision``: ``"auto"`` (float16 on CUDA, float32 elsewhere; see
+    :mod:`napari_focus.runtime`), ``"float32"``, ``"float16"``
     (CUDA, MPS) or ``"bfloat16"`` (CUDA, MPS, and CPUs with AVX-512 BF16 / AMX as
     an opt-in fast mode). Half types run the backbone and the transformer decoder
     under autocast with their weights converted once here; the deformable
@@ -199,10 +199,10 @@ class FocusPredictor:
     def architecture(self) -> FocusArchitecture:
         return self.model.architecture
 
-    def compile(self) -> None:
-        """Run later forwards through ``torch.compile`` (each new padded input size
-        compiles again; see docs/benchmarks.md for when it pays off)."""
-        self._compiled = torch.compile(self.model, dynamic=False)
+    def compile(self, backend: str = "inductor") -> None:
+        """Run later forwards through ``torch.compile`` with ``backend`` (each new padded
+        input size compiles again; see docs/benchmarks.md for when it pays off)."""
+        self._compiled = torch.compile(self.model, backend=backend, dynamic=False)
 
     # -------------------------------------------------------------- inference
     def prepare(self, image: np.ndarray, *, tta: bool = False) -> PreparedInput:

@@ -261,3 +261,13 @@ def test_concurrent_first_builds_share_the_cache(focus_reference: Path, tmp_path
         result = json.loads(stdout.strip().splitlines()[-1])
         assert result["warnings"] == [] and result["explicit"] is None
         assert max(result["errors"]) < 1e-5
+
+
+def test_the_kernel_traces_under_torch_compile(cpu_kernel: None) -> None:
+    """`predict --compile`: Dynamo traces the op through its fake implementation (shape
+    and dtype only), with no graph break, and the compiled call gives the same values."""
+    args = random_inputs(4, 2, 9, 2, 8, [(4, 4), (2, 3)], 2)
+    traced = torch.compile(
+        lambda *a: ms_deform_attn(*a, backend="cpu") * 2, backend="eager", fullgraph=True
+    )
+    torch.testing.assert_close(traced(*args), 2 * ms_deform_attn_torch(*args))

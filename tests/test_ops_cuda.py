@@ -162,3 +162,20 @@ def test_gradients_come_from_the_reference(cuda_kernel: None) -> None:
     expected = torch.autograd.grad(ms_deform_attn_torch(*args).sum(), [args[0], args[3], args[4]])
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_level_tensors_on_the_host_or_the_gpu(cuda_kernel: None) -> None:
+    """The model passes host level tensors (no wait for the GPU); device ones work too,
+    and out-of-range levels are refused either way instead of reading outside value."""
+    value, shapes_, starts, locations, weights = random_inputs(
+        5, 2, 30, 4, 16, [(6, 7), (3, 4)], 3, device="cuda"
+    )
+    on_gpu = ms_deform_attn(value, shapes_, starts, locations, weights, backend="cuda")
+    on_host = ms_deform_attn(value, shapes_.cpu(), starts.cpu(), locations, weights, backend="cuda")
+    torch.testing.assert_close(on_host, on_gpu, atol=0, rtol=0)
+    for levels in ((shapes_, starts), (shapes_.cpu(), starts.cpu())):
+        with pytest.raises(RuntimeError, match="does not fit"):
+            ms_deform_attn(value[:, :40], *levels, locations, weights, backend="cuda")
+    torch.cuda.synchronize()  # the CUDA context survived

@@ -57,6 +57,7 @@ def test_precision_values_and_messages():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "float32"
     assert resolve_precision("float32", cpu) == "float32"
+    assert resolve_precision("auto", torch.device("cuda")) == "float16"  # measured, runtime.py
     with pytest.raises(ValueError, match="CUDA or MPS"):
         resolve_precision("float16", cpu)
     with pytest.raises(ValueError, match="one of auto, float32, float16, bfloat16"):
@@ -134,7 +135,8 @@ def test_cuda_forward_has_no_device_sync(tiny_mlp, focus_reference):
     view = predictor.prepare(image).views[0]
     images, edges = upload_views([view], predictor.input, predictor.device)
     with torch.inference_mode():
-        predictor.model(images, edges)  # warm-up: kernels built, caches filled
+        with torch.autocast("cuda", dtype=torch.float16):  # warm-up: kernels, caches
+            predictor.model(images, edges)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -142,3 +144,22 @@ def test_cuda_forward_has_no_device_sync(tiny_mlp, focus_reference):
                 predictor.model(images, edges)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_float32_turns_tf32_off_for_the_forward_only():
+    """float32 on CUDA is IEEE float32 (TF32 convolutions miss the official outputs by
+    ~3e-3); the process-wide flags are restored after the forward, even on an error."""
+    from napari_focus.runtime import autocast
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        with pytest.raises(KeyError), autocast(torch.device("cuda"), "float32"):
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+            raise KeyError("a failing forward")
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+        with autocast(torch.device("cpu"), "float32"):
+            assert cudnn.allow_tf32  # nothing changes off CUDA
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved

@@ -96,7 +96,8 @@ class ModelSection(Container):
         self.weights_path.tooltip = "A FOCUS checkpoint (.pth or .safetensors)"
         self.device.tooltip = "Where the model runs; auto picks a GPU when there is one"
         self.precision.tooltip = (
-            "Number format of the model: auto = float32 (exact); float16 needs a GPU; "
+            "Number format of the model: auto = float16 on a CUDA GPU (masks 99.9 % equal "
+            "to float32, 2x faster), float32 (exact) elsewhere; float16 needs a GPU; "
             "bfloat16 runs on a GPU or, faster and slightly less exact, on CPUs with bf16"
         )
         self.tta.tooltip = (

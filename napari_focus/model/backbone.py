@@ -69,11 +69,15 @@ class FocusBackbone(nn.Module):
         return {**super().__getstate__(), "folded": None}
 
     def _position_embedding(self, h: int, w: int) -> torch.Tensor:
-        grid = self.pos_embed[:, 1:].reshape(1, self.pretrain_grid, self.pretrain_grid, -1)
-        grid = F.interpolate(
-            grid.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False
-        )
-        return torch.cat((self.pos_embed[:, :1], grid.flatten(2).transpose(1, 2)), dim=1)
+        """The pretraining grid of position embeddings resized bicubically to ``h x w``
+        tokens, as two matrix products with PyTorch's own 1-D bicubic weights: the same
+        values as a 2-D ``F.interpolate``, whose CUDA kernel takes ~7 ms here (H100)."""
+        g = self.pretrain_grid
+        grid = self.pos_embed[0, 1:].reshape(g, g, -1)
+        rows = _bicubic_weights(g, h, grid)  # (h, g)
+        cols = _bicubic_weights(g, w, grid)  # (w, g)
+        resized = torch.einsum("ik,kjc->ijc", rows, torch.einsum("jl,klc->kjc", cols, grid))
+        return torch.cat((self.pos_embed[:, :1], resized.reshape(1, h * w, -1)), dim=1)
 
     def forward(
         self, images: torch.Tensor, edges: torch.Tensor | None = None
@@ -90,11 +94,11 @@ class FocusBackbone(nn.Module):
         token_hw = (height // self.patch_size, width // self.patch_size)
         injector_geometry = {
             "ref": reference_points([token_hw], device),
-            "levels": level_geometry(edge_sizes, device),
+            "levels": level_geometry(edge_sizes),
         }
         extractor_geometry = {
             "ref": reference_points(edge_sizes, device),
-            "levels": level_geometry([token_hw], device),
+            "levels": level_geometry([token_hw]),
         }
 
         if edges is None:
@@ -168,3 +172,11 @@ class FocusBackbone(nn.Module):
         out = out.view(b, h, w, c_out, 2, 2).permute(0, 3, 1, 4, 2, 5)
         out = out.reshape(b, c_out, 2 * h, 2 * w)
         return out.add_(self.up.bias.view(1, -1, 1, 1))
+
+
+def _bicubic_weights(size: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(out, size)``: row ``i`` holds the weights of ``F.interpolate(mode="bicubic",
+    align_corners=False)`` for output ``i`` (resizing the identity gives them exactly)."""
+    eye = torch.eye(size, dtype=like.dtype, device=like.device).reshape(size, 1, size, 1)
+    weights = F.interpolate(eye, size=(out, 1), mode="bicubic", align_corners=False)
+    return weights.reshape(size, out).T

@@ -9,17 +9,24 @@ from torch import nn
 from ..ops import ms_deform_attn
 
 
-def level_geometry(
-    sizes: list[tuple[int, int]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``spatial_shapes (L, 2)`` and ``level_start_index (L,)`` of flattened levels."""
+def level_geometry(sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spatial_shapes (L, 2)`` and ``level_start_index (L,)`` of flattened levels, as
+    host tensors on every device: the compiled CUDA kernel checks them on the host and
+    uploads them itself without waiting for the GPU, and the PyTorch backend reads
+    them as numbers (either would synchronise with the GPU on device copies)."""
     shapes = torch.tensor(sizes, dtype=torch.long)
-    if device.type == "cuda":  # pinned: the upload does not wait for the GPU
-        shapes = shapes.pin_memory().to(device, non_blocking=True)
-    else:
-        shapes = shapes.to(device)
     starts = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
     return shapes, starts
+
+
+def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A few numbers onto ``device`` without waiting for the work queued on a GPU: from
+    pinned memory, non-blocking (a plain copy would synchronise with the GPU)."""
+    if host.device == device:
+        return host
+    if device.type == "cuda" and host.device.type == "cpu" and not torch.compiler.is_compiling():
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def reference_points(sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
@@ -74,7 +81,7 @@ class MSDeformAttn(nn.Module):
             weights = F.softmax(
                 self.attention_weights(query).view(b, q, self.n_heads, -1), -1
             ).view(b, q, self.n_heads, self.n_levels, self.n_points)
-            normalizer = spatial_shapes.flip(-1).float()  # (W, H) per level
+            normalizer = _upload(spatial_shapes.flip(-1).float(), offsets.device)  # (W, H)
             locations = (
                 ref_points[:, :, None, :, None, :].float()
                 + offsets / normalizer[None, None, None, :, None]

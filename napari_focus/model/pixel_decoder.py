@@ -76,7 +76,7 @@ class DeformableEncoder(nn.Module):
             dim=1,
         )
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
-        shapes, starts = level_geometry(sizes, device)
+        shapes, starts = level_geometry(sizes)
         ref = reference_points(sizes, device)
         for layer in self.encoder.layers:
             src = layer(src, pos, ref, shapes, starts)

@@ -318,7 +318,24 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
                 atomic_write_text(log, _warning_lines(caught) + "build succeeded\n")
             done = json.dumps({"key": build_key(kind)}) + "\n"
             atomic_write_text(build_dir / _DONE_MARKER, done)
+    _register_fake(kind)
     return getattr(torch.ops, f"napari_focus_{kind}").ms_deform_attn, built_now
+
+
+def _fake_ms_deform_attn(value: torch.Tensor, *levels_and_samples: torch.Tensor) -> torch.Tensor:
+    batch, _, heads, dim = value.shape
+    queries = levels_and_samples[2].shape[1]  # sampling_locations (B, Q, M, L, P, 2)
+    return value.new_empty((batch, queries, heads * dim))
+
+
+def _register_fake(kind: str) -> None:
+    """The output's shape and dtype without running the kernel: what torch.compile
+    traces the op with (``predict --compile``)."""
+    try:
+        torch.library.register_fake(f"napari_focus_{kind}::ms_deform_attn")(_fake_ms_deform_attn)
+    except RuntimeError as exc:  # this process registered it already
+        if "already has" not in str(exc) and "registered" not in str(exc):
+            raise
 
 
 def load(kind: str) -> Callable[..., torch.Tensor]:

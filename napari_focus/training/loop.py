@@ -170,7 +170,8 @@ def train(
                 params[name].copy_(value)
         optimizer.load_state_dict(optimizer_state)
         scaler.load_state_dict(scaler_state)
-    predictor = FocusPredictor(model, base.task, device=device)
+    # float32: a half precision would convert the weights being trained in place
+    predictor = FocusPredictor(model, base.task, device=device, precision="float32")
     set_train_mode(model)
 
     def evaluate(step: int) -> dict[str, float] | None:
