@@ -235,7 +235,10 @@ def test_killed_worker_is_retried_and_nothing_is_written_twice(
     while thread.is_alive() and time.monotonic() < deadline:
         if out.is_dir():
             for path in out.iterdir():
-                if path.suffix == ".png" and path.name not in first_seen:
+                # temp files are renamed away at any moment: only final outputs count
+                if path.name.startswith(".") or path.suffix != ".png":
+                    continue
+                if path.name not in first_seen:
                     stat = path.stat()
                     first_seen[path.name] = (stat.st_ino, stat.st_mtime_ns)
         masks = [n for n in first_seen if not n.endswith("_probability.png")]
