@@ -168,7 +168,7 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="images per forward pass (images of one padded size run together); "
-        "default 1 on CPU, 4 on CUDA",
+        "default 1 on CPU, 4 on CUDA, 8 on GPUs with 24 GiB or more",
     )
     predict.add_argument(
         "--workers",

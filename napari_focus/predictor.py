@@ -34,6 +34,19 @@ from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
 # images per forward when ``batch_size`` is not given: on a CPU a single image
 # already fills the cores; on a GPU a few images of one size keep it busy
 DEFAULT_BATCH = {"cpu": 1, "cuda": 4, "mps": 2}
+# GPUs with this much memory take 8: on an H100, FOCUS-L ran 29.5 images/s at batch 8
+# against 23.8 at 4 in one run, and FOCUS-G at batch 8 peaked at 15.3 GiB (float32;
+# docs/benchmarks.md)
+LARGE_GPU_GIB, LARGE_GPU_BATCH = 24, 8
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward on ``device`` when the caller names no batch size."""
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        if memory >= LARGE_GPU_GIB * 2**30:
+            return LARGE_GPU_BATCH
+    return DEFAULT_BATCH.get(device.type, 1)
 
 
 @dataclass(frozen=True)
@@ -193,7 +206,7 @@ class FocusPredictor:
     @property
     def default_batch_size(self) -> int:
         """Images per forward when ``batch_size`` is not given."""
-        return DEFAULT_BATCH.get(self.device.type, 1)
+        return default_batch_size(self.device)
 
     @property
     def architecture(self) -> FocusArchitecture:
@@ -233,8 +246,9 @@ class FocusPredictor:
         """:meth:`predict` of several images, in order, with equal results.
 
         Images whose padded model input has the same size run together, up to
-        ``batch_size`` per forward (default: 1 on CPU, 4 on CUDA); padding
-        images to a common larger canvas would change FOCUS's outputs.
+        ``batch_size`` per forward (default: 1 on CPU, 4 on CUDA, 8 on GPUs of 24 GiB
+        or more); padding images to a common larger canvas would change FOCUS's
+        outputs.
         """
         return self.predict_prepared(
             [self.prepare(image, tta=tta) for image in images], batch_size=batch_size

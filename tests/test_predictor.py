@@ -80,3 +80,16 @@ def test_missing_cuda_is_a_clear_error(predictor):
 def test_unknown_task_is_rejected(predictor):
     with pytest.raises(ValueError, match="unknown task"):
         FocusPredictor(predictor.model, "xyz", device="cpu")
+
+
+def test_default_batch_follows_the_device_and_its_memory(monkeypatch):
+    from types import SimpleNamespace
+
+    from napari_focus.predictor import default_batch_size
+
+    assert default_batch_size(torch.device("cpu")) == 1
+    assert default_batch_size(torch.device("mps")) == 2
+    for gib, expected in ((8, 4), (16, 4), (24, 8), (80, 8)):
+        props = SimpleNamespace(total_memory=gib * 2**30)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _device, p=props: p)
+        assert default_batch_size(torch.device("cuda")) == expected, gib
