@@ -193,7 +193,18 @@ class FocusPredictor:
     ) -> Path:
         """Write only the inference weights as ``.safetensors`` (float16 by default),
         with architecture and task in the metadata: :meth:`from_checkpoint` needs
-        nothing else and memory-maps it."""
+        nothing else and memory-maps it.
+
+        Raises:
+            ValueError: a float32 copy was asked of a half-precision predictor, whose
+                weights were converted when it was built (``precision="auto"`` on CUDA).
+        """
+        if dtype == torch.float32 and self.precision != "float32":
+            raise ValueError(
+                f"this predictor converted its weights to {self.precision} when it was "
+                "built, so a float32 copy would not be exact; build it with "
+                'precision="float32" to save one'
+            )
         return save_inference_checkpoint(
             self.model.state_dict(),
             path,

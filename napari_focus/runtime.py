@@ -7,6 +7,7 @@ The model definitions in :mod:`napari_focus.model` stay plain, trainable
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -64,22 +65,40 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision != "float32":
         return torch.autocast(device.type, dtype=DTYPES[precision])
     if device.type == "cuda":
-        return _without_tf32()
+        return _CUDNN_TF32_OFF.region()
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _without_tf32() -> Iterator[None]:
-    # cuDNN runs float32 convolutions as TF32 by default on Ampere and later GPUs,
-    # which moves the edge prior's features ~3e-3 off the official float32 outputs
-    # (measured on an H100, docs/benchmarks.md). The flags are process-wide: restored.
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+class _ProcessFlagOff:
+    """cuDNN runs float32 convolutions as TF32 by default on Ampere and later GPUs,
+    which moved the backbone's res3/res4 features 3e-3 off the official float32
+    outputs (H100, docs/benchmarks.md); float32 matmuls are IEEE by default already.
+    The switch is one per process and forwards overlap (the widget's job and the
+    series prefetch threads), so the first region to enter turns it off and the last
+    to leave restores what the user had."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = True
+
+    @contextlib.contextmanager
+    def region(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = torch.backends.cudnn.allow_tf32
+                torch.backends.cudnn.allow_tf32 = False
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    torch.backends.cudnn.allow_tf32 = self._saved
+
+
+_CUDNN_TF32_OFF = _ProcessFlagOff()
 
 
 def _float32_modules(model: FocusModel) -> set[nn.Module]:

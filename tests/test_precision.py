@@ -148,18 +148,43 @@ def test_cuda_forward_has_no_device_sync(tiny_mlp, focus_reference):
 
 def test_cuda_float32_turns_tf32_off_for_the_forward_only():
     """float32 on CUDA is IEEE float32 (TF32 convolutions miss the official outputs by
-    ~3e-3); the process-wide flags are restored after the forward, even on an error."""
+    ~3e-3); cuDNN's process-wide switch is restored after the forward, even on an error,
+    and overlapping forwards (two threads) restore it only when the last one leaves."""
     from napari_focus.runtime import autocast
 
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn = torch.backends.cudnn
+    saved = cudnn.allow_tf32
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     try:
-        cudnn.allow_tf32 = matmul.allow_tf32 = True
-        with pytest.raises(KeyError), autocast(torch.device("cuda"), "float32"):
-            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+        cudnn.allow_tf32 = True
+        with pytest.raises(KeyError), autocast(cuda, "float32"):
+            assert not cudnn.allow_tf32
             raise KeyError("a failing forward")
-        assert cudnn.allow_tf32 and matmul.allow_tf32
-        with autocast(torch.device("cpu"), "float32"):
+        assert cudnn.allow_tf32
+        first, second = autocast(cuda, "float32"), autocast(cuda, "float32")
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert not cudnn.allow_tf32  # the second forward still runs
+        second.__exit__(None, None, None)
+        assert cudnn.allow_tf32
+        with autocast(cpu, "float32"):
             assert cudnn.allow_tf32  # nothing changes off CUDA
+        # the user's newer-API precision settings are left alone (no legacy/new mix)
+        torch.set_float32_matmul_precision("medium")
+        with autocast(cuda, "float32"):
+            pass
+        assert torch.get_float32_matmul_precision() == "medium"
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        cudnn.allow_tf32 = saved
+        torch.set_float32_matmul_precision("highest")
+
+
+@needs_cpu_bf16
+def test_a_half_predictor_refuses_a_float32_copy(tiny_mlp, tmp_path):
+    """Its weights were converted when it was built (as "auto" does on CUDA): a float32
+    file would not be exact."""
+    predictor = _fresh(tiny_mlp, device="cpu", precision="bfloat16")
+    with pytest.raises(ValueError, match='precision="float32"'):
+        predictor.save_inference_checkpoint(tmp_path / "copy.safetensors", dtype=torch.float32)
+    assert not (tmp_path / "copy.safetensors").exists()

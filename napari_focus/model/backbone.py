@@ -74,9 +74,10 @@ class FocusBackbone(nn.Module):
         values as a 2-D ``F.interpolate``, whose CUDA kernel takes ~7 ms here (H100)."""
         g = self.pretrain_grid
         grid = self.pos_embed[0, 1:].reshape(g, g, -1)
-        rows = _bicubic_weights(g, h, grid)  # (h, g)
-        cols = _bicubic_weights(g, w, grid)  # (w, g)
-        resized = torch.einsum("ik,kjc->ijc", rows, torch.einsum("jl,klc->kjc", cols, grid))
+        with torch.autocast(grid.device.type, enabled=False):  # float32, like interpolate
+            rows = _bicubic_weights(g, h, grid)  # (h, g)
+            cols = _bicubic_weights(g, w, grid)  # (w, g)
+            resized = torch.einsum("ik,kjc->ijc", rows, torch.einsum("jl,klc->kjc", cols, grid))
         return torch.cat((self.pos_embed[:, :1], resized.reshape(1, h * w, -1)), dim=1)
 
     def forward(

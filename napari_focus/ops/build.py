@@ -330,12 +330,19 @@ def _fake_ms_deform_attn(value: torch.Tensor, *levels_and_samples: torch.Tensor)
 
 def _register_fake(kind: str) -> None:
     """The output's shape and dtype without running the kernel: what torch.compile
-    traces the op with (``predict --compile``)."""
+    traces the op with (``predict --compile``). Once per process, like torch's registry
+    of the op; a failure only costs torch.compile a graph break at the op."""
+    if kind in _FAKES_REGISTERED:
+        return
     try:
         torch.library.register_fake(f"napari_focus_{kind}::ms_deform_attn")(_fake_ms_deform_attn)
-    except RuntimeError as exc:  # this process registered it already
-        if "already has" not in str(exc) and "registered" not in str(exc):
-            raise
+    except Exception as exc:
+        logger.warning("napari-focus: no torch.compile support for the %s kernel: %s", kind, exc)
+        return
+    _FAKES_REGISTERED.add(kind)
+
+
+_FAKES_REGISTERED: set[str] = set()
 
 
 def load(kind: str) -> Callable[..., torch.Tensor]:
