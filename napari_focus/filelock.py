@@ -42,17 +42,15 @@ def held(path: Path, timeout: float) -> Iterator[None]:
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
-    def _acquire(handle: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise LockTimeout(f"timed out waiting for the lock {handle.name}") from None
-                time.sleep(0.05)
+    _PAUSE = 0.05
+
+    def _try_lock(handle: Any) -> bool:
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
 
     def _release(handle: Any) -> None:
         handle.seek(0)
@@ -61,16 +59,22 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
 else:
     import fcntl
 
-    def _acquire(handle: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockTimeout(f"timed out waiting for the lock {handle.name}") from None
-                time.sleep(0.01)
+    _PAUSE = 0.01
+
+    def _try_lock(handle: Any) -> bool:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def _release(handle: Any) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _acquire(handle: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _try_lock(handle):
+        if time.monotonic() > deadline:
+            raise LockTimeout(f"timed out waiting for the lock {handle.name}")
+        time.sleep(_PAUSE)
