@@ -222,13 +222,8 @@ def predict_dataset(
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
+    previous = _earlier_rows(manifest_path)
     out.mkdir(parents=True, exist_ok=True)
-    previous: list[dict[str, Any]] = []
-    if manifest_path.is_file():
-        try:
-            previous = read_manifest(manifest_path)
-        except Exception:  # an unreadable manifest only loses the earlier scores
-            previous = []
     rows = carried_rows(plan.existing, previous)
     rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
 
@@ -271,6 +266,24 @@ def predict_dataset(
         workers=workers,
         seconds=time.perf_counter() - started,
     )
+
+
+def _earlier_rows(manifest: Path) -> list[dict[str, Any]]:
+    """The rows of the manifest an earlier run left at ``manifest`` (none if there is no
+    file). Anything else there is refused before any work: the run would replace it."""
+    if not manifest.exists():
+        return []
+    try:
+        if manifest.is_dir():
+            raise ValueError("it is a folder")
+        return read_manifest(manifest)
+    except Exception as error:  # csv, pyarrow and the file system raise many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"cannot read {manifest} as the manifest of an earlier run "
+            f"({reason or type(error).__name__}) and will not replace it; move it away or "
+            "name another manifest file"
+        ) from error
 
 
 def _run(
