@@ -73,6 +73,11 @@ class Sample:
                 )
         return rgb, target.astype(np.uint8)
 
+    def unusable(self, error: Exception) -> DatasetError:
+        """``error`` (e.g. an image too elongated for the model) as the error of this
+        sample, naming it and its image file."""
+        return DatasetError(f"sample {self.key} ({self.image}): {error}")
+
     def sha256(self) -> str:
         """Hash of the image file's bytes followed by the target file's bytes."""
         digest = hashlib.sha256()

@@ -28,7 +28,7 @@ from ..transforms import normalize_and_pad
 from .augment import AugmentConfig, augment, targets_from_classes
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
-from .data import Sample, collect_samples, split_samples
+from .data import DatasetError, Sample, collect_samples, split_samples
 from .forward import training_forward
 from .matcher import Target
 from .presets import resolve_preset
@@ -100,7 +100,13 @@ class _Batches:
         rng = np.random.default_rng([self.seed, step, 1])
         images, targets = [], []
         for index in self.indices(step):
-            image, classes = augment(*self._load(self.samples[index]), rng, self.config)
+            sample = self.samples[index]
+            try:
+                image, classes = augment(*self._load(sample), rng, self.config)
+            except DatasetError:
+                raise
+            except ValueError as error:
+                raise sample.unusable(error) from error
             images.append(normalize_and_pad(image, self.preset)[0])  # crops: no padding
             labels, masks = targets_from_classes(classes)
             targets.append(
