@@ -27,7 +27,7 @@ from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
 from .queue import scan_folder
-from .references import reference_mask_path
+from .references import MaskFolder
 
 Progress = Callable[[int, int, str], None]
 
@@ -94,6 +94,7 @@ def rank_folder(
     keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern)
     if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
         keys = _without_masks(root, keys)
+    masks = MaskFolder(gt_folder) if gt_folder is not None else None
     rows: list[RankRow] = []
     for done, key in enumerate(keys, start=1):
         row = RankRow(path=key, name=Path(key).stem)
@@ -104,8 +105,8 @@ def rank_folder(
             prediction = predictor.predict(image, tta=tta)
             row.seconds = time.perf_counter() - start
             row.uncertainty = uncertainty(prediction.probability, method)
-            if gt_folder is not None:
-                mask_path = reference_mask_path(root / key, gt_folder, relative=key)
+            if masks is not None:
+                mask_path = masks.find(root / key, relative=key)
                 if mask_path is not None:
                     reference = read_mask_file(mask_path)
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
@@ -123,10 +124,11 @@ def rank_folder(
 
 def _without_masks(root: Path, keys: list[str]) -> list[str]:
     """Drop the files that are another listed image's mask (masks beside their images)."""
+    beside = MaskFolder(root)
     masks = {
         found.resolve()
         for key in keys
-        if (found := reference_mask_path(root / key, root, relative=key)) is not None
+        if (found := beside.find(root / key, relative=key)) is not None
     }
     return [key for key in keys if (root / key).resolve() not in masks]
 
