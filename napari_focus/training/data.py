@@ -175,7 +175,8 @@ def split_samples(
         unknown = wanted - {s.name for s in val} - {s.key for s in val}
         if unknown:
             raise DatasetError(f"validation names not found: {', '.join(sorted(unknown))}")
-        train = [s for s in samples if s not in val]
+        chosen_val = set(val)
+        train = [s for s in samples if s not in chosen_val]
     elif len(samples) < 2 or val_fraction <= 0:
         return list(samples), []
     else:
