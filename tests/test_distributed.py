@@ -456,3 +456,17 @@ def test_reading_another_programs_table_as_a_manifest_is_refused(tmp_path):
     table.write_text("sample,score\ncat,0.5\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"napari-focus manifest \(no source, status column"):
         read_manifest(table)
+
+
+@pytest.mark.parametrize("blocked", ["out", "manifest"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(images, tmp_path, blocked):
+    from napari_focus.distributed.engine import predict_dataset
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("in the way", encoding="utf-8")
+    out = blocker if blocked == "out" else tmp_path / "out"
+    manifest = blocker / "results.csv" if blocked == "manifest" else None
+    with pytest.raises(ValueError, match="choose another output folder or manifest") as info:
+        predict_dataset(images / "photo.png", out, task="sod", manifest=manifest)
+    assert f"could not write {blocker}" in str(info.value)
+    assert not (tmp_path / "out").exists() and blocker.read_text(encoding="utf-8") == "in the way"

@@ -190,7 +190,8 @@ def predict_dataset(
     that fails (unreadable, too small, a write error) is a ``failed`` manifest row.
 
     Raises:
-        ValueError: no input images, bad settings, an output folder that is a URI.
+        ValueError: no input images, bad settings, an output folder that is a URI, an
+            output folder or manifest that cannot be written or that is not a manifest.
         OutputReplacesInput: a ValueError: a mask or probability map would replace an
             input image (e.g. ``out`` is the input folder).
         RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
@@ -223,6 +224,7 @@ def predict_dataset(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
     previous = _earlier_rows(manifest_path)
+    _check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
     rows = carried_rows(plan.existing, previous)
     rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
@@ -266,6 +268,18 @@ def predict_dataset(
         workers=workers,
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_writable(out: Path, manifest: Path) -> None:
+    """Refuse, before any work, an output folder or manifest that cannot be written (a
+    file in the way, permission denied, a read-only file system)."""
+    from ..atomic import WriteError, check_writable_file, check_writable_folder
+
+    try:
+        check_writable_folder(out)
+        check_writable_file(manifest)
+    except WriteError as error:
+        raise ValueError(f"{error}; choose another output folder or manifest file") from error
 
 
 def _earlier_rows(manifest: Path) -> list[dict[str, Any]]:
