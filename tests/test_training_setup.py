@@ -136,3 +136,17 @@ def test_a_damaged_resume_state_says_what_to_do(tmp_path: Path, content) -> None
         load_state(tmp_path, {"base": "x"})
     assert str(path) in str(info.value) and "start without resume" in str(info.value)
     assert "weights_only" not in str(info.value)  # never the advice to unpickle code
+
+
+@pytest.mark.parametrize("blocked", ["out", "work_dir"])
+def test_an_output_that_cannot_be_written_stops_training_first(tmp_path: Path, blocked) -> None:
+    from napari_focus.atomic import WriteError
+    from napari_focus.training import TrainConfig, train
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("in the way", encoding="utf-8")
+    out = (blocker if blocked == "out" else tmp_path) / "tuned.safetensors"
+    work_dir = blocker / "work" if blocked == "work_dir" else None
+    config = TrainConfig(tmp_path / "no data yet", ("generic",), out, work_dir=work_dir)
+    with pytest.raises(WriteError, match=f"{blocker} is a file, not a folder"):
+        train(config)  # before the data is read (that would be a DatasetError here)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import check_writable_file, check_writable_folder
 from ..checkpoints import save_inference_checkpoint
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
@@ -135,6 +136,9 @@ def train(
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
+    # hours of training must not end in a folder that takes no files
+    check_writable_file(config.out)
+    check_writable_folder(Path(config.work_dir))
     require_metrics()  # validation scores every evaluation; fail before any loading
 
     report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))
