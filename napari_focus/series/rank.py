@@ -10,6 +10,7 @@ for images that failed (ranked last).
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import sys
@@ -169,6 +170,19 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
     return rank
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether writing a ranking to ``path`` loses nothing: no file there, or a ranking
+    CSV (a header with ``rank`` and ``path``, as a rerun of this command leaves)."""
+    if not path.exists():
+        return True
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return {"rank", "path"} <= set(header)
+
+
 def run_rank(args: argparse.Namespace) -> int:
     from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, load_predictor_or_say_why
     from ..quality import folder_report, require_metrics
@@ -191,6 +205,10 @@ def run_rank(args: argparse.Namespace) -> int:
         check_writable_file(out)
     except WriteError as error:
         print(f"napari-focus: --out: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if not _replaceable(out):
+        print(f"napari-focus: --out: {out} exists and is not a ranking CSV; choose another "
+              "--out or move the file away", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     if args.report:
         try:
