@@ -121,3 +121,17 @@ def test_subprocess_run_stops_when_its_watcher_goes_away(
     assert time.monotonic() - started < 30  # stopped, not waited out
     resume = list(tmp_path.rglob("resume.pt"))
     assert resume and not out.exists()  # the step it stopped at is saved for --resume
+
+
+def test_a_run_that_diverges_says_what_to_do(shapes_root: Path, tmp_path: Path, focus_reference):
+    """A learning rate far too high: the predictions overflow within a few steps; the run
+    stops with the advice (it was scipy's 'matrix contains invalid numeric entries'), as
+    a ValueError, which the command line and the Improve tab report in words."""
+    from napari_focus.training import TrainingDiverged
+
+    out = tmp_path / "diverged.safetensors"
+    settings = config(shapes_root, out, focus_reference, lr=1e30, steps=4, eval_every=100,
+                      parts=("head",), num_points=256)  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="training diverged; lower the learning rate"):
+        train(settings)
+    assert issubclass(TrainingDiverged, ValueError) and not out.exists()

@@ -19,6 +19,7 @@ _EXPORTS = {
     "TrainConfig": ".config",
     "DatasetError": ".data",
     "Sample": ".data",
+    "TrainingDiverged": ".matcher",
     "collect_samples": ".data",
     "list_samples": ".data",
     "split_samples": ".data",

@@ -31,7 +31,7 @@ from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
 from .data import DatasetError, Sample, collect_samples, split_samples
 from .forward import training_forward
-from .matcher import Target
+from .matcher import DIVERGED_ADVICE, Target, TrainingDiverged
 from .presets import resolve_preset
 from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
 from .state import STATE_NAME, RunState, load_state, save_state
@@ -231,7 +231,7 @@ def train(
         loss = total_loss(losses)
         loss_value = loss.item()  # the step's one device sync
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"the loss became {loss_value} at step {step}")
+            raise TrainingDiverged(f"the loss is {loss_value} at step {step}: {DIVERGED_ADVICE}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -85,7 +85,25 @@ class HungarianMatcher:
         return matches
 
 
+class TrainingDiverged(FloatingPointError, ValueError):
+    """The model's outputs or its loss stopped being finite numbers; the message says
+    what to do. A ValueError too, as every other refusal of a training run."""
+
+
+DIVERGED_ADVICE = (
+    "training diverged; lower the learning rate (or turn mixed precision off) and start "
+    "again, or resume from the last evaluation"
+)
+
+
 def assign(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum-cost one-to-one assignment of the rows and columns of ``cost``."""
-    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy().astype(np.float64))
+    """Minimum-cost one-to-one assignment of the rows and columns of ``cost``.
+
+    Raises:
+        TrainingDiverged: ``cost`` holds NaN or infinite values (the predictions do).
+    """
+    values = cost.detach().cpu().numpy().astype(np.float64)
+    if not np.isfinite(values).all():
+        raise TrainingDiverged(f"the predictions are no longer finite numbers: {DIVERGED_ADVICE}")
+    rows, cols = linear_sum_assignment(values)
     return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
