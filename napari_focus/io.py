@@ -138,12 +138,18 @@ def _read_tiff(path: Path, limit: int | None) -> np.ndarray:
             raise ValueError(f"{path}: no image in this TIFF file")
         series = tif.series[0]
         shape = tuple(int(n) for n in series.shape)
+        # colour samples stored plane after plane (PlanarConfiguration 2): one RGB image
+        planar = len(shape) >= 3 and series.axes.endswith("SYX")
+        if planar:
+            shape = (*shape[:-3], shape[-2], shape[-1], shape[-3])
         spatial = shape[:-1] if len(shape) >= 3 and shape[-1] in (1, 3, 4) else shape
         if len(spatial) < 2:
             raise ValueError(f"{path}: TIFF image of shape {shape} is not 2-D")
         planes = int(np.prod(spatial[:-2], dtype=np.int64)) if len(spatial) > 2 else 1
         _check_pixels(path, spatial[-2], spatial[-1], planes, limit)
         array = tif.asarray()  # series 0, as tifffile.imread reads it
+        if planar:
+            array = np.moveaxis(array, -3, -1)
         tag = tif.pages.first.tags.get(ORIENTATION_TAG)
         orientation = int(tag.value) if tag is not None and planes == 1 else 1
     # a single-plane file may carry leading singleton axes

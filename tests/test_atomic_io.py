@@ -302,3 +302,20 @@ def test_tiff_reading_is_unchanged(tmp_path: Path) -> None:
     data = np.arange(40 * 60 * 3, dtype=np.uint16).reshape(1, 40, 60, 3)
     tifffile.imwrite(tmp_path / "a.tif", data)
     np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), data[0])
+
+
+@pytest.mark.parametrize("samples", [3, 4])
+def test_a_tiff_with_its_colours_in_separate_planes_is_one_colour_image(tmp_path, samples):
+    """PlanarConfiguration 2 (RRR..GGG..BBB): an RGB(A) image a photo viewer shows as
+    such, read as (H, W, samples), as for the usual interleaved storage (it was read as
+    `samples` gray planes and refused)."""
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 50, samples), dtype=np.uint8)
+    options = {"extrasamples": ["unassalpha"]} if samples == 4 else {}
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(pixels, -1, 0), photometric="rgb",
+                     planarconfig="separate", **options)  # fmt: skip
+    tifffile.imwrite(tmp_path / "contig.tif", pixels, photometric="rgb", **options)
+    for name in ("planar.tif", "contig.tif"):
+        np.testing.assert_array_equal(read_image(tmp_path / name), pixels)
+    stack = np.zeros((5, 40, 50), np.uint8)  # planes of a stack stay planes
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    assert read_image(tmp_path / "stack.tif").shape == (5, 40, 50)
