@@ -451,6 +451,18 @@ def test_a_file_that_is_no_manifest_is_never_replaced(images, tmp_path, kind):
     assert kind == "folder" or manifest.read_bytes() == before
 
 
+def test_a_csv_manifest_saved_again_by_a_spreadsheet_still_reads(tmp_path):
+    rows = [{"source": "/images/a.png", "name": "a", "mask": "m/a.png", "status": "written",
+             "uncertainty": 0.25}]  # fmt: skip
+    path = write_manifest(rows, tmp_path / "manifest.csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's UTF-8 byte-order mark
+    back = read_manifest(path)
+    assert back[0]["name"] == "a" and back[0]["source"] == "/images/a.png"  # every column
+    ranking = write_ranking(back, tmp_path / "rank.csv")
+    ranking.write_bytes(b"\xef\xbb\xbf" + ranking.read_bytes())
+    assert read_ranking(ranking) == {"a.png": 1}
+
+
 def test_reading_another_programs_table_as_a_manifest_is_refused(tmp_path):
     table = tmp_path / "scores.csv"
     table.write_text("sample,score\ncat,0.5\n", encoding="utf-8")

@@ -523,6 +523,7 @@ def test_rank_never_replaces_a_file_that_is_not_a_ranking(tmp_path):
     notes.write_text("sample,comment\na,blurry\n", encoding="utf-8")
     earlier = write_ranking_csv([RankRow(path="a.png", name="a", uncertainty=0.1, rank=1)],
                                 tmp_path / "earlier.csv")  # fmt: skip
+    earlier.write_bytes(b"\xef\xbb\xbf" + earlier.read_bytes())  # saved again by Excel
     missing_weights = tmp_path / "x.pth"  # reaching the model says "cannot load the model"
     common = ("rank", tmp_path / "images", "--task", "sod", "--weights", missing_weights)
     code, err = run_rank_cli(*common, "--out", notes)

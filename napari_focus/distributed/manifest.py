@@ -117,7 +117,8 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
+        # utf-8-sig: a manifest saved again by a spreadsheet starts with a byte-order mark
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             _check_columns(path, reader.fieldnames or ())
             return [normalize(r) for r in reader]
@@ -210,7 +211,7 @@ def write_ranking(
 def read_ranking(path: str | os.PathLike) -> dict[str, int]:
     """``path`` column -> ``rank`` of a ranking CSV (``napari-focus rank`` or
     :func:`write_ranking`)."""
-    with Path(path).open(encoding="utf-8", newline="") as handle:
+    with Path(path).open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"rank", "path"} <= set(reader.fieldnames):
             raise ValueError(f"{path} is not a ranking CSV (needs 'rank' and 'path' columns)")

@@ -176,7 +176,7 @@ def _replaceable(path: Path) -> bool:
     if not path.exists():
         return True
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
