@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .atomic import WriteError, atomic_write
 
@@ -20,6 +20,7 @@ __all__ = [
     "ORIENTATION_TAG",
     "TIFF_EXTENSIONS",
     "ImageTooLargeError",
+    "UnreadableImageError",
     "WriteError",
     "apply_orientation",
     "atomic_write",
@@ -39,6 +40,33 @@ ORIENTATION_TAG = 0x0112  # EXIF/TIFF Orientation: 1 = as stored, 2-8 = flipped/
 class ImageTooLargeError(ValueError):
     """An image file declares more pixels than the reader's limit (possibly a
     decompression bomb); it was refused before decoding."""
+
+
+class UnreadableImageError(OSError):
+    """An image file holds no image that can be read: it is empty, its contents are not
+    an image format, or it is truncated. The message says which and what to do."""
+
+
+_AGAIN = "copy the image again, or leave it out"
+
+
+def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
+    """The plain-words error for a file that is empty, not an image or truncated (None
+    for other errors, which keep their own message)."""
+    text = str(error)
+    if isinstance(error, UnidentifiedImageError) or text.startswith("not a TIFF file"):
+        what = "a TIFF" if path.suffix.lower() in TIFF_EXTENSIONS else "an image"
+        return UnreadableImageError(
+            f"{path.name} is not {what} file that can be read: its contents are in no image "
+            f"format napari-focus reads, whatever its name says; {_AGAIN}"
+        )
+    if "truncated" in text.lower() or text.startswith("failed to read"):
+        detail = "" if text == "image file is truncated" else f" ({text})"
+        return UnreadableImageError(
+            f"{path.name} is truncated: the file ends before its image does (an "
+            f"interrupted copy or download?){detail}; {_AGAIN}"
+        )
+    return None
 
 
 def pixel_limit() -> int | None:
@@ -82,6 +110,22 @@ def read_image(
     """
     path = Path(path)
     limit = pixel_limit() if max_pixels == "default" else max_pixels
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(
+            f"{path.name} is empty (0 bytes; an interrupted copy or download?): {_AGAIN}"
+        )
+    try:
+        return _read_image(path, limit)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ImageTooLargeError | UnreadableImageError):
+            raise
+        plain = _unreadable(path, error)
+        if plain is None:
+            raise
+        raise plain from error
+
+
+def _read_image(path: Path, limit: int | None) -> np.ndarray:
     if path.suffix.lower() in TIFF_EXTENSIONS:
         return _read_tiff(path, limit)
     try:

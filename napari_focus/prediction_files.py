@@ -6,6 +6,12 @@ One rule for ``napari-focus predict`` on this machine and on a Ray cluster: an i
 one input only (a second input whose mask or probability map would land on a claimed
 path is a clash, reported for that input and never written), and no output may be an
 input image (:class:`OutputReplacesInput`, refused before any work).
+
+Names are compared as a case-insensitive, normalization-insensitive file system
+(macOS, Windows, SMB shares, exFAT drives) compares them: ``A.png`` and ``a.jpg`` claim
+one mask, and a file already in the folder whose name differs from an output's only in
+case (``A.png`` there, ``a.png`` planned) is that output's file there, so it is a clash
+too, on every system alike.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -157,6 +164,24 @@ class _Inputs:
         return self._files.get((stat.st_dev, stat.st_ino))
 
 
+def same_file_key(name: str) -> str:
+    """The key under which a case-insensitive, normalization-insensitive file system
+    (macOS, Windows) files ``name``: two names with one key are one file there."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _names_in(folder: Path) -> dict[str, list[str]]:
+    """The entries of ``folder`` by :func:`same_file_key` (empty if it does not exist)."""
+    names: dict[str, list[str]] = {}
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return names
+    for name in sorted(entries):
+        names.setdefault(same_file_key(name), []).append(name)
+    return names
+
+
 def _stat(path: Path) -> os.stat_result | None:
     try:
         return os.stat(path)
@@ -197,24 +222,56 @@ def plan_outputs(
     todo: list[PlannedOutputs] = []
     existing: list[PlannedOutputs] = []
     clashes: list[tuple[PlannedOutputs, str]] = []
-    claimed: dict[Path, PlannedOutputs] = {}
+    claimed: dict[str, tuple[Path, PlannedOutputs]] = {}
+    present = _names_in(folder)
     for entry in planned:
-        taken = [(path, claimed[path]) for path in entry.paths() if path in claimed]
-        if taken:
-            path, owner = taken[0]
-            kind, other_kind = entry.kind_of(path), owner.kind_of(path)
-            if kind == other_kind:
-                reason = f"same output name as {owner.source}; rename one"
-            else:
-                reason = (
-                    f"its {kind} {path.name} would be the {other_kind} of {owner.source}; "
-                    "rename one"
-                )
+        reason = _clash(entry, claimed, present)
+        if reason is not None:
             clashes.append((entry, reason))
             continue
-        claimed.update((path, entry) for path in entry.paths())
+        claimed.update((same_file_key(path.name), (path, entry)) for path in entry.paths())
         if not overwrite and all(stats[path] is not None for path in entry.paths()):
             existing.append(entry)
         else:
             todo.append(entry)
     return OutputPlan(todo=todo, existing=existing, clashes=clashes)
+
+
+def _one_file_note(name: str, other: str) -> str:
+    """Why two different names with one :func:`same_file_key` are one file."""
+    if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", other):
+        how = "only in how their accents are encoded (Unicode normalization)"
+    else:
+        how = "only in case"
+    return f"names that differ {how} are one file on macOS and Windows"
+
+
+def _clash(
+    entry: PlannedOutputs,
+    claimed: Mapping[str, tuple[Path, PlannedOutputs]],
+    present: Mapping[str, list[str]],
+) -> str | None:
+    """Why ``entry`` may not write its outputs, or None: one lands on an output another
+    input claimed, or on a file in the folder whose name differs only in case."""
+    for path in entry.paths():
+        key = same_file_key(path.name)
+        if key in claimed:
+            other_path, owner = claimed[key]
+            kind, other_kind = entry.kind_of(path), owner.kind_of(other_path)
+            same = other_path.name == path.name
+            case = "" if same else f" ({_one_file_note(path.name, other_path.name)})"
+            if kind == other_kind:
+                return f"same output name as {owner.source}{case}; rename one"
+            return (
+                f"its {kind} {path.name} would be the {other_kind} of {owner.source}{case}; "
+                "rename one"
+            )
+        there = present.get(key, [path.name])
+        if path.name not in there:
+            return (
+                f"its {entry.kind_of(path)} {path.name} would replace {there[0]}, already "
+                f"in {path.parent} ({_one_file_note(path.name, there[0])}); rename the "
+                f"image, move {there[0]} "
+                "away or choose another --out"
+            )
+    return None

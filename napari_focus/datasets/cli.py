@@ -18,7 +18,7 @@ from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
 from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
-from ..prediction_files import PROBABILITY_SUFFIX
+from ..prediction_files import PROBABILITY_SUFFIX, same_file_key
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
@@ -84,29 +84,54 @@ def pair_files(
         if p.is_file() and not hidden_or_probability and p.suffix.lower() in MASK_EXTENSIONS:
             masks.setdefault(p.stem, []).append(p)
 
+    folded: dict[str, list[Path]] = {}
+    for stem, group in masks.items():
+        folded.setdefault(same_file_key(stem), []).extend(group)
     pairs: list[tuple[Path, Path]] = []
     problems: list[str] = []
     used: set[Path] = set()
-    stems: dict[str, Path] = {}
+    samples: dict[str, Path] = {}
+    # the layout's own naming, then the names the series and rank --gt accept
+    suffixes = list(dict.fromkeys([convention, *MASK_SUFFIXES]))
     for image in images:
-        if image.stem in stems:
-            problems.append(f"{image}: same stem as {stems[image.stem]}; rename one")
-            continue
-        stems[image.stem] = image
-        # the layout's own naming, then the names the series and rank --gt accept
-        suffixes = dict.fromkeys([convention, *MASK_SUFFIXES])
-        keys = [image.stem + suffix for suffix in suffixes]
-        found = [m for key in keys for m in masks.get(key, [])]
-        if not found:
+        names = [image.stem + suffix for suffix in suffixes]
+        found = [m for name in names for m in masks.get(name, [])]
+        if not found:  # as a case-insensitive file system (macOS, Windows) pairs them
+            found = [m for name in names for m in folded.get(same_file_key(name), [])]
+        used.update(found)  # the mask of an image refused below is not an orphan
+        sample_key, sample = _sample_key(image.stem, layout)
+        if sample_key in samples:
+            other = samples[sample_key]
+            if other.stem == image.stem:
+                problems.append(f"{image}: same stem as {other}; rename one")
+            else:
+                problems.append(
+                    f"{image}: its sample name {sample!r} is also that of {other} (sample "
+                    "names are made safe and compared regardless of case, as macOS and "
+                    "Windows compare file names); rename one"
+                )
+        elif not found:
             problems.append(f"{image}: no mask in {masks_dir}")
         elif len(found) > 1:
             problems.append(f"{image}: several masks match: {', '.join(m.name for m in found)}")
         else:
+            samples[sample_key] = image
             pairs.append((image, found[0]))
-        used.update(found)
     for group in masks.values():
         problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
     return pairs, problems
+
+
+def _sample_key(stem: str, layout: str) -> tuple[str, str]:
+    """The sample name an image stem exports as, and the key under which two names are
+    one sample (one file on a case-insensitive file system)."""
+    from .names import sanitize_name
+
+    try:
+        name = sanitize_name(stem, get_layout(layout))
+    except ExportError:  # refused when exported, with the reason
+        name = stem
+    return same_file_key(name), name
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -1,0 +1,181 @@
+"""The command line on folders as annotators have them: names that are one file on
+macOS and Windows (case, Unicode normalization), broken files beside good ones, and
+the umask. Every refusal names the file, what is wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+import stat
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import run_cli
+
+from napari_focus import FocusPredictor
+from napari_focus.datasets.cli import pair_files
+from napari_focus.io import UnreadableImageError, read_image
+from napari_focus.prediction_files import plan_outputs
+
+CASE_NOTE = "names that differ only in case are one file on macOS and Windows"
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_mlp, tmp_path_factory) -> Path:
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture
+def photo(focus_reference) -> Image.Image:
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    return source.resize((72, 48), Image.BILINEAR)
+
+
+def test_outputs_of_names_one_file_apart_only_in_case_are_claimed_once(tmp_path):
+    out = tmp_path / "out"
+    nfd, nfc = unicodedata.normalize("NFD", "é.png"), unicodedata.normalize("NFC", "é.jpg")
+    sources = ["/d/A.png", "/d/a.png", "/d/a.JPG", f"/d/{nfd}", f"/d/{nfc}", "/d/b.png"]
+    plan = plan_outputs(sources, out, probability=True)
+    assert [e.source for e in plan.todo] == ["/d/A.png", f"/d/{nfd}", "/d/b.png"]
+    reasons = {entry.source: reason for entry, reason in plan.clashes}
+    assert reasons["/d/a.png"] == f"same output name as /d/A.png ({CASE_NOTE}); rename one"
+    assert reasons["/d/a.JPG"] == reasons["/d/a.png"]
+    assert "differ only in how their accents are encoded" in reasons[f"/d/{nfc}"]
+    # a probability map that is another input's mask but for the case
+    plan = plan_outputs(["/d/x.png", "/e/X_PROBABILITY.png"], out, probability=True)
+    [(clash, reason)] = plan.clashes
+    assert clash.source == "/e/X_PROBABILITY.png"
+    assert reason.startswith("its mask X_PROBABILITY.png would be the probability map of /d/x.png")
+
+
+def test_a_file_in_out_that_differs_only_in_case_is_never_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "Cat.png").write_bytes(b"someone's mask")
+    for overwrite in (False, True):
+        plan = plan_outputs(["/d/cat.jpg", "/d/dog.jpg"], out, overwrite=overwrite)
+        assert [e.source for e in plan.todo] == ["/d/dog.jpg"] and not plan.existing
+        [(_, reason)] = plan.clashes
+        assert reason == (
+            f"its mask cat.png would replace Cat.png, already in {out} ({CASE_NOTE}); "
+            "rename the image, move Cat.png away or choose another --out"
+        )
+    (out / "cat.png").write_bytes(b"this input's earlier mask")  # both exist: no clash here
+    assert [e.source for e in plan_outputs(["/d/cat.jpg"], out).existing] == ["/d/cat.jpg"]
+
+
+def test_predict_writes_one_mask_per_case_insensitive_name(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "A.png")
+    photo.convert("L").save(images / "a.png")
+    photo.save(images / "b.JPG")
+    photo.save(images / "b.jpg")
+    out = tmp_path / "masks"
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out", out,
+                        "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1, err
+    assert "2 written" in err and "2 failed" in err
+    first = images / "A.png"
+    assert f"failed: {images / 'a.png'}: same output name as {first} ({CASE_NOTE})" in err
+    assert f"failed: {images / 'b.jpg'}: same output name as {images / 'b.JPG'}" in err
+    assert sorted(p.name for p in out.iterdir()) == ["A.png", "b.png"]
+
+
+def test_export_refuses_two_images_of_one_sample_name(photo, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    mask = Image.fromarray(np.full((48, 72), 255, np.uint8))
+    for name in ("Leaf.png", "leaf.jpg", "my photo.png", "my_photo.png"):
+        photo.save(images / name)
+        mask.save(masks / (Path(name).stem + ".png"))
+    photo.save(images / "IMG_7.JPG")
+    mask.save(masks / "img_7.png")  # masks named on a Windows machine pair all the same
+    pairs, problems = pair_files(images, masks, "duts-tr")
+    assert [(i.name, m.name) for i, m in pairs] == [
+        ("IMG_7.JPG", "img_7.png"), ("Leaf.png", "Leaf.png"), ("my photo.png", "my photo.png"),
+    ]  # fmt: skip
+    assert problems == [
+        f"{images / 'leaf.jpg'}: its sample name 'leaf' is also that of {images / 'Leaf.png'} "
+        "(sample names are made safe and compared regardless of case, as macOS and Windows "
+        "compare file names); rename one",
+        f"{images / 'my_photo.png'}: its sample name 'my_photo' is also that of "
+        f"{images / 'my photo.png'} (sample names are made safe and compared regardless of "
+        "case, as macOS and Windows compare file names); rename one",
+    ]
+    root = tmp_path / "datasets"
+    code, err = run_cli("export", images, masks, "--root", root, "--layout", "duts-tr")
+    assert code == 1 and "3 written" in err and "0 failed, 2 unpaired" in err, err
+    listed = sorted(p.stem for p in (root / "DUTS/DUTS-TR/DUTS-TR-Image").iterdir())
+    assert listed == ["IMG_7", "Leaf", "my_photo"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("empty.png", b"", "empty.png is empty (0 bytes"),
+        ("empty.tif", b"", "empty.tif is empty (0 bytes"),
+        ("notes.png", b"shopping list", "notes.png is not an image file that can be read"),
+        ("notes.tif", b"shopping list", "notes.tif is not a TIFF file that can be read"),
+        ("cut.png", None, "cut.png is truncated"),
+        ("cut.jpg", None, "cut.jpg is truncated"),
+        ("cut.tif", None, "cut.tif is truncated"),
+    ],
+)
+def test_broken_files_say_what_is_wrong(photo, tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is None:  # a good file cut short, as an interrupted copy leaves it
+        photo.save(path)
+        data = path.read_bytes()
+        content = data[: len(data) // 2] if name.endswith(".tif") else data[:300]
+    path.write_bytes(content)
+    with pytest.raises(UnreadableImageError) as caught:
+        read_image(path)
+    assert str(caught.value).startswith(words)
+    assert str(caught.value).endswith("copy the image again, or leave it out")
+    assert isinstance(caught.value, OSError)  # callers catching OSError still do
+
+
+def test_predict_on_a_mixed_folder_under_umask_027(photo, weights, tmp_path):
+    """Every kind of image a folder holds gets its mask (group-readable under umask 027);
+    each broken file fails with its reason, and the others are written."""
+    images = tmp_path / "dossier à trier"
+    images.mkdir()
+    photo.save(images / "rgb.jpg")
+    photo.convert("L").save(images / "gray.png")
+    photo.convert("RGBA").save(images / "rgba.png")
+    photo.convert("P").save(images / "palette.png")
+    import tifffile
+
+    tifffile.imwrite(images / "deep 16-bit.tif", np.asarray(photo).astype(np.uint16) * 257)
+    tifffile.imwrite(images / "gray8.tif", np.asarray(photo.convert("L")))
+    rotated = photo.copy()
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(images / "portrait ünïcode.jpg", exif=exif)
+    (images / "zero.png").write_bytes(b"")
+    (images / "readme.png").write_text("not an image")
+    (images / "notes.txt").write_text("not an input at all")
+    out = tmp_path / "masks"
+    previous = os.umask(0o027)
+    try:
+        code, err = run_cli("predict", images, "--task", "sod", "--weights", weights,
+                            "--out", out, "--device", "cpu", "--quiet")  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert code == 1, err
+    assert "7 written, 0 skipped" in err and "2 failed" in err
+    assert "zero.png is empty (0 bytes" in err and "readme.png is not an image file" in err
+    written = {p.name: p for p in out.iterdir()}
+    assert sorted(written) == sorted(
+        ["rgb.png", "gray.png", "rgba.png", "palette.png", "deep 16-bit.png", "gray8.png",
+         "portrait ünïcode.png"]
+    )  # fmt: skip
+    assert read_image(written["portrait ünïcode.png"]).shape == (72, 48)  # upright
+    for path in written.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
