@@ -30,18 +30,36 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
     """A :class:`~napari_focus.FocusPredictor` from ``--weights`` / ``--task`` /
     ``--size`` / ``--device`` / ``--precision`` / ``--compile`` (commands without the
     throughput flags get the defaults)."""
+    import warnings
+
+    from .checkpoint_identity import TaskMismatchWarning
     from .predictor import FocusPredictor
 
-    predictor = FocusPredictor.load(
-        args.task,
-        size=args.size,
-        weights=args.weights,
-        device=args.device,
-        precision=getattr(args, "precision", "auto"),
-    )
+    warn_if_weights_of_another_task(args)
+    with warnings.catch_warnings():  # said above in the command line's words
+        warnings.simplefilter("ignore", TaskMismatchWarning)
+        predictor = FocusPredictor.load(
+            args.task,
+            size=args.size,
+            weights=args.weights,
+            device=args.device,
+            precision=getattr(args, "precision", "auto"),
+        )
     if getattr(args, "compile", False):
         predictor.compile()
     return predictor
+
+
+def warn_if_weights_of_another_task(args: argparse.Namespace) -> None:
+    """Say on stderr when ``--weights`` records another task than ``--task`` (the file
+    loads: every task has the same head; its masks are those of its own task)."""
+    import sys
+
+    from .checkpoint_identity import task_mismatch
+
+    message = task_mismatch(args.task, args.weights) if args.weights else None
+    if message:
+        print(f"napari-focus: warning: {message}", file=sys.stderr)
 
 
 def load_predictor_or_say_why(args: argparse.Namespace) -> Any | None:

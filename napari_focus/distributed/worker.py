@@ -83,14 +83,19 @@ class WorkerSettings:
 
 
 def load_predictor(settings: WorkerSettings) -> Any:
+    import warnings
+
+    from ..checkpoint_identity import TaskMismatchWarning
     from ..predictor import FocusPredictor
 
     options: dict[str, Any] = {"device": settings.device}
     if settings.precision is not None:
         options["precision"] = settings.precision
-    return FocusPredictor.load(
-        settings.task, size=settings.size, weights=settings.weights, **options
-    )
+    with warnings.catch_warnings():  # the driver said it once, in the command line's words
+        warnings.simplefilter("ignore", TaskMismatchWarning)
+        return FocusPredictor.load(
+            settings.task, size=settings.size, weights=settings.weights, **options
+        )
 
 
 def _needs_write(path: str, settings: WorkerSettings) -> bool:
