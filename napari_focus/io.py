@@ -24,6 +24,7 @@ __all__ = [
     "WriteError",
     "apply_orientation",
     "atomic_write",
+    "describe_read_error",
     "file_orientation",
     "image_shape",
     "pixel_limit",
@@ -67,6 +68,14 @@ def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
             f"interrupted copy or download?){detail}; {_AGAIN}"
         )
     return None
+
+
+def describe_read_error(error: BaseException) -> str:
+    """A failed image in one line: the message alone for the errors that say what is
+    wrong in plain words, else prefixed with the exception type."""
+    if isinstance(error, UnreadableImageError | ImageTooLargeError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def pixel_limit() -> int | None:

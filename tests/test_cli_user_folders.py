@@ -179,3 +179,28 @@ def test_predict_on_a_mixed_folder_under_umask_027(photo, weights, tmp_path):
     assert read_image(written["portrait ünïcode.png"]).shape == (72, 48)  # upright
     for path in written.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_rank_never_replaces_an_earlier_ranking_silently(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    (images / "empty.png").write_bytes(b"")
+    out, report = tmp_path / "ranking.csv", tmp_path / "report"
+    args = ["rank", images, "--task", "sod", "--weights", weights, "--device", "cpu",
+            "--out", out, "--quiet"]  # fmt: skip
+    code, err = run_cli(*args)
+    assert code == 1 and "ranked 1 images, 1 failed" in err
+    assert "failed: empty.png: empty.png is empty (0 bytes" in err  # no exception type name
+    out.write_text("my sorted copy")
+    code, err = run_cli(*args)
+    assert code == 2
+    assert f"--out {out} exists (from an earlier run?); add --overwrite to replace it" in err
+    assert out.read_text() == "my sorted copy"
+    report.mkdir()
+    (report / "report.html").write_text("kept")
+    code, err = run_cli(*args[:-3], "--out", tmp_path / "new.csv", "--report", report)
+    assert code == 2 and f"--report {report / 'report.html'} exists" in err
+    code, err = run_cli(*args, "--report", report, "--overwrite")
+    assert code == 1 and "ranked 1 images" in err
+    assert out.read_text().startswith("rank,") and (report / "report.html").read_text() != "kept"

@@ -35,7 +35,9 @@ RESULT_COLUMNS = (
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    from ..io import describe_read_error
+
+    return describe_read_error(error)
 
 
 def decode_batch(batch: dict[str, Any]) -> dict[str, list]:

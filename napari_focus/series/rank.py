@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
-from ..io import IMAGE_EXTENSIONS, read_image
+from ..io import IMAGE_EXTENSIONS, describe_read_error, read_image
 from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
@@ -111,7 +111,7 @@ def rank_folder(
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
                     row.reference = str(mask_path)
         except Exception as error:  # one bad image must not stop the ranking
-            row.error = f"{type(error).__name__}: {error}"
+            row.error = describe_read_error(error)
         rows.append(row)
         if progress is not None:
             progress(done, len(keys), key)
@@ -162,9 +162,21 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_UNCERTAINTY,
         help="uncertainty score: entropy (pixel error) or iou (object-relative error)",
     )
+    rank.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out CSV and --report files"
+    )
     rank.add_argument("--quiet", action="store_true", help="no progress bar")
     rank.set_defaults(func=run_rank)
     return rank
+
+
+def _existing_outputs(out: Path, report: str | None) -> list[tuple[str, Path]]:
+    """The files ``rank`` would replace: (flag, path) of each that exists."""
+    from ..quality import REPORT_FILES
+
+    paths = [("--out", out)]
+    paths += [("--report", Path(report) / name) for name in REPORT_FILES] if report else []
+    return [(flag, path) for flag, path in paths if path.exists()]
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -198,6 +210,12 @@ def run_rank(args: argparse.Namespace) -> int:
         except WriteError as error:
             print(f"napari-focus: --report: {error}", file=sys.stderr)
             return EXIT_SETUP_ERROR
+    taken = [] if args.overwrite else _existing_outputs(out, args.report)
+    if taken:
+        flag, path = taken[0]
+        print(f"napari-focus: {flag} {path} exists (from an earlier run?); add --overwrite to "
+              f"replace it, or choose another {flag}", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern)
     if not keys:
         print(f"napari-focus: no images in {folder}", file=sys.stderr)
