@@ -204,3 +204,26 @@ def test_rank_never_replaces_an_earlier_ranking_silently(photo, weights, tmp_pat
     code, err = run_cli(*args, "--report", report, "--overwrite")
     assert code == 1 and "ranked 1 images" in err
     assert out.read_text().startswith("rank,") and (report / "report.html").read_text() != "kept"
+
+
+def test_a_rerun_with_probability_keeps_a_mask_corrected_in_place(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "cat.png")
+    photo.save(images / "dog.png")
+    out = tmp_path / "masks"
+    args = ["predict", images, "--task", "sod", "--weights", weights, "--out", out,
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert run_cli(*args)[0] == 0
+    corrected = np.zeros((48, 72), np.uint8)
+    corrected[10:30, 20:50] = 255
+    Image.fromarray(corrected).save(out / "cat.png")  # the annotator's correction
+    before = (out / "cat.png").read_bytes()
+    (out / "dog.png").unlink()
+    code, err = run_cli(*args, "--probability")
+    assert code == 0 and "2 written (1 existing file(s) among them kept)" in err, err
+    assert (out / "cat.png").read_bytes() == before
+    assert (out / "cat_probability.png").is_file() and (out / "dog.png").is_file()
+    code, err = run_cli(*args, "--probability", "--overwrite")  # said explicitly: redone
+    assert code == 0 and "kept" not in err
+    assert (out / "cat.png").read_bytes() != before
