@@ -227,3 +227,32 @@ def test_a_rerun_with_probability_keeps_a_mask_corrected_in_place(photo, weights
     code, err = run_cli(*args, "--probability", "--overwrite")  # said explicitly: redone
     assert code == 0 and "kept" not in err
     assert (out / "cat.png").read_bytes() != before
+
+
+def test_export_names_the_mask_that_is_wrong(photo, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    turned = photo.copy()
+    exif = turned.getexif()
+    exif[0x0112] = 6  # stored 72x48, shown 48x72
+    turned.save(images / "phone.jpg", exif=exif)
+    Image.fromarray(np.zeros((48, 72), np.uint8)).save(masks / "phone.png")  # stored frame
+    photo.save(images / "small.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "small.png")
+    photo.save(images / "empty.png")
+    (masks / "empty.png").write_bytes(b"")
+    photo.save(images / "good.png")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / "good.png")
+    code, err = run_cli("export", images, masks, "--root", tmp_path / "ds", "--task", "cod")
+    assert code == 1 and "1 written" in err and "3 failed" in err, err
+    assert (
+        f"failed: phone.jpg: its mask {masks / 'phone.png'} is 72x48 pixels, the image 48x72: "
+        "the image is shown turned by its EXIF orientation and the mask is in its stored, "
+        "unturned frame. Make the mask on the upright image"
+    ) in err
+    assert (
+        f"failed: small.png: its mask {masks / 'small.png'} is 10x10 pixels, the image "
+        "72x48: a mask has the size of its image; check that the right files pair up"
+    ) in err
+    assert f"failed: empty.png: its mask {masks / 'empty.png'}: empty.png is empty" in err

@@ -122,6 +122,41 @@ def pair_files(
     return pairs, problems
 
 
+def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
+    """The image and its mask, both in the image's upright (EXIF) frame; a mask that
+    cannot be read or has another size says so, naming the mask file."""
+    from ..io import file_orientation, read_image
+
+    image = read_image(image_path)
+    try:
+        mask = read_mask_file(mask_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"its mask {mask_path}: {error}") from error
+    height, width = image.shape[:2]
+    if mask.shape == (height, width):
+        return image, mask
+    mask_height, mask_width = mask.shape
+    message = (
+        f"its mask {mask_path} is {mask_width}x{mask_height} pixels, the image "
+        f"{width}x{height}"
+    )
+    turned = False
+    if mask.shape == (width, height) and image_path.suffix.lower() not in (".tif", ".tiff"):
+        from PIL import Image
+
+        with Image.open(image_path) as stored:
+            turned = file_orientation(stored) >= 5
+    if turned:
+        message += (
+            ": the image is shown turned by its EXIF orientation and the mask is in its "
+            "stored, unturned frame. Make the mask on the upright image (napari-focus "
+            "predict and annotate read images upright)"
+        )
+    else:
+        message += ": a mask has the size of its image; check that the right files pair up"
+    raise ValueError(message)
+
+
 def _sample_key(stem: str, layout: str) -> tuple[str, str]:
     """The sample name an image stem exports as, and the key under which two names are
     one sample (one file on a case-insensitive file system)."""
@@ -135,8 +170,6 @@ def _sample_key(stem: str, layout: str) -> tuple[str, str]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..io import read_image
-
     try:
         layout = args.layout or (layout_for_task(args.task) if args.task else None)
     except ValueError as exc:
@@ -168,8 +201,7 @@ def run_export(args: argparse.Namespace) -> int:
                 args.root,
                 layout,
                 image_path.stem,
-                read_image(image_path),
-                read_mask_file(mask_path),
+                *_read_pair(image_path, mask_path),
                 on_exists=args.on_exists,
                 provenance={
                     "source_path": str(image_path.resolve()),
