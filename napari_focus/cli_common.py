@@ -67,11 +67,39 @@ def load_predictor_or_say_why(args: argparse.Namespace) -> Any | None:
     cannot be loaded (a bad checkpoint, no network)."""
     import sys
 
+    problem = weights_file_problem(args.weights) if args.weights else None
+    if problem:
+        print(f"napari-focus: --weights {args.weights}: {problem}", file=sys.stderr)
+        return None
     try:
         return load_predictor_from_args(args)
     except Exception as error:
         print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
         return None
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def weights_file_problem(weights: str) -> str | None:
+    """What is wrong with ``--weights`` before it is read, in the command line's words:
+    no such file, a folder (the checkpoints in it are named), an empty file."""
+    from pathlib import Path
+
+    path = Path(weights)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        inside = f" (in it: {', '.join(found[:5])}{more})" if found else ""
+        return f"a folder, not a checkpoint file; give the .pth or .safetensors file{inside}"
+    if not path.exists():
+        return (
+            "no such file; check the path, or leave --weights out to download the official "
+            "weights of --task and --size"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty (0 bytes; an interrupted download?); download it again"
+    return None
 
 
 def positive_int(text: str) -> int:

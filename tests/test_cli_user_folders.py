@@ -256,3 +256,25 @@ def test_export_names_the_mask_that_is_wrong(photo, tmp_path):
         "72x48: a mask has the size of its image; check that the right files pair up"
     ) in err
     assert f"failed: empty.png: its mask {masks / 'empty.png'}: empty.png is empty" in err
+
+
+def test_weights_that_are_no_checkpoint_file_name_the_flag(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    snapshot = tmp_path / "snapshot"  # a downloaded model folder instead of its file
+    snapshot.mkdir()
+    (snapshot / "focus_large_sod.pth").write_bytes(b"")
+    (snapshot / "README.md").write_text("model card")
+    cases = [
+        (snapshot, "a folder, not a checkpoint file; give the .pth or .safetensors file "
+                   "(in it: focus_large_sod.pth)"),
+        (tmp_path / "gone.pth", "no such file; check the path, or leave --weights out"),
+        (snapshot / "focus_large_sod.pth", "the file is empty (0 bytes"),
+    ]  # fmt: skip
+    for given, words in cases:
+        for command in ("predict", "rank"):
+            out = tmp_path / f"{command}.out"
+            code, err = run_cli(command, images, "--task", "sod", "--weights", given,
+                                "--device", "cpu", "--out", out)  # fmt: skip
+            assert code == 2 and f"napari-focus: --weights {given}: {words}" in err, err

@@ -536,4 +536,7 @@ def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoin
     assert run_rank_cli("rank", tmp_path / "nope", "--task", "sod")[0] == 2
     assert run_rank_cli("rank", images, "--task", "sod", "--gt", tmp_path / "nope")[0] == 2
     code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "x.pth")
+    assert code == 2 and f"--weights {tmp_path / 'x.pth'}: no such file" in err
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04")
+    code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "cut.pth")
     assert code == 2 and "cannot load the model" in err
