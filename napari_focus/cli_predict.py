@@ -38,7 +38,10 @@ def run_predict(args: argparse.Namespace) -> int:
               f"give '{folder}/**/*' to include them (masks go flat into --out)",
               file=sys.stderr)  # fmt: skip
     if not images:
-        print("napari-focus: nothing to do: no input images", file=sys.stderr)
+        from .io import IMAGE_EXTENSIONS
+
+        print("napari-focus: nothing to do: no input images (files, folders or glob patterns "
+              f"of {' '.join(IMAGE_EXTENSIONS)} images)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     out_dir = Path(args.out or f"focus_{args.task}_masks")
     try:

@@ -278,3 +278,31 @@ def test_weights_that_are_no_checkpoint_file_name_the_flag(photo, weights, tmp_p
             code, err = run_cli(command, images, "--task", "sod", "--weights", given,
                                 "--device", "cpu", "--out", out)  # fmt: skip
             assert code == 2 and f"napari-focus: --weights {given}: {words}" in err, err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("images.csv", "file,label\ncat.png,1\n", "it has no 'source' and 'status' columns"),
+        ("table.parquet", "not parquet", "it cannot be read as one"),
+    ],
+)
+def test_ray_never_replaces_a_table_that_is_no_manifest(
+    photo, weights, tmp_path, name, content, why
+):
+    pytest.importorskip("ray")
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    table = tmp_path / name
+    table.write_text(content)
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--engine",
+                        "ray", "--out", tmp_path / "out", "--manifest", table,
+                        "--quiet")  # fmt: skip
+    assert code == 2
+    assert f"--manifest {table} exists and is not a napari-focus manifest: {why}" in err
+    assert "choose another --manifest, or move the file away" in err
+    assert table.read_text() == content
+    code, err = run_cli("predict", images, "--task", "sod", "--engine", "ray", "--out",
+                        tmp_path / "out", "--manifest", tmp_path / "m.json")  # fmt: skip
+    assert code == 2 and "a manifest is a .parquet or .csv file" in err

@@ -20,6 +20,7 @@ from .manifest import (
     MANIFEST_NAME,
     carried_rows,
     empty_row,
+    manifest_columns,
     normalize,
     read_manifest,
     write_manifest,
@@ -136,6 +137,24 @@ def _ordered(rows: Iterable[dict[str, Any]], sources: Sequence[str]) -> list[dic
     return sorted(rows, key=lambda r: position.get(r["source"], len(position)))
 
 
+def _previous_manifest(path: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier run's manifest at ``path``; any other file there (a table
+    of the user's, a folder) is refused, since the run would replace it."""
+    try:
+        columns = manifest_columns(path)
+        rows = read_manifest(path) if {"source", "status"} <= columns else None
+    except Exception as error:
+        columns, rows, why = set(), None, f"it cannot be read as one ({error})"
+    else:
+        why = "it has no 'source' and 'status' columns"
+    if rows is None:
+        raise ValueError(
+            f"--manifest {path} exists and is not a napari-focus manifest: {why}. The run "
+            "would replace it: choose another --manifest, or move the file away"
+        )
+    return rows
+
+
 def predict_dataset(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -218,17 +237,17 @@ def predict_dataset(
     out = Path(out).resolve()
     manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
     if manifest_path.suffix.lower() not in (".parquet", ".csv"):
-        raise ValueError(f"the manifest must end in .parquet or .csv, not {manifest_path}")
+        raise ValueError(
+            f"--manifest {manifest_path}: a manifest is a .parquet or .csv file; give a "
+            "name that ends in one of them"
+        )
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
     out.mkdir(parents=True, exist_ok=True)
     previous: list[dict[str, Any]] = []
-    if manifest_path.is_file():
-        try:
-            previous = read_manifest(manifest_path)
-        except Exception:  # an unreadable manifest only loses the earlier scores
-            previous = []
+    if manifest_path.exists():
+        previous = _previous_manifest(manifest_path)
     rows = carried_rows(plan.existing, previous)
     rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
 

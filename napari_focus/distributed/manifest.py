@@ -104,6 +104,17 @@ def _write_header(path: Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(header, encoding="utf-8"))
 
 
+def manifest_columns(path: str | os.PathLike) -> set[str]:
+    """The column names of a ``.csv`` or ``.parquet`` table, without reading its rows."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            return set(next(csv.reader(handle), []))
+    import pyarrow.parquet as pq
+
+    return set(pq.read_schema(path).names)
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a manifest written by :func:`write_manifest`, normalized."""
     path = Path(path)
