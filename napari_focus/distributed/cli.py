@@ -104,6 +104,11 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if gpus is None and args.device == "cpu":
         gpus = 0.0
     out = Path(args.out or f"focus_{args.task}_masks")
+    from ..cli_common import weights_file_problem
+
+    problem = weights_file_problem(args.weights) if args.weights else None
+    if problem:  # the workers load the file this machine resolves
+        return _fail(f"--weights {args.weights}: {problem}")
     warn_if_weights_of_another_task(args)  # once here, not once per worker
     try:
         run = predict_dataset(
