@@ -176,12 +176,15 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"napari-focus: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if layout is None:
-        print("napari-focus: give --layout or --task", file=sys.stderr)
+        print("napari-focus: give --layout (the training split to add to) or --task (its "
+              "default split)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     images_dir, masks_dir = Path(args.images_dir), Path(args.masks_dir)
-    for folder in (images_dir, masks_dir):
+    for label, folder in (("IMAGES_DIR", images_dir), ("MASKS_DIR", masks_dir)):
         if not folder.is_dir():
-            print(f"napari-focus: {folder} is not a folder", file=sys.stderr)
+            what = "does not exist" if not folder.exists() else "is a file"
+            print(f"napari-focus: {label} {folder} {what}; export takes a folder of images "
+                  "and a folder of their masks", file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
 
     try:

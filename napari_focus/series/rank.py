@@ -185,10 +185,13 @@ def run_rank(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if not folder.is_dir():
-        print(f"napari-focus: not a folder: {folder}", file=sys.stderr)
+        what = "does not exist" if not folder.exists() else "is a file"
+        print(f"napari-focus: FOLDER {folder} {what}; rank takes a folder of images (for "
+              "single files, use predict)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     if args.gt and not Path(args.gt).is_dir():
-        print(f"napari-focus: --gt is not a folder: {args.gt}", file=sys.stderr)
+        print(f"napari-focus: --gt {args.gt} is not a folder; give the folder of "
+              "ground-truth masks (<stem>.png, <stem>_gt.png, ...)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     if args.gt:
         try:
