@@ -24,6 +24,7 @@ __all__ = [
     "WriteError",
     "apply_orientation",
     "atomic_write",
+    "check_single_image",
     "describe_read_error",
     "file_orientation",
     "image_shape",
@@ -70,10 +71,28 @@ def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
     return None
 
 
+class StackError(ValueError):
+    """An image file holds a stack of planes where one picture was expected."""
+
+
+def check_single_image(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` if it is one picture (gray, RGB or RGBA); a stack of planes (a
+    multi-page TIFF) raises :class:`StackError` saying so and what to do."""
+    planar = image.ndim == 3 and image.shape[-1] not in (1, 3, 4)
+    if planar or image.ndim > 3:
+        planes = int(np.prod(image.shape[:-2])) if planar else int(np.prod(image.shape[:-3]))
+        raise StackError(
+            f"{name} holds {planes} planes (array of shape {tuple(image.shape)}), not one "
+            "picture; FOCUS segments single images (gray, RGB or RGBA): save each plane "
+            "as its own file, or open the stack in napari and run the widget on a plane"
+        )
+    return image
+
+
 def describe_read_error(error: BaseException) -> str:
     """A failed image in one line: the message alone for the errors that say what is
     wrong in plain words, else prefixed with the exception type."""
-    if isinstance(error, UnreadableImageError | ImageTooLargeError):
+    if isinstance(error, UnreadableImageError | ImageTooLargeError | StackError):
         return str(error)
     return f"{type(error).__name__}: {error}"
 

@@ -50,9 +50,10 @@ class RunSummary:
 
 
 def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> PreparedInput:
-    from .io import read_image
+    from .io import check_single_image, read_image
 
-    return predictor.prepare(read_image(job.source), tta=tta)
+    image = check_single_image(read_image(job.source), job.source.name)
+    return predictor.prepare(image, tta=tta)
 
 
 def _write(job: Job, prediction: Prediction) -> None:

@@ -306,3 +306,20 @@ def test_ray_never_replaces_a_table_that_is_no_manifest(
     code, err = run_cli("predict", images, "--task", "sod", "--engine", "ray", "--out",
                         tmp_path / "out", "--manifest", tmp_path / "m.json")  # fmt: skip
     assert code == 2 and "a manifest is a .parquet or .csv file" in err
+
+
+def test_a_tiff_stack_is_named_as_one_in_predict_and_rank(photo, weights, tmp_path):
+    import tifffile
+
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    tifffile.imwrite(images / "stack.tif", np.stack([np.asarray(photo.convert("L"))] * 5))
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out",
+                        tmp_path / "out", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1 and "1 written" in err
+    words = "stack.tif holds 5 planes (array of shape (5, 48, 72)), not one picture"
+    assert f"failed: {images / 'stack.tif'}: {words}" in err
+    code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--out",
+                        tmp_path / "rank.csv", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1 and f"failed: stack.tif: {words}" in err

@@ -44,6 +44,8 @@ def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
     """Read each source as ``(H, W, 3)`` uint8 RGB (the conversion ``predict`` applies
     itself), carried as raw bytes so images of any size share a batch. An image that
     cannot be read keeps its row, with ``error`` set."""
+    from ..io import check_single_image
+    from ..prediction_files import source_name
     from ..transforms import to_rgb_uint8
 
     out: dict[str, list] = {c: [] for c in (*JOB_COLUMNS, "pixels", "height", "width", "error")}
@@ -51,7 +53,9 @@ def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
         for column in JOB_COLUMNS:
             out[column].append(str(batch[column][index]))
         try:
-            rgb = np.ascontiguousarray(to_rgb_uint8(read_source(str(batch["source"][index]))))
+            source = str(batch["source"][index])
+            image = check_single_image(read_source(source), source_name(source))
+            rgb = np.ascontiguousarray(to_rgb_uint8(image))
             out["pixels"].append(rgb.tobytes())
             out["height"].append(int(rgb.shape[0]))
             out["width"].append(int(rgb.shape[1]))

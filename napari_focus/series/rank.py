@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
-from ..io import IMAGE_EXTENSIONS, describe_read_error, read_image
+from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
 from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
@@ -98,7 +98,7 @@ def rank_folder(
     for done, key in enumerate(keys, start=1):
         row = RankRow(path=key, name=Path(key).stem)
         try:
-            image = read_image(root / key)
+            image = check_single_image(read_image(root / key), Path(key).name)
             row.height, row.width = int(image.shape[0]), int(image.shape[1])
             start = time.perf_counter()
             prediction = predictor.predict(image, tta=tta)
