@@ -26,6 +26,7 @@ from .checkpoints import (
 )
 from .model import FocusArchitecture, FocusModel, build_model, resolve_architecture
 
+FOCUS_CLASSES = 2  # foreground, background (the official post-processing reads these)
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -40,6 +41,12 @@ def load_model(
     if architecture is None:
         architecture = infer_size(state)
     arch = _resolve(architecture, source)
+    if arch.num_classes != FOCUS_CLASSES:
+        raise CheckpointError(
+            f"{source}: its head predicts {arch.num_classes} class(es), but every FOCUS task "
+            "(sod, cod, sd, dbd, fd) reads its masks from a 2-class head (foreground, "
+            "background): the file is no FOCUS checkpoint for any task"
+        )
     with torch.device("meta"):
         model = build_model(arch)
     expected = model.state_dict()

@@ -171,3 +171,25 @@ def test_the_python_api_warns_once_with_its_own_words(tiny_files):
     message = str(warning.message)
     assert message.startswith("task='fd' (forgeries), but ") and "Pass task='sod'" in message
     assert "--task" not in message
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_a_head_of_another_class_count_is_refused_for_every_task(
+    tiny_mlp, tmp_path, images, classes
+):
+    """The five tasks share the 2-class head the masks are read from; a file whose head
+    has another class count loads for none of them."""
+    from napari_focus import build_model
+    from napari_focus.checkpoints import save_inference_checkpoint
+
+    arch, _ = tiny_mlp
+    odd = {**arch, "num_classes": classes}
+    torch.manual_seed(0)
+    path = save_inference_checkpoint(
+        build_model(odd).state_dict(), tmp_path / "odd.safetensors", architecture=odd,
+        task="sod",
+    )  # fmt: skip
+    code, err = _predict(images, tmp_path / "out", "--task", "sod", "--weights", path)
+    assert code == 2
+    assert f"its head predicts {classes} class(es), but every FOCUS task" in err
+    assert "no FOCUS checkpoint for any task" in err
