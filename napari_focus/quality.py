@@ -279,9 +279,6 @@ def summarize(rows: Sequence[Any]) -> dict[str, float]:
     return summary
 
 
-REPORT_FILES = ("metrics.csv", "report.html")  # what folder_report writes
-
-
 def folder_report(rows: Sequence[Any], out_dir: str | os.PathLike, *, top: int = 10) -> Path:
     """Write ``metrics.csv`` and a self-contained ``report.html`` (inline SVG, no scripts)
     into ``out_dir``; returns the HTML path.

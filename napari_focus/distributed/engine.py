@@ -20,7 +20,6 @@ from .manifest import (
     MANIFEST_NAME,
     carried_rows,
     empty_row,
-    manifest_columns,
     normalize,
     read_manifest,
     write_manifest,
@@ -137,24 +136,6 @@ def _ordered(rows: Iterable[dict[str, Any]], sources: Sequence[str]) -> list[dic
     return sorted(rows, key=lambda r: position.get(r["source"], len(position)))
 
 
-def _previous_manifest(path: Path) -> list[dict[str, Any]]:
-    """The rows of an earlier run's manifest at ``path``; any other file there (a table
-    of the user's, a folder) is refused, since the run would replace it."""
-    try:
-        columns = manifest_columns(path)
-        rows = read_manifest(path) if {"source", "status"} <= columns else None
-    except Exception as error:
-        columns, rows, why = set(), None, f"it cannot be read as one ({error})"
-    else:
-        why = "it has no 'source' and 'status' columns"
-    if rows is None:
-        raise ValueError(
-            f"--manifest {path} exists and is not a napari-focus manifest: {why}. The run "
-            "would replace it: choose another --manifest, or move the file away"
-        )
-    return rows
-
-
 def predict_dataset(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -209,7 +190,8 @@ def predict_dataset(
     that fails (unreadable, too small, a write error) is a ``failed`` manifest row.
 
     Raises:
-        ValueError: no input images, bad settings, an output folder that is a URI.
+        ValueError: no input images, bad settings, an output folder that is a URI, an
+            output folder or manifest that cannot be written or that is not a manifest.
         OutputReplacesInput: a ValueError: a mask or probability map would replace an
             input image (e.g. ``out`` is the input folder).
         RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
@@ -244,10 +226,9 @@ def predict_dataset(
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
+    previous = _earlier_rows(manifest_path)
+    _check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
-    previous: list[dict[str, Any]] = []
-    if manifest_path.exists():
-        previous = _previous_manifest(manifest_path)
     rows = carried_rows(plan.existing, previous)
     rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
 
@@ -290,6 +271,36 @@ def predict_dataset(
         workers=workers,
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_writable(out: Path, manifest: Path) -> None:
+    """Refuse, before any work, an output folder or manifest that cannot be written (a
+    file in the way, permission denied, a read-only file system)."""
+    from ..atomic import WriteError, check_writable_file, check_writable_folder
+
+    try:
+        check_writable_folder(out)
+        check_writable_file(manifest)
+    except WriteError as error:
+        raise ValueError(f"{error}; choose another output folder or manifest file") from error
+
+
+def _earlier_rows(manifest: Path) -> list[dict[str, Any]]:
+    """The rows of the manifest an earlier run left at ``manifest`` (none if there is no
+    file). Anything else there is refused before any work: the run would replace it."""
+    if not manifest.exists():
+        return []
+    try:
+        if manifest.is_dir():
+            raise ValueError("it is a folder")
+        return read_manifest(manifest)
+    except Exception as error:  # csv, pyarrow and the file system raise many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"cannot read {manifest} as the manifest of an earlier run "
+            f"({reason or type(error).__name__}) and will not replace it; move it away or "
+            "name another manifest file"
+        ) from error
 
 
 def _run(
