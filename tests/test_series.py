@@ -523,13 +523,13 @@ def test_rank_never_replaces_a_file_that_is_not_a_ranking(tmp_path):
     notes.write_text("sample,comment\na,blurry\n", encoding="utf-8")
     earlier = write_ranking_csv([RankRow(path="a.png", name="a", uncertainty=0.1, rank=1)],
                                 tmp_path / "earlier.csv")  # fmt: skip
-    missing_weights = tmp_path / "x.pth"  # reaching the model says "cannot load the model"
+    missing_weights = tmp_path / "x.pth"  # reaching the model says "no such file"
     common = ("rank", tmp_path / "images", "--task", "sod", "--weights", missing_weights)
     code, err = run_rank_cli(*common, "--out", notes)
     assert code == 2 and f"--out: {notes} exists and is not a ranking CSV" in err
     assert notes.read_text(encoding="utf-8") == "sample,comment\na,blurry\n"
     code, err = run_rank_cli(*common, "--out", earlier)  # a rerun may replace its ranking
-    assert code == 2 and "cannot load the model" in err
+    assert code == 2 and f"--weights {missing_weights}: no such file" in err
 
 
 def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoint, tmp_path):
