@@ -271,7 +271,6 @@ def _clash(
             return (
                 f"its {entry.kind_of(path)} {path.name} would replace {there[0]}, already "
                 f"in {path.parent} ({_one_file_note(path.name, there[0])}); rename the "
-                f"image, move {there[0]} "
-                "away or choose another --out"
+                f"image, move {there[0]} away or choose another --out"
             )
     return None
