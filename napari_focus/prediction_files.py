@@ -31,7 +31,9 @@ PROBABILITY_SUFFIX = "_probability"
 
 
 def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their images, sorted) and glob patterns.
+    """Expand files, folders (their images, sorted; hidden files such as the ``._name``
+    that macOS leaves on shared drives are left out, as series and export leave them)
+    and glob patterns.
 
     Returns the image paths (resolved, deduplicated, in order) and the inputs that
     matched nothing.
@@ -44,8 +46,10 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         path = Path(item)
         if path.is_dir():
             matches = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".")
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+            )  # fmt: skip
         elif path.is_file():
             matches = [path]
         elif glob.has_magic(item):

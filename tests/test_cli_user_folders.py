@@ -291,3 +291,16 @@ def test_a_tiff_stack_is_named_as_one_in_predict_and_rank(photo, weights, tmp_pa
     code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--out",
                         tmp_path / "rank.csv", "--device", "cpu", "--quiet")  # fmt: skip
     assert code == 1 and f"failed: stack.tif: {words}" in err
+
+
+def test_a_folder_input_leaves_out_hidden_files(photo, tmp_path):
+    from napari_focus.prediction_files import collect_inputs
+
+    folder = tmp_path / "from a mac"
+    folder.mkdir()
+    photo.save(folder / "photo.jpg")
+    (folder / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    found, unmatched = collect_inputs([str(folder)])
+    assert [p.name for p in found] == ["photo.jpg"] and not unmatched
+    found, _ = collect_inputs([str(folder / "._photo.jpg")])  # named explicitly: taken
+    assert [p.name for p in found] == ["._photo.jpg"]
