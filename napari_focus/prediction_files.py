@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def plan_outputs(
     claimed: dict[str, tuple[Path, PlannedOutputs]] = {}
     present = _names_in(folder)
     for entry in planned:
-        reason = _clash(entry, claimed, present)
+        reason = _clash(entry, claimed, present) or _not_a_file(entry, stats)
         if reason is not None:
             clashes.append((entry, reason))
             continue
@@ -239,6 +240,22 @@ def plan_outputs(
         else:
             todo.append(entry)
     return OutputPlan(todo=todo, existing=existing, clashes=clashes)
+
+
+def _not_a_file(
+    entry: PlannedOutputs, stats: Mapping[Path, os.stat_result | None]
+) -> str | None:
+    """Why an output path of ``entry`` cannot take a file: a folder (or another non-file)
+    is there, which would otherwise count as an existing output and be skipped."""
+    for path in entry.paths():
+        info = stats[path]
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            return (
+                f"its {entry.kind_of(path)} {path.name} cannot be written: {path} is {what}; "
+                "move it away or choose another --out"
+            )
+    return None
 
 
 def _one_file_note(name: str, other: str) -> str:

@@ -304,3 +304,15 @@ def test_a_folder_input_leaves_out_hidden_files(photo, tmp_path):
     assert [p.name for p in found] == ["photo.jpg"] and not unmatched
     found, _ = collect_inputs([str(folder / "._photo.jpg")])  # named explicitly: taken
     assert [p.name for p in found] == ["._photo.jpg"]
+
+
+def test_a_folder_where_a_mask_goes_is_no_existing_mask(tmp_path):
+    out = tmp_path / "out"
+    (out / "cat.png").mkdir(parents=True)
+    plan = plan_outputs(["/d/cat.jpg"], out)
+    assert not plan.todo and not plan.existing
+    [(_, reason)] = plan.clashes
+    assert reason == (
+        f"its mask cat.png cannot be written: {out / 'cat.png'} is a folder; move it away "
+        "or choose another --out"
+    )
