@@ -258,6 +258,10 @@ def _not_a_file(
     return None
 
 
+def _folder_of(source: str) -> str:
+    return source.rsplit("/", 1)[0] if is_uri(source) else os.path.dirname(source)
+
+
 def _one_file_note(name: str, other: str) -> str:
     """Why two different names with one :func:`same_file_key` are one file."""
     if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", other):
@@ -282,7 +286,9 @@ def _clash(
             same = other_path.name == path.name
             case = "" if same else f" ({_one_file_note(path.name, other_path.name)})"
             if kind == other_kind:
-                return f"same output name as {owner.source}{case}; rename one"
+                apart = _folder_of(entry.source) != _folder_of(owner.source)
+                each = ", or give each folder its own --out" if apart else ""
+                return f"same output name as {owner.source}{case}; rename one{each}"
             return (
                 f"its {kind} {path.name} would be the {other_kind} of {owner.source}{case}; "
                 "rename one"
