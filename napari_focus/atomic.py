@@ -327,7 +327,7 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
             break
         existing = existing.parent
     if not existing.is_dir():
-        raise WriteError(folder, f"{existing} is a file, not a folder")
+        raise WriteError(folder, f"{existing} is a file, not a folder; choose a folder")
     probe = existing / f"{_temp_head()}probe"
     try:
         if existing == folder:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint_identity import size_mismatch
 from .checkpoints import (
     SIZE_NAMES,
     CheckpointError,
@@ -25,6 +26,7 @@ from .checkpoints import (
 )
 from .model import FocusArchitecture, FocusModel, build_model, resolve_architecture
 
+FOCUS_CLASSES = 2  # foreground, background (the official post-processing reads these)
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -39,6 +41,12 @@ def load_model(
     if architecture is None:
         architecture = infer_size(state)
     arch = _resolve(architecture, source)
+    if arch.num_classes != FOCUS_CLASSES:
+        raise CheckpointError(
+            f"{source}: its head predicts {arch.num_classes} class(es), but every FOCUS task "
+            "(sod, cod, sd, dbd, fd) reads its masks from a 2-class head (foreground, "
+            "background): the file is no FOCUS checkpoint for any task"
+        )
     with torch.device("meta"):
         model = build_model(arch)
     expected = model.state_dict()
@@ -85,19 +93,13 @@ def _resolve(
 def _raise_if_other_size(
     state: Mapping[str, torch.Tensor], arch: FocusArchitecture, source: str
 ) -> None:
-    """A file of the other official size gets one line instead of hundreds of keys."""
-    try:
-        size = infer_size(state)
-    except CheckpointError:
+    """A file of another size than the official one asked for gets one line naming the
+    size it holds, instead of hundreds of keys."""
+    if arch.size_name not in SIZE_NAMES:
         return
-    wanted = arch.size_name
-    if size != wanted:
-        wanted_name = SIZE_NAMES.get(wanted, "a custom architecture")
-        raise CheckpointError(
-            f"{source} does not fit the model: this file is {SIZE_NAMES[size]} ({size}), "
-            f"but {wanted_name} was asked for. Load it as {size!r}, or leave the size out "
-            "to detect it from the file."
-        )
+    mismatch = size_mismatch(state, arch.size_name, source)
+    if mismatch is not None:
+        raise mismatch
 
 
 def check_tensor_kinds(

@@ -229,7 +229,9 @@ def infer_size(state: Mapping[str, torch.Tensor]) -> str:
             return size
     raise CheckpointError(
         f"the checkpoint's ViT (width {embed_dim}, {depth} blocks, {ffn} feed-forward) matches "
-        f"neither official size ({', '.join(SIZES)}); pass `architecture=` explicitly"
+        f"neither official size ({', '.join(SIZES)}) and the file records no architecture: "
+        "the command line loads FOCUS-L and FOCUS-G files, and .safetensors files that record "
+        "theirs (save_inference_checkpoint); in Python pass `architecture=` explicitly"
     )
 
 

@@ -30,18 +30,36 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
     """A :class:`~napari_focus.FocusPredictor` from ``--weights`` / ``--task`` /
     ``--size`` / ``--device`` / ``--precision`` / ``--compile`` (commands without the
     throughput flags get the defaults)."""
+    import warnings
+
+    from .checkpoint_identity import TaskMismatchWarning
     from .predictor import FocusPredictor
 
-    predictor = FocusPredictor.load(
-        args.task,
-        size=args.size,
-        weights=args.weights,
-        device=args.device,
-        precision=getattr(args, "precision", "auto"),
-    )
+    warn_if_weights_of_another_task(args)
+    with warnings.catch_warnings():  # said above in the command line's words
+        warnings.simplefilter("ignore", TaskMismatchWarning)
+        predictor = FocusPredictor.load(
+            args.task,
+            size=args.size,
+            weights=args.weights,
+            device=args.device,
+            precision=getattr(args, "precision", "auto"),
+        )
     if getattr(args, "compile", False):
         predictor.compile()
     return predictor
+
+
+def warn_if_weights_of_another_task(args: argparse.Namespace) -> None:
+    """Say on stderr when ``--weights`` records another task than ``--task`` (the file
+    loads: every task has the same head; its masks are those of its own task)."""
+    import sys
+
+    from .checkpoint_identity import task_mismatch
+
+    message = task_mismatch(args.task, args.weights) if args.weights else None
+    if message:
+        print(f"napari-focus: warning: {message}", file=sys.stderr)
 
 
 def load_predictor_or_say_why(args: argparse.Namespace) -> Any | None:
@@ -49,11 +67,39 @@ def load_predictor_or_say_why(args: argparse.Namespace) -> Any | None:
     cannot be loaded (a bad checkpoint, no network)."""
     import sys
 
+    problem = weights_file_problem(args.weights) if args.weights else None
+    if problem:
+        print(f"napari-focus: --weights {args.weights}: {problem}", file=sys.stderr)
+        return None
     try:
         return load_predictor_from_args(args)
     except Exception as error:
         print(f"napari-focus: cannot load the model: {error}", file=sys.stderr)
         return None
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def weights_file_problem(weights: str) -> str | None:
+    """What is wrong with ``--weights`` before it is read, in the command line's words:
+    no such file, a folder (the checkpoints in it are named), an empty file."""
+    from pathlib import Path
+
+    path = Path(weights)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        inside = f" (in it: {', '.join(found[:5])}{more})" if found else ""
+        return f"a folder, not a checkpoint file; give the .pth or .safetensors file{inside}"
+    if not path.exists():
+        return (
+            "no such file; check the path, or leave --weights out to download the official "
+            "weights of --task and --size"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty (0 bytes; an interrupted download?); download it again"
+    return None
 
 
 def positive_int(text: str) -> int:

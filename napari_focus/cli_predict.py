@@ -38,7 +38,10 @@ def run_predict(args: argparse.Namespace) -> int:
               f"give '{folder}/**/*' to include them (masks go flat into --out)",
               file=sys.stderr)  # fmt: skip
     if not images:
-        print("napari-focus: nothing to do: no input images", file=sys.stderr)
+        from .io import IMAGE_EXTENSIONS
+
+        print("napari-focus: nothing to do: no input images (files, folders or glob patterns "
+              f"of {' '.join(IMAGE_EXTENSIONS)} images)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     out_dir = Path(args.out or f"focus_{args.task}_masks")
     try:
@@ -52,7 +55,11 @@ def run_predict(args: argparse.Namespace) -> int:
     except OutputReplacesInput as error:
         print(f"napari-focus: {out_replaces_input_message(out_dir, error)}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    jobs = [Job(Path(entry.source), entry.mask, entry.probability) for entry in plan.todo]
+    jobs = [
+        Job(Path(entry.source), entry.mask, entry.probability,
+            keep=() if args.overwrite else tuple(p for p in entry.paths() if p.exists()))
+        for entry in plan.todo
+    ]  # fmt: skip
     failures = [(Path(entry.source), reason) for entry, reason in plan.clashes]
     skipped = len(plan.existing)
 
@@ -90,9 +97,11 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"napari-focus: removed {len(removed)} partial file(s)", file=sys.stderr)
 
     status = "interrupted: " if interrupted else ""
+    kept = sum(len(job.keep) for job in jobs)
+    kept_text = f" ({kept} existing file(s) among them kept)" if kept else ""
     print(
-        f"napari-focus: {status}{written} written, {skipped} skipped (already exist; "
-        f"--overwrite to redo), {len(failures)} failed -> {out_dir}",
+        f"napari-focus: {status}{written} written{kept_text}, {skipped} skipped (already "
+        f"exist; --overwrite to redo), {len(failures)} failed -> {out_dir}",
         file=sys.stderr,
     )
     for image, message in failures:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .atomic import WriteError, atomic_write
 
@@ -20,9 +20,12 @@ __all__ = [
     "ORIENTATION_TAG",
     "TIFF_EXTENSIONS",
     "ImageTooLargeError",
+    "UnreadableImageError",
     "WriteError",
     "apply_orientation",
     "atomic_write",
+    "check_single_image",
+    "describe_read_error",
     "file_orientation",
     "image_shape",
     "pixel_limit",
@@ -39,6 +42,59 @@ ORIENTATION_TAG = 0x0112  # EXIF/TIFF Orientation: 1 = as stored, 2-8 = flipped/
 class ImageTooLargeError(ValueError):
     """An image file declares more pixels than the reader's limit (possibly a
     decompression bomb); it was refused before decoding."""
+
+
+class UnreadableImageError(OSError):
+    """An image file holds no image that can be read: it is empty, its contents are not
+    an image format, or it is truncated. The message says which and what to do."""
+
+
+_AGAIN = "copy the image again, or leave it out"
+
+
+def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
+    """The plain-words error for a file that is empty, not an image or truncated (None
+    for other errors, which keep their own message)."""
+    text = str(error)
+    if isinstance(error, UnidentifiedImageError) or text.startswith("not a TIFF file"):
+        what = "a TIFF" if path.suffix.lower() in TIFF_EXTENSIONS else "an image"
+        return UnreadableImageError(
+            f"{path.name} is not {what} file that can be read: its contents are in no image "
+            f"format napari-focus reads, whatever its name says; {_AGAIN}"
+        )
+    if "truncated" in text.lower() or text.startswith("failed to read"):
+        detail = "" if text == "image file is truncated" else f" ({text})"
+        return UnreadableImageError(
+            f"{path.name} is truncated: the file ends before its image does (an "
+            f"interrupted copy or download?){detail}; {_AGAIN}"
+        )
+    return None
+
+
+class StackError(ValueError):
+    """An image file holds a stack of planes where one picture was expected."""
+
+
+def check_single_image(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` if it is one picture (gray, RGB or RGBA); a stack of planes (a
+    multi-page TIFF) raises :class:`StackError` saying so and what to do."""
+    planar = image.ndim == 3 and image.shape[-1] not in (1, 3, 4)
+    if planar or image.ndim > 3:
+        planes = int(np.prod(image.shape[:-2])) if planar else int(np.prod(image.shape[:-3]))
+        raise StackError(
+            f"{name} holds {planes} planes (array of shape {tuple(image.shape)}), not one "
+            "picture; FOCUS segments single images (gray, RGB or RGBA): save each plane "
+            "as its own file, or open the stack in napari and run the widget on a plane"
+        )
+    return image
+
+
+def describe_read_error(error: BaseException) -> str:
+    """A failed image in one line: the message alone for the errors that say what is
+    wrong in plain words, else prefixed with the exception type."""
+    if isinstance(error, UnreadableImageError | ImageTooLargeError | StackError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def pixel_limit() -> int | None:
@@ -82,6 +138,22 @@ def read_image(
     """
     path = Path(path)
     limit = pixel_limit() if max_pixels == "default" else max_pixels
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(
+            f"{path.name} is empty (0 bytes; an interrupted copy or download?): {_AGAIN}"
+        )
+    try:
+        return _read_image(path, limit)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ImageTooLargeError | UnreadableImageError):
+            raise
+        plain = _unreadable(path, error)
+        if plain is None:
+            raise
+        raise plain from error
+
+
+def _read_image(path: Path, limit: int | None) -> np.ndarray:
     if path.suffix.lower() in TIFF_EXTENSIONS:
         return _read_tiff(path, limit)
     try:

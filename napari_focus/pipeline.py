@@ -26,11 +26,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Job:
-    """One image and where its outputs go (``probability`` None: no probability map)."""
+    """One image and where its outputs go (``probability`` None: no probability map).
+    Outputs listed in ``keep`` exist already and are left as they are (a mask someone
+    may have corrected, when only its probability map is missing)."""
 
     source: Path
     mask: Path
     probability: Path | None = None
+    keep: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -54,16 +57,18 @@ def failure_text(error: BaseException) -> str:
 
 
 def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> PreparedInput:
-    from .io import read_image
+    from .io import check_single_image, read_image
 
-    return predictor.prepare(read_image(job.source), tta=tta)
+    image = check_single_image(read_image(job.source), job.source.name)
+    return predictor.prepare(image, tta=tta)
 
 
 def _write(job: Job, prediction: Prediction) -> None:
     from .io import write_mask, write_probability
 
-    write_mask(job.mask, prediction.mask)
-    if job.probability is not None:
+    if job.mask not in job.keep:
+        write_mask(job.mask, prediction.mask)
+    if job.probability is not None and job.probability not in job.keep:
         write_probability(job.probability, prediction.probability)
 
 

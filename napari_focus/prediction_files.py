@@ -6,6 +6,12 @@ One rule for ``napari-focus predict`` on this machine and on a Ray cluster: an i
 one input only (a second input whose mask or probability map would land on a claimed
 path is a clash, reported for that input and never written), and no output may be an
 input image (:class:`OutputReplacesInput`, refused before any work).
+
+Names are compared as a case-insensitive, normalization-insensitive file system
+(macOS, Windows, SMB shares, exFAT drives) compares them: ``A.png`` and ``a.jpg`` claim
+one mask, and a file already in the folder whose name differs from an output's only in
+case (``A.png`` there, ``a.png`` planned) is that output's file there, so it is a clash
+too, on every system alike.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Sequence
+import stat
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -24,7 +32,9 @@ PROBABILITY_SUFFIX = "_probability"
 
 
 def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their images, sorted) and glob patterns.
+    """Expand files, folders (their images, sorted; hidden files such as the ``._name``
+    that macOS leaves on shared drives are left out, as series and export leave them)
+    and glob patterns.
 
     Returns the image paths (resolved, deduplicated, in order) and the inputs that
     matched nothing.
@@ -37,8 +47,10 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         path = Path(item)
         if path.is_dir():
             matches = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".")
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+            )  # fmt: skip
         elif path.is_file():
             matches = [path]
         elif glob.has_magic(item):
@@ -157,6 +169,24 @@ class _Inputs:
         return self._files.get((stat.st_dev, stat.st_ino))
 
 
+def same_file_key(name: str) -> str:
+    """The key under which a case-insensitive, normalization-insensitive file system
+    (macOS, Windows) files ``name``: two names with one key are one file there."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _names_in(folder: Path) -> dict[str, list[str]]:
+    """The entries of ``folder`` by :func:`same_file_key` (empty if it does not exist)."""
+    names: dict[str, list[str]] = {}
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return names
+    for name in sorted(entries):
+        names.setdefault(same_file_key(name), []).append(name)
+    return names
+
+
 def _stat(path: Path) -> os.stat_result | None:
     try:
         return os.stat(path)
@@ -197,24 +227,77 @@ def plan_outputs(
     todo: list[PlannedOutputs] = []
     existing: list[PlannedOutputs] = []
     clashes: list[tuple[PlannedOutputs, str]] = []
-    claimed: dict[Path, PlannedOutputs] = {}
+    claimed: dict[str, tuple[Path, PlannedOutputs]] = {}
+    present = _names_in(folder)
     for entry in planned:
-        taken = [(path, claimed[path]) for path in entry.paths() if path in claimed]
-        if taken:
-            path, owner = taken[0]
-            kind, other_kind = entry.kind_of(path), owner.kind_of(path)
-            if kind == other_kind:
-                reason = f"same output name as {owner.source}; rename one"
-            else:
-                reason = (
-                    f"its {kind} {path.name} would be the {other_kind} of {owner.source}; "
-                    "rename one"
-                )
+        reason = _clash(entry, claimed, present) or _not_a_file(entry, stats)
+        if reason is not None:
             clashes.append((entry, reason))
             continue
-        claimed.update((path, entry) for path in entry.paths())
+        claimed.update((same_file_key(path.name), (path, entry)) for path in entry.paths())
         if not overwrite and all(stats[path] is not None for path in entry.paths()):
             existing.append(entry)
         else:
             todo.append(entry)
     return OutputPlan(todo=todo, existing=existing, clashes=clashes)
+
+
+def _not_a_file(
+    entry: PlannedOutputs, stats: Mapping[Path, os.stat_result | None]
+) -> str | None:
+    """Why an output path of ``entry`` cannot take a file: a folder (or another non-file)
+    is there, which would otherwise count as an existing output and be skipped."""
+    for path in entry.paths():
+        info = stats[path]
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            return (
+                f"its {entry.kind_of(path)} {path.name} cannot be written: {path} is {what}; "
+                "move it away or choose another --out"
+            )
+    return None
+
+
+def _folder_of(source: str) -> str:
+    return source.rsplit("/", 1)[0] if is_uri(source) else os.path.dirname(source)
+
+
+def _one_file_note(name: str, other: str) -> str:
+    """Why two different names with one :func:`same_file_key` are one file."""
+    if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", other):
+        how = "only in how their accents are encoded (Unicode normalization)"
+    else:
+        how = "only in case"
+    return f"names that differ {how} are one file on macOS and Windows"
+
+
+def _clash(
+    entry: PlannedOutputs,
+    claimed: Mapping[str, tuple[Path, PlannedOutputs]],
+    present: Mapping[str, list[str]],
+) -> str | None:
+    """Why ``entry`` may not write its outputs, or None: one lands on an output another
+    input claimed, or on a file in the folder whose name differs only in case."""
+    for path in entry.paths():
+        key = same_file_key(path.name)
+        if key in claimed:
+            other_path, owner = claimed[key]
+            kind, other_kind = entry.kind_of(path), owner.kind_of(other_path)
+            same = other_path.name == path.name
+            case = "" if same else f" ({_one_file_note(path.name, other_path.name)})"
+            if kind == other_kind:
+                apart = _folder_of(entry.source) != _folder_of(owner.source)
+                each = ", or give each folder its own --out" if apart else ""
+                return f"same output name as {owner.source}{case}; rename one{each}"
+            return (
+                f"its {kind} {path.name} would be the {other_kind} of {owner.source}{case}; "
+                "rename one"
+            )
+        there = present.get(key, [path.name])
+        if path.name not in there:
+            return (
+                f"its {entry.kind_of(path)} {path.name} would replace {there[0]}, already "
+                f"in {path.parent} ({_one_file_note(path.name, there[0])}); rename the "
+                f"image, move {there[0]} away or choose another --out"
+            )
+    return None

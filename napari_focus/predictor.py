@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoint_fit import load_model
+from .checkpoint_identity import TaskMismatchWarning, recorded_size_mismatch, task_mismatch
 from .checkpoints import (
     metadata_architecture,
     official_checkpoint,
@@ -161,8 +163,16 @@ class FocusPredictor:
         detected from tensor shapes unless ``architecture`` is given."""
         device = resolve_device(device)  # before reading the file
         state, metadata = read_checkpoint(path)
+        recorded = metadata_architecture(metadata, str(path))
         if architecture is None:
-            architecture = metadata_architecture(metadata, str(path))
+            architecture = recorded
+        elif isinstance(architecture, str) and recorded is not None:
+            mismatch = recorded_size_mismatch(recorded, architecture.lower(), str(path))
+            if mismatch is not None:
+                raise mismatch
+        other_task = task_mismatch(task, path, cli=False) if task else None
+        if other_task:
+            warnings.warn(other_task, TaskMismatchWarning, stacklevel=2)
         task = task or metadata.get("task") or None
         return cls.from_state_dict(
             state,

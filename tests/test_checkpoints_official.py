@@ -152,8 +152,10 @@ def test_a_large_file_loaded_as_giant_says_so_in_one_line(large_meta_state):
             large_meta_state, architecture="giant", device="cpu", source="focus_large_sod.pth"
         )
     message = str(info.value)
-    assert "this file is FOCUS-L (large)" in message and "FOCUS-G" in message
-    assert message.count("\n") == 0 and len(message) < 300
+    assert message.startswith("focus_large_sod.pth holds FOCUS-L (large), by its tensor shapes")
+    assert "not the FOCUS-G (giant) that --size giant asks for" in message
+    assert "Use --size large, or leave --size out" in message
+    assert message.count("\n") == 0 and len(message) < 400
 
 
 # ------------------------------------------------------------------ abuse: each one refused

@@ -111,7 +111,8 @@ def test_every_output_path_is_claimed_once(tmp_path):
     assert reasons == {
         "/data/a_probability.png": "its mask a_probability.png would be the probability map "
         "of /data/a.png; rename one",
-        "/other/a.jpg": "same output name as /data/a.png; rename one",
+        "/other/a.jpg": "same output name as /data/a.png; rename one, or give each folder "
+        "its own --out",
         "s3://b/a_probability.tif": "its mask a_probability.png would be the probability map "
         "of /data/a.png; rename one",
     }

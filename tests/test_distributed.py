@@ -423,9 +423,9 @@ def test_bad_settings_stop_before_any_work(images, tmp_path):
     out = tmp_path / "out"
     common = ("predict", images / "photo.png", "--task", "sod", "--out", out, "--engine", "ray")
     code, err = run_cli(*common, "--manifest", tmp_path / "results.json")
-    assert code == 2 and "must end in .parquet or .csv" in err
+    assert code == 2 and "a manifest is a .parquet or .csv file" in err
     code, err = run_cli(*common, "--weights", tmp_path / "missing.safetensors")
-    assert code == 2 and "weights file not found" in err
+    assert code == 2 and f"--weights {tmp_path / 'missing.safetensors'}: no such file" in err
     code, err = run_cli(*common, "--device", "cuda:1")
     assert code == 2 and "--gpus-per-worker" in err
     assert not out.exists()

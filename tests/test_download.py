@@ -217,7 +217,8 @@ def test_from_pretrained_downloads_then_checks_the_size(online, tmp_path):
         FocusPredictor.from_pretrained("sod", "large", cache_dir=tmp_path, device="cpu")
     message = str(info.value)
     assert FILENAME in message
-    assert "shape mismatches" in message
+    assert "holds a custom architecture, by its tensor shapes" in message
+    assert "not the FOCUS-L (large)" in message
     assert ("GET", f"/{REPO_ID}/resolve/main/{FILENAME}") in online.requests
 
 
@@ -317,13 +318,13 @@ def test_load_takes_a_local_file_else_the_hub(online, tmp_path, monkeypatch, tin
     requests = online.count()
     local = FocusPredictor.load("sod", weights=tiny_checkpoint, device="cpu")
     assert local.architecture.embed_dim == 64  # the size from the file
-    with pytest.raises(CheckpointError, match="shape mismatches"):  # a given size wins
+    with pytest.raises(CheckpointError, match="not the FOCUS-L"):  # a given size wins
         FocusPredictor.load("sod", size="large", weights=tiny_checkpoint, device="cpu")
     assert online.count() == requests  # a local file never asks the hub
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(CheckpointError) as info:  # no file: the official large weights
         FocusPredictor.load("sod", device="cpu")
-    assert FILENAME in str(info.value) and "shape mismatches" in str(info.value)
+    assert FILENAME in str(info.value) and "holds a custom architecture" in str(info.value)
     assert ("GET", f"/{REPO_ID}/resolve/main/{FILENAME}") in online.requests
     assert list((tmp_path / "hub").rglob(FILENAME))

@@ -524,13 +524,13 @@ def test_rank_never_replaces_a_file_that_is_not_a_ranking(tmp_path):
     earlier = write_ranking_csv([RankRow(path="a.png", name="a", uncertainty=0.1, rank=1)],
                                 tmp_path / "earlier.csv")  # fmt: skip
     earlier.write_bytes(b"\xef\xbb\xbf" + earlier.read_bytes())  # saved again by Excel
-    missing_weights = tmp_path / "x.pth"  # reaching the model says "cannot load the model"
+    missing_weights = tmp_path / "x.pth"  # reaching the model says "no such file"
     common = ("rank", tmp_path / "images", "--task", "sod", "--weights", missing_weights)
     code, err = run_rank_cli(*common, "--out", notes)
     assert code == 2 and f"--out: {notes} exists and is not a ranking CSV" in err
     assert notes.read_text(encoding="utf-8") == "sample,comment\na,blurry\n"
     code, err = run_rank_cli(*common, "--out", earlier)  # a rerun may replace its ranking
-    assert code == 2 and "cannot load the model" in err
+    assert code == 2 and f"--weights {missing_weights}: no such file" in err
 
 
 def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoint, tmp_path):
@@ -566,4 +566,7 @@ def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoin
     assert run_rank_cli("rank", tmp_path / "nope", "--task", "sod")[0] == 2
     assert run_rank_cli("rank", images, "--task", "sod", "--gt", tmp_path / "nope")[0] == 2
     code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "x.pth")
+    assert code == 2 and f"--weights {tmp_path / 'x.pth'}: no such file" in err
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04")
+    code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "cut.pth")
     assert code == 2 and "cannot load the model" in err

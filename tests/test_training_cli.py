@@ -123,3 +123,36 @@ def test_short_run_writes_a_loadable_checkpoint(
     FocusPredictor.from_checkpoint(out, device="cpu")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--root", "r"])
+
+
+def test_flags_named_in_the_refusals(tmp_path: Path, capsys, tiny_checkpoint) -> None:
+    export_shapes(tmp_path, "generic", 2, size=48)
+    base = ["train", "--root", str(tmp_path), "--steps", "1", "--device", "cpu"]
+    code = main([*base, "--layout", "generic", "--weights", str(tmp_path / "gone.pth"),
+                 "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"--weights {tmp_path / 'gone.pth'}: no such file" in err
+    code = main([*base, "--layout", "generic", "--weights", "cod",
+                 "--out", str(tmp_path / "o.pth")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"give --out {tmp_path / 'o.safetensors'}" in err
+    # a sod base on cod samples: the output would record sod unless --task says cod
+    code = main([*base, "--layout", "cod10k-train", "--weights", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "no training samples" in err
+    assert ("note: the base weights are for sod and --layout cod10k-train holds cod "
+            "samples; the output records the task sod (the base's) unless you add --task "
+            "cod") in err  # fmt: skip
+    code = main([*base, "--layout", "cod10k-train", "--task", "cod", "--weights",
+                 str(tiny_checkpoint), "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
+    assert code == 2 and "note:" not in capsys.readouterr().err
+
+
+def test_a_layout_without_samples_is_named_among_others(tmp_path: Path) -> None:
+    from napari_focus.training.data import collect_samples
+
+    export_shapes(tmp_path, "generic", 2, size=48)
+    samples, problems = collect_samples(tmp_path, ["generic", "duts-tr"])
+    assert len(samples) == 2
+    assert problems == [f"duts-tr: no samples under {tmp_path}; it adds nothing to training"]

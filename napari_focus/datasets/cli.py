@@ -18,7 +18,7 @@ from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
 from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
-from ..prediction_files import PROBABILITY_SUFFIX
+from ..prediction_files import PROBABILITY_SUFFIX, same_file_key
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
@@ -84,46 +84,107 @@ def pair_files(
         if p.is_file() and not hidden_or_probability and p.suffix.lower() in MASK_EXTENSIONS:
             masks.setdefault(p.stem, []).append(p)
 
+    folded: dict[str, list[Path]] = {}
+    for stem, group in masks.items():
+        folded.setdefault(same_file_key(stem), []).extend(group)
     pairs: list[tuple[Path, Path]] = []
     problems: list[str] = []
     used: set[Path] = set()
-    stems: dict[str, Path] = {}
+    samples: dict[str, Path] = {}
+    # the layout's own naming, then the names the series and rank --gt accept
+    suffixes = list(dict.fromkeys([convention, *MASK_SUFFIXES]))
     for image in images:
-        if image.stem in stems:
-            problems.append(f"{image}: same stem as {stems[image.stem]}; rename one")
-            continue
-        stems[image.stem] = image
-        # the layout's own naming, then the names the series and rank --gt accept
-        suffixes = dict.fromkeys([convention, *MASK_SUFFIXES])
-        keys = [image.stem + suffix for suffix in suffixes]
-        found = [m for key in keys for m in masks.get(key, [])]
-        if not found:
+        names = [image.stem + suffix for suffix in suffixes]
+        found = [m for name in names for m in masks.get(name, [])]
+        if not found:  # as a case-insensitive file system (macOS, Windows) pairs them
+            found = [m for name in names for m in folded.get(same_file_key(name), [])]
+        used.update(found)  # the mask of an image refused below is not an orphan
+        sample_key, sample = _sample_key(image.stem, layout)
+        if sample_key in samples:
+            other = samples[sample_key]
+            if other.stem == image.stem:
+                problems.append(f"{image}: same stem as {other}; rename one")
+            else:
+                problems.append(
+                    f"{image}: its sample name {sample!r} is also that of {other} (sample "
+                    "names are made safe and compared regardless of case, as macOS and "
+                    "Windows compare file names); rename one"
+                )
+        elif not found:
             problems.append(f"{image}: no mask in {masks_dir}")
         elif len(found) > 1:
             problems.append(f"{image}: several masks match: {', '.join(m.name for m in found)}")
         else:
+            samples[sample_key] = image
             pairs.append((image, found[0]))
-        used.update(found)
     for group in masks.values():
         problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
     return pairs, problems
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from ..io import read_image
+def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
+    """The image and its mask, both in the image's upright (EXIF) frame; a mask that
+    cannot be read or has another size says so, naming the mask file."""
+    from ..io import file_orientation, read_image
 
+    image = read_image(image_path)
+    try:
+        mask = read_mask_file(mask_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"its mask {mask_path}: {error}") from error
+    height, width = image.shape[:2]
+    if mask.shape == (height, width):
+        return image, mask
+    mask_height, mask_width = mask.shape
+    message = (
+        f"its mask {mask_path} is {mask_width}x{mask_height} pixels, the image "
+        f"{width}x{height}"
+    )
+    turned = False
+    if mask.shape == (width, height) and image_path.suffix.lower() not in (".tif", ".tiff"):
+        from PIL import Image
+
+        with Image.open(image_path) as stored:
+            turned = file_orientation(stored) >= 5
+    if turned:
+        message += (
+            ": the image is shown turned by its EXIF orientation and the mask is in its "
+            "stored, unturned frame. Make the mask on the upright image (napari-focus "
+            "predict and annotate read images upright)"
+        )
+    else:
+        message += ": a mask has the size of its image; check that the right files pair up"
+    raise ValueError(message)
+
+
+def _sample_key(stem: str, layout: str) -> tuple[str, str]:
+    """The sample name an image stem exports as, and the key under which two names are
+    one sample (one file on a case-insensitive file system)."""
+    from .names import sanitize_name
+
+    try:
+        name = sanitize_name(stem, get_layout(layout))
+    except ExportError:  # refused when exported, with the reason
+        name = stem
+    return same_file_key(name), name
+
+
+def run_export(args: argparse.Namespace) -> int:
     try:
         layout = args.layout or (layout_for_task(args.task) if args.task else None)
     except ValueError as exc:
         print(f"napari-focus: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if layout is None:
-        print("napari-focus: give --layout or --task", file=sys.stderr)
+        print("napari-focus: give --layout (the training split to add to) or --task (its "
+              "default split)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     images_dir, masks_dir = Path(args.images_dir), Path(args.masks_dir)
-    for folder in (images_dir, masks_dir):
+    for label, folder in (("IMAGES_DIR", images_dir), ("MASKS_DIR", masks_dir)):
         if not folder.is_dir():
-            print(f"napari-focus: {folder} is not a folder", file=sys.stderr)
+            what = "does not exist" if not folder.exists() else "is a file"
+            print(f"napari-focus: {label} {folder} {what}; export takes a folder of images "
+                  "and a folder of their masks", file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
 
     try:
@@ -143,8 +204,7 @@ def run_export(args: argparse.Namespace) -> int:
                 args.root,
                 layout,
                 image_path.stem,
-                read_image(image_path),
-                read_mask_file(mask_path),
+                *_read_pair(image_path, mask_path),
                 on_exists=args.on_exists,
                 provenance={
                     "source_path": str(image_path.resolve()),

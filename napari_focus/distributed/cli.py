@@ -95,7 +95,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             f"--address {args.address}: nothing answers there ({unreachable}); start the "
             "cluster's head (`ray start --head`) or check the address"
         )
-    from ..cli_common import out_replaces_input_message
+    from ..cli_common import out_replaces_input_message, warn_if_weights_of_another_task
     from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
@@ -104,6 +104,12 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if gpus is None and args.device == "cpu":
         gpus = 0.0
     out = Path(args.out or f"focus_{args.task}_masks")
+    from ..cli_common import weights_file_problem
+
+    problem = weights_file_problem(args.weights) if args.weights else None
+    if problem:  # the workers load the file this machine resolves
+        return _fail(f"--weights {args.weights}: {problem}")
+    warn_if_weights_of_another_task(args)  # once here, not once per worker
     try:
         run = predict_dataset(
             args.inputs,

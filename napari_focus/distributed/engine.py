@@ -219,7 +219,10 @@ def predict_dataset(
     out = Path(out).resolve()
     manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
     if manifest_path.suffix.lower() not in (".parquet", ".csv"):
-        raise ValueError(f"the manifest must end in .parquet or .csv, not {manifest_path}")
+        raise ValueError(
+            f"--manifest {manifest_path}: a manifest is a .parquet or .csv file; give a "
+            "name that ends in one of them"
+        )
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )

@@ -35,13 +35,17 @@ RESULT_COLUMNS = (
 
 
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    from ..io import describe_read_error
+
+    return describe_read_error(error)
 
 
 def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
     """Read each source as ``(H, W, 3)`` uint8 RGB (the conversion ``predict`` applies
     itself), carried as raw bytes so images of any size share a batch. An image that
     cannot be read keeps its row, with ``error`` set."""
+    from ..io import check_single_image
+    from ..prediction_files import source_name
     from ..transforms import to_rgb_uint8
 
     out: dict[str, list] = {c: [] for c in (*JOB_COLUMNS, "pixels", "height", "width", "error")}
@@ -49,7 +53,9 @@ def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
         for column in JOB_COLUMNS:
             out[column].append(str(batch[column][index]))
         try:
-            rgb = np.ascontiguousarray(to_rgb_uint8(read_source(str(batch["source"][index]))))
+            source = str(batch["source"][index])
+            image = check_single_image(read_source(source), source_name(source))
+            rgb = np.ascontiguousarray(to_rgb_uint8(image))
             out["pixels"].append(rgb.tobytes())
             out["height"].append(int(rgb.shape[0]))
             out["width"].append(int(rgb.shape[1]))
@@ -83,14 +89,19 @@ class WorkerSettings:
 
 
 def load_predictor(settings: WorkerSettings) -> Any:
+    import warnings
+
+    from ..checkpoint_identity import TaskMismatchWarning
     from ..predictor import FocusPredictor
 
     options: dict[str, Any] = {"device": settings.device}
     if settings.precision is not None:
         options["precision"] = settings.precision
-    return FocusPredictor.load(
-        settings.task, size=settings.size, weights=settings.weights, **options
-    )
+    with warnings.catch_warnings():  # the driver said it once, in the command line's words
+        warnings.simplefilter("ignore", TaskMismatchWarning)
+        return FocusPredictor.load(
+            settings.task, size=settings.size, weights=settings.weights, **options
+        )
 
 
 def _needs_write(path: str, settings: WorkerSettings) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
-from ..io import IMAGE_EXTENSIONS, read_image
+from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
 from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
@@ -100,7 +100,7 @@ def rank_folder(
     for done, key in enumerate(keys, start=1):
         row = RankRow(path=key, name=Path(key).stem)
         try:
-            image = read_image(root / key)
+            image = check_single_image(read_image(root / key), Path(key).name)
             row.height, row.width = int(image.shape[0]), int(image.shape[1])
             start = time.perf_counter()
             prediction = predictor.predict(image, tta=tta)
@@ -113,7 +113,7 @@ def rank_folder(
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
                     row.reference = str(mask_path)
         except Exception as error:  # one bad image must not stop the ranking
-            row.error = f"{type(error).__name__}: {error}"
+            row.error = describe_read_error(error)
         rows.append(row)
         if progress is not None:
             progress(done, len(keys), key)
@@ -189,10 +189,13 @@ def run_rank(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if not folder.is_dir():
-        print(f"napari-focus: not a folder: {folder}", file=sys.stderr)
+        what = "does not exist" if not folder.exists() else "is a file"
+        print(f"napari-focus: FOLDER {folder} {what}; rank takes a folder of images (for "
+              "single files, use predict)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     if args.gt and not Path(args.gt).is_dir():
-        print(f"napari-focus: --gt is not a folder: {args.gt}", file=sys.stderr)
+        print(f"napari-focus: --gt {args.gt} is not a folder; give the folder of "
+              "ground-truth masks (<stem>.png, <stem>_gt.png, ...)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     if args.gt:
         try:

@@ -88,6 +88,26 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
     return train
 
 
+def _note_recorded_task(args: argparse.Namespace) -> None:
+    """Say when the output would record the base's task although every --layout holds
+    samples of another task (``predict --task`` then warns about the new checkpoint)."""
+    from ..checkpoint_identity import recorded_task
+    from ..datasets.layouts import get_layout
+    from .setup import official_base
+
+    if args.task is not None:
+        return
+    data_tasks = {get_layout(layout).task for layout in args.layout}
+    found = official_base(args.weights) or recorded_task(args.weights)
+    base_task = found[0] if found else None
+    if len(data_tasks) == 1 and None not in data_tasks and base_task not in (None, *data_tasks):
+        (data_task,) = data_tasks
+        print(f"napari-focus train: note: the base weights are for {base_task} and "
+              f"--layout {' '.join(args.layout)} holds {data_task} samples; the output "
+              f"records the task {base_task} (the base's) unless you add --task {data_task}",
+              file=sys.stderr)  # fmt: skip
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -101,6 +121,12 @@ def run_train(args: argparse.Namespace) -> int:
     except ImportError as error:
         print(f"napari-focus train: validation needs {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    if Path(args.out).suffix != ".safetensors":
+        fixed = Path(args.out).with_suffix(".safetensors")
+        print(f"napari-focus train: --out {args.out}: the output is a .safetensors "
+              f"checkpoint; give --out {fixed}", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
+    _note_recorded_task(args)
     try:
         config = TrainConfig(
             root=Path(args.root), layouts=tuple(args.layout), out=Path(args.out),

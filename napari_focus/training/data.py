@@ -147,6 +147,8 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
         found, issues = list_samples(root, layout)
         samples += found
         problems += issues
+        if not found and not issues:
+            problems.append(f"{layout}: no samples under {root}; it adds nothing to training")
     if not samples:
         raise DatasetError(
             f"no training samples under {root} for layout(s) {', '.join(layouts)}: export "

@@ -66,12 +66,35 @@ def _official(name: str, size: str) -> tuple[str, str]:
     if lowered in TASKS:
         return lowered, check_size(size)
     match = _OFFICIAL_NAME.match(lowered)
+    if match is None and _looks_like_a_path(name):
+        raise ValueError(
+            f"--weights {name}: no such file; give the path of a checkpoint (.pth or "
+            ".safetensors), a task such as 'cod' or an official name such as 'focus_large_cod'"
+        )
     if match is None:
         raise ValueError(
             f"--weights {name!r} is neither a checkpoint file nor an official model (a task "
             f"such as 'cod', or a name such as 'focus_large_cod')"
         )
     return match.group(2), match.group(1)
+
+
+def official_base(weights: str) -> tuple[str, str] | None:
+    """``(task, how it is known)`` when ``weights`` names an official base (a task or
+    ``focus_large_cod``) rather than a file; None otherwise."""
+    if Path(weights).is_file():
+        return None
+    lowered = weights.strip().lower()
+    if lowered in TASKS:
+        return lowered, "a task name"
+    match = _OFFICIAL_NAME.match(lowered)
+    return (match.group(2), "an official name") if match else None
+
+
+def _looks_like_a_path(name: str) -> bool:
+    return "/" in name or "\\" in name or Path(name).suffix.lower() in (
+        ".pth", ".pt", ".safetensors", ".bin", ".ckpt",
+    )  # fmt: skip
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,0 +1,318 @@
+"""The command line on folders as annotators have them: names that are one file on
+macOS and Windows (case, Unicode normalization), broken files beside good ones, and
+the umask. Every refusal names the file, what is wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+import stat
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import run_cli
+
+from napari_focus import FocusPredictor
+from napari_focus.datasets.cli import pair_files
+from napari_focus.io import UnreadableImageError, read_image
+from napari_focus.prediction_files import plan_outputs
+
+CASE_NOTE = "names that differ only in case are one file on macOS and Windows"
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_mlp, tmp_path_factory) -> Path:
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture
+def photo(focus_reference) -> Image.Image:
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    return source.resize((72, 48), Image.BILINEAR)
+
+
+def test_outputs_of_names_one_file_apart_only_in_case_are_claimed_once(tmp_path):
+    out = tmp_path / "out"
+    nfd, nfc = unicodedata.normalize("NFD", "é.png"), unicodedata.normalize("NFC", "é.jpg")
+    sources = ["/d/A.png", "/d/a.png", "/d/a.JPG", f"/d/{nfd}", f"/d/{nfc}", "/d/b.png"]
+    plan = plan_outputs(sources, out, probability=True)
+    assert [e.source for e in plan.todo] == ["/d/A.png", f"/d/{nfd}", "/d/b.png"]
+    reasons = {entry.source: reason for entry, reason in plan.clashes}
+    assert reasons["/d/a.png"] == f"same output name as /d/A.png ({CASE_NOTE}); rename one"
+    assert reasons["/d/a.JPG"] == reasons["/d/a.png"]
+    assert "differ only in how their accents are encoded" in reasons[f"/d/{nfc}"]
+    # a probability map that is another input's mask but for the case
+    plan = plan_outputs(["/d/x.png", "/e/X_PROBABILITY.png"], out, probability=True)
+    [(clash, reason)] = plan.clashes
+    assert clash.source == "/e/X_PROBABILITY.png"
+    assert reason.startswith("its mask X_PROBABILITY.png would be the probability map of /d/x.png")
+
+
+def test_a_file_in_out_that_differs_only_in_case_is_never_replaced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "Cat.png").write_bytes(b"someone's mask")
+    for overwrite in (False, True):
+        plan = plan_outputs(["/d/cat.jpg", "/d/dog.jpg"], out, overwrite=overwrite)
+        assert [e.source for e in plan.todo] == ["/d/dog.jpg"] and not plan.existing
+        [(_, reason)] = plan.clashes
+        assert reason == (
+            f"its mask cat.png would replace Cat.png, already in {out} ({CASE_NOTE}); "
+            "rename the image, move Cat.png away or choose another --out"
+        )
+    (out / "cat.png").write_bytes(b"this input's earlier mask")  # both exist: no clash here
+    assert [e.source for e in plan_outputs(["/d/cat.jpg"], out).existing] == ["/d/cat.jpg"]
+
+
+def test_predict_writes_one_mask_per_case_insensitive_name(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "A.png")
+    photo.convert("L").save(images / "a.png")
+    photo.save(images / "b.JPG")
+    photo.save(images / "b.jpg")
+    out = tmp_path / "masks"
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out", out,
+                        "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1, err
+    assert "2 written" in err and "2 failed" in err
+    first = images / "A.png"
+    assert f"failed: {images / 'a.png'}: same output name as {first} ({CASE_NOTE})" in err
+    assert f"failed: {images / 'b.jpg'}: same output name as {images / 'b.JPG'}" in err
+    assert sorted(p.name for p in out.iterdir()) == ["A.png", "b.png"]
+
+
+def test_export_refuses_two_images_of_one_sample_name(photo, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    mask = Image.fromarray(np.full((48, 72), 255, np.uint8))
+    for name in ("Leaf.png", "leaf.jpg", "my photo.png", "my_photo.png"):
+        photo.save(images / name)
+        mask.save(masks / (Path(name).stem + ".png"))
+    photo.save(images / "IMG_7.JPG")
+    mask.save(masks / "img_7.png")  # masks named on a Windows machine pair all the same
+    pairs, problems = pair_files(images, masks, "duts-tr")
+    assert [(i.name, m.name) for i, m in pairs] == [
+        ("IMG_7.JPG", "img_7.png"), ("Leaf.png", "Leaf.png"), ("my photo.png", "my photo.png"),
+    ]  # fmt: skip
+    assert problems == [
+        f"{images / 'leaf.jpg'}: its sample name 'leaf' is also that of {images / 'Leaf.png'} "
+        "(sample names are made safe and compared regardless of case, as macOS and Windows "
+        "compare file names); rename one",
+        f"{images / 'my_photo.png'}: its sample name 'my_photo' is also that of "
+        f"{images / 'my photo.png'} (sample names are made safe and compared regardless of "
+        "case, as macOS and Windows compare file names); rename one",
+    ]
+    root = tmp_path / "datasets"
+    code, err = run_cli("export", images, masks, "--root", root, "--layout", "duts-tr")
+    assert code == 1 and "3 written" in err and "0 failed, 2 unpaired" in err, err
+    listed = sorted(p.stem for p in (root / "DUTS/DUTS-TR/DUTS-TR-Image").iterdir())
+    assert listed == ["IMG_7", "Leaf", "my_photo"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("empty.png", b"", "empty.png is empty (0 bytes"),
+        ("empty.tif", b"", "empty.tif is empty (0 bytes"),
+        ("notes.png", b"shopping list", "notes.png is not an image file that can be read"),
+        ("notes.tif", b"shopping list", "notes.tif is not a TIFF file that can be read"),
+        ("cut.png", None, "cut.png is truncated"),
+        ("cut.jpg", None, "cut.jpg is truncated"),
+        ("cut.tif", None, "cut.tif is truncated"),
+    ],
+)
+def test_broken_files_say_what_is_wrong(photo, tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is None:  # a good file cut short, as an interrupted copy leaves it
+        photo.save(path)
+        data = path.read_bytes()
+        content = data[: len(data) // 2] if name.endswith(".tif") else data[:300]
+    path.write_bytes(content)
+    with pytest.raises(UnreadableImageError) as caught:
+        read_image(path)
+    assert str(caught.value).startswith(words)
+    assert str(caught.value).endswith("copy the image again, or leave it out")
+    assert isinstance(caught.value, OSError)  # callers catching OSError still do
+
+
+def test_predict_on_a_mixed_folder_under_umask_027(photo, weights, tmp_path):
+    """Every kind of image a folder holds gets its mask (group-readable under umask 027);
+    each broken file fails with its reason, and the others are written."""
+    images = tmp_path / "dossier à trier"
+    images.mkdir()
+    photo.save(images / "rgb.jpg")
+    photo.convert("L").save(images / "gray.png")
+    photo.convert("RGBA").save(images / "rgba.png")
+    photo.convert("P").save(images / "palette.png")
+    import tifffile
+
+    tifffile.imwrite(images / "deep 16-bit.tif", np.asarray(photo).astype(np.uint16) * 257)
+    tifffile.imwrite(images / "gray8.tif", np.asarray(photo.convert("L")))
+    rotated = photo.copy()
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(images / "portrait ünïcode.jpg", exif=exif)
+    (images / "zero.png").write_bytes(b"")
+    (images / "readme.png").write_text("not an image")
+    (images / "notes.txt").write_text("not an input at all")
+    out = tmp_path / "masks"
+    previous = os.umask(0o027)
+    try:
+        code, err = run_cli("predict", images, "--task", "sod", "--weights", weights,
+                            "--out", out, "--device", "cpu", "--quiet")  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert code == 1, err
+    assert "7 written, 0 skipped" in err and "2 failed" in err
+    assert "zero.png is empty (0 bytes" in err and "readme.png is not an image file" in err
+    written = {p.name: p for p in out.iterdir()}
+    assert sorted(written) == sorted(
+        ["rgb.png", "gray.png", "rgba.png", "palette.png", "deep 16-bit.png", "gray8.png",
+         "portrait ünïcode.png"]
+    )  # fmt: skip
+    assert read_image(written["portrait ünïcode.png"]).shape == (72, 48)  # upright
+    for path in written.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_rank_reports_a_broken_file_in_plain_words(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    (images / "empty.png").write_bytes(b"")
+    code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--device",
+                        "cpu", "--out", tmp_path / "ranking.csv", "--quiet")  # fmt: skip
+    assert code == 1 and "ranked 1 images, 1 failed" in err
+    assert "failed: empty.png: empty.png is empty (0 bytes" in err  # no exception type name
+
+
+def test_a_rerun_with_probability_keeps_a_mask_corrected_in_place(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "cat.png")
+    photo.save(images / "dog.png")
+    out = tmp_path / "masks"
+    args = ["predict", images, "--task", "sod", "--weights", weights, "--out", out,
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert run_cli(*args)[0] == 0
+    corrected = np.zeros((48, 72), np.uint8)
+    corrected[10:30, 20:50] = 255
+    Image.fromarray(corrected).save(out / "cat.png")  # the annotator's correction
+    before = (out / "cat.png").read_bytes()
+    (out / "dog.png").unlink()
+    code, err = run_cli(*args, "--probability")
+    assert code == 0 and "2 written (1 existing file(s) among them kept)" in err, err
+    assert (out / "cat.png").read_bytes() == before
+    assert (out / "cat_probability.png").is_file() and (out / "dog.png").is_file()
+    code, err = run_cli(*args, "--probability", "--overwrite")  # said explicitly: redone
+    assert code == 0 and "kept" not in err
+    assert (out / "cat.png").read_bytes() != before
+
+
+def test_export_names_the_mask_that_is_wrong(photo, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    turned = photo.copy()
+    exif = turned.getexif()
+    exif[0x0112] = 6  # stored 72x48, shown 48x72
+    turned.save(images / "phone.jpg", exif=exif)
+    Image.fromarray(np.zeros((48, 72), np.uint8)).save(masks / "phone.png")  # stored frame
+    photo.save(images / "small.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "small.png")
+    photo.save(images / "empty.png")
+    (masks / "empty.png").write_bytes(b"")
+    photo.save(images / "good.png")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / "good.png")
+    code, err = run_cli("export", images, masks, "--root", tmp_path / "ds", "--task", "cod")
+    assert code == 1 and "1 written" in err and "3 failed" in err, err
+    assert (
+        f"failed: phone.jpg: its mask {masks / 'phone.png'} is 72x48 pixels, the image 48x72: "
+        "the image is shown turned by its EXIF orientation and the mask is in its stored, "
+        "unturned frame. Make the mask on the upright image"
+    ) in err
+    assert (
+        f"failed: small.png: its mask {masks / 'small.png'} is 10x10 pixels, the image "
+        "72x48: a mask has the size of its image; check that the right files pair up"
+    ) in err
+    assert f"failed: empty.png: its mask {masks / 'empty.png'}: empty.png is empty" in err
+
+
+def test_weights_that_are_no_checkpoint_file_name_the_flag(photo, weights, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    snapshot = tmp_path / "snapshot"  # a downloaded model folder instead of its file
+    snapshot.mkdir()
+    (snapshot / "focus_large_sod.pth").write_bytes(b"")
+    (snapshot / "README.md").write_text("model card")
+    cases = [
+        (snapshot, "a folder, not a checkpoint file; give the .pth or .safetensors file "
+                   "(in it: focus_large_sod.pth)"),
+        (tmp_path / "gone.pth", "no such file; check the path, or leave --weights out"),
+        (snapshot / "focus_large_sod.pth", "the file is empty (0 bytes"),
+    ]  # fmt: skip
+    for given, words in cases:
+        for command in ("predict", "rank"):
+            out = tmp_path / f"{command}.out"
+            code, err = run_cli(command, images, "--task", "sod", "--weights", given,
+                                "--device", "cpu", "--out", out)  # fmt: skip
+            assert code == 2 and f"napari-focus: --weights {given}: {words}" in err, err
+
+
+def test_ray_names_a_manifest_that_is_no_parquet_or_csv_file(photo, tmp_path):
+    pytest.importorskip("ray")
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    code, err = run_cli("predict", images, "--task", "sod", "--engine", "ray", "--out",
+                        tmp_path / "out", "--manifest", tmp_path / "m.json")  # fmt: skip
+    assert code == 2 and f"--manifest {tmp_path / 'm.json'}: a manifest is a .parquet" in err
+
+
+def test_a_tiff_stack_is_named_as_one_in_predict_and_rank(photo, weights, tmp_path):
+    import tifffile
+
+    images = tmp_path / "images"
+    images.mkdir()
+    photo.save(images / "one.png")
+    tifffile.imwrite(images / "stack.tif", np.stack([np.asarray(photo.convert("L"))] * 5))
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out",
+                        tmp_path / "out", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1 and "1 written" in err
+    words = "stack.tif holds 5 planes (array of shape (5, 48, 72)), not one picture"
+    assert f"failed: {images / 'stack.tif'}: {words}" in err
+    code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--out",
+                        tmp_path / "rank.csv", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1 and f"failed: stack.tif: {words}" in err
+
+
+def test_a_folder_input_leaves_out_hidden_files(photo, tmp_path):
+    from napari_focus.prediction_files import collect_inputs
+
+    folder = tmp_path / "from a mac"
+    folder.mkdir()
+    photo.save(folder / "photo.jpg")
+    (folder / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    found, unmatched = collect_inputs([str(folder)])
+    assert [p.name for p in found] == ["photo.jpg"] and not unmatched
+    found, _ = collect_inputs([str(folder / "._photo.jpg")])  # named explicitly: taken
+    assert [p.name for p in found] == ["._photo.jpg"]
+
+
+def test_a_folder_where_a_mask_goes_is_no_existing_mask(tmp_path):
+    out = tmp_path / "out"
+    (out / "cat.png").mkdir(parents=True)
+    plan = plan_outputs(["/d/cat.jpg"], out)
+    assert not plan.todo and not plan.existing
+    [(_, reason)] = plan.clashes
+    assert reason == (
+        f"its mask cat.png cannot be written: {out / 'cat.png'} is a folder; move it away "
+        "or choose another --out"
+    )
