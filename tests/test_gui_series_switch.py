@@ -19,10 +19,10 @@ from napari_focus.predictor import FocusPredictor  # noqa: E402
 WAIT_MS = 120_000
 
 
-def _folder(root, name, source, flip=False):
+def _folder(root, name, source, flip=False, count=3):
     folder = root / name
     folder.mkdir()
-    for i in range(3):
+    for i in range(count):
         crop = np.asarray(source.crop((i * 20, 0, i * 20 + 96, 64)))
         Image.fromarray(crop[::-1] if flip else crop).save(folder / f"img{i}.png")
     return folder
@@ -190,3 +190,32 @@ def test_the_gui_thread_never_hashes_an_image_file(
     assert state.queue.item("img1.png").status.value == "accepted"
     assert all(item.fingerprint for item in state.queue)
     assert hashed_on and threading.main_thread().name not in hashed_on
+
+
+def test_closing_napari_waits_for_the_cancelled_proposal(
+    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+):
+    """Closing napari while a proposal is computed ahead stops the model before the
+    window goes, so no worker reports to a deleted widget."""
+    original = FocusPredictor.predict
+    inside = threading.Event()
+    left: list[bool] = []
+
+    def slow(self, image, **kwargs):
+        inside.set()
+        threading.Event().wait(0.5)
+        try:
+            return original(self, image, **kwargs)
+        finally:
+            left.append(True)
+
+    folder = _folder(tmp_path, "images", source, count=6)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    monkeypatch.setattr(FocusPredictor, "predict", slow)
+    series.next()  # img3 is planned
+    qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
+    assert series.close_guard.allow_close()
+    assert left  # the forward ended (cancelled) before closing went on

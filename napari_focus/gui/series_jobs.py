@@ -4,6 +4,7 @@ the order the user needs them (the plan lives in :mod:`napari_focus.series.prefe
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -84,6 +85,14 @@ def prefetch_job(
         yield ("prediction", item_key, ticket, prediction, seconds, score, decoded, fingerprint)
 
 
+def _until_done(left: threading.Event, *args: Any) -> Generator[tuple, None, None]:
+    """:func:`prefetch_job`, setting ``left`` when it returns (cancelled, failed or done)."""
+    try:
+        yield from prefetch_job(*args)
+    finally:
+        left.set()
+
+
 class Prefetcher:
     """One worker at a time over a :class:`JobBoard`; results go to ``on_message``.
 
@@ -107,6 +116,7 @@ class Prefetcher:
         self._control: RunControl | None = None
         self._model_id: str | None = None
         self._generation = 0  # bumped when the model or series changes
+        self._left: threading.Event | None = None  # set once the worker has returned
         self.store: ProposalStore | None = None
         self.tta = False  # proposals with test-time augmentation
 
@@ -151,8 +161,9 @@ class Prefetcher:
         if self._worker is not None or not self.board.pending():
             return
         self._control = RunControl()
-        worker = thread_worker(prefetch_job, start_thread=False)(
-            key, predictor, self.board, self.store, self._control, self.tta, self.load
+        self._left = threading.Event()
+        worker = thread_worker(_until_done, start_thread=False)(
+            self._left, key, predictor, self.board, self.store, self._control, self.tta, self.load
         )
         generation = self._generation
         worker.yielded.connect(lambda message: self._deliver(generation, message))
@@ -172,11 +183,15 @@ class Prefetcher:
         self.cache.release(*[job[0] for job in self.board.replace([])])
         self.on_idle()
 
-    def stop(self) -> None:
-        """Cancel the running computation (napari closes) and drop the plan."""
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Cancel the running computation and drop the plan; with ``wait_s`` (napari
+        closes) wait that long for the worker to leave the model, so it never reports
+        to a widget Qt has deleted."""
         self.cache.release(*[job[0] for job in self.board.replace([])])
         if self._control is not None:
             self._control.cancel()
+            if wait_s > 0 and self._left is not None:
+                self._left.wait(wait_s)
 
     def load_stored(self, item_key: str, path: Path | None) -> tuple[Prediction, float] | None:
         """A proposal of this model saved on disk earlier, as a prediction with its
