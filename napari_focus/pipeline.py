@@ -46,6 +46,13 @@ class RunSummary:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
+def failure_text(error: BaseException) -> str:
+    """What an image's failure says: the exception's message, or its type when it has
+    none (a bare ``AssertionError`` or ``MemoryError``), never an empty text."""
+    message = str(error).strip()
+    return message or type(error).__name__
+
+
 def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> PreparedInput:
     from .io import read_image
 
@@ -102,7 +109,7 @@ def run_pipeline(
             if future.cancelled():  # interrupted before it started: neither written nor failed
                 continue
             error = future.exception()
-            report(job, None if error is None else f"cannot write: {error}")
+            report(job, None if error is None else f"cannot write: {failure_text(error)}")
 
     try:
         while True:
@@ -119,13 +126,13 @@ def run_pipeline(
                 if error is None:
                     batch.append((job, future.result()))
                 else:
-                    report(job, str(error))
+                    report(job, failure_text(error))
             if not batch:
                 continue
             outcomes = predict_isolating(predictor, [prepared for _, prepared in batch], per_batch)
             for (job, _), (outcome, _) in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Exception):
-                    report(job, str(outcome))
+                    report(job, failure_text(outcome))
                 else:
                     behind.append((job, writer.submit(_write, job, outcome)))
             settle_writes(limit=2 * per_batch)

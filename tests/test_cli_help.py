@@ -52,6 +52,19 @@ def test_help_and_version_do_not_import_torch() -> None:
     assert "--on-exists {error,skip,rename,replace}" in out
 
 
+def test_python_dash_m_runs_the_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_focus", "predict", "--help"],
+        env={"PYTHONPATH": str(PACKAGE_PARENT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: napari-focus predict")
+
+
 def test_every_option_has_help() -> None:
     import argparse
 

@@ -77,6 +77,21 @@ def test_run_pipeline_reports_each_image_in_order_of_completion(folder, weights,
         run_pipeline(predictor, jobs, workers=0)
 
 
+def test_a_failure_without_a_message_is_still_reported_in_words(
+    folder, weights, tmp_path, monkeypatch
+):
+    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+
+    def bare_assert(inputs, *, batch_size=None):
+        raise AssertionError  # e.g. a shape check deep in the model: str() is ""
+
+    monkeypatch.setattr(predictor, "predict_prepared", bare_assert)
+    seen = []
+    summary = run_pipeline(predictor, [Job(folder / "c.png", tmp_path / "c.png")], workers=1,
+                           on_done=lambda j, e: seen.append(e))  # fmt: skip
+    assert seen == ["AssertionError"] and summary.failures[0][1] == "AssertionError"
+
+
 @pytest.mark.parametrize("blocker", ["file", "readonly"])
 def test_unusable_out_is_reported_before_the_model_loads(folder, tmp_path, blocker):
     if blocker == "file":

@@ -335,6 +335,17 @@ def test_bad_images_and_proposals(tmp_path: Path) -> None:
         export_sample(tmp_path / "r", "coco", "a", np.zeros((H, W)), mask)
 
 
+def test_images_too_wide_for_jpeg_are_refused_before_any_write(tmp_path: Path) -> None:
+    image = np.zeros((32, 65501), np.uint8)
+    mask = np.zeros(image.shape, bool)
+    with pytest.raises(ExportError, match=r"at most 65,500 pixels.*PNG layout") as info:
+        export_sample(tmp_path / "r", "duts-tr", "wide", image, mask)
+    assert "32 x 65501" in str(info.value)
+    assert not (tmp_path / "r").exists()
+    result = export_sample(tmp_path / "r", "generic", "wide", image, mask)  # PNG: no limit
+    assert Image.open(result.image).size == (65501, 32)
+
+
 @pytest.mark.parametrize(
     "image",
     [

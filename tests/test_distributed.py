@@ -429,3 +429,44 @@ def test_bad_settings_stop_before_any_work(images, tmp_path):
     code, err = run_cli(*common, "--device", "cuda:1")
     assert code == 2 and "--gpus-per-worker" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["other table", "binary", "folder"])
+def test_a_file_that_is_no_manifest_is_never_replaced(images, tmp_path, kind):
+    from napari_focus.distributed.engine import predict_dataset
+
+    manifest = tmp_path / ("results.csv" if kind != "binary" else "results.parquet")
+    if kind == "folder":
+        manifest.mkdir()
+    elif kind == "binary":
+        manifest.write_bytes(b"\x00\x01 not parquet")
+    else:
+        manifest.write_text("sample,score\ncat,0.5\n", encoding="utf-8")
+    before = None if kind == "folder" else manifest.read_bytes()
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="will not replace it; move it away") as info:
+        predict_dataset(images / "photo.png", out, task="sod", manifest=manifest)
+    assert str(manifest) in str(info.value)
+    assert not out.exists()  # refused before any work
+    assert kind == "folder" or manifest.read_bytes() == before
+
+
+def test_reading_another_programs_table_as_a_manifest_is_refused(tmp_path):
+    table = tmp_path / "scores.csv"
+    table.write_text("sample,score\ncat,0.5\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"napari-focus manifest \(no source, status column"):
+        read_manifest(table)
+
+
+@pytest.mark.parametrize("blocked", ["out", "manifest"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(images, tmp_path, blocked):
+    from napari_focus.distributed.engine import predict_dataset
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("in the way", encoding="utf-8")
+    out = blocker if blocked == "out" else tmp_path / "out"
+    manifest = blocker / "results.csv" if blocked == "manifest" else None
+    with pytest.raises(ValueError, match="choose another output folder or manifest") as info:
+        predict_dataset(images / "photo.png", out, task="sod", manifest=manifest)
+    assert f"could not write {blocker}" in str(info.value)
+    assert not (tmp_path / "out").exists() and blocker.read_text(encoding="utf-8") == "in the way"

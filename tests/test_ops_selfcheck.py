@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import napari_focus
-from napari_focus.ops import build, ms_deform_attn_torch, selfcheck, toolchain
+from napari_focus.ops import build, error_check, ms_deform_attn_torch, selfcheck, toolchain
 from napari_focus.ops.compiled import KernelFallbackWarning
 
 PACKAGE_PARENT = Path(napari_focus.__file__).resolve().parents[1]
@@ -160,6 +160,97 @@ def test_processes_with_other_source_paths_share_the_cache(
         assert result["directory"] == str(build.build_directory("cpu"))
         assert "self-check against the PyTorch reference passed" in result["doctor"]
     assert library.stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------ errors reach Python
+_LOST_ERROR = textwrap.dedent(
+    """
+    import json, sys
+    from napari_focus.ops import build, doctor, error_check, ms_deform_attn
+    from msda_cases import random_inputs
+    if sys.argv[1] == "crash":  # what a kernel from a broken compiler wrapper does
+        error_check._ERROR_PROBE = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    try:
+        ms_deform_attn(*random_inputs(0, 1, 3, 2, 8, [(3, 3)], 2), backend="cpu")
+        explicit = None
+    except RuntimeError as exc:
+        explicit = str(exc)
+    print(json.dumps({"explicit": explicit, "doctor": doctor.doctor_report()}))
+    """
+)
+
+
+def test_the_built_kernel_raises_errors_into_python(compiler) -> None:
+    build.load("cpu")
+    marker = json.loads((build.build_directory("cpu") / "build.ok").read_text())
+    assert marker["errors_reach_python"] is True and marker["error_problem"] is None
+    library = build.build_directory("cpu") / "napari_focus_msda_cpu.so"
+    assert error_check.errors_reach_python(library, "napari_focus_cpu") is None
+
+
+@pytest.mark.parametrize(
+    ("script", "needle"),
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV"),
+        ("import sys; sys.exit(3)", "must refuse was accepted"),
+        ("raise SystemExit('cannot load the library')", "status 1 (cannot load the library)"),
+    ],
+    ids=["crash", "accepted", "no-load"],
+)
+def test_the_error_check_says_what_happened(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str, needle: str
+) -> None:
+    monkeypatch.setattr(error_check, "_ERROR_PROBE", script)
+    problem = error_check.errors_reach_python(tmp_path / "lib.so", "napari_focus_cpu")
+    assert problem is not None and needle in problem, problem
+    if needle.startswith("killed"):
+        assert "CXX" in problem  # says what to do
+
+
+def test_a_check_that_cannot_run_leaves_the_kernel_in_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_interpreter(*args, **kwargs):
+        raise FileNotFoundError("no such file: python")
+
+    monkeypatch.setattr(error_check.subprocess, "run", no_interpreter)
+    marker = tmp_path / "build.ok"
+    marker.write_text('{"key": "k"}\n')
+    assert error_check.recorded_check(marker, tmp_path / "lib.so", "napari_focus_cpu") is None
+    assert json.loads(marker.read_text()) == {"key": "k"}  # checked again next time
+    assert "could not check" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_kernel_whose_errors_kill_the_process_is_refused_and_remembered(
+    compiler, tmp_path: Path
+) -> None:
+    """A cached build from before the check existed is checked once; a crash disables it
+    with a reason naming the compiler, and the next process trusts the recorded result."""
+    build.load("cpu")
+    cache = tmp_path / "cache"
+    built = build.build_directory("cpu")
+    copy = cache / built.relative_to(build.cache_root())
+    shutil.copytree(built, copy)
+    (copy / "build.ok").write_text(json.dumps({"key": build.build_key("cpu")}) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC")}
+    env.update(
+        NAPARI_FOCUS_CACHE=str(cache),
+        PYTHONPATH=os.pathsep.join([str(PACKAGE_PARENT), str(Path(__file__).parent)]),
+    )
+    results = []
+    for mode in ("crash", "real"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOST_ERROR, mode], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for result in results:
+        assert "does not reach Python" in result["explicit"]
+        assert "killed by SIGSEGV" in result["explicit"] and "CXX=" in result["explicit"]
+        assert "cpu: unavailable - it built, but an error raised inside it" in result["doctor"]
+    marker = json.loads((copy / "build.ok").read_text())
+    assert marker["errors_reach_python"] is False and "SIGSEGV" in marker["error_problem"]
 
 
 # ------------------------------------------------------------------------ the cache key

@@ -490,6 +490,20 @@ def test_rank_folder_with_masks_beside_the_images(tmp_path):
     assert rows[0].metrics["iou"] == 1 and rows[1].metrics["mae"] == 0
 
 
+def test_ranking_lists_the_mask_folder_once_not_once_per_image(tmp_path, monkeypatch):
+    """Masks beside 40 images: finding them was one folder listing per image (twice),
+    which made a folder of 3,000 images and their masks take minutes before ranking."""
+    for i in range(40):
+        write_png(tmp_path / f"im{i:02d}.png", np.full((8, 8, 3), 60 + i, np.uint8))
+        write_png(tmp_path / f"im{i:02d}_gt.png", np.zeros((8, 8), np.uint8))
+    listings = []
+    iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: listings.append(self) or iterdir(self))
+    rows = rank_folder(tmp_path, FakePredictor(), gt_folder=tmp_path)
+    assert len(rows) == 40 and all(r.reference.endswith("_gt.png") for r in rows)
+    assert len(listings) <= 3, len(listings)
+
+
 def run_rank_cli(*args) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="napari-focus")
     add_rank_parser(parser.add_subparsers(dest="command", required=True))
@@ -501,6 +515,21 @@ def run_rank_cli(*args) -> tuple[int, str]:
         except SystemExit as exit_:
             code = exit_.code
     return code, err.getvalue()
+
+
+def test_rank_never_replaces_a_file_that_is_not_a_ranking(tmp_path):
+    write_png(tmp_path / "images" / "a.png", np.zeros((40, 40, 3), np.uint8))
+    notes = tmp_path / "notes.csv"
+    notes.write_text("sample,comment\na,blurry\n", encoding="utf-8")
+    earlier = write_ranking_csv([RankRow(path="a.png", name="a", uncertainty=0.1, rank=1)],
+                                tmp_path / "earlier.csv")  # fmt: skip
+    missing_weights = tmp_path / "x.pth"  # reaching the model says "cannot load the model"
+    common = ("rank", tmp_path / "images", "--task", "sod", "--weights", missing_weights)
+    code, err = run_rank_cli(*common, "--out", notes)
+    assert code == 2 and f"--out: {notes} exists and is not a ranking CSV" in err
+    assert notes.read_text(encoding="utf-8") == "sample,comment\na,blurry\n"
+    code, err = run_rank_cli(*common, "--out", earlier)  # a rerun may replace its ranking
+    assert code == 2 and "cannot load the model" in err
 
 
 def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoint, tmp_path):

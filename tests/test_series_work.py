@@ -78,6 +78,24 @@ def test_proposal_store_round_trip_and_stale_images(tmp_path):
     assert store.uncertainty("img.png", image) is None
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut in half", "not a zip", "one byte flipped"])
+def test_a_damaged_proposal_file_is_no_proposal(tmp_path, damage):
+    """As documented: None for an unreadable file (the model computes it again), never
+    an exception out of the store (it was BadZipFile, EOFError, ...)."""
+    store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
+    probability = np.random.default_rng(2).random((64, 64)).astype(np.float32)
+    data = store.save("a.png", None, probability, probability > 0.5, score=0.5).read_bytes()
+    damaged = {
+        "empty": b"",
+        "cut in half": data[: len(data) // 2],
+        "not a zip": b"PK\x03\x04" + bytes(100),
+        "one byte flipped": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:],
+    }[damage]
+    store.path("a.png").write_bytes(damaged)
+    assert store.load("a.png", None) is None
+    assert store.uncertainty("a.png", None) in (None, 0.5)  # the score may be intact
+
+
 def test_stored_score_is_read_without_the_maps(tmp_path, monkeypatch):
     store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
     probability = np.random.default_rng(1).random((300, 400)).astype(np.float32)

@@ -135,3 +135,24 @@ def test_semantic_json_order_is_the_training_order(tmp_path: Path) -> None:
     assert [s.name for s in samples] == [
         a["file_name"].split(".")[0] for a in listed["annotations"]
     ]
+
+
+def test_a_sample_too_elongated_for_the_model_is_named(tmp_path: Path, tiny_mlp) -> None:
+    """Training and validation both resize; an image beyond 4096:1 cannot be resized, and
+    the error says which sample it is (not only the image's size)."""
+    import torch
+
+    from napari_focus import FocusPredictor
+    from napari_focus.training.loop import _Batches
+    from napari_focus.training.validate import score_samples
+
+    export_sample(tmp_path, "generic", "strip", np.zeros((32, 140_000), np.uint8),
+                  np.ones((32, 140_000), bool))  # fmt: skip
+    samples, _ = collect_samples(tmp_path, ["generic"])
+    batches = _Batches(samples, 1, AugmentConfig(canvas=128), seed=0)
+    with pytest.raises(DatasetError, match=r"sample generic/strip \(.*strip.png\): .*elongated"):
+        batches(0, torch.device("cpu"))
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    with pytest.raises(DatasetError, match=r"sample generic/strip .*elongated"):
+        score_samples(predictor, samples)

@@ -121,3 +121,32 @@ def test_base_weights_get_the_checks_of_inference_loading(tmp_path, tiny_checkpo
     base = load_base(TrainConfig(tmp_path, ("generic",), tmp_path / "o.safetensors",
                                  weights=str(tiny_checkpoint)))  # fmt: skip
     assert base.base_id.startswith("file:") and base.model.architecture.embed_dim == 64
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a state", b"PK\x03\x04cut", "list"], ids=["empty", "text", "zip", "list"]
+)
+def test_a_damaged_resume_state_says_what_to_do(tmp_path: Path, content) -> None:
+    path = tmp_path / "resume.pt"
+    if content == "list":
+        torch.save([1, 2], path)  # loads, but is not a state
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable napari-focus training state") as info:
+        load_state(tmp_path, {"base": "x"})
+    assert str(path) in str(info.value) and "start without resume" in str(info.value)
+    assert "weights_only" not in str(info.value)  # never the advice to unpickle code
+
+
+@pytest.mark.parametrize("blocked", ["out", "work_dir"])
+def test_an_output_that_cannot_be_written_stops_training_first(tmp_path: Path, blocked) -> None:
+    from napari_focus.atomic import WriteError
+    from napari_focus.training import TrainConfig, train
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("in the way", encoding="utf-8")
+    out = (blocker if blocked == "out" else tmp_path) / "tuned.safetensors"
+    work_dir = blocker / "work" if blocked == "work_dir" else None
+    config = TrainConfig(tmp_path / "no data yet", ("generic",), out, work_dir=work_dir)
+    with pytest.raises(WriteError, match=f"{blocker} is a file, not a folder"):
+        train(config)  # before the data is read (that would be a DatasetError here)

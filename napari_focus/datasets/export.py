@@ -33,7 +33,7 @@ import numpy as np
 from ..atomic import WriteError
 from ..transforms import to_rgb_uint8
 from .errors import ExportError, ExportWriteError, SampleExistsError
-from .image_bytes import encode, image_bytes
+from .image_bytes import check_encodable, encode, image_bytes
 from .journal import Transaction
 from .jsonstore import root_lock
 from .layouts import Layout, get_layout
@@ -153,6 +153,7 @@ def export_sample(
         raise ExportError(f"on_exists must be one of {', '.join(ON_EXISTS)}, got {on_exists!r}")
     wanted = sanitize_name(name, spec)
     rgb = _check_image(image)
+    check_encodable(rgb.shape, spec)
     fg = _check_mask(mask, rgb.shape[:2])
     info = Provenance.coerce(provenance)
     check_proposal(info, fg.shape)

@@ -21,12 +21,26 @@ import numpy as np
 from PIL import Image
 
 from ..io import file_orientation
+from .errors import ExportError
 from .layouts import Layout
 
 JPEG_QUALITY = 95
+JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side
 COPIED = "copied from the source file"
 COPIED_WITHOUT_ORIENTATION = "copied from the source file without its EXIF/XMP metadata"
 _APP1 = 0xE1  # JPEG segment holding EXIF or XMP (and with them the Orientation tag)
+
+
+def check_encodable(shape: tuple[int, ...], spec: Layout) -> None:
+    """Raise :class:`ExportError` when ``spec``'s image files cannot hold an image of
+    ``shape`` (JPEG: at most :data:`JPEG_MAX_SIDE` pixels a side)."""
+    height, width = shape[:2]
+    if spec.image_format == "JPEG" and max(height, width) > JPEG_MAX_SIDE:
+        raise ExportError(
+            f"image of {height} x {width} pixels (H x W) is too large for layout "
+            f"{spec.name}, whose images are JPEG files (at most {JPEG_MAX_SIDE:,} pixels a "
+            "side); crop or split it, or export it into a PNG layout such as generic"
+        )
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:

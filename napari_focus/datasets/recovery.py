@@ -13,7 +13,9 @@ Each action returns a message saying which sample or files it concerned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -25,6 +27,9 @@ from .journal import Transaction, roll_forward
 from .layouts import Layout
 from .provenance import read_log
 from .splitjson import SplitJson, dumps
+
+if TYPE_CHECKING:  # export imports this module
+    from .export import SamplePaths
 
 
 def split_folders(base: Path, spec: Layout) -> list[Path]:
@@ -46,7 +51,13 @@ def tidy_split(root: Path, base: Path, spec: Layout) -> list[str]:
     return messages
 
 
-def recover_samples(root: Path, base: Path, spec: Layout, store: SplitJson, paths_of) -> list[str]:
+def recover_samples(
+    root: Path,
+    base: Path,
+    spec: Layout,
+    store: SplitJson,
+    paths_of: Callable[[str], SamplePaths],
+) -> list[str]:
     """Complete instance-only entries and re-list or remove orphaned samples; the JSON
     changes are committed in their own transaction. ``paths_of(name)`` gives a
     sample's :class:`~.export.SamplePaths`."""

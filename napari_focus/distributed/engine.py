@@ -190,7 +190,8 @@ def predict_dataset(
     that fails (unreadable, too small, a write error) is a ``failed`` manifest row.
 
     Raises:
-        ValueError: no input images, bad settings, an output folder that is a URI.
+        ValueError: no input images, bad settings, an output folder that is a URI, an
+            output folder or manifest that cannot be written or that is not a manifest.
         OutputReplacesInput: a ValueError: a mask or probability map would replace an
             input image (e.g. ``out`` is the input folder).
         RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
@@ -222,13 +223,9 @@ def predict_dataset(
     plan = plan_outputs(
         sources, out, image_format=image_format, probability=probability, overwrite=overwrite
     )
+    previous = _earlier_rows(manifest_path)
+    _check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
-    previous: list[dict[str, Any]] = []
-    if manifest_path.is_file():
-        try:
-            previous = read_manifest(manifest_path)
-        except Exception:  # an unreadable manifest only loses the earlier scores
-            previous = []
     rows = carried_rows(plan.existing, previous)
     rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
 
@@ -271,6 +268,36 @@ def predict_dataset(
         workers=workers,
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_writable(out: Path, manifest: Path) -> None:
+    """Refuse, before any work, an output folder or manifest that cannot be written (a
+    file in the way, permission denied, a read-only file system)."""
+    from ..atomic import WriteError, check_writable_file, check_writable_folder
+
+    try:
+        check_writable_folder(out)
+        check_writable_file(manifest)
+    except WriteError as error:
+        raise ValueError(f"{error}; choose another output folder or manifest file") from error
+
+
+def _earlier_rows(manifest: Path) -> list[dict[str, Any]]:
+    """The rows of the manifest an earlier run left at ``manifest`` (none if there is no
+    file). Anything else there is refused before any work: the run would replace it."""
+    if not manifest.exists():
+        return []
+    try:
+        if manifest.is_dir():
+            raise ValueError("it is a folder")
+        return read_manifest(manifest)
+    except Exception as error:  # csv, pyarrow and the file system raise many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"cannot read {manifest} as the manifest of an earlier run "
+            f"({reason or type(error).__name__}) and will not replace it; move it away or "
+            "name another manifest file"
+        ) from error
 
 
 def _run(

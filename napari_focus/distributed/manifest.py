@@ -104,15 +104,34 @@ def _write_header(path: Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(header, encoding="utf-8"))
 
 
+#: the columns without which a table is not a manifest (another program's table)
+REQUIRED_COLUMNS = ("source", "status")
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a manifest written by :func:`write_manifest`, normalized."""
+    """Rows of a manifest written by :func:`write_manifest`, normalized.
+
+    Raises:
+        ValueError: the file is a table without the manifest's ``source`` and ``status``
+            columns (or an unreadable one).
+    """
     path = Path(path)
     if path.suffix.lower() == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
-            return [normalize(r) for r in csv.DictReader(handle)]
+            reader = csv.DictReader(handle)
+            _check_columns(path, reader.fieldnames or ())
+            return [normalize(r) for r in reader]
     import pyarrow.parquet as pq
 
-    return [normalize(r) for r in pq.read_table(path).to_pylist()]
+    table = pq.read_table(path)
+    _check_columns(path, table.column_names)
+    return [normalize(r) for r in table.to_pylist()]
+
+
+def _check_columns(path: Path, columns: Sequence[str]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"{path} is not a napari-focus manifest (no {', '.join(missing)} column)")
 
 
 def carried_rows(jobs: Sequence[Job], previous: Sequence[Mapping[str, Any]]) -> list[dict]:

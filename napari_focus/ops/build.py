@@ -22,8 +22,10 @@ when set, else the visible GPUs, restricted to what the toolkit supports.
 
 Every kernel that loads is first run on a small case against the PyTorch
 reference (:mod:`napari_focus.ops.selfcheck`); one that fails to run or
-computes wrong values is treated like one that cannot be built. A failure is
-remembered for the rest of the process and never retried.
+computes wrong values is treated like one that cannot be built, and so is one
+whose C++ errors would kill the process (:mod:`napari_focus.ops.error_check`,
+once per build). A failure is remembered for the
+rest of the process and never retried.
 
 Announcements: the logger ``napari_focus.ops.build`` says at INFO level when a
 build starts (the message starts with :data:`BUILD_STARTED`), ends or fails,
@@ -54,7 +56,7 @@ import torch
 
 from .._paths import bundled_dir
 from ..atomic import atomic_write_text
-from . import selfcheck, toolchain
+from . import error_check, selfcheck, toolchain
 
 __all__ = [
     "BUILD_STARTED",
@@ -316,10 +318,18 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
                     atomic_write_text(log, _warning_lines(caught) + failure)
                     raise
                 atomic_write_text(log, _warning_lines(caught) + "build succeeded\n")
-            done = json.dumps({"key": build_key(kind)}) + "\n"
-            atomic_write_text(build_dir / _DONE_MARKER, done)
+            atomic_write_text(build_dir / _DONE_MARKER, json.dumps({"key": build_key(kind)}))
+        problem = error_check.recorded_check(
+            build_dir / _DONE_MARKER, library, f"napari_focus_{kind}"
+        )
+    if problem is not None:
+        raise _ErrorsDoNotReachPython(problem)
     _register_fake(kind)
     return getattr(torch.ops, f"napari_focus_{kind}").ms_deform_attn, built_now
+
+
+class _ErrorsDoNotReachPython(RuntimeError):
+    """A kernel that built and loaded, but whose C++ exceptions would kill the process."""
 
 
 def _fake_ms_deform_attn(value: torch.Tensor, *levels_and_samples: torch.Tensor) -> torch.Tensor:
@@ -372,6 +382,11 @@ def _load_and_check(st: KernelState) -> None:
     start = time.perf_counter()
     try:
         op, st.built_now = _compile(kind)
+    except _ErrorsDoNotReachPython as exc:
+        st.self_check = f"failed: {exc}"
+        st.error = KernelUnavailableError(kind, f"it built, but {exc}", None)
+        _announce(kind, "self-check-failed", str(st.error))
+        return
     except Exception as exc:
         log = _log_path(kind)
         first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +125,8 @@ class ProposalStore:
                 if not np.array_equal(data["signature"], image_signature(source)):
                     return None
                 return read(data)
-        except (OSError, ValueError, KeyError):
-            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+            return None  # damaged (e.g. by a disk fault): computed again when needed
 
 
 def _stored_score(data: np.lib.npyio.NpzFile) -> float | None:

@@ -10,6 +10,7 @@ for images that failed (ranked last).
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import sys
@@ -27,7 +28,7 @@ from ..mask_files import read_mask_file
 from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
 from ..quality import write_csv as _write_csv
 from .queue import scan_folder
-from .references import reference_mask_path
+from .references import MaskFolder
 
 Progress = Callable[[int, int, str], None]
 
@@ -94,6 +95,7 @@ def rank_folder(
     keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern)
     if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
         keys = _without_masks(root, keys)
+    masks = MaskFolder(gt_folder) if gt_folder is not None else None
     rows: list[RankRow] = []
     for done, key in enumerate(keys, start=1):
         row = RankRow(path=key, name=Path(key).stem)
@@ -104,8 +106,8 @@ def rank_folder(
             prediction = predictor.predict(image, tta=tta)
             row.seconds = time.perf_counter() - start
             row.uncertainty = uncertainty(prediction.probability, method)
-            if gt_folder is not None:
-                mask_path = reference_mask_path(root / key, gt_folder, relative=key)
+            if masks is not None:
+                mask_path = masks.find(root / key, relative=key)
                 if mask_path is not None:
                     reference = read_mask_file(mask_path)
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
@@ -123,10 +125,11 @@ def rank_folder(
 
 def _without_masks(root: Path, keys: list[str]) -> list[str]:
     """Drop the files that are another listed image's mask (masks beside their images)."""
+    beside = MaskFolder(root)
     masks = {
         found.resolve()
         for key in keys
-        if (found := reference_mask_path(root / key, root, relative=key)) is not None
+        if (found := beside.find(root / key, relative=key)) is not None
     }
     return [key for key in keys if (root / key).resolve() not in masks]
 
@@ -167,6 +170,19 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
     return rank
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether writing a ranking to ``path`` loses nothing: no file there, or a ranking
+    CSV (a header with ``rank`` and ``path``, as a rerun of this command leaves)."""
+    if not path.exists():
+        return True
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return {"rank", "path"} <= set(header)
+
+
 def run_rank(args: argparse.Namespace) -> int:
     from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, load_predictor_or_say_why
     from ..quality import folder_report, require_metrics
@@ -189,6 +205,10 @@ def run_rank(args: argparse.Namespace) -> int:
         check_writable_file(out)
     except WriteError as error:
         print(f"napari-focus: --out: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if not _replaceable(out):
+        print(f"napari-focus: --out: {out} exists and is not a ranking CSV; choose another "
+              "--out or move the file away", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
     if args.report:
         try:

@@ -10,6 +10,42 @@ import numpy as np
 from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
 
 
+class MaskFolder:
+    """The mask files of ``mask_folder``, each folder listed once: finding the masks of
+    many images (a ranking, a folder of images with their masks beside them) costs one
+    listing per folder, not one per image. Files added after a folder was listed are
+    not seen; make a new one for a later look."""
+
+    def __init__(self, mask_folder: str | os.PathLike) -> None:
+        self.root = Path(mask_folder)
+        self._listings: dict[Path, dict[str, Path]] = {}
+
+    def _listing(self, folder: Path) -> dict[str, Path]:
+        if folder not in self._listings:
+            files = folder.iterdir() if folder.is_dir() else ()
+            self._listings[folder] = {p.name.lower(): p for p in files if p.is_file()}
+        return self._listings[folder]
+
+    def find(
+        self, image_path: str | os.PathLike, *, relative: str | os.PathLike | None = None
+    ) -> Path | None:
+        """:func:`reference_mask_path` of ``image_path`` in this folder."""
+        image = Path(image_path)
+        stem = image.stem
+        folders = [self.root]
+        if relative is not None and Path(relative).parent != Path("."):
+            folders.insert(0, self.root / Path(relative).parent)
+        image_resolved = image.resolve()
+        for folder in folders:
+            by_name = self._listing(folder)
+            for extension in MASK_EXTENSIONS:
+                for suffix in MASK_SUFFIXES:
+                    found = by_name.get(f"{stem}{suffix}{extension}".lower())
+                    if found is not None and found.resolve() != image_resolved:
+                        return found
+        return None
+
+
 def reference_mask_path(
     image_path: str | os.PathLike,
     mask_folder: str | os.PathLike,
@@ -22,24 +58,10 @@ def reference_mask_path(
     same with ``.bmp``, ``.tif`` and ``.tiff`` (extensions compared case-insensitively).
     With ``relative`` (the image's path relative to its image folder) the matching
     sub-folder of ``mask_folder`` is searched first, then ``mask_folder`` itself. The
-    image file itself is never returned (masks may live beside their images).
+    image file itself is never returned (masks may live beside their images). For many
+    images of one folder, :class:`MaskFolder` lists it once.
     """
-    image = Path(image_path)
-    stem = image.stem
-    folders = [Path(mask_folder)]
-    if relative is not None and Path(relative).parent != Path("."):
-        folders.insert(0, Path(mask_folder) / Path(relative).parent)
-    image_resolved = image.resolve()
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
-        for extension in MASK_EXTENSIONS:
-            for suffix in MASK_SUFFIXES:
-                found = by_name.get(f"{stem}{suffix}{extension}".lower())
-                if found is not None and found.resolve() != image_resolved:
-                    return found
-    return None
+    return MaskFolder(mask_folder).find(image_path, relative=relative)
 
 
 def find_reference_mask(

@@ -73,6 +73,11 @@ class Sample:
                 )
         return rgb, target.astype(np.uint8)
 
+    def unusable(self, error: Exception) -> DatasetError:
+        """``error`` (e.g. an image too elongated for the model) as the error of this
+        sample, naming it and its image file."""
+        return DatasetError(f"sample {self.key} ({self.image}): {error}")
+
     def sha256(self) -> str:
         """Hash of the image file's bytes followed by the target file's bytes."""
         digest = hashlib.sha256()
@@ -170,7 +175,8 @@ def split_samples(
         unknown = wanted - {s.name for s in val} - {s.key for s in val}
         if unknown:
             raise DatasetError(f"validation names not found: {', '.join(sorted(unknown))}")
-        train = [s for s in samples if s not in val]
+        chosen_val = set(val)
+        train = [s for s in samples if s not in chosen_val]
     elif len(samples) < 2 or val_fraction <= 0:
         return list(samples), []
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import check_writable_file, check_writable_folder
 from ..checkpoints import save_inference_checkpoint
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
@@ -28,7 +29,7 @@ from ..transforms import normalize_and_pad
 from .augment import AugmentConfig, augment, targets_from_classes
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
-from .data import Sample, collect_samples, split_samples
+from .data import DatasetError, Sample, collect_samples, split_samples
 from .forward import training_forward
 from .matcher import Target
 from .presets import resolve_preset
@@ -100,7 +101,13 @@ class _Batches:
         rng = np.random.default_rng([self.seed, step, 1])
         images, targets = [], []
         for index in self.indices(step):
-            image, classes = augment(*self._load(self.samples[index]), rng, self.config)
+            sample = self.samples[index]
+            try:
+                image, classes = augment(*self._load(sample), rng, self.config)
+            except DatasetError:
+                raise
+            except ValueError as error:
+                raise sample.unusable(error) from error
             images.append(normalize_and_pad(image, self.preset)[0])  # crops: no padding
             labels, masks = targets_from_classes(classes)
             targets.append(
@@ -129,6 +136,9 @@ def train(
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
+    # hours of training must not end in a folder that takes no files
+    check_writable_file(config.out)
+    check_writable_folder(Path(config.work_dir))
     require_metrics()  # validation scores every evaluation; fail before any loading
 
     report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))

@@ -61,13 +61,21 @@ def save_state(
 
 def load_state(folder: Path, identity: dict[str, Any]) -> tuple[RunState, dict, dict, dict]:
     """``(run, trainable, optimizer, scaler)``; raises ValueError when the state belongs to
-    a different run (other data, base weights or trained parts)."""
+    a different run (other data, base weights or trained parts) or cannot be read."""
     path = folder / STATE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no resume state at {path}: start without resume")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a napari-focus training state")
+    unusable = (
+        f"{path} is not a readable napari-focus training state ({{}}); delete it, or use "
+        "another output/work folder, and start without resume"
+    )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file fails in many ways inside torch.load
+        # torch's own text may advise weights_only=False, which would run the file's code
+        raise ValueError(unusable.format(f"damaged: {type(error).__name__}")) from error
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise ValueError(unusable.format("not written by napari-focus training"))
     saved = json.loads(payload["identity"])
     differing = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if differing:

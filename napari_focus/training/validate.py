@@ -45,7 +45,10 @@ def score_samples(predictor: Any, samples: Sequence[Sample]) -> dict[str, float]
         image, classes = sample.load()
         reference = classes == FOREGROUND
         valid = classes != IGNORE
-        prediction = predictor.predict(image)
+        try:
+            prediction = predictor.predict(image)
+        except ValueError as error:  # an image the model refuses (too elongated)
+            raise sample.unusable(error) from error
         metrics = mask_metrics(prediction.probability, reference)
         proposal = prediction.mask.astype(bool)
         changed = (proposal != reference) & valid
