@@ -2,7 +2,9 @@
 soon Cancel stops a FOCUS forward.
 
 Stalls: a 5 ms QTimer runs on the GUI thread; the longest gap between its ticks while
-an action is under way is the longest time napari could not redraw or take input. The
+an action is under way is the longest time napari could not redraw or take input.
+``gui_thread_hashing_ms``: the longest read-and-hash of an image file by the series
+state on the GUI thread (none when the worker's fingerprint is reused). The
 widget runs with the tiny reference checkpoint (``FOCUS_REFERENCE``; the GUI-thread
 work does not depend on the model size) on a ``--megapixels`` RGB image. Accept is the
 series' Accept: export, quality line, and showing the next image of the folder.
@@ -110,16 +112,21 @@ def tiny_checkpoint(root: Path) -> Path:
     return predictor.save_inference_checkpoint(root / "tiny.safetensors", dtype=torch.float32)
 
 
-def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
+def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, float]:
     import napari
 
     from napari_focus.gui import dialogs
     from napari_focus.gui.samples import astronaut
 
     dialogs.ask_yes_no = lambda _parent, _question: True
+    hashing_on_gui = record_gui_thread_hashing()
     height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
     width = height * 4 // 3
     base = Image.fromarray(astronaut()[0][0]).resize((width, height))
+    if noisy:  # sensor noise: JPEG files as large as a camera's (about 18 MB at 24 MP)
+        pixels = np.asarray(base).astype(np.int16)
+        pixels += np.random.default_rng(0).integers(-40, 40, pixels.shape, dtype=np.int16)
+        base = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     folder = root / "images"
     folder.mkdir()
     for i in range(3):
@@ -136,6 +143,7 @@ def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
     wait(lambda: series.proposal_ready and not series.busy)  # model loaded, image 0 shown
 
     result: dict[str, float] = {"megapixels": round(width * height / 1e6, 1)}
+    result["image_file_mb"] = (folder / "image0.jpg").stat().st_size / 1e6
     with StallMeter() as meter:  # Run on the shown image: worker, then the new layers
         widget.run()
         wait(lambda: not widget.running)
@@ -170,8 +178,33 @@ def gui_stalls(megapixels: float, root: Path) -> dict[str, float]:
         wait(lambda: series.shown_key != shown and not series.busy)
         wait(lambda: not series.quality_pending)
     result["accept_ms"] = meter.longest_ms
+    with StallMeter() as meter:  # the next image, its proposal computed ahead
+        shown = series.shown_key
+        series.next()
+        wait(lambda: series.shown_key != shown and series.proposal_ready and not series.busy)
+    result["next_ms"] = meter.longest_ms
+    result["gui_thread_hashing_ms"] = max(hashing_on_gui, default=0.0)
     viewer.close()
     return result
+
+
+def record_gui_thread_hashing() -> list[float]:
+    """Milliseconds of each read-and-hash of an image file the series state does on the
+    GUI thread (a fingerprint reused from its size and time costs nothing)."""
+    from napari_focus.series import state
+
+    spent: list[float] = []
+    original = state.file_fingerprint
+
+    def timed(path: Path, known: dict | None = None) -> dict:
+        start = time.perf_counter()
+        result = original(path, known)
+        if result is not known and threading.current_thread() is threading.main_thread():
+            spent.append((time.perf_counter() - start) * 1000)
+        return result
+
+    state.file_fingerprint = timed
+    return spent
 
 
 def cancel_latency(points: list[float]) -> list[float]:
@@ -205,6 +238,7 @@ def cancel_latency(points: list[float]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megapixels", type=float, default=24.0)
+    parser.add_argument("--noisy", action="store_true", help="photos with sensor noise")
     parser.add_argument("--cancel-at", type=float, nargs="*", default=[3.0, 8.0, 15.0])
     parser.add_argument("--explain", action="store_true", help="print what blocks the GUI")
     args = parser.parse_args()
@@ -212,7 +246,7 @@ def main() -> None:
     torch.set_num_threads(2)
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
-        stalls = gui_stalls(args.megapixels, Path(tmp))
+        stalls = gui_stalls(args.megapixels, Path(tmp), args.noisy)
     cancels = cancel_latency(args.cancel_at) if args.cancel_at else []
     result = {
         **{k: round(v, 1) for k, v in stalls.items()},

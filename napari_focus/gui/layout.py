@@ -95,12 +95,31 @@ def narrow_combo(combo: ComboBox, characters: int = 12) -> ComboBox:
 
 
 def narrow_line_edits(widget: Any) -> None:
-    """Let path fields and line edits shrink to the dock instead of sizing it."""
+    """Let path fields and line edits shrink to the dock instead of sizing it. A file
+    field's button becomes a narrow "…" (its words move to its tooltip), so the path
+    gets the row's width; the path shows its end (the folder's own name) and its
+    tooltip holds the whole path after the field's own tooltip."""
+    from magicgui.widgets import FileEdit
     from qtpy.QtWidgets import QLineEdit, QSizePolicy
 
     for edit in widget.native.findChildren(QLineEdit):
         edit.setMinimumWidth(60)
         edit.setSizePolicy(QSizePolicy.Policy.Ignored, edit.sizePolicy().verticalPolicy())
+    if isinstance(widget, FileEdit):
+        button = widget.choose_btn
+        button.native.setToolTip(f"{button.text}…")
+        button.text = "…"
+        button.native.setFixedWidth(button.native.fontMetrics().horizontalAdvance("…") + 28)
+        widget.changed.connect(lambda _value: _show_path(widget))
+        _show_path(widget)
+
+
+def _show_path(field: Any) -> None:
+    edit = field.line_edit.native
+    text = edit.text()
+    edit.setCursorPosition(len(text))  # the end of a long path: the folder's own name
+    description = field.native.toolTip()
+    edit.setToolTip("\n".join(part for part in (description, text) if part))
 
 
 def scrolling(page: Any) -> Any:

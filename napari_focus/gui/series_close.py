@@ -13,6 +13,9 @@ from qtpy.QtCore import QEvent, QObject
 from .proposal_layers import META_KEY, is_edited
 from .series_layers import PROVENANCE_KEY
 
+#: how long closing napari waits for a cancelled proposal (one model stage: under 2 s
+#: for FOCUS-L on a CPU) before the window goes
+CLOSE_WAIT_S = 5.0
 PROVENANCE_FIELDS = ("task", "size", "weights", "device", "tta", "refinement", "source_image")
 
 
@@ -83,7 +86,7 @@ class CloseGuard:
         """Save the edits before napari closes; if that fails, ask whether to close."""
         labels = self.unsaved_labels()
         if labels is None or self.autosave(labels):
-            self.section.prefetcher.stop()
+            self.section.prefetcher.stop(wait_s=CLOSE_WAIT_S)
             self.section.shutdown_metrics()
             return True
         from . import dialogs
@@ -92,7 +95,7 @@ class CloseGuard:
             f"{self.last_failure}.\n\nClose napari anyway and lose your edits of '{labels.name}'?"
         )
         if dialogs.ask_yes_no(self.section.native, question):
-            self.section.prefetcher.stop()
+            self.section.prefetcher.stop(wait_s=CLOSE_WAIT_S)
             self.section.shutdown_metrics()
             return True
         show_error(f"FOCUS series: {self.last_failure}")

@@ -99,9 +99,13 @@ class SeriesDisplay:
 
     def _known_prediction(self, item: Any) -> Prediction | None:
         """The proposal from memory, or from the series folder (computed earlier)."""
+        if self.state is not None:
+            try:
+                self._use_model()  # proposals of other settings are forgotten first
+            except ValueError:
+                return None  # no model chosen: the reason is said when one is needed
         prediction = self.cache.get(item.key)
         if prediction is None and self.state is not None:
-            self._use_model()
             stored = self.prefetcher.load_stored(item.key, item.path)
             if stored is not None:
                 prediction, self.scores[item.key] = stored

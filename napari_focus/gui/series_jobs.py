@@ -4,6 +4,7 @@ the order the user needs them (the plan lives in :mod:`napari_focus.series.prefe
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..series import PrefetchCache
 from ..series.images import UnusableImageError, load_series_image
 from ..series.prefetch import JobBoard
 from ..series.proposal_store import ProposalStore
+from ..series.resume import file_fingerprint
 from .job import ModelKey, gui_message, load_predictor
 
 
@@ -37,19 +39,20 @@ def prefetch_job(
 ) -> Generator[tuple, None, None]:
     """Load the model if needed, then take jobs from ``board`` until it is empty.
 
-    Yields ``("model", predictor)`` once when it loaded one; per image
-    ``("prediction", key, ticket, prediction, seconds, uncertainty, decoded image)``,
-    ``("unusable", key, ticket, reason)`` (the file cannot be part of the series) or
-    ``("failed", key, ticket, reason)``; ``("model_failed", reason)`` when the model
-    cannot be loaded.
+    Yields ``("model", predictor, key)`` once when it loaded one; per image
+    ``("prediction", key, ticket, prediction, seconds, uncertainty, decoded image,
+    file fingerprint)`` (the fingerprint is computed here, so the series state never
+    reads and hashes the file on the GUI thread), ``("unusable", key, ticket, reason)``
+    (the file cannot be part of the series) or ``("failed", key, ticket, reason)``;
+    ``("model_failed", reason, key)`` when the model cannot be loaded.
     """
     if predictor is None:
         try:
             predictor = load(key)
         except (ValueError, OSError, RuntimeError) as error:
-            yield ("model_failed", gui_message(error))
+            yield ("model_failed", gui_message(error), key)
             return
-        yield ("model", predictor)
+        yield ("model", predictor, key)
     while (job := board.take()) is not None:
         item_key, ticket, source = job
         start = time.perf_counter()
@@ -75,11 +78,28 @@ def prefetch_job(
         seconds = time.perf_counter() - start
         # the decoded file goes along, so showing it later costs the GUI no decoding
         decoded = image if path is not None else None
-        yield ("prediction", item_key, ticket, prediction, seconds, score, decoded)
+        fingerprint = None
+        if path is not None:
+            with contextlib.suppress(OSError):  # gone since: the state keeps the last one
+                fingerprint = file_fingerprint(path)
+        yield ("prediction", item_key, ticket, prediction, seconds, score, decoded, fingerprint)
+
+
+def _until_done(left: threading.Event, *args: Any) -> Generator[tuple, None, None]:
+    """:func:`prefetch_job`, setting ``left`` when it returns (cancelled, failed or done)."""
+    try:
+        yield from prefetch_job(*args)
+    finally:
+        left.set()
 
 
 class Prefetcher:
-    """One worker at a time over a :class:`JobBoard`; results go to ``on_message``."""
+    """One worker at a time over a :class:`JobBoard`; results go to ``on_message``.
+
+    Each worker takes jobs from the board it was started with; switching the model or
+    the series (:meth:`use_model`) cancels the running worker, gives the next one a new
+    board, and drops whatever the old one still reports (its model, proposals, failed
+    files): nothing of another model or series reaches the shown one."""
 
     def __init__(
         self,
@@ -95,6 +115,8 @@ class Prefetcher:
         self._worker: Any = None
         self._control: RunControl | None = None
         self._model_id: str | None = None
+        self._generation = 0  # bumped when the model or series changes
+        self._left: threading.Event | None = None  # set once the worker has returned
         self.store: ProposalStore | None = None
         self.tta = False  # proposals with test-time augmentation
 
@@ -110,6 +132,10 @@ class Prefetcher:
             return False
         self.cache.release(*[job[0] for job in self.board.replace([])])
         self.cache.clear()
+        if self._control is not None:
+            self._control.cancel()  # its forward is of the other model or series
+        self.board = JobBoard()
+        self._generation += 1
         self._model_id = ident
         self.tta = tta
         self.store = ProposalStore(series_folder, model_id(key, tta))
@@ -135,25 +161,37 @@ class Prefetcher:
         if self._worker is not None or not self.board.pending():
             return
         self._control = RunControl()
-        worker = thread_worker(prefetch_job, start_thread=False)(
-            key, predictor, self.board, self.store, self._control, self.tta, self.load
+        self._left = threading.Event()
+        worker = thread_worker(_until_done, start_thread=False)(
+            self._left, key, predictor, self.board, self.store, self._control, self.tta, self.load
         )
-        worker.yielded.connect(self.on_message)
-        worker.errored.connect(lambda error: self.on_message(("model_failed", str(error))))
+        generation = self._generation
+        worker.yielded.connect(lambda message: self._deliver(generation, message))
+        worker.errored.connect(
+            lambda error: self._deliver(generation, ("model_failed", str(error), key))
+        )
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
+
+    def _deliver(self, generation: int, message: tuple) -> None:
+        if generation == self._generation:  # else: of a model or series left since
+            self.on_message(message)
 
     def _on_finished(self) -> None:
         self._worker, self._control = None, None
         self.cache.release(*[job[0] for job in self.board.replace([])])
         self.on_idle()
 
-    def stop(self) -> None:
-        """Cancel the running computation (napari closes) and drop the plan."""
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Cancel the running computation and drop the plan; with ``wait_s`` (napari
+        closes) wait that long for the worker to leave the model, so it never reports
+        to a widget Qt has deleted."""
         self.cache.release(*[job[0] for job in self.board.replace([])])
         if self._control is not None:
             self._control.cancel()
+            if wait_s > 0 and self._left is not None:
+                self._left.wait(wait_s)
 
     def load_stored(self, item_key: str, path: Path | None) -> tuple[Prediction, float] | None:
         """A proposal of this model saved on disk earlier, as a prediction with its

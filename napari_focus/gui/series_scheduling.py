@@ -67,9 +67,9 @@ class SeriesScheduling:
     def _on_prefetched(self, message: tuple) -> None:
         kind = message[0]
         if kind == "model":
-            self.owner.adopt_predictor(self.owner.model_key(), message[1])
+            self.owner.adopt_predictor(message[2], message[1])  # kept for the key it was loaded for
         elif kind == "model_failed":
-            self._model_error = self.owner.model_key()
+            self._model_error = message[2]
             self._error(message[1])
         elif kind in ("unusable", "failed"):
             _, key, ticket, text = message
@@ -82,7 +82,9 @@ class SeriesScheduling:
             if key == self._awaiting:
                 self.owner.set_status(f"error: {text}")
         else:
-            _, key, ticket, prediction, seconds, score, decoded = message
+            _, key, ticket, prediction, seconds, score, decoded, fingerprint = message
+            if fingerprint is not None and self.state is not None:
+                self.state.take_fingerprint(key, fingerprint)
             if decoded is not None:
                 self.decoded[key] = decoded
                 while len(self.decoded) > DECODED_IMAGES:

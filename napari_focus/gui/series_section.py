@@ -130,6 +130,10 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self.jump_to.changed.connect(self._on_jump)
         self.rank_button.changed.connect(self.order_by_uncertainty)
         self.prefetch.changed.connect(lambda _: self._schedule())
+        model = owner.model_section
+        for control in (model.task, model.size, model.weights_source, model.weights_path,
+                        model.device, model.precision, model.tta):  # fmt: skip
+            control.changed.connect(self._on_model_settings)
         self.close_guard = CloseGuard(self)
         self.native.destroyed.connect(lambda *_: self.shutdown_metrics())
         # deleting the mask layer (or closing napari) removes it: keep the edits first
@@ -170,6 +174,8 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
             return
         self.folder.value = chosen
         output = chosen_dir(self.output.value) or chosen / "napari_focus"
+        # the series folder in use, shown while its field is empty
+        self.output.line_edit.native.setPlaceholderText(str(output.absolute()))
         self._start(
             lambda: load_or_create(
                 output,
@@ -190,6 +196,8 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self._start(lambda: load_or_create(output, names=names), "no image layers are open")
 
     def _start(self, load: Any, empty_message: str) -> None:
+        if not self.leave_current():
+            return  # the edits on screen could not be saved: that image stays
         try:
             self.state = load()
         except (SeriesStateError, OSError, ValueError) as error:
@@ -208,6 +216,8 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
             self.state = None
             return
         self.cache.clear()
+        for kept in (self.decoded, self.scores, self.seconds):
+            kept.clear()  # keyed by file name: another folder may have the same names
         self._awaiting = None
         self._model_error = None
         self.jump_to.max = len(self.state.queue)
@@ -215,6 +225,17 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
             button.enabled = True
         self.close_guard.install()
         self.show_current()
+
+    def _on_model_settings(self, _value: Any = None) -> None:
+        """The image on screen still waits for its proposal (e.g. the model could not be
+        loaded): compute it with the new settings once they name a model."""
+        if self.state is None or self._awaiting is None or self._awaiting != self._shown:
+            return
+        try:
+            self.owner.model_key()
+        except ValueError:
+            return  # e.g. 'local checkpoint' chosen, its file not yet
+        self._schedule()
 
     def _buttons(self) -> list[PushButton]:
         return [

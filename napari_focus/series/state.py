@@ -180,6 +180,16 @@ class SeriesState:
         with contextlib.suppress(OSError):  # gone or unreadable: keep the last one known
             item.fingerprint = file_fingerprint(item.path, item.fingerprint)
 
+    def take_fingerprint(self, key: str, fingerprint: dict[str, Any]) -> None:
+        """Keep a fingerprint of ``key``'s file computed where the file was read (a worker
+        thread): marking, autosaving and exporting then only compare its size and time."""
+        try:
+            item = self.queue.item(key)
+        except KeyError:
+            return
+        if item.path is not None:
+            item.fingerprint = fingerprint
+
     # --- working folder -----------------------------------------------------------------
 
     def autosave_path(self, key: str) -> Path:

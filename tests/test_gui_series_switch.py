@@ -1,0 +1,221 @@
+"""A series in napari when the annotator changes what is open: another folder, other
+model settings, a model that failed; the folder fields say what is open; nothing slow
+(reading and hashing image files) on the GUI thread (under Xvfb)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_focus.predictor import FocusPredictor  # noqa: E402
+
+WAIT_MS = 120_000
+
+
+def _folder(root, name, source, flip=False, count=3):
+    folder = root / name
+    folder.mkdir()
+    for i in range(count):
+        crop = np.asarray(source.crop((i * 20, 0, i * 20 + 96, 64)))
+        Image.fromarray(crop[::-1] if flip else crop).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def source(focus_reference):
+    return Image.open(focus_reference / "input.png").convert("RGB")
+
+
+def _shown_image(viewer):
+    from napari_focus.gui.series_layers import series_layer
+
+    return np.asarray(series_layer(viewer, "image").data)
+
+
+def test_folder_fields_show_the_open_folder(qtbot, open_focus_widget, tmp_path, source,
+                                            monkeypatch):  # fmt: skip
+    folder = _folder(tmp_path, "photos of day 2", source)
+    monkeypatch.chdir(tmp_path)
+    _viewer, widget = open_focus_widget()
+    window = widget.native.window()
+    window.show()
+    window.resize(1366, 768)
+    widget.show_section("Series")
+    series = widget.series
+    series.folder.value = folder.name  # as `napari-focus annotate FOLDER` sets it
+    series.open(folder.name)
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    qtbot.wait(100)
+    edit = series.folder.line_edit.native
+    assert edit.text() == str(folder.resolve())
+    assert str(folder.resolve()) in edit.toolTip()  # the whole path, however narrow
+    # the path, not the button, gets the row: the folder's own name is readable
+    assert edit.width() > 2 * series.folder.choose_btn.native.width()
+    shown = edit.fontMetrics().horizontalAdvance(folder.name)
+    assert edit.width() >= shown and edit.cursorPosition() == len(edit.text())
+    assert series.output.line_edit.native.placeholderText() == str(
+        folder.resolve() / "napari_focus"
+    )
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+
+
+def test_another_folder_keeps_the_edits_and_shows_its_own_pixels(
+    qtbot, open_focus_widget, tmp_path, source
+):
+    first = _folder(tmp_path, "first", source)
+    second = _folder(tmp_path, "second", source, flip=True)  # same file names
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(first)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert "img1.png" in series.decoded  # read ahead by the worker
+    labels = viewer.layers.selection.active
+    labels.paint((30, 40), 1)
+    labels.paint((10, 10), 0)
+    edited = np.asarray(labels.data).copy()
+
+    series.open(second)  # the edits of first/img0 are kept before the folder changes
+    assert (first / "napari_focus" / "work").is_dir()
+    series.next()  # at once: img1.png of the second folder, not the one read ahead
+    np.testing.assert_array_equal(
+        _shown_image(viewer), np.asarray(Image.open(second / "img1.png"))
+    )
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.state.queue.item("img1.png").status.value == "proposed"
+
+    series.open(first)
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    assert series.shown_key == "img0.png"
+    np.testing.assert_array_equal(np.asarray(viewer.layers.selection.active.data) > 0,
+                                  edited > 0)  # fmt: skip
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+
+
+def test_new_model_settings_compute_the_waiting_proposal(
+    qtbot, open_focus_widget, tmp_path, source, tiny_checkpoint, monkeypatch
+):
+    from napari_focus.gui import series_section
+
+    errors: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    folder = _folder(tmp_path, "images", source)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    viewer, widget = open_focus_widget()
+    widget.weights_path.value = broken
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: bool(errors) and not series.busy, timeout=WAIT_MS)
+    assert not series.proposal_ready
+    widget.weights_path.value = tiny_checkpoint  # no other click: the proposal comes
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    assert viewer.layers["img0 [FOCUS SOD]"].data.shape == (64, 96)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+
+
+def test_a_proposal_is_never_shown_for_another_model(
+    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+):
+    """The task changes while the worker computes ahead with the old model: what the old
+    model still finishes is not shown (nor kept) as a proposal of the new one."""
+    calls: list[tuple[str, bytes]] = []  # (task of the predictor, image)
+    original = FocusPredictor.predict
+    started = threading.Event()
+
+    def slow(self, image, **kwargs):
+        started.set()
+        threading.Event().wait(0.5)  # long enough to switch models meanwhile
+        calls.append((self.task, np.asarray(image).tobytes()))
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "predict", slow)
+    folder = _folder(tmp_path, "images", source)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    started.clear()
+    qtbot.waitUntil(started.is_set, timeout=WAIT_MS)  # img1 is being computed (SOD)
+    widget.task.value = "cod"
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    img1 = np.asarray(Image.open(folder / "img1.png")).tobytes()
+    assert ("cod", img1) in calls  # what is shown was computed by the COD model
+    assert series.shown_key == "img1.png" and "img1 [FOCUS COD]" in _viewer.layers
+    assert widget.current_model()[0].task == "cod"
+
+
+def test_the_gui_thread_never_hashes_an_image_file(
+    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+):
+    """Marking, autosaving and accepting reuse the fingerprint the worker computed when
+    it read the file; the GUI thread only compares size and modification time."""
+    from napari_focus.gui import series_jobs
+    from napari_focus.series import state as state_module
+
+    hashed_on: list[str] = []
+
+    def recording(original):
+        def fingerprint(path, known=None):
+            result = original(path, known)
+            if result is not known:  # the file was read and hashed
+                hashed_on.append(threading.current_thread().name)
+            return result
+
+        return fingerprint
+
+    for module in (state_module, series_jobs):
+        monkeypatch.setattr(module, "file_fingerprint", recording(module.file_fingerprint))
+    folder = _folder(tmp_path, "images", source)
+    viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    widget.export_section.dataset_layout.value = "generic"
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer.layers.selection.active.paint((20, 20), 1)
+    series.next()  # img0 autosaved; img1 shown and marked proposed
+    series.accept()
+    qtbot.waitUntil(lambda: series.shown_key == "img2.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not series.busy and not series.quality_pending, timeout=WAIT_MS)
+    state = series.state
+    assert state.queue.item("img0.png").autosaved
+    assert state.queue.item("img1.png").status.value == "accepted"
+    assert all(item.fingerprint for item in state.queue)
+    assert hashed_on and threading.main_thread().name not in hashed_on
+
+
+def test_closing_napari_waits_for_the_cancelled_proposal(
+    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+):
+    """Closing napari while a proposal is computed ahead stops the model before the
+    window goes, so no worker reports to a deleted widget."""
+    original = FocusPredictor.predict
+    inside = threading.Event()
+    left: list[bool] = []
+
+    def slow(self, image, **kwargs):
+        inside.set()
+        threading.Event().wait(0.5)
+        try:
+            return original(self, image, **kwargs)
+        finally:
+            left.append(True)
+
+    folder = _folder(tmp_path, "images", source, count=6)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    monkeypatch.setattr(FocusPredictor, "predict", slow)
+    series.next()  # img3 is planned
+    qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
+    assert series.close_guard.allow_close()
+    assert left  # the forward ended (cancelled) before closing went on
