@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from test_cli import run_cli
 
-from napari_focus import FocusPredictor
 from napari_focus.datasets.cli import pair_files
 from napari_focus.io import UnreadableImageError, read_image
 from napari_focus.prediction_files import plan_outputs
@@ -22,11 +21,9 @@ from napari_focus.prediction_files import plan_outputs
 CASE_NOTE = "names that differ only in case are one file on macOS and Windows"
 
 
-@pytest.fixture(scope="module")
-def weights(tiny_mlp, tmp_path_factory) -> Path:
-    arch, state = tiny_mlp
-    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
-    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+@pytest.fixture
+def weights(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture
