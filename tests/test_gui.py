@@ -125,6 +125,35 @@ def test_model_is_reused_until_settings_change(qtbot, viewer_widget, small_coffe
     assert "cup [FOCUS COD]" in [layer.name for layer in viewer.layers]
 
 
+def test_a_checkpoint_of_another_task_is_said_in_the_model_tab(
+    qtbot, viewer_widget, small_coffee, errors
+):
+    """The tiny checkpoint records SOD: choosing COD says so under the checkpoint, in
+    the Model tab's words, and the run gives no Python-worded warning."""
+    import warnings
+
+    from napari_focus.checkpoint_identity import TaskMismatchWarning
+
+    viewer, widget = viewer_widget
+    note = widget.model_section.task_note  # (the dock is not on screen: ask Qt)
+    assert note.native.isHidden()
+    widget.task.value = "cod"
+    assert not note.native.isHidden()
+    assert "holds SOD weights: its masks show salient objects" in note.value
+    assert "Choose task SOD or another checkpoint" in note.value
+    viewer.add_image(small_coffee, name="cup")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run_and_wait(qtbot, widget)
+    assert not [w for w in caught if issubclass(w.category, TaskMismatchWarning)]
+    assert not errors and "cup [FOCUS COD]" in [layer.name for layer in viewer.layers]
+    widget.task.value = "sod"
+    assert note.native.isHidden()
+    widget.task.value = "cod"
+    widget.weights_source.value = "official"
+    assert note.native.isHidden()
+
+
 def test_cancel_stops_the_worker(qtbot, viewer_widget):
     viewer, widget = viewer_widget
     stack = np.random.default_rng(0).integers(0, 255, (6, 48, 64), dtype=np.uint8)

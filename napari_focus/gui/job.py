@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import gc
 import threading
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..checkpoint_identity import TaskMismatchWarning
 from ..checkpoints import CheckpointNotAvailable
 from ..predictor import FocusPredictor
 from ..presets import hub_location
@@ -66,13 +68,15 @@ class JobResult:
 
 def load_predictor(key: ModelKey) -> FocusPredictor:
     # the size list names the hub download; a local file carries its own size
-    return FocusPredictor.load(
-        key.task,
-        size=None if key.weights else key.size,
-        weights=key.weights,
-        device=key.device,
-        precision=key.precision,
-    )
+    with warnings.catch_warnings():  # the Model tab says it in its own words
+        warnings.simplefilter("ignore", TaskMismatchWarning)
+        return FocusPredictor.load(
+            key.task,
+            size=None if key.weights else key.size,
+            weights=key.weights,
+            device=key.device,
+            precision=key.precision,
+        )
 
 
 class SharedModel:

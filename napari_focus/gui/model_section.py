@@ -4,11 +4,13 @@ the loaded predictor and frees the old one before another is loaded."""
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 
+from ..checkpoint_identity import recorded_task
 from ..presets import SIZES, TASKS, task_info
 from ..runtime import PRECISIONS
 from .job import ModelKey, SharedModel
@@ -36,6 +38,19 @@ def kernel_status_text() -> str:
         for name, info in status.get("kernels", {}).items()
     ]
     return "compiled kernels: " + (", ".join(parts) if parts else "none (PyTorch reference)")
+
+
+def checkpoint_task_note(task: str, path: Path) -> str | None:
+    """The Model tab's words for a checkpoint trained for another task than ``task``."""
+    found = recorded_task(path)
+    if found is None or found[0] == task:
+        return None
+    other = found[0]
+    chosen, held = task_info(task)["name"].lower(), task_info(other)["name"].lower()
+    return (
+        f"\u26a0 {path.name} holds {other.upper()} weights: its masks show {held}, "
+        f"not {chosen}. Choose task {other.upper()} or another checkpoint."
+    )
 
 
 class ModelSection(Container):
@@ -71,6 +86,7 @@ class ModelSection(Container):
             visible=False,
         )
         self.kernels = WrappingLabel(label="kernels", value=kernel_status_text())
+        self.task_note = WrappingLabel(label="", value="", visible=False)
         super().__init__(
             widgets=[
                 self.image,
@@ -78,6 +94,7 @@ class ModelSection(Container):
                 self.size,
                 self.weights_source,
                 self.weights_path,
+                self.task_note,
                 self.device,
                 self.precision,
                 self.tta,
@@ -106,10 +123,22 @@ class ModelSection(Container):
         )
         self.planes.tooltip = "For stacks: segment the plane on screen, or every plane"
         self.weights_source.changed.connect(self._on_weights_source)
+        for widget in (self.task, self.weights_source, self.weights_path):
+            widget.changed.connect(self._update_task_note)
 
     def _on_weights_source(self, source: str) -> None:
         self.weights_path.visible = source == "file"
         self.size.enabled = source == "official"
+
+    def _update_task_note(self, *_: Any) -> None:
+        """Say so when the chosen checkpoint records another task than the task chosen
+        (it still runs: the five tasks share one architecture)."""
+        note = None
+        path = self.weights_path.value
+        if self.weights_source.value == "file" and path and path.is_file():
+            note = checkpoint_task_note(self.task.value, path)
+        self.task_note.value = self.task_note.tooltip = note or ""
+        self.task_note.visible = note is not None
 
     # ------------------------------------------------------------- model
     def model_key(self) -> ModelKey:
