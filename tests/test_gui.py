@@ -289,6 +289,10 @@ def test_writer_saves_png_and_tiff(tmp_path):
     assert tifffile.imread(tif).shape == (2, 40, 50)
     with pytest.raises(ValueError, match=r"save it as \.tif"):
         write_labels(str(tmp_path / "s.png"), np.stack([mask, mask]), {"name": "s"})
+    (tmp_path / "x.png").write_bytes(b"the user's own file")
+    with pytest.raises(ValueError, match=r"choose a file name ending in \.png or \.tif"):
+        write_labels(str(tmp_path / "x.jpg"), mask, {"name": "x"})  # never x.png instead
+    assert (tmp_path / "x.png").read_bytes() == b"the user's own file"
 
 
 def test_sample_data_is_bundled():

@@ -156,3 +156,28 @@ def test_a_layout_without_samples_is_named_among_others(tmp_path: Path) -> None:
     samples, problems = collect_samples(tmp_path, ["generic", "duts-tr"])
     assert len(samples) == 2
     assert problems == [f"duts-tr: no samples under {tmp_path}; it adds nothing to training"]
+
+
+def test_a_full_disk_during_training_is_said_in_words(
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+) -> None:
+    import errno
+
+    from napari_focus.atomic import WriteError
+    from napari_focus.training import loop
+
+    export_shapes(tmp_path, "camo-train", 2, size=48)
+    out = tmp_path / "tuned.safetensors"
+
+    def full_disk(config, progress):  # where a save during the run meets a full disk
+        raise WriteError(out.parent / "tuned.work" / "best.safetensors",
+                         OSError(errno.ENOSPC, "No space left on device"))  # fmt: skip
+
+    monkeypatch.setattr(loop, "train", full_disk)
+    code = main(["train", "--root", str(tmp_path), "--layout", "camo-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "1",
+                 "--device", "cpu", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "the disk is full" in err and "best.safetensors" in err and "Traceback" not in err
+    assert "--resume" in err

@@ -15,7 +15,11 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     mask = np.asarray(data)
     target = Path(path)
     if target.suffix.lower() not in (".png", *TIFF_EXTENSIONS):
-        target = target.with_suffix(".png")
+        # the save dialog confirmed replacing ``path``, not another file
+        raise ValueError(
+            f"a FOCUS mask is saved as .png or .tif, not as '{target.name}'; "
+            "choose a file name ending in .png or .tif"
+        )
     if mask.ndim != 2 and target.suffix.lower() == ".png":
         raise ValueError(
             f"a PNG holds one 2-D mask, but '{attributes.get('name', 'the layer')}' has shape "

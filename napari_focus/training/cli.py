@@ -170,6 +170,11 @@ def run_train(args: argparse.Namespace) -> int:
         bar.close()
         print(f"napari-focus train: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    except WriteError as error:  # a full disk while saving an evaluation or the output
+        bar.close()
+        print(f"napari-focus train: {error}; `--resume` continues from the last saved "
+              "evaluation once there is room", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         bar.close()
         print("napari-focus train: interrupted; `--resume` continues from the last "
