@@ -408,6 +408,38 @@ def test_a_model_the_workers_cannot_load_is_a_clear_error(ray_local, images, tmp
     assert [r["status"] for r in rows] == ["pending"]
 
 
+def test_a_ranking_that_cannot_be_written_is_said_and_a_rerun_writes_it(
+    ray_local, images, weights, tmp_path, monkeypatch, caplog
+):
+    import errno
+
+    # as in the test above: keeps Ray's unformattable data-context record out of caplog
+    caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
+
+    from napari_focus.atomic import WriteError
+    from napari_focus.distributed import manifest as manifest_module
+
+    real_write_ranking = manifest_module.write_ranking
+
+    def full_disk(rows, path):
+        raise WriteError(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    out = tmp_path / "out"
+    args = ("predict", images / "photo.png", "--task", "sod", "--weights", weights,
+            "--out", out, "--engine", "ray", "--quiet")  # fmt: skip
+    monkeypatch.setattr(manifest_module, "write_ranking", full_disk)
+    code, err = run_cli(*args)
+    assert code == 1, err
+    assert "the ranking was not written: could not write" in err and "the disk is full" in err
+    assert "Traceback" not in err and "1 written" in err
+    assert (out / "photo.png").is_file() and (out / "focus_manifest.parquet").is_file()
+    monkeypatch.setattr(manifest_module, "write_ranking", real_write_ranking)
+    code, err = run_cli(*args)  # what the message says to do
+    assert code == 0, err
+    assert "0 written, 1 skipped" in err and "ranking" in err
+    assert len(read_ranking(out / "focus_rank.csv")) == 1
+
+
 def test_engine_ray_without_ray_says_how_to_install(images, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     code, err = run_cli(

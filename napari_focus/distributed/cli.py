@@ -138,16 +138,24 @@ def run_predict_ray(args: argparse.Namespace) -> int:
 
     for item in run.unmatched:
         print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
-    ranking = write_ranking(run.rows, run.manifest.with_name(RANKING_NAME))
+    try:
+        ranking: Path | None = write_ranking(run.rows, run.manifest.with_name(RANKING_NAME))
+    except OSError as error:  # the masks and the manifest are on disk: say so, no traceback
+        ranking = None
+        print(f"napari-focus: the ranking was not written: {error}. The masks and the "
+              "manifest were; run the same command again once that is mended: it skips "
+              "the masks that exist and writes the ranking", file=sys.stderr)  # fmt: skip
     print(
         f"napari-focus: {run.count('written')} written, {run.count('skipped')} skipped "
         f"(already exist; --overwrite to redo), {len(run.failed)} failed -> {out} "
-        f"({run.workers} Ray workers, {run.seconds:.1f} s); manifest {run.manifest}, "
-        f"ranking {ranking}",
+        f"({run.workers} Ray workers, {run.seconds:.1f} s); manifest {run.manifest}"
+        + (f", ranking {ranking}" if ranking else ""),
         file=sys.stderr,
     )
     for row in run.failed:
         print(f"  failed: {row['source']}: {row['error']}", file=sys.stderr)
+    if ranking is None:
+        return EXIT_FAILED_IMAGES
     if args.series:
         folder = image_folder_of(run.rows)
         if folder is None:
