@@ -44,7 +44,8 @@ def show_image(viewer: Any, key: str, name: str, path: Path, image: np.ndarray) 
     above = [series_layer(viewer, "labels"), series_layer(viewer, "probability")]
     keep_below(viewer, layer, *[other for other in above if other is not None])
     if old_shape != tuple(image.shape[:2]):
-        viewer.reset_view()
+        # fit this image alone: the mask layers still hold the previous image's shape
+        viewer.reset_view(layers=[layer])
     return layer
 
 
