@@ -55,3 +55,65 @@ def test_each_image_fills_the_view_whatever_its_size(qtbot, open_focus_widget, p
         move()
     assert seen == ["a_large", "b_small", "c_medium"]
     assert [i.name for i in series.state.queue] == ["a_large", "b_small", "c_medium", "d_broken"]
+
+
+def test_the_ends_of_a_series_say_what_to_do(
+    qtbot, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    from napari_focus.gui import series_section
+
+    said: list[str] = []
+    monkeypatch.setattr(series_section, "show_info", said.append)
+    _viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series = widget.series
+    series.open(photos)
+
+    def settled():
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+
+    settled()
+    series.accept_button.clicked.emit()  # a_large exported, on to b_small
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    settled()
+    series.previous_button.clicked.emit()
+    assert series.shown_key == "b_small.png"
+    assert said[-1] == (
+        "FOCUS: no image before this one is left to annotate; 1 accepted image is passed "
+        "over: tick 'visit exported images too' to see them again"
+    )
+    series.next_button.clicked.emit()
+    settled()
+    series.accept_button.clicked.emit()  # c_medium is the last image that can be shown
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: len(said) >= 2, timeout=WAIT_MS)
+    assert series.shown_key == "c_medium.jpg"
+    assert said[-1] == (
+        "FOCUS: this is the last image of the series that can be shown; 1 before it still to "
+        "do (◀ Previous, or 'go to #')"
+    )
+    series.include_exported.value = True
+    series.previous_button.clicked.emit()
+    settled()
+    series.previous_button.clicked.emit()
+    settled()
+    assert series.shown_key == "a_large.png"
+
+
+def test_closing_napari_while_the_quality_line_is_computed(
+    qtbot, open_focus_widget, photos, tmp_path
+):
+    """Accept starts the quality line in a separate process; closing napari at once must
+    not raise in a worker or write into the closed widget."""
+    viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series = widget.series
+    series.prefetch.value = False
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.quality_pending, timeout=WAIT_MS)
+    worker = series._quality_worker  # the thread to wait for
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    qtbot.wait(200)  # the worker's signals are delivered: none may raise

@@ -86,7 +86,7 @@ class CloseGuard:
         """Save the edits before napari closes; if that fails, ask whether to close."""
         labels = self.unsaved_labels()
         if labels is None or self.autosave(labels):
-            self.section.prefetcher.stop(wait_s=CLOSE_WAIT_S)
+            self.section.prefetcher.close(wait_s=CLOSE_WAIT_S)
             self.section.shutdown_metrics()
             return True
         from . import dialogs
@@ -95,7 +95,7 @@ class CloseGuard:
             f"{self.last_failure}.\n\nClose napari anyway and lose your edits of '{labels.name}'?"
         )
         if dialogs.ask_yes_no(self.section.native, question):
-            self.section.prefetcher.stop(wait_s=CLOSE_WAIT_S)
+            self.section.prefetcher.close(wait_s=CLOSE_WAIT_S)
             self.section.shutdown_metrics()
             return True
         show_error(f"FOCUS series: {self.last_failure}")

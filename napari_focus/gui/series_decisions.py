@@ -15,9 +15,16 @@ from ..series.review import quality_text
 from .proposal_layers import META_KEY
 
 
-def _quality_in_a_process(pool: Any, *args: Any) -> str:
-    """Worker-thread body: wait (GIL released) for the metrics computed in ``pool``."""
-    return pool.submit(quality_text, *args).result()
+def _quality_in_a_process(pool: Any, *args: Any) -> str | None:
+    """Worker-thread body: wait (GIL released) for the metrics computed in ``pool``; None
+    when napari closed meanwhile (the pool was shut down)."""
+    from concurrent.futures import CancelledError
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return pool.submit(quality_text, *args).result()
+    except (CancelledError, BrokenProcessPool, RuntimeError):  # RuntimeError: shut down
+        return None
 
 
 class SeriesDecisions:
@@ -75,10 +82,14 @@ class SeriesDecisions:
         worker = thread_worker(_quality_in_a_process, start_thread=False)(
             self.metrics_pool(), item.name, proposal, reference, against
         )
-        worker.returned.connect(lambda text: setattr(self.quality, "value", text))
+        worker.returned.connect(self._show_quality)
         self.quality.value = f"{item.name}: computing the quality…"
         self._quality_worker = worker  # kept alive until it returns
         worker.start()
+
+    def _show_quality(self, text: str | None) -> None:
+        if text is not None and getattr(self, "_metrics_pool", None) is not None:
+            self.quality.value = text  # else napari closed: the widget is gone
 
     def metrics_pool(self) -> Any:
         """One spawned process for the metrics, started on the first Accept."""

@@ -193,6 +193,13 @@ class Prefetcher:
             if wait_s > 0 and self._left is not None:
                 self._left.wait(wait_s)
 
+    def close(self, wait_s: float) -> None:
+        """napari closes: :meth:`stop`, and nothing the worker still signals (its last
+        results, its end) reaches the widget, which Qt deletes next."""
+        self.stop(wait_s)
+        self._generation += 1
+        self.on_idle = lambda: None
+
     def load_stored(self, item_key: str, path: Path | None) -> tuple[Prediction, float] | None:
         """A proposal of this model saved on disk earlier, as a prediction with its
         uncertainty, or None."""

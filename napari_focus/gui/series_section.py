@@ -266,12 +266,36 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
             return
         self._model_error = None
         if step(self.state.queue) is None:
-            show_info("FOCUS: no further image in that direction")
+            show_info(f"FOCUS: {self._end_text(direction)}")
         try:
             self.state.save()
         except OSError as error:
             self._error(self.close_guard.save_failure_text(error, "the series state"))
         self.show_current(direction)
+
+    def _end_text(self, direction: int) -> str:
+        """Why Next (``direction`` 1) or Previous (-1) found no image, and what to do."""
+        assert self.state is not None
+        queue = list(self.state.queue)
+        here = self.state.queue.index
+        beyond = queue[here + 1 :] if direction > 0 else queue[:here]
+        edge = "last" if direction > 0 else "first"
+        hidden = sum(item.exported and not item.missing for item in beyond)
+        if hidden and not self.include_exported.value:
+            where = "after" if direction > 0 else "before"
+            text = (
+                f"no image {where} this one is left to annotate; {hidden} accepted "
+                f"{'image is' if hidden == 1 else 'images are'} passed over: tick "
+                f"'{self.include_exported.text}' to see them again"
+            )
+        else:
+            text = f"this is the {edge} image of the series that can be shown"
+        if direction > 0:
+            open_ = (Status.PENDING, Status.PROPOSED, Status.CORRECTED, Status.SKIPPED)
+            todo = [item for item in queue[:here] if item.status in open_ and not item.missing]
+            if todo:
+                text += f"; {len(todo)} before it still to do (◀ Previous, or 'go to #')"
+        return text
 
     def leave_current(self) -> bool:
         """Keep the user's edits of the shown image (autosave, or ask); False = stay
