@@ -181,3 +181,34 @@ def test_a_full_disk_during_training_is_said_in_words(
     assert code == 1
     assert "the disk is full" in err and "best.safetensors" in err and "Traceback" not in err
     assert "--resume" in err
+
+
+def test_a_new_run_never_replaces_an_unfinished_one(
+    tmp_path: Path, capsys, tiny_checkpoint
+) -> None:
+    """A run cancelled at step 1 keeps its saved state: the same --out without --resume is
+    refused in the flags' words, and --resume continues it."""
+    import threading
+
+    from napari_focus.training import TrainConfig, train
+
+    export_shapes(tmp_path, "camo-train", 4, size=48)
+    out = tmp_path / "tuned.safetensors"
+    cancel = threading.Event()
+    config = TrainConfig(tmp_path, ("camo-train",), out, weights=str(tiny_checkpoint),
+                         steps=3, device="cpu", preset="cpu", canvas=96)  # fmt: skip
+    result = train(config, progress=lambda p: p.phase == "train" and cancel.set(), cancel=cancel)
+    assert result.cancelled and result.step == 1
+    saved = (tmp_path / "tuned.training" / "resume.pt").read_bytes()
+    args = ["train", "--root", str(tmp_path), "--layout", "camo-train", "--weights",
+            str(tiny_checkpoint), "--out", str(out), "--steps", "3", "--device", "cpu",
+            "--preset", "cpu", "--crop", "96", "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'tuned.training'} holds an unfinished run of --out {out}: add "
+            "--resume to continue it, or choose another --out") in err  # fmt: skip
+    assert (tmp_path / "tuned.training" / "resume.pt").read_bytes() == saved
+    assert not out.exists()
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    _, metadata = read_checkpoint(out)
+    assert metadata["training_steps"] == "3"

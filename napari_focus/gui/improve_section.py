@@ -116,6 +116,7 @@ class ImproveSection(Container):
         self._cancel = threading.Event()
         self.new_weights: WeightsChoice | None = None
         self.previous_weights: WeightsChoice | None = None
+        self._filled_output = False  # the output field names a cancelled run
 
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
         self.preset = ComboBox(label="hardware preset", choices=list(PRESET_NAMES), value="auto")
@@ -203,12 +204,16 @@ class ImproveSection(Container):
             out = root / "napari_focus_models" / f"focus_{base.task}_{stamp}.safetensors"
         if out.exists():
             raise ValueError(f"{out} exists; choose another file for the new weights")
+        from ..training.state import has_saved_state
+
         return TrainConfig(
             root=root, layouts=(layout,), out=out,
             weights=str(base.path) if base.source == "file" else base.task,
             size=base.size, task=base.task, steps=self.steps.value, device=base.device,
             preset=self.preset.value, canvas=self.crop.value or None,
             lr=self.learning_rate.value, select_metric=self.keep.value,
+            # a run cancelled into this file continues where it stopped: never replaced
+            resume=has_saved_state(out.parent / f"{out.stem}.training"),
         )  # fmt: skip
 
     def start(self) -> None:
@@ -229,7 +234,12 @@ class ImproveSection(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.improve_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"starting from {self._base.describe()}…"
+        self._config = config
+        self.status.value = (
+            f"continuing the cancelled run of {config.out.name}…"
+            if config.resume
+            else f"starting from {self._base.describe()}…"
+        )
         worker.start()
 
     def cancel(self) -> None:
@@ -248,10 +258,17 @@ class ImproveSection(Container):
     def _on_returned(self, outcome: tuple[Any, BaseException | None]) -> None:
         result, error = outcome
         if error is not None:
-            self._error(f"training failed: {error}")
+            self._error(f"training failed: {self._error_text(error)}")
             return
         if result.cancelled:
-            self.status.value = f"cancelled at step {result.step} (the run can be resumed)"
+            # shown in the field, so that Improve continues this run, not a new one
+            self.output.value = self._config.out
+            self._filled_output = True
+            self.status.value = (
+                f"cancelled at step {result.step} of {self._config.steps}: "
+                f"Improve continues it; to start a new run, choose another file under "
+                f"'{self.output.label}'"
+            )
             return
         base, best = result.baseline_metrics or {}, result.best_metrics or {}
         gain = (
@@ -265,9 +282,22 @@ class ImproveSection(Container):
         if result.best_step == 0:
             gain += " (no step beat the starting weights on the held-out images; the new file "
             gain += "holds them unchanged)"
+        if self._filled_output:  # the next Improve starts a new run
+            self.output.value, self._filled_output = "", False
         self.status.value = f"done: {gain}; {result.output.name}"
         self.use_new_button.enabled = True
         show_info(f"FOCUS: new weights {result.output} ({gain})")
+
+    def _error_text(self, error: BaseException) -> str:
+        from ..training.state import ResumeMismatchError
+
+        if isinstance(error, ResumeMismatchError):
+            return (
+                f"the cancelled run of {self._config.out.name} was trained on other "
+                f"{' and '.join(error.differing) or 'settings'} than now; choose another file "
+                f"under '{self.output.label}' to start a new run (the cancelled one is kept)"
+            )
+        return str(error)
 
     def _on_finished(self) -> None:
         self._worker = None

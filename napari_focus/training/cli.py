@@ -115,6 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import OFFICIAL_LR, TrainConfig
     from .data import DatasetError
     from .loop import train
+    from .state import UnfinishedRunError
 
     try:
         require_metrics()
@@ -166,6 +167,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         result = train(config, progress=show)
+    except UnfinishedRunError:
+        bar.close()
+        print(f"napari-focus train: {config.work_dir} holds an unfinished run of --out "
+              f"{out}: add --resume to continue it, or choose another --out to start a new "
+              "run (nothing is overwritten)", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
         bar.close()
         print(f"napari-focus train: {error}", file=sys.stderr)

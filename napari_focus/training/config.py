@@ -39,7 +39,8 @@ class TrainConfig:
         ``edit_effort``, ... see :data:`~.validate.VALIDATION_METRICS`).
     work_dir: resume state and report (default ``<out stem>.training`` beside ``out``).
     resume: continue from the resume state in ``work_dir``.
-    overwrite: replace an existing ``out`` (otherwise an existing file is an error).
+    overwrite: replace an existing ``out``, and start afresh over the saved state of an
+        unfinished run in ``work_dir`` (otherwise either is an error).
     """
 
     root: Path

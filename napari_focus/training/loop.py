@@ -34,7 +34,14 @@ from .forward import training_forward
 from .matcher import DIVERGED_ADVICE, Target, TrainingDiverged
 from .presets import resolve_preset
 from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
-from .state import STATE_NAME, RunState, load_state, save_state
+from .state import (
+    STATE_NAME,
+    RunState,
+    UnfinishedRunError,
+    has_saved_state,
+    load_state,
+    save_state,
+)
 from .validate import better, score_samples, write_report
 
 CACHE_SAMPLES = 256
@@ -136,6 +143,11 @@ def train(
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
+    if not config.resume and not config.overwrite and has_saved_state(Path(config.work_dir)):
+        raise UnfinishedRunError(
+            f"{config.work_dir} holds the saved state of an unfinished run, which a new run "
+            "would replace: resume it, or choose another output"
+        )
     # hours of training must not end in a folder that takes no files
     check_writable_file(config.out)
     check_writable_folder(Path(config.work_dir))

@@ -21,6 +21,28 @@ STATE_NAME = "resume.pt"
 STATE_FORMAT = "napari-focus/training-state-v1"
 
 
+class UnfinishedRunError(FileExistsError):
+    """A new run would replace the saved state of an unfinished (cancelled, interrupted)
+    run in the same work folder; resume that one or choose another output."""
+
+
+class ResumeMismatchError(ValueError):
+    """The saved state belongs to another run; ``differing`` names what differs (data,
+    base, parts, validation, batch_size, canvas, seed)."""
+
+    def __init__(self, message: str, differing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.differing = tuple(differing)
+
+    def __reduce__(self) -> tuple:  # crosses the training process's queue whole
+        return type(self), (str(self), self.differing)
+
+
+def has_saved_state(folder: Path) -> bool:
+    """Whether ``folder`` holds the resume state of an unfinished run."""
+    return (Path(folder) / STATE_NAME).is_file()
+
+
 @dataclass
 class RunState:
     step: int = 0
@@ -79,9 +101,10 @@ def load_state(folder: Path, identity: dict[str, Any]) -> tuple[RunState, dict, 
     saved = json.loads(payload["identity"])
     differing = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     if differing:
-        raise ValueError(
+        raise ResumeMismatchError(
             f"{path} belongs to another run (differs in: {', '.join(differing)}); use another "
-            "output/work folder or start without resume"
+            "output/work folder or start without resume",
+            tuple(differing),
         )
     best_step = payload["best_step"]
     run = RunState(
