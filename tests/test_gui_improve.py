@@ -132,3 +132,71 @@ def test_a_training_process_that_dies_is_reported_and_improve_works_again(
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     assert "training failed: the training process ended unexpectedly" in improve.status.value
     assert improve.improve_button.enabled and not improve.cancel_button.enabled
+
+
+def _small_run(widget, root: Path, out: Path, steps: int) -> None:
+    widget.export_section.dataset_root.value = root
+    improve = widget.improve
+    improve.steps.value = steps
+    improve.preset.value = "cpu"
+    improve.crop.value = 96
+    improve.output.value = out
+
+
+def test_improve_after_cancel_continues_the_run_and_keeps_it_on_other_data(
+    qtbot, open_focus_widget, tmp_path: Path
+) -> None:
+    _, widget = open_focus_widget()
+    root = tmp_path / "datasets"
+    export_shapes(root, "duts-tr", 4, seed=3, size=48)
+    out = tmp_path / "tuned.safetensors"
+    _small_run(widget, root, out, 3)
+    improve = widget.improve
+    improve.improve_button.clicked.emit()
+    qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
+    improve.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert improve.status.value.startswith("cancelled at step ")
+    assert ("of 3: Improve continues it; to start a new run, choose another file under "
+            "'new weights'") in improve.status.value  # fmt: skip
+    state = tmp_path / "tuned.training" / "resume.pt"
+    saved = state.read_bytes()
+
+    from napari_focus.datasets import export_sample
+
+    late = shape_sample(np.random.default_rng(11), 48)
+    export_sample(root, "duts-tr", "late", *late)  # a correction exported meanwhile
+    improve.improve_button.clicked.emit()
+    assert improve.status.value == "continuing the cancelled run of tuned.safetensors…"
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert ("training failed: the cancelled run of tuned.safetensors was on other training "
+            "data or settings (differs in: data") in improve.status.value  # fmt: skip
+    assert "'new weights'" in improve.status.value
+    assert state.read_bytes() == saved and not out.exists()
+
+
+def test_closing_napari_while_improve_runs_keeps_the_run(
+    qtbot, open_focus_widget, tmp_path: Path
+) -> None:
+    """The progress still on its way finds no deleted widget; the child saves its state."""
+    viewer, widget = open_focus_widget()
+    root = tmp_path / "datasets"
+    export_shapes(root, "duts-tr", 4, seed=3, size=48)
+    _small_run(widget, root, tmp_path / "tuned.safetensors", 50)
+    improve = widget.improve
+    improve.improve_button.clicked.emit()
+    qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
+    worker = improve._worker  # the thread watching the training process
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    qtbot.wait(200)  # the worker's last signals are delivered: none may raise
+    import multiprocessing
+
+    # the training process finishes its step and saves the run before it ends
+    qtbot.waitUntil(
+        lambda: not [p for p in multiprocessing.active_children() if "training" in p.name],
+        timeout=WAIT_MS,
+    )
+    work = tmp_path / "tuned.training"
+    assert (work / "resume.pt").is_file()
+    assert not [p for p in work.iterdir() if p.name.startswith(".napari_focus-tmp")]

@@ -180,7 +180,8 @@ class ImproveSection(Container):
         self.improve_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         # napari closing mid-run: the child stops after its step and saves its resume state
-        self.native.destroyed.connect(lambda *_: self._cancel.set())
+        self._closed = False
+        self.native.destroyed.connect(self._on_closed)
         self.use_new_button.changed.connect(self.use_new_weights)
         self.use_previous_button.changed.connect(self.use_previous_weights)
 
@@ -247,7 +248,13 @@ class ImproveSection(Container):
             self._cancel.set()
             self.status.value = "cancelling after this step…"
 
+    def _on_closed(self, *_: Any) -> None:
+        self._cancel.set()
+        self._closed = True  # what the worker still reports has no widget to go to
+
     def _on_progress(self, report: Any) -> None:
+        if self._closed:
+            return
         self.progress.value = int(100 * report.step / max(report.steps, 1))
         if report.phase == "train":
             eta = f", {report.eta_seconds:.0f} s left" if report.eta_seconds else ""
@@ -257,6 +264,8 @@ class ImproveSection(Container):
 
     def _on_returned(self, outcome: tuple[Any, BaseException | None]) -> None:
         result, error = outcome
+        if self._closed:
+            return
         if error is not None:
             self._error(f"training failed: {self._error_text(error)}")
             return
@@ -293,14 +302,16 @@ class ImproveSection(Container):
 
         if isinstance(error, ResumeMismatchError):
             return (
-                f"the cancelled run of {self._config.out.name} was trained on other "
-                f"{' and '.join(error.differing) or 'settings'} than now; choose another file "
+                f"the cancelled run of {self._config.out.name} was on other training data "
+                f"or settings (differs in: {', '.join(error.differing)}); choose another file "
                 f"under '{self.output.label}' to start a new run (the cancelled one is kept)"
             )
         return str(error)
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._closed:
+            return
         self.improve_button.enabled, self.cancel_button.enabled = True, False
 
     # -------------------------------------------------------------- switching

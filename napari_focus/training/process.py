@@ -27,10 +27,18 @@ def train_in_subprocess(
     context = multiprocessing.get_context("spawn")
     reports = context.Queue()
     stop = context.Event()
+    # not a daemon: when the host exits mid-run (napari closed), Python waits for the
+    # child to finish its step and save its resume state instead of killing it mid-write
     child = context.Process(
-        target=_child, args=(config, reports, stop), name="napari-focus-training", daemon=True
+        target=_child, args=(config, reports, stop), name="napari-focus-training", daemon=False
     )
     child.start()
+    # the host may abandon this generator at a yield (a GUI worker aborted as napari
+    # quits): a thread of its own passes ``cancel`` on for as long as the child runs
+    threading.Thread(
+        target=_relay_cancel, args=(cancel, stop, child), name="napari-focus-training-cancel",
+        daemon=True,
+    ).start()  # fmt: skip
     outcome: Any = None
     try:
         while True:
@@ -57,6 +65,13 @@ def train_in_subprocess(
             "out of memory?"
         )
     return outcome
+
+
+def _relay_cancel(cancel: threading.Event, stop: Any, child: Any) -> None:
+    while child.is_alive():
+        if cancel.wait(0.2):
+            stop.set()
+            return
 
 
 def _child(config: TrainConfig, reports: Any, stop: Any) -> None:
