@@ -97,6 +97,9 @@ class KernelUnavailableError(RuntimeError):
             f"unavailable: {reason}.{log}"
         )
 
+    def __reduce__(self) -> tuple:  # survives pickling (worker processes)
+        return (type(self), (self.kind, self.reason, self.log_path))
+
 
 @dataclass
 class KernelState:
