@@ -12,17 +12,21 @@ from napari_focus.checkpoints import read_checkpoint
 from napari_focus.cli import build_parser, main
 from napari_focus.datasets import LAYOUTS
 from napari_focus.training import PRESETS
-from napari_focus.training.cli import LAYOUT_NAMES, PRESET_NAMES
+from napari_focus.training.cli import KEEP_BEST_NAMES, LAYOUT_NAMES, PRESET_NAMES
 
 
 def test_parser_choices_follow_the_package() -> None:
     assert LAYOUT_NAMES == LAYOUTS
     assert ("auto", *PRESETS) == PRESET_NAMES
+    from napari_focus.training.validate import VALIDATION_METRICS
+
+    assert tuple(VALIDATION_METRICS) == KEEP_BEST_NAMES
     args = build_parser().parse_args(
         ["train", "--root", "r", "--layout", "DUTS-TR", "--layout", "generic",
          "--weights", "cod", "--out", "x.safetensors"]
     )  # fmt: skip
     assert args.layout == ["duts-tr", "generic"] and args.steps == 300
+    assert args.keep_best == "mask_iou"
 
 
 def test_clear_errors(tmp_path: Path, capsys) -> None:
@@ -109,7 +113,8 @@ def test_short_run_writes_a_loadable_checkpoint(
     out = tmp_path / "tuned.safetensors"
     code = main(["train", "--root", str(root), "--layout", "camo-train",
                  "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "2",
-                 "--device", "cpu", "--preset", "cpu", "--crop", "96", "--quiet"])  # fmt: skip
+                 "--device", "cpu", "--preset", "cpu", "--crop", "96", "--keep-best", "smeasure",
+                 "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"wrote {out}" in err and "mask_iou" in err
@@ -118,6 +123,7 @@ def test_short_run_writes_a_loadable_checkpoint(
     assert metadata["task"] == "sod"
     preset = json.loads(metadata["training_preset"])
     assert preset["parts"] == ["adapter", "head"] and preset["canvas"] == 96
+    assert json.loads(metadata["training_config"])["select_metric"] == "smeasure"
     from napari_focus import FocusPredictor
 
     FocusPredictor.from_checkpoint(out, device="cpu")

@@ -18,6 +18,9 @@ from ..presets import SIZES, TASKS
 
 # a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
+# the same for training.validate.VALIDATION_METRICS (the figures --keep-best picks from)
+KEEP_BEST_NAMES = ("mask_iou", "iou", "smeasure", "emeasure_mean", "wfmeasure", "mae", "ber",
+                   "edit_effort")  # fmt: skip
 
 
 def _positive_float(text: str) -> float:
@@ -74,6 +77,9 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     train.add_argument("--crop", type=_crop, help="override the preset's crop (multiple of 32)")
     train.add_argument("--lr", type=_positive_float, help="learning rate (official: 1e-4)")
+    train.add_argument("--keep-best", choices=KEEP_BEST_NAMES, default="mask_iou",
+                       help="the validation figure that picks the step written (default: "
+                       "mask_iou, the IoU of the proposal a person corrects)")  # fmt: skip
     train.add_argument("--eval-every", type=positive_int,
                        help="validation period (default steps/5)")  # fmt: skip
     train.add_argument("--val-fraction", type=_fraction, default=0.2,
@@ -135,7 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
             device=args.device, preset=args.preset, batch_size=args.batch_size,
             canvas=args.crop, lr=args.lr or OFFICIAL_LR, eval_every=args.eval_every,
             val_fraction=args.val_fraction, val_names=tuple(args.val) if args.val else None,
-            seed=args.seed, resume=args.resume,
+            seed=args.seed, resume=args.resume, select_metric=args.keep_best,
         )  # fmt: skip
     except ValueError as error:
         print(f"napari-focus train: {error}", file=sys.stderr)
