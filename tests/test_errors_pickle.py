@@ -59,6 +59,9 @@ _BUILT = {
     "napari_focus.datasets.errors.ExportWriteError": lambda cls: cls("cannot write", "full"),
     "napari_focus.datasets.errors.SampleExistsError": lambda cls: cls("cup exists", "cup"),
     "napari_focus.devices.DeviceError": lambda cls: cls("cuda:3", "no such GPU", "cuda:0"),
+    "napari_focus.training.state.ResumeMismatchError": lambda cls: cls(
+        "run/resume.pt belongs to another run (differs in: data)", ("data",)
+    ),
     "napari_focus.ops.build.KernelUnavailableError": lambda cls: cls(
         "cuda", "nvcc not found", Path("/tmp/build.log")
     ),
