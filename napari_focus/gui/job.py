@@ -112,44 +112,52 @@ class SharedModel:
         self._lock = threading.Lock()
         self._key: ModelKey | None = None
         self._predictor: FocusPredictor | None = None
-        self._count_lock = threading.Lock()
-        self._wanting: dict[ModelKey, int] = {}  # callers asking for each model, not cancelled
+        self._asking_lock = threading.Lock()
+        self._asking: list[tuple[ModelKey, RunControl]] = []  # callers in get()
 
     def get(self, key: ModelKey, control: RunControl | None = None) -> FocusPredictor:
         control = control or RunControl()
-        self._want(key, +1)
-        counted = True
+        asking = (key, control)
+        with self._asking_lock:
+            self._asking.append(asking)
         try:
             with self._lock:
-                if self._key == key and self._predictor is not None:
-                    control.check()
-                    return self._predictor
-                self._key, self._predictor = None, None  # the old model goes before a new loads
-                gc.collect()
-                control.check()  # cancelled while another load held the lock: load nothing
-                predictor = load_predictor(key)
-                self._want(key, -1)
-                counted = False
-                if control.cancelled and not self._wanted(key):
-                    del predictor  # nobody wants it any more: no half-loaded model is kept
+                if self._key != key or self._predictor is None:
+                    self._key, self._predictor = None, None  # the old model goes first
                     gc.collect()
-                    raise Cancelled("cancelled")
-                self._key, self._predictor = key, predictor
-                control.check()  # kept for the caller waiting for it, not returned here
-                return predictor
+                    control.check()  # cancelled while another load held the lock
+                    self._key, self._predictor = key, load_predictor(key)
+                if control.cancelled and not self.waiting(key, besides=asking):
+                    self._drop()  # nobody wants it any more
+                control.check()
+                assert self._predictor is not None
+                return self._predictor
         finally:
-            if counted:
-                self._want(key, -1)
+            with self._asking_lock:
+                self._asking.remove(asking)
 
-    def _want(self, key: ModelKey, change: int) -> None:
-        with self._count_lock:
-            self._wanting[key] = self._wanting.get(key, 0) + change
-            if self._wanting[key] <= 0:
-                del self._wanting[key]
+    @property
+    def loading(self) -> bool:
+        """A load is under way (perhaps one whose caller cancelled it)."""
+        return self._lock.locked()
 
-    def _wanted(self, key: ModelKey) -> bool:
-        with self._count_lock:
-            return self._wanting.get(key, 0) > 0
+    def _drop(self) -> None:
+        device = getattr(self._predictor, "device", None)
+        self._key, self._predictor = None, None
+        gc.collect()
+        if device is not None and device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def waiting(self, key: ModelKey, besides: Any = None) -> int:
+        """How many callers not cancelled are loading ``key`` or waiting for it."""
+        with self._asking_lock:
+            return sum(
+                1
+                for entry in self._asking
+                if entry is not besides and entry[0] == key and not entry[1].cancelled
+            )
 
     def forget(self, predictor: Any) -> None:
         """Drop the reference to ``predictor`` (the widget frees it). Never waits for a
