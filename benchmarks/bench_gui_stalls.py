@@ -212,8 +212,9 @@ def camera_folder(root: Path, megapixels: float, count: int, noisy: bool) -> Pat
 
 def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, float]:
     """The first image of a folder, then Next, Next, Previous, Previous: the longest GUI
-    stall (ms), the time until the image is on screen (ms) and the CPU seconds of the
-    process (all threads) during each. Proposals are computed ahead as by default; the
+    stall (ms), the time until the image is on screen (ms), the time spent decoding
+    files on the GUI thread (ms) and the CPU seconds of the process (all threads)
+    during each. Proposals are computed ahead as by default; the
     background work settles between steps."""
     import napari
 
@@ -227,8 +228,11 @@ def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, f
     series = widget.series
     result: dict[str, float] = {"image_file_mb": (folder / "image0.jpg").stat().st_size / 1e6}
 
+    decoding_on_gui = record_gui_thread_decoding()
+
     def step(name: str, action: Any, key: str) -> None:
         cpu, start = time.process_time(), time.perf_counter()
+        decoding_on_gui.clear()
         with StallMeter() as meter:
             action()
             wait(lambda: series.shown_key == key)
@@ -237,6 +241,7 @@ def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, f
         result[f"{name}_stall_ms"] = meter.longest_ms
         result[f"{name}_shown_ms"] = (shown - start) * 1000
         result[f"{name}_cpu_s"] = time.process_time() - cpu
+        result[f"{name}_gui_decoding_ms"] = sum(decoding_on_gui)
         wait(lambda: not series.busy)
 
     step("first_image", lambda: series.open(folder), "image0.jpg")
@@ -263,6 +268,26 @@ def compare(old_tree: str, rounds: int, args: list[str]) -> None:
             )  # fmt: skip
             runs[name].append(json.loads(done.stdout[done.stdout.index("{") :]))
     print(json.dumps(runs, indent=1))
+
+
+def record_gui_thread_decoding() -> list[float]:
+    """Milliseconds of each image file decoded on the GUI thread (through
+    ``napari_focus.io.read_image``, which every series read goes through)."""
+    from napari_focus.series import images
+
+    spent: list[float] = []
+    original = images.read_image
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                spent.append((time.perf_counter() - start) * 1000)
+
+    images.read_image = timed
+    return spent
 
 
 def record_gui_thread_hashing() -> list[float]:
