@@ -253,6 +253,50 @@ def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, f
     return result
 
 
+def load_cancel(checkpoint: Path) -> dict[str, float]:
+    """Run with FOCUS-L's checkpoint not loaded yet, Cancel pressed 1 s into the load:
+    how long until Run can be pressed again, until the load's thread is done, and
+    whether a model is still held afterwards (1 = yes)."""
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.native.window().resize(1366, 768)
+    widget.weights_source.value = "file"
+    widget.weights_path.value = checkpoint
+    widget.device.value = "cpu"
+    viewer.add_image(np.full((240, 320, 3), 128, np.uint8), name="gray")
+    shared = widget.model_section.shared_model
+    cpu, start = time.process_time(), time.perf_counter()
+    widget.run()
+    wait(lambda: shared._lock.locked())  # the checkpoint is being read
+    wait(lambda: time.perf_counter() - start > 1.0)
+    pressed = time.perf_counter()
+    with StallMeter() as meter:
+        widget.cancel()
+        wait(lambda: not widget.running)
+        free = time.perf_counter()
+        wait(lambda: not shared._lock.locked())
+        done = time.perf_counter()
+        wait(lambda: time.perf_counter() - done > 0.5)  # what the job reports arrives
+    result = {
+        "usable_after_cancel_ms": (free - pressed) * 1000,
+        "load_thread_done_after_cancel_s": done - pressed,
+        "stall_ms": meter.longest_ms,
+        "model_held_after": float(
+            shared._predictor is not None or widget.current_model()[1] is not None
+        ),
+        "cpu_s": time.process_time() - cpu,
+    }
+    viewer.close()
+    return result
+
+
+def focus_l_checkpoint(root: Path) -> Path:
+    predictor = random_predictor("large")
+    return predictor.save_inference_checkpoint(root / "focus_l.safetensors", dtype=torch.float32)
+
+
 def compare(old_tree: str, rounds: int, args: list[str]) -> None:
     """Old and new code, alternately, each in a fresh process (``PYTHONPATH``)."""
     import subprocess
@@ -263,7 +307,7 @@ def compare(old_tree: str, rounds: int, args: list[str]) -> None:
         for name, tree in (("old", old_tree), ("new", new_tree)):
             env = {**os.environ, "PYTHONPATH": tree}
             done = subprocess.run(
-                [sys.executable, __file__, "--navigation", *args],
+                [sys.executable, __file__, *args],
                 env=env, capture_output=True, text=True, check=True, cwd=tree,
             )  # fmt: skip
             runs[name].append(json.loads(done.stdout[done.stdout.index("{") :]))
@@ -352,12 +396,30 @@ def main() -> None:
         help="a copy of the old code: --navigation there and here, alternately",
     )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--load-cancel",
+        metavar="CHECKPOINT",
+        help="only Cancel during the load of this checkpoint ('make': FOCUS-L, random "
+        "weights, written to a temporary folder)",
+    )
     args = parser.parse_args()
     StallMeter.explain = args.explain
     torch.set_num_threads(2)
     if args.compare_with:
+        if args.load_cancel:
+            with tempfile.TemporaryDirectory() as tmp:
+                made = args.load_cancel == "make"
+                checkpoint = focus_l_checkpoint(Path(tmp)) if made else args.load_cancel
+                compare(args.compare_with, args.rounds, ["--load-cancel", str(checkpoint)])
+            return
         extra = ["--megapixels", str(args.megapixels)] + (["--noisy"] if args.noisy else [])
-        compare(args.compare_with, args.rounds, extra)
+        compare(args.compare_with, args.rounds, ["--navigation", *extra])
+        return
+    if args.load_cancel:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = args.load_cancel == "make"
+            checkpoint = focus_l_checkpoint(Path(tmp)) if made else Path(args.load_cancel)
+            print(json.dumps(load_cancel(checkpoint), indent=1))
         return
     cpu0 = time.process_time()
     if args.navigation:
