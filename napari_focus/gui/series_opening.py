@@ -101,6 +101,7 @@ class SeriesOpening:
     viewer: Any
     decoded: Any
     reader: ImageReader
+    prefetcher: Any
     position: Any
     include_exported: Any
     _shown: str | None
@@ -211,6 +212,7 @@ class SeriesOpening:
         near = [*ahead[:1], *queue.preceding(1, include_exported=exported)]
         kept = [queue.current.key, *(queue[i].key for i in [*near, *ahead])]
         self.decoded.neighbourhood(kept)
+        computing = self.prefetcher.board.running  # decoded there; its pixels come along
         self.reader.want(
             [
                 (item.key, item.path)
@@ -219,5 +221,6 @@ class SeriesOpening:
                 and not item.missing
                 and item.status is not Status.FAILED
                 and item.key not in self.decoded
+                and item.key != computing
             ]
         )
