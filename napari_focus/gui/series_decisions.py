@@ -76,9 +76,14 @@ class SeriesDecisions:
             self.metrics_pool(), item.name, proposal, reference, against
         )
         worker.returned.connect(lambda text: setattr(self.quality, "value", text))
+        worker.finished.connect(lambda: self._quality_done(worker))
         self.quality.value = f"{item.name}: computing the quality…"
-        self._quality_worker = worker  # kept alive until it returns
+        self._quality_worker = worker  # kept alive until its line is shown
         worker.start()
+
+    def _quality_done(self, worker: Any) -> None:
+        if getattr(self, "_quality_worker", None) is worker:
+            self._quality_worker = None
 
     def metrics_pool(self) -> Any:
         """One spawned process for the metrics, started on the first Accept."""
@@ -99,8 +104,7 @@ class SeriesDecisions:
 
     @property
     def quality_pending(self) -> bool:
-        worker = getattr(self, "_quality_worker", None)
-        return worker is not None and worker.is_running
+        return getattr(self, "_quality_worker", None) is not None  # until its line is shown
 
     def _mark_and_advance(self, status: Status) -> None:
         if self.state is None or self._shown is None:
