@@ -53,6 +53,27 @@ def test_wheel_ships_the_manifest_the_kernel_sources_and_the_presets(wheel) -> N
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/")) or ".pyc" in n]
 
 
+def test_a_wheel_built_from_the_sdist_ships_the_same_files(wheel, tmp_path: Path) -> None:
+    """`pip install napari_focus-<version>.tar.gz` builds its wheel from the unpacked sdist."""
+    import tarfile
+
+    from hatchling.builders.sdist import SdistBuilder
+    from hatchling.builders.wheel import WheelBuilder
+
+    (sdist,) = SdistBuilder(str(REPO_ROOT)).build(directory=str(tmp_path), versions=["standard"])
+    with tarfile.open(sdist) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    (root,) = (tmp_path / "unpacked").iterdir()
+    for needed in ("pyproject.toml", "hatch_build.py", "napari.yaml", "LICENSE", "README.md"):
+        assert (root / needed).is_file(), needed
+    (rebuilt,) = WheelBuilder(str(root)).build(
+        directory=str(tmp_path / "wheel"), versions=["standard"]
+    )
+    bundled = sorted(n for n in wheel.namelist() if n.startswith("napari_focus/"))
+    rebuilt_names = zipfile.ZipFile(rebuilt).namelist()
+    assert sorted(n for n in rebuilt_names if n.startswith("napari_focus/")) == bundled
+
+
 def test_wheel_manifest_commands_point_into_the_wheel(wheel) -> None:
     manifest = yaml.safe_load(wheel.read("napari_focus/napari.yaml"))
     names = set(wheel.namelist())
