@@ -41,7 +41,7 @@ def cxx_install_hint() -> str:
     if sys.platform == "darwin":
         return " with `xcode-select --install`"
     if sys.platform.startswith("linux"):
-        return " (Debian/Ubuntu: `sudo apt install g++`)"
+        return ", e.g. `sudo apt install g++` on Debian/Ubuntu,"
     return ""
 
 
