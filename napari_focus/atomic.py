@@ -223,20 +223,45 @@ def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync_dir(Path(path).parent)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def commit_new(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a flushed temporary file the name ``path`` unless that name exists.
+
+    Raises:
+        FileExistsError: ``path`` exists (it is unchanged; ``tmp`` is left to the caller).
+    """
+    try:
+        os.link(tmp, path)  # one step that fails on an existing name
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", os.fspath(path)) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
+    fsync_dir(Path(path).parent)
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], None], *, replace: bool = True
+) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, flush it and rename
     it into place, so readers never see a half-written file. The file gets the mode a
-    plain ``open(path, "w")`` would give it (the umask applies).
+    plain ``open(path, "w")`` would give it (the umask applies). With ``replace=False``
+    an existing ``path``, even one that appeared while writing, is never replaced.
 
     Raises:
         WriteError: with the previous ``path`` (if any) untouched and no temp file left.
+        FileExistsError: ``replace`` is False and ``path`` exists (no temp file left).
     """
     path = Path(path)
     tmp = write_temp(path, write)
     try:
-        commit(tmp, path)
+        (commit if replace else commit_new)(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError) and not replace:
+            raise
         raise WriteError(path, exc) from exc
     return path
 

@@ -50,6 +50,7 @@ class CheckpointSizeMismatch(CheckpointError):
         self, source: str, found: str, wanted: str, detail: str, *, recorded: bool
     ) -> None:
         self.source, self.found, self.wanted, self.recorded = source, found, wanted, recorded
+        self.detail = detail
         asked = f"--size {wanted}" if wanted in SIZES else "the architecture given"
         head = (
             f"{source} holds {size_words(found)}, {detail}, not the "
@@ -73,6 +74,59 @@ class CheckpointSizeMismatch(CheckpointError):
                 "save it with save_inference_checkpoint(), which records it"
             )
         super().__init__(f"{head}. {fix}.")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles to training processes and Ray workers
+        return (
+            _size_mismatch,
+            (self.source, self.found, self.wanted, self.detail, self.recorded),
+        )
+
+
+def _size_mismatch(
+    source: str, found: str, wanted: str, detail: str, recorded: bool
+) -> CheckpointSizeMismatch:
+    return CheckpointSizeMismatch(source, found, wanted, detail, recorded=recorded)
+
+
+CLI_LOCAL_COPY = "give a file you trust with --weights (Python: FocusPredictor.from_checkpoint)"
+
+
+class HubFileMismatch(CheckpointError):
+    """The file downloaded (or cached) for an official hub repository holds another size
+    than the repository publishes: a mirror or a cache that serves another file. Nothing
+    the user typed asked for that size, so the message names the repository, not a flag."""
+
+    def __init__(self, mismatch: CheckpointSizeMismatch, repo_id: str, path: Path) -> None:
+        self.repo_id, self.path = repo_id, path
+        # .../models--owner--name/snapshots/<commit>/<file>: the repository's cache folder
+        self.repo_cache = path.parents[2] if len(path.parents) > 2 else path.parent
+        endpoint = os.environ.get("HF_ENDPOINT")
+        served = f"the hub endpoint HF_ENDPOINT={endpoint}" if endpoint else "the hub"
+        self.problem = (
+            f"{path}, the file {served} gave for {repo_id}, holds "
+            f"{size_words(mismatch.found)}, {mismatch.detail}, not the "
+            f"{size_words(mismatch.wanted)} that {repo_id} publishes"
+        )
+        super().__init__(self.message_with(CLI_LOCAL_COPY))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_hub_file_mismatch, (self.problem, self.repo_id, self.path, self.repo_cache))
+
+    def message_with(self, local_copy: str) -> str:
+        """The message with ``local_copy`` as the way to use another file, in the words
+        of the interface at hand."""
+        return (
+            f"{self.problem}. The cached copy or the endpoint serves another file: delete "
+            f"the folder {self.repo_cache} to download it again (check HF_ENDPOINT if you "
+            f"use a mirror), or {local_copy}."
+        )
+
+
+def _hub_file_mismatch(problem: str, repo_id: str, path: Path, repo_cache: Path) -> HubFileMismatch:
+    error = HubFileMismatch.__new__(HubFileMismatch)
+    error.problem, error.repo_id, error.path, error.repo_cache = problem, repo_id, path, repo_cache
+    CheckpointError.__init__(error, error.message_with(CLI_LOCAL_COPY))
+    return error
 
 
 def size_mismatch(

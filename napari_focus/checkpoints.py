@@ -335,10 +335,12 @@ def save_inference_checkpoint(
     dtype: torch.dtype = torch.float16,
     source: str | None = None,
     extra_metadata: Mapping[str, str] | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write inference weights as ``.safetensors`` with the architecture and task in the
     metadata (plus ``extra_metadata``, string values, e.g. a fine-tuning record).
-    Floating-point tensors are stored as ``dtype``; the file appears atomically."""
+    Floating-point tensors are stored as ``dtype``; the file appears atomically. With
+    ``replace=False`` an existing ``path`` raises :class:`FileExistsError` instead."""
     from safetensors.torch import save_file
 
     from .atomic import atomic_write
@@ -368,7 +370,8 @@ def save_inference_checkpoint(
         if key in metadata:
             raise ValueError(f"metadata key {key!r} is reserved")
         metadata[str(key)] = str(value)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write = lambda tmp: save_file(tensors, tmp, metadata=metadata)  # noqa: E731
+    return atomic_write(path, write, replace=replace)
 
 
 def metadata_architecture(

@@ -32,6 +32,9 @@ class DeviceError(ValueError):
         advice = f"; use the device {instead!r} instead" if instead else ""
         super().__init__(f"device {self.requested!r}: {reason}{advice}")
 
+    def __reduce__(self) -> tuple:  # survives pickling (Ray workers, training processes)
+        return (type(self), (self.requested, self.reason, self.instead))
+
     def cli_message(self) -> str:
         """The same in the command line's words."""
         advice = f" Use --device {self.instead}." if self.instead else ""

@@ -130,6 +130,9 @@ class OutputReplacesInput(ValueError):
         self.what = what
         self.collisions = collisions
 
+    def __reduce__(self) -> tuple:  # survives pickling (Ray workers, training processes)
+        return (type(self), (self.collisions,))
+
 
 def output_paths(
     source: str, folder: Path, *, image_format: str = "png", probability: bool = False

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 
 from .checkpoint_fit import load_model
-from .checkpoint_identity import TaskMismatchWarning, recorded_size_mismatch, task_mismatch
+from .checkpoint_identity import (
+    CheckpointSizeMismatch,
+    HubFileMismatch,
+    TaskMismatchWarning,
+    recorded_size_mismatch,
+    task_mismatch,
+)
 from .checkpoints import (
     metadata_architecture,
     official_checkpoint,
@@ -23,7 +29,7 @@ from .checkpoints import (
 from .devices import resolve_device
 from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
-from .presets import check_task, input_preset
+from .presets import check_task, hub_location, input_preset
 from .runtime import (
     DTYPES,
     apply_cpu_fast_path,
@@ -144,9 +150,12 @@ class FocusPredictor:
         """Official weights ``geshang/focus_{size}_{task}``, downloaded once and cached."""
         device = resolve_device(device)  # before any download
         path = official_checkpoint(task, size, cache_dir=cache_dir, revision=revision)
-        return cls.from_checkpoint(
-            path, task, architecture=size, device=device, precision=precision
-        )
+        try:
+            return cls.from_checkpoint(
+                path, task, architecture=size, device=device, precision=precision
+            )
+        except CheckpointSizeMismatch as mismatch:
+            raise HubFileMismatch(mismatch, hub_location(task, size)[0], path) from mismatch
 
     @classmethod
     def from_checkpoint(

@@ -319,3 +319,24 @@ def test_a_tiff_with_its_colours_in_separate_planes_is_one_colour_image(tmp_path
     stack = np.zeros((5, 40, 50), np.uint8)  # planes of a stack stay planes
     tifffile.imwrite(tmp_path / "stack.tif", stack)
     assert read_image(tmp_path / "stack.tif").shape == (5, 40, 50)
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_write_that_must_not_replace_keeps_what_is_there(tmp_path, monkeypatch, hard_links):
+    from napari_focus.atomic import atomic_write_text, temp_files
+
+    if not hard_links:  # e.g. some network shares: the check-then-rename path
+
+        def no_links(source, target):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "weights.safetensors"
+    write = lambda tmp: Path(tmp).write_text("new")  # noqa: E731
+    atomic.atomic_write(target, write, replace=False)
+    assert target.read_text() == "new"
+    atomic_write_text(target, "the user's")
+    with pytest.raises(FileExistsError):
+        atomic.atomic_write(target, lambda tmp: Path(tmp).write_text("newer"), replace=False)
+    assert target.read_text() == "the user's"
+    assert temp_files(tmp_path) == []

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from napari_focus import FocusPredictor
+from napari_focus.checkpoint_identity import HubFileMismatch
 from napari_focus.checkpoints import (
     TRAINING_ONLY_PREFIXES,
     CheckpointError,
@@ -216,10 +217,33 @@ def test_from_pretrained_downloads_then_checks_the_size(online, tmp_path):
     with pytest.raises(CheckpointError) as info:
         FocusPredictor.from_pretrained("sod", "large", cache_dir=tmp_path, device="cpu")
     message = str(info.value)
-    assert FILENAME in message
+    assert isinstance(info.value, HubFileMismatch)
+    assert FILENAME in message and f"the hub endpoint HF_ENDPOINT={online.url}" in message
     assert "holds a custom architecture, by its tensor shapes" in message
-    assert "not the FOCUS-L (large)" in message
+    assert f"not the FOCUS-L (large) that {REPO_ID} publishes" in message
+    # what to do names the repository's cache folder, which holds the served file
+    repo_cache = tmp_path / "models--geshang--focus_large_sod"
+    assert f"delete the folder {repo_cache} to download it again" in message
+    assert info.value.path.is_relative_to(repo_cache)
+    assert "--size" not in message  # nothing the user typed asked for a size
     assert ("GET", f"/{REPO_ID}/resolve/main/{FILENAME}") in online.requests
+
+
+def test_a_served_file_of_another_size_is_said_in_command_line_words(online, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from PIL import Image
+    from test_cli import run_cli
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    Image.new("RGB", (40, 30), (120, 80, 40)).save(tmp_path / "photo.png")
+    out = tmp_path / "masks"
+    code, err = run_cli("predict", tmp_path / "photo.png", "--task", "sod", "--device", "cpu",
+                        "--out", out, "--quiet")  # fmt: skip
+    assert code == 2, err
+    assert f"not the FOCUS-L (large) that {REPO_ID} publishes" in err
+    assert "--size" not in err and "Traceback" not in err
+    assert "give a file you trust with --weights" in err
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_offline_with_empty_cache_says_what_to_do(hub, monkeypatch, tmp_path):

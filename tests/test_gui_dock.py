@@ -221,6 +221,19 @@ def test_errors_speak_the_widget_s_words():
     assert "--weights" not in text
     assert "'local checkpoint' in the Model tab and pick focus_large_sod.pth" in text
 
+    from pathlib import Path
+
+    from napari_focus.checkpoint_identity import CheckpointSizeMismatch, HubFileMismatch
+
+    served = Path("/c/models--geshang--focus_large_sod/snapshots/c0/focus_large_sod.pth")
+    mismatch = CheckpointSizeMismatch("x", "giant", "large", "by its shapes", recorded=False)
+    error = HubFileMismatch(mismatch, "geshang/focus_large_sod", served)
+    assert "--weights" in str(error)
+    text = gui_message(error)
+    assert "--weights" not in text and "--size" not in text
+    assert "delete the folder /c/models--geshang--focus_large_sod to download it again" in text
+    assert "'local checkpoint' in the Model tab and pick a file you trust" in text
+
 
 def test_export_asks_in_the_dialog_s_words(
     qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from msda_cases import golden, random_inputs, shapes
 
 import napari_focus
-from napari_focus.ops import build, ms_deform_attn, ms_deform_attn_torch
+from napari_focus.ops import build, build_identity, ms_deform_attn, ms_deform_attn_torch
 from napari_focus.ops.compiled import KernelFallbackWarning
 from napari_focus.ops.doctor import doctor_report, kernel_status
 
@@ -148,9 +148,9 @@ def test_doctor_reports_the_loaded_kernel(cpu_kernel: None) -> None:
 def test_cache_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(tmp_path))
     directory = build.build_directory("cpu")
-    assert directory.parent == tmp_path / "ops" / build.torch_variant()
+    assert directory.parent == tmp_path / "ops" / build_identity.torch_variant()
     assert directory.name.startswith("napari_focus_msda_cpu-")
-    assert torch.__version__.split("+")[0] in build.torch_variant()
+    assert torch.__version__.split("+")[0] in build_identity.torch_variant()
 
 
 _PROBE = textwrap.dedent(

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 import napari_focus
-from napari_focus.ops import build, error_check, ms_deform_attn_torch, selfcheck, toolchain
+from napari_focus.ops import (
+    build,
+    build_identity,
+    error_check,
+    ms_deform_attn_torch,
+    selfcheck,
+    toolchain,
+)
 from napari_focus.ops.compiled import KernelFallbackWarning
 
 PACKAGE_PARENT = Path(napari_focus.__file__).resolve().parents[1]
@@ -232,7 +239,7 @@ def test_a_kernel_whose_errors_kill_the_process_is_refused_and_remembered(
     built = build.build_directory("cpu")
     copy = cache / built.relative_to(build.cache_root())
     shutil.copytree(built, copy)
-    (copy / "build.ok").write_text(json.dumps({"key": build.build_key("cpu")}) + "\n")
+    (copy / "build.ok").write_text(json.dumps({"key": build_identity.build_key("cpu")}) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC")}
     env.update(
         NAPARI_FOCUS_CACHE=str(cache),
@@ -260,11 +267,11 @@ def test_cache_key_follows_sources_flags_and_compiler(
     monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(tmp_path / "cache"))
     original = build.build_directory("cpu")
     assert original.name.startswith("napari_focus_msda_cpu-")
-    assert original.parent == tmp_path / "cache" / "ops" / build.torch_variant()
+    assert original.parent == tmp_path / "cache" / "ops" / build_identity.torch_variant()
 
     sources = tmp_path / "ops"
-    shutil.copytree(build.bundled_dir("ops"), sources)
-    monkeypatch.setattr(build, "bundled_dir", lambda name: sources)
+    shutil.copytree(build_identity.bundled_dir("ops"), sources)
+    monkeypatch.setattr(build_identity, "bundled_dir", lambda name: sources)
     assert build.build_directory("cpu") == original  # same contents, other path: same build
     with open(sources / "msda_cpu.cpp", "a") as f:
         f.write("\n// changed\n")
@@ -338,7 +345,7 @@ def test_cuda_reasons_name_the_toolkit(tmp_path: Path, monkeypatch: pytest.Monke
     assert reason is not None and "CUDA 13.0 toolkit cannot compile" in reason and "7.0" in reason
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.0;9.0")
     assert build.unavailable_reason("cuda") is None
-    assert build._cuda_archs() == ["9.0"]
+    assert build_identity.cuda_archs() == ["9.0"]
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     assert "this PyTorch was built with CUDA 12.8" in build.unavailable_reason("cuda")
 

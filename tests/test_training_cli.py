@@ -181,3 +181,37 @@ def test_a_full_disk_during_training_is_said_in_words(
     assert code == 1
     assert "the disk is full" in err and "best.safetensors" in err and "Traceback" not in err
     assert "--resume" in err
+
+
+def test_an_out_that_appears_during_training_is_kept_and_the_weights_go_beside_it(
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+) -> None:
+    from napari_focus.training import loop
+
+    export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
+    out = tmp_path / "tuned.safetensors"
+    real_train = loop.train
+
+    def someone_writes_out_meanwhile(config, progress):
+        def progress_then_write(update):
+            if update.phase == "train" and not out.exists():
+                out.write_bytes(b"the user's own file")
+            progress(update)
+
+        return real_train(config, progress=progress_then_write)
+
+    monkeypatch.setattr(loop, "train", someone_writes_out_meanwhile)
+    args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
+            "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "2",
+            "--device", "cpu", "--preset", "cpu", "--crop", "96", "--quiet"]  # fmt: skip
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    beside = tmp_path / "tuned-1.safetensors"
+    assert out.read_bytes() == b"the user's own file"
+    assert (f"--out {out} appeared during training and was kept; the trained weights "
+            f"are in {beside}") in err  # fmt: skip
+    assert f"wrote {beside}" in err
+    _, metadata = read_checkpoint(beside)
+    assert metadata["training_steps"] == "2"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".napari_focus-tmp")]

@@ -17,6 +17,9 @@ class SampleExistsError(ExportError):
         self.reason = reason
         self.name = name
 
+    def __reduce__(self) -> tuple:  # survives pickling (worker processes)
+        return (type(self), (self.reason, self.name))
+
     def cli_message(self) -> str:
         return f"{self.reason}; use --on-exists skip, rename or replace"
 

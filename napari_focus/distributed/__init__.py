@@ -12,7 +12,7 @@ Ray is imported only when a run starts.
 
 from __future__ import annotations
 
-from .engine import DatasetRun, plan_resources, predict_dataset
+from .engine import DatasetRun, predict_dataset
 from .manifest import (
     MANIFEST_NAME,
     RANKING_NAME,
@@ -23,6 +23,7 @@ from .manifest import (
     write_manifest,
     write_ranking,
 )
+from .resources import plan_resources
 
 __all__ = [
     "MANIFEST_NAME",

@@ -24,13 +24,8 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
+from .resources import DEFAULT_ROWS_PER_CALL, MAX_BLOCKS, plan_resources
 from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
-
-#: images per worker call when no batch size is given: on a GPU two forwards' worth, so
-#: images of one padded size find each other; on CPUs (seconds per image) one, so that
-#: the work spreads evenly over the workers
-DEFAULT_ROWS_PER_CALL = {"gpu": 8, "cpu": 1}
-MAX_BLOCKS = 20_000  # input blocks: enough to spread decoding, few enough to schedule
 
 
 @dataclass
@@ -50,54 +45,6 @@ class DatasetRun:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [row for row in self.rows if row["status"] == "failed"]
-
-
-@dataclass(frozen=True)
-class Resources:
-    """How many actors, what each reserves, and how many calls each runs at once (two on
-    a GPU: one batch in the model while the other's outputs are written)."""
-
-    workers: int
-    gpus_per_worker: float
-    cpus_per_worker: float
-    calls_per_worker: int = 1
-
-
-def plan_resources(
-    cluster: dict[str, float],
-    node_cpus: float,
-    *,
-    num_workers: int | None,
-    gpus_per_worker: float | None,
-    cpus_per_worker: float | None,
-) -> Resources:
-    """Defaults: with GPUs in the cluster one worker per GPU, each reserving one GPU and
-    one CPU; without, one worker per ``cpus_per_worker`` (default: a whole node's CPUs)."""
-    gpus = float(cluster.get("GPU", 0.0))
-    cpus = float(cluster.get("CPU", 0.0))
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if gpus >= 1 else 0.0
-    if gpus_per_worker < 0:
-        raise ValueError("--gpus-per-worker must be 0 (CPU) or more")
-    if gpus_per_worker > 0 and gpus < gpus_per_worker:
-        raise ValueError(
-            f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPUs; "
-            "use --gpus-per-worker 0 to run on CPUs"
-        )
-    if num_workers is not None and num_workers < 1:
-        raise ValueError("--num-workers must be at least 1")
-    if gpus_per_worker > 0:
-        workers = num_workers or max(1, int(gpus // gpus_per_worker))
-        return Resources(workers, gpus_per_worker, cpus_per_worker or 1.0, calls_per_worker=2)
-    if cpus_per_worker is None:
-        share = cpus // num_workers if num_workers else node_cpus
-        cpus_per_worker = float(max(1, min(share, node_cpus)))
-    if cpus_per_worker > node_cpus:
-        raise ValueError(
-            f"{cpus_per_worker:g} CPUs per worker, but the largest node has {node_cpus:g}"
-        )
-    workers = num_workers or max(1, int(cpus // cpus_per_worker))
-    return Resources(workers, 0.0, cpus_per_worker)
 
 
 def _storage_now(folder: Path) -> int:

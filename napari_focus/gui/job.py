@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint_identity import TaskMismatchWarning
+from ..checkpoint_identity import HubFileMismatch, TaskMismatchWarning
 from ..checkpoints import CheckpointNotAvailable
 from ..predictor import FocusPredictor
 from ..presets import hub_location
@@ -113,6 +113,10 @@ def gui_message(error: BaseException) -> str:
     if isinstance(error, CheckpointNotAvailable):
         return error.message_with(
             f"choose weights: 'local checkpoint' in the Model tab and pick {error.filename}"
+        )
+    if isinstance(error, HubFileMismatch):
+        return error.message_with(
+            "choose weights: 'local checkpoint' in the Model tab and pick a file you trust"
         )
     return str(error) or type(error).__name__
 

@@ -38,12 +38,10 @@ so a GUI can show them in its status line with a :class:`logging.Handler`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 import traceback
@@ -54,9 +52,20 @@ from pathlib import Path
 
 import torch
 
-from .._paths import bundled_dir
 from ..atomic import atomic_write_text
 from . import error_check, selfcheck, toolchain
+from .build_identity import (
+    SOURCES,
+    build_directory,
+    build_key,
+    cache_root,
+    compile_flags,
+    cuda_archs,
+    extension_name,
+    library_path,
+    log_path,
+    source_files,
+)
 
 __all__ = [
     "BUILD_STARTED",
@@ -76,11 +85,6 @@ KINDS = ("cpu", "cuda")
 BUILD_STARTED = "compiling the deformable-attention kernel (once)"
 logger = logging.getLogger(__name__)
 
-_SOURCES = {
-    "cpu": ("msda_cpu.cpp",),
-    "cuda": ("msda_cuda.cpp", "msda_cuda_kernel.cu"),
-}
-_HEADERS = {"cpu": ("msda_checks.h",), "cuda": ("msda_checks.h", "msda_cuda_kernel.cuh")}
 _DONE_MARKER = "build.ok"
 
 
@@ -96,6 +100,9 @@ class KernelUnavailableError(RuntimeError):
             f"the compiled {kind.upper()} deformable-attention kernel is "
             f"unavailable: {reason}.{log}"
         )
+
+    def __reduce__(self) -> tuple:  # survives pickling (worker processes)
+        return (type(self), (self.kind, self.reason, self.log_path))
 
 
 @dataclass
@@ -117,97 +124,6 @@ _LOCK = threading.Lock()
 
 def state(kind: str) -> KernelState:
     return _STATES[kind]
-
-
-def cache_root() -> Path:
-    """``$NAPARI_FOCUS_CACHE``, ``$XDG_CACHE_HOME/napari-focus`` or ``~/.cache/napari-focus``."""
-    if env := os.environ.get("NAPARI_FOCUS_CACHE"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "napari-focus"
-
-
-def torch_variant() -> str:
-    """``torch-<version>-<cpu|cuXYZ>``: a build is only valid for this pair."""
-    version = torch.__version__.split("+")[0]
-    cuda = torch.version.cuda
-    return f"torch-{version}-{'cu' + cuda.replace('.', '') if cuda else 'cpu'}"
-
-
-def extension_name(kind: str) -> str:
-    return f"napari_focus_msda_{kind}"
-
-
-def _cuda_archs() -> list[str]:
-    """The requested GPU architectures that the toolkit can compile for."""
-    nvcc = toolchain.nvcc_path()
-    supported = toolchain.supported_cuda_archs(nvcc) if nvcc else None
-    kept, _ = toolchain.clamp_cuda_archs(toolchain.requested_cuda_archs(), supported)
-    return kept
-
-
-def _build_tag(kind: str) -> str:
-    if kind == "cpu":
-        isa = toolchain.cpu_isa_tag()
-        return f"native-{isa}" if isa else "generic"
-    archs = [a.replace(".", "").replace("+PTX", "ptx") for a in _cuda_archs()]
-    return "sm" + "_".join(archs) if archs else "default"
-
-
-def _compile_flags(kind: str) -> dict[str, list[str]]:
-    if sys.platform == "win32":
-        cflags, ldflags = ["/O2", "/openmp"], []
-    elif sys.platform == "darwin":
-        cflags, ldflags = ["-O3"], []
-    else:
-        # at::parallel_for only spreads work over threads when compiled with
-        # OpenMP; the library then shares the libgomp that torch already loaded.
-        cflags, ldflags = ["-O3", "-fopenmp"], ["-fopenmp"]
-        if kind == "cpu" and toolchain.cpu_isa_tag() is not None:
-            cflags.append("-march=native")  # AVX2/AVX-512 halve the CPU kernel's time
-    extra = toolchain.extra_cflags()
-    flags = {"extra_cflags": cflags + extra, "extra_ldflags": ldflags}
-    if kind == "cuda":
-        flags["extra_cuda_cflags"] = ["-O3", *extra]
-    return flags
-
-
-def _source_files(kind: str) -> list[Path]:
-    sources = bundled_dir("ops")
-    return [sources / name for name in (*_SOURCES[kind], *_HEADERS[kind])]
-
-
-def build_key(kind: str) -> str:
-    """Hash of what a build depends on: sources, flags, compilers, torch, GPU architectures."""
-    digest = hashlib.sha256()
-    for path in _source_files(kind):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    parts = {
-        "flags": _compile_flags(kind),
-        "cxx": toolchain.cxx_version(),
-        "torch": [torch.__version__, getattr(torch.version, "git_version", "")],
-    }
-    if kind == "cuda":
-        nvcc = toolchain.nvcc_path()
-        parts["nvcc"] = toolchain.nvcc_version_line(nvcc) if nvcc else "none"
-        parts["archs"] = _cuda_archs()
-    digest.update(json.dumps(parts, sort_keys=True).encode())
-    return digest.hexdigest()[:8]
-
-
-def build_directory(kind: str) -> Path:
-    """``<cache>/ops/torch-<ver>-<cpu|cuXYZ>/napari_focus_msda_<kind>-<tag>-<key>``."""
-    name = f"{extension_name(kind)}-{_build_tag(kind)}-{build_key(kind)}"
-    return cache_root() / "ops" / torch_variant() / name
-
-
-def _log_path(kind: str) -> Path:
-    return build_directory(kind) / "build.log"
-
-
-def _library_path(kind: str) -> Path:
-    suffix = ".pyd" if sys.platform == "win32" else ".so"
-    return build_directory(kind) / f"{extension_name(kind)}{suffix}"
 
 
 def unavailable_reason(kind: str) -> str | None:
@@ -264,7 +180,7 @@ def _build_environment(kind: str) -> Iterator[None]:
     if ninja_dir := toolchain.ninja_dir():
         os.environ["PATH"] = ninja_dir + os.pathsep + os.environ.get("PATH", "")
     if kind == "cuda":
-        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(_cuda_archs())
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(cuda_archs())
     try:
         yield
     finally:
@@ -288,7 +204,7 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
     cpp_extension = toolchain.cpp_extension()
     build_dir = build_directory(kind)
     build_dir.mkdir(parents=True, exist_ok=True)
-    library, log = _library_path(kind), _log_path(kind)
+    library, log = library_path(kind), log_path(kind)
     built_now = False
     with _file_lock(build_dir.parent / f"{build_dir.name}.lock"):
         if (build_dir / _DONE_MARKER).exists() and library.exists():
@@ -299,7 +215,7 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
             # the sources are copied into the folder, so its build.ninja never changes
             source_dir = build_dir / "src"
             source_dir.mkdir(exist_ok=True)
-            for path in _source_files(kind):
+            for path in source_files(kind):
                 shutil.copyfile(path, source_dir / path.name)
             # torch's own lock file survives a build that was killed, and then
             # makes every later build wait forever; all napari-focus builders hold
@@ -310,12 +226,12 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
                 try:
                     cpp_extension.load(
                         name=extension_name(kind),
-                        sources=[str(source_dir / name) for name in _SOURCES[kind]],
+                        sources=[str(source_dir / name) for name in SOURCES[kind]],
                         build_directory=str(build_dir),
                         with_cuda=kind == "cuda",
                         is_python_module=False,
                         verbose=False,
-                        **_compile_flags(kind),
+                        **compile_flags(kind),
                     )
                 except Exception as exc:
                     failure = f"{exc}\n\n{traceback.format_exc()}"
@@ -392,7 +308,7 @@ def _load_and_check(st: KernelState) -> None:
         _announce(kind, "self-check-failed", str(st.error))
         return
     except Exception as exc:
-        log = _log_path(kind)
+        log = log_path(kind)
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         st.error = KernelUnavailableError(
             kind,
@@ -423,4 +339,4 @@ def _load_and_check(st: KernelState) -> None:
 
 def is_cached(kind: str) -> bool:
     """Whether a finished build for ``kind`` is in the cache (no build, no import)."""
-    return (build_directory(kind) / _DONE_MARKER).exists() and _library_path(kind).exists()
+    return (build_directory(kind) / _DONE_MARKER).exists() and library_path(kind).exists()

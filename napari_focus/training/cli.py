@@ -202,6 +202,9 @@ def run_train(args: argparse.Namespace) -> int:
               "evaluation", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     bar.close()
+    if result.output != Path(args.out):
+        print(f"napari-focus train: --out {args.out} appeared during training and was "
+              f"kept; the trained weights are in {result.output}", file=sys.stderr)  # fmt: skip
     for problem in result.problems:
         print(f"  skipped: {problem}", file=sys.stderr)
     best = result.best_metrics or {}

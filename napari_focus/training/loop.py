@@ -15,11 +15,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..atomic import check_writable_file, check_writable_folder
+from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..checkpoints import save_inference_checkpoint
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
@@ -268,8 +269,8 @@ def train(
         "best_step": "" if run.best_step is None else str(run.best_step),
         "validation": json.dumps(_baseline_and_best(run)),
     }  # fmt: skip
-    output = save_inference_checkpoint(
-        model.state_dict(), config.out, architecture=model.architecture.to_dict(),
+    output = _save_output(
+        config, model.state_dict(), architecture=model.architecture.to_dict(),
         task=base.task, dtype=DTYPES[config.save_dtype], source=base.base_id,
         extra_metadata=metadata,
     )  # fmt: skip
@@ -278,6 +279,19 @@ def train(
     (work_dir / STATE_NAME).unlink(missing_ok=True)
     report_progress(TrainProgress("done", run.step, config.steps, f"wrote {output}"))
     return _result(output, False, run, work_dir, problems)
+
+
+def _save_output(config: TrainConfig, state: dict[str, torch.Tensor], **how: Any) -> Path:
+    """Save the trained weights at ``config.out``; a file that appeared there during the
+    run (another run, the user) is kept unless ``overwrite``, and the weights go to the
+    first free ``<name>-N.safetensors`` beside it (hours of training are not dropped)."""
+    out = config.out
+    for n in range(1, 1000):
+        try:
+            return save_inference_checkpoint(state, out, replace=config.overwrite, **how)
+        except FileExistsError:
+            out = config.out.with_name(f"{config.out.stem}-{n}{config.out.suffix}")
+    raise WriteError(config.out, f"{config.out} and {out} exist; choose another output")
 
 
 def _baseline_and_best(run: RunState) -> dict:
