@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,6 +189,151 @@ def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, 
     return result
 
 
+def camera_folder(root: Path, megapixels: float, count: int, noisy: bool) -> Path:
+    """``count`` JPEGs of ``megapixels`` (with ``noisy``: sensor noise, as large as a
+    camera's files), each a different rotation or crop of the astronaut."""
+    from napari_focus.gui.samples import astronaut
+
+    height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
+    width = height * 4 // 3
+    base = Image.fromarray(astronaut()[0][0]).resize((width, height))
+    if noisy:
+        pixels = np.asarray(base).astype(np.int16)
+        pixels += np.random.default_rng(0).integers(-40, 40, pixels.shape, dtype=np.int16)
+        base = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    folder = root / "images"
+    folder.mkdir()
+    for i in range(count):
+        turned = base.rotate(180) if i % 2 else base
+        turned = turned.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i >= 2 else turned
+        turned.save(folder / f"image{i}.jpg", quality=92)
+    return folder
+
+
+def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, float]:
+    """The first image of a folder, then Next, Next, Previous, Previous: the longest GUI
+    stall (ms), the time until the image is on screen (ms), the time spent decoding
+    files on the GUI thread (ms) and the CPU seconds of the process (all threads)
+    during each. Proposals are computed ahead as by default; the
+    background work settles between steps."""
+    import napari
+
+    folder = camera_folder(root, megapixels, 4, noisy)
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.native.window().resize(1366, 768)
+    widget.weights_source.value = "file"
+    widget.weights_path.value = tiny_checkpoint(root)
+    widget.device.value = "cpu"
+    series = widget.series
+    result: dict[str, float] = {"image_file_mb": (folder / "image0.jpg").stat().st_size / 1e6}
+
+    decoding_on_gui = record_gui_thread_decoding()
+
+    def step(name: str, action: Any, key: str) -> None:
+        cpu, start = time.process_time(), time.perf_counter()
+        decoding_on_gui.clear()
+        with StallMeter() as meter:
+            action()
+            wait(lambda: series.shown_key == key)
+            shown = time.perf_counter()
+            QApplication.instance().processEvents()
+        result[f"{name}_stall_ms"] = meter.longest_ms
+        result[f"{name}_shown_ms"] = (shown - start) * 1000
+        result[f"{name}_cpu_s"] = time.process_time() - cpu
+        result[f"{name}_gui_decoding_ms"] = sum(decoding_on_gui)
+        wait(lambda: not series.busy)
+
+    step("first_image", lambda: series.open(folder), "image0.jpg")
+    step("next", series.next, "image1.jpg")
+    step("next2", series.next, "image2.jpg")
+    step("previous", series.previous, "image1.jpg")
+    step("previous2", series.previous, "image0.jpg")
+    viewer.close()
+    return result
+
+
+def load_cancel(checkpoint: Path) -> dict[str, float]:
+    """Run with FOCUS-L's checkpoint not loaded yet, Cancel pressed 1 s into the load:
+    how long until Run can be pressed again, until the load's thread is done, and
+    whether a model is still held afterwards (1 = yes)."""
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.native.window().resize(1366, 768)
+    widget.weights_source.value = "file"
+    widget.weights_path.value = checkpoint
+    widget.device.value = "cpu"
+    viewer.add_image(np.full((240, 320, 3), 128, np.uint8), name="gray")
+    shared = widget.model_section.shared_model
+    cpu, start = time.process_time(), time.perf_counter()
+    widget.run()
+    wait(lambda: shared._lock.locked())  # the checkpoint is being read
+    wait(lambda: time.perf_counter() - start > 1.0)
+    pressed = time.perf_counter()
+    with StallMeter() as meter:
+        widget.cancel()
+        wait(lambda: not widget.running)
+        free = time.perf_counter()
+        wait(lambda: not shared._lock.locked())
+        done = time.perf_counter()
+        wait(lambda: time.perf_counter() - done > 0.5)  # what the job reports arrives
+    result = {
+        "usable_after_cancel_ms": (free - pressed) * 1000,
+        "load_thread_done_after_cancel_s": done - pressed,
+        "stall_ms": meter.longest_ms,
+        "model_held_after": float(
+            shared._predictor is not None or widget.current_model()[1] is not None
+        ),
+        "cpu_s": time.process_time() - cpu,
+    }
+    viewer.close()
+    return result
+
+
+def focus_l_checkpoint(root: Path) -> Path:
+    predictor = random_predictor("large")
+    return predictor.save_inference_checkpoint(root / "focus_l.safetensors", dtype=torch.float32)
+
+
+def compare(old_tree: str, rounds: int, args: list[str]) -> None:
+    """Old and new code, alternately, each in a fresh process (``PYTHONPATH``)."""
+    import subprocess
+
+    new_tree = str(Path(__file__).resolve().parent.parent)
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    for _ in range(rounds):
+        for name, tree in (("old", old_tree), ("new", new_tree)):
+            env = {**os.environ, "PYTHONPATH": tree}
+            done = subprocess.run(
+                [sys.executable, __file__, *args],
+                env=env, capture_output=True, text=True, check=True, cwd=tree,
+            )  # fmt: skip
+            runs[name].append(json.loads(done.stdout[done.stdout.index("{") :]))
+    print(json.dumps(runs, indent=1))
+
+
+def record_gui_thread_decoding() -> list[float]:
+    """Milliseconds of each image file decoded on the GUI thread (through
+    ``napari_focus.io.read_image``, which every series read goes through)."""
+    from napari_focus.series import images
+
+    spent: list[float] = []
+    original = images.read_image
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                spent.append((time.perf_counter() - start) * 1000)
+
+    images.read_image = timed
+    return spent
+
+
 def record_gui_thread_hashing() -> list[float]:
     """Milliseconds of each read-and-hash of an image file the series state does on the
     GUI thread (a fingerprint reused from its size and time costs nothing)."""
@@ -241,10 +387,47 @@ def main() -> None:
     parser.add_argument("--noisy", action="store_true", help="photos with sensor noise")
     parser.add_argument("--cancel-at", type=float, nargs="*", default=[3.0, 8.0, 15.0])
     parser.add_argument("--explain", action="store_true", help="print what blocks the GUI")
+    parser.add_argument(
+        "--navigation", action="store_true", help="only the first image, Next and Previous"
+    )
+    parser.add_argument(
+        "--compare-with",
+        metavar="TREE",
+        help="a copy of the old code: --navigation there and here, alternately",
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--load-cancel",
+        metavar="CHECKPOINT",
+        help="only Cancel during the load of this checkpoint ('make': FOCUS-L, random "
+        "weights, written to a temporary folder)",
+    )
     args = parser.parse_args()
     StallMeter.explain = args.explain
     torch.set_num_threads(2)
+    if args.compare_with:
+        if args.load_cancel:
+            with tempfile.TemporaryDirectory() as tmp:
+                made = args.load_cancel == "make"
+                checkpoint = focus_l_checkpoint(Path(tmp)) if made else args.load_cancel
+                compare(args.compare_with, args.rounds, ["--load-cancel", str(checkpoint)])
+            return
+        extra = ["--megapixels", str(args.megapixels)] + (["--noisy"] if args.noisy else [])
+        compare(args.compare_with, args.rounds, ["--navigation", *extra])
+        return
+    if args.load_cancel:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = args.load_cancel == "make"
+            checkpoint = focus_l_checkpoint(Path(tmp)) if made else Path(args.load_cancel)
+            print(json.dumps(load_cancel(checkpoint), indent=1))
+        return
     cpu0 = time.process_time()
+    if args.navigation:
+        with tempfile.TemporaryDirectory() as tmp:
+            stalls = navigation_stalls(args.megapixels, Path(tmp), args.noisy)
+        stalls["cpu_seconds"] = time.process_time() - cpu0
+        print(json.dumps({k: round(v, 2) for k, v in stalls.items()}, indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         stalls = gui_stalls(args.megapixels, Path(tmp), args.noisy)
     cancels = cancel_latency(args.cancel_at) if args.cancel_at else []

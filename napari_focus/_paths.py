@@ -23,5 +23,6 @@ def bundled_dir(name: str) -> Path:
         return _PACKAGE / "_bundled" / name
     raise FileNotFoundError(
         f"napari-focus cannot find its '{name}' folder (looked in {_PACKAGE / '_bundled'} and "
-        f"{_PACKAGE.parent}); reinstall the package with `pip install napari-focus`."
+        f"{_PACKAGE.parent}); reinstall napari-focus: `pip install .` in its checkout "
+        "(`pip install -e .` for an editable install, which copies these folders there)."
     )

@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 import textwrap
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from .cli_common import (
     EXIT_FAILED_IMAGES,
@@ -61,19 +63,33 @@ exit codes:
   {EXIT_FAILED_IMAGES}  some inputs failed or matched nothing; the others were processed
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, or weights
      that could not be downloaded or loaded
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (predict: also 143 when stopped by SIGTERM)
 """
+
+
+def _fill(text: str) -> str:
+    """``text`` wrapped at 80 columns between words only: a name such as ``camo-train``
+    or a flag such as ``--task`` is never split at its hyphen."""
+    return textwrap.fill(" ".join(text.split()), width=80, break_on_hyphens=False)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (wrapped by :func:`_fill`, the exit-code
+    table kept); option help wrapped between words only."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    formatter = argparse.RawDescriptionHelpFormatter
+    formatter = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="napari-focus",
-        description=textwrap.fill(
+        description=_fill(
             f"FOCUS foreground segmentation (AAAI 2025) of images: {TASK_HELP}. "
-            "Run `napari-focus COMMAND --help` for a command's options.",
-            width=80,
+            "Run `napari-focus COMMAND --help` for a command's options."
         ),
         epilog=EXIT_CODES,
         formatter_class=formatter,
@@ -117,12 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (add_export_parser(commands), add_rank_parser(commands),
                 add_train_parser(commands)):  # fmt: skip
-        sub.epilog, sub.formatter_class = EXIT_CODES, formatter
+        sub.epilog, sub.formatter_class = sub.epilog or EXIT_CODES, formatter
 
     annotate = commands.add_parser(
         "annotate",
         help="open napari with the FOCUS widget; a folder opens as a series to label",
         description="Open napari with the FOCUS widget docked, optionally with images loaded.",
+        formatter_class=formatter,
     )
     annotate.add_argument(
         "path",
@@ -136,11 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="report torch, devices and the compiled kernels",
         description="Report the PyTorch build, the devices and the state of the compiled "
         "deformable-attention kernels.",
+        formatter_class=formatter,
     )
     doctor.add_argument(
         "--build", action="store_true", help="compile (and self-check) the kernels now"
     )
     doctor.set_defaults(func=run_doctor)
+    for sub in commands.choices.values():  # the raw formatter keeps line breaks as written
+        sub.description = _fill(sub.description or "")
     return parser
 
 
@@ -156,20 +176,49 @@ def _check_device(args: argparse.Namespace) -> bool:
     return True
 
 
+def _say(line: str) -> None:
+    """Print ``line`` on the current ``sys.stderr``, above a running progress bar."""
+    if "tqdm" in sys.modules:  # keeps a running progress bar intact
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 class _StderrLines(logging.Handler):
     """Prints a kernel build's start and end as ``napari-focus: <message>`` on the current
     ``sys.stderr`` (failures reach the user once, as the fallback warning)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "kernel_event", None) not in ("build-started", "build-finished"):
-            return
-        line = f"napari-focus: {record.getMessage()}"
-        if "tqdm" in sys.modules:  # keeps a running progress bar intact
-            from tqdm import tqdm
+        if getattr(record, "kernel_event", None) in ("build-started", "build-finished"):
+            _say(f"napari-focus: {record.getMessage()}")
 
-            tqdm.write(line, file=sys.stderr)
+
+ShowWarning = Callable[[Warning | str, type[Warning], str, int, TextIO | None, str | None], None]
+
+
+def _say_kernel_fallbacks(showwarning: ShowWarning) -> ShowWarning:
+    """A ``warnings.showwarning`` printing a kernel fallback as one ``napari-focus:`` line
+    (its message is in those words already) instead of Python's file, line number and
+    source line; other warnings go to ``showwarning``."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__name__ != "KernelFallbackWarning":  # its module imports torch
+            showwarning(message, category, filename, lineno, file, line)
+        elif str(message).startswith("napari-focus:"):
+            _say(str(message))
         else:
-            print(line, file=sys.stderr, flush=True)
+            _say(f"napari-focus: {message}")
+
+    return show
 
 
 def _announce_kernel_builds() -> None:
@@ -224,7 +273,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return run_predict_ray(args)
     if getattr(args, "device", None) is not None and not _check_device(args):
         return EXIT_SETUP_ERROR
-    return args.func(args)
+    with warnings.catch_warnings():  # restores Python's own display afterwards
+        warnings.showwarning = _say_kernel_fallbacks(warnings.showwarning)
+        return args.func(args)
 
 
 if __name__ == "__main__":

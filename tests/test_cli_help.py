@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import napari_focus
@@ -96,3 +98,58 @@ def test_export_conflict_is_reported_with_the_flag(tmp_path: Path) -> None:
     assert code == 1
     assert "already exists" in message and "use --on-exists skip, rename or replace" in message
     assert "on_exists=" not in message
+
+
+def test_every_help_fits_80_columns_and_keeps_names_whole(monkeypatch) -> None:
+    """Read in an 80-column terminal: no line wider, no name or flag split at its hyphen
+    (`camo-` / `train`), every layout and preset named whole."""
+    import argparse
+
+    from napari_focus.cli import build_parser
+    from napari_focus.datasets.layouts import LAYOUTS
+    from napari_focus.training.cli import PRESET_NAMES
+
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {"": parser.format_help()}
+    helps.update({name: command.format_help() for name, command in sub.choices.items()})
+    for name, text in helps.items():
+        lines = text.splitlines()
+        assert not [line for line in lines if len(line) > 80], (name, text)
+        assert not [line for line in lines if re.search(r"\w-$", line)], (name, text)
+    for layout in LAYOUTS:
+        assert layout in helps["export"] and layout in helps["train"]
+    assert all(preset in helps["train"] for preset in PRESET_NAMES)
+    assert "130" in helps["predict"] and "--resume" in helps["train"]
+
+
+def test_readme_synopsis_lists_every_option_of_every_command() -> None:
+    """The README's `## Command line` block and `--help` name the same options."""
+    import argparse
+
+    from napari_focus.cli import build_parser
+
+    readme = PACKAGE_PARENT / "README.md"
+    if not readme.is_file():
+        pytest.skip("needs the source checkout's README.md")
+    section = readme.read_text(encoding="utf-8").split("## Command line", 1)[1]
+    block = section.split("```text", 1)[1].split("```", 1)[0]
+    in_readme: dict[str, set[str]] = {"": set()}
+    command = ""
+    for line in block.splitlines():
+        if line.startswith("napari-focus "):
+            command = line.split()[1] if not line.split()[1].startswith("-") else ""
+            in_readme.setdefault(command, set())
+        in_readme[command] |= set(re.findall(r"--[a-z][a-z-]*", line))
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(in_readme) - {""} == set(sub.choices)
+    for name, command_parser in sub.choices.items():
+        options = {
+            flag
+            for action in command_parser._actions
+            for flag in action.option_strings
+            if flag.startswith("--") and flag != "--help"
+        }
+        assert in_readme[name] == options, name

@@ -173,12 +173,12 @@ def test_failed_autosave_keeps_the_edits_and_says_so(
 def test_annotate_opens_a_folder_as_a_series(
     qtbot, make_napari_viewer, mixed_folder, monkeypatch
 ):
-    from napari_focus.gui import annotate, series_jobs, series_section
+    from napari_focus.gui import annotate, job, series_section
 
     def offline(key):
         raise OSError("offline in tests")
 
-    monkeypatch.setattr(series_jobs, "load_predictor", offline)  # never the network
+    monkeypatch.setattr(job, "load_predictor", offline)  # never the network
     monkeypatch.setattr(series_section, "show_error", lambda text: None)
     monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
     _viewer, widget = annotate.open_viewer(folder=mixed_folder, show=False)

@@ -33,20 +33,26 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="export images + corrected masks into a FOCUS training dataset",
         description="Export images and their masks into a FOCUS training-dataset layout.",
     )
-    parser.add_argument("images_dir", help="folder of images")
+    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
     parser.add_argument(
         "masks_dir",
+        metavar="MASKS_DIR",
         help="folder of masks: foreground is > 128 in 8-bit masks (as the official "
         "evaluation reads ground truth), 1 in 0/1 masks, any colour channel in colour masks",
     )
     parser.add_argument(
-        "--root", required=True, help="the FOCUS datasets/ folder (DETECTRON2_DATASETS)"
+        "--root",
+        required=True,
+        metavar="DATASETS",
+        help="the FOCUS datasets/ folder (DETECTRON2_DATASETS)",
     )
     parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         type=str.lower,
-        help="training split to add to (default: the --task's training split)",
+        metavar="LAYOUT",
+        help=f"training split to add to: {', '.join(LAYOUTS)} (default: the --task's "
+        "training split)",
     )
     parser.add_argument(
         "--task",

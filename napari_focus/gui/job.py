@@ -22,6 +22,16 @@ from ..presets import hub_location
 from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
 from .planes import LayerPlanes
 
+LOADING = "loading"  # the stage of a model load (then the model's description)
+
+
+def uninterruptible(stage: str) -> bool:
+    """A stage a cancel cannot stop at once (reading a checkpoint, compiling the
+    kernel): the widget lets the user go on and drops its result when it ends."""
+    from ..ops.build import BUILD_STARTED
+
+    return stage.startswith(LOADING) or stage.startswith(BUILD_STARTED)
+
 
 def proposal_name(image_name: str, task: str) -> str:
     """Name of the Labels layer holding the proposal for an image and task."""
@@ -79,26 +89,75 @@ def load_predictor(key: ModelKey) -> FocusPredictor:
         )
 
 
+def load_alone(key: ModelKey, control: RunControl) -> FocusPredictor:
+    """Load without sharing: a load cancelled meanwhile is dropped (raises Cancelled)."""
+    control.check()
+    predictor = load_predictor(key)
+    control.check()
+    return predictor
+
+
 class SharedModel:
     """The model the widget's background jobs share. Run and the series prefetch may
     both need a model that is not loaded yet: the first to ask loads it, the other waits
     for that load instead of loading a second copy (two FOCUS-G models do not fit a
-    laptop). Called from worker threads; the widget keeps what they return."""
+    laptop). Called from worker threads; the widget keeps what they return.
+
+    Reading a checkpoint cannot be interrupted: a load whose caller cancelled it goes
+    on in its thread, and when it ends the model is dropped (its memory freed) unless
+    another caller is waiting for the same model, who then gets it. The cancelled caller
+    gets :class:`~napari_focus.run_control.Cancelled`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._key: ModelKey | None = None
         self._predictor: FocusPredictor | None = None
+        self._asking_lock = threading.Lock()
+        self._asking: list[tuple[ModelKey, RunControl]] = []  # callers in get()
 
-    def get(self, key: ModelKey) -> FocusPredictor:
-        with self._lock:
-            if self._key == key and self._predictor is not None:
+    def get(self, key: ModelKey, control: RunControl | None = None) -> FocusPredictor:
+        control = control or RunControl()
+        asking = (key, control)
+        with self._asking_lock:
+            self._asking.append(asking)
+        try:
+            with self._lock:
+                if self._key != key or self._predictor is None:
+                    self._key, self._predictor = None, None  # the old model goes first
+                    gc.collect()
+                    control.check()  # cancelled while another load held the lock
+                    self._key, self._predictor = key, load_predictor(key)
+                if control.cancelled and not self.waiting(key, besides=asking):
+                    self._drop()  # nobody wants it any more
+                control.check()
+                assert self._predictor is not None
                 return self._predictor
-            self._key, self._predictor = None, None  # the old model goes before a new loads
-            gc.collect()
-            predictor = load_predictor(key)
-            self._key, self._predictor = key, predictor
-            return predictor
+        finally:
+            with self._asking_lock:
+                self._asking.remove(asking)
+
+    @property
+    def loading(self) -> bool:
+        """A load is under way (perhaps one whose caller cancelled it)."""
+        return self._lock.locked()
+
+    def _drop(self) -> None:
+        device = getattr(self._predictor, "device", None)
+        self._key, self._predictor = None, None
+        gc.collect()
+        if device is not None and device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def waiting(self, key: ModelKey, besides: Any = None) -> int:
+        """How many callers not cancelled are loading ``key`` or waiting for it."""
+        with self._asking_lock:
+            return sum(
+                1
+                for entry in self._asking
+                if entry is not besides and entry[0] == key and not entry[1].cancelled
+            )
 
     def forget(self, predictor: Any) -> None:
         """Drop the reference to ``predictor`` (the widget frees it). Never waits for a
@@ -136,7 +195,7 @@ def run_job(
     indices: list[tuple[int, ...]],
     tta: bool,
     control: RunControl | None = None,
-    load: Callable[[ModelKey], FocusPredictor] = load_predictor,
+    load: Callable[[ModelKey, RunControl], FocusPredictor] = load_alone,
 ) -> Generator[Progress, None, JobResult | JobFailure | None]:
     """Yields progress; returns the per-plane probabilities and official masks, a
     :class:`JobFailure`, or None when ``control`` was cancelled.
@@ -164,13 +223,13 @@ def _segment(
     indices: list[tuple[int, ...]],
     tta: bool,
     control: RunControl,
-    load: Callable[[ModelKey], FocusPredictor],
+    load: Callable[[ModelKey, RunControl], FocusPredictor],
 ) -> Generator[Progress, None, JobResult]:
     """Load the model if needed, then segment each plane; raises :class:`Cancelled`."""
     if predictor is None:
-        control.set_stage(f"loading {key.describe()}")
+        control.set_stage(f"{LOADING} {key.describe()}")
         yield Progress(f"Loading {key.describe()}…", None)
-        predictor = load(key)
+        predictor = load(key, control)
     result = JobResult(predictor=predictor, key=key, indices=indices, tta=tta)
     for done, index in enumerate(indices):
         control.check()

@@ -86,8 +86,7 @@ class CloseGuard:
         """Save the edits before napari closes; if that fails, ask whether to close."""
         labels = self.unsaved_labels()
         if labels is None or self.autosave(labels):
-            self.section.prefetcher.close(wait_s=CLOSE_WAIT_S)
-            self.section.shutdown_metrics()
+            self._stop_workers()
             return True
         from . import dialogs
 
@@ -95,11 +94,15 @@ class CloseGuard:
             f"{self.last_failure}.\n\nClose napari anyway and lose your edits of '{labels.name}'?"
         )
         if dialogs.ask_yes_no(self.section.native, question):
-            self.section.prefetcher.close(wait_s=CLOSE_WAIT_S)
-            self.section.shutdown_metrics()
+            self._stop_workers()
             return True
         show_error(f"FOCUS series: {self.last_failure}")
         return False
+
+    def _stop_workers(self) -> None:
+        self.section.reader.reset()  # a file still being read reports to nobody
+        self.section.prefetcher.close(wait_s=CLOSE_WAIT_S)
+        self.section.shutdown_metrics()
 
 
 class _CloseFilter(QObject):

@@ -83,13 +83,18 @@ class SeriesDecisions:
             self.metrics_pool(), item.name, proposal, reference, against
         )
         worker.returned.connect(self._show_quality)
+        worker.finished.connect(lambda: self._quality_done(worker))
         self.quality.value = f"{item.name}: computing the quality…"
-        self._quality_worker = worker  # kept alive until it returns
+        self._quality_worker = worker  # kept alive until its line is shown
         worker.start()
 
     def _show_quality(self, text: str | None) -> None:
         if text is not None and getattr(self, "_metrics_pool", None) is not None:
             self.quality.value = text  # else napari closed: the widget is gone
+
+    def _quality_done(self, worker: Any) -> None:
+        if getattr(self, "_quality_worker", None) is worker:
+            self._quality_worker = None
 
     def metrics_pool(self) -> Any:
         """One spawned process for the metrics, started on the first Accept."""
@@ -110,8 +115,7 @@ class SeriesDecisions:
 
     @property
     def quality_pending(self) -> bool:
-        worker = getattr(self, "_quality_worker", None)
-        return worker is not None and worker.is_running
+        return getattr(self, "_quality_worker", None) is not None  # until its line is shown
 
     def _mark_and_advance(self, status: Status) -> None:
         if self.state is None or self._shown is None:

@@ -13,11 +13,17 @@ from napari.utils.notifications import show_warning
 from ..predictor import Prediction
 from ..quality import uncertainty
 from ..series import Status, find_reference_mask
-from ..series.images import load_series_image
 from .fields import chosen_dir
 from .job import JobResult, proposal_name
 from .planes import current_plane_index, layer_planes
-from .series_layers import retarget_mask_layers, series_layer, show_image, show_saved_mask, tag
+from .series_layers import (
+    retarget_mask_layers,
+    series_layer,
+    show_image,
+    show_saved_mask,
+    tag,
+    unlock_mask_layer,
+)
 
 
 class SeriesDisplay:
@@ -35,18 +41,14 @@ class SeriesDisplay:
     jump_to: Any
     _shown: str | None
     _awaiting: str | None
-
-    def _read(self, item: Any) -> np.ndarray | None:
-        """The item's pixels: decoded ahead by the background worker, or read now."""
-        if item.path is None:
-            return None
-        decoded = self.decoded.pop(item.key, None)
-        return decoded if decoded is not None else load_series_image(item.path)
+    _locked_mode: str | None
 
     def _display(self, item: Any, image: np.ndarray | None) -> None:
         assert self.state is not None
         self._shown = item.key
         self._awaiting = None
+        unlock_mask_layer(self.viewer, self._locked_mode)
+        self._locked_mode = None
         self._show_position(item)
         self.jump_to.changed.disconnect(self._on_jump)
         self.jump_to.value = self.state.queue.index + 1
@@ -88,6 +90,7 @@ class SeriesDisplay:
             self.owner.set_status(f"computing the proposal of {item.name}…")
         self.owner.update_enabled()
         self._schedule()
+        self._read_ahead()
 
     def _show_position(self, item: Any) -> None:
         assert self.state is not None

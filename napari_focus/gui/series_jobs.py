@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.qt.threading import thread_worker
 
 from ..predictor import FocusPredictor, Prediction
@@ -20,7 +21,7 @@ from ..series.images import UnusableImageError, load_series_image
 from ..series.prefetch import JobBoard
 from ..series.proposal_store import ProposalStore
 from ..series.resume import file_fingerprint
-from .job import ModelKey, gui_message, load_predictor
+from .job import LOADING, ModelKey, gui_message, load_alone
 
 
 def model_id(key: ModelKey, tta: bool = False) -> str:
@@ -35,7 +36,8 @@ def prefetch_job(
     store: ProposalStore | None,
     control: RunControl,
     tta: bool = False,
-    load: Callable[[ModelKey], FocusPredictor] = load_predictor,
+    load: Callable[[ModelKey, RunControl], FocusPredictor] = load_alone,
+    read_ahead: Callable[[str], np.ndarray | None] = lambda _key: None,
 ) -> Generator[tuple, None, None]:
     """Load the model if needed, then take jobs from ``board`` until it is empty.
 
@@ -44,11 +46,15 @@ def prefetch_job(
     file fingerprint)`` (the fingerprint is computed here, so the series state never
     reads and hashes the file on the GUI thread), ``("unusable", key, ticket, reason)``
     (the file cannot be part of the series) or ``("failed", key, ticket, reason)``;
-    ``("model_failed", reason, key)`` when the model cannot be loaded.
+    ``("model_failed", reason, key)`` when the model cannot be loaded. A file whose
+    pixels ``read_ahead`` already holds (read ahead for display) is not decoded again.
     """
     if predictor is None:
+        control.set_stage(f"{LOADING} {key.describe()}")
         try:
-            predictor = load(key)
+            predictor = load(key, control)
+        except Cancelled:
+            return  # the model is dropped when its read ends (SharedModel)
         except (ValueError, OSError, RuntimeError) as error:
             yield ("model_failed", gui_message(error), key)
             return
@@ -57,8 +63,10 @@ def prefetch_job(
         item_key, ticket, source = job
         start = time.perf_counter()
         path = source if isinstance(source, Path) else None
+        control.set_stage("segmenting")
         try:
-            image = load_series_image(path) if path is not None else source
+            image = source if path is None else read_ahead(item_key)
+            image = load_series_image(path) if image is None else image
         except UnusableImageError as error:
             yield ("unusable", item_key, ticket, str(error))
             continue
@@ -105,13 +113,17 @@ class Prefetcher:
         self,
         cache: PrefetchCache,
         on_message: Callable[[tuple], None],
-        load: Callable[[ModelKey], FocusPredictor] = load_predictor,
+        load: Callable[[ModelKey, RunControl], FocusPredictor] = load_alone,
+        decoded: Callable[[str], np.ndarray | None] = lambda _key: None,
     ) -> None:
         self.cache = cache
         self.load = load  # the widget's shared loader: Run and this never load twice
+        self.decoded = decoded  # pixels read ahead for display, by queue key
         self.board = JobBoard()
         self.on_message = on_message
         self.on_idle: Callable[[], None] = lambda: None
+        self.on_loading: Callable[[], None] = lambda: None  # loading started or ended
+        self.loading: ModelKey | None = None  # the model the running worker loads
         self._worker: Any = None
         self._control: RunControl | None = None
         self._model_id: str | None = None
@@ -136,6 +148,7 @@ class Prefetcher:
             self._control.cancel()  # its forward is of the other model or series
         self.board = JobBoard()
         self._generation += 1
+        self._set_loading(None)
         self._model_id = ident
         self.tta = tta
         self.store = ProposalStore(series_folder, model_id(key, tta))
@@ -163,8 +176,9 @@ class Prefetcher:
         self._control = RunControl()
         self._left = threading.Event()
         worker = thread_worker(_until_done, start_thread=False)(
-            self._left, key, predictor, self.board, self.store, self._control, self.tta, self.load
-        )
+            self._left, key, predictor, self.board, self.store, self._control, self.tta,
+            self.load, self.decoded,
+        )  # fmt: skip
         generation = self._generation
         worker.yielded.connect(lambda message: self._deliver(generation, message))
         worker.errored.connect(
@@ -173,13 +187,34 @@ class Prefetcher:
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
+        if predictor is None:
+            self._set_loading(key)
+
+    def _set_loading(self, key: ModelKey | None) -> None:
+        if key != self.loading:
+            self.loading = key
+            self.on_loading()
+
+    def cancel_load(self) -> None:
+        """Give up the model being loaded: the proposals planned are dropped, and what
+        the worker still reports (the model, once its read ends) is not taken."""
+        if self.loading is None or self._control is None:
+            return
+        self._control.cancel()
+        self.cache.release(*[job[0] for job in self.board.replace([])])
+        self.board = JobBoard()
+        self._generation += 1
+        self._set_loading(None)
 
     def _deliver(self, generation: int, message: tuple) -> None:
         if generation == self._generation:  # else: of a model or series left since
+            if message[0] in ("model", "model_failed"):
+                self._set_loading(None)
             self.on_message(message)
 
     def _on_finished(self) -> None:
         self._worker, self._control = None, None
+        self._set_loading(None)
         self.cache.release(*[job[0] for job in self.board.replace([])])
         self.on_idle()
 
@@ -188,6 +223,7 @@ class Prefetcher:
         closes) wait that long for the worker to leave the model, so it never reports
         to a widget Qt has deleted."""
         self.cache.release(*[job[0] for job in self.board.replace([])])
+        self._set_loading(None)
         if self._control is not None:
             self._control.cancel()
             if wait_s > 0 and self._left is not None:

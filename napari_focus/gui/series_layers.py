@@ -87,3 +87,23 @@ def show_saved_mask(
     viewer.layers.selection.active = labels
     labels.mode = "paint"
     return labels
+
+
+def lock_mask_layer(viewer: Any) -> str | None:
+    """While the next image is read, the mask on screen (of the image left, its edits
+    kept) takes no more strokes; returns the mode to give back with
+    :func:`unlock_mask_layer` (None: nothing was locked)."""
+    labels = series_layer(viewer, "labels")
+    if labels is None or not labels.editable:
+        return None
+    mode = str(labels.mode)
+    labels.editable = False
+    return mode
+
+
+def unlock_mask_layer(viewer: Any, mode: str | None) -> None:
+    labels = series_layer(viewer, "labels")
+    if labels is not None and not labels.editable:
+        labels.editable = True
+        if mode is not None:
+            labels.mode = mode

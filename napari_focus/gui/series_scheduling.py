@@ -3,14 +3,11 @@ results (mixed into :class:`~napari_focus.gui.series_section.SeriesSection`)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from napari.utils.notifications import show_warning
 
 from ..series import needs_proposal
-
-DECODED_IMAGES = 3  # decoded files kept for display (a 24-MP RGB image is 72 MB)
 
 
 class SeriesScheduling:
@@ -22,9 +19,10 @@ class SeriesScheduling:
     prefetcher: Any
     scores: dict[str, float]
     seconds: dict[str, float]
-    decoded: OrderedDict[str, Any]
+    decoded: Any
     _awaiting: str | None
     _model_error: Any
+    _load_declined: Any
     _rank_wanted: bool
 
     def _use_model(self) -> Any:
@@ -46,6 +44,8 @@ class SeriesScheduling:
             return
         if key == self._model_error:
             return
+        if key == self._load_declined and self.owner.loaded_predictor() is None:
+            return  # the user cancelled loading this model; Run loads it
         queue = self.state.queue
         current = queue.current.key if queue.current else None
         store = self.prefetcher.store
@@ -86,9 +86,7 @@ class SeriesScheduling:
             if fingerprint is not None and self.state is not None:
                 self.state.take_fingerprint(key, fingerprint)
             if decoded is not None:
-                self.decoded[key] = decoded
-                while len(self.decoded) > DECODED_IMAGES:
-                    self.decoded.popitem(last=False)
+                self.decoded.put(key, decoded)
             self.seconds[key] = seconds
             self.scores[key] = score
             if self.cache.store(key, prediction, ticket) and key == self._awaiting:

@@ -5,11 +5,9 @@ computed ahead in the background (queue, resume and prefetch logic live in
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -28,7 +26,7 @@ from ..series import (
     Status,
     load_or_create,
 )
-from ..series.images import UnusableImageError
+from ..series.decoded import DecodedImages
 from .fields import chosen_dir
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
@@ -40,10 +38,11 @@ from .series_layers import (
     SERIES_KEY,
     series_layer,
 )
+from .series_opening import ImageReader, SeriesOpening
 from .series_scheduling import SeriesScheduling
 
 
-class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container):
+class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisions, Container):
     """Folder queue with Previous / Next / Accept / Reject / Skip, resume and prefetch."""
 
     def __init__(self, owner: Any) -> None:
@@ -51,16 +50,21 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         self.viewer = owner.viewer
         self.state: SeriesState | None = None
         self.cache = PrefetchCache(capacity=8, lookahead=2)
+        self.decoded = DecodedImages()  # files read ahead, for display and proposals
         self.prefetcher = Prefetcher(
-            self.cache, self._on_prefetched, owner.model_section.shared_model.get
+            self.cache, self._on_prefetched, owner.model_section.shared_model.get, self.decoded.get
         )
         self.prefetcher.on_idle = self._on_prefetch_idle
+        self.prefetcher.on_loading = owner.update_enabled
         self.seconds: dict[str, float] = {}
-        self.decoded: OrderedDict[str, np.ndarray] = OrderedDict()  # files read ahead
+        self.reader = ImageReader(self._on_read)
+        self._opening: tuple[str, int] | None = None
+        self._locked_mode: str | None = None
         self.scores: dict[str, float] = {}  # uncertainty of every proposal computed
         self._shown: str | None = None
         self._awaiting: str | None = None  # key whose proposal is being computed
         self._model_error: Any = None  # settings whose model failed to load
+        self._load_declined: Any = None  # settings whose model loading the user cancelled
         self._rank_wanted = False
 
         self.folder = FileEdit(label="image folder", mode="d")
@@ -216,10 +220,11 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
             self.state = None
             return
         self.cache.clear()
+        self.reader.reset()
         for kept in (self.decoded, self.scores, self.seconds):
             kept.clear()  # keyed by file name: another folder may have the same names
         self._awaiting = None
-        self._model_error = None
+        self._model_error = self._load_declined = None
         self.jump_to.max = len(self.state.queue)
         for button in self._buttons():
             button.enabled = True
@@ -229,6 +234,7 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
     def _on_model_settings(self, _value: Any = None) -> None:
         """The image on screen still waits for its proposal (e.g. the model could not be
         loaded): compute it with the new settings once they name a model."""
+        self._load_declined = None
         if self.state is None or self._awaiting is None or self._awaiting != self._shown:
             return
         try:
@@ -236,6 +242,19 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         except ValueError:
             return  # e.g. 'local checkpoint' chosen, its file not yet
         self._schedule()
+
+    def cancel_model_load(self) -> None:
+        """Cancel (footer) while the model of the proposals loads: the series goes on
+        without proposals until Run loads a model or the model settings change."""
+        key = self.prefetcher.loading
+        if key is None:
+            return
+        self.prefetcher.cancel_load()
+        self._load_declined = key
+        self.owner.set_status(
+            "cancelled loading the model: no proposals are computed; press Run to load it"
+        )
+        self.owner.update_enabled()
 
     def _buttons(self) -> list[PushButton]:
         return [
@@ -315,30 +334,6 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
         return self.close_guard.autosave(labels)
 
     # ------------------------------------------------------------- display
-    def show_current(self, direction: int = 1) -> None:
-        """Show the current item: its image, and its proposal when one is ready. An
-        item whose file cannot be used is marked ``failed`` (with the reason) and the
-        next one in ``direction`` is shown instead."""
-        state = self.state
-        assert state is not None
-        for _ in range(len(state.queue)):
-            item = state.queue.current
-            if item.status is not Status.FAILED and not item.missing:
-                try:
-                    image = self._read(item)
-                except UnusableImageError as error:
-                    self._mark_unusable(item.key, str(error))
-                else:
-                    self._display(item, image)
-                    return
-            stepped = state.queue.next() if direction > 0 else state.queue.previous()
-            if stepped is None:
-                stepped = state.queue.previous() if direction > 0 else state.queue.next()
-            if stepped is None:
-                break
-        self._shown = None
-        self.position.value = "no image of this series can be shown (see the failed items)"
-
     def _proposal_labels(self) -> Any:
         labels = series_layer(self.viewer, "labels")
         return (
@@ -349,8 +344,8 @@ class SeriesSection(SeriesDisplay, SeriesScheduling, SeriesDecisions, Container)
 
     @property
     def busy(self) -> bool:
-        """A background job (prefetch, scoring, export) is running."""
-        return self.prefetcher.busy or self.owner.export_section.busy
+        """A background job (reading, prefetch, scoring, export) is running."""
+        return self.reader.busy or self.prefetcher.busy or self.owner.export_section.busy
 
     @property
     def shown_key(self) -> str | None:

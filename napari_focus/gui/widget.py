@@ -18,7 +18,16 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 
 from . import dialogs
-from .job import JobFailure, JobResult, ModelKey, Progress, gui_message, proposal_name, run_job
+from .job import (
+    JobFailure,
+    JobResult,
+    ModelKey,
+    Progress,
+    gui_message,
+    proposal_name,
+    run_job,
+    uninterruptible,
+)
 from .layout import WrappingLabel, tabbed_sections
 from .planes import LayerPlanes, UnsupportedLayerError, current_plane_index, layer_planes
 from .proposal_layers import (
@@ -92,6 +101,7 @@ class FocusWidget(Container):
         self.native.layout().addWidget(self.footer.native)
         self.native.setMinimumWidth(280)
         self.run_button.tooltip = "Run FOCUS on the selected image"
+        self.cancel_button.tooltip = "Stop the running job, or the loading of the model"
 
         from qtpy.QtCore import QTimer
 
@@ -172,7 +182,9 @@ class FocusWidget(Container):
         if not hasattr(self, "tabs"):
             return
         self.run_button.enabled = self._worker is None and self.selected_layer() is not None
-        self.cancel_button.enabled = self._worker is not None
+        series = getattr(self, "series", None)
+        loading = series is not None and series.prefetcher.loading is not None
+        self.cancel_button.enabled = self._worker is not None or loading
         has_mask = self.mask_layer() is not None
         self.export_section.export_button.enabled = has_mask
         self.refine_section.reset_button.enabled = has_mask
@@ -230,11 +242,18 @@ class FocusWidget(Container):
             key, self.loaded_predictor(), planes, indices, self.tta.value, control,
             self.model_section.shared_model.get,
         )  # fmt: skip
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_returned(result, layer, planes))
-        worker.errored.connect(self.report_error)
-        worker.finished.connect(self._on_finished)
-        worker.aborted.connect(lambda: self.set_status("cancelled"))
+
+        def while_current(handler: Any) -> Any:
+            # a job the user left (Cancel while it read a checkpoint) reports to nobody
+            return lambda *args: handler(*args) if self._worker is worker else None
+
+        worker.yielded.connect(while_current(self._on_progress))
+        worker.returned.connect(
+            while_current(lambda result: self._on_returned(result, layer, planes))
+        )
+        worker.errored.connect(while_current(self.report_error))
+        worker.finished.connect(while_current(self._on_finished))
+        worker.aborted.connect(while_current(lambda: self.set_status("cancelled")))
         self._worker, self._control = worker, control
         self.update_enabled()
         self.set_status("starting…")
@@ -242,11 +261,19 @@ class FocusWidget(Container):
         worker.start()
 
     def cancel(self) -> None:
-        """Stop the running job within one model stage; nothing it computed is added."""
-        if self._worker is not None:
-            self.set_status("cancelling…")
-            self._control.cancel()
-            self._worker.quit()
+        """Stop the running job within one model stage; nothing it computed is added.
+        A checkpoint being read (or the kernel being compiled) cannot be stopped midway:
+        the widget is free at once and the job's model is dropped when the read ends.
+        Without a Run, Cancel stops the model loading of the series' proposals."""
+        if self._worker is None:
+            self.series.cancel_model_load()
+            return
+        self.set_status("cancelling…")
+        self._control.cancel()
+        self._worker.quit()
+        if uninterruptible(self._control.snapshot()[0]):
+            self._on_finished()  # the worker goes on alone; nothing it reports is taken
+            self.set_status("cancelled; the model being read is dropped when the read ends")
 
     @property
     def running(self) -> bool:

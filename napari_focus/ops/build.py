@@ -128,15 +128,19 @@ def state(kind: str) -> KernelState:
 
 def unavailable_reason(kind: str) -> str | None:
     """Why ``kind`` cannot be built here, found without compiling anything (``None``: try it)."""
-    if toolchain.cxx_path() is None:
-        return f"no C++ compiler found ('{toolchain.cxx()}' is not on PATH; install one or set CXX)"
-    if toolchain.ninja_dir() is None and shutil.which("ninja") is None:
-        return "ninja is not installed (pip install ninja)"
-    if kind == "cuda":
+    if kind == "cuda":  # before the compiler: installing one would not help here
         if torch.version.cuda is None:
             return f"this PyTorch build ({torch.__version__}) has no CUDA support"
         if not torch.cuda.is_available():
             return "no CUDA GPU is visible"
+    if toolchain.cxx_path() is None:
+        return (
+            f"no C++ compiler found ('{toolchain.cxx()}' is not on PATH; "
+            f"install one{toolchain.cxx_install_hint()} or set CXX)"
+        )
+    if toolchain.ninja_dir() is None and shutil.which("ninja") is None:
+        return "ninja is not installed (pip install ninja)"
+    if kind == "cuda":
         nvcc = toolchain.nvcc_path()
         if nvcc is None:
             return "nvcc (the CUDA toolkit) was not found; install it or set CUDA_HOME"

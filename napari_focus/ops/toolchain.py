@@ -36,6 +36,15 @@ def cxx_path() -> str | None:
     return shutil.which(shlex.split(command)[0]) if command else None
 
 
+def cxx_install_hint() -> str:
+    """How this platform's users usually get a C++ compiler (to follow "install one")."""
+    if sys.platform == "darwin":
+        return " with `xcode-select --install`"
+    if sys.platform.startswith("linux"):
+        return ", e.g. `sudo apt install g++` on Debian/Ubuntu,"
+    return ""
+
+
 def ninja_dir() -> str | None:
     """The bin folder of the ``ninja`` pip package, which may not be on PATH."""
     try:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..io import read_image
 from ..transforms import MIN_SIDE, check_image
@@ -47,3 +48,13 @@ def load_series_image(path: str | os.PathLike) -> np.ndarray:
     except ValueError as error:
         raise UnusableImageError(f"{path.name}: {error}") from error
     return image[..., 0] if image.ndim == 3 and shape[-1] == 1 else image
+
+
+def declared_pixels(path: str | os.PathLike) -> int | None:
+    """Width times height as the file's header declares them (nothing is decoded), or
+    None when the header cannot be read here (the full read says why)."""
+    try:
+        with Image.open(path) as image:
+            return int(image.width) * int(image.height)
+    except Exception:  # PIL raises many kinds; the worker's full read reports the reason
+        return None

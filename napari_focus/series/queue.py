@@ -261,6 +261,16 @@ class ImageQueue:
                 found.append(i)
         return found
 
+    def preceding(
+        self, count: int, *, start: int | None = None, include_exported: bool | None = None
+    ) -> list[int]:
+        """Indices of the ``count`` visitable items before ``start`` (default: the current
+        index), nearest first, i.e. what :meth:`previous` would reach, without moving."""
+        visitable = self._visitable(include_exported)
+        first = (self._index if start is None else start) - 1
+        found = [i for i in range(first, -1, -1) if visitable(self.items[i])]
+        return found[:count]
+
     def jump(self, index: int) -> QueueItem:
         """Make item ``index`` current (negative counts from the end); IndexError if out
         of range."""

@@ -155,10 +155,12 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
     rank.add_argument("folder", help="folder of images")
     add_model_arguments(rank)
     rank.add_argument("--gt", metavar="MASK_FOLDER", help="ground-truth masks, matched by stem")
-    rank.add_argument("--out", help="CSV path (default: ./focus_<task>_rank.csv)")
+    rank.add_argument("--out", metavar="CSV", help="CSV path (default: ./focus_<task>_rank.csv)")
     rank.add_argument("--report", metavar="DIR", help="also write metrics.csv and report.html")
     rank.add_argument("--recursive", action="store_true", help="include sub-folders")
-    rank.add_argument("--pattern", help="glob on file name or relative path, e.g. '*_rgb.*'")
+    rank.add_argument(
+        "--pattern", metavar="GLOB", help="glob on file name or relative path, e.g. '*_rgb.*'"
+    )
     rank.add_argument(
         "--method",
         choices=UNCERTAINTY_METHODS,

@@ -44,6 +44,18 @@ def _crop(text: str) -> int:
     return value
 
 
+EXIT_CODES = f"""\
+exit codes:
+  0  the checkpoint was written
+  1  a file could not be written during the run (a full disk); --resume
+     continues
+  {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, PySODMetrics
+     missing, no samples, an existing --out, or base weights that could not be
+     loaded
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; --resume continues from the last evaluation
+"""
+
+
 def add_train_parser(commands: Any) -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
@@ -53,40 +65,50 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
             "augmentation, AdamW, held-out validation) and write a .safetensors checkpoint "
             "that `predict --weights` and the widget load."
         ),
+        epilog=EXIT_CODES,
     )
-    train.add_argument("--root", required=True, help="dataset root the exports went to")
+    train.add_argument("--root", required=True, metavar="DATASETS",
+                       help="dataset root the exports went to")  # fmt: skip
     train.add_argument(
         "--layout", action="append", required=True, choices=LAYOUT_NAMES, type=str.lower,
-        help="layout to train on (repeat for several)",
+        metavar="LAYOUT", help=f"layout to train on, one of {', '.join(LAYOUT_NAMES)} "
+        "(repeat for several)",
     )  # fmt: skip
     train.add_argument(
-        "--weights", required=True,
+        "--weights", required=True, metavar="BASE",
         help="base weights: a task (sod, cod, sd, dbd, fd; with --size), an official name "
         "(focus_large_cod) or a checkpoint file (.pth or .safetensors)",
     )  # fmt: skip
-    train.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
+    train.add_argument("--out", required=True, metavar="FILE",
+                       help="output checkpoint (.safetensors)")  # fmt: skip
     train.add_argument("--size", choices=SIZES, default="large",
                        help="size of an official base given as a task (default large)")
     train.add_argument("--task", choices=TASKS, type=str.lower,
                        help="task recorded in the output (default: the base's)")  # fmt: skip
-    train.add_argument("--steps", type=positive_int, default=300,
+    train.add_argument("--steps", type=positive_int, default=300, metavar="N",
                        help="optimizer steps (default 300)")  # fmt: skip
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    train.add_argument("--preset", choices=PRESET_NAMES, default="auto",
-                       help="hardware preset: what trains, batch size, crop")  # fmt: skip
-    train.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
-    train.add_argument("--crop", type=_crop, help="override the preset's crop (multiple of 32)")
+    train.add_argument("--device", default="auto",
+                       help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, gpu "
+                       "(same as cuda) or mps; default auto")  # fmt: skip
+    train.add_argument("--preset", choices=PRESET_NAMES, default="auto", metavar="PRESET",
+                       help=f"hardware preset (what trains, batch size, crop): "
+                       f"{', '.join(PRESET_NAMES)}; default auto")  # fmt: skip
+    train.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help="override the preset's batch size")  # fmt: skip
+    train.add_argument("--crop", type=_crop, metavar="PIXELS",
+                       help="override the preset's crop (multiple of 32)")  # fmt: skip
     train.add_argument("--lr", type=_positive_float, help="learning rate (official: 1e-4)")
     train.add_argument("--keep-best", choices=KEEP_BEST_NAMES, default="mask_iou",
-                       help="the validation figure that picks the step written (default: "
-                       "mask_iou, the IoU of the proposal a person corrects)")  # fmt: skip
-    train.add_argument("--eval-every", type=positive_int,
+                       metavar="METRIC", help="the validation figure that picks the step "
+                       f"written: {', '.join(KEEP_BEST_NAMES)}; default mask_iou, the IoU "
+                       "of the proposal a person corrects")  # fmt: skip
+    train.add_argument("--eval-every", type=positive_int, metavar="N",
                        help="validation period (default steps/5)")  # fmt: skip
-    train.add_argument("--val-fraction", type=_fraction, default=0.2,
+    train.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                        help="held-out share of the samples (default 0.2)")  # fmt: skip
     train.add_argument("--val", nargs="+", metavar="NAME",
                        help="hold out these samples instead (names or layout/name)")  # fmt: skip
-    train.add_argument("--seed", type=int, default=0,
+    train.add_argument("--seed", type=int, default=0, metavar="N",
                        help="random seed of sampling and augmentation (default 0)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,226 @@
+"""Opening the current image of a series without decoding it on the GUI thread: a
+worker reads files (the one to show first, then the neighbours of the shown one), the
+GUI thread only puts the pixels into layers when they arrive, and only if the image
+they belong to is still the one to show (mixed into
+:class:`~napari_focus.gui.series_section.SeriesSection`).
+
+While an image is being read, the previous image stays on screen with its mask locked
+(not editable; its edits were kept when the user left it), and no image counts as
+shown: Accept, Reject and Skip wait, so nothing is attached to the wrong image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.qt.threading import thread_worker
+
+from ..series import Status
+from ..series.images import UnusableImageError, declared_pixels, load_series_image
+from ..series.prefetch import JobBoard
+from ..series.resume import file_fingerprint
+from .series_layers import lock_mask_layer
+
+#: images up to this size are decoded at once on the GUI thread (a few milliseconds,
+#: less than a round trip through the worker would leave the old image on screen)
+INLINE_READ_PIXELS = 1_000_000
+
+
+def read_files(board: JobBoard) -> Generator[tuple, None, None]:
+    """Worker body: per job ``(key, path, pixels or None, reason or None, fingerprint)``."""
+    while (job := board.take()) is not None:
+        key, _, path = job
+        try:
+            image = load_series_image(path)
+        except UnusableImageError as error:
+            board.done(key)
+            yield (key, path, None, str(error), None)
+            continue
+        fingerprint = None
+        with contextlib.suppress(OSError):  # gone since: the state keeps the last one
+            fingerprint = file_fingerprint(path)
+        board.done(key)
+        yield (key, path, image, None, fingerprint)
+
+
+class ImageReader:
+    """One worker at a time decoding series files, the most wanted first; results go to
+    ``on_read`` on the GUI thread. :meth:`reset` (another series) drops whatever the
+    running worker still reports."""
+
+    def __init__(self, on_read: Callable[[tuple], None]) -> None:
+        self.on_read = on_read
+        self.board = JobBoard()
+        self._worker: Any = None
+        self._generation = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def want(self, files: list[tuple[str, Path]]) -> None:
+        """Read ``files`` (``(key, path)``, most wanted first) instead of whatever was
+        waiting; a file being read now is not read again (its result comes)."""
+        running = self.board.running
+        self.board.replace([(key, 0, path) for key, path in files if key != running])
+        self._start()
+
+    def reset(self) -> None:
+        self.board.replace([])
+        self.board = JobBoard()
+        self._generation += 1
+
+    def _start(self) -> None:
+        if self._worker is not None or not self.board.pending():
+            return
+        generation = self._generation
+        worker = thread_worker(read_files, start_thread=False)(self.board)
+        worker.yielded.connect(lambda message: self._deliver(generation, message))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _deliver(self, generation: int, message: tuple) -> None:
+        if generation == self._generation:  # else: a file of a series left since
+            self.on_read(message)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._start()  # wanted while the last worker was leaving
+
+
+class SeriesOpening:
+    """The current item: shown at once when its pixels are at hand, else read first."""
+
+    state: Any
+    owner: Any
+    viewer: Any
+    decoded: Any
+    reader: ImageReader
+    prefetcher: Any
+    position: Any
+    include_exported: Any
+    _shown: str | None
+    _awaiting: str | None
+    _opening: tuple[str, int] | None  # (key, direction) of the image being read
+    _locked_mode: str | None  # the paint mode of the mask locked meanwhile
+
+    def show_current(self, direction: int = 1) -> None:
+        """Show the current item: its image, and its proposal when one is ready. An
+        item whose file cannot be used is marked ``failed`` (with the reason) and the
+        next one in ``direction`` is shown instead. A large file not decoded yet is
+        read by the worker first (:meth:`_on_read` shows it)."""
+        state = self.state
+        assert state is not None
+        self._opening = None  # an image still being read is no longer wanted on screen
+        for _ in range(len(state.queue)):
+            item = state.queue.current
+            if item.status is not Status.FAILED and not item.missing:
+                if not self._at_hand(item):
+                    self._open_later(item, direction)
+                    return
+                try:
+                    image = self._read(item)
+                except UnusableImageError as error:
+                    self._mark_unusable(item.key, str(error))
+                else:
+                    self._display(item, image)
+                    return
+            if not self._step_away(direction):
+                break
+        self._nothing_to_show()
+
+    def _at_hand(self, item: Any) -> bool:
+        if item.path is None or item.key in self.decoded:
+            return True
+        pixels = declared_pixels(item.path)
+        return pixels is not None and pixels <= INLINE_READ_PIXELS
+
+    def _read(self, item: Any) -> np.ndarray | None:
+        """The item's pixels: decoded ahead, or (a small file) read now."""
+        if item.path is None:
+            return None
+        decoded = self.decoded.get(item.key)
+        return decoded if decoded is not None else load_series_image(item.path)
+
+    def _step_away(self, direction: int) -> bool:
+        """Move past an item that cannot be shown; False when no other item is left."""
+        queue = self.state.queue
+        stepped = queue.next() if direction > 0 else queue.previous()
+        if stepped is None:
+            stepped = queue.previous() if direction > 0 else queue.next()
+        return stepped is not None
+
+    def _nothing_to_show(self) -> None:
+        self._shown = None
+        self.position.value = "no image of this series can be shown (see the failed items)"
+
+    def _open_later(self, item: Any, direction: int) -> None:
+        """Have the worker read ``item``; the image on screen stays, its mask locked."""
+        self._opening = (item.key, direction)
+        self._shown = self._awaiting = None
+        if self._locked_mode is None:
+            self._locked_mode = lock_mask_layer(self.viewer)
+        assert self.state is not None
+        self.position.value = f"{self.state.queue.position_text()} {item.name} — opening…"
+        self.owner.set_status(f"opening {item.name}…")
+        self.owner.update_enabled()
+        self.reader.want([(item.key, item.path)])
+
+    @property
+    def opening(self) -> str | None:
+        """Queue key of the image being read to be shown next, if any."""
+        return self._opening[0] if self._opening else None
+
+    def _on_read(self, message: tuple) -> None:
+        key, path, image, reason, fingerprint = message
+        state = self.state
+        try:
+            if state is None or state.queue.item(key).path != path:
+                return
+        except KeyError:
+            return  # of another queue than the one open now
+        if fingerprint is not None:
+            state.take_fingerprint(key, fingerprint)
+        if image is not None:
+            self.decoded.put(key, image)
+        if self._opening is None or self._opening[0] != key or state.queue.current.key != key:
+            return  # read ahead, or for an image the user has left since: kept, not shown
+        direction = self._opening[1]
+        if image is not None:
+            self._opening = None
+            self._display(state.queue.current, image)
+            return
+        self._mark_unusable(key, reason)
+        if self._step_away(direction):
+            self.show_current(direction)
+        else:
+            self._opening = None
+            self._nothing_to_show()
+
+    def _read_ahead(self) -> None:
+        """Decode the images Next and Previous would show, and keep the shown one."""
+        state = self.state
+        if state is None or state.queue.current is None:
+            return
+        queue, exported = state.queue, self.include_exported.value
+        ahead = queue.upcoming(2, include_exported=exported)  # the prefetch decodes these too
+        near = [*ahead[:1], *queue.preceding(1, include_exported=exported)]
+        kept = [queue.current.key, *(queue[i].key for i in [*near, *ahead])]
+        self.decoded.neighbourhood(kept)
+        computing = self.prefetcher.board.running  # decoded there; its pixels come along
+        self.reader.want(
+            [
+                (item.key, item.path)
+                for item in (queue[i] for i in near)
+                if item.path is not None
+                and not item.missing
+                and item.status is not Status.FAILED
+                and item.key not in self.decoded
+                and item.key != computing
+            ]
+        )

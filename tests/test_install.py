@@ -1,0 +1,134 @@
+"""What an install gives a user: the wheel's files and metadata, and the command line on
+a machine without a C++ compiler."""
+
+from __future__ import annotations
+
+import email
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+import napari_focus
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(napari_focus.__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The wheel `pip install .` installs, built from this checkout (no network)."""
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        pytest.skip("needs a source checkout (pyproject.toml) to build the wheel from")
+    builder = pytest.importorskip("hatchling.builders.wheel")
+    folder = tmp_path_factory.mktemp("wheel")
+    (path,) = builder.WheelBuilder(str(REPO_ROOT)).build(
+        directory=str(folder), versions=["standard"]
+    )
+    return zipfile.ZipFile(path)
+
+
+def test_wheel_ships_the_manifest_the_kernel_sources_and_the_presets(wheel) -> None:
+    names = set(wheel.namelist())
+    # npe2 finds the plugin manifest only inside the installed package
+    assert wheel.read("napari_focus/napari.yaml") == (REPO_ROOT / "napari.yaml").read_bytes()
+    # the deformable-attention kernels are compiled from these on first use
+    sources = sorted(p for p in (REPO_ROOT / "ops").iterdir() if p.is_file())
+    assert {p.suffix for p in sources} >= {".cpp", ".cu", ".cuh", ".h"}
+    for source in sources:
+        assert wheel.read(f"napari_focus/_bundled/ops/{source.name}") == source.read_bytes()
+    presets = REPO_ROOT / "resources" / "presets.json"
+    assert wheel.read("napari_focus/_bundled/resources/presets.json") == presets.read_bytes()
+    modules = {
+        p.relative_to(REPO_ROOT).as_posix()
+        for p in (REPO_ROOT / "napari_focus").rglob("*.py")
+        if "_bundled" not in p.parts and "__pycache__" not in p.parts
+    }
+    assert modules <= names, sorted(modules - names)
+    assert not [n for n in names if n.startswith(("tests/", "benchmarks/")) or ".pyc" in n]
+
+
+def test_a_wheel_built_from_the_sdist_ships_the_same_files(wheel, tmp_path: Path) -> None:
+    """`pip install napari_focus-<version>.tar.gz` builds its wheel from the unpacked sdist."""
+    import tarfile
+
+    from hatchling.builders.sdist import SdistBuilder
+    from hatchling.builders.wheel import WheelBuilder
+
+    (sdist,) = SdistBuilder(str(REPO_ROOT)).build(directory=str(tmp_path), versions=["standard"])
+    with tarfile.open(sdist) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    (root,) = (tmp_path / "unpacked").iterdir()
+    for needed in ("pyproject.toml", "hatch_build.py", "napari.yaml", "LICENSE", "README.md"):
+        assert (root / needed).is_file(), needed
+    (rebuilt,) = WheelBuilder(str(root)).build(
+        directory=str(tmp_path / "wheel"), versions=["standard"]
+    )
+    bundled = sorted(n for n in wheel.namelist() if n.startswith("napari_focus/"))
+    rebuilt_names = zipfile.ZipFile(rebuilt).namelist()
+    assert sorted(n for n in rebuilt_names if n.startswith("napari_focus/")) == bundled
+
+
+def test_wheel_manifest_commands_point_into_the_wheel(wheel) -> None:
+    manifest = yaml.safe_load(wheel.read("napari_focus/napari.yaml"))
+    names = set(wheel.namelist())
+    for command in manifest["contributions"]["commands"]:
+        module, _, attribute = command["python_name"].partition(":")
+        assert f"{module.replace('.', '/')}.py" in names, command["id"]
+        source = wheel.read(f"{module.replace('.', '/')}.py").decode()
+        assert f"def {attribute}" in source or f"class {attribute}" in source, command["id"]
+
+
+def test_wheel_metadata_entry_points_and_extras(wheel) -> None:
+    info = f"napari_focus-{napari_focus.__version__}.dist-info"
+    entry_points = wheel.read(f"{info}/entry_points.txt").decode()
+    assert "napari-focus = napari_focus.cli:main" in entry_points
+    assert "[napari.manifest]" in entry_points and "napari_focus:napari.yaml" in entry_points
+    metadata = email.message_from_bytes(wheel.read(f"{info}/METADATA"))
+    assert metadata["Requires-Python"] == ">=3.11"
+    assert metadata["License-Expression"] == "MIT"
+    assert f"{info}/licenses/LICENSE" in wheel.namelist()
+    assert "Framework :: napari" in metadata.get_all("Classifier")
+    assert {"gui", "metrics", "ray", "test", "dev"} <= set(metadata.get_all("Provides-Extra"))
+    requires = metadata.get_all("Requires-Dist")
+    assert any(r.startswith("ninja") and "extra" not in r for r in requires)
+    assert any(r.startswith("pyqt6") and "extra == 'gui'" in r for r in requires)
+
+
+def test_predict_without_a_compiler_says_the_fallback_in_one_line(
+    tiny_checkpoint: Path, focus_reference: Path, tmp_path: Path
+) -> None:
+    """No c++/g++/ninja on PATH and no CXX: the masks are written by the PyTorch
+    implementation, and the reason is one `napari-focus:` line, not a Python warning."""
+    images = tmp_path / "images"
+    images.mkdir()
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    source.resize((80, 64), Image.BILINEAR).save(images / "photo.png")
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "PYTHONPATH")}
+    env.update(
+        PATH=str(empty_bin),
+        PYTHONPATH=str(PACKAGE_PARENT),
+        NAPARI_FOCUS_CACHE=str(tmp_path / "cache"),
+        HF_HUB_OFFLINE="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_focus", "predict", str(images), "--task", "sod",
+         "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "masks"), "--device",
+         "cpu", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "masks" / "photo.png").is_file()
+    lines = [line for line in result.stderr.splitlines() if "kernel is unavailable" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("napari-focus: the compiled CPU deformable-attention kernel")
+    assert "no C++ compiler found" in lines[0] and "PyTorch implementation" in lines[0]
+    assert "KernelFallbackWarning" not in result.stderr
+    assert "Traceback" not in result.stderr and ".py:" not in result.stderr
