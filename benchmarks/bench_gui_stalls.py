@@ -113,8 +113,20 @@ def tiny_checkpoint(root: Path) -> Path:
     return predictor.save_inference_checkpoint(root / "tiny.safetensors", dtype=torch.float32)
 
 
-def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, float]:
+def open_widget(checkpoint: Path):
+    """A shown viewer at 1366x768 with the FOCUS dock, set to ``checkpoint`` on the CPU."""
     import napari
+
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    widget.native.window().resize(1366, 768)
+    widget.weights_source.value = "file"
+    widget.weights_path.value = checkpoint
+    widget.device.value = "cpu"
+    return viewer, widget
+
+
+def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, float]:
 
     from napari_focus.gui import dialogs
     from napari_focus.gui.samples import astronaut
@@ -133,12 +145,7 @@ def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, 
     for i in range(3):
         base.rotate(i * 90 if i != 1 else 180).save(folder / f"image{i}.jpg", quality=92)
 
-    viewer = napari.Viewer(show=True)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
-    widget.native.window().resize(1366, 768)
-    widget.weights_source.value = "file"
-    widget.weights_path.value = tiny_checkpoint(root)
-    widget.device.value = "cpu"
+    viewer, widget = open_widget(tiny_checkpoint(root))
     series = widget.series
     series.open(folder)  # the next two proposals are computed ahead, as by default
     wait(lambda: series.proposal_ready and not series.busy)  # model loaded, image 0 shown
@@ -216,15 +223,9 @@ def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, f
     files on the GUI thread (ms) and the CPU seconds of the process (all threads)
     during each. Proposals are computed ahead as by default; the
     background work settles between steps."""
-    import napari
 
     folder = camera_folder(root, megapixels, 4, noisy)
-    viewer = napari.Viewer(show=True)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
-    widget.native.window().resize(1366, 768)
-    widget.weights_source.value = "file"
-    widget.weights_path.value = tiny_checkpoint(root)
-    widget.device.value = "cpu"
+    viewer, widget = open_widget(tiny_checkpoint(root))
     series = widget.series
     result: dict[str, float] = {"image_file_mb": (folder / "image0.jpg").stat().st_size / 1e6}
 
@@ -257,14 +258,8 @@ def load_cancel(checkpoint: Path) -> dict[str, float]:
     """Run with FOCUS-L's checkpoint not loaded yet, Cancel pressed 1 s into the load:
     how long until Run can be pressed again, until the load's thread is done, and
     whether a model is still held afterwards (1 = yes)."""
-    import napari
 
-    viewer = napari.Viewer(show=True)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
-    widget.native.window().resize(1366, 768)
-    widget.weights_source.value = "file"
-    widget.weights_path.value = checkpoint
-    widget.device.value = "cpu"
+    viewer, widget = open_widget(checkpoint)
     viewer.add_image(np.full((240, 320, 3), 128, np.uint8), name="gray")
     shared = widget.model_section.shared_model
     cpu, start = time.process_time(), time.perf_counter()
