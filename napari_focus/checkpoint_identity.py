@@ -96,12 +96,20 @@ class HubFileMismatch(CheckpointError):
     than the repository publishes: a mirror or a cache that serves another file. Nothing
     the user typed asked for that size, so the message names the repository, not a flag."""
 
-    def __init__(self, mismatch: CheckpointSizeMismatch, repo_id: str, path: Path) -> None:
-        self.repo_id, self.path = repo_id, path
+    def __init__(
+        self,
+        mismatch: CheckpointSizeMismatch,
+        repo_id: str,
+        path: Path,
+        served: str | None = None,
+    ) -> None:
+        self.mismatch, self.repo_id, self.path = mismatch, repo_id, path
         # .../models--owner--name/snapshots/<commit>/<file>: the repository's cache folder
         self.repo_cache = path.parents[2] if len(path.parents) > 2 else path.parent
-        endpoint = os.environ.get("HF_ENDPOINT")
-        served = f"the hub endpoint HF_ENDPOINT={endpoint}" if endpoint else "the hub"
+        if served is None:
+            endpoint = os.environ.get("HF_ENDPOINT")
+            served = f"the hub endpoint HF_ENDPOINT={endpoint}" if endpoint else "the hub"
+        self.served = served
         self.problem = (
             f"{path}, the file {served} gave for {repo_id}, holds "
             f"{size_words(mismatch.found)}, {mismatch.detail}, not the "
@@ -109,8 +117,8 @@ class HubFileMismatch(CheckpointError):
         )
         super().__init__(self.message_with(CLI_LOCAL_COPY))
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_hub_file_mismatch, (self.problem, self.repo_id, self.path, self.repo_cache))
+    def __reduce__(self) -> tuple[Any, ...]:  # the endpoint as named where it was raised
+        return (type(self), (self.mismatch, self.repo_id, self.path, self.served))
 
     def message_with(self, local_copy: str) -> str:
         """The message with ``local_copy`` as the way to use another file, in the words
@@ -120,13 +128,6 @@ class HubFileMismatch(CheckpointError):
             f"the folder {self.repo_cache} to download it again (check HF_ENDPOINT if you "
             f"use a mirror), or {local_copy}."
         )
-
-
-def _hub_file_mismatch(problem: str, repo_id: str, path: Path, repo_cache: Path) -> HubFileMismatch:
-    error = HubFileMismatch.__new__(HubFileMismatch)
-    error.problem, error.repo_id, error.path, error.repo_cache = problem, repo_id, path, repo_cache
-    CheckpointError.__init__(error, error.message_with(CLI_LOCAL_COPY))
-    return error
 
 
 def size_mismatch(
