@@ -269,3 +269,29 @@ def test_run_and_the_series_share_one_model_load(
 @pytest.fixture
 def small_photo_for_run(focus_reference) -> np.ndarray:
     return np.array(Image.open(focus_reference / "input.png").convert("RGB"))[:64, :96]
+
+
+def test_a_reopened_series_shows_stored_proposals_and_still_computes_new_ones(
+    qtbot, open_focus_widget, folder, predict_threads
+):
+    """A proposal read back from disk comes with a description of its model, which
+    must not be kept as the model: the next proposal computed ahead needs a real one."""
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert len(predict_threads) == 3  # img0 shown, img1 and img2 ahead
+    viewer.close()
+
+    _, widget2 = open_focus_widget()
+    series2 = widget2.series
+    series2.open(folder)
+    qtbot.waitUntil(lambda: series2.proposal_ready, timeout=WAIT_MS)
+    assert series2.shown_key == "img0.png" and len(predict_threads) == 3  # read, not computed
+    assert widget2.current_model()[1] is None  # nothing loaded yet, nothing pretends to be
+    series2.next()
+    series2.next()  # img3 and img4 are computed ahead now: the model is loaded for them
+    qtbot.waitUntil(lambda: not series2.busy, timeout=WAIT_MS)
+    assert sorted(series2.seconds) == ["img3.png", "img4.png"] and len(predict_threads) == 5
+    assert series2.shown_key == "img2.png"
+    assert hasattr(widget2.current_model()[1], "model")

@@ -139,7 +139,8 @@ class SeriesDisplay:
     def _show_prediction(self, layer: Any, key: str, prediction: Prediction) -> None:
         assert self.state is not None
         model_key, predictor = self.owner.current_model()
-        if predictor is None or model_key is None:
+        stored = predictor is None or model_key is None
+        if stored:
             model_key, predictor = self.owner.model_key(), _StoredModel(self.owner)
         result = JobResult(
             predictor=predictor,
@@ -149,7 +150,9 @@ class SeriesDisplay:
             masks=[prediction.mask],
             tta=self.prefetcher.tta,
         )
-        labels = self.owner.show_result(result, layer, layer_planes(layer))
+        labels = self.owner.show_result(
+            result, layer, layer_planes(layer), adopt_model=not stored
+        )
         name = proposal_name(layer.name, self.owner.task.value)
         tag(labels, "labels", key)
         tag(self.viewer.layers[f"{name} probability"], "probability", key)

@@ -320,11 +320,16 @@ class FocusWidget(Container):
         else:
             self.show_result(result, layer, planes)
 
-    def show_result(self, result: JobResult, layer: Any, planes: LayerPlanes) -> Any:
-        """Add or update the proposal (Labels + hidden probability) of ``layer``."""
+    def show_result(
+        self, result: JobResult, layer: Any, planes: LayerPlanes, *, adopt_model: bool = True
+    ) -> Any:
+        """Add or update the proposal (Labels + hidden probability) of ``layer``; its
+        predictor is kept for reuse unless ``adopt_model`` is False (a proposal read back
+        from disk comes with a description of its model, not a model)."""
         from ..mask_ops import Refinement, refine
 
-        self.adopt_predictor(result.key, result.predictor)
+        if adopt_model:
+            self.adopt_predictor(result.key, result.predictor)
         name = proposal_name(layer.name, result.key.task)
         labels = find_layer(self.viewer, name)
         if labels is not None and tuple(labels.data.shape) != planes.spatial_shape:
