@@ -117,3 +117,54 @@ def test_closing_napari_while_the_quality_line_is_computed(
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(200)  # the worker's signals are delivered: none may raise
+
+
+
+def _press(qtbot, key, modifier=None) -> None:
+    """A key pressed by the user: it goes to the widget with the keyboard focus."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    target = QApplication.focusWidget()
+    assert target is not None, "nothing has the keyboard focus"
+    qtbot.keyClick(target, key, modifier or Qt.KeyboardModifier.NoModifier)
+
+
+def test_the_keyboard_walks_the_series(qtbot, open_focus_widget, tmp_path):
+    """Shift+N pressed again and again in the canvas steps on each time (showing an image
+    took the keyboard focus away from the canvas), and 'go to #' jumps once, to the
+    number typed."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication, QWidget
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((40, 50, 3), 20 * i, np.uint8)).save(folder / f"p{i:02d}.png")
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    window = widget.native.window()
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    canvas = next(w for w in window.findChildren(QWidget) if "Canvas" in type(w).__name__)
+    canvas.setFocus()
+    shift = Qt.KeyboardModifier.ShiftModifier
+    for expected in ("p01.png", "p02.png", "p03.png"):
+        _press(qtbot, Qt.Key.Key_N, shift)
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+        assert series.shown_key == expected
+        assert QApplication.focusWidget() is canvas
+
+    jumps: list[int] = []
+    series.jump_to.changed.connect(jumps.append)
+    series.jump_to.native.setFocus()
+    series.jump_to.native.selectAll()
+    qtbot.keyClicks(QApplication.focusWidget(), "12")
+    _press(qtbot, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "p11.png"
+    assert jumps == [12], "typing 12 went to image 1 first"

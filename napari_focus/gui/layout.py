@@ -3,6 +3,7 @@
 - :class:`WrappingLabel`: a label that wraps, never widens the dock, and keeps its full
   text in a tooltip;
 - :func:`narrow_combo`: a combo box that does not grow with its longest choice;
+- :func:`enter_to_apply`: a spin box that acts on Return, not on every digit typed;
 - :func:`tabbed_sections`: the dock's sections as tabs, each inside a vertical scroll
   area, so the dock has a small minimum height and no horizontal growth.
 """
@@ -92,6 +93,15 @@ def narrow_combo(combo: ComboBox, characters: int = 12) -> ComboBox:
     native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     native.setMinimumContentsLength(characters)
     return combo
+
+
+def enter_to_apply(spin_box: Any) -> Any:
+    """A magicgui SpinBox that emits ``changed`` on Return, focus out or its arrows, not
+    on each digit typed (typing 12 no longer passes through 1). Keyboard tracking off
+    also stops superqt's spin box from taking the keyboard focus whenever code sets its
+    value, which pulled the focus out of the canvas away from napari's keys."""
+    spin_box.native.setKeyboardTracking(False)
+    return spin_box
 
 
 def narrow_line_edits(widget: Any) -> None:

@@ -28,7 +28,7 @@ from ..series import (
 )
 from ..series.decoded import DecodedImages
 from .fields import chosen_dir
-from .layout import WrappingLabel, narrow_combo, narrow_line_edits
+from .layout import WrappingLabel, enter_to_apply, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
 from .series_close import CloseGuard, provenance_of
 from .series_decisions import SeriesDecisions
@@ -81,7 +81,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.accept_button = PushButton(text="Accept", enabled=False)
         self.reject_button = PushButton(text="Reject", enabled=False)
         self.skip_button = PushButton(text="Skip", enabled=False)
-        self.jump_to = SpinBox(label="go to #", min=1, max=1, value=1)
+        self.jump_to = enter_to_apply(SpinBox(label="go to #", min=1, max=1, value=1))
         self.on_leave = ComboBox(
             label="unsaved edits",
             choices=[("autosave", "autosave"), ("ask", "ask")],
@@ -157,7 +157,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.open_button.tooltip = "Queue the folder's images (resumes where you stopped)"
         self.layers_button.tooltip = "Queue the image layers open in napari"
         self.include_exported.tooltip = "Next/Previous also stop at images already exported"
-        self.jump_to.tooltip = "Go to image number N of the queue"
+        self.jump_to.tooltip = "Go to image number N of the queue (type it, then Return)"
         self.on_leave.tooltip = (
             "What happens to your edits when you leave an image: autosave = kept in the "
             "series folder (work/), shown again when you come back; ask = a question each time"
