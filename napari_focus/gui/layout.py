@@ -135,22 +135,26 @@ def _show_path(field: Any) -> None:
 def scrolling(page: Any) -> Any:
     """``page`` (a QWidget) at the top of a vertical-only scroll area, never narrower
     than the page needs (so nothing is cut off at the right)."""
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QSize, Qt
     from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    class VerticalScrollArea(QScrollArea):
+        # asked each time, not fixed once: napari's theme, applied after the widget is
+        # built, makes the page wider than it measured at first
+        def minimumSizeHint(self) -> QSize:
+            scrollbar = self.verticalScrollBar().sizeHint().width()
+            return QSize(page.minimumSizeHint().width() + scrollbar + 4, 120)
 
     holder = QWidget()
     column = QVBoxLayout(holder)
     column.setContentsMargins(0, 0, 0, 0)
     column.addWidget(page)
     column.addStretch(1)
-    area = QScrollArea()
+    area = VerticalScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(holder)
-    area.setMinimumHeight(120)
-    scrollbar = area.verticalScrollBar().sizeHint().width()
-    area.setMinimumWidth(page.minimumSizeHint().width() + scrollbar + 4)
     return area
 
 

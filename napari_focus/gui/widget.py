@@ -99,7 +99,6 @@ class FocusWidget(Container):
         self.tabs = tabbed_sections((title, section) for title, section in self.sections.items())
         self.native.layout().addWidget(self.tabs)
         self.native.layout().addWidget(self.footer.native)
-        self.native.setMinimumWidth(280)
         self.run_button.tooltip = "Run FOCUS on the selected image"
         self.cancel_button.tooltip = "Stop the running job, or the loading of the model"
 
