@@ -168,3 +168,27 @@ def test_the_keyboard_walks_the_series(qtbot, open_focus_widget, tmp_path):
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert series.shown_key == "p11.png"
     assert jumps == [12], "typing 12 went to image 1 first"
+
+
+def test_what_is_missing_is_named_with_its_tab(qtbot, open_focus_widget, photos, monkeypatch):
+    """In the Series tab, Accept without a dataset root and a checkpoint path that does not
+    exist say which tab holds the field to fill."""
+    from napari_focus.gui import export_section, series_section
+
+    shown: list[str] = []
+    monkeypatch.setattr(export_section, "show_error", shown.append)
+    monkeypatch.setattr(series_section, "show_error", shown.append)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    widget.show_section("Series")
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.accept_button.changed.emit(True)
+    assert "dataset root" in shown[-1] and "in the Export tab" in shown[-1]
+    assert series.shown_key == "a_large.png"  # nothing exported, still on the image
+
+    widget.weights_path.value = photos / "focus_large_sod.pth"  # typed, no such file
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert "focus_large_sod.pth' is not a checkpoint file" in shown[-1]
+    assert "under 'checkpoint' in the Model tab" in shown[-1]

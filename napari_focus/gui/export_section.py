@@ -100,7 +100,9 @@ class ExportSection(Container):
             image, mask, name, provenance = self._sample()
             root = chosen_dir(self.dataset_root.value)
             if root is None:
-                raise ExportError("choose the dataset root (the FOCUS datasets/ folder) first")
+                raise ExportError(
+                    "choose the dataset root (the FOCUS datasets/ folder) in the Export tab first"
+                )
         except (ExportError, UnsupportedLayerError) as error:
             self._failed(error, on_done)
             return
@@ -174,7 +176,7 @@ class ExportSection(Container):
     def _sample(self) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
         image_layer = self.owner.selected_layer()
         if image_layer is None:
-            raise ExportError("select the image to export")
+            raise ExportError("select the image to export under 'image' in the Model tab")
         labels = self.owner.mask_layer()
         if labels is None:
             raise ExportError(
