@@ -192,3 +192,42 @@ def test_what_is_missing_is_named_with_its_tab(qtbot, open_focus_widget, photos,
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     assert "focus_large_sod.pth' is not a checkpoint file" in shown[-1]
     assert "under 'checkpoint' in the Model tab" in shown[-1]
+
+
+def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
+    qtbot, open_focus_widget, photos, tiny_checkpoint
+):
+    """The × of the FOCUS dock mid-series: the edits of the image on screen are kept, and
+    the widget opened again shows them; the closed one lets go of the viewer's keys."""
+    import gc
+
+    from napari.utils.key_bindings import KeyBinding
+
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    widget.series.open(photos)
+    qtbot.waitUntil(
+        lambda: widget.series.proposal_ready and not widget.series.busy, timeout=WAIT_MS
+    )
+    labels = series_layer(viewer, "labels")
+    edited = np.zeros_like(labels.data)
+    edited[10:60, 20:90] = 1
+    labels.data = edited
+    viewer.window.remove_dock_widget(widget.native)  # what the dock's × does
+    del widget
+    gc.collect()
+
+    _, reopened = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    reopened.weights_source.value = "file"
+    reopened.weights_path.value = tiny_checkpoint
+    reopened.device.value = "cpu"
+    reopened.series.open(photos)
+    qtbot.waitUntil(
+        lambda: reopened.series.proposal_ready and not reopened.series.busy, timeout=WAIT_MS
+    )
+    assert reopened.series.shown_key == "a_large.png"
+    np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, edited > 0)
+    assert reopened.series.state.queue.current.status.value == "corrected"
+    gc.collect()
+    assert KeyBinding.from_str("Shift-N") in viewer.keymap
