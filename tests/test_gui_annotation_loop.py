@@ -207,9 +207,7 @@ def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
 
     viewer, widget = open_focus_widget()
     widget.series.open(photos)
-    qtbot.waitUntil(
-        lambda: widget.series.proposal_ready and not widget.series.busy, timeout=WAIT_MS
-    )
+    qtbot.waitUntil(lambda s=widget.series: s.proposal_ready and not s.busy, timeout=WAIT_MS)
     labels = series_layer(viewer, "labels")
     edited = np.zeros_like(labels.data)
     edited[10:60, 20:90] = 1
