@@ -229,3 +229,36 @@ def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
     assert reopened.series.state.queue.current.status.value == "corrected"
     gc.collect()
     assert KeyBinding.from_str("Shift-N") in viewer.keymap
+
+
+def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, photos):
+    """'unsaved edits: ask': the question's default answer (Return) saves the edits."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.on_leave.value = "ask"
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    edited = np.zeros_like(labels.data)
+    edited[5:50, 5:70] = 1
+    labels.data = edited
+    asked: list[str] = []
+
+    def press_return() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(50, press_return)
+            return
+        asked.append(box.text())
+        qtbot.keyClick(box, Qt.Key.Key_Return)
+
+    QTimer.singleShot(50, press_return)
+    series.next()
+    assert asked and "Save your edits of 'a_large" in asked[0]
+    assert series.state.autosave_path("a_large.png").is_file()
+    assert series.state.queue.item("a_large.png").status.value == "corrected"

@@ -328,7 +328,9 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             from . import dialogs
 
             if not dialogs.ask_yes_no(
-                self.native, f"Save your edits of '{labels.name}' before leaving?"
+                self.native,
+                f"Save your edits of '{labels.name}' before leaving?",
+                default_yes=True,  # Return keeps the edits
             ):
                 return True
         return self.close_guard.autosave(labels)
