@@ -3,6 +3,8 @@ Previous, Accept into a training split, Improve, and the messages on the way (un
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -262,3 +264,41 @@ def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, 
     assert asked and "Save your edits of 'a_large" in asked[0]
     assert series.state.autosave_path("a_large.png").is_file()
     assert series.state.queue.item("a_large.png").status.value == "corrected"
+
+
+def test_reset_to_proposal_asks_before_throwing_edits_away(qtbot, open_focus_widget, photos):
+    """Shift+O (Reset to proposal) on a painted mask asks first; Return keeps the edits."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    proposal = labels.data.copy()
+    edited = 1 - proposal
+    labels.data = edited
+    answers: list[str] = []
+
+    def answer(key: Any) -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(50, lambda: answer(key))
+            return
+        answers.append(box.text())
+        if key == "yes":
+            box.button(QMessageBox.StandardButton.Yes).click()
+        else:
+            qtbot.keyClick(box, Qt.Key.Key_Return)
+
+    QTimer.singleShot(50, lambda: answer("return"))
+    widget.refine_section.reset_button.native.click()
+    assert answers and "Throw away your edits" in answers[0]
+    np.testing.assert_array_equal(labels.data, edited)  # Return = No: nothing lost
+
+    QTimer.singleShot(50, lambda: answer("yes"))
+    widget.refine_section.reset_button.native.click()
+    np.testing.assert_array_equal(labels.data, proposal)
