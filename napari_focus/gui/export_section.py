@@ -18,6 +18,7 @@ from ..datasets import (
     SampleExistsError,
     export_sample,
     layout_for_task,
+    root_of_export,
 )
 from . import dialogs
 from .fields import chosen_dir
@@ -82,6 +83,21 @@ class ExportSection(Container):
             self.dataset_layout.value = layout_for_task(task)
         finally:
             self._following_task = False
+
+    def follow_series(self, records: list[dict[str, Any]]) -> str | None:
+        """With no dataset root chosen, take the root and layout of a series' last export
+        (``records``: its export records), so that Accept in a reopened series exports
+        where it did before; returns the root taken, if any."""
+        if chosen_dir(self.dataset_root.value) is not None or not records:
+            return None
+        last = max(records, key=lambda record: str(record.get("at") or ""))
+        layout, image = last.get("layout"), last.get("image")
+        root = root_of_export(layout, image) if layout and image else None
+        if root is None or not root.is_dir():
+            return None
+        self.dataset_root.value = root
+        self.dataset_layout.value = layout
+        return str(root)
 
     def image_changed(self, name: str | None) -> None:
         self.sample_name.value = name or ""

@@ -229,6 +229,11 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         for button in self._buttons():
             button.enabled = True
         self.close_guard.install()
+        exports = [item.export for item in self.state.queue if item.export]
+        root = self.owner.export_section.follow_series(exports)
+        if root is not None:
+            layout = self.owner.export_section.dataset_layout.value
+            show_info(f"FOCUS: Accept exports to {root} ({layout}) as last time (Export tab)")
         self.show_current()
 
     def _on_model_settings(self, _value: Any = None) -> None:
