@@ -302,3 +302,19 @@ def test_reset_to_proposal_asks_before_throwing_edits_away(qtbot, open_focus_wid
     QTimer.singleShot(50, lambda: answer("yes"))
     widget.refine_section.reset_button.native.click()
     np.testing.assert_array_equal(labels.data, proposal)
+
+
+def test_a_series_folder_that_cannot_be_written_says_what_to_do(
+    qtbot, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    from napari_focus.gui import series_section
+
+    shown: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", shown.append)
+    _viewer, widget = open_focus_widget()
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    widget.series.output.value = tmp_path / "notes.txt" / "series"
+    widget.series.open(photos)
+    assert widget.series.state is None
+    assert "cannot keep the series in" in shown[-1] and "Errno" not in shown[-1]
+    assert "Choose a 'series folder' you can write to" in shown[-1]

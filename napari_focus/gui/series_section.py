@@ -204,8 +204,15 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             return  # the edits on screen could not be saved: that image stays
         try:
             self.state = load()
-        except (SeriesStateError, OSError, ValueError) as error:
+        except (SeriesStateError, ValueError) as error:
             self._error(str(error))
+            return
+        except OSError as error:  # e.g. images on a read-only drive
+            where = error.filename or "the series folder"
+            self._error(
+                f"cannot keep the series in {where}: {error.strerror or error}. Choose a "
+                "'series folder' you can write to, then press Open folder again"
+            )
             return
         if self.state.recovered_from:
             show_warning(f"FOCUS: unreadable series state moved to {self.state.recovered_from}")
