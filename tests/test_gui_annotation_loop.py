@@ -318,3 +318,21 @@ def test_a_series_folder_that_cannot_be_written_says_what_to_do(
     assert widget.series.state is None
     assert "cannot keep the series in" in shown[-1] and "Errno" not in shown[-1]
     assert "Choose a 'series folder' you can write to" in shown[-1]
+
+
+def test_annotate_a_folder_fits_the_first_image(qtbot, make_napari_viewer, photos, monkeypatch):
+    """`napari-focus annotate FOLDER`: the first image fills the view of the window as it
+    is shown (it was fitted to the canvas before the window took its size)."""
+    from napari_focus.gui import annotate, job, series_section
+    from napari_focus.gui.series_layers import series_layer
+
+    def offline(key):
+        raise OSError("offline in tests")
+
+    monkeypatch.setattr(job, "load_predictor", offline)  # never the network
+    monkeypatch.setattr(series_section, "show_error", lambda text: None)
+    monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer(show=show))
+    viewer, widget = annotate.open_viewer(folder=photos, show=True)
+    qtbot.waitUntil(lambda: widget.series.shown_key is not None, timeout=WAIT_MS)
+    qtbot.wait(200)
+    assert _fits(viewer, series_layer(viewer, "image"))
