@@ -132,3 +132,43 @@ def test_predict_without_a_compiler_says_the_fallback_in_one_line(
     assert "no C++ compiler found" in lines[0] and "PyTorch implementation" in lines[0]
     assert "KernelFallbackWarning" not in result.stderr
     assert "Traceback" not in result.stderr and ".py:" not in result.stderr
+
+
+WORKER_SCRIPT = """
+import sys
+import numpy as np
+from napari_focus.distributed.worker import FocusWorker, WorkerSettings
+weights, out = sys.argv[1], sys.argv[2]
+worker = FocusWorker(WorkerSettings(task="sod", weights=weights, device="cpu").as_dict())
+image = np.full((64, 80, 3), 120, np.uint8)
+rows = worker({
+    "source": ["/in/photo.png"], "name": ["photo"], "mask": [out], "probability": [""],
+    "pixels": [image.tobytes()], "height": [64], "width": [80], "error": [""],
+})
+print(rows["status"][0])
+"""
+
+
+def test_a_ray_worker_says_the_fallback_in_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A worker of ``predict --engine ray`` on a node without a compiler (here its class in
+    a process of its own, as Ray runs it): the same one line as the command line, which
+    Ray shows on the driver, not a Python warning with a source line."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "PYTHONPATH")}
+    env.update(
+        PATH=str(empty_bin),
+        PYTHONPATH=str(PACKAGE_PARENT),
+        NAPARI_FOCUS_CACHE=str(tmp_path / "cache"),
+    )
+    mask = tmp_path / "photo.png"
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT, str(tiny_checkpoint), str(mask)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "written" and mask.is_file()
+    lines = [line for line in result.stderr.splitlines() if "kernel is unavailable" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("napari-focus: the compiled CPU deformable-attention kernel")
+    assert "KernelFallbackWarning" not in result.stderr and ".py:" not in result.stderr
