@@ -198,6 +198,5 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="compile the model with torch.compile first (a minute or more before the "
-        "first image, again for each new image size; no measurable gain on CPU, see "
-        "docs/benchmarks.md)",
+        "first image, again for each new image size; on CPU it measured no gain)",
     )
