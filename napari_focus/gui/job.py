@@ -7,6 +7,7 @@ the widget creates and changes layers when the job returns.
 from __future__ import annotations
 
 import gc
+import importlib
 import threading
 import warnings
 from collections.abc import Callable, Generator
@@ -31,6 +32,12 @@ def uninterruptible(stage: str) -> bool:
     from ..ops.build import BUILD_STARTED
 
     return stage.startswith(LOADING) or stage.startswith(BUILD_STARTED)
+
+
+def import_ahead_of_layers() -> None:
+    """Called by workers: napari imports pandas the first time it builds a Labels layer
+    (about 0.2 s holding the GUI thread); imported here, it is already there by then."""
+    importlib.import_module("pandas")
 
 
 def proposal_name(image_name: str, task: str) -> str:
@@ -226,6 +233,7 @@ def _segment(
     load: Callable[[ModelKey, RunControl], FocusPredictor],
 ) -> Generator[Progress, None, JobResult]:
     """Load the model if needed, then segment each plane; raises :class:`Cancelled`."""
+    import_ahead_of_layers()
     if predictor is None:
         control.set_stage(f"{LOADING} {key.describe()}")
         yield Progress(f"Loading {key.describe()}…", None)

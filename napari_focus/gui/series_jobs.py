@@ -21,7 +21,7 @@ from ..series.images import UnusableImageError, load_series_image
 from ..series.prefetch import JobBoard
 from ..series.proposal_store import ProposalStore
 from ..series.resume import file_fingerprint
-from .job import LOADING, ModelKey, gui_message, load_alone
+from .job import LOADING, ModelKey, gui_message, import_ahead_of_layers, load_alone
 
 
 def model_id(key: ModelKey, tta: bool = False) -> str:
@@ -96,6 +96,7 @@ def prefetch_job(
 def _until_done(left: threading.Event, *args: Any) -> Generator[tuple, None, None]:
     """:func:`prefetch_job`, setting ``left`` when it returns (cancelled, failed or done)."""
     try:
+        import_ahead_of_layers()
         yield from prefetch_job(*args)
     finally:
         left.set()
