@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overwrite", action="store_true", help="redo images whose outputs already exist"
     )
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true",
+                         help="only the summary: no progress bar, speed or failure as it "
+                         "happens")  # fmt: skip
     add_throughput_arguments(predict)
     predict.set_defaults(func=run_predict)
     from .distributed.cli import add_ray_arguments

@@ -121,7 +121,7 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
     bar = tqdm(total=len(jobs), desc="FOCUS", unit="image", disable=args.quiet)
 
     def on_done(job, error: str | None) -> None:
-        if error is not None:
+        if error is not None and not args.quiet:  # the summary lists it either way
             tqdm.write(f"FAILED {job.source}: {error}", file=sys.stderr)
         bar.update(1)
 
