@@ -122,7 +122,9 @@ def test_model_is_reused_until_settings_change(qtbot, viewer_widget, small_coffe
     loads = []
     original = job_module.load_predictor
     monkeypatch.setattr(
-        job_module, "load_predictor", lambda key: loads.append(key) or original(key)
+        job_module,
+        "load_predictor",
+        lambda key, cancelled=None: loads.append(key) or original(key, cancelled),
     )
     _run_and_wait(qtbot, widget)
     _run_and_wait(qtbot, widget)

@@ -54,7 +54,7 @@ def prefetch_job(
         try:
             predictor = load(key, control)
         except Cancelled:
-            return  # the model is dropped when its read ends (SharedModel)
+            return  # SharedModel stops the read, or drops the model it ends with
         except (ValueError, OSError, RuntimeError) as error:
             yield ("model_failed", gui_message(error), key)
             return
