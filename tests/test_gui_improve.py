@@ -200,3 +200,14 @@ def test_closing_napari_while_improve_runs_keeps_the_run(
     work = tmp_path / "tuned.training"
     assert (work / "resume.pt").is_file()
     assert not [p for p in work.iterdir() if p.name.startswith(".napari_focus-tmp")]
+
+
+def test_improve_starts_from_the_steps_of_the_train_command(open_focus_widget) -> None:
+    """The tab and `napari-focus train` are one run (the README says so): same default."""
+    from napari_focus.cli import build_parser
+
+    _, widget = open_focus_widget()
+    args = build_parser().parse_args(
+        ["train", "--root", "d", "--layout", "duts-tr", "--weights", "sod", "--out", "o"]
+    )
+    assert widget.improve.steps.value == args.steps
