@@ -326,7 +326,7 @@ def test_annotate_a_folder_fits_the_first_image(qtbot, make_napari_viewer, photo
     from napari_focus.gui import annotate, job, series_section
     from napari_focus.gui.series_layers import series_layer
 
-    def offline(key):
+    def offline(key, *_args, **_kwargs):
         raise OSError("offline in tests")
 
     monkeypatch.setattr(job, "load_predictor", offline)  # never the network
