@@ -100,6 +100,14 @@ def test_the_ends_of_a_series_say_what_to_do(
     series.previous_button.clicked.emit()
     settled()
     assert series.shown_key == "a_large.png"
+    series.include_exported.value = False
+    series.jump_to.value = 2
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    settled()
+    series.accept_button.clicked.emit()  # the last one to do
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "decision" in said[-1], timeout=WAIT_MS)
+    assert said[-1].endswith("; every image that can be shown has its decision")
 
 
 def test_closing_napari_while_the_quality_line_is_computed(

@@ -326,6 +326,8 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             todo = [item for item in queue[:here] if item.status in open_ and not item.missing]
             if todo:
                 text += f"; {len(todo)} before it still to do (◀ Previous, or 'go to #')"
+            elif queue[here].status in (Status.ACCEPTED, Status.REJECTED):
+                text += "; every image that can be shown has its decision"
         return text
 
     def leave_current(self) -> bool:
