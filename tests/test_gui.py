@@ -168,6 +168,27 @@ def test_cancel_stops_the_worker(qtbot, viewer_widget):
     assert widget.run_button.enabled
 
 
+def test_image_closed_while_run_computes(qtbot, viewer_widget, small_coffee, errors, monkeypatch):
+    """Closing the image while its proposal is computed adds no orphan mask and raises
+    nothing; the model loaded for it is kept for the next Run."""
+    viewer, widget = viewer_widget
+    loads = []
+    original = job_module.load_predictor
+    monkeypatch.setattr(
+        job_module, "load_predictor", lambda key: loads.append(key) or original(key)
+    )
+    cup = viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    viewer.layers.remove(cup)
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert len(viewer.layers) == 0 and not errors
+    assert widget.status.value == "'cup' was closed while FOCUS ran; no proposal added"
+    viewer.add_image(small_coffee, name="cup")
+    _run_and_wait(qtbot, widget)
+    assert "cup [FOCUS SOD]" in [layer.name for layer in viewer.layers]
+    assert len(loads) == 1
+
+
 def test_bad_checkpoint_becomes_a_notification(
     qtbot, viewer_widget, small_coffee, tmp_path, errors
 ):

@@ -317,6 +317,9 @@ class FocusWidget(Container):
             self.set_status("cancelled")
         elif isinstance(result, JobFailure):
             self.report_error(result.error)
+        elif layer not in self.viewer.layers:  # closed while the model ran
+            self.adopt_predictor(result.key, result.predictor)
+            self.set_status(f"'{layer.name}' was closed while FOCUS ran; no proposal added")
         else:
             self.show_result(result, layer, planes)
 
