@@ -200,3 +200,21 @@ def test_closing_napari_while_improve_runs_keeps_the_run(
     work = tmp_path / "tuned.training"
     assert (work / "resume.pt").is_file()
     assert not [p for p in work.iterdir() if p.name.startswith(".napari_focus-tmp")]
+
+
+def test_official_weights_not_at_hand_are_said_in_the_tabs_words(
+    qtbot, open_focus_widget, tmp_path: Path, monkeypatch
+) -> None:
+    """Improve from the official weights, neither cached nor downloadable: the Model
+    tab's way to use a local copy, not the command line's flag."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read by the training process it spawns
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    _, widget = open_focus_widget()
+    widget.weights_source.value = "official"
+    _small_run(widget, tmp_path / "datasets", tmp_path / "improved.safetensors", 4)
+    export_shapes(tmp_path / "datasets", "duts-tr", 2, seed=3, size=64)
+    widget.improve.start()
+    qtbot.waitUntil(lambda: not widget.improve.running, timeout=WAIT_MS)
+    status = widget.improve.status.value
+    assert status.startswith("error: training failed: the FOCUS checkpoint 'focus_large_sod.pth'")
+    assert "'local checkpoint' in the Model tab" in status and "--weights" not in status

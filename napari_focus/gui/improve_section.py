@@ -306,7 +306,9 @@ class ImproveSection(Container):
                 f"or settings (differs in: {', '.join(error.differing)}); choose another file "
                 f"under '{self.output.label}' to start a new run (the cancelled one is kept)"
             )
-        return str(error)
+        from .job import gui_message  # official weights not at hand: the Model tab's words
+
+        return gui_message(error)
 
     def _on_finished(self) -> None:
         self._worker = None
