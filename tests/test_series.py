@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from napari_focus.io import read_image
+from napari_focus.quality import folder_report
 from napari_focus.series import (
     STATE_NAME,
     VERSION,
@@ -530,6 +531,20 @@ def test_rank_never_replaces_a_file_that_is_not_a_ranking(tmp_path):
     assert code == 2 and f"--out: {notes} exists and is not a ranking CSV" in err
     assert notes.read_text(encoding="utf-8") == "sample,comment\na,blurry\n"
     code, err = run_rank_cli(*common, "--out", earlier)  # a rerun may replace its ranking
+    assert code == 2 and f"--weights {missing_weights}: no such file" in err
+    mine = tmp_path / "mine"  # a folder of the user's own with a metrics.csv and a page
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("run,score\n1,0.5\n", encoding="utf-8")
+    (mine / "report.html").write_text("<html>my notes</html>", encoding="utf-8")
+    code, err = run_rank_cli(*common, "--out", earlier, "--report", mine)
+    assert code == 2 and f"--report: {mine / 'metrics.csv'} exists and is not of an" in err
+    assert (mine / "metrics.csv").read_text(encoding="utf-8") == "run,score\n1,0.5\n"
+    write_ranking_csv([RankRow(path="a.png", name="a", rank=1)], mine / "metrics.csv")
+    code, err = run_rank_cli(*common, "--out", earlier, "--report", mine)
+    assert code == 2 and f"--report: {mine / 'report.html'} exists and is not of an" in err
+    assert (mine / "report.html").read_text(encoding="utf-8") == "<html>my notes</html>"
+    folder_report([RankRow(path="a.png", name="a", rank=1)], mine)  # a rerun replaces it
+    code, err = run_rank_cli(*common, "--out", earlier, "--report", mine)
     assert code == 2 and f"--weights {missing_weights}: no such file" in err
 
 
