@@ -1,5 +1,5 @@
-"""The FOCUS dock widget: sections as tabs (Model, Refine, Export, Series), each in a
-scroll area, above a footer with Run, Cancel, the progress and the status line.
+"""The FOCUS dock widget: sections as tabs (Model, Refine, Export, Series, Improve),
+each in a scroll area, above a footer with Run, Cancel, the progress and the status line.
 
 Adding a section is one line in :data:`SECTIONS`: ``(tab title, attribute name,
 "module:Class")``; the class is a magicgui widget built as ``Class(owner)`` with this
