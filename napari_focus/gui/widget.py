@@ -320,6 +320,12 @@ class FocusWidget(Container):
         elif layer not in self.viewer.layers:  # closed while the model ran
             self.adopt_predictor(result.key, result.predictor)
             self.set_status(f"'{layer.name}' was closed while FOCUS ran; no proposal added")
+        elif not planes.shown_by(layer):  # its mask now belongs to other pixels
+            self.adopt_predictor(result.key, result.predictor)
+            self.set_status(
+                f"'{layer.name}' shows another image than FOCUS ran on (Next, Previous or "
+                "new pixels); no proposal added: press Run again"
+            )
         else:
             self.show_result(result, layer, planes)
 
