@@ -287,6 +287,26 @@ def load_cancel(checkpoint: Path) -> dict[str, float]:
     return result
 
 
+def first_run(checkpoint: Path) -> dict[str, float]:
+    """Run on a small image with the checkpoint not loaded yet, until its proposal is
+    drawn: the longest GUI stall of the whole first run (load, forward, first layers)."""
+    viewer, widget = open_widget(checkpoint)
+    viewer.add_image(np.full((240, 320, 3), 128, np.uint8), name="gray")
+    cpu, start = time.process_time(), time.perf_counter()
+    with StallMeter() as meter:
+        widget.run()
+        wait(lambda: not widget.running)
+        wait(lambda: time.perf_counter() - start > 0.5)  # the first draw of the layers
+    result = {
+        "run_s": time.perf_counter() - start,
+        "stall_ms": meter.longest_ms,
+        "stalls_over_100ms": float((np.diff(meter.ticks) > 0.1).sum()),
+        "cpu_s": time.process_time() - cpu,
+    }
+    viewer.close()
+    return result
+
+
 def focus_l_checkpoint(root: Path) -> Path:
     predictor = random_predictor("large")
     return predictor.save_inference_checkpoint(root / "focus_l.safetensors", dtype=torch.float32)
@@ -397,24 +417,34 @@ def main() -> None:
         help="only Cancel during the load of this checkpoint ('make': FOCUS-L, random "
         "weights, written to a temporary folder)",
     )
+    parser.add_argument(
+        "--first-run",
+        metavar="CHECKPOINT",
+        help="only the first Run with this checkpoint ('make' as for --load-cancel)",
+    )
     args = parser.parse_args()
     StallMeter.explain = args.explain
     torch.set_num_threads(2)
+    with_checkpoint = [
+        (flag, value, measure)
+        for flag, value, measure in (
+            ("--load-cancel", args.load_cancel, load_cancel),
+            ("--first-run", args.first_run, first_run),
+        )
+        if value
+    ]
+    if with_checkpoint:
+        flag, value, measure = with_checkpoint[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = focus_l_checkpoint(Path(tmp)) if value == "make" else Path(value)
+            if args.compare_with:
+                compare(args.compare_with, args.rounds, [flag, str(checkpoint)])
+            else:
+                print(json.dumps(measure(checkpoint), indent=1))
+        return
     if args.compare_with:
-        if args.load_cancel:
-            with tempfile.TemporaryDirectory() as tmp:
-                made = args.load_cancel == "make"
-                checkpoint = focus_l_checkpoint(Path(tmp)) if made else args.load_cancel
-                compare(args.compare_with, args.rounds, ["--load-cancel", str(checkpoint)])
-            return
         extra = ["--megapixels", str(args.megapixels)] + (["--noisy"] if args.noisy else [])
         compare(args.compare_with, args.rounds, ["--navigation", *extra])
-        return
-    if args.load_cancel:
-        with tempfile.TemporaryDirectory() as tmp:
-            made = args.load_cancel == "make"
-            checkpoint = focus_l_checkpoint(Path(tmp)) if made else Path(args.load_cancel)
-            print(json.dumps(load_cancel(checkpoint), indent=1))
         return
     cpu0 = time.process_time()
     if args.navigation:

@@ -7,9 +7,8 @@ import logging
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 from .cli_common import (
     EXIT_FAILED_IMAGES,
@@ -17,6 +16,8 @@ from .cli_common import (
     EXIT_SETUP_ERROR,
     TASK_HELP,
     add_model_arguments,
+    say,
+    say_kernel_fallbacks,
 )
 from .cli_predict import add_throughput_arguments, run_predict
 from .prediction_files import collect_inputs
@@ -120,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overwrite", action="store_true", help="redo images whose outputs already exist"
     )
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true",
+                         help="only the summary: no progress bar, speed or failure as it "
+                         "happens")  # fmt: skip
     add_throughput_arguments(predict)
     predict.set_defaults(func=run_predict)
     from .distributed.cli import add_ray_arguments
@@ -176,49 +179,13 @@ def _check_device(args: argparse.Namespace) -> bool:
     return True
 
 
-def _say(line: str) -> None:
-    """Print ``line`` on the current ``sys.stderr``, above a running progress bar."""
-    if "tqdm" in sys.modules:  # keeps a running progress bar intact
-        from tqdm import tqdm
-
-        tqdm.write(line, file=sys.stderr)
-    else:
-        print(line, file=sys.stderr, flush=True)
-
-
 class _StderrLines(logging.Handler):
     """Prints a kernel build's start and end as ``napari-focus: <message>`` on the current
     ``sys.stderr`` (failures reach the user once, as the fallback warning)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "kernel_event", None) in ("build-started", "build-finished"):
-            _say(f"napari-focus: {record.getMessage()}")
-
-
-ShowWarning = Callable[[Warning | str, type[Warning], str, int, TextIO | None, str | None], None]
-
-
-def _say_kernel_fallbacks(showwarning: ShowWarning) -> ShowWarning:
-    """A ``warnings.showwarning`` printing a kernel fallback as one ``napari-focus:`` line
-    (its message is in those words already) instead of Python's file, line number and
-    source line; other warnings go to ``showwarning``."""
-
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: TextIO | None = None,
-        line: str | None = None,
-    ) -> None:
-        if category.__name__ != "KernelFallbackWarning":  # its module imports torch
-            showwarning(message, category, filename, lineno, file, line)
-        elif str(message).startswith("napari-focus:"):
-            _say(str(message))
-        else:
-            _say(f"napari-focus: {message}")
-
-    return show
+            say(f"napari-focus: {record.getMessage()}")
 
 
 def _announce_kernel_builds() -> None:
@@ -274,7 +241,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if getattr(args, "device", None) is not None and not _check_device(args):
         return EXIT_SETUP_ERROR
     with warnings.catch_warnings():  # restores Python's own display afterwards
-        warnings.showwarning = _say_kernel_fallbacks(warnings.showwarning)
+        warnings.showwarning = say_kernel_fallbacks(warnings.showwarning)
         return args.func(args)
 
 

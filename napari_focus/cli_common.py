@@ -6,7 +6,9 @@ which must not import each other)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .presets import SIZES, TASKS
 
@@ -18,6 +20,44 @@ TASK_HELP = (
     "sod = salient objects, cod = camouflaged objects, sd = shadows, "
     "dbd = defocus blur, fd = forgeries (image manipulation)"
 )
+
+
+def say(line: str) -> None:
+    """Print ``line`` on the current ``sys.stderr``, above a running progress bar."""
+    if "tqdm" in sys.modules:  # keeps a running progress bar intact
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+ShowWarning = Callable[[Warning | str, type[Warning], str, int, TextIO | None, str | None], None]
+
+
+def say_kernel_fallbacks(showwarning: ShowWarning) -> ShowWarning:
+    """A ``warnings.showwarning`` printing a kernel fallback as one ``napari-focus:`` line
+    (its message is in those words already) instead of Python's file, line number and
+    source line; other warnings go to ``showwarning``. Used by the commands and by the
+    workers of ``predict --engine ray``, whose stderr Ray shows on the driver."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__name__ != "KernelFallbackWarning":  # its module imports torch
+            showwarning(message, category, filename, lineno, file, line)
+        elif str(message).startswith("napari-focus:"):
+            say(str(message))
+        else:
+            say(f"napari-focus: {message}")
+
+    show.says_kernel_fallbacks = True  # type: ignore[attr-defined]
+    return show
 
 
 def out_replaces_input_message(out: object, error: Any) -> str:

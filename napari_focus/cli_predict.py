@@ -121,7 +121,7 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
     bar = tqdm(total=len(jobs), desc="FOCUS", unit="image", disable=args.quiet)
 
     def on_done(job, error: str | None) -> None:
-        if error is not None:
+        if error is not None and not args.quiet:  # the summary lists it either way
             tqdm.write(f"FAILED {job.source}: {error}", file=sys.stderr)
         bar.update(1)
 
@@ -198,6 +198,5 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="compile the model with torch.compile first (a minute or more before the "
-        "first image, again for each new image size; no measurable gain on CPU, see "
-        "docs/benchmarks.md)",
+        "first image, again for each new image size; on CPU it measured no gain)",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,15 +126,19 @@ class FocusPredictor:
         weights: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        cancelled: Callable[[], bool] | None = None,
     ) -> FocusPredictor:
         """The model a user names: the local checkpoint ``weights`` (its size read from
         the file unless ``size`` is given), else the official hub weights of ``size``
-        (default large). The one rule the CLI, the widget and the cluster workers use."""
+        (default large). The one rule the CLI, the widget and the cluster workers use.
+
+        ``cancelled``, here and in the other constructors, is asked between tensors
+        while the weights are read; once it answers True the load stops with
+        :class:`~napari_focus.run_control.Cancelled` (a download is not interrupted)."""
+        options = {"device": device, "precision": precision, "cancelled": cancelled}
         if weights:
-            return cls.from_checkpoint(
-                weights, task, architecture=size, device=device, precision=precision
-            )
-        return cls.from_pretrained(task, size or "large", device=device, precision=precision)
+            return cls.from_checkpoint(weights, task, architecture=size, **options)
+        return cls.from_pretrained(task, size or "large", **options)
 
     @classmethod
     def from_pretrained(
@@ -146,14 +150,16 @@ class FocusPredictor:
         cache_dir: str | os.PathLike | None = None,
         revision: str | None = None,
         precision: str = "auto",
+        cancelled: Callable[[], bool] | None = None,
     ) -> FocusPredictor:
         """Official weights ``geshang/focus_{size}_{task}``, downloaded once and cached."""
         device = resolve_device(device)  # before any download
         path = official_checkpoint(task, size, cache_dir=cache_dir, revision=revision)
         try:
             return cls.from_checkpoint(
-                path, task, architecture=size, device=device, precision=precision
-            )
+                path, task, architecture=size, device=device, precision=precision,
+                cancelled=cancelled,
+            )  # fmt: skip
         except CheckpointSizeMismatch as mismatch:
             raise HubFileMismatch(mismatch, hub_location(task, size)[0], path) from mismatch
 
@@ -166,6 +172,7 @@ class FocusPredictor:
         architecture: str | Mapping[str, Any] | FocusArchitecture | None = None,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        cancelled: Callable[[], bool] | None = None,
     ) -> FocusPredictor:
         """Load an official ``.pth`` (detectron2 dict or bare state dict) or a
         ``.safetensors`` file. The size is read from the file's metadata or
@@ -190,6 +197,7 @@ class FocusPredictor:
             device=device,
             precision=precision,
             source=str(path),
+            cancelled=cancelled,
         )
 
     @classmethod
@@ -202,9 +210,10 @@ class FocusPredictor:
         device: str | torch.device | None = None,
         precision: str = "auto",
         source: str | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> FocusPredictor:
         device = resolve_device(device)
-        model = load_model(state_dict, architecture, source or "the state dict")
+        model = load_model(state_dict, architecture, source or "the state dict", cancelled)
         return cls(model, task, device=device, precision=precision, source=source)
 
     def save_inference_checkpoint(

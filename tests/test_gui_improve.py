@@ -218,3 +218,14 @@ def test_official_weights_not_at_hand_are_said_in_the_tabs_words(
     status = widget.improve.status.value
     assert status.startswith("error: training failed: the FOCUS checkpoint 'focus_large_sod.pth'")
     assert "'local checkpoint' in the Model tab" in status and "--weights" not in status
+
+
+def test_improve_starts_from_the_steps_of_the_train_command(open_focus_widget) -> None:
+    """The tab and `napari-focus train` are one run (the README says so): same default."""
+    from napari_focus.cli import build_parser
+
+    _, widget = open_focus_widget()
+    args = build_parser().parse_args(
+        ["train", "--root", "d", "--layout", "duts-tr", "--weights", "sod", "--out", "o"]
+    )
+    assert widget.improve.steps.value == args.steps

@@ -4,6 +4,7 @@ clicks, and Cancel while a model loads (real napari viewer under Xvfb)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -144,11 +145,11 @@ def held_load(monkeypatch):
     loads: list[str] = []
     original = job_module.load_predictor
 
-    def held(key):
+    def held(key, cancelled=None):
         started.set()
         release.wait(60)
         loads.append(threading.current_thread().name)
-        return original(key)
+        return original(key, cancelled)
 
     monkeypatch.setattr(job_module, "load_predictor", held)
     return release, started, loads
@@ -180,6 +181,32 @@ def test_cancel_while_run_loads_the_model(qtbot, open_focus_widget, held_load):
     widget.run()  # the user goes on: a new load, then the proposal
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert "gray [FOCUS SOD]" in viewer.layers and len(loads) == 2
+
+
+def test_cancel_stops_the_read_of_the_weights(qtbot, open_focus_widget, monkeypatch):
+    """A slow disk (each tensor takes 20 ms to read, 18 s for the tiny checkpoint): after
+    Cancel the read stops at the next tensor, and the next Run does not wait for it."""
+    from napari_focus import checkpoint_fit
+
+    read_at: list[float] = []
+    check_finite = checkpoint_fit.check_finite
+
+    def slow_read(state, source):
+        time.sleep(0.02)
+        read_at.append(time.perf_counter())
+        return check_finite(state, source)
+
+    monkeypatch.setattr(checkpoint_fit, "check_finite", slow_read)
+    viewer, widget = open_focus_widget()
+    viewer.add_image(np.zeros((48, 64), np.uint8) + 100, name="gray")
+    widget.run()
+    qtbot.waitUntil(lambda: len(read_at) >= 10, timeout=WAIT_MS)
+    widget.cancel_button.native.click()
+    pressed = time.perf_counter()
+    shared = widget.model_section.shared_model
+    qtbot.waitUntil(lambda: not shared.loading, timeout=WAIT_MS)
+    assert sum(t > pressed for t in read_at) <= 1  # the tensor being read, no more
+    assert not _model_kept(widget)
 
 
 def test_run_again_after_cancel_waits_for_the_same_load(qtbot, open_focus_widget, held_load):

@@ -100,6 +100,27 @@ def test_wheel_metadata_entry_points_and_extras(wheel) -> None:
     assert any(r.startswith("pyqt6") and "extra == 'gui'" in r for r in requires)
 
 
+def _without_a_compiler(tmp_path: Path) -> dict[str, str]:
+    """An environment with no c++/g++/ninja on PATH, no CXX and a fresh kernel cache."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "PYTHONPATH")}
+    env.update(
+        PATH=str(empty_bin),
+        PYTHONPATH=str(PACKAGE_PARENT),
+        NAPARI_FOCUS_CACHE=str(tmp_path / "cache"),
+    )
+    return env
+
+
+def _the_one_fallback_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "kernel is unavailable" in line]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("napari-focus: the compiled CPU deformable-attention kernel")
+    assert "KernelFallbackWarning" not in stderr
+    return lines[0]
+
+
 def test_predict_without_a_compiler_says_the_fallback_in_one_line(
     tiny_checkpoint: Path, focus_reference: Path, tmp_path: Path
 ) -> None:
@@ -109,15 +130,7 @@ def test_predict_without_a_compiler_says_the_fallback_in_one_line(
     images.mkdir()
     source = Image.open(focus_reference / "input.png").convert("RGB")
     source.resize((80, 64), Image.BILINEAR).save(images / "photo.png")
-    empty_bin = tmp_path / "bin"
-    empty_bin.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "PYTHONPATH")}
-    env.update(
-        PATH=str(empty_bin),
-        PYTHONPATH=str(PACKAGE_PARENT),
-        NAPARI_FOCUS_CACHE=str(tmp_path / "cache"),
-        HF_HUB_OFFLINE="1",
-    )
+    env = {**_without_a_compiler(tmp_path), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "napari_focus", "predict", str(images), "--task", "sod",
          "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "masks"), "--device",
@@ -126,9 +139,37 @@ def test_predict_without_a_compiler_says_the_fallback_in_one_line(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "masks" / "photo.png").is_file()
-    lines = [line for line in result.stderr.splitlines() if "kernel is unavailable" in line]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("napari-focus: the compiled CPU deformable-attention kernel")
-    assert "no C++ compiler found" in lines[0] and "PyTorch implementation" in lines[0]
-    assert "KernelFallbackWarning" not in result.stderr
+    line = _the_one_fallback_line(result.stderr)
+    assert "no C++ compiler found" in line and "PyTorch implementation" in line
     assert "Traceback" not in result.stderr and ".py:" not in result.stderr
+
+
+WORKER_SCRIPT = """
+import sys
+import numpy as np
+from napari_focus.distributed.worker import FocusWorker, WorkerSettings
+weights, out = sys.argv[1], sys.argv[2]
+worker = FocusWorker(WorkerSettings(task="sod", weights=weights, device="cpu").as_dict())
+image = np.full((64, 80, 3), 120, np.uint8)
+rows = worker({
+    "source": ["/in/photo.png"], "name": ["photo"], "mask": [out], "probability": [""],
+    "pixels": [image.tobytes()], "height": [64], "width": [80], "error": [""],
+})
+print(rows["status"][0])
+"""
+
+
+def test_a_ray_worker_says_the_fallback_in_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A worker of ``predict --engine ray`` on a node without a compiler (here its class in
+    a process of its own, as Ray runs it): the same one line as the command line, which
+    Ray shows on the driver, not a Python warning with a source line."""
+    env = _without_a_compiler(tmp_path)
+    mask = tmp_path / "photo.png"
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT, str(tiny_checkpoint), str(mask)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "written" and mask.is_file()
+    _the_one_fallback_line(result.stderr)
+    assert ".py:" not in result.stderr

@@ -41,3 +41,25 @@ def test_cancel_raises_at_the_next_check() -> None:
     control.cancel()
     with pytest.raises(Cancelled):
         control.check()
+
+
+def test_a_load_stops_between_tensors_once_cancelled(tiny_checkpoint) -> None:
+    """The weights of a memory-mapped checkpoint are read tensor by tensor; a load whose
+    caller gave up stops at the next one (a FOCUS-G read is 4.6 GB) and keeps nothing."""
+    from napari_focus import FocusPredictor
+
+    asked: list[int] = []
+
+    def cancelled_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(Cancelled):
+        FocusPredictor.from_checkpoint(tiny_checkpoint, cancelled=cancelled_after_three)
+    assert len(asked) == 4  # no tensor read after the answer
+
+    never: list[int] = []
+    predictor = FocusPredictor.from_checkpoint(
+        tiny_checkpoint, cancelled=lambda: bool(never.append(1))
+    )
+    assert len(never) == len(predictor.model.state_dict()) + 2  # per tensor, before, after building

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -116,11 +115,11 @@ def test_subprocess_run_stops_when_its_watcher_goes_away(
     for report in run:  # the child is training: drop the watcher (napari closing)
         if report.phase == "train" and report.step >= 2:
             break
-    started = time.monotonic()
     run.close()
-    assert time.monotonic() - started < 30  # stopped, not waited out
     resume = list(tmp_path.rglob("resume.pt"))
     assert resume and not out.exists()  # the step it stopped at is saved for --resume
+    stopped_at = torch.load(resume[0], map_location="cpu", weights_only=True)["step"]
+    assert 2 <= stopped_at < 400  # stopped, not waited out
 
 
 def test_a_run_that_diverges_says_what_to_do(shapes_root: Path, tmp_path: Path, focus_reference):

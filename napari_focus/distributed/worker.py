@@ -104,6 +104,17 @@ def load_predictor(settings: WorkerSettings) -> Any:
         )
 
 
+def _say_kernel_fallbacks_in_words() -> None:
+    """In this worker process, a kernel fallback is one ``napari-focus:`` line (Ray shows
+    it on the driver, prefixed with the worker) instead of a Python warning."""
+    import warnings
+
+    from ..cli_common import say_kernel_fallbacks
+
+    if not getattr(warnings.showwarning, "says_kernel_fallbacks", False):
+        warnings.showwarning = say_kernel_fallbacks(warnings.showwarning)
+
+
 def _needs_write(path: str, settings: WorkerSettings) -> bool:
     """False when ``path`` was already written by this run: an earlier attempt of the same
     batch, on a worker that died after writing it. Inputs whose outputs existed before
@@ -125,6 +136,7 @@ class FocusWorker:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = WorkerSettings(**settings)
+        _say_kernel_fallbacks_in_words()
         if self.settings.device == "cpu":
             import torch
 

@@ -33,6 +33,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..quality import require_metrics
 from ..training.cli import PRESET_NAMES
+from ..training.config import DEFAULT_STEPS
 from .fields import chosen_dir
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
@@ -118,7 +119,7 @@ class ImproveSection(Container):
         self.previous_weights: WeightsChoice | None = None
         self._filled_output = False  # the output field names a cancelled run
 
-        self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=DEFAULT_STEPS)
         self.preset = ComboBox(label="hardware preset", choices=list(PRESET_NAMES), value="auto")
         self.crop = SpinBox(label="crop", min=0, max=2048, step=32, value=0)
         self.learning_rate = ComboBox(

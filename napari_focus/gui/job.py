@@ -7,6 +7,7 @@ the widget creates and changes layers when the job returns.
 from __future__ import annotations
 
 import gc
+import importlib
 import threading
 import warnings
 from collections.abc import Callable, Generator
@@ -31,6 +32,12 @@ def uninterruptible(stage: str) -> bool:
     from ..ops.build import BUILD_STARTED
 
     return stage.startswith(LOADING) or stage.startswith(BUILD_STARTED)
+
+
+def import_ahead_of_layers() -> None:
+    """Called by workers: napari imports pandas the first time it builds a Labels layer
+    (about 0.2 s holding the GUI thread); imported here, it is already there by then."""
+    importlib.import_module("pandas")
 
 
 def proposal_name(image_name: str, task: str) -> str:
@@ -76,7 +83,7 @@ class JobResult:
     tta: bool = False  # what the proposals were computed with
 
 
-def load_predictor(key: ModelKey) -> FocusPredictor:
+def load_predictor(key: ModelKey, cancelled: Callable[[], bool] | None = None) -> FocusPredictor:
     # the size list names the hub download; a local file carries its own size
     with warnings.catch_warnings():  # the Model tab says it in its own words
         warnings.simplefilter("ignore", TaskMismatchWarning)
@@ -86,13 +93,14 @@ def load_predictor(key: ModelKey) -> FocusPredictor:
             weights=key.weights,
             device=key.device,
             precision=key.precision,
+            cancelled=cancelled,
         )
 
 
 def load_alone(key: ModelKey, control: RunControl) -> FocusPredictor:
     """Load without sharing: a load cancelled meanwhile is dropped (raises Cancelled)."""
     control.check()
-    predictor = load_predictor(key)
+    predictor = load_predictor(key, lambda: control.cancelled)
     control.check()
     return predictor
 
@@ -103,10 +111,11 @@ class SharedModel:
     for that load instead of loading a second copy (two FOCUS-G models do not fit a
     laptop). Called from worker threads; the widget keeps what they return.
 
-    Reading a checkpoint cannot be interrupted: a load whose caller cancelled it goes
-    on in its thread, and when it ends the model is dropped (its memory freed) unless
-    another caller is waiting for the same model, who then gets it. The cancelled caller
-    gets :class:`~napari_focus.run_control.Cancelled`."""
+    A load stops between two tensors once no caller wants its model any more (all
+    cancelled); a download, or a part of the read that cannot be split, goes on in its
+    thread, and when it ends the model is dropped (its memory freed) unless another
+    caller waits for the same model, who then gets it. The cancelled caller gets
+    :class:`~napari_focus.run_control.Cancelled`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,7 +135,8 @@ class SharedModel:
                     self._key, self._predictor = None, None  # the old model goes first
                     gc.collect()
                     control.check()  # cancelled while another load held the lock
-                    self._key, self._predictor = key, load_predictor(key)
+                    nobody_wants_it = lambda: not self.waiting(key)  # noqa: E731
+                    self._key, self._predictor = key, load_predictor(key, nobody_wants_it)
                 if control.cancelled and not self.waiting(key, besides=asking):
                     self._drop()  # nobody wants it any more
                 control.check()
@@ -226,6 +236,7 @@ def _segment(
     load: Callable[[ModelKey, RunControl], FocusPredictor],
 ) -> Generator[Progress, None, JobResult]:
     """Load the model if needed, then segment each plane; raises :class:`Cancelled`."""
+    import_ahead_of_layers()
     if predictor is None:
         control.set_stage(f"{LOADING} {key.describe()}")
         yield Progress(f"Loading {key.describe()}…", None)

@@ -21,7 +21,7 @@ from ..series.images import UnusableImageError, load_series_image
 from ..series.prefetch import JobBoard
 from ..series.proposal_store import ProposalStore
 from ..series.resume import file_fingerprint
-from .job import LOADING, ModelKey, gui_message, load_alone
+from .job import LOADING, ModelKey, gui_message, import_ahead_of_layers, load_alone
 
 
 def model_id(key: ModelKey, tta: bool = False) -> str:
@@ -54,7 +54,7 @@ def prefetch_job(
         try:
             predictor = load(key, control)
         except Cancelled:
-            return  # the model is dropped when its read ends (SharedModel)
+            return  # SharedModel stops the read, or drops the model it ends with
         except (ValueError, OSError, RuntimeError) as error:
             yield ("model_failed", gui_message(error), key)
             return
@@ -96,6 +96,7 @@ def prefetch_job(
 def _until_done(left: threading.Event, *args: Any) -> Generator[tuple, None, None]:
     """:func:`prefetch_job`, setting ``left`` when it returns (cancelled, failed or done)."""
     try:
+        import_ahead_of_layers()
         yield from prefetch_job(*args)
     finally:
         left.set()

@@ -23,6 +23,7 @@ from ..series import Status
 from ..series.images import UnusableImageError, declared_pixels, load_series_image
 from ..series.prefetch import JobBoard
 from ..series.resume import file_fingerprint
+from .job import import_ahead_of_layers
 from .series_layers import lock_mask_layer
 
 #: images up to this size are decoded at once on the GUI thread (a few milliseconds,
@@ -32,6 +33,7 @@ INLINE_READ_PIXELS = 1_000_000
 
 def read_files(board: JobBoard) -> Generator[tuple, None, None]:
     """Worker body: per job ``(key, path, pixels or None, reason or None, fingerprint)``."""
+    import_ahead_of_layers()
     while (job := board.take()) is not None:
         key, _, path = job
         try:

@@ -262,8 +262,8 @@ class FocusWidget(Container):
 
     def cancel(self) -> None:
         """Stop the running job within one model stage; nothing it computed is added.
-        A checkpoint being read (or the kernel being compiled) cannot be stopped midway:
-        the widget is free at once and the job's model is dropped when the read ends.
+        While the model loads, the widget is free at once: a checkpoint read stops at the
+        next tensor, a download or kernel build ends in the background.
         Without a Run, Cancel stops the model loading of the series' proposals."""
         if self._worker is None:
             self.series.cancel_model_load()
@@ -273,7 +273,7 @@ class FocusWidget(Container):
         self._worker.quit()
         if uninterruptible(self._control.snapshot()[0]):
             self._on_finished()  # the worker goes on alone; nothing it reports is taken
-            self.set_status("cancelled; the model being read is dropped when the read ends")
+            self.set_status("cancelled; the model load stops in the background")
 
     @property
     def running(self) -> bool:

@@ -15,6 +15,7 @@ from ..atomic import WriteError, check_writable_file
 from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, positive_int
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
+from .config import DEFAULT_STEPS
 
 # a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
@@ -85,8 +86,8 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
                        help="size of an official base given as a task (default large)")
     train.add_argument("--task", choices=TASKS, type=str.lower,
                        help="task recorded in the output (default: the base's)")  # fmt: skip
-    train.add_argument("--steps", type=positive_int, default=300, metavar="N",
-                       help="optimizer steps (default 300)")  # fmt: skip
+    train.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, metavar="N",
+                       help=f"optimizer steps (default {DEFAULT_STEPS})")  # fmt: skip
     train.add_argument("--device", default="auto",
                        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, gpu "
                        "(same as cuda) or mps; default auto")  # fmt: skip

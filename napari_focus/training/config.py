@@ -15,6 +15,7 @@ OFFICIAL_WEIGHT_DECAY = 0.05
 OFFICIAL_CLIP_NORM = 0.01
 OFFICIAL_POLY_POWER = 0.9
 OFFICIAL_NUM_POINTS = 12544
+DEFAULT_STEPS = 300  # `train --steps` and the Improve tab alike
 
 
 @dataclass
@@ -50,7 +51,7 @@ class TrainConfig:
     size: str = "large"
     task: str | None = None
     architecture: Mapping[str, Any] | None = None
-    steps: int = 300
+    steps: int = DEFAULT_STEPS
     device: str = "auto"
     preset: str = "auto"
     batch_size: int | None = None
