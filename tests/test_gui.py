@@ -185,7 +185,9 @@ def test_image_closed_while_run_computes(qtbot, viewer_widget, small_coffee, err
     loads = []
     original = job_module.load_predictor
     monkeypatch.setattr(
-        job_module, "load_predictor", lambda key: loads.append(key) or original(key)
+        job_module,
+        "load_predictor",
+        lambda key, cancelled=None: loads.append(key) or original(key, cancelled),
     )
     cup = viewer.add_image(small_coffee, name="cup")
     widget.run()
