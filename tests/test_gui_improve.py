@@ -109,6 +109,12 @@ def test_improve_explains_what_is_missing(open_focus_widget, tmp_path: Path) -> 
     improve.start()
     assert "exists" in improve.status.value and not improve.running
     assert (tmp_path / "x.safetensors").read_bytes() == b"mine"
+    improve.output.value = tmp_path / "tuned.pth"  # not put elsewhere under another name
+    improve.start()
+    assert not improve.running and improve.status.value == (
+        "error: the new weights are a .safetensors file: under 'new weights' choose "
+        "tuned.safetensors, or leave it empty"
+    )
 
 
 def test_a_training_process_that_dies_is_reported_and_improve_works_again(

@@ -201,7 +201,12 @@ class ImproveSection(Container):
         if base.source == "file" and (base.path is None or not base.path.is_file()):
             raise ValueError("choose the base checkpoint file in the model settings first")
         out = chosen_dir(self.output.value)
-        if out is None or out.suffix != ".safetensors":
+        if out is not None and out.suffix != ".safetensors":  # never another file than named
+            raise ValueError(
+                f"the new weights are a .safetensors file: under '{self.output.label}' choose "
+                f"{out.with_suffix('.safetensors').name}, or leave it empty"
+            )
+        if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = root / "napari_focus_models" / f"focus_{base.task}_{stamp}.safetensors"
         if out.exists():
