@@ -176,6 +176,11 @@ def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series)
     series = widget.series
     series.open_layers()
     assert errors_series and "series folder" in errors_series[-1]
+    series.open(tmp_path / "gone")
+    assert errors_series[-1] == (
+        f"FOCUS series: '{tmp_path / 'gone'}' does not exist; choose a folder of images "
+        "under 'image folder'"
+    )
     series.output.value = tmp_path / "series"
     series.open_layers()
     assert [item.key for item in series.state.queue] == ["first", "second", "third"]
