@@ -216,6 +216,29 @@ def test_bad_checkpoint_becomes_a_notification(
     assert len(viewer.layers) == 1
 
 
+
+def test_out_of_memory_is_said_in_the_model_tabs_words(
+    qtbot, viewer_widget, small_coffee, errors, monkeypatch
+):
+    """A GPU out of memory (simulated: no GPU here) says what to change in the Model
+    tab, not torch's page of allocator statistics."""
+    import torch
+
+    from napari_focus.predictor import FocusPredictor
+
+    def out_of_memory(self, image, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 ...")
+
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    monkeypatch.setattr(FocusPredictor, "predict", out_of_memory)
+    _run_and_wait(qtbot, widget)
+    assert errors == [
+        "FOCUS: the GPU ran out of memory for this image: in the Model tab choose model size "
+        "large, precision float16 or device cpu, then press Run again"
+    ]
+    assert widget.run_button.enabled and len(viewer.layers) == 1
+
 def test_unsupported_layer_gets_a_message(viewer_widget, errors):
     viewer, widget = viewer_widget
     viewer.add_image(np.zeros((10, 12), np.uint8), name="speck")
