@@ -312,9 +312,13 @@ class ImproveSection(Container):
                 f"or settings (differs in: {', '.join(error.differing)}); choose another file "
                 f"under '{self.output.label}' to start a new run (the cancelled one is kept)"
             )
-        from .job import gui_message  # official weights not at hand: the Model tab's words
+        from ..checkpoint_identity import HubFileMismatch
+        from ..checkpoints import CheckpointNotAvailable
+        from .job import gui_message
 
-        return gui_message(error)
+        if isinstance(error, CheckpointNotAvailable | HubFileMismatch):
+            return gui_message(error)  # official weights not at hand: the Model tab's words
+        return str(error)
 
     def _on_finished(self) -> None:
         self._worker = None
