@@ -3,6 +3,8 @@ Previous, Accept into a training split, Improve, and the messages on the way (un
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -117,3 +119,220 @@ def test_closing_napari_while_the_quality_line_is_computed(
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(200)  # the worker's signals are delivered: none may raise
+
+
+
+def _press(qtbot, key, modifier=None) -> None:
+    """A key pressed by the user: it goes to the widget with the keyboard focus."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    target = QApplication.focusWidget()
+    assert target is not None, "nothing has the keyboard focus"
+    qtbot.keyClick(target, key, modifier or Qt.KeyboardModifier.NoModifier)
+
+
+def test_the_keyboard_walks_the_series(qtbot, open_focus_widget, tmp_path):
+    """Shift+N pressed again and again in the canvas steps on each time (showing an image
+    took the keyboard focus away from the canvas), and 'go to #' jumps once, to the
+    number typed."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication, QWidget
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((40, 50, 3), 20 * i, np.uint8)).save(folder / f"p{i:02d}.png")
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    window = widget.native.window()
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    canvas = next(w for w in window.findChildren(QWidget) if "Canvas" in type(w).__name__)
+    canvas.setFocus()
+    shift = Qt.KeyboardModifier.ShiftModifier
+    for expected in ("p01.png", "p02.png", "p03.png"):
+        _press(qtbot, Qt.Key.Key_N, shift)
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+        assert series.shown_key == expected
+        assert QApplication.focusWidget() is canvas
+
+    jumps: list[int] = []
+    series.jump_to.changed.connect(jumps.append)
+    series.jump_to.native.setFocus()
+    series.jump_to.native.selectAll()
+    qtbot.keyClicks(QApplication.focusWidget(), "12")
+    _press(qtbot, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "p11.png"
+    assert jumps == [12], "typing 12 went to image 1 first"
+
+
+def test_what_is_missing_is_named_with_its_tab(qtbot, open_focus_widget, photos, monkeypatch):
+    """In the Series tab, Accept without a dataset root and a checkpoint path that does not
+    exist say which tab holds the field to fill."""
+    from napari_focus.gui import export_section, series_section
+
+    shown: list[str] = []
+    monkeypatch.setattr(export_section, "show_error", shown.append)
+    monkeypatch.setattr(series_section, "show_error", shown.append)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    widget.show_section("Series")
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.accept_button.changed.emit(True)
+    assert "dataset root" in shown[-1] and "in the Export tab" in shown[-1]
+    assert series.shown_key == "a_large.png"  # nothing exported, still on the image
+
+    widget.weights_path.value = photos / "focus_large_sod.pth"  # typed, no such file
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert "focus_large_sod.pth' is not a checkpoint file" in shown[-1]
+    assert "under 'checkpoint' in the Model tab" in shown[-1]
+
+
+def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
+    qtbot, open_focus_widget, photos, tiny_checkpoint
+):
+    """The × of the FOCUS dock mid-series: the edits of the image on screen are kept, and
+    the widget opened again shows them; the closed one lets go of the viewer's keys."""
+    import gc
+
+    from napari.utils.key_bindings import KeyBinding
+
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    widget.series.open(photos)
+    qtbot.waitUntil(lambda s=widget.series: s.proposal_ready and not s.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    edited = np.zeros_like(labels.data)
+    edited[10:60, 20:90] = 1
+    labels.data = edited
+    viewer.window.remove_dock_widget(widget.native)  # what the dock's × does
+    del widget
+    gc.collect()
+
+    _, reopened = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    reopened.weights_source.value = "file"
+    reopened.weights_path.value = tiny_checkpoint
+    reopened.device.value = "cpu"
+    reopened.series.open(photos)
+    qtbot.waitUntil(
+        lambda: reopened.series.proposal_ready and not reopened.series.busy, timeout=WAIT_MS
+    )
+    assert reopened.series.shown_key == "a_large.png"
+    np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, edited > 0)
+    assert reopened.series.state.queue.current.status.value == "corrected"
+    gc.collect()
+    assert KeyBinding.from_str("Shift-N") in viewer.keymap
+
+
+def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, photos):
+    """'unsaved edits: ask': the question's default answer (Return) saves the edits."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.on_leave.value = "ask"
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    edited = np.zeros_like(labels.data)
+    edited[5:50, 5:70] = 1
+    labels.data = edited
+    asked: list[str] = []
+
+    def press_return() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(50, press_return)
+            return
+        asked.append(box.text())
+        qtbot.keyClick(box, Qt.Key.Key_Return)
+
+    QTimer.singleShot(50, press_return)
+    series.next()
+    assert asked and "Save your edits of 'a_large" in asked[0]
+    assert series.state.autosave_path("a_large.png").is_file()
+    assert series.state.queue.item("a_large.png").status.value == "corrected"
+
+
+def test_reset_to_proposal_asks_before_throwing_edits_away(qtbot, open_focus_widget, photos):
+    """Shift+O (Reset to proposal) on a painted mask asks first; Return keeps the edits."""
+    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    proposal = labels.data.copy()
+    edited = 1 - proposal
+    labels.data = edited
+    answers: list[str] = []
+
+    def answer(key: Any) -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(50, lambda: answer(key))
+            return
+        answers.append(box.text())
+        if key == "yes":
+            box.button(QMessageBox.StandardButton.Yes).click()
+        else:
+            qtbot.keyClick(box, Qt.Key.Key_Return)
+
+    QTimer.singleShot(50, lambda: answer("return"))
+    widget.refine_section.reset_button.native.click()
+    assert answers and "Throw away your edits" in answers[0]
+    np.testing.assert_array_equal(labels.data, edited)  # Return = No: nothing lost
+
+    QTimer.singleShot(50, lambda: answer("yes"))
+    widget.refine_section.reset_button.native.click()
+    np.testing.assert_array_equal(labels.data, proposal)
+
+
+def test_a_series_folder_that_cannot_be_written_says_what_to_do(
+    qtbot, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    from napari_focus.gui import series_section
+
+    shown: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", shown.append)
+    _viewer, widget = open_focus_widget()
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    widget.series.output.value = tmp_path / "notes.txt" / "series"
+    widget.series.open(photos)
+    assert widget.series.state is None
+    assert "cannot keep the series in" in shown[-1] and "Errno" not in shown[-1]
+    assert "Choose a 'series folder' you can write to" in shown[-1]
+
+
+def test_annotate_a_folder_fits_the_first_image(qtbot, make_napari_viewer, photos, monkeypatch):
+    """`napari-focus annotate FOLDER`: the first image fills the view of the window as it
+    is shown (it was fitted to the canvas before the window took its size)."""
+    from napari_focus.gui import annotate, job, series_section
+    from napari_focus.gui.series_layers import series_layer
+
+    def offline(key, *_args, **_kwargs):
+        raise OSError("offline in tests")
+
+    monkeypatch.setattr(job, "load_predictor", offline)  # never the network
+    monkeypatch.setattr(series_section, "show_error", lambda text: None)
+    monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer(show=show))
+    viewer, widget = annotate.open_viewer(folder=photos, show=True)
+    qtbot.waitUntil(lambda: widget.series.shown_key is not None, timeout=WAIT_MS)
+    qtbot.wait(200)
+    assert _fits(viewer, series_layer(viewer, "image"))

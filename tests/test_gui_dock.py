@@ -96,6 +96,33 @@ def test_every_series_button_is_reachable(qtbot, open_focus_widget):
     assert not footer.visibleRegion().isEmpty()  # Run / Cancel / status: always visible
 
 
+
+def test_a_dock_dragged_narrow_cuts_no_control(qtbot, open_focus_widget):
+    """Dragging the dock's edge as far as it goes leaves every tab whole: buttons such
+    as Skip and the folder fields' "…" are never cut off at the right."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QAbstractButton, QDockWidget, QWidget
+
+    _viewer, widget = open_focus_widget()
+    window, _screen = _shown_window(qtbot, widget)
+    dock = widget.native.parent()
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    window.resizeDocks([dock], [120], Qt.Orientation.Horizontal)  # as narrow as it goes
+    qtbot.wait(200)
+    for title in widget.sections:
+        widget.show_section(title)
+        qtbot.wait(50)
+        area = widget.tabs.currentWidget()
+        for control in area.widget().findChildren(QWidget):
+            if not control.isVisible() or not isinstance(control, QAbstractButton):
+                continue
+            area.ensureWidgetVisible(control)
+            qtbot.wait(10)
+            seen = control.visibleRegion().boundingRect()
+            assert seen.width() == control.width(), f"{title}: '{control.text()}' cut off"
+
+
 def test_tooltips_enabled_states_and_shortcuts(qtbot, open_focus_widget, small_coffee):
     from magicgui.widgets import Label
     from napari.utils.key_bindings import KeyBinding

@@ -325,3 +325,32 @@ def test_a_reopened_series_shows_stored_proposals_and_still_computes_new_ones(
     assert sorted(series2.seconds) == ["img3.png", "img4.png"] and len(predict_threads) == 5
     assert series2.shown_key == "img2.png"
     assert hasattr(widget2.current_model()[1], "model")
+
+
+def test_a_reopened_series_exports_where_it_did_before(
+    qtbot, open_focus_widget, folder, tmp_path
+):
+    """Accept in a series opened again the next day: the dataset root and layout of its
+    last export are taken when the Export tab has none, so Accept does not fail."""
+    root = tmp_path / "datasets"
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    widget.export_section.dataset_root.value = root
+    widget.export_section.dataset_layout.value = "cod10k-train"
+    series.accept()
+    qtbot.waitUntil(lambda: series.shown_key == "img1.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    viewer.close()
+
+    _viewer2, widget2 = open_focus_widget()
+    export = widget2.export_section
+    assert str(export.dataset_root.value) in ("", ".")  # a fresh widget: nothing chosen
+    widget2.series.open(folder)
+    assert export.dataset_root.value == root and export.dataset_layout.value == "cod10k-train"
+    qtbot.waitUntil(lambda: widget2.series.proposal_ready, timeout=WAIT_MS)
+    widget2.series.accept()
+    qtbot.waitUntil(lambda: widget2.series.shown_key == "img2.png", timeout=WAIT_MS)
+    assert (root / "COD10K-v3" / "Train" / "GT_Object" / "NF-img1.png").is_file()
+    qtbot.waitUntil(lambda: not widget2.series.busy, timeout=WAIT_MS)

@@ -15,7 +15,14 @@ from .export import (
     recover_split,
     sample_paths,
 )
-from .layouts import LAYOUT_SPECS, LAYOUTS, Layout, get_layout, layout_for_task
+from .layouts import (
+    LAYOUT_SPECS,
+    LAYOUTS,
+    Layout,
+    get_layout,
+    layout_for_task,
+    root_of_export,
+)
 from .names import sanitize_name
 from .provenance import PROVENANCE_NAME, Provenance, ProvenanceLog, read_log, read_records
 
@@ -38,6 +45,7 @@ __all__ = [
     "read_log",
     "read_records",
     "recover_split",
+    "root_of_export",
     "sample_paths",
     "sanitize_name",
 ]

@@ -43,6 +43,7 @@ semantic folder; instance JSON; semantic JSON (all inside the dataset folder).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -195,3 +196,19 @@ def layout_for_task(task: str) -> str:
     from ..presets import task_info
 
     return task_info(task)["layout"]
+
+
+def root_of_export(layout: str, image: str | Path) -> Path | None:
+    """The ``datasets/`` root an image exported into ``layout`` was written under
+    (``root/DUTS/DUTS-TR/DUTS-TR-Image/x.jpg`` -> ``root``), or None when ``image`` does
+    not lie in that layout's image folder."""
+    try:
+        spec = get_layout(layout)
+    except ValueError:
+        return None
+    folder = Path(image).parent
+    inside = Path(spec.dataset_dir, spec.image_dir).parts
+    inside = tuple(part for part in inside if part != ".")
+    if not folder.is_absolute() or folder.parts[-len(inside) :] != inside:
+        return None
+    return folder.parents[len(inside) - 1]

@@ -35,6 +35,10 @@ def open_viewer(
     viewer = napari.Viewer(show=show)
     _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
     if folder is not None:
+        if show:  # the window takes its size first: the first image is fitted to it
+            from qtpy.QtWidgets import QApplication
+
+            QApplication.processEvents()
         widget.show_section("Series")
         widget.series.folder.value = folder
         widget.series.open(folder)

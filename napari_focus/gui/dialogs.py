@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def ask_yes_no(parent: Any, question: str) -> bool:
-    """Modal Yes/No question; "No" is the default."""
+def ask_yes_no(parent: Any, question: str, *, default_yes: bool = False) -> bool:
+    """Modal Yes/No question; the default (Return) is "No" unless ``default_yes``: the
+    default is always the answer that loses nothing."""
     from qtpy.QtWidgets import QMessageBox
 
-    buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
-    answer = QMessageBox.question(parent, "FOCUS", question, buttons, QMessageBox.StandardButton.No)
-    return answer == QMessageBox.StandardButton.Yes
+    yes, no = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
+    answer = QMessageBox.question(parent, "FOCUS", question, yes | no, yes if default_yes else no)
+    return answer == yes
 
 
 def ask_policy(parent: Any, question: str) -> str | None:

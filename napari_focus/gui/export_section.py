@@ -18,6 +18,7 @@ from ..datasets import (
     SampleExistsError,
     export_sample,
     layout_for_task,
+    root_of_export,
 )
 from . import dialogs
 from .fields import chosen_dir
@@ -83,6 +84,21 @@ class ExportSection(Container):
         finally:
             self._following_task = False
 
+    def follow_series(self, records: list[dict[str, Any]]) -> str | None:
+        """With no dataset root chosen, take the root and layout of a series' last export
+        (``records``: its export records), so that Accept in a reopened series exports
+        where it did before; returns the root taken, if any."""
+        if chosen_dir(self.dataset_root.value) is not None or not records:
+            return None
+        last = max(records, key=lambda record: str(record.get("at") or ""))
+        layout, image = last.get("layout"), last.get("image")
+        root = root_of_export(layout, image) if layout and image else None
+        if root is None or not root.is_dir():
+            return None
+        self.dataset_root.value = root
+        self.dataset_layout.value = layout
+        return str(root)
+
     def image_changed(self, name: str | None) -> None:
         self.sample_name.value = name or ""
 
@@ -100,7 +116,9 @@ class ExportSection(Container):
             image, mask, name, provenance = self._sample()
             root = chosen_dir(self.dataset_root.value)
             if root is None:
-                raise ExportError("choose the dataset root (the FOCUS datasets/ folder) first")
+                raise ExportError(
+                    "choose the dataset root (the FOCUS datasets/ folder) in the Export tab first"
+                )
         except (ExportError, UnsupportedLayerError) as error:
             self._failed(error, on_done)
             return
@@ -174,7 +192,7 @@ class ExportSection(Container):
     def _sample(self) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
         image_layer = self.owner.selected_layer()
         if image_layer is None:
-            raise ExportError("select the image to export")
+            raise ExportError("select the image to export under 'image' in the Model tab")
         labels = self.owner.mask_layer()
         if labels is None:
             raise ExportError(

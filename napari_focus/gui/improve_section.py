@@ -196,10 +196,12 @@ class ImproveSection(Container):
 
         root, layout = self.host.training_data()
         if root is None:
-            raise ValueError("choose the dataset root in the Export section first")
+            raise ValueError("choose the dataset root in the Export tab first")
         base = self.host.current_weights()
         if base.source == "file" and (base.path is None or not base.path.is_file()):
-            raise ValueError("choose the base checkpoint file in the model settings first")
+            raise ValueError(
+                "choose the base checkpoint file under 'checkpoint' in the Model tab first"
+            )
         out = chosen_dir(self.output.value)
         if out is not None and out.suffix != ".safetensors":  # never another file than named
             raise ValueError(
@@ -210,7 +212,7 @@ class ImproveSection(Container):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = root / "napari_focus_models" / f"focus_{base.task}_{stamp}.safetensors"
         if out.exists():
-            raise ValueError(f"{out} exists; choose another file for the new weights")
+            raise ValueError(f"{out} exists; choose another file under 'new weights'")
         from ..training.state import has_saved_state
 
         return TrainConfig(

@@ -3,6 +3,7 @@
 - :class:`WrappingLabel`: a label that wraps, never widens the dock, and keeps its full
   text in a tooltip;
 - :func:`narrow_combo`: a combo box that does not grow with its longest choice;
+- :func:`enter_to_apply`: a spin box that acts on Return, not on every digit typed;
 - :func:`tabbed_sections`: the dock's sections as tabs, each inside a vertical scroll
   area, so the dock has a small minimum height and no horizontal growth.
 """
@@ -94,6 +95,15 @@ def narrow_combo(combo: ComboBox, characters: int = 12) -> ComboBox:
     return combo
 
 
+def enter_to_apply(spin_box: Any) -> Any:
+    """A magicgui SpinBox that emits ``changed`` on Return, focus out or its arrows, not
+    on each digit typed (typing 12 no longer passes through 1). Keyboard tracking off
+    also stops superqt's spin box from taking the keyboard focus whenever code sets its
+    value, which pulled the focus out of the canvas away from napari's keys."""
+    spin_box.native.setKeyboardTracking(False)
+    return spin_box
+
+
 def narrow_line_edits(widget: Any) -> None:
     """Let path fields and line edits shrink to the dock instead of sizing it. A file
     field's button becomes a narrow "…" (its words move to its tooltip), so the path
@@ -125,22 +135,26 @@ def _show_path(field: Any) -> None:
 def scrolling(page: Any) -> Any:
     """``page`` (a QWidget) at the top of a vertical-only scroll area, never narrower
     than the page needs (so nothing is cut off at the right)."""
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QSize, Qt
     from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    class VerticalScrollArea(QScrollArea):
+        # asked each time, not fixed once: napari's theme, applied after the widget is
+        # built, makes the page wider than it measured at first
+        def minimumSizeHint(self) -> QSize:
+            scrollbar = self.verticalScrollBar().sizeHint().width()
+            return QSize(page.minimumSizeHint().width() + scrollbar + 4, 120)
 
     holder = QWidget()
     column = QVBoxLayout(holder)
     column.setContentsMargins(0, 0, 0, 0)
     column.addWidget(page)
     column.addStretch(1)
-    area = QScrollArea()
+    area = VerticalScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(holder)
-    area.setMinimumHeight(120)
-    scrollbar = area.verticalScrollBar().sizeHint().width()
-    area.setMinimumWidth(page.minimumSizeHint().width() + scrollbar + 4)
     return area
 
 

@@ -145,9 +145,12 @@ class ModelSection(Container):
         weights = None
         if self.weights_source.value == "file":
             path = self.weights_path.value
-            if not path or not str(path).strip() or not path.is_file():
+            where = "under 'checkpoint' in the Model tab"
+            if not path or not str(path).strip():
+                raise ValueError(f"choose a checkpoint file (.pth or .safetensors) {where} first")
+            if not path.is_file():
                 raise ValueError(
-                    "choose a checkpoint file (.pth or .safetensors) under 'checkpoint' first"
+                    f"'{path}' is not a checkpoint file: choose one (.pth or .safetensors) {where}"
                 )
             weights = str(path)
         return ModelKey(

@@ -158,5 +158,9 @@ class RefineSection(Container):
         if start is None:
             self.owner.report_error(ValueError(f"'{labels.name}' has no proposal to reset to"))
             return
+        question = f"Throw away your edits of '{labels.name}' and go back to the proposal?"
+        if is_edited(labels) and not dialogs.ask_yes_no(self.native, question):
+            self.owner.set_status("kept your edits")  # a stray Shift+O undoes nothing
+            return
         replace_labels_data(labels, np.asarray(start).astype(labels.data.dtype))
         self.owner.set_status(f"'{labels.name}' reset to the proposal")

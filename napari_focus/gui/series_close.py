@@ -4,6 +4,7 @@ it fails, and a warning before napari closes with edits that cannot be saved."""
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import numpy as np
@@ -99,9 +100,23 @@ class CloseGuard:
         show_error(f"FOCUS series: {self.last_failure}")
         return False
 
-    def _stop_workers(self) -> None:
+    def on_undocked(self) -> None:
+        """The widget left napari's window (the × of its dock): keep the shown image's
+        edits and let go of the series, so that a FOCUS widget opened again finds them
+        saved and no job of this one reports to it any more."""
+        section = self.section
+        labels = self.unsaved_labels()
+        if labels is not None and not self.autosave(labels):
+            print(f"napari-focus: {self.last_failure}", file=sys.stderr)  # still on screen
+        section.viewer.layers.events.removing.disconnect(self.on_layer_removing)
+        self._filter = None  # deleted with its last reference: Qt then stops calling it
+        if section.state is not None:
+            self._stop_workers(wait_s=0)  # a cancelled proposal ends on its own
+        section.state = None
+
+    def _stop_workers(self, wait_s: float = CLOSE_WAIT_S) -> None:
         self.section.reader.reset()  # a file still being read reports to nobody
-        self.section.prefetcher.close(wait_s=CLOSE_WAIT_S)
+        self.section.prefetcher.close(wait_s=wait_s)
         self.section.shutdown_metrics()
 
 
@@ -116,4 +131,26 @@ class _CloseFilter(QObject):
         if event.type() == QEvent.Type.Close and not self.guard.allow_close():
             event.ignore()
             return True
+        return False
+
+
+class UndockWatch(QObject):
+    """Calls ``on_undocked`` once when ``widget`` leaves the dock it was put in: napari's
+    × on a plugin dock takes the widget out (its parent becomes None), it is not closed."""
+
+    def __init__(self, widget: Any, on_undocked: Any) -> None:
+        super().__init__()  # held by the owner of ``on_undocked``: no cycle through Qt
+        self.on_undocked = weakref.WeakMethod(on_undocked)
+        self._docked = widget.parent() is not None
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched: Any, event: Any) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            if watched.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                on_undocked = self.on_undocked()
+                if on_undocked is not None:
+                    on_undocked()
         return False

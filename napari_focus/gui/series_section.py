@@ -28,7 +28,7 @@ from ..series import (
 )
 from ..series.decoded import DecodedImages
 from .fields import chosen_dir
-from .layout import WrappingLabel, narrow_combo, narrow_line_edits
+from .layout import WrappingLabel, enter_to_apply, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
 from .series_close import CloseGuard, provenance_of
 from .series_decisions import SeriesDecisions
@@ -81,7 +81,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.accept_button = PushButton(text="Accept", enabled=False)
         self.reject_button = PushButton(text="Reject", enabled=False)
         self.skip_button = PushButton(text="Skip", enabled=False)
-        self.jump_to = SpinBox(label="go to #", min=1, max=1, value=1)
+        self.jump_to = enter_to_apply(SpinBox(label="go to #", min=1, max=1, value=1))
         self.on_leave = ComboBox(
             label="unsaved edits",
             choices=[("autosave", "autosave"), ("ask", "ask")],
@@ -157,7 +157,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.open_button.tooltip = "Queue the folder's images (resumes where you stopped)"
         self.layers_button.tooltip = "Queue the image layers open in napari"
         self.include_exported.tooltip = "Next/Previous also stop at images already exported"
-        self.jump_to.tooltip = "Go to image number N of the queue"
+        self.jump_to.tooltip = "Go to image number N of the queue (type it, then Return)"
         self.on_leave.tooltip = (
             "What happens to your edits when you leave an image: autosave = kept in the "
             "series folder (work/), shown again when you come back; ask = a question each time"
@@ -205,8 +205,15 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             return  # the edits on screen could not be saved: that image stays
         try:
             self.state = load()
-        except (SeriesStateError, OSError, ValueError) as error:
+        except (SeriesStateError, ValueError) as error:
             self._error(str(error))
+            return
+        except OSError as error:  # e.g. images on a read-only drive
+            where = error.filename or "the series folder"
+            self._error(
+                f"cannot keep the series in {where}: {error.strerror or error}. Choose a "
+                "'series folder' you can write to, then press Open folder again"
+            )
             return
         if self.state.recovered_from:
             show_warning(f"FOCUS: unreadable series state moved to {self.state.recovered_from}")
@@ -230,6 +237,11 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         for button in self._buttons():
             button.enabled = True
         self.close_guard.install()
+        exports = [item.export for item in self.state.queue if item.export]
+        root = self.owner.export_section.follow_series(exports)
+        if root is not None:
+            layout = self.owner.export_section.dataset_layout.value
+            show_info(f"FOCUS: Accept exports to {root} ({layout}) as last time (Export tab)")
         self.show_current()
 
     def _on_model_settings(self, _value: Any = None) -> None:
@@ -329,7 +341,9 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             from . import dialogs
 
             if not dialogs.ask_yes_no(
-                self.native, f"Save your edits of '{labels.name}' before leaving?"
+                self.native,
+                f"Save your edits of '{labels.name}' before leaving?",
+                default_yes=True,  # Return keeps the edits
             ):
                 return True
         return self.close_guard.autosave(labels)

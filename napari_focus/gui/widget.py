@@ -38,6 +38,7 @@ from .proposal_layers import (
     proposal_metadata,
     put_proposal,
 )
+from .series_close import UndockWatch
 from .shortcuts import bind_shortcuts
 
 if TYPE_CHECKING:
@@ -99,7 +100,6 @@ class FocusWidget(Container):
         self.tabs = tabbed_sections((title, section) for title, section in self.sections.items())
         self.native.layout().addWidget(self.tabs)
         self.native.layout().addWidget(self.footer.native)
-        self.native.setMinimumWidth(280)
         self.run_button.tooltip = "Run FOCUS on the selected image"
         self.cancel_button.tooltip = "Stop the running job, or the loading of the model"
 
@@ -120,8 +120,18 @@ class FocusWidget(Container):
         layers.selection.events.active.connect(self._on_active_layer)
         self._unbind = bind_shortcuts(self.viewer, self)
         self.native.destroyed.connect(lambda *_: self._unbind())
+        self._undock_watch = UndockWatch(self.native, self._on_undocked)
         self.reset_choices()
         self._on_active_layer()
+
+    def _on_undocked(self) -> None:
+        """Closed from its dock: the series keeps its edits; the viewer forgets this widget."""
+        self.series.close_guard.on_undocked()
+        self._unbind()
+        layers = self.viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.renamed):
+            event.disconnect(self.reset_choices)
+        layers.selection.events.active.disconnect(self._on_active_layer)
 
     def show_section(self, title: str) -> None:
         """Bring the tab ``title`` (e.g. "Series") to the front."""
