@@ -264,14 +264,14 @@ def load_cancel(checkpoint: Path) -> dict[str, float]:
     shared = widget.model_section.shared_model
     cpu, start = time.process_time(), time.perf_counter()
     widget.run()
-    wait(lambda: shared._lock.locked())  # the checkpoint is being read
+    wait(lambda: shared.loading)  # the checkpoint is being read
     wait(lambda: time.perf_counter() - start > 1.0)
     pressed = time.perf_counter()
     with StallMeter() as meter:
         widget.cancel()
         wait(lambda: not widget.running)
         free = time.perf_counter()
-        wait(lambda: not shared._lock.locked())
+        wait(lambda: not shared.loading)
         done = time.perf_counter()
         wait(lambda: time.perf_counter() - done > 0.5)  # what the job reports arrives
     result = {

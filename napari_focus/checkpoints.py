@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import socket
 import threading
 import urllib.parse
@@ -341,6 +342,7 @@ def save_inference_checkpoint(
     metadata (plus ``extra_metadata``, string values, e.g. a fine-tuning record).
     Floating-point tensors are stored as ``dtype``; the file appears atomically. With
     ``replace=False`` an existing ``path`` raises :class:`FileExistsError` instead."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from .atomic import atomic_write
@@ -370,8 +372,24 @@ def save_inference_checkpoint(
         if key in metadata:
             raise ValueError(f"metadata key {key!r} is reserved")
         metadata[str(key)] = str(value)
-    write = lambda tmp: save_file(tensors, tmp, metadata=metadata)  # noqa: E731
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as error:  # its I/O errors are not OSErrors
+            raise _os_error(error) from error
+
     return atomic_write(path, write, replace=replace)
+
+
+def _os_error(error: Exception) -> OSError:
+    """safetensors' "I/O error: No space left on device (os error 28)" as the OSError it
+    reports, so the file's writer says it in words (a full disk, permission denied)."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found is None:
+        return OSError(str(error))
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def metadata_architecture(

@@ -1,4 +1,4 @@
-"""Command line: `napari-focus predict | export | rank | annotate | doctor`."""
+"""Command line: `napari-focus predict | export | rank | train | annotate | doctor`."""
 
 from __future__ import annotations
 

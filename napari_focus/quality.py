@@ -279,6 +279,10 @@ def summarize(rows: Sequence[Any]) -> dict[str, float]:
     return summary
 
 
+#: how :func:`folder_report`'s page starts (a rerun may replace a page that has it)
+REPORT_TITLE = "<title>napari-focus quality report</title>"
+
+
 def folder_report(rows: Sequence[Any], out_dir: str | os.PathLike, *, top: int = 10) -> Path:
     """Write ``metrics.csv`` and a self-contained ``report.html`` (inline SVG, no scripts)
     into ``out_dir``; returns the HTML path.
@@ -323,7 +327,7 @@ def folder_report(rows: Sequence[Any], out_dir: str | os.PathLike, *, top: int =
     sections.append("<h2>All images</h2>" + _html_table(dicts, columns))
     document = (
         '<!DOCTYPE html><html><head><meta charset="utf-8">'
-        "<title>napari-focus quality report</title><style>"
+        f"{REPORT_TITLE}<style>"
         "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:right}"
         "</style></head><body>" + "\n".join(sections) + "</body></html>\n"

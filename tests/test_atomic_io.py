@@ -230,6 +230,24 @@ def test_real_full_disk(tiny_tmpfs: Path) -> None:
     assert read_image(first).shape in ((8, 8), (600, 600))  # the old or the new, complete
 
 
+
+def test_checkpoints_on_a_real_full_disk(tiny_tmpfs: Path) -> None:
+    """torch.save and safetensors report a full disk as their own errors (RuntimeError,
+    SafetensorError): the training state and the weights say it in words all the same."""
+    import torch
+
+    from napari_focus.checkpoints import save_inference_checkpoint
+    from napari_focus.training.state import RunState, save_state
+
+    big = {"w": torch.ones(200_000)}  # 800 kB: more than the disk holds
+    with pytest.raises(WriteError, match=r"resume\.pt: the disk is full"):
+        save_state(tiny_tmpfs / "run", run=RunState(), trainable=big, optimizer={}, scaler={},
+                   identity={})  # fmt: skip
+    with pytest.raises(WriteError, match=r"w\.safetensors: the disk is full"):
+        save_inference_checkpoint(big, tiny_tmpfs / "w.safetensors", architecture={},
+                                  task="sod", dtype=torch.float32)  # fmt: skip
+    assert not [p for p in tiny_tmpfs.rglob("*") if p.is_file()]
+
 # --- checks before work ------------------------------------------------------------------
 
 

@@ -94,30 +94,34 @@ def test_a_failure_without_a_message_is_still_reported_in_words(
 
 
 @pytest.mark.parametrize("blocker", ["file", "readonly"])
-def test_unusable_out_is_reported_before_the_model_loads(folder, tmp_path, blocker):
+def test_unusable_out_is_reported_before_the_model_loads(folder, tmp_path, blocker, request):
     if blocker == "file":
         out = tmp_path / "taken"
         out.write_text("a file where the folder should be")
         target = out / "masks"
     else:
-        if os.geteuid() == 0:
-            pytest.skip("root ignores folder permissions")
         out = tmp_path / "locked"
         out.mkdir()
-        out.chmod(0o500)
+        if os.geteuid() == 0:  # root ignores folder permissions: a read-only file system
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                                      str(out)], capture_output=True)  # fmt: skip
+            if mounted.returncode:
+                pytest.skip(f"root ignores folder permissions, and no read-only tmpfs here: "
+                            f"{mounted.stderr.decode().strip()}")  # fmt: skip
+            request.addfinalizer(lambda: subprocess.run(["umount", str(out)], check=False))
+        else:
+            out.chmod(0o500)
         target = out
     missing_weights = tmp_path / "never_read.safetensors"  # loading would fail differently
-    started = time.perf_counter()
     code, err = run_cli(
         "predict", folder / "a.png", "--task", "sod", "--weights", missing_weights,
         "--out", target, "--device", "cpu", "--quiet",
     )  # fmt: skip
     assert code == 2, err
     assert "--out" in err and str(target) in err
-    assert "cannot load the model" not in err
-    assert time.perf_counter() - started < 30
+    assert "cannot load the model" not in err and "--weights" not in err
     assert list(tmp_path.glob("**/.napari_focus-tmp-*")) == []
-    if blocker == "readonly":
+    if blocker == "readonly" and os.geteuid() != 0:
         out.chmod(0o700)
 
 

@@ -178,6 +178,29 @@ def test_cancel_stops_the_worker(qtbot, viewer_widget):
     assert widget.run_button.enabled
 
 
+def test_image_closed_while_run_computes(qtbot, viewer_widget, small_coffee, errors, monkeypatch):
+    """Closing the image while its proposal is computed adds no orphan mask and raises
+    nothing; the model loaded for it is kept for the next Run."""
+    viewer, widget = viewer_widget
+    loads = []
+    original = job_module.load_predictor
+    monkeypatch.setattr(
+        job_module,
+        "load_predictor",
+        lambda key, cancelled=None: loads.append(key) or original(key, cancelled),
+    )
+    cup = viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    viewer.layers.remove(cup)
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert len(viewer.layers) == 0 and not errors
+    assert widget.status.value == "'cup' was closed while FOCUS ran; no proposal added"
+    viewer.add_image(small_coffee, name="cup")
+    _run_and_wait(qtbot, widget)
+    assert "cup [FOCUS SOD]" in [layer.name for layer in viewer.layers]
+    assert len(loads) == 1
+
+
 def test_bad_checkpoint_becomes_a_notification(
     qtbot, viewer_widget, small_coffee, tmp_path, errors
 ):
@@ -192,6 +215,29 @@ def test_bad_checkpoint_becomes_a_notification(
     assert widget.run_button.enabled and not widget.cancel_button.enabled
     assert len(viewer.layers) == 1
 
+
+
+def test_out_of_memory_is_said_in_the_model_tabs_words(
+    qtbot, viewer_widget, small_coffee, errors, monkeypatch
+):
+    """A GPU out of memory (simulated: no GPU here) says what to change in the Model
+    tab, not torch's page of allocator statistics."""
+    import torch
+
+    from napari_focus.predictor import FocusPredictor
+
+    def out_of_memory(self, image, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 ...")
+
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    monkeypatch.setattr(FocusPredictor, "predict", out_of_memory)
+    _run_and_wait(qtbot, widget)
+    assert errors == [
+        "FOCUS: the GPU ran out of memory for this image: in the Model tab choose model size "
+        "large, precision float16 or device cpu, then press Run again"
+    ]
+    assert widget.run_button.enabled and len(viewer.layers) == 1
 
 def test_unsupported_layer_gets_a_message(viewer_widget, errors):
     viewer, widget = viewer_widget

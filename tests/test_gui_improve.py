@@ -109,6 +109,12 @@ def test_improve_explains_what_is_missing(open_focus_widget, tmp_path: Path) -> 
     improve.start()
     assert "exists" in improve.status.value and not improve.running
     assert (tmp_path / "x.safetensors").read_bytes() == b"mine"
+    improve.output.value = tmp_path / "tuned.pth"  # not put elsewhere under another name
+    improve.start()
+    assert not improve.running and improve.status.value == (
+        "error: the new weights are a .safetensors file: under 'new weights' choose "
+        "tuned.safetensors, or leave it empty"
+    )
 
 
 def test_a_training_process_that_dies_is_reported_and_improve_works_again(
@@ -200,6 +206,24 @@ def test_closing_napari_while_improve_runs_keeps_the_run(
     work = tmp_path / "tuned.training"
     assert (work / "resume.pt").is_file()
     assert not [p for p in work.iterdir() if p.name.startswith(".napari_focus-tmp")]
+
+
+def test_official_weights_not_at_hand_are_said_in_the_tabs_words(
+    qtbot, open_focus_widget, tmp_path: Path, monkeypatch
+) -> None:
+    """Improve from the official weights, neither cached nor downloadable: the Model
+    tab's way to use a local copy, not the command line's flag."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read by the training process it spawns
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    _, widget = open_focus_widget()
+    widget.weights_source.value = "official"
+    _small_run(widget, tmp_path / "datasets", tmp_path / "improved.safetensors", 4)
+    export_shapes(tmp_path / "datasets", "duts-tr", 2, seed=3, size=64)
+    widget.improve.start()
+    qtbot.waitUntil(lambda: not widget.improve.running, timeout=WAIT_MS)
+    status = widget.improve.status.value
+    assert status.startswith("error: training failed: the FOCUS checkpoint 'focus_large_sod.pth'")
+    assert "'local checkpoint' in the Model tab" in status and "--weights" not in status
 
 
 def test_improve_starts_from_the_steps_of_the_train_command(open_focus_widget) -> None:

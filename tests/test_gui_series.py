@@ -176,6 +176,11 @@ def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series)
     series = widget.series
     series.open_layers()
     assert errors_series and "series folder" in errors_series[-1]
+    series.open(tmp_path / "gone")
+    assert errors_series[-1] == (
+        f"FOCUS series: '{tmp_path / 'gone'}' does not exist; choose a folder of images "
+        "under 'image folder'"
+    )
     series.output.value = tmp_path / "series"
     series.open_layers()
     assert [item.key for item in series.state.queue] == ["first", "second", "third"]
@@ -187,6 +192,31 @@ def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series)
     assert viewer.layers["second"].visible and not viewer.layers["first"].visible
     assert _labels(viewer, "second").data.shape == (40, 56)
 
+
+
+def test_a_closed_layer_leaves_the_queue_of_open_layers(
+    qtbot, open_focus_widget, tmp_path, errors_series
+):
+    """A queued layer closed (or renamed) since is passed over as missing: Next, the
+    proposals computed ahead and a proposal arriving for it raise nothing."""
+    viewer, widget = open_focus_widget()
+    rng = np.random.default_rng(1)
+    for name in ("first", "second", "third", "fourth"):
+        viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name=name)
+    series = widget.series
+    series.output.value = tmp_path / "series"
+    series.open_layers()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer.layers.remove("second")
+    viewer.layers["third"].name = "renamed"
+    series.next()
+    assert series.shown_key == "fourth" and widget.image.value == "fourth"
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert _labels(viewer, "fourth").data.shape == (40, 56)
+    assert [i.key for i in series.state.queue if i.missing] == ["second", "third"]
+    viewer.layers.remove("fourth")  # shown, its proposal done: Previous skips it too
+    series.previous()
+    assert series.shown_key == "first" and not errors_series
 
 def test_prefetch_off_computes_only_the_shown_image(
     qtbot, open_focus_widget, folder, predict_threads

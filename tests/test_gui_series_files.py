@@ -246,3 +246,27 @@ def test_phone_photo_and_int16_scan_in_a_series(qtbot, open_focus_widget, tmp_pa
     for key in shapes:
         assert series.state.queue.item(key).status is Status.PROPOSED, key
     assert not uncaught
+
+
+def test_ordering_by_uncertainty_keeps_a_missing_image_as_it_was(
+    qtbot, open_focus_widget, mixed_folder, tmp_path
+):
+    """An image the last scan did not find (moved away, a drive not mounted) is not
+    scored: it is not marked failed, and keeps the decision made on it."""
+    for name in ("b_rgb.jpg", "c_16bit.tif", "d_planes.tif", "f_text.png"):
+        (mixed_folder / name).unlink()
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.open(mixed_folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.state.mark("e_rgba.png", Status.SKIPPED)
+    (mixed_folder / "e_rgba.png").rename(tmp_path / "e_rgba.png")
+    series.open(mixed_folder)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert series.state.queue.item("e_rgba.png").missing
+    series.order_by_uncertainty()
+    qtbot.waitUntil(lambda: not series.busy and not series._rank_wanted, timeout=WAIT_MS)
+    item = series.state.queue.item("e_rgba.png")
+    assert (item.status, item.failure) == (Status.SKIPPED, None)
+    assert [i.key for i in series.state.queue] == ["a_gray.png", "e_rgba.png"]

@@ -219,3 +219,28 @@ def test_closing_napari_waits_for_the_cancelled_proposal(
     qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
     assert series.close_guard.allow_close()
     assert left  # the forward ended (cancelled) before closing went on
+
+
+def test_run_on_an_image_left_since_never_lands_on_the_next_one(
+    qtbot, open_focus_widget, tmp_path, source
+):
+    """Run on the shown image, then Next before it returns: the series' image layer holds
+    the next file's pixels, so the result is not put on that image's mask."""
+    folder = _folder(tmp_path, "images", source)
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = viewer.layers["img1 [FOCUS SOD]"]
+    labels.data = np.zeros_like(labels.data)  # img1's mask, cleared by the annotator
+    series.previous()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    widget.run()
+    series.next()
+    assert series.shown_key == "img1.png" and not labels.data.any()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert labels.name == "img1 [FOCUS SOD]" and not labels.data.any()
+    assert widget.status.value.startswith("'img1' shows another image than FOCUS ran on")

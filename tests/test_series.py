@@ -1,12 +1,8 @@
-"""Series labeling core: queue, resumable state, autosave, existing masks, prefetch plan,
-and the `rank` command end to end with the tiny model."""
+"""Series labeling core: queue, resumable state, autosave, existing masks, prefetch plan
+(the `rank` command: test_series_rank.py)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
-import io
 import json
 import math
 import threading
@@ -22,18 +18,14 @@ from napari_focus.series import (
     VERSION,
     ImageQueue,
     PrefetchCache,
-    RankRow,
     SeriesStateError,
     Status,
-    add_rank_parser,
     export_record,
     find_reference_mask,
     load_or_create,
-    rank_folder,
     reference_mask_path,
     scan_folder,
     work_name,
-    write_ranking_csv,
 )
 
 
@@ -435,138 +427,3 @@ def test_prefetch_claims_are_exclusive_across_threads():
     for thread in threads:
         thread.join()
     assert sum(t is not None for t in tickets) == 1
-
-
-# --- ranking ----------------------------------------------------------------------------
-
-
-class FakePredictor:
-    """Probability = the image's first channel / 255: uncertainty is set by the image."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def predict(self, image, tta=False):
-        from napari_focus import Prediction
-
-        self.calls += 1
-        prob = image[..., 0].astype(np.float32) / 255
-        return Prediction(probability=prob, mask=(prob > 0.5).astype(np.uint8))
-
-
-def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
-    images, gt = tmp_path / "images", tmp_path / "gt"
-    for name, level in [("sure", 250), ("doubtful", 128), ("middle", 200)]:
-        write_png(images / f"{name}.png", np.full((8, 8, 3), level, np.uint8))
-    write_png(gt / "middle_gt.png", np.full((8, 8), 255, np.uint8))
-    (images / "broken.png").write_bytes(b"not a png")
-    calls: list[tuple[int, int, str]] = []
-    predictor = FakePredictor()
-    rows = rank_folder(images, predictor, gt_folder=gt, progress=lambda *a: calls.append(a))
-    assert [r.name for r in rows] == ["doubtful", "middle", "sure", "broken"]
-    assert [r.rank for r in rows] == [1, 2, 3, 4]
-    assert rows[3].error and math.isnan(rows[3].uncertainty)
-    assert rows[1].metrics["mae"] == 0  # the binary mask is scored, not the probability map
-    assert rows[1].reference.endswith("middle_gt.png") and rows[0].metrics == {}
-    assert [c[:2] for c in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert predictor.calls == 3
-
-    path = write_ranking_csv(rows, tmp_path / "rank.csv")
-    with open(path, newline="", encoding="utf-8") as f:
-        table = list(csv.DictReader(f))
-    assert [r["path"] for r in table] == ["doubtful.png", "middle.png", "sure.png", "broken.png"]
-    assert table[0]["mae"] == "" and float(table[1]["iou"]) == 1
-    assert table[3]["uncertainty"] == "" and table[3]["error"]
-    assert isinstance(rows[0], RankRow)
-
-
-def test_rank_folder_with_masks_beside_the_images(tmp_path):
-    write_png(tmp_path / "p.png", np.full((8, 8, 3), 200, np.uint8))
-    write_png(tmp_path / "p_gt.png", np.full((8, 8), 255, np.uint8))
-    write_png(tmp_path / "q.jpg", np.full((8, 8, 3), 100, np.uint8))
-    write_png(tmp_path / "q.png", np.zeros((8, 8), np.uint8))  # DUTS style: mask = stem.png
-    rows = rank_folder(tmp_path, FakePredictor(), gt_folder=tmp_path)
-    assert [r.path for r in rows] == ["q.jpg", "p.png"]
-    assert rows[0].metrics["iou"] == 1 and rows[1].metrics["mae"] == 0
-
-
-def test_ranking_lists_the_mask_folder_once_not_once_per_image(tmp_path, monkeypatch):
-    """Masks beside 40 images: finding them was one folder listing per image (twice),
-    which made a folder of 3,000 images and their masks take minutes before ranking."""
-    for i in range(40):
-        write_png(tmp_path / f"im{i:02d}.png", np.full((8, 8, 3), 60 + i, np.uint8))
-        write_png(tmp_path / f"im{i:02d}_gt.png", np.zeros((8, 8), np.uint8))
-    listings = []
-    iterdir = Path.iterdir
-    monkeypatch.setattr(Path, "iterdir", lambda self: listings.append(self) or iterdir(self))
-    rows = rank_folder(tmp_path, FakePredictor(), gt_folder=tmp_path)
-    assert len(rows) == 40 and all(r.reference.endswith("_gt.png") for r in rows)
-    assert len(listings) <= 3, len(listings)
-
-
-def run_rank_cli(*args) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="napari-focus")
-    add_rank_parser(parser.add_subparsers(dest="command", required=True))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            parsed = parser.parse_args([str(a) for a in args])
-            code = parsed.func(parsed)
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
-
-
-def test_rank_never_replaces_a_file_that_is_not_a_ranking(tmp_path):
-    write_png(tmp_path / "images" / "a.png", np.zeros((40, 40, 3), np.uint8))
-    notes = tmp_path / "notes.csv"
-    notes.write_text("sample,comment\na,blurry\n", encoding="utf-8")
-    earlier = write_ranking_csv([RankRow(path="a.png", name="a", uncertainty=0.1, rank=1)],
-                                tmp_path / "earlier.csv")  # fmt: skip
-    earlier.write_bytes(b"\xef\xbb\xbf" + earlier.read_bytes())  # saved again by Excel
-    missing_weights = tmp_path / "x.pth"  # reaching the model says "no such file"
-    common = ("rank", tmp_path / "images", "--task", "sod", "--weights", missing_weights)
-    code, err = run_rank_cli(*common, "--out", notes)
-    assert code == 2 and f"--out: {notes} exists and is not a ranking CSV" in err
-    assert notes.read_text(encoding="utf-8") == "sample,comment\na,blurry\n"
-    code, err = run_rank_cli(*common, "--out", earlier)  # a rerun may replace its ranking
-    assert code == 2 and f"--weights {missing_weights}: no such file" in err
-
-
-def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoint, tmp_path):
-    images, gt = tmp_path / "images", tmp_path / "gt"
-    source = Image.open(focus_reference / "input.png").convert("RGB")
-    images.mkdir()
-    for i, box in enumerate([(0, 0, 130, 90), (100, 60, 260, 180), (40, 20, 200, 140)]):
-        source.crop(box).resize((64, 48), Image.BILINEAR).save(images / f"img{i}.png")
-    square = np.zeros((48, 64), np.uint8)
-    square[10:38, 16:48] = 255
-    write_png(gt / "img1_mask.png", square)
-    out_csv, report = tmp_path / "rank.csv", tmp_path / "report"
-
-    code, err = run_rank_cli(
-        "rank", images, "--task", "sod", "--weights", tiny_checkpoint, "--device", "cpu",
-        "--gt", gt, "--out", out_csv, "--report", report, "--quiet",
-    )  # fmt: skip
-    assert code == 0, err
-    assert "ranked 3 images, 0 failed" in err
-    with open(out_csv, newline="", encoding="utf-8") as f:
-        table = list(csv.DictReader(f))
-    assert sorted(r["path"] for r in table) == ["img0.png", "img1.png", "img2.png"]
-    assert [int(r["rank"]) for r in table] == [1, 2, 3]
-    scores = [float(r["uncertainty"]) for r in table]
-    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-    assert all(float(r["seconds"]) > 0 and r["width"] == "64" and r["height"] == "48"
-               for r in table)  # fmt: skip
-    with_gt = [r for r in table if r["iou"] != ""]
-    assert [r["path"] for r in with_gt] == ["img1.png"]
-    assert 0 <= float(with_gt[0]["iou"]) <= 1 and 0 <= float(with_gt[0]["mae"]) <= 1
-    assert (report / "metrics.csv").is_file() and "<svg" in (report / "report.html").read_text()
-
-    assert run_rank_cli("rank", tmp_path / "nope", "--task", "sod")[0] == 2
-    assert run_rank_cli("rank", images, "--task", "sod", "--gt", tmp_path / "nope")[0] == 2
-    code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "x.pth")
-    assert code == 2 and f"--weights {tmp_path / 'x.pth'}: no such file" in err
-    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04")
-    code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "cut.pth")
-    assert code == 2 and "cannot load the model" in err

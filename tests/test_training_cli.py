@@ -33,7 +33,9 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
     code = main(["train", "--root", str(tmp_path / "none"), "--layout", "generic",
                  "--weights", "cod", "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
     assert code == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert f"--root {tmp_path / 'none'} does not exist; give the FOCUS datasets/" in (
+        capsys.readouterr().err
+    )
     code = main(["train", "--root", str(tmp_path), "--layout", "generic",
                  "--weights", "cod", "--out", str(tmp_path / "o.pth")])  # fmt: skip
     assert code == 2 and ".safetensors" in capsys.readouterr().err
@@ -63,6 +65,11 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
                               flag, value, "--weights", "cod", "--out", out])  # fmt: skip
         err = capsys.readouterr().err
         assert code == 2 and f"argument {flag}: {words}" in err, err
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--resume",
+                 "--weights", "cod", "--out", out])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and (f"--resume: {tmp_path / 'o.training'} holds no unfinished run of "
+                          f"--out {out}; leave --resume out") in err  # fmt: skip
     code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--weights", "cod",
                  "--out", "/proc/tuned.safetensors"])  # fmt: skip
     assert code == 2 and "--out: " in capsys.readouterr().err

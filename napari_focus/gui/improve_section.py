@@ -203,7 +203,12 @@ class ImproveSection(Container):
                 "choose the base checkpoint file under 'checkpoint' in the Model tab first"
             )
         out = chosen_dir(self.output.value)
-        if out is None or out.suffix != ".safetensors":
+        if out is not None and out.suffix != ".safetensors":  # never another file than named
+            raise ValueError(
+                f"the new weights are a .safetensors file: under '{self.output.label}' choose "
+                f"{out.with_suffix('.safetensors').name}, or leave it empty"
+            )
+        if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = root / "napari_focus_models" / f"focus_{base.task}_{stamp}.safetensors"
         if out.exists():
@@ -309,6 +314,12 @@ class ImproveSection(Container):
                 f"or settings (differs in: {', '.join(error.differing)}); choose another file "
                 f"under '{self.output.label}' to start a new run (the cancelled one is kept)"
             )
+        from ..checkpoint_identity import HubFileMismatch
+        from ..checkpoints import CheckpointNotAvailable
+        from .job import gui_message
+
+        if isinstance(error, CheckpointNotAvailable | HubFileMismatch):
+            return gui_message(error)  # official weights not at hand: the Model tab's words
         return str(error)
 
     def _on_finished(self) -> None:

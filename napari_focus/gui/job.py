@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..checkpoint_identity import HubFileMismatch, TaskMismatchWarning
 from ..checkpoints import CheckpointNotAvailable
@@ -186,6 +187,18 @@ def gui_message(error: BaseException) -> str:
     if isinstance(error, HubFileMismatch):
         return error.message_with(
             "choose weights: 'local checkpoint' in the Model tab and pick a file you trust"
+        )
+    if isinstance(error, MemoryError):
+        return (
+            "the computer ran out of memory for this image: close other programs, or choose "
+            "model size large in the Model tab, then press Run again"
+        )
+    if isinstance(error, torch.OutOfMemoryError) or str(error).startswith(
+        ("CUDA out of memory", "MPS backend out of memory")
+    ):
+        return (  # torch's own text is a page of allocator statistics
+            "the GPU ran out of memory for this image: in the Model tab choose model size "
+            "large, precision float16 or device cpu, then press Run again"
         )
     return str(error) or type(error).__name__
 

@@ -40,6 +40,11 @@ class LayerPlanes:
     def plane(self, index: tuple[int, ...]) -> np.ndarray:
         return np.asarray(self.data[index] if index else self.data)
 
+    def shown_by(self, layer: Any) -> bool:
+        """Whether ``layer`` still holds these pixels (a series' Next gives its image
+        layer those of another file)."""
+        return (layer.data[0] if layer.multiscale else layer.data) is self.data
+
 
 def layer_planes(layer: Any) -> LayerPlanes:
     """Describe an Image layer; raise :class:`UnsupportedLayerError` for anything else."""

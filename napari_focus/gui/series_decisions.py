@@ -135,17 +135,19 @@ class SeriesDecisions:
         if self.state is None:
             return
         self._use_model()
-        missing = [
+        unscored = [
             item
             for item in self.state.queue
-            if item.key not in self.scores and item.status is not Status.FAILED
+            if item.key not in self.scores
+            and item.status is not Status.FAILED
+            and not self._closed_layer(item)  # nor missing: not found, not unusable
         ]
-        for item in list(missing):
+        for item in list(unscored):
             score = self.prefetcher.stored_uncertainty(item.key, item.path)
             if score is not None:
                 self.scores[item.key] = score
-                missing.remove(item)
-        if not missing:
+                unscored.remove(item)
+        if not unscored:
             self._rank_wanted = False
             self.state.queue.order_by(self.scores, descending=True)
             self.state.save()
@@ -155,9 +157,9 @@ class SeriesDecisions:
         self._rank_wanted = True
         jobs = [
             (item.key, ticket, self._source(item.key))
-            for item in missing
+            for item in unscored
             if (ticket := self.cache.mark_in_flight(item.key)) is not None
         ]
         self.prefetcher.plan(self.prefetcher.board.pending() + jobs)
-        self.owner.set_status(f"scoring {len(missing)} images…")
+        self.owner.set_status(f"scoring {len(unscored)} images…")
         self.prefetcher.start(self.owner.model_key(), self.owner.loaded_predictor())

@@ -16,6 +16,7 @@ from ..series import Status, find_reference_mask
 from .fields import chosen_dir
 from .job import JobResult, proposal_name
 from .planes import current_plane_index, layer_planes
+from .proposal_layers import find_layer
 from .series_layers import (
     retarget_mask_layers,
     series_layer,
@@ -121,9 +122,17 @@ class SeriesDisplay:
         return find_reference_mask(path, folder)
 
     def _image_layer_for(self, key: str) -> Any:
+        """The layer showing item ``key``; None when it is a layer closed since."""
         if self.state is not None and self.state.queue.item(key).path is None:
-            return self.viewer.layers[key]
+            return find_layer(self.viewer, key)
         return series_layer(self.viewer, "image")
+
+    def _closed_layer(self, item: Any) -> bool:
+        """Whether ``item`` is an image layer closed (or renamed) since the queue was
+        made: it is then ``missing``, as a file the last scan did not find."""
+        if item.path is None and item.key not in self.viewer.layers:
+            item.missing = True
+        return item.missing
 
     def _source(self, key: str) -> Path | np.ndarray:
         """What a background job reads for item ``key``: a file, or the pixels of a layer

@@ -121,7 +121,7 @@ class SeriesOpening:
         self._opening = None  # an image still being read is no longer wanted on screen
         for _ in range(len(state.queue)):
             item = state.queue.current
-            if item.status is not Status.FAILED and not item.missing:
+            if item.status is not Status.FAILED and not self._closed_layer(item):
                 if not self._at_hand(item):
                     self._open_later(item, direction)
                     return

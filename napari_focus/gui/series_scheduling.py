@@ -51,6 +51,8 @@ class SeriesScheduling:
         store = self.prefetcher.store
 
         def wanted(item: Any) -> bool:
+            if self._closed_layer(item):
+                return False
             if store is not None and store.has(item.key):
                 return item.key == current and self._awaiting == current
             if item.key == current:  # shown with a saved mask: no proposal needed
@@ -90,7 +92,9 @@ class SeriesScheduling:
             self.seconds[key] = seconds
             self.scores[key] = score
             if self.cache.store(key, prediction, ticket) and key == self._awaiting:
-                self._show_prediction(self._image_layer_for(key), key, prediction)
+                layer = self._image_layer_for(key)
+                if layer is not None:  # else closed while its proposal was computed
+                    self._show_prediction(layer, key, prediction)
 
     def _mark_unusable(self, key: str, reason: str) -> None:
         assert self.state is not None

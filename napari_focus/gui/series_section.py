@@ -174,7 +174,8 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             self._error("choose an image folder first (image folder, then Open folder)")
             return
         if not chosen.is_dir():
-            self._error(f"'{chosen}' is not a folder of images")
+            what = "does not exist" if not chosen.exists() else "is a file, not a folder"
+            self._error(f"'{chosen}' {what}; choose a folder of images under 'image folder'")
             return
         self.folder.value = chosen
         output = chosen_dir(self.output.value) or chosen / "napari_focus"

@@ -1,5 +1,5 @@
-"""The FOCUS dock widget: sections as tabs (Model, Refine, Export, Series), each in a
-scroll area, above a footer with Run, Cancel, the progress and the status line.
+"""The FOCUS dock widget: sections as tabs (Model, Refine, Export, Series, Improve),
+each in a scroll area, above a footer with Run, Cancel, the progress and the status line.
 
 Adding a section is one line in :data:`SECTIONS`: ``(tab title, attribute name,
 "module:Class")``; the class is a magicgui widget built as ``Class(owner)`` with this
@@ -327,6 +327,15 @@ class FocusWidget(Container):
             self.set_status("cancelled")
         elif isinstance(result, JobFailure):
             self.report_error(result.error)
+        elif layer not in self.viewer.layers:  # closed while the model ran
+            self.adopt_predictor(result.key, result.predictor)
+            self.set_status(f"'{layer.name}' was closed while FOCUS ran; no proposal added")
+        elif not planes.shown_by(layer):  # its mask now belongs to other pixels
+            self.adopt_predictor(result.key, result.predictor)
+            self.set_status(
+                f"'{layer.name}' shows another image than FOCUS ran on (Next, Previous or "
+                "new pixels); no proposal added: press Run again"
+            )
         else:
             self.show_result(result, layer, planes)
 

@@ -25,7 +25,13 @@ import numpy as np
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
 from ..mask_files import read_mask_file
-from ..quality import DEFAULT_UNCERTAINTY, UNCERTAINTY_METHODS, mask_metrics, uncertainty
+from ..quality import (
+    DEFAULT_UNCERTAINTY,
+    REPORT_TITLE,
+    UNCERTAINTY_METHODS,
+    mask_metrics,
+    uncertainty,
+)
 from ..quality import write_csv as _write_csv
 from .queue import scan_folder
 from .references import MaskFolder
@@ -185,6 +191,23 @@ def _replaceable(path: Path) -> bool:
     return {"rank", "path"} <= set(header)
 
 
+def _foreign_report_file(folder: Path) -> Path | None:
+    """The file of ``folder`` a report would replace that an earlier report did not
+    write (``metrics.csv`` that is no ranking, ``report.html`` of another title)."""
+    metrics, page = folder / "metrics.csv", folder / "report.html"
+    if not _replaceable(metrics):
+        return metrics
+    if page.exists():
+        try:
+            with page.open(encoding="utf-8") as handle:
+                head = handle.read(512)
+        except (OSError, UnicodeDecodeError):
+            return page
+        if REPORT_TITLE not in head:
+            return page
+    return None
+
+
 def run_rank(args: argparse.Namespace) -> int:
     from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, load_predictor_or_say_why
     from ..quality import folder_report, require_metrics
@@ -222,6 +245,12 @@ def run_rank(args: argparse.Namespace) -> int:
             check_writable_folder(args.report)
         except WriteError as error:
             print(f"napari-focus: --report: {error}", file=sys.stderr)
+            return EXIT_SETUP_ERROR
+        foreign = _foreign_report_file(Path(args.report))
+        if foreign is not None:
+            print(f"napari-focus: --report: {foreign} exists and is not of an earlier "
+                  "report; choose another --report folder or move the file away",
+                  file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
     keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern)
     if not keys:

@@ -144,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .config import OFFICIAL_LR, TrainConfig
     from .data import DatasetError
     from .loop import train
-    from .state import UnfinishedRunError
+    from .state import UnfinishedRunError, has_saved_state
 
     try:
         require_metrics()
@@ -169,7 +169,17 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"napari-focus train: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    root = Path(args.root)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is a file"
+        print(f"napari-focus train: --root {root} {what}; give the FOCUS datasets/ folder "
+              "the samples were exported to", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     out = Path(args.out)
+    if args.resume and not out.exists() and not has_saved_state(config.work_dir):
+        print(f"napari-focus train: --resume: {config.work_dir} holds no unfinished run of "
+              f"--out {out}; leave --resume out to start a new run", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     if out.exists():
         finished = " (the run it came from has finished)" if args.resume else ""
         print(f"napari-focus train: {out} exists{finished}; choose another --out (nothing "

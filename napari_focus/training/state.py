@@ -76,7 +76,16 @@ def save_state(
     }
 
     def write(tmp: str) -> None:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as handle:  # its writes raise the OSError of a full disk
+            try:
+                torch.save(payload, handle)
+            except RuntimeError as error:  # torch's zip writer failing after that OSError
+                cause = error.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__context__
+                if cause is None:
+                    raise
+                raise cause from error
 
     return atomic_write(folder / STATE_NAME, write)
 
