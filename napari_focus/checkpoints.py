@@ -1,4 +1,5 @@
-"""Reading official FOCUS checkpoints, hub download, and compact inference checkpoints."""
+"""Reading official FOCUS checkpoints, and writing compact inference checkpoints (the
+hub download is :mod:`napari_focus.checkpoint_hub`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,7 @@ import json
 import os
 import pickle
 import re
-import socket
 import threading
-import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .presets import SIZES, TASKS, architecture_preset, check_size, check_task, hub_location
+from .presets import SIZES, TASKS, architecture_preset
 
 # What the official checkpoints carry for training only: the CLIP refiner, its
 # projection heads and the loss module's class-weight buffer.
@@ -264,67 +262,6 @@ def check_state_dict(
             if items
         ]
         raise CheckpointError(f"{source} does not fit the FOCUS model:\n  " + "\n  ".join(parts))
-
-
-def _endpoint_reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens. Behind a proxy (from the
-    environment, or the system settings on Windows and macOS) the endpoint is not
-    contacted directly, so the answer is left to huggingface_hub (True)."""
-    parsed = urllib.parse.urlsplit(url)
-    try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    except ValueError:  # a malformed port: huggingface_hub reports the endpoint
-        return True
-    host = parsed.hostname
-    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
-        return True
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def official_checkpoint(
-    task: str,
-    size: str = "large",
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    revision: str | None = None,
-) -> Path:
-    """Path of the official checkpoint, downloaded from the Hugging Face hub on first use.
-
-    Honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_HOME``/``HF_HUB_CACHE``.
-    """
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    repo_id, filename = hub_location(check_task(task), check_size(size))
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    # huggingface_hub retries a refused connection for ~25 s; a refused or unresolvable
-    # endpoint is known at once, and then only the cache can answer
-    unreachable = not offline and not _endpoint_reachable(endpoint or constants.ENDPOINT)
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id,
-                filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=offline or unreachable,
-                endpoint=endpoint,
-            )
-        )
-    except LocalEntryNotFoundError as error:
-        cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
-        raise CheckpointNotAvailable(
-            f"the FOCUS checkpoint '{filename}' of the Hugging Face repo '{repo_id}' is not in "
-            f"the cache at {cache} and {why}. Either download it once with network access "
-            f"(`hf download {repo_id} {filename} --cache-dir {cache}`)",
-            filename,
-        ) from error
 
 
 def save_inference_checkpoint(

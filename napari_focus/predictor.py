@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoint_fit import load_model
+from .checkpoint_hub import official_checkpoint
 from .checkpoint_identity import (
     CheckpointSizeMismatch,
     HubFileMismatch,
@@ -20,12 +21,7 @@ from .checkpoint_identity import (
     recorded_size_mismatch,
     task_mismatch,
 )
-from .checkpoints import (
-    metadata_architecture,
-    official_checkpoint,
-    read_checkpoint,
-    save_inference_checkpoint,
-)
+from .checkpoints import metadata_architecture, read_checkpoint, save_inference_checkpoint
 from .devices import resolve_device
 from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities

@@ -22,13 +22,9 @@ import pytest
 import torch
 
 from napari_focus import FocusPredictor
+from napari_focus.checkpoint_hub import official_checkpoint
 from napari_focus.checkpoint_identity import HubFileMismatch
-from napari_focus.checkpoints import (
-    TRAINING_ONLY_PREFIXES,
-    CheckpointError,
-    CheckpointNotAvailable,
-    official_checkpoint,
-)
+from napari_focus.checkpoints import TRAINING_ONLY_PREFIXES, CheckpointError, CheckpointNotAvailable
 
 REPO_ID = "geshang/focus_large_sod"
 FILENAME = "focus_large_sod.pth"
@@ -305,7 +301,7 @@ def test_unreachable_hub_with_empty_cache_fails_at_once(monkeypatch, tmp_path):
 
 
 def test_reachability_probe_leaves_proxies_and_odd_endpoints_to_the_hub(monkeypatch):
-    from napari_focus.checkpoints import _endpoint_reachable
+    from napari_focus.checkpoint_hub import _endpoint_reachable
 
     closed = _closed_port_url()
     monkeypatch.setattr(urllib.request, "getproxies", dict)

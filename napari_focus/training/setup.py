@@ -12,11 +12,8 @@ import torch
 from torch import nn
 
 from ..checkpoint_fit import load_model
-from ..checkpoints import (
-    metadata_architecture,
-    official_checkpoint,
-    read_checkpoint,
-)
+from ..checkpoint_hub import official_checkpoint
+from ..checkpoints import metadata_architecture, read_checkpoint
 from ..model import FocusModel, build_model, resolve_architecture
 from ..presets import TASKS, check_size, hub_location
 from .config import TrainConfig
