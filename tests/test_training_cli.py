@@ -71,6 +71,11 @@ def test_clear_errors(tmp_path: Path, capsys) -> None:
     assert code == 2 and (f"--resume: {tmp_path / 'o.training'} holds no unfinished run of "
                           f"--out {out}; leave --resume out") in err  # fmt: skip
     code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--weights", "cod",
+                 "--out", out, "--val", "no_such_image"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--val: no exported sample is named no_such_image;" in err, err
+    assert "e.g. generic/" in err
+    code = main(["train", "--root", str(tmp_path), "--layout", "generic", "--weights", "cod",
                  "--out", "/proc/tuned.safetensors"])  # fmt: skip
     assert code == 2 and "--out: " in capsys.readouterr().err
 

@@ -92,7 +92,7 @@ def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
     assert all(s.key not in kept for s in train2)
     _, chosen = split_samples(samples, val_names=["s3", "generic/s4"])
     assert [s.name for s in chosen] == ["s3", "s4"]
-    with pytest.raises(DatasetError, match="not found"):
+    with pytest.raises(DatasetError, match="no exported sample is named nope"):
         split_samples(samples, val_names=["nope"])
 
 

@@ -142,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from ..quality import require_metrics
     from .config import OFFICIAL_LR, TrainConfig
-    from .data import DatasetError
+    from .data import DatasetError, UnknownValidationNames
     from .loop import train
     from .state import UnfinishedRunError, has_saved_state
 
@@ -214,7 +214,8 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
         bar.close()
-        print(f"napari-focus train: {error}", file=sys.stderr)
+        flag = "--val: " if isinstance(error, UnknownValidationNames) else ""
+        print(f"napari-focus train: {flag}{error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     except WriteError as error:  # a full disk while saving an evaluation or the output
         bar.close()

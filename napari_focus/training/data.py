@@ -35,6 +35,10 @@ class DatasetError(ValueError):
     """The training data cannot be read (no samples, unreadable files, bad labels)."""
 
 
+class UnknownValidationNames(DatasetError):
+    """Validation samples were named that the exported samples do not hold."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One training sample: where its files are. ``target`` is the semantic file for the
@@ -176,7 +180,11 @@ def split_samples(
         val = [s for s in samples if s.name in wanted or s.key in wanted]
         unknown = wanted - {s.name for s in val} - {s.key for s in val}
         if unknown:
-            raise DatasetError(f"validation names not found: {', '.join(sorted(unknown))}")
+            example = samples[0].key if samples else "duts-tr/img_001"
+            raise UnknownValidationNames(
+                f"no exported sample is named {', '.join(sorted(unknown))}; name samples as "
+                f"their file stems or as layout/name (e.g. {example})"
+            )
         chosen_val = set(val)
         train = [s for s in samples if s not in chosen_val]
     elif len(samples) < 2 or val_fraction <= 0:
