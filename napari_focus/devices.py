@@ -113,3 +113,34 @@ def _check_cuda(requested: object, resolved: torch.device) -> None:
             f"this machine has {count} CUDA GPU(s), numbered cuda:0 to cuda:{count - 1}",
             "cuda:0",
         )
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """``"gpu"`` or ``"host"`` when ``error`` says the device or the computer ran out of
+    memory (torch's own text for a GPU is a page of allocator statistics), else None."""
+    if isinstance(error, MemoryError):
+        return "host"
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError) or str(error).startswith(
+        ("CUDA out of memory", "MPS backend out of memory")
+    ):
+        return "gpu"
+    return None
+
+
+def memory_failure_text(error: BaseException) -> str | None:
+    """An image that ran out of memory (see :func:`out_of_memory`) in words that fit every
+    interface, or None for any other failure."""
+    memory = out_of_memory(error)
+    if memory == "gpu":
+        return (
+            "the GPU ran out of memory for this image, even alone in its batch: the large "
+            "model, float16 precision or the CPU needs less"
+        )
+    if memory == "host":
+        return (
+            "the computer ran out of memory for this image: close other programs, or use "
+            "the large model"
+        )
+    return None

@@ -51,8 +51,11 @@ class RunSummary:
 
 def failure_text(error: BaseException) -> str:
     """What an image's failure says: the exception's message, or its type when it has
-    none (a bare ``AssertionError`` or ``MemoryError``), never an empty text."""
-    message = str(error).strip()
+    none (a bare ``AssertionError``), never an empty text; running out of memory in
+    words (it was already retried alone when it failed in a batch)."""
+    from .devices import memory_failure_text
+
+    message = memory_failure_text(error) or str(error).strip()
     return message or type(error).__name__
 
 

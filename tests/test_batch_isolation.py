@@ -93,3 +93,25 @@ def test_worker_writes_the_others_and_prepares_outside_its_lock(
         np.testing.assert_array_equal(written > 0, reference.predict(photo).mask > 0)
     assert not (tmp_path / "b.png").exists()
     assert rows["seconds"][0] > 0 and np.isnan(rows["uncertainty"][1])
+
+
+def test_running_out_of_memory_is_said_in_words_not_allocator_statistics() -> None:
+    import torch
+
+    from napari_focus.distributed.worker import describe
+    from napari_focus.pipeline import failure_text
+
+    statistics = (
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+        "79.11 GiB of which 1.2 GiB is free. Of the allocated memory 75 GiB is allocated by "
+        "PyTorch, and 1.3 GiB is reserved but unallocated. See documentation for Memory "
+        "Management (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
+    )
+    for say in (failure_text, describe):  # predict, and predict --engine ray
+        for error in (torch.OutOfMemoryError(statistics), RuntimeError(statistics)):
+            text = say(error)
+            assert text.startswith("the GPU ran out of memory for this image, even alone")
+            assert "Tried to allocate" not in text and "float16" in text
+        assert say(MemoryError()).startswith("the computer ran out of memory")
+    assert failure_text(ValueError("a plain reason")) == "a plain reason"
+    assert failure_text(AssertionError()) == "AssertionError"

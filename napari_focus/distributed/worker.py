@@ -35,9 +35,10 @@ RESULT_COLUMNS = (
 
 
 def describe(error: BaseException) -> str:
+    from ..devices import memory_failure_text
     from ..io import describe_read_error
 
-    return describe_read_error(error)
+    return memory_failure_text(error) or describe_read_error(error)
 
 
 def decode_batch(batch: dict[str, Any]) -> dict[str, list]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..checkpoint_identity import HubFileMismatch, TaskMismatchWarning
 from ..checkpoints import CheckpointNotAvailable
+from ..devices import out_of_memory
 from ..predictor import FocusPredictor
 from ..presets import hub_location
 from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
@@ -188,15 +188,14 @@ def gui_message(error: BaseException) -> str:
         return error.message_with(
             "choose weights: 'local checkpoint' in the Model tab and pick a file you trust"
         )
-    if isinstance(error, MemoryError):
+    memory = out_of_memory(error)
+    if memory == "host":
         return (
             "the computer ran out of memory for this image: close other programs, or choose "
             "model size large in the Model tab, then press Run again"
         )
-    if isinstance(error, torch.OutOfMemoryError) or str(error).startswith(
-        ("CUDA out of memory", "MPS backend out of memory")
-    ):
-        return (  # torch's own text is a page of allocator statistics
+    if memory == "gpu":
+        return (
             "the GPU ran out of memory for this image: in the Model tab choose model size "
             "large, precision float16 or device cpu, then press Run again"
         )
