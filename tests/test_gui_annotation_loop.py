@@ -108,6 +108,7 @@ def test_the_ends_of_a_series_say_what_to_do(
     qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: "decision" in said[-1], timeout=WAIT_MS)
     assert said[-1].endswith("; every image that can be shown has its decision")
+    assert widget.status.value == "b_small is accepted"  # not "proposed" any more
 
 
 def test_closing_napari_while_the_quality_line_is_computed(

@@ -89,6 +89,8 @@ class SeriesDisplay:
         else:
             self._awaiting = item.key
             self.owner.set_status(f"computing the proposal of {item.name}…")
+        if item.status in (Status.ACCEPTED, Status.REJECTED):  # not "proposed" again
+            self.owner.set_status(f"{item.name} is {item.status}")
         self.owner.update_enabled()
         self._schedule()
         self._read_ahead()
