@@ -116,16 +116,22 @@ def test_run_adds_labels_and_probability_without_freezing(
     assert state["task"] == "sod" and state["weights"].endswith("tiny_mlp.safetensors")
 
 
-def test_model_is_reused_until_settings_change(qtbot, viewer_widget, small_coffee, monkeypatch):
-    viewer, widget = viewer_widget
-    viewer.add_image(small_coffee, name="cup")
-    loads = []
+def _counted_loads(monkeypatch) -> list:
+    """The model keys of the loads the widget's jobs start, in order (the loads are real)."""
+    loads: list = []
     original = job_module.load_predictor
     monkeypatch.setattr(
         job_module,
         "load_predictor",
         lambda key, cancelled=None: loads.append(key) or original(key, cancelled),
     )
+    return loads
+
+
+def test_model_is_reused_until_settings_change(qtbot, viewer_widget, small_coffee, monkeypatch):
+    viewer, widget = viewer_widget
+    viewer.add_image(small_coffee, name="cup")
+    loads = _counted_loads(monkeypatch)
     _run_and_wait(qtbot, widget)
     _run_and_wait(qtbot, widget)
     assert len(loads) == 1
@@ -182,13 +188,7 @@ def test_image_closed_while_run_computes(qtbot, viewer_widget, small_coffee, err
     """Closing the image while its proposal is computed adds no orphan mask and raises
     nothing; the model loaded for it is kept for the next Run."""
     viewer, widget = viewer_widget
-    loads = []
-    original = job_module.load_predictor
-    monkeypatch.setattr(
-        job_module,
-        "load_predictor",
-        lambda key, cancelled=None: loads.append(key) or original(key, cancelled),
-    )
+    loads = _counted_loads(monkeypatch)
     cup = viewer.add_image(small_coffee, name="cup")
     widget.run()
     viewer.layers.remove(cup)
