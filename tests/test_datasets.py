@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import subprocess
@@ -12,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from napari_focus.datasets import (
@@ -22,13 +18,9 @@ from napari_focus.datasets import (
     SampleExistsError,
     export_sample,
     get_layout,
-    layout_for_task,
     read_records,
     sample_paths,
-    sanitize_name,
 )
-from napari_focus.datasets import rle as our_rle
-from napari_focus.datasets.cli import add_export_parser, run_export
 from napari_focus.datasets.export import dataset_dir
 
 mask_util = pytest.importorskip("pycocotools.mask")
@@ -263,48 +255,6 @@ def test_orphan_files_count_as_existing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("../../etc/passwd", "etc_passwd"),
-        ("a/b\\c", "a_b_c"),
-        ("..", None),
-        ("", None),
-        ("\x00\x01\n", None),
-        ("  image 01.JPG ", "image_01"),
-        ("scan.v2.final.png", "scan_v2_final"),
-        ("ünïcode-ok", "ünïcode-ok"),
-        ("x" * 101, None),
-        ("CON", None),
-        ("tab\there", "tab_here"),
-    ],
-)
-def test_sanitize(raw: str, expected: str | None) -> None:
-    if expected is None:
-        with pytest.raises(ExportError):
-            sanitize_name(raw)
-    else:
-        assert sanitize_name(raw) == expected
-
-
-def test_dash_layouts() -> None:
-    assert sanitize_name("cat", get_layout("cod10k-train")) == "NF-cat"
-    assert sanitize_name("1-5", get_layout("istd-train")) == "1-5"
-    with pytest.raises(ExportError, match="NonCAM"):
-        sanitize_name("COD10K-NonCAM-3", get_layout("cod10k-train"))
-
-
-@given(st.text(max_size=40))
-@settings(max_examples=200, deadline=None)
-def test_sanitized_names_are_single_safe_components(raw: str) -> None:
-    try:
-        name = sanitize_name(raw)
-    except ExportError:
-        return
-    assert name and "/" not in name and "\\" not in name and "." not in name
-    assert not any(ord(c) < 32 for c in name) and Path(name).name == name
-
-
-@pytest.mark.parametrize(
     ("mask", "match"),
     [
         (np.zeros((H, W + 1)), "does not match"),
@@ -443,70 +393,3 @@ def test_jpeg_source_bytes_are_reused(tmp_path: Path) -> None:
     result = export_sample(tmp_path / "r", "duts-tr", "photo", decoded, mask,
                            provenance={"source_path": str(src)})  # fmt: skip
     assert result.image.read_bytes() == src.read_bytes()
-
-
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.floats(0, 1))
-@settings(max_examples=300, deadline=None)
-def test_rle_matches_pycocotools(h: int, w: int, seed: int, density: float) -> None:
-    mask = (np.random.default_rng(seed).random((h, w)) < density).astype(np.uint8) * 255
-    ref = mask_util.encode(np.asfortranarray(mask))
-    ours = our_rle.encode(mask)
-    assert ours == {"size": ref["size"], "counts": ref["counts"].decode()}
-    assert our_rle.bbox(mask) == mask_util.toBbox(ref).tolist()
-    assert our_rle.area(mask) == mask_util.area(ref).tolist()
-
-
-def test_layout_for_task() -> None:
-    assert [layout_for_task(t) for t in ("sod", "COD", "sd", "dbd", "fd")] == [
-        "duts-tr", "cod10k-train", "istd-train", "defocus-train", "casia-train"
-    ]  # fmt: skip
-    assert set(LAYOUTS) == {*FOCUS_LAYOUTS, "generic"}
-
-
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="napari-focus")
-    add_export_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    assert args.func is run_export
-    return args.func(args)
-
-
-def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images, masks, root = tmp_path / "img", tmp_path / "msk", tmp_path / "root"
-    images.mkdir()
-    masks.mkdir()
-    for i in range(3):
-        image, mask = make_sample(i)
-        Image.fromarray(image).save(images / f"im{i}.png")
-        names = {0: "im0.bmp", 1: "im1_gt.png", 2: "im2_mask.png"}  # as the series names them
-        Image.fromarray(mask * 255).save(masks / names[i])
-    Image.fromarray(np.zeros((H, W), np.uint8)).save(masks / "im0_probability.png")
-    code = _cli(["export", str(images), str(masks), "--root", str(root), "--task", "fd"])
-    assert code == 0, capsys.readouterr().err
-    check_split(root, "casia-train")
-    assert len(read_records(root)) == 3 and read_records(root)[0]["task"] == "fd"
-    # again: names exist -> error by default, skip on request
-    assert _cli(["export", str(images), str(masks), "--root", str(root), "--task", "fd"]) == 1
-    assert "already exists" in capsys.readouterr().err
-    argv = ["export", str(images), str(masks), "--root", str(root), "--layout", "casia-train"]
-    assert _cli([*argv, "--on-exists", "skip"]) == 0
-    # unpaired files are reported and fail the run
-    Image.fromarray(make_sample(9)[0]).save(images / "lonely.png")
-    Image.fromarray(make_sample(9)[1]).save(masks / "stray.png")
-    assert _cli([*argv, "--on-exists", "skip"]) == 1
-    err = capsys.readouterr().err
-    assert "lonely.png: no mask" in err and "stray.png: no image" in err
-    assert _cli(["export", str(images), str(masks), "--root", str(root)]) == 2
-    other = tmp_path / "other"  # a layout alone: its task goes into the provenance
-    (images / "lonely.png").unlink()
-    (masks / "stray.png").unlink()
-    argv = ["export", str(images), str(masks), "--root", str(other), "--layout", "duts-tr"]
-    assert _cli(argv) == 0
-    assert {record["task"] for record in read_records(other)} == {"sod"}
-
-
-def test_pil_bmp_keeps_gray_mode() -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(np.array([[0, 255]], np.uint8)).save(buffer, format="BMP")
-    with Image.open(buffer) as img:
-        assert img.mode == "L"
