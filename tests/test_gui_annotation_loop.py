@@ -271,6 +271,7 @@ def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, 
     QTimer.singleShot(50, press_return)
     series.next()
     assert asked and "Save your edits of 'a_large" in asked[0]
+    qtbot.waitUntil(lambda: not series.autosaves.busy, timeout=WAIT_MS)
     assert series.state.autosave_path("a_large.png").is_file()
     assert series.state.queue.item("a_large.png").status.value == "corrected"
 

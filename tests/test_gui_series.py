@@ -82,7 +82,8 @@ def test_series_prefetch_autosave_accept_resume(
     edited = labels1.data.copy()
     edited[:16, :16] = 1
     labels1.data = edited
-    series.previous()  # leaving with edits autosaves them
+    series.previous()  # leaving with edits autosaves them (written in the background)
+    qtbot.waitUntil(lambda: not series.autosaves.busy, timeout=WAIT_MS)
     assert series.state.autosave_path("img1.png").is_file()
     series.next()
     np.testing.assert_array_equal(_labels(viewer, "img1").data > 0, edited > 0)

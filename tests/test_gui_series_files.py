@@ -1,9 +1,8 @@
 """A series over a real, mixed folder; undo across images; computations never thrown
-away; failed saves keep the edits (run under Xvfb)."""
+away (run under Xvfb; failed autosaves: test_gui_series_autosave.py)."""
 
 from __future__ import annotations
 
-import errno
 import sys
 import threading
 
@@ -16,7 +15,6 @@ pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
-from napari_focus.gui import dialogs  # noqa: E402
 from napari_focus.predictor import FocusPredictor  # noqa: E402
 from napari_focus.series import Status  # noqa: E402
 
@@ -131,43 +129,6 @@ def test_next_onto_a_running_computation_waits_for_it(
     series.next()
     assert series.proposal_ready  # from the series folder on disk, no model call
     assert calls.count((48, 80, 3)) == 1
-
-
-def test_failed_autosave_keeps_the_edits_and_says_so(
-    qtbot, open_focus_widget, mixed_folder, monkeypatch
-):
-    from napari_focus.gui import series_section
-    from napari_focus.series.state import SeriesState
-
-    errors: list[str] = []
-    monkeypatch.setattr(series_section, "show_error", errors.append)
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    series.open(mixed_folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
-    labels, _ = _labels_and_image(viewer)
-    labels.paint((10, 10), 1)
-    edited = labels.data.copy()
-
-    def full_disk(self, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(SeriesState, "autosave", full_disk)
-    series.next()
-    assert series.shown_key == "a_gray.png"  # stayed: nothing lost
-    np.testing.assert_array_equal(labels.data, edited)
-    assert errors and "could not save your edits" in errors[-1]
-    assert "No space left" in errors[-1] and "OSError" not in errors[-1]
-
-    questions: list[str] = []
-    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
-    window = widget.native.window()
-    window.show()
-    assert not window.close()  # the user said "No": napari stays open with the edits
-    assert questions and "lose your edits" in questions[-1]
-    np.testing.assert_array_equal(labels.data, edited)
-    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
 
 
 def test_annotate_opens_a_folder_as_a_series(

@@ -12,11 +12,16 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QObject
 
 from .proposal_layers import META_KEY, is_edited
+from .series_autosave import KEPT_IN_MEMORY
 from .series_layers import PROVENANCE_KEY
 
 #: how long closing napari waits for a cancelled proposal (one model stage: under 2 s
 #: for FOCUS-L on a CPU) before the window goes
 CLOSE_WAIT_S = 5.0
+STILL_ON_SCREEN = (
+    "Your edits are still in the viewer: free some space (or choose another series "
+    "folder), then try again"
+)
 PROVENANCE_FIELDS = ("task", "size", "weights", "device", "tta", "refinement", "source_image")
 
 
@@ -37,27 +42,43 @@ class CloseGuard:
         self._filter: Any = None
         self.last_failure: str | None = None
 
-    def save_failure_text(self, error: OSError, what: str) -> str:
-        folder = self.section.state.output_folder if self.section.state else "the series folder"
+    def save_failure_text(
+        self, error: OSError, what: str, kept: str = STILL_ON_SCREEN, folder: Any = None
+    ) -> str:
+        if folder is None:
+            state = self.section.state
+            folder = state.output_folder if state else "the series folder"
         reason = getattr(error, "reason", None) or error.strerror or str(error)
-        return (
-            f"could not save {what} in {folder}: {reason}. Your edits are still in the "
-            "viewer: free some space (or choose another series folder), then try again"
-        )
+        return f"could not save {what} in {folder}: {reason}. {kept}"
 
     def autosave(self, labels: Any) -> bool:
-        """Save the shown mask's edits; False (and a message) when it cannot be saved."""
+        """Save the shown mask's edits and wait for every autosave under way; False (and
+        a message) when these edits, or others left earlier, cannot be saved."""
+        self.submit(labels)
+        return self.settle(self.section.shown_key, wait=True)
+
+    def submit(self, labels: Any) -> None:
+        """Have the shown mask's edits written in the background (copied here)."""
         section = self.section
-        try:
-            section.state.autosave(
-                section.shown_key, np.asarray(labels.data) > 0, provenance_of(labels)
-            )
-        except OSError as error:
-            self.last_failure = self.save_failure_text(error, f"your edits of '{labels.name}'")
-            section._error(self.last_failure)
-            return False
+        mask = np.asarray(labels.data) > 0
+        section.autosaves.submit(
+            section.state, section.shown_key, labels.name, mask, provenance_of(labels)
+        )
+
+    def settle(self, key: str | None, wait: bool) -> bool:
+        """After leaving image ``key`` (None: its mask was not edited): with ``wait``, or
+        while earlier autosaves failed, wait for the writes (the failed ones written
+        again). False (and a message) when ``key``'s edits, or with ``wait`` any, are
+        still not written; the edits stay on screen and in memory."""
+        autosaves = self.section.autosaves
+        if not wait and not autosaves.failed:
+            return True
+        failed = autosaves.flush()
         self.last_failure = None
-        return True
+        for edits in failed:
+            text = autosaves.report(edits, self._kept(edits, key))
+            self.last_failure = self.last_failure or text
+        return not failed if wait else all(edits.key != key for edits in failed)
 
     def unsaved_labels(self) -> Any:
         labels = self.section._proposal_labels()
@@ -84,21 +105,30 @@ class CloseGuard:
         window.installEventFilter(self._filter)
 
     def allow_close(self) -> bool:
-        """Save the edits before napari closes; if that fails, ask whether to close."""
+        """Save the edits before napari closes (and wait for those of the images left
+        before); if that fails, ask whether to close."""
         labels = self.unsaved_labels()
-        if labels is None or self.autosave(labels):
+        if labels is not None:
+            self.submit(labels)
+        failed = self.section.autosaves.flush()
+        if not failed:
             self._stop_workers()
             return True
         from . import dialogs
 
-        question = (
-            f"{self.last_failure}.\n\nClose napari anyway and lose your edits of '{labels.name}'?"
-        )
+        key = self.section.shown_key
+        self.last_failure = self.section.autosaves.report(failed[0], self._kept(failed[0], key))
+        names = ", ".join(f"'{edits.name}'" for edits in failed)
+        question = f"{self.last_failure}.\n\nClose napari anyway and lose your edits of {names}?"
         if dialogs.ask_yes_no(self.section.native, question):
             self._stop_workers()
             return True
         show_error(f"FOCUS series: {self.last_failure}")
         return False
+
+    def _kept(self, edits: Any, key: str | None) -> str:
+        on_screen = edits.key == key and edits.state is self.section.state
+        return STILL_ON_SCREEN if on_screen else KEPT_IN_MEMORY
 
     def on_undocked(self) -> None:
         """The widget left napari's window (the × of its dock): keep the shown image's
@@ -106,8 +136,11 @@ class CloseGuard:
         saved and no job of this one reports to it any more."""
         section = self.section
         labels = self.unsaved_labels()
-        if labels is not None and not self.autosave(labels):
-            print(f"napari-focus: {self.last_failure}", file=sys.stderr)  # still on screen
+        if labels is not None:
+            self.submit(labels)
+        for edits in section.autosaves.flush():  # the edits of every image left, written
+            text = section.autosaves.report(edits, self._kept(edits, section.shown_key))
+            print(f"napari-focus: {text}", file=sys.stderr)
         section.viewer.layers.events.removing.disconnect(self.on_layer_removing)
         self._filter = None  # deleted with its last reference: Qt then stops calling it
         if section.state is not None:

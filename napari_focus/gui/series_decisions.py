@@ -34,6 +34,7 @@ class SeriesDecisions:
     owner: Any
     quality: Any
     scores: dict[str, float]
+    autosaves: Any
     _shown: str | None
 
     def accept(self) -> None:
@@ -67,6 +68,7 @@ class SeriesDecisions:
         if result is None or self.state is None:
             return  # the reason is on screen; the mask stays as it is
         item = self.state.queue.item(key)
+        self.autosaves.forget(self.state, key)  # exported: its autosave goes, written or not
         try:
             self.state.record_accept(item.key, export_record(result))
         except OSError as error:

@@ -13,6 +13,7 @@ from napari.utils.notifications import show_warning
 from ..predictor import Prediction
 from ..quality import uncertainty
 from ..series import Status, find_reference_mask
+from ..series.item_files import still_current
 from .fields import chosen_dir
 from .job import JobResult, proposal_name
 from .planes import current_plane_index, layer_planes
@@ -36,6 +37,7 @@ class SeriesDisplay:
     cache: Any
     prefetcher: Any
     decoded: Any
+    autosaves: Any
     scores: dict[str, float]
     references: Any
     position: Any
@@ -65,7 +67,7 @@ class SeriesDisplay:
         self.owner.image.value = layer.name
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
-        saved = self.state.load_autosaved(item.key)
+        saved, provenance = self._saved_edits(item)
         start = saved if saved is not None else self._reference_mask(item.path)
         if start is not None and start.shape != tuple(shape[-2:]):
             # e.g. drawn on a photo's stored pixels before its EXIF orientation was applied
@@ -81,7 +83,6 @@ class SeriesDisplay:
         clear = start is None and prediction is None
         retarget_mask_layers(self.viewer, item.key, shape, name, clear=clear)
         if start is not None:
-            provenance = self.state.autosaved_provenance(item.key) if saved is not None else None
             show_saved_mask(self.viewer, layer, item.key, name, start, provenance)
             self.owner.set_status("loaded a saved mask")
         elif prediction is not None:
@@ -112,10 +113,42 @@ class SeriesDisplay:
                 return None  # no model chosen: the reason is said when one is needed
         prediction = self.cache.get(item.key)
         if prediction is None and self.state is not None:
-            stored = self.prefetcher.load_stored(item.key, item.path)
+            stored = self._stored_proposal(item)
             if stored is not None:
                 prediction, self.scores[item.key] = stored
         return prediction
+
+    def _saved_edits(self, item: Any) -> tuple[np.ndarray | None, dict | None]:
+        """The item's autosaved mask and where it came from: edits still being written,
+        else the autosave read ahead with the image (when its file is still the one read),
+        else read now."""
+        assert self.state is not None
+        pending = self.autosaves.edits_of(self.state, item.key)
+        if pending is not None:
+            return pending.mask, pending.provenance
+        files = self.decoded.files(item.key)
+        path = self.state.autosave_path(item.key)
+        if files is not None and files.autosave_read and still_current(files.autosave_stamp, path):
+            saved = self.state.load_autosaved(item.key, read_ahead=files.autosave)
+            return saved, files.provenance if saved is not None else None
+        saved = self.state.load_autosaved(item.key)
+        return saved, self.state.autosaved_provenance(item.key) if saved is not None else None
+
+    def _stored_proposal(self, item: Any) -> tuple[Prediction, float] | None:
+        """The proposal kept in the series folder: read ahead with the image when its file
+        is still the one read, else read now."""
+        files, store = self.decoded.files(item.key), self.prefetcher.store
+        if (
+            files is not None
+            and store is not None
+            and files.proposal_folder == store.folder
+            and still_current(files.proposal_stamp, store.path(item.key))
+        ):
+            stored = files.proposal
+            if stored is None:
+                return None
+            return Prediction(probability=stored.probability, mask=stored.mask), stored.uncertainty
+        return self.prefetcher.load_stored(item.key, item.path)
 
     def _reference_mask(self, path: Path | None) -> np.ndarray | None:
         folder = chosen_dir(self.references.value)

@@ -21,6 +21,7 @@ from napari.qt.threading import thread_worker
 
 from ..series import Status
 from ..series.images import UnusableImageError, declared_pixels, load_series_image
+from ..series.item_files import ItemFiles, read_item_files
 from ..series.prefetch import JobBoard
 from ..series.resume import file_fingerprint
 from .job import import_ahead_of_layers
@@ -31,22 +32,30 @@ from .series_layers import lock_mask_layer
 INLINE_READ_PIXELS = 1_000_000
 
 
-def read_files(board: JobBoard) -> Generator[tuple, None, None]:
-    """Worker body: per job ``(key, path, pixels or None, reason or None, fingerprint)``."""
+def read_files(
+    board: JobBoard, decoded: Callable[[str], np.ndarray | None]
+) -> Generator[tuple, None, None]:
+    """Worker body: per job ``(key, path, pixels or None, reason or None, fingerprint,
+    files read along or None)``. The pixels of a file ``decoded`` already holds (the
+    proposal's worker decoded it) are not decoded again: only its files are read."""
     import_ahead_of_layers()
     while (job := board.take()) is not None:
-        key, _, path = job
-        try:
-            image = load_series_image(path)
-        except UnusableImageError as error:
-            board.done(key)
-            yield (key, path, None, str(error), None)
-            continue
-        fingerprint = None
-        with contextlib.suppress(OSError):  # gone since: the state keeps the last one
-            fingerprint = file_fingerprint(path)
+        key, _, (path, read_along) = job
+        image, fingerprint = decoded(key), None
+        if image is None:
+            try:
+                image = load_series_image(path)
+            except UnusableImageError as error:
+                board.done(key)
+                yield (key, path, None, str(error), None, None)
+                continue
+            with contextlib.suppress(OSError):  # gone since: the state keeps the last one
+                fingerprint = file_fingerprint(path)
+        files = None
+        with contextlib.suppress(OSError):  # then read on showing, as without a worker
+            files = read_along()
         board.done(key)
-        yield (key, path, image, None, fingerprint)
+        yield (key, path, image, None, fingerprint, files)
 
 
 class ImageReader:
@@ -54,8 +63,11 @@ class ImageReader:
     ``on_read`` on the GUI thread. :meth:`reset` (another series) drops whatever the
     running worker still reports."""
 
-    def __init__(self, on_read: Callable[[tuple], None]) -> None:
+    def __init__(
+        self, on_read: Callable[[tuple], None], decoded: Callable[[str], np.ndarray | None]
+    ) -> None:
         self.on_read = on_read
+        self.decoded = decoded
         self.board = JobBoard()
         self._worker: Any = None
         self._generation = 0
@@ -64,11 +76,14 @@ class ImageReader:
     def busy(self) -> bool:
         return self._worker is not None
 
-    def want(self, files: list[tuple[str, Path]]) -> None:
-        """Read ``files`` (``(key, path)``, most wanted first) instead of whatever was
-        waiting; a file being read now is not read again (its result comes)."""
+    def want(self, files: list[tuple[str, Path, Callable[[], ItemFiles]]]) -> None:
+        """Read ``files`` (``(key, path, what reads its files in the series folder)``,
+        most wanted first) instead of whatever was waiting; a file being read now is not
+        read again (its result comes)."""
         running = self.board.running
-        self.board.replace([(key, 0, path) for key, path in files if key != running])
+        self.board.replace(
+            [(key, 0, (path, along)) for key, path, along in files if key != running]
+        )
         self._start()
 
     def reset(self) -> None:
@@ -80,7 +95,7 @@ class ImageReader:
         if self._worker is not None or not self.board.pending():
             return
         generation = self._generation
-        worker = thread_worker(read_files, start_thread=False)(self.board)
+        worker = thread_worker(read_files, start_thread=False)(self.board, self.decoded)
         worker.yielded.connect(lambda message: self._deliver(generation, message))
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -104,6 +119,7 @@ class SeriesOpening:
     decoded: Any
     reader: ImageReader
     prefetcher: Any
+    cache: Any
     position: Any
     include_exported: Any
     _shown: str | None
@@ -137,10 +153,28 @@ class SeriesOpening:
         self._nothing_to_show()
 
     def _at_hand(self, item: Any) -> bool:
-        if item.path is None or item.key in self.decoded:
+        """Pixels and series files read ahead, or a file small enough to read now."""
+        if item.path is None or self.decoded.files(item.key) is not None:
             return True
         pixels = declared_pixels(item.path)
         return pixels is not None and pixels <= INLINE_READ_PIXELS
+
+    def _read_along(self, item: Any) -> Callable[[], ItemFiles]:
+        """What reads ``item``'s autosave and stored proposal in the worker (the proposal
+        only when none is computed or computing)."""
+        assert self.state is not None
+        with contextlib.suppress(ValueError):  # no model chosen: no store to read
+            self._use_model()  # the store of this series and model
+        store = self.prefetcher.store
+        if (
+            store is None
+            or store.folder.parent.parent != self.state.output_folder  # no model chosen yet
+            or item.key in self.cache
+            or item.key in self.cache.in_flight
+        ):
+            store = None
+        autosave, key, path = self.state.autosave_path(item.key), item.key, item.path
+        return lambda: read_item_files(autosave, store, key, path)
 
     def _read(self, item: Any) -> np.ndarray | None:
         """The item's pixels: decoded ahead, or (a small file) read now."""
@@ -171,7 +205,7 @@ class SeriesOpening:
         self.position.value = f"{self.state.queue.position_text()} {item.name} — opening…"
         self.owner.set_status(f"opening {item.name}…")
         self.owner.update_enabled()
-        self.reader.want([(item.key, item.path)])
+        self.reader.want([(item.key, item.path, self._read_along(item))])
 
     @property
     def opening(self) -> str | None:
@@ -179,7 +213,7 @@ class SeriesOpening:
         return self._opening[0] if self._opening else None
 
     def _on_read(self, message: tuple) -> None:
-        key, path, image, reason, fingerprint = message
+        key, path, image, reason, fingerprint, files = message
         state = self.state
         try:
             if state is None or state.queue.item(key).path != path:
@@ -189,7 +223,7 @@ class SeriesOpening:
         if fingerprint is not None:
             state.take_fingerprint(key, fingerprint)
         if image is not None:
-            self.decoded.put(key, image)
+            self.decoded.put(key, image, files)
         if self._opening is None or self._opening[0] != key or state.queue.current.key != key:
             return  # read ahead, or for an image the user has left since: kept, not shown
         direction = self._opening[1]
@@ -217,12 +251,12 @@ class SeriesOpening:
         computing = self.prefetcher.board.running  # decoded there; its pixels come along
         self.reader.want(
             [
-                (item.key, item.path)
+                (item.key, item.path, self._read_along(item))
                 for item in (queue[i] for i in near)
                 if item.path is not None
                 and not item.missing
                 and item.status is not Status.FAILED
-                and item.key not in self.decoded
-                and item.key != computing
+                and self.decoded.files(item.key) is None
+                and (item.key in self.decoded or item.key != computing)
             ]
         )

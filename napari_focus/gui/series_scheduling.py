@@ -21,6 +21,8 @@ class SeriesScheduling:
     seconds: dict[str, float]
     decoded: Any
     _awaiting: str | None
+    _opening: Any
+    _shown: str | None
     _model_error: Any
     _load_declined: Any
     _rank_wanted: bool
@@ -89,6 +91,8 @@ class SeriesScheduling:
                 self.state.take_fingerprint(key, fingerprint)
             if decoded is not None:
                 self.decoded.put(key, decoded)
+                if self._opening is None and self._shown is not None:
+                    self._read_ahead()  # its series files, if it is a neighbour
             self.seconds[key] = seconds
             self.scores[key] = score
             if self.cache.store(key, prediction, ticket) and key == self._awaiting:

@@ -30,6 +30,7 @@ from ..series.decoded import DecodedImages
 from .fields import chosen_dir
 from .layout import WrappingLabel, enter_to_apply, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
+from .series_autosave import BackgroundAutosaves
 from .series_close import CloseGuard, provenance_of
 from .series_decisions import SeriesDecisions
 from .series_display import SeriesDisplay
@@ -57,7 +58,8 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.prefetcher.on_idle = self._on_prefetch_idle
         self.prefetcher.on_loading = owner.update_enabled
         self.seconds: dict[str, float] = {}
-        self.reader = ImageReader(self._on_read)
+        self.reader = ImageReader(self._on_read, self.decoded.get)
+        self.autosaves = BackgroundAutosaves(self)  # edits of the images left, being written
         self._opening: tuple[str, int] | None = None
         self._locked_mode: str | None = None
         self.scores: dict[str, float] = {}  # uncertainty of every proposal computed
@@ -201,7 +203,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self._start(lambda: load_or_create(output, names=names), "no image layers are open")
 
     def _start(self, load: Any, empty_message: str) -> None:
-        if not self.leave_current():
+        if not self.leave_current(wait=True):
             return  # the edits on screen could not be saved: that image stays
         try:
             self.state = load()
@@ -331,24 +333,24 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
                 text += "; every image that can be shown has its decision"
         return text
 
-    def leave_current(self) -> bool:
-        """Keep the user's edits of the shown image (autosave, or ask); False = stay
-        (the edits could not be saved: they stay in the viewer)."""
+    def leave_current(self, wait: bool = False) -> bool:
+        """Keep the user's edits of the shown image (autosave, written in the background,
+        or ask); with ``wait`` (another series) until every autosave is written. False =
+        stay (the edits could not be saved: they stay in the viewer)."""
         labels = self._proposal_labels()
-        if self.state is None or labels is None or self._shown is None:
-            return True
-        if not is_edited(labels):
-            return True
-        if self.on_leave.value == "ask":
+        edited = self.state is not None and labels is not None and self._shown is not None
+        edited = edited and is_edited(labels)
+        if edited and self.on_leave.value == "ask":
             from . import dialogs
 
-            if not dialogs.ask_yes_no(
+            edited = dialogs.ask_yes_no(
                 self.native,
                 f"Save your edits of '{labels.name}' before leaving?",
                 default_yes=True,  # Return keeps the edits
-            ):
-                return True
-        return self.close_guard.autosave(labels)
+            )
+        if edited:
+            self.close_guard.submit(labels)
+        return self.close_guard.settle(self._shown if edited else None, wait)
 
     # ------------------------------------------------------------- display
     def _proposal_labels(self) -> Any:
@@ -361,8 +363,13 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
 
     @property
     def busy(self) -> bool:
-        """A background job (reading, prefetch, scoring, export) is running."""
-        return self.reader.busy or self.prefetcher.busy or self.owner.export_section.busy
+        """A background job (reading, prefetch, scoring, autosave, export) is running."""
+        return (
+            self.reader.busy
+            or self.prefetcher.busy
+            or self.autosaves.busy
+            or self.owner.export_section.busy
+        )
 
     @property
     def shown_key(self) -> str | None:

@@ -123,3 +123,11 @@ def match_renames(state: SeriesState, restored: list[QueueItem], new: list[Queue
                 move_new(source, target)  # never over a file that is there already
         new.remove(candidate)
         state.renamed[old_key] = old.key
+
+
+def detach_shared(state: SeriesState, items: list[QueueItem]) -> None:
+    """Items whose autosave was a file several keys shared have none now."""
+    owners = {key for keys in state.unattached.values() for key in keys}
+    for item in items:
+        if item.key in owners and item.autosaved and not state.autosave_path(item.key).is_file():
+            item.autosaved, item.autosave_of = False, None

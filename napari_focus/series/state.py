@@ -42,12 +42,14 @@ import numpy as np
 
 from ..atomic import WriteError, atomic_write_text
 from ..filelock import LockTimeout, held
-from ..io import IMAGE_EXTENSIONS, write_mask
+from ..io import IMAGE_EXTENSIONS
 from ..mask_files import read_mask_file
+from .autosave_writer import write_autosave_files
+from .item_files import read_provenance
 from .merge import Synced, file_stamp, item_record, merge_saved
 from .proposal_store import FOLDER as PROPOSALS
 from .queue import ImageQueue, QueueItem, Status, scan_folder
-from .resume import file_fingerprint, match_renames, restore_items
+from .resume import detach_shared, file_fingerprint, match_renames, restore_items
 from .state_file import (
     BACKUP_SUFFIX,
     SCHEMA,
@@ -200,26 +202,30 @@ class SeriesState:
     ) -> Path:
         """Save an edited mask (``> 0`` = foreground) as ``work/<work name>.png`` (0/255)
         and, when given, where it came from (task, model, refinement) as
-        ``work/<work name>.json``; flag the item, mark it ``corrected`` if it was
-        ``pending``/``proposed``, and save the state. OSError (e.g. a full disk) leaves
-        the previous autosave in place."""
+        ``work/<work name>.json``, then :meth:`record_autosave`. OSError (e.g. a full
+        disk) leaves the previous autosave in place. (The widget writes the files in a
+        worker: :mod:`.autosave_writer`.)"""
+        path = write_autosave_files(self.autosave_path(key), mask, provenance)
+        self.record_autosave(key)
+        return path
+
+    def record_autosave(self, key: str) -> None:
+        """The autosave of ``key`` is written: flag the item (with the SHA-256 of the
+        image it was drawn on), mark it ``corrected`` if it was ``pending``/``proposed``,
+        and save the state."""
         item = self.queue.item(key)
-        if provenance is not None:
-            text = json.dumps(provenance, ensure_ascii=False, default=str)
-            atomic_write_text(self.autosave_path(key).with_suffix(".json"), text)
-        path = write_mask(self.autosave_path(key), mask)
         self._fingerprint(item)
         item.autosave_of = item.fingerprint["sha256"] if item.fingerprint else None
         item.autosaved = True
         if item.status in (Status.PENDING, Status.PROPOSED):
             self.queue.mark(key, Status.CORRECTED)
         self.save()
-        return path
 
-    def load_autosaved(self, key: str) -> np.ndarray | None:
+    def load_autosaved(self, key: str, read_ahead: np.ndarray | None = None) -> np.ndarray | None:
         """The autosaved mask of an item as a bool ``(H, W)`` array, or None. An autosave
         drawn on other pixels than the image file has now is set aside (listed in
-        :attr:`stale_autosaves`) and None is returned."""
+        :attr:`stale_autosaves`) and None is returned. ``read_ahead``: the file's mask,
+        read by a worker (it is then not read again here)."""
         path = self.autosave_path(key)
         if not path.is_file():
             return None
@@ -235,15 +241,11 @@ class SeriesState:
                             item.path, aside)  # fmt: skip
                 self.save()
                 return None
-        return read_mask_file(path)
+        return read_ahead if read_ahead is not None else read_mask_file(path)
 
     def autosaved_provenance(self, key: str) -> dict[str, Any] | None:
         """What the autosaved mask of an item was made from, if recorded."""
-        try:
-            data = json.loads(self.autosave_path(key).with_suffix(".json").read_text("utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return read_provenance(self.autosave_path(key).with_suffix(".json"))
 
     def discard_autosaved(self, key: str) -> None:
         """Delete an item's autosaved mask (e.g. once exported) and clear its flag."""
@@ -361,7 +363,7 @@ def load_or_create(
         if data["version"] <= LEGACY_NAMES_VERSION:
             known = [entry["key"] for entry in data["items"]] + [item.key for item in new]
             state.move_legacy_files(known)
-            _detach_shared(state, restored)
+            detach_shared(state, restored)
         match_renames(state, restored, new)
         queue.items = restored + new
         current = state.renamed.get(data.get("current"), data.get("current"))
@@ -373,14 +375,6 @@ def load_or_create(
     output.mkdir(parents=True, exist_ok=True)
     state.save()
     return state
-
-
-def _detach_shared(state: SeriesState, items: list[QueueItem]) -> None:
-    """Items whose autosave was a file several keys shared have none now."""
-    owners = {key for keys in state.unattached.values() for key in keys}
-    for item in items:
-        if item.key in owners and item.autosaved and not state.autosave_path(item.key).is_file():
-            item.autosaved, item.autosave_of = False, None
 
 
 __all__ = [

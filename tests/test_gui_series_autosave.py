@@ -1,0 +1,282 @@
+"""Autosaves written off the GUI thread and series files read ahead with the images: the
+edits left on an image are shown when the user comes back however soon, Accept exports
+them, a failed write is said and its edits kept, closing waits for the writes (real
+napari viewer under Xvfb)."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_focus.atomic import atomic_write  # noqa: E402
+from napari_focus.gui import dialogs  # noqa: E402
+from napari_focus.gui import series_opening as opening_module  # noqa: E402
+from napari_focus.gui.series_layers import series_layer  # noqa: E402
+from napari_focus.series import Status  # noqa: E402
+from napari_focus.series import autosave_writer as writer_module  # noqa: E402
+from napari_focus.series import item_files as item_files_module  # noqa: E402
+from napari_focus.series import state as state_module  # noqa: E402
+from napari_focus.series.proposal_store import ProposalStore  # noqa: E402
+
+WAIT_MS = 120_000
+MAIN = threading.main_thread().name
+
+
+@pytest.fixture
+def folder(tmp_path, focus_reference):
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        source.crop((i * 20, 0, i * 20 + 96, 64)).save(images / f"img{i}.png")
+    return images
+
+
+class Writes:
+    """The autosave writes: (file name, thread) of each; ``gate`` cleared holds them;
+    ``full`` makes them fail as on a full disk."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.full = False
+
+
+@pytest.fixture
+def writes(monkeypatch) -> Writes:
+    record = Writes()
+    original = writer_module.write_mask
+
+    def recording(path, mask):
+        record.seen.append((path.name, threading.current_thread().name))
+        assert record.gate.wait(60)
+        if record.full:
+
+            def no_space(_tmp):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            return atomic_write(path, no_space)
+        return original(path, mask)
+
+    monkeypatch.setattr(writer_module, "write_mask", recording)
+    return record
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    from napari_focus.gui import series_section
+
+    seen: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", seen.append)
+    return seen
+
+
+def _open(open_focus_widget, qtbot, folder):
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    return viewer, widget, series
+
+
+def _paint(viewer, rows: slice, cols: slice) -> np.ndarray:
+    labels = series_layer(viewer, "labels")
+    edited = np.zeros_like(labels.data)
+    edited[rows, cols] = 1
+    labels.data = edited
+    return edited > 0
+
+
+def _shown_mask(viewer) -> np.ndarray:
+    return np.asarray(series_layer(viewer, "labels").data) > 0
+
+
+def test_autosave_is_written_off_the_gui_thread(qtbot, open_focus_widget, folder, writes):
+    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+    edited = _paint(viewer, slice(5, 40), slice(10, 60))
+    series.next()
+    assert series.shown_key == "img1.png"
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert writes.seen == [(series.state.autosave_path("img0.png").name, "napari-focus autosave")]
+    item = series.state.queue.item("img0.png")
+    assert item.autosaved and item.status is Status.CORRECTED
+    assert item.autosave_of == item.fingerprint["sha256"]  # stale detection still works
+    np.testing.assert_array_equal(series.state.load_autosaved("img0.png"), edited)
+    assert state_module.read_state_file(series.state.state_path)["items"][0]["autosaved"]
+
+
+def test_edits_left_are_shown_when_coming_back_at_once(
+    qtbot, open_focus_widget, folder, writes
+):
+    """Next then Previous while the autosave is still being written: the edits just made
+    are on screen (not the older autosave on disk), and the write lands after."""
+    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+    first = _paint(viewer, slice(0, 20), slice(0, 20))
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    series.previous()
+    np.testing.assert_array_equal(_shown_mask(viewer), first)
+    second = _paint(viewer, slice(30, 60), slice(40, 90))
+    writes.gate.clear()  # the disk is slow: the write of the second edits waits
+    series.next()
+    series.previous()
+    assert series.shown_key == "img0.png"
+    np.testing.assert_array_equal(_shown_mask(viewer), second)
+    assert series.autosaves.busy
+    np.testing.assert_array_equal(series.state.load_autosaved("img0.png"), first)  # on disk
+    writes.gate.set()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    np.testing.assert_array_equal(series.state.load_autosaved("img0.png"), second)
+    series.next()  # unchanged: nothing written again
+    series.previous()
+    np.testing.assert_array_equal(_shown_mask(viewer), second)
+    assert len(writes.seen) == 2
+
+
+def test_accept_right_after_coming_back_exports_the_edits(
+    qtbot, open_focus_widget, folder, writes, tmp_path
+):
+    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    edited = _paint(viewer, slice(8, 50), slice(12, 70))
+    writes.gate.clear()
+    series.next()
+    series.previous()  # the autosave is not written yet
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    widget.export_section.dataset_layout.value = "generic"
+    threading.Timer(0.5, writes.gate.set).start()  # written while the export runs
+    series.accept()
+    qtbot.waitUntil(lambda: series.shown_key == "img1.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    exported = np.asarray(Image.open(tmp_path / "datasets" / "masks" / "img0.png")) > 128
+    np.testing.assert_array_equal(exported, edited)
+    item = series.state.queue.item("img0.png")
+    assert item.status is Status.ACCEPTED and not item.autosaved
+    # the autosave written late never comes back after Accept removed it
+    assert not series.state.autosave_path("img0.png").exists()
+
+
+def test_a_failed_background_write_is_said_and_its_edits_kept(
+    qtbot, open_focus_widget, folder, writes, errors, monkeypatch
+):
+    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    edited0 = _paint(viewer, slice(5, 30), slice(5, 30))
+    writes.full = True
+    series.next()  # the write fails in the background
+    assert series.shown_key == "img1.png"
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert errors and "could not save your edits of 'img0" in errors[-1]
+    assert "the disk is full" in errors[-1] and "free some space" in errors[-1].lower()
+    assert "go back to that image" in errors[-1] and "OSError" not in errors[-1]
+    assert not series.state.queue.item("img0.png").autosaved
+    assert not series.state.autosave_path("img0.png").exists()
+
+    series.previous()  # the edits are kept, in memory
+    np.testing.assert_array_equal(_shown_mask(viewer), edited0)
+    series.next()  # written again on leaving: fails again, said again; img0 unedited: left
+    assert series.shown_key == "img1.png"
+    edited1 = _paint(viewer, slice(20, 50), slice(30, 80))
+    errors.clear()
+    series.next()  # img1's own edits cannot be written: it stays, as they do
+    assert series.shown_key == "img1.png"
+    np.testing.assert_array_equal(_shown_mask(viewer), edited1)
+    assert any("Your edits are still in the viewer" in text for text in errors)
+
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
+    window = widget.native.window()
+    window.show()
+    assert not window.close()  # "No": napari stays open with the edits
+    assert questions and "lose your edits of" in questions[-1]
+    assert "'img0" in questions[-1] and "'img1" in questions[-1]
+
+    writes.full = False  # space freed
+    series.next()
+    assert series.shown_key == "img2.png"
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    np.testing.assert_array_equal(series.state.load_autosaved("img0.png"), edited0)
+    np.testing.assert_array_equal(series.state.load_autosaved("img1.png"), edited1)
+    assert not series.autosaves.pending
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
+
+
+def test_closing_the_dock_writes_the_edits_left(qtbot, open_focus_widget, folder, writes):
+    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    state = series.state
+    edited = _paint(viewer, slice(10, 40), slice(20, 70))
+    writes.gate.clear()
+    series.next()
+    assert not state.autosave_path("img0.png").exists()
+    threading.Timer(0.3, writes.gate.set).start()
+    viewer.window.remove_dock_widget(widget.native)  # the dock's ×: waits for the write
+    np.testing.assert_array_equal(state.load_autosaved("img0.png"), edited)
+    saved = state_module.read_state_file(state.state_path)["items"]
+    assert next(entry for entry in saved if entry["key"] == "img0.png")["autosaved"]
+
+
+def test_closing_napari_writes_the_edits_left(qtbot, open_focus_widget, folder, writes):
+    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+    state = series.state
+    edited = _paint(viewer, slice(10, 40), slice(20, 70))
+    writes.gate.clear()
+    series.next()
+    threading.Timer(0.3, writes.gate.set).start()
+    viewer.close()  # waits for the write
+    np.testing.assert_array_equal(state.load_autosaved("img0.png"), edited)
+
+
+@pytest.fixture
+def read_on(monkeypatch) -> dict[str, list[str]]:
+    """Threads that read autosaves (``autosave``) and stored proposals (``proposal``)."""
+    seen: dict[str, list[str]] = {"autosave": [], "proposal": []}
+    original_read, original_load = item_files_module.read_mask_file, ProposalStore.load
+
+    def read(path):
+        seen["autosave"].append(threading.current_thread().name)
+        return original_read(path)
+
+    def load(self, key, source):
+        seen["proposal"].append(threading.current_thread().name)
+        return original_load(self, key, source)
+
+    monkeypatch.setattr(item_files_module, "read_mask_file", read)
+    monkeypatch.setattr(state_module, "read_mask_file", read)
+    monkeypatch.setattr(ProposalStore, "load", load)
+    return seen
+
+
+def test_large_images_read_their_autosave_and_proposal_in_the_worker(
+    qtbot, open_focus_widget, folder, read_on, monkeypatch
+):
+    """Images over the size read at once on the GUI thread: their autosave and stored
+    proposal are read with their pixels, never on the GUI thread, also after reopening."""
+    monkeypatch.setattr(opening_module, "INLINE_READ_PIXELS", 0)
+    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+    edited = _paint(viewer, slice(3, 33), slice(7, 77))
+    series.next()
+    qtbot.waitUntil(lambda: series.shown_key == "img1.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.previous()
+    qtbot.waitUntil(lambda: series.shown_key == "img0.png", timeout=WAIT_MS)
+    np.testing.assert_array_equal(_shown_mask(viewer), edited)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    viewer.close()
+
+    viewer2, _, series2 = _open(open_focus_widget, qtbot, folder)
+    assert series2.shown_key == "img0.png"
+    np.testing.assert_array_equal(_shown_mask(viewer2), edited)
+    series2.next()  # its proposal, stored by the first viewer
+    qtbot.waitUntil(lambda: series2.shown_key == "img1.png", timeout=WAIT_MS)
+    assert series2.proposal_ready
+    qtbot.waitUntil(lambda: not series2.busy, timeout=WAIT_MS)
+    assert read_on["autosave"] and read_on["proposal"]
+    assert MAIN not in read_on["autosave"] and MAIN not in read_on["proposal"]
