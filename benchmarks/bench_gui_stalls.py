@@ -13,6 +13,10 @@ Cancel: FOCUS-L with random weights on the CPU, run as the widget runs it (a wor
 thread with :func:`napari_focus.run_control.watch_model`); Cancel is pressed at
 several points inside one forward and the time until the forward stops is measured.
 
+``--navigation`` and ``--autosave`` measure the series' steps instead (see
+:func:`navigation_stalls`, :func:`autosave_stalls`); ``--compare-with OLD_TREE`` runs one
+of them on the old code and on this one, alternately, in fresh processes.
+
     xvfb-run -a -s "-screen 0 1366x768x24" python benchmarks/bench_gui_stalls.py
 """
 
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -36,94 +39,17 @@ from qtpy.QtWidgets import QApplication
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import random_predictor
-
-
-class StallMeter:
-    """Longest gap between 5 ms timer ticks on the GUI thread while active. With
-    ``explain``, a watchdog thread prints the GUI thread's stack during any stall
-    longer than 0.15 s (to find what blocks it)."""
-
-    explain = False
-
-    def __init__(self) -> None:
-        self.ticks: list[float] = []
-        self.timer = QTimer()
-        self.timer.setInterval(5)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-        if self.explain:
-            threading.Thread(target=self._watch, daemon=True).start()
-
-    def _watch(self) -> None:
-        import traceback
-
-        main = threading.main_thread().ident
-        reported = None
-        while True:
-            time.sleep(0.05)
-            try:
-                active = self.timer.isActive()
-            except RuntimeError:  # the timer is gone: the benchmark ended
-                return
-            if active and self.ticks:
-                last = self.ticks[-1]
-                if time.perf_counter() - last > 0.15 and reported != last:
-                    reported = last
-                    stack = "".join(traceback.format_stack(sys._current_frames()[main]))
-                    print(f"--- GUI thread stalled; it is in:\n{stack}", file=sys.stderr)
-
-    def __enter__(self) -> StallMeter:
-        self.ticks = [time.perf_counter()]
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.timer.stop()
-        self.ticks.append(time.perf_counter())
-
-    @property
-    def longest_ms(self) -> float:
-        return float(np.max(np.diff(self.ticks))) * 1000
-
-
-def wait(condition, timeout: float = 900.0) -> None:
-    app = QApplication.instance()
-    start = time.perf_counter()
-    while not condition():
-        app.processEvents()
-        time.sleep(0.002)
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError("gave up waiting")
-
-
-def tiny_checkpoint(root: Path) -> Path:
-    from safetensors.torch import load_file
-
-    from napari_focus import FocusPredictor
-
-    reference = Path(os.environ.get("FOCUS_REFERENCE", "../shared/focus-reference"))
-    spec = json.loads((reference / "cases.json").read_text())["tiny_mlp"]
-    state = {
-        **load_file(reference / "weights_edge.safetensors"),
-        **load_file(reference / "tiny_mlp_weights.safetensors"),
-    }
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    predictor = FocusPredictor.from_state_dict(
-        state, "sod", architecture={**spec["preset"], **spec["head"]}, device="cpu"
-    )
-    return predictor.save_inference_checkpoint(root / "tiny.safetensors", dtype=torch.float32)
-
-
-def open_widget(checkpoint: Path):
-    """A shown viewer at 1366x768 with the FOCUS dock, set to ``checkpoint`` on the CPU."""
-    import napari
-
-    viewer = napari.Viewer(show=True)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
-    widget.native.window().resize(1366, 768)
-    widget.weights_source.value = "file"
-    widget.weights_path.value = checkpoint
-    widget.device.value = "cpu"
-    return viewer, widget
+from gui_bench_support import (
+    StallMeter,
+    camera_folder,
+    compare,
+    open_widget,
+    record_gui_thread_decoding,
+    record_gui_thread_file_work,
+    record_gui_thread_hashing,
+    tiny_checkpoint,
+    wait,
+)
 
 
 def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, float]:
@@ -196,27 +122,6 @@ def gui_stalls(megapixels: float, root: Path, noisy: bool = False) -> dict[str, 
     return result
 
 
-def camera_folder(root: Path, megapixels: float, count: int, noisy: bool) -> Path:
-    """``count`` JPEGs of ``megapixels`` (with ``noisy``: sensor noise, as large as a
-    camera's files), each a different rotation or crop of the astronaut."""
-    from napari_focus.gui.samples import astronaut
-
-    height = round((megapixels * 1e6 * 3 / 4) ** 0.5)
-    width = height * 4 // 3
-    base = Image.fromarray(astronaut()[0][0]).resize((width, height))
-    if noisy:
-        pixels = np.asarray(base).astype(np.int16)
-        pixels += np.random.default_rng(0).integers(-40, 40, pixels.shape, dtype=np.int16)
-        base = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-    folder = root / "images"
-    folder.mkdir()
-    for i in range(count):
-        turned = base.rotate(180) if i % 2 else base
-        turned = turned.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i >= 2 else turned
-        turned.save(folder / f"image{i}.jpg", quality=92)
-    return folder
-
-
 def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, float]:
     """The first image of a folder, then Next, Next, Previous, Previous: the longest GUI
     stall (ms), the time until the image is on screen (ms), the time spent decoding
@@ -250,6 +155,60 @@ def navigation_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, f
     step("next2", series.next, "image2.jpg")
     step("previous", series.previous, "image1.jpg")
     step("previous2", series.previous, "image0.jpg")
+    viewer.close()
+    return result
+
+
+def autosave_stalls(megapixels: float, root: Path, noisy: bool) -> dict[str, float]:
+    """Edits left and found again, with the series' files on disk: a first viewer
+    computes and stores the proposals of three images (not measured); a second one opens
+    the folder, an edit is painted on the first image, then **Next** (the edits
+    autosaved, the next image's proposal read from the series folder), **Previous** (the
+    autosaved edits shown again), a third viewer opens the folder (the first image with
+    its autosave) and **Next** (a stored proposal). Per step: the longest GUI stall, ms
+    until the image is shown, the process's CPU seconds until its background work is done
+    (the autosave written), and ms of mask and proposal file work on the GUI thread."""
+    folder = camera_folder(root, megapixels, 3, noisy)
+    checkpoint = tiny_checkpoint(root)
+    viewer, widget = open_widget(checkpoint)
+    widget.series.open(folder)  # the proposals of all three, stored in the series folder
+    wait(lambda: widget.series.proposal_ready and not widget.series.busy)
+    viewer.close()
+
+    file_work = record_gui_thread_file_work()
+    result: dict[str, float] = {"image_file_mb": (folder / "image0.jpg").stat().st_size / 1e6}
+
+    def step(name: str, series: Any, action: Any, key: str, done: Any = lambda: True) -> None:
+        cpu, start = time.process_time(), time.perf_counter()
+        file_work.clear()
+        with StallMeter() as meter:
+            action()
+            wait(lambda: series.shown_key == key and series.proposal_ready)
+            shown = time.perf_counter()
+            wait(lambda: not series.busy and done())
+            QApplication.instance().processEvents()
+        result[f"{name}_stall_ms"] = meter.longest_ms
+        result[f"{name}_shown_ms"] = (shown - start) * 1000
+        result[f"{name}_cpu_s"] = time.process_time() - cpu
+        result[f"{name}_gui_file_ms"] = sum(file_work)
+
+    viewer, widget = open_widget(checkpoint)
+    series = widget.series
+    series.open(folder)
+    wait(lambda: series.shown_key == "image0.jpg" and series.proposal_ready and not series.busy)
+    labels = next(layer for layer in viewer.layers if layer.name.startswith("image0 ["))
+    edited = np.asarray(labels.data).copy()
+    height, width = edited.shape
+    edited[height // 4 : height // 2, width // 4 : width // 2] = 1  # a stroke's worth
+    labels.data = edited
+    autosave = series.state.autosave_path("image0.jpg")
+    step("leave_edited", series, series.next, "image1.jpg", autosave.is_file)
+    step("back_to_edited", series, series.previous, "image0.jpg")
+    viewer.close()
+    viewer, widget = open_widget(checkpoint)
+    series = widget.series
+    step("reopen_edited", series, lambda: series.open(folder), "image0.jpg")
+    step("next_stored", series, series.next, "image1.jpg")
     viewer.close()
     return result
 
@@ -312,62 +271,6 @@ def focus_l_checkpoint(root: Path) -> Path:
     return predictor.save_inference_checkpoint(root / "focus_l.safetensors", dtype=torch.float32)
 
 
-def compare(old_tree: str, rounds: int, args: list[str]) -> None:
-    """Old and new code, alternately, each in a fresh process (``PYTHONPATH``)."""
-    import subprocess
-
-    new_tree = str(Path(__file__).resolve().parent.parent)
-    runs: dict[str, list[dict]] = {"old": [], "new": []}
-    for _ in range(rounds):
-        for name, tree in (("old", old_tree), ("new", new_tree)):
-            env = {**os.environ, "PYTHONPATH": tree}
-            done = subprocess.run(
-                [sys.executable, __file__, *args],
-                env=env, capture_output=True, text=True, check=True, cwd=tree,
-            )  # fmt: skip
-            runs[name].append(json.loads(done.stdout[done.stdout.index("{") :]))
-    print(json.dumps(runs, indent=1))
-
-
-def record_gui_thread_decoding() -> list[float]:
-    """Milliseconds of each image file decoded on the GUI thread (through
-    ``napari_focus.io.read_image``, which every series read goes through)."""
-    from napari_focus.series import images
-
-    spent: list[float] = []
-    original = images.read_image
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                spent.append((time.perf_counter() - start) * 1000)
-
-    images.read_image = timed
-    return spent
-
-
-def record_gui_thread_hashing() -> list[float]:
-    """Milliseconds of each read-and-hash of an image file the series state does on the
-    GUI thread (a fingerprint reused from its size and time costs nothing)."""
-    from napari_focus.series import state
-
-    spent: list[float] = []
-    original = state.file_fingerprint
-
-    def timed(path: Path, known: dict | None = None) -> dict:
-        start = time.perf_counter()
-        result = original(path, known)
-        if result is not known and threading.current_thread() is threading.main_thread():
-            spent.append((time.perf_counter() - start) * 1000)
-        return result
-
-    state.file_fingerprint = timed
-    return spent
-
-
 def cancel_latency(points: list[float]) -> list[float]:
     """Seconds from Cancel to the forward stopping, Cancel pressed ``points`` s in."""
     from napari_focus.run_control import Cancelled, RunControl, watch_model
@@ -406,9 +309,14 @@ def main() -> None:
         "--navigation", action="store_true", help="only the first image, Next and Previous"
     )
     parser.add_argument(
+        "--autosave",
+        action="store_true",
+        help="only an edit left on the first image, autosaved, found again, reopened",
+    )
+    parser.add_argument(
         "--compare-with",
         metavar="TREE",
-        help="a copy of the old code: --navigation there and here, alternately",
+        help="a copy of the old code: --navigation (or --autosave) there and here, alternately",
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
@@ -438,18 +346,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = focus_l_checkpoint(Path(tmp)) if value == "make" else Path(value)
             if args.compare_with:
-                compare(args.compare_with, args.rounds, [flag, str(checkpoint)])
+                compare(__file__, args.compare_with, args.rounds, [flag, str(checkpoint)])
             else:
                 print(json.dumps(measure(checkpoint), indent=1))
         return
+    mode = "--autosave" if args.autosave else "--navigation"
     if args.compare_with:
         extra = ["--megapixels", str(args.megapixels)] + (["--noisy"] if args.noisy else [])
-        compare(args.compare_with, args.rounds, ["--navigation", *extra])
+        compare(__file__, args.compare_with, args.rounds, [mode, *extra])
         return
     cpu0 = time.process_time()
-    if args.navigation:
+    if args.navigation or args.autosave:
+        measure = autosave_stalls if args.autosave else navigation_stalls
         with tempfile.TemporaryDirectory() as tmp:
-            stalls = navigation_stalls(args.megapixels, Path(tmp), args.noisy)
+            stalls = measure(args.megapixels, Path(tmp), args.noisy)
         stalls["cpu_seconds"] = time.process_time() - cpu0
         print(json.dumps({k: round(v, 2) for k, v in stalls.items()}, indent=1))
         return

@@ -111,6 +111,9 @@ class BackgroundAutosaves:
             if latest is not None:
                 del self.pending[job.key]
                 self._keep_as_read_ahead(job, done.stamp)
+            section = self.section
+            if job.owner is section.state and job.key == section.shown_key:
+                section._show_position(section.state.queue.current)  # now "corrected"
 
     def flush(self, retry: bool = True) -> list[PendingEdits]:
         """Wait for every write (GUI thread); with ``retry``, write the failed edits once
