@@ -5,6 +5,8 @@
   ``<output>/.napari_focus_queue.json`` and autosaved edits in ``<output>/work/``,
   saved by several writers at once without loss (:mod:`.merge`).
 - :mod:`.work_names`: :func:`work_name`, the file names of an item's files.
+- :mod:`.autosave_writer`: autosaves written in order on a background thread.
+- :mod:`.item_files`: an item's autosave and stored proposal, read ahead with its pixels.
 - :mod:`.references`: :func:`find_reference_mask` (existing masks by file stem).
 - :mod:`.prefetch`: :class:`PrefetchCache`, which proposals to compute ahead.
 - :mod:`.rank`: :func:`rank_folder`, :func:`write_ranking_csv`, the ``rank`` command.
