@@ -103,10 +103,15 @@ def test_files_read_ahead_say_when_they_changed(state):
     files = read_item_files(path, store, "p0.png", source)
     np.testing.assert_array_equal(files.autosave, _mask(4))
     assert files.provenance == {"task": "sod"}
-    assert files.proposal is not None and files.proposal.uncertainty == 0.25
+    assert files.proposal_folder is None  # the autosave is shown: its proposal not read
     assert still_current(files.autosave_stamp, path)
     state.autosave("p0.png", _mask(7))  # replaced: the stamp no longer matches
     assert not still_current(files.autosave_stamp, path)
+    state.discard_autosaved("p0.png")
+    files = read_item_files(path, store, "p0.png", source)
+    assert files.autosave is None and files.proposal_folder == store.folder
+    assert files.proposal is not None and files.proposal.uncertainty == 0.25
+    assert still_current(files.proposal_stamp, store.path("p0.png"))
     assert read_item_files(path, None, "p0.png", source).proposal_folder is None
 
 

@@ -4,6 +4,7 @@ its saved mask or its proposal (mixed into
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,9 @@ class SeriesDisplay:
             stored = self._stored_proposal(item)
             if stored is not None:
                 prediction, self.scores[item.key] = stored
+                ticket = self.cache.mark_in_flight(item.key)
+                if ticket is not None:  # kept in memory, as a computed one
+                    self.cache.store(item.key, prediction, ticket)
         return prediction
 
     def _saved_edits(self, item: Any) -> tuple[np.ndarray | None, dict | None]:
@@ -147,6 +151,10 @@ class SeriesDisplay:
             stored = files.proposal
             if stored is None:
                 return None
+            # now kept in the proposals' cache: not twice in memory
+            self.decoded.put_files(
+                item.key, dataclasses.replace(files, proposal_folder=None, proposal=None)
+            )
             return Prediction(probability=stored.probability, mask=stored.mask), stored.uncertainty
         return self.prefetcher.load_stored(item.key, item.path)
 

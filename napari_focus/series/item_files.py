@@ -53,9 +53,9 @@ def read_item_files(
     key: str,
     source: Path | None,
 ) -> ItemFiles:
-    """Read an image's autosave (at ``autosave_path``) and, with a ``store``, its stored
-    proposal (``source``: the image file it must have been made from). Call from a
-    worker thread."""
+    """Read an image's autosave (at ``autosave_path``) and, with a ``store`` and no
+    autosave, its stored proposal (``source``: the image file it must have been made
+    from). Call from a worker thread."""
     autosave_read, autosave, provenance = False, None, None
     autosave_stamp = file_stamp(autosave_path)
     if autosave_stamp is None:
@@ -65,7 +65,7 @@ def read_item_files(
             autosave, autosave_read = read_mask_file(autosave_path), True
             provenance = read_provenance(autosave_path.with_suffix(".json"))
     proposal_folder, proposal, proposal_stamp = None, None, None
-    if store is not None:
+    if store is not None and autosave_stamp is None:  # else the autosave is shown
         proposal_stamp = file_stamp(store.path(key))
         if proposal_stamp is not None:
             proposal = store.load(key, source)
