@@ -72,17 +72,16 @@ def test_a_failed_write_is_reported_and_the_next_job_still_runs(state, tmp_path)
     assert state.autosave_path("p1.png").is_file()
 
 
-def test_wait_gives_up_after_its_timeout(state):
+def test_wait_gives_up_after_its_timeout(state, monkeypatch):
     gate = threading.Event()
-    writer = AutosaveWriter()
     original = writer_module.write_autosave_files
-    try:
-        writer_module.write_autosave_files = lambda *args: gate.wait(30) and original(*args)
-        writer.submit("p0.png", state.autosave_path("p0.png"), _mask(1), None, state)
-        assert writer.busy and not writer.wait(0.05)
-    finally:
-        gate.set()
-        writer_module.write_autosave_files = original
+    monkeypatch.setattr(
+        writer_module, "write_autosave_files", lambda *args: gate.wait(30) and original(*args)
+    )
+    writer = AutosaveWriter()
+    writer.submit("p0.png", state.autosave_path("p0.png"), _mask(1), None, state)
+    assert writer.busy and not writer.wait(0.05)
+    gate.set()
     assert writer.wait(30) and writer.take_done()[0].error is None
 
 
