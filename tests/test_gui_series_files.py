@@ -92,8 +92,8 @@ def test_undo_never_crosses_images(qtbot, open_focus_widget, mixed_folder):
     before = labels.data.copy()
     labels.undo()  # Ctrl+Z on image k+1 after painting on image k
     np.testing.assert_array_equal(labels.data, before)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)  # the autosave written too
     assert series.state.autosave_path("a_gray.png").is_file()  # image k's edits kept
-    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
 
 
 def test_next_onto_a_running_computation_waits_for_it(
