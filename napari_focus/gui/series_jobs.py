@@ -191,6 +191,11 @@ class Prefetcher:
         if predictor is None:
             self._set_loading(key)
 
+    def loading_stage(self) -> str | None:
+        """The stage of the model load under way (a download's progress), else None."""
+        control = self._control
+        return control.snapshot()[0] if self.loading is not None and control else None
+
     def _set_loading(self, key: ModelKey | None) -> None:
         if key != self.loading:
             self.loading = key

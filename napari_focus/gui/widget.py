@@ -24,6 +24,7 @@ from .job import (
     ModelKey,
     Progress,
     gui_message,
+    left_running,
     proposal_name,
     run_job,
     uninterruptible,
@@ -195,6 +196,8 @@ class FocusWidget(Container):
         series = getattr(self, "series", None)
         loading = series is not None and series.prefetcher.loading is not None
         self.cancel_button.enabled = self._worker is not None or loading
+        if loading and not self._tick.isActive():  # to show a download of its model
+            self._tick.start()
         has_mask = self.mask_layer() is not None
         self.export_section.export_button.enabled = has_mask
         self.refine_section.reset_button.enabled = has_mask
@@ -281,9 +284,10 @@ class FocusWidget(Container):
         self.set_status("cancelling…")
         self._control.cancel()
         self._worker.quit()
-        if uninterruptible(self._control.snapshot()[0]):
+        stage = self._control.snapshot()[0]
+        if uninterruptible(stage):
             self._on_finished()  # the worker goes on alone; nothing it reports is taken
-            self.set_status("cancelled; the model load stops in the background")
+            self.set_status(left_running(stage))
 
     @property
     def running(self) -> bool:
@@ -298,7 +302,11 @@ class FocusWidget(Container):
         self._show_stage()
 
     def _show_stage(self) -> None:
-        if self._control is None or self._control.cancelled:
+        if self._control is None:  # no Run: the series' model may be downloading
+            if not self.series.show_model_download():
+                self._tick.stop()
+            return
+        if self._control.cancelled:
             return
         stage, _in_stage, total = self._control.snapshot()
         self.set_status(f"{stage} — {total:.0f} s")
