@@ -82,3 +82,38 @@ def test_run_shows_the_download_and_cancel_stops_it(
     (path,) = (repo / "snapshots").rglob(FILENAME)
     assert path.read_bytes() == slow_hub.payload
     assert len(errors) == 1 and "not a readable PyTorch checkpoint" in errors[0]
+
+
+def test_improve_shows_the_download_of_its_base_and_cancel_stops_it(
+    qtbot, open_focus_widget, slow_hub, tmp_path, monkeypatch
+):
+    """The training process (spawned: it reads the hub settings from the environment)
+    downloads the official base weights; the tab shows it, Cancel stops it."""
+    from synthetic_shapes import export_shapes
+
+    from napari_focus.gui import improve_section
+
+    errors: list[str] = []
+    monkeypatch.setattr(improve_section, "show_error", errors.append)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _, widget = open_focus_widget()
+    widget.weights_source.value = "official"
+    root = tmp_path / "datasets"
+    export_shapes(root, "duts-tr", 2, seed=3, size=48)
+    widget.export_section.dataset_root.value = root
+    improve = widget.improve
+    improve.steps.value, improve.preset.value = 2, "cpu"
+    improve.output.value = tmp_path / "improved.safetensors"
+    improve.improve_button.clicked.emit()
+    qtbot.waitUntil(lambda: _megabytes(improve.status.value) is not None, timeout=WAIT_MS)
+    first = _megabytes(improve.status.value)
+    qtbot.waitUntil(lambda: (_megabytes(improve.status.value) or 0) > first, timeout=WAIT_MS)
+    improve.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert improve.status.value == (
+        "cancelled; the download of the base weights continues from there with the next Improve"
+    )
+    assert errors == [] and improve.output.value == tmp_path / "improved.safetensors"
+    repo = tmp_path / "hub" / ("models--" + REPO_ID.replace("/", "--"))
+    assert 0 < (repo / "blobs" / f"{slow_hub.etag}.incomplete").stat().st_size < SIZE
+    assert slow_hub.served < SIZE and not (repo / "snapshots").exists()
