@@ -117,3 +117,33 @@ def test_improve_shows_the_download_of_its_base_and_cancel_stops_it(
     repo = tmp_path / "hub" / ("models--" + REPO_ID.replace("/", "--"))
     assert 0 < (repo / "blobs" / f"{slow_hub.etag}.incomplete").stat().st_size < SIZE
     assert slow_hub.served < SIZE and not (repo / "snapshots").exists()
+
+
+def test_the_series_shows_the_download_of_its_model_and_cancel_stops_it(
+    qtbot, open_focus_widget, slow_hub, tmp_path, monkeypatch
+):
+    from PIL import Image
+
+    from napari_focus.gui import series_section
+
+    errors: list[str] = []
+    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 48), (40 * i, 90, 160)).save(images / f"img{i}.png")
+    _, widget = open_focus_widget()
+    widget.weights_source.value = "official"
+    widget.series.open(images)
+    qtbot.waitUntil(lambda: _megabytes(widget.status.value) is not None, timeout=WAIT_MS)
+    first = _megabytes(widget.status.value)
+    qtbot.waitUntil(lambda: (_megabytes(widget.status.value) or 0) > first, timeout=WAIT_MS)
+    assert widget.cancel_button.enabled
+    widget.cancel_button.native.click()
+    assert widget.status.value.startswith("cancelled loading the model")
+    shared = widget.model_section.shared_model
+    qtbot.waitUntil(lambda: not shared.loading, timeout=WAIT_MS)
+    qtbot.wait(600)  # the status line's timer has stopped: the cancel is still said
+    assert widget.status.value.startswith("cancelled loading the model")
+    assert errors == [] and slow_hub.served < SIZE
