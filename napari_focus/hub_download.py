@@ -151,15 +151,19 @@ def fetch_into_cache(
     if blob.exists():
         return
     blob.parent.mkdir(parents=True, exist_ok=True)
-    headers = build_hf_headers()
-    if urllib.parse.urlsplit(metadata.location).netloc != urllib.parse.urlsplit(url).netloc:
-        headers.pop("authorization", None)  # the token is for the hub, not for its CDN
-        headers.pop("Authorization", None)
+    # as huggingface_hub does: an LFS file from the CDN address the hub named; a Xet file
+    # from the hub's address, which redirects to the Xet bridge serving it over HTTP
+    xet = getattr(metadata, "xet_file_data", None) is not None
+    source = url if xet else metadata.location
+    headers = {k.lower(): v for k, v in build_hf_headers().items()}
+    token = headers.pop("authorization", None)
+    if token and urllib.parse.urlsplit(source).netloc == urllib.parse.urlsplit(url).netloc:
+        headers["authorization"] = token  # for the hub only; never sent on to a CDN
     # the lock huggingface_hub takes for this blob: one download of it at a time
     lock = folder.parent / ".locks" / folder.name / f"{etag}.lock"
     with _locked(lock, cancelled):
         if not blob.exists():
-            _download(metadata.location, headers, blob, size, filename, progress, cancelled)
+            _download(source, headers, blob, size, filename, progress, cancelled)
 
 
 @contextmanager
@@ -207,7 +211,9 @@ def _download(
             start = 0
         if digest is not None and start:
             _hash_file(partial, start, digest)
-        request = urllib.request.Request(url, headers={**headers, "Accept-Encoding": "identity"})
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
+        for name, value in headers.items():  # none follows a redirect to another host
+            request.add_unredirected_header(name.capitalize(), value)
         if start:
             request.add_header("Range", f"bytes={start}-")
         meter: _Meter | None = None
