@@ -46,6 +46,9 @@ class FakeHub:
         self.served = 0
         self.piece, self.pause = piece, pause
         self.cut_at: int | None = None
+        self.redirect_to: str | None = None  # the file's address on a CDN
+        self.paths = {f"/{REPO_ID}/resolve/{revision}/{FILENAME}" for revision in REVISIONS}
+        self.authorized: list[bool] = []  # per request: an Authorization header came
         self._lock = threading.Lock()
         hub = self
 
@@ -56,9 +59,18 @@ class FakeHub:
             def _route(self) -> bool:
                 with hub._lock:
                     hub.requests.append((self.command, self.path))
-                for revision in REVISIONS:
-                    if self.path == f"/{REPO_ID}/resolve/{revision}/{FILENAME}":
-                        return True
+                    hub.authorized.append("Authorization" in self.headers)
+                if self.path in hub.paths and hub.redirect_to and "/resolve/" in self.path:
+                    self.send_response(302)
+                    self.send_header("Location", hub.redirect_to)
+                    self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("X-Linked-Etag", f'"{hub.etag}"')
+                    self.send_header("X-Linked-Size", str(len(hub.payload)))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return False
+                if self.path in hub.paths:
+                    return True
                 self.send_response(404)
                 self.send_header("X-Error-Code", "EntryNotFound")
                 self.send_header("X-Error-Message", "Entry not found")

@@ -199,3 +199,16 @@ def test_ctrl_c_during_the_download_says_interrupted_and_a_rerun_resumes(
     assert slow_hub.ranges == [f"bytes={kept}-"]
     (path,) = _snapshot_files(tmp_path / "hub")
     assert path.read_bytes() == slow_hub.payload
+
+
+def test_a_file_on_a_cdn_comes_from_there_without_the_token(slow_hub, tmp_path, monkeypatch):
+    slow_hub.pause = 0.0
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    with FakeHub(slow_hub.payload) as cdn:
+        cdn.paths = {"/blobs/focus"}
+        slow_hub.redirect_to = f"{cdn.url}/blobs/focus"
+        path = official_checkpoint("sod", "large", cache_dir=tmp_path, progress=lambda _p: None)
+        assert path.read_bytes() == slow_hub.payload
+        assert [method for method, _ in cdn.requests] == ["GET"]
+        assert cdn.authorized == [False]
+    assert slow_hub.count("GET") == 0 and any(slow_hub.authorized)  # HEADs to the hub only
