@@ -63,10 +63,10 @@ def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
             f"format napari-focus reads, whatever its name says; {_AGAIN}"
         )
     if "truncated" in text.lower() or text.startswith("failed to read"):
-        detail = "" if text == "image file is truncated" else f" ({text})"
+        # the decoder's own words ("11 bytes not processed") tell the user nothing more
         return UnreadableImageError(
             f"{path.name} is truncated: the file ends before its image does (an "
-            f"interrupted copy or download?){detail}; {_AGAIN}"
+            f"interrupted copy or download?); {_AGAIN}"
         )
     return None
 

@@ -135,6 +135,11 @@ def test_broken_files_say_what_is_wrong(photo, tmp_path, name, content, words):
         read_image(path)
     assert str(caught.value).startswith(words)
     assert str(caught.value).endswith("copy the image again, or leave it out")
+    if words.endswith("is truncated"):  # in plain words, without the decoder's
+        assert str(caught.value) == (
+            f"{name} is truncated: the file ends before its image does (an interrupted copy "
+            "or download?); copy the image again, or leave it out"
+        )
     assert isinstance(caught.value, OSError)  # callers catching OSError still do
 
 

@@ -60,14 +60,11 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     assert improve.running and improve.cancel_button.enabled
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     timer.stop()
-    gaps = np.diff(ticks)
-    stall = gaps.max()
-    for i in np.argsort(gaps)[-3:]:
-        print(f"stall {gaps[i] * 1000:.0f} ms: {states[i]!r} -> {states[i + 1]!r}")
     assert len(ticks) > 50, "the event loop did not run while training ran"
-    # Training runs in a process of its own; a viewer blocked by it would stall for the
-    # whole run (minutes). The bar leaves room for oversubscribed shared CI machines.
-    assert stall < 2.0, f"event loop stalled for {stall:.3f} s"
+    # Training runs in a process of its own: the event loop shows its steps one by one,
+    # where a viewer blocked by it would only see the end
+    shown_steps = {state for state in states if state.startswith("step ")}
+    assert len(shown_steps) >= 3, sorted(set(states))
     assert out.is_file(), improve.status.value
     assert improve.status.value.startswith("done"), improve.status.value
     assert "no step beat" not in improve.status.value, improve.status.value

@@ -30,12 +30,11 @@ DOWNLOADING = "downloading"  # the stage of an official checkpoint's download
 
 
 def uninterruptible(stage: str) -> bool:
-    """A stage a cancel cannot stop at once (downloading or reading a checkpoint,
-    compiling the kernel): the widget lets the user go on and drops its result when it
-    ends (a download stops at its next piece, a read at its next tensor)."""
-    from ..ops.build import BUILD_STARTED
-
-    return stage.startswith((LOADING, DOWNLOADING, BUILD_STARTED))
+    """A stage a cancel cannot stop at once (downloading or loading a model): the widget
+    lets the user go on and drops its result when it ends (a download stops at its next
+    piece, a read at its next tensor). (A first kernel build is only waited for, with the
+    cancel checked: it goes on in a thread of its own.)"""
+    return stage.startswith((LOADING, DOWNLOADING))
 
 
 def left_running(stage: str) -> str:
