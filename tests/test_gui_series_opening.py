@@ -145,11 +145,11 @@ def held_load(monkeypatch):
     loads: list[str] = []
     original = job_module.load_predictor
 
-    def held(key, cancelled=None):
+    def held(key, *args):
         started.set()
         release.wait(60)
         loads.append(threading.current_thread().name)
-        return original(key, cancelled)
+        return original(key, *args)
 
     monkeypatch.setattr(job_module, "load_predictor", held)
     return release, started, loads
