@@ -75,6 +75,7 @@ class _Meter:
         self.filename, self.total, self.start, self.done = filename, total, start, start
         self._report = report
         self._last = time.monotonic()
+        self._reported = -1  # the bytes done the last report said
         self._window: deque[tuple[float, int]] = deque([(self._last, start)])
         self._bar: Any = None
         if report is None:
@@ -98,11 +99,12 @@ class _Meter:
             self._window.popleft()
         since, then = self._window[0]
         rate = (self.done - then) / (now - since) if now > since else 0.0
+        self._reported = self.done
         if self._report is not None:
             self._report(DownloadProgress(self.filename, self.done, self.total, rate, self.start))
 
     def close(self, finished: bool) -> None:
-        if finished:
+        if finished and self._reported != self.done:  # the last report says it finished
             self._send(time.monotonic())
         if self._bar is not None:
             self._bar.close()

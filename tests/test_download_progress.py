@@ -212,3 +212,32 @@ def test_a_file_on_a_cdn_comes_from_there_without_the_token(slow_hub, tmp_path, 
         assert [method for method, _ in cdn.requests] == ["GET"]
         assert cdn.authorized == [False]
     assert slow_hub.count("GET") == 0 and any(slow_hub.authorized)  # HEADs to the hub only
+
+
+def test_train_interrupted_while_downloading_says_to_run_it_again(slow_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from synthetic_shapes import export_shapes
+    from test_cli import run_cli
+
+    from napari_focus import hub_download
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    export_shapes(tmp_path / "datasets", "duts-tr", 2, seed=3, size=48)
+    add = hub_download._Meter.add
+
+    def interrupt_at_a_third(meter, count: int) -> None:
+        add(meter, count)
+        if meter.done >= SIZE // 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub_download._Meter, "add", interrupt_at_a_third)
+    code, err = run_cli("train", "--root", tmp_path / "datasets", "--layout", "duts-tr",
+                        "--weights", "sod", "--out", tmp_path / "tuned.safetensors",
+                        "--steps", "2", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 130
+    assert err == (
+        "napari-focus train: interrupted before anything was saved; run the same command "
+        "again (a download of the base weights continues from where it stopped)\n"
+    )
+    partial = _repo(tmp_path / "hub") / "blobs" / f"{slow_hub.etag}.incomplete"
+    assert SIZE // 3 <= partial.stat().st_size < SIZE

@@ -224,8 +224,13 @@ def run_train(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         bar.close()
-        print("napari-focus train: interrupted; `--resume` continues from the last "
-              "evaluation", file=sys.stderr)  # fmt: skip
+        if has_saved_state(config.work_dir) or args.resume:
+            print("napari-focus train: interrupted; `--resume` continues from the last "
+                  "evaluation", file=sys.stderr)  # fmt: skip
+        else:  # nothing to resume yet (interrupted while the base weights downloaded, say)
+            print("napari-focus train: interrupted before anything was saved; run the same "
+                  "command again (a download of the base weights continues from where it "
+                  "stopped)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     bar.close()
     if result.output != Path(args.out):
