@@ -20,7 +20,7 @@ from .cli_common import (
     say_kernel_fallbacks,
 )
 from .cli_predict import add_throughput_arguments, run_predict
-from .prediction_files import collect_inputs
+from .prediction_files import collect_inputs, unmatched_reason
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     if args.path and folder is None:
         paths, unmatched = collect_inputs([args.path])
         if unmatched:
-            print(f"napari-focus: no image matches {args.path!r}", file=sys.stderr)
+            print(f"napari-focus: {unmatched_reason(args.path)}", file=sys.stderr)
             return EXIT_SETUP_ERROR
         for path in paths:  # before napari opens: a file it cannot show is said here
             try:

@@ -107,7 +107,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             "cluster's head (`ray start --head`) or check the address"
         )
     from ..cli_common import out_replaces_input_message, warn_if_weights_of_another_task
-    from ..prediction_files import OutputReplacesInput
+    from ..prediction_files import OutputReplacesInput, unmatched_reason
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
 
@@ -148,7 +148,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         return _fail(str(error))
 
     for item in run.unmatched:
-        print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
+        print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
     try:
         ranking: Path | None = write_ranking(run.rows, run.manifest.with_name(RANKING_NAME))
     except OSError as error:  # the masks and the manifest are on disk: say so, no traceback
