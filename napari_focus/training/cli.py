@@ -149,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         require_metrics()
     except ImportError as error:
-        print(f"napari-focus train: validation needs {error}", file=sys.stderr)
+        print(f"napari-focus train: the held-out validation's {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if Path(args.out).suffix != ".safetensors":
         fixed = Path(args.out).with_suffix(".safetensors")
