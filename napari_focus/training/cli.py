@@ -192,6 +192,14 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"napari-focus train: --out: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
 
+    try:  # a mistyped --weights is said now, not after the samples are read
+        from .setup import check_base_weights
+
+        check_base_weights(args.weights, args.size)
+    except ValueError as error:
+        print(f"napari-focus train: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+
     bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)
 
     def show(progress: Any) -> None:
