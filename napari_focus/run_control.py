@@ -12,7 +12,10 @@ bottlenecks, ViT blocks, adapter injectors and extractors, pixel-decoder encoder
 transformer-decoder layers) and removes them on exit: the model code itself is unchanged,
 and a model not being watched pays nothing. Each hook checks the cancel flag, so a
 cancel takes effect within one stage (a fraction of a second to ~1 s for FOCUS-L on a
-CPU). Thread-safe: the run happens in a worker thread, cancel and reads come from another.
+CPU). A first compile of the deformable-attention kernel inside the block runs in a
+thread of its own and is waited for with the same check, so a cancel does not wait a
+minute or two for the compiler (the build goes on and is kept for the next run).
+Thread-safe: the run happens in a worker thread, cancel and reads come from another.
 """
 
 from __future__ import annotations
@@ -87,8 +90,9 @@ def stage_modules(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def watch_model(model: nn.Module, control: RunControl) -> Iterator[None]:
-    """Check ``control`` before every stage of ``model`` while inside the block; after the
-    model's forward returns, the stage becomes "post-processing"."""
+    """Check ``control`` before every stage of ``model``, and while waiting for a kernel
+    build, inside the block; after the model's forward returns, the stage becomes
+    "post-processing"."""
 
     thread = threading.get_ident()  # another thread may run the same model meanwhile
 
@@ -100,11 +104,14 @@ def watch_model(model: nn.Module, control: RunControl) -> Iterator[None]:
         if threading.get_ident() == thread:
             control.set_stage("post-processing")
 
+    from .ops.build import cancellable_waits
+
     handles = [module.register_forward_pre_hook(check) for module in stage_modules(model)]
     handles.append(model.register_forward_hook(forward_done))
     try:
         control.check()
-        yield
+        with cancellable_waits(control.check):  # a first kernel build, too
+            yield
     finally:
         for handle in handles:
             handle.remove()
@@ -122,10 +129,10 @@ def kernel_build_stage(control: RunControl) -> Iterator[None]:
 
     class StageHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if record.thread != thread:
+            if record.thread != thread and thread not in getattr(record, "kernel_waiters", ()):
                 return
             event = getattr(record, "kernel_event", None)
-            if event == "build-started":
+            if event in ("build-started", "build-joined"):
                 resumed.append(control.snapshot()[0])
                 control.set_stage(BUILD_STARTED)
             elif event in ("build-finished", "build-failed") and resumed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,30 @@ def open_focus_widget(make_napari_viewer, tiny_checkpoint):
         return viewer, widget
 
     return open_
+
+
+@pytest.fixture
+def slow_first_build(monkeypatch):
+    """This process's CPU kernel set aside, and a first build of it that lasts until the
+    test sets the returned event (it yields the PyTorch reference as the kernel).
+    Yields ``(release, started, builder_threads)``."""
+    from napari_focus.ops import build
+    from napari_focus.ops.reference import ms_deform_attn_torch
+
+    release, started = threading.Event(), threading.Event()
+    builder_threads: list[threading.Thread] = []
+
+    def compile_for_a_while(kind: str):
+        build.state(kind).compiling = True
+        build._announce(kind, "build-started", f"{build.BUILD_STARTED}: CPU, into the cache")
+        builder_threads.append(threading.current_thread())
+        started.set()
+        assert release.wait(60), "the test never released the build"
+        return ms_deform_attn_torch, True
+
+    monkeypatch.setattr(build, "_compile", compile_for_a_while)
+    monkeypatch.setattr(build, "unavailable_reason", lambda kind: None)
+    monkeypatch.setitem(build._STATES, "cpu", build.KernelState("cpu"))
+    monkeypatch.setattr(build, "_BACKGROUND", {})
+    yield release, started, builder_threads
+    release.set()

@@ -331,34 +331,6 @@ def test_stacks_run_per_plane(qtbot, viewer_widget, small_coffee, monkeypatch):
         )
 
 
-def test_writer_saves_png_and_tiff(tmp_path):
-    import tifffile
-    from PIL import Image
-
-    from napari_focus.gui.writer import write_labels
-
-    mask = np.zeros((40, 50), np.int32)
-    mask[5:20, 10:30] = 1
-    (png,) = write_labels(str(tmp_path / "m.png"), mask, {"name": "m"})
-    np.testing.assert_array_equal(np.array(Image.open(png)), mask * 255)
-    (tif,) = write_labels(str(tmp_path / "s.tif"), np.stack([mask, mask]), {"name": "s"})
-    assert tifffile.imread(tif).shape == (2, 40, 50)
-    with pytest.raises(ValueError, match=r"save it as \.tif"):
-        write_labels(str(tmp_path / "s.png"), np.stack([mask, mask]), {"name": "s"})
-    (tmp_path / "x.png").write_bytes(b"the user's own file")
-    with pytest.raises(ValueError, match=r"choose a file name ending in \.png or \.tif"):
-        write_labels(str(tmp_path / "x.jpg"), mask, {"name": "x"})  # never x.png instead
-    assert (tmp_path / "x.png").read_bytes() == b"the user's own file"
-
-
-def test_sample_data_is_bundled():
-    from napari_focus.gui import samples
-
-    for make in (samples.coffee, samples.chelsea, samples.astronaut):
-        ((data, meta, kind),) = make()
-        assert data.ndim == 3 and kind == "image" and meta["name"]
-
-
 def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
     """At 1366x768, every section renders inside the window. With
     NAPARI_FOCUS_SCREENSHOTS=<folder>, writes docs-style screenshots there
@@ -396,37 +368,3 @@ def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
         if target:
             Image.fromarray(shot).save(Path(target) / f"screenshot-{title.lower()}.png")
     qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
-
-
-def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_path, monkeypatch):
-    from PIL import Image
-
-    from napari_focus.gui import annotate
-    from napari_focus.prediction_files import collect_inputs
-
-    for name in ("a", "b"):
-        Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
-    monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
-    paths, unmatched = collect_inputs([str(tmp_path / "a.png"), str(tmp_path / "b.png")])
-    viewer, widget = annotate.open_viewer(paths, show=False)
-    assert not unmatched
-    assert isinstance(widget, FocusWidget)
-    assert [layer.name for layer in viewer.layers] == ["a", "b"]
-    assert viewer.layers["a"].rgb and viewer.layers["a"].metadata["path"].endswith("a.png")
-    assert widget.image.value == "a"
-
-
-def test_layer_planes_multiscale_stacks_and_unsupported():
-    from napari.layers import Image, Labels
-
-    from napari_focus.gui.planes import UnsupportedLayerError, layer_planes
-
-    base = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
-    planes = layer_planes(Image([base, base[::2, ::2]], multiscale=True))
-    assert planes.spatial_shape == (64, 80) and not planes.is_stack
-    np.testing.assert_array_equal(planes.plane(()), base)  # highest resolution
-    stack = layer_planes(Image(np.zeros((3, 40, 50, 3), np.uint8), rgb=True))
-    assert stack.spatial_shape == (3, 40, 50) and stack.is_stack
-    assert stack.plane((2,)).shape == (40, 50, 3) and len(stack.all_indices()) == 3
-    with pytest.raises(UnsupportedLayerError, match="Labels layer"):
-        layer_planes(Labels(np.zeros((40, 40), np.uint8), name="mask"))

@@ -229,6 +229,32 @@ def test_run_shows_stages_and_cancel_stops_inside_the_forward(
     assert "cup [FOCUS SOD]" not in viewer.layers
 
 
+def test_cancel_during_the_first_kernel_build_stops_at_once(
+    qtbot, open_focus_widget, small_coffee, slow_first_build
+):
+    """The first Run on a machine compiles the deformable-attention kernel (a minute or
+    two): its stage is shown, Cancel ends the Run without waiting for the compiler, and
+    the next Run uses the kernel that build made."""
+    from napari_focus.ops import build
+
+    release, started, builder_threads = slow_first_build
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(started.is_set, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.status.value.startswith(build.BUILD_STARTED), timeout=5000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert not release.is_set() and builder_threads[0].is_alive()  # still compiling
+    assert widget.status.value == "cancelled"
+    assert "cup [FOCUS SOD]" not in viewer.layers
+
+    release.set()
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    assert "cup [FOCUS SOD]" in viewer.layers and len(builder_threads) == 1
+
+
 def test_readme_lists_the_shortcuts():
     from pathlib import Path
 

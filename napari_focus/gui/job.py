@@ -28,11 +28,10 @@ LOADING = "loading"  # the stage of a model load (then the model's description)
 
 
 def uninterruptible(stage: str) -> bool:
-    """A stage a cancel cannot stop at once (reading a checkpoint, compiling the
-    kernel): the widget lets the user go on and drops its result when it ends."""
-    from ..ops.build import BUILD_STARTED
-
-    return stage.startswith(LOADING) or stage.startswith(BUILD_STARTED)
+    """A stage a cancel cannot stop at once (loading a model): the widget lets the user
+    go on and drops its result when it ends. (A first kernel build is only waited for,
+    with the cancel checked: it goes on in a thread of its own.)"""
+    return stage.startswith(LOADING)
 
 
 def import_ahead_of_layers() -> None:

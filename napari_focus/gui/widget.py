@@ -275,8 +275,9 @@ class FocusWidget(Container):
     def cancel(self) -> None:
         """Stop the running job within one model stage; nothing it computed is added.
         While the model loads, the widget is free at once: a checkpoint read stops at the
-        next tensor, a download or kernel build ends in the background.
-        Without a Run, Cancel stops the model loading of the series' proposals."""
+        next tensor, a download ends in the background. A first kernel build goes on in
+        the background, for the next Run. Without a Run, Cancel stops the model loading
+        of the series' proposals."""
         if self._worker is None:
             self.series.cancel_model_load()
             return

@@ -30,9 +30,16 @@ rest of the process and never retried.
 Announcements: the logger ``napari_focus.ops.build`` says at INFO level when a
 build starts (the message starts with :data:`BUILD_STARTED`), ends or fails,
 and when a kernel fails its self-check. Each record carries ``kernel_event``
-(``"build-started"``, ``"build-finished"``, ``"build-failed"``,
-``"self-check-failed"``) and ``kernel_kind`` (``"cpu"``/``"cuda"``) attributes,
-so a GUI can show them in its status line with a :class:`logging.Handler`.
+(``"build-started"``, ``"build-joined"``, ``"build-finished"``, ``"build-failed"``,
+``"self-check-failed"``), ``kernel_kind`` (``"cpu"``/``"cuda"``) and
+``kernel_waiters`` (the threads waiting for that build) attributes, so a GUI can
+show them in its status line with a :class:`logging.Handler`.
+
+Inside :func:`cancellable_waits`, a thread that needs a kernel not yet loaded has
+it built (or loaded from the cache) by a thread of its own and waits for it,
+calling a check that may raise: a user's Cancel then ends the wait within a
+fraction of a second instead of a minute or two of compiling, and the build goes
+on to its end, so the next run finds the kernel ready.
 """
 
 from __future__ import annotations
@@ -47,11 +54,12 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .. import filelock
 from ..atomic import atomic_write_text
 from . import error_check, selfcheck, toolchain
 from .build_identity import (
@@ -66,6 +74,7 @@ from .build_identity import (
     log_path,
     source_files,
 )
+from .toolchain import unavailable_reason
 
 __all__ = [
     "BUILD_STARTED",
@@ -116,62 +125,21 @@ class KernelState:
     built_now: bool = False
     self_check: str | None = None
     warned: bool = False
+    compiling: bool = False
+    waiters: set[int] = field(default_factory=set)  # threads waiting for a background build
 
 
 _STATES = {kind: KernelState(kind) for kind in KINDS}
 _LOCK = threading.Lock()
+_BACKGROUND_LOCK = threading.Lock()
+_BACKGROUND: dict[str, threading.Event] = {}  # kind -> set once its background build ended
+_WAITS = threading.local()
+_WAIT_POLL_S = 0.05
+_BUILD_WAIT_S = 3600.0  # for another process's build of the same kernel
 
 
 def state(kind: str) -> KernelState:
     return _STATES[kind]
-
-
-def unavailable_reason(kind: str) -> str | None:
-    """Why ``kind`` cannot be built here, found without compiling anything (``None``: try it)."""
-    if kind == "cuda":  # before the compiler: installing one would not help here
-        if torch.version.cuda is None:
-            return f"this PyTorch build ({torch.__version__}) has no CUDA support"
-        if not torch.cuda.is_available():
-            return "no CUDA GPU is visible"
-    if toolchain.cxx_path() is None:
-        return (
-            f"no C++ compiler found ('{toolchain.cxx()}' is not on PATH; "
-            f"install one{toolchain.cxx_install_hint()} or set CXX)"
-        )
-    if toolchain.ninja_dir() is None and shutil.which("ninja") is None:
-        return "ninja is not installed (pip install ninja)"
-    if kind == "cuda":
-        nvcc = toolchain.nvcc_path()
-        if nvcc is None:
-            return "nvcc (the CUDA toolkit) was not found; install it or set CUDA_HOME"
-        if (problem := toolchain.nvcc_problem(nvcc, torch.version.cuda)) is not None:
-            return problem
-        requested = toolchain.requested_cuda_archs()
-        kept, dropped = toolchain.clamp_cuda_archs(requested, toolchain.supported_cuda_archs(nvcc))
-        if requested and not kept:
-            release = toolchain.nvcc_release(nvcc)
-            toolkit = f"CUDA {release[0]}.{release[1]}" if release else str(nvcc)
-            return (
-                f"the {toolkit} toolkit cannot compile for the GPU architecture(s) "
-                f"{', '.join(dropped)}; use a toolkit that supports them"
-            )
-    return None
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (POSIX; elsewhere torch's own lock only)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -195,8 +163,18 @@ def _warning_lines(caught: list[warnings.WarningMessage]) -> str:
     return "".join(f"warning: {w.message}\n" for w in caught)
 
 
-def _announce(kind: str, event: str, message: str, level: int = logging.INFO) -> None:
-    logger.log(level, message, extra={"kernel_event": event, "kernel_kind": kind})
+def _announce(
+    kind: str,
+    event: str,
+    message: str,
+    level: int = logging.INFO,
+    waiters: frozenset[int] | None = None,
+) -> None:
+    if waiters is None:
+        with _BACKGROUND_LOCK:
+            waiters = frozenset(_STATES[kind].waiters)
+    extra = {"kernel_event": event, "kernel_kind": kind, "kernel_waiters": waiters}
+    logger.log(level, message, extra=extra)
 
 
 def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
@@ -206,11 +184,11 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
     build_dir.mkdir(parents=True, exist_ok=True)
     library, log = library_path(kind), log_path(kind)
     built_now = False
-    with _file_lock(build_dir.parent / f"{build_dir.name}.lock"):
+    with filelock.held(build_dir.parent / f"{build_dir.name}.lock", timeout=_BUILD_WAIT_S):
         if (build_dir / _DONE_MARKER).exists() and library.exists():
             torch.ops.load_library(str(library))
         else:
-            built_now = True
+            built_now = _STATES[kind].compiling = True
             _announce(kind, "build-started", f"{BUILD_STARTED}: {kind.upper()}, into {build_dir}")
             # the sources are copied into the folder, so its build.ninja never changes
             source_dir = build_dir / "src"
@@ -285,23 +263,92 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
     st = _STATES[kind]
     if st.op is not None:
         return st.op
+    if (check := getattr(_WAITS, "check", None)) is not None:
+        return _wait_for_background_build(st, check)
+    _load_once(st)
+    if st.error is not None:
+        raise st.error
+    assert st.op is not None
+    return st.op
+
+
+@contextlib.contextmanager
+def cancellable_waits(check: Callable[[], None]) -> Iterator[None]:
+    """Inside the block, :func:`load` in this thread waits for a kernel being built in
+    a thread of its own and calls ``check`` every few hundredths of a second meanwhile;
+    whatever ``check`` raises ends the wait (the build goes on)."""
+    previous = getattr(_WAITS, "check", None)
+    _WAITS.check = check
+    try:
+        yield
+    finally:
+        _WAITS.check = previous
+
+
+def _load_once(st: KernelState) -> None:
+    """What :func:`load` does the first time, in whichever thread gets there first."""
     with _LOCK:
         if st.op is None and st.error is None:
-            if (reason := unavailable_reason(kind)) is not None:
-                st.error = KernelUnavailableError(kind, reason, None)
+            if (reason := unavailable_reason(st.kind)) is not None:
+                st.error = KernelUnavailableError(st.kind, reason, None)
             else:
                 _load_and_check(st)
-        if st.error is not None:
-            raise st.error
-        assert st.op is not None
-        return st.op
+
+
+def _wait_for_background_build(
+    st: KernelState, check: Callable[[], None]
+) -> Callable[..., torch.Tensor]:
+    me = threading.get_ident()
+    with _BACKGROUND_LOCK:
+        ended = _BACKGROUND.get(st.kind)
+        joined = ended is not None and st.compiling
+        if ended is None:
+            ended = _BACKGROUND[st.kind] = threading.Event()
+            st.waiters.add(me)  # before the builder announces its start
+            threading.Thread(
+                target=_build_in_background,
+                args=(st, ended),
+                name=f"napari-focus {st.kind} kernel build",
+                daemon=True,
+            ).start()
+        else:
+            st.waiters.add(me)
+    if joined:
+        _announce(
+            st.kind,
+            "build-joined",
+            f"{BUILD_STARTED}: {st.kind.upper()}, already under way",
+            waiters=frozenset({me}),
+        )
+    try:
+        while not ended.wait(_WAIT_POLL_S):
+            check()
+    finally:
+        with _BACKGROUND_LOCK:
+            st.waiters.discard(me)
+    if st.error is not None:
+        raise st.error
+    assert st.op is not None
+    return st.op
+
+
+def _build_in_background(st: KernelState, ended: threading.Event) -> None:
+    try:
+        _load_once(st)
+    except Exception as exc:  # a waiter must never wait forever
+        st.error = KernelUnavailableError(st.kind, f"the build thread failed ({exc!r})", None)
+    finally:
+        ended.set()
 
 
 def _load_and_check(st: KernelState) -> None:
     kind = st.kind
     start = time.perf_counter()
     try:
-        op, st.built_now = _compile(kind)
+        try:
+            op, st.built_now = _compile(kind)
+        finally:
+            st.compiling = False
     except _ErrorsDoNotReachPython as exc:
         st.self_check = f"failed: {exc}"
         st.error = KernelUnavailableError(kind, f"it built, but {exc}", None)

@@ -204,3 +204,35 @@ def cpu_isa_tag() -> str | None:
         if key.strip() in ("flags", "Features"):
             return hashlib.sha1(" ".join(sorted(flags.split())).encode()).hexdigest()[:8]
     return None
+
+
+def unavailable_reason(kind: str) -> str | None:
+    """Why ``kind`` cannot be built here, found without compiling anything (``None``: try it)."""
+    if kind == "cuda":  # before the compiler: installing one would not help here
+        if torch.version.cuda is None:
+            return f"this PyTorch build ({torch.__version__}) has no CUDA support"
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible"
+    if cxx_path() is None:
+        return (
+            f"no C++ compiler found ('{cxx()}' is not on PATH; "
+            f"install one{cxx_install_hint()} or set CXX)"
+        )
+    if ninja_dir() is None and shutil.which("ninja") is None:
+        return "ninja is not installed (pip install ninja)"
+    if kind == "cuda":
+        nvcc = nvcc_path()
+        if nvcc is None:
+            return "nvcc (the CUDA toolkit) was not found; install it or set CUDA_HOME"
+        if (problem := nvcc_problem(nvcc, torch.version.cuda)) is not None:
+            return problem
+        requested = requested_cuda_archs()
+        kept, dropped = clamp_cuda_archs(requested, supported_cuda_archs(nvcc))
+        if requested and not kept:
+            release = nvcc_release(nvcc)
+            toolkit = f"CUDA {release[0]}.{release[1]}" if release else str(nvcc)
+            return (
+                f"the {toolkit} toolkit cannot compile for the GPU architecture(s) "
+                f"{', '.join(dropped)}; use a toolkit that supports them"
+            )
+    return None
