@@ -41,6 +41,7 @@ from .proposal_layers import (
 )
 from .series_close import UndockWatch
 from .shortcuts import bind_shortcuts
+from .triton_isolation import load_triton_isolated
 
 if TYPE_CHECKING:
     import napari
@@ -79,6 +80,7 @@ class FocusWidget(Container):
     """Dock widget: choose image, task, model and device; Run proposes a Labels layer."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        load_triton_isolated()  # before any worker thread can import it beside Mesa's LLVM
         self.viewer = napari_viewer
         self._worker: Any = None
         self._control: Any = None

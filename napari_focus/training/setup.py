@@ -82,6 +82,20 @@ def _official(name: str, size: str) -> tuple[str, str]:
     return match.group(2), match.group(1)
 
 
+def check_base_weights(weights: str, size: str) -> None:
+    """Raise ValueError, in the command line's words, when ``weights`` is neither a
+    readable checkpoint file nor an official base: said before the samples are read."""
+    from ..cli_common import weights_file_problem
+
+    path = Path(weights)
+    if path.is_dir() or path.is_file():
+        problem = weights_file_problem(weights)
+        if problem:
+            raise ValueError(f"--weights {weights}: {problem}")
+        return
+    _official(weights, size)
+
+
 def official_base(weights: str) -> tuple[str, str] | None:
     """``(task, how it is known)`` when ``weights`` names an official base (a task or
     ``focus_large_cod``) rather than a file; None otherwise."""
