@@ -2,7 +2,7 @@
 and resume (no napari, no Qt).
 
 huggingface_hub (2.x) downloads into a temporary file of its own and deletes it when the
-download stops, so a stopped 1.2 GB download would start over. Here the bytes go to
+download stops, so a stopped download of gigabytes would start over. Here the bytes go to
 ``blobs/<etag>.incomplete`` in the repository's cache folder (the name older
 huggingface_hub versions resume from too), which the next call continues with an HTTP
 Range request. Only a complete file whose SHA-256 is the hub's ETag is renamed to
@@ -63,7 +63,7 @@ class DownloadProgress:
         return self.done >= self.total
 
     def describe(self) -> str:
-        """``"120 of 1,214 MB, 11.3 MB/s"``."""
+        """``"120 of 1,500 MB, 11.3 MB/s"``."""
         return f"{self.done / MB:,.0f} of {self.total / MB:,.0f} MB, {self.rate / MB:.1f} MB/s"
 
 

@@ -45,7 +45,7 @@ def left_running(stage: str) -> str:
 
 
 def load_stages(key: ModelKey, show: Callable[[str], None]) -> ProgressCallback:
-    """A download progress callback showing ``"downloading <file>: 120 of 1,214 MB,
+    """A download progress callback showing ``"downloading <file>: 120 of 1,500 MB,
     11.3 MB/s"`` through ``show`` (a stage setter: the GUI polls it), then the loading
     stage again once the file is complete."""
 
