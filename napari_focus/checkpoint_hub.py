@@ -1,5 +1,6 @@
-"""The official checkpoints on the Hugging Face hub: downloaded once, then read from the
-cache; offline or unreachable, one error naming the repository, the file and the cache."""
+"""The official checkpoints on the Hugging Face hub: downloaded once (with progress, a
+cancel and a resume, see :mod:`napari_focus.hub_download`), then read from the cache;
+offline or unreachable, one error naming the repository, the file and the cache."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import socket
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoints import CheckpointNotAvailable
+from .hub_download import ProgressCallback, fetch_into_cache
 from .presets import check_size, check_task, hub_location
 
 
@@ -38,8 +41,19 @@ def official_checkpoint(
     *,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Path:
     """Path of the official checkpoint, downloaded from the Hugging Face hub on first use.
+
+    While it downloads, ``progress`` receives a
+    :class:`~napari_focus.hub_download.DownloadProgress` a few times a second (in the
+    calling thread); without it a progress bar goes to stderr (none under
+    ``HF_HUB_DISABLE_PROGRESS_BARS``). ``cancelled`` is asked between pieces of at most
+    1 MB; once it answers True the download stops with
+    :class:`~napari_focus.run_control.Cancelled`. A download stopped that way, by Ctrl+C
+    or by a failed connection stays in the cache as ``blobs/<etag>.incomplete``, and the
+    next call continues it.
 
     Honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_HOME``/``HF_HUB_CACHE``.
     """
@@ -52,6 +66,9 @@ def official_checkpoint(
     # huggingface_hub retries a refused connection for ~25 s; a refused or unresolvable
     # endpoint is known at once, and then only the cache can answer
     unreachable = not offline and not _endpoint_reachable(endpoint or constants.ENDPOINT)
+    if not (offline or unreachable):
+        fetch_into_cache(repo_id, filename, cache_dir=cache_dir, revision=revision,
+                         endpoint=endpoint, progress=progress, cancelled=cancelled)  # fmt: skip
     try:
         return Path(
             hf_hub_download(

@@ -20,7 +20,7 @@ from .cli_common import (
     say_kernel_fallbacks,
 )
 from .cli_predict import add_throughput_arguments, run_predict
-from .prediction_files import collect_inputs
+from .prediction_files import collect_inputs, unmatched_reason
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     if args.path and folder is None:
         paths, unmatched = collect_inputs([args.path])
         if unmatched:
-            print(f"napari-focus: no image matches {args.path!r}", file=sys.stderr)
+            print(f"napari-focus: {unmatched_reason(args.path)}", file=sys.stderr)
             return EXIT_SETUP_ERROR
         for path in paths:  # before napari opens: a file it cannot show is said here
             try:
@@ -164,7 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=run_doctor)
     for sub in commands.choices.values():  # the raw formatter keeps line breaks as written
         sub.description = _fill(sub.description or "")
+        sub.set_defaults(command_parser=sub)  # whose usage an unknown argument is shown with
     return parser
+
+
+def _unrecognized(command: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """The message for arguments ``command`` does not take, naming the option a typo was
+    probably meant to be (``--overwite``: did you mean ``--overwrite``?)."""
+    import difflib
+
+    options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    for extra in extras:
+        if extra.startswith("--"):
+            close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                return f"{message} (did you mean {close[0]}?)"
+    if any(extra.startswith("-") for extra in extras):
+        return f"{message} (`napari-focus {command.prog.split()[-1]} --help` lists the options)"
+    return message
 
 
 def _check_device(args: argparse.Namespace) -> bool:
@@ -215,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:  # said by the command's own parser: its usage, and the option meant
+        args.command_parser.error(_unrecognized(args.command_parser, extras))
     _announce_kernel_builds()
     if getattr(args, "command", None) == "annotate" and not _has_qt_binding():
         print(

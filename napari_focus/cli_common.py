@@ -69,7 +69,8 @@ def out_replaces_input_message(out: object, error: Any) -> str:
 def load_predictor_from_args(args: argparse.Namespace) -> Any:
     """A :class:`~napari_focus.FocusPredictor` from ``--weights`` / ``--task`` /
     ``--size`` / ``--device`` / ``--precision`` / ``--compile`` (commands without the
-    throughput flags get the defaults)."""
+    throughput flags get the defaults). A download of the official weights shows a
+    progress bar on stderr unless ``--quiet``."""
     import warnings
 
     from .checkpoint_identity import TaskMismatchWarning
@@ -84,6 +85,7 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
             weights=args.weights,
             device=args.device,
             precision=getattr(args, "precision", "auto"),
+            download_progress=(lambda _progress: None) if getattr(args, "quiet", False) else None,
         )
     if getattr(args, "compile", False):
         predictor.compile()

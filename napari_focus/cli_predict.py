@@ -13,7 +13,12 @@ from .cli_common import (
     out_replaces_input_message,
     positive_int,
 )
-from .prediction_files import OutputReplacesInput, collect_inputs, plan_outputs
+from .prediction_files import (
+    OutputReplacesInput,
+    collect_inputs,
+    plan_outputs,
+    unmatched_reason,
+)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -32,7 +37,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     images, unmatched = collect_inputs(args.inputs)
     for item in unmatched:
-        print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
+        print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
     for folder in _folders_with_images_below(args.inputs):
         print(f"napari-focus: note: images in subfolders of {folder} are not included; "
               f"give '{folder}/**/*' to include them (masks go flat into --out)",

@@ -68,6 +68,18 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     return unique, unmatched
 
 
+def unmatched_reason(item: str) -> str:
+    """Why an input ``item`` that :func:`collect_inputs` found no image in matched none."""
+    from .io import IMAGE_EXTENSIONS
+
+    path = Path(item)
+    if path.is_dir():
+        return f"no image file ({' '.join(IMAGE_EXTENSIONS)}) in the folder {item!r}"
+    if not is_uri(item) and not glob.has_magic(item) and not os.path.lexists(path):
+        return f"{item!r} does not exist (no such file or folder); check the path"
+    return f"no image matches {item!r}"
+
+
 def is_uri(source: str) -> bool:
     """``scheme://...``; a Windows drive letter (``C:\\``) is not a URI."""
     return bool(_URI.match(source))

@@ -23,6 +23,7 @@ from .checkpoint_identity import (
 )
 from .checkpoints import metadata_architecture, read_checkpoint, save_inference_checkpoint
 from .devices import resolve_device
+from .hub_download import DownloadProgress
 from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
 from .presets import check_task, hub_location, input_preset
@@ -123,18 +124,22 @@ class FocusPredictor:
         device: str | torch.device | None = None,
         precision: str = "auto",
         cancelled: Callable[[], bool] | None = None,
+        download_progress: Callable[[DownloadProgress], None] | None = None,
     ) -> FocusPredictor:
         """The model a user names: the local checkpoint ``weights`` (its size read from
         the file unless ``size`` is given), else the official hub weights of ``size``
         (default large). The one rule the CLI, the widget and the cluster workers use.
 
         ``cancelled``, here and in the other constructors, is asked between tensors
-        while the weights are read; once it answers True the load stops with
-        :class:`~napari_focus.run_control.Cancelled` (a download is not interrupted)."""
+        while the weights are read, and between pieces of a download; once it answers
+        True the load stops with :class:`~napari_focus.run_control.Cancelled` (a
+        download resumes next time). ``download_progress``: see :func:`official_checkpoint`."""
         options = {"device": device, "precision": precision, "cancelled": cancelled}
         if weights:
             return cls.from_checkpoint(weights, task, architecture=size, **options)
-        return cls.from_pretrained(task, size or "large", **options)
+        return cls.from_pretrained(
+            task, size or "large", download_progress=download_progress, **options
+        )
 
     @classmethod
     def from_pretrained(
@@ -147,10 +152,12 @@ class FocusPredictor:
         revision: str | None = None,
         precision: str = "auto",
         cancelled: Callable[[], bool] | None = None,
+        download_progress: Callable[[DownloadProgress], None] | None = None,
     ) -> FocusPredictor:
         """Official weights ``geshang/focus_{size}_{task}``, downloaded once and cached."""
         device = resolve_device(device)  # before any download
-        path = official_checkpoint(task, size, cache_dir=cache_dir, revision=revision)
+        path = official_checkpoint(task, size, cache_dir=cache_dir, revision=revision,
+                                   progress=download_progress, cancelled=cancelled)  # fmt: skip
         try:
             return cls.from_checkpoint(
                 path, task, architecture=size, device=device, precision=precision,

@@ -124,6 +124,7 @@ def slow_first_build(monkeypatch):
 
     monkeypatch.setattr(build, "_compile", compile_for_a_while)
     monkeypatch.setattr(build, "unavailable_reason", lambda kind: None)
+    monkeypatch.setattr(build, "is_cached", lambda kind: False)
     monkeypatch.setitem(build._STATES, "cpu", build.KernelState("cpu"))
     monkeypatch.setattr(build, "_BACKGROUND", {})
     yield release, started, builder_threads

@@ -153,3 +153,28 @@ def test_readme_synopsis_lists_every_option_of_every_command() -> None:
             if flag.startswith("--") and flag != "--help"
         }
         assert in_readme[name] == options, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["predict", "photo.png", "--task", "sod", "--overwite"],
+         "napari-focus predict: error: unrecognized arguments: --overwite "
+         "(did you mean --overwrite?)"),
+        (["doctor", "--bild"], "napari-focus doctor: error: unrecognized arguments: --bild "
+         "(did you mean --build?)"),
+        (["rank", "photos", "--task", "sod", "--report-dir", "r"],
+         "(did you mean --report?)"),
+        (["predict", "photo.png", "--task", "sod", "-z"],
+         "(`napari-focus predict --help` lists the options)"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_option_is_named_with_the_command_and_the_option_meant(argv, said) -> None:
+    """The command's usage, not the top-level one, and the closest option it has."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    message = err.getvalue()
+    assert said in message
+    assert message.startswith(f"usage: napari-focus {argv[0]} ")

@@ -318,3 +318,21 @@ def test_a_folder_where_a_mask_goes_is_no_existing_mask(tmp_path):
         f"its mask cat.png cannot be written: {out / 'cat.png'} is a folder; move it away "
         "or choose another --out"
     )
+
+
+def test_an_input_that_matches_nothing_is_said_for_what_it_is(tmp_path, monkeypatch):
+    """A mistyped folder is said not to exist; a folder without images, and a pattern
+    matching none, are said as such (each before the model loads, exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Été 2024" / "day 1").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(tmp_path / "Été 2024" / "day 1" / "plage.png")
+    for given, said in [
+        ("Ete 2024", "'Ete 2024' does not exist (no such file or folder); check the path"),
+        ("Été 2024", "no image file (.png .jpg"),
+        ("Été 2024/*.jpeg", "no image matches 'Été 2024/*.jpeg'"),
+    ]:
+        code, err = run_cli("predict", given, "--task", "sod", "--out", "masks")
+        assert code == 2 and said in err, (given, err)
+        assert "in the folder 'Été 2024'" in err or given != "Été 2024"
+    code, err = run_cli("annotate", "cat.png")
+    assert code == 2 and "'cat.png' does not exist" in err

@@ -33,12 +33,22 @@ REVISIONS = ("main", "v1.0", COMMIT)
 
 
 class FakeHub:
-    """Serves one file of one repo, the way the Hugging Face hub's /resolve endpoint does."""
+    """Serves one file of one repo, the way the Hugging Face hub's /resolve endpoint does:
+    with Range requests (206), in pieces of ``piece`` bytes with ``pause`` seconds between
+    them (a slow connection), counting the bytes it managed to send (``served``); with
+    ``cut_at`` it closes the connection once it has sent the file up to that offset."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, *, piece: int = 1 << 20, pause: float = 0.0) -> None:
         self.payload = payload
         self.etag = hashlib.sha256(payload).hexdigest()
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[str] = []  # the Range headers of the GETs
+        self.served = 0
+        self.piece, self.pause = piece, pause
+        self.cut_at: int | None = None
+        self.redirect_to: str | None = None  # the file's address on a CDN
+        self.paths = {f"/{REPO_ID}/resolve/{revision}/{FILENAME}" for revision in REVISIONS}
+        self.authorized: list[bool] = []  # per request: an Authorization header came
         self._lock = threading.Lock()
         hub = self
 
@@ -49,9 +59,18 @@ class FakeHub:
             def _route(self) -> bool:
                 with hub._lock:
                     hub.requests.append((self.command, self.path))
-                for revision in REVISIONS:
-                    if self.path == f"/{REPO_ID}/resolve/{revision}/{FILENAME}":
-                        return True
+                    hub.authorized.append("Authorization" in self.headers)
+                if self.path in hub.paths and hub.redirect_to and "/resolve/" in self.path:
+                    self.send_response(302)
+                    self.send_header("Location", hub.redirect_to)
+                    self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("X-Linked-Etag", f'"{hub.etag}"')
+                    self.send_header("X-Linked-Size", str(len(hub.payload)))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return False
+                if self.path in hub.paths:
+                    return True
                 self.send_response(404)
                 self.send_header("X-Error-Code", "EntryNotFound")
                 self.send_header("X-Error-Message", "Entry not found")
@@ -59,10 +78,13 @@ class FakeHub:
                 self.end_headers()
                 return False
 
-            def _headers(self) -> None:
-                self.send_response(200)
+            def _headers(self, start: int = 0) -> None:
+                size = len(hub.payload)
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(hub.payload)))
+                self.send_header("Content-Length", str(size - start))
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("ETag", f'"{hub.etag}"')
                 self.send_header("X-Linked-Etag", f'"{hub.etag}"')
@@ -75,11 +97,27 @@ class FakeHub:
                     self._headers()
 
             def do_GET(self) -> None:
-                if self._route():
-                    self._headers()
-                    view = memoryview(hub.payload)
-                    for start in range(0, len(view), 1 << 20):
-                        self.wfile.write(view[start : start + (1 << 20)])
+                if not self._route():
+                    return
+                asked = self.headers.get("Range")
+                start = 0
+                if asked:
+                    with hub._lock:
+                        hub.ranges.append(asked)
+                    start = int(asked.removeprefix("bytes=").split("-")[0])
+                self._headers(start)
+                view = memoryview(hub.payload)
+                try:
+                    end = len(view) if hub.cut_at is None else max(start, hub.cut_at)
+                    for offset in range(start, end, hub.piece):
+                        if hub.pause:
+                            time.sleep(hub.pause)
+                        sent = view[offset : min(offset + hub.piece, end)]
+                        self.wfile.write(sent)
+                        with hub._lock:
+                            hub.served += len(sent)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -292,12 +330,21 @@ def test_unreachable_hub_with_warm_cache_uses_it(warm_cache, monkeypatch):
 
 def test_unreachable_hub_with_empty_cache_fails_at_once(monkeypatch, tmp_path):
     """A refused connection is final: no 25 s of huggingface_hub retries."""
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
     _hub_env(monkeypatch, _closed_port_url(), offline=False)
     monkeypatch.setattr(urllib.request, "getproxies", dict)  # no proxy on this machine
-    started = time.perf_counter()
+    asked: list[dict] = []
+    download = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: asked.append(k) or download(*a, **k))  # fmt: skip
+    pauses: list[float] = []
+    monkeypatch.setattr(_http.time, "sleep", pauses.append)  # a retry waits first
     with pytest.raises(CheckpointNotAvailable, match="the hub could not be reached"):
         official_checkpoint("sod", "large", cache_dir=tmp_path / "empty_cache")
-    assert time.perf_counter() - started < 5
+    assert [k["local_files_only"] for k in asked] == [True]  # only the cache was asked
+    assert pauses == [], "huggingface_hub retried the connection"
 
 
 def test_reachability_probe_leaves_proxies_and_odd_endpoints_to_the_hub(monkeypatch):

@@ -123,7 +123,7 @@ def _counted_loads(monkeypatch) -> list:
     monkeypatch.setattr(
         job_module,
         "load_predictor",
-        lambda key, cancelled=None: loads.append(key) or original(key, cancelled),
+        lambda key, *args: loads.append(key) or original(key, *args),
     )
     return loads
 

@@ -136,7 +136,7 @@ def test_annotate_opens_a_folder_as_a_series(
 ):
     from napari_focus.gui import annotate, job, series_section
 
-    def offline(key, cancelled=None):
+    def offline(key, *_args):
         raise OSError("offline in tests")
 
     monkeypatch.setattr(job, "load_predictor", offline)  # never the network

@@ -145,11 +145,11 @@ def held_load(monkeypatch):
     loads: list[str] = []
     original = job_module.load_predictor
 
-    def held(key, cancelled=None):
+    def held(key, *args):
         started.set()
         release.wait(60)
         loads.append(threading.current_thread().name)
-        return original(key, cancelled)
+        return original(key, *args)
 
     monkeypatch.setattr(job_module, "load_predictor", held)
     return release, started, loads
@@ -253,3 +253,26 @@ def test_cancel_while_the_series_loads_the_model(
     series.next()
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert series.shown_key == "img2.jpg" and len(loads) == 2
+
+
+def test_a_series_says_when_its_first_proposal_compiles_the_kernel(
+    qtbot, open_focus_widget, slow_first_build, tmp_path
+):
+    """Opening a folder on a machine that has never compiled the deformable-attention
+    kernel: the first proposal takes a minute or two longer, and the status says why."""
+    from napari_focus.ops.build import BUILD_STARTED
+
+    release, started, _ = slow_first_build
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / name)
+    _viewer, widget = open_focus_widget()
+    widget.series.prefetch.value = False
+    widget.series.open(tmp_path)
+    qtbot.waitUntil(started.is_set, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: BUILD_STARTED in widget.status.value, timeout=WAIT_MS)
+    assert widget.status.value.startswith("computing the proposal of a: first compiling")
+    release.set()
+    qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
+    assert BUILD_STARTED not in widget.status.value
+

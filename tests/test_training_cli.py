@@ -109,7 +109,11 @@ def test_missing_metrics_stop_train_and_rank_before_any_work(tmp_path: Path, cap
     monkeypatch.setattr(builtins, "__import__", no_model_loading)
     code = main(["train", "--root", str(tmp_path), "--layout", "generic",
                  "--weights", "cod", "--out", str(tmp_path / "o.safetensors")])  # fmt: skip
-    assert code == 2 and "pip install 'napari-focus[metrics]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == (
+        "napari-focus train: the held-out validation's quality metrics need PySODMetrics, "
+        "which is not installed: pip install 'napari-focus[metrics]'"
+    )
     code = main(["rank", str(tmp_path), "--task", "sod", "--gt", str(tmp_path / "gt"),
                  "--out", str(tmp_path / "r.csv")])  # fmt: skip
     err = capsys.readouterr().err
@@ -264,3 +268,30 @@ def test_an_out_that_appears_during_training_is_kept_and_the_weights_go_beside_i
     _, metadata = read_checkpoint(beside)
     assert metadata["training_steps"] == "2"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".napari_focus-tmp")]
+
+
+def test_base_weights_that_cannot_be_read_are_refused_before_the_samples(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from napari_focus.training import loop
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the samples were read before --weights was checked")
+
+    monkeypatch.setattr(loop, "collect_samples", no_reading)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "focus_large_cod.pth").write_bytes(b"x")
+    (tmp_path / "empty.safetensors").touch()
+    base = ["train", "--root", str(tmp_path), "--layout", "generic", "--steps", "1",
+            "--device", "cpu", "--out", str(tmp_path / "o.safetensors")]  # fmt: skip
+    for weights, said in [
+        ("sodd", "--weights 'sodd' is neither a checkpoint file nor an official model"),
+        (str(tmp_path / "gone.pth"), "no such file; give the path of a checkpoint"),
+        (str(tmp_path / "weights"), "a folder, not a checkpoint file; give the .pth or "
+         ".safetensors file (in it: focus_large_cod.pth)"),
+        (str(tmp_path / "empty.safetensors"), "the file is empty"),
+    ]:  # fmt: skip
+        code = main([*base, "--weights", weights])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err, (weights, err)
+        assert err.startswith("napari-focus train: --weights"), err

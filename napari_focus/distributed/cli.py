@@ -9,6 +9,17 @@ from pathlib import Path
 ENGINES = ("local", "ray")
 
 
+def series_hint(images: Path, series: Path, masks: Path, count: int) -> str:
+    """What ``--series`` prepared, and how to open it in the widget's Series tab (the
+    names of its fields)."""
+    return (
+        f"series of {images} in {series}, {count} images, most doubtful first; in napari, "
+        f"open it in the FOCUS widget's Series tab with 'image folder' {images}, 'series "
+        f"folder' {series} and 'start masks' {masks} (each image starts from its predicted "
+        "mask), then Open folder"
+    )
+
+
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--engine`` and the Ray options to the ``predict`` parser."""
     group = parser.add_argument_group(
@@ -96,7 +107,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             "cluster's head (`ray start --head`) or check the address"
         )
     from ..cli_common import out_replaces_input_message, warn_if_weights_of_another_task
-    from ..prediction_files import OutputReplacesInput
+    from ..prediction_files import OutputReplacesInput, unmatched_reason
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
 
@@ -137,7 +148,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         return _fail(str(error))
 
     for item in run.unmatched:
-        print(f"napari-focus: no image matches {item!r}", file=sys.stderr)
+        print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
     try:
         ranking: Path | None = write_ranking(run.rows, run.manifest.with_name(RANKING_NAME))
     except OSError as error:  # the masks and the manifest are on disk: say so, no traceback
@@ -161,9 +172,6 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         if folder is None:
             return _fail("--series needs local input images")
         state = order_series(args.series, folder, ranking)
-        print(
-            f"napari-focus: series of {folder} in {args.series}, {len(state.queue)} images, "
-            f"most doubtful first; in the FOCUS widget open it with 'existing masks' {out}",
-            file=sys.stderr,
-        )
+        print(f"napari-focus: {series_hint(folder, Path(args.series), out, len(state.queue))}",
+              file=sys.stderr)  # fmt: skip
     return EXIT_FAILED_IMAGES if run.failed or run.unmatched else 0

@@ -228,7 +228,7 @@ def order_series(
     not name last. A new series starts at its first image; a resumed one keeps its
     current image and statuses. Returns the :class:`~napari_focus.series.SeriesState`.
 
-    Opened in the widget with *existing masks* set to the prediction folder, each image
+    Opened in the widget with *start masks* set to the prediction folder, each image
     starts from its predicted mask.
     """
     from ..series.state import STATE_NAME, load_or_create

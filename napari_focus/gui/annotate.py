@@ -32,6 +32,10 @@ def open_viewer(
     ``(viewer, widget)``."""
     import napari
 
+    from .triton_isolation import load_triton_isolated
+
+    load_triton_isolated()  # before the canvas loads an OpenGL driver (and its LLVM)
+
     viewer = napari.Viewer(show=show)
     _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
     if folder is not None:

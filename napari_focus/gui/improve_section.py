@@ -277,6 +277,12 @@ class ImproveSection(Container):
         if error is not None:
             self._error(f"training failed: {self._error_text(error)}")
             return
+        if result.cancelled and not result.started:
+            self.status.value = (
+                "cancelled; the download of the base weights continues from there with "
+                "the next Improve"
+            )
+            return
         if result.cancelled:
             # shown in the field, so that Improve continues this run, not a new one
             self.output.value = self._config.out

@@ -19,19 +19,43 @@ import numpy as np
 from ..checkpoint_identity import HubFileMismatch, TaskMismatchWarning
 from ..checkpoints import CheckpointNotAvailable
 from ..devices import out_of_memory
+from ..hub_download import DownloadProgress, ProgressCallback
 from ..predictor import FocusPredictor
 from ..presets import hub_location
 from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
 from .planes import LayerPlanes
 
 LOADING = "loading"  # the stage of a model load (then the model's description)
+DOWNLOADING = "downloading"  # the stage of an official checkpoint's download
 
 
 def uninterruptible(stage: str) -> bool:
-    """A stage a cancel cannot stop at once (loading a model): the widget lets the user
-    go on and drops its result when it ends. (A first kernel build is only waited for,
-    with the cancel checked: it goes on in a thread of its own.)"""
-    return stage.startswith(LOADING)
+    """A stage a cancel cannot stop at once (downloading or loading a model): the widget
+    lets the user go on and drops its result when it ends (a download stops at its next
+    piece, a read at its next tensor). (A first kernel build is only waited for, with the
+    cancel checked: it goes on in a thread of its own.)"""
+    return stage.startswith((LOADING, DOWNLOADING))
+
+
+def left_running(stage: str) -> str:
+    """The status once Cancel left an :func:`uninterruptible` stage to end by itself."""
+    if stage.startswith(DOWNLOADING):
+        return "cancelled; the download stops (the next Run continues it from there)"
+    return "cancelled; the model load stops in the background"
+
+
+def load_stages(key: ModelKey, show: Callable[[str], None]) -> ProgressCallback:
+    """A download progress callback showing ``"downloading <file>: 120 of 1,500 MB,
+    11.3 MB/s"`` through ``show`` (a stage setter: the GUI polls it), then the loading
+    stage again once the file is complete."""
+
+    def on_progress(progress: DownloadProgress) -> None:
+        if progress.finished:
+            show(f"{LOADING} {key.describe()}")
+        else:
+            show(f"{DOWNLOADING} {progress.filename}: {progress.describe()}")
+
+    return on_progress
 
 
 def import_ahead_of_layers() -> None:
@@ -83,7 +107,11 @@ class JobResult:
     tta: bool = False  # what the proposals were computed with
 
 
-def load_predictor(key: ModelKey, cancelled: Callable[[], bool] | None = None) -> FocusPredictor:
+def load_predictor(
+    key: ModelKey,
+    cancelled: Callable[[], bool] | None = None,
+    download_progress: ProgressCallback | None = None,
+) -> FocusPredictor:
     # the size list names the hub download; a local file carries its own size
     with warnings.catch_warnings():  # the Model tab says it in its own words
         warnings.simplefilter("ignore", TaskMismatchWarning)
@@ -94,13 +122,16 @@ def load_predictor(key: ModelKey, cancelled: Callable[[], bool] | None = None) -
             device=key.device,
             precision=key.precision,
             cancelled=cancelled,
+            download_progress=download_progress or (lambda _progress: None),
         )
 
 
 def load_alone(key: ModelKey, control: RunControl) -> FocusPredictor:
     """Load without sharing: a load cancelled meanwhile is dropped (raises Cancelled)."""
     control.check()
-    predictor = load_predictor(key, lambda: control.cancelled)
+    predictor = load_predictor(
+        key, lambda: control.cancelled, load_stages(key, control.set_stage)
+    )
     control.check()
     return predictor
 
@@ -136,7 +167,9 @@ class SharedModel:
                     gc.collect()
                     control.check()  # cancelled while another load held the lock
                     nobody_wants_it = lambda: not self.waiting(key)  # noqa: E731
-                    self._key, self._predictor = key, load_predictor(key, nobody_wants_it)
+                    stages = load_stages(key, lambda stage: self._show_stage(key, stage))
+                    predictor = load_predictor(key, nobody_wants_it, stages)
+                    self._key, self._predictor = key, predictor
                 if control.cancelled and not self.waiting(key, besides=asking):
                     self._drop()  # nobody wants it any more
                 control.check()
@@ -145,6 +178,13 @@ class SharedModel:
         finally:
             with self._asking_lock:
                 self._asking.remove(asking)
+
+    def _show_stage(self, key: ModelKey, stage: str) -> None:
+        """The load's stage (a download's progress) goes to every caller waiting for it."""
+        with self._asking_lock:
+            for asked, control in self._asking:
+                if asked == key:
+                    control.set_stage(stage)
 
     @property
     def loading(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import thread_worker
 
+from ..ops.build import KINDS, first_build_ahead
 from ..predictor import FocusPredictor, Prediction
 from ..quality import uncertainty
 from ..run_control import Cancelled, RunControl, watch_model
@@ -44,8 +45,10 @@ def prefetch_job(
     Yields ``("model", predictor, key)`` once when it loaded one; per image
     ``("prediction", key, ticket, prediction, seconds, uncertainty, decoded image,
     file fingerprint)`` (the fingerprint is computed here, so the series state never
-    reads and hashes the file on the GUI thread), ``("unusable", key, ticket, reason)``
-    (the file cannot be part of the series) or ``("failed", key, ticket, reason)``;
+    reads and hashes the file on the GUI thread), ``("compiling", key)`` before the first
+    image when the deformable-attention kernel will be compiled for it (a minute or two,
+    once per machine), ``("unusable", key, ticket, reason)`` (the file cannot be part of
+    the series) or ``("failed", key, ticket, reason)``;
     ``("model_failed", reason, key)`` when the model cannot be loaded. A file whose
     pixels ``read_ahead`` already holds (read ahead for display) is not decoded again.
     """
@@ -59,11 +62,15 @@ def prefetch_job(
             yield ("model_failed", gui_message(error), key)
             return
         yield ("model", predictor, key)
+    first = True
     while (job := board.take()) is not None:
         item_key, ticket, source = job
         start = time.perf_counter()
         path = source if isinstance(source, Path) else None
         control.set_stage("segmenting")
+        if first and (kind := predictor.device.type) in KINDS and first_build_ahead(kind):
+            yield ("compiling", item_key)
+        first = False
         try:
             image = source if path is None else read_ahead(item_key)
             image = load_series_image(path) if image is None else image
@@ -190,6 +197,11 @@ class Prefetcher:
         worker.start()
         if predictor is None:
             self._set_loading(key)
+
+    def loading_stage(self) -> str | None:
+        """The stage of the model load under way (a download's progress), else None."""
+        control = self._control
+        return control.snapshot()[0] if self.loading is not None and control else None
 
     def _set_loading(self, key: ModelKey | None) -> None:
         if key != self.loading:

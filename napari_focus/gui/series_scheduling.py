@@ -7,6 +7,7 @@ from typing import Any
 
 from napari.utils.notifications import show_warning
 
+from ..ops.build import BUILD_STARTED
 from ..series import needs_proposal
 
 
@@ -75,6 +76,13 @@ class SeriesScheduling:
         elif kind == "model_failed":
             self._model_error = message[2]
             self._error(message[1])
+        elif kind == "compiling":
+            if message[1] == self._awaiting:
+                name = self.state.queue.item(message[1]).name if self.state else message[1]
+                self.owner.set_status(
+                    f"computing the proposal of {name}: first {BUILD_STARTED}, a minute or "
+                    "two…"
+                )
         elif kind in ("unusable", "failed"):
             _, key, ticket, text = message
             self.cache.fail(key, ticket)

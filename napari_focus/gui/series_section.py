@@ -28,6 +28,7 @@ from ..series import (
 )
 from ..series.decoded import DecodedImages
 from .fields import chosen_dir
+from .job import DOWNLOADING
 from .layout import WrappingLabel, enter_to_apply, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
 from .series_autosave import BackgroundAutosaves
@@ -270,6 +271,15 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             "cancelled loading the model: no proposals are computed; press Run to load it"
         )
         self.owner.update_enabled()
+
+    def show_model_download(self) -> bool:
+        """In the status line: the download of the proposals' model while it runs, then
+        the loading stage after it. False once no model loads."""
+        stage = self.prefetcher.loading_stage()
+        shown = self.owner.status.value.startswith(DOWNLOADING)
+        if stage is not None and (stage.startswith(DOWNLOADING) or shown):
+            self.owner.set_status(stage)
+        return stage is not None
 
     def _buttons(self) -> list[PushButton]:
         return [

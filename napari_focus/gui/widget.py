@@ -24,6 +24,7 @@ from .job import (
     ModelKey,
     Progress,
     gui_message,
+    left_running,
     proposal_name,
     run_job,
     uninterruptible,
@@ -34,12 +35,11 @@ from .proposal_layers import (
     META_KEY,
     find_layer,
     is_edited,
-    merged_outputs,
-    proposal_metadata,
-    put_proposal,
 )
+from .proposal_output import ProposalOutput
 from .series_close import UndockWatch
 from .shortcuts import bind_shortcuts
+from .triton_isolation import load_triton_isolated
 
 if TYPE_CHECKING:
     import napari
@@ -52,7 +52,6 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("Improve", "improve", "napari_focus.gui.improve_section:for_focus_widget"),
 )
 STATUS_TICK_MS = 500
-INLINE_REFINE_PIXELS = 2_000_000  # larger proposals are refined in a worker
 
 
 def load_section(spec: str) -> type:
@@ -74,10 +73,11 @@ class Footer(Container):
         self.progress.tooltip = "Progress of the running job"
 
 
-class FocusWidget(Container):
+class FocusWidget(ProposalOutput, Container):
     """Dock widget: choose image, task, model and device; Run proposes a Labels layer."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        load_triton_isolated()  # before any worker thread can import it beside Mesa's LLVM
         self.viewer = napari_viewer
         self._worker: Any = None
         self._control: Any = None
@@ -195,6 +195,8 @@ class FocusWidget(Container):
         series = getattr(self, "series", None)
         loading = series is not None and series.prefetcher.loading is not None
         self.cancel_button.enabled = self._worker is not None or loading
+        if loading and not self._tick.isActive():  # to show a download of its model
+            self._tick.start()
         has_mask = self.mask_layer() is not None
         self.export_section.export_button.enabled = has_mask
         self.refine_section.reset_button.enabled = has_mask
@@ -282,9 +284,10 @@ class FocusWidget(Container):
         self.set_status("cancelling…")
         self._control.cancel()
         self._worker.quit()
-        if uninterruptible(self._control.snapshot()[0]):
+        stage = self._control.snapshot()[0]
+        if uninterruptible(stage):
             self._on_finished()  # the worker goes on alone; nothing it reports is taken
-            self.set_status("cancelled; the model load stops in the background")
+            self.set_status(left_running(stage))
 
     @property
     def running(self) -> bool:
@@ -299,7 +302,11 @@ class FocusWidget(Container):
         self._show_stage()
 
     def _show_stage(self) -> None:
-        if self._control is None or self._control.cancelled:
+        if self._control is None:  # no Run: the series' model may be downloading
+            if not self.series.show_model_download():
+                self._tick.stop()
+            return
+        if self._control.cancelled:
             return
         stage, _in_stage, total = self._control.snapshot()
         self.set_status(f"{stage} — {total:.0f} s")
@@ -339,65 +346,3 @@ class FocusWidget(Container):
             )
         else:
             self.show_result(result, layer, planes)
-
-    def show_result(
-        self, result: JobResult, layer: Any, planes: LayerPlanes, *, adopt_model: bool = True
-    ) -> Any:
-        """Add or update the proposal (Labels + hidden probability) of ``layer``; its
-        predictor is kept for reuse unless ``adopt_model`` is False (a proposal read back
-        from disk comes with a description of its model, not a model)."""
-        from ..mask_ops import Refinement, refine
-
-        if adopt_model:
-            self.adopt_predictor(result.key, result.predictor)
-        name = proposal_name(layer.name, result.key.task)
-        labels = find_layer(self.viewer, name)
-        if labels is not None and tuple(labels.data.shape) != planes.spatial_shape:
-            labels = None
-        probability, official = merged_outputs(labels, result, planes)
-        refinement = self.refine_section.refinement()
-        deferred = refinement != Refinement() and probability.size > INLINE_REFINE_PIXELS
-        if deferred:  # large image: show the model's mask now, refine in a worker
-            refinement, mask = Refinement(), official.copy()
-        else:
-            mask = refine(probability, official, refinement)
-        metadata = proposal_metadata(
-            result, layer.name, probability, official, mask, refinement
-        )
-        labels = put_proposal(self.viewer, layer, name, mask, metadata)
-        self.set_status(f"proposed {name}")
-        if deferred:
-            self.refine_section.apply_now()
-        self.update_enabled()
-        return labels
-
-    # --------------------------------------------------------- mask layers
-    def mask_layer(self) -> Any:
-        """The Labels layer of the selected image: ``"<image> [FOCUS <task>]"`` for the
-        current task, else the one FOCUS made for this image under another task (a
-        task switch keeps the proposal)."""
-        from napari.layers import Labels
-
-        layer = self.selected_layer()
-        if layer is None:
-            return None
-        labels = find_layer(self.viewer, proposal_name(layer.name, self.task.value))
-        if isinstance(labels, Labels):
-            return labels
-        for candidate in self.viewer.layers:
-            state = candidate.metadata.get(META_KEY)
-            if (
-                isinstance(candidate, Labels)
-                and isinstance(state, dict)
-                and state.get("source_image") == layer.name
-            ):
-                return candidate
-        return None
-
-    def proposal_layer(self) -> Any:
-        """:meth:`mask_layer` when it holds a model proposal (refinable)."""
-        labels = self.mask_layer()
-        return labels if labels is not None and META_KEY in labels.metadata else None
-
-    def refinement(self) -> Any:
-        return self.refine_section.refinement()

@@ -384,6 +384,16 @@ def _load_and_check(st: KernelState) -> None:
     st.op = op
 
 
+def first_build_ahead(kind: str) -> bool:
+    """Whether loading ``kind`` now would compile it: not loaded in this process, not in
+    the cache, and nothing known to prevent a build (for CUDA, nvcc is asked: call it
+    off the GUI thread)."""
+    st = _STATES[kind]
+    return st.op is None and st.error is None and not is_cached(kind) and (
+        unavailable_reason(kind) is None
+    )
+
+
 def is_cached(kind: str) -> bool:
     """Whether a finished build for ``kind`` is in the cache (no build, no import)."""
     return (build_directory(kind) / _DONE_MARKER).exists() and library_path(kind).exists()

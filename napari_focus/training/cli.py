@@ -141,16 +141,17 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..quality import require_metrics
+
+    try:  # before torch and the model code are imported (seconds)
+        require_metrics()
+    except ImportError as error:
+        print(f"napari-focus train: the held-out validation's {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     from .config import OFFICIAL_LR, TrainConfig
     from .data import DatasetError, UnknownValidationNames
     from .loop import train
     from .state import UnfinishedRunError, has_saved_state
 
-    try:
-        require_metrics()
-    except ImportError as error:
-        print(f"napari-focus train: validation needs {error}", file=sys.stderr)
-        return EXIT_SETUP_ERROR
     if Path(args.out).suffix != ".safetensors":
         fixed = Path(args.out).with_suffix(".safetensors")
         print(f"napari-focus train: --out {args.out}: the output is a .safetensors "
@@ -191,6 +192,14 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"napari-focus train: --out: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
 
+    try:  # a mistyped --weights is said now, not after the samples are read
+        from .setup import check_base_weights
+
+        check_base_weights(args.weights, args.size)
+    except ValueError as error:
+        print(f"napari-focus train: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+
     bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)
 
     def show(progress: Any) -> None:
@@ -224,8 +233,13 @@ def run_train(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         bar.close()
-        print("napari-focus train: interrupted; `--resume` continues from the last "
-              "evaluation", file=sys.stderr)  # fmt: skip
+        if has_saved_state(config.work_dir) or args.resume:
+            print("napari-focus train: interrupted; `--resume` continues from the last "
+                  "evaluation", file=sys.stderr)  # fmt: skip
+        else:  # nothing to resume yet (interrupted while the base weights downloaded, say)
+            print("napari-focus train: interrupted before anything was saved; run the same "
+                  "command again (a download of the base weights continues from where it "
+                  "stopped)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     bar.close()
     if result.output != Path(args.out):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ import torch
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..checkpoints import save_inference_checkpoint
+from ..hub_download import DownloadProgress
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
 from ..quality import require_metrics
+from ..run_control import Cancelled
 from ..runtime import DTYPES
 from ..transforms import normalize_and_pad
 from .augment import AugmentConfig, augment, targets_from_classes
@@ -74,6 +76,7 @@ class TrainResult:
     work_dir: Path
     history: list[dict]
     problems: tuple[str, ...] = ()
+    started: bool = True  # False: cancelled while the base weights downloaded
 
 
 class _Batches:
@@ -159,8 +162,18 @@ def train(
     train_set, val_set = split_samples(
         samples, val_fraction=config.val_fraction, val_names=config.val_names, seed=config.seed
     )
-    report_progress(TrainProgress("setup", 0, config.steps, "loading the base weights…"))
-    base = load_base(config)
+    loading = TrainProgress("setup", 0, config.steps, "loading the base weights…")
+    report_progress(loading)
+
+    def downloading(progress: DownloadProgress) -> None:
+        text = f"downloading {progress.filename}: {progress.describe()}"
+        report_progress(loading if progress.finished else replace(loading, message=text))
+
+    try:
+        base = load_base(config, downloading, cancel.is_set)
+    except Cancelled:  # the download resumes with the next run
+        report_progress(TrainProgress("cancelled", 0, config.steps, "cancelled"))
+        return replace(_result(None, True, RunState(), Path(config.work_dir)), started=False)
     model = base.model.to(device)
     trainable = prepare_for_training(
         model, parts, checkpointing=checkpointing, backend=config.deform_attn_backend

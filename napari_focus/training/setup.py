@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from torch import nn
 from ..checkpoint_fit import load_model
 from ..checkpoint_hub import official_checkpoint
 from ..checkpoints import metadata_architecture, read_checkpoint
+from ..hub_download import ProgressCallback
 from ..model import FocusModel, build_model, resolve_architecture
 from ..presets import TASKS, check_size, hub_location
 from .config import TrainConfig
@@ -30,9 +31,14 @@ class BaseModel:
     base_id: str
 
 
-def load_base(config: TrainConfig) -> BaseModel:
+def load_base(
+    config: TrainConfig,
+    download_progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> BaseModel:
     """The model to fine-tune, on the CPU, float32, with its id (``hf://...``, ``file:...``
-    or ``random-init``)."""
+    or ``random-init``). A download of official weights reports to ``download_progress``
+    and stops once ``cancelled()`` is true (see :func:`official_checkpoint`)."""
     weights = config.weights
     if weights is None:
         if config.architecture is None:
@@ -48,7 +54,7 @@ def load_base(config: TrainConfig) -> BaseModel:
         base_id = f"file:{path.name}:sha256={_file_sha256(path)}"
     else:
         task, size = _official(weights, config.size)
-        path = official_checkpoint(task, size)
+        path = official_checkpoint(task, size, progress=download_progress, cancelled=cancelled)
         state, _ = read_checkpoint(path)
         architecture = size
         repo, filename = hub_location(task, size)
@@ -74,6 +80,20 @@ def _official(name: str, size: str) -> tuple[str, str]:
             f"such as 'cod', or a name such as 'focus_large_cod')"
         )
     return match.group(2), match.group(1)
+
+
+def check_base_weights(weights: str, size: str) -> None:
+    """Raise ValueError, in the command line's words, when ``weights`` is neither a
+    readable checkpoint file nor an official base: said before the samples are read."""
+    from ..cli_common import weights_file_problem
+
+    path = Path(weights)
+    if path.is_dir() or path.is_file():
+        problem = weights_file_problem(weights)
+        if problem:
+            raise ValueError(f"--weights {weights}: {problem}")
+        return
+    _official(weights, size)
 
 
 def official_base(weights: str) -> tuple[str, str] | None:
