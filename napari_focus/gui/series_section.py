@@ -374,12 +374,8 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
     @property
     def busy(self) -> bool:
         """A background job (reading, prefetch, scoring, autosave, export) is running."""
-        return (
-            self.reader.busy
-            or self.prefetcher.busy
-            or self.autosaves.busy
-            or self.owner.export_section.busy
-        )
+        jobs = (self.reader, self.prefetcher, self.autosaves, self.owner.export_section)
+        return any(job.busy for job in jobs)
 
     @property
     def shown_key(self) -> str | None:
