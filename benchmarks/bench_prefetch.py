@@ -20,22 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from qtpy.QtWidgets import QApplication
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import random_predictor
-
-
-def wait(condition, timeout: float = 600.0) -> float:
-    app = QApplication.instance()
-    start = time.perf_counter()
-    while not condition():
-        app.processEvents()
-        time.sleep(0.002)
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError("gave up waiting")
-    return time.perf_counter() - start
+from gui_bench_support import wait
 
 
 def make_folder(root: Path, count: int) -> Path:

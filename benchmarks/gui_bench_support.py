@@ -67,7 +67,8 @@ class StallMeter:
         return float(np.max(np.diff(self.ticks))) * 1000
 
 
-def wait(condition, timeout: float = 900.0) -> None:
+def wait(condition, timeout: float = 900.0) -> float:
+    """Run Qt's events until ``condition()``; returns the seconds waited."""
     app = QApplication.instance()
     start = time.perf_counter()
     while not condition():
@@ -75,6 +76,7 @@ def wait(condition, timeout: float = 900.0) -> None:
         time.sleep(0.002)
         if time.perf_counter() - start > timeout:
             raise TimeoutError("gave up waiting")
+    return time.perf_counter() - start
 
 
 def tiny_checkpoint(root: Path) -> Path:
@@ -153,17 +155,7 @@ def record_gui_thread_decoding() -> list[float]:
     from napari_focus.series import images
 
     spent: list[float] = []
-    original = images.read_image
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                spent.append((time.perf_counter() - start) * 1000)
-
-    images.read_image = timed
+    images.read_image = _timed_on_gui_thread(images.read_image, spent)
     return spent
 
 
@@ -196,19 +188,21 @@ def record_gui_thread_file_work() -> list[float]:
     from napari_focus.series.proposal_store import ProposalStore
 
     spent: list[float] = []
-
-    def timed(original: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                if threading.current_thread() is threading.main_thread():
-                    spent.append((time.perf_counter() - start) * 1000)
-
-        return call
-
-    PILImage.Image.save = timed(PILImage.Image.save)
-    mask_files.read_image = timed(mask_files.read_image)
-    ProposalStore.load = timed(ProposalStore.load)
+    PILImage.Image.save = _timed_on_gui_thread(PILImage.Image.save, spent)
+    mask_files.read_image = _timed_on_gui_thread(mask_files.read_image, spent)
+    ProposalStore.load = _timed_on_gui_thread(ProposalStore.load, spent)
     return spent
+
+
+def _timed_on_gui_thread(original: Any, spent: list[float]) -> Any:
+    """``original``, adding the milliseconds of each call on the GUI thread to ``spent``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                spent.append((time.perf_counter() - start) * 1000)
+
+    return call

@@ -167,6 +167,21 @@ def test_predict_shows_a_progress_bar_unless_quiet(slow_hub, tmp_path, monkeypat
     assert ("100%" in err and "6.00M/6.00M" in err) is not quiet, err
 
 
+def _ctrl_c_at_a_third(monkeypatch):
+    """Ctrl+C once a third of the file came; returns the download's own byte counter."""
+    from napari_focus import hub_download
+
+    add = hub_download._Meter.add
+
+    def interrupt_at_a_third(meter, count: int) -> None:
+        add(meter, count)
+        if meter.done >= SIZE // 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub_download._Meter, "add", interrupt_at_a_third)
+    return add
+
+
 def test_ctrl_c_during_the_download_says_interrupted_and_a_rerun_resumes(
     slow_hub, tmp_path, monkeypatch
 ):
@@ -176,14 +191,7 @@ def test_ctrl_c_during_the_download_says_interrupted_and_a_rerun_resumes(
     from napari_focus import hub_download
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    add = hub_download._Meter.add
-
-    def interrupt_at_a_third(meter, count: int) -> None:
-        add(meter, count)
-        if meter.done >= SIZE // 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(hub_download._Meter, "add", interrupt_at_a_third)
+    add = _ctrl_c_at_a_third(monkeypatch)
     args = ("predict", _photo(tmp_path), "--task", "sod", "--device", "cpu",
             "--out", tmp_path / "masks", "--quiet")  # fmt: skip
     code, err = run_cli(*args)
@@ -219,18 +227,10 @@ def test_train_interrupted_while_downloading_says_to_run_it_again(slow_hub, tmp_
     from synthetic_shapes import export_shapes
     from test_cli import run_cli
 
-    from napari_focus import hub_download
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     export_shapes(tmp_path / "datasets", "duts-tr", 2, seed=3, size=48)
-    add = hub_download._Meter.add
-
-    def interrupt_at_a_third(meter, count: int) -> None:
-        add(meter, count)
-        if meter.done >= SIZE // 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(hub_download._Meter, "add", interrupt_at_a_third)
+    _ctrl_c_at_a_third(monkeypatch)
     code, err = run_cli("train", "--root", tmp_path / "datasets", "--layout", "duts-tr",
                         "--weights", "sod", "--out", tmp_path / "tuned.safetensors",
                         "--steps", "2", "--device", "cpu", "--quiet")  # fmt: skip
