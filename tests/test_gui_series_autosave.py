@@ -280,3 +280,39 @@ def test_large_images_read_their_autosave_and_proposal_in_the_worker(
     qtbot.waitUntil(lambda: not series2.busy, timeout=WAIT_MS)
     assert read_on["autosave"] and read_on["proposal"]
     assert MAIN not in read_on["autosave"] and MAIN not in read_on["proposal"]
+
+
+def test_large_images_read_their_start_mask_in_the_worker(
+    qtbot, open_focus_widget, folder, tmp_path, monkeypatch
+):
+    """A start mask (the 'start masks' folder) of a large image is read with its pixels,
+    never on the GUI thread, and is what the image is shown with."""
+    from napari_focus.series import references as references_module
+
+    monkeypatch.setattr(opening_module, "INLINE_READ_PIXELS", 0)
+    read_by: list[str] = []
+    for module in (item_files_module, references_module):
+        original = module.read_mask_file
+
+        def read(path, original=original):
+            read_by.append(threading.current_thread().name)
+            return original(path)
+
+        monkeypatch.setattr(module, "read_mask_file", read)
+    masks = tmp_path / "start masks"
+    masks.mkdir()
+    start = np.zeros((64, 96), np.uint8)
+    start[10:40, 20:60] = 255
+    for i in range(4):
+        Image.fromarray(start).save(masks / f"img{i}.png")
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.references.value = masks
+    series.open(folder)
+    qtbot.waitUntil(lambda: series.shown_key == "img0.png" and not series.busy, timeout=WAIT_MS)
+    np.testing.assert_array_equal(_shown_mask(viewer), start > 0)
+    series.next()
+    qtbot.waitUntil(lambda: series.shown_key == "img1.png" and not series.busy, timeout=WAIT_MS)
+    np.testing.assert_array_equal(_shown_mask(viewer), start > 0)
+    assert read_by and MAIN not in read_by

@@ -78,7 +78,7 @@ class SeriesDecisions:
             self._move(self._forward, keep_edits=False)
 
     def _report_quality(self, item: Any, proposal: np.ndarray | None, accepted: Any) -> None:
-        reference = self._reference_mask(item.path)
+        reference = self._start_mask(item)
         against = "ground truth" if reference is not None else "your corrected mask"
         reference = accepted if reference is None else reference
         worker = thread_worker(_quality_in_a_process, start_thread=False)(

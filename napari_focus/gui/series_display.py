@@ -69,7 +69,7 @@ class SeriesDisplay:
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
         saved, provenance = self._saved_edits(item)
-        start = saved if saved is not None else self._reference_mask(item.path)
+        start = saved if saved is not None else self._start_mask(item)
         if start is not None and start.shape != tuple(shape[-2:]):
             # e.g. drawn on a photo's stored pixels before its EXIF orientation was applied
             kind = "autosaved" if saved is not None else "existing"
@@ -158,11 +158,22 @@ class SeriesDisplay:
             return Prediction(probability=stored.probability, mask=stored.mask), stored.uncertainty
         return self.prefetcher.load_stored(item.key, item.path)
 
-    def _reference_mask(self, path: Path | None) -> np.ndarray | None:
+    def _start_masks_folder(self) -> Path | None:
         folder = chosen_dir(self.references.value)
-        if path is None or folder is None or not folder.is_dir():
+        return folder if folder is not None and folder.is_dir() else None
+
+    def _start_mask(self, item: Any) -> np.ndarray | None:
+        """The item's mask in the start masks folder: read ahead with the image when its
+        file is still the one read, else read now."""
+        folder = self._start_masks_folder()
+        if item.path is None or folder is None:
             return None
-        return find_reference_mask(path, folder)
+        files = self.decoded.files(item.key)
+        if files is not None and files.start_folder == folder and (
+            files.start_path is None or still_current(files.start_stamp, files.start_path)
+        ):
+            return files.start_mask
+        return find_reference_mask(item.path, folder)
 
     def _image_layer_for(self, key: str) -> Any:
         """The layer showing item ``key``; None when it is a layer closed since."""

@@ -160,8 +160,8 @@ class SeriesOpening:
         return pixels is not None and pixels <= INLINE_READ_PIXELS
 
     def _read_along(self, item: Any) -> Callable[[], ItemFiles]:
-        """What reads ``item``'s autosave and stored proposal in the worker (the proposal
-        only when none is computed or computing)."""
+        """What reads ``item``'s autosave, start mask and stored proposal in the worker
+        (the proposal only when none is computed or computing)."""
         assert self.state is not None
         with contextlib.suppress(ValueError):  # no model chosen: no store to read
             self._use_model()  # the store of this series and model
@@ -174,7 +174,8 @@ class SeriesOpening:
         ):
             store = None
         autosave, key, path = self.state.autosave_path(item.key), item.key, item.path
-        return lambda: read_item_files(autosave, store, key, path)
+        start_masks = self._start_masks_folder()
+        return lambda: read_item_files(autosave, store, key, path, start_masks)
 
     def _read(self, item: Any) -> np.ndarray | None:
         """The item's pixels: decoded ahead, or (a small file) read now."""

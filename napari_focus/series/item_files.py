@@ -1,7 +1,8 @@
 """What the series folder holds for one image, read ahead with its pixels: its
-autosaved mask (and where it came from) and its stored proposal. A 24-MP autosave takes
-60-75 ms to read and a stored proposal 80-90 ms, so the worker that decodes the image
-reads them too and the GUI thread only checks that they are still current.
+autosaved mask (and where it came from), its stored proposal, and its mask in the
+*start masks* folder. A 24-MP mask takes 60-75 ms to read and a stored proposal
+80-90 ms, so the worker that decodes the image reads them too and the GUI thread only
+checks that they are still current.
 
 Each part keeps the stamp (inode, size, modification time) its file had *before* it
 was read: a file replaced since then has another stamp, so :func:`still_current` says
@@ -22,6 +23,7 @@ import numpy as np
 from ..mask_files import read_mask_file
 from .merge import file_stamp
 from .proposal_store import ProposalStore, StoredProposal
+from .references import reference_mask_path
 
 Stamp = tuple[int, int, int] | None
 
@@ -38,10 +40,15 @@ class ItemFiles:
     proposal_folder: Path | None = None  # the store the proposal was looked up in
     proposal: StoredProposal | None = None  # None: none stored for this image
     proposal_stamp: Stamp = None
+    start_folder: Path | None = None  # the start masks folder looked in; None: not read
+    start_path: Path | None = None  # the image's mask there; None: it has none
+    start_mask: np.ndarray | None = None  # bool (H, W)
+    start_stamp: Stamp = None
 
     @property
     def nbytes(self) -> int:
         size = self.autosave.nbytes if self.autosave is not None else 0
+        size += self.start_mask.nbytes if self.start_mask is not None else 0
         if self.proposal is not None:
             size += self.proposal.probability.nbytes + self.proposal.mask.nbytes
         return size
@@ -52,10 +59,11 @@ def read_item_files(
     store: ProposalStore | None,
     key: str,
     source: Path | None,
+    start_masks: Path | None = None,
 ) -> ItemFiles:
-    """Read an image's autosave (at ``autosave_path``) and, with a ``store`` and no
-    autosave, its stored proposal (``source``: the image file it must have been made
-    from). Call from a worker thread."""
+    """Read an image's autosave (at ``autosave_path``) and, without one, its mask in the
+    ``start_masks`` folder and, with a ``store``, its stored proposal (``source``: the
+    image file they belong to). Call from a worker thread."""
     autosave_read, autosave, provenance = False, None, None
     autosave_stamp = file_stamp(autosave_path)
     if autosave_stamp is None:
@@ -70,9 +78,17 @@ def read_item_files(
         if proposal_stamp is not None:
             proposal = store.load(key, source)
         proposal_folder = store.folder
+    start: dict[str, Any] = {}
+    if start_masks is not None and source is not None and autosave_stamp is None:
+        with contextlib.suppress(OSError, ValueError):  # read again, and reported, on showing
+            path = reference_mask_path(source, start_masks)
+            stamp = file_stamp(path) if path is not None else None
+            mask = read_mask_file(path) if path is not None else None
+            start = {"start_folder": start_masks, "start_path": path, "start_mask": mask,
+                     "start_stamp": stamp}  # fmt: skip
     return ItemFiles(
         autosave_read, autosave, provenance, autosave_stamp,
-        proposal_folder, proposal, proposal_stamp,
+        proposal_folder, proposal, proposal_stamp, **start,
     )  # fmt: skip
 
 
