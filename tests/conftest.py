@@ -129,3 +129,13 @@ def slow_first_build(monkeypatch):
     monkeypatch.setattr(build, "_BACKGROUND", {})
     yield release, started, builder_threads
     release.set()
+
+
+@pytest.fixture
+def series_errors(monkeypatch) -> list[str]:
+    """The error messages the widget's Series tab shows (napari's notifications)."""
+    from napari_focus.gui import series_section
+
+    seen: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", seen.append)
+    return seen

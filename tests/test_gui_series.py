@@ -42,15 +42,6 @@ def predict_threads(monkeypatch) -> list[str]:
     return threads
 
 
-@pytest.fixture
-def errors_series(monkeypatch) -> list[str]:
-    from napari_focus.gui import series_section
-
-    seen: list[str] = []
-    monkeypatch.setattr(series_section, "show_error", seen.append)
-    return seen
-
-
 def _labels(viewer, name):
     return viewer.layers[f"{name} [FOCUS SOD]"]
 
@@ -169,16 +160,16 @@ def test_existing_masks_are_the_starting_point(qtbot, open_focus_widget, folder,
     assert predict_threads == []
 
 
-def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series):
+def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, series_errors):
     viewer, widget = open_focus_widget()
     rng = np.random.default_rng(1)
     for name in ("first", "second", "third"):
         viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name=name)
     series = widget.series
     series.open_layers()
-    assert errors_series and "series folder" in errors_series[-1]
+    assert series_errors and "series folder" in series_errors[-1]
     series.open(tmp_path / "gone")
-    assert errors_series[-1] == (
+    assert series_errors[-1] == (
         f"FOCUS series: '{tmp_path / 'gone'}' does not exist; choose a folder of images "
         "under 'image folder'"
     )
@@ -196,7 +187,7 @@ def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, errors_series)
 
 
 def test_a_closed_layer_leaves_the_queue_of_open_layers(
-    qtbot, open_focus_widget, tmp_path, errors_series
+    qtbot, open_focus_widget, tmp_path, series_errors
 ):
     """A queued layer closed (or renamed) since is passed over as missing: Next, the
     proposals computed ahead and a proposal arriving for it raise nothing."""
@@ -217,7 +208,7 @@ def test_a_closed_layer_leaves_the_queue_of_open_layers(
     assert [i.key for i in series.state.queue if i.missing] == ["second", "third"]
     viewer.layers.remove("fourth")  # shown, its proposal done: Previous skips it too
     series.previous()
-    assert series.shown_key == "first" and not errors_series
+    assert series.shown_key == "first" and not series_errors
 
 def test_prefetch_off_computes_only_the_shown_image(
     qtbot, open_focus_widget, folder, predict_threads

@@ -71,15 +71,6 @@ def writes(monkeypatch) -> Writes:
     return record
 
 
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    from napari_focus.gui import series_section
-
-    seen: list[str] = []
-    monkeypatch.setattr(series_section, "show_error", seen.append)
-    return seen
-
-
 def _open(open_focus_widget, qtbot, folder):
     viewer, widget = open_focus_widget()
     series = widget.series
@@ -166,7 +157,7 @@ def test_accept_right_after_coming_back_exports_the_edits(
 
 
 def test_a_failed_background_write_is_said_and_its_edits_kept(
-    qtbot, open_focus_widget, folder, writes, errors, monkeypatch
+    qtbot, open_focus_widget, folder, writes, series_errors, monkeypatch
 ):
     viewer, widget, series = _open(open_focus_widget, qtbot, folder)
     edited0 = _paint(viewer, slice(5, 30), slice(5, 30))
@@ -174,9 +165,10 @@ def test_a_failed_background_write_is_said_and_its_edits_kept(
     series.next()  # the write fails in the background
     assert series.shown_key == "img1.png"
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
-    assert errors and "could not save your edits of 'img0" in errors[-1]
-    assert "the disk is full" in errors[-1] and "free some space" in errors[-1].lower()
-    assert "go back to that image" in errors[-1] and "OSError" not in errors[-1]
+    assert series_errors and "could not save your edits of 'img0" in series_errors[-1]
+    said = series_errors[-1]
+    assert "the disk is full" in said and "free some space" in said.lower()
+    assert "go back to that image" in series_errors[-1] and "OSError" not in series_errors[-1]
     assert not series.state.queue.item("img0.png").autosaved
     assert not series.state.autosave_path("img0.png").exists()
 
@@ -185,11 +177,11 @@ def test_a_failed_background_write_is_said_and_its_edits_kept(
     series.next()  # written again on leaving: fails again, said again; img0 unedited: left
     assert series.shown_key == "img1.png"
     edited1 = _paint(viewer, slice(20, 50), slice(30, 80))
-    errors.clear()
+    series_errors.clear()
     series.next()  # img1's own edits cannot be written: it stays, as they do
     assert series.shown_key == "img1.png"
     np.testing.assert_array_equal(_shown_mask(viewer), edited1)
-    assert any("Your edits are still in the viewer" in text for text in errors)
+    assert any("Your edits are still in the viewer" in text for text in series_errors)
 
     questions: list[str] = []
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
@@ -209,7 +201,8 @@ def test_a_failed_background_write_is_said_and_its_edits_kept(
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
 
 
-def test_closing_the_dock_writes_the_edits_left(qtbot, open_focus_widget, folder, writes):
+@pytest.mark.parametrize("closing", ["the dock's ×", "napari"])
+def test_closing_writes_the_edits_left(qtbot, open_focus_widget, folder, writes, closing):
     viewer, widget, series = _open(open_focus_widget, qtbot, folder)
     state = series.state
     edited = _paint(viewer, slice(10, 40), slice(20, 70))
@@ -217,20 +210,12 @@ def test_closing_the_dock_writes_the_edits_left(qtbot, open_focus_widget, folder
     series.next()
     assert not state.autosave_path("img0.png").exists()
     threading.Timer(0.3, writes.gate.set).start()
-    viewer.window.remove_dock_widget(widget.native)  # the dock's ×: waits for the write
-    np.testing.assert_array_equal(state.load_autosaved("img0.png"), edited)
-    saved = state_module.read_state_file(state.state_path)["items"]
-    assert next(entry for entry in saved if entry["key"] == "img0.png")["autosaved"]
-
-
-def test_closing_napari_writes_the_edits_left(qtbot, open_focus_widget, folder, writes):
-    viewer, _, series = _open(open_focus_widget, qtbot, folder)
-    state = series.state
-    edited = _paint(viewer, slice(10, 40), slice(20, 70))
-    writes.gate.clear()
-    series.next()
-    threading.Timer(0.3, writes.gate.set).start()
-    viewer.close()  # waits for the write
+    if closing == "napari":
+        viewer.close()  # waits for the write
+    else:
+        viewer.window.remove_dock_widget(widget.native)  # waits for the write
+        saved = state_module.read_state_file(state.state_path)["items"]
+        assert next(entry for entry in saved if entry["key"] == "img0.png")["autosaved"]
     np.testing.assert_array_equal(state.load_autosaved("img0.png"), edited)
 
 
