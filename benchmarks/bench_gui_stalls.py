@@ -13,9 +13,10 @@ Cancel: FOCUS-L with random weights on the CPU, run as the widget runs it (a wor
 thread with :func:`napari_focus.run_control.watch_model`); Cancel is pressed at
 several points inside one forward and the time until the forward stops is measured.
 
-``--navigation`` and ``--autosave`` measure the series' steps instead (see
-:func:`navigation_stalls`, :func:`autosave_stalls`); ``--compare-with OLD_TREE`` runs one
-of them on the old code and on this one, alternately, in fresh processes.
+``--navigation``, ``--autosave`` and ``--open-folder N`` measure the series' steps instead
+(see :func:`navigation_stalls`, :func:`autosave_stalls`, :mod:`gui_open_stalls`);
+``--compare-with OLD_TREE`` runs one of them on the old code and on this one,
+alternately, in fresh processes.
 
     xvfb-run -a -s "-screen 0 1366x768x24" python benchmarks/bench_gui_stalls.py
 """
@@ -314,6 +315,9 @@ def main() -> None:
         help="only an edit left on the first image, autosaved, found again, reopened",
     )
     parser.add_argument(
+        "--open-folder", type=int, metavar="N", help="only Open folder on N images, twice"
+    )
+    parser.add_argument(
         "--compare-with",
         metavar="TREE",
         help="a copy of the old code: --navigation (or --autosave) there and here, alternately",
@@ -351,11 +355,21 @@ def main() -> None:
                 print(json.dumps(measure(checkpoint), indent=1))
         return
     mode = "--autosave" if args.autosave else "--navigation"
+    extra = ["--megapixels", str(args.megapixels)] + (["--noisy"] if args.noisy else [])
+    if args.open_folder:
+        mode, extra = "--open-folder", [str(args.open_folder)]
     if args.compare_with:
-        extra = ["--megapixels", str(args.megapixels)] + (["--noisy"] if args.noisy else [])
         compare(__file__, args.compare_with, args.rounds, [mode, *extra])
         return
     cpu0 = time.process_time()
+    if args.open_folder:
+        from gui_open_stalls import open_folder_stalls
+
+        with tempfile.TemporaryDirectory() as tmp:
+            stalls = open_folder_stalls(args.open_folder, Path(tmp))
+        stalls["cpu_seconds"] = time.process_time() - cpu0
+        print(json.dumps({k: round(v, 3) for k, v in stalls.items()}, indent=1))
+        return
     if args.navigation or args.autosave:
         measure = autosave_stalls if args.autosave else navigation_stalls
         with tempfile.TemporaryDirectory() as tmp:

@@ -177,6 +177,23 @@ def record_gui_thread_hashing() -> list[float]:
     state.file_fingerprint = timed
     return spent
 
+def record_gui_thread_series_loading() -> list[float]:
+    """Milliseconds of each series opening (``load_or_create``: the folder scanned, the
+    series state read, restored and saved) run on the GUI thread, wherever the widget
+    calls it from."""
+    import importlib
+
+    spent: list[float] = []
+    for name in ("napari_focus.gui.series_section", "napari_focus.gui.series_start"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # the code before the opening moved to its own module
+            continue
+        if hasattr(module, "load_or_create"):
+            module.load_or_create = _timed_on_gui_thread(module.load_or_create, spent)
+    return spent
+
+
 def record_gui_thread_file_work() -> list[float]:
     """Milliseconds of each mask file encoded (PIL's ``save``) or read
     (``napari_focus.mask_files.read_image``) and of each stored proposal read

@@ -83,9 +83,12 @@ def official_checkpoint(
     except LocalEntryNotFoundError as error:
         cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
         why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        command = f"hf download {repo_id} {filename} --cache-dir {cache}"
         raise CheckpointNotAvailable(
             f"the FOCUS checkpoint '{filename}' of the Hugging Face repo '{repo_id}' is not in "
             f"the cache at {cache} and {why}. Either download it once with network access "
-            f"(`hf download {repo_id} {filename} --cache-dir {cache}`)",
+            f"(`{command}`)",
             filename,
+            why,
+            command,
         ) from error

@@ -40,11 +40,13 @@ class CheckpointError(ValueError):
 class CheckpointNotAvailable(FileNotFoundError):
     """The official checkpoint is neither cached nor downloadable right now. ``str()``
     ends with the command line's and the Python API's way to load a local copy;
-    :meth:`message_with` puts another interface's words there."""
+    :meth:`message_with` puts another interface's words there. ``why``: why it could not
+    be downloaded, in a few words (the GUI leads with it); ``command``: the shell command
+    that downloads it into the cache."""
 
-    def __init__(self, reason: str, filename: str) -> None:
+    def __init__(self, reason: str, filename: str, why: str = "", command: str = "") -> None:
         super().__init__(reason)
-        self.reason, self.filename = reason, filename
+        self.reason, self.filename, self.why, self.command = reason, filename, why, command
 
     def __str__(self) -> str:
         return self.message_with(
@@ -52,8 +54,8 @@ class CheckpointNotAvailable(FileNotFoundError):
             "(Python: `FocusPredictor.from_checkpoint(path)`)"
         )
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles to training processes
-        return type(self), (self.reason, self.filename)
+    def __reduce__(self) -> tuple[type, tuple[str, ...]]:  # pickles to training processes
+        return type(self), (self.reason, self.filename, self.why, self.command)
 
     def message_with(self, local_copy: str) -> str:
         """The message with ``local_copy`` saying how to use a copy of the file."""
@@ -136,6 +138,15 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a PyTorch checkpoint")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # zip (torch.save) or pickle
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not with the "
+            "zip or pickle header of a .pth file"
+        )
     try:
         with _ALLOWLIST_LOCK:
             present = set(torch.serialization.get_safe_globals())
@@ -156,13 +167,6 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             f"you trust, and convert them to .safetensors. ({reason})"
         ) from error
     except Exception as error:  # the weights-only unpickler fails in many ways on bad bytes
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-        if not head.startswith((b"PK\x03\x04", b"\x80")):  # zip (torch.save) or pickle
-            raise CheckpointError(
-                f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not with the "
-                "zip or pickle header of a .pth file"
-            ) from error
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
             f"{type(error).__name__}: {error}"

@@ -8,8 +8,8 @@ import sys
 import textwrap
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
+from .cli_annotate import add_annotate_parser
 from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_INTERRUPTED,
@@ -19,8 +19,7 @@ from .cli_common import (
     say,
     say_kernel_fallbacks,
 )
-from .cli_predict import add_throughput_arguments, run_predict
-from .prediction_files import collect_inputs, unmatched_reason
+from .cli_predict import add_input_arguments, add_throughput_arguments, run_predict
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -32,32 +31,6 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_annotate(args: argparse.Namespace) -> int:
-    from .io import read_image
-
-    paths: list[Path] = []
-    images = []
-    folder = Path(args.path) if args.path and Path(args.path).is_dir() else None
-    if args.path and folder is None:
-        paths, unmatched = collect_inputs([args.path])
-        if unmatched:
-            print(f"napari-focus: {unmatched_reason(args.path)}", file=sys.stderr)
-            return EXIT_SETUP_ERROR
-        for path in paths:  # before napari opens: a file it cannot show is said here
-            try:
-                images.append(read_image(path))
-            except (OSError, ValueError) as error:
-                print(f"napari-focus: cannot open {path} as an image: {error}", file=sys.stderr)
-                return EXIT_SETUP_ERROR
-    import napari
-
-    from .gui.annotate import open_viewer
-
-    open_viewer(paths, folder=folder, images=images)
-    napari.run()
-    return 0
-
-
 EXIT_CODES = f"""\
 exit codes:
   0  everything done (existing outputs skipped by policy count as done)
@@ -66,6 +39,39 @@ exit codes:
      that could not be downloaded or loaded
   {EXIT_INTERRUPTED}  interrupted by Ctrl-C (predict: also 143 when stopped by SIGTERM)
 """
+
+# each command's own (train's are in training.cli)
+COMMAND_EXIT_CODES = {
+    "predict": f"""\
+exit codes:
+  0  every image done (images whose outputs exist are skipped and count as done)
+  {EXIT_FAILED_IMAGES}  some inputs failed or matched no image; the others were written
+  {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device or
+     --precision, no input image, an --out that cannot be written, or weights
+     that could not be downloaded or loaded
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; 143 when stopped by SIGTERM (the masks
+     written so far stay; the same command continues)
+""",
+    "export": f"""\
+exit codes:
+  0  every pair exported (or skipped by --on-exists skip)
+  {EXIT_FAILED_IMAGES}  some pairs failed or some files had no partner; the others were
+     exported
+  {EXIT_SETUP_ERROR}  nothing was started: bad arguments, no --layout or --task, a missing
+     IMAGES_DIR or MASKS_DIR, or a --root that cannot be written
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (the samples exported so far stay)
+""",
+    "rank": f"""\
+exit codes:
+  0  every image ranked
+  {EXIT_FAILED_IMAGES}  some images failed; the others were ranked
+  {EXIT_SETUP_ERROR}  nothing was ranked: bad arguments, an unusable --device, no images,
+     --gt without PySODMetrics, an --out or --report holding other files, or
+     weights that could not be downloaded or loaded; also when the CSV or the
+     report could not be written
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C
+""",
+}
 
 
 def _fill(text: str) -> str:
@@ -102,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="segment images and write masks",
         description="Segment images with FOCUS and write one 0/255 mask per image.",
-        epilog=EXIT_CODES,
+        epilog=COMMAND_EXIT_CODES["predict"],
         formatter_class=formatter,
     )
-    predict.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    add_input_arguments(predict)
     add_model_arguments(predict)
     predict.add_argument(
         "--out", metavar="FOLDER", help="output folder (default: ./focus_<task>_masks)"
@@ -136,20 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (add_export_parser(commands), add_rank_parser(commands),
                 add_train_parser(commands)):  # fmt: skip
-        sub.epilog, sub.formatter_class = sub.epilog or EXIT_CODES, formatter
+        sub.formatter_class = formatter
+        sub.epilog = sub.epilog or COMMAND_EXIT_CODES[sub.prog.split()[-1]]
 
-    annotate = commands.add_parser(
-        "annotate",
-        help="open napari with the FOCUS widget; a folder opens as a series to label",
-        description="Open napari with the FOCUS widget docked, optionally with images loaded.",
-        formatter_class=formatter,
-    )
-    annotate.add_argument(
-        "path",
-        nargs="?",
-        help="a folder of images (opened as a series: Previous / Next / Accept) or an image",
-    )
-    annotate.set_defaults(func=run_annotate)
+    add_annotate_parser(commands).formatter_class = formatter
 
     doctor = commands.add_parser(
         "doctor",
@@ -192,25 +188,35 @@ def _check_device(args: argparse.Namespace) -> bool:
     try:
         resolve_device(args.device)
     except DeviceError as error:
-        print(f"napari-focus: {error.cli_message()}", file=sys.stderr)
+        print(f"{_prefix(args)}: {error.cli_message()}", file=sys.stderr)
         return False
     return True
 
 
+def _prefix(args: argparse.Namespace) -> str:
+    """What the command's lines begin with (``napari-focus train`` for train)."""
+    return getattr(args, "message_prefix", "napari-focus")
+
+
 class _StderrLines(logging.Handler):
-    """Prints a kernel build's start and end as ``napari-focus: <message>`` on the current
+    """Prints a kernel build's start and end as ``<prefix>: <message>`` on the current
     ``sys.stderr`` (failures reach the user once, as the fallback warning)."""
+
+    def __init__(self, level: int, prefix: str) -> None:
+        super().__init__(level)
+        self.prefix = prefix
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "kernel_event", None) in ("build-started", "build-finished"):
-            say(f"napari-focus: {record.getMessage()}")
+            say(f"{self.prefix}: {record.getMessage()}")
 
 
-def _announce_kernel_builds() -> None:
+def _announce_kernel_builds(prefix: str = "napari-focus") -> None:
     """Say on stderr when the deformable-attention kernel is compiled (the first run)."""
     log = logging.getLogger("napari_focus.ops.build")
-    if not any(isinstance(h, _StderrLines) for h in log.handlers):
-        log.addHandler(_StderrLines(logging.INFO))
+    for handler in [h for h in log.handlers if isinstance(h, _StderrLines)]:
+        log.removeHandler(handler)  # of an earlier command in this process
+    log.addHandler(_StderrLines(logging.INFO, prefix))
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
 
@@ -228,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before a command's own handling (loading torch, say)
-        print("napari-focus: interrupted", file=sys.stderr)
+        words = list(sys.argv[1:] if argv is None else argv)
+        command = " train" if words[:1] == ["train"] else ""
+        print(f"napari-focus{command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -236,7 +244,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args, extras = build_parser().parse_known_args(argv)
     if extras:  # said by the command's own parser: its usage, and the option meant
         args.command_parser.error(_unrecognized(args.command_parser, extras))
-    _announce_kernel_builds()
+    _announce_kernel_builds(_prefix(args))
     if getattr(args, "command", None) == "annotate" and not _has_qt_binding():
         print(
             "napari-focus: annotate opens napari, which needs a Qt binding, and none is "
@@ -255,13 +263,18 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"leave {flag} out", file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict" and args.engine == "ray":
+        if args.recursive:
+            print("napari-focus: --recursive is not an option of --engine ray; give the "
+                  "subfolders' images in a list file (their masks go flat into --out) or "
+                  "run each subfolder with its own --out", file=sys.stderr)  # fmt: skip
+            return EXIT_SETUP_ERROR
         from .distributed.cli import run_predict_ray  # workers check devices where they run
 
         return run_predict_ray(args)
     if getattr(args, "device", None) is not None and not _check_device(args):
         return EXIT_SETUP_ERROR
     with warnings.catch_warnings():  # restores Python's own display afterwards
-        warnings.showwarning = say_kernel_fallbacks(warnings.showwarning)
+        warnings.showwarning = say_kernel_fallbacks(warnings.showwarning, _prefix(args))
         return args.func(args)
 
 

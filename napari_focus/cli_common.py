@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -32,14 +33,70 @@ def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+PLAIN_PROGRESS_SECONDS = 30.0  # between the progress lines written to a log file
+
+
+class PlainProgress:
+    """A progress bar's place when stderr is no terminal (a log file, a pipe): a plain
+    ``<prefix>: <what> 12/40 images (30%), ...`` line at most every
+    :data:`PLAIN_PROGRESS_SECONDS`, instead of every redrawn frame of a bar. It takes
+    the calls the commands make on a tqdm bar."""
+
+    def __init__(self, total: int, desc: str, unit: str, prefix: str) -> None:
+        self.total, self.desc, self.unit, self.prefix = total, desc, unit, prefix
+        self.n, self.postfix = 0, ""
+        self._started = self._said = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if 0 < self.n < self.total:  # the end is said by the command's summary
+            self._say_now_and_then()
+
+    def set_postfix(self, refresh: bool = False, **values: object) -> None:
+        self.postfix = "".join(f", {name} {value}" for name, value in values.items())
+
+    def set_description_str(self, desc: str) -> None:
+        if desc != self.desc:
+            self.desc = desc
+            self._say_now_and_then()
+
+    def close(self) -> None:
+        pass
+
+    def _say_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._said < PLAIN_PROGRESS_SECONDS:
+            return
+        self._said = now
+        line = f"{self.prefix}: {self.desc}"
+        if self.n:
+            elapsed = now - self._started
+            rate = self.n / elapsed if elapsed > 0 else 0.0
+            speed = f"{rate:.2f} {self.unit}s/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}"
+            left = f", about {(self.total - self.n) / rate:.0f} s left" if rate else ""
+            line += (f" {self.n}/{self.total} {self.unit}s ({100 * self.n // self.total}%), "
+                     f"{speed}{left}{self.postfix}")  # fmt: skip
+        print(line, file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int, desc: str, unit: str, *, quiet: bool, prefix: str) -> Any:
+    """A tqdm bar on a terminal's stderr, :class:`PlainProgress` lines elsewhere, nothing
+    with ``--quiet``."""
+    from tqdm import tqdm
+
+    if quiet or sys.stderr is None or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr)
+    return PlainProgress(total, desc, unit, prefix)
+
+
 ShowWarning = Callable[[Warning | str, type[Warning], str, int, TextIO | None, str | None], None]
 
 
-def say_kernel_fallbacks(showwarning: ShowWarning) -> ShowWarning:
-    """A ``warnings.showwarning`` printing a kernel fallback as one ``napari-focus:`` line
-    (its message is in those words already) instead of Python's file, line number and
-    source line; other warnings go to ``showwarning``. Used by the commands and by the
-    workers of ``predict --engine ray``, whose stderr Ray shows on the driver."""
+def say_kernel_fallbacks(showwarning: ShowWarning, prefix: str = "napari-focus") -> ShowWarning:
+    """A ``warnings.showwarning`` printing a kernel fallback as one ``<prefix>:`` line
+    (its message may begin with ``napari-focus:`` already) instead of Python's file, line
+    number and source line; other warnings go to ``showwarning``. Used by the commands
+    and by the workers of ``predict --engine ray``, whose stderr Ray shows on the driver."""
 
     def show(
         message: Warning | str,
@@ -51,13 +108,26 @@ def say_kernel_fallbacks(showwarning: ShowWarning) -> ShowWarning:
     ) -> None:
         if category.__name__ != "KernelFallbackWarning":  # its module imports torch
             showwarning(message, category, filename, lineno, file, line)
-        elif str(message).startswith("napari-focus:"):
-            say(str(message))
         else:
-            say(f"napari-focus: {message}")
+            say(f"{prefix}: {str(message).removeprefix('napari-focus:').lstrip()}")
 
     show.says_kernel_fallbacks = True  # type: ignore[attr-defined]
     return show
+
+
+def predict_summary(
+    written: int, skipped: int, failed: int, unmatched: int, out: object, kept: str = ""
+) -> str:
+    """``predict``'s counts (both engines): ``3 written, 1 skipped (already exist;
+    --overwrite to redo), 0 failed, 2 inputs matched no image -> OUT``; the advice only
+    when something was skipped, the inputs only when some matched nothing."""
+    skipped_text = f"{skipped} skipped" + (
+        " (already exist; --overwrite to redo)" if skipped else ""
+    )
+    counts = [f"{written} written{kept}", skipped_text, f"{failed} failed"]
+    if unmatched:
+        counts.append(f"{unmatched} input{'s' if unmatched != 1 else ''} matched no image")
+    return f"{', '.join(counts)} -> {out}"
 
 
 def out_replaces_input_message(out: object, error: Any) -> str:
@@ -155,7 +225,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _device_argument(text: str) -> str:
+def device_argument(text: str) -> str:
     from .devices import DeviceError, check_device_name
 
     try:
@@ -187,7 +257,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="auto",
-        type=_device_argument,
+        type=device_argument,
         help="where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, "
         "cuda:N, gpu (same as cuda) or mps; default auto",
     )

@@ -12,13 +12,11 @@ from .cli_common import (
     load_predictor_or_say_why,
     out_replaces_input_message,
     positive_int,
+    predict_summary,
+    progress_bar,
 )
-from .prediction_files import (
-    OutputReplacesInput,
-    collect_inputs,
-    plan_outputs,
-    unmatched_reason,
-)
+from .input_files import find_inputs
+from .prediction_files import OutputReplacesInput, plan_outputs
 
 
 class _Terminated(KeyboardInterrupt):
@@ -35,20 +33,21 @@ def run_predict(args: argparse.Namespace) -> int:
     from .atomic import WriteError, check_writable_folder, remove_own_temps, remove_stale_temps
     from .pipeline import Job
 
-    images, unmatched = collect_inputs(args.inputs)
-    for item in unmatched:
-        print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
-    for folder in _folders_with_images_below(args.inputs):
+    out_dir = Path(args.out or f"focus_{args.task}_masks")
+    found = find_inputs(args.inputs, recursive=args.recursive, exclude=[out_dir])
+    images, unmatched = found.images, found.unmatched
+    for _, reason in unmatched:
+        print(f"napari-focus: {reason}", file=sys.stderr)
+    for folder in [] if args.recursive else _folders_with_images_below(args.inputs, out_dir):
         print(f"napari-focus: note: images in subfolders of {folder} are not included; "
-              f"give '{folder}/**/*' to include them (masks go flat into --out)",
-              file=sys.stderr)  # fmt: skip
+              "add --recursive to include them (their masks go into the same subfolders "
+              "of --out)", file=sys.stderr)  # fmt: skip
     if not images:
         from .io import IMAGE_EXTENSIONS
 
         print("napari-focus: nothing to do: no input images (files, folders or glob patterns "
               f"of {' '.join(IMAGE_EXTENSIONS)} images)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
-    out_dir = Path(args.out or f"focus_{args.task}_masks")
     try:
         plan = plan_outputs(
             [str(image) for image in images],
@@ -56,6 +55,7 @@ def run_predict(args: argparse.Namespace) -> int:
             image_format=args.format,
             probability=args.probability,
             overwrite=args.overwrite,
+            subfolders={str(image): found.subfolders[image] for image in images},
         )
     except OutputReplacesInput as error:
         print(f"napari-focus: {out_replaces_input_message(out_dir, error)}", file=sys.stderr)
@@ -90,25 +90,24 @@ def run_predict(args: argparse.Namespace) -> int:
         except WriteError as error:
             print(f"napari-focus: --out {out_dir}: {error.reason}", file=sys.stderr)
             return EXIT_SETUP_ERROR
-        if out_dir.is_dir():  # what killed runs left behind
-            remove_stale_temps(out_dir)
+        folders = _output_folders(out_dir, jobs)
+        for folder in folders:  # what killed runs left behind
+            if folder.is_dir():
+                remove_stale_temps(folder)
         predictor = load_predictor_or_say_why(args)
         if predictor is None:
             return EXIT_SETUP_ERROR
         written, interrupted, run_failures = _run_jobs(predictor, jobs, args, tqdm)
         failures += run_failures
-        removed = remove_own_temps(out_dir)
+        removed = [path for folder in folders for path in remove_own_temps(folder)]
         if removed:
             print(f"napari-focus: removed {len(removed)} partial file(s)", file=sys.stderr)
 
     status = "interrupted: " if interrupted else ""
     kept = sum(len(job.keep) for job in jobs)
     kept_text = f" ({kept} existing file(s) among them kept)" if kept else ""
-    print(
-        f"napari-focus: {status}{written} written{kept_text}, {skipped} skipped (already "
-        f"exist; --overwrite to redo), {len(failures)} failed -> {out_dir}",
-        file=sys.stderr,
-    )
+    counts = predict_summary(written, skipped, len(failures), len(unmatched), out_dir, kept_text)
+    print(f"napari-focus: {status}{counts}", file=sys.stderr)
     for image, message in failures:
         print(f"  failed: {image}: {message}", file=sys.stderr)
     if interrupted is not None:
@@ -123,7 +122,7 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
 
     from .pipeline import run_pipeline
 
-    bar = tqdm(total=len(jobs), desc="FOCUS", unit="image", disable=args.quiet)
+    bar = progress_bar(len(jobs), "FOCUS", "image", quiet=args.quiet, prefix="napari-focus")
 
     def on_done(job, error: str | None) -> None:
         if error is not None and not args.quiet:  # the summary lists it either way
@@ -155,23 +154,46 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
     return summary.written, interrupted, summary.failures
 
 
-def _folders_with_images_below(inputs: list[str]) -> list[str]:
+def _output_folders(out_dir: Path, jobs: list) -> list[Path]:
+    """``out_dir`` and the subfolders of it that the jobs write into."""
+    below = {path.parent for job in jobs for path in (job.mask, job.probability) if path}
+    return [out_dir, *sorted(folder for folder in below if folder != out_dir.resolve())]
+
+
+def add_input_arguments(predict: argparse.ArgumentParser) -> None:
+    """The INPUTS of `predict` and --recursive."""
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, folders, glob patterns, or list files (.txt, .lst, .list) "
+        "naming these one a line (relative to the list's folder; # starts a comment)",
+    )
+    predict.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also the images in subfolders of a folder input; their masks go into the "
+        "same subfolders of --out (a glob pattern's matches go flat into --out)",
+    )
+
+
+def _folders_with_images_below(inputs: list[str], out: Path) -> list[str]:
     """The folder inputs that have images in subfolders (a folder input takes only its
-    own images)."""
+    own images); the output folder and the widget's series folders do not count."""
+    import os
+
+    from .input_files import subfolders_to_walk
     from .io import IMAGE_EXTENSIONS
 
-    folders = []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_dir():
-            continue
-        below = (
-            p for sub in path.iterdir() if sub.is_dir() and not sub.name.startswith(".")
-            for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-        )  # fmt: skip
-        if next(below, None) is not None:
-            folders.append(item.rstrip("/"))
-    return folders
+    def images_below(folder: Path) -> bool:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = subfolders_to_walk(dirpath, dirnames, {out.resolve()})
+            if Path(dirpath) != folder and any(
+                Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in filenames
+            ):
+                return True
+        return False
+
+    return [item.rstrip("/") for item in inputs if Path(item).is_dir() and images_below(Path(item))]
 
 
 def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
@@ -182,7 +204,9 @@ def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="images per forward pass (images of one padded size run together); "
-        "default 1 on CPU, 4 on CUDA, 8 on GPUs with 24 GiB or more",
+        "default 1 on CPU, 4 on CUDA, 8 on GPUs with 24 GiB or more. Files equal those of "
+        "batch size 1 up to float rounding: probabilities within about 1e-5 (1 grey level "
+        "in a PNG), a mask pixel can flip where the model is that undecided",
     )
     predict.add_argument(
         "--workers",

@@ -20,6 +20,7 @@ __all__ = [
     "ORIENTATION_TAG",
     "TIFF_EXTENSIONS",
     "ImageTooLargeError",
+    "ImageTooSmallError",
     "UnreadableImageError",
     "WriteError",
     "apply_orientation",
@@ -75,9 +76,17 @@ class StackError(ValueError):
     """An image file holds a stack of planes where one picture was expected."""
 
 
+class ImageTooSmallError(ValueError):
+    """An image file's picture is smaller than FOCUS takes (either side below 32)."""
+
+
 def check_single_image(image: np.ndarray, name: str) -> np.ndarray:
-    """``image`` if it is one picture (gray, RGB or RGBA); a stack of planes (a
-    multi-page TIFF) raises :class:`StackError` saying so and what to do."""
+    """``image`` if it is one picture (gray, RGB or RGBA) of at least 32x32 pixels; a
+    stack of planes (a multi-page TIFF) raises :class:`StackError`, a smaller picture
+    :class:`ImageTooSmallError`, each naming the file ``name``, what is wrong and what
+    to do."""
+    from .transforms import MIN_SIDE
+
     planar = image.ndim == 3 and image.shape[-1] not in (1, 3, 4)
     if planar or image.ndim > 3:
         planes = int(np.prod(image.shape[:-2])) if planar else int(np.prod(image.shape[:-3]))
@@ -86,15 +95,18 @@ def check_single_image(image: np.ndarray, name: str) -> np.ndarray:
             "picture; FOCUS segments single images (gray, RGB or RGBA): save each plane "
             "as its own file, or open the stack in napari and run the widget on a plane"
         )
+    if image.ndim >= 2 and min(image.shape[:2]) < MIN_SIDE:
+        height, width = image.shape[:2]
+        raise ImageTooSmallError(
+            f"{name} is {width}x{height} pixels; FOCUS needs at least {MIN_SIDE}x{MIN_SIDE}"
+        )
     return image
 
 
 def describe_read_error(error: BaseException) -> str:
-    """A failed image in one line: the message alone for the errors that say what is
-    wrong in plain words, else prefixed with the exception type."""
-    if isinstance(error, UnreadableImageError | ImageTooLargeError | StackError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    """A failed image in one line, as ``predict`` says it: the message alone (the command
+    line names no Python exception class), the exception's kind only when it has none."""
+    return str(error).strip() or type(error).__name__
 
 
 def pixel_limit() -> int | None:

@@ -4,11 +4,13 @@ threads ahead of the model, writing behind it, with bounded queues.
 The model runs in the calling thread on batches of prepared images; decoding,
 resizing and edge injection (PIL, OpenCV: they release the GIL) run in
 ``workers`` threads, at most a few batches ahead; masks are written by one
-writer thread, at most a few batches behind. Every image's result is what
-:meth:`FocusPredictor.predict` gives, so the files are byte-identical to a
-serial run. Outputs are written atomically (:mod:`napari_focus.atomic`), so an
-interrupted run leaves only this process's temporary files, which the caller
-removes with :func:`napari_focus.atomic.remove_own_temps`.
+writer thread, at most a few batches behind. With ``batch_size`` 1 (the CPU
+default) every image's result is what :meth:`FocusPredictor.predict` gives, so
+the files are byte-identical to a serial run; larger batches equal it up to
+float rounding (see :meth:`FocusPredictor.predict_batch`). Outputs are written
+atomically (:mod:`napari_focus.atomic`), so an interrupted run leaves only this
+process's temporary files, which the caller removes with
+:func:`napari_focus.atomic.remove_own_temps`.
 """
 
 from __future__ import annotations

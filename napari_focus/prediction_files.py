@@ -1,4 +1,4 @@
-"""Which images a prediction reads and which files it writes for each.
+"""Which files a prediction writes for each image it reads (:mod:`~napari_focus.input_files`).
 
 One rule for ``napari-focus predict`` on this machine and on a Ray cluster: an input
 ``<stem>.<ext>`` gets the mask ``<stem>.png|.tif`` and, when asked, the probability map
@@ -16,7 +16,6 @@ too, on every system alike.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import stat
@@ -29,55 +28,6 @@ from urllib.request import url2pathname
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 PROBABILITY_SUFFIX = "_probability"
-
-
-def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their images, sorted; hidden files such as the ``._name``
-    that macOS leaves on shared drives are left out, as series and export leave them)
-    and glob patterns.
-
-    Returns the image paths (resolved, deduplicated, in order) and the inputs that
-    matched nothing.
-    """
-    from .io import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    unmatched: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(
-                p for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".")
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-            )  # fmt: skip
-        elif path.is_file():
-            matches = [path]
-        elif glob.has_magic(item):
-            matches = sorted(
-                Path(p)
-                for p in glob.glob(item, recursive=True)
-                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
-            )
-        else:
-            matches = []
-        if not matches:
-            unmatched.append(item)
-        found.extend(matches)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique, unmatched
-
-
-def unmatched_reason(item: str) -> str:
-    """Why an input ``item`` that :func:`collect_inputs` found no image in matched none."""
-    from .io import IMAGE_EXTENSIONS
-
-    path = Path(item)
-    if path.is_dir():
-        return f"no image file ({' '.join(IMAGE_EXTENSIONS)}) in the folder {item!r}"
-    if not is_uri(item) and not glob.has_magic(item) and not os.path.lexists(path):
-        return f"{item!r} does not exist (no such file or folder); check the path"
-    return f"no image matches {item!r}"
 
 
 def is_uri(source: str) -> bool:
@@ -190,16 +140,29 @@ def same_file_key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def _names_in(folder: Path) -> dict[str, list[str]]:
-    """The entries of ``folder`` by :func:`same_file_key` (empty if it does not exist)."""
-    names: dict[str, list[str]] = {}
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return names
-    for name in sorted(entries):
-        names.setdefault(same_file_key(name), []).append(name)
-    return names
+def _key(path: Path, folder: Path) -> str:
+    """:func:`same_file_key` of an output's path below the output folder."""
+    return same_file_key(path.relative_to(folder).as_posix())
+
+
+class _Listings:
+    """The entries of each output folder by :func:`same_file_key`, each listed once
+    (none for a folder that does not exist)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, dict[str, list[str]]] = {}
+
+    def names_in(self, folder: Path) -> dict[str, list[str]]:
+        if folder not in self._folders:
+            names: dict[str, list[str]] = {}
+            try:
+                entries = os.listdir(folder)
+            except OSError:
+                entries = []
+            for name in sorted(entries):
+                names.setdefault(same_file_key(name), []).append(name)
+            self._folders[folder] = names
+        return self._folders[folder]
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -216,8 +179,10 @@ def plan_outputs(
     image_format: str = "png",
     probability: bool = False,
     overwrite: bool = False,
+    subfolders: Mapping[str, str] | None = None,
 ) -> OutputPlan:
-    """Plan the outputs of ``sources`` (local paths or URIs) in the folder ``out``.
+    """Plan the outputs of ``sources`` (local paths or URIs) in the folder ``out``, or
+    in its subfolder ``subfolders[source]`` (POSIX, relative) where one is given.
 
     Raises:
         OutputReplacesInput: a mask or probability map would be an input image (the
@@ -225,10 +190,12 @@ def plan_outputs(
     """
     folder = Path(out).resolve()
     inputs = _Inputs(sources)
+    below = subfolders or {}
     planned = [
-        output_paths(s, folder, image_format=image_format, probability=probability)
+        output_paths(s, folder / below.get(s, ""), image_format=image_format,
+                     probability=probability)
         for s in sources
-    ]
+    ]  # fmt: skip
     stats = {path: _stat(path) for entry in planned for path in entry.paths()}
     collisions = [
         (entry.source, entry.kind_of(path), image)
@@ -243,13 +210,13 @@ def plan_outputs(
     existing: list[PlannedOutputs] = []
     clashes: list[tuple[PlannedOutputs, str]] = []
     claimed: dict[str, tuple[Path, PlannedOutputs]] = {}
-    present = _names_in(folder)
+    present = _Listings()
     for entry in planned:
-        reason = _clash(entry, claimed, present) or _not_a_file(entry, stats)
+        reason = _clash(entry, claimed, present, folder) or _not_a_file(entry, stats)
         if reason is not None:
             clashes.append((entry, reason))
             continue
-        claimed.update((same_file_key(path.name), (path, entry)) for path in entry.paths())
+        claimed.update((_key(path, folder), (path, entry)) for path in entry.paths())
         if not overwrite and all(stats[path] is not None for path in entry.paths()):
             existing.append(entry)
         else:
@@ -289,17 +256,18 @@ def _one_file_note(name: str, other: str) -> str:
 def _clash(
     entry: PlannedOutputs,
     claimed: Mapping[str, tuple[Path, PlannedOutputs]],
-    present: Mapping[str, list[str]],
+    present: _Listings,
+    folder: Path,
 ) -> str | None:
     """Why ``entry`` may not write its outputs, or None: one lands on an output another
     input claimed, or on a file in the folder whose name differs only in case."""
     for path in entry.paths():
-        key = same_file_key(path.name)
+        key = _key(path, folder)
         if key in claimed:
             other_path, owner = claimed[key]
             kind, other_kind = entry.kind_of(path), owner.kind_of(other_path)
-            same = other_path.name == path.name
-            case = "" if same else f" ({_one_file_note(path.name, other_path.name)})"
+            mine, theirs = (p.relative_to(folder).as_posix() for p in (path, other_path))
+            case = "" if mine == theirs else f" ({_one_file_note(mine, theirs)})"
             if kind == other_kind:
                 apart = _folder_of(entry.source) != _folder_of(owner.source)
                 each = ", or give each folder its own --out" if apart else ""
@@ -308,7 +276,7 @@ def _clash(
                 f"its {kind} {path.name} would be the {other_kind} of {owner.source}{case}; "
                 "rename one"
             )
-        there = present.get(key, [path.name])
+        there = present.names_in(path.parent).get(same_file_key(path.name), [path.name])
         if path.name not in there:
             return (
                 f"its {entry.kind_of(path)} {path.name} would replace {there[0]}, already "

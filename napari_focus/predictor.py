@@ -36,6 +36,9 @@ from .runtime import (
 )
 from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
 
+#: what :meth:`FocusPredictor.predict` takes: an image array or an image file's path
+ImageInput = np.ndarray | str | os.PathLike
+
 # images per forward when ``batch_size`` is not given: on a CPU a single image
 # already fills the cores; on a GPU a few images of one size keep it busy
 DEFAULT_BATCH = {"cpu": 1, "cuda": 4, "mps": 2}
@@ -260,9 +263,15 @@ class FocusPredictor:
         self._compiled = torch.compile(self.model, backend=backend, dynamic=False)
 
     # -------------------------------------------------------------- inference
-    def prepare(self, image: np.ndarray, *, tta: bool = False) -> PreparedInput:
+    def prepare(self, image: ImageInput, *, tta: bool = False) -> PreparedInput:
         """Validate, convert, resize and edge-inject one image on the host (no model,
-        thread-safe): the part of :meth:`predict` a pipeline runs ahead of the model."""
+        thread-safe): the part of :meth:`predict` a pipeline runs ahead of the model.
+        A path (``str`` or ``os.PathLike``) is read with :func:`napari_focus.io.read_image`,
+        upright by its EXIF orientation as the command line reads it."""
+        if isinstance(image, str | os.PathLike):
+            from .io import check_single_image, read_image
+
+            image = check_single_image(read_image(image), Path(image).name)
         rgb = to_rgb_uint8(image)
         preset = self.input
         if not tta:
@@ -276,21 +285,27 @@ class FocusPredictor:
                 flips.append(flip)
         return PreparedInput(tuple(views), tuple(flips), rgb.shape[:2], tta=True)
 
-    def predict(self, image: np.ndarray, *, tta: bool = False) -> Prediction:
-        """Segment one image (see :func:`napari_focus.transforms.to_rgb_uint8` for the
-        accepted inputs). ``tta`` averages ``sem_seg`` over the official scales
-        (short side 320-1120) and horizontal flips."""
+    def predict(self, image: ImageInput, *, tta: bool = False) -> Prediction:
+        """Segment one image: an array (see :func:`napari_focus.transforms.to_rgb_uint8`
+        for the accepted ones) or an image file's path (see :meth:`prepare`). ``tta``
+        averages ``sem_seg`` over the official scales (short side 320-1120) and
+        horizontal flips."""
         return self.predict_prepared([self.prepare(image, tta=tta)], batch_size=1)[0]
 
     def predict_batch(
-        self, images: Iterable[np.ndarray], *, tta: bool = False, batch_size: int | None = None
+        self, images: Iterable[ImageInput], *, tta: bool = False, batch_size: int | None = None
     ) -> list[Prediction]:
-        """:meth:`predict` of several images, in order, with equal results.
+        """:meth:`predict` of several images (arrays or paths), in order.
 
         Images whose padded model input has the same size run together, up to
         ``batch_size`` per forward (default: 1 on CPU, 4 on CUDA, 8 on GPUs of 24 GiB
-        or more); padding images to a common larger canvas would change FOCUS's
-        outputs.
+        or more); each image is padded on its own, as alone (padding images to a common
+        larger canvas would change FOCUS's outputs). With ``batch_size`` 1 the results
+        are those of :meth:`predict`, bit for bit. A larger batch equals them up to
+        float rounding: the math libraries sum in another order for another batch
+        size (two copies of one image in one batch already differ in the last bits),
+        so probabilities move by about 1e-5 and a mask pixel can flip where the
+        model's two answers for it are that close.
         """
         return self.predict_prepared(
             [self.prepare(image, tta=tta) for image in images], batch_size=batch_size

@@ -34,10 +34,11 @@ class Cancelled(Exception):
 
 
 class RunControl:
-    """A cancel flag plus the current stage and its start time."""
+    """A cancel flag plus the current stage and its start time; ``stop``: share the
+    caller's flag (setting it cancels)."""
 
-    def __init__(self) -> None:
-        self._stop = threading.Event()
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self._stop = stop if stop is not None else threading.Event()
         self._lock = threading.Lock()
         self._stage = "starting"
         self._started = time.perf_counter()

@@ -29,6 +29,15 @@ def _under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(autouse=True)
+def remembered_settings_folder(tmp_path_factory, monkeypatch) -> Path:
+    """Each test remembers the Model tab's choices in a folder of its own: none sees the
+    user's settings or another test's."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("NAPARI_FOCUS_CONFIG_DIR", str(folder))
+    return folder
+
+
 MISSING_REFERENCE = (
     "FOCUS reference fixtures not found: put the project's shared/focus-reference folder "
     "beside the checkout (../shared/focus-reference) or set FOCUS_REFERENCE to it"
@@ -139,3 +148,68 @@ def series_errors(monkeypatch) -> list[str]:
     seen: list[str] = []
     monkeypatch.setattr(series_section, "show_error", seen.append)
     return seen
+
+
+@pytest.fixture
+def open_series(qtbot):
+    """``open_series(section, folder)``: the Series tab's Open folder (or, without a
+    folder and with ``layers=True``, Queue open layers), waiting until the worker has
+    loaded the series and it is on screen (or its error said)."""
+
+    def open_(section, folder=None, *, layers: bool = False, timeout: int = 60_000) -> None:
+        if layers:
+            section.open_layers()
+        else:
+            section.open(folder)
+        qtbot.waitUntil(lambda: not section.loader.busy, timeout=timeout)
+
+    return open_
+
+
+@pytest.fixture
+def photo_crops(tmp_path, focus_reference):
+    """``make(count)``: a folder ``images`` of ``count`` 96x64 crops of the reference
+    photo, ``img0.png``, ``img1.png``..., each shifted 20 pixels from the one before."""
+    from PIL import Image
+
+    def make(count: int) -> Path:
+        source = Image.open(focus_reference / "input.png").convert("RGB")
+        images = tmp_path / "images"
+        images.mkdir()
+        for i in range(count):
+            source.crop((i * 20, 0, i * 20 + 96, 64)).save(images / f"img{i}.png")
+        return images
+
+    return make
+
+
+@pytest.fixture
+def store_loads(monkeypatch) -> list[str]:
+    """The names of the threads that read a stored series proposal."""
+    from napari_focus.series.proposal_store import ProposalStore
+
+    loads: list[str] = []
+    real = ProposalStore.load
+
+    def recorded(store, key, source):
+        loads.append(threading.current_thread().name)
+        return real(store, key, source)
+
+    monkeypatch.setattr(ProposalStore, "load", recorded)
+    return loads
+
+
+@pytest.fixture
+def predict_threads(monkeypatch) -> list[str]:
+    """The names of the threads that ran FocusPredictor.predict."""
+    from napari_focus.predictor import FocusPredictor
+
+    threads: list[str] = []
+    original = FocusPredictor.predict
+
+    def recording(self, image, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "predict", recording)
+    return threads

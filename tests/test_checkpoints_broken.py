@@ -47,10 +47,18 @@ def test_truncated_legacy_pickle_is_reported(tmp_path):
         read_checkpoint(path)
 
 
-def test_garbage_pth_is_reported(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"this is not a checkpoint at all" * 10, r"starts with b'this is not ', not with"),
+        (b"notes on the model\n", r"it starts with b'notes on the', not with the zip"),
+        (b"", r"is empty \(0 bytes\), not a PyTorch checkpoint"),
+    ],
+)
+def test_garbage_pth_is_reported(tmp_path, content, said):
     path = tmp_path / "garbage.pth"
-    path.write_bytes(b"this is not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError, match=r"it starts with b'this is not ', not with the zip"):
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=said):
         read_checkpoint(path)
 
 

@@ -257,6 +257,8 @@ def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_pa
     code, err = run_cli("annotate", fake)
     assert code == 2
     assert f"cannot open {fake} as an image" in err and "Traceback" not in err
+    code, err = run_cli("annotate", "--weights", tmp_path / "gone.pth")
+    assert code == 2 and f"--weights {tmp_path / 'gone.pth'}: no such file" in err
 
 
 def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
@@ -286,7 +288,7 @@ def test_a_folder_with_images_in_subfolders_gets_a_note(tmp_path):
     broken.write_bytes(b"not weights")  # the note comes before the model would load
     code, err = run_cli("predict", folder, "--task", "sod", "--weights", broken)
     assert code == 2
-    assert f"images in subfolders of {folder} are not included; give '{folder}/**/*'" in err
+    assert f"images in subfolders of {folder} are not included; add --recursive" in err
 
 
 def test_an_unreachable_ray_address_is_said_at_once(tmp_path):

@@ -17,8 +17,9 @@ from test_cli import run_cli
 from napari_focus import FocusPredictor
 from napari_focus.atomic import TEMP_PREFIX, host_id
 from napari_focus.distributed import inputs as distributed_inputs
+from napari_focus.input_files import collect_inputs
 from napari_focus.io import read_image, write_mask, write_probability
-from napari_focus.prediction_files import OutputReplacesInput, collect_inputs, plan_outputs
+from napari_focus.prediction_files import OutputReplacesInput, plan_outputs
 
 
 @pytest.fixture(scope="module")

@@ -296,7 +296,7 @@ def test_a_tiff_stack_is_named_as_one_in_predict_and_rank(photo, weights, tmp_pa
 
 
 def test_a_folder_input_leaves_out_hidden_files(photo, tmp_path):
-    from napari_focus.prediction_files import collect_inputs
+    from napari_focus.input_files import collect_inputs
 
     folder = tmp_path / "from a mac"
     folder.mkdir()

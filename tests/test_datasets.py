@@ -367,7 +367,7 @@ def test_provenance(tmp_path: Path) -> None:
         provenance={"source_path": src, "task": "sod", "model_size": "large",
                     "weights_id": "hub:org/focus", "weights_revision": "abc123",
                     "threshold": 0.5, "cleanup": {"min_size": 64}, "proposal": proposal,
-                    "note": "kept"},
+                    "note": "kept", "extra": {"layer": "x", "tta": False}},
     )  # fmt: skip
     (record,) = read_records(tmp_path / "root")
     assert record["layout"] == "duts-tr" and record["name"] == "x"
@@ -381,7 +381,7 @@ def test_provenance(tmp_path: Path) -> None:
     assert record["proposal"]["iou"] == pytest.approx(
         (before & after).sum() / (before | after).sum()
     )
-    assert record["extra"] == {"note": "kept"}
+    assert record["extra"] == {"note": "kept", "layer": "x", "tta": False}  # not nested
     assert "T" in record["time"]
 
 

@@ -395,3 +395,117 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(images, tmp
         predict_dataset(images / "photo.png", out, task="sod", manifest=manifest)
     assert f"could not write {blocker}" in str(info.value)
     assert not (tmp_path / "out").exists() and blocker.read_text(encoding="utf-8") == "in the way"
+
+
+def test_an_image_sharing_its_stem_gets_no_other_images_mask(images, tmp_path):
+    """photo.png and photo.jpg both name photo.png in --out: the run writes one and fails
+    the other; the series' start-mask lookup then gives neither image that mask (it
+    cannot tell whose it is), and the failed row names no output."""
+    pytest.importorskip("ray")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("photo.png", "gray.png"):
+        (folder / name).write_bytes((images / name).read_bytes())
+    Image.open(images / "photo.png").save(folder / "photo.jpg", quality=90)
+    out = tmp_path / "masks"
+    out.mkdir()
+    for name in ("photo", "gray"):  # outputs of an earlier run: nothing left to predict
+        Image.fromarray(np.full((64, 64), 255, np.uint8)).save(out / f"{name}.png")
+    code, err = run_cli(
+        "predict", folder, "--task", "sod", "--out", out, "--engine", "ray",
+        "--series", tmp_path / "series", "--quiet",
+    )  # fmt: skip
+    assert code == 1, err
+    assert "0 written, 2 skipped" in err and "1 failed" in err
+    assert f"failed: {folder / 'photo.png'}: same output name as {folder / 'photo.jpg'}" in err
+    assert "images that share a stem with another start without one: rename one" in err
+    rows = {Path(r["source"]).name: r for r in read_manifest(out / "focus_manifest.parquet")}
+    assert rows["photo.png"]["status"] == "failed"
+    assert rows["photo.png"]["mask"] == rows["photo.png"]["probability"] == ""
+    assert rows["photo.jpg"]["mask"] == str(out / "photo.png")
+
+    from napari_focus.series import find_reference_mask
+    from napari_focus.series.state import load_or_create
+
+    state = load_or_create(tmp_path / "series", folder)
+    assert sorted(state.queue.keys()) == ["gray.png", "photo.jpg", "photo.png"]
+    assert reference_mask_path(folder / "photo.png", out) is None
+    assert find_reference_mask(folder / "photo.png", out) is None
+    assert reference_mask_path(folder / "photo.jpg", out) is None  # whose mask it is: unknown
+    assert reference_mask_path(folder / "gray.png", out) == out / "gray.png"
+    # a mask beside its image, named by the stem, is still found
+    assert reference_mask_path(folder / "photo.jpg", folder) == folder / "photo.png"
+
+
+def test_an_interrupted_run_records_every_mask_it_wrote(
+    ray_local, focus_reference, weights, tmp_path, caplog
+):
+    """Ctrl-C while a worker is writing a batch: the manifest (or, for a mask written
+    after the stop, the next run's) has every mask on disk with its scores; the summary
+    says what was done; the rerun goes on."""
+    caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = [f"img_{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        source.rotate(45 * i).resize((64, 64), Image.BILINEAR).save(folder / f"{name}.png")
+    out = tmp_path / "masks"
+    # three images a worker call: the first mask is on disk while its row is not back
+    args = ("predict", folder, "--task", "sod", "--weights", weights, "--out", out,
+            "--engine", "ray", "--num-workers", "1", "--batch-size", "3", "--quiet")  # fmt: skip
+
+    def interrupt_at_first_mask() -> None:
+        deadline = time.monotonic() + 300
+        while not (out / "img_0.png").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher = threading.Thread(target=interrupt_at_first_mask)
+        watcher.start()
+        code, err = run_cli(*args)
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130, err
+    rows = read_manifest(out / "focus_manifest.parquet")
+    written = [r for r in rows if r["status"] == "written"]
+    pending = [r for r in rows if r["status"] == "pending"]
+    assert written and pending and len(written) + len(pending) == len(names), rows
+    assert f"napari-focus: interrupted: {len(written)} written, 0 skipped" in err
+    assert f"{len(pending)} not done (run the same command again to go on)" in err
+    for row in written:
+        assert Path(row["mask"]).is_file() and 0 <= row["uncertainty"] <= 1, row
+    time.sleep(2)  # the stopped worker is gone: what it wrote is on disk now
+    on_disk = {p.stem for p in out.glob("img_*.png")}
+
+    code, err = run_cli(*args)
+    assert code == 0, err
+    assert f"{len(names) - len(on_disk)} written, {len(on_disk)} skipped" in err
+    rows = read_manifest(out / "focus_manifest.parquet")
+    assert sorted(r["name"] for r in rows if r["status"] == "skipped") == sorted(on_disk)
+    for row in rows:  # the scores of every mask, whichever run recorded it
+        assert 0 <= row["uncertainty"] <= 1 and row["width"] == 64, row
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert hidden == [], sorted(map(str, out.rglob("*")))  # the journals read were removed
+
+
+def test_quiet_keeps_rays_own_lines_off_the_terminal(images, weights, tmp_path):
+    """--quiet: only the command's own lines (a new local Ray instance, one worker)."""
+    pytest.importorskip("ray")
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_focus", "predict", str(images / "photo.png"), "--task",
+         "sod", "--weights", str(weights), "--out", str(tmp_path / "out"), "--engine", "ray",
+         "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("napari-focus: ") for line in lines), lines
+    assert "1 written" in lines[-1] and "(1 Ray worker, " in lines[-1]

@@ -203,7 +203,7 @@ def test_ctrl_c_during_the_download_says_interrupted_and_a_rerun_resumes(
     monkeypatch.setattr(hub_download._Meter, "add", add)
     slow_hub.pause = 0.0
     code, err = run_cli(*args)
-    assert code == 2 and "not a readable PyTorch checkpoint" in err  # the served bytes
+    assert code == 2 and "is not a PyTorch checkpoint: it starts with" in err  # the served bytes
     assert slow_hub.ranges == [f"bytes={kept}-"]
     (path,) = _snapshot_files(tmp_path / "hub")
     assert path.read_bytes() == slow_hub.payload

@@ -60,12 +60,26 @@ _BUILT = {
     "napari_focus.datasets.errors.SampleExistsError": lambda cls: cls("cup exists", "cup"),
     "napari_focus.devices.DeviceError": lambda cls: cls("cuda:3", "no such GPU", "cuda:0"),
     "napari_focus.training.state.ResumeMismatchError": lambda cls: cls(
-        "run/resume.pt belongs to another run (differs in: data)", ("data",)
+        "run/resume.pt belongs to another run (differs in: data 2 -> 3)", ("data",),
+        (("data", "2", "3"),),
+    ),
+    "napari_focus.training.state.UnreadableStateError": lambda cls: cls(
+        Path("run/resume.pt"), "damaged or cut short"
     ),
     "napari_focus.ops.build.KernelUnavailableError": lambda cls: cls(
         "cuda", "nvcc not found", Path("/tmp/build.log")
     ),
+    "napari_focus.distributed.engine.RunInterrupted": lambda cls: cls(
+        _interrupted_run(), KeyboardInterrupt()
+    ),
 }
+
+
+def _interrupted_run():
+    from napari_focus.distributed.engine import DatasetRun
+
+    row = {"source": "/data/a.png", "status": "pending"}
+    return DatasetRun([row], Path("/out/manifest.csv"), ["b*.png"], workers=2, seconds=3.5)
 
 
 def _takes_only_a_message(cls: type[BaseException]) -> bool:

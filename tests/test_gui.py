@@ -170,18 +170,34 @@ def test_a_checkpoint_of_another_task_is_said_in_the_model_tab(
     assert note.native.isHidden()
 
 
-def test_cancel_stops_the_worker(qtbot, viewer_widget):
-    viewer, widget = viewer_widget
+def _segmenting_a_stack(qtbot, viewer, widget) -> None:
+    """Run on every plane of a 6-plane stack, until the model segments the first."""
     stack = np.random.default_rng(0).integers(0, 255, (6, 48, 64), dtype=np.uint8)
     viewer.add_image(stack, name="stack")
     widget.planes.value = "all"
     widget.run()
     qtbot.waitUntil(lambda: widget.status.value.startswith("segmenting"), timeout=WAIT_MS)
+
+
+def test_cancel_stops_the_worker(qtbot, viewer_widget):
+    viewer, widget = viewer_widget
+    _segmenting_a_stack(qtbot, viewer, widget)
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert widget.status.value == "cancelled"
     assert "stack [FOCUS SOD]" not in [layer.name for layer in viewer.layers]
     assert widget.run_button.enabled
+
+
+def test_closing_napari_while_run_computes(qtbot, viewer_widget):
+    """The status line's timer dies with the widget, the job stops at its next stage and
+    reports to nobody (pytest-qt fails the test on an error in a Qt slot)."""
+    viewer, widget = viewer_widget
+    _segmenting_a_stack(qtbot, viewer, widget)
+    control = widget._control
+    viewer.close()
+    assert control.cancelled and not widget.running
+    qtbot.wait(3 * widget_module.STATUS_TICK_MS)
 
 
 def test_image_closed_while_run_computes(qtbot, viewer_widget, small_coffee, errors, monkeypatch):
@@ -331,7 +347,7 @@ def test_stacks_run_per_plane(qtbot, viewer_widget, small_coffee, monkeypatch):
         )
 
 
-def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
+def test_screenshots_of_each_section(qtbot, open_series, viewer_widget, tmp_path):
     """At 1366x768, every section renders inside the window. With
     NAPARI_FOCUS_SCREENSHOTS=<folder>, writes docs-style screenshots there
     (``screenshot-<section>.png``)."""
@@ -360,7 +376,7 @@ def test_screenshots_of_each_section(qtbot, viewer_widget, tmp_path):
                 layer.visible = False
             widget.series.folder.value = folder
             widget.series.prefetch.value = False
-            widget.series.open(folder)
+            open_series(widget.series, folder)
             qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
         qtbot.wait(300)
         shot = viewer.screenshot(canvas_only=False, flash=False)

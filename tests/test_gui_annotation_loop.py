@@ -40,13 +40,13 @@ def _fits(viewer, image) -> bool:
     )
 
 
-def test_each_image_fills_the_view_whatever_its_size(qtbot, open_focus_widget, photos):
+def test_each_image_fills_the_view_whatever_its_size(qtbot, open_series, open_focus_widget, photos):
     from napari_focus.gui.series_layers import series_layer
 
     viewer, widget = open_focus_widget()
     viewer.window.resize(1366, 768)
     series = widget.series
-    series.open(photos)
+    open_series(series, photos)
     seen = []
     for move in (series.next, series.next, series.previous):
         qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -60,7 +60,7 @@ def test_each_image_fills_the_view_whatever_its_size(qtbot, open_focus_widget, p
 
 
 def test_the_ends_of_a_series_say_what_to_do(
-    qtbot, open_focus_widget, photos, tmp_path, monkeypatch
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
 ):
     from napari_focus.gui import series_section
 
@@ -69,7 +69,7 @@ def test_the_ends_of_a_series_say_what_to_do(
     _viewer, widget = open_focus_widget()
     widget.export_section.dataset_root.value = tmp_path / "datasets"
     series = widget.series
-    series.open(photos)
+    open_series(series, photos)
 
     def settled():
         qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -112,7 +112,7 @@ def test_the_ends_of_a_series_say_what_to_do(
 
 
 def test_closing_napari_while_the_quality_line_is_computed(
-    qtbot, open_focus_widget, photos, tmp_path
+    qtbot, open_series, open_focus_widget, photos, tmp_path
 ):
     """Accept starts the quality line in a separate process; closing napari at once must
     not raise in a worker or write into the closed widget."""
@@ -120,7 +120,7 @@ def test_closing_napari_while_the_quality_line_is_computed(
     widget.export_section.dataset_root.value = tmp_path / "datasets"
     series = widget.series
     series.prefetch.value = False
-    series.open(photos)
+    open_series(series, photos)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     series.accept_button.clicked.emit()
     qtbot.waitUntil(lambda: series.quality_pending, timeout=WAIT_MS)
@@ -141,7 +141,7 @@ def _press(qtbot, key, modifier=None) -> None:
     qtbot.keyClick(target, key, modifier or Qt.KeyboardModifier.NoModifier)
 
 
-def test_the_keyboard_walks_the_series(qtbot, open_focus_widget, tmp_path):
+def test_the_keyboard_walks_the_series(qtbot, open_series, open_focus_widget, tmp_path):
     """Shift+N pressed again and again in the canvas steps on each time (showing an image
     took the keyboard focus away from the canvas), and 'go to #' jumps once, to the
     number typed."""
@@ -159,7 +159,7 @@ def test_the_keyboard_walks_the_series(qtbot, open_focus_widget, tmp_path):
     window.show()
     window.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     canvas = next(w for w in window.findChildren(QWidget) if "Canvas" in type(w).__name__)
     canvas.setFocus()
@@ -181,7 +181,9 @@ def test_the_keyboard_walks_the_series(qtbot, open_focus_widget, tmp_path):
     assert jumps == [12], "typing 12 went to image 1 first"
 
 
-def test_what_is_missing_is_named_with_its_tab(qtbot, open_focus_widget, photos, monkeypatch):
+def test_what_is_missing_is_named_with_its_tab(
+    qtbot, open_series, open_focus_widget, photos, monkeypatch
+):
     """In the Series tab, Accept without a dataset root and a checkpoint path that does not
     exist say which tab holds the field to fill."""
     from napari_focus.gui import export_section, series_section
@@ -192,7 +194,7 @@ def test_what_is_missing_is_named_with_its_tab(qtbot, open_focus_widget, photos,
     _viewer, widget = open_focus_widget()
     series = widget.series
     widget.show_section("Series")
-    series.open(photos)
+    open_series(series, photos)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     series.accept_button.changed.emit(True)
     assert "dataset root" in shown[-1] and "in the Export tab" in shown[-1]
@@ -206,7 +208,7 @@ def test_what_is_missing_is_named_with_its_tab(qtbot, open_focus_widget, photos,
 
 
 def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
-    qtbot, open_focus_widget, photos, tiny_checkpoint
+    qtbot, open_series, open_focus_widget, photos, tiny_checkpoint
 ):
     """The × of the FOCUS dock mid-series: the edits of the image on screen are kept, and
     the widget opened again shows them; the closed one lets go of the viewer's keys."""
@@ -217,7 +219,7 @@ def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
     from napari_focus.gui.series_layers import series_layer
 
     viewer, widget = open_focus_widget()
-    widget.series.open(photos)
+    open_series(widget.series, photos)
     qtbot.waitUntil(lambda s=widget.series: s.proposal_ready and not s.busy, timeout=WAIT_MS)
     labels = series_layer(viewer, "labels")
     edited = np.zeros_like(labels.data)
@@ -231,7 +233,7 @@ def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
     reopened.weights_source.value = "file"
     reopened.weights_path.value = tiny_checkpoint
     reopened.device.value = "cpu"
-    reopened.series.open(photos)
+    open_series(reopened.series, photos)
     qtbot.waitUntil(
         lambda: reopened.series.proposal_ready and not reopened.series.busy, timeout=WAIT_MS
     )
@@ -242,7 +244,9 @@ def test_closing_the_dock_keeps_the_edits_for_the_next_widget(
     assert KeyBinding.from_str("Shift-N") in viewer.keymap
 
 
-def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, photos):
+def test_return_in_the_leave_question_keeps_the_edits(
+    qtbot, open_series, open_focus_widget, photos
+):
     """'unsaved edits: ask': the question's default answer (Return) saves the edits."""
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication, QMessageBox
@@ -252,7 +256,7 @@ def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, 
     viewer, widget = open_focus_widget()
     series = widget.series
     series.on_leave.value = "ask"
-    series.open(photos)
+    open_series(series, photos)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     labels = series_layer(viewer, "labels")
     edited = np.zeros_like(labels.data)
@@ -276,7 +280,9 @@ def test_return_in_the_leave_question_keeps_the_edits(qtbot, open_focus_widget, 
     assert series.state.queue.item("a_large.png").status.value == "corrected"
 
 
-def test_reset_to_proposal_asks_before_throwing_edits_away(qtbot, open_focus_widget, photos):
+def test_reset_to_proposal_asks_before_throwing_edits_away(
+    qtbot, open_series, open_focus_widget, photos
+):
     """Shift+O (Reset to proposal) on a painted mask asks first; Return keeps the edits."""
     from qtpy.QtCore import Qt, QTimer
     from qtpy.QtWidgets import QApplication, QMessageBox
@@ -285,7 +291,7 @@ def test_reset_to_proposal_asks_before_throwing_edits_away(qtbot, open_focus_wid
 
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(photos)
+    open_series(series, photos)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     labels = series_layer(viewer, "labels")
     proposal = labels.data.copy()
@@ -315,7 +321,7 @@ def test_reset_to_proposal_asks_before_throwing_edits_away(qtbot, open_focus_wid
 
 
 def test_a_series_folder_that_cannot_be_written_says_what_to_do(
-    qtbot, open_focus_widget, photos, tmp_path, monkeypatch
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
 ):
     from napari_focus.gui import series_section
 
@@ -324,7 +330,7 @@ def test_a_series_folder_that_cannot_be_written_says_what_to_do(
     _viewer, widget = open_focus_widget()
     (tmp_path / "notes.txt").write_text("a file, not a folder\n")
     widget.series.output.value = tmp_path / "notes.txt" / "series"
-    widget.series.open(photos)
+    open_series(widget.series, photos)
     assert widget.series.state is None
     assert "cannot keep the series in" in shown[-1] and "Errno" not in shown[-1]
     assert "Choose a 'series folder' you can write to" in shown[-1]

@@ -45,7 +45,7 @@ def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_pa
     from PIL import Image
 
     from napari_focus.gui import annotate
-    from napari_focus.prediction_files import collect_inputs
+    from napari_focus.input_files import collect_inputs
 
     for name in ("a", "b"):
         Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(tmp_path / f"{name}.png")
@@ -57,6 +57,54 @@ def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_pa
     assert [layer.name for layer in viewer.layers] == ["a", "b"]
     assert viewer.layers["a"].rgb and viewer.layers["a"].metadata["path"].endswith("a.png")
     assert widget.image.value == "a"
+
+
+def test_annotate_options_set_the_model_tab_which_the_next_session_recalls(
+    make_napari_viewer, tiny_checkpoint, tmp_path, monkeypatch, remembered_settings_folder
+):
+    import json
+    import shutil
+
+    from napari_focus.cli import build_parser
+    from napari_focus.cli_annotate import model_choices
+    from napari_focus.gui import annotate
+
+    checkpoint = tmp_path / "my weights" / "tuned.safetensors"
+    checkpoint.parent.mkdir()
+    shutil.copy(tiny_checkpoint, checkpoint)
+    args = build_parser().parse_args(
+        ["annotate", "--task", "COD", "--weights", str(checkpoint), "--device", "cpu"]
+    )
+    monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
+    for device in ("cuda", "gpu"):  # the Model tab's name of the first GPU
+        gpu = build_parser().parse_args(["annotate", "--device", device])
+        assert model_choices(gpu) == {"device": "cuda:0"}
+    _, widget = annotate.open_viewer(model=model_choices(args), show=False)
+    chosen = (widget.task.value, widget.weights_source.value, widget.weights_path.value)
+    assert chosen == ("cod", "file", checkpoint) and widget.device.value == "cpu"
+    widget.tta.value = True
+
+    saved = remembered_settings_folder / "model_settings.json"
+    assert json.loads(saved.read_text())["weights_path"] == str(checkpoint)
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    recalled = (again.task.value, again.weights_source.value, again.weights_path.value)
+    assert recalled == chosen and again.device.value == "cpu" and again.tta.value
+
+    checkpoint.unlink()  # moved away since: the official weights, as at the first start
+    _, third = make_napari_viewer().window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    assert (third.task.value, third.weights_source.value) == ("cod", "official")
+    saved.write_text("{not json")  # damaged: the defaults, no error
+    _, fourth = make_napari_viewer().window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    assert (fourth.task.value, fourth.weights_source.value) == ("sod", "official")
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_layer_planes_multiscale_stacks_and_unsupported():

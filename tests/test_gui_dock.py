@@ -4,6 +4,7 @@ stages and cancel (run under `xvfb-run -s "-screen 0 1366x768x24"`)."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,45 @@ def test_export_asks_in_the_dialog_s_words(
     assert outcomes[1] is None and export.result_label.value == "export cancelled"
     assert len(questions) == 1 and "sample 'cup' already exists" in questions[0]
     assert "on_exists" not in questions[0] and "What should happen?" in questions[0]
+
+
+def test_an_export_that_cannot_write_says_so_in_the_export_tab_s_words(
+    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
+):
+    """The dataset root's lock cannot be created (here a folder stands where the lock
+    file goes): the message names the file and the cause in plain words, not Python's."""
+    from napari_focus.gui import export_section
+
+    errors: list[str] = []
+    monkeypatch.setattr(export_section, "show_error", errors.append)
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    root = tmp_path / "datasets"
+    (root / ".napari_focus.lock").mkdir(parents=True)
+    export = widget.export_section
+    export.dataset_root.value = root
+    outcomes: list = []
+    export.export(on_done=outcomes.append)
+    qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
+    assert outcomes == [None] and len(errors) == 1
+    assert errors[0] == (
+        f"FOCUS export: cannot create the lock file in {root}: Is a directory. Your mask is "
+        "still in the viewer: free some space or choose another dataset root, then export again"
+    )
+    assert "Errno" not in export.result_label.value
+    assert "cup [FOCUS SOD]" in [layer.name for layer in viewer.layers]
+
+
+def test_run_with_an_empty_checkpoint_field_says_to_choose_one(open_focus_widget, small_coffee):
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.weights_path.line_edit.value = ""  # the field emptied: it holds "."
+    with pytest.raises(ValueError, match=r"^choose a checkpoint file") as error:
+        widget.model_key()
+    assert "'.'" not in str(error.value)
+    assert "under 'checkpoint' in the Model tab first" in str(error.value)
+    widget.weights_path.value = folder = Path.cwd()
+    with pytest.raises(ValueError, match=f"^'{folder}' is a folder: choose the checkpoint"):
+        widget.model_key()

@@ -81,7 +81,7 @@ def test_run_shows_the_download_and_cancel_stops_it(
     assert slow_hub.ranges == [f"bytes={kept}-"]
     (path,) = (repo / "snapshots").rglob(FILENAME)
     assert path.read_bytes() == slow_hub.payload
-    assert len(errors) == 1 and "not a readable PyTorch checkpoint" in errors[0]
+    assert len(errors) == 1 and "is not a PyTorch checkpoint: it starts with" in errors[0]
 
 
 def test_improve_shows_the_download_of_its_base_and_cancel_stops_it(
@@ -120,7 +120,7 @@ def test_improve_shows_the_download_of_its_base_and_cancel_stops_it(
 
 
 def test_the_series_shows_the_download_of_its_model_and_cancel_stops_it(
-    qtbot, open_focus_widget, slow_hub, tmp_path, monkeypatch
+    qtbot, open_series, open_focus_widget, slow_hub, tmp_path, monkeypatch
 ):
     from PIL import Image
 
@@ -135,7 +135,7 @@ def test_the_series_shows_the_download_of_its_model_and_cancel_stops_it(
         Image.new("RGB", (64, 48), (40 * i, 90, 160)).save(images / f"img{i}.png")
     _, widget = open_focus_widget()
     widget.weights_source.value = "official"
-    widget.series.open(images)
+    open_series(widget.series, images)
     qtbot.waitUntil(lambda: _megabytes(widget.status.value) is not None, timeout=WAIT_MS)
     first = _megabytes(widget.status.value)
     qtbot.waitUntil(lambda: (_megabytes(widget.status.value) or 0) > first, timeout=WAIT_MS)
@@ -147,3 +147,46 @@ def test_the_series_shows_the_download_of_its_model_and_cancel_stops_it(
     qtbot.wait(600)  # the status line's timer has stopped: the cancel is still said
     assert widget.status.value.startswith("cancelled loading the model")
     assert errors == [] and slow_hub.served < SIZE
+
+
+def test_run_cancelled_while_the_series_waits_for_the_same_download(
+    qtbot, open_series, open_focus_widget, slow_hub, tmp_path, monkeypatch
+):
+    """Run and the series' proposals share one download: cancelling Run says it goes on
+    for the series, which then gets the whole file."""
+    from PIL import Image
+
+    from napari_focus.gui import series_section
+
+    errors: list[str] = []
+    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 48), (40, 90, 160)).save(images / "img0.png")
+    viewer, widget = open_focus_widget()
+    widget.weights_source.value = "official"
+    open_series(widget.series, images)
+    qtbot.waitUntil(lambda: _megabytes(widget.status.value) is not None, timeout=WAIT_MS)
+    viewer.add_image(np.full((60, 80, 3), 128, np.uint8), rgb=True, name="grey")
+    widget.run_button.native.click()
+    assert widget.status.value == "starting…"  # then Run's own stage: the shared download
+    qtbot.waitUntil(lambda: _megabytes(widget.status.value) is not None, timeout=WAIT_MS)
+    assert widget.running
+    widget.cancel_button.native.click()
+    assert not widget.running
+    assert widget.status.value == (
+        "Run cancelled; the download goes on for the series' proposals (Cancel stops it)"
+    )
+    served = slow_hub.served
+    qtbot.waitUntil(lambda: slow_hub.served > served + (256 << 10), timeout=WAIT_MS)
+    assert widget.cancel_button.enabled  # now stops the series' load
+    slow_hub.pause = 0.0
+    shared = widget.model_section.shared_model
+    qtbot.waitUntil(lambda: not shared.loading and slow_hub.served >= SIZE, timeout=WAIT_MS)
+    repo = tmp_path / "hub" / ("models--" + REPO_ID.replace("/", "--"))
+    (path,) = (repo / "snapshots").rglob(FILENAME)
+    assert path.read_bytes() == slow_hub.payload
+    assert slow_hub.ranges == []  # one download, never restarted
+    qtbot.waitUntil(lambda: errors != [], timeout=WAIT_MS)
+    assert all("is not a PyTorch checkpoint: it starts with" in error for error in errors)

@@ -25,7 +25,7 @@ def _proposal(qtbot, viewer, widget) -> np.ndarray:
 
 
 def test_improve_trains_in_a_worker_and_switches_weights(
-    qtbot, open_focus_widget, tmp_path: Path, tiny_checkpoint: Path
+    qtbot, open_series, open_focus_widget, tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
     from qtpy.QtCore import QTimer
 
@@ -76,7 +76,7 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     rng = np.random.default_rng(7)
     for i in range(2):
         Image.fromarray(shape_sample(rng, 64)[0]).save(folder / f"s{i}.png")
-    widget.series.open(folder)
+    open_series(widget.series, folder)
     qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
     old_scores = dict(widget.series.scores)
@@ -173,36 +173,48 @@ def test_improve_after_cancel_continues_the_run_and_keeps_it_on_other_data(
     assert improve.status.value == "continuing the cancelled run of tuned.safetensors…"
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     assert ("training failed: the cancelled run of tuned.safetensors was on other training "
-            "data or settings (differs in: data") in improve.status.value  # fmt: skip
+            "data or settings (then -> now: exported samples 4 -> 5") in improve.status.value
+    assert "set them back to continue it" in improve.status.value  # fmt: skip
     assert "'new weights'" in improve.status.value
     assert state.read_bytes() == saved and not out.exists()
 
 
 def test_closing_napari_while_improve_runs_keeps_the_run(
-    qtbot, open_focus_widget, tmp_path: Path
+    qtbot, open_focus_widget, tmp_path: Path, capfd
 ) -> None:
-    """The progress still on its way finds no deleted widget; the child saves its state."""
+    """Closing napari stops the run like Cancel: the resume state is kept, no step or
+    evaluation starts after it and no final weights are written (the run is short
+    enough to have ended meanwhile). The worker napari aborts follows the run to its end
+    (no signal of it may raise) and says on stderr what was kept."""
+    import csv
+    import multiprocessing
+
     viewer, widget = open_focus_widget()
     root = tmp_path / "datasets"
     export_shapes(root, "duts-tr", 4, seed=3, size=48)
-    _small_run(widget, root, tmp_path / "tuned.safetensors", 50)
+    out = tmp_path / "tuned.safetensors"
+    _small_run(widget, root, out, 3)  # every step is evaluated
     improve = widget.improve
     improve.improve_button.clicked.emit()
-    qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: improve.status.value.startswith("step 1"), timeout=WAIT_MS)
     worker = improve._worker  # the thread watching the training process
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(200)  # the worker's last signals are delivered: none may raise
-    import multiprocessing
-
-    # the training process finishes its step and saves the run before it ends
+    err = capfd.readouterr().err
+    assert "napari closed: Improve stopped training tuned.safetensors at step " in err, err
+    assert f"its resume state is kept in {tmp_path / 'tuned.training'}" in err
+    assert f"Improve with {out} under 'new weights' continues it" in err
     qtbot.waitUntil(
         lambda: not [p for p in multiprocessing.active_children() if "training" in p.name],
         timeout=WAIT_MS,
     )
     work = tmp_path / "tuned.training"
-    assert (work / "resume.pt").is_file()
+    assert (work / "resume.pt").is_file() and not out.exists()
     assert not [p for p in work.iterdir() if p.name.startswith(".napari_focus-tmp")]
+    with open(work / "training_log.csv") as handle:
+        rows = [(int(r["step"]), r["kind"]) for r in csv.DictReader(handle)]
+    assert (3, "train") not in rows, rows  # closed at step 1: at most step 2 ran
 
 
 def test_official_weights_not_at_hand_are_said_in_the_tabs_words(
@@ -219,7 +231,7 @@ def test_official_weights_not_at_hand_are_said_in_the_tabs_words(
     widget.improve.start()
     qtbot.waitUntil(lambda: not widget.improve.running, timeout=WAIT_MS)
     status = widget.improve.status.value
-    assert status.startswith("error: training failed: the FOCUS checkpoint 'focus_large_sod.pth'")
+    assert status.startswith("error: training failed: no weights: focus_large_sod.pth is not ")
     assert "'local checkpoint' in the Model tab" in status and "--weights" not in status
 
 

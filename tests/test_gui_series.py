@@ -19,27 +19,8 @@ WAIT_MS = 120_000
 
 
 @pytest.fixture
-def folder(tmp_path, focus_reference):
-    source = Image.open(focus_reference / "input.png").convert("RGB")
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(5):
-        crop = source.crop((i * 20, 0, i * 20 + 96, 64))
-        crop.save(images / f"img{i}.png")
-    return images
-
-
-@pytest.fixture
-def predict_threads(monkeypatch) -> list[str]:
-    threads: list[str] = []
-    original = FocusPredictor.predict
-
-    def recording(self, image, **kwargs):
-        threads.append(threading.current_thread().name)
-        return original(self, image, **kwargs)
-
-    monkeypatch.setattr(FocusPredictor, "predict", recording)
-    return threads
+def folder(photo_crops):
+    return photo_crops(5)
 
 
 def _labels(viewer, name):
@@ -47,11 +28,11 @@ def _labels(viewer, name):
 
 
 def test_series_prefetch_autosave_accept_resume(
-    qtbot, open_focus_widget, folder, tmp_path, predict_threads
+    qtbot, open_series, open_focus_widget, folder, tmp_path, predict_threads
 ):
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     assert series.state is not None and len(series.state.queue) == 5
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     # the current proposal is shown; the next two were computed ahead, off the UI thread
@@ -101,7 +82,7 @@ def test_series_prefetch_autosave_accept_resume(
     statuses = {item.key: item.status for item in series.state.queue}
 
     viewer2, widget2 = open_focus_widget()
-    widget2.series.open(folder)
+    open_series(widget2.series, folder)
     assert widget2.series.state.queue.current.key == current == "img3.png"
     assert {item.key: item.status for item in widget2.series.state.queue} == statuses
     assert statuses["img3.png"] is Status.CORRECTED
@@ -110,12 +91,12 @@ def test_series_prefetch_autosave_accept_resume(
 
 
 def test_order_by_uncertainty_scores_every_image(
-    qtbot, open_focus_widget, folder, predict_threads, monkeypatch
+    qtbot, open_series, open_focus_widget, folder, predict_threads, monkeypatch
 ):
     viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     series.order_by_uncertainty()
     qtbot.waitUntil(lambda: not series.busy and len(series.scores) == 5, timeout=WAIT_MS)
@@ -137,13 +118,94 @@ def test_order_by_uncertainty_scores_every_image(
     _viewer2, widget2 = open_focus_widget()
     series2 = widget2.series
     series2.prefetch.value = False
-    series2.open(folder)
-    series2.order_by_uncertainty()  # all stored: ordered at once, on this thread
+    open_series(series2, folder)
+    series2.order_by_uncertainty()  # all stored: read in a worker, then ordered
+    assert widget2.status.value.startswith("reading the stored scores of ")
+    assert not series2.rank_button.enabled
+    qtbot.waitUntil(lambda: not series2.busy, timeout=WAIT_MS)
+    assert widget2.status.value == "ordered 5 images by uncertainty"
+    assert series2.rank_button.enabled
     assert series2.scores == scores and len(predict_threads) == computed
     assert [item.key for item in series2.state.queue] == expected
 
 
-def test_existing_masks_are_the_starting_point(qtbot, open_focus_widget, folder, predict_threads):
+def test_closing_napari_while_the_stored_scores_are_read(
+    qtbot, open_series, open_focus_widget, folder, predict_threads, monkeypatch
+):
+    """Order by uncertainty reads the stored scores in a worker; napari closed meanwhile,
+    what it reads afterwards starts nothing (no proposals for a closed viewer)."""
+    import threading
+    import time
+
+    from napari_focus.series.proposal_store import ProposalStore
+
+    read, last_read = [], threading.Event()
+    real = ProposalStore.uncertainty
+
+    def slow_read(store, key, source):
+        time.sleep(0.2)  # as on a slow drive: the worker is still reading at the close
+        read.append(threading.current_thread().name)
+        if len(read) == 5:
+            last_read.set()
+        return real(store, key, source)
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.scores.clear()  # as before any proposal: every image's score is read
+    computed = len(predict_threads)
+    monkeypatch.setattr(ProposalStore, "uncertainty", slow_read)
+    series.order_by_uncertainty()
+    assert series.reading_scores and not series.rank_button.enabled
+    series.order_by_uncertainty()  # pressed again meanwhile: the same reading goes on
+    viewer.close()
+    assert last_read.wait(30)
+    qtbot.wait(300)  # the worker's result reaches the GUI thread, which drops it
+    assert len(read) == 5 and threading.main_thread().name not in read
+    assert len(predict_threads) == computed and not series.prefetcher.busy
+
+
+def test_accept_of_autosaved_edits_compares_the_stored_proposal_read_in_a_worker(
+    qtbot, open_series, open_focus_widget, folder, tmp_path, store_loads
+):
+    """Back in a new napari, an image shown from its autosave: Accept compares the
+    proposal stored in the series folder, read off the GUI thread."""
+    from napari_focus.quality import mask_metrics
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = _labels(viewer, "img0")
+    proposal = labels.data.copy()
+    edited = proposal.copy()
+    edited[:, :48] = 1
+    edited[:, 48:] = 0
+    labels.data = edited
+    viewer.close()  # the edits go to the autosave
+
+    store_loads.clear()  # what a new napari reads
+    viewer2, widget2 = open_focus_widget()
+    series2 = widget2.series
+    series2.prefetch.value = False
+    open_series(series2, folder)
+    qtbot.waitUntil(lambda: series2.proposal_ready and not series2.busy, timeout=WAIT_MS)
+    np.testing.assert_array_equal(_labels(viewer2, "img0").data > 0, edited > 0)
+    widget2.export_section.dataset_root.value = tmp_path / "datasets"
+    widget2.export_section.dataset_layout.value = "generic"
+    series2.accept()
+    qtbot.waitUntil(lambda: "IoU" in series2.quality.value, timeout=WAIT_MS)
+    assert store_loads and threading.main_thread().name not in store_loads
+    iou = mask_metrics((proposal > 0).astype(np.float32), edited > 0)["iou"]
+    assert f"IoU {iou:.3f}" in series2.quality.value
+
+
+def test_existing_masks_are_the_starting_point(
+    qtbot, open_series, open_focus_widget, folder, predict_threads
+):
     masks = folder.parent / "masks"
     masks.mkdir()
     truth = np.zeros((64, 96), np.uint8)
@@ -153,28 +215,28 @@ def test_existing_masks_are_the_starting_point(qtbot, open_focus_widget, folder,
     series = widget.series
     series.prefetch.value = False
     series.references.value = masks
-    series.open(folder)
+    open_series(series, folder)
     assert series.proposal_ready  # no model needed for the first image
     np.testing.assert_array_equal(_labels(viewer, "img0").data > 0, truth > 0)
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     assert predict_threads == []
 
 
-def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, series_errors):
+def test_queue_of_open_layers(qtbot, open_series, open_focus_widget, tmp_path, series_errors):
     viewer, widget = open_focus_widget()
     rng = np.random.default_rng(1)
     for name in ("first", "second", "third"):
         viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name=name)
     series = widget.series
-    series.open_layers()
+    open_series(series, layers=True)
     assert series_errors and "series folder" in series_errors[-1]
-    series.open(tmp_path / "gone")
+    open_series(series, tmp_path / "gone")
     assert series_errors[-1] == (
         f"FOCUS series: '{tmp_path / 'gone'}' does not exist; choose a folder of images "
         "under 'image folder'"
     )
     series.output.value = tmp_path / "series"
-    series.open_layers()
+    open_series(series, layers=True)
     assert [item.key for item in series.state.queue] == ["first", "second", "third"]
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert _labels(viewer, "first").data.shape == (40, 56)
@@ -187,7 +249,7 @@ def test_queue_of_open_layers(qtbot, open_focus_widget, tmp_path, series_errors)
 
 
 def test_a_closed_layer_leaves_the_queue_of_open_layers(
-    qtbot, open_focus_widget, tmp_path, series_errors
+    qtbot, open_series, open_focus_widget, tmp_path, series_errors
 ):
     """A queued layer closed (or renamed) since is passed over as missing: Next, the
     proposals computed ahead and a proposal arriving for it raise nothing."""
@@ -197,7 +259,7 @@ def test_a_closed_layer_leaves_the_queue_of_open_layers(
         viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name=name)
     series = widget.series
     series.output.value = tmp_path / "series"
-    series.open_layers()
+    open_series(series, layers=True)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     viewer.layers.remove("second")
     viewer.layers["third"].name = "renamed"
@@ -211,12 +273,12 @@ def test_a_closed_layer_leaves_the_queue_of_open_layers(
     assert series.shown_key == "first" and not series_errors
 
 def test_prefetch_off_computes_only_the_shown_image(
-    qtbot, open_focus_widget, folder, predict_threads
+    qtbot, open_series, open_focus_widget, folder, predict_threads
 ):
     _viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert len(predict_threads) == 1 and not series.cache.in_flight
     series.prefetch.value = True  # switching it on schedules the next two
@@ -225,7 +287,9 @@ def test_prefetch_off_computes_only_the_shown_image(
     assert series.cache.get("img1.png") is not None and series.cache.get("img2.png") is not None
 
 
-def test_series_proposals_follow_the_tta_setting(qtbot, open_focus_widget, folder, monkeypatch):
+def test_series_proposals_follow_the_tta_setting(
+    qtbot, open_series, open_focus_widget, folder, monkeypatch
+):
     calls: list[bool] = []
     original = FocusPredictor.predict
 
@@ -248,7 +312,7 @@ def test_series_proposals_follow_the_tta_setting(qtbot, open_focus_widget, folde
     widget.tta.value = True
     series = widget.series
     series.prefetch.value = False
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert calls == [True]
     assert _labels(viewer, "img0").metadata["napari_focus"]["tta"] is True
@@ -264,7 +328,7 @@ def test_series_proposals_follow_the_tta_setting(qtbot, open_focus_widget, folde
 
 
 def test_run_and_the_series_share_one_model_load(
-    qtbot, open_focus_widget, folder, small_photo_for_run, monkeypatch
+    qtbot, open_series, open_focus_widget, folder, small_photo_for_run, monkeypatch
 ):
     import time
 
@@ -280,7 +344,7 @@ def test_run_and_the_series_share_one_model_load(
     viewer, widget = open_focus_widget()
     viewer.add_image(small_photo_for_run, name="other", rgb=True)
     widget.run()  # loads the model in its worker...
-    widget.series.open(folder)  # ...while the series prefetch wants it too
+    open_series(widget.series, folder)  # ...while the series prefetch wants it too
     qtbot.waitUntil(lambda: not widget.running and not widget.series.busy, timeout=WAIT_MS)
     assert len(loads) == 1
     assert "other [FOCUS SOD]" in viewer.layers and widget.series.proposal_ready
@@ -294,20 +358,20 @@ def small_photo_for_run(focus_reference) -> np.ndarray:
 
 
 def test_a_reopened_series_shows_stored_proposals_and_still_computes_new_ones(
-    qtbot, open_focus_widget, folder, predict_threads
+    qtbot, open_series, open_focus_widget, folder, predict_threads
 ):
     """A proposal read back from disk comes with a description of its model, which
     must not be kept as the model: the next proposal computed ahead needs a real one."""
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     assert len(predict_threads) == 3  # img0 shown, img1 and img2 ahead
     viewer.close()
 
     _, widget2 = open_focus_widget()
     series2 = widget2.series
-    series2.open(folder)
+    open_series(series2, folder)
     qtbot.waitUntil(lambda: series2.proposal_ready, timeout=WAIT_MS)
     assert series2.shown_key == "img0.png" and len(predict_threads) == 3  # read, not computed
     assert widget2.current_model()[1] is None  # nothing loaded yet, nothing pretends to be
@@ -320,14 +384,14 @@ def test_a_reopened_series_shows_stored_proposals_and_still_computes_new_ones(
 
 
 def test_a_reopened_series_exports_where_it_did_before(
-    qtbot, open_focus_widget, folder, tmp_path
+    qtbot, open_series, open_focus_widget, folder, tmp_path
 ):
     """Accept in a series opened again the next day: the dataset root and layout of its
     last export are taken when the Export tab has none, so Accept does not fail."""
     root = tmp_path / "datasets"
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     widget.export_section.dataset_root.value = root
     widget.export_section.dataset_layout.value = "cod10k-train"
@@ -339,7 +403,7 @@ def test_a_reopened_series_exports_where_it_did_before(
     _viewer2, widget2 = open_focus_widget()
     export = widget2.export_section
     assert str(export.dataset_root.value) in ("", ".")  # a fresh widget: nothing chosen
-    widget2.series.open(folder)
+    open_series(widget2.series, folder)
     assert export.dataset_root.value == root and export.dataset_layout.value == "cod10k-train"
     qtbot.waitUntil(lambda: widget2.series.proposal_ready, timeout=WAIT_MS)
     widget2.series.accept()

@@ -71,11 +71,11 @@ def writes(monkeypatch) -> Writes:
     return record
 
 
-def _open(open_focus_widget, qtbot, folder):
+def _open(open_series, open_focus_widget, qtbot, folder):
     viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     return viewer, widget, series
 
@@ -92,8 +92,10 @@ def _shown_mask(viewer) -> np.ndarray:
     return np.asarray(series_layer(viewer, "labels").data) > 0
 
 
-def test_autosave_is_written_off_the_gui_thread(qtbot, open_focus_widget, folder, writes):
-    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+def test_autosave_is_written_off_the_gui_thread(
+    qtbot, open_series, open_focus_widget, folder, writes
+):
+    viewer, _, series = _open(open_series, open_focus_widget, qtbot, folder)
     edited = _paint(viewer, slice(5, 40), slice(10, 60))
     series.next()
     assert series.shown_key == "img1.png"
@@ -107,11 +109,11 @@ def test_autosave_is_written_off_the_gui_thread(qtbot, open_focus_widget, folder
 
 
 def test_edits_left_are_shown_when_coming_back_at_once(
-    qtbot, open_focus_widget, folder, writes
+    qtbot, open_series, open_focus_widget, folder, writes
 ):
     """Next then Previous while the autosave is still being written: the edits just made
     are on screen (not the older autosave on disk), and the write lands after."""
-    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+    viewer, _, series = _open(open_series, open_focus_widget, qtbot, folder)
     first = _paint(viewer, slice(0, 20), slice(0, 20))
     series.next()
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
@@ -135,9 +137,9 @@ def test_edits_left_are_shown_when_coming_back_at_once(
 
 
 def test_accept_right_after_coming_back_exports_the_edits(
-    qtbot, open_focus_widget, folder, writes, tmp_path
+    qtbot, open_series, open_focus_widget, folder, writes, tmp_path
 ):
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    viewer, widget, series = _open(open_series, open_focus_widget, qtbot, folder)
     edited = _paint(viewer, slice(8, 50), slice(12, 70))
     writes.gate.clear()
     series.next()
@@ -157,9 +159,9 @@ def test_accept_right_after_coming_back_exports_the_edits(
 
 
 def test_a_failed_background_write_is_said_and_its_edits_kept(
-    qtbot, open_focus_widget, folder, writes, series_errors, monkeypatch
+    qtbot, open_series, open_focus_widget, folder, writes, series_errors, monkeypatch
 ):
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    viewer, widget, series = _open(open_series, open_focus_widget, qtbot, folder)
     edited0 = _paint(viewer, slice(5, 30), slice(5, 30))
     writes.full = True
     series.next()  # the write fails in the background
@@ -202,8 +204,10 @@ def test_a_failed_background_write_is_said_and_its_edits_kept(
 
 
 @pytest.mark.parametrize("closing", ["the dock's ×", "napari"])
-def test_closing_writes_the_edits_left(qtbot, open_focus_widget, folder, writes, closing):
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+def test_closing_writes_the_edits_left(
+    qtbot, open_series, open_focus_widget, folder, writes, closing
+):
+    viewer, widget, series = _open(open_series, open_focus_widget, qtbot, folder)
     state = series.state
     edited = _paint(viewer, slice(10, 40), slice(20, 70))
     writes.gate.clear()
@@ -240,12 +244,12 @@ def read_on(monkeypatch) -> dict[str, list[str]]:
 
 
 def test_large_images_read_their_autosave_and_proposal_in_the_worker(
-    qtbot, open_focus_widget, folder, read_on, monkeypatch
+    qtbot, open_series, open_focus_widget, folder, read_on, monkeypatch
 ):
     """Images over the size read at once on the GUI thread: their autosave and stored
     proposal are read with their pixels, never on the GUI thread, also after reopening."""
     monkeypatch.setattr(opening_module, "INLINE_READ_PIXELS", 0)
-    viewer, _, series = _open(open_focus_widget, qtbot, folder)
+    viewer, _, series = _open(open_series, open_focus_widget, qtbot, folder)
     edited = _paint(viewer, slice(3, 33), slice(7, 77))
     series.next()
     qtbot.waitUntil(lambda: series.shown_key == "img1.png", timeout=WAIT_MS)
@@ -256,7 +260,7 @@ def test_large_images_read_their_autosave_and_proposal_in_the_worker(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     viewer.close()
 
-    viewer2, _, series2 = _open(open_focus_widget, qtbot, folder)
+    viewer2, _, series2 = _open(open_series, open_focus_widget, qtbot, folder)
     assert series2.shown_key == "img0.png"
     np.testing.assert_array_equal(_shown_mask(viewer2), edited)
     series2.next()  # its proposal, stored by the first viewer
@@ -268,7 +272,7 @@ def test_large_images_read_their_autosave_and_proposal_in_the_worker(
 
 
 def test_large_images_read_their_start_mask_in_the_worker(
-    qtbot, open_focus_widget, folder, tmp_path, monkeypatch
+    qtbot, open_series, open_focus_widget, folder, tmp_path, monkeypatch
 ):
     """A start mask (the 'start masks' folder) of a large image is read with its pixels,
     never on the GUI thread, and is what the image is shown with."""
@@ -294,7 +298,7 @@ def test_large_images_read_their_start_mask_in_the_worker(
     series = widget.series
     series.prefetch.value = False
     series.references.value = masks
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.shown_key == "img0.png" and not series.busy, timeout=WAIT_MS)
     np.testing.assert_array_equal(_shown_mask(viewer), start > 0)
     series.next()

@@ -51,11 +51,13 @@ def _labels_and_image(viewer):
     return series_layer(viewer, "labels"), series_layer(viewer, "image")
 
 
-def test_mixed_folder_next_through_all(qtbot, open_focus_widget, mixed_folder, uncaught):
+def test_mixed_folder_next_through_all(
+    qtbot, open_series, open_focus_widget, mixed_folder, uncaught
+):
     viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
-    series.open(mixed_folder)
+    open_series(series, mixed_folder)
     seen = []
     for _ in range(6):
         qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -78,10 +80,10 @@ def test_mixed_folder_next_through_all(qtbot, open_focus_widget, mixed_folder, u
     assert not uncaught
 
 
-def test_undo_never_crosses_images(qtbot, open_focus_widget, mixed_folder):
+def test_undo_never_crosses_images(qtbot, open_series, open_focus_widget, mixed_folder):
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(mixed_folder)
+    open_series(series, mixed_folder)
     qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
     labels, _ = _labels_and_image(viewer)
     labels.paint((10, 10), 1)
@@ -97,7 +99,7 @@ def test_undo_never_crosses_images(qtbot, open_focus_widget, mixed_folder):
 
 
 def test_next_onto_a_running_computation_waits_for_it(
-    qtbot, open_focus_widget, mixed_folder, monkeypatch
+    qtbot, open_series, open_focus_widget, mixed_folder, monkeypatch
 ):
     calls: list[tuple] = []
     release = threading.Event()
@@ -112,7 +114,7 @@ def test_next_onto_a_running_computation_waits_for_it(
     monkeypatch.setattr(FocusPredictor, "predict", recording)
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(mixed_folder)
+    open_series(series, mixed_folder)
     qtbot.waitUntil(lambda: len(calls) == 2, timeout=WAIT_MS)
     series.next()  # onto b_rgb.jpg, whose proposal is being computed
     assert series.shown_key == "b_rgb.jpg" and not series.proposal_ready
@@ -143,29 +145,31 @@ def test_annotate_opens_a_folder_as_a_series(
     monkeypatch.setattr(series_section, "show_error", lambda text: None)
     monkeypatch.setattr(napari, "Viewer", lambda show=True: make_napari_viewer())
     _viewer, widget = annotate.open_viewer(folder=mixed_folder, show=False)
+    assert widget.series.loader.busy  # napari is up at once: the folder opens in a worker
+    qtbot.waitUntil(lambda: not widget.series.loader.busy, timeout=WAIT_MS)
     assert widget.series.state is not None and len(widget.series.state.queue) == 6
     assert widget.tabs.tabText(widget.tabs.currentIndex()) == "Series"
     qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)  # before the teardown
 
 
 def test_a_version_1_series_opens_with_its_edits_and_a_word_on_shared_files(
-    qtbot, open_focus_widget, tmp_path, monkeypatch
+    qtbot, open_series, open_focus_widget, tmp_path, monkeypatch
 ):
     import shutil
     from pathlib import Path
 
-    from napari_focus.gui import series_section
+    from napari_focus.gui import series_start
     from napari_focus.gui.series_layers import series_layer
 
     warnings: list[str] = []
-    monkeypatch.setattr(series_section, "show_warning", warnings.append)
+    monkeypatch.setattr(series_start, "show_warning", warnings.append)
     shutil.copytree(Path(__file__).parent / "data" / "series_v1", tmp_path / "v1")
     viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
     series.recursive.value = True
     series.output.value = tmp_path / "v1" / "out"
-    series.open(tmp_path / "v1" / "images")
+    open_series(series, tmp_path / "v1" / "images")
     assert warnings and "cat.png" in warnings[-1] and "sub__b.png" in warnings[-1]
     assert series.shown_key == "cat.jpg"  # where the last session stopped
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -177,7 +181,9 @@ def test_a_version_1_series_opens_with_its_edits_and_a_word_on_shared_files(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
 
 
-def test_phone_photo_and_int16_scan_in_a_series(qtbot, open_focus_widget, tmp_path, uncaught):
+def test_phone_photo_and_int16_scan_in_a_series(
+    qtbot, open_series, open_focus_widget, tmp_path, uncaught
+):
     """A photo stored sideways with EXIF Orientation 6 is shown and segmented upright; a
     mask drawn on its stored pixels (other frame) is not laid over it; an int16 scan is
     segmented like any other image."""
@@ -196,7 +202,7 @@ def test_phone_photo_and_int16_scan_in_a_series(qtbot, open_focus_widget, tmp_pa
     series = widget.series
     series.prefetch.value = False
     series.references.value = references
-    series.open(folder)
+    open_series(series, folder)
     shapes = {}
     for _ in range(2):
         qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -210,7 +216,7 @@ def test_phone_photo_and_int16_scan_in_a_series(qtbot, open_focus_widget, tmp_pa
 
 
 def test_ordering_by_uncertainty_keeps_a_missing_image_as_it_was(
-    qtbot, open_focus_widget, mixed_folder, tmp_path
+    qtbot, open_series, open_focus_widget, mixed_folder, tmp_path
 ):
     """An image the last scan did not find (moved away, a drive not mounted) is not
     scored: it is not marked failed, and keeps the decision made on it."""
@@ -219,11 +225,11 @@ def test_ordering_by_uncertainty_keeps_a_missing_image_as_it_was(
     _viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
-    series.open(mixed_folder)
+    open_series(series, mixed_folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     series.state.mark("e_rgba.png", Status.SKIPPED)
     (mixed_folder / "e_rgba.png").rename(tmp_path / "e_rgba.png")
-    series.open(mixed_folder)
+    open_series(series, mixed_folder)
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     assert series.state.queue.item("e_rgba.png").missing
     series.order_by_uncertainty()

@@ -39,7 +39,7 @@ def _shown_image(viewer):
     return np.asarray(series_layer(viewer, "image").data)
 
 
-def test_folder_fields_show_the_open_folder(qtbot, open_focus_widget, tmp_path, source,
+def test_folder_fields_show_the_open_folder(qtbot, open_series, open_focus_widget, tmp_path, source,
                                             monkeypatch):  # fmt: skip
     folder = _folder(tmp_path, "photos of day 2", source)
     monkeypatch.chdir(tmp_path)
@@ -50,7 +50,7 @@ def test_folder_fields_show_the_open_folder(qtbot, open_focus_widget, tmp_path, 
     widget.show_section("Series")
     series = widget.series
     series.folder.value = folder.name  # as `napari-focus annotate FOLDER` sets it
-    series.open(folder.name)
+    open_series(series, folder.name)
     qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
     qtbot.wait(100)
     edit = series.folder.line_edit.native
@@ -67,13 +67,13 @@ def test_folder_fields_show_the_open_folder(qtbot, open_focus_widget, tmp_path, 
 
 
 def test_another_folder_keeps_the_edits_and_shows_its_own_pixels(
-    qtbot, open_focus_widget, tmp_path, source
+    qtbot, open_series, open_focus_widget, tmp_path, source
 ):
     first = _folder(tmp_path, "first", source)
     second = _folder(tmp_path, "second", source, flip=True)  # same file names
     viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(first)
+    open_series(series, first)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert "img1.png" in series.decoded  # read ahead by the worker
     labels = viewer.layers.selection.active
@@ -81,7 +81,7 @@ def test_another_folder_keeps_the_edits_and_shows_its_own_pixels(
     labels.paint((10, 10), 0)
     edited = np.asarray(labels.data).copy()
 
-    series.open(second)  # the edits of first/img0 are kept before the folder changes
+    open_series(series, second)  # the edits of first/img0 are kept before the folder changes
     assert (first / "napari_focus" / "work").is_dir()
     series.next()  # at once: img1.png of the second folder, not the one read ahead
     np.testing.assert_array_equal(
@@ -90,7 +90,7 @@ def test_another_folder_keeps_the_edits_and_shows_its_own_pixels(
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert series.state.queue.item("img1.png").status.value == "proposed"
 
-    series.open(first)
+    open_series(series, first)
     qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
     assert series.shown_key == "img0.png"
     np.testing.assert_array_equal(np.asarray(viewer.layers.selection.active.data) > 0,
@@ -99,7 +99,7 @@ def test_another_folder_keeps_the_edits_and_shows_its_own_pixels(
 
 
 def test_new_model_settings_compute_the_waiting_proposal(
-    qtbot, open_focus_widget, tmp_path, source, tiny_checkpoint, monkeypatch
+    qtbot, open_series, open_focus_widget, tmp_path, source, tiny_checkpoint, monkeypatch
 ):
     from napari_focus.gui import series_section
 
@@ -111,7 +111,7 @@ def test_new_model_settings_compute_the_waiting_proposal(
     viewer, widget = open_focus_widget()
     widget.weights_path.value = broken
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: bool(errors) and not series.busy, timeout=WAIT_MS)
     assert not series.proposal_ready
     widget.weights_path.value = tiny_checkpoint  # no other click: the proposal comes
@@ -120,8 +120,46 @@ def test_new_model_settings_compute_the_waiting_proposal(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
 
 
+def test_weights_not_downloaded_are_said_once_with_what_to_do(
+    qtbot, open_series, open_focus_widget, tmp_path, source, tiny_checkpoint, monkeypatch
+):
+    """Official weights, not in the cache, the hub out of reach: the error leads with what
+    to do; Next and Previous do not try (and say) it again; choosing a file computes."""
+    from huggingface_hub import constants
+    from test_download import _hub_env
+
+    from napari_focus.gui import series_section
+
+    _hub_env(monkeypatch, "http://127.0.0.1:9", offline=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    errors: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    folder = _folder(tmp_path, "images", source)
+    viewer, widget = open_focus_widget()
+    widget.weights_source.value = "official"
+    series = widget.series
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: bool(errors) and not series.busy, timeout=WAIT_MS)
+    assert errors[0].startswith(
+        "FOCUS series: no weights: focus_large_sod.pth is not downloaded and HF_HUB_OFFLINE is "
+        "set. Choose 'local checkpoint' in the Model tab and pick focus_large_sod.pth, or "
+        "press Run once the hub can be reached"
+    )
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert len(errors) == 1 and not series.proposal_ready
+    assert widget.status.value.startswith("no proposal for img2: the model could not be loaded")
+    widget.weights_source.value = "file"  # the tiny checkpoint: the proposal comes
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    assert viewer.layers["img2 [FOCUS SOD]"].data.shape == (64, 96)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert len(errors) == 1
+
+
 def test_a_proposal_is_never_shown_for_another_model(
-    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+    qtbot, open_series, open_focus_widget, tmp_path, source, monkeypatch
 ):
     """The task changes while the worker computes ahead with the old model: what the old
     model still finishes is not shown (nor kept) as a proposal of the new one."""
@@ -139,7 +177,7 @@ def test_a_proposal_is_never_shown_for_another_model(
     folder = _folder(tmp_path, "images", source)
     _viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
     started.clear()
     qtbot.waitUntil(started.is_set, timeout=WAIT_MS)  # img1 is being computed (SOD)
@@ -153,7 +191,7 @@ def test_a_proposal_is_never_shown_for_another_model(
 
 
 def test_the_gui_thread_never_hashes_an_image_file(
-    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+    qtbot, open_series, open_focus_widget, tmp_path, source, monkeypatch
 ):
     """Marking, autosaving and accepting reuse the fingerprint the worker computed when
     it read the file; the GUI thread only compares size and modification time."""
@@ -178,7 +216,7 @@ def test_the_gui_thread_never_hashes_an_image_file(
     widget.export_section.dataset_root.value = tmp_path / "datasets"
     widget.export_section.dataset_layout.value = "generic"
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     viewer.layers.selection.active.paint((20, 20), 1)
     series.next()  # img0 autosaved; img1 shown and marked proposed
@@ -193,7 +231,7 @@ def test_the_gui_thread_never_hashes_an_image_file(
 
 
 def test_closing_napari_waits_for_the_cancelled_proposal(
-    qtbot, open_focus_widget, tmp_path, source, monkeypatch
+    qtbot, open_series, open_focus_widget, tmp_path, source, monkeypatch
 ):
     """Closing napari while a proposal is computed ahead stops the model before the
     window goes, so no worker reports to a deleted widget."""
@@ -212,7 +250,7 @@ def test_closing_napari_waits_for_the_cancelled_proposal(
     folder = _folder(tmp_path, "images", source, count=6)
     _viewer, widget = open_focus_widget()
     series = widget.series
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     monkeypatch.setattr(FocusPredictor, "predict", slow)
     series.next()  # img3 is planned
@@ -222,7 +260,7 @@ def test_closing_napari_waits_for_the_cancelled_proposal(
 
 
 def test_run_on_an_image_left_since_never_lands_on_the_next_one(
-    qtbot, open_focus_widget, tmp_path, source
+    qtbot, open_series, open_focus_widget, tmp_path, source
 ):
     """Run on the shown image, then Next before it returns: the series' image layer holds
     the next file's pixels, so the result is not put on that image's mask."""
@@ -230,7 +268,7 @@ def test_run_on_an_image_left_since_never_lands_on_the_next_one(
     viewer, widget = open_focus_widget()
     series = widget.series
     series.prefetch.value = False
-    series.open(folder)
+    open_series(series, folder)
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     series.next()
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from napari_focus import FocusPredictor
+from napari_focus.io import read_image
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,28 @@ def test_default_batch_follows_the_device_and_its_memory(monkeypatch):
         props = SimpleNamespace(total_memory=gib * 2**30)
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _device, p=props: p)
         assert default_batch_size(torch.device("cuda")) == expected, gib
+
+
+def test_an_image_file_path_is_read_upright_as_the_command_line_reads_it(
+    predictor, small_image, tmp_path
+):
+    stored = np.ascontiguousarray(small_image[:, :48])  # not square: a turn changes the shape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif.tobytes())
+    upright = read_image(tmp_path / "turned.png")
+    assert upright.shape[:2] == stored.shape[1::-1]
+    expected = predictor.predict(upright)
+    for path in (tmp_path / "turned.png", str(tmp_path / "turned.png")):
+        result = predictor.predict(path)
+        np.testing.assert_array_equal(result.mask, expected.mask)
+        np.testing.assert_array_equal(result.probability, expected.probability)
+    [batched] = predictor.predict_batch([tmp_path / "turned.png"], batch_size=1)
+    np.testing.assert_array_equal(batched.probability, expected.probability)
+
+    (tmp_path / "notes.png").write_text("not an image", encoding="utf-8")
+    with pytest.raises(OSError, match=r"notes\.png is not an image file"):
+        predictor.predict(tmp_path / "notes.png")
+    Image.new("RGB", (20, 16)).save(tmp_path / "speck.png")
+    with pytest.raises(ValueError, match=r"speck\.png is 20x16 pixels; FOCUS needs at least"):
+        predictor.predict(str(tmp_path / "speck.png"))

@@ -69,6 +69,25 @@ def test_scan_folder_recursion_glob_and_extensions(folder):
         scan_folder(folder / "a.png")
 
 
+def test_scan_folder_counts_what_it_finds_and_stops_when_told(tmp_path, monkeypatch):
+    from napari_focus.series import queue
+
+    monkeypatch.setattr(queue, "FOUND_EVERY", 2)
+    for i in range(5):
+        touch(tmp_path / f"img{i}.png")
+    touch(tmp_path / "sub" / "img5.png")
+    counts: list[int] = []
+    assert len(scan_folder(tmp_path, recursive=True, found=counts.append)) == 6
+    assert counts == [2, 4, 5, 6]  # every 2 images, and once per folder listed
+
+    def enough(count: int) -> None:
+        raise InterruptedError(f"{count} are enough")
+
+    with pytest.raises(InterruptedError, match="2 are enough"):
+        load_or_create(tmp_path / "series", tmp_path, found=enough)
+    assert not (tmp_path / "series").exists()  # stopped before any state was written
+
+
 def test_queue_items_and_navigation(folder):
     queue = ImageQueue.from_folder(folder, recursive=True)
     assert [item.name for item in queue] == ["a", "b2", "b10", "c", "d"]

@@ -41,8 +41,8 @@ class FakePredictor:
 def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
     images, gt = tmp_path / "images", tmp_path / "gt"
     for name, level in [("sure", 250), ("doubtful", 128), ("middle", 200)]:
-        write_png(images / f"{name}.png", np.full((8, 8, 3), level, np.uint8))
-    write_png(gt / "middle_gt.png", np.full((8, 8), 255, np.uint8))
+        write_png(images / f"{name}.png", np.full((32, 32, 3), level, np.uint8))
+    write_png(gt / "middle_gt.png", np.full((32, 32), 255, np.uint8))
     (images / "broken.png").write_bytes(b"not a png")
     calls: list[tuple[int, int, str]] = []
     predictor = FakePredictor()
@@ -65,10 +65,10 @@ def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
 
 
 def test_rank_folder_with_masks_beside_the_images(tmp_path):
-    write_png(tmp_path / "p.png", np.full((8, 8, 3), 200, np.uint8))
-    write_png(tmp_path / "p_gt.png", np.full((8, 8), 255, np.uint8))
-    write_png(tmp_path / "q.jpg", np.full((8, 8, 3), 100, np.uint8))
-    write_png(tmp_path / "q.png", np.zeros((8, 8), np.uint8))  # DUTS style: mask = stem.png
+    write_png(tmp_path / "p.png", np.full((32, 32, 3), 200, np.uint8))
+    write_png(tmp_path / "p_gt.png", np.full((32, 32), 255, np.uint8))
+    write_png(tmp_path / "q.jpg", np.full((32, 32, 3), 100, np.uint8))
+    write_png(tmp_path / "q.png", np.zeros((32, 32), np.uint8))  # DUTS style: mask = stem.png
     rows = rank_folder(tmp_path, FakePredictor(), gt_folder=tmp_path)
     assert [r.path for r in rows] == ["q.jpg", "p.png"]
     assert rows[0].metrics["iou"] == 1 and rows[1].metrics["mae"] == 0
@@ -78,8 +78,8 @@ def test_ranking_lists_the_mask_folder_once_not_once_per_image(tmp_path, monkeyp
     """Masks beside 40 images: finding them was one folder listing per image (twice),
     which made a folder of 3,000 images and their masks take minutes before ranking."""
     for i in range(40):
-        write_png(tmp_path / f"im{i:02d}.png", np.full((8, 8, 3), 60 + i, np.uint8))
-        write_png(tmp_path / f"im{i:02d}_gt.png", np.zeros((8, 8), np.uint8))
+        write_png(tmp_path / f"im{i:02d}.png", np.full((32, 32, 3), 60 + i, np.uint8))
+        write_png(tmp_path / f"im{i:02d}_gt.png", np.zeros((32, 32), np.uint8))
     listings = []
     iterdir = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: listings.append(self) or iterdir(self))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic_shapes import export_shapes
 
 from napari_focus.checkpoints import read_checkpoint
@@ -191,7 +192,7 @@ def test_a_full_disk_during_training_is_said_in_words(
     export_shapes(tmp_path, "camo-train", 2, size=48)
     out = tmp_path / "tuned.safetensors"
 
-    def full_disk(config, progress):  # where a save during the run meets a full disk
+    def full_disk(config, progress, **how):  # where a save during the run meets a full disk
         raise WriteError(out.parent / "tuned.work" / "best.safetensors",
                          OSError(errno.ENOSPC, "No space left on device"))  # fmt: skip
 
@@ -228,7 +229,8 @@ def test_a_new_run_never_replaces_an_unfinished_one(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert (f"{tmp_path / 'tuned.training'} holds an unfinished run of --out {out}: add "
-            "--resume to continue it, or choose another --out") in err  # fmt: skip
+            "--resume to continue it, --restart to discard it and start this run, or choose "
+            "another --out to keep it") in err  # fmt: skip
     assert (tmp_path / "tuned.training" / "resume.pt").read_bytes() == saved
     assert not out.exists()
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err
@@ -245,13 +247,13 @@ def test_an_out_that_appears_during_training_is_kept_and_the_weights_go_beside_i
     out = tmp_path / "tuned.safetensors"
     real_train = loop.train
 
-    def someone_writes_out_meanwhile(config, progress):
+    def someone_writes_out_meanwhile(config, progress, **how):
         def progress_then_write(update):
             if update.phase == "train" and not out.exists():
                 out.write_bytes(b"the user's own file")
             progress(update)
 
-        return real_train(config, progress=progress_then_write)
+        return real_train(config, progress=progress_then_write, **how)
 
     monkeypatch.setattr(loop, "train", someone_writes_out_meanwhile)
     args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
@@ -295,3 +297,48 @@ def test_base_weights_that_cannot_be_read_are_refused_before_the_samples(
         err = capsys.readouterr().err
         assert code == 2 and said in err, (weights, err)
         assert err.startswith("napari-focus train: --weights"), err
+
+
+def test_ctrl_c_stops_at_the_stage_and_resume_continues_from_the_step(
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+) -> None:
+    """A first Ctrl-C is a Cancel: the run stops before its next step with that step's
+    state saved (exit 130); the same command with --resume finishes it."""
+    import os
+    import signal
+
+    from napari_focus.training import loop
+
+    export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
+    out = tmp_path / "tuned.safetensors"
+    real_train = loop.train
+
+    def ctrl_c_after_step_1(config, progress, **how):
+        def progress_then_interrupt(update):
+            progress(update)
+            if update.phase == "train" and update.step == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends
+
+        return real_train(config, progress=progress_then_interrupt, **how)
+
+    monkeypatch.setattr(loop, "train", ctrl_c_after_step_1)
+    handler = signal.getsignal(signal.SIGINT)
+    args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
+            "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "3",
+            "--eval-every", "3", "--device", "cpu", "--preset", "cpu", "--crop", "96",
+            "--quiet"]  # fmt: skip
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "stopping within a model stage" in err
+    assert ("interrupted at step 1 of 3; the same command with `--resume` continues from "
+            "there") in err  # fmt: skip
+    assert not out.exists()
+    state = torch.load(tmp_path / "tuned.training" / "resume.pt", weights_only=True)
+    assert state["step"] == 1  # saved at the cancel, not only at an evaluation
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    _, metadata = read_checkpoint(out)
+    assert metadata["training_steps"] == "3"

@@ -134,7 +134,7 @@ def test_a_damaged_resume_state_says_what_to_do(tmp_path: Path, content) -> None
         path.write_bytes(content)
     with pytest.raises(ValueError, match="not a readable napari-focus training state") as info:
         load_state(tmp_path, {"base": "x"})
-    assert str(path) in str(info.value) and "start without resume" in str(info.value)
+    assert str(path) in str(info.value) and "start afresh (restart)" in str(info.value)
     assert "weights_only" not in str(info.value)  # never the advice to unpickle code
 
 

@@ -10,6 +10,7 @@ failed or any file had no partner, 2 when nothing could be started.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,30 +70,35 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="when a sample of that name exists: error (default, report it), skip, "
         "rename (append _1, _2, ...) or replace",
     )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also the images in subfolders of IMAGES_DIR, each paired with a mask in the "
+        "same subfolder of MASKS_DIR (as predict --recursive writes them), else in MASKS_DIR",
+    )
+    parser.add_argument("--quiet", action="store_true",
+                        help="only the summary, then the pairs that failed or had no "
+                        "partner: no line per pair")  # fmt: skip
     parser.set_defaults(func=run_export)
     return parser
 
 
 def pair_files(
-    images_dir: Path, masks_dir: Path, layout: str
+    images_dir: Path, masks_dir: Path, layout: str, *, recursive: bool = False
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(image, mask) pairs and one message per image or mask that could not be paired."""
-    from ..io import IMAGE_EXTENSIONS
+    """(image, mask) pairs and one message per image or mask that could not be paired.
 
+    With ``recursive`` the images of subfolders are paired too, each with a mask in the
+    same subfolder of ``masks_dir`` (as ``predict --recursive`` writes them), else in
+    ``masks_dir`` itself (as a glob pattern's masks go flat), the rule of ``rank --gt``
+    and the series."""
     convention = get_layout(layout).mask_suffix.rsplit(".", 1)[0]  # "" or e.g. "_gt"
-    images = sorted(
-        p for p in images_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )  # fmt: skip
-    masks: dict[str, list[Path]] = {}
-    for p in sorted(masks_dir.iterdir()):
-        hidden_or_probability = p.name.startswith(".") or p.stem.endswith(PROBABILITY_SUFFIX)
-        if p.is_file() and not hidden_or_probability and p.suffix.lower() in MASK_EXTENSIONS:
-            masks.setdefault(p.stem, []).append(p)
+    images = _files_below(images_dir, recursive, _is_image, leave_out=(masks_dir,))
+    masks: dict[str, dict[str, list[Path]]] = {}  # subfolder -> stem -> mask files
+    for p in _files_below(masks_dir, recursive, _is_mask, leave_out=(images_dir,)):
+        below = p.parent.relative_to(masks_dir).as_posix()
+        masks.setdefault(below, {}).setdefault(p.stem, []).append(p)
 
-    folded: dict[str, list[Path]] = {}
-    for stem, group in masks.items():
-        folded.setdefault(same_file_key(stem), []).extend(group)
     pairs: list[tuple[Path, Path]] = []
     problems: list[str] = []
     used: set[Path] = set()
@@ -101,15 +107,19 @@ def pair_files(
     suffixes = list(dict.fromkeys([convention, *MASK_SUFFIXES]))
     for image in images:
         names = [image.stem + suffix for suffix in suffixes]
-        found = [m for name in names for m in masks.get(name, [])]
-        if not found:  # as a case-insensitive file system (macOS, Windows) pairs them
-            found = [m for name in names for m in folded.get(same_file_key(name), [])]
+        below = image.parent.relative_to(images_dir).as_posix()
+        found = []
+        for folder in dict.fromkeys([below, "."]):
+            found = _masks_named(masks.get(folder, {}), names)
+            if found:
+                break
         used.update(found)  # the mask of an image refused below is not an orphan
         sample_key, sample = _sample_key(image.stem, layout)
         if sample_key in samples:
             other = samples[sample_key]
+            apart = "" if other.parent == image.parent else " (a split is one folder of samples)"
             if other.stem == image.stem:
-                problems.append(f"{image}: same stem as {other}; rename one")
+                problems.append(f"{image}: same stem as {other}{apart}; rename one")
             else:
                 problems.append(
                     f"{image}: its sample name {sample!r} is also that of {other} (sample "
@@ -117,15 +127,58 @@ def pair_files(
                     "Windows compare file names); rename one"
                 )
         elif not found:
-            problems.append(f"{image}: no mask in {masks_dir}")
+            where = masks_dir if below == "." else f"{masks_dir / below} or {masks_dir}"
+            problems.append(f"{image}: no mask in {where}")
         elif len(found) > 1:
             problems.append(f"{image}: several masks match: {', '.join(m.name for m in found)}")
         else:
             samples[sample_key] = image
             pairs.append((image, found[0]))
-    for group in masks.values():
-        problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
+    for by_stem in masks.values():
+        for group in by_stem.values():
+            problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
     return pairs, problems
+
+
+def _is_image(path: Path) -> bool:
+    from ..io import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_mask(path: Path) -> bool:
+    probability = path.stem.endswith(PROBABILITY_SUFFIX)
+    return not probability and path.suffix.lower() in MASK_EXTENSIONS
+
+
+def _files_below(
+    folder: Path, recursive: bool, wanted, leave_out: tuple[Path, ...] = ()
+) -> list[Path]:
+    """The files of ``folder`` (and of its subfolders when ``recursive``) that ``wanted``
+    takes, sorted; hidden files and folders (``.name``), the folders ``leave_out`` and
+    the widget's series folders left out."""
+    from ..input_files import subfolders_to_walk
+
+    skipped = {path.resolve() for path in leave_out}
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = subfolders_to_walk(dirpath, dirnames, skipped) if recursive else []
+        files += [
+            Path(dirpath, name) for name in filenames
+            if not name.startswith(".") and wanted(Path(name)) and Path(dirpath, name).is_file()
+        ]  # fmt: skip
+    return sorted(files)
+
+
+def _masks_named(by_stem: dict[str, list[Path]], names: list[str]) -> list[Path]:
+    """The masks of one folder named ``names``: exactly, else regardless of case (as a
+    case-insensitive file system, macOS or Windows, pairs them)."""
+    found = [m for name in names for m in by_stem.get(name, [])]
+    if not found:
+        keys = {same_file_key(name) for name in names}
+        found = [m for stem, group in by_stem.items() if same_file_key(stem) in keys
+                 for m in group]  # fmt: skip
+    return found
 
 
 def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
@@ -175,6 +228,12 @@ def _sample_key(stem: str, layout: str) -> tuple[str, str]:
     return same_file_key(name), name
 
 
+def _images_below(folder: Path, masks_dir: Path) -> bool:
+    """Whether a subfolder of ``folder`` (not hidden, not the masks) holds an image."""
+    below = _files_below(folder, True, _is_image, leave_out=(masks_dir,))
+    return any(path.parent != folder for path in below)
+
+
 def run_export(args: argparse.Namespace) -> int:
     try:
         layout = args.layout or (layout_for_task(args.task) if args.task else None)
@@ -199,8 +258,12 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"napari-focus: --root: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
 
-    pairs, problems = pair_files(images_dir, masks_dir, layout)
-    for message in problems:
+    if not args.recursive and _images_below(images_dir, masks_dir):
+        print(f"napari-focus: note: images in subfolders of {images_dir} are not included; "
+              "add --recursive to include them (each paired with a mask in the same "
+              "subfolder of MASKS_DIR, else in MASKS_DIR)", file=sys.stderr)  # fmt: skip
+    pairs, problems = pair_files(images_dir, masks_dir, layout, recursive=args.recursive)
+    for message in [] if args.quiet else problems:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
     failures: list[str] = []
@@ -221,21 +284,29 @@ def run_export(args: argparse.Namespace) -> int:
             )
         except (ExportError, OSError, ValueError, MemoryError) as exc:
             words = exc.cli_message() if isinstance(exc, SampleExistsError) else str(exc)
-            failures.append(f"{image_path}: {words}")
-            print(f"failed: {image_path.name}: {words}", file=sys.stderr)
-            continue
         except Exception as exc:  # one bad pair (e.g. an undecodable file) must not stop
-            failures.append(f"{image_path}: {type(exc).__name__}: {exc}")
-            print(f"failed: {image_path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            words = str(exc).strip() or type(exc).__name__  # a bare exception: its kind
+        else:
+            words = None
+        if words is not None:
+            failures.append(f"{image_path}: {words}")
+            if not args.quiet:
+                print(f"failed: {image_path.name}: {words}", file=sys.stderr)
             continue
         for message in result.recovered:
             print(f"  recovered: {message}", file=sys.stderr)
         counts[result.status] += 1
-        print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
+        if not args.quiet:
+            print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     print(
         f"napari-focus: {summary}, {len(failures)} failed, {len(problems)} unpaired "
         f"-> {args.root} ({layout})",
         file=sys.stderr,
     )
+    if args.quiet:  # said as they happened otherwise
+        for message in failures:
+            print(f"  failed: {message}", file=sys.stderr)
+        for message in problems:
+            print(f"  unpaired: {message}", file=sys.stderr)
     return EXIT_FAILED if failures or problems else 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..filelock import LockTimeout, held
-from .errors import ExportError
+from .errors import ExportError, ExportWriteError
 
 LOCK_NAME = ".napari_focus.lock"
 
@@ -28,7 +28,10 @@ def root_lock(folder: Path, timeout: float = 120.0) -> Iterator[None]:
         except LockTimeout as exc:
             raise ExportError(str(exc)) from None
         except OSError as exc:
-            raise ExportError(f"cannot create the lock file in {folder}: {exc}") from exc
+            reason = exc.strerror or str(exc)
+            raise ExportWriteError(
+                f"cannot create the lock file in {folder}: {reason}", reason
+            ) from exc
         yield
 
 

@@ -63,7 +63,7 @@ class Provenance:
             raise ExportError(f"provenance must be a Provenance or a mapping, got {value!r}")
         known = {f.name for f in fields(cls)} - {"extra"}
         data = {k: v for k, v in value.items() if k in known}
-        extra = {k: v for k, v in value.items() if k not in known}
+        extra = {k: v for k, v in value.items() if k not in known and k != "extra"}
         extra.update(value.get("extra") or {})
         return cls(**data, extra=extra)
 

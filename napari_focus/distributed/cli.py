@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 ENGINES = ("local", "ray")
 
 
-def series_hint(images: Path, series: Path, masks: Path, count: int) -> str:
+def series_hint(images: Path, series: Path, masks: Path, count: int, clashes: int = 0) -> str:
     """What ``--series`` prepared, and how to open it in the widget's Series tab (the
-    names of its fields)."""
+    names of its fields). ``clashes``: inputs that failed for another input's output
+    name (those pairs start without a mask: the mask could be either's)."""
+    shared = (
+        ", but images that share a stem with another start without one: rename one of "
+        "them and predict again"
+        if clashes
+        else ""
+    )
     return (
         f"series of {images} in {series}, {count} images, most doubtful first; in napari, "
         f"open it in the FOCUS widget's Series tab with 'image folder' {images}, 'series "
         f"folder' {series} and 'start masks' {masks} (each image starts from its predicted "
-        "mask), then Open folder"
+        f"mask{shared}), then Open folder"
     )
 
 
@@ -80,6 +89,34 @@ def _unreachable_address(address: str | None, timeout: float = 3.0) -> str | Non
         return error.strerror or type(error).__name__
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that the run stops the same orderly way."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _catch_sigterm() -> Any:
+    """Make SIGTERM stop the run as Ctrl-C does; returns the handler before (None when
+    this is not the main thread, where signals cannot be caught)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _summary(run: Any, out: Path, interrupted: bool) -> str:
+    from ..cli_common import predict_summary
+
+    workers = f"{run.workers} Ray worker{'' if run.workers == 1 else 's'}"
+    status = "interrupted: " if interrupted else ""
+    counts = predict_summary(run.count("written"), run.count("skipped"), len(run.failed),
+                             len(run.unmatched), out)  # fmt: skip
+    return f"napari-focus: {status}{counts} ({workers}, {run.seconds:.1f} s)"
+
+
 def _fail(message: str) -> int:
     from ..cli_common import EXIT_SETUP_ERROR
 
@@ -107,7 +144,8 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             "cluster's head (`ray start --head`) or check the address"
         )
     from ..cli_common import out_replaces_input_message, warn_if_weights_of_another_task
-    from ..prediction_files import OutputReplacesInput, unmatched_reason
+    from ..input_files import unmatched_reason
+    from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
 
@@ -121,6 +159,9 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if problem:  # the workers load the file this machine resolves
         return _fail(f"--weights {args.weights}: {problem}")
     warn_if_weights_of_another_task(args)  # once here, not once per worker
+    from .engine import RunInterrupted
+
+    previous_sigterm = _catch_sigterm()
     try:
         run = predict_dataset(
             args.inputs,
@@ -141,11 +182,17 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             manifest=args.manifest,
             progress=not args.quiet,
+            quiet=args.quiet,
         )
+    except RunInterrupted as stop:
+        return _say_interrupted(stop, out)
     except OutputReplacesInput as error:
         return _fail(out_replaces_input_message(out, error))
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
     for item in run.unmatched:
         print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
@@ -157,9 +204,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
               "manifest were; run the same command again once that is mended: it skips "
               "the masks that exist and writes the ranking", file=sys.stderr)  # fmt: skip
     print(
-        f"napari-focus: {run.count('written')} written, {run.count('skipped')} skipped "
-        f"(already exist; --overwrite to redo), {len(run.failed)} failed -> {out} "
-        f"({run.workers} Ray workers, {run.seconds:.1f} s); manifest {run.manifest}"
+        f"{_summary(run, out, interrupted=False)}; manifest {run.manifest}"
         + (f", ranking {ranking}" if ranking else ""),
         file=sys.stderr,
     )
@@ -172,6 +217,25 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         if folder is None:
             return _fail("--series needs local input images")
         state = order_series(args.series, folder, ranking)
-        print(f"napari-focus: {series_hint(folder, Path(args.series), out, len(state.queue))}",
-              file=sys.stderr)  # fmt: skip
+        clashes = sum(1 for row in run.failed if not row["mask"])  # no output of its own
+        hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes)
+        print(f"napari-focus: {hint}", file=sys.stderr)
     return EXIT_FAILED_IMAGES if run.failed or run.unmatched else 0
+
+
+def _say_interrupted(stop: Any, out: Path) -> int:
+    """The local engine's summary of an interrupted run, and its exit code."""
+    from ..cli_common import EXIT_INTERRUPTED
+
+    run = stop.run
+    pending = run.count("pending")
+    print(
+        f"{_summary(run, out, interrupted=True)}; {pending} not done (run the same command "
+        f"again to go on); manifest {run.manifest}",
+        file=sys.stderr,
+    )
+    for row in run.failed:
+        print(f"  failed: {row['source']}: {row['error']}", file=sys.stderr)
+    if isinstance(stop.cause, _Terminated):
+        return 128 + int(signal.SIGTERM)
+    return EXIT_INTERRUPTED

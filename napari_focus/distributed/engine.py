@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import journal
 from .inputs import Job, is_uri, list_sources, plan_outputs
 from .manifest import (
     MANIFEST_NAME,
@@ -25,6 +26,7 @@ from .manifest import (
     write_manifest,
 )
 from .resources import DEFAULT_ROWS_PER_CALL, MAX_BLOCKS, plan_resources
+from .session import init_ray, quiet_ray
 from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
 
 
@@ -45,6 +47,20 @@ class DatasetRun:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [row for row in self.rows if row["status"] == "failed"]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another ``KeyboardInterrupt``) stopped a run. Raised once the manifest
+    records every output written before the stop; ``run`` is what was done (inputs not
+    done are ``pending`` rows), ``cause`` the interrupt itself."""
+
+    def __init__(self, run: DatasetRun, cause: BaseException) -> None:
+        super().__init__("the run was interrupted")
+        self.run = run
+        self.cause = cause
+
+    def __reduce__(self) -> tuple:  # pickles with what was done (as every error here)
+        return type(self), (self.run, self.cause)
 
 
 def _storage_now(folder: Path) -> int:
@@ -103,6 +119,7 @@ def predict_dataset(
     overwrite: bool = False,
     manifest: str | os.PathLike | None = None,
     progress: bool = True,
+    quiet: bool = False,
     checkpoint_seconds: float = 30.0,
 ) -> DatasetRun:
     """Segment every input with FOCUS on Ray Data and write the masks into ``out``.
@@ -131,10 +148,14 @@ def predict_dataset(
             ``out/focus_manifest.parquet``. Rewritten every ``checkpoint_seconds`` while
             running (inputs not done yet are ``pending``) and at the end.
         progress: Ray Data's progress bars.
+        quiet: keep Ray's own log lines (start-up, execution plans, warnings) off the
+            terminal; errors of the run still raise.
 
     Each input is predicted and written once: a worker that dies is restarted by Ray and
     its batches retried; outputs an earlier attempt wrote are not written again. An input
     that fails (unreadable, too small, a write error) is a ``failed`` manifest row.
+    Every output written before an interrupt is in the manifest with its scores (the
+    workers journal each row as they write, see :mod:`.journal`).
 
     Raises:
         ValueError: no input images, bad settings, an output folder that is a URI, an
@@ -143,6 +164,7 @@ def predict_dataset(
             input image (e.g. ``out`` is the input folder).
         RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
             workers); the manifest keeps what was done.
+        RunInterrupted: a KeyboardInterrupt, raised after the manifest is written.
     """
     from ..presets import check_task
 
@@ -176,10 +198,15 @@ def predict_dataset(
     previous = _earlier_rows(manifest_path)
     _check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
-    rows = carried_rows(plan.existing, previous)
-    rows += [empty_row(job, "failed", reason) for job, reason in plan.clashes]
+    ended = journal.ended_runs(out)  # stopped runs' rows, for outputs they wrote
+    rows = carried_rows(plan.existing, previous, journal.read_rows(ended))
+    # a clash writes nothing: its row names no output (the paths are another input's)
+    rows += [
+        {**empty_row(job, "failed", reason), "mask": "", "probability": ""}
+        for job, reason in plan.clashes
+    ]
 
-    workers = 0
+    workers, interrupted, run_journal = 0, None, journal.new_run_folder(out)
     if plan.todo:
         settings = WorkerSettings(
             task=task,
@@ -191,8 +218,9 @@ def predict_dataset(
             compile=compile,
             overwrite=overwrite,
             run_started_ns=_storage_now(out),
+            journal=str(run_journal),
         )
-        done, workers = _run(
+        done, workers, interrupted = _run(
             plan.todo,
             settings,
             address=address,
@@ -201,23 +229,33 @@ def predict_dataset(
             cpus_per_worker=cpus_per_worker,
             rows_per_call=batch_size,
             progress=progress,
+            quiet=quiet,
             checkpoint=lambda partial: write_manifest(
                 _ordered(rows + partial, sources), manifest_path
             ),
             checkpoint_seconds=checkpoint_seconds,
         )
         rows += done
+        if interrupted is not None:  # the inputs not done, for the rerun to go on
+            finished = {row["source"] for row in done}
+            rows += [empty_row(job, "pending") for job in plan.todo if job.source not in finished]
         for leftover in _leftover_temps(plan.todo, settings.run_started_ns):
             leftover.unlink(missing_ok=True)
     rows = _ordered(rows, sources)
     write_manifest(rows, manifest_path)
-    return DatasetRun(
+    # their rows are in the manifest now; a stopped run's journal, with its stop file,
+    # stays for workers that may still hold batches (the next run reads and removes it)
+    journal.remove([*ended] if interrupted is not None else [run_journal, *ended])
+    run = DatasetRun(
         rows=rows,
         manifest=manifest_path,
         unmatched=unmatched,
         workers=workers,
         seconds=time.perf_counter() - started,
     )
+    if interrupted is not None:
+        raise RunInterrupted(run, interrupted) from interrupted
+    return run
 
 
 def _check_writable(out: Path, manifest: Path) -> None:
@@ -260,20 +298,22 @@ def _run(
     cpus_per_worker: float | None,
     rows_per_call: int | None,
     progress: bool,
+    quiet: bool,
     checkpoint: Any,
     checkpoint_seconds: float,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, KeyboardInterrupt | None]:
+    """Run the jobs; returns their rows, the workers used and the interrupt that stopped
+    the run (None when it ran to the end)."""
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            # the embedded default: a new local instance, never someone else's
-            ray.init(address="local", include_dashboard=False)
-        else:  # the given cluster, or the one of the Ray job this runs in
-            ray.init(address=address)
+        init_ray(ray, address, quiet)
     done: list[dict[str, Any]] = []
+    quieted = contextlib.ExitStack()
     try:
+        if quiet:
+            quieted.enter_context(quiet_ray())
         node_cpus = max(
             (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")),
             default=0.0,
@@ -322,8 +362,9 @@ def _run(
         )
         pending = {job.source: job for job in jobs}
         last, interval = time.monotonic(), checkpoint_seconds
+        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in batches:
                 for index in range(len(batch["source"])):
                     row = normalize({column: batch[column][index] for column in batch})
                     pending.pop(str(row["source"]), None)
@@ -334,15 +375,34 @@ def _run(
                     last = time.monotonic()
                     # a million rows take seconds to write: keep that under a tenth
                     interval = max(checkpoint_seconds, 10 * (last - began))
-        except BaseException as error:  # keep what was done, then stop
+        except BaseException as error:  # stop the workers, keep what was done
+            journal.request_stop(Path(settings.journal))
+            with contextlib.suppress(Exception):
+                batches.close()  # ends the execution: its actors are stopped
+            if started_here:
+                ray.shutdown()
+            done += _journaled(settings.journal, pending)
             checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
+            if isinstance(error, KeyboardInterrupt):
+                return done, resources.workers, error
             if not isinstance(error, Exception):
                 raise
             reasons = re.findall(rf"{re.escape(MODEL_ERROR)}(.+)", str(error))
             if reasons:
                 raise RuntimeError(f"cannot load the model: {reasons[-1]}") from error
             raise RuntimeError(f"the Ray run stopped: {error}") from error
-        return done, resources.workers
+        return done, resources.workers, None
     finally:
         if started_here:
             ray.shutdown()
+        quieted.close()
+
+
+def _journaled(folder: str, pending: dict[str, Job]) -> list[dict[str, Any]]:
+    """Rows the workers journaled for ``pending`` inputs (removed from it): outputs
+    written whose rows had not reached this process when the run stopped."""
+    found = []
+    for row in map(normalize, journal.read_rows([Path(folder)])):
+        if row["status"] == "written" and pending.pop(row["source"], None) is not None:
+            found.append(row)
+    return found

@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import prediction_files
-from ..prediction_files import collect_inputs, is_uri, source_name
+from ..input_files import collect_inputs, is_list_file, read_list_file
+from ..prediction_files import is_uri, source_name
 
 __all__ = [
     "Job",
@@ -28,8 +29,6 @@ __all__ = [
     "read_source",
     "source_name",
 ]
-
-LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
 def _expand_uri(uri: str) -> list[str]:
@@ -53,19 +52,6 @@ def _expand_uri(uri: str) -> list[str]:
     return [f"{scheme}://{name}" for name in names]
 
 
-def _read_list(path: Path) -> list[str]:
-    """Entries of a list file; relative ones are relative to the list's folder."""
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if not is_uri(entry) and not Path(entry).is_absolute():
-            entry = str(path.parent / entry)
-        entries.append(entry)
-    return entries
-
-
 def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
     """Expand ``inputs`` into image sources (absolute local paths or URIs, deduplicated,
     in order) and the inputs that matched nothing."""
@@ -82,8 +68,8 @@ def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
             except (OSError, ValueError) as error:  # unknown scheme, no credentials, ...
                 unmatched.append(f"{item} ({error})")
                 continue
-        elif Path(item).is_file() and Path(item).suffix.lower() in LIST_SUFFIXES:
-            found, missing = list_sources(_read_list(Path(item)))
+        elif is_list_file(item):
+            found, missing = list_sources(read_list_file(Path(item)))
             unmatched.extend(f"{entry} (listed in {item})" for entry in missing)
             sources.extend(found)
             continue

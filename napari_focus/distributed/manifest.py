@@ -135,10 +135,20 @@ def _check_columns(path: Path, columns: Sequence[str]) -> None:
         raise ValueError(f"{path} is not a napari-focus manifest (no {', '.join(missing)} column)")
 
 
-def carried_rows(jobs: Sequence[Job], previous: Sequence[Mapping[str, Any]]) -> list[dict]:
+def carried_rows(
+    jobs: Sequence[Job],
+    previous: Sequence[Mapping[str, Any]],
+    journaled: Sequence[Mapping[str, Any]] = (),
+) -> list[dict]:
     """Rows for inputs skipped because their outputs exist: the earlier row of the same
-    source (its scores) with status ``skipped``, or a row without scores."""
+    source (its scores) with status ``skipped``, or a row without scores. ``journaled``:
+    rows of a stopped run's journal (:mod:`.journal`), for inputs whose earlier row has
+    no scores (outputs written after that run's last manifest)."""
     earlier = {r["source"]: r for r in previous if r.get("status") in ("written", "skipped")}
+    for row in map(normalize, journaled):
+        before = earlier.get(row["source"])
+        if row["status"] == "written" and (before is None or math.isnan(before["uncertainty"])):
+            earlier[row["source"]] = row
     rows = []
     for job in jobs:
         row = empty_row(job, "skipped")

@@ -4,6 +4,7 @@ runs them, nothing here imports Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..pipeline import predict_isolating
+from . import journal
 from .inputs import read_source
 
 #: start of the error a worker raises when it cannot load the model (found by the driver
@@ -84,6 +86,7 @@ class WorkerSettings:
     compile: bool = False
     overwrite: bool = False
     run_started_ns: int = 0  # storage clock at the start of the run (see FocusWorker)
+    journal: str = ""  # the run's journal folder (see .journal); "" for none
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,15 +163,20 @@ class FocusWorker:
         ]
         if row["probability"]:
             writes.append((row["probability"], write_probability, prediction.probability))
+        row["uncertainty"] = uncertainty(prediction.probability)
+        row["foreground"] = float(np.count_nonzero(prediction.mask)) / prediction.mask.size
+        if self.settings.journal:  # first: an output on disk always has its row there
+            with contextlib.suppress(OSError):
+                journal.append(self.settings.journal, {**row, "status": "written"})
         for path, write, data in writes:
             if _needs_write(path, self.settings):
                 write(path, data)
-        row["uncertainty"] = uncertainty(prediction.probability)
-        row["foreground"] = float(np.count_nonzero(prediction.mask)) / prediction.mask.size
         row["status"] = "written"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         count = len(batch["source"])
+        if journal.stop_requested(self.settings.journal):  # the run was stopped
+            return _not_done(batch, self.worker)
         rows = [
             {
                 **{c: str(batch[c][i]) for c in JOB_COLUMNS},
@@ -208,8 +216,23 @@ class FocusWorker:
             if isinstance(result, Exception):
                 row["error"] = describe(result)
                 continue
+            if journal.stop_requested(self.settings.journal):
+                row["status"], row["error"] = "pending", ""
+                continue
             try:
                 self._write(row, result)
             except Exception as error:  # disk full, permissions: this input failed
                 row["status"], row["error"] = "failed", describe(error)
         return {c: [row[c] for row in rows] for c in RESULT_COLUMNS}
+
+
+def _not_done(batch: dict[str, Any], worker: str) -> dict[str, list]:
+    """Rows for a batch a stopped run no longer wants (nothing predicted or written)."""
+    count = len(batch["source"])
+    rows = [
+        {**{c: str(batch[c][i]) for c in JOB_COLUMNS}, "status": "pending", "error": "",
+         "uncertainty": float("nan"), "foreground": float("nan"), "seconds": float("nan"),
+         "width": int(batch["width"][i]), "height": int(batch["height"][i]), "worker": worker}
+        for i in range(count)
+    ]  # fmt: skip
+    return {c: [row[c] for row in rows] for c in RESULT_COLUMNS}

@@ -26,9 +26,12 @@ def open_viewer(
     folder: Path | None = None,
     show: bool = True,
     images: Sequence[np.ndarray] | None = None,
+    model: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Create a viewer and dock the FOCUS widget; open ``folder`` as a series, or load
-    ``paths`` as layers (``images``: their pixels, when already read). Returns
+    """Create a viewer and dock the FOCUS widget; open ``folder`` as a series (scanned
+    in a worker: its first image shows once napari runs), or load ``paths`` as layers
+    (``images``: their pixels, when already read). ``model``: values of the Model tab's
+    fields by name (``task``, ``weights_path``...), set first. Returns
     ``(viewer, widget)``."""
     import napari
 
@@ -38,6 +41,8 @@ def open_viewer(
 
     viewer = napari.Viewer(show=show)
     _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    for name, value in (model or {}).items():
+        getattr(widget.model_section, name).value = value
     if folder is not None:
         if show:  # the window takes its size first: the first image is fitted to it
             from qtpy.QtWidgets import QApplication

@@ -3,6 +3,7 @@ into a FOCUS training split (all file-format work is in :mod:`napari_focus.datas
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -132,8 +133,9 @@ class ExportSection(Container):
         def write() -> tuple[Any, BaseException | None]:
             # an exception is handed back in a tuple: a worker re-raises one it returns
             try:
+                recorded = with_proposal_read(provenance, np.shape(mask))
                 return export_sample(
-                    root, layout, name, image, mask, on_exists=on_exists, provenance=provenance
+                    root, layout, name, image, mask, on_exists=on_exists, provenance=recorded
                 ), None
             except (ExportError, OSError) as error:
                 return None, error
@@ -173,15 +175,22 @@ class ExportSection(Container):
             on_done(outcome)
 
     def _failed(self, error: BaseException, on_done: Callable | None) -> None:
+        cause = error if isinstance(error, OSError) else error.__cause__
+        advice = "fix that"
+        if isinstance(cause, OSError):
+            forbidden = cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+            advice = "choose a dataset root you can write to" if forbidden else (
+                "free some space or choose another dataset root"
+            )
         if isinstance(error, OSError):
             where = error.filename or chosen_dir(self.dataset_root.value)
             reason = getattr(error, "reason", None) or error.strerror or str(error)
             text = (
                 f"could not write to {where}: {reason}. Your mask is still in the viewer: "
-                "free some space or choose another dataset root, then export again"
+                f"{advice}, then export again"
             )
         elif isinstance(error, ExportWriteError):
-            text = f"{error}. Your mask is still in the viewer: fix that, then export again"
+            text = f"{error}. Your mask is still in the viewer: {advice}, then export again"
         else:
             text = str(error)
         self.result_label.value = f"error: {text}"
@@ -212,8 +221,29 @@ class ExportSection(Container):
             "weights_id": state.get("weights"),
             "threshold": refinement.get("threshold"),
             "cleanup": {k: v for k, v in refinement.items() if k != "threshold"},
-            "proposal": state["proposal"][index] if "proposal" in state else None,
+            "proposal": state["proposal"][index] if "proposal" in state else self._own(labels),
             "extra": {"layer": image_layer.name, "plane": list(index), "tta": state.get("tta")},
         }
         mask = np.array(labels.data[index] if index else labels.data)  # a copy: painting goes on
         return np.asarray(planes.plane(index)), mask, name, provenance
+
+    def _own(self, labels: Any) -> Any:
+        """The model's proposal a mask shown from the series' autosave was drawn from
+        (or what reads it in the export's worker); None for any other mask."""
+        series = getattr(self.owner, "series", None)
+        if series is None:
+            return None
+        proposal, made_from_it = series.own_proposal(labels)
+        return proposal if made_from_it else None
+
+
+def with_proposal_read(provenance: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    """Worker-thread body: ``provenance`` with its proposal read, when it holds what reads
+    it (kept only when it is of the mask's shape)."""
+    read = provenance.get("proposal")
+    if not callable(read):
+        return provenance
+    proposal = read()
+    if proposal is not None and np.shape(proposal) != shape:
+        proposal = None
+    return {**provenance, "proposal": proposal}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +34,7 @@ from ..quality import require_metrics
 from ..training.cli import PRESET_NAMES
 from ..training.config import DEFAULT_STEPS
 from .fields import chosen_dir
+from .improve_watch import TrainingWatch
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
 
@@ -237,7 +237,9 @@ class ImproveSection(Container):
         self._cancel = threading.Event()
         self._base = self.host.current_weights()
         # a process of its own: the training's Python work never competes with the viewer
-        worker = thread_worker(_watch_training, start_thread=False)(config, self._cancel)
+        self._watch = TrainingWatch(config, self._cancel)
+        worker = thread_worker(self._watch.body, start_thread=False)()
+        self._watch.attach(worker)  # napari closing aborts it: the run ends all the same
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
@@ -254,11 +256,13 @@ class ImproveSection(Container):
     def cancel(self) -> None:
         if self._worker is not None:
             self._cancel.set()
-            self.status.value = "cancelling after this step…"
+            self.status.value = "cancelling…"
 
     def _on_closed(self, *_: Any) -> None:
         self._cancel.set()
         self._closed = True  # what the worker still reports has no widget to go to
+        if self._worker is not None:  # the run stops within a model stage; on stderr
+            self._watch.close()
 
     def _on_progress(self, report: Any) -> None:
         if self._closed:
@@ -312,13 +316,21 @@ class ImproveSection(Container):
         show_info(f"FOCUS: new weights {result.output} ({gain})")
 
     def _error_text(self, error: BaseException) -> str:
-        from ..training.state import ResumeMismatchError
+        from ..training.state import ResumeMismatchError, UnreadableStateError
 
         if isinstance(error, ResumeMismatchError):
+            skip = ("warmup", "eval_every") if "steps" in error.differing else ()
             return (
                 f"the cancelled run of {self._config.out.name} was on other training data "
-                f"or settings (differs in: {', '.join(error.differing)}); choose another file "
-                f"under '{self.output.label}' to start a new run (the cancelled one is kept)"
+                f"or settings (then -> now: {error.describe(_SETTING_LABELS, skip)}); set "
+                f"them back to continue it, or choose another file under "
+                f"'{self.output.label}' to start a new run (the cancelled one is kept)"
+            )
+        if isinstance(error, UnreadableStateError):
+            return (
+                f"the cancelled run of {self._config.out.name} cannot be continued "
+                f"({error.reason}); choose another file under '{self.output.label}' to "
+                "start a new run"
             )
         from ..checkpoint_identity import HubFileMismatch
         from ..checkpoints import CheckpointNotAvailable
@@ -332,6 +344,8 @@ class ImproveSection(Container):
         self._worker = None
         if self._closed:
             return
+        if self._watch.aborted and self._watch.outcome is not None:  # napari's task list
+            self._on_returned(self._watch.outcome)  # cancelled it: said as for Cancel
         self.improve_button.enabled, self.cancel_button.enabled = True, False
 
     # -------------------------------------------------------------- switching
@@ -358,14 +372,14 @@ class ImproveSection(Container):
         show_error(f"FOCUS improve: {message}")
 
 
-def _watch_training(config: Any, cancel: threading.Event) -> Generator[Any, None, tuple]:
-    """Worker body: the run's progress reports, then ``(result, None)`` or ``(None, the
-    exception it ended with)``. A thread worker re-raises an exception it is handed as
-    the return value (and drops a RuntimeError without finishing), so it goes in a tuple."""
-    from ..training.process import train_in_subprocess
-
-    outcome = yield from train_in_subprocess(config, cancel)
-    return (None, outcome) if isinstance(outcome, BaseException) else (outcome, None)
+# the settings a continued run shares with the cancelled one, in this section's words
+_SETTING_LABELS = {
+    "base": "base weights (Model tab)", "parts": "hardware preset (trained parts)",
+    "batch_size": "batch size (hardware preset)", "canvas": "crop", "seed": "seed",
+    "steps": "steps", "warmup": "warm-up steps", "lr": "learning rate",
+    "eval_every": "validation period", "select_metric": "keep best",
+    "validation": "held-out images", "data": "exported samples",
+}  # fmt: skip
 
 
 def for_focus_widget(owner: Any) -> ImproveSection:

@@ -37,8 +37,12 @@ def uninterruptible(stage: str) -> bool:
     return stage.startswith((LOADING, DOWNLOADING))
 
 
-def left_running(stage: str) -> str:
-    """The status once Cancel left an :func:`uninterruptible` stage to end by itself."""
+def left_running(stage: str, series_waits: bool = False) -> str:
+    """The status once Cancel left an :func:`uninterruptible` stage to end by itself;
+    ``series_waits``: the series' proposals wait for the same model, whose load goes on."""
+    if series_waits:
+        what = "download" if stage.startswith(DOWNLOADING) else "model load"
+        return f"Run cancelled; the {what} goes on for the series' proposals (Cancel stops it)"
     if stage.startswith(DOWNLOADING):
         return "cancelled; the download stops (the next Run continues it from there)"
     return "cancelled; the model load stops in the background"
@@ -220,6 +224,12 @@ class SharedModel:
 def gui_message(error: BaseException) -> str:
     """An error's text in the widget's words (the library speaks of CLI flags)."""
     if isinstance(error, CheckpointNotAvailable):
+        if error.why:  # what to do first: a status line shows four lines of it
+            return (
+                f"no weights: {error.filename} is not downloaded and {error.why}. Choose "
+                f"'local checkpoint' in the Model tab and pick {error.filename}, or press Run "
+                f"once the hub can be reached to download it (in a terminal: `{error.command}`)"
+            )
         return error.message_with(
             f"choose weights: 'local checkpoint' in the Model tab and pick {error.filename}"
         )

@@ -146,8 +146,13 @@ class ModelSection(Container):
         if self.weights_source.value == "file":
             path = self.weights_path.value
             where = "under 'checkpoint' in the Model tab"
-            if not path or not str(path).strip():
+            if not path or str(path).strip() in ("", "."):  # an empty field holds "."
                 raise ValueError(f"choose a checkpoint file (.pth or .safetensors) {where} first")
+            if path.is_dir():
+                raise ValueError(
+                    f"'{path}' is a folder: choose the checkpoint file in it (.pth or "
+                    f".safetensors) {where}"
+                )
             if not path.is_file():
                 raise ValueError(
                     f"'{path}' is not a checkpoint file: choose one (.pth or .safetensors) {where}"

@@ -148,16 +148,19 @@ class RefineSection(Container):
             self._approved = False
 
     def reset_to_proposal(self) -> None:
-        """Throw away the edits: the mask becomes the proposal (or the loaded mask)."""
+        """Throw away the edits: the mask becomes the proposal (for a series image shown
+        with a saved mask, the model's proposal, read or computed first)."""
         labels = self.owner.mask_layer()
         if labels is None:
             self.owner.report_error(ValueError("no proposal to reset to: press Run first"))
             return
         state = labels.metadata.get(META_KEY)
-        start = state["proposal"] if state else labels.metadata.get("napari_focus_start")
-        if start is None:
+        if state is None and self.owner.series.reset_to_proposal(labels):
+            return  # a saved mask of the series: the model's proposal replaces it
+        if state is None:
             self.owner.report_error(ValueError(f"'{labels.name}' has no proposal to reset to"))
             return
+        start = state["proposal"]
         question = f"Throw away your edits of '{labels.name}' and go back to the proposal?"
         if is_edited(labels) and not dialogs.ask_yes_no(self.native, question):
             self.owner.set_status("kept your edits")  # a stray Shift+O undoes nothing

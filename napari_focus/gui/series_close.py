@@ -143,12 +143,15 @@ class CloseGuard:
             print(f"napari-focus: {text}", file=sys.stderr)
         section.viewer.layers.events.removing.disconnect(self.on_layer_removing)
         self._filter = None  # deleted with its last reference: Qt then stops calling it
+        section.loader.close(wait_s=0)  # a series still opening is shown nowhere
         if section.state is not None:
             self._stop_workers(wait_s=0)  # a cancelled proposal ends on its own
         section.state = None
 
     def _stop_workers(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        self.section.loader.close(wait_s)  # a series still opening: its scan stops
         self.section.reader.reset()  # a file still being read reports to nobody
+        self.section.stop_reading_scores()
         self.section.prefetcher.close(wait_s=wait_s)
         self.section.shutdown_metrics()
 

@@ -15,14 +15,30 @@ from ..series.review import quality_text
 from .proposal_layers import META_KEY
 
 
-def _quality_in_a_process(pool: Any, *args: Any) -> str | None:
+def _stored_scores(store: Any, items: list[tuple[str, Any]]) -> dict[str, float]:
+    """Worker-thread body: the uncertainty of each item's stored proposal, where there is
+    one of this version of its image."""
+    found = {}
+    for key, path in items:
+        score = store.uncertainty(key, path)
+        if score is not None:
+            found[key] = score
+    return found
+
+
+def _quality_in_a_process(
+    pool: Any, name: str, proposal: Any, reference: Any, against: str
+) -> str | None:
     """Worker-thread body: wait (GIL released) for the metrics computed in ``pool``; None
-    when napari closed meanwhile (the pool was shut down)."""
+    when napari closed meanwhile (the pool was shut down). ``proposal``: the mask, None,
+    or what reads it (here, off the GUI thread)."""
     from concurrent.futures import CancelledError
     from concurrent.futures.process import BrokenProcessPool
 
+    if callable(proposal):
+        proposal = proposal()
     try:
-        return pool.submit(quality_text, *args).result()
+        return pool.submit(quality_text, name, proposal, reference, against).result()
     except (CancelledError, BrokenProcessPool, RuntimeError):  # RuntimeError: shut down
         return None
 
@@ -34,8 +50,12 @@ class SeriesDecisions:
     owner: Any
     quality: Any
     scores: dict[str, float]
+    cache: Any
+    decoded: Any
+    prefetcher: Any
     autosaves: Any
     _shown: str | None
+    _resetting: str | None
 
     def accept(self) -> None:
         """Export the shown image and its mask (in a worker); when written: record it,
@@ -43,26 +63,40 @@ class SeriesDecisions:
         if self.state is None or self._shown is None:
             return
         labels = self._proposal_labels()
-        if labels is None:
-            self._error("the proposal is not ready yet")
+        if self._nothing_to_accept(labels):
             return
         if self.owner.export_section.busy:
             return
         key = self._shown
         state = labels.metadata.get(META_KEY)
-        if state:
-            proposal = state["proposal"]
-        else:  # a saved mask is shown: compare the model's own proposal, if it exists
-            known = self._known_prediction(self.state.queue.item(key))
-            proposal = known.mask if known is not None else None
+        # a saved mask is shown: compare the model's own proposal, if it exists
+        proposal = state["proposal"] if state else self.own_proposal(labels)[0]
         accepted = np.asarray(labels.data) > 0
         self.accept_button.enabled = False
         self.owner.export_section.export(
             on_done=lambda result: self._on_accept_exported(key, result, proposal, accepted)
         )
 
+    def _nothing_to_accept(self, labels: Any) -> bool:
+        """Before its proposal, the shown image is accepted only with a mask painted by
+        hand; else say why there is none (True) and what to do."""
+        name = self.state.queue.item(self._shown).name
+        if self._resetting == self._shown:
+            self._error(f"the proposal of {name} is on its way (Reset to proposal): wait for it")
+            return True
+        waiting = labels is None or self._awaiting == self._shown
+        if not waiting or (labels is not None and np.asarray(labels.data).any()):
+            return False
+        by_hand = "" if labels is None else " Or paint its mask by hand, then Accept."
+        reason = self.no_proposal_reason()
+        if reason is None:
+            self._error(f"the proposal of {name} is still being computed: wait for it.{by_hand}")
+        else:
+            self._error(f"{name} has no proposal to accept: {reason.rstrip('.')}.{by_hand}")
+        return True
+
     def _on_accept_exported(
-        self, key: str, result: Any, proposal: np.ndarray | None, accepted: np.ndarray
+        self, key: str, result: Any, proposal: Any, accepted: np.ndarray
     ) -> None:
         self.accept_button.enabled = True
         if result is None or self.state is None:
@@ -77,7 +111,7 @@ class SeriesDecisions:
         if self._shown == key:
             self._move(self._forward, keep_edits=False)
 
-    def _report_quality(self, item: Any, proposal: np.ndarray | None, accepted: Any) -> None:
+    def _report_quality(self, item: Any, proposal: Any, accepted: Any) -> None:
         reference = self._start_mask(item)
         against = "ground truth" if reference is not None else "your corrected mask"
         reference = accepted if reference is None else reference
@@ -131,29 +165,71 @@ class SeriesDecisions:
     def order_by_uncertainty(self) -> None:
         """Most doubtful proposals first (:func:`napari_focus.quality.uncertainty`).
 
-        Images without a proposal yet are computed first, in the background; the
-        queue is reordered when all have a score.
+        The scores of proposals stored earlier are read in a worker (0.25 ms each, seconds
+        for a large series); images without a proposal yet are then computed in the
+        background; the queue is reordered when all have a score.
         """
-        if self.state is None:
+        if self.state is None or self.reading_scores:
             return
         self._use_model()
-        unscored = [
+        unscored = self._unscored()
+        store = self.prefetcher.store
+        if store is None or not unscored:
+            self._rank(unscored)
+            return
+        worker = thread_worker(_stored_scores, start_thread=False)(
+            store, [(item.key, item.path) for item in unscored]
+        )
+        worker.returned.connect(lambda found: self._on_stored_scores(worker, store, found))
+        worker.finished.connect(lambda: self._scores_read(worker))
+        self._score_reader = worker
+        self.rank_button.enabled = False
+        self.owner.set_status(f"reading the stored scores of {len(unscored)} images…")
+        worker.start()
+
+    @property
+    def reading_scores(self) -> bool:
+        """The stored scores are being read for an ordering by uncertainty."""
+        return getattr(self, "_score_reader", None) is not None
+
+    def stop_reading_scores(self) -> None:
+        """What the stored scores' reader still reports is not taken (napari closes,
+        another series opens); it ends by itself after its last file."""
+        self._score_reader = None
+
+    def _scores_read(self, worker: Any) -> None:
+        if getattr(self, "_score_reader", None) is worker:
+            self._score_reader = None
+            self.rank_button.enabled = self.state is not None
+
+    def _on_stored_scores(self, worker: Any, store: Any, found: dict[str, float]) -> None:
+        if getattr(self, "_score_reader", None) is not worker or self.state is None:
+            return
+        if self.prefetcher.store is not store:  # another model since: ask again
+            self.owner.set_status("the model changed: press Order by uncertainty again")
+            return
+        self.scores.update(found)
+        self._rank(self._unscored())
+
+    def _unscored(self) -> list[Any]:
+        assert self.state is not None
+        return [
             item
             for item in self.state.queue
             if item.key not in self.scores
             and item.status is not Status.FAILED
             and not self._closed_layer(item)  # nor missing: not found, not unusable
         ]
-        for item in list(unscored):
-            score = self.prefetcher.stored_uncertainty(item.key, item.path)
-            if score is not None:
-                self.scores[item.key] = score
-                unscored.remove(item)
+
+    def _rank(self, unscored: list[Any]) -> None:
+        """Order the queue once every image has a score, else compute the missing ones."""
+        assert self.state is not None
         if not unscored:
             self._rank_wanted = False
             self.state.queue.order_by(self.scores, descending=True)
             self.state.save()
             self._show_position(self.state.queue.current)
+            self.owner.set_status(f"ordered {len(self.scores)} images by uncertainty")
             show_info(f"FOCUS: ordered {len(self.scores)} images by uncertainty")
             return
         self._rank_wanted = True

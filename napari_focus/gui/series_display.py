@@ -46,11 +46,14 @@ class SeriesDisplay:
     _shown: str | None
     _awaiting: str | None
     _locked_mode: str | None
+    _resetting: str | None
 
     def _display(self, item: Any, image: np.ndarray | None) -> None:
         assert self.state is not None
         self._shown = item.key
         self._awaiting = None
+        self._resetting = None  # a reset asked for on the image left
+        self._own_memo = None  # the proposal of the image left, read for its Accept
         unlock_mask_layer(self.viewer, self._locked_mode)
         self._locked_mode = None
         self._show_position(item)
@@ -228,6 +231,7 @@ class SeriesDisplay:
             except OSError as error:
                 self._error(self.close_guard.save_failure_text(error, "the series state"))
             self._show_position(self.state.queue.current)
+        self.reset_shown(key)
 
 
 class _StoredModel:

@@ -130,6 +130,7 @@ class Prefetcher:
         self.board = JobBoard()
         self.on_message = on_message
         self.on_idle: Callable[[], None] = lambda: None
+        self._closed = False  # napari closes: the end of a worker is not reported
         self.on_loading: Callable[[], None] = lambda: None  # loading started or ended
         self.loading: ModelKey | None = None  # the model the running worker loads
         self._worker: Any = None
@@ -181,6 +182,7 @@ class Prefetcher:
     def start(self, key: ModelKey, predictor: FocusPredictor | None) -> None:
         if self._worker is not None or not self.board.pending():
             return
+        self._closed = False  # a close napari then cancelled (its own question) is over
         self._control = RunControl()
         self._left = threading.Event()
         worker = thread_worker(_until_done, start_thread=False)(
@@ -229,7 +231,8 @@ class Prefetcher:
         self._worker, self._control = None, None
         self._set_loading(None)
         self.cache.release(*[job[0] for job in self.board.replace([])])
-        self.on_idle()
+        if not self._closed:
+            self.on_idle()
 
     def stop(self, wait_s: float = 0.0) -> None:
         """Cancel the running computation and drop the plan; with ``wait_s`` (napari
@@ -247,7 +250,7 @@ class Prefetcher:
         results, its end) reaches the widget, which Qt deletes next."""
         self.stop(wait_s)
         self._generation += 1
-        self.on_idle = lambda: None
+        self._closed = True
 
     def load_stored(self, item_key: str, path: Path | None) -> tuple[Prediction, float] | None:
         """A proposal of this model saved on disk earlier, as a prediction with its

@@ -22,6 +22,7 @@ class SeriesScheduling:
     seconds: dict[str, float]
     decoded: Any
     _awaiting: str | None
+    _resetting: str | None
     _opening: Any
     _shown: str | None
     _model_error: Any
@@ -45,7 +46,14 @@ class SeriesScheduling:
         except ValueError as error:
             self._error(str(error))
             return
-        if key == self._model_error:
+        if key == self._model_error and self.owner.loaded_predictor() is None:
+            # said once; tried again when the Model tab changes or Run loads the model
+            current = self.state.queue.current
+            if current is not None and self._awaiting == current.key:
+                self.owner.set_status(
+                    f"no proposal for {current.name}: the model could not be loaded (see "
+                    "the error); change the Model tab or press Run to try again"
+                )
             return
         if key == self._load_declined and self.owner.loaded_predictor() is None:
             return  # the user cancelled loading this model; Run loads it
@@ -74,8 +82,9 @@ class SeriesScheduling:
         if kind == "model":
             self.owner.adopt_predictor(message[2], message[1])  # kept for the key it was loaded for
         elif kind == "model_failed":
-            self._model_error = message[2]
+            self._model_error, self._model_error_text = message[2], message[1]
             self._error(message[1])
+            self.reset_gave_up(self.no_proposal_reason() or message[1])
         elif kind == "compiling":
             if message[1] == self._awaiting:
                 name = self.state.queue.item(message[1]).name if self.state else message[1]
@@ -93,6 +102,8 @@ class SeriesScheduling:
                 self._error(f"{key}: {text}")
             if key == self._awaiting:
                 self.owner.set_status(f"error: {text}")
+            if key == self._resetting:
+                self.reset_gave_up(text)
         else:
             _, key, ticket, prediction, seconds, score, decoded, fingerprint = message
             if fingerprint is not None and self.state is not None:

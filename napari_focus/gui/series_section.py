@@ -1,11 +1,10 @@
 """Series section of the FOCUS widget: go through a folder of images with proposals
 computed ahead in the background (queue, resume and prefetch logic live in
-:mod:`napari_focus.series`; the worker in :mod:`.series_jobs`; the layers in
-:mod:`.series_layers`)."""
+:mod:`napari_focus.series`; opening a series in :mod:`.series_start`; the worker in
+:mod:`.series_jobs`; the layers in :mod:`.series_layers`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import (
@@ -17,17 +16,10 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
-from ..series import (
-    PrefetchCache,
-    SeriesState,
-    SeriesStateError,
-    Status,
-    load_or_create,
-)
+from ..series import PrefetchCache, SeriesState, Status
 from ..series.decoded import DecodedImages
-from .fields import chosen_dir
 from .job import DOWNLOADING
 from .layout import WrappingLabel, enter_to_apply, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
@@ -41,10 +33,20 @@ from .series_layers import (
     series_layer,
 )
 from .series_opening import ImageReader, SeriesOpening
+from .series_proposal import DECLINED, SeriesProposal
 from .series_scheduling import SeriesScheduling
+from .series_start import SeriesLoader, SeriesStarting
 
 
-class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisions, Container):
+class SeriesSection(
+    SeriesStarting,
+    SeriesOpening,
+    SeriesDisplay,
+    SeriesScheduling,
+    SeriesDecisions,
+    SeriesProposal,
+    Container,
+):
     """Folder queue with Previous / Next / Accept / Reject / Skip, resume and prefetch."""
 
     def __init__(self, owner: Any) -> None:
@@ -66,6 +68,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.scores: dict[str, float] = {}  # uncertainty of every proposal computed
         self._shown: str | None = None
         self._awaiting: str | None = None  # key whose proposal is being computed
+        self._resetting: str | None = None  # key whose mask Reset to proposal replaces
         self._model_error: Any = None  # settings whose model failed to load
         self._load_declined: Any = None  # settings whose model loading the user cancelled
         self._rank_wanted = False
@@ -141,10 +144,16 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         for control in (model.task, model.size, model.weights_source, model.weights_path,
                         model.device, model.precision, model.tta):  # fmt: skip
             control.changed.connect(self._on_model_settings)
+        self.loader = SeriesLoader(owner.set_status, self.native)  # opens a series
         self.close_guard = CloseGuard(self)
-        self.native.destroyed.connect(lambda *_: self.shutdown_metrics())
+        self.native.destroyed.connect(lambda *_: self._gone())
         # deleting the mask layer (or closing napari) removes it: keep the edits first
         self.viewer.layers.events.removing.connect(self.close_guard.on_layer_removing)
+
+    def _gone(self) -> None:
+        """The widget is deleted: a series still opening reports to nobody."""
+        self.loader.close(wait_s=0)
+        self.shutdown_metrics()
 
     def _tooltips(self) -> None:
         self.folder.tooltip = "The folder of images to go through"
@@ -168,89 +177,10 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
         self.prefetch.tooltip = "Compute the next two proposals while you correct this one"
         self.rank_button.tooltip = "Put the images the model is least sure about first"
 
-    # ------------------------------------------------------------------ open
-    def open(self, folder: str | Path | None = None) -> None:
-        """Queue the images of a folder (state in the series folder, default
-        ``<folder>/napari_focus``), resuming where the last session stopped."""
-        chosen = Path(folder) if folder else chosen_dir(self.folder.value)
-        if chosen is None:
-            self._error("choose an image folder first (image folder, then Open folder)")
-            return
-        if not chosen.is_dir():
-            what = "does not exist" if not chosen.exists() else "is a file, not a folder"
-            self._error(f"'{chosen}' {what}; choose a folder of images under 'image folder'")
-            return
-        self.folder.value = chosen
-        output = chosen_dir(self.output.value) or chosen / "napari_focus"
-        # the series folder in use, shown while its field is empty
-        self.output.line_edit.native.setPlaceholderText(str(output.absolute()))
-        self._start(
-            lambda: load_or_create(
-                output,
-                chosen,
-                recursive=self.recursive.value,
-                pattern=self.pattern.value.strip() or None,
-            ),
-            f"no images in '{chosen}'",
-        )
-
-    def open_layers(self) -> None:
-        """Queue the image layers open in the viewer (state in the series folder)."""
-        output = chosen_dir(self.output.value)
-        if output is None:
-            self._error("choose a series folder to keep the queue of the open layers")
-            return
-        names = self.owner.image_layer_names()
-        self._start(lambda: load_or_create(output, names=names), "no image layers are open")
-
-    def _start(self, load: Any, empty_message: str) -> None:
-        if not self.leave_current(wait=True):
-            return  # the edits on screen could not be saved: that image stays
-        try:
-            self.state = load()
-        except (SeriesStateError, ValueError) as error:
-            self._error(str(error))
-            return
-        except OSError as error:  # e.g. images on a read-only drive
-            where = error.filename or "the series folder"
-            self._error(
-                f"cannot keep the series in {where}: {error.strerror or error}. Choose a "
-                "'series folder' you can write to, then press Open folder again"
-            )
-            return
-        if self.state.recovered_from:
-            show_warning(f"FOCUS: unreadable series state moved to {self.state.recovered_from}")
-        if self.state.unattached:
-            shared = ", ".join(path.name for path in self.state.unattached)
-            show_warning(
-                f"FOCUS: {shared} in the series folder belonged to several images under the "
-                "old file names; left in place, shown for none of them"
-            )
-        if not len(self.state.queue):
-            self._error(empty_message)
-            self.state = None
-            return
-        self.cache.clear()
-        self.reader.reset()
-        for kept in (self.decoded, self.scores, self.seconds):
-            kept.clear()  # keyed by file name: another folder may have the same names
-        self._awaiting = None
-        self._model_error = self._load_declined = None
-        self.jump_to.max = len(self.state.queue)
-        for button in self._buttons():
-            button.enabled = True
-        self.close_guard.install()
-        exports = [item.export for item in self.state.queue if item.export]
-        root = self.owner.export_section.follow_series(exports)
-        if root is not None:
-            layout = self.owner.export_section.dataset_layout.value
-            show_info(f"FOCUS: Accept exports to {root} ({layout}) as last time (Export tab)")
-        self.show_current()
-
     def _on_model_settings(self, _value: Any = None) -> None:
         """The image on screen still waits for its proposal (e.g. the model could not be
         loaded): compute it with the new settings once they name a model."""
-        self._load_declined = None
+        self._load_declined = self._model_error = None
         if self.state is None or self._awaiting is None or self._awaiting != self._shown:
             return
         try:
@@ -267,6 +197,7 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
             return
         self.prefetcher.cancel_load()
         self._load_declined = key
+        self.reset_gave_up(DECLINED)
         self.owner.set_status(
             "cancelled loading the model: no proposals are computed; press Run to load it"
         )
@@ -308,7 +239,6 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
     def _move(self, step: Any, direction: int = 1, *, keep_edits: bool = True) -> None:
         if self.state is None or (keep_edits and not self.leave_current()):
             return
-        self._model_error = None
         if step(self.state.queue) is None:
             show_info(f"FOCUS: {self._end_text(direction)}")
         try:
@@ -373,9 +303,11 @@ class SeriesSection(SeriesOpening, SeriesDisplay, SeriesScheduling, SeriesDecisi
 
     @property
     def busy(self) -> bool:
-        """A background job (reading, prefetch, scoring, autosave, export) is running."""
-        jobs = (self.reader, self.prefetcher, self.autosaves, self.owner.export_section)
-        return any(job.busy for job in jobs)
+        """A background job (opening, reading, prefetch, scoring, reading a proposal,
+        autosave, export) is running."""
+        export = self.owner.export_section
+        jobs = (self.loader, self.reader, self.prefetcher, self.autosaves, export)
+        return any(job.busy for job in jobs) or self.reading_scores or self.reading_proposal
 
     @property
     def shown_key(self) -> str | None:

@@ -30,6 +30,7 @@ from .job import (
     uninterruptible,
 )
 from .layout import WrappingLabel, tabbed_sections
+from .model_memory import keep_remembered
 from .planes import LayerPlanes, UnsupportedLayerError, current_plane_index, layer_planes
 from .proposal_layers import (
     META_KEY,
@@ -81,6 +82,7 @@ class FocusWidget(ProposalOutput, Container):
         self.viewer = napari_viewer
         self._worker: Any = None
         self._control: Any = None
+        self._run_key: ModelKey | None = None  # the model the running job uses
         self.footer = Footer()
         self.run_button, self.cancel_button = self.footer.run_button, self.footer.cancel_button
         self.progress, self.status = self.footer.progress, self.footer.status
@@ -105,7 +107,7 @@ class FocusWidget(ProposalOutput, Container):
 
         from qtpy.QtCore import QTimer
 
-        self._tick = QTimer()
+        self._tick = QTimer(self.native)  # deleted with the widget: never ticks after it
         self._tick.setInterval(STATUS_TICK_MS)
         self._tick.timeout.connect(self._show_stage)
 
@@ -119,10 +121,18 @@ class FocusWidget(ProposalOutput, Container):
         layers.events.renamed.connect(self.reset_choices)
         layers.selection.events.active.connect(self._on_active_layer)
         self._unbind = bind_shortcuts(self.viewer, self)
-        self.native.destroyed.connect(lambda *_: self._unbind())
+        self.native.destroyed.connect(lambda *_: self._on_destroyed())
         self._undock_watch = UndockWatch(self.native, self._on_undocked)
         self.reset_choices()
         self._on_active_layer()
+        keep_remembered(self.model_section)  # last: the tabs follow the recalled task
+
+    def _on_destroyed(self) -> None:
+        """napari closed: a running job stops at its next stage and reports to nobody."""
+        self._unbind()
+        if self._control is not None:
+            self._control.cancel()
+        self._worker, self._control = None, None
 
     def _on_undocked(self) -> None:
         """Closed from its dock: the series keeps its edits; the viewer forgets this widget."""
@@ -194,7 +204,8 @@ class FocusWidget(ProposalOutput, Container):
         self.run_button.enabled = self._worker is None and self.selected_layer() is not None
         series = getattr(self, "series", None)
         loading = series is not None and series.prefetcher.loading is not None
-        self.cancel_button.enabled = self._worker is not None or loading
+        opening = series is not None and series.loader.wanted
+        self.cancel_button.enabled = self._worker is not None or loading or opening
         if loading and not self._tick.isActive():  # to show a download of its model
             self._tick.start()
         has_mask = self.mask_layer() is not None
@@ -263,10 +274,10 @@ class FocusWidget(ProposalOutput, Container):
         worker.returned.connect(
             while_current(lambda result: self._on_returned(result, layer, planes))
         )
-        worker.errored.connect(while_current(self.report_error))
+        worker.errored.connect(while_current(self._on_errored))
         worker.finished.connect(while_current(self._on_finished))
         worker.aborted.connect(while_current(lambda: self.set_status("cancelled")))
-        self._worker, self._control = worker, control
+        self._worker, self._control, self._run_key = worker, control, key
         self.update_enabled()
         self.set_status("starting…")
         self._tick.start()
@@ -277,17 +288,19 @@ class FocusWidget(ProposalOutput, Container):
         While the model loads, the widget is free at once: a checkpoint read stops at the
         next tensor, a download ends in the background. A first kernel build goes on in
         the background, for the next Run. Without a Run, Cancel stops the model loading
-        of the series' proposals."""
+        of the series' proposals, or the opening of a series."""
         if self._worker is None:
-            self.series.cancel_model_load()
+            if not self.series.cancel_open():
+                self.series.cancel_model_load()
             return
         self.set_status("cancelling…")
         self._control.cancel()
         self._worker.quit()
         stage = self._control.snapshot()[0]
         if uninterruptible(stage):
+            series_waits = self.series.prefetcher.loading == self._run_key
             self._on_finished()  # the worker goes on alone; nothing it reports is taken
-            self.set_status(left_running(stage))
+            self.set_status(left_running(stage, series_waits))
 
     @property
     def running(self) -> bool:
@@ -315,7 +328,7 @@ class FocusWidget(ProposalOutput, Container):
         self._tick.stop()
         if self._control is not None and self._control.cancelled:
             self.set_status("cancelled")
-        self._worker, self._control = None, None
+        self._worker, self._control, self._run_key = None, None, None
         self.progress.min, self.progress.max = 0, 100
         self.update_enabled()
 
@@ -328,9 +341,14 @@ class FocusWidget(ProposalOutput, Container):
         show_error(f"FOCUS: {message}")
 
     # ------------------------------------------------------------- output
+    def _on_errored(self, error: BaseException) -> None:
+        self._tick.stop()  # before the worker's end: no stage may cover the error
+        self.report_error(error)
+
     def _on_returned(
         self, result: JobResult | JobFailure | None, layer: Any, planes: LayerPlanes
     ) -> None:
+        self._tick.stop()  # the job reports no stage any more; nothing covers its outcome
         if result is None:
             self.set_status("cancelled")
         elif isinstance(result, JobFailure):

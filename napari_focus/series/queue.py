@@ -79,6 +79,10 @@ class QueueItem:
         return self.export is not None or self.status is Status.ACCEPTED
 
 
+#: how often (in images found) :func:`scan_folder` reports while it lists a folder
+FOUND_EVERY = 1000
+
+
 def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
@@ -90,18 +94,21 @@ def scan_folder(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     pattern: str | None = None,
     exclude: Iterable[str | os.PathLike] = (),
+    found: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Image files under ``folder`` as relative POSIX paths, in natural order (``2`` before
     ``10``). Hidden files and folders (``.name``) and anything under ``exclude`` (e.g. an
     output folder inside the image folder) are left out. ``pattern`` is a glob matched
     against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
-    ``*`` also matches ``/``)."""
+    ``*`` also matches ``/``). ``found`` is told how many images were found so far after
+    each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
+    the scan (e.g. a scan nobody waits for any more)."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     excluded = [Path(e).resolve() for e in exclude]
-    found: list[str] = []
+    images: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         current = Path(dirpath)
         dirnames[:] = (
@@ -122,8 +129,12 @@ def scan_folder(
                 or fnmatch.fnmatchcase(filename.lower(), pattern.lower())
             ):
                 continue
-            found.append(rel)
-    return sorted(found, key=_natural_key)
+            images.append(rel)
+            if found is not None and len(images) % FOUND_EVERY == 0:
+                found(len(images))
+        if found is not None and (not images or len(images) % FOUND_EVERY):
+            found(len(images))  # the folder listed (when not just counted)
+    return sorted(images, key=_natural_key)
 
 
 class ImageQueue:
@@ -157,11 +168,17 @@ class ImageQueue:
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
         pattern: str | None = None,
         exclude: Iterable[str | os.PathLike] = (),
+        found: Callable[[int], None] | None = None,
     ) -> ImageQueue:
         """Queue of the images in ``folder``; see :func:`scan_folder`."""
         root = Path(folder).resolve()
         keys = scan_folder(
-            root, recursive=recursive, extensions=extensions, pattern=pattern, exclude=exclude
+            root,
+            recursive=recursive,
+            extensions=extensions,
+            pattern=pattern,
+            exclude=exclude,
+            found=found,
         )
         return cls((cls.item_for_key(root, k) for k in keys), folder=root)
 

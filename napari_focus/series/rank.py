@@ -92,7 +92,9 @@ def rank_folder(
     each image with a mask there (see :func:`.references.reference_mask_path`) also gets
     :func:`~napari_focus.quality.mask_metrics` of its mask (the binary mask ``predict``
     writes, which the official FOCUS evaluation scores); when it is
-    ``folder`` itself, the mask files are not ranked as images. ``progress`` is
+    ``folder`` itself, the mask files are not ranked as images. Images that would pair
+    with one mask (``a.png`` and ``a.jpg``; ``sub/a.png`` beside ``a.png`` without a
+    ``sub/`` of masks) fail with the reason (:func:`shared_references`), unscored. ``progress`` is
     called as ``progress(done, total, name)`` after each image.
     """
     if method not in UNCERTAINTY_METHODS:
@@ -102,10 +104,13 @@ def rank_folder(
     if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
         keys = _without_masks(root, keys)
     masks = MaskFolder(gt_folder) if gt_folder is not None else None
+    shared = shared_references(root, keys, gt_folder) if gt_folder is not None else {}
     rows: list[RankRow] = []
     for done, key in enumerate(keys, start=1):
         row = RankRow(path=key, name=Path(key).stem)
         try:
+            if key in shared:  # scored against another image's ground truth: refused
+                raise SharedReferenceError(shared[key])
             image = check_single_image(read_image(root / key), Path(key).name)
             row.height, row.width = int(image.shape[0]), int(image.shape[1])
             start = time.perf_counter()
@@ -118,6 +123,8 @@ def rank_folder(
                     reference = read_mask_file(mask_path)
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
                     row.reference = str(mask_path)
+        except SharedReferenceError as error:
+            row.error = str(error)
         except Exception as error:  # one bad image must not stop the ranking
             row.error = describe_read_error(error)
         rows.append(row)
@@ -127,6 +134,41 @@ def rank_folder(
     for rank, row in enumerate(rows, start=1):
         row.rank = rank
     return rows
+
+
+class SharedReferenceError(ValueError):
+    """Several images pair with one ground-truth mask (same stem, or a subfolder image
+    whose mask is looked for in the top folder); none of them is scored against it."""
+
+
+def shared_references(
+    root: Path, keys: list[str], gt_folder: str | os.PathLike
+) -> dict[str, str]:
+    """For each image of ``keys`` whose ground-truth mask another image also pairs with,
+    why it is not scored against it (in words naming the mask and the other images)."""
+    reasons = {}
+    for mask, claimants in shared_reference_groups(root, keys, gt_folder):
+        for key in claimants:
+            others = ", ".join(k for k in claimants if k != key)
+            reasons[key] = (
+                f"its ground truth {mask} is also that of {others}; rename one, or put the "
+                "masks of images in subfolders into the same subfolders of the ground-truth folder"
+            )
+    return reasons
+
+
+def shared_reference_groups(
+    root: Path, keys: list[str], gt_folder: str | os.PathLike
+) -> list[tuple[Path, list[str]]]:
+    """(mask, the images that would all pair with it) for every ground-truth mask of
+    ``gt_folder`` that several images of ``keys`` pair with."""
+    masks = MaskFolder(gt_folder)
+    claims: dict[Path, tuple[Path, list[str]]] = {}
+    for key in keys:
+        found = masks.find(root / key, relative=key)
+        if found is not None:
+            claims.setdefault(found.resolve(), (found, []))[1].append(key)
+    return [(mask, keys) for mask, keys in claims.values() if len(keys) > 1]
 
 
 def _without_masks(root: Path, keys: list[str]) -> list[str]:
@@ -208,6 +250,15 @@ def _foreign_report_file(folder: Path) -> Path | None:
     return None
 
 
+def _say_shared_references(folder: Path, keys: list[str], gt: str) -> None:
+    """Before the model loads: the images that would share one --gt mask (not scored)."""
+    for mask, claimants in shared_reference_groups(folder, keys, gt):
+        print(f"napari-focus: --gt: {mask} would be the ground truth of "
+              f"{', '.join(claimants)}; these fail, unscored: each image needs a mask of its "
+              "own stem (rename them), and images in subfolders their masks in the same "
+              f"subfolders of --gt {gt}", file=sys.stderr)  # fmt: skip
+
+
 def run_rank(args: argparse.Namespace) -> int:
     from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, load_predictor_or_say_why
     from ..quality import folder_report, require_metrics
@@ -256,13 +307,16 @@ def run_rank(args: argparse.Namespace) -> int:
     if not keys:
         print(f"napari-focus: no images in {folder}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    if args.gt:
+        _say_shared_references(folder, keys, args.gt)
     predictor = load_predictor_or_say_why(args)
     if predictor is None:
         return EXIT_SETUP_ERROR
 
-    from tqdm import tqdm
+    from ..cli_common import progress_bar
 
-    with tqdm(total=len(keys), desc="rank", unit="image", disable=args.quiet) as bar:
+    bar = progress_bar(len(keys), "rank", "image", quiet=args.quiet, prefix="napari-focus")
+    try:
         rows = rank_folder(
             folder,
             predictor,
@@ -273,6 +327,8 @@ def run_rank(args: argparse.Namespace) -> int:
             method=args.method,
             progress=lambda done, total, name: bar.update(1),
         )
+    finally:
+        bar.close()
     try:
         write_ranking_csv(rows, out)
         if args.report:

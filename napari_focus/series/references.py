@@ -42,8 +42,31 @@ class MaskFolder:
                 for suffix in MASK_SUFFIXES:
                     found = by_name.get(f"{stem}{suffix}{extension}".lower())
                     if found is not None and found.resolve() != image_resolved:
+                        if found.parent.resolve() != image_resolved.parent and (
+                            _shares_stem(image_resolved)
+                        ):
+                            return None  # it may be the other image's mask
                         return found
         return None
+
+
+def _shares_stem(image: Path) -> bool:
+    """Whether another image beside ``image`` has its stem (``a.png`` and ``a.jpg``):
+    a mask named by the stem in another folder cannot tell which of them it belongs to
+    (``napari-focus predict`` writes one and fails the other)."""
+    from ..io import IMAGE_EXTENSIONS
+
+    for extension in IMAGE_EXTENSIONS:
+        for variant in {extension, extension.upper()}:
+            other = image.with_name(image.stem + variant)
+            if other.name == image.name or not other.is_file():
+                continue
+            try:  # on a case-insensitive disk "a.PNG" is "a.png" itself
+                if not other.samefile(image):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def reference_mask_path(
@@ -58,7 +81,9 @@ def reference_mask_path(
     same with ``.bmp``, ``.tif`` and ``.tiff`` (extensions compared case-insensitively).
     With ``relative`` (the image's path relative to its image folder) the matching
     sub-folder of ``mask_folder`` is searched first, then ``mask_folder`` itself. The
-    image file itself is never returned (masks may live beside their images). For many
+    image file itself is never returned (masks may live beside their images), nor a
+    mask in another folder when another image beside this one has the same stem
+    (``a.png`` and ``a.jpg``: the mask cannot tell which it belongs to). For many
     images of one folder, :class:`MaskFolder` lists it once.
     """
     return MaskFolder(mask_folder).find(image_path, relative=relative)

@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -312,6 +312,7 @@ def load_or_create(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     pattern: str | None = None,
     on_corrupt: Literal["backup", "raise"] = "backup",
+    found: Callable[[int], None] | None = None,
 ) -> SeriesState:
     """Open the series of ``folder`` (or of layer ``names``) whose state lives in
     ``output_folder``, resuming where it stopped, or start it.
@@ -324,7 +325,8 @@ def load_or_create(
     order, statuses, export records and the current item are kept; if the saved
     current item is missing, the first present not-exported item is current.
     The state is saved before returning (the previous file kept as the backup). An
-    output folder inside the image folder is not scanned.
+    output folder inside the image folder is not scanned. ``found`` follows the scan
+    (see :func:`~napari_focus.series.queue.scan_folder`).
     """
     if (folder is None) == (names is None):
         raise ValueError("give either an image folder or layer names")
@@ -332,7 +334,12 @@ def load_or_create(
     exts = [e.lower() for e in extensions]
     if folder is not None:
         queue = ImageQueue.from_folder(
-            folder, recursive=recursive, extensions=exts, pattern=pattern, exclude=[output]
+            folder,
+            recursive=recursive,
+            extensions=exts,
+            pattern=pattern,
+            exclude=[output],
+            found=found,
         )
     else:
         queue = ImageQueue.from_names(names or ())

@@ -7,16 +7,21 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..atomic import WriteError, check_writable_file
-from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, positive_int
+from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, positive_int, say
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
 from .config import DEFAULT_STEPS
 
+PREFIX = "napari-focus train"  # every line of the command, refusals to summary
 # a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
 # the same for training.validate.VALIDATION_METRICS (the figures --keep-best picks from)
@@ -51,9 +56,10 @@ exit codes:
   1  a file could not be written during the run (a full disk); --resume
      continues
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, PySODMetrics
-     missing, no samples, an existing --out, or base weights that could not be
-     loaded
-  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; --resume continues from the last evaluation
+     missing, no samples, an existing --out, an unfinished run of --out (add
+     --resume or --restart), or base weights that could not be loaded
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; --resume continues from the last completed
+     step (a second Ctrl-C stops at once: from the last evaluation)
 """
 
 
@@ -111,9 +117,16 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
                        help="hold out these samples instead (names or layout/name)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0, metavar="N",
                        help="random seed of sampling and augmentation (default 0)")  # fmt: skip
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=run_train)
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the unfinished (interrupted) run of --out; its "
+                       "settings must be the same")  # fmt: skip
+    again.add_argument("--restart", action="store_true",
+                       help="discard the unfinished run of --out (its <out stem>.training/"
+                       "resume.pt) and start this one")  # fmt: skip
+    train.add_argument("--quiet", action="store_true",
+                       help="only the evaluations and the summary: no progress bar")  # fmt: skip
+    train.set_defaults(func=run_train, message_prefix=PREFIX)
     return train
 
 
@@ -131,31 +144,93 @@ def _note_recorded_task(args: argparse.Namespace) -> None:
     base_task = found[0] if found else None
     if len(data_tasks) == 1 and None not in data_tasks and base_task not in (None, *data_tasks):
         (data_task,) = data_tasks
-        print(f"napari-focus train: note: the base weights are for {base_task} and "
+        print(f"{PREFIX}: note: the base weights are for {base_task} and "
               f"--layout {' '.join(args.layout)} holds {data_task} samples; the output "
               f"records the task {base_task} (the base's) unless you add --task {data_task}",
               file=sys.stderr)  # fmt: skip
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+# the settings a resumed run must share with the run it continues, in the flags' words
+RESUME_SETTINGS = {
+    "base": "--weights", "parts": "--preset (trained parts)", "batch_size": "--batch-size",
+    "canvas": "--crop", "seed": "--seed", "steps": "--steps", "warmup": "warm-up steps",
+    "lr": "--lr", "eval_every": "--eval-every", "select_metric": "--keep-best",
+    "validation": "held-out samples (--val, --val-fraction)",
+    "data": "samples under --root --layout",
+}  # fmt: skip
 
+
+@contextmanager
+def _first_ctrl_c_cancels(cancel: threading.Event) -> Iterator[None]:
+    """Inside the block, a first Ctrl-C sets ``cancel``: the run stops within a model
+    stage and saves its last completed step; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nnapari-focus train: stopping within a model stage and saving the last "
+              "completed step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _say(message: str) -> None:
+    print(f"{PREFIX}: {message}", file=sys.stderr)
+
+
+def _resume_changes(error: Any, args: argparse.Namespace) -> str:
+    """The settings that differ from the saved run's, as ``--crop 96 -> 128``; the
+    warm-up and evaluation period that follow --steps by default are not said twice."""
+    skip: tuple[str, ...] = ()
+    if "steps" in error.differing:
+        skip = ("warmup",) if args.eval_every is not None else ("warmup", "eval_every")
+    return error.describe(RESUME_SETTINGS, skip=skip)
+
+
+def _warn_gpu_preset_on_cpu(args: argparse.Namespace) -> None:
+    """One line when a GPU preset would train on the CPU (hours for what takes minutes)."""
+    if not args.preset.startswith("gpu"):
+        return
+    from ..devices import resolve_device
+    from .presets import PRESETS
+
+    if resolve_device(args.device).type == "cpu":
+        on = "--device cpu" if args.device == "cpu" else f"--device {args.device} (no GPU here)"
+        preset = PRESETS[args.preset]
+        _say(f"warning: --preset {args.preset} is for a GPU ({preset.description}) and {on} "
+             "trains on the CPU, many times slower per step than --preset cpu")  # fmt: skip
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..cli_common import progress_bar
     from ..quality import require_metrics
 
     try:  # before torch and the model code are imported (seconds)
         require_metrics()
     except ImportError as error:
-        print(f"napari-focus train: the held-out validation's {error}", file=sys.stderr)
+        _say(f"the held-out validation's {error}")
         return EXIT_SETUP_ERROR
     from .config import OFFICIAL_LR, TrainConfig
     from .data import DatasetError, UnknownValidationNames
     from .loop import train
-    from .state import UnfinishedRunError, has_saved_state
+    from .state import (
+        ResumeMismatchError,
+        UnfinishedRunError,
+        UnreadableStateError,
+        has_saved_state,
+    )
 
     if Path(args.out).suffix != ".safetensors":
         fixed = Path(args.out).with_suffix(".safetensors")
-        print(f"napari-focus train: --out {args.out}: the output is a .safetensors "
-              f"checkpoint; give --out {fixed}", file=sys.stderr)  # fmt: skip
+        _say(f"--out {args.out}: the output is a .safetensors checkpoint; give --out {fixed}")
         return EXIT_SETUP_ERROR
     _note_recorded_task(args)
     try:
@@ -165,31 +240,31 @@ def run_train(args: argparse.Namespace) -> int:
             device=args.device, preset=args.preset, batch_size=args.batch_size,
             canvas=args.crop, lr=args.lr or OFFICIAL_LR, eval_every=args.eval_every,
             val_fraction=args.val_fraction, val_names=tuple(args.val) if args.val else None,
-            seed=args.seed, resume=args.resume, select_metric=args.keep_best,
+            seed=args.seed, resume=args.resume, restart=args.restart,
+            select_metric=args.keep_best,
         )  # fmt: skip
     except ValueError as error:
-        print(f"napari-focus train: {error}", file=sys.stderr)
+        _say(str(error))
         return EXIT_SETUP_ERROR
     root = Path(args.root)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file"
-        print(f"napari-focus train: --root {root} {what}; give the FOCUS datasets/ folder "
-              "the samples were exported to", file=sys.stderr)  # fmt: skip
+        _say(f"--root {root} {what}; give the FOCUS datasets/ folder the samples were "
+             "exported to")  # fmt: skip
         return EXIT_SETUP_ERROR
     out = Path(args.out)
     if args.resume and not out.exists() and not has_saved_state(config.work_dir):
-        print(f"napari-focus train: --resume: {config.work_dir} holds no unfinished run of "
-              f"--out {out}; leave --resume out to start a new run", file=sys.stderr)  # fmt: skip
+        _say(f"--resume: {config.work_dir} holds no unfinished run of --out {out}; leave "
+             "--resume out to start a new run")  # fmt: skip
         return EXIT_SETUP_ERROR
     if out.exists():
         finished = " (the run it came from has finished)" if args.resume else ""
-        print(f"napari-focus train: {out} exists{finished}; choose another --out (nothing "
-              "is overwritten)", file=sys.stderr)  # fmt: skip
+        _say(f"{out} exists{finished}; choose another --out (nothing is overwritten)")
         return EXIT_SETUP_ERROR
     try:  # before hours of training: the checkpoint and its work folder go beside --out
         check_writable_file(out)
     except WriteError as error:
-        print(f"napari-focus train: --out: {error}", file=sys.stderr)
+        _say(f"--out: {error}")
         return EXIT_SETUP_ERROR
 
     try:  # a mistyped --weights is said now, not after the samples are read
@@ -197,69 +272,105 @@ def run_train(args: argparse.Namespace) -> int:
 
         check_base_weights(args.weights, args.size)
     except ValueError as error:
-        print(f"napari-focus train: {error}", file=sys.stderr)
+        _say(str(error))
         return EXIT_SETUP_ERROR
+    _warn_gpu_preset_on_cpu(args)
 
-    bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet)
+    bar = None  # shown once the run has begun: a refusal comes without a bar before it
 
     def show(progress: Any) -> None:
-        if progress.phase == "train":  # tqdm shows step/s and the ETA
+        nonlocal bar
+        downloading = progress.phase == "setup" and progress.message.startswith("downloading")
+        if bar is None and (downloading or progress.phase in ("eval", "train")):
+            bar = progress_bar(args.steps, "fine-tuning", "step", quiet=args.quiet,
+                               prefix=PREFIX)  # fmt: skip
+        if bar is None:
+            return
+        if progress.phase == "train":  # the bar shows step/s and the ETA
+            bar.set_description_str("fine-tuning")
             bar.set_postfix(loss=f"{progress.loss:.3f}", refresh=False)
             bar.update(progress.step - bar.n)
         elif progress.phase == "eval" and progress.metrics is not None:
-            tqdm.write(progress.message, file=sys.stderr)
-        elif progress.phase == "setup":
+            say(progress.message)
+        elif downloading:
             bar.set_description_str(progress.message)
-            if progress.message.startswith("loading"):
-                bar.set_description_str("fine-tuning")
 
+    def close_bar() -> None:
+        if bar is not None:
+            bar.close()
+
+    cancel = threading.Event()
     try:
-        result = train(config, progress=show)
+        with _first_ctrl_c_cancels(cancel):
+            result = train(config, progress=show, cancel=cancel)
     except UnfinishedRunError:
-        bar.close()
-        print(f"napari-focus train: {config.work_dir} holds an unfinished run of --out "
-              f"{out}: add --resume to continue it, or choose another --out to start a new "
-              "run (nothing is overwritten)", file=sys.stderr)  # fmt: skip
+        close_bar()
+        _say(f"{config.work_dir} holds an unfinished run of --out {out}: add --resume to "
+             "continue it, --restart to discard it and start this run, or choose another "
+             "--out to keep it")  # fmt: skip
+        return EXIT_SETUP_ERROR
+    except ResumeMismatchError as error:
+        close_bar()
+        _say(f"--resume: the unfinished run in {config.work_dir} had other settings (then "
+             f"-> now: {_resume_changes(error, args)}); give its settings again to continue "
+             "it, replace --resume by --restart to discard it and start this run, or "
+             "choose another --out to keep it")  # fmt: skip
+        return EXIT_SETUP_ERROR
+    except UnreadableStateError as error:
+        close_bar()
+        _say(f"--resume: {error.path} cannot be continued ({error.reason}); replace "
+             "--resume by --restart to start the run afresh, or choose another --out")  # fmt: skip
         return EXIT_SETUP_ERROR
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
-        bar.close()
+        close_bar()
         flag = "--val: " if isinstance(error, UnknownValidationNames) else ""
-        print(f"napari-focus train: {flag}{error}", file=sys.stderr)
+        _say(f"{flag}{error}")
         return EXIT_SETUP_ERROR
     except WriteError as error:  # a full disk while saving an evaluation or the output
-        bar.close()
-        print(f"napari-focus train: {error}; `--resume` continues from the last saved "
-              "evaluation once there is room", file=sys.stderr)  # fmt: skip
+        close_bar()
+        _say(f"{error}; `--resume` continues from the last saved evaluation once there is "
+             "room")  # fmt: skip
         return 1
     except KeyboardInterrupt:
-        bar.close()
+        close_bar()
         if has_saved_state(config.work_dir) or args.resume:
-            print("napari-focus train: interrupted; `--resume` continues from the last "
-                  "evaluation", file=sys.stderr)  # fmt: skip
+            _say("interrupted; `--resume` continues from the last evaluation")
         else:  # nothing to resume yet (interrupted while the base weights downloaded, say)
-            print("napari-focus train: interrupted before anything was saved; run the same "
-                  "command again (a download of the base weights continues from where it "
-                  "stopped)", file=sys.stderr)  # fmt: skip
+            _say("interrupted before anything was saved; run the same command again (a "
+                 "download of the base weights continues from where it stopped)")  # fmt: skip
         return EXIT_INTERRUPTED
-    bar.close()
+    close_bar()
+    if result.cancelled and not result.started:
+        _say("interrupted while the base weights downloaded; run the same command again "
+             "(the download continues from where it stopped)")
+        return EXIT_INTERRUPTED
+    if result.cancelled:
+        _say(f"interrupted at step {result.step} of {args.steps}; the same command with "
+             "`--resume` continues from there")
+        return EXIT_INTERRUPTED
     if result.output != Path(args.out):
-        print(f"napari-focus train: --out {args.out} appeared during training and was "
-              f"kept; the trained weights are in {result.output}", file=sys.stderr)  # fmt: skip
+        _say(f"--out {args.out} appeared during training and was kept; the trained "
+             f"weights are in {result.output}")  # fmt: skip
     for problem in result.problems:
         print(f"  skipped: {problem}", file=sys.stderr)
-    best = result.best_metrics or {}
-    base = result.baseline_metrics or {}
-    summary = ", ".join(
-        f"{k} {base[k]:.3f} -> {best[k]:.3f}" if k in base else f"{k} {best[k]:.3f}"
-        for k in ("mask_iou", "smeasure", "edit_effort")
-        if k in best
-    )
-    print(
-        f"napari-focus: wrote {result.output} (best step {result.best_step}"
-        f"{': ' + summary if summary else ''}); report: {result.report}",
-        file=sys.stderr,
-    )
+    _say(f"wrote {result.output} ({_best_step_summary(result, args.keep_best)}); report: "
+         f"{result.report}")  # fmt: skip
     if result.best_step == 0:
         print("  no step beat the base weights on the held-out samples: the output holds "
               "them unchanged", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _best_step_summary(result: Any, keep_best: str) -> str:
+    """``best step 4 by --keep-best iou: iou 0.570 -> 0.612, mask_iou ...``: the figure
+    that chose the kept weights first, then the proposal's IoU, S-measure, edit effort."""
+    best = result.best_metrics or {}
+    base = result.baseline_metrics or {}
+    figures = ", ".join(
+        f"{k} {base[k]:.3f} -> {best[k]:.3f}" if k in base else f"{k} {best[k]:.3f}"
+        for k in dict.fromkeys((keep_best, "mask_iou", "smeasure", "edit_effort"))
+        if k in best
+    )
+    if not figures:  # no held-out samples: the last step is written
+        return f"best step {result.best_step}"
+    return f"best step {result.best_step} by --keep-best {keep_best}: {figures}"

@@ -39,7 +39,11 @@ class TrainConfig:
         the IoU of the proposal a person would correct, by default; ``smeasure``,
         ``edit_effort``, ... see :data:`~.validate.VALIDATION_METRICS`).
     work_dir: resume state and report (default ``<out stem>.training`` beside ``out``).
-    resume: continue from the resume state in ``work_dir``.
+    resume: continue from the resume state in ``work_dir``; the data, base, preset
+        choices, seed, validation and schedule (steps, warm-up, lr, evaluation period,
+        select_metric) must be those of the saved run.
+    restart: start afresh, the saved state of an unfinished run in ``work_dir`` being
+        replaced by this run's (otherwise an error); ``out`` is still never replaced.
     overwrite: replace an existing ``out``, and start afresh over the saved state of an
         unfinished run in ``work_dir`` (otherwise either is an error).
     """
@@ -73,6 +77,7 @@ class TrainConfig:
     save_dtype: str = "float16"
     work_dir: Path | None = None
     resume: bool = False
+    restart: bool = False
     overwrite: bool = False
     deform_attn_backend: str = "torch"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +98,8 @@ class TrainConfig:
                 f"select_metric must be one of {', '.join(VALIDATION_METRICS)}, "
                 f"got {self.select_metric!r}"
             )
+        if self.resume and self.restart:
+            raise ValueError("resume continues the saved run and restart discards it: not both")
         if self.work_dir is None:
             self.work_dir = self.out.parent / f"{self.out.stem}.training"
         self.work_dir = Path(self.work_dir)

@@ -3,6 +3,11 @@
 Determinism: every step draws its samples, augmentation and loss points from generators
 seeded with ``(seed, step)``, so a run resumed at step k continues exactly as the
 uninterrupted run would have (up to the nondeterminism of the device's kernels).
+
+Cancelling: the ``cancel`` event stops the run within one model stage (see
+:mod:`.interrupt`), in a training step or an evaluation; no step or evaluation starts
+after it, and no output is written. The resume state saved then is that of the last
+completed step; an evaluation a cancel cut short runs first when the run resumes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..hub_download import DownloadProgress
 from ..predictor import FocusPredictor, resolve_device
 from ..presets import input_preset
 from ..quality import require_metrics
-from ..run_control import Cancelled
+from ..run_control import Cancelled, RunControl, watch_model
 from ..runtime import DTYPES
 from ..transforms import normalize_and_pad
 from .augment import AugmentConfig, augment, targets_from_classes
@@ -34,6 +39,7 @@ from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
 from .data import DatasetError, Sample, collect_samples, split_samples
 from .forward import training_forward
+from .interrupt import watch_step
 from .matcher import DIVERGED_ADVICE, Target, TrainingDiverged
 from .presets import resolve_preset
 from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
@@ -136,6 +142,7 @@ def train(
     """Fine-tune FOCUS on exported samples; see :class:`TrainConfig` and the README."""
     report_progress = progress or (lambda _p: None)
     cancel = cancel or threading.Event()
+    control = RunControl(cancel)
     device = resolve_device(config.device)
     preset = resolve_preset(config.preset, device)
     parts = tuple(config.parts or preset.parts)
@@ -147,10 +154,11 @@ def train(
         raise ValueError(f"the canvas must be a multiple of 32, got {canvas}")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out} exists; choose another output (or overwrite=True)")
-    if not config.resume and not config.overwrite and has_saved_state(Path(config.work_dir)):
+    fresh = config.overwrite or config.restart
+    if not config.resume and not fresh and has_saved_state(Path(config.work_dir)):
         raise UnfinishedRunError(
             f"{config.work_dir} holds the saved state of an unfinished run, which a new run "
-            "would replace: resume it, or choose another output"
+            "would replace: resume it, restart (discarding it), or choose another output"
         )
     # hours of training must not end in a folder that takes no files
     check_writable_file(config.out)
@@ -196,9 +204,17 @@ def train(
         "batch_size": batch_size,
         "canvas": canvas,
         "seed": config.seed,
+        # the schedule: a resumed run is the run it continues, recorded once in the output
+        "steps": config.steps,
+        "warmup": config.warmup,
+        "lr": config.lr,
+        "eval_every": config.evaluation_period,
+        "select_metric": config.select_metric,
     }
     work_dir = Path(config.work_dir)
     run = RunState()
+    if config.restart:  # asked for: the unfinished run is dropped once this one starts
+        (work_dir / STATE_NAME).unlink(missing_ok=True)
     if config.resume:
         run, weights, optimizer_state, scaler_state = load_state(work_dir, identity)
         with torch.no_grad():
@@ -214,8 +230,11 @@ def train(
         if not val_set:
             return None
         report_progress(TrainProgress("eval", step, config.steps, f"validating at step {step}…"))
-        metrics = score_samples(predictor, val_set)  # puts the model in eval mode
-        set_train_mode(model)
+        try:
+            with watch_model(model, control):
+                metrics = score_samples(predictor, val_set, check=control.check)  # eval mode
+        finally:
+            set_train_mode(model)
         run.history.append({"step": step, "kind": "eval", **metrics})
         value = metrics.get(config.select_metric, float("nan"))
         best_value = (run.best_metrics or {}).get(config.select_metric)
@@ -227,7 +246,11 @@ def train(
         )
         return metrics
 
+    saved = [(run.step, len(run.history)) if config.resume else None]
+
     def checkpoint_state() -> None:
+        if saved[0] == (run.step, len(run.history)):
+            return  # a cancel right after a save (or a resume) has nothing new to keep
         save_state(
             work_dir,
             run=run,
@@ -237,48 +260,64 @@ def train(
             identity=identity,
         )
         write_report(work_dir, run.history, f"Fine-tuning {base.base_id}")
+        saved[0] = (run.step, len(run.history))
 
-    if run.step == 0 and not any(r["kind"] == "eval" for r in run.history):
-        evaluate(0)
-    started, first_step = time.perf_counter(), run.step
-    for step in range(run.step, config.steps):
-        if cancel.is_set():
-            checkpoint_state()
-            report_progress(TrainProgress("cancelled", step, config.steps, "cancelled"))
-            return _result(None, True, run, work_dir)
-        factor = lr_factor(step, config.steps, config.warmup, OFFICIAL_POLY_POWER)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
-        torch.manual_seed(config.seed * 1_000_003 + step)
-        images, targets = batches(step, device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            predictions = training_forward(model, images)
-        losses = criterion(predictions, targets)
-        loss = total_loss(losses)
-        loss_value = loss.item()  # the step's one device sync
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"the loss is {loss_value} at step {step}: {DIVERGED_ADVICE}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([params[n] for n in trainable], config.clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        run.step = step + 1
-        elapsed = time.perf_counter() - started
-        rate = (run.step - first_step) / elapsed if elapsed > 0 else None
-        run.history.append({"step": run.step, "kind": "train", "loss": loss_value,
-                            "lr": config.lr * factor})  # fmt: skip
-        report_progress(
-            TrainProgress(
-                "train", run.step, config.steps, f"step {run.step}/{config.steps}",
-                loss=loss_value, steps_per_second=rate,
-                eta_seconds=(config.steps - run.step) / rate if rate else None,
-            )
-        )  # fmt: skip
-        if run.step % config.evaluation_period == 0 or run.step == config.steps:
+    def evaluation_due(step: int) -> bool:
+        due = step == 0 or step % config.evaluation_period == 0 or step == config.steps
+        return due and not any(r["kind"] == "eval" and r["step"] == step for r in run.history)
+
+    try:
+        if evaluation_due(run.step):  # the baseline, or one a cancel cut short
             evaluate(run.step)
-            checkpoint_state()
+            if run.step:
+                checkpoint_state()
+        started, first_step = time.perf_counter(), run.step
+        for step in range(run.step, config.steps):
+            control.check()
+            factor = lr_factor(step, config.steps, config.warmup, OFFICIAL_POLY_POWER)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            torch.manual_seed(config.seed * 1_000_003 + step)
+            images, targets = batches(step, device)
+            with watch_step(model, control) as watch:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    predictions = training_forward(model, images)
+                losses = criterion(predictions, targets)
+                loss = total_loss(losses)
+                loss_value = loss.item()  # the step's one device sync
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"the loss is {loss_value} at step {step}: {DIVERGED_ADVICE}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                watch.backward_begins()
+                scaler.scale(loss).backward()
+            control.check()  # the last chance: the update below always runs to its end
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([params[n] for n in trainable], config.clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            run.step = step + 1
+            elapsed = time.perf_counter() - started
+            rate = (run.step - first_step) / elapsed if elapsed > 0 else None
+            run.history.append({"step": run.step, "kind": "train", "loss": loss_value,
+                                "lr": config.lr * factor})  # fmt: skip
+            report_progress(
+                TrainProgress(
+                    "train", run.step, config.steps, f"step {run.step}/{config.steps}",
+                    loss=loss_value, steps_per_second=rate,
+                    eta_seconds=(config.steps - run.step) / rate if rate else None,
+                )
+            )  # fmt: skip
+            if evaluation_due(run.step):
+                control.check()  # a cancel during the report: the evaluation waits
+                evaluate(run.step)
+                checkpoint_state()
+        control.check()  # cancelled in the last evaluation: no weights the user never saw
+    except Cancelled:
+        checkpoint_state()
+        report_progress(TrainProgress("cancelled", run.step, config.steps, "cancelled"))
+        return _result(None, True, run, work_dir)
 
     if run.best_weights is not None:
         with torch.no_grad():

@@ -23,12 +23,14 @@ def train_in_subprocess(
 ) -> Generator[Any, None, Any]:
     """Yields the run's :class:`~.loop.TrainProgress` reports; returns its
     :class:`~.loop.TrainResult`, or the exception it ended with. Setting ``cancel``
-    stops the run after the current step (its resume state is saved)."""
+    stops the run within one model stage, keeping the resume state of its last completed
+    step (see :mod:`.loop`)."""
     context = multiprocessing.get_context("spawn")
     reports = context.Queue()
     stop = context.Event()
     # not a daemon: when the host exits mid-run (napari closed), Python waits for the
-    # child to finish its step and save its resume state instead of killing it mid-write
+    # child to stop (within a model stage) and save its resume state, not killing it
+    # mid-write
     child = context.Process(
         target=_child, args=(config, reports, stop), name="napari-focus-training", daemon=False
     )
@@ -57,7 +59,7 @@ def train_in_subprocess(
                 break
     finally:  # also when the watcher goes away (the generator is closed)
         if child.is_alive() and outcome is None:
-            stop.set()  # the child saves its resume state after the current step
+            stop.set()  # the child stops within a stage and saves its resume state
         child.join(timeout=30)
     if outcome is None:
         outcome = RuntimeError(
@@ -79,10 +81,14 @@ def _child(config: TrainConfig, reports: Any, stop: Any) -> None:
 
     cancel = threading.Event()
 
+    def relay() -> None:  # the run checks a thread event at every model stage
+        stop.wait()
+        cancel.set()
+
+    threading.Thread(target=relay, name="napari-focus-training-stop", daemon=True).start()
+
     def progress(report: Any) -> None:
         reports.put(("progress", report))
-        if stop.is_set():
-            cancel.set()
 
     try:
         result: Any = train(config, progress=progress, cancel=cancel)

@@ -26,16 +26,85 @@ class UnfinishedRunError(FileExistsError):
     run in the same work folder; resume that one or choose another output."""
 
 
+class UnreadableStateError(ValueError):
+    """The saved state of a run cannot be read (damaged, or not napari-focus's): it
+    cannot be continued; a run started afresh (``restart``) replaces it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"{path} is not a readable napari-focus training state ({reason}); start "
+            "afresh (restart), which replaces it, or use another output/work folder"
+        )
+        self.path, self.reason = Path(path), reason
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.reason)
+
+
 class ResumeMismatchError(ValueError):
     """The saved state belongs to another run; ``differing`` names what differs (data,
-    base, parts, validation, batch_size, canvas, seed)."""
+    base, parts, validation, batch_size, canvas, seed, and the schedule: steps, warmup,
+    lr, eval_every, select_metric) and ``changes`` says it as ``(name, saved, now)``
+    in readable words, for the interface to name its own flags or fields."""
 
-    def __init__(self, message: str, differing: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        differing: tuple[str, ...] = (),
+        changes: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.differing = tuple(differing)
+        self.changes = tuple(tuple(change) for change in changes)
 
     def __reduce__(self) -> tuple:  # crosses the training process's queue whole
-        return type(self), (str(self), self.differing)
+        return type(self), (str(self), self.differing, self.changes)
+
+    def describe(self, names: dict[str, str], skip: tuple[str, ...] = ()) -> str:
+        """``"--crop 96 -> 128, --seed 0 -> 1"`` with ``names`` for the settings."""
+        return ", ".join(
+            f"{names.get(name, name)} {saved} -> {now}"
+            for name, saved, now in self.changes
+            if name not in skip
+        )
+
+
+def _readable(name: str, value: Any) -> str:
+    """A saved or current identity value as a person reads it."""
+    if name == "data":
+        return str(len(value))
+    if name == "validation":
+        shown = ", ".join(value[:3]) + (f" and {len(value) - 3} more" if len(value) > 3 else "")
+        return f"{len(value)} ({shown})" if value else "none"
+    if name == "parts":
+        return "+".join(value)
+    if name == "base" and isinstance(value, str) and ":sha256=" in value:
+        file, digest = value.removeprefix("file:").split(":sha256=", 1)
+        return f"{file} (sha256 {digest[:12]})"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _changes(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What differs between two run identities; a setting the saved state does not
+    record (written by an older version) is not compared."""
+    changes = []
+    # what the samples and their split became last: they follow from the settings too
+    for name in sorted(current, key=lambda name: name in ("data", "validation")):
+        if name not in saved or saved[name] == current[name]:
+            continue
+        old, new = _readable(name, saved[name]), _readable(name, current[name])
+        if name == "validation" and len(saved[name]) == len(current[name]):
+            gone = [key for key in saved[name] if key not in current[name]]
+            came = [key for key in current[name] if key not in saved[name]]
+            old, new = _readable(name, gone), _readable(name, came)
+        elif old == new and name == "data":  # as many samples, other files
+            new += " (other files)"
+        elif old == new:
+            old, new = str(saved[name]), str(current[name])
+        changes.append((name, old, new))
+    return changes
 
 
 def has_saved_state(folder: Path) -> bool:
@@ -96,24 +165,23 @@ def load_state(folder: Path, identity: dict[str, Any]) -> tuple[RunState, dict, 
     path = folder / STATE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no resume state at {path}: start without resume")
-    unusable = (
-        f"{path} is not a readable napari-focus training state ({{}}); delete it, or use "
-        "another output/work folder, and start without resume"
-    )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged file fails in many ways inside torch.load
         # torch's own text may advise weights_only=False, which would run the file's code
-        raise ValueError(unusable.format(f"damaged: {type(error).__name__}")) from error
+        raise UnreadableStateError(path, "damaged or cut short") from error
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-        raise ValueError(unusable.format("not written by napari-focus training"))
+        raise UnreadableStateError(path, "not written by napari-focus training")
     saved = json.loads(payload["identity"])
-    differing = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-    if differing:
+    changes = _changes(saved, identity)
+    if changes:
+        differing = tuple(name for name, _, _ in changes)
         raise ResumeMismatchError(
-            f"{path} belongs to another run (differs in: {', '.join(differing)}); use another "
-            "output/work folder or start without resume",
-            tuple(differing),
+            f"{path} belongs to another run (differs in: "
+            + ", ".join(f"{name} {old} -> {new}" for name, old, new in changes)
+            + "); use the same settings to continue it, or another output/work folder",
+            differing,
+            tuple(changes),
         )
     best_step = payload["best_step"]
     run = RunState(

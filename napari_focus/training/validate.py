@@ -14,7 +14,7 @@ import csv
 import html
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,17 @@ VALIDATION_METRICS: dict[str, bool] = {
 }
 
 
-def score_samples(predictor: Any, samples: Sequence[Sample]) -> dict[str, float]:
-    """Mean of every :data:`VALIDATION_METRICS` entry over ``samples``."""
+def score_samples(
+    predictor: Any, samples: Sequence[Sample], check: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """Mean of every :data:`VALIDATION_METRICS` entry over ``samples``; ``check`` is
+    called before each sample (it raises to stop)."""
     from ..quality import mask_metrics
 
     rows = []
     for sample in samples:
+        if check is not None:
+            check()
         image, classes = sample.load()
         reference = classes == FOREGROUND
         valid = classes != IGNORE

@@ -1,0 +1,164 @@
+"""Which images a prediction reads: files, folders (with their subfolders under
+``recursive``), glob patterns and list files (one input a line), resolved and
+deduplicated in order; and why an input matched no image."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .prediction_files import is_uri
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+def read_list_file(path: Path) -> list[str]:
+    """The entries of a list file, one a line (blank lines and ``#`` comments left out);
+    a relative entry is relative to the list's folder."""
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if not is_uri(entry) and not Path(entry).is_absolute():
+            entry = str(path.parent / entry)
+        entries.append(entry)
+    return entries
+
+
+def is_list_file(item: str) -> bool:
+    """Whether the input ``item`` is a list file (``.txt``, ``.lst``, ``.list``) to expand."""
+    return Path(item).suffix.lower() in LIST_SUFFIXES and Path(item).is_file()
+
+
+@dataclass
+class FoundInputs:
+    """What the inputs of a prediction name: the images (resolved, deduplicated, in
+    order), for each image the subfolder its outputs go to (POSIX, ``""`` = the output
+    folder itself; only images found below a folder input under ``recursive``), and the
+    inputs that matched nothing, each with the reason."""
+
+    images: list[Path] = field(default_factory=list)
+    subfolders: dict[Path, str] = field(default_factory=dict)
+    unmatched: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_inputs(
+    inputs: Sequence[str], *, recursive: bool = False, exclude: Sequence[Path] = ()
+) -> FoundInputs:
+    """Expand files, folders (their images, sorted; with ``recursive`` also those of
+    their subfolders, which keep their place below the output folder), glob patterns
+    (whose matches go flat into the output folder) and list files (:data:`LIST_SUFFIXES`:
+    entries of any of these kinds, one a line). Hidden files and folders, such as the
+    ``._name`` that macOS leaves on shared drives, are left out of folders, as series
+    and export leave them; so are the folders ``exclude`` (the output folder, whose
+    masks are no inputs when it lies inside an input folder)."""
+    found = FoundInputs()
+    walk = {Path(folder).resolve() for folder in exclude} if recursive else None
+    _expand(inputs, walk, found, listed_in=None, lists=set())
+    return found
+
+
+def _expand(
+    inputs: Sequence[str], walk: set[Path] | None, found: FoundInputs,
+    listed_in: str | None, lists: set[Path],
+) -> None:  # fmt: skip
+    """``walk``: None (folders give their own images), or the folders to leave out of
+    the walk below folder inputs."""
+    from .io import IMAGE_EXTENSIONS
+
+    for item in inputs:
+        path = Path(item)
+        matches: list[tuple[Path, str]] = []
+        if is_list_file(item):
+            if path.resolve() in lists:  # a list that lists itself, or one listed twice
+                continue
+            lists.add(path.resolve())
+            try:
+                entries = read_list_file(path)
+            except (OSError, UnicodeDecodeError) as error:
+                reason = f"cannot read the list file {item!r}: {error}"
+                found.unmatched.append((item, reason))
+                continue
+            _expand(entries, walk, found, listed_in=item, lists=lists)
+            if not entries:
+                found.unmatched.append((item, f"the list file {item!r} names no image (one "
+                                        "image file, folder or glob pattern a line)"))  # fmt: skip
+            continue
+        if is_uri(item):
+            matches = []
+        elif path.is_dir():
+            matches = [(p, _subfolder(p, path)) for p in _folder_images(path, walk)]
+        elif path.is_file():
+            matches = [(path, "")]
+        elif glob.has_magic(item):
+            matches = sorted(
+                (Path(p), "")
+                for p in glob.glob(item, recursive=True)
+                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
+            )
+        if not matches:
+            reason = unmatched_reason(item)
+            if is_uri(item):
+                reason = f"{item!r} is a URI: object stores are read by --engine ray"
+            if listed_in is not None:
+                reason = f"{reason} (listed in {listed_in})"
+            found.unmatched.append((item, reason))
+        for image, subfolder in matches:
+            resolved = image.resolve()
+            if resolved not in found.subfolders:
+                found.images.append(resolved)
+                found.subfolders[resolved] = subfolder
+
+
+def _folder_images(folder: Path, walk: set[Path] | None) -> list[Path]:
+    from .io import IMAGE_EXTENSIONS
+
+    images = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [] if walk is None else subfolders_to_walk(dirpath, dirnames, walk)
+        images += [
+            Path(dirpath, name) for name in filenames
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            and Path(dirpath, name).is_file()
+        ]  # fmt: skip
+    return sorted(images)
+
+
+def subfolders_to_walk(dirpath: str, dirnames: list[str], leave_out: set[Path]) -> list[str]:
+    """The subfolders of ``dirpath`` a walk for images goes into, sorted: not hidden, not
+    in ``leave_out`` (resolved paths: an output or mask folder), and not a series folder
+    of the widget (its autosaves and proposals are no images of the user's)."""
+    from .series.state_file import STATE_NAME
+
+    return sorted(
+        d for d in dirnames
+        if not d.startswith(".") and Path(dirpath, d).resolve() not in leave_out
+        and not Path(dirpath, d, STATE_NAME).exists()
+    )  # fmt: skip
+
+
+def _subfolder(image: Path, folder: Path) -> str:
+    relative = image.parent.relative_to(folder).as_posix()
+    return "" if relative == "." else relative
+
+
+def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """:func:`find_inputs` as (the image paths, the inputs that matched nothing)."""
+    found = find_inputs(inputs)
+    return found.images, [item for item, _ in found.unmatched]
+
+
+def unmatched_reason(item: str) -> str:
+    """Why an input ``item`` that :func:`collect_inputs` found no image in matched none."""
+    from .io import IMAGE_EXTENSIONS
+
+    path = Path(item)
+    if path.is_dir():
+        return f"no image file ({' '.join(IMAGE_EXTENSIONS)}) in the folder {item!r}"
+    if not is_uri(item) and not glob.has_magic(item) and not os.path.lexists(path):
+        return f"{item!r} does not exist (no such file or folder); check the path"
+    return f"no image matches {item!r}"

@@ -1,0 +1,166 @@
+"""Folders as annotators keep them: subfolders (predict --recursive mirrors them into
+--out, export --recursive pairs them back, rank --gt never scores two images against one
+mask), list files for the local engine, and too-small images named in pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import run_cli
+
+from napari_focus.datasets.cli import pair_files
+from napari_focus.input_files import find_inputs
+
+
+@pytest.fixture
+def tree(focus_reference, tmp_path) -> Path:
+    """imgs/a.png, imgs/b.jpg, imgs/sub/a.png (a stem twice), imgs/sub/deeper/c.png,
+    imgs/.hidden/x.png (left out)."""
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    root = tmp_path / "imgs"
+    for rel, size in (("a.png", (80, 64)), ("b.jpg", (72, 48)), ("sub/a.png", (64, 64)),
+                      ("sub/deeper/c.png", (70, 50)), (".hidden/x.png", (64, 64))):  # fmt: skip
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        source.resize(size, Image.BILINEAR).save(root / rel)
+    return root
+
+
+def _predict(*args) -> tuple[int, str]:
+    return run_cli("predict", *args, "--task", "sod", "--device", "cpu", "--quiet")
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_predict_recursive_mirrors_subfolders_and_export_pairs_them_back(
+    tree, tiny_checkpoint, tmp_path
+):
+    out = tmp_path / "masks"
+    code, err = _predict(tree, "--weights", tiny_checkpoint, "--out", out)
+    assert code == 0, err
+    assert _files(out) == ["a.png", "b.png"]
+    assert f"images in subfolders of {tree} are not included; add --recursive" in err
+
+    code, err = _predict(tree, "--recursive", "--weights", tiny_checkpoint, "--out", out)
+    assert code == 0, err  # a.png and sub/a.png each have their own mask
+    assert "2 written" in err and "2 skipped" in err and "not included" not in err
+    assert _files(out) == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
+    with Image.open(out / "sub/a.png") as mask:
+        assert mask.size == (64, 64)
+
+    root = tmp_path / "datasets"
+    code, err = run_cli("export", tree, out, "--root", root, "--layout", "generic")
+    assert code == 0, err
+    assert f"images in subfolders of {tree} are not included; add --recursive" in err
+    code, err = run_cli("export", tree, out, "--root", root, "--layout", "generic",
+                        "--recursive", "--on-exists", "skip")  # fmt: skip
+    assert code == 1, err  # sub/a.png is a second sample "a" of the one flat split
+    assert f"{tree / 'sub/a.png'}: same stem as {tree / 'a.png'} (a split is one folder " in err
+    assert "no image in" not in err  # every mask found its image
+    assert sorted(p.name for p in (root / "masks").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_export_recursive_takes_flat_masks_by_stem(tree, tmp_path):
+    masks = tmp_path / "flat"
+    masks.mkdir()
+    for name in ("b.png", "c.png", "orphan.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / name)
+    pairs, problems = pair_files(tree, masks, "generic", recursive=True)
+    assert [(i.relative_to(tree).as_posix(), m.name) for i, m in pairs] == [
+        ("b.jpg", "b.png"),
+        ("sub/deeper/c.png", "c.png"),
+    ]
+    assert f"{tree / 'a.png'}: no mask in {masks}" in problems
+    assert f"{tree / 'sub/a.png'}: no mask in {masks / 'sub'} or {masks}" in problems
+    assert f"{masks / 'orphan.png'}: no image in {tree}" in problems
+
+
+def test_rank_gt_refuses_to_score_two_images_against_one_mask(tree, tiny_checkpoint, tmp_path):
+    pytest.importorskip("py_sod_metrics")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name, size in (("a.png", (80, 64)), ("b.png", (72, 48)), ("c.png", (70, 50))):
+        Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(gt / name)
+    out = tmp_path / "rank.csv"
+    code, err = run_cli("rank", tree, "--task", "sod", "--weights", tiny_checkpoint, "--gt", gt,
+                        "--recursive", "--out", out, "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1, err
+    assert f"--gt: {gt / 'a.png'} would be the ground truth of a.png, sub/a.png" in err
+    assert f"failed: sub/a.png: its ground truth {gt / 'a.png'} is also that of a.png" in err
+    assert "failed: a.png:" in err and "ranked 2 images, 2 failed" in err
+    text = out.read_text(encoding="utf-8")
+    assert "b.jpg" in text and str(gt / "c.png") in text  # unique masks are scored
+
+    (gt / "sub").mkdir()  # the mask of sub/a.png in the same subfolder: both scored
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(gt / "sub/a.png")
+    code, err = run_cli("rank", tree, "--task", "sod", "--weights", tiny_checkpoint, "--gt", gt,
+                        "--recursive", "--out", out, "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert "ranked 4 images, 0 failed" in err
+
+
+def test_local_predict_reads_list_files(tree, tiny_checkpoint, tmp_path):
+    listing = tmp_path / "lists" / "batch.txt"
+    listing.parent.mkdir()
+    listing.write_text(
+        f"# the day's images\n{tree / 'b.jpg'}\n\n../imgs/sub/deeper\nmissing.png\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "masks"
+    code, err = _predict(listing, "--weights", tiny_checkpoint, "--out", out)
+    assert code == 1, err  # missing.png matched nothing
+    assert f"{str(listing.parent / 'missing.png')!r} does not exist" in err
+    assert f"(listed in {listing})" in err
+    assert _files(out) == ["b.png", "c.png"]
+
+    empty = tmp_path / "empty.lst"
+    empty.write_text("# nothing yet\n", encoding="utf-8")
+    found = find_inputs([str(empty)])
+    assert not found.images and "names no image" in found.unmatched[0][1]
+
+
+def test_a_too_small_image_is_named_with_its_size_in_pixels(tree, tiny_checkpoint, tmp_path):
+    Image.new("RGB", (20, 16)).save(tree / "tiny.png")
+    code, err = _predict(tree / "tiny.png", tree / "b.jpg", "--weights", tiny_checkpoint,
+                         "--out", tmp_path / "masks")  # fmt: skip
+    assert code == 1, err
+    assert "failed: " in err and "tiny.png is 20x16 pixels; FOCUS needs at least 32x32" in err
+    assert "array of shape" not in err
+
+
+def test_an_out_inside_the_input_folder_is_not_read_as_input(tree, tiny_checkpoint):
+    out = tree / "masks"
+    for _ in range(2):
+        code, err = _predict(tree, "--recursive", "--weights", tiny_checkpoint, "--out", out)
+        assert code == 0, err
+    assert "0 written" in err and "4 skipped" in err
+    assert _files(out) == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
+
+
+def test_series_folders_and_the_masks_folder_are_not_walked_as_images(tree, tmp_path):
+    """The widget's series folder (autosaves, proposals) and a masks folder kept inside
+    the image folder hold PNGs that are no images of the user's."""
+    from napari_focus.series.state_file import STATE_NAME
+
+    series = tree / "napari_focus"
+    (series / "work").mkdir(parents=True)
+    (series / STATE_NAME).write_text("{}")
+    Image.new("L", (64, 64)).save(series / "work" / "a.png")
+    masks = tree / "masks"
+    (masks / "sub").mkdir(parents=True)
+    for rel in ("a.png", "b.png", "sub/a.png"):
+        Image.new("L", (8, 8), 255).save(masks / rel)
+    found = find_inputs([str(tree)], recursive=True, exclude=[masks])
+    assert [p.relative_to(tree).as_posix() for p in found.images] == [
+        "a.png", "b.jpg", "sub/a.png", "sub/deeper/c.png"
+    ]
+    pairs, problems = pair_files(tree, masks, "generic", recursive=True)
+    assert [(i.relative_to(tree).as_posix(), m.relative_to(masks).as_posix())
+            for i, m in pairs] == [("a.png", "a.png"), ("b.jpg", "b.png")]  # fmt: skip
+    assert [problem.split(":")[0] for problem in problems] == [  # no mask taken as an image
+        str(tree / "sub" / "a.png"), str(tree / "sub" / "deeper" / "c.png")
+    ]
