@@ -28,6 +28,7 @@ from PIL import Image
 from napari_focus import FocusPredictor
 from napari_focus.cli import main
 from napari_focus.distributed import (
+    journal,
     read_manifest,
     read_ranking,
 )
@@ -478,8 +479,7 @@ def test_an_interrupted_run_records_every_mask_it_wrote(
     assert f"{len(pending)} not done (run the same command again to go on)" in err
     for row in written:
         assert Path(row["mask"]).is_file() and 0 <= row["uncertainty"] <= 1, row
-    time.sleep(2)  # the stopped worker is gone: what it wrote is on disk now
-    on_disk = {p.stem for p in out.glob("img_*.png")}
+    on_disk = _settled_masks(out)
 
     code, err = run_cli(*args)
     assert code == 0, err
@@ -488,8 +488,28 @@ def test_an_interrupted_run_records_every_mask_it_wrote(
     assert sorted(r["name"] for r in rows if r["status"] == "skipped") == sorted(on_disk)
     for row in rows:  # the scores of every mask, whichever run recorded it
         assert 0 <= row["uncertainty"] <= 1 and row["width"] == 64, row
-    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    assert hidden == [], sorted(map(str, out.rglob("*")))  # the journals read were removed
+    # the journal read was removed; its stop file stays (this Ray instance stays up)
+    hidden = sorted(p.name for p in out.rglob(".*") if p.is_file())
+    assert hidden == [], hidden
+    kept = [p.name for p in (out / ".napari_focus_results").rglob("*") if p.is_file()]
+    assert kept == ["stop"], kept
+
+
+def _settled_masks(out: Path) -> set[str]:
+    """The masks on disk once the stopped worker has finished the write it was in
+    (every mask it journaled is there, and nothing new for a second)."""
+    deadline, seen, since = time.monotonic() + 120, None, time.monotonic()
+    while time.monotonic() < deadline:
+        masks = {p.stem for p in out.glob("img_*.png")}
+        rows = journal.read_rows((out / journal.JOURNAL_FOLDER).glob("*"))
+        journaled = {Path(row["mask"]).stem for row in rows}
+        lines = sum(len(p.read_text().splitlines()) for p in out.rglob("*.jsonl"))
+        if masks != seen or len(journaled) != lines:
+            seen, since = masks, time.monotonic()
+        elif time.monotonic() - since > 1:
+            return masks
+        time.sleep(0.05)
+    raise AssertionError(f"the stopped worker still writes in {out}")
 
 
 def test_quiet_keeps_rays_own_lines_off_the_terminal(images, weights, tmp_path):
@@ -509,3 +529,22 @@ def test_quiet_keeps_rays_own_lines_off_the_terminal(images, weights, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines and all(line.startswith("napari-focus: ") for line in lines), lines
     assert "1 written" in lines[-1] and "(1 Ray worker, " in lines[-1]
+
+
+def test_a_journal_read_by_the_next_run_keeps_a_stop_its_workers_may_still_need(tmp_path):
+    """The next run takes a stopped run's rows and removes its journal; the stop file
+    stays for a day where the stopped run's workers are on a cluster that stays up."""
+    root = tmp_path / journal.JOURNAL_FOLDER
+    local, staying, old = root / "local", root / "staying", root / "old"
+    for folder, stays in ((local, False), (staying, True), (old, True)):
+        journal.append(str(folder), {"source": "a.png", "mask": str(tmp_path / "a.png")})
+        journal.request_stop(folder, workers_stay=stays)
+    two_days_ago = time.time() - 2 * journal.STALE_AFTER_S
+    os.utime(old / journal.STOP_NAME, (two_days_ago, two_days_ago))
+
+    journal.remove([local, staying, old])
+    assert not local.exists() and not old.exists()
+    assert [p.name for p in staying.iterdir()] == [journal.STOP_NAME]
+    assert journal.stop_requested(str(staying))
+    journal.remove([staying])  # the run after keeps it too, until it is a day old
+    assert journal.stop_requested(str(staying))

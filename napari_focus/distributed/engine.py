@@ -376,7 +376,7 @@ def _run(
                     # a million rows take seconds to write: keep that under a tenth
                     interval = max(checkpoint_seconds, 10 * (last - began))
         except BaseException as error:  # stop the workers, keep what was done
-            journal.request_stop(Path(settings.journal))
+            journal.request_stop(Path(settings.journal), workers_stay=not started_here)
             with contextlib.suppress(Exception):
                 batches.close()  # ends the execution: its actors are stopped
             if started_here:

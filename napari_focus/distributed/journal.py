@@ -6,7 +6,8 @@ only while its outputs are on disk (a worker killed between the two wrote none).
 Layout: ``OUT/.napari_focus_results/<run>/<host id>-<pid>.jsonl``, one JSON object a
 line, one file per worker process; ``<run>`` is ``<host id>-<driver pid>-<ns>``. A run
 that ends removes its journal once its manifest is written. A stopped run leaves its
-journal with a ``stop`` file in it: its workers, should they go on, write nothing more.
+journal with a ``stop`` file in it: its workers, should they go on, write nothing more;
+on a cluster that stays up, the next run keeps that file for a day.
 A journal whose run is gone (its driver's process on this host has ended or runs the
 next run, or it is older than a day) is read by the next run into the same folder,
 whose manifest then keeps those rows, and removed.
@@ -28,6 +29,7 @@ from ..atomic import host_id
 
 JOURNAL_FOLDER = ".napari_focus_results"
 STOP_NAME = "stop"
+STAYING = "workers on a cluster that stays up\n"  # the stop file's text when they may go on
 #: a journal of another host's run is left alone until it is this old
 STALE_AFTER_S = 24 * 3600
 
@@ -37,12 +39,13 @@ def new_run_folder(out: Path) -> Path:
     return out / JOURNAL_FOLDER / f"{host_id()}-{os.getpid()}-{time.time_ns()}"
 
 
-def request_stop(folder: Path) -> None:
-    """Tell the run's workers to write nothing more (a run stopped by Ctrl-C: workers
-    of a cluster that stays up may still hold batches)."""
+def request_stop(folder: Path, workers_stay: bool) -> None:
+    """Tell the run's workers to write nothing more (a run stopped by Ctrl-C).
+    ``workers_stay``: they run on a cluster that stays up and may still hold batches,
+    so the next run keeps this stop file (for a day) when it takes the journal's rows."""
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / STOP_NAME).touch()
+        (folder / STOP_NAME).write_text(STAYING if workers_stay else "", encoding="utf-8")
 
 
 def stop_requested(folder: str) -> bool:
@@ -119,11 +122,26 @@ def _alive(pid: int) -> bool:
 
 
 def remove(folders: Iterable[Path]) -> None:
-    """Remove journal folders (and the journal root once empty)."""
+    """Remove journal folders (and the journal root once empty). A stopped run whose
+    workers may go on keeps its stop file, and only that, for a day."""
     root = None
     for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
         root = folder.parent
+        if _workers_may_go_on(folder):
+            for path in folder.glob("*.jsonl"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
     if root is not None:
         with contextlib.suppress(OSError):
             root.rmdir()  # only when no other run's journal is there
+
+
+def _workers_may_go_on(folder: Path) -> bool:
+    stop = folder / STOP_NAME
+    try:
+        staying = stop.read_text(encoding="utf-8") == STAYING
+        return staying and time.time() - stop.stat().st_mtime < STALE_AFTER_S
+    except (OSError, UnicodeDecodeError):
+        return False
