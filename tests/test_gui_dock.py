@@ -356,3 +356,42 @@ def test_run_with_an_empty_checkpoint_field_says_to_choose_one(open_focus_widget
     widget.weights_path.value = folder = Path.cwd()
     with pytest.raises(ValueError, match=f"^'{folder}' is a folder: choose the checkpoint"):
         widget.model_key()
+
+
+def test_an_export_that_ends_after_the_widget_was_deleted_reports_to_nobody(
+    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
+):
+    """napari deletes its dock widgets while an export still writes: the export's end
+    touches none of the deleted controls (no error from Qt's event loop)."""
+    import threading
+
+    from napari_focus.gui import export_section
+
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    writing, release, written = threading.Event(), threading.Event(), threading.Event()
+    real = export_section.export_sample
+
+    def held(*args, **kwargs):
+        writing.set()
+        release.wait(30)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            written.set()
+
+    monkeypatch.setattr(export_section, "export_sample", held)
+    export = widget.export_section
+    export.dataset_root.value = tmp_path / "datasets"
+    outcomes: list = []
+    export.export(on_done=outcomes.append)
+    assert writing.wait(30)
+    with qtbot.waitSignal(widget.native.destroyed, timeout=WAIT_MS):
+        widget.native.deleteLater()
+    release.set()
+    assert written.wait(30)
+    qtbot.wait(300)  # the worker's end is delivered (to nobody) here
+    assert outcomes == []
+    assert list((tmp_path / "datasets").rglob("cup*.png"))  # the sample was written

@@ -167,6 +167,26 @@ def test_closing_napari_while_the_stored_scores_are_read(
     assert len(predict_threads) == computed and not series.prefetcher.busy
 
 
+def test_order_by_uncertainty_scores_with_the_model_when_the_store_cannot_be_read(
+    qtbot, open_series, open_focus_widget, folder, monkeypatch
+):
+    from napari_focus.gui import series_decisions
+
+    def unreadable(store, items):
+        raise MemoryError("the stored scores could not be read")
+
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    monkeypatch.setattr(series_decisions, "_stored_scores", unreadable)
+    series.order_by_uncertainty()  # the shown image is scored, the other four are not
+    qtbot.waitUntil(lambda: not series.busy and len(series.scores) == 5, timeout=WAIT_MS)
+    assert widget.status.value == "ordered 5 images by uncertainty"
+    assert series.rank_button.enabled and not series.reading_scores
+
+
 def test_accept_of_autosaved_edits_compares_the_stored_proposal_read_in_a_worker(
     qtbot, open_series, open_focus_widget, folder, tmp_path, store_loads
 ):

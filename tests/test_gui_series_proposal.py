@@ -122,6 +122,36 @@ def test_reset_in_a_new_napari_reads_the_stored_proposal_in_a_worker(
     assert widget2.status.value == "'img0 [FOCUS SOD]' reset to the proposal"
 
 
+def test_deleting_the_widget_while_reset_reads_the_stored_proposal(
+    qtbot, open_focus_widget, folder, questions, monkeypatch
+):
+    """The file read for Reset to proposal comes back after Qt deleted the widget: it
+    goes to nobody (no control of the deleted widget is asked anything)."""
+    from napari_focus.series.proposal_store import ProposalStore
+
+    viewer, _widget, _series = _open(open_focus_widget, qtbot, folder)
+    _edit(_labels(viewer))
+    viewer.close()  # the edits go to the autosave
+    _viewer2, widget2, series2 = _open(open_focus_widget, qtbot, folder)
+
+    reading, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def held(store, key, source):  # the file is gone when read: the model would be asked
+        reading.set()
+        release.wait(30)
+        done.set()
+
+    monkeypatch.setattr(ProposalStore, "load", held)
+    widget2.refine_section.reset_button.native.click()
+    assert reading.wait(30) and series2.reading_proposal
+    with qtbot.waitSignal(widget2.native.destroyed, timeout=WAIT_MS):
+        widget2.native.deleteLater()  # as napari's teardown deletes its dock widgets
+    release.set()
+    assert done.wait(30)
+    qtbot.wait(300)  # the worker's result is delivered (to nobody) here
+    assert not series2.reading_proposal
+
+
 def _start_masks(folder) -> tuple:
     masks = folder.parent / "masks"
     masks.mkdir()
@@ -154,8 +184,11 @@ def test_reset_of_a_start_mask_without_a_model_says_there_is_no_proposal(
     assert _labels(viewer).editable
 
     questions.clear()
-    widget.refine_section.reset_button.native.click()  # said at once now: no model
-    assert "no proposal of img0 to reset to" in series_errors[-1]
+    series_errors.clear()
+    widget.refine_section.reset_button.native.click()  # no stored proposal, no model
+    qtbot.waitUntil(lambda: bool(series_errors) and not series.reading_proposal, timeout=WAIT_MS)
+    assert "no proposal of img0 to reset to: the model could not be loaded" in series_errors[-1]
+    np.testing.assert_array_equal(_labels(viewer).data > 0, truth)
 
 
 def test_reset_of_a_start_mask_computes_the_proposal(
@@ -206,6 +239,32 @@ def test_accept_of_autosaved_edits_records_the_proposal_in_the_provenance(
     assert record["task"] == "sod" and record["weights_id"]
     assert threading.main_thread().name not in store_loads
     assert len(store_loads) <= 1  # read once for the export and the quality line
+
+
+def test_accept_reads_a_proposal_changed_since_it_was_read_ahead_in_a_worker(
+    qtbot, open_focus_widget, folder, tmp_path, store_loads
+):
+    """The stored proposal's file changed after it was read ahead with the image (the
+    same series open in another napari computed it again): Accept reads the new one in
+    its worker, not on the GUI thread."""
+    import os
+
+    viewer, _widget, _series = _open(open_focus_widget, qtbot, folder)
+    _edit(_labels(viewer))
+    viewer.close()  # the edits go to the autosave
+    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    stored = series.prefetcher.store.path("img0.png")
+    stat = stored.stat()
+    stored.write_bytes(stored.read_bytes())
+    os.utime(stored, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    store_loads.clear()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    widget.export_section.dataset_layout.value = "generic"
+    series.accept()
+    qtbot.waitUntil(lambda: "IoU" in series.quality.value, timeout=WAIT_MS)
+    assert store_loads and threading.main_thread().name not in store_loads
+    (record,) = _provenance(tmp_path / "datasets")
+    assert record["proposal"] is not None
 
 
 def test_accept_before_a_proposal_says_why_there_is_none(

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..datasets import (
@@ -27,6 +26,7 @@ from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 from .planes import UnsupportedLayerError, current_plane_index, layer_planes
 from .proposal_layers import META_KEY
 from .series_layers import PROVENANCE_KEY
+from .workers import WidgetLifetime, background
 
 POLICIES = ("ask", "skip", "rename", "replace")
 
@@ -58,6 +58,7 @@ class ExportSection(Container):
             ],
             labels=True,
         )
+        self._lifetime = WidgetLifetime(self.native)
         narrow_combo(self.dataset_layout)
         narrow_line_edits(self.dataset_root)
         narrow_line_edits(self.sample_name)
@@ -140,10 +141,11 @@ class ExportSection(Container):
             except (ExportError, OSError) as error:
                 return None, error
 
-        worker = thread_worker(write, start_thread=False)()
-        worker.returned.connect(lambda outcome: self._on_written(job, *outcome, on_done))
-        worker.errored.connect(lambda error: self._failed(error, on_done))
-        worker.finished.connect(self._on_finished)
+        worker = background(write)
+        guard = self._lifetime.guard
+        worker.returned.connect(guard(lambda outcome: self._on_written(job, *outcome, on_done)))
+        worker.errored.connect(guard(lambda error: self._failed(error, on_done)))
+        worker.finished.connect(guard(self._on_finished))
         self._worker = worker
         self.export_button.enabled = False
         self.result_label.value = f"exporting '{name}'…"

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FloatSlider, PushButton, SpinBox
-from napari.qt.threading import thread_worker
 
 from ..mask_ops import Refinement, refine
 from . import dialogs
 from .proposal_layers import META_KEY, is_edited, replace_labels_data
+from .workers import WidgetLifetime, background
 
 DEBOUNCE_MS = 60
 
@@ -49,6 +49,7 @@ class RefineSection(Container):
         self.min_size.tooltip = "Remove foreground objects smaller than this many pixels"
         self.keep_largest.tooltip = "Keep only the largest foreground object"
         self._worker: Any = None
+        self._lifetime = WidgetLifetime(self.native)
         self._pending = False
         self._approved = False  # the user agreed to replace their edits in this gesture
         self._syncing = False
@@ -119,12 +120,13 @@ class RefineSection(Container):
                 return
         self._approved = True
         refinement = self.refinement()
-        worker = thread_worker(refine, start_thread=False)(
-            state["probability"], state["official_mask"], refinement
+        worker = background(refine, state["probability"], state["official_mask"], refinement)
+        guard = self._lifetime.guard
+        worker.returned.connect(
+            guard(lambda mask: self._on_refined(labels, state, refinement, mask))
         )
-        worker.returned.connect(lambda mask: self._on_refined(labels, state, refinement, mask))
-        worker.errored.connect(self.owner.report_error)
-        worker.finished.connect(self._on_finished)
+        worker.errored.connect(guard(self.owner.report_error))
+        worker.finished.connect(guard(self._on_finished))
         self._worker = worker
         self.owner.set_status("refining the mask…")
         worker.start()

@@ -152,6 +152,7 @@ class CloseGuard:
         self.section.loader.close(wait_s)  # a series still opening: its scan stops
         self.section.reader.reset()  # a file still being read reports to nobody
         self.section.stop_reading_scores()
+        self.section.stop_reading_proposal()
         self.section.prefetcher.close(wait_s=wait_s)
         self.section.shutdown_metrics()
 

@@ -13,6 +13,7 @@ from napari.utils.notifications import show_info
 from ..series import Status, export_record
 from ..series.review import quality_text
 from .proposal_layers import META_KEY
+from .workers import background
 
 
 def _stored_scores(store: Any, items: list[tuple[str, Any]]) -> dict[str, float]:
@@ -177,10 +178,10 @@ class SeriesDecisions:
         if store is None or not unscored:
             self._rank(unscored)
             return
-        worker = thread_worker(_stored_scores, start_thread=False)(
-            store, [(item.key, item.path) for item in unscored]
-        )
+        worker = background(_stored_scores, store, [(item.key, item.path) for item in unscored])
         worker.returned.connect(lambda found: self._on_stored_scores(worker, store, found))
+        # a store that cannot be read: the model scores every image instead
+        worker.errored.connect(lambda _error: self._on_stored_scores(worker, store, {}))
         worker.finished.connect(lambda: self._scores_read(worker))
         self._score_reader = worker
         self.rank_button.enabled = False

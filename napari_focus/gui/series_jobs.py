@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.qt.threading import thread_worker
 
 from ..ops.build import KINDS, first_build_ahead
 from ..predictor import FocusPredictor, Prediction
@@ -23,6 +22,7 @@ from ..series.prefetch import JobBoard
 from ..series.proposal_store import ProposalStore
 from ..series.resume import file_fingerprint
 from .job import LOADING, ModelKey, gui_message, import_ahead_of_layers, load_alone
+from .workers import background
 
 
 def model_id(key: ModelKey, tta: bool = False) -> str:
@@ -185,9 +185,9 @@ class Prefetcher:
         self._closed = False  # a close napari then cancelled (its own question) is over
         self._control = RunControl()
         self._left = threading.Event()
-        worker = thread_worker(_until_done, start_thread=False)(
-            self._left, key, predictor, self.board, self.store, self._control, self.tta,
-            self.load, self.decoded,
+        worker = background(
+            _until_done, self._left, key, predictor, self.board, self.store, self._control,
+            self.tta, self.load, self.decoded,
         )  # fmt: skip
         generation = self._generation
         worker.yielded.connect(lambda message: self._deliver(generation, message))

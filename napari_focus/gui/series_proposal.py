@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from napari.qt.threading import thread_worker
 
 from ..mask_ops import Refinement, refine
 from ..predictor import Prediction
@@ -29,6 +28,7 @@ from .series_layers import (
     lock_mask_layer,
     unlock_mask_layer,
 )
+from .workers import background
 
 #: what Accept and Reset say when the shown image has no proposal and none is coming
 NO_MODEL = "the model could not be loaded: {reason}"
@@ -127,17 +127,15 @@ class SeriesProposal:
     def _own_mask(self, item: Any, refinement: Refinement | None = None) -> Any:
         """The model's own mask of ``item`` (refined with ``refinement``) when it is in
         memory, else what reads the one stored in the series folder in a worker."""
-        files = self.decoded.files(item.key)
-        read_ahead = files is not None and files.proposal is not None
-        if read_ahead or self.cache.get(item.key) is not None:
-            known = self._known_prediction(item)
-            if known is None or refinement is None:
-                return None if known is None else known.mask
-            return ReadOnce(lambda: as_shown(known, refinement))
         try:
             self._use_model()  # proposals of other settings are not compared
         except ValueError:
             return None
+        if self.cache.get(item.key) is not None or self._read_ahead_current(item):
+            known = self._known_prediction(item)  # nothing read from disk here
+            if known is None or refinement is None:
+                return None if known is None else known.mask
+            return ReadOnce(lambda: as_shown(known, refinement))
         store, key, path = self.prefetcher.store, item.key, item.path
         if store is None:
             return None
@@ -168,6 +166,11 @@ class SeriesProposal:
         """The stored proposal is being read for Reset to proposal."""
         return getattr(self, "_reset_reader", None) is not None
 
+    def stop_reading_proposal(self) -> None:
+        """What the reader of a stored proposal still reports is not taken (napari
+        closes, the widget is deleted); it ends by itself after its file."""
+        self._reset_reader = None
+
     def reset_to_proposal(self, labels: Any) -> bool:
         """Reset to proposal on the series' mask of the shown image when it came from an
         autosave or a start mask: after one question, the model's proposal (from memory,
@@ -196,15 +199,8 @@ class SeriesProposal:
         self._resetting = item.key
         with contextlib.suppress(ValueError):  # no model chosen: said when none is found
             self._use_model()  # the store of the model chosen now
-        files = self.decoded.files(item.key)
         store = self.prefetcher.store
-        read_ahead = (
-            files is not None
-            and store is not None
-            and files.proposal_folder == store.folder
-            and still_current(files.proposal_stamp, store.path(item.key))
-        )
-        if self.cache.get(item.key) is not None or read_ahead:
+        if self.cache.get(item.key) is not None or self._read_ahead_current(item):
             prediction = self._known_prediction(item)  # nothing read from disk here
             if prediction is not None and self._fits(prediction):
                 self._show_reset(item, prediction)
@@ -215,12 +211,23 @@ class SeriesProposal:
         self._compute_for_reset(item)
         return True
 
+    def _read_ahead_current(self, item: Any) -> bool:
+        """Whether the stored proposal of ``item`` (or its absence) was read ahead with
+        the image from the current model's store and its file has not changed since."""
+        files, store = self.decoded.files(item.key), self.prefetcher.store
+        return (
+            files is not None
+            and store is not None
+            and files.proposal_folder == store.folder
+            and still_current(files.proposal_stamp, store.path(item.key))
+        )
+
     def _fits(self, prediction: Any) -> bool:
         labels = self._proposal_labels()
         return labels is not None and prediction.mask.shape == tuple(labels.data.shape[-2:])
 
     def _read_for_reset(self, item: Any, store: Any) -> None:
-        worker = thread_worker(read_stored, start_thread=False)(store, item.key, item.path)
+        worker = background(read_stored, store, item.key, item.path)
         worker.returned.connect(lambda found: self._on_reset_read(worker, item.key, found))
         worker.errored.connect(lambda _error: self._on_reset_read(worker, item.key, None))
         worker.finished.connect(lambda: self._reset_read_done(worker))

@@ -151,8 +151,11 @@ class SeriesSection(
         self.viewer.layers.events.removing.connect(self.close_guard.on_layer_removing)
 
     def _gone(self) -> None:
-        """The widget is deleted: a series still opening reports to nobody."""
+        """The widget is deleted: a series still opening, and a file still being read,
+        report to nobody."""
         self.loader.close(wait_s=0)
+        self.stop_reading_scores()
+        self.stop_reading_proposal()
         self.shutdown_metrics()
 
     def _tooltips(self) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
@@ -30,6 +29,7 @@ from ..run_control import Cancelled, RunControl
 from ..series import SeriesState, SeriesStateError, load_or_create
 from .fields import chosen_dir
 from .job import gui_message, import_ahead_of_layers
+from .workers import background
 
 #: how often the status line takes the count of images found while a series opens
 STAGE_TICK_MS = 200
@@ -121,9 +121,7 @@ class SeriesLoader:
                 on_done(*result)
 
         def start() -> None:
-            worker = thread_worker(load_series, start_thread=False)(
-                load, control, what, self._left
-            )
+            worker = background(load_series, load, control, what, self._left)
             worker.returned.connect(deliver)
             worker.errored.connect(lambda error: deliver((None, gui_message(error))))
             worker.finished.connect(self._on_finished)
@@ -288,6 +286,7 @@ class SeriesStarting:
         self.cache.clear()
         self.reader.reset()
         self.stop_reading_scores()
+        self.stop_reading_proposal()
         for kept in (self.decoded, self.scores, self.seconds):
             kept.clear()  # keyed by file name: another folder may have the same names
         self._awaiting = None

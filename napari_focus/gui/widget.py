@@ -14,7 +14,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, ProgressBar, PushButton
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 
 from . import dialogs
@@ -41,6 +40,7 @@ from .proposal_output import ProposalOutput
 from .series_close import UndockWatch
 from .shortcuts import bind_shortcuts
 from .triton_isolation import load_triton_isolated
+from .workers import background
 
 if TYPE_CHECKING:
     import napari
@@ -261,8 +261,8 @@ class FocusWidget(ProposalOutput, Container):
         from ..run_control import RunControl
 
         control = RunControl()
-        worker = thread_worker(run_job, start_thread=False)(
-            key, self.loaded_predictor(), planes, indices, self.tta.value, control,
+        worker = background(
+            run_job, key, self.loaded_predictor(), planes, indices, self.tta.value, control,
             self.model_section.shared_model.get,
         )  # fmt: skip
 
