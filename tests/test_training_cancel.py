@@ -147,6 +147,22 @@ def test_a_cancel_during_the_last_evaluation_writes_no_weights(
     assert resumed.output == out and log_rows(resumed.work_dir)[-1] == (STEPS, "eval")
 
 
+def test_a_cancel_in_the_baseline_evaluation_leaves_nothing_to_resume(
+    shapes_root: Path, tmp_path: Path, focus_reference: Path, monkeypatch
+) -> None:
+    """Cancelled before anything was done: no resume state, so the same run starts
+    again without --resume (it is not refused as replacing an unfinished run)."""
+    out = tmp_path / "tuned.safetensors"
+    cancel = CancelInStage(0, in_eval=True)
+    first = run_with(cancel, config(shapes_root, out, focus_reference), monkeypatch)
+    assert first.cancelled and first.step == 0 and first.started and not first.saved
+    assert not (first.work_dir / "resume.pt").exists() and not out.exists()
+
+    monkeypatch.undo()
+    again = train(config(shapes_root, out, focus_reference, steps=1))
+    assert again.output == out and not again.cancelled
+
+
 def test_the_backward_pass_stops_at_the_next_stage(focus_reference: Path, tmp_path) -> None:
     """A cancel after the forward pass stops the backward pass before it reaches the
     earlier stages: the weights there get no gradient (and no update)."""

@@ -342,3 +342,41 @@ def test_ctrl_c_stops_at_the_stage_and_resume_continues_from_the_step(
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err
     _, metadata = read_checkpoint(out)
     assert metadata["training_steps"] == "3"
+
+
+def test_ctrl_c_in_the_first_evaluation_leaves_nothing_to_resume(
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+) -> None:
+    """Ctrl-C while the base weights are first evaluated: nothing is saved, the message
+    says to run the same command again, and that command is not refused."""
+    import os
+    import signal
+
+    from napari_focus.training import loop
+
+    export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
+    out = tmp_path / "tuned.safetensors"
+    real_train = loop.train
+
+    def ctrl_c_in_the_baseline(config, progress, **how):
+        def progress_then_interrupt(update):
+            progress(update)
+            if update.phase == "eval" and update.step == 0 and update.metrics is None:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return real_train(config, progress=progress_then_interrupt, **how)
+
+    monkeypatch.setattr(loop, "train", ctrl_c_in_the_baseline)
+    args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
+            "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "1",
+            "--device", "cpu", "--preset", "cpu", "--crop", "96", "--quiet"]  # fmt: skip
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert ("interrupted before its first step was done, so nothing was saved; run the "
+            "same command again") in err  # fmt: skip
+    assert not (tmp_path / "tuned.training" / "resume.pt").exists()
+
+    monkeypatch.undo()
+    assert main(args) == 0, capsys.readouterr().err
+    assert out.is_file()

@@ -287,6 +287,12 @@ class ImproveSection(Container):
                 "the next Improve"
             )
             return
+        if result.cancelled and not result.saved:
+            self.status.value = (
+                "cancelled before its first step was done, so nothing was saved; Improve "
+                "starts the run again"
+            )
+            return
         if result.cancelled:
             # shown in the field, so that Improve continues this run, not a new one
             self.output.value = self._config.out

@@ -114,6 +114,11 @@ def describe_closed_run(config: Any, outcome: Any, *, ended: bool) -> str:
             f"napari closed while the base weights downloaded for {config.out.name}; the "
             "download continues from there with the next Improve"
         )
+    if not outcome.saved:
+        return (
+            f"napari closed: Improve stopped training {config.out.name} before its first "
+            "step was done, so nothing was saved; the next Improve starts it again"
+        )
     return (
         f"napari closed: Improve stopped training {config.out.name} at step {outcome.step} "
         f"of {config.steps}; its resume state is kept in {work_dir}, no weights were "

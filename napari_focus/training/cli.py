@@ -344,6 +344,10 @@ def run_train(args: argparse.Namespace) -> int:
         _say("interrupted while the base weights downloaded; run the same command again "
              "(the download continues from where it stopped)")
         return EXIT_INTERRUPTED
+    if result.cancelled and not result.saved:
+        _say("interrupted before its first step was done, so nothing was saved; run the "
+             "same command again")  # fmt: skip
+        return EXIT_INTERRUPTED
     if result.cancelled:
         _say(f"interrupted at step {result.step} of {args.steps}; the same command with "
              "`--resume` continues from there")

@@ -83,6 +83,7 @@ class TrainResult:
     history: list[dict]
     problems: tuple[str, ...] = ()
     started: bool = True  # False: cancelled while the base weights downloaded
+    saved: bool = True  # a cancelled run left a resume state (False: nothing to continue)
 
 
 class _Batches:
@@ -181,7 +182,8 @@ def train(
         base = load_base(config, downloading, cancel.is_set)
     except Cancelled:  # the download resumes with the next run
         report_progress(TrainProgress("cancelled", 0, config.steps, "cancelled"))
-        return replace(_result(None, True, RunState(), Path(config.work_dir)), started=False)
+        result = _result(None, True, RunState(), Path(config.work_dir))
+        return replace(result, started=False, saved=False)
     model = base.model.to(device)
     trainable = prepare_for_training(
         model, parts, checkpointing=checkpointing, backend=config.deform_attn_backend
@@ -251,6 +253,8 @@ def train(
     def checkpoint_state() -> None:
         if saved[0] == (run.step, len(run.history)):
             return  # a cancel right after a save (or a resume) has nothing new to keep
+        if run.step == 0 and not run.history:
+            return  # cancelled before the first step or evaluation ended: nothing to skip
         save_state(
             work_dir,
             run=run,
@@ -317,7 +321,7 @@ def train(
     except Cancelled:
         checkpoint_state()
         report_progress(TrainProgress("cancelled", run.step, config.steps, "cancelled"))
-        return _result(None, True, run, work_dir)
+        return replace(_result(None, True, run, work_dir), saved=has_saved_state(work_dir))
 
     if run.best_weights is not None:
         with torch.no_grad():
