@@ -241,21 +241,15 @@ def test_a_new_run_never_replaces_an_unfinished_one(
 def test_an_out_that_appears_during_training_is_kept_and_the_weights_go_beside_it(
     tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
 ) -> None:
-    from napari_focus.training import loop
 
     export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
     out = tmp_path / "tuned.safetensors"
-    real_train = loop.train
 
-    def someone_writes_out_meanwhile(config, progress, **how):
-        def progress_then_write(update):
-            if update.phase == "train" and not out.exists():
-                out.write_bytes(b"the user's own file")
-            progress(update)
+    def someone_writes_out_meanwhile(update):
+        if update.phase == "train" and not out.exists():
+            out.write_bytes(b"the user's own file")
 
-        return real_train(config, progress=progress_then_write, **how)
-
-    monkeypatch.setattr(loop, "train", someone_writes_out_meanwhile)
+    _after_each_report(monkeypatch, someone_writes_out_meanwhile)
     args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
             "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "2",
             "--device", "cpu", "--preset", "cpu", "--crop", "96", "--quiet"]  # fmt: skip
@@ -307,21 +301,15 @@ def test_ctrl_c_stops_at_the_stage_and_resume_continues_from_the_step(
     import os
     import signal
 
-    from napari_focus.training import loop
 
     export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
     out = tmp_path / "tuned.safetensors"
-    real_train = loop.train
 
-    def ctrl_c_after_step_1(config, progress, **how):
-        def progress_then_interrupt(update):
-            progress(update)
-            if update.phase == "train" and update.step == 1:
-                os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends
+    def ctrl_c_after_step_1(update):
+        if update.phase == "train" and update.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends
 
-        return real_train(config, progress=progress_then_interrupt, **how)
-
-    monkeypatch.setattr(loop, "train", ctrl_c_after_step_1)
+    _after_each_report(monkeypatch, ctrl_c_after_step_1)
     handler = signal.getsignal(signal.SIGINT)
     args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
             "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "3",
@@ -352,21 +340,15 @@ def test_ctrl_c_in_the_first_evaluation_leaves_nothing_to_resume(
     import os
     import signal
 
-    from napari_focus.training import loop
 
     export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
     out = tmp_path / "tuned.safetensors"
-    real_train = loop.train
 
-    def ctrl_c_in_the_baseline(config, progress, **how):
-        def progress_then_interrupt(update):
-            progress(update)
-            if update.phase == "eval" and update.step == 0 and update.metrics is None:
-                os.kill(os.getpid(), signal.SIGINT)
+    def ctrl_c_in_the_baseline(update):
+        if update.phase == "eval" and update.step == 0 and update.metrics is None:
+            os.kill(os.getpid(), signal.SIGINT)
 
-        return real_train(config, progress=progress_then_interrupt, **how)
-
-    monkeypatch.setattr(loop, "train", ctrl_c_in_the_baseline)
+    _after_each_report(monkeypatch, ctrl_c_in_the_baseline)
     args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
             "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "1",
             "--device", "cpu", "--preset", "cpu", "--crop", "96", "--quiet"]  # fmt: skip
@@ -380,3 +362,19 @@ def test_ctrl_c_in_the_first_evaluation_leaves_nothing_to_resume(
     monkeypatch.undo()
     assert main(args) == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+def _after_each_report(monkeypatch, action) -> None:
+    """The CLI's training calls ``action(update)`` after each progress report."""
+    from napari_focus.training import loop
+
+    real_train = loop.train
+
+    def watched(config, progress, **how):
+        def report(update):
+            progress(update)
+            action(update)
+
+        return real_train(config, progress=report, **how)
+
+    monkeypatch.setattr(loop, "train", watched)

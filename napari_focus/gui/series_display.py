@@ -144,13 +144,8 @@ class SeriesDisplay:
     def _stored_proposal(self, item: Any) -> tuple[Prediction, float] | None:
         """The proposal kept in the series folder: read ahead with the image when its file
         is still the one read, else read now."""
-        files, store = self.decoded.files(item.key), self.prefetcher.store
-        if (
-            files is not None
-            and store is not None
-            and files.proposal_folder == store.folder
-            and still_current(files.proposal_stamp, store.path(item.key))
-        ):
+        if self._read_ahead_current(item):
+            files = self.decoded.files(item.key)
             stored = files.proposal
             if stored is None:
                 return None
@@ -160,6 +155,17 @@ class SeriesDisplay:
             )
             return Prediction(probability=stored.probability, mask=stored.mask), stored.uncertainty
         return self.prefetcher.load_stored(item.key, item.path)
+
+    def _read_ahead_current(self, item: Any) -> bool:
+        """Whether the stored proposal of ``item`` (or its absence) was read ahead with
+        the image from the current model's store and its file has not changed since."""
+        files, store = self.decoded.files(item.key), self.prefetcher.store
+        return (
+            files is not None
+            and store is not None
+            and files.proposal_folder == store.folder
+            and still_current(files.proposal_stamp, store.path(item.key))
+        )
 
     def _start_masks_folder(self) -> Path | None:
         folder = chosen_dir(self.references.value)

@@ -17,7 +17,6 @@ import numpy as np
 from ..mask_ops import Refinement, refine
 from ..predictor import Prediction
 from ..series import Status
-from ..series.item_files import still_current
 from . import dialogs
 from .proposal_layers import is_edited
 from .series_layers import (
@@ -210,17 +209,6 @@ class SeriesProposal:
             return True
         self._compute_for_reset(item)
         return True
-
-    def _read_ahead_current(self, item: Any) -> bool:
-        """Whether the stored proposal of ``item`` (or its absence) was read ahead with
-        the image from the current model's store and its file has not changed since."""
-        files, store = self.decoded.files(item.key), self.prefetcher.store
-        return (
-            files is not None
-            and store is not None
-            and files.proposal_folder == store.folder
-            and still_current(files.proposal_stamp, store.path(item.key))
-        )
 
     def _fits(self, prediction: Any) -> bool:
         labels = self._proposal_labels()
