@@ -203,6 +203,27 @@ def test_a_failed_background_write_is_said_and_its_edits_kept(
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
 
 
+def test_opening_another_folder_with_edits_that_cannot_be_saved_changes_nothing(
+    qtbot, open_series, open_focus_widget, folder, writes, series_errors, tmp_path, monkeypatch
+):
+    """The edits on screen cannot be written: the other folder is not opened, and the
+    Series tab's fields still name the series on screen."""
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)  # napari closes at the end
+    viewer, _widget, series = _open(open_series, open_focus_widget, qtbot, folder)
+    placeholder = series.output.line_edit.native.placeholderText()
+    edited = _paint(viewer, slice(5, 30), slice(5, 30))
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(other / "a.png")
+    writes.full = True
+    series.open(other)
+    assert series.shown_key == "img0.png" and not series.busy
+    assert "Your edits are still in the viewer" in series_errors[-1]
+    assert series.folder.value == folder
+    assert series.output.line_edit.native.placeholderText() == placeholder
+    np.testing.assert_array_equal(_shown_mask(viewer), edited)
+
+
 @pytest.mark.parametrize("closing", ["the dock's ×", "napari"])
 def test_closing_writes_the_edits_left(
     qtbot, open_series, open_focus_widget, folder, writes, closing

@@ -208,17 +208,21 @@ class SeriesStarting:
             what = "does not exist" if not chosen.exists() else "is a file, not a folder"
             self._error(f"'{chosen}' {what}; choose a folder of images under 'image folder'")
             return
-        self.folder.value = chosen
         output = chosen_dir(self.output.value) or chosen / "napari_focus"
-        # the series folder in use, shown while its field is empty
-        self.output.line_edit.native.setPlaceholderText(str(output.absolute()))
         recursive, pattern = self.recursive.value, self.pattern.value.strip() or None
+
+        def shown() -> None:  # the image on screen was left: the fields name the new one
+            self.folder.value = chosen
+            # the series folder in use, shown while its field is empty
+            self.output.line_edit.native.setPlaceholderText(str(output.absolute()))
+
         self._start(
             lambda found: load_or_create(
                 output, chosen, recursive=recursive, pattern=pattern, found=found
             ),
             f"opening {chosen}",
             f"no images in '{chosen}'",
+            on_left=shown,
         )
 
     def open_layers(self) -> None:
@@ -250,9 +254,13 @@ class SeriesStarting:
         self.owner.set_status(f"cancelled opening the series{kept}")
         return True
 
-    def _start(self, load: Any, what: str, empty_message: str) -> None:
+    def _start(
+        self, load: Any, what: str, empty_message: str, on_left: Callable[[], None] | None = None
+    ) -> None:
         if not self.leave_current(wait=True):
-            return  # the edits on screen could not be saved: that image stays
+            return  # the edits on screen could not be saved: that image and its fields stay
+        if on_left is not None:
+            on_left()
         self.close_guard.install()  # closing napari meanwhile stops the worker
         self.open_button.enabled = self.layers_button.enabled = False
         self.loader.load(load, what, lambda state, error: self._loaded(state, error, empty_message))
