@@ -14,6 +14,8 @@ pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
+from napari_focus.gui import dialogs  # noqa: E402
+
 WAIT_MS = 900_000
 
 
@@ -146,8 +148,8 @@ def _small_run(widget, root: Path, out: Path, steps: int) -> None:
     improve.output.value = out
 
 
-def test_improve_after_cancel_continues_the_run_and_keeps_it_on_other_data(
-    qtbot, open_focus_widget, tmp_path: Path
+def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discard_it(
+    qtbot, open_focus_widget, tmp_path: Path, monkeypatch
 ) -> None:
     _, widget = open_focus_widget()
     root = tmp_path / "datasets"
@@ -169,6 +171,8 @@ def test_improve_after_cancel_continues_the_run_and_keeps_it_on_other_data(
 
     late = shape_sample(np.random.default_rng(11), 48)
     export_sample(root, "duts-tr", "late", *late)  # a correction exported meanwhile
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
     improve.improve_button.clicked.emit()
     assert improve.status.value == "continuing the cancelled run of tuned.safetensors…"
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
@@ -176,7 +180,16 @@ def test_improve_after_cancel_continues_the_run_and_keeps_it_on_other_data(
             "data or settings (then -> now: exported samples 4 -> 5") in improve.status.value
     assert "set them back to continue it" in improve.status.value  # fmt: skip
     assert "'new weights'" in improve.status.value
-    assert state.read_bytes() == saved and not out.exists()
+    assert state.read_bytes() == saved and not out.exists()  # "No": the run is kept
+    assert len(questions) == 1 and questions[0].startswith("The cancelled run of tuned")
+    assert questions[0].endswith(
+        "Discard the cancelled run and start a new run into tuned.safetensors?"
+    )
+
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
+    improve.improve_button.clicked.emit()  # "Yes": a new run on the 5 samples
+    qtbot.waitUntil(lambda: not improve.running and out.exists(), timeout=WAIT_MS)
+    assert improve.status.value.startswith("done: ") and not state.exists()
 
 
 def test_closing_napari_while_improve_runs_keeps_the_run(

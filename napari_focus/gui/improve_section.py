@@ -33,7 +33,9 @@ from napari.utils.notifications import show_error, show_info
 from ..quality import require_metrics
 from ..training.cli import PRESET_NAMES
 from ..training.config import DEFAULT_STEPS
+from . import dialogs
 from .fields import chosen_dir
+from .improve_messages import restart_question, training_error_text
 from .improve_watch import TrainingWatch
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
@@ -178,10 +180,11 @@ class ImproveSection(Container):
         )
         self.use_new_button.tooltip = "Switch the Model tab to the weights just trained"
         self.use_previous_button.tooltip = "Switch back to the weights used before"
-        self.improve_button.changed.connect(self.start)
+        self.improve_button.changed.connect(lambda *_: self.start())
         self.cancel_button.changed.connect(self.cancel)
         # napari closing mid-run: the child stops after its step and saves its resume state
         self._closed = False
+        self._restart = False  # the user chose to discard the cancelled run
         self.native.destroyed.connect(self._on_closed)
         self.use_new_button.changed.connect(self.use_new_weights)
         self.use_previous_button.changed.connect(self.use_previous_weights)
@@ -191,7 +194,7 @@ class ImproveSection(Container):
     def running(self) -> bool:
         return self._worker is not None
 
-    def build_config(self) -> Any:
+    def build_config(self, restart: bool = False) -> Any:
         from ..training import TrainConfig
 
         root, layout = self.host.training_data()
@@ -221,16 +224,19 @@ class ImproveSection(Container):
             size=base.size, task=base.task, steps=self.steps.value, device=base.device,
             preset=self.preset.value, canvas=self.crop.value or None,
             lr=self.learning_rate.value, select_metric=self.keep.value,
-            # a run cancelled into this file continues where it stopped: never replaced
-            resume=has_saved_state(out.parent / f"{out.stem}.training"),
+            # a run cancelled into this file continues where it stopped, unless discarded
+            resume=not restart and has_saved_state(out.parent / f"{out.stem}.training"),
+            restart=restart,
         )  # fmt: skip
 
-    def start(self) -> None:
+    def start(self, restart: bool = False) -> None:
+        """Improve; with ``restart``, the cancelled run saved for the output is
+        discarded and a new one starts."""
         if self._worker is not None:
             return
         try:
             require_metrics()  # every evaluation of the run scores with them
-            config = self.build_config()
+            config = self.build_config(restart)
         except (ImportError, ValueError) as error:
             self._error(str(error))
             return
@@ -279,7 +285,12 @@ class ImproveSection(Container):
         if self._closed:
             return
         if error is not None:
-            self._error(f"training failed: {self._error_text(error)}")
+            text = self._error_text(error)
+            question = restart_question(error, text, self._config.out.name)
+            if question is not None and dialogs.ask_yes_no(self.native, question):
+                self._restart = True  # once this worker has finished
+                return
+            self._error(f"training failed: {text}")
             return
         if result.cancelled and not result.started:
             self.status.value = (
@@ -322,29 +333,7 @@ class ImproveSection(Container):
         show_info(f"FOCUS: new weights {result.output} ({gain})")
 
     def _error_text(self, error: BaseException) -> str:
-        from ..training.state import ResumeMismatchError, UnreadableStateError
-
-        if isinstance(error, ResumeMismatchError):
-            skip = ("warmup", "eval_every") if "steps" in error.differing else ()
-            return (
-                f"the cancelled run of {self._config.out.name} was on other training data "
-                f"or settings (then -> now: {error.describe(_SETTING_LABELS, skip)}); set "
-                f"them back to continue it, or choose another file under "
-                f"'{self.output.label}' to start a new run (the cancelled one is kept)"
-            )
-        if isinstance(error, UnreadableStateError):
-            return (
-                f"the cancelled run of {self._config.out.name} cannot be continued "
-                f"({error.reason}); choose another file under '{self.output.label}' to "
-                "start a new run"
-            )
-        from ..checkpoint_identity import HubFileMismatch
-        from ..checkpoints import CheckpointNotAvailable
-        from .job import gui_message
-
-        if isinstance(error, CheckpointNotAvailable | HubFileMismatch):
-            return gui_message(error)  # official weights not at hand: the Model tab's words
-        return str(error)
+        return training_error_text(error, self._config.out.name, self.output.label)
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -353,6 +342,9 @@ class ImproveSection(Container):
         if self._watch.aborted and self._watch.outcome is not None:  # napari's task list
             self._on_returned(self._watch.outcome)  # cancelled it: said as for Cancel
         self.improve_button.enabled, self.cancel_button.enabled = True, False
+        if self._restart:
+            self._restart = False
+            self.start(restart=True)
 
     # -------------------------------------------------------------- switching
     def use_new_weights(self) -> None:
@@ -376,16 +368,6 @@ class ImproveSection(Container):
     def _error(self, message: str) -> None:
         self.status.value = f"error: {message}"
         show_error(f"FOCUS improve: {message}")
-
-
-# the settings a continued run shares with the cancelled one, in this section's words
-_SETTING_LABELS = {
-    "base": "base weights (Model tab)", "parts": "hardware preset (trained parts)",
-    "batch_size": "batch size (hardware preset)", "canvas": "crop", "seed": "seed",
-    "steps": "steps", "warmup": "warm-up steps", "lr": "learning rate",
-    "eval_every": "validation period", "select_metric": "keep best",
-    "validation": "held-out images", "data": "exported samples",
-}  # fmt: skip
 
 
 def for_focus_widget(owner: Any) -> ImproveSection:
