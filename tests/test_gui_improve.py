@@ -181,10 +181,12 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
     assert "set them back to continue it" in improve.status.value  # fmt: skip
     assert "'new weights'" in improve.status.value
     assert state.read_bytes() == saved and not out.exists()  # "No": the run is kept
-    assert len(questions) == 1 and questions[0].startswith("The cancelled run of tuned")
-    assert questions[0].endswith(
-        "Discard the cancelled run and start a new run into tuned.safetensors?"
-    )
+    assert questions == [
+        "The cancelled run of tuned.safetensors was on other training data or settings "
+        "(then -> now: exported samples 4 -> 5), so Improve cannot continue it.\n\nDiscard "
+        "it and start a new run into tuned.safetensors? (No keeps it: set the data and "
+        "settings back to continue it, or choose another file under 'new weights'.)"
+    ]
 
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
     improve.improve_button.clicked.emit()  # "Yes": a new run on the 5 samples

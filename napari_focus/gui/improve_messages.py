@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # the settings a continued run shares with the cancelled one, in the Improve tab's words
 SETTING_LABELS = {
     "base": "base weights (Model tab)", "parts": "hardware preset (trained parts)",
@@ -17,10 +19,9 @@ def training_error_text(error: BaseException, out_name: str, output_label: str) 
     from ..training.state import ResumeMismatchError, UnreadableStateError
 
     if isinstance(error, ResumeMismatchError):
-        skip = ("warmup", "eval_every") if "steps" in error.differing else ()
         return (
             f"the cancelled run of {out_name} was on other training data or settings "
-            f"(then -> now: {error.describe(SETTING_LABELS, skip)}); set them back to "
+            f"(then -> now: {_what_changed(error)}); set them back to "
             f"continue it, or choose another file under '{output_label}' to start a new "
             "run (the cancelled one is kept)"
         )
@@ -38,14 +39,25 @@ def training_error_text(error: BaseException, out_name: str, output_label: str) 
     return str(error)
 
 
-def restart_question(error: BaseException, text: str, out_name: str) -> str | None:
+def restart_question(error: BaseException, out_name: str, output_label: str) -> str | None:
     """The question that offers to discard the cancelled run ``error`` could not
     continue and to start a new one into the same file; None for other errors."""
     from ..training.state import ResumeMismatchError, UnreadableStateError
 
-    if not isinstance(error, ResumeMismatchError | UnreadableStateError):
+    if isinstance(error, ResumeMismatchError):
+        why = f"was on other training data or settings (then -> now: {_what_changed(error)})"
+    elif isinstance(error, UnreadableStateError):
+        why = f"cannot be read ({error.reason})"
+    else:
         return None
     return (
-        f"{text[0].upper()}{text[1:]}.\n\nDiscard the cancelled run and start a new run "
-        f"into {out_name}?"
+        f"The cancelled run of {out_name} {why}, so Improve cannot continue it.\n\n"
+        f"Discard it and start a new run into {out_name}? (No keeps it: set the data and "
+        f"settings back to continue it, or choose another file under '{output_label}'.)"
     )
+
+
+def _what_changed(error: Any) -> str:
+    """The settings of a ``ResumeMismatchError`` that differ, then -> now."""
+    skip = ("warmup", "eval_every") if "steps" in error.differing else ()  # follow steps
+    return error.describe(SETTING_LABELS, skip)

@@ -286,7 +286,7 @@ class ImproveSection(Container):
             return
         if error is not None:
             text = self._error_text(error)
-            question = restart_question(error, text, self._config.out.name)
+            question = restart_question(error, self._config.out.name, self.output.label)
             if question is not None and dialogs.ask_yes_no(self.native, question):
                 self._restart = True  # once this worker has finished
                 return
