@@ -95,6 +95,39 @@ def test_worker_writes_the_others_and_prepares_outside_its_lock(
     assert rows["seconds"][0] > 0 and np.isnan(rows["uncertainty"][1])
 
 
+def test_an_overwrite_cut_short_leaves_no_row_for_the_old_mask(
+    tiny_checkpoint, photos, monkeypatch, tmp_path
+):
+    """--overwrite, the worker killed between the journal row and the new mask: the old
+    mask is gone, so the row (the new mask's scores) vouches for no file; the next run
+    predicts that image again."""
+    import time
+
+    from napari_focus import io
+    from napari_focus.distributed import journal
+
+    old = tmp_path / "a.png"
+    old.write_bytes(b"the mask of an earlier run")
+    folder = tmp_path / journal.JOURNAL_FOLDER / "run"
+    settings = WorkerSettings(task="sod", weights=str(tiny_checkpoint), overwrite=True,
+                              run_started_ns=time.time_ns(), journal=str(folder))  # fmt: skip
+    worker = FocusWorker(settings.as_dict())
+
+    def killed(_path, _mask):
+        raise KeyboardInterrupt  # as the worker's process ends mid-write
+
+    monkeypatch.setattr(io, "write_mask", killed)
+    batch = {
+        "source": ["/in/a.png"], "name": ["a"], "mask": [str(old)], "probability": [""],
+        "pixels": [np.ascontiguousarray(photos[0]).tobytes()],
+        "height": [photos[0].shape[0]], "width": [photos[0].shape[1]], "error": [""],
+    }  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        worker(batch)
+    assert len(list(folder.glob("*.jsonl"))) == 1  # the row was journaled
+    assert not old.exists() and journal.read_rows([folder]) == []
+
+
 def test_running_out_of_memory_is_said_in_words_not_allocator_statistics() -> None:
     import torch
 

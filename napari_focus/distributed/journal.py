@@ -1,7 +1,8 @@
 """The result journal of a distributed run: each worker appends an image's manifest row
 just before writing its outputs, so that a mask on disk has its scores even when the
 driver never received the row (a run stopped by Ctrl-C, a killed driver). A row counts
-only while its outputs are on disk (a worker killed between the two wrote none).
+only while its outputs are on disk (a worker killed between the two wrote none; an
+output it replaces, with --overwrite, is removed before the row is appended).
 
 Layout: ``OUT/.napari_focus_results/<run>/<host id>-<pid>.jsonl``, one JSON object a
 line, one file per worker process; ``<run>`` is ``<host id>-<driver pid>-<ns>``. A run
