@@ -98,9 +98,10 @@ def test_worker_writes_the_others_and_prepares_outside_its_lock(
 def test_an_overwrite_cut_short_leaves_no_row_for_the_old_mask(
     tiny_checkpoint, photos, monkeypatch, tmp_path
 ):
-    """--overwrite, the worker killed between the journal row and the new mask: the old
-    mask is gone, so the row (the new mask's scores) vouches for no file; the next run
-    predicts that image again."""
+    """--overwrite, the worker killed between the journal row and the new mask: the row
+    (the new mask's scores) does not vouch for the old mask, which stays as it was; the
+    next run predicts that image again."""
+    import os
     import time
 
     from napari_focus import io
@@ -108,6 +109,8 @@ def test_an_overwrite_cut_short_leaves_no_row_for_the_old_mask(
 
     old = tmp_path / "a.png"
     old.write_bytes(b"the mask of an earlier run")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
     folder = tmp_path / journal.JOURNAL_FOLDER / "run"
     settings = WorkerSettings(task="sod", weights=str(tiny_checkpoint), overwrite=True,
                               run_started_ns=time.time_ns(), journal=str(folder))  # fmt: skip
@@ -125,7 +128,8 @@ def test_an_overwrite_cut_short_leaves_no_row_for_the_old_mask(
     with pytest.raises(KeyboardInterrupt):
         worker(batch)
     assert len(list(folder.glob("*.jsonl"))) == 1  # the row was journaled
-    assert not old.exists() and journal.read_rows([folder]) == []
+    assert journal.read_rows([folder]) == []
+    assert old.read_bytes() == b"the mask of an earlier run"
 
 
 def test_running_out_of_memory_is_said_in_words_not_allocator_statistics() -> None:

@@ -1,8 +1,8 @@
 """The result journal of a distributed run: each worker appends an image's manifest row
 just before writing its outputs, so that a mask on disk has its scores even when the
 driver never received the row (a run stopped by Ctrl-C, a killed driver). A row counts
-only while its outputs are on disk (a worker killed between the two wrote none; an
-output it replaces, with --overwrite, is removed before the row is appended).
+only while its outputs are on disk (a worker killed between the two wrote none) and,
+with --overwrite, were written since the run started (not the outputs they replace).
 
 Layout: ``OUT/.napari_focus_results/<run>/<host id>-<pid>.jsonl``, one JSON object a
 line, one file per worker process; ``<run>`` is ``<host id>-<driver pid>-<ns>``. A run
@@ -30,6 +30,8 @@ from ..atomic import host_id
 
 JOURNAL_FOLDER = ".napari_focus_results"
 STOP_NAME = "stop"
+#: a row's outputs count when modified at or after this storage time (ns; 0: any)
+WRITTEN_SINCE = "written_since_ns"
 STAYING = "workers on a cluster that stays up\n"  # the stop file's text when they may go on
 #: a journal of another host's run is left alone until it is this old
 STALE_AFTER_S = 24 * 3600
@@ -71,8 +73,17 @@ def _plain(value: Any) -> Any:
 
 
 def outputs_exist(row: Mapping[str, Any]) -> bool:
-    """Whether the outputs a journaled row names are all on disk."""
-    return all(os.path.isfile(str(row[c])) for c in ("mask", "probability") if row.get(c))
+    """Whether the outputs a journaled row names are all on disk (written since the
+    row's ``WRITTEN_SINCE``, where it has one)."""
+    since = row.get(WRITTEN_SINCE) or 0
+    for column in ("mask", "probability"):
+        if row.get(column):
+            try:
+                if os.stat(str(row[column])).st_mtime_ns < since:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
 def read_rows(folders: Iterable[Path]) -> list[dict[str, Any]]:

@@ -165,16 +165,17 @@ class FocusWorker:
             writes.append((row["probability"], write_probability, prediction.probability))
         row["uncertainty"] = uncertainty(prediction.probability)
         row["foreground"] = float(np.count_nonzero(prediction.mask)) / prediction.mask.size
-        writes = [(path, write, data) for path, write, data in writes
-                  if _needs_write(path, self.settings)]  # fmt: skip
         if self.settings.journal:  # first: an output on disk always has its row there
-            for path, _, _ in writes:  # an output replaced (overwrite): the row is not its
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            # an output this replaces (overwrite) is not the row's until rewritten
+            since = self.settings.run_started_ns if self.settings.overwrite else 0
             with contextlib.suppress(OSError):
-                journal.append(self.settings.journal, {**row, "status": "written"})
+                journal.append(
+                    self.settings.journal,
+                    {**row, "status": "written", journal.WRITTEN_SINCE: since},
+                )
         for path, write, data in writes:
-            write(path, data)
+            if _needs_write(path, self.settings):
+                write(path, data)
         row["status"] = "written"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
