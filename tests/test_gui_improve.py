@@ -172,7 +172,14 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
     late = shape_sample(np.random.default_rng(11), 48)
     export_sample(root, "duts-tr", "late", *late)  # a correction exported meanwhile
     questions: list[str] = []
-    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
+    answers = iter([False, True])
+
+    def answer(_parent, question):
+        questions.append(question)
+        qtbot.wait(200)  # as a modal dialog does, the events waiting meanwhile run
+        return next(answers)
+
+    monkeypatch.setattr(dialogs, "ask_yes_no", answer)
     improve.improve_button.clicked.emit()
     assert improve.status.value == "continuing the cancelled run of tuned.safetensors…"
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
@@ -188,9 +195,9 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
         "settings back to continue it, or choose another file under 'new weights'.)"
     ]
 
-    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)
-    improve.improve_button.clicked.emit()  # "Yes": a new run on the 5 samples
-    qtbot.waitUntil(lambda: not improve.running and out.exists(), timeout=WAIT_MS)
+    improve.improve_button.clicked.emit()  # asked again; "Yes": a new run on 5 samples
+    qtbot.waitUntil(lambda: out.exists() and not improve.running, timeout=WAIT_MS)
+    assert len(questions) == 2 and questions[1] == questions[0]
     assert improve.status.value.startswith("done: ") and not state.exists()
 
 

@@ -184,7 +184,7 @@ class ImproveSection(Container):
         self.cancel_button.changed.connect(self.cancel)
         # napari closing mid-run: the child stops after its step and saves its resume state
         self._closed = False
-        self._restart = False  # the user chose to discard the cancelled run
+        self._offer_restart: tuple[str, str] | None = None  # (question, error text)
         self.native.destroyed.connect(self._on_closed)
         self.use_new_button.changed.connect(self.use_new_weights)
         self.use_previous_button.changed.connect(self.use_previous_weights)
@@ -287,8 +287,8 @@ class ImproveSection(Container):
         if error is not None:
             text = self._error_text(error)
             question = restart_question(error, self._config.out.name, self.output.label)
-            if question is not None and dialogs.ask_yes_no(self.native, question):
-                self._restart = True  # once this worker has finished
+            if question is not None:  # asked once the worker has finished (a modal
+                self._offer_restart = (question, text)  # dialog runs its events)
                 return
             self._error(f"training failed: {text}")
             return
@@ -342,9 +342,13 @@ class ImproveSection(Container):
         if self._watch.aborted and self._watch.outcome is not None:  # napari's task list
             self._on_returned(self._watch.outcome)  # cancelled it: said as for Cancel
         self.improve_button.enabled, self.cancel_button.enabled = True, False
-        if self._restart:
-            self._restart = False
-            self.start(restart=True)
+        offer, self._offer_restart = self._offer_restart, None
+        if offer is not None:
+            question, text = offer
+            if dialogs.ask_yes_no(self.native, question):
+                self.start(restart=True)
+            else:
+                self._error(f"training failed: {text}")
 
     # -------------------------------------------------------------- switching
     def use_new_weights(self) -> None:
