@@ -162,6 +162,8 @@ def test_cancel_stops_the_scan_and_keeps_the_series_shown(
     assert not (large / "napari_focus" / STATE_NAME).exists()
     assert series.state is state and series.shown_key == "small0000.png"
     assert widget.status.value == "cancelled opening the series; the one shown stays"
+    assert series.folder.value == state.output_folder.parent  # the fields name the shown one
+    assert series.output.line_edit.native.placeholderText().endswith("small/napari_focus")
 
 
 def test_the_folder_chosen_last_is_the_one_opened(

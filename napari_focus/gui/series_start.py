@@ -211,7 +211,7 @@ class SeriesStarting:
         output = chosen_dir(self.output.value) or chosen / "napari_focus"
         recursive, pattern = self.recursive.value, self.pattern.value.strip() or None
 
-        def shown() -> None:  # the image on screen was left: the fields name the new one
+        def shown() -> None:  # the new series is on screen: the fields name it
             self.folder.value = chosen
             # the series folder in use, shown while its field is empty
             self.output.line_edit.native.setPlaceholderText(str(output.absolute()))
@@ -222,7 +222,7 @@ class SeriesStarting:
             ),
             f"opening {chosen}",
             f"no images in '{chosen}'",
-            on_left=shown,
+            on_shown=shown,
         )
 
     def open_layers(self) -> None:
@@ -255,23 +255,30 @@ class SeriesStarting:
         return True
 
     def _start(
-        self, load: Any, what: str, empty_message: str, on_left: Callable[[], None] | None = None
+        self, load: Any, what: str, empty_message: str, on_shown: Callable[[], None] | None = None
     ) -> None:
         if not self.leave_current(wait=True):
-            return  # the edits on screen could not be saved: that image and its fields stay
-        if on_left is not None:
-            on_left()
+            return  # the edits on screen could not be saved: that image stays
         self.close_guard.install()  # closing napari meanwhile stops the worker
         self.open_button.enabled = self.layers_button.enabled = False
-        self.loader.load(load, what, lambda state, error: self._loaded(state, error, empty_message))
+        self.loader.load(
+            load, what, lambda state, error: self._loaded(state, error, empty_message, on_shown)
+        )
         self.owner.update_enabled()  # Cancel stops it
 
     def _opening_ended(self) -> None:
         self.open_button.enabled = self.layers_button.enabled = True
         self.owner.update_enabled()
 
-    def _loaded(self, state: SeriesState | None, error: str | None, empty_message: str) -> None:
-        """The series loaded by the worker (GUI thread): show its current image."""
+    def _loaded(
+        self,
+        state: SeriesState | None,
+        error: str | None,
+        empty_message: str,
+        on_shown: Callable[[], None] | None = None,
+    ) -> None:
+        """The series loaded by the worker (GUI thread): show its current image (then
+        ``on_shown``); a series not loaded leaves the one on screen, and its fields."""
         self._opening_ended()
         if error is not None:
             self._error(error)
@@ -291,6 +298,8 @@ class SeriesStarting:
         if not self.leave_current(wait=True):
             return  # edited while the series opened, and these edits cannot be saved
         self.state = state
+        if on_shown is not None:
+            on_shown()
         self.cache.clear()
         self.reader.reset()
         self.stop_reading_scores()

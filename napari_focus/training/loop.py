@@ -321,7 +321,9 @@ def train(
     except Cancelled:
         checkpoint_state()
         report_progress(TrainProgress("cancelled", run.step, config.steps, "cancelled"))
-        return replace(_result(None, True, run, work_dir), saved=has_saved_state(work_dir))
+        # saved: by this run, or by the run it resumes (not an older run's state in the
+        # work folder, which an overwrite leaves)
+        return replace(_result(None, True, run, work_dir), saved=saved[0] is not None)
 
     if run.best_weights is not None:
         with torch.no_grad():
