@@ -167,6 +167,23 @@ def open_series(qtbot):
 
 
 @pytest.fixture
+def shown_series(qtbot, open_series, open_focus_widget):
+    """``show(folder)``: a new napari whose FOCUS widget's Series tab (no proposals
+    computed ahead) opened ``folder``, once its first proposal is on screen; returns
+    ``(viewer, widget, series)``."""
+
+    def show(folder, timeout: int = 120_000) -> tuple:
+        viewer, widget = open_focus_widget()
+        series = widget.series
+        series.prefetch.value = False
+        open_series(series, folder)
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=timeout)
+        return viewer, widget, series
+
+    return show
+
+
+@pytest.fixture
 def photo_crops(tmp_path, focus_reference):
     """``make(count)``: a folder ``images`` of ``count`` 96x64 crops of the reference
     photo, ``img0.png``, ``img1.png``..., each shifted 20 pixels from the one before."""

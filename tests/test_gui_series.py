@@ -130,7 +130,7 @@ def test_order_by_uncertainty_scores_every_image(
 
 
 def test_closing_napari_while_the_stored_scores_are_read(
-    qtbot, open_series, open_focus_widget, folder, predict_threads, monkeypatch
+    qtbot, shown_series, folder, predict_threads, monkeypatch
 ):
     """Order by uncertainty reads the stored scores in a worker; napari closed meanwhile,
     what it reads afterwards starts nothing (no proposals for a closed viewer)."""
@@ -149,11 +149,7 @@ def test_closing_napari_while_the_stored_scores_are_read(
             last_read.set()
         return real(store, key, source)
 
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer, _widget, series = shown_series(folder)
     series.scores.clear()  # as before any proposal: every image's score is read
     computed = len(predict_threads)
     monkeypatch.setattr(ProposalStore, "uncertainty", slow_read)
@@ -168,18 +164,14 @@ def test_closing_napari_while_the_stored_scores_are_read(
 
 
 def test_order_by_uncertainty_scores_with_the_model_when_the_store_cannot_be_read(
-    qtbot, open_series, open_focus_widget, folder, monkeypatch
+    qtbot, shown_series, folder, monkeypatch
 ):
     from napari_focus.gui import series_decisions
 
     def unreadable(store, items):
         raise MemoryError("the stored scores could not be read")
 
-    _viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    _viewer, widget, series = shown_series(folder)
     monkeypatch.setattr(series_decisions, "_stored_scores", unreadable)
     series.order_by_uncertainty()  # the shown image is scored, the other four are not
     qtbot.waitUntil(lambda: not series.busy and len(series.scores) == 5, timeout=WAIT_MS)
@@ -188,17 +180,13 @@ def test_order_by_uncertainty_scores_with_the_model_when_the_store_cannot_be_rea
 
 
 def test_accept_of_autosaved_edits_compares_the_stored_proposal_read_in_a_worker(
-    qtbot, open_series, open_focus_widget, folder, tmp_path, store_loads
+    qtbot, open_series, open_focus_widget, shown_series, folder, tmp_path, store_loads
 ):
     """Back in a new napari, an image shown from its autosave: Accept compares the
     proposal stored in the series folder, read off the GUI thread."""
     from napari_focus.quality import mask_metrics
 
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer, _widget, _series = shown_series(folder)
     labels = _labels(viewer, "img0")
     proposal = labels.data.copy()
     edited = proposal.copy()
@@ -292,14 +280,11 @@ def test_a_closed_layer_leaves_the_queue_of_open_layers(
     series.previous()
     assert series.shown_key == "first" and not series_errors
 
+
 def test_prefetch_off_computes_only_the_shown_image(
-    qtbot, open_series, open_focus_widget, folder, predict_threads
+    qtbot, shown_series, folder, predict_threads
 ):
-    _viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    _viewer, _widget, series = shown_series(folder)
     assert len(predict_threads) == 1 and not series.cache.in_flight
     series.prefetch.value = True  # switching it on schedules the next two
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)

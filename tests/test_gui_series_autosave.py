@@ -71,15 +71,6 @@ def writes(monkeypatch) -> Writes:
     return record
 
 
-def _open(open_series, open_focus_widget, qtbot, folder):
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
-    return viewer, widget, series
-
-
 def _paint(viewer, rows: slice, cols: slice) -> np.ndarray:
     labels = series_layer(viewer, "labels")
     edited = np.zeros_like(labels.data)
@@ -93,9 +84,9 @@ def _shown_mask(viewer) -> np.ndarray:
 
 
 def test_autosave_is_written_off_the_gui_thread(
-    qtbot, open_series, open_focus_widget, folder, writes
+    qtbot, shown_series, folder, writes
 ):
-    viewer, _, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, _, series = shown_series(folder)
     edited = _paint(viewer, slice(5, 40), slice(10, 60))
     series.next()
     assert series.shown_key == "img1.png"
@@ -109,11 +100,11 @@ def test_autosave_is_written_off_the_gui_thread(
 
 
 def test_edits_left_are_shown_when_coming_back_at_once(
-    qtbot, open_series, open_focus_widget, folder, writes
+    qtbot, shown_series, folder, writes
 ):
     """Next then Previous while the autosave is still being written: the edits just made
     are on screen (not the older autosave on disk), and the write lands after."""
-    viewer, _, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, _, series = shown_series(folder)
     first = _paint(viewer, slice(0, 20), slice(0, 20))
     series.next()
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
@@ -137,9 +128,9 @@ def test_edits_left_are_shown_when_coming_back_at_once(
 
 
 def test_accept_right_after_coming_back_exports_the_edits(
-    qtbot, open_series, open_focus_widget, folder, writes, tmp_path
+    qtbot, shown_series, folder, writes, tmp_path
 ):
-    viewer, widget, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     edited = _paint(viewer, slice(8, 50), slice(12, 70))
     writes.gate.clear()
     series.next()
@@ -159,9 +150,9 @@ def test_accept_right_after_coming_back_exports_the_edits(
 
 
 def test_a_failed_background_write_is_said_and_its_edits_kept(
-    qtbot, open_series, open_focus_widget, folder, writes, series_errors, monkeypatch
+    qtbot, shown_series, folder, writes, series_errors, monkeypatch
 ):
-    viewer, widget, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     edited0 = _paint(viewer, slice(5, 30), slice(5, 30))
     writes.full = True
     series.next()  # the write fails in the background
@@ -204,12 +195,12 @@ def test_a_failed_background_write_is_said_and_its_edits_kept(
 
 
 def test_opening_another_folder_with_edits_that_cannot_be_saved_changes_nothing(
-    qtbot, open_series, open_focus_widget, folder, writes, series_errors, tmp_path, monkeypatch
+    qtbot, shown_series, folder, writes, series_errors, tmp_path, monkeypatch
 ):
     """The edits on screen cannot be written: the other folder is not opened, and the
     Series tab's fields still name the series on screen."""
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: True)  # napari closes at the end
-    viewer, _widget, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, _widget, series = shown_series(folder)
     placeholder = series.output.line_edit.native.placeholderText()
     edited = _paint(viewer, slice(5, 30), slice(5, 30))
     other = tmp_path / "other"
@@ -226,9 +217,9 @@ def test_opening_another_folder_with_edits_that_cannot_be_saved_changes_nothing(
 
 @pytest.mark.parametrize("closing", ["the dock's ×", "napari"])
 def test_closing_writes_the_edits_left(
-    qtbot, open_series, open_focus_widget, folder, writes, closing
+    qtbot, shown_series, folder, writes, closing
 ):
-    viewer, widget, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     state = series.state
     edited = _paint(viewer, slice(10, 40), slice(20, 70))
     writes.gate.clear()
@@ -265,12 +256,12 @@ def read_on(monkeypatch) -> dict[str, list[str]]:
 
 
 def test_large_images_read_their_autosave_and_proposal_in_the_worker(
-    qtbot, open_series, open_focus_widget, folder, read_on, monkeypatch
+    qtbot, shown_series, folder, read_on, monkeypatch
 ):
     """Images over the size read at once on the GUI thread: their autosave and stored
     proposal are read with their pixels, never on the GUI thread, also after reopening."""
     monkeypatch.setattr(opening_module, "INLINE_READ_PIXELS", 0)
-    viewer, _, series = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer, _, series = shown_series(folder)
     edited = _paint(viewer, slice(3, 33), slice(7, 77))
     series.next()
     qtbot.waitUntil(lambda: series.shown_key == "img1.png", timeout=WAIT_MS)
@@ -281,7 +272,7 @@ def test_large_images_read_their_autosave_and_proposal_in_the_worker(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
     viewer.close()
 
-    viewer2, _, series2 = _open(open_series, open_focus_widget, qtbot, folder)
+    viewer2, _, series2 = shown_series(folder)
     assert series2.shown_key == "img0.png"
     np.testing.assert_array_equal(_shown_mask(viewer2), edited)
     series2.next()  # its proposal, stored by the first viewer

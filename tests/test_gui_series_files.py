@@ -216,17 +216,13 @@ def test_phone_photo_and_int16_scan_in_a_series(
 
 
 def test_ordering_by_uncertainty_keeps_a_missing_image_as_it_was(
-    qtbot, open_series, open_focus_widget, mixed_folder, tmp_path
+    qtbot, open_series, shown_series, mixed_folder, tmp_path
 ):
     """An image the last scan did not find (moved away, a drive not mounted) is not
     scored: it is not marked failed, and keeps the decision made on it."""
     for name in ("b_rgb.jpg", "c_16bit.tif", "d_planes.tif", "f_text.png"):
         (mixed_folder / name).unlink()
-    _viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, mixed_folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    _viewer, _widget, series = shown_series(mixed_folder)
     series.state.mark("e_rgba.png", Status.SKIPPED)
     (mixed_folder / "e_rgba.png").rename(tmp_path / "e_rgba.png")
     open_series(series, mixed_folder)

@@ -92,16 +92,12 @@ def test_first_image_is_decoded_by_a_worker(
 
 
 def test_quick_clicks_land_on_the_right_image(
-    qtbot, open_series, open_focus_widget, large_folder, decoded_on
+    qtbot, shown_series, large_folder, decoded_on
 ):
     """Next, Next, Previous, Next, Next clicked faster than the files decode (img1 slow):
     a read that arrives after the user moved on is never shown, the edits of img0 are
     kept for img0, and the image on screen ends as the queue's current one."""
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, large_folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer, _widget, series = shown_series(large_folder)
     labels = series_layer(viewer, "labels")
     labels.paint((30, 30), 1)
     edited = np.asarray(labels.data).copy()

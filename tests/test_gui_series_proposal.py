@@ -48,15 +48,6 @@ def _open_folder(qtbot, series, folder) -> None:
     qtbot.waitUntil(lambda: series.shown_key is not None, timeout=WAIT_MS)
 
 
-def _open(open_focus_widget, qtbot, folder):
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    _open_folder(qtbot, series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
-    return viewer, widget, series
-
-
 def _edit(labels) -> np.ndarray:
     edited = labels.data.copy()
     edited[:, :48] = 1
@@ -71,11 +62,11 @@ def _provenance(root) -> list[dict]:
 
 
 def test_reset_after_coming_back_brings_the_model_proposal_back(
-    qtbot, open_focus_widget, folder, questions
+    qtbot, shown_series, folder, questions
 ):
     """Edits left (autosaved), Next, Previous: Reset asks, then shows the proposal; its
     autosave goes, so the edits do not come back on the next visit."""
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     proposal = _labels(viewer).data.copy()
     edited = _edit(_labels(viewer))
     series.next()
@@ -102,16 +93,16 @@ def test_reset_after_coming_back_brings_the_model_proposal_back(
 
 
 def test_reset_in_a_new_napari_reads_the_stored_proposal_in_a_worker(
-    qtbot, open_focus_widget, folder, questions, store_loads, predict_threads
+    qtbot, shown_series, folder, questions, store_loads, predict_threads
 ):
-    viewer, _widget, _series = _open(open_focus_widget, qtbot, folder)
+    viewer, _widget, _series = shown_series(folder)
     proposal = _labels(viewer).data.copy()
     _edit(_labels(viewer))
     viewer.close()  # the edits go to the autosave
     computed = len(predict_threads)
     store_loads.clear()
 
-    viewer2, widget2, series2 = _open(open_focus_widget, qtbot, folder)
+    viewer2, widget2, series2 = shown_series(folder)
     assert widget2.status.value == "loaded a saved mask"
     widget2.refine_section.reset_button.native.click()
     assert questions  # asked before anything is read
@@ -123,16 +114,16 @@ def test_reset_in_a_new_napari_reads_the_stored_proposal_in_a_worker(
 
 
 def test_deleting_the_widget_while_reset_reads_the_stored_proposal(
-    qtbot, open_focus_widget, folder, questions, monkeypatch
+    qtbot, shown_series, folder, questions, monkeypatch
 ):
     """The file read for Reset to proposal comes back after Qt deleted the widget: it
     goes to nobody (no control of the deleted widget is asked anything)."""
     from napari_focus.series.proposal_store import ProposalStore
 
-    viewer, _widget, _series = _open(open_focus_widget, qtbot, folder)
+    viewer, _widget, _series = shown_series(folder)
     _edit(_labels(viewer))
     viewer.close()  # the edits go to the autosave
-    _viewer2, widget2, series2 = _open(open_focus_widget, qtbot, folder)
+    _viewer2, widget2, series2 = shown_series(folder)
 
     reading, release, done = threading.Event(), threading.Event(), threading.Event()
 
@@ -215,16 +206,16 @@ def test_reset_of_a_start_mask_computes_the_proposal(
 
 @pytest.mark.parametrize("new_napari", [False, True], ids=["same napari", "new napari"])
 def test_accept_of_autosaved_edits_records_the_proposal_in_the_provenance(
-    qtbot, open_focus_widget, folder, tmp_path, store_loads, new_napari
+    qtbot, shown_series, folder, tmp_path, store_loads, new_napari
 ):
     from napari_focus.datasets.provenance import proposal_change
 
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     proposal = _labels(viewer).data.copy()
     edited = _edit(_labels(viewer))
     if new_napari:
         viewer.close()
-        viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+        viewer, widget, series = shown_series(folder)
     else:
         series.next()
         qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -246,17 +237,17 @@ def test_accept_of_autosaved_edits_records_the_proposal_in_the_provenance(
 
 
 def test_accept_reads_a_proposal_changed_since_it_was_read_ahead_in_a_worker(
-    qtbot, open_focus_widget, folder, tmp_path, store_loads
+    qtbot, shown_series, folder, tmp_path, store_loads
 ):
     """The stored proposal's file changed after it was read ahead with the image (the
     same series open in another napari computed it again): Accept reads the new one in
     its worker, not on the GUI thread."""
     import os
 
-    viewer, _widget, _series = _open(open_focus_widget, qtbot, folder)
+    viewer, _widget, _series = shown_series(folder)
     _edit(_labels(viewer))
     viewer.close()  # the edits go to the autosave
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     stored = series.prefetcher.store.path("img0.png")
     stat = stored.stat()
     stored.write_bytes(stored.read_bytes())
@@ -272,13 +263,13 @@ def test_accept_reads_a_proposal_changed_since_it_was_read_ahead_in_a_worker(
 
 
 def test_accept_before_a_proposal_says_why_there_is_none(
-    qtbot, open_focus_widget, folder, tmp_path, series_errors
+    qtbot, shown_series, folder, tmp_path, series_errors
 ):
     """The model cannot be loaded: Accept says so (not "not ready yet"); a mask painted
     by hand is exported as it is, with no proposal in its provenance."""
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
-    viewer, widget, series = _open(open_focus_widget, qtbot, folder)
+    viewer, widget, series = shown_series(folder)
     widget.weights_path.value = broken
     series.next()
     qtbot.waitUntil(lambda: series._model_error is not None, timeout=WAIT_MS)
@@ -317,9 +308,9 @@ def test_accept_on_the_first_image_without_a_model_says_why(
 
 
 def test_queue_open_layers_names_the_field_to_fill(
-    qtbot, open_focus_widget, folder, series_errors
+    qtbot, shown_series, folder, series_errors
 ):
-    _viewer, _widget, series = _open(open_focus_widget, qtbot, folder)
+    _viewer, _widget, series = shown_series(folder)
     in_use = series.output.line_edit.native.placeholderText()
     assert in_use
     series.layers_button.native.click()

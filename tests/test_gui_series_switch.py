@@ -260,16 +260,12 @@ def test_closing_napari_waits_for_the_cancelled_proposal(
 
 
 def test_run_on_an_image_left_since_never_lands_on_the_next_one(
-    qtbot, open_series, open_focus_widget, tmp_path, source
+    qtbot, shown_series, tmp_path, source
 ):
     """Run on the shown image, then Next before it returns: the series' image layer holds
     the next file's pixels, so the result is not put on that image's mask."""
     folder = _folder(tmp_path, "images", source)
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    series.prefetch.value = False
-    open_series(series, folder)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer, widget, series = shown_series(folder)
     series.next()
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     labels = viewer.layers["img1 [FOCUS SOD]"]
