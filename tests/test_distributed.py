@@ -199,12 +199,8 @@ def test_killed_worker_is_retried_and_nothing_is_written_twice(
     # capture raises (logging's own handlers print it and go on)
     caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
 
-    source = Image.open(focus_reference / "input.png").convert("RGB")
     folder = tmp_path / "images"
-    folder.mkdir()
-    names = [f"img_{i}" for i in range(6)]
-    for i, name in enumerate(names):
-        source.rotate(30 * i).resize((64 + 8 * i, 72), Image.BILINEAR).save(folder / f"{name}.png")
+    names = _turned_photos(focus_reference, folder, 30, lambda i: (64 + 8 * i, 72))
     # inputs as a list file, one entry a file:// URI
     listing = tmp_path / "inputs.txt"
     entries = [f"images/{n}.png" for n in names[:-1]] + [(folder / f"{names[-1]}.png").as_uri()]
@@ -438,6 +434,17 @@ def test_an_image_sharing_its_stem_gets_no_other_images_mask(images, tmp_path):
     assert reference_mask_path(folder / "photo.jpg", folder) == folder / "photo.png"
 
 
+def _turned_photos(focus_reference: Path, folder: Path, degrees: int, size) -> list[str]:
+    """Six images ``img_i.png`` in ``folder``: the reference photo turned ``degrees * i``
+    and resized to ``size(i)``; returns their names."""
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    folder.mkdir()
+    names = [f"img_{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        source.rotate(degrees * i).resize(size(i), Image.BILINEAR).save(folder / f"{name}.png")
+    return names
+
+
 def test_an_interrupted_run_records_every_mask_it_wrote(
     ray_local, focus_reference, weights, tmp_path, caplog
 ):
@@ -445,12 +452,8 @@ def test_an_interrupted_run_records_every_mask_it_wrote(
     after the stop, the next run's) has every mask on disk with its scores; the summary
     says what was done; the rerun goes on."""
     caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
-    source = Image.open(focus_reference / "input.png").convert("RGB")
     folder = tmp_path / "images"
-    folder.mkdir()
-    names = [f"img_{i}" for i in range(6)]
-    for i, name in enumerate(names):
-        source.rotate(45 * i).resize((64, 64), Image.BILINEAR).save(folder / f"{name}.png")
+    names = _turned_photos(focus_reference, folder, 45, lambda i: (64, 64))
     out = tmp_path / "masks"
     # three images a worker call: the first mask is on disk while its row is not back
     args = ("predict", folder, "--task", "sod", "--weights", weights, "--out", out,
