@@ -6,9 +6,12 @@ which must not import each other)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from .presets import SIZES, TASKS
@@ -21,6 +24,28 @@ TASK_HELP = (
     "sod = salient objects, cod = camouflaged objects, sd = shadows, "
     "dbd = defocus blur, fd = forgeries (image manipulation)"
 )
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that a run stops the same orderly way."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (in the main thread; in
+    another, where signals cannot be caught, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(_signum: int, _frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 
 def say(line: str) -> None:

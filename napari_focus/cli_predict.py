@@ -9,22 +9,16 @@ from pathlib import Path
 from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_SETUP_ERROR,
+    Terminated,
     load_predictor_or_say_why,
     out_replaces_input_message,
     positive_int,
     predict_summary,
     progress_bar,
+    sigterm_as_interrupt,
 )
 from .input_files import find_inputs
 from .prediction_files import OutputReplacesInput, plan_outputs
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interrupt so that the run stops the same orderly way."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -129,22 +123,21 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
             tqdm.write(f"FAILED {job.source}: {error}", file=sys.stderr)
         bar.update(1)
 
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        summary = run_pipeline(
-            predictor,
-            jobs,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            on_done=on_done,
-        )
+        with sigterm_as_interrupt():
+            summary = run_pipeline(
+                predictor,
+                jobs,
+                tta=args.tta,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                on_done=on_done,
+            )
     finally:
-        signal.signal(signal.SIGTERM, previous)
         bar.close()
     interrupted = None
     if summary.interrupted is not None:
-        terminated = isinstance(summary.interrupted, _Terminated)
+        terminated = isinstance(summary.interrupted, Terminated)
         interrupted = int(signal.SIGTERM if terminated else signal.SIGINT)
     if not args.quiet:
         print(

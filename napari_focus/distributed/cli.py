@@ -89,24 +89,6 @@ def _unreachable_address(address: str | None, timeout: float = 3.0) -> str | Non
         return error.strerror or type(error).__name__
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interrupt so that the run stops the same orderly way."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
-
-
-def _catch_sigterm() -> Any:
-    """Make SIGTERM stop the run as Ctrl-C does; returns the handler before (None when
-    this is not the main thread, where signals cannot be caught)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 def _summary(run: Any, out: Path, interrupted: bool) -> str:
     from ..cli_common import predict_summary
 
@@ -153,7 +135,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if gpus is None and args.device == "cpu":
         gpus = 0.0
     out = Path(args.out or f"focus_{args.task}_masks")
-    from ..cli_common import weights_file_problem
+    from ..cli_common import sigterm_as_interrupt, weights_file_problem
 
     problem = weights_file_problem(args.weights) if args.weights else None
     if problem:  # the workers load the file this machine resolves
@@ -161,38 +143,35 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     warn_if_weights_of_another_task(args)  # once here, not once per worker
     from .engine import RunInterrupted
 
-    previous_sigterm = _catch_sigterm()
     try:
-        run = predict_dataset(
-            args.inputs,
-            out,
-            task=args.task,
-            size=args.size,
-            weights=args.weights,
-            address=args.address,
-            num_workers=args.num_workers,
-            gpus_per_worker=gpus,
-            cpus_per_worker=args.cpus_per_worker,
-            batch_size=getattr(args, "batch_size", None),
-            precision=getattr(args, "precision", None),
-            compile=getattr(args, "compile", False),
-            tta=args.tta,
-            probability=args.probability,
-            image_format=args.format,
-            overwrite=args.overwrite,
-            manifest=args.manifest,
-            progress=not args.quiet,
-            quiet=args.quiet,
-        )
+        with sigterm_as_interrupt():
+            run = predict_dataset(
+                args.inputs,
+                out,
+                task=args.task,
+                size=args.size,
+                weights=args.weights,
+                address=args.address,
+                num_workers=args.num_workers,
+                gpus_per_worker=gpus,
+                cpus_per_worker=args.cpus_per_worker,
+                batch_size=getattr(args, "batch_size", None),
+                precision=getattr(args, "precision", None),
+                compile=getattr(args, "compile", False),
+                tta=args.tta,
+                probability=args.probability,
+                image_format=args.format,
+                overwrite=args.overwrite,
+                manifest=args.manifest,
+                progress=not args.quiet,
+                quiet=args.quiet,
+            )
     except RunInterrupted as stop:
         return _say_interrupted(stop, out)
     except OutputReplacesInput as error:
         return _fail(out_replaces_input_message(out, error))
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
-    finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
 
     for item in run.unmatched:
         print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
@@ -225,7 +204,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
 
 def _say_interrupted(stop: Any, out: Path) -> int:
     """The local engine's summary of an interrupted run, and its exit code."""
-    from ..cli_common import EXIT_INTERRUPTED
+    from ..cli_common import EXIT_INTERRUPTED, Terminated
 
     run = stop.run
     pending = run.count("pending")
@@ -236,6 +215,6 @@ def _say_interrupted(stop: Any, out: Path) -> int:
     )
     for row in run.failed:
         print(f"  failed: {row['source']}: {row['error']}", file=sys.stderr)
-    if isinstance(stop.cause, _Terminated):
+    if isinstance(stop.cause, Terminated):
         return 128 + int(signal.SIGTERM)
     return EXIT_INTERRUPTED
