@@ -130,6 +130,31 @@ def test_closing_napari_while_the_quality_line_is_computed(
     qtbot.wait(200)  # the worker's signals are delivered: none may raise
 
 
+def test_a_quality_line_that_cannot_be_computed_says_why():
+    """The quality worker's body turns a failure into the line shown (napari would show a
+    traceback and the line would say "computing" for ever); a pool shut down because
+    napari closed gives no line."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_focus.gui.series_decisions import _quality_in_a_process
+
+    pytest.importorskip("py_sod_metrics")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        proposal = np.ones((8, 8), np.uint8)
+        line = _quality_in_a_process(pool, "img0", proposal, np.ones((6, 8), bool), "x")
+        assert line.startswith("img0: the quality could not be computed (")
+        assert "differ in shape" in line
+
+        def unreadable() -> None:
+            raise OSError("the stored proposal is gone")
+
+        line = _quality_in_a_process(pool, "img1", unreadable, proposal, "x")
+        assert line == "img1: the quality could not be computed (the stored proposal is gone)"
+        line = _quality_in_a_process(pool, "img2", proposal, proposal > 0, "ground truth")
+        assert line.startswith("img2: proposal vs ground truth: IoU 1.000")
+    assert _quality_in_a_process(pool, "img3", proposal, proposal > 0, "x") is None
+
+
 
 def _press(qtbot, key, modifier=None) -> None:
     """A key pressed by the user: it goes to the widget with the keyboard focus."""

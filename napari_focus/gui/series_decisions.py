@@ -36,12 +36,18 @@ def _quality_in_a_process(
     from concurrent.futures import CancelledError
     from concurrent.futures.process import BrokenProcessPool
 
-    if callable(proposal):
-        proposal = proposal()
     try:
+        if callable(proposal):
+            proposal = proposal()
         return pool.submit(quality_text, name, proposal, reference, against).result()
-    except (CancelledError, BrokenProcessPool, RuntimeError):  # RuntimeError: shut down
+    except (CancelledError, BrokenProcessPool):
         return None
+    except RuntimeError as error:
+        if "shutdown" in str(error):  # napari closed: the pool takes no more work
+            return None
+        return f"{name}: the quality could not be computed ({error})"
+    except Exception as error:  # an unreadable proposal, a reference of another size...
+        return f"{name}: the quality could not be computed ({error})"
 
 
 class SeriesDecisions:
