@@ -263,11 +263,6 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"leave {flag} out", file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict" and args.engine == "ray":
-        if args.recursive:
-            print("napari-focus: --recursive is not an option of --engine ray; give the "
-                  "subfolders' images in a list file (their masks go flat into --out) or "
-                  "run each subfolder with its own --out", file=sys.stderr)  # fmt: skip
-            return EXIT_SETUP_ERROR
         from .distributed.cli import run_predict_ray  # workers check devices where they run
 
         return run_predict_ray(args)

@@ -32,10 +32,8 @@ def run_predict(args: argparse.Namespace) -> int:
     images, unmatched = found.images, found.unmatched
     for _, reason in unmatched:
         print(f"napari-focus: {reason}", file=sys.stderr)
-    for folder in [] if args.recursive else _folders_with_images_below(args.inputs, out_dir):
-        print(f"napari-focus: note: images in subfolders of {folder} are not included; "
-              "add --recursive to include them (their masks go into the same subfolders "
-              "of --out)", file=sys.stderr)  # fmt: skip
+    if not args.recursive:
+        note_images_in_subfolders(args.inputs, out_dir)
     if not images:
         from .io import IMAGE_EXTENSIONS
 
@@ -167,6 +165,15 @@ def add_input_arguments(predict: argparse.ArgumentParser) -> None:
         help="also the images in subfolders of a folder input; their masks go into the "
         "same subfolders of --out (a glob pattern's matches go flat into --out)",
     )
+
+
+def note_images_in_subfolders(inputs: list[str], out_dir: Path) -> None:
+    """Say which folder inputs hold images in subfolders that a run without --recursive
+    leaves out."""
+    for folder in _folders_with_images_below(inputs, out_dir):
+        print(f"napari-focus: note: images in subfolders of {folder} are not included; "
+              "add --recursive to include them (their masks go into the same subfolders "
+              "of --out)", file=sys.stderr)  # fmt: skip
 
 
 def _folders_with_images_below(inputs: list[str], out: Path) -> list[str]:

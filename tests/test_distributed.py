@@ -32,7 +32,7 @@ from napari_focus.distributed import (
     read_manifest,
     read_ranking,
 )
-from napari_focus.distributed.inputs import list_sources, plan_outputs
+from napari_focus.distributed.inputs import find_sources, list_sources, plan_outputs
 from napari_focus.series.references import reference_mask_path
 
 OLD_TIME_NS = 1_000_000_000 * 10**9
@@ -290,6 +290,45 @@ def test_sources_from_folders_globs_lists_and_uris(images, tmp_path):
     assert clash.source == (remote / "gray.png").as_uri() and "same output name" in reason
 
 
+def _tree(focus_reference: Path, root: Path) -> Path:
+    """top.png, a/x.png, b/x.png (one stem twice), b/deep/y.jpg, .hidden/z.png."""
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    files = {"top.png": 0, "a/x.png": 40, "b/x.png": 80, "b/deep/y.jpg": 120, ".hidden/z.png": 0}
+    for name, left in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source.crop((left, 20, left + 96, 100)).resize((64, 56)).save(path)
+    return root
+
+
+def test_recursive_sources_keep_their_subfolders_local_and_as_uris(focus_reference, tmp_path):
+    pytest.importorskip("pyarrow")
+    tree = _tree(focus_reference, tmp_path / "tree")
+    out = tree / "masks"  # inside the tree: its masks are no inputs
+    out.mkdir()
+    Image.new("L", (64, 56)).save(out / "x.png")
+    expected = {"top.png": "", "a/x.png": "a", "b/deep/y.jpg": "b/deep", "b/x.png": "b"}
+    for given, named in ((str(tree), str), (tree.as_uri(), lambda p: Path(p).as_uri())):
+        found = find_sources([given], recursive=True, exclude=[out])
+        relative = {s.split(str(tree.as_uri() if "://" in s else tree))[1][1:]: s
+                    for s in found.sources}  # fmt: skip
+        if "://" in given:  # a URI folder has no output folder to leave out
+            assert relative.pop("masks/x.png")
+        assert sorted(relative) == sorted(expected) and found.unmatched == []
+        for key, subfolder in expected.items():
+            assert relative[key] == named(tree / key)
+            assert found.subfolders[relative[key]] == subfolder
+    flat = find_sources([str(tree)])  # not recursive: the folder's own images only
+    assert flat.sources == [str(tree / "top.png")] and flat.subfolders == {flat.sources[0]: ""}
+
+    found = find_sources([str(tree)], recursive=True, exclude=[out])
+    plan = plan_outputs(found.sources, out, subfolders=found.subfolders)
+    assert plan.clashes == [] and plan.existing == []
+    assert sorted(Path(job.mask).relative_to(out).as_posix() for job in plan.todo) == [
+        "a/x.png", "b/deep/y.png", "b/x.png", "top.png",
+    ]  # fmt: skip
+
+
 def test_a_model_the_workers_cannot_load_is_a_clear_error(ray_local, images, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
     bad = tmp_path / "cut.safetensors"
@@ -305,6 +344,64 @@ def test_a_model_the_workers_cannot_load_is_a_clear_error(ray_local, images, tmp
     assert [r["status"] for r in rows] == ["pending"]
 
 
+def test_recursive_writes_each_mask_into_its_subfolder_and_ranks_by_relative_path(
+    ray_local, focus_reference, weights, tmp_path
+):
+    """--recursive on a tree: one stem in two subfolders gives two masks, the manifest,
+    the ranking and the series name images by their paths below the folder."""
+    tree = _tree(focus_reference, tmp_path / "tree")
+    out = tree / "masks"
+    code, err = run_cli(
+        "predict", tree, "--recursive", "--out", out, "--engine", "ray", "--task", "sod",
+        "--weights", weights, "--num-workers", "1", "--series", tmp_path / "series", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "4 written, 0 skipped" in err and "not included" not in err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a/x.png", "b/deep/y.png", "b/x.png", "top.png"]
+    assert (out / "a" / "x.png").read_bytes() != (out / "b" / "x.png").read_bytes()
+    rows = read_manifest(out / "focus_manifest.parquet")
+    assert {Path(r["mask"]).relative_to(out).as_posix() for r in rows} == set(written)
+    ranks = read_ranking(out / "focus_rank.csv")
+    assert sorted(ranks) == ["a/x.png", "b/deep/y.jpg", "b/x.png", "top.png"]
+
+    from napari_focus.series.state import load_or_create
+
+    # as the Series tab opens it (include subfolders; start masks: the output folder)
+    state = load_or_create(tmp_path / "series", tree, recursive=True, exclude=[out])
+    assert state.queue.keys() == sorted(ranks, key=ranks.get)
+    assert "'start masks' " + str(out) in err and "include subfolders ticked" in err
+    for key in ranks:  # the Series tab's start masks: each image finds its own mask
+        found = reference_mask_path(tree / key, out, relative=key)
+        assert found == out / Path(key).with_suffix(".png")
+
+    code, err = run_cli(
+        "predict", tree, "--out", tmp_path / "flat", "--engine", "ray", "--task", "sod",
+        "--weights", weights, "--num-workers", "1", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"images in subfolders of {tree} are not included; add --recursive" in err
+    assert sorted(p.name for p in (tmp_path / "flat").glob("*.png")) == ["top.png"]
+
+
+def test_the_image_folder_of_a_recursive_run_is_the_folder_its_masks_mirror(tmp_path):
+    """All images in one subfolder: the ranking and the series name them by their path
+    below the folder given, as their masks lie below the output folder."""
+    from napari_focus.distributed.manifest import image_folder_of
+
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    rows = [
+        {"source": str(tree / "a" / "x.png"), "mask": str(out / "a" / "x.png")},
+        {"source": str(tree / "a" / "deep" / "y.png"), "mask": str(out / "a" / "deep" / "y.png")},
+        {"source": str(tree / "a" / "z.png"), "mask": ""},  # a clash: no mask of its own
+    ]
+    assert image_folder_of(rows) == tree / "a"
+    assert image_folder_of(rows, out) == tree
+    flat = [{"source": str(tree / d / "x.png"), "mask": str(out / f"{d}.png")} for d in "ab"]
+    assert image_folder_of(flat, out) == tree  # two folders' images flat in out
+    assert image_folder_of([{"source": "s3://b/x.png", "mask": str(out / "x.png")}], out) is None
+
+
 def test_a_ranking_that_cannot_be_written_is_said_and_a_rerun_writes_it(
     ray_local, images, weights, tmp_path, monkeypatch, caplog
 ):
@@ -318,7 +415,7 @@ def test_a_ranking_that_cannot_be_written_is_said_and_a_rerun_writes_it(
 
     real_write_ranking = manifest_module.write_ranking
 
-    def full_disk(rows, path):
+    def full_disk(rows, path, image_folder=None):
         raise WriteError(path, OSError(errno.ENOSPC, "No space left on device"))
 
     out = tmp_path / "out"

@@ -181,6 +181,33 @@ def test_a_version_1_series_opens_with_its_edits_and_a_word_on_shared_files(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
 
 
+def test_start_masks_inside_the_tree_are_no_images_of_the_series(
+    qtbot, open_series, open_focus_widget, photo_crops
+):
+    """`predict --recursive --out tree/masks` then a series of the tree with include
+    subfolders: the masks folder gives start masks, not images to label."""
+    from napari_focus.gui.series_layers import series_layer
+
+    tree = photo_crops(3)
+    (tree / "sub").mkdir()
+    (tree / "img2.png").rename(tree / "sub" / "img2.png")
+    masks = tree / "masks"
+    for key in ("img0.png", "img1.png", "sub/img2.png"):
+        (masks / key).parent.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((64, 96), np.uint8)
+        mask[:, :30] = 255
+        Image.fromarray(mask).save(masks / key)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.recursive.value = True
+    series.references.value = masks
+    open_series(series, tree)
+    assert series.state.queue.keys() == ["img0.png", "img1.png", "sub/img2.png"]
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert (series_layer(widget.viewer, "labels").data > 0).mean() == pytest.approx(30 / 96)
+
+
 def test_phone_photo_and_int16_scan_in_a_series(
     qtbot, open_series, open_focus_widget, tmp_path, uncaught
 ):

@@ -11,10 +11,14 @@ from typing import Any
 ENGINES = ("local", "ray")
 
 
-def series_hint(images: Path, series: Path, masks: Path, count: int, clashes: int = 0) -> str:
+def series_hint(
+    images: Path, series: Path, masks: Path, count: int, clashes: int = 0,
+    subfolders: bool = False,
+) -> str:  # fmt: skip
     """What ``--series`` prepared, and how to open it in the widget's Series tab (the
     names of its fields). ``clashes``: inputs that failed for another input's output
-    name (those pairs start without a mask: the mask could be either's)."""
+    name (those pairs start without a mask: the mask could be either's); ``subfolders``:
+    the series takes images of subfolders (its checkbox must be ticked)."""
     shared = (
         ", but images that share a stem with another start without one: rename one of "
         "them and predict again"
@@ -25,7 +29,8 @@ def series_hint(images: Path, series: Path, masks: Path, count: int, clashes: in
         f"series of {images} in {series}, {count} images, most doubtful first; in napari, "
         f"open it in the FOCUS widget's Series tab with 'image folder' {images}, 'series "
         f"folder' {series} and 'start masks' {masks} (each image starts from its predicted "
-        f"mask{shared}), then Open folder"
+        f"mask{shared}){', include subfolders ticked' if subfolders else ''}, then Open "
+        "folder"
     )
 
 
@@ -141,6 +146,10 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if problem:  # the workers load the file this machine resolves
         return _fail(f"--weights {args.weights}: {problem}")
     warn_if_weights_of_another_task(args)  # once here, not once per worker
+    if not args.recursive:
+        from ..cli_predict import note_images_in_subfolders
+
+        note_images_in_subfolders(args.inputs, out)
     from .engine import RunInterrupted
 
     try:
@@ -162,6 +171,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
                 probability=args.probability,
                 image_format=args.format,
                 overwrite=args.overwrite,
+                recursive=args.recursive,
                 manifest=args.manifest,
                 progress=not args.quiet,
                 quiet=args.quiet,
@@ -175,8 +185,11 @@ def run_predict_ray(args: argparse.Namespace) -> int:
 
     for item in run.unmatched:
         print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
+    folder = image_folder_of(run.rows, out)  # the ranking names images by paths below it
     try:
-        ranking: Path | None = write_ranking(run.rows, run.manifest.with_name(RANKING_NAME))
+        ranking: Path | None = write_ranking(
+            run.rows, run.manifest.with_name(RANKING_NAME), folder
+        )
     except OSError as error:  # the masks and the manifest are on disk: say so, no traceback
         ranking = None
         print(f"napari-focus: the ranking was not written: {error}. The masks and the "
@@ -192,12 +205,12 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if ranking is None:
         return EXIT_FAILED_IMAGES
     if args.series:
-        folder = image_folder_of(run.rows)
         if folder is None:
             return _fail("--series needs local input images")
-        state = order_series(args.series, folder, ranking)
+        state = order_series(args.series, folder, ranking, exclude=[out])
         clashes = sum(1 for row in run.failed if not row["mask"])  # no output of its own
-        hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes)
+        hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes,
+                           subfolders=state.settings.get("recursive", False))  # fmt: skip
         print(f"napari-focus: {hint}", file=sys.stderr)
     return EXIT_FAILED_IMAGES if run.failed or run.unmatched else 0
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import journal
-from .inputs import Job, is_uri, list_sources, plan_outputs
+from .inputs import Job, find_sources, is_uri, plan_outputs
 from .manifest import (
     MANIFEST_NAME,
     carried_rows,
+    check_writable,
+    earlier_rows,
     empty_row,
     normalize,
-    read_manifest,
     write_manifest,
 )
 from .resources import DEFAULT_ROWS_PER_CALL, MAX_BLOCKS, plan_resources
@@ -117,6 +118,7 @@ def predict_dataset(
     probability: bool = False,
     image_format: str = "png",
     overwrite: bool = False,
+    recursive: bool = False,
     manifest: str | os.PathLike | None = None,
     progress: bool = True,
     quiet: bool = False,
@@ -144,6 +146,8 @@ def predict_dataset(
         precision: passed to the predictor's loader (None: its default).
         compile: compile the model in every worker (``FocusPredictor.compile``).
         overwrite: redo inputs whose outputs exist (default: skip them).
+        recursive: folders give the images of their subfolders too, written into the
+            same subfolders of ``out`` (``out`` itself is left out of the walk).
         manifest: results path (``.parquet`` or ``.csv``); default
             ``out/focus_manifest.parquet``. Rewritten every ``checkpoint_seconds`` while
             running (inputs not done yet are ``pending``) and at the end.
@@ -181,11 +185,12 @@ def predict_dataset(
             raise ValueError(f"weights file not found: {weights}")
         weights = str(Path(weights).resolve())
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    sources, unmatched = list_sources([str(i) for i in items])
+    out = Path(out).resolve()
+    found = find_sources([str(i) for i in items], recursive=recursive, exclude=[out])
+    sources, unmatched = found.sources, found.unmatched
     if not sources:
         raise ValueError(f"no input images (nothing matches {', '.join(map(str, items))})")
 
-    out = Path(out).resolve()
     manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
     if manifest_path.suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(
@@ -193,10 +198,11 @@ def predict_dataset(
             "name that ends in one of them"
         )
     plan = plan_outputs(
-        sources, out, image_format=image_format, probability=probability, overwrite=overwrite
-    )
-    previous = _earlier_rows(manifest_path)
-    _check_writable(out, manifest_path)
+        sources, out, image_format=image_format, probability=probability,
+        overwrite=overwrite, subfolders=found.subfolders,
+    )  # fmt: skip
+    previous = earlier_rows(manifest_path)
+    check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
     ended = journal.ended_runs(out)  # stopped runs' rows, for outputs they wrote
     rows = carried_rows(plan.existing, previous, journal.read_rows(ended))
@@ -256,36 +262,6 @@ def predict_dataset(
     if interrupted is not None:
         raise RunInterrupted(run, interrupted) from interrupted
     return run
-
-
-def _check_writable(out: Path, manifest: Path) -> None:
-    """Refuse, before any work, an output folder or manifest that cannot be written (a
-    file in the way, permission denied, a read-only file system)."""
-    from ..atomic import WriteError, check_writable_file, check_writable_folder
-
-    try:
-        check_writable_folder(out)
-        check_writable_file(manifest)
-    except WriteError as error:
-        raise ValueError(f"{error}; choose another output folder or manifest file") from error
-
-
-def _earlier_rows(manifest: Path) -> list[dict[str, Any]]:
-    """The rows of the manifest an earlier run left at ``manifest`` (none if there is no
-    file). Anything else there is refused before any work: the run would replace it."""
-    if not manifest.exists():
-        return []
-    try:
-        if manifest.is_dir():
-            raise ValueError("it is a folder")
-        return read_manifest(manifest)
-    except Exception as error:  # csv, pyarrow and the file system raise many kinds
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(
-            f"cannot read {manifest} as the manifest of an earlier run "
-            f"({reason or type(error).__name__}) and will not replace it; move it away or "
-            "name another manifest file"
-        ) from error
 
 
 def _run(

@@ -3,26 +3,30 @@
 Inputs are local files, folders, glob patterns (as for ``napari-focus predict``), text
 files listing such entries one a line (``.txt``/``.lst``/``.list``), and object-store
 URIs (``s3://bucket/prefix/``, ``gs://...``, ``file:///...``) that pyarrow's filesystems
-can open: a URI of a folder stands for its images (not recursive).
+can open: a URI of a folder stands for its images. With ``recursive``, folders (local or
+URIs) also give the images of their subfolders, whose outputs go into the same subfolders
+of the output folder, as ``napari-focus predict --recursive`` does.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from .. import prediction_files
-from ..input_files import collect_inputs, is_list_file, read_list_file
+from ..input_files import find_inputs, is_list_file, read_list_file
 from ..prediction_files import is_uri, source_name
 
 __all__ = [
+    "FoundSources",
     "Job",
     "Plan",
+    "find_sources",
     "is_uri",
     "list_sources",
     "plan_outputs",
@@ -31,7 +35,10 @@ __all__ = [
 ]
 
 
-def _expand_uri(uri: str) -> list[str]:
+def _expand_uri(uri: str, recursive: bool) -> list[tuple[str, str]]:
+    """``(image URI, its subfolder below the folder ``uri``)`` of each image ``uri``
+    names: itself when it is a file, else the images of the folder (with ``recursive``,
+    those of its subfolders too; hidden files and folders left out, as for local ones)."""
     from pyarrow import fs
 
     from ..io import IMAGE_EXTENSIONS
@@ -40,46 +47,81 @@ def _expand_uri(uri: str) -> list[str]:
     scheme = uri.split("://", 1)[0]
     info = filesystem.get_file_info(path)
     if info.type == fs.FileType.File:
-        return [uri]
+        return [(uri, "")]
     if info.type != fs.FileType.Directory:
         return []
-    found = filesystem.get_file_info(fs.FileSelector(path, recursive=False))
-    names = sorted(
-        f.path
-        for f in found
-        if f.type == fs.FileType.File and PurePosixPath(f.path).suffix.lower() in IMAGE_EXTENSIONS
-    )
-    return [f"{scheme}://{name}" for name in names]
+    top = PurePosixPath(path)
+    found = filesystem.get_file_info(fs.FileSelector(path, recursive=recursive))
+    images = []
+    for entry in found:
+        relative = PurePosixPath(entry.path).relative_to(top)
+        if (
+            entry.type == fs.FileType.File
+            and relative.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in relative.parts)
+        ):
+            subfolder = relative.parent.as_posix()
+            images.append((f"{scheme}://{entry.path}", "" if subfolder == "." else subfolder))
+    return sorted(images)
 
 
-def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Expand ``inputs`` into image sources (absolute local paths or URIs, deduplicated,
-    in order) and the inputs that matched nothing."""
-    sources: list[str] = []
-    unmatched: list[str] = []
+@dataclass
+class FoundSources:
+    """The image sources of a run (absolute local paths or URIs, deduplicated, in
+    order), the subfolder of the output folder each one's outputs go to (POSIX, ``""``:
+    the output folder itself), and the inputs that matched nothing."""
+
+    sources: list[str]
+    subfolders: dict[str, str]
+    unmatched: list[str]
+
+
+def find_sources(
+    inputs: Iterable[str], *, recursive: bool = False, exclude: Sequence[str | os.PathLike] = ()
+) -> FoundSources:
+    """Expand ``inputs``; with ``recursive``, folders give their subfolders' images too
+    (the local folders ``exclude``, such as the output folder, left out)."""
+    found = FoundSources([], {}, [])
     for item in inputs:
         item = str(item)
         if is_uri(item):
             try:
-                found = _expand_uri(item)
+                images = _expand_uri(item, recursive)
             except ImportError:
-                unmatched.append(f"{item} (URIs need pyarrow: pip install 'napari-focus[ray]')")
+                found.unmatched.append(
+                    f"{item} (URIs need pyarrow: pip install 'napari-focus[ray]')"
+                )
                 continue
             except (OSError, ValueError) as error:  # unknown scheme, no credentials, ...
-                unmatched.append(f"{item} ({error})")
+                found.unmatched.append(f"{item} ({error})")
                 continue
         elif is_list_file(item):
-            found, missing = list_sources(read_list_file(Path(item)))
-            unmatched.extend(f"{entry} (listed in {item})" for entry in missing)
-            sources.extend(found)
+            listed = find_sources(read_list_file(Path(item)), recursive=recursive,
+                                  exclude=exclude)  # fmt: skip
+            found.unmatched.extend(f"{entry} (listed in {item})" for entry in listed.unmatched)
+            _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
         else:
-            paths, _ = collect_inputs([item])
-            found = [str(p) for p in paths]
-        if not found:
-            unmatched.append(item)
-        sources.extend(found)
-    return list(dict.fromkeys(sources)), unmatched
+            local = find_inputs([item], recursive=recursive, exclude=[Path(p) for p in exclude])
+            images = [(str(p), local.subfolders[p]) for p in local.images]
+        if not images:
+            found.unmatched.append(item)
+        _add(found, images)
+    return found
+
+
+def _add(found: FoundSources, images: Iterable[tuple[str, str]]) -> None:
+    for source, subfolder in images:
+        if source not in found.subfolders:  # the first input naming an image places it
+            found.sources.append(source)
+            found.subfolders[source] = subfolder
+
+
+def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Expand ``inputs`` (not recursive) into image sources (absolute local paths or URIs,
+    deduplicated, in order) and the inputs that matched nothing."""
+    found = find_sources(inputs)
+    return found.sources, found.unmatched
 
 
 def read_source(source: str) -> np.ndarray:
@@ -137,8 +179,10 @@ def plan_outputs(
     image_format: str = "png",
     probability: bool = False,
     overwrite: bool = False,
+    subfolders: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The outputs of ``sources`` in ``out``, by the rule of ``napari-focus predict``
+    """The outputs of ``sources`` in ``out`` (or in its subfolder ``subfolders[source]``),
+    by the rule of ``napari-focus predict``
     (:func:`napari_focus.prediction_files.plan_outputs`): an input whose mask or
     probability map would land on another input's output is a clash, never written.
 
@@ -146,8 +190,9 @@ def plan_outputs(
         OutputReplacesInput: an output would be one of the input images.
     """
     plan = prediction_files.plan_outputs(
-        sources, out, image_format=image_format, probability=probability, overwrite=overwrite
-    )
+        sources, out, image_format=image_format, probability=probability,
+        overwrite=overwrite, subfolders=subfolders,
+    )  # fmt: skip
     return Plan(
         todo=[_job(entry) for entry in plan.todo],
         existing=[_job(entry) for entry in plan.existing],

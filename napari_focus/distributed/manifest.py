@@ -163,10 +163,29 @@ def carried_rows(
 # --- ranking and series --------------------------------------------------------------------
 
 
-def image_folder_of(rows: Sequence[Mapping[str, Any]]) -> Path | None:
-    """The deepest folder holding every local source, or None (no local source)."""
-    local = [Path(r["source"]).parent for r in rows if not is_uri(str(r["source"]))]
-    return Path(os.path.commonpath(local)) if local else None
+def image_folder_of(
+    rows: Sequence[Mapping[str, Any]], out: str | os.PathLike | None = None
+) -> Path | None:
+    """The deepest folder holding every local source, or None (no local source). With
+    ``out`` (the output folder of a ``--recursive`` run): the folder whose subfolders the
+    masks repeat in ``out`` when every row with a mask agrees on it, so that an image's
+    path below it is its mask's path below ``out``."""
+    local = [r for r in rows if not is_uri(str(r["source"]))]
+    if not local:
+        return None
+    roots = set()
+    for row in local if out is not None else ():
+        if not row.get("mask"):
+            continue
+        try:
+            depth = len(Path(row["mask"]).relative_to(Path(out).resolve()).parent.parts)
+        except ValueError:  # a mask outside ``out``: no layout to follow
+            roots.add(None)
+            continue
+        roots.add(Path(row["source"]).parents[depth])
+    if len(roots) == 1 and None not in roots:
+        return roots.pop()
+    return Path(os.path.commonpath([Path(r["source"]).parent for r in local]))
 
 
 def ranking_rows(
@@ -232,6 +251,7 @@ def order_series(
     series_folder: str | os.PathLike,
     image_folder: str | os.PathLike,
     ranking: str | os.PathLike | Mapping[str, int],
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> Any:
     """Open (or create) the labeling series of ``image_folder`` kept in ``series_folder``
     and put its queue in the ranking's order: most doubtful first, images the ranking does
@@ -239,15 +259,47 @@ def order_series(
     current image and statuses. Returns the :class:`~napari_focus.series.SeriesState`.
 
     Opened in the widget with *start masks* set to the prediction folder, each image
-    starts from its predicted mask.
+    starts from its predicted mask. The folders ``exclude`` (the prediction folder when
+    it lies inside ``image_folder``) are not scanned for images.
     """
     from ..series.state import STATE_NAME, load_or_create
 
     ranks = read_ranking(ranking) if not isinstance(ranking, Mapping) else dict(ranking)
     fresh = not (Path(series_folder) / STATE_NAME).exists()
-    state = load_or_create(series_folder, image_folder, recursive=any("/" in key for key in ranks))
+    nested = any("/" in key for key in ranks)
+    state = load_or_create(series_folder, image_folder, recursive=nested, exclude=exclude)
     state.queue.order_by({key: -rank for key, rank in ranks.items()}, descending=True)
     if fresh and len(state.queue):
         state.queue.jump(0)
     state.save()
     return state
+
+
+def check_writable(out: Path, manifest: Path) -> None:
+    """Refuse, before any work, an output folder or manifest that cannot be written (a
+    file in the way, permission denied, a read-only file system)."""
+    from ..atomic import WriteError, check_writable_file, check_writable_folder
+
+    try:
+        check_writable_folder(out)
+        check_writable_file(manifest)
+    except WriteError as error:
+        raise ValueError(f"{error}; choose another output folder or manifest file") from error
+
+
+def earlier_rows(manifest: Path) -> list[dict[str, Any]]:
+    """The rows of the manifest an earlier run left at ``manifest`` (none if there is no
+    file). Anything else there is refused before any work: the run would replace it."""
+    if not manifest.exists():
+        return []
+    try:
+        if manifest.is_dir():
+            raise ValueError("it is a folder")
+        return read_manifest(manifest)
+    except Exception as error:  # csv, pyarrow and the file system raise many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"cannot read {manifest} as the manifest of an earlier run "
+            f"({reason or type(error).__name__}) and will not replace it; move it away or "
+            "name another manifest file"
+        ) from error

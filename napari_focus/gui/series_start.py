@@ -183,6 +183,7 @@ class SeriesStarting:
     output: Any
     recursive: Any
     pattern: Any
+    references: Any
     open_button: Any
     layers_button: Any
     jump_to: Any
@@ -210,6 +211,7 @@ class SeriesStarting:
             return
         output = chosen_dir(self.output.value) or chosen / "napari_focus"
         recursive, pattern = self.recursive.value, self.pattern.value.strip() or None
+        start_masks = chosen_dir(self.references.value)  # inside the folder: no images
 
         def shown() -> None:  # the new series is on screen: the fields name it
             self.folder.value = chosen
@@ -218,7 +220,12 @@ class SeriesStarting:
 
         self._start(
             lambda found: load_or_create(
-                output, chosen, recursive=recursive, pattern=pattern, found=found
+                output,
+                chosen,
+                recursive=recursive,
+                pattern=pattern,
+                found=found,
+                exclude=[start_masks] if start_masks is not None else [],
             ),
             f"opening {chosen}",
             f"no images in '{chosen}'",

@@ -313,6 +313,7 @@ def load_or_create(
     pattern: str | None = None,
     on_corrupt: Literal["backup", "raise"] = "backup",
     found: Callable[[int], None] | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> SeriesState:
     """Open the series of ``folder`` (or of layer ``names``) whose state lives in
     ``output_folder``, resuming where it stopped, or start it.
@@ -325,7 +326,8 @@ def load_or_create(
     order, statuses, export records and the current item are kept; if the saved
     current item is missing, the first present not-exported item is current.
     The state is saved before returning (the previous file kept as the backup). An
-    output folder inside the image folder is not scanned. ``found`` follows the scan
+    output folder inside the image folder is not scanned, nor are the folders
+    ``exclude`` (e.g. the predicted masks the series starts from). ``found`` follows the scan
     (see :func:`~napari_focus.series.queue.scan_folder`).
     """
     if (folder is None) == (names is None):
@@ -338,7 +340,7 @@ def load_or_create(
             recursive=recursive,
             extensions=exts,
             pattern=pattern,
-            exclude=[output],
+            exclude=[output, *exclude],
             found=found,
         )
     else:
