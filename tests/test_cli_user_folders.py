@@ -112,6 +112,60 @@ def test_export_refuses_two_images_of_one_sample_name(photo, tmp_path):
     assert listed == ["IMG_7", "Leaf", "my_photo"]
 
 
+def test_export_gives_a_mask_to_the_image_of_its_exact_name(photo, tmp_path):
+    """leaf.png and Leaf.jpg, one mask leaf.png: it is leaf.png's, whatever the order of
+    the names; Leaf.jpg is refused, not given the other image's mask."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    photo.save(images / "leaf.png")
+    photo.convert("L").convert("RGB").save(images / "Leaf.jpg")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / "leaf.png")
+    pairs, problems = pair_files(images, masks, "duts-tr")
+    assert [(i.name, m.name) for i, m in pairs] == [("leaf.png", "leaf.png")]
+    assert problems == [
+        f"{images / 'Leaf.jpg'}: its sample name 'Leaf' is also that of {images / 'leaf.png'} "
+        "(sample names are made safe and compared regardless of case, as macOS and Windows "
+        "compare file names); rename one"
+    ]
+
+
+def test_export_of_masks_beside_their_images(photo, tmp_path):
+    """MASKS_DIR is IMAGES_DIR: a file is never its own mask, and a mask beside its image
+    (``a_mask.png``, ``b_gt.tif``) is no image to export."""
+    folder = tmp_path / "same"
+    folder.mkdir()
+    mask = Image.fromarray(np.full((48, 72), 255, np.uint8))
+    photo.save(folder / "a.png")
+    mask.save(folder / "a_mask.png")
+    photo.save(folder / "b.jpg")
+    mask.save(folder / "b_gt.tif")
+    photo.save(folder / "c.png")  # no mask of its own
+    pairs, problems = pair_files(folder, folder, "generic")
+    assert [(i.name, m.name) for i, m in pairs] == [("a.png", "a_mask.png"), ("b.jpg", "b_gt.tif")]
+    assert problems == [f"{folder / 'c.png'}: no mask in {folder}"]
+    root = tmp_path / "datasets"
+    code, err = run_cli("export", folder, folder, "--root", root, "--layout", "generic")
+    assert code == 1 and "2 written" in err and "1 unpaired" in err, err
+    assert sorted(p.stem for p in (root / "images").iterdir()) == ["a", "b"]
+
+
+def test_export_recursive_leaves_its_own_dataset_root_out(photo, tmp_path):
+    """--root inside IMAGES_DIR: a second export does not take the dataset's copies for
+    images; an empty --root is refused."""
+    folder, masks = tmp_path / "photos", tmp_path / "photos" / "masks"
+    masks.mkdir(parents=True)
+    photo.save(folder / "a.png")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / "a.png")
+    root = folder / "datasets"
+    args = ("export", folder, masks, "--root", root, "--layout", "generic", "--recursive")
+    assert run_cli(*args)[0] == 0
+    code, err = run_cli(*args, "--on-exists", "skip")
+    assert code == 0 and "1 skipped" in err and "unpaired" not in err.replace("0 unpaired", "")
+    code, err = run_cli("export", folder, masks, "--root", "", "--layout", "generic")
+    assert code == 2 and "--root is empty" in err
+
+
 @pytest.mark.parametrize(
     ("name", "content", "words"),
     [

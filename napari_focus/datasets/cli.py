@@ -10,7 +10,6 @@ failed or any file had no partner, 2 when nothing could be started.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,13 @@ from typing import Any
 from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
-from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES, read_mask_file
-from ..prediction_files import PROBABILITY_SUFFIX, same_file_key
+from ..mask_files import read_mask_file
 from .errors import ExportError, SampleExistsError
 from .export import ON_EXISTS, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
+from .pairing import images_below, pair_files
+
+__all__ = ["add_export_parser", "pair_files", "run_export"]
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,104 +84,6 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def pair_files(
-    images_dir: Path, masks_dir: Path, layout: str, *, recursive: bool = False
-) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(image, mask) pairs and one message per image or mask that could not be paired.
-
-    With ``recursive`` the images of subfolders are paired too, each with a mask in the
-    same subfolder of ``masks_dir`` (as ``predict --recursive`` writes them), else in
-    ``masks_dir`` itself (as a glob pattern's masks go flat), the rule of ``rank --gt``
-    and the series."""
-    convention = get_layout(layout).mask_suffix.rsplit(".", 1)[0]  # "" or e.g. "_gt"
-    images = _files_below(images_dir, recursive, _is_image, leave_out=(masks_dir,))
-    masks: dict[str, dict[str, list[Path]]] = {}  # subfolder -> stem -> mask files
-    for p in _files_below(masks_dir, recursive, _is_mask, leave_out=(images_dir,)):
-        below = p.parent.relative_to(masks_dir).as_posix()
-        masks.setdefault(below, {}).setdefault(p.stem, []).append(p)
-
-    pairs: list[tuple[Path, Path]] = []
-    problems: list[str] = []
-    used: set[Path] = set()
-    samples: dict[str, Path] = {}
-    # the layout's own naming, then the names the series and rank --gt accept
-    suffixes = list(dict.fromkeys([convention, *MASK_SUFFIXES]))
-    for image in images:
-        names = [image.stem + suffix for suffix in suffixes]
-        below = image.parent.relative_to(images_dir).as_posix()
-        found = []
-        for folder in dict.fromkeys([below, "."]):
-            found = _masks_named(masks.get(folder, {}), names)
-            if found:
-                break
-        used.update(found)  # the mask of an image refused below is not an orphan
-        sample_key, sample = _sample_key(image.stem, layout)
-        if sample_key in samples:
-            other = samples[sample_key]
-            apart = "" if other.parent == image.parent else " (a split is one folder of samples)"
-            if other.stem == image.stem:
-                problems.append(f"{image}: same stem as {other}{apart}; rename one")
-            else:
-                problems.append(
-                    f"{image}: its sample name {sample!r} is also that of {other} (sample "
-                    "names are made safe and compared regardless of case, as macOS and "
-                    "Windows compare file names); rename one"
-                )
-        elif not found:
-            where = masks_dir if below == "." else f"{masks_dir / below} or {masks_dir}"
-            problems.append(f"{image}: no mask in {where}")
-        elif len(found) > 1:
-            problems.append(f"{image}: several masks match: {', '.join(m.name for m in found)}")
-        else:
-            samples[sample_key] = image
-            pairs.append((image, found[0]))
-    for by_stem in masks.values():
-        for group in by_stem.values():
-            problems += [f"{m}: no image in {images_dir}" for m in group if m not in used]
-    return pairs, problems
-
-
-def _is_image(path: Path) -> bool:
-    from ..io import IMAGE_EXTENSIONS
-
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _is_mask(path: Path) -> bool:
-    probability = path.stem.endswith(PROBABILITY_SUFFIX)
-    return not probability and path.suffix.lower() in MASK_EXTENSIONS
-
-
-def _files_below(
-    folder: Path, recursive: bool, wanted, leave_out: tuple[Path, ...] = ()
-) -> list[Path]:
-    """The files of ``folder`` (and of its subfolders when ``recursive``) that ``wanted``
-    takes, sorted; hidden files and folders (``.name``), the folders ``leave_out`` and
-    the widget's series folders left out."""
-    from ..input_files import subfolders_to_walk
-
-    skipped = {path.resolve() for path in leave_out}
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = subfolders_to_walk(dirpath, dirnames, skipped) if recursive else []
-        files += [
-            Path(dirpath, name) for name in filenames
-            if not name.startswith(".") and wanted(Path(name)) and Path(dirpath, name).is_file()
-        ]  # fmt: skip
-    return sorted(files)
-
-
-def _masks_named(by_stem: dict[str, list[Path]], names: list[str]) -> list[Path]:
-    """The masks of one folder named ``names``: exactly, else regardless of case (as a
-    case-insensitive file system, macOS or Windows, pairs them)."""
-    found = [m for name in names for m in by_stem.get(name, [])]
-    if not found:
-        keys = {same_file_key(name) for name in names}
-        found = [m for stem, group in by_stem.items() if same_file_key(stem) in keys
-                 for m in group]  # fmt: skip
-    return found
-
-
 def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
     """The image and its mask, both in the image's upright (EXIF) frame; a mask that
     cannot be read or has another size says so, naming the mask file."""
@@ -216,24 +119,6 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
     raise ValueError(message)
 
 
-def _sample_key(stem: str, layout: str) -> tuple[str, str]:
-    """The sample name an image stem exports as, and the key under which two names are
-    one sample (one file on a case-insensitive file system)."""
-    from .names import sanitize_name
-
-    try:
-        name = sanitize_name(stem, get_layout(layout))
-    except ExportError:  # refused when exported, with the reason
-        name = stem
-    return same_file_key(name), name
-
-
-def _images_below(folder: Path, masks_dir: Path) -> bool:
-    """Whether a subfolder of ``folder`` (not hidden, not the masks) holds an image."""
-    below = _files_below(folder, True, _is_image, leave_out=(masks_dir,))
-    return any(path.parent != folder for path in below)
-
-
 def run_export(args: argparse.Namespace) -> int:
     try:
         layout = args.layout or (layout_for_task(args.task) if args.task else None)
@@ -252,17 +137,22 @@ def run_export(args: argparse.Namespace) -> int:
                   "and a folder of their masks", file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
 
+    if not str(args.root).strip():
+        print("napari-focus: --root is empty; give the FOCUS datasets/ folder to export "
+              "into (e.g. --root datasets)", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     try:
         check_writable_folder(args.root)
     except WriteError as exc:
         print(f"napari-focus: --root: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
 
-    if not args.recursive and _images_below(images_dir, masks_dir):
+    if not args.recursive and images_below(images_dir, (masks_dir, Path(args.root))):
         print(f"napari-focus: note: images in subfolders of {images_dir} are not included; "
               "add --recursive to include them (each paired with a mask in the same "
               "subfolder of MASKS_DIR, else in MASKS_DIR)", file=sys.stderr)  # fmt: skip
-    pairs, problems = pair_files(images_dir, masks_dir, layout, recursive=args.recursive)
+    pairs, problems = pair_files(images_dir, masks_dir, layout, recursive=args.recursive,
+                                 leave_out=(Path(args.root),))  # fmt: skip
     for message in [] if args.quiet else problems:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
