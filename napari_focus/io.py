@@ -88,6 +88,12 @@ def check_single_image(image: np.ndarray, name: str) -> np.ndarray:
     from .transforms import MIN_SIDE
 
     planar = image.ndim == 3 and image.shape[-1] not in (1, 3, 4)
+    if planar and image.shape[-1] <= 16 and image.shape[-1] < min(image.shape[:2]):
+        # (H, W, C) of a few channels (two-channel gray + alpha, multispectral), no stack
+        raise StackError(
+            f"{name} has {image.shape[-1]} channels (array of shape {tuple(image.shape)}); "
+            "FOCUS segments gray, RGB or RGBA images: save it with 1, 3 or 4 channels"
+        )
     if planar or image.ndim > 3:
         planes = int(np.prod(image.shape[:-2])) if planar else int(np.prod(image.shape[:-3]))
         raise StackError(
@@ -231,7 +237,14 @@ def _read_tiff(path: Path, limit: int | None) -> np.ndarray:
             raise ValueError(f"{path}: TIFF image of shape {shape} is not 2-D")
         planes = int(np.prod(spatial[:-2], dtype=np.int64)) if len(spatial) > 2 else 1
         _check_pixels(path, spatial[-2], spatial[-1], planes, limit)
-        array = tif.asarray()  # series 0, as tifffile.imread reads it
+        # pages written one by one are series of one shape: a stack, not its first page
+        pages = [s for s in tif.series if s.shape == series.shape and s.dtype == series.dtype]
+        if len(pages) > 1:
+            planes *= len(pages)
+            _check_pixels(path, spatial[-2], spatial[-1], planes, limit)
+            array = np.stack([page.asarray() for page in pages])
+        else:
+            array = tif.asarray()  # series 0, as tifffile.imread reads it
         if planar:
             array = np.moveaxis(array, -3, -1)
         tag = tif.pages.first.tags.get(ORIENTATION_TAG)

@@ -91,7 +91,10 @@ def _validated(image: np.ndarray) -> tuple[np.ndarray, int]:
     if kind not in "uifb":
         raise ValueError(f"unsupported dtype ({received}); expected {ACCEPTED}")
     if kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"image holds NaN or infinite values ({received}); expected {ACCEPTED}")
+        raise ValueError(
+            f"image holds NaN or infinite values ({received}); replace them with numbers "
+            "(e.g. 0) or save the image without them"
+        )
     return array, channels
 
 

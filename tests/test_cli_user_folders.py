@@ -338,15 +338,24 @@ def test_a_tiff_stack_is_named_as_one_in_predict_and_rank(photo, weights, tmp_pa
     images = tmp_path / "images"
     images.mkdir()
     photo.save(images / "one.png")
-    tifffile.imwrite(images / "stack.tif", np.stack([np.asarray(photo.convert("L"))] * 5))
+    gray = np.asarray(photo.convert("L"))
+    tifffile.imwrite(images / "stack.tif", np.stack([gray] * 5))
+    with tifffile.TiffWriter(images / "pages.tif") as pages:  # a page per write
+        for _ in range(3):
+            pages.write(gray)
+    tifffile.imwrite(images / "bands.tif", np.dstack([gray] * 5))  # 5 channels
     code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out",
                         tmp_path / "out", "--device", "cpu", "--quiet")  # fmt: skip
-    assert code == 1 and "1 written" in err
+    assert code == 1 and "1 written" in err and "3 failed" in err
     words = "stack.tif holds 5 planes (array of shape (5, 48, 72)), not one picture"
     assert f"failed: {images / 'stack.tif'}: {words}" in err
+    pages_words = "pages.tif holds 3 planes (array of shape (3, 48, 72)), not one picture"
+    assert f"failed: {images / 'pages.tif'}: {pages_words}" in err
+    assert (f"failed: {images / 'bands.tif'}: bands.tif has 5 channels (array of shape "
+            "(48, 72, 5)); FOCUS segments gray, RGB or RGBA images") in err  # fmt: skip
     code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--out",
                         tmp_path / "rank.csv", "--device", "cpu", "--quiet")  # fmt: skip
-    assert code == 1 and f"failed: stack.tif: {words}" in err
+    assert code == 1 and f"failed: stack.tif: {words}" in err and "pages.tif" in err
 
 
 def test_a_folder_input_leaves_out_hidden_files(photo, tmp_path):
