@@ -102,6 +102,14 @@ def test_rank_gt_refuses_to_score_two_images_against_one_mask(tree, tiny_checkpo
     assert code == 0, err
     assert "ranked 4 images, 0 failed" in err
 
+    Image.open(tree / "a.png").save(tree / "a.jpg")  # one stem beside: gt/a.png is either's
+    code, err = run_cli("rank", tree, "--task", "sod", "--weights", tiny_checkpoint, "--gt", gt,
+                        "--recursive", "--out", out, "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 1, err
+    assert f"--gt: {gt / 'a.png'} would be the ground truth of a.jpg, a.png" in err
+    assert f"failed: a.jpg: its ground truth {gt / 'a.png'} is also that of a.png" in err
+    assert "ranked 3 images, 2 failed" in err
+
 
 def test_local_predict_reads_list_files(tree, tiny_checkpoint, tmp_path):
     listing = tmp_path / "lists" / "batch.txt"

@@ -165,7 +165,7 @@ def shared_reference_groups(
     masks = MaskFolder(gt_folder)
     claims: dict[Path, tuple[Path, list[str]]] = {}
     for key in keys:
-        found = masks.find(root / key, relative=key)
+        found = masks.named_after(root / key, relative=key)  # a.png and a.jpg: both
         if found is not None:
             claims.setdefault(found.resolve(), (found, []))[1].append(key)
     return [(mask, keys) for mask, keys in claims.values() if len(keys) > 1]

@@ -30,6 +30,17 @@ class MaskFolder:
         self, image_path: str | os.PathLike, *, relative: str | os.PathLike | None = None
     ) -> Path | None:
         """:func:`reference_mask_path` of ``image_path`` in this folder."""
+        found = self.named_after(image_path, relative=relative)
+        image = Path(image_path).resolve()
+        if found is not None and found.parent.resolve() != image.parent and _shares_stem(image):
+            return None  # it may be the other image's mask
+        return found
+
+    def named_after(
+        self, image_path: str | os.PathLike, *, relative: str | os.PathLike | None = None
+    ) -> Path | None:
+        """The first mask file named after ``image_path`` (never the image itself), also
+        when another image beside it has its stem (:meth:`find` then gives None)."""
         image = Path(image_path)
         stem = image.stem
         folders = [self.root]
@@ -42,10 +53,6 @@ class MaskFolder:
                 for suffix in MASK_SUFFIXES:
                     found = by_name.get(f"{stem}{suffix}{extension}".lower())
                     if found is not None and found.resolve() != image_resolved:
-                        if found.parent.resolve() != image_resolved.parent and (
-                            _shares_stem(image_resolved)
-                        ):
-                            return None  # it may be the other image's mask
                         return found
         return None
 
