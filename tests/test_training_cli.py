@@ -293,31 +293,34 @@ def test_base_weights_that_cannot_be_read_are_refused_before_the_samples(
         assert err.startswith("napari-focus train: --weights"), err
 
 
+@pytest.mark.parametrize(("stop", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
 def test_ctrl_c_stops_at_the_stage_and_resume_continues_from_the_step(
-    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch, stop, code
 ) -> None:
-    """A first Ctrl-C is a Cancel: the run stops before its next step with that step's
-    state saved (exit 130); the same command with --resume finishes it."""
+    """A first Ctrl-C (or a batch scheduler's SIGTERM) is a Cancel: the run stops before
+    its next step with that step's state saved (exit 130, 143); the same command with
+    --resume finishes it."""
     import os
     import signal
 
-
+    expected = code
     export_shapes(tmp_path / "datasets", "camo-train", 4, size=48)
     out = tmp_path / "tuned.safetensors"
 
     def ctrl_c_after_step_1(update):
         if update.phase == "train" and update.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # what the terminal sends
+            os.kill(os.getpid(), getattr(signal, stop))  # what the terminal sends
 
     _after_each_report(monkeypatch, ctrl_c_after_step_1)
     handler = signal.getsignal(signal.SIGINT)
+    term_handler = signal.getsignal(signal.SIGTERM)
     args = ["train", "--root", str(tmp_path / "datasets"), "--layout", "camo-train",
             "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "3",
             "--eval-every", "3", "--device", "cpu", "--preset", "cpu", "--crop", "96",
             "--quiet"]  # fmt: skip
     code = main(args)
     err = capsys.readouterr().err
-    assert code == 130, err
+    assert code == expected, err
     assert "stopping within a model stage" in err
     assert ("interrupted at step 1 of 3; the same command with `--resume` continues from "
             "there") in err  # fmt: skip
@@ -325,6 +328,7 @@ def test_ctrl_c_stops_at_the_stage_and_resume_continues_from_the_step(
     state = torch.load(tmp_path / "tuned.training" / "resume.pt", weights_only=True)
     assert state["step"] == 1  # saved at the cancel, not only at an evaluation
     assert signal.getsignal(signal.SIGINT) is handler  # restored
+    assert signal.getsignal(signal.SIGTERM) is term_handler
 
     monkeypatch.undo()
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import WriteError, check_writable_file
-from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, positive_int, say
+from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, Terminated, positive_int, say
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
 from .config import DEFAULT_STEPS
@@ -58,8 +58,8 @@ exit codes:
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, PySODMetrics
      missing, no samples, an existing --out, an unfinished run of --out (add
      --resume or --restart), or base weights that could not be loaded
-  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; --resume continues from the last completed
-     step (a second Ctrl-C stops at once: from the last evaluation)
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (143: by SIGTERM); --resume continues from the
+     last completed step (a second one stops at once: from the last evaluation)
 """
 
 
@@ -161,25 +161,30 @@ RESUME_SETTINGS = {
 
 
 @contextmanager
-def _first_ctrl_c_cancels(cancel: threading.Event) -> Iterator[None]:
-    """Inside the block, a first Ctrl-C sets ``cancel``: the run stops within a model
-    stage and saves its last completed step; a second one interrupts at once."""
+def _first_stop_cancels(cancel: threading.Event) -> Iterator[set[int]]:
+    """Inside the block, a first Ctrl-C or SIGTERM (a batch scheduler's stop) sets
+    ``cancel``: the run stops within a model stage and saves its last completed step; a
+    second one interrupts at once. Yields the signals received."""
+    received: set[int] = set()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
-    def interrupted(_signum: int, _frame: Any) -> None:
+    def stop(signum: int, _frame: Any) -> None:
+        received.add(signum)
         if cancel.is_set():
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         cancel.set()
-        print("\nnapari-focus train: stopping within a model stage and saving the last "
-              "completed step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        again = "Ctrl-C" if signum == signal.SIGINT else "another SIGTERM"
+        print(f"\nnapari-focus train: stopping within a model stage and saving the last "
+              f"completed step ({again} to stop at once)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, interrupted)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _say(message: str) -> None:
@@ -300,8 +305,9 @@ def run_train(args: argparse.Namespace) -> int:
             bar.close()
 
     cancel = threading.Event()
+    received: set[int] = set()
     try:
-        with _first_ctrl_c_cancels(cancel):
+        with _first_stop_cancels(cancel) as received:
             result = train(config, progress=show, cancel=cancel)
     except UnfinishedRunError:
         close_bar()
@@ -336,22 +342,24 @@ def run_train(args: argparse.Namespace) -> int:
         if has_saved_state(config.work_dir) or args.resume:
             _say("interrupted; `--resume` continues from the last evaluation")
         else:  # nothing to resume yet (interrupted while the base weights downloaded, say)
-            _say("interrupted before anything was saved; run the same command again (a "
-                 "download of the base weights continues from where it stopped)")  # fmt: skip
-        return EXIT_INTERRUPTED
+            download = "" if Path(args.weights).is_file() else (
+                " (a download of the base weights continues from where it stopped)"
+            )
+            _say(f"interrupted before anything was saved; run the same command again{download}")
+        return _interrupted_code(received)
     close_bar()
     if result.cancelled and not result.started:
         _say("interrupted while the base weights downloaded; run the same command again "
              "(the download continues from where it stopped)")
-        return EXIT_INTERRUPTED
+        return _interrupted_code(received)
     if result.cancelled and not result.saved:
         _say("interrupted before its first step was done, so nothing was saved; run the "
              "same command again")  # fmt: skip
-        return EXIT_INTERRUPTED
+        return _interrupted_code(received)
     if result.cancelled:
         _say(f"interrupted at step {result.step} of {args.steps}; the same command with "
              "`--resume` continues from there")
-        return EXIT_INTERRUPTED
+        return _interrupted_code(received)
     if result.output != Path(args.out):
         _say(f"--out {args.out} appeared during training and was kept; the trained "
              f"weights are in {result.output}")  # fmt: skip
@@ -363,6 +371,11 @@ def run_train(args: argparse.Namespace) -> int:
         print("  no step beat the base weights on the held-out samples: the output holds "
               "them unchanged", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _interrupted_code(received: set[int]) -> int:
+    """130 for Ctrl-C, 143 when SIGTERM stopped the run (as a shell reports them)."""
+    return 128 + int(signal.SIGTERM) if signal.SIGTERM in received else EXIT_INTERRUPTED
 
 
 def _best_step_summary(result: Any, keep_best: str) -> str:
