@@ -71,6 +71,17 @@ exit codes:
      report could not be written
   {EXIT_INTERRUPTED}  interrupted by Ctrl-C
 """,
+    "annotate": f"""\
+exit codes:
+  0  napari was closed (the series' edits are kept in its series folder)
+  {EXIT_SETUP_ERROR}  napari was not opened: bad arguments, a --weights file that cannot be
+     used, a file that is not an image, or no display to open a window on
+""",
+    "doctor": """\
+exit codes:
+  0  the report was printed (a kernel that cannot be compiled here is reported in
+     it, not an error)
+""",
 }
 
 
@@ -145,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.formatter_class = formatter
         sub.epilog = sub.epilog or COMMAND_EXIT_CODES[sub.prog.split()[-1]]
 
-    add_annotate_parser(commands).formatter_class = formatter
+    annotate = add_annotate_parser(commands)
+    annotate.formatter_class, annotate.epilog = formatter, COMMAND_EXIT_CODES["annotate"]
 
     doctor = commands.add_parser(
         "doctor",
@@ -153,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Report the PyTorch build, the devices and the state of the compiled "
         "deformable-attention kernels.",
         formatter_class=formatter,
+        epilog=COMMAND_EXIT_CODES["doctor"],
     )
     doctor.add_argument(
         "--build", action="store_true", help="compile (and self-check) the kernels now"

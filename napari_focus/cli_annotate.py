@@ -4,6 +4,7 @@ Model tab (which the widget then remembers for the next session)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,23 @@ def model_choices(args: argparse.Namespace) -> dict[str, Any]:
     return chosen
 
 
+def no_display_reason() -> str | None:
+    """Why napari's window cannot open here (a Linux session without a display, where
+    Qt would abort), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and not platform.startswith(("xcb", "wayland")):
+        return None  # offscreen, vnc, eglfs: Qt draws without a display server
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return (
+        "annotate opens napari's window and this session has no display (DISPLAY and "
+        "WAYLAND_DISPLAY are unset): run it on the desktop, over `ssh -X`, or under "
+        "`xvfb-run`; `napari-focus predict` writes masks without a window"
+    )
+
+
 def run_annotate(args: argparse.Namespace) -> int:
     from .io import read_image
 
@@ -83,6 +101,9 @@ def run_annotate(args: argparse.Namespace) -> int:
             except (OSError, ValueError) as error:
                 print(f"napari-focus: cannot open {path} as an image: {error}", file=sys.stderr)
                 return EXIT_SETUP_ERROR
+    if (reason := no_display_reason()) is not None:
+        print(f"napari-focus: {reason}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     import napari
 
     from .gui.annotate import open_viewer

@@ -261,6 +261,23 @@ def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_pa
     assert code == 2 and f"--weights {tmp_path / 'gone.pth'}: no such file" in err
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11/Wayland sessions")
+def test_annotate_without_a_display_says_so_instead_of_qt_aborting(tmp_path):
+    """Over plain ssh Qt's xcb plugin aborts the process (exit 134); annotate says
+    what to do first. Run in a child process: the check must come before Qt loads."""
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48)).save(image)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_focus", "annotate", str(image)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "this session has no display (DISPLAY and WAYLAND_DISPLAY are unset)" in proc.stderr
+    assert "xvfb-run" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)

@@ -96,10 +96,13 @@ def test_each_command_lists_its_own_exit_codes(monkeypatch) -> None:
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
     helps = {name: sub[name].format_help().split("exit codes:", 1)[1] for name in
-             ("predict", "export", "rank", "train")}  # fmt: skip
+             ("predict", "export", "rank", "train", "annotate", "doctor")}  # fmt: skip
     assert "143 when stopped by SIGTERM" in helps["predict"]
-    for name in ("export", "rank", "train"):
+    assert "(143: by SIGTERM)" in helps["train"]
+    for name in ("export", "rank", "annotate", "doctor"):
         assert "143" not in helps[name] and "predict:" not in helps[name], name
+    assert "no display" in helps["annotate"] and "  1  " not in helps["annotate"]
+    assert "  2  " not in helps["doctor"]
     assert "--device" not in helps["export"] and "download" not in helps["export"]
     assert "MASKS_DIR" in helps["export"] and "--gt" in helps["rank"]
     assert "--restart" in helps["train"]
