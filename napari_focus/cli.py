@@ -79,7 +79,7 @@ exit codes:
 """,
     "doctor": """\
 exit codes:
-  0  the report was printed (a kernel that cannot be compiled here is reported in
+  0  the report was printed (a kernel that cannot be compiled here is said in
      it, not an error)
 """,
 }
