@@ -19,7 +19,7 @@ def read_list_file(path: Path) -> list[str]:
     """The entries of a list file, one a line (blank lines and ``#`` comments left out);
     a relative entry is relative to the list's folder."""
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():  # sig: Notepad's BOM
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue

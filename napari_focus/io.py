@@ -136,7 +136,7 @@ def _check_pixels(path: Path, height: int, width: int, planes: int, limit: int |
     if limit is not None and pixels > limit:
         planes_text = f" x {planes} planes" if planes > 1 else ""
         raise ImageTooLargeError(
-            f"{path}: {width} x {height}{planes_text} = {pixels:,} pixels is above the limit "
+            f"{path.name}: {width} x {height}{planes_text} = {pixels:,} pixels is above the limit "
             f"of {limit:,} pixels (a damaged file or a decompression bomb?); not decoded. "
             f"Set {MAX_PIXELS_ENV} to raise the limit for a genuine large image."
         )
@@ -178,7 +178,7 @@ def _read_image(path: Path, limit: int | None) -> np.ndarray:
         image_file = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
-            f"{path}: {exc} Set {MAX_PIXELS_ENV} and PIL.Image.MAX_IMAGE_PIXELS to read it."
+            f"{path.name}: {exc} Set {MAX_PIXELS_ENV} and PIL.Image.MAX_IMAGE_PIXELS to read it."
         ) from exc
     with image_file as image:
         _check_pixels(path, image.height, image.width, 1, limit)

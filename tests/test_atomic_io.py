@@ -294,7 +294,7 @@ def test_png_and_tiff_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
     for path in (png_bomb(tmp_path / "bomb.png", side), tiff):
         with pytest.raises(ImageTooLargeError, match="NAPARI_FOCUS_MAX_PIXELS") as info:
             read_image(path)
-        assert str(path) in str(info.value)
+        assert str(info.value).startswith(f"{path.name}: ")
     between = png_bomb(tmp_path / "between.png", int(limit**0.5) + 64)  # PIL only warns
     with pytest.raises(ImageTooLargeError, match="above the limit"):
         read_image(between)

@@ -100,6 +100,25 @@ def test_export_conflict_is_reported_with_the_flag(tmp_path: Path) -> None:
     assert "on_exists=" not in message
 
 
+def test_export_refuses_a_task_that_is_not_the_layouts(tmp_path: Path) -> None:
+    """--layout cod10k-train --task sod would record 'sod' for samples of a COD split."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    args = ["export", str(images), str(masks), "--root", str(tmp_path / "datasets"),
+            "--layout", "cod10k-train", "--task", "sod"]  # fmt: skip
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    assert code == 2
+    assert err.getvalue().strip() == (
+        "napari-focus: --task sod does not fit --layout cod10k-train, a cod split (the task "
+        "is recorded with each sample); leave --task out, or give the sod split's layout "
+        "(duts-tr)"
+    )
+    assert not (tmp_path / "datasets").exists()
+
+
 def test_every_help_fits_80_columns_and_keeps_names_whole(monkeypatch) -> None:
     """Read in an 80-column terminal: no line wider, no name or flag split at its hyphen
     (`camo-` / `train`), every layout and preset named whole."""

@@ -131,6 +131,15 @@ def test_local_predict_reads_list_files(tree, tiny_checkpoint, tmp_path):
     assert not found.images and "names no image" in found.unmatched[0][1]
 
 
+def test_a_list_file_saved_with_a_byte_order_mark_names_its_first_image(tree):
+    """Notepad saves UTF-8 with a BOM: the first entry is still the path written."""
+    from napari_focus.input_files import read_list_file
+
+    listing = tree / "list.txt"
+    listing.write_text("a.png\nsub/a.png\n", encoding="utf-8-sig")
+    assert read_list_file(listing) == [str(tree / "a.png"), str(tree / "sub/a.png")]
+
+
 def test_a_too_small_image_is_named_with_its_size_in_pixels(tree, tiny_checkpoint, tmp_path):
     Image.new("RGB", (20, 16)).save(tree / "tiny.png")
     code, err = _predict(tree / "tiny.png", tree / "b.jpg", "--weights", tiny_checkpoint,

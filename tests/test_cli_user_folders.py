@@ -144,6 +144,13 @@ def test_export_of_masks_beside_their_images(photo, tmp_path):
     pairs, problems = pair_files(folder, folder, "generic")
     assert [(i.name, m.name) for i, m in pairs] == [("a.png", "a_mask.png"), ("b.jpg", "b_gt.tif")]
     assert problems == [f"{folder / 'c.png'}: no mask in {folder}"]
+    mask.save(folder / "b_mask.png")  # a second mask of b.jpg: say which to keep
+    _, problems = pair_files(folder, folder, "generic")
+    assert problems[0] == (
+        f"{folder / 'b.jpg'}: several masks match: b_gt.tif, b_mask.png; keep one of them "
+        "in the masks folder (move the others away)"
+    )
+    (folder / "b_mask.png").unlink()
     root = tmp_path / "datasets"
     code, err = run_cli("export", folder, folder, "--root", root, "--layout", "generic")
     assert code == 1 and "2 written" in err and "1 unpaired" in err, err

@@ -129,6 +129,13 @@ def run_export(args: argparse.Namespace) -> int:
         print("napari-focus: give --layout (the training split to add to) or --task (its "
               "default split)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
+    split_task = get_layout(layout).task if layout in LAYOUTS else None
+    if args.task and split_task and args.task != split_task:
+        print(f"napari-focus: --task {args.task} does not fit --layout {layout}, a "
+              f"{split_task} split (the task is recorded with each sample); leave --task "
+              f"out, or give the {args.task} split's layout ({layout_for_task(args.task)})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     images_dir, masks_dir = Path(args.images_dir), Path(args.masks_dir)
     for label, folder in (("IMAGES_DIR", images_dir), ("MASKS_DIR", masks_dir)):
         if not folder.is_dir():

@@ -72,7 +72,10 @@ def pair_files(
             where = masks_dir if below == "." else f"{masks_dir / below} or {masks_dir}"
             problems.append(f"{image}: no mask in {where}")
         elif len(found) > 1:
-            problems.append(f"{image}: several masks match: {', '.join(m.name for m in found)}")
+            problems.append(
+                f"{image}: several masks match: {', '.join(m.name for m in found)}; keep "
+                "one of them in the masks folder (move the others away)"
+            )
         else:
             samples[sample_key] = image
             pairs.append((image, found[0]))

@@ -388,6 +388,8 @@ def _best_step_summary(result: Any, keep_best: str) -> str:
         for k in dict.fromkeys((keep_best, "mask_iou", "smeasure", "edit_effort"))
         if k in best
     )
-    if not figures:  # no held-out samples: the last step is written
+    if result.best_step is None:  # no held-out samples: the last step is written
+        return f"the last step, {result.step}: no held-out samples to choose a best by"
+    if not figures:
         return f"best step {result.best_step}"
     return f"best step {result.best_step} by --keep-best {keep_best}: {figures}"
