@@ -98,11 +98,18 @@ def test_order_by_uncertainty_scores_every_image(
     series.prefetch.value = False
     open_series(series, folder)
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    for _ in range(3):
+        series.next()
+    qtbot.waitUntil(lambda: series.shown_key == "img3.png" and not series.busy, timeout=WAIT_MS)
     series.order_by_uncertainty()
     qtbot.waitUntil(lambda: not series.busy and len(series.scores) == 5, timeout=WAIT_MS)
     order = [item.key for item in series.state.queue]
+    assert order.index("img3.png") != 3  # the test below needs a new place
     expected = sorted(series.scores, key=lambda key: -series.scores[key])
     assert order == expected
+    # the shown image keeps its place on screen: "go to #" names its new number
+    assert series.jump_to.value == order.index(series.shown_key) + 1
+    assert series.position.value.startswith(f"{order.index(series.shown_key) + 1} / 5 ")
     scores = dict(series.scores)
     computed = len(predict_threads)
     viewer.close()

@@ -57,9 +57,6 @@ class SeriesDisplay:
         unlock_mask_layer(self.viewer, self._locked_mode)
         self._locked_mode = None
         self._show_position(item)
-        self.jump_to.changed.disconnect(self._on_jump)
-        self.jump_to.value = self.state.queue.index + 1
-        self.jump_to.changed.connect(self._on_jump)
 
         if item.path is None:  # a queue of open layers: show that layer
             layer = self.viewer.layers[item.key]
@@ -107,6 +104,10 @@ class SeriesDisplay:
         self.position.value = (
             f"{self.state.queue.position_text()} {item.name} — {item.status}{failed}"
         )
+        if self.jump_to.value != self.state.queue.index + 1:  # also after a new order
+            self.jump_to.changed.disconnect(self._on_jump)
+            self.jump_to.value = self.state.queue.index + 1
+            self.jump_to.changed.connect(self._on_jump)
 
     def _known_prediction(self, item: Any) -> Prediction | None:
         """The proposal from memory, or from the series folder (computed earlier)."""
