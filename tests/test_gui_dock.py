@@ -79,6 +79,18 @@ def test_dock_fits_the_screen_after_a_long_error(qtbot, open_focus_widget, monke
     native = improve_status.native
     assert native.heightForWidth(native.width()) <= native.maximumHeight()  # nothing cut
 
+    from qtpy.QtCore import QRect, Qt
+
+    path = "/home/annotator/datasets/napari_focus_models/focus_sod_20261124-073641.safetensors"
+    improve_status.value = f"using {path}; re-proposing 7 series images"
+    qtbot.wait(100)
+    shown = native.text()
+    assert shown.replace("\u200b", "") == improve_status.value  # all of it, wrapped
+    box = native.fontMetrics().boundingRect(
+        QRect(0, 0, native.width(), 10_000), int(Qt.TextFlag.TextWordWrap), shown
+    )
+    assert box.width() <= native.width()  # the path wraps: no line runs past the edge
+
 
 def test_every_series_button_is_reachable(qtbot, open_focus_widget):
     from qtpy.QtWidgets import QScrollArea

@@ -159,8 +159,11 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
     improve = widget.improve
     improve.improve_button.clicked.emit()
     qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
-    improve.cancel_button.clicked.emit()
+    assert not improve.steps.enabled and not improve.output.enabled  # taken by the run
+    assert widget.cancel_button.enabled  # the footer's Cancel (Shift+C) stops it too
+    widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert not widget.cancel_button.enabled and improve.steps.enabled
     assert improve.status.value.startswith("cancelled at step ")
     assert ("of 3: Improve continues it; to start a new run, choose another file under "
             "'new weights'") in improve.status.value  # fmt: skip

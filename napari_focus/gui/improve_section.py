@@ -69,6 +69,9 @@ class ImproveHost(Protocol):
         """Recompute (and re-rank) the proposals of the series images not yet accepted;
         returns how many will be recomputed."""
 
+    def job_changed(self) -> None:
+        """A training run started or ended (the widget's own Cancel follows it)."""
+
 
 class FocusWidgetHost:
     """:class:`ImproveHost` over the FOCUS dock widget's public parts."""
@@ -79,6 +82,9 @@ class FocusWidgetHost:
     def training_data(self) -> tuple[Path | None, str]:
         export = self.widget.export_section
         return chosen_dir(export.dataset_root.value), export.dataset_layout.value
+
+    def job_changed(self) -> None:
+        self.widget.update_enabled()
 
     def current_weights(self) -> WeightsChoice:
         w = self.widget
@@ -251,6 +257,7 @@ class ImproveSection(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.improve_button.enabled, self.cancel_button.enabled = False, True
+        self._settings_enabled(False)  # the run has taken them: changes would do nothing
         self._config = config
         self.status.value = (
             f"continuing the cancelled run of {config.out.name}…"
@@ -258,6 +265,12 @@ class ImproveSection(Container):
             else f"starting from {self._base.describe()}…"
         )
         worker.start()
+        self.host.job_changed()
+
+    def _settings_enabled(self, enabled: bool) -> None:
+        for field in (self.steps, self.preset, self.crop, self.learning_rate, self.keep,
+                      self.output):  # fmt: skip
+            field.enabled = enabled
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -342,6 +355,8 @@ class ImproveSection(Container):
         if self._watch.aborted and self._watch.outcome is not None:  # napari's task list
             self._on_returned(self._watch.outcome)  # cancelled it: said as for Cancel
         self.improve_button.enabled, self.cancel_button.enabled = True, False
+        self._settings_enabled(True)
+        self.host.job_changed()
         offer, self._offer_restart = self._offer_restart, None
         if offer is not None:
             question, text = offer

@@ -59,7 +59,7 @@ class WrappingLabel(Label):
         self.changed.emit(self._full)
 
     def _show(self) -> None:
-        self.native.setText(self._elided(self._full))
+        self.native.setText(self._elided(breakable(self._full)))
 
     def _elided(self, text: str) -> str:
         """The longest prefix of ``text`` (+ "…") that wraps into ``max_lines`` lines,
@@ -84,6 +84,13 @@ class WrappingLabel(Label):
             middle = (low + high) // 2
             low, high = (middle, high) if fits(text[:middle] + "…") else (low, middle)
         return text[:low].rstrip() + "…"
+
+
+def breakable(text: str) -> str:
+    """``text`` with a zero-width space after each ``/``, ``\\`` and ``_``: Qt wraps
+    lines only between words, and a long path is one word it would cut at the label's
+    edge."""
+    return text.translate({ord(c): f"{c}\u200b" for c in "/\\_"})
 
 
 def narrow_combo(combo: ComboBox, characters: int = 12) -> ComboBox:

@@ -205,7 +205,9 @@ class FocusWidget(ProposalOutput, Container):
         series = getattr(self, "series", None)
         loading = series is not None and series.prefetcher.loading is not None
         opening = series is not None and series.loader.wanted
-        self.cancel_button.enabled = self._worker is not None or loading or opening
+        improve = getattr(self, "improve", None)
+        training = improve is not None and improve.running
+        self.cancel_button.enabled = self._worker is not None or loading or opening or training
         if loading and not self._tick.isActive():  # to show a download of its model
             self._tick.start()
         has_mask = self.mask_layer() is not None
@@ -287,10 +289,15 @@ class FocusWidget(ProposalOutput, Container):
         """Stop the running job within one model stage; nothing it computed is added.
         While the model loads, the widget is free at once: a checkpoint read stops at the
         next tensor, a download ends in the background. A first kernel build goes on in
-        the background, for the next Run. Without a Run, Cancel stops the model loading
-        of the series' proposals, or the opening of a series."""
+        the background, for the next Run. Without a Run, Cancel stops the opening of a
+        series, else the Improve tab's training, else the model loading of the series'
+        proposals."""
         if self._worker is None:
-            if not self.series.cancel_open():
+            if self.series.cancel_open():
+                return
+            if self.improve.running:
+                self.improve.cancel()
+            else:
                 self.series.cancel_model_load()
             return
         self.set_status("cancelling…")
