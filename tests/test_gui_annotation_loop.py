@@ -206,6 +206,40 @@ def test_the_keyboard_walks_the_series(qtbot, open_series, open_focus_widget, tm
     assert jumps == [12], "typing 12 went to image 1 first"
 
 
+def test_accept_before_the_proposal_says_to_wait_without_an_error(
+    qtbot, open_series, open_focus_widget, photos, monkeypatch
+):
+    import threading
+
+    from napari_focus.gui import series_section
+    from napari_focus.predictor import FocusPredictor
+
+    errors: list[str] = []
+    notes: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    monkeypatch.setattr(series_section, "show_info", notes.append)
+    release = threading.Event()
+    real = FocusPredictor.predict_prepared
+
+    def held(self, *args, **kwargs):
+        release.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "predict_prepared", held)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    open_series(series, photos)
+    series.accept_button.changed.emit(True)  # the proposal is held back: not ready
+    release.set()
+    assert errors == []
+    assert notes[-1] == (
+        "FOCUS series: the proposal of a_large is still being computed: wait for it."
+    )
+    assert widget.status.value.startswith("the proposal of a_large is still being computed")
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+
+
 def test_what_is_missing_is_named_with_its_tab(
     qtbot, open_series, open_focus_widget, photos, monkeypatch
 ):

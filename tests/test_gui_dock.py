@@ -70,8 +70,8 @@ def test_dock_fits_the_screen_after_a_long_error(qtbot, open_focus_widget, monke
     improve_status = widget.improve.status
     widget.show_section("Improve")
     improve_status.value = (
-        "done: IoU 0.966 -> 0.966 (no step beat the starting weights on the held-out images; "
-        "the new file holds them unchanged); tuned.safetensors " * 3
+        "done: IoU 0.966 -> 0.966; no step beat the starting weights on the held-out images, "
+        "so the new file holds them; tuned.safetensors " * 3
     )
     qtbot.wait(100)
     shown = improve_status.native.text()

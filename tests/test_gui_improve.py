@@ -71,6 +71,8 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     assert improve.status.value.startswith("done"), improve.status.value
     assert "no step beat" not in improve.status.value, improve.status.value
     assert improve.use_new_button.enabled
+    figures = [state for state in states if "S-measure" in state]  # the tab's words
+    assert figures and all("mask_iou" not in state for state in states), sorted(set(states))
 
     # a series in progress: its images not yet accepted get new proposals and a new order
     folder = tmp_path / "series"

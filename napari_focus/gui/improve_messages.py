@@ -14,6 +14,24 @@ SETTING_LABELS = {
 }  # fmt: skip
 
 
+# the validation figures, in the words of the tab's "keep best" choices
+METRIC_LABELS = {
+    "mask_iou": "proposal IoU", "iou": "IoU of probability > 0.5", "smeasure": "S-measure",
+    "emeasure_mean": "E-measure", "wfmeasure": "weighted F", "mae": "MAE", "ber": "BER",
+    "edit_effort": "edit effort",
+}  # fmt: skip
+
+
+def validation_text(step: int, metrics: dict[str, float]) -> str:
+    """One evaluation's figures: ``step 4: proposal IoU 0.912, S-measure 0.874, ...``."""
+    parts = [
+        f"{METRIC_LABELS.get(name, name)} {value:.3f}"
+        for name, value in metrics.items()
+        if value == value  # not NaN
+    ]
+    return f"step {step}: " + ", ".join(parts)
+
+
 def training_error_text(error: BaseException, out_name: str, output_label: str) -> str:
     """``error`` of the run into ``out_name``; ``output_label``: the output field's."""
     from ..training.state import ResumeMismatchError, UnreadableStateError

@@ -35,7 +35,7 @@ from ..training.cli import PRESET_NAMES
 from ..training.config import DEFAULT_STEPS
 from . import dialogs
 from .fields import chosen_dir
-from .improve_messages import restart_question, training_error_text
+from .improve_messages import restart_question, training_error_text, validation_text
 from .improve_watch import TrainingWatch
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
@@ -290,6 +290,8 @@ class ImproveSection(Container):
         if report.phase == "train":
             eta = f", {report.eta_seconds:.0f} s left" if report.eta_seconds else ""
             self.status.value = f"step {report.step}/{report.steps}, loss {report.loss:.3f}{eta}"
+        elif report.phase == "eval" and report.metrics is not None:
+            self.status.value = validation_text(report.step, report.metrics)
         else:
             self.status.value = report.message
 
@@ -337,13 +339,13 @@ class ImproveSection(Container):
             "file", result.output, self._base.size, self._base.task, self._base.device
         )
         if result.best_step == 0:
-            gain += " (no step beat the starting weights on the held-out images; the new file "
-            gain += "holds them unchanged)"
+            gain += "; no step beat the starting weights on the held-out images, so the new "
+            gain += "file holds them"
         if self._filled_output:  # the next Improve starts a new run
             self.output.value, self._filled_output = "", False
         self.status.value = f"done: {gain}; {result.output.name}"
         self.use_new_button.enabled = True
-        show_info(f"FOCUS: new weights {result.output} ({gain})")
+        show_info(f"FOCUS: new weights {result.output}: {gain}")
 
     def _error_text(self, error: BaseException) -> str:
         return training_error_text(error, self._config.out.name, self.output.label)

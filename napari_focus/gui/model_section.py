@@ -32,12 +32,12 @@ def kernel_status_text() -> str:
 
         status = kernel_status()
     except Exception as error:  # the status line must never break the widget
-        return f"kernels: unknown ({error})"
+        return f"unknown ({error})"
     parts = [
         f"{name.upper()} {info.get('status', '?')}"
         for name, info in status.get("kernels", {}).items()
     ]
-    return "compiled kernels: " + (", ".join(parts) if parts else "none (PyTorch reference)")
+    return ", ".join(parts) if parts else "none compiled (PyTorch reference)"
 
 
 def checkpoint_task_note(task: str, path: Path) -> str | None:

@@ -89,7 +89,9 @@ class SeriesDecisions:
         hand; else say why there is none (True) and what to do."""
         name = self.state.queue.item(self._shown).name
         if self._resetting == self._shown:
-            self._error(f"the proposal of {name} is on its way (Reset to proposal): wait for it")
+            self._wait_note(
+                f"the proposal of {name} is on its way (Reset to proposal): wait for it"
+            )
             return True
         waiting = labels is None or self._awaiting == self._shown
         if not waiting or (labels is not None and np.asarray(labels.data).any()):
@@ -97,7 +99,9 @@ class SeriesDecisions:
         by_hand = "" if labels is None else " Or paint its mask by hand, then Accept."
         reason = self.no_proposal_reason()
         if reason is None:
-            self._error(f"the proposal of {name} is still being computed: wait for it.{by_hand}")
+            self._wait_note(
+                f"the proposal of {name} is still being computed: wait for it.{by_hand}"
+            )
         else:
             self._error(f"{name} has no proposal to accept: {reason.rstrip('.')}.{by_hand}")
         return True

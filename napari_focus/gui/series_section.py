@@ -326,5 +326,10 @@ class SeriesSection(
         self.owner.set_status(f"error: {message}")
         show_error(f"FOCUS series: {message}")
 
+    def _wait_note(self, message: str) -> None:
+        """Nothing is wrong, the button acts once something ends: said, not as an error."""
+        self.owner.set_status(message)
+        show_info(f"FOCUS series: {message}")
+
 
 __all__ = ["META_KEY", "SERIES_KEY", "SeriesSection", "provenance_of"]

@@ -156,7 +156,7 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
     if not samples:
         raise DatasetError(
             f"no training samples under {root} for layout(s) {', '.join(layouts)}: export "
-            "corrected masks there first (napari-focus export, or the Export section)"
+            "corrected masks there first (napari-focus export, or the widget's Export tab)"
         )
     return samples, problems
 
