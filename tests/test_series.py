@@ -70,9 +70,9 @@ def test_scan_folder_recursion_glob_and_extensions(folder):
 
 
 def test_scan_folder_counts_what_it_finds_and_stops_when_told(tmp_path, monkeypatch):
-    from napari_focus.series import queue
+    from napari_focus.series import scan
 
-    monkeypatch.setattr(queue, "FOUND_EVERY", 2)
+    monkeypatch.setattr(scan, "FOUND_EVERY", 2)
     for i in range(5):
         touch(tmp_path / f"img{i}.png")
     touch(tmp_path / "sub" / "img5.png")
@@ -86,6 +86,16 @@ def test_scan_folder_counts_what_it_finds_and_stops_when_told(tmp_path, monkeypa
     with pytest.raises(InterruptedError, match="2 are enough"):
         load_or_create(tmp_path / "series", tmp_path, found=enough)
     assert not (tmp_path / "series").exists()  # stopped before any state was written
+
+
+def test_images_of_one_stem_are_named_with_their_extension(tmp_path):
+    for name in ("cat.png", "Cat.JPG", "dog.png", "sub/cat.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 40)).save(tmp_path / name)
+    queue = ImageQueue.from_folder(tmp_path, recursive=True)
+    names = {item.key: item.name for item in queue}
+    assert names == {"Cat.JPG": "Cat.JPG", "cat.png": "cat.png", "dog.png": "dog",
+                     "sub/cat.png": "cat"}  # fmt: skip
 
 
 def test_queue_items_and_navigation(folder):

@@ -7,9 +7,8 @@ the state file, the prefetch cache and scores refer to.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import IMAGE_EXTENSIONS
+from .scan import scan_folder
 
 
 class Status(StrEnum):
@@ -79,64 +79,6 @@ class QueueItem:
         return self.export is not None or self.status is Status.ACCEPTED
 
 
-#: how often (in images found) :func:`scan_folder` reports while it lists a folder
-FOUND_EVERY = 1000
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def scan_folder(
-    folder: str | os.PathLike,
-    *,
-    recursive: bool = False,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
-    pattern: str | None = None,
-    exclude: Iterable[str | os.PathLike] = (),
-    found: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Image files under ``folder`` as relative POSIX paths, in natural order (``2`` before
-    ``10``). Hidden files and folders (``.name``) and anything under ``exclude`` (e.g. an
-    output folder inside the image folder) are left out. ``pattern`` is a glob matched
-    against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
-    ``*`` also matches ``/``). ``found`` is told how many images were found so far after
-    each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
-    the scan (e.g. a scan nobody waits for any more)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
-    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    excluded = [Path(e).resolve() for e in exclude]
-    images: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        current = Path(dirpath)
-        dirnames[:] = (
-            [
-                d
-                for d in dirnames
-                if not d.startswith(".") and (current / d).resolve() not in excluded
-            ]
-            if recursive
-            else []
-        )
-        for filename in filenames:
-            if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
-                continue
-            rel = (current / filename).relative_to(root).as_posix()
-            if pattern and not (
-                fnmatch.fnmatchcase(rel.lower(), pattern.lower())
-                or fnmatch.fnmatchcase(filename.lower(), pattern.lower())
-            ):
-                continue
-            images.append(rel)
-            if found is not None and len(images) % FOUND_EVERY == 0:
-                found(len(images))
-        if found is not None and (not images or len(images) % FOUND_EVERY):
-            found(len(images))  # the folder listed (when not just counted)
-    return sorted(images, key=_natural_key)
-
-
 class ImageQueue:
     """An ordered list of :class:`QueueItem` with a current position.
 
@@ -180,7 +122,12 @@ class ImageQueue:
             exclude=exclude,
             found=found,
         )
-        return cls((cls.item_for_key(root, k) for k in keys), folder=root)
+        items = [cls.item_for_key(root, k) for k in keys]
+        stems = Counter(_folder_and_stem(k) for k in keys)
+        for item in items:  # a.png and a.jpg: named with their extension to tell apart
+            if stems[_folder_and_stem(item.key)] > 1:
+                item.name = Path(item.key).name
+        return cls(items, folder=root)
 
     @classmethod
     def from_names(cls, names: Iterable[str]) -> ImageQueue:
@@ -397,3 +344,9 @@ def export_record(result: Any, *, relative_to: str | os.PathLike | None = None) 
         "mask": where(result.mask),
         "at": now_iso(),
     }
+
+
+def _folder_and_stem(key: str) -> tuple[str, str]:
+    """What makes two keys one stem: the folder and the stem, regardless of case."""
+    path = Path(key)
+    return path.parent.as_posix(), path.stem.casefold()

@@ -1,0 +1,69 @@
+"""The image files of a series folder: which ones, in which order."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..io import IMAGE_EXTENSIONS
+
+#: how often (in images found) :func:`scan_folder` reports while it lists a folder
+FOUND_EVERY = 1000
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def scan_folder(
+    folder: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    pattern: str | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
+    found: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Image files under ``folder`` as relative POSIX paths, in natural order (``2`` before
+    ``10``). Hidden files and folders (``.name``) and anything under ``exclude`` (e.g. an
+    output folder inside the image folder) are left out. ``pattern`` is a glob matched
+    against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
+    ``*`` also matches ``/``). ``found`` is told how many images were found so far after
+    each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
+    the scan (e.g. a scan nobody waits for any more)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    excluded = [Path(e).resolve() for e in exclude]
+    images: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        current = Path(dirpath)
+        dirnames[:] = (
+            [
+                d
+                for d in dirnames
+                if not d.startswith(".") and (current / d).resolve() not in excluded
+            ]
+            if recursive
+            else []
+        )
+        for filename in filenames:
+            if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
+                continue
+            rel = (current / filename).relative_to(root).as_posix()
+            if pattern and not (
+                fnmatch.fnmatchcase(rel.lower(), pattern.lower())
+                or fnmatch.fnmatchcase(filename.lower(), pattern.lower())
+            ):
+                continue
+            images.append(rel)
+            if found is not None and len(images) % FOUND_EVERY == 0:
+                found(len(images))
+        if found is not None and (not images or len(images) % FOUND_EVERY):
+            found(len(images))  # the folder listed (when not just counted)
+    return sorted(images, key=_natural_key)
