@@ -137,15 +137,27 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return state, metadata
 
 
+# what a file picked by mistake often is, by its first bytes
+_OTHER_FILES = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"),
+    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"),
+    (b"<!DOCTYPE", "a web page (HTML)"), (b"<html", "a web page (HTML)"),
+    (b"version https://git-lfs", "a Git LFS pointer (run git lfs pull)"),
+)  # fmt: skip
+
+
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as handle:
         head = handle.read(12)
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes), not a PyTorch checkpoint")
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # zip (torch.save) or pickle
+        kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), None)
+        what = f"it is {kind}" if kind else f"it starts with {head!r}"
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not with the "
-            "zip or pickle header of a .pth file"
+            f"{path} is not a PyTorch checkpoint: {what}, not a .pth file (zip or pickle); "
+            "choose the FOCUS weights file"
         )
     try:
         with _ALLOWLIST_LOCK:

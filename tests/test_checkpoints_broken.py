@@ -50,8 +50,13 @@ def test_truncated_legacy_pickle_is_reported(tmp_path):
 @pytest.mark.parametrize(
     ("content", "said"),
     [
-        (b"this is not a checkpoint at all" * 10, r"starts with b'this is not ', not with"),
-        (b"notes on the model\n", r"it starts with b'notes on the', not with the zip"),
+        (b"this is not a checkpoint at all" * 10, r"starts with b'this is not ', not a \.pth"),
+        (b"notes on the model\n", r"it starts with b'notes on the', not a \.pth file \(zip"),
+        (
+            b"\x89PNG\r\n\x1a\n" + bytes(40),
+            r"garbage.pth is not a PyTorch checkpoint: it is a PNG image, not a \.pth file "
+            r"\(zip or pickle\); choose the FOCUS weights file",
+        ),
         (b"", r"is empty \(0 bytes\), not a PyTorch checkpoint"),
     ],
 )

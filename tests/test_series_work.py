@@ -36,7 +36,7 @@ def test_series_images_are_single_images_or_fail_with_a_reason(tmp_path):
     for name, words in (
         ("planes.tif", "4 planes"),
         ("speck.png", "at least"),
-        ("text.png", "cannot read"),
+        ("text.png", "text.png is not an image file that can be read"),
     ):
         with pytest.raises(UnusableImageError, match=words):
             load_series_image(tmp_path / name)

@@ -3,6 +3,7 @@ results (mixed into :class:`~napari_focus.gui.series_section.SeriesSection`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_warning
@@ -126,7 +127,8 @@ class SeriesScheduling:
         except OSError as error:
             self.state.queue.mark_failed(key, reason)
             self._error(self.close_guard.save_failure_text(error, "the series state"))
-        show_warning(f"FOCUS series: skipped {key}: {reason}")
+        named = reason.startswith(Path(key).name)  # "x.png is not an image file ..."
+        show_warning(f"FOCUS series: skipped {reason if named else f'{key}: {reason}'}")
 
     def _on_prefetch_idle(self) -> None:
         if self._rank_wanted:

@@ -26,7 +26,10 @@ def load_series_image(path: str | os.PathLike) -> np.ndarray:
     try:
         image = read_image(path)
     except Exception as error:  # PIL and tifffile raise many kinds; each means unreadable
-        raise UnusableImageError(f"cannot read {path.name}: {error}") from error
+        said = str(error)  # the reading error names the file itself, mostly
+        raise UnusableImageError(
+            said if said.startswith(path.name) else f"cannot read {path.name}: {said}"
+        ) from error
     shape = tuple(image.shape)
     if image.ndim == 3 and shape[-1] not in (1, 3, 4):
         raise UnusableImageError(
