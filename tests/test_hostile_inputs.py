@@ -127,3 +127,13 @@ def test_rank_checks_outputs_before_predicting(tmp_path: Path, monkeypatch, flag
                                           flag, str(tmp_path / where)])
     assert code == 2, err
     assert flag in err and message in err
+
+
+def test_rank_names_the_pattern_that_matched_no_image(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(make_sample(0)[0]).save(images / "a.png")
+    code, _, err = _cli(add_rank_parser, ["rank", str(images), "--task", "sod", "--quiet",
+                                          "--pattern", "*.bmp"])  # fmt: skip
+    assert code == 2
+    assert err.strip() == f"napari-focus: no images in {images} match --pattern '*.bmp'"

@@ -8,7 +8,7 @@ One row per input, columns:
 - ``status``: ``written`` (by this run), ``skipped`` (the outputs existed; the row keeps
   the scores of the run that wrote them, when the earlier manifest has them) or
   ``failed``; ``pending`` only in the copies written while a run goes on; ``error``: why
-  it failed (``Type: message``), else empty;
+  it failed (the message the local engine prints), else empty;
 - ``uncertainty``: :func:`napari_focus.quality.uncertainty` of the probability map
   (mean binary entropy, bits); ``foreground``: the mask's share of foreground pixels;
 - ``seconds``: model time for the image (its share of a batch); ``width``, ``height``;

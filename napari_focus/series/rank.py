@@ -305,7 +305,9 @@ def run_rank(args: argparse.Namespace) -> int:
             return EXIT_SETUP_ERROR
     keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern)
     if not keys:
-        print(f"napari-focus: no images in {folder}", file=sys.stderr)
+        below = " or its subfolders" if args.recursive else ""
+        match = f" match --pattern {args.pattern!r}" if args.pattern else ""
+        print(f"napari-focus: no images in {folder}{below}{match}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if args.gt:
         _say_shared_references(folder, keys, args.gt)
