@@ -137,9 +137,12 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
     if summary.interrupted is not None:
         terminated = isinstance(summary.interrupted, Terminated)
         interrupted = int(signal.SIGTERM if terminated else signal.SIGINT)
-    if not args.quiet:
+    processed = summary.written + len(summary.failures)
+    if not args.quiet and processed:  # read and predicted, failed ones included
         print(
-            f"napari-focus: {summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s)",
+            f"napari-focus: {processed} image{'' if processed == 1 else 's'} in "
+            f"{summary.seconds:.1f} s, "
+            f"{summary.images_per_second:.2f} images/s",
             file=sys.stderr,
         )
     return summary.written, interrupted, summary.failures

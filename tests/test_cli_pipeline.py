@@ -40,6 +40,21 @@ def folder(focus_reference, tmp_path_factory) -> Path:
     return out
 
 
+def test_the_throughput_line_counts_what_was_processed(folder, weights, tmp_path):
+    out = tmp_path / "masks"
+    args = ("predict", folder, "--task", "sod", "--weights", weights, "--out", out,
+            "--device", "cpu")  # fmt: skip
+    code, err = run_cli(*args)
+    assert code == 1, err
+    assert "napari-focus: 5 images in " in err and " images/s" in err  # g.png failed
+    code, err = run_cli(*args)  # the masks exist: only the broken file is read again
+    assert "napari-focus: 1 image in " in err, err
+    good = [folder / name for name in ("a.png", "b.jpg", "c.png", "f.png")]
+    code, err = run_cli("predict", *good, *args[2:])  # all exist: nothing read, no rate
+    assert code == 0, err
+    assert "images/s" not in err, err
+
+
 def test_pipelined_cli_writes_the_bytes_of_a_serial_run(folder, weights, tmp_path):
     """Readers ahead and a writer behind change no byte (at batch size 1: larger batches
     equal it up to float rounding, tests/test_batching.py)."""
