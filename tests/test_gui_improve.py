@@ -102,9 +102,12 @@ def test_improve_trains_in_a_worker_and_switches_weights(
 def test_improve_explains_what_is_missing(open_focus_widget, tmp_path: Path) -> None:
     _, widget = open_focus_widget()
     improve = widget.improve
+    assert not improve.improve_button.enabled  # it cannot act: its tooltip says why
+    assert improve.improve_button.tooltip == "Choose the dataset root in the Export tab first"
     improve.start()
     assert "dataset root" in improve.status.value and not improve.running
     widget.export_section.dataset_root.value = tmp_path
+    assert improve.improve_button.enabled
     improve.output.value = tmp_path / "x.safetensors"
     (tmp_path / "x.safetensors").write_bytes(b"mine")
     improve.start()

@@ -6,17 +6,15 @@ chosen in the widget as the base. When the run ends it offers to switch to the n
 weights (and to re-propose and re-rank the series images not yet accepted); the previous
 weights stay one click away.
 
-It talks to its host only through :class:`ImproveHost`, so it can sit in any dock
-layout; :class:`FocusWidgetHost` adapts the FOCUS dock widget.
+It talks to its host only through :class:`~.improve_host.ImproveHost`, so it can sit in
+any dock layout; :class:`~.improve_host.FocusWidgetHost` adapts the FOCUS dock widget.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from magicgui.widgets import (
     CheckBox,
@@ -35,85 +33,12 @@ from ..training.cli import PRESET_NAMES
 from ..training.config import DEFAULT_STEPS
 from . import dialogs
 from .fields import chosen_dir
+from .improve_host import FocusWidgetHost, ImproveHost, WeightsChoice
 from .improve_messages import restart_question, training_error_text, validation_text
 from .improve_watch import TrainingWatch
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
-
-@dataclass(frozen=True)
-class WeightsChoice:
-    """What the widget's model settings say: official hub weights or a local file."""
-
-    source: str  # "official" or "file"
-    path: Path | None
-    size: str
-    task: str
-    device: str
-
-    def describe(self) -> str:
-        return str(self.path) if self.source == "file" else f"official FOCUS {self.size}"
-
-
-class ImproveHost(Protocol):
-    """What the section needs from the widget that hosts it."""
-
-    def training_data(self) -> tuple[Path | None, str]:
-        """The dataset root the exports go to (None if unset) and their layout."""
-
-    def current_weights(self) -> WeightsChoice: ...
-
-    def use_weights(self, choice: WeightsChoice) -> None:
-        """Switch the widget's model settings to ``choice`` (the model reloads lazily)."""
-
-    def repropose_open_images(self) -> int:
-        """Recompute (and re-rank) the proposals of the series images not yet accepted;
-        returns how many will be recomputed."""
-
-    def job_changed(self) -> None:
-        """A training run started or ended (the widget's own Cancel follows it)."""
-
-
-class FocusWidgetHost:
-    """:class:`ImproveHost` over the FOCUS dock widget's public parts."""
-
-    def __init__(self, widget: Any) -> None:
-        self.widget = widget
-
-    def training_data(self) -> tuple[Path | None, str]:
-        export = self.widget.export_section
-        return chosen_dir(export.dataset_root.value), export.dataset_layout.value
-
-    def job_changed(self) -> None:
-        self.widget.update_enabled()
-
-    def current_weights(self) -> WeightsChoice:
-        w = self.widget
-        path = w.weights_path.value if w.weights_source.value == "file" else None
-        return WeightsChoice(
-            w.weights_source.value, Path(path) if path else None, w.size.value, w.task.value,
-            w.device.value,
-        )  # fmt: skip
-
-    def use_weights(self, choice: WeightsChoice) -> None:
-        w = self.widget
-        w.task.value = choice.task
-        w.size.value = choice.size
-        if choice.path is not None:
-            w.weights_path.value = choice.path
-        w.weights_source.value = choice.source
-
-    def repropose_open_images(self) -> int:
-        series = self.widget.series
-        if series.state is None:
-            return 0
-        from ..series.queue import Status
-
-        pending = [i.key for i in series.state.queue if i.status != Status.ACCEPTED]
-        series.cache.invalidate(*pending)
-        for key in pending:
-            series.scores.pop(key, None)
-        series.order_by_uncertainty()  # computes the missing proposals, then re-ranks
-        return len(pending)
+IMPROVE_TIP = "Fine-tune the current model on the corrected masks exported to the dataset root"
 
 
 class ImproveSection(Container):
@@ -175,9 +100,6 @@ class ImproveSection(Container):
             "Where the new .safetensors weights go (empty: napari_focus_models/ in the "
             "dataset root); an existing file is never overwritten"
         )
-        self.improve_button.tooltip = (
-            "Fine-tune the current model on the corrected masks exported to the dataset root"
-        )
         self.cancel_button.tooltip = "Stop training; the run can be resumed later"
         self.progress.tooltip = "Training steps done"
         self.repropose.tooltip = (
@@ -187,6 +109,8 @@ class ImproveSection(Container):
         self.use_new_button.tooltip = "Switch the Model tab to the weights just trained"
         self.use_previous_button.tooltip = "Switch back to the weights used before"
         self.improve_button.changed.connect(lambda *_: self.start())
+        host.watch_training_data(self._update_improve_button)
+        self._update_improve_button()
         self.cancel_button.changed.connect(self.cancel)
         # napari closing mid-run: the child stops after its step and saves its resume state
         self._closed = False
@@ -266,6 +190,14 @@ class ImproveSection(Container):
         )
         worker.start()
         self.host.job_changed()
+
+    def _update_improve_button(self) -> None:
+        """Improve needs the exported samples: without a dataset root it cannot act."""
+        root, _layout = self.host.training_data()
+        self.improve_button.enabled = self._worker is None and root is not None
+        self.improve_button.tooltip = (
+            IMPROVE_TIP if root is not None else "Choose the dataset root in the Export tab first"
+        )
 
     def _settings_enabled(self, enabled: bool) -> None:
         for field in (self.steps, self.preset, self.crop, self.learning_rate, self.keep,
@@ -356,7 +288,8 @@ class ImproveSection(Container):
             return
         if self._watch.aborted and self._watch.outcome is not None:  # napari's task list
             self._on_returned(self._watch.outcome)  # cancelled it: said as for Cancel
-        self.improve_button.enabled, self.cancel_button.enabled = True, False
+        self.cancel_button.enabled = False
+        self._update_improve_button()
         self._settings_enabled(True)
         self.host.job_changed()
         offer, self._offer_restart = self._offer_restart, None
