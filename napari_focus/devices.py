@@ -46,7 +46,9 @@ def check_device_name(device: str) -> str:
     name = str(device).strip().lower()
     match = _PATTERN.match(name)
     if match is None or (match.group(2) is not None and match.group(1) == "auto"):
-        raise DeviceError(device, f"unknown device; choose one of {DEVICE_CHOICES}", None)
+        raise DeviceError(
+            device, f"unknown device {str(device)!r}; choose one of {DEVICE_CHOICES}", None
+        )
     kind = "cuda" if match.group(1) == "gpu" else match.group(1)
     if kind == "cpu" or match.group(2) is None:
         return kind

@@ -121,4 +121,4 @@ def test_cli_misspelled_device_is_a_usage_error(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
         main(["predict", str(tmp_path), "--task", "sod", "--device", "tpu"])
     assert exit_.value.code == 2
-    assert "argument --device: unknown device" in err.getvalue()
+    assert "argument --device: unknown device 'tpu'; choose one of auto, cpu" in err.getvalue()
