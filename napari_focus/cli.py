@@ -59,7 +59,8 @@ exit codes:
      exported
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, no --layout or --task, a missing
      IMAGES_DIR or MASKS_DIR, or a --root that cannot be written
-  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (the samples exported so far stay)
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C, 143 by SIGTERM (the samples exported so far
+     stay)
 """,
     "rank": f"""\
 exit codes:

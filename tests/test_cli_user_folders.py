@@ -173,6 +173,37 @@ def test_export_recursive_leaves_its_own_dataset_root_out(photo, tmp_path):
     assert code == 2 and "--root is empty" in err
 
 
+def test_an_interrupted_export_says_how_far_it_got(photo, tmp_path, monkeypatch):
+    from napari_focus.datasets import cli as export_cli
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("a", "b", "c"):
+        photo.save(images / f"{name}.png")
+        Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / f"{name}.png")
+    real = export_cli.export_sample
+    calls: list[str] = []
+
+    def ctrl_c_at_the_second(root, layout, name, *rest, **how):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(root, layout, name, *rest, **how)
+
+    monkeypatch.setattr(export_cli, "export_sample", ctrl_c_at_the_second)
+    root = tmp_path / "datasets"
+    code, err = run_cli("export", images, masks, "--root", root, "--layout", "generic")
+    assert code == 130, err
+    assert (f"napari-focus: interrupted: 1 written, 0 renamed, 0 replaced, 0 skipped, 0 "
+            "failed, 0 unpaired, 2 not done (the same command with --on-exists skip goes "
+            f"on) -> {root} (generic)") in err  # fmt: skip
+    monkeypatch.undo()
+    code, err = run_cli("export", images, masks, "--root", root, "--layout", "generic",
+                        "--on-exists", "skip")  # fmt: skip
+    assert code == 0 and "2 written, 0 renamed, 0 replaced, 1 skipped" in err, err
+
+
 @pytest.mark.parametrize(
     ("name", "content", "words"),
     [

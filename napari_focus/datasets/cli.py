@@ -119,6 +119,44 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
     raise ValueError(message)
 
 
+def _export_pairs(
+    args: argparse.Namespace, layout: str, pairs: list[tuple[Path, Path]],
+    counts: dict[str, int], failures: list[str],
+) -> None:  # fmt: skip
+    """Export each pair, counting what happened into ``counts`` and ``failures``."""
+    for image_path, mask_path in pairs:
+        try:
+            result = export_sample(
+                args.root,
+                layout,
+                image_path.stem,
+                *_read_pair(image_path, mask_path),
+                on_exists=args.on_exists,
+                provenance={
+                    "source_path": str(image_path.resolve()),
+                    "task": args.task or get_layout(layout).task,  # the layout implies its task
+                    "mask_path": str(mask_path.resolve()),
+                    "tool": "napari-focus export",
+                },
+            )
+        except (ExportError, OSError, ValueError, MemoryError) as exc:
+            words = exc.cli_message() if isinstance(exc, SampleExistsError) else str(exc)
+        except Exception as exc:  # one bad pair (e.g. an undecodable file) must not stop
+            words = str(exc).strip() or type(exc).__name__  # a bare exception: its kind
+        else:
+            words = None
+        if words is not None:
+            failures.append(f"{image_path}: {words}")
+            if not args.quiet:
+                print(f"failed: {image_path.name}: {words}", file=sys.stderr)
+            continue
+        for message in result.recovered:
+            print(f"  recovered: {message}", file=sys.stderr)
+        counts[result.status] += 1
+        if not args.quiet:
+            print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
+
+
 def run_export(args: argparse.Namespace) -> int:
     try:
         layout = args.layout or (layout_for_task(args.task) if args.task else None)
@@ -164,40 +202,21 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
     failures: list[str] = []
-    for image_path, mask_path in pairs:
-        try:
-            result = export_sample(
-                args.root,
-                layout,
-                image_path.stem,
-                *_read_pair(image_path, mask_path),
-                on_exists=args.on_exists,
-                provenance={
-                    "source_path": str(image_path.resolve()),
-                    "task": args.task or get_layout(layout).task,  # the layout implies its task
-                    "mask_path": str(mask_path.resolve()),
-                    "tool": "napari-focus export",
-                },
-            )
-        except (ExportError, OSError, ValueError, MemoryError) as exc:
-            words = exc.cli_message() if isinstance(exc, SampleExistsError) else str(exc)
-        except Exception as exc:  # one bad pair (e.g. an undecodable file) must not stop
-            words = str(exc).strip() or type(exc).__name__  # a bare exception: its kind
-        else:
-            words = None
-        if words is not None:
-            failures.append(f"{image_path}: {words}")
-            if not args.quiet:
-                print(f"failed: {image_path.name}: {words}", file=sys.stderr)
-            continue
-        for message in result.recovered:
-            print(f"  recovered: {message}", file=sys.stderr)
-        counts[result.status] += 1
-        if not args.quiet:
-            print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
+    from ..cli_common import EXIT_INTERRUPTED, Terminated, sigterm_as_interrupt
+
+    interrupted: KeyboardInterrupt | None = None
+    try:
+        with sigterm_as_interrupt():
+            _export_pairs(args, layout, pairs, counts, failures)
+    except KeyboardInterrupt as stop:  # the samples written so far stay; say how far
+        interrupted = stop
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    left = len(pairs) - sum(counts.values()) - len(failures)
+    stopped = interrupted is not None
+    rest = f", {left} not done (the same command with --on-exists skip goes on)"
     print(
-        f"napari-focus: {summary}, {len(failures)} failed, {len(problems)} unpaired "
+        f"napari-focus: {'interrupted: ' if stopped else ''}{summary}, "
+        f"{len(failures)} failed, {len(problems)} unpaired{rest if stopped else ''} "
         f"-> {args.root} ({layout})",
         file=sys.stderr,
     )
@@ -206,4 +225,6 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"  failed: {message}", file=sys.stderr)
         for message in problems:
             print(f"  unpaired: {message}", file=sys.stderr)
+    if interrupted is not None:
+        return 128 + 15 if isinstance(interrupted, Terminated) else EXIT_INTERRUPTED
     return EXIT_FAILED if failures or problems else 0
