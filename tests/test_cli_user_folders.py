@@ -151,6 +151,20 @@ def test_export_of_masks_beside_their_images(photo, tmp_path):
         "in the masks folder (move the others away)"
     )
     (folder / "b_mask.png").unlink()
+    mask.save(folder / "C_Mask.png")  # regardless of case, as no name matches exactly
+    (folder / "sub").mkdir()
+    photo.save(folder / "sub" / "a.png")  # no mask of its own: the photo a.png is none
+    pairs, problems = pair_files(folder, folder, "generic", recursive=True)
+    assert [(i.relative_to(folder).as_posix(), m.name) for i, m in pairs] == [
+        ("a.png", "a_mask.png"), ("b.jpg", "b_gt.tif"), ("c.png", "C_Mask.png"),
+    ]  # fmt: skip
+    assert problems == [
+        f"{folder / 'sub' / 'a.png'}: same stem as {folder / 'a.png'} (a split is one folder "
+        "of samples); rename one"
+    ]
+    (folder / "C_Mask.png").unlink()
+    (folder / "sub" / "a.png").unlink()
+    (folder / "sub").rmdir()
     root = tmp_path / "datasets"
     code, err = run_cli("export", folder, folder, "--root", root, "--layout", "generic")
     assert code == 1 and "2 written" in err and "1 unpaired" in err, err
@@ -171,6 +185,9 @@ def test_export_recursive_leaves_its_own_dataset_root_out(photo, tmp_path):
     assert code == 0 and "1 skipped" in err and "unpaired" not in err.replace("0 unpaired", "")
     code, err = run_cli("export", folder, masks, "--root", "", "--layout", "generic")
     assert code == 2 and "--root is empty" in err
+    code, err = run_cli("export", folder, masks, "--root", folder, "--layout", "generic",
+                        "--recursive")  # fmt: skip
+    assert code == 2 and "--root is IMAGES_DIR: with --recursive" in err
 
 
 def test_an_interrupted_export_says_how_far_it_got(photo, tmp_path, monkeypatch):

@@ -186,6 +186,11 @@ def run_export(args: argparse.Namespace) -> int:
         print("napari-focus: --root is empty; give the FOCUS datasets/ folder to export "
               "into (e.g. --root datasets)", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
+    if args.recursive and Path(args.root).resolve() == images_dir.resolve():
+        print("napari-focus: --root is IMAGES_DIR: with --recursive the samples exported "
+              "into it would be read as images; choose another --root",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     try:
         check_writable_folder(args.root)
     except WriteError as exc:

@@ -40,7 +40,10 @@ def pair_files(
         masks.setdefault(below, {}).setdefault(p.stem, []).append(p)
     # the layout's own naming, then the names the series and rank --gt accept
     suffixes = list(dict.fromkeys([convention, *MASK_SUFFIXES]))
-    candidates = {image: _candidates(image, images_dir, masks, suffixes) for image in files}
+    images_too = {p.resolve() for p in files}
+    candidates = {
+        image: _candidates(image, images_dir, masks, suffixes, images_too) for image in files
+    }
     exact = {m for found, is_exact in candidates.values() if is_exact for m in found}
     masks_of_images = {m.resolve() for found, _ in candidates.values() for m in found}
     images = [image for image in files if image.resolve() not in masks_of_images]
@@ -92,17 +95,27 @@ def pair_files(
 
 
 def _candidates(
-    image: Path, images_dir: Path, masks: dict[str, dict[str, list[Path]]], suffixes: list[str]
+    image: Path,
+    images_dir: Path,
+    masks: dict[str, dict[str, list[Path]]],
+    suffixes: list[str],
+    images: set[Path],
 ) -> tuple[list[Path], bool]:
     """The masks named after ``image`` (in its subfolder of the masks, else at their top)
-    and whether they match its name exactly (else regardless of case); never the image
-    file itself."""
+    and whether they match its name exactly (else regardless of case). Never the image
+    file itself, nor another of the ``images`` (resolved) of the same stem: where masks
+    lie beside images, ``sub/a.png`` is no mask of ``a.png``; ``a_mask.png`` is."""
     names = [image.stem + suffix for suffix in suffixes]
     below = image.parent.relative_to(images_dir).as_posix()
-    itself = image.resolve()
+    stem = image.stem.casefold()
+
+    def usable(mask: Path) -> bool:
+        return mask.resolve() not in images or mask.stem.casefold() != stem
+
     for folder in dict.fromkeys([below, "."]):
-        found, is_exact = _masks_named(masks.get(folder, {}), names)
-        found = [m for m in found if m.resolve() != itself]
+        by_stem = masks.get(folder, {})
+        usable_by_stem = {k: [m for m in group if usable(m)] for k, group in by_stem.items()}
+        found, is_exact = _masks_named(usable_by_stem, names)
         if found:
             return found, is_exact
     return [], False
