@@ -149,12 +149,12 @@ _OTHER_FILES = (
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as handle:
-        head = handle.read(12)
+        head = handle.read(32)
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes), not a PyTorch checkpoint")
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # zip (torch.save) or pickle
         kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), None)
-        what = f"it is {kind}" if kind else f"it starts with {head!r}"
+        what = f"it is {kind}" if kind else f"it starts with {head[:12]!r}"
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint: {what}, not a .pth file (zip or pickle); "
             "choose the FOCUS weights file"

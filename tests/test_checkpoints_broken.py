@@ -53,6 +53,10 @@ def test_truncated_legacy_pickle_is_reported(tmp_path):
         (b"this is not a checkpoint at all" * 10, r"starts with b'this is not ', not a \.pth"),
         (b"notes on the model\n", r"it starts with b'notes on the', not a \.pth file \(zip"),
         (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n",
+            r"it is a Git LFS pointer \(run git lfs pull\), not a \.pth file",
+        ),
+        (
             b"\x89PNG\r\n\x1a\n" + bytes(40),
             r"garbage.pth is not a PyTorch checkpoint: it is a PNG image, not a \.pth file "
             r"\(zip or pickle\); choose the FOCUS weights file",

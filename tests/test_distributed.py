@@ -312,12 +312,20 @@ def test_recursive_sources_keep_their_subfolders_local_and_as_uris(focus_referen
         found = find_sources([given], recursive=True, exclude=[out])
         relative = {s.split(str(tree.as_uri() if "://" in s else tree))[1][1:]: s
                     for s in found.sources}  # fmt: skip
-        if "://" in given:  # a URI folder has no output folder to leave out
-            assert relative.pop("masks/x.png")
         assert sorted(relative) == sorted(expected) and found.unmatched == []
         for key, subfolder in expected.items():
             assert relative[key] == named(tree / key)
             assert found.subfolders[relative[key]] == subfolder
+    from napari_focus.series.state_file import STATE_NAME
+
+    (tree / "a" / "series").mkdir()  # the widget's series folder: no input images
+    (tree / "a" / "series" / STATE_NAME).write_text("{}")
+    Image.new("L", (64, 56)).save(tree / "a" / "series" / "autosave.png")
+    listing = tmp_path / "self.list"  # a list that lists itself is read once
+    listing.write_text(f"{listing}\n{tree.as_uri()}\n")
+    for given in ([str(tree)], [tree.as_uri()], [str(listing)]):
+        found = find_sources(given, recursive=True, exclude=[out])
+        assert len(found.sources) == 4 and found.unmatched == [], (given, found)
     flat = find_sources([str(tree)])  # not recursive: the folder's own images only
     assert flat.sources == [str(tree / "top.png")] and flat.subfolders == {flat.sources[0]: ""}
 

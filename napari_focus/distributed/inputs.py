@@ -35,10 +35,11 @@ __all__ = [
 ]
 
 
-def _expand_uri(uri: str, recursive: bool) -> list[tuple[str, str]]:
+def _expand_uri(uri: str, recursive: bool, exclude: Sequence[Path] = ()) -> list[tuple[str, str]]:
     """``(image URI, its subfolder below the folder ``uri``)`` of each image ``uri``
     names: itself when it is a file, else the images of the folder (with ``recursive``,
-    those of its subfolders too; hidden files and folders left out, as for local ones)."""
+    those of its subfolders too; hidden files and folders left out, as for local ones,
+    and for ``file://`` the folders ``exclude`` (resolved) and series folders)."""
     from pyarrow import fs
 
     from ..io import IMAGE_EXTENSIONS
@@ -52,17 +53,34 @@ def _expand_uri(uri: str, recursive: bool) -> list[tuple[str, str]]:
         return []
     top = PurePosixPath(path)
     found = filesystem.get_file_info(fs.FileSelector(path, recursive=recursive))
+    left_out = _left_out_below(top, found, exclude) if scheme == "file" else set()
     images = []
     for entry in found:
         relative = PurePosixPath(entry.path).relative_to(top)
         if (
             entry.type == fs.FileType.File
             and relative.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in relative.parts)
+            and not any(part.startswith(".") or part == ".." for part in relative.parts)
+            and not any(folder in left_out for folder in relative.parents)
         ):
             subfolder = relative.parent.as_posix()
             images.append((f"{scheme}://{entry.path}", "" if subfolder == "." else subfolder))
     return sorted(images)
+
+
+def _left_out_below(top: PurePosixPath, entries: Sequence, exclude: Sequence[Path]) -> set:
+    """The folders (relative to ``top``) of a local listing that hold no input images:
+    the ``exclude`` folders and the widget's series folders."""
+    from ..series.state_file import STATE_NAME
+
+    left_out = set()
+    for entry in entries:
+        relative = PurePosixPath(entry.path).relative_to(top)
+        if relative.name == STATE_NAME and relative.parent != PurePosixPath("."):
+            left_out.add(relative.parent)
+        elif Path(entry.path).resolve() in exclude:
+            left_out.add(relative)
+    return left_out
 
 
 @dataclass
@@ -77,16 +95,22 @@ class FoundSources:
 
 
 def find_sources(
-    inputs: Iterable[str], *, recursive: bool = False, exclude: Sequence[str | os.PathLike] = ()
+    inputs: Iterable[str],
+    *,
+    recursive: bool = False,
+    exclude: Sequence[str | os.PathLike] = (),
+    _lists: set[Path] | None = None,
 ) -> FoundSources:
     """Expand ``inputs``; with ``recursive``, folders give their subfolders' images too
-    (the local folders ``exclude``, such as the output folder, left out)."""
+    (the local folders ``exclude``, such as the output folder, and the widget's series
+    folders left out, also below a ``file://`` URI)."""
     found = FoundSources([], {}, [])
+    lists = set() if _lists is None else _lists  # a list naming itself is read once
     for item in inputs:
         item = str(item)
         if is_uri(item):
             try:
-                images = _expand_uri(item, recursive)
+                images = _expand_uri(item, recursive, [Path(p).resolve() for p in exclude])
             except ImportError:
                 found.unmatched.append(
                     f"{item} (URIs need pyarrow: pip install 'napari-focus[ray]')"
@@ -96,8 +120,15 @@ def find_sources(
                 found.unmatched.append(f"{item} ({error})")
                 continue
         elif is_list_file(item):
-            listed = find_sources(read_list_file(Path(item)), recursive=recursive,
-                                  exclude=exclude)  # fmt: skip
+            if Path(item).resolve() in lists:
+                continue
+            lists.add(Path(item).resolve())
+            try:
+                entries = read_list_file(Path(item))
+            except (OSError, UnicodeDecodeError) as error:
+                found.unmatched.append(f"{item} (cannot read the list file: {error})")
+                continue
+            listed = find_sources(entries, recursive=recursive, exclude=exclude, _lists=lists)
             found.unmatched.extend(f"{entry} (listed in {item})" for entry in listed.unmatched)
             _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
