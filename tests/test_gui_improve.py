@@ -167,6 +167,7 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
     assert not improve.steps.enabled and not improve.output.enabled  # taken by the run
     assert widget.cancel_button.enabled  # the footer's Cancel (Shift+C) stops it too
     widget.cancel_button.clicked.emit()
+    assert widget.status.value == "cancelling Improve's training…"
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     assert not widget.cancel_button.enabled and improve.steps.enabled
     assert improve.status.value.startswith("cancelled at step ")

@@ -96,6 +96,13 @@ def test_images_of_one_stem_are_named_with_their_extension(tmp_path):
     names = {item.key: item.name for item in queue}
     assert names == {"Cat.JPG": "Cat.JPG", "cat.png": "cat.png", "dog.png": "dog",
                      "sub/cat.png": "cat"}  # fmt: skip
+    # a series saved when they were both "cat" names them apart when reopened
+    state = load_or_create(tmp_path / "series", tmp_path, recursive=True)
+    for item in state.queue:
+        item.name = Path(item.key).stem
+    state.save()
+    reopened = load_or_create(tmp_path / "series", tmp_path, recursive=True)
+    assert {item.key: item.name for item in reopened.queue} == names
 
 
 def test_queue_items_and_navigation(folder):

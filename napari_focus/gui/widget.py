@@ -290,13 +290,14 @@ class FocusWidget(ProposalOutput, Container):
         While the model loads, the widget is free at once: a checkpoint read stops at the
         next tensor, a download ends in the background. A first kernel build goes on in
         the background, for the next Run. Without a Run, Cancel stops the opening of a
-        series, else the Improve tab's training, else the model loading of the series'
-        proposals."""
+        series, else the model loading of the series' proposals (both shown here), else
+        the Improve tab's training."""
         if self._worker is None:
             if self.series.cancel_open():
                 return
-            if self.improve.running:
+            if self.improve.running and self.series.prefetcher.loading is None:
                 self.improve.cancel()
+                self.set_status("cancelling Improve's training…")
             else:
                 self.series.cancel_model_load()
             return

@@ -41,7 +41,8 @@ def restore_items(
         seen.add(key)
         found = present.pop(key, None)
         item = found or ImageQueue.item_for_key(folder, key)
-        item.name = str(entry.get("name") or item.name)
+        if found is None:  # a scanned file is named by this scan (cat.png beside cat.jpg)
+            item.name = str(entry.get("name") or item.name)
         item.created = str(entry.get("created") or item.created)
         apply_entry(item, entry)
         item.missing = found is None
