@@ -4,7 +4,8 @@
   store URIs) on a Ray cluster or a local Ray instance; masks written as
   ``napari-focus predict`` writes them, a results manifest (:mod:`.manifest`).
 - :func:`write_ranking`, :func:`order_series`: the manifest as a ``napari-focus rank``
-  CSV, and a labeling series in that order.
+  CSV, and a labeling series in that order (:func:`image_folder_of`: the image folder
+  both name images by).
 - :mod:`.cli`: ``napari-focus predict ... --engine ray``.
 
 Ray is imported only when a run starts.
@@ -16,6 +17,7 @@ from .engine import DatasetRun, predict_dataset
 from .manifest import (
     MANIFEST_NAME,
     RANKING_NAME,
+    image_folder_of,
     order_series,
     ranking_rows,
     read_manifest,
@@ -29,6 +31,7 @@ __all__ = [
     "MANIFEST_NAME",
     "RANKING_NAME",
     "DatasetRun",
+    "image_folder_of",
     "order_series",
     "plan_resources",
     "predict_dataset",

@@ -207,6 +207,9 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if args.series:
         if folder is None:
             return _fail("--series needs local input images")
+        if folder.parent == folder:  # images from several drives or linked from far away
+            return _fail(f"--series: the input images have no common folder but {folder}; "
+                         "give images of one folder tree")  # fmt: skip
         state = order_series(args.series, folder, ranking, exclude=[out])
         clashes = sum(1 for row in run.failed if not row["mask"])  # no output of its own
         hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes,
