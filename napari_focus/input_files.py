@@ -36,14 +36,16 @@ def is_list_file(item: str) -> bool:
 
 @dataclass
 class FoundInputs:
-    """What the inputs of a prediction name: the images (resolved, deduplicated, in
-    order), for each image the subfolder its outputs go to (POSIX, ``""`` = the output
-    folder itself; only images found below a folder input under ``recursive``), and the
-    inputs that matched nothing, each with the reason."""
+    """What the inputs of a prediction name: the images (absolute paths as named, links
+    not followed; one file named twice is taken once; in order), for each image the
+    subfolder its outputs go to (POSIX, ``""`` = the output folder itself; only images
+    found below a folder input under ``recursive``), and the inputs that matched
+    nothing, each with the reason."""
 
     images: list[Path] = field(default_factory=list)
     subfolders: dict[Path, str] = field(default_factory=dict)
     unmatched: list[tuple[str, str]] = field(default_factory=list)
+    seen: set[Path] = field(default_factory=set)  # the files behind the images, resolved
 
 
 def find_inputs(
@@ -108,10 +110,14 @@ def _expand(
                 reason = f"{reason} (listed in {listed_in})"
             found.unmatched.append((item, reason))
         for image, subfolder in matches:
+            # named by the link, not by what it points to (git-annex and DataLad trees
+            # link every image to a file named by its hash); one file given twice is one
             resolved = image.resolve()
-            if resolved not in found.subfolders:
-                found.images.append(resolved)
-                found.subfolders[resolved] = subfolder
+            if resolved not in found.seen:
+                found.seen.add(resolved)
+                named = Path(os.path.abspath(image))
+                found.images.append(named)
+                found.subfolders[named] = subfolder
 
 
 def _folder_images(folder: Path, walk: set[Path] | None) -> list[Path]:

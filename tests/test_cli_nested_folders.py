@@ -4,6 +4,7 @@ mask), list files for the local engine, and too-small images named in pixels."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,26 @@ def test_a_list_file_saved_with_a_byte_order_mark_names_its_first_image(tree):
     listing = tree / "list.txt"
     listing.write_text("a.png\nsub/a.png\n", encoding="utf-8-sig")
     assert read_list_file(listing) == [str(tree / "a.png"), str(tree / "sub/a.png")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges")
+def test_linked_images_are_named_by_their_links(tree, tiny_checkpoint, tmp_path):
+    """A git-annex or DataLad tree links each image to a file named by its hash: the
+    mask is named after the link; one file named twice is predicted once."""
+    from napari_focus.input_files import find_inputs
+
+    store, linked = tmp_path / "annex", tmp_path / "dataset"
+    store.mkdir()
+    (linked / "sub").mkdir(parents=True)
+    (tree / "a.png").rename(store / "MD5E-s1234--0123abcd.png")
+    (linked / "sub" / "cat.png").symlink_to(store / "MD5E-s1234--0123abcd.png")
+    found = find_inputs([str(linked), str(store / "MD5E-s1234--0123abcd.png")], recursive=True)
+    assert found.images == [linked / "sub" / "cat.png"]
+    assert found.subfolders[found.images[0]] == "sub"
+    code, err = _predict(linked, "--recursive", "--weights", tiny_checkpoint,
+                         "--out", tmp_path / "masks")  # fmt: skip
+    assert code == 0, err
+    assert _files(tmp_path / "masks") == ["sub/cat.png"]
 
 
 def test_a_too_small_image_is_named_with_its_size_in_pixels(tree, tiny_checkpoint, tmp_path):
