@@ -167,4 +167,8 @@ def unmatched_reason(item: str) -> str:
         return f"no image file ({' '.join(IMAGE_EXTENSIONS)}) in the folder {item!r}"
     if not is_uri(item) and not glob.has_magic(item) and not os.path.lexists(path):
         return f"{item!r} does not exist (no such file or folder); check the path"
+    if path.is_symlink() and not path.exists():
+        return f"{item!r} is a link to {os.readlink(path)!r}, which does not exist"
+    if os.path.lexists(path) and not path.is_file() and not path.is_dir():
+        return f"{item!r} is not a regular file (a pipe, socket or device?); give image files"
     return f"no image matches {item!r}"

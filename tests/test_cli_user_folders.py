@@ -444,10 +444,15 @@ def test_an_input_that_matches_nothing_is_said_for_what_it_is(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Été 2024" / "day 1").mkdir(parents=True)
     Image.new("RGB", (40, 40)).save(tmp_path / "Été 2024" / "day 1" / "plage.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "moved away.png")
+    os.mkfifo(tmp_path / "pipe.png")
     for given, said in [
         ("Ete 2024", "'Ete 2024' does not exist (no such file or folder); check the path"),
         ("Été 2024", "no image file (.png .jpg"),
         ("Été 2024/*.jpeg", "no image matches 'Été 2024/*.jpeg'"),
+        ("gone.png", f"'gone.png' is a link to '{tmp_path / 'moved away.png'}', which does "
+                     "not exist"),
+        ("pipe.png", "'pipe.png' is not a regular file (a pipe, socket or device?)"),
     ]:
         code, err = run_cli("predict", given, "--task", "sod", "--out", "masks")
         assert code == 2 and said in err, (given, err)
