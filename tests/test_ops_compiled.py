@@ -271,3 +271,12 @@ def test_the_kernel_traces_under_torch_compile(cpu_kernel: None) -> None:
         lambda *a: ms_deform_attn(*a, backend="cpu") * 2, backend="eager", fullgraph=True
     )
     torch.testing.assert_close(traced(*args), 2 * ms_deform_attn_torch(*args))
+
+
+def test_a_compiler_named_by_its_path_that_is_not_there_is_said_so(monkeypatch) -> None:
+    from napari_focus.ops.toolchain import unavailable_reason
+
+    monkeypatch.setenv("CXX", "/opt/nowhere/g++")
+    assert "('/opt/nowhere/g++' does not exist;" in unavailable_reason("cpu")
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    assert "('no-such-compiler++' is not on PATH;" in unavailable_reason("cpu")

@@ -214,8 +214,10 @@ def unavailable_reason(kind: str) -> str | None:
         if not torch.cuda.is_available():
             return "no CUDA GPU is visible"
     if cxx_path() is None:
+        program = shlex.split(cxx())[0] if cxx().strip() else ""
+        where = "does not exist" if os.sep in program else "is not on PATH"
         return (
-            f"no C++ compiler found ('{cxx()}' is not on PATH; "
+            f"no C++ compiler found ('{cxx()}' {where}; "
             f"install one{cxx_install_hint()} or set CXX)"
         )
     if ninja_dir() is None and shutil.which("ninja") is None:
