@@ -10,6 +10,7 @@ failed or any file had no partner, 2 when nothing could be started.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -231,5 +232,6 @@ def run_export(args: argparse.Namespace) -> int:
         for message in problems:
             print(f"  unpaired: {message}", file=sys.stderr)
     if interrupted is not None:
-        return 128 + 15 if isinstance(interrupted, Terminated) else EXIT_INTERRUPTED
+        terminated = isinstance(interrupted, Terminated)
+        return 128 + int(signal.SIGTERM) if terminated else EXIT_INTERRUPTED
     return EXIT_FAILED if failures or problems else 0

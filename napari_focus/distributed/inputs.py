@@ -71,6 +71,8 @@ def _expand_uri(uri: str, recursive: bool, exclude: Sequence[Path] = ()) -> list
 def _left_out_below(top: PurePosixPath, entries: Sequence, exclude: Sequence[Path]) -> set:
     """The folders (relative to ``top``) of a local listing that hold no input images:
     the ``exclude`` folders and the widget's series folders."""
+    from pyarrow import fs
+
     from ..series.state_file import STATE_NAME
 
     left_out = set()
@@ -78,7 +80,7 @@ def _left_out_below(top: PurePosixPath, entries: Sequence, exclude: Sequence[Pat
         relative = PurePosixPath(entry.path).relative_to(top)
         if relative.name == STATE_NAME and relative.parent != PurePosixPath("."):
             left_out.add(relative.parent)
-        elif Path(entry.path).resolve() in exclude:
+        elif entry.type == fs.FileType.Directory and Path(entry.path).resolve() in exclude:
             left_out.add(relative)
     return left_out
 
