@@ -16,7 +16,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..io import IMAGE_EXTENSIONS
 from .scan import scan_folder
 
 
@@ -102,26 +101,11 @@ class ImageQueue:
         self._index = 0
 
     @classmethod
-    def from_folder(
-        cls,
-        folder: str | os.PathLike,
-        *,
-        recursive: bool = False,
-        extensions: Iterable[str] = IMAGE_EXTENSIONS,
-        pattern: str | None = None,
-        exclude: Iterable[str | os.PathLike] = (),
-        found: Callable[[int], None] | None = None,
-    ) -> ImageQueue:
-        """Queue of the images in ``folder``; see :func:`scan_folder`."""
+    def from_folder(cls, folder: str | os.PathLike, **scan_options: Any) -> ImageQueue:
+        """Queue of the images in ``folder``; ``scan_options`` (``recursive``,
+        ``extensions``, ``pattern``, ``exclude``, ``found``) as :func:`scan_folder`'s."""
         root = Path(folder).resolve()
-        keys = scan_folder(
-            root,
-            recursive=recursive,
-            extensions=extensions,
-            pattern=pattern,
-            exclude=exclude,
-            found=found,
-        )
+        keys = scan_folder(root, **scan_options)
         items = [cls.item_for_key(root, k) for k in keys]
         stems = Counter(_folder_and_stem(k) for k in keys)
         for item in items:  # a.png and a.jpg: named with their extension to tell apart
