@@ -4,6 +4,7 @@ layout's own mask naming first; an exact name before one that differs only in ca
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES
@@ -110,12 +111,10 @@ def _candidates(
     stem = image.stem.casefold()
 
     def usable(mask: Path) -> bool:
-        return mask.resolve() not in images or mask.stem.casefold() != stem
+        return mask.stem.casefold() != stem or mask.resolve() not in images
 
     for folder in dict.fromkeys([below, "."]):
-        by_stem = masks.get(folder, {})
-        usable_by_stem = {k: [m for m in group if usable(m)] for k, group in by_stem.items()}
-        found, is_exact = _masks_named(usable_by_stem, names)
+        found, is_exact = _masks_named(masks.get(folder, {}), names, usable)
         if found:
             return found, is_exact
     return [], False
@@ -152,16 +151,16 @@ def _files_below(
 
 
 def _masks_named(
-    by_stem: dict[str, list[Path]], names: list[str]
+    by_stem: dict[str, list[Path]], names: list[str], usable: Callable[[Path], bool]
 ) -> tuple[list[Path], bool]:
-    """The masks of one folder named ``names``: exactly (True), else regardless of case
-    (as a case-insensitive file system, macOS or Windows, pairs them)."""
-    found = [m for name in names for m in by_stem.get(name, [])]
+    """The ``usable`` masks of one folder named ``names``: exactly (True), else
+    regardless of case (as a case-insensitive file system, macOS or Windows, pairs them)."""
+    found = [m for name in names for m in by_stem.get(name, []) if usable(m)]
     if found:
         return found, True
     keys = {same_file_key(name) for name in names}
     return [m for stem, group in by_stem.items() if same_file_key(stem) in keys
-            for m in group], False  # fmt: skip
+            for m in group if usable(m)], False  # fmt: skip
 
 
 def _sample_key(stem: str, layout: str) -> tuple[str, str]:
