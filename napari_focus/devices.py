@@ -146,3 +146,23 @@ def memory_failure_text(error: BaseException) -> str | None:
             "the large model"
         )
     return None
+
+
+# images per forward when ``batch_size`` is not given: on a CPU a single image
+# already fills the cores; on a GPU a few images of one size keep it busy
+DEFAULT_BATCH = {"cpu": 1, "cuda": 4, "mps": 2}
+# GPUs with this much memory take 8: on an H100, FOCUS-L ran 29.5 images/s at batch 8
+# against 23.8 at 4 in one run, and FOCUS-G at batch 8 peaked at 15.3 GiB (float32;
+# docs/benchmarks.md)
+LARGE_GPU_GIB, LARGE_GPU_BATCH = 24, 8
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward on ``device`` when the caller names no batch size."""
+    if device.type == "cuda":
+        import torch
+
+        memory = torch.cuda.get_device_properties(device).total_memory
+        if memory >= LARGE_GPU_GIB * 2**30:
+            return LARGE_GPU_BATCH
+    return DEFAULT_BATCH.get(device.type, 1)

@@ -22,7 +22,7 @@ from .checkpoint_identity import (
     task_mismatch,
 )
 from .checkpoints import metadata_architecture, read_checkpoint, save_inference_checkpoint
-from .devices import resolve_device
+from .devices import default_batch_size, resolve_device
 from .hub_download import DownloadProgress
 from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
@@ -38,24 +38,6 @@ from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
 
 #: what :meth:`FocusPredictor.predict` takes: an image array or an image file's path
 ImageInput = np.ndarray | str | os.PathLike
-
-# images per forward when ``batch_size`` is not given: on a CPU a single image
-# already fills the cores; on a GPU a few images of one size keep it busy
-DEFAULT_BATCH = {"cpu": 1, "cuda": 4, "mps": 2}
-# GPUs with this much memory take 8: on an H100, FOCUS-L ran 29.5 images/s at batch 8
-# against 23.8 at 4 in one run, and FOCUS-G at batch 8 peaked at 15.3 GiB (float32;
-# docs/benchmarks.md)
-LARGE_GPU_GIB, LARGE_GPU_BATCH = 24, 8
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Images per forward on ``device`` when the caller names no batch size."""
-    if device.type == "cuda":
-        memory = torch.cuda.get_device_properties(device).total_memory
-        if memory >= LARGE_GPU_GIB * 2**30:
-            return LARGE_GPU_BATCH
-    return DEFAULT_BATCH.get(device.type, 1)
-
 
 @dataclass(frozen=True)
 class Prediction:

@@ -86,7 +86,7 @@ def test_unknown_task_is_rejected(predictor):
 def test_default_batch_follows_the_device_and_its_memory(monkeypatch):
     from types import SimpleNamespace
 
-    from napari_focus.predictor import default_batch_size
+    from napari_focus.devices import default_batch_size
 
     assert default_batch_size(torch.device("cpu")) == 1
     assert default_batch_size(torch.device("mps")) == 2

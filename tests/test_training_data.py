@@ -143,13 +143,13 @@ def test_a_sample_too_elongated_for_the_model_is_named(tmp_path: Path, tiny_mlp)
     import torch
 
     from napari_focus import FocusPredictor
-    from napari_focus.training.loop import _Batches
+    from napari_focus.training.batches import TrainBatches
     from napari_focus.training.validate import score_samples
 
     export_sample(tmp_path, "generic", "strip", np.zeros((32, 140_000), np.uint8),
                   np.ones((32, 140_000), bool))  # fmt: skip
     samples, _ = collect_samples(tmp_path, ["generic"])
-    batches = _Batches(samples, 1, AugmentConfig(canvas=128), seed=0)
+    batches = TrainBatches(samples, 1, AugmentConfig(canvas=128), seed=0)
     with pytest.raises(DatasetError, match=r"sample generic/strip \(.*strip.png\): .*elongated"):
         batches(0, torch.device("cpu"))
     arch, state = tiny_mlp

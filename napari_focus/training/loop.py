@@ -16,31 +16,28 @@ import json
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..checkpoints import save_inference_checkpoint
 from ..hub_download import DownloadProgress
 from ..predictor import FocusPredictor, resolve_device
-from ..presets import input_preset
 from ..quality import require_metrics
 from ..run_control import Cancelled, RunControl, watch_model
 from ..runtime import DTYPES
-from ..transforms import normalize_and_pad
-from .augment import AugmentConfig, augment, targets_from_classes
+from .augment import AugmentConfig
+from .batches import TrainBatches
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
-from .data import DatasetError, Sample, collect_samples, split_samples
+from .data import collect_samples, split_samples
 from .forward import training_forward
 from .interrupt import watch_step
-from .matcher import DIVERGED_ADVICE, Target, TrainingDiverged
+from .matcher import DIVERGED_ADVICE, TrainingDiverged
 from .presets import resolve_preset
 from .setup import load_base, lr_factor, parameter_groups, prepare_for_training, set_train_mode
 from .state import (
@@ -52,8 +49,6 @@ from .state import (
     save_state,
 )
 from .validate import better, score_samples, write_report
-
-CACHE_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -84,54 +79,6 @@ class TrainResult:
     problems: tuple[str, ...] = ()
     started: bool = True  # False: cancelled while the base weights downloaded
     saved: bool = True  # a cancelled run left a resume state (False: nothing to continue)
-
-
-class _Batches:
-    """Deterministic batches: epoch ``e`` visits the samples in the order of a
-    permutation seeded by ``(seed, e)``; step ``s`` augments with ``(seed, s)``."""
-
-    def __init__(
-        self, samples: Sequence[Sample], batch_size: int, config: AugmentConfig, seed: int
-    ) -> None:
-        self.samples, self.batch_size, self.config, self.seed = samples, batch_size, config, seed
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self.preset = input_preset()
-
-    def _load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        if sample.key in self._cache:
-            self._cache.move_to_end(sample.key)
-            return self._cache[sample.key]
-        loaded = sample.load()
-        self._cache[sample.key] = loaded
-        if len(self._cache) > CACHE_SAMPLES:
-            self._cache.popitem(last=False)
-        return loaded
-
-    def indices(self, step: int) -> list[int]:
-        n = len(self.samples)
-        out = []
-        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, position = divmod(k, n)
-            out.append(int(np.random.default_rng([self.seed, epoch]).permutation(n)[position]))
-        return out
-
-    def __call__(self, step: int, device: torch.device) -> tuple[torch.Tensor, list[Target]]:
-        rng = np.random.default_rng([self.seed, step, 1])
-        images, targets = [], []
-        for index in self.indices(step):
-            sample = self.samples[index]
-            try:
-                image, classes = augment(*self._load(sample), rng, self.config)
-            except DatasetError:
-                raise
-            except ValueError as error:
-                raise sample.unusable(error) from error
-            images.append(normalize_and_pad(image, self.preset)[0])  # crops: no padding
-            labels, masks = targets_from_classes(classes)
-            targets.append(
-                Target(torch.from_numpy(labels).to(device), torch.from_numpy(masks).to(device))
-            )
-        return torch.stack(images).to(device), targets
 
 
 def train(
@@ -196,7 +143,7 @@ def train(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     criterion = SetCriterion(num_points=config.num_points)
-    batches = _Batches(train_set, batch_size, AugmentConfig(canvas=canvas), config.seed)
+    batches = TrainBatches(train_set, batch_size, AugmentConfig(canvas=canvas), config.seed)
     data_hashes = [{"sample": s.key, "sha256": s.sha256()} for s in samples]
     identity = {
         "base": base.base_id,
