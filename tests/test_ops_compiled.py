@@ -143,6 +143,10 @@ def test_doctor_reports_the_loaded_kernel(cpu_kernel: None) -> None:
     assert status["torch"] == torch.__version__
     report = doctor_report()
     assert "cpu: loaded" in report and str(build.cache_root()) in report
+    assert f"folder: {build.build_directory('cpu')}" in report
+    if torch.version.cuda is None:  # no folder to look in for a kernel that cannot be built
+        assert "cuda: unavailable" in report
+        assert f"folder: {build.build_directory('cuda')}" not in report
 
 
 def test_cache_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

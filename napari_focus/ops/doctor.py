@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,7 +85,8 @@ def doctor_report(build: bool = False) -> str:
     for kind, kernel in info["kernels"].items():
         detail = f" - {kernel['detail']}" if kernel["detail"] else ""
         lines.append(f"  {kind}: {kernel['status']}{detail}")
-        lines.append(f"    folder: {kernel['build_directory']}")
+        if Path(kernel["build_directory"]).is_dir():  # none where it cannot be built
+            lines.append(f"    folder: {kernel['build_directory']}")
         if kernel["log"]:
             lines.append(f"    build log: {kernel['log']}")
     if not build and any(k["status"] == "not built" for k in info["kernels"].values()):
