@@ -70,7 +70,8 @@ exit codes:
      --gt without PySODMetrics, an --out or --report holding other files, or
      weights that could not be downloaded or loaded; also when the CSV or the
      report could not be written
-  {EXIT_INTERRUPTED}  interrupted by Ctrl-C
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C, 143 by SIGTERM (nothing is written: an earlier
+     --out stays as it was)
 """,
     "annotate": f"""\
 exit codes:

@@ -100,7 +100,8 @@ def test_each_command_lists_its_own_exit_codes(monkeypatch) -> None:
     assert "143 when stopped by SIGTERM" in helps["predict"]
     assert "(143: by SIGTERM)" in helps["train"]
     assert "143 by SIGTERM" in helps["export"]
-    for name in ("rank", "annotate", "doctor"):
+    assert "143 by SIGTERM (nothing is written" in helps["rank"]
+    for name in ("annotate", "doctor"):
         assert "143" not in helps[name] and "predict:" not in helps[name], name
     assert "no display" in helps["annotate"] and "  1  " not in helps["annotate"]
     assert "  2  " not in helps["doctor"]

@@ -168,3 +168,38 @@ def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoin
     (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04")
     code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "cut.pth")
     assert code == 2 and "cannot load the model" in err
+
+
+def test_an_interrupted_rank_says_how_far_it_got_and_keeps_the_earlier_csv(
+    focus_reference, tiny_checkpoint, tmp_path, monkeypatch
+):
+    from napari_focus.cli_common import Terminated
+    from napari_focus.series import rank as rank_module
+
+    images = tmp_path / "images"
+    source = Image.open(focus_reference / "input.png").convert("RGB").resize((64, 48))
+    images.mkdir()
+    for i in range(3):
+        source.rotate(20 * i).save(images / f"img{i}.png")
+    out_csv = tmp_path / "rank.csv"
+    write_ranking_csv([RankRow(path="old.png", name="old", rank=1, uncertainty=0.5)], out_csv)
+    earlier = out_csv.read_bytes()
+    real = rank_module.uncertainty
+    for stop, code_expected in ((Terminated, 143), (KeyboardInterrupt, 130)):
+        calls: list[int] = []
+
+        def stopped_at_the_second(probability, method, stop=stop, calls=calls):
+            calls.append(1)
+            if len(calls) == 2:  # as SIGTERM (or Ctrl-C) arrives during the second image
+                raise stop
+            return real(probability, method)
+
+        monkeypatch.setattr(rank_module, "uncertainty", stopped_at_the_second)
+        code, err = run_rank_cli(
+            "rank", images, "--task", "sod", "--weights", tiny_checkpoint, "--device", "cpu",
+            "--out", out_csv, "--quiet",
+        )  # fmt: skip
+        assert code == code_expected, err
+        assert (f"napari-focus rank: interrupted after 1 of 3 images; nothing was written "
+                f"({out_csv} is unchanged)") in err  # fmt: skip
+        assert out_csv.read_bytes() == earlier and "Traceback" not in err

@@ -13,6 +13,7 @@ import argparse
 import csv
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -315,20 +316,33 @@ def run_rank(args: argparse.Namespace) -> int:
     if predictor is None:
         return EXIT_SETUP_ERROR
 
-    from ..cli_common import progress_bar
+    from ..cli_common import EXIT_INTERRUPTED, Terminated, progress_bar, sigterm_as_interrupt
 
     bar = progress_bar(len(keys), "rank", "image", quiet=args.quiet, prefix="napari-focus")
+    ranked = [0]
+
+    def advance(done: int, _total: int, _name: str) -> None:
+        ranked[0] = done
+        bar.update(1)
+
     try:
-        rows = rank_folder(
-            folder,
-            predictor,
-            recursive=args.recursive,
-            pattern=args.pattern,
-            gt_folder=args.gt,
-            tta=args.tta,
-            method=args.method,
-            progress=lambda done, total, name: bar.update(1),
-        )
+        with sigterm_as_interrupt():
+            rows = rank_folder(
+                folder,
+                predictor,
+                recursive=args.recursive,
+                pattern=args.pattern,
+                gt_folder=args.gt,
+                tta=args.tta,
+                method=args.method,
+                progress=advance,
+            )
+    except KeyboardInterrupt as stop:  # a ranking of some images would read as the whole
+        bar.close()
+        kept = f"{out} is unchanged" if out.exists() else f"{out} was not written"
+        print(f"napari-focus rank: interrupted after {ranked[0]} of {len(keys)} images; "
+              f"nothing was written ({kept})", file=sys.stderr)  # fmt: skip
+        return 128 + int(signal.SIGTERM) if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     finally:
         bar.close()
     try:
