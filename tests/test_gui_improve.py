@@ -87,6 +87,7 @@ def test_improve_trains_in_a_worker_and_switches_weights(
 
     improve.use_new_weights()
     assert widget.weights_source.value == "file" and Path(widget.weights_path.value) == out
+    assert not improve.use_new_button.enabled and improve.use_previous_button.enabled
     assert "re-proposing 2 series images" in improve.status.value
     qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
     assert set(widget.series.scores) == {"s0.png", "s1.png"}
@@ -94,8 +95,11 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     after = _proposal(qtbot, viewer, widget)
     assert not np.allclose(before, after, atol=1e-6), "the new weights changed nothing"
 
+    improve.use_new_weights()  # called again (a double click): previous stays the old ones
+    qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
     improve.use_previous_weights()  # one click back
     assert Path(widget.weights_path.value) == tiny_checkpoint
+    assert improve.use_new_button.enabled and not improve.use_previous_button.enabled
     np.testing.assert_allclose(_proposal(qtbot, viewer, widget), before, atol=1e-6)
 
 

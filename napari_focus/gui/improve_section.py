@@ -304,9 +304,12 @@ class ImproveSection(Container):
     def use_new_weights(self) -> None:
         if self.new_weights is None:
             return
-        self.previous_weights = self.host.current_weights()
+        current = self.host.current_weights()
+        if current != self.new_weights:  # a second click must not make them "previous"
+            self.previous_weights = current
         self.host.use_weights(self.new_weights)
-        self.use_previous_button.enabled = True
+        self.use_new_button.enabled = False  # in use; "Previous weights" switches back
+        self.use_previous_button.enabled = self.previous_weights is not None
         count = self.host.repropose_open_images() if self.repropose.value else 0
         again = f"; re-proposing {count} series images" if count else ""
         self.status.value = f"using {self.new_weights.describe()}{again}"
@@ -315,6 +318,8 @@ class ImproveSection(Container):
         if self.previous_weights is None:
             return
         self.host.use_weights(self.previous_weights)
+        self.use_previous_button.enabled = False
+        self.use_new_button.enabled = self.new_weights is not None
         count = self.host.repropose_open_images() if self.repropose.value else 0
         again = f"; re-proposing {count} series images" if count else ""
         self.status.value = f"back to {self.previous_weights.describe()}{again}"
