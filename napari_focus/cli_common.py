@@ -161,6 +161,29 @@ def out_replaces_input_message(out: object, error: Any) -> str:
     return f"--out {out}: {error.what}; choose another --out"
 
 
+def masks_of_another_task_message(out: object, error: Any) -> str:
+    """``predict``'s words for :class:`~napari_focus.mask_provenance.MasksOfAnotherTask`
+    (both engines)."""
+    from .mask_provenance import first_and_count
+
+    return (
+        f"--out {out} holds masks of another task: {first_and_count(error.found)}; this "
+        f"run is --task {error.run.task} ({error.run.weights}), and it would keep them as "
+        "if they were its own: choose another --out, or add --overwrite to redo them"
+    )
+
+
+def other_weights_note(found: list, run: Any) -> str:
+    """``predict``'s note on existing masks of other weights of the same task (kept)."""
+    path, record = found[0]
+    others = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    return (
+        f"note: {path.name}{others} in --out were predicted with other weights "
+        f"({record.weights}); they are kept, as every existing mask is: add --overwrite to "
+        f"redo them with {run.weights}"
+    )
+
+
 def load_predictor_from_args(args: argparse.Namespace) -> Any:
     """A :class:`~napari_focus.FocusPredictor` from ``--weights`` / ``--task`` /
     ``--size`` / ``--device`` / ``--precision`` / ``--compile`` (commands without the

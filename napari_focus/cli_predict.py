@@ -11,6 +11,8 @@ from .cli_common import (
     EXIT_SETUP_ERROR,
     Terminated,
     load_predictor_or_say_why,
+    masks_of_another_task_message,
+    other_weights_note,
     out_replaces_input_message,
     positive_int,
     predict_summary,
@@ -18,6 +20,7 @@ from .cli_common import (
     sigterm_as_interrupt,
 )
 from .input_files import find_inputs
+from .mask_provenance import MadeBy, MasksOfAnotherTask, check_existing_masks
 from .prediction_files import OutputReplacesInput, plan_outputs
 
 
@@ -57,6 +60,15 @@ def run_predict(args: argparse.Namespace) -> int:
             keep=() if args.overwrite else tuple(p for p in entry.paths() if p.exists()))
         for entry in plan.todo
     ]  # fmt: skip
+    made_by = MadeBy.of_run(args.task, args.size, args.weights)
+    kept_masks = [e.mask for e in plan.existing] + [j.mask for j in jobs if j.mask in j.keep]
+    try:
+        other_weights = check_existing_masks(kept_masks, made_by)
+    except MasksOfAnotherTask as error:
+        print(f"napari-focus: {masks_of_another_task_message(out_dir, error)}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
+    if other_weights:
+        print(f"napari-focus: {other_weights_note(other_weights, made_by)}", file=sys.stderr)
     failures = [(Path(entry.source), reason) for entry, reason in plan.clashes]
     skipped = len(plan.existing)
 
@@ -89,7 +101,9 @@ def run_predict(args: argparse.Namespace) -> int:
         predictor = load_predictor_or_say_why(args)
         if predictor is None:
             return EXIT_SETUP_ERROR
-        written, interrupted, run_failures = _run_jobs(predictor, jobs, args, tqdm)
+        written, interrupted, run_failures = _run_jobs(
+            predictor, jobs, args, tqdm, made_by.text()
+        )
         failures += run_failures
         removed = [path for folder in folders for path in remove_own_temps(folder)]
         if removed:
@@ -107,9 +121,12 @@ def run_predict(args: argparse.Namespace) -> int:
     return EXIT_FAILED_IMAGES if failures or unmatched else 0
 
 
-def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int | None, list]:
-    """Run the pipeline with a progress bar; SIGTERM and Ctrl-C stop it in order.
-    Returns (written, the signal number if interrupted, failures)."""
+def _run_jobs(
+    predictor, jobs, args: argparse.Namespace, tqdm, record: str
+) -> tuple[int, int | None, list]:
+    """Run the pipeline with a progress bar; SIGTERM and Ctrl-C stop it in order. Every
+    output keeps ``record`` (which model made it). Returns (written, the signal number if
+    interrupted, failures)."""
     import signal
 
     from .pipeline import run_pipeline
@@ -130,6 +147,7 @@ def _run_jobs(predictor, jobs, args: argparse.Namespace, tqdm) -> tuple[int, int
                 batch_size=args.batch_size,
                 workers=args.workers,
                 on_done=on_done,
+                record=record,
             )
     finally:
         bar.close()

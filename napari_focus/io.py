@@ -257,18 +257,37 @@ def _read_tiff(path: Path, limit: int | None) -> np.ndarray:
     return array
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
-    """Binary mask as 0/255 uint8, PNG or TIFF by the file extension."""
+def write_mask(path: str | os.PathLike, mask: np.ndarray, *, record: str | None = None) -> Path:
+    """Binary mask as 0/255 uint8, PNG or TIFF by the file extension. ``record``: an ASCII
+    text kept in the file (:mod:`~napari_focus.mask_provenance`)."""
     data = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
-    if Path(path).suffix.lower() in TIFF_EXTENSIONS:
-        return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
-    return atomic_write(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"))
+    return _write_image(path, data, record)
 
 
-def write_probability(path: str | os.PathLike, probability: np.ndarray) -> Path:
+def write_probability(
+    path: str | os.PathLike, probability: np.ndarray, *, record: str | None = None
+) -> Path:
     """Probability map: float32 TIFF, or 8-bit PNG (``round(p * 255)``)."""
     prob = np.asarray(probability, dtype=np.float32)
     if Path(path).suffix.lower() in TIFF_EXTENSIONS:
-        return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, prob, compression="zlib"))
-    data = np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
-    return atomic_write(path, lambda tmp: Image.fromarray(data).save(tmp, format="PNG"))
+        return _write_image(path, prob, record)
+    return _write_image(path, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8), record)
+
+
+def _write_image(path: str | os.PathLike, data: np.ndarray, record: str | None) -> Path:
+    if Path(path).suffix.lower() in TIFF_EXTENSIONS:
+        # metadata=None: the record is the only image description, not tifffile's shape
+        how = {"description": record, "metadata": None} if record else {}
+        return atomic_write(
+            path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", **how)
+        )
+    info = None
+    if record:
+        from PIL.PngImagePlugin import PngInfo
+
+        from .mask_provenance import RECORD_KEY
+
+        info = PngInfo()
+        info.add_text(RECORD_KEY, record)
+    image = Image.fromarray(data)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))

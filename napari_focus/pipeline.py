@@ -68,13 +68,13 @@ def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> Prepare
     return predictor.prepare(image, tta=tta)
 
 
-def _write(job: Job, prediction: Prediction) -> None:
+def _write(job: Job, prediction: Prediction, record: str | None) -> None:
     from .io import write_mask, write_probability
 
     if job.mask not in job.keep:
-        write_mask(job.mask, prediction.mask)
+        write_mask(job.mask, prediction.mask, record=record)
     if job.probability is not None and job.probability not in job.keep:
-        write_probability(job.probability, prediction.probability)
+        write_probability(job.probability, prediction.probability, record=record)
 
 
 def run_pipeline(
@@ -85,8 +85,12 @@ def run_pipeline(
     batch_size: int | None = None,
     workers: int = 2,
     on_done: Callable[[Job, str | None], None] | None = None,
+    record: str | None = None,
 ) -> RunSummary:
     """Predict and write every job; a failing image is reported and the run goes on.
+
+    ``record``: the text every output keeps saying which model made it
+    (:class:`~napari_focus.mask_provenance.MadeBy`), or None.
 
     ``on_done(job, error)`` is called in the calling thread after each image is
     written (``error`` None) or has failed (the message). A ``KeyboardInterrupt``
@@ -144,7 +148,7 @@ def run_pipeline(
                 if isinstance(outcome, Exception):
                     report(job, failure_text(outcome))
                 else:
-                    behind.append((job, writer.submit(_write, job, outcome)))
+                    behind.append((job, writer.submit(_write, job, outcome, record)))
             settle_writes(limit=2 * per_batch)
         settle_writes(limit=0)
     except KeyboardInterrupt as interrupt:

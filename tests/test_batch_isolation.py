@@ -116,7 +116,7 @@ def test_an_overwrite_cut_short_leaves_no_row_for_the_old_mask(
                               run_started_ns=time.time_ns(), journal=str(folder))  # fmt: skip
     worker = FocusWorker(settings.as_dict())
 
-    def killed(_path, _mask):
+    def killed(_path, _mask, **_how):
         raise KeyboardInterrupt  # as the worker's process ends mid-write
 
     monkeypatch.setattr(io, "write_mask", killed)

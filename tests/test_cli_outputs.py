@@ -19,6 +19,7 @@ from napari_focus.atomic import TEMP_PREFIX, host_id
 from napari_focus.distributed import inputs as distributed_inputs
 from napari_focus.input_files import collect_inputs
 from napari_focus.io import read_image, write_mask, write_probability
+from napari_focus.mask_provenance import MadeBy
 from napari_focus.prediction_files import OutputReplacesInput, plan_outputs
 
 
@@ -142,8 +143,9 @@ def test_a_mask_never_lands_on_another_images_probability_map(photos, weights, t
     predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
     expected = tmp_path / "expected"
     result = predictor.predict(read_image(photos / "beach.jpg"))
-    write_mask(expected / "beach.png", result.mask)
-    write_probability(expected / "beach_probability.png", result.probability)
+    record = MadeBy.of_run("sod", None, weights).text()  # as predict records it
+    write_mask(expected / "beach.png", result.mask, record=record)
+    write_probability(expected / "beach_probability.png", result.probability, record=record)
     for name in ("beach.png", "beach_probability.png"):
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
     assert not (out / "beach_probability_probability.png").exists()

@@ -17,6 +17,7 @@ from test_cli import REPO_ROOT, run_cli
 
 from napari_focus import FocusPredictor
 from napari_focus.io import read_image, write_mask, write_probability
+from napari_focus.mask_provenance import MadeBy
 from napari_focus.pipeline import Job, run_pipeline
 
 
@@ -73,8 +74,11 @@ def test_pipelined_cli_writes_the_bytes_of_a_serial_run(folder, weights, tmp_pat
         if path.name == "g.png":
             continue
         result = predictor.predict(read_image(path))
-        write_mask(serial / f"{path.stem}.png", result.mask)
-        write_probability(serial / f"{path.stem}_probability.png", result.probability)
+        record = MadeBy.of_run("sod", None, weights).text()  # as predict records it
+        write_mask(serial / f"{path.stem}.png", result.mask, record=record)
+        write_probability(
+            serial / f"{path.stem}_probability.png", result.probability, record=record
+        )
     names = sorted(os.listdir(serial))
     assert sorted(os.listdir(out)) == names and len(names) == 8
     for name in names:

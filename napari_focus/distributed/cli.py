@@ -130,8 +130,14 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             f"--address {args.address}: nothing answers there ({unreachable}); start the "
             "cluster's head (`ray start --head`) or check the address"
         )
-    from ..cli_common import out_replaces_input_message, warn_if_weights_of_another_task
+    from ..cli_common import (
+        masks_of_another_task_message,
+        other_weights_note,
+        out_replaces_input_message,
+        warn_if_weights_of_another_task,
+    )
     from ..input_files import unmatched_reason
+    from ..mask_provenance import MadeBy, MasksOfAnotherTask
     from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
@@ -180,11 +186,16 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         return _say_interrupted(stop, out)
     except OutputReplacesInput as error:
         return _fail(out_replaces_input_message(out, error))
+    except MasksOfAnotherTask as error:
+        return _fail(masks_of_another_task_message(out, error))
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
 
     for item in run.unmatched:
         print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
+    if run.other_weights:
+        made_by = MadeBy.of_run(args.task, args.size, args.weights)
+        print(f"napari-focus: {other_weights_note(run.other_weights, made_by)}", file=sys.stderr)
     folder = image_folder_of(run.rows, out)  # the ranking names images by paths below it
     try:
         ranking: Path | None = write_ranking(

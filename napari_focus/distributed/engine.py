@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..mask_provenance import Found, MadeBy, check_existing_masks
 from . import journal
 from .inputs import Job, find_sources, is_uri, plan_outputs
 from .manifest import (
@@ -41,6 +42,7 @@ class DatasetRun:
     unmatched: list[str] = field(default_factory=list)
     workers: int = 0
     seconds: float = 0.0
+    other_weights: Found = field(default_factory=list)  # kept masks of other weights
 
     def count(self, status: str) -> int:
         return sum(1 for row in self.rows if row["status"] == status)
@@ -166,6 +168,9 @@ def predict_dataset(
             output folder or manifest that cannot be written or that is not a manifest.
         OutputReplacesInput: a ValueError: a mask or probability map would replace an
             input image (e.g. ``out`` is the input folder).
+        MasksOfAnotherTask: a ValueError: masks the run would keep were predicted for
+            another task (see :mod:`napari_focus.mask_provenance`); masks of other
+            weights of the task are kept and listed in ``DatasetRun.other_weights``.
         RuntimeError: the run itself failed (e.g. the model cannot be loaded on the
             workers); the manifest keeps what was done.
         RunInterrupted: a KeyboardInterrupt, raised after the manifest is written.
@@ -201,6 +206,11 @@ def predict_dataset(
         sources, out, image_format=image_format, probability=probability,
         overwrite=overwrite, subfolders=found.subfolders,
     )  # fmt: skip
+    made_by = MadeBy.of_run(task, size, weights)
+    kept = [job.mask for job in plan.existing]
+    if not overwrite:  # a mask kept while its probability map is written
+        kept += [job.mask for job in plan.todo if Path(job.mask).exists()]
+    other_weights = check_existing_masks(kept, made_by)  # another task's: refused
     previous = earlier_rows(manifest_path)
     check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +268,7 @@ def predict_dataset(
         unmatched=unmatched,
         workers=workers,
         seconds=time.perf_counter() - started,
+        other_weights=other_weights,
     )
     if interrupted is not None:
         raise RunInterrupted(run, interrupted) from interrupted

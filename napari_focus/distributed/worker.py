@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..mask_provenance import MadeBy
 from ..pipeline import predict_isolating
 from . import journal
 from .inputs import read_source
@@ -153,12 +154,14 @@ class FocusWorker:
             raise RuntimeError(f"{MODEL_ERROR}{error}") from error
         self.model_lock = threading.Lock()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        settings = self.settings
+        self.record = MadeBy.of_run(settings.task, settings.size, settings.weights).text()
 
     def _write(self, row: dict[str, Any], prediction: Any) -> None:
         from ..io import write_mask, write_probability
         from ..quality import uncertainty
 
-        writes: list[tuple[str, Callable[[str, np.ndarray], Any], np.ndarray]] = [
+        writes: list[tuple[str, Callable[..., Any], np.ndarray]] = [
             (row["mask"], write_mask, prediction.mask)
         ]
         if row["probability"]:
@@ -175,7 +178,7 @@ class FocusWorker:
                 )
         for path, write, data in writes:
             if _needs_write(path, self.settings):
-                write(path, data)
+                write(path, data, record=self.record)
         row["status"] = "written"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:

@@ -1,0 +1,114 @@
+"""Which model made a predicted mask, recorded in the file, so that a later run into the
+same output folder can tell its own masks from those of another task or other weights.
+
+``predict`` (both engines) writes the record as a PNG text chunk or a TIFF image
+description: ``{"made_by": "napari-focus", "task": "sod", "weights": "focus_large_sod.pth"}``.
+``weights`` is the official checkpoint's file name or the name of the ``--weights`` file
+(a name, not a path: a moved checkpoint is still the same weights). Masks without a
+record (saved from napari, drawn by hand, from other tools) are never judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_KEY = "napari-focus"
+
+
+@dataclass(frozen=True)
+class MadeBy:
+    """The task and the weights (file name) that predicted a mask."""
+
+    task: str
+    weights: str
+
+    @classmethod
+    def of_run(cls, task: str, size: str | None, weights: str | os.PathLike | None) -> MadeBy:
+        """What a run of ``--task``, ``--size`` and ``--weights`` records."""
+        name = Path(weights).name if weights else f"focus_{size or 'large'}_{task}.pth"
+        return cls(task=task, weights=name)
+
+    def text(self) -> str:
+        record = {"made_by": "napari-focus", "task": self.task, "weights": self.weights}
+        return json.dumps(record, ensure_ascii=True)  # TIFF descriptions are ASCII
+
+    @classmethod
+    def parse(cls, text: str | bytes | None) -> MadeBy | None:
+        if isinstance(text, bytes):
+            text = text.decode("ascii", "replace")
+        try:
+            record = json.loads(text) if text else None
+        except ValueError:
+            return None
+        if not isinstance(record, dict) or record.get("made_by") != "napari-focus":
+            return None
+        task, weights = record.get("task"), record.get("weights")
+        if not isinstance(task, str) or not isinstance(weights, str):
+            return None
+        return cls(task=task, weights=weights)
+
+    def describe(self) -> str:
+        return f"task {self.task} ({self.weights})"
+
+
+#: existing masks, each with the record of the model that made it
+Found = list[tuple[Path, MadeBy]]
+
+
+def read_made_by(path: str | os.PathLike) -> MadeBy | None:
+    """The record of a mask file, or None (no record, or the file cannot be read)."""
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return MadeBy.parse(tif.pages[0].description)
+        from PIL import Image
+
+        with Image.open(path) as image:  # reads the chunks before the pixels only
+            return MadeBy.parse(image.info.get(RECORD_KEY))
+    except (OSError, ValueError, SyntaxError):  # PIL reports broken PNG chunks as SyntaxError
+        return None
+
+
+class MasksOfAnotherTask(ValueError):
+    """Masks to be skipped (their files exist) were predicted for another task: the run
+    would leave them as if they were its own. ``found``: ``(path, record)`` of each."""
+
+    def __init__(self, found: Found, run: MadeBy) -> None:
+        self.found, self.run = found, run
+        super().__init__(
+            f"the output folder holds masks of another task: {first_and_count(found)}; "
+            f"this run is {run.describe()}: choose another output folder, or overwrite them"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.found, self.run))
+
+
+def check_existing_masks(masks: Iterable[str | os.PathLike], run: MadeBy) -> Found:
+    """Existing ``masks`` (to be skipped) against this ``run``: raises
+    :class:`MasksOfAnotherTask` for masks of another task, returns those of other weights
+    of the same task (kept: proposals of an earlier model are still proposals)."""
+    other_task: Found = []
+    other_weights: Found = []
+    for mask in masks:
+        record = read_made_by(mask)
+        if record is None or record == run:
+            continue
+        (other_task if record.task != run.task else other_weights).append((Path(mask), record))
+    if other_task:
+        raise MasksOfAnotherTask(other_task, run)
+    return other_weights
+
+
+def first_and_count(found: Found) -> str:
+    """``a.png, made for task sod (focus_large_sod.pth)`` (and N more)."""
+    path, record = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"{path.name}, made for {record.describe()}{more}"

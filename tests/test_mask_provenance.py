@@ -1,0 +1,139 @@
+"""Masks record the task and weights that predicted them, so that `predict` into a folder
+of another task's masks refuses instead of keeping them as its own (both engines), and
+says so when it keeps masks of other weights. Masks without a record are never judged."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from test_cli import run_cli
+
+from napari_focus import FocusPredictor
+from napari_focus.io import read_image, write_mask, write_probability
+from napari_focus.mask_files import read_mask_file
+from napari_focus.mask_provenance import (
+    RECORD_KEY,
+    MadeBy,
+    MasksOfAnotherTask,
+    check_existing_masks,
+    read_made_by,
+)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_mlp, tmp_path_factory) -> Path:
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture
+def photos(focus_reference, tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    for i in range(3):
+        source.rotate(15 * i).resize((72, 56), Image.BILINEAR).save(folder / f"p{i}.png")
+    return folder
+
+
+def _predict(photos: Path, out: Path, weights: Path, task: str, *flags) -> tuple[int, str]:
+    return run_cli(
+        "predict", photos, "--task", task, "--weights", weights, "--out", out,
+        "--device", "cpu", "--quiet", *flags,
+    )  # fmt: skip
+
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_mask_keeps_its_record_and_reads_as_before(tmp_path, suffix):
+    mask = np.zeros((20, 30), np.uint8)
+    mask[4:12, 6:20] = 1
+    made_by = MadeBy.of_run("cod", "giant", None)
+    assert made_by == MadeBy("cod", "focus_giant_cod.pth")
+    path = write_mask(tmp_path / f"m{suffix}", mask, record=made_by.text())
+    assert read_made_by(path) == made_by
+    np.testing.assert_array_equal(read_image(path), mask * 255)
+    np.testing.assert_array_equal(read_mask_file(path), mask.astype(bool))
+    probability = write_probability(tmp_path / f"p{suffix}", mask * 0.25, record=made_by.text())
+    assert read_made_by(probability) == made_by
+    assert read_made_by(write_mask(tmp_path / f"plain{suffix}", mask)) is None
+    if suffix == ".tif":  # the record is the only description: no shape JSON beside it
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].description == made_by.text()
+
+
+def test_records_of_other_tools_and_broken_files_are_no_records(tmp_path):
+    info = PngInfo()
+    info.add_text(RECORD_KEY, "drawn in GIMP")
+    Image.new("L", (8, 8)).save(tmp_path / "other.png", pnginfo=info)
+    info = PngInfo()
+    info.add_text(RECORD_KEY, '{"made_by": "napari-focus", "task": 3}')
+    Image.new("L", (8, 8)).save(tmp_path / "odd.png", pnginfo=info)
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    tifffile.imwrite(tmp_path / "described.tif", np.zeros((8, 8), np.uint8), description="x")
+    for name in ("other.png", "odd.png", "cut.png", "described.tif", "missing.png"):
+        assert read_made_by(tmp_path / name) is None, name
+    assert check_existing_masks([tmp_path / "other.png"], MadeBy("sod", "a.pth")) == []
+
+
+def test_predict_refuses_to_keep_the_masks_of_another_task(photos, weights, tmp_path):
+    out = tmp_path / "masks"
+    assert _predict(photos, out, weights, "sod")[0] == 0
+    assert {read_made_by(p) for p in out.iterdir()} == {MadeBy("sod", "tiny.safetensors")}
+    before = _bytes(out)
+    code, err = _predict(photos, out, weights, "cod")  # the same --out, another task
+    assert code == 2, err
+    assert (f"napari-focus: --out {out} holds masks of another task: p0.png, made for task "
+            "sod (tiny.safetensors) (and 2 more); this run is --task cod (tiny.safetensors), "
+            "and it would keep them as if they were its own: choose another --out, or add "
+            "--overwrite to redo them") in err  # fmt: skip
+    assert _bytes(out) == before
+    # the masks kept beside a probability map still to write count as kept too
+    code, err = _predict(photos, out, weights, "cod", "--probability")
+    assert code == 2 and "holds masks of another task" in err and _bytes(out) == before
+
+    code, err = _predict(photos, out, weights, "cod", "--overwrite")
+    assert code == 0, err
+    assert {read_made_by(p) for p in out.iterdir()} == {MadeBy("cod", "tiny.safetensors")}
+
+
+def test_predict_keeps_masks_of_other_weights_and_says_so(photos, weights, tmp_path):
+    out = tmp_path / "masks"
+    assert _predict(photos, out, weights, "sod")[0] == 0
+    tuned = shutil.copy(weights, tmp_path / "tuned.safetensors")
+    (out / "p1.png").unlink()
+    Image.fromarray(np.full((56, 72), 255, np.uint8)).save(out / "p2.png")  # drawn by hand
+    hand_made = (out / "p2.png").read_bytes()
+    code, err = _predict(photos, out, tuned, "sod")
+    assert code == 0, err
+    assert ("napari-focus: note: p0.png in --out were predicted with other weights "
+            "(tiny.safetensors); they are kept, as every existing mask is: add --overwrite "
+            "to redo them with tuned.safetensors") in err  # fmt: skip
+    assert "1 written, 2 skipped" in err
+    assert read_made_by(out / "p1.png") == MadeBy("sod", "tuned.safetensors")
+    assert (out / "p2.png").read_bytes() == hand_made  # no record: skipped, no word
+    code, err = _predict(photos, out, tuned, "cod")  # p0 and p1 are sod's; p2 is not judged
+    assert code == 2 and "p0.png, made for task sod (tiny.safetensors) (and 1 more)" in err
+
+
+def test_the_ray_engine_refuses_another_tasks_masks_before_ray_starts(photos, weights, tmp_path):
+    from napari_focus.distributed import predict_dataset
+
+    out = tmp_path / "masks"
+    out.mkdir()
+    record = MadeBy("sod", "tiny.safetensors").text()
+    write_mask(out / "p0.png", np.ones((56, 72), np.uint8), record=record)
+    with pytest.raises(MasksOfAnotherTask, match=r"p0\.png, made for task sod") as caught:
+        predict_dataset(photos, out, task="cod", weights=weights, address="127.0.0.1:1")
+    assert caught.value.run == MadeBy("cod", "tiny.safetensors")
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png"]  # no manifest, no journal
