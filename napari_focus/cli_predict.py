@@ -57,7 +57,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     jobs = [
         Job(Path(entry.source), entry.mask, entry.probability,
-            keep=() if args.overwrite else tuple(p for p in entry.paths() if p.exists()))
+            keep=() if args.overwrite else tuple(p for p in entry.paths() if p.exists()),
+            overwrite=args.overwrite)
         for entry in plan.todo
     ]  # fmt: skip
     made_by = MadeBy.of_run(args.task, args.size, args.weights)

@@ -257,29 +257,41 @@ def _read_tiff(path: Path, limit: int | None) -> np.ndarray:
     return array
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray, *, record: str | None = None) -> Path:
+def write_mask(
+    path: str | os.PathLike, mask: np.ndarray, *, record: str | None = None, replace: bool = True
+) -> Path:
     """Binary mask as 0/255 uint8, PNG or TIFF by the file extension. ``record``: an ASCII
-    text kept in the file (:mod:`~napari_focus.mask_provenance`)."""
+    text kept in the file (:mod:`~napari_focus.mask_provenance`); ``replace=False``: an
+    existing file stays (:class:`FileExistsError`)."""
     data = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
-    return _write_image(path, data, record)
+    return _write_image(path, data, record, replace)
 
 
 def write_probability(
-    path: str | os.PathLike, probability: np.ndarray, *, record: str | None = None
+    path: str | os.PathLike,
+    probability: np.ndarray,
+    *,
+    record: str | None = None,
+    replace: bool = True,
 ) -> Path:
     """Probability map: float32 TIFF, or 8-bit PNG (``round(p * 255)``)."""
     prob = np.asarray(probability, dtype=np.float32)
     if Path(path).suffix.lower() in TIFF_EXTENSIONS:
-        return _write_image(path, prob, record)
-    return _write_image(path, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8), record)
+        return _write_image(path, prob, record, replace)
+    data = np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+    return _write_image(path, data, record, replace)
 
 
-def _write_image(path: str | os.PathLike, data: np.ndarray, record: str | None) -> Path:
+def _write_image(
+    path: str | os.PathLike, data: np.ndarray, record: str | None, replace: bool
+) -> Path:
     if Path(path).suffix.lower() in TIFF_EXTENSIONS:
         # metadata=None: the record is the only image description, not tifffile's shape
         how = {"description": record, "metadata": None} if record else {}
         return atomic_write(
-            path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", **how)
+            path,
+            lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", **how),
+            replace=replace,
         )
     info = None
     if record:
@@ -290,4 +302,6 @@ def _write_image(path: str | os.PathLike, data: np.ndarray, record: str | None) 
         info = PngInfo()
         info.add_text(RECORD_KEY, record)
     image = Image.fromarray(data)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    return atomic_write(
+        path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), replace=replace
+    )

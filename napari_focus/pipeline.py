@@ -30,12 +30,15 @@ if TYPE_CHECKING:
 class Job:
     """One image and where its outputs go (``probability`` None: no probability map).
     Outputs listed in ``keep`` exist already and are left as they are (a mask someone
-    may have corrected, when only its probability map is missing)."""
+    may have corrected, when only its probability map is missing). Without
+    ``overwrite`` an output that appears while the run goes on (saved from napari, say)
+    is not replaced either: the image fails, saying so."""
 
     source: Path
     mask: Path
     probability: Path | None = None
     keep: tuple[Path, ...] = ()
+    overwrite: bool = False
 
 
 @dataclass
@@ -71,10 +74,26 @@ def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> Prepare
 def _write(job: Job, prediction: Prediction, record: str | None) -> None:
     from .io import write_mask, write_probability
 
-    if job.mask not in job.keep:
-        write_mask(job.mask, prediction.mask, record=record)
-    if job.probability is not None and job.probability not in job.keep:
-        write_probability(job.probability, prediction.probability, record=record)
+    outputs = [(job.mask, write_mask, prediction.mask)]
+    if job.probability is not None:
+        outputs.append((job.probability, write_probability, prediction.probability))
+    for path, write, data in outputs:
+        if path in job.keep:
+            continue
+        try:
+            write(path, data, record=record, replace=job.overwrite)
+        except FileExistsError as error:
+            raise AppearedMeanwhile(path.name) from error
+
+
+class AppearedMeanwhile(FileExistsError):
+    """An output file appeared after the run planned to write it; it was kept."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"{name} appeared in the output folder while the run went on; it is kept "
+            "(--overwrite replaces it)"
+        )
 
 
 def run_pipeline(
@@ -123,7 +142,10 @@ def run_pipeline(
             if future.cancelled():  # interrupted before it started: neither written nor failed
                 continue
             error = future.exception()
-            report(job, None if error is None else f"cannot write: {failure_text(error)}")
+            if error is None or isinstance(error, AppearedMeanwhile):
+                report(job, None if error is None else str(error))
+            else:
+                report(job, f"cannot write: {failure_text(error)}")
 
     try:
         while True:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,26 @@ def test_run_pipeline_reports_each_image_in_order_of_completion(folder, weights,
     assert (tmp_path / "c.png").is_file()
     with pytest.raises(ValueError, match="workers"):
         run_pipeline(predictor, jobs, workers=0)
+
+
+def test_an_output_that_appears_during_the_run_is_kept(folder, weights, tmp_path):
+    """Planned while absent, saved by someone (napari, say) before the writer got to it:
+    without overwrite it stays, and the image fails saying so; with overwrite it goes."""
+    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+    saved = tmp_path / "c.png"
+    saved.write_bytes(b"corrected by hand")
+    probability = tmp_path / "c_probability.png"
+    job = Job(folder / "c.png", saved, probability)
+    summary = run_pipeline(predictor, [job], workers=1)
+    assert summary.written == 0 and summary.failures == [
+        (folder / "c.png", "c.png appeared in the output folder while the run went on; it is "
+                           "kept (--overwrite replaces it)")
+    ]  # fmt: skip
+    assert saved.read_bytes() == b"corrected by hand" and not probability.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    summary = run_pipeline(predictor, [replace(job, overwrite=True)], workers=1)
+    assert summary.written == 1 and saved.read_bytes().startswith(b"\x89PNG")
+    assert probability.is_file()
 
 
 def test_a_failure_without_a_message_is_still_reported_in_words(
