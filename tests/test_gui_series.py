@@ -263,6 +263,38 @@ def test_queue_of_open_layers(qtbot, open_series, open_focus_widget, tmp_path, s
 
 
 
+def test_stacks_are_left_out_of_the_queue_of_open_layers(
+    qtbot, open_series, open_focus_widget, tmp_path, series_errors, monkeypatch
+):
+    """A series item is one picture: a stack layer is left out, saying how to segment it
+    (its planes' proposals are Run's), and only stacks open no series."""
+    from napari_focus.gui import series_start
+
+    infos: list[str] = []
+    monkeypatch.setattr(series_start, "show_info", infos.append)
+    viewer, widget = open_focus_widget()
+    rng = np.random.default_rng(2)
+    viewer.add_image(rng.integers(0, 255, (5, 40, 56), dtype=np.uint8), name="stack")
+    series = widget.series
+    series.output.value = tmp_path / "series"
+    open_series(series, layers=True)
+    assert series.state is None
+    assert series_errors[-1] == (
+        "FOCUS series: the open image layers (stack) are stacks or not images FOCUS can "
+        "take: a series queues single images; for a stack, choose it under 'image' in the "
+        "Model tab and press Run"
+    )
+    viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name="photo")
+    open_series(series, layers=True)
+    assert [item.key for item in series.state.queue] == ["photo"]
+    assert infos == [
+        "FOCUS: left out of the queue: stack (a series queues single images; for a stack, "
+        "choose it under 'image' and press Run)"
+    ]
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert _labels(viewer, "photo").data.shape == (40, 56)
+
+
 def test_a_closed_layer_leaves_the_queue_of_open_layers(
     qtbot, open_series, open_focus_widget, tmp_path, series_errors
 ):

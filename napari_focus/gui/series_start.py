@@ -29,6 +29,7 @@ from ..run_control import Cancelled, RunControl
 from ..series import SeriesState, SeriesStateError, load_or_create
 from .fields import chosen_dir
 from .job import gui_message, import_ahead_of_layers
+from .planes import UnsupportedLayerError, layer_planes
 from .workers import background
 
 #: how often the status line takes the count of images found while a series opens
@@ -176,6 +177,7 @@ class SeriesStarting:
     """Open folder and Queue open layers: the series loaded in a worker, then shown."""
 
     owner: Any
+    viewer: Any
     state: Any
     loader: SeriesLoader
     close_guard: Any
@@ -244,7 +246,25 @@ class SeriesStarting:
                 f"{aside}, then press Queue open layers again"
             )
             return
-        names = self.owner.image_layer_names()
+        names, left_out = [], []
+        for name in self.owner.image_layer_names():  # a series item is one picture
+            try:
+                single = not layer_planes(self.viewer.layers[name]).is_stack
+            except UnsupportedLayerError:
+                single = False
+            (names if single else left_out).append(name)
+        if left_out and not names:
+            self._error(
+                f"the open image layers ({', '.join(left_out)}) are stacks or not images "
+                "FOCUS can take: a series queues single images; for a stack, choose it "
+                "under 'image' in the Model tab and press Run"
+            )
+            return
+        if left_out:
+            show_info(
+                f"FOCUS: left out of the queue: {', '.join(left_out)} (a series queues "
+                "single images; for a stack, choose it under 'image' and press Run)"
+            )
         self._start(
             lambda _found: load_or_create(output, names=names),
             f"opening the series of the {len(names)} open image layers in {output}",
