@@ -190,3 +190,23 @@ def test_run_cancelled_while_the_series_waits_for_the_same_download(
     assert slow_hub.ranges == []  # one download, never restarted
     qtbot.waitUntil(lambda: errors != [], timeout=WAIT_MS)
     assert all("is not a PyTorch checkpoint: it starts with" in error for error in errors)
+
+
+def test_a_model_forgotten_while_its_load_returns_still_reaches_its_caller(monkeypatch):
+    """forget() runs on the GUI thread without waiting for a load: a worker whose load
+    has just ended gets the model it loaded, never None or an AssertionError."""
+    from napari_focus.gui import job
+    from napari_focus.run_control import RunControl
+
+    loaded = object()
+    shared = job.SharedModel()
+    monkeypatch.setattr(job, "load_predictor", lambda *_args, **_how: loaded)
+    monkeypatch.setattr(job, "load_stages", lambda *_args: None)
+
+    class ForgetOnCheck(RunControl):
+        def check(self) -> None:  # the last check before the model is returned
+            shared.forget(loaded)
+            super().check()
+
+    key = job.ModelKey("sod", "large", None, "cpu")
+    assert shared.get(key, ForgetOnCheck()) is loaded

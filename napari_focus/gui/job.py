@@ -166,7 +166,9 @@ class SharedModel:
             self._asking.append(asking)
         try:
             with self._lock:
-                if self._key != key or self._predictor is None:
+                # read once: forget() on the GUI thread may clear the attributes meanwhile
+                predictor = self._predictor if self._key == key else None
+                if predictor is None:
                     self._key, self._predictor = None, None  # the old model goes first
                     gc.collect()
                     control.check()  # cancelled while another load held the lock
@@ -177,8 +179,7 @@ class SharedModel:
                 if control.cancelled and not self.waiting(key, besides=asking):
                     self._drop()  # nobody wants it any more
                 control.check()
-                assert self._predictor is not None
-                return self._predictor
+                return predictor
         finally:
             with self._asking_lock:
                 self._asking.remove(asking)

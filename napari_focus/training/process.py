@@ -49,9 +49,12 @@ def train_in_subprocess(
             try:
                 kind, payload = reports.get(timeout=0.1)
             except queue.Empty:
-                if not child.is_alive():
+                if child.is_alive():
+                    continue
+                try:  # what it put just before it ended (its result) is still in the pipe
+                    kind, payload = reports.get(timeout=1.0)
+                except queue.Empty:
                     break
-                continue
             if kind == "progress":
                 yield payload
             else:
