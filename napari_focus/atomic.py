@@ -242,6 +242,24 @@ def commit_new(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync_dir(Path(path).parent)
 
 
+def set_aside(path: str | os.PathLike, aside: str | os.PathLike) -> Path:
+    """Move ``path`` to the name ``aside`` (``aside-2``, ``aside-3``, ... when taken),
+    never replacing a file set aside before; returns the name it got."""
+    path, aside = Path(path), Path(aside)
+    extension = aside.suffix if aside.suffix[1:].isalpha() else ""  # .png, not .bad-2026...
+    stem = aside.name.removesuffix(extension) if extension else aside.name
+    for n in range(1, 1000):
+        target = aside if n == 1 else aside.with_name(f"{stem}-{n}{extension}")
+        try:
+            commit_new(path, target)  # a link, then the old name goes
+        except FileExistsError:
+            continue
+        if path.exists():
+            path.unlink()
+        return target
+    raise FileExistsError(errno.EEXIST, "no free name to set the file aside", os.fspath(aside))
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[str], None], *, replace: bool = True
 ) -> Path:

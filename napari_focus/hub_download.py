@@ -29,6 +29,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .atomic import fsync_dir
 from .filelock import LockTimeout, held
 from .run_control import Cancelled
 
@@ -236,6 +237,8 @@ def _download(
             if meter is not None:
                 meter.close(finished=meter.done == size)
         done = meter.done
+        out.flush()
+        os.fsync(out.fileno())  # on disk before it takes the name that says "complete"
     if done < size:  # the server closed the connection early
         raise DownloadInterrupted(
             f"the download of {filename} stopped at {done / MB:,.0f} of {size / MB:,.0f} MB "
@@ -248,6 +251,7 @@ def _download(
             "SHA-256); it was deleted: run again to download it anew"
         )
     os.replace(partial, blob)
+    fsync_dir(blob.parent)
 
 
 def _copy(

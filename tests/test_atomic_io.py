@@ -358,3 +358,23 @@ def test_a_write_that_must_not_replace_keeps_what_is_there(tmp_path, monkeypatch
         atomic.atomic_write(target, lambda tmp: Path(tmp).write_text("newer"), replace=False)
     assert target.read_text() == "the user's"
     assert temp_files(tmp_path) == []
+
+
+def test_a_file_set_aside_never_replaces_one_set_aside_before(tmp_path):
+    from napari_focus.atomic import set_aside
+
+    names = []
+    for content in (b"first", b"second", b"third"):
+        (tmp_path / "a.png").write_bytes(content)
+        names.append(set_aside(tmp_path / "a.png", tmp_path / "a.stale-20261124-120000.png"))
+    assert [p.name for p in names] == [
+        "a.stale-20261124-120000.png", "a.stale-20261124-120000-2.png",
+        "a.stale-20261124-120000-3.png",
+    ]  # fmt: skip
+    assert [p.read_bytes() for p in names] == [b"first", b"second", b"third"]
+    assert not (tmp_path / "a.png").exists()
+    state = tmp_path / "state.json"
+    for _ in range(2):
+        state.write_text("{")
+        aside = set_aside(state, tmp_path / "state.json.bad-20261124-120000")
+    assert aside.name == "state.json.bad-20261124-120000-2"

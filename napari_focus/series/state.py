@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..atomic import WriteError, atomic_write_text
+from ..atomic import WriteError, atomic_write_text, set_aside
 from ..filelock import LockTimeout, held
 from ..io import IMAGE_EXTENSIONS
 from ..mask_files import read_mask_file
@@ -233,8 +233,9 @@ class SeriesState:
         if item.autosave_of is not None and item.path is not None:
             self._fingerprint(item)
             if item.fingerprint is not None and item.fingerprint["sha256"] != item.autosave_of:
-                aside = path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.png")
-                os.replace(path, aside)
+                aside = set_aside(
+                    path, path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}.png")
+                )
                 item.autosaved, item.autosave_of = False, None
                 self.stale_autosaves[key] = aside
                 log.warning("%s changed since its mask was autosaved; set aside as %s",
@@ -359,8 +360,9 @@ def load_or_create(
         except SeriesStateError:
             if on_corrupt == "raise":
                 raise
-            bad = path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(path, bad)
+            bad = set_aside(
+                path, path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+            )
             state.recovered_from = bad
             stamp = None
             with contextlib.suppress(SeriesStateError):  # the previous state, if usable

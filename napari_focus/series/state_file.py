@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..atomic import temp_path
+from ..atomic import atomic_write_bytes, fsync_dir, temp_path
 from .queue import Status
 
 STATE_NAME = ".napari_focus_queue.json"
@@ -54,9 +54,11 @@ def keep_backup(path: Path, backup: Path) -> None:
     try:
         try:
             os.link(path, tmp)
-        except OSError:
-            tmp.write_bytes(path.read_bytes())
-        os.replace(tmp, backup)
+        except OSError:  # no hard links there: a flushed copy
+            atomic_write_bytes(backup, path.read_bytes())
+        else:
+            os.replace(tmp, backup)
+            fsync_dir(backup.parent)
     except OSError as error:  # the new state is still written; say the backup was not
         log.warning("could not keep a backup of %s: %s", path, error)
         tmp.unlink(missing_ok=True)
