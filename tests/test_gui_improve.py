@@ -196,8 +196,10 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
     improve.improve_button.clicked.emit()
     assert improve.status.value == "continuing the cancelled run of tuned.safetensors…"
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
-    assert ("training failed: the cancelled run of tuned.safetensors was on other training "
-            "data or settings (then -> now: exported samples 4 -> 5") in improve.status.value
+    assert improve.status.value.startswith(
+        "not started: the cancelled run of tuned.safetensors was on "
+        "other training data or settings (then -> now: exported samples 4 -> 5"
+    ), improve.status.value
     assert "set them back to continue it" in improve.status.value  # fmt: skip
     assert "'new weights'" in improve.status.value
     assert state.read_bytes() == saved and not out.exists()  # "No": the run is kept
@@ -279,3 +281,33 @@ def test_improve_starts_from_the_steps_of_the_train_command(open_focus_widget) -
         ["train", "--root", "d", "--layout", "duts-tr", "--weights", "sod", "--out", "o"]
     )
     assert widget.improve.steps.value == args.steps
+
+
+def test_a_continued_run_that_ends_leaves_new_weights_empty_for_the_next_improve(
+    qtbot, open_focus_widget, tmp_path: Path, monkeypatch
+) -> None:
+    """Improve with 'new weights' empty, cancelled: the field shows the run's file so
+    that Improve continues it; once that run ends the field is empty again (not the
+    working folder, which the next Improve would refuse)."""
+    monkeypatch.chdir(tmp_path)
+    _, widget = open_focus_widget()
+    root = tmp_path / "datasets"
+    export_shapes(root, "duts-tr", 4, seed=3, size=48)
+    _small_run(widget, root, tmp_path / "unused.safetensors", 2)
+    improve = widget.improve
+    improve.output.line_edit.value = ""  # left empty: Improve names the file itself
+    improve.improve_button.clicked.emit()
+    qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert improve.status.value.startswith("cancelled at step "), improve.status.value
+    named = Path(improve.output.value)
+    assert named.suffix == ".safetensors"
+    improve.improve_button.clicked.emit()  # continues it
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+    assert improve.status.value.startswith("done: ") and named.is_file(), improve.status.value
+    assert improve.output.line_edit.value == ""
+    improve.start()  # a new run, not "choose a .safetensors file"
+    assert improve.running and "error" not in improve.status.value, improve.status.value
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)

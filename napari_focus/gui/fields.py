@@ -11,3 +11,8 @@ def chosen_dir(value: Any) -> Path | None:
     if value is None or str(value).strip() in ("", "."):
         return None
     return Path(value)
+
+
+def clear_path(field: Any) -> None:
+    """Empty a FileEdit (its ``value = ""`` would name the current working folder)."""
+    field.line_edit.value = ""

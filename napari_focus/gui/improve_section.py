@@ -32,7 +32,7 @@ from ..quality import require_metrics
 from ..training.cli import PRESET_NAMES
 from ..training.config import DEFAULT_STEPS
 from . import dialogs
-from .fields import chosen_dir
+from .fields import chosen_dir, clear_path
 from .improve_host import FocusWidgetHost, ImproveHost, WeightsChoice
 from .improve_messages import restart_question, training_error_text, validation_text
 from .improve_watch import TrainingWatch
@@ -274,7 +274,8 @@ class ImproveSection(Container):
             gain += "; no step beat the starting weights on the held-out images, so the new "
             gain += "file holds them"
         if self._filled_output:  # the next Improve starts a new run
-            self.output.value, self._filled_output = "", False
+            clear_path(self.output)
+            self._filled_output = False
         self.status.value = f"done: {gain}; {result.output.name}"
         self.use_new_button.enabled = True
         show_info(f"FOCUS: new weights {result.output}: {gain}")
@@ -297,8 +298,8 @@ class ImproveSection(Container):
             question, text = offer
             if dialogs.ask_yes_no(self.native, question):
                 self.start(restart=True)
-            else:
-                self._error(f"training failed: {text}")
+            else:  # the user's choice, not a failure
+                self.status.value = f"not started: {text}"
 
     # -------------------------------------------------------------- switching
     def use_new_weights(self) -> None:
