@@ -142,7 +142,7 @@ def test_ranking_and_series_follow_the_uncertainty(both_runs, images):
     ranks = read_ranking(root / "ray" / "focus_rank.csv")
     assert sorted(ranks, key=ranks.get) == expected
 
-    from napari_focus.series.state import load_or_create
+    from napari_focus.series.open_state import load_or_create
 
     state = load_or_create(root / "series", images)
     assert state.queue.keys() == expected
@@ -373,7 +373,7 @@ def test_recursive_writes_each_mask_into_its_subfolder_and_ranks_by_relative_pat
     ranks = read_ranking(out / "focus_rank.csv")
     assert sorted(ranks) == ["a/x.png", "b/deep/y.jpg", "b/x.png", "top.png"]
 
-    from napari_focus.series.state import load_or_create
+    from napari_focus.series.open_state import load_or_create
 
     # as the Series tab opens it (include subfolders; start masks: the output folder)
     state = load_or_create(tmp_path / "series", tree, recursive=True, exclude=[out])
@@ -527,7 +527,7 @@ def test_an_image_sharing_its_stem_gets_no_other_images_mask(images, tmp_path):
     assert rows["photo.jpg"]["mask"] == str(out / "photo.png")
 
     from napari_focus.series import find_reference_mask
-    from napari_focus.series.state import load_or_create
+    from napari_focus.series.open_state import load_or_create
 
     state = load_or_create(tmp_path / "series", folder)
     assert sorted(state.queue.keys()) == ["gray.png", "photo.jpg", "photo.png"]

@@ -3,6 +3,7 @@ Previous, Accept into a training split, Improve, and the messages on the way (un
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -411,3 +412,44 @@ def test_annotate_a_folder_fits_the_first_image(qtbot, make_napari_viewer, photo
     qtbot.waitUntil(lambda: widget.series.shown_key is not None, timeout=WAIT_MS)
     qtbot.wait(200)
     assert _fits(viewer, series_layer(viewer, "image"))
+
+
+def test_an_accepted_image_shows_again_with_the_mask_that_was_accepted(
+    qtbot, open_series, open_focus_widget, photos, tmp_path
+):
+    """Back on an accepted image, the mask on screen is the exported one with its
+    corrections, not the model's proposal; without that file, the proposal."""
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series = widget.series
+    open_series(series, photos)
+
+    def settled():
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+
+    settled()
+    labels = series_layer(viewer, "labels")
+    proposal = np.asarray(labels.data).copy()
+    edited = proposal.copy()
+    edited[5:25, 5:45] = 1 - edited[5:25, 5:45]  # a correction that differs everywhere there
+    labels.data = edited
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    settled()
+    exported = series.state.queue.item("a_large.png").export["mask"]
+    series.include_exported.value = True
+    series.previous_button.clicked.emit()
+    settled()
+    assert series.shown_key == "a_large.png"
+    np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, edited > 0)
+    assert widget.status.value == "a_large is accepted"
+
+    series.next_button.clicked.emit()
+    settled()
+    Path(exported).unlink()  # the dataset copy deleted since: the proposal is shown
+    series.previous_button.clicked.emit()
+    settled()
+    np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, proposal > 0)

@@ -262,7 +262,8 @@ def order_series(
     starts from its predicted mask. The folders ``exclude`` (the prediction folder when
     it lies inside ``image_folder``) are not scanned for images.
     """
-    from ..series.state import STATE_NAME, load_or_create
+    from ..series.open_state import load_or_create
+    from ..series.state import STATE_NAME
 
     ranks = read_ranking(ranking) if not isinstance(ranking, Mapping) else dict(ranking)
     fresh = not (Path(series_folder) / STATE_NAME).exists()

@@ -69,10 +69,13 @@ class SeriesDisplay:
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
         saved, provenance = self._saved_edits(item)
+        kind = "autosaved"
+        if saved is None and item.status is Status.ACCEPTED:  # what was accepted, not the
+            saved, kind = self.state.exported_mask(item.key), "exported"  # proposal again
         start = saved if saved is not None else self._start_mask(item)
         if start is not None and start.shape != tuple(shape[-2:]):
             # e.g. drawn on a photo's stored pixels before its EXIF orientation was applied
-            kind = "autosaved" if saved is not None else "existing"
+            kind = kind if saved is not None else "existing"
             show_warning(
                 f"the {kind} mask of {item.name} is {start.shape[1]}x{start.shape[0]} pixels "
                 f"but the image is {shape[-1]}x{shape[-2]}: not loaded"

@@ -12,6 +12,7 @@
 - :mod:`.rank`: :func:`rank_folder`, :func:`write_ranking_csv`, the ``rank`` command.
 """
 
+from .open_state import load_or_create
 from .prefetch import PrefetchCache, needs_proposal
 from .queue import ImageQueue, QueueItem, Status, export_record, scan_folder
 from .rank import RankRow, add_rank_parser, rank_folder, run_rank, write_ranking_csv
@@ -21,7 +22,6 @@ from .state import (
     VERSION,
     SeriesState,
     SeriesStateError,
-    load_or_create,
     read_state_file,
 )
 from .work_names import work_name

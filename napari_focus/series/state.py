@@ -33,23 +33,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from ..atomic import WriteError, atomic_write_text, set_aside
 from ..filelock import LockTimeout, held
-from ..io import IMAGE_EXTENSIONS
 from ..mask_files import read_mask_file
 from .autosave_writer import write_autosave_files
 from .item_files import read_provenance
 from .merge import Synced, file_stamp, item_record, merge_saved
 from .proposal_store import FOLDER as PROPOSALS
 from .queue import ImageQueue, QueueItem, Status, scan_folder
-from .resume import detach_shared, file_fingerprint, match_renames, restore_items
+from .resume import file_fingerprint
 from .state_file import (
     BACKUP_SUFFIX,
     SCHEMA,
@@ -292,6 +291,19 @@ class SeriesState:
         self.save()
         return item
 
+    def exported_mask(self, key: str) -> np.ndarray | None:
+        """The mask the item's last export wrote (what was accepted), as a bool ``(H, W)``
+        array; None when it was never exported or that file is gone or unreadable."""
+        record = self.queue.item(key).export or {}
+        mask = record.get("mask")
+        if not mask:
+            return None
+        path = Path(mask) if Path(mask).is_absolute() else self.output_folder / mask
+        try:
+            return read_mask_file(path)
+        except (OSError, ValueError):
+            return None
+
     def record_accept(self, key: str, record: dict[str, Any]) -> QueueItem:
         """An accepted, exported item in one save: its export record, status ACCEPTED,
         and no autosaved mask any more (the files go once the state says so)."""
@@ -304,97 +316,12 @@ class SeriesState:
         return item
 
 
-def load_or_create(
-    output_folder: str | os.PathLike,
-    folder: str | os.PathLike | None = None,
-    *,
-    names: Iterable[str] | None = None,
-    recursive: bool = False,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
-    pattern: str | None = None,
-    on_corrupt: Literal["backup", "raise"] = "backup",
-    found: Callable[[int], None] | None = None,
-    exclude: Iterable[str | os.PathLike] = (),
-) -> SeriesState:
-    """Open the series of ``folder`` (or of layer ``names``) whose state lives in
-    ``output_folder``, resuming where it stopped, or start it.
-
-    The folder is scanned now: images the scan does not find are kept, flagged
-    ``missing``, unless they were untouched (pending, never exported or autosaved), so
-    nothing is forgotten when a drive is not mounted yet or another pattern is used; a
-    new file with the content of a missing one takes over its record (a rename, listed
-    in :attr:`SeriesState.renamed`); other new ones are appended (pending). Saved
-    order, statuses, export records and the current item are kept; if the saved
-    current item is missing, the first present not-exported item is current.
-    The state is saved before returning (the previous file kept as the backup). An
-    output folder inside the image folder is not scanned, nor are the folders
-    ``exclude`` (e.g. the predicted masks the series starts from). ``found`` follows the scan
-    (see :func:`~napari_focus.series.queue.scan_folder`).
-    """
-    if (folder is None) == (names is None):
-        raise ValueError("give either an image folder or layer names")
-    output = Path(output_folder)
-    exts = [e.lower() for e in extensions]
-    if folder is not None:
-        queue = ImageQueue.from_folder(
-            folder,
-            recursive=recursive,
-            extensions=exts,
-            pattern=pattern,
-            exclude=[output, *exclude],
-            found=found,
-        )
-    else:
-        queue = ImageQueue.from_names(names or ())
-    settings = {"recursive": recursive, "pattern": pattern, "extensions": exts}
-    state = SeriesState(output, queue, settings)
-
-    path = state.state_path
-    data = None
-    stamp = file_stamp(path)  # before reading: a later replacement is merged on saving
-    if stamp is not None:
-        try:
-            data = read_state_file(path)
-        except NewerVersionError:
-            raise
-        except SeriesStateError:
-            if on_corrupt == "raise":
-                raise
-            bad = set_aside(
-                path, path.with_name(f"{STATE_NAME}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-            )
-            state.recovered_from = bad
-            stamp = None
-            with contextlib.suppress(SeriesStateError):  # the previous state, if usable
-                data = read_state_file(state.backup_path)
-                state.restored_backup = state.backup_path
-    if data is not None:
-        state._synced.remember(data["items"], stamp)
-        restored, new = restore_items(data["items"], queue, queue.folder)
-        if data["version"] <= LEGACY_NAMES_VERSION:
-            known = [entry["key"] for entry in data["items"]] + [item.key for item in new]
-            state.move_legacy_files(known)
-            detach_shared(state, restored)
-        match_renames(state, restored, new)
-        queue.items = restored + new
-        current = state.renamed.get(data.get("current"), data.get("current"))
-        keys = queue.keys()
-        if current in keys and not queue[keys.index(current)].missing:
-            queue.jump(keys.index(current))
-        elif keys:
-            queue.jump(queue.first_open())
-    output.mkdir(parents=True, exist_ok=True)
-    state.save()
-    return state
-
-
 __all__ = [
     "STATE_NAME",
     "VERSION",
     "SeriesState",
     "SeriesStateError",
     "file_fingerprint",
-    "load_or_create",
     "read_state_file",
     "scan_folder",
     "work_name",
