@@ -656,3 +656,28 @@ def test_a_journal_read_by_the_next_run_keeps_a_stop_its_workers_may_still_need(
     assert journal.stop_requested(str(staying))
     journal.remove([staying])  # the run after keeps it too, until it is a day old
     assert journal.stop_requested(str(staying))
+
+
+def test_series_of_other_images_or_a_file_is_refused_before_any_work(
+    both_runs, images, weights, focus_reference, tmp_path
+):
+    root = both_runs[0]
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(focus_reference / "input.png").convert("RGB").resize((64, 48)).save(
+        other / "photo.png"  # another picture of a name the series holds
+    )
+    saved = (root / "series" / ".napari_focus_queue.json").read_bytes()
+    common = ("--task", "sod", "--weights", weights, "--engine", "ray", "--quiet")
+    code, err = run_cli("predict", other, "--out", tmp_path / "m", "--series", root / "series",
+                        *common)  # fmt: skip
+    assert code == 2, err
+    assert (f"napari-focus: --series {root / 'series'} keeps the series of the images of "
+            f"{images.resolve()}, not of {other}; choose another --series folder") in err
+    assert not (tmp_path / "m").exists()
+    assert (root / "series" / ".napari_focus_queue.json").read_bytes() == saved
+    (tmp_path / "afile").write_text("")
+    code, err = run_cli("predict", other, "--out", tmp_path / "m", "--series",
+                        tmp_path / "afile", *common)  # fmt: skip
+    assert code == 2 and f"--series {tmp_path / 'afile'} is a file" in err, err
+    assert "Traceback" not in err and not (tmp_path / "m").exists()

@@ -118,3 +118,31 @@ def test_a_damaged_state_file_resumes_from_the_backup(series, damage: bytes) -> 
     assert resumed.queue.item("a.png").status is Status.ACCEPTED
     assert resumed.queue.item("b.png").status is Status.REJECTED
     assert resumed.queue.item("d.png").status is Status.PENDING  # the one lost change
+
+
+def test_a_series_folder_of_other_images_is_refused(series, tmp_path) -> None:
+    """Another folder's images of the same names must not take over its statuses; the
+    two folders moved together (or the images moved away) still resume."""
+    from napari_focus.series.open_state import SeriesOfAnotherFolder
+
+    images, out = series
+    other = tmp_path / "other"
+    for i, name in enumerate(["a.png", "b.png"]):
+        image_file(other / name, 10 + i)  # other pictures, the same names
+    saved = (out / STATE_NAME).read_bytes()
+    with pytest.raises(SeriesOfAnotherFolder) as caught:
+        load_or_create(out, other)
+    assert str(caught.value) == (
+        f"{out} keeps the series of the images of {images.resolve()}, not of {other}; choose "
+        "another series folder (or open that series with its own images)"
+    )
+    with pytest.raises(SeriesOfAnotherFolder, match="not of the open image layers"):
+        load_or_create(out, names=["a.png"])
+    assert (out / STATE_NAME).read_bytes() == saved  # untouched
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(images, moved / "images")
+    shutil.move(out, moved / "out")
+    state = load_or_create(moved / "out", moved / "images")  # moved together: resumed
+    assert state.queue.item("b.png").status is Status.REJECTED

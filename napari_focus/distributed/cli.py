@@ -152,6 +152,9 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     if problem:  # the workers load the file this machine resolves
         return _fail(f"--weights {args.weights}: {problem}")
     warn_if_weights_of_another_task(args)  # once here, not once per worker
+    problem = _series_problem(args.series, args.inputs) if args.series else None
+    if problem:
+        return _fail(problem)
     if not args.recursive:
         from ..cli_predict import note_images_in_subfolders
 
@@ -221,12 +224,52 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         if folder.parent == folder:  # images from several drives or linked from far away
             return _fail(f"--series: the input images have no common folder but {folder}; "
                          "give images of one folder tree")  # fmt: skip
-        state = order_series(args.series, folder, ranking, exclude=[out])
+        from ..series import SeriesStateError
+
+        try:
+            state = order_series(args.series, folder, ranking, exclude=[out])
+        except (SeriesStateError, OSError) as error:  # found only now: the work is kept
+            print(f"napari-focus: --series {args.series}: {error}. The masks, the manifest "
+                  "and the ranking are written: run the same command with another --series "
+                  "(it skips the masks that exist)", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED_IMAGES
         clashes = sum(1 for row in run.failed if not row["mask"])  # no output of its own
         hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes,
                            subfolders=state.settings.get("recursive", False))  # fmt: skip
         print(f"napari-focus: {hint}", file=sys.stderr)
     return EXIT_FAILED_IMAGES if run.failed or run.unmatched else 0
+
+
+def _series_problem(series: str, inputs: list[str]) -> str | None:
+    """What makes ``--series`` unusable, said before any work: a file, a folder that
+    cannot be written, or the series of other images (known here when the input is one
+    folder: the series is that of the folder or of a subfolder holding its images)."""
+    from ..atomic import WriteError, check_writable_folder
+    from ..series import SeriesStateError, read_state_file
+    from ..series.open_state import saved_image_folder
+    from ..series.state import STATE_NAME
+
+    folder = Path(series)
+    if folder.exists() and not folder.is_dir():
+        return f"--series {series} is a file; give a folder to keep the labeling series in"
+    try:
+        check_writable_folder(folder)
+    except WriteError as error:
+        return f"--series {series}: {error.reason}; choose another --series folder"
+    try:
+        data = read_state_file(folder / STATE_NAME) if (folder / STATE_NAME).is_file() else None
+    except SeriesStateError:
+        return None  # set aside and started afresh, as the widget does, and said then
+    if data is None or len(inputs) != 1 or not Path(inputs[0]).is_dir():
+        return None
+    saved, images = saved_image_folder(data, folder), Path(inputs[0]).resolve()
+    if saved is not None and (not saved.is_dir() or saved.resolve().is_relative_to(images)):
+        return None
+    theirs = f"the images of {saved}" if saved is not None else "image layers"
+    return (
+        f"--series {series} keeps the series of {theirs}, not of {inputs[0]}; choose another "
+        "--series folder"
+    )
 
 
 def _say_interrupted(stop: Any, out: Path) -> int:

@@ -84,6 +84,9 @@ def load_or_create(
                 data = read_state_file(state.backup_path)
                 state.restored_backup = state.backup_path
     if data is not None:
+        saved = saved_image_folder(data, output)
+        if not _same_folder(saved, folder):
+            raise SeriesOfAnotherFolder(output, saved, folder)
         state._synced.remember(data["items"], stamp)
         restored, new = restore_items(data["items"], queue, queue.folder)
         if data["version"] <= LEGACY_NAMES_VERSION:
@@ -101,3 +104,37 @@ def load_or_create(
     output.mkdir(parents=True, exist_ok=True)
     state.save()
     return state
+
+
+class SeriesOfAnotherFolder(SeriesStateError):
+    """The series folder keeps the series of other images: opening it for these would
+    give their statuses and edits to other pictures of the same names."""
+
+    def __init__(self, output: Path, saved: Path | None, folder: str | os.PathLike | None):
+        self.output, self.saved = output, saved
+        self.folder = Path(folder) if folder is not None else None
+        theirs = f"the images of {saved}" if saved is not None else "open image layers"
+        ours = f"{self.folder}" if self.folder is not None else "the open image layers"
+        super().__init__(
+            f"{output} keeps the series of {theirs}, not of {ours}; choose another "
+            "series folder (or open that series with its own images)"
+        )
+
+
+def saved_image_folder(data: dict, output: Path) -> Path | None:
+    """The image folder a saved state names: where its relative path leads from the
+    series folder when that exists (both folders moved together), else its absolute
+    path; None for a series of image layers."""
+    relative, absolute = data.get("folder"), data.get("folder_absolute")
+    if relative is not None and (output / relative).is_dir():
+        return (output / relative).resolve()
+    return Path(absolute) if absolute is not None else None
+
+
+def _same_folder(saved: Path | None, folder: str | os.PathLike | None) -> bool:
+    if saved is None or folder is None:
+        return saved is None and folder is None
+    try:
+        return os.path.samefile(saved, folder)
+    except OSError:  # the saved folder is gone: the images moved away from the series
+        return True  # folder, which cannot tell where; the renamed-file matching follows
