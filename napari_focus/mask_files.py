@@ -10,8 +10,13 @@ threshold is used here, on every scale a mask file may use:
 * integers up to 255 (8-bit masks): ``> 128``;
 * integers up to 65535 (16-bit masks): ``> 32896`` (128 on the 16-bit scale, x 257);
 * floats in [0, 1]: ``> 0.5``; floats up to 255: ``> 128``;
-* colour masks (RGB or RGBA; alpha is ignored): a pixel is foreground when any colour
-  channel is, so a pure red ``(255, 0, 0)`` outline counts like a white one.
+* colour masks (RGB or RGBA): a pixel is foreground when any colour channel is, so a
+  pure red ``(255, 0, 0)`` outline counts like a white one; alpha is ignored, except in
+  a mask of one colour whose alpha varies (a shape saved as transparency), where the
+  alpha is the mask;
+* palette images whose colours are not grays (label images of VOC, CVAT, LabelMe:
+  index 1 is a dark red ``(128, 0, 0)``): a pixel is foreground when its palette index is
+  not 0, as those tools mean it.
 
 Negative values, values above 65535 and NaN are refused: such a file is no mask.
 Labels layers (label ids, ``> 0`` = foreground) are not mask files and do not use this.
@@ -37,6 +42,10 @@ def binary_mask(pixels: np.ndarray) -> np.ndarray:
     """bool ``(H, W)`` foreground of mask pixels (gray ``(H, W)``, ``(H, W, 1)`` or colour
     ``(H, W, 3|4)``) by the module's rule. Raises ValueError for anything else."""
     array = np.asarray(pixels)
+    if array.ndim == 3 and array.shape[-1] == 4 and array.size:
+        colour, alpha = array[..., :3], array[..., 3]
+        if (colour == colour[:1, :1]).all() and alpha.min() != alpha.max():
+            return _foreground(alpha, alpha)  # one colour, the shape in its transparency
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         channels = array[..., : min(array.shape[-1], 3)]
         return np.logical_or.reduce(_foreground(channels, array), axis=-1)
@@ -52,9 +61,29 @@ def read_mask_file(path: str | os.PathLike) -> np.ndarray:
     applied, as for images). Raises ValueError naming the file for a file that is no
     mask; OSError when it cannot be read."""
     try:
-        return binary_mask(read_image(path))
+        indices = _label_indices(path)
+        return indices > 0 if indices is not None else binary_mask(read_image(path))
     except ValueError as error:
         raise ValueError(f"{os.fspath(path)}: {error}") from error
+
+
+def _label_indices(path: str | os.PathLike) -> np.ndarray | None:
+    """The palette indices of a palette image whose used colours are not all grays (a
+    label image), upright as its EXIF orientation says; None for any other file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode != "P":
+                return None
+            upright = ImageOps.exif_transpose(image)
+            indices = np.asarray(upright)
+            palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
+    except (UnidentifiedImageError, OSError):
+        return None  # read_image says what is wrong with it
+    used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+    grays = (used == used[:, :1]).all() if used.size else True
+    return None if grays else indices
 
 
 def _foreground(values: np.ndarray, whole: np.ndarray) -> np.ndarray:

@@ -77,6 +77,27 @@ def test_colour_masks_count_any_channel() -> None:
     np.testing.assert_array_equal(binary_mask(square()[..., None]), truth)
 
 
+def test_label_images_and_transparency_masks(tmp_path: Path) -> None:
+    """A VOC/CVAT label image (palette index 1 = dark red, 255 = void) is its non-zero
+    indices; a gray palette stays under the 128 rule; one colour with the shape in its
+    alpha is that alpha."""
+    truth = square() > 0
+    indices = np.where(truth, 1, 0).astype(np.uint8)
+    label = Image.fromarray(indices, mode="P")
+    label.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192])
+    label.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "voc.png"), truth)
+    soft = np.where(truth, 255, 20).astype(np.uint8)  # 20: below the rule's 128
+    Image.fromarray(soft).convert("P").save(tmp_path / "gray_palette.png")
+    assert Image.open(tmp_path / "gray_palette.png").mode == "P"
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "gray_palette.png"), truth)
+    cut_out = np.full((H, W, 4), 255, np.uint8)
+    cut_out[..., 3] = square()  # white everywhere, the shape in the transparency
+    np.testing.assert_array_equal(binary_mask(cut_out), truth)
+    Image.fromarray(cut_out).save(tmp_path / "cut_out.png")
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "cut_out.png"), truth)
+
+
 @pytest.mark.parametrize(
     ("array", "words"),
     [
