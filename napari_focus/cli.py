@@ -246,6 +246,10 @@ def _has_qt_binding() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # PIL warns of images above its pixel limit; read_image refuses them in words first
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before a command's own handling (loading torch, say)

@@ -4,6 +4,7 @@ masks/probability maps atomically."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +38,8 @@ __all__ = [
 
 
 MAX_PIXELS_ENV = "NAPARI_FOCUS_MAX_PIXELS"
+#: PIL keeps its pixel limit in a global, lifted for one open at a time
+_PIL_LIMIT_LOCK = threading.Lock()
 ORIENTATION_TAG = 0x0112  # EXIF/TIFF Orientation: 1 = as stored, 2-8 = flipped/rotated
 
 
@@ -176,10 +179,13 @@ def _read_image(path: Path, limit: int | None) -> np.ndarray:
         return _read_tiff(path, limit)
     try:
         image_file = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(
-            f"{path.name}: {exc} Set {MAX_PIXELS_ENV} and PIL.Image.MAX_IMAGE_PIXELS to read it."
-        ) from exc
+    except Image.DecompressionBombError as exc:  # above twice PIL's own limit
+        pil_refuses = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if limit is not None and limit <= pil_refuses:  # ours refuses it too
+            raise ImageTooLargeError(
+                f"{path.name}: {exc} Set {MAX_PIXELS_ENV} (0 = no limit) to read it."
+            ) from exc
+        image_file = _open_beyond_pil_limit(path)  # a larger limit was asked for
     with image_file as image:
         _check_pixels(path, image.height, image.width, 1, limit)
         orientation = file_orientation(image)
@@ -190,6 +196,18 @@ def _read_image(path: Path, limit: int | None) -> np.ndarray:
         elif image.mode == "LA":
             image = image.convert("L")
         return apply_orientation(np.array(image), orientation)
+
+
+def _open_beyond_pil_limit(path: Path) -> Image.Image:
+    """``Image.open`` without PIL's pixel check (the caller applies its own limit). PIL
+    keeps that limit in a global: it is lifted for this one call only, under a lock."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def file_orientation(image: Image.Image) -> int:

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from .io import read_image
+from .io import pixel_limit, read_image
 
 FOREGROUND_ABOVE = 128
 #: how a mask file is named after its image's stem (DUTS: ``<stem>.png``, others
@@ -74,13 +74,14 @@ def _label_indices(path: str | os.PathLike) -> np.ndarray | None:
 
     try:
         with Image.open(path) as image:
-            if image.mode != "P":
-                return None
+            limit = pixel_limit()
+            if image.mode != "P" or (limit is not None and image.width * image.height > limit):
+                return None  # read_image refuses one too large before decoding it
             upright = ImageOps.exif_transpose(image)
             indices = np.asarray(upright)
             palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
-    except (UnidentifiedImageError, OSError):
-        return None  # read_image says what is wrong with it
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return None  # read_image says what is wrong with it, in its words
     used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
     grays = (used == used[:, :1]).all() if used.size else True
     return None if grays else indices

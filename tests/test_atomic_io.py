@@ -316,6 +316,33 @@ def test_the_limit_is_configurable(tmp_path: Path, monkeypatch) -> None:
         pixel_limit()
 
 
+def test_a_raised_limit_is_not_undone_by_pils_own_check(tmp_path: Path, monkeypatch) -> None:
+    """NAPARI_FOCUS_MAX_PIXELS above twice PIL's limit (where PIL refuses by itself): the
+    file is read as asked (here a forged header with no pixels, so it fails as a file
+    that ends early, not as one too large)."""
+    import struct
+    import zlib
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 64
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data)
+        )
+
+    path = tmp_path / "large.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(ImageTooLargeError, match="Set NAPARI_FOCUS_MAX_PIXELS"):
+        read_image(path)
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "0")
+    with pytest.raises(OSError) as info:
+        read_image(path)
+    assert not isinstance(info.value, ImageTooLargeError), info.value
+    assert "MAX_IMAGE_PIXELS" not in str(info.value)
+
+
 def test_tiff_reading_is_unchanged(tmp_path: Path) -> None:
     data = np.arange(40 * 60 * 3, dtype=np.uint16).reshape(1, 40, 60, 3)
     tifffile.imwrite(tmp_path / "a.tif", data)
