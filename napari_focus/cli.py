@@ -16,6 +16,7 @@ from .cli_common import (
     EXIT_SETUP_ERROR,
     TASK_HELP,
     add_model_arguments,
+    path_argument,
     say,
     say_kernel_fallbacks,
 )
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_arguments(predict)
     add_model_arguments(predict)
     predict.add_argument(
-        "--out", metavar="FOLDER", help="output folder (default: ./focus_<task>_masks)"
+        "--out", metavar="FOLDER", type=path_argument,
+        help="output folder (default: ./focus_<task>_masks)",
     )
     predict.add_argument(
         "--probability",

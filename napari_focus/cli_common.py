@@ -177,8 +177,9 @@ def other_weights_note(found: list, run: Any) -> str:
     """``predict``'s note on existing masks of other weights of the same task (kept)."""
     path, record = found[0]
     others = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    were = "were" if others else "was"
     return (
-        f"note: {path.name}{others} in --out were predicted with other weights "
+        f"note: {path.name}{others} in --out {were} predicted with other weights "
         f"({record.weights}); they are kept, as every existing mask is: add --overwrite to "
         f"redo them with {run.weights}"
     )
@@ -262,6 +263,14 @@ def weights_file_problem(weights: str) -> str | None:
     return None
 
 
+def path_argument(text: str) -> str:
+    """argparse type of file and folder options: an empty value (an unset shell variable,
+    ``--out "$OUT"``) is refused instead of meaning the default or the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give a path")
+    return text
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts (steps, batch sizes, workers)."""
     try:
@@ -299,6 +308,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         metavar="FILE",
+        type=path_argument,
         help="a local checkpoint (official .pth or .safetensors) instead of downloading "
         "geshang/focus_<size>_<task> from the Hugging Face hub",
     )

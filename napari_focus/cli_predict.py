@@ -73,16 +73,16 @@ def run_predict(args: argparse.Namespace) -> int:
     failures = [(Path(entry.source), reason) for entry, reason in plan.clashes]
     skipped = len(plan.existing)
 
+    try:  # before anything slow, and whether or not there is work: the same command
+        from .predictor import resolve_device  # with more images would fail then
+        from .runtime import resolve_precision
+
+        resolve_precision(args.precision, resolve_device(args.device))
+    except ValueError as error:
+        print(f"napari-focus: --precision {args.precision}: {error}", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     written, interrupted = 0, None
     if jobs:
-        try:  # before anything slow: a precision this device cannot run
-            from .predictor import resolve_device
-            from .runtime import resolve_precision
-
-            resolve_precision(args.precision, resolve_device(args.device))
-        except ValueError as error:
-            print(f"napari-focus: --precision {args.precision}: {error}", file=sys.stderr)
-            return EXIT_SETUP_ERROR
         try:  # a bad NAPARI_FOCUS_MAX_PIXELS would fail every image: say it once
             from .io import pixel_limit
 

@@ -175,6 +175,15 @@ def test_precision_the_device_cannot_run_is_refused_first(folder, tmp_path):
     assert code == 2, err
     assert "--precision float16" in err and "CUDA or MPS" in err
     assert "cannot load the model" not in err and not (tmp_path / "masks").exists()
+    (tmp_path / "masks").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "masks" / "a.png")  # nothing left to do
+    code, err = run_cli(
+        "predict", folder / "a.png", "--task", "sod", "--out", tmp_path / "masks",
+        "--device", "cpu", "--precision", "float16", "--quiet",
+    )  # fmt: skip
+    assert code == 2 and "--precision float16" in err, err  # as with work to do
+    code, err = run_cli("predict", folder / "a.png", "--task", "sod", "--out", "")
+    assert code == 2 and "argument --out: is empty (an unset shell variable?)" in err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

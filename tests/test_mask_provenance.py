@@ -116,7 +116,7 @@ def test_predict_keeps_masks_of_other_weights_and_says_so(photos, weights, tmp_p
     hand_made = (out / "p2.png").read_bytes()
     code, err = _predict(photos, out, tuned, "sod")
     assert code == 0, err
-    assert ("napari-focus: note: p0.png in --out were predicted with other weights "
+    assert ("napari-focus: note: p0.png in --out was predicted with other weights "
             "(tiny.safetensors); they are kept, as every existing mask is: add --overwrite "
             "to redo them with tuned.safetensors") in err  # fmt: skip
     assert "1 written, 2 skipped" in err

@@ -26,7 +26,8 @@ def series_hint(
         else ""
     )
     return (
-        f"series of {images} in {series}, {count} images, most doubtful first; in napari, "
+        f"series of {images} in {series}, {count} image{'' if count == 1 else 's'}, most "
+        "doubtful first; in napari, "
         f"open it in the FOCUS widget's Series tab with 'image folder' {images}, 'series "
         f"folder' {series} and 'start masks' {masks} (each image starts from its predicted "
         f"mask{shared}){', include subfolders ticked' if subfolders else ''}, then Open "
@@ -36,6 +37,8 @@ def series_hint(
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--engine`` and the Ray options to the ``predict`` parser."""
+    from ..cli_common import path_argument
+
     group = parser.add_argument_group(
         "distributed (--engine ray, needs pip install 'napari-focus[ray]')"
     )
@@ -68,11 +71,13 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--manifest",
         metavar="PATH",
+        type=path_argument,
         help="results per image, .parquet or .csv (default: OUT/focus_manifest.parquet)",
     )
     group.add_argument(
         "--series",
         metavar="DIR",
+        type=path_argument,
         help="also prepare a labeling series in DIR, most doubtful image first",
     )
 

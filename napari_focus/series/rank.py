@@ -199,13 +199,16 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict every image of FOLDER and write them, most doubtful first, "
         "as CSV; with --gt also quality metrics against ground-truth masks.",
     )
-    from ..cli_common import add_model_arguments
+    from ..cli_common import add_model_arguments, path_argument
 
     rank.add_argument("folder", help="folder of images")
     add_model_arguments(rank)
-    rank.add_argument("--gt", metavar="MASK_FOLDER", help="ground-truth masks, matched by stem")
-    rank.add_argument("--out", metavar="CSV", help="CSV path (default: ./focus_<task>_rank.csv)")
-    rank.add_argument("--report", metavar="DIR", help="also write metrics.csv and report.html")
+    rank.add_argument("--gt", metavar="MASK_FOLDER", type=path_argument,
+                      help="ground-truth masks, matched by stem")  # fmt: skip
+    rank.add_argument("--out", metavar="CSV", type=path_argument,
+                      help="CSV path (default: ./focus_<task>_rank.csv)")  # fmt: skip
+    rank.add_argument("--report", metavar="DIR", type=path_argument,
+                      help="also write metrics.csv and report.html")  # fmt: skip
     rank.add_argument("--recursive", action="store_true", help="include sub-folders")
     rank.add_argument(
         "--pattern", metavar="GLOB", help="glob on file name or relative path, e.g. '*_rgb.*'"

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import WriteError, check_writable_file
-from ..cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, Terminated, positive_int, say
+from ..cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_SETUP_ERROR,
+    Terminated,
+    path_argument,
+    positive_int,
+    say,
+)
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
 from .config import DEFAULT_STEPS
@@ -74,7 +81,7 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
         ),
         epilog=EXIT_CODES,
     )
-    train.add_argument("--root", required=True, metavar="DATASETS",
+    train.add_argument("--root", required=True, metavar="DATASETS", type=path_argument,
                        help="dataset root the exports went to")  # fmt: skip
     train.add_argument(
         "--layout", action="append", required=True, choices=LAYOUT_NAMES, type=str.lower,
@@ -86,7 +93,7 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
         help="base weights: a task (sod, cod, sd, dbd, fd; with --size), an official name "
         "(focus_large_cod) or a checkpoint file (.pth or .safetensors)",
     )  # fmt: skip
-    train.add_argument("--out", required=True, metavar="FILE",
+    train.add_argument("--out", required=True, metavar="FILE", type=path_argument,
                        help="output checkpoint (.safetensors)")  # fmt: skip
     train.add_argument("--size", choices=SIZES, default="large",
                        help="size of an official base given as a task (default large)")
