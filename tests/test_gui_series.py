@@ -454,3 +454,45 @@ def test_a_reopened_series_exports_where_it_did_before(
     qtbot.waitUntil(lambda: widget2.series.shown_key == "img2.png", timeout=WAIT_MS)
     assert (root / "COD10K-v3" / "Train" / "GT_Object" / "NF-img1.png").is_file()
     qtbot.waitUntil(lambda: not widget2.series.busy, timeout=WAIT_MS)
+
+
+def test_run_after_a_cancelled_model_load_gives_the_series_its_proposal(
+    qtbot, open_series, open_focus_widget, folder, monkeypatch
+):
+    """Cancel while the series' model loads, then Run on the image waiting for its
+    proposal: the series computes it (no stray mask layer of Run's own, which the series
+    would not autosave or export), and the status said what to do meanwhile."""
+    from napari.layers import Labels
+
+    from napari_focus.gui import job
+
+    release = threading.Event()
+    real_load = job.load_predictor
+
+    def slow_load(*args, **how):  # a large checkpoint being read
+        release.wait(30)
+        return real_load(*args, **how)
+
+    monkeypatch.setattr(job, "load_predictor", slow_load)
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.prefetcher.loading is not None, timeout=WAIT_MS)
+    widget.cancel_button.clicked.emit()
+    release.set()
+    qtbot.waitUntil(lambda: not widget.model_section.shared_model.loading, timeout=WAIT_MS)
+    series.next()
+    assert not series.proposal_ready
+    assert widget.status.value == (
+        "no proposal for img1: loading the model was cancelled; press Run to load it"
+    )
+    series.previous()
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert [layer.name for layer in viewer.layers if isinstance(layer, Labels)] == [
+        _labels(viewer, "img0").name
+    ]
+    assert series.state.queue.item("img0.png").status is Status.PROPOSED
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert _labels(viewer, "img1").data.shape == (64, 96)

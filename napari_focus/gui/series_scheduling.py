@@ -57,7 +57,13 @@ class SeriesScheduling:
                 )
             return
         if key == self._load_declined and self.owner.loaded_predictor() is None:
-            return  # the user cancelled loading this model; Run loads it
+            current = self.state.queue.current  # the user cancelled loading this model
+            if current is not None and self._awaiting == current.key:
+                self.owner.set_status(
+                    f"no proposal for {current.name}: loading the model was cancelled; "
+                    "press Run to load it"
+                )
+            return
         queue = self.state.queue
         current = queue.current.key if queue.current else None
         store = self.prefetcher.store

@@ -206,6 +206,22 @@ class SeriesSection(
         )
         self.owner.update_enabled()
 
+    def takes_run(self, layer: Any) -> bool:
+        """Run on the series image still waiting for its proposal (its model's loading
+        cancelled, or failed): the series computes it, loading the model now, so that
+        the mask is the series' own (autosaved, exported by Accept). False otherwise."""
+        if self.state is None or self._shown is None or self._awaiting != self._shown:
+            return False
+        shown = self._image_layer_for(self._shown)
+        if shown is None or layer is None or shown.name != layer.name:
+            return False
+        self._load_declined = self._model_error = None
+        name = self.state.queue.item(self._shown).name
+        self.owner.set_status(f"computing the proposal of {name}…")
+        self._schedule()
+        self.owner.update_enabled()
+        return True
+
     def show_model_download(self) -> bool:
         """In the status line: the download of the proposals' model while it runs, then
         the loading stage after it. False once no model loads."""

@@ -245,6 +245,8 @@ class FocusWidget(ProposalOutput, Container):
         except ValueError as error:
             self.report_error(error)
             return
+        if self.series.takes_run(layer):  # the series image awaiting its proposal
+            return
         name = proposal_name(layer.name, key.task)
         labels = find_layer(self.viewer, name)
         if (
