@@ -459,3 +459,22 @@ def test_an_input_that_matches_nothing_is_said_for_what_it_is(tmp_path, monkeypa
         assert "in the folder 'Été 2024'" in err or given != "Été 2024"
     code, err = run_cli("annotate", "cat.png")
     assert code == 2 and "'cat.png' does not exist" in err
+
+
+def test_export_into_the_folders_it_reads_is_refused(photo, tmp_path):
+    """--root whose layout folders are IMAGES_DIR or MASKS_DIR would replace the user's
+    own masks with the exported copies (or read them back as sources)."""
+    images, masks = tmp_path / "g" / "images", tmp_path / "g" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    photo.save(images / "a.png")
+    soft = np.tile(np.arange(0, 240, 5, dtype=np.uint8), (72, 2))[:, :72]
+    Image.fromarray(soft).save(masks / "a.png")  # a soft mask: binarized by the export
+    before = (masks / "a.png").read_bytes()
+    code, err = run_cli("export", images, images.parent / "masks", "--root", tmp_path / "g",
+                        "--layout", "generic", "--on-exists", "replace")  # fmt: skip
+    assert code == 2, err
+    assert (f"napari-focus: --root {tmp_path / 'g'}: the generic layout writes its images "
+            f"into {images}, which is IMAGES_DIR; choose a --root apart from IMAGES_DIR "
+            "and MASKS_DIR") in err  # fmt: skip
+    assert (masks / "a.png").read_bytes() == before

@@ -10,6 +10,7 @@ failed or any file had no partner, 2 when nothing could be started.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
 from ..mask_files import read_mask_file
 from .errors import ExportError, SampleExistsError
-from .export import ON_EXISTS, export_sample
+from .export import ON_EXISTS, dataset_dir, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
 from .pairing import images_below, pair_files
 
@@ -197,6 +198,11 @@ def run_export(args: argparse.Namespace) -> int:
     except WriteError as exc:
         print(f"napari-focus: --root: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    overlap = _written_into(Path(args.root), layout, images_dir, masks_dir)
+    if overlap:
+        print(f"napari-focus: --root {args.root}: {overlap}; choose a --root apart from "
+              "IMAGES_DIR and MASKS_DIR", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
 
     if not args.recursive and images_below(images_dir, (masks_dir, Path(args.root))):
         print(f"napari-focus: note: images in subfolders of {images_dir} are not included; "
@@ -235,3 +241,16 @@ def run_export(args: argparse.Namespace) -> int:
         terminated = isinstance(interrupted, Terminated)
         return 128 + int(signal.SIGTERM) if terminated else EXIT_INTERRUPTED
     return EXIT_FAILED if failures or problems else 0
+
+
+def _written_into(root: Path, layout: str, images_dir: Path, masks_dir: Path) -> str | None:
+    """Which source folder the layout would write its copies into (they could replace
+    the files exported from, or be read back as sources), or None."""
+    spec = get_layout(layout)
+    base = dataset_dir(root, spec)
+    targets = {"images": base / spec.image_dir, "masks": base / spec.mask_dir}
+    for label, source in (("IMAGES_DIR", images_dir), ("MASKS_DIR", masks_dir)):
+        for kind, target in targets.items():
+            if target.is_dir() and os.path.samefile(target, source):
+                return f"the {layout} layout writes its {kind} into {target}, which is {label}"
+    return None
