@@ -15,6 +15,7 @@ process's temporary files, which the caller removes with
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -41,12 +42,19 @@ class Job:
     overwrite: bool = False
 
 
+#: write errors after which no image can be written: the run stops instead of predicting
+#: every remaining image only to fail it (disk full, quota exceeded, read-only file system)
+NO_MORE_WRITES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 @dataclass
 class RunSummary:
     written: int = 0
     failures: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: BaseException | None = None  # the KeyboardInterrupt that stopped the run
+    stopped: str | None = None  # why no further image was predicted (a full disk)
+    not_done: int = 0  # images neither written nor failed when the run stopped
 
     @property
     def images_per_second(self) -> float:
@@ -146,6 +154,8 @@ def run_pipeline(
                 report(job, None if error is None else str(error))
             else:
                 report(job, f"cannot write: {failure_text(error)}")
+                if getattr(error, "errno", None) in NO_MORE_WRITES and summary.stopped is None:
+                    summary.stopped = failure_text(error)  # every next image would fail
 
     try:
         while True:
@@ -172,6 +182,10 @@ def run_pipeline(
                 else:
                     behind.append((job, writer.submit(_write, job, outcome, record)))
             settle_writes(limit=2 * per_batch)
+            if summary.stopped is not None:
+                for _, future in ahead:
+                    future.cancel()
+                break
         settle_writes(limit=0)
     except KeyboardInterrupt as interrupt:
         summary.interrupted = interrupt
@@ -185,6 +199,7 @@ def run_pipeline(
         readers.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
         summary.seconds = time.perf_counter() - start
+    summary.not_done = len(jobs) - summary.written - len(summary.failures)
     return summary
 
 

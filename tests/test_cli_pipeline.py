@@ -120,6 +120,34 @@ def test_an_output_that_appears_during_the_run_is_kept(folder, weights, tmp_path
     assert probability.is_file()
 
 
+def test_a_full_disk_stops_the_run_instead_of_failing_every_image(
+    folder, weights, tmp_path, monkeypatch
+):
+    import errno
+
+    from napari_focus import io
+    from napari_focus.atomic import WriteError
+
+    written: list[str] = []
+
+    def fills_up(path, mask, **_how):
+        if written:
+            raise WriteError(path, OSError(errno.ENOSPC, "No space left on device"))
+        written.append(Path(path).name)
+        return Path(path)
+
+    monkeypatch.setattr(io, "write_mask", fills_up)
+    images = sorted(p for p in folder.iterdir() if p.suffix == ".png")
+    assert len(images) >= 3
+    predictor = FocusPredictor.from_checkpoint(weights, device="cpu")
+    jobs = [Job(image, tmp_path / image.name) for image in images for _ in range(3)]
+    summary = run_pipeline(predictor, jobs, workers=1, batch_size=1)
+    assert summary.written == 1 and summary.stopped is not None
+    assert "the disk is full" in summary.stopped, summary.stopped
+    assert summary.not_done >= len(jobs) - 6  # stopped at once, not after every image
+    assert summary.written + len(summary.failures) + summary.not_done == len(jobs)
+
+
 def test_a_failure_without_a_message_is_still_reported_in_words(
     folder, weights, tmp_path, monkeypatch
 ):
