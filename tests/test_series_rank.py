@@ -63,6 +63,14 @@ def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
     assert table[3]["uncertainty"] == "" and table[3]["error"]
     assert isinstance(rows[0], RankRow)
 
+    write_png(gt / "sure.png", np.full((20, 30), 255, np.uint8))  # drawn on another image
+    rows = rank_folder(images, predictor, gt_folder=gt)
+    failed = {r.name: r.error for r in rows if r.error}
+    assert failed["sure"] == (
+        f"its ground truth {gt / 'sure.png'} is 30x20 pixels, the image 32x32: give the mask "
+        "drawn on this image"
+    )
+
 
 def test_rank_folder_with_masks_beside_the_images(tmp_path):
     write_png(tmp_path / "p.png", np.full((32, 32, 3), 200, np.uint8))

@@ -122,6 +122,12 @@ def rank_folder(
                 mask_path = masks.find(root / key, relative=key)
                 if mask_path is not None:
                     reference = read_mask_file(mask_path)
+                    if reference.shape != prediction.mask.shape:
+                        (h, w), (mh, mw) = prediction.mask.shape, reference.shape
+                        raise ValueError(
+                            f"its ground truth {mask_path} is {mw}x{mh} pixels, the image "
+                            f"{w}x{h}: give the mask drawn on this image"
+                        )
                     row.metrics = mask_metrics(prediction.mask.astype(np.float32), reference)
                     row.reference = str(mask_path)
         except SharedReferenceError as error:
