@@ -453,3 +453,25 @@ def test_an_accepted_image_shows_again_with_the_mask_that_was_accepted(
     series.previous_button.clicked.emit()
     settled()
     np.testing.assert_array_equal(series_layer(viewer, "labels").data > 0, proposal > 0)
+
+
+def test_go_to_a_file_that_failed_stays_and_says_why(
+    qtbot, open_series, open_focus_widget, photos, monkeypatch
+):
+    from napari_focus.gui import series_section
+    from napari_focus.series import Status
+
+    said: list[str] = []
+    monkeypatch.setattr(series_section, "show_info", said.append)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    open_series(series, photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.jump_to.value = 3
+    qtbot.waitUntil(lambda: series.shown_key == "c_medium.jpg", timeout=WAIT_MS)
+    broken = series.state.queue.item("d_broken.png")
+    qtbot.waitUntil(lambda: broken.status is Status.FAILED, timeout=WAIT_MS)  # read ahead
+    assert series.position.value.endswith(", 1 failed"), series.position.value  # said now
+    series.jump_to.value = 4
+    assert series.shown_key == "c_medium.jpg" and series.jump_to.value == 3
+    assert said[-1].startswith(f"FOCUS: #4 d_broken cannot be shown: {broken.failure}")

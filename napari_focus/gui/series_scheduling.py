@@ -135,6 +135,9 @@ class SeriesScheduling:
             self._error(self.close_guard.save_failure_text(error, "the series state"))
         named = reason.startswith(Path(key).name)  # "x.png is not an image file ..."
         show_warning(f"FOCUS series: skipped {reason if named else f'{key}: {reason}'}")
+        current = self.state.queue.current
+        if current is not None and current.key == self._shown:  # its line counts the failed
+            self._show_position(current)
 
     def _on_prefetch_idle(self) -> None:
         if self._rank_wanted:

@@ -252,8 +252,16 @@ class SeriesSection(
         self._move(lambda queue: queue.previous(include_exported=self.include_exported.value), -1)
 
     def _on_jump(self, number: int) -> None:
-        if self.state is not None and number - 1 != self.state.queue.index:
-            self._move(lambda queue: queue.jump(number - 1))
+        if self.state is None or number - 1 == self.state.queue.index:
+            return
+        target = self.state.queue[number - 1]
+        if target.status is Status.FAILED or target.missing:  # it cannot be shown: stay
+            why = target.failure if target.status is Status.FAILED else "its file is missing"
+            show_info(f"FOCUS: #{number} {target.name} cannot be shown: {why}")
+            if self.state.queue.current is not None:  # the box shows this one again
+                self._show_position(self.state.queue.current)
+            return
+        self._move(lambda queue: queue.jump(number - 1))
 
     def _move(self, step: Any, direction: int = 1, *, keep_edits: bool = True) -> None:
         if self.state is None or (keep_edits and not self.leave_current()):
