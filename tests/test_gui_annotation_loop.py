@@ -475,3 +475,24 @@ def test_go_to_a_file_that_failed_stays_and_says_why(
     series.jump_to.value = 4
     assert series.shown_key == "c_medium.jpg" and series.jump_to.value == 3
     assert said[-1].startswith(f"FOCUS: #4 d_broken cannot be shown: {broken.failure}")
+
+
+def test_a_folder_of_broken_files_says_so_and_offers_nothing_to_press(
+    qtbot, open_series, open_focus_widget, tmp_path
+):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("x1.png", "x2.png", "x3.jpg"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" if name.endswith("png") else b"no")
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.position.value.startswith("no image"), timeout=WAIT_MS)
+    assert widget.status.value == (
+        "no image of this series can be shown: x1, x2, x3 failed (the warnings said why); "
+        "open another folder"
+    )
+    buttons = (series.previous_button, series.next_button, series.accept_button,
+               series.reject_button, series.skip_button, series.rank_button)  # fmt: skip
+    assert not any(button.enabled for button in buttons)
+    assert series.open_button.enabled

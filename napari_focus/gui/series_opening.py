@@ -193,8 +193,21 @@ class SeriesOpening:
         return stepped is not None
 
     def _nothing_to_show(self) -> None:
-        self._shown = None
-        self.position.value = "no image of this series can be shown (see the failed items)"
+        self._shown = self._awaiting = None
+        assert self.state is not None
+        failed = [item.name for item in self.state.queue if item.status is Status.FAILED]
+        names = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        gone = sum(item.missing for item in self.state.queue)
+        why = f"{names} failed (the warnings said why)" if failed else ""
+        if gone:
+            why += f"{'; ' if why else ''}{gone} are missing"
+        self.position.value = "no image of this series can be shown"
+        self.owner.set_status(
+            f"no image of this series can be shown: {why}; open another folder"
+        )
+        for button in self._buttons():  # nothing to decide on; opening a folder enables them
+            button.enabled = False
+        self.owner.update_enabled()
 
     def _open_later(self, item: Any, direction: int) -> None:
         """Have the worker read ``item``; the image on screen stays, its mask locked."""
