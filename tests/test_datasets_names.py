@@ -59,6 +59,35 @@ def test_dash_layouts() -> None:
         sanitize_name("COD10K-NonCAM-3", get_layout("cod10k-train"))
 
 
+def test_an_unusable_name_is_said_in_each_interface_s_words(tmp_path: Path) -> None:
+    """The API says "choose another name"; export names samples after files ("rename the
+    image file"); the widget's words are checked in the GUI tests."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from napari_focus.cli import main
+    from napari_focus.datasets import UnusableNameError
+
+    with pytest.raises(UnusableNameError, match=r"too long .*; choose another name$"):
+        sanitize_name("x" * 120)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    name = "y" * 120
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / f"{name}.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(masks / f"{name}.png")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["export", str(images), str(masks), "--root", str(tmp_path / "ds"),
+                     "--layout", "generic"])  # fmt: skip
+    assert code == 1
+    assert (f"failed: {name}.png: sample name '{name}' is too long (120 characters; at most "
+            "100 characters and 150 UTF-8 bytes); rename the image file") in err.getvalue()
+
+
 @given(st.text(max_size=40))
 @settings(max_examples=200, deadline=None)
 def test_sanitized_names_are_single_safe_components(raw: str) -> None:

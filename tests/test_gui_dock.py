@@ -327,6 +327,23 @@ def test_export_asks_in_the_dialog_s_words(
     assert len(questions) == 1 and "sample 'cup' already exists" in questions[0]
     assert "on_exists" not in questions[0] and "What should happen?" in questions[0]
 
+    export.sample_name.value = "z" * 120
+    export.export(on_done=outcomes.append)
+    qtbot.waitUntil(lambda: not export.busy, timeout=WAIT_MS)
+    assert export.result_label.value == (
+        f"error: sample name '{'z' * 120}' is too long (120 characters; at most 100 "
+        "characters and 150 UTF-8 bytes): type a shorter or other name under 'sample name' "
+        "in the Export tab, then export again"
+    )
+    export.sample_name.value = ""
+    (tmp_path / "a_file").write_text("not a folder")
+    export.dataset_root.value = tmp_path / "a_file"
+    export.export(on_done=outcomes.append)
+    assert outcomes[-1] is None and export.result_label.value == (
+        f"error: the dataset root {tmp_path / 'a_file'} is a file, not a folder: choose the "
+        "FOCUS datasets/ folder under 'dataset root' in the Export tab"
+    )
+
 
 def test_an_export_that_cannot_write_says_so_in_the_export_tab_s_words(
     qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch

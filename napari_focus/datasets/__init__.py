@@ -6,7 +6,7 @@ semantic JSON entries) atomically under a lock and logs a provenance line; see
 :mod:`.layouts` for the exact folders and formats of each layout.
 """
 
-from .errors import ExportError, ExportWriteError, SampleExistsError
+from .errors import ExportError, ExportWriteError, SampleExistsError, UnusableNameError
 from .export import (
     ON_EXISTS,
     ExportResult,
@@ -39,6 +39,7 @@ __all__ = [
     "ProvenanceLog",
     "SampleExistsError",
     "SamplePaths",
+    "UnusableNameError",
     "export_sample",
     "get_layout",
     "layout_for_task",

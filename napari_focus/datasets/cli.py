@@ -20,7 +20,7 @@ from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR
 from ..mask_files import read_mask_file
-from .errors import ExportError, SampleExistsError
+from .errors import ExportError, SampleExistsError, UnusableNameError
 from .export import ON_EXISTS, dataset_dir, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
 from .pairing import images_below, pair_files
@@ -143,6 +143,8 @@ def _export_pairs(
             )
         except (ExportError, OSError, ValueError, MemoryError) as exc:
             words = exc.cli_message() if isinstance(exc, SampleExistsError) else str(exc)
+            if isinstance(exc, UnusableNameError):  # the sample is named after the file
+                words = f"{exc.reason}; rename the image file"
         except Exception as exc:  # one bad pair (e.g. an undecodable file) must not stop
             words = str(exc).strip() or type(exc).__name__  # a bare exception: its kind
         else:

@@ -7,6 +7,19 @@ class ExportError(ValueError):
     """An export was refused or failed; the message says why. Nothing visible was damaged."""
 
 
+class UnusableNameError(ExportError):
+    """A sample name the layout cannot take (nothing safe left, reserved, too long, a name
+    FOCUS training would skip). ``reason`` says why; ``str()`` adds the remedy in the
+    Python API's words, the interfaces their own (a field, a file to rename)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; choose another name")
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:  # survives pickling (worker processes)
+        return (type(self), (self.reason,))
+
+
 class SampleExistsError(ExportError):
     """A sample with the requested name already exists and the policy is ``"error"``.
     ``reason`` says what exists; ``str()`` adds the remedy in the Python API's words,

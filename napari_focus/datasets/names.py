@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .errors import ExportError
+from .errors import ExportError, UnusableNameError
 from .layouts import Layout
 
 MAX_NAME_CHARS = 100
@@ -36,7 +36,8 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
     (second ``-`` field ``NonCAM``) are refused.
 
     Raises:
-        ExportError: when nothing safe is left, or the name is reserved or too long.
+        UnusableNameError: (an ExportError) when nothing safe is left, or the name is
+            reserved, too long or one FOCUS training would skip.
     """
     if not isinstance(raw, str):
         raise ExportError(f"sample name must be a string, got {type(raw).__name__}")
@@ -51,19 +52,19 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
     name = _UNSAFE_RUN.sub("_", text).strip("_-")
     name = re.sub(r"_{2,}", "_", name)
     if not name:
-        raise ExportError(f"sample name {raw!r} has nothing usable left after sanitising")
+        raise UnusableNameError(f"sample name {raw!r} has nothing usable left after sanitising")
     if name.lower() in _WINDOWS_RESERVED:
-        raise ExportError(f"sample name {raw!r} is a reserved device name on Windows")
+        raise UnusableNameError(f"sample name {raw!r} is a reserved device name on Windows")
     if layout is not None and layout.name_needs_dash:
         if "-" not in name:
             name = DASH_PREFIX + name
         if name.split("-")[1] == "NonCAM":
-            raise ExportError(
+            raise UnusableNameError(
                 f"sample name {name!r} would be skipped by FOCUS training for {layout.name} "
-                "(its second '-' field is 'NonCAM'); choose another name"
+                "(its second '-' field is 'NonCAM')"
             )
     if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise ExportError(
+        raise UnusableNameError(
             f"sample name {raw!r} is too long ({len(name)} characters; at most "
             f"{MAX_NAME_CHARS} characters and {MAX_NAME_BYTES} UTF-8 bytes)"
         )

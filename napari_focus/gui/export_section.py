@@ -16,6 +16,7 @@ from ..datasets import (
     ExportError,
     ExportWriteError,
     SampleExistsError,
+    UnusableNameError,
     export_sample,
     layout_for_task,
     root_of_export,
@@ -121,6 +122,11 @@ class ExportSection(Container):
                 raise ExportError(
                     "choose the dataset root (the FOCUS datasets/ folder) in the Export tab first"
                 )
+            if root.exists() and not root.is_dir():
+                raise ExportError(
+                    f"the dataset root {root} is a file, not a folder: choose the FOCUS "
+                    "datasets/ folder under 'dataset root' in the Export tab"
+                )
         except (ExportError, UnsupportedLayerError) as error:
             self._failed(error, on_done)
             return
@@ -190,6 +196,11 @@ class ExportSection(Container):
             text = (
                 f"could not write to {where}: {reason}. Your mask is still in the viewer: "
                 f"{advice}, then export again"
+            )
+        elif isinstance(error, UnusableNameError):
+            text = (
+                f"{error.reason}: type a shorter or other name under "
+                f"'{self.sample_name.label}' in the Export tab, then export again"
             )
         elif isinstance(error, ExportWriteError):
             text = f"{error}. Your mask is still in the viewer: {advice}, then export again"
