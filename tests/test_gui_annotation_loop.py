@@ -496,3 +496,19 @@ def test_a_folder_of_broken_files_says_so_and_offers_nothing_to_press(
                series.reject_button, series.skip_button, series.rank_button)  # fmt: skip
     assert not any(button.enabled for button in buttons)
     assert series.open_button.enabled
+
+
+def test_a_long_file_name_is_cut_in_the_middle_keeping_the_status_in_view(
+    qtbot, open_series, open_focus_widget, photos
+):
+    long = "a_holiday_" + "x" * 120 + "_frame_0042"  # first in the folder's order
+    (photos / "a_large.png").rename(photos / f"{long}.png")
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    open_series(series, photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    shown = series.position.value
+    assert shown.startswith("1 / 4 a_holiday_x") and "…" in shown and "_frame_0042 — " in shown
+    assert len(shown) < 70, shown  # its status stays on the label's lines
+    tooltip = series.position.tooltip
+    assert long in tooltip and str(photos / f"{long}.png") in tooltip

@@ -16,3 +16,13 @@ def chosen_dir(value: Any) -> Path | None:
 def clear_path(field: Any) -> None:
     """Empty a FileEdit (its ``value = ""`` would name the current working folder)."""
     field.line_edit.value = ""
+
+
+def middle_cut(text: str, limit: int = 40) -> str:
+    """``text`` shortened in the middle to ``limit`` characters (``"a_very…name_07"``):
+    the start and the end of a file name tell it apart, and what follows it stays
+    visible in a one-line label."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"

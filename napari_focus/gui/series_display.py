@@ -15,7 +15,7 @@ from ..predictor import Prediction
 from ..quality import uncertainty
 from ..series import Status, find_reference_mask
 from ..series.item_files import still_current
-from .fields import chosen_dir
+from .fields import chosen_dir, middle_cut
 from .job import JobResult, proposal_name
 from .planes import current_plane_index, layer_planes
 from .proposal_layers import find_layer
@@ -104,9 +104,10 @@ class SeriesDisplay:
         assert self.state is not None
         counts = self.state.queue.counts()
         failed = f", {counts[Status.FAILED]} failed" if counts[Status.FAILED] else ""
-        self.position.value = (
-            f"{self.state.queue.position_text()} {item.name} — {item.status}{failed}"
-        )
+        where = self.state.queue.position_text()
+        self.position.value = f"{where} {middle_cut(item.name)} — {item.status}{failed}"
+        whole = f"{where} {item.name} — {item.status}{failed}"  # the name uncut, and its file
+        self.position.tooltip = whole if item.path is None else f"{whole}\n{item.path}"
         if self.jump_to.value != self.state.queue.index + 1:  # also after a new order
             self.jump_to.changed.disconnect(self._on_jump)
             self.jump_to.value = self.state.queue.index + 1
