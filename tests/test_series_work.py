@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,13 +79,33 @@ def test_proposal_store_round_trip_and_stale_images(tmp_path):
     assert store.uncertainty("img.png", image) is None
 
 
+def _image_file(path: Path) -> Path:
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    return path
+
+
+def test_an_image_layer_s_proposal_is_not_kept_on_disk(tmp_path):
+    """A layer's name says nothing of its pixels: a later layer of that name (another
+    image) must not get the proposal, so none is kept for layers."""
+    store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
+    probability = np.random.default_rng(3).random((30, 40)).astype(np.float32)
+    store.save("cells", None, probability, probability > 0.5, score=0.5)
+    assert not store.path("cells").exists()
+    store.path("cells").parent.mkdir(parents=True, exist_ok=True)
+    _image_file(tmp_path / "x.png")
+    store.save("x.png", tmp_path / "x.png", probability, probability > 0.5, score=0.5)
+    store.path("x.png").rename(store.path("cells"))  # a file under the layer's name
+    assert store.load("cells", None) is None and store.uncertainty("cells", None) is None
+
+
 @pytest.mark.parametrize("damage", ["empty", "cut in half", "not a zip", "one byte flipped"])
 def test_a_damaged_proposal_file_is_no_proposal(tmp_path, damage):
     """As documented: None for an unreadable file (the model computes it again), never
     an exception out of the store (it was BadZipFile, EOFError, ...)."""
     store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
     probability = np.random.default_rng(2).random((64, 64)).astype(np.float32)
-    data = store.save("a.png", None, probability, probability > 0.5, score=0.5).read_bytes()
+    image = _image_file(tmp_path / "a.png")
+    data = store.save("a.png", image, probability, probability > 0.5, score=0.5).read_bytes()
     damaged = {
         "empty": b"",
         "cut in half": data[: len(data) // 2],
@@ -92,20 +113,21 @@ def test_a_damaged_proposal_file_is_no_proposal(tmp_path, damage):
         "one byte flipped": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:],
     }[damage]
     store.path("a.png").write_bytes(damaged)
-    assert store.load("a.png", None) is None
-    assert store.uncertainty("a.png", None) in (None, 0.5)  # the score may be intact
+    assert store.load("a.png", image) is None
+    assert store.uncertainty("a.png", image) in (None, 0.5)  # the score may be intact
 
 
 def test_stored_score_is_read_without_the_maps(tmp_path, monkeypatch):
     store = ProposalStore(tmp_path / "series", "sod|large|hf://x|float32")
     probability = np.random.default_rng(1).random((300, 400)).astype(np.float32)
-    store.save("a.png", None, probability, probability > 0.5)
-    assert store.uncertainty("a.png", None) == pytest.approx(uncertainty(probability))
+    image = _image_file(tmp_path / "a.png")
+    store.save("a.png", image, probability, probability > 0.5)
+    assert store.uncertainty("a.png", image) == pytest.approx(uncertainty(probability))
 
     with np.load(store.path("a.png")) as data:  # a file without a score: computed from it
         members = {name: data[name] for name in data.files if name != "uncertainty"}
     np.savez(store.path("a.png"), **members)
-    assert store.uncertainty("a.png", None) == pytest.approx(uncertainty(probability), abs=1e-4)
+    assert store.uncertainty("a.png", image) == pytest.approx(uncertainty(probability), abs=1e-4)
 
     read: list[str] = []
     getitem = np.lib.npyio.NpzFile.__getitem__
@@ -114,9 +136,9 @@ def test_stored_score_is_read_without_the_maps(tmp_path, monkeypatch):
         read.append(name)
         return getitem(self, name)
 
-    store.save("b.png", None, probability, probability > 0.5, score=0.5)
+    store.save("b.png", image, probability, probability > 0.5, score=0.5)
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", watched_getitem)
-    assert store.uncertainty("b.png", None) == 0.5
+    assert store.uncertainty("b.png", image) == 0.5
     assert "probability" not in read and "mask" not in read and "uncertainty" in read
 
 

@@ -71,7 +71,7 @@ class SeriesScheduling:
         def wanted(item: Any) -> bool:
             if self._closed_layer(item):
                 return False
-            if store is not None and store.has(item.key):
+            if store is not None and item.path is not None and store.has(item.key):
                 return item.key == current and self._awaiting == current
             if item.key == current:  # shown with a saved mask: no proposal needed
                 return self._awaiting == current

@@ -6,6 +6,8 @@ the image file's size and modification time: a changed image does not get a stal
 proposal. The score is read without the map, so ranking a series reads a few bytes per
 image instead of decoding every map. One subfolder per
 model (task, weights, size, precision, TTA), so switching models never mixes them.
+Proposals of image layers (no file) are not kept: a layer's name says nothing of its
+pixels, so another image opened under the same name would get them.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ class ProposalStore:
         score: float | None = None,
     ) -> Path:
         """Write atomically (call from a worker thread: a 24-MP map is ~50 MB). ``score``:
-        the proposal's uncertainty, computed here when not given."""
+        the proposal's uncertainty, computed here when not given. Nothing is written for
+        an image layer (``source`` None); returns the path either way."""
+        if source is None:
+            return self.path(key)
         packed = np.packbits(np.asarray(mask) > 0)
         if score is None:
             score = uncertainty(probability)
@@ -118,7 +123,7 @@ class ProposalStore:
         """``read(npz)`` of the proposal of ``key`` if it was made from this version of
         the image; None when absent or unreadable."""
         path = self.path(key)
-        if not path.is_file():
+        if source is None or not path.is_file():  # an image layer's are never kept
             return None
         try:
             with np.load(path) as data:
