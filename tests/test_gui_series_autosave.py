@@ -317,3 +317,23 @@ def test_large_images_read_their_start_mask_in_the_worker(
     qtbot.waitUntil(lambda: series.shown_key == "img1.png" and not series.busy, timeout=WAIT_MS)
     np.testing.assert_array_equal(_shown_mask(viewer), start > 0)
     assert read_by and MAIN not in read_by
+
+
+def test_an_autosave_damaged_on_disk_is_said_and_the_proposal_shown(
+    qtbot, shown_series, folder, monkeypatch
+):
+    """An autosave that cannot be read (a disk fault) is named in an error, and the
+    image shows its proposal; nothing raises out of the widget."""
+    from napari_focus.gui import series_section
+
+    errors: list[str] = []
+    monkeypatch.setattr(series_section, "show_error", errors.append)
+    viewer, _, series = shown_series(folder)
+    _paint(viewer, slice(0, 20), slice(0, 20))
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    series.state.autosave_path("img0.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    series.previous()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "img0.png"
+    assert any("the autosaved mask of img0 cannot be used" in e for e in errors), errors

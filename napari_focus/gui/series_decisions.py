@@ -238,7 +238,10 @@ class SeriesDecisions:
         if not unscored:
             self._rank_wanted = False
             self.state.queue.order_by(self.scores, descending=True)
-            self.state.save()
+            try:
+                self.state.save()
+            except OSError as error:  # the order stays on screen; saved with the next change
+                self._error(self.close_guard.save_failure_text(error, "the series state"))
             self._show_position(self.state.queue.current)
             self.owner.set_status(f"ordered {len(self.scores)} images by uncertainty")
             show_info(f"FOCUS: ordered {len(self.scores)} images by uncertainty")

@@ -140,10 +140,16 @@ class SeriesDisplay:
             return pending.mask, pending.provenance
         files = self.decoded.files(item.key)
         path = self.state.autosave_path(item.key)
-        if files is not None and files.autosave_read and still_current(files.autosave_stamp, path):
-            saved = self.state.load_autosaved(item.key, read_ahead=files.autosave)
-            return saved, files.provenance if saved is not None else None
-        saved = self.state.load_autosaved(item.key)
+        try:
+            if files is not None and files.autosave_read and still_current(
+                files.autosave_stamp, path
+            ):
+                saved = self.state.load_autosaved(item.key, read_ahead=files.autosave)
+                return saved, files.provenance if saved is not None else None
+            saved = self.state.load_autosaved(item.key)
+        except (OSError, ValueError) as error:  # unreadable, or a stale one not set aside
+            self._error(f"the autosaved mask of {item.name} cannot be used: {error}")
+            return None, None
         return saved, self.state.autosaved_provenance(item.key) if saved is not None else None
 
     def _stored_proposal(self, item: Any) -> tuple[Prediction, float] | None:
