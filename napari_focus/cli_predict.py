@@ -35,6 +35,11 @@ def run_predict(args: argparse.Namespace) -> int:
     images, unmatched = found.images, found.unmatched
     for _, reason in unmatched:
         print(f"napari-focus: {reason}", file=sys.stderr)
+    if found.other_names and not args.quiet:
+        left, taken = found.other_names[0]
+        more = f" (and {len(found.other_names) - 1} more)" if len(found.other_names) > 1 else ""
+        print(f"napari-focus: note: {left} is another name of {taken}{more}: each file is "
+              "predicted once, its mask named after the file", file=sys.stderr)  # fmt: skip
     if not args.recursive:
         note_images_in_subfolders(args.inputs, out_dir)
     if not images:

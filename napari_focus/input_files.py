@@ -45,7 +45,9 @@ class FoundInputs:
     images: list[Path] = field(default_factory=list)
     subfolders: dict[Path, str] = field(default_factory=dict)
     unmatched: list[tuple[str, str]] = field(default_factory=list)
-    seen: set[Path] = field(default_factory=set)  # the files behind the images, resolved
+    seen: dict[Path, Path] = field(default_factory=dict)  # file behind -> name taken
+    #: (name left out, name taken) for a file found under two names (a link beside it)
+    other_names: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 def find_inputs(
@@ -111,13 +113,24 @@ def _expand(
             found.unmatched.append((item, reason))
         for image, subfolder in matches:
             # named by the link, not by what it points to (git-annex and DataLad trees
-            # link every image to a file named by its hash); one file given twice is one
+            # link every image to a file named by its hash); one file given twice is one,
+            # named by the file itself when a link to it lies beside it
             resolved = image.resolve()
-            if resolved not in found.seen:
-                found.seen.add(resolved)
-                named = Path(os.path.abspath(image))
+            named = Path(os.path.abspath(image))
+            taken = found.seen.get(resolved)
+            if taken is None:
+                found.seen[resolved] = named
                 found.images.append(named)
                 found.subfolders[named] = subfolder
+            elif taken != named:
+                beside = taken.parent == named.parent  # a link next to the file itself
+                if beside and taken.is_symlink() and not named.is_symlink():
+                    found.images[found.images.index(taken)] = named
+                    found.subfolders.pop(taken)
+                    found.subfolders[named] = subfolder
+                    found.seen[resolved] = named
+                    taken, named = named, taken
+                found.other_names.append((named, taken))
 
 
 def _folder_images(folder: Path, walk: set[Path] | None) -> list[Path]:

@@ -161,6 +161,24 @@ def test_linked_images_are_named_by_their_links(tree, tiny_checkpoint, tmp_path)
     assert _files(tmp_path / "masks") == ["sub/cat.png"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges")
+def test_a_link_beside_its_file_leaves_the_mask_to_the_file(tree, tiny_checkpoint, tmp_path):
+    """``alias.png -> real.png`` in one folder: one mask, named after the file itself
+    (the link sorted first took it, and real.png was reported unpaired by export), and
+    a note says why alias.png has none."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    (tree / "a.png").rename(folder / "real.png")
+    (folder / "alias.png").symlink_to("real.png")
+    code, err = run_cli("predict", folder, "--task", "sod", "--device", "cpu", "--weights",
+                        tiny_checkpoint, "--out", tmp_path / "masks")  # fmt: skip
+    assert code == 0, err
+    assert _files(tmp_path / "masks") == ["real.png"]
+    assert (f"napari-focus: note: {folder / 'alias.png'} is another name of "
+            f"{folder / 'real.png'}: each file is predicted once, its mask named after the "
+            "file") in err  # fmt: skip
+
+
 def test_a_too_small_image_is_named_with_its_size_in_pixels(tree, tiny_checkpoint, tmp_path):
     Image.new("RGB", (20, 16)).save(tree / "tiny.png")
     code, err = _predict(tree / "tiny.png", tree / "b.jpg", "--weights", tiny_checkpoint,
