@@ -478,3 +478,16 @@ def test_export_into_the_folders_it_reads_is_refused(photo, tmp_path):
             f"into {images}, which is IMAGES_DIR; choose a --root apart from IMAGES_DIR "
             "and MASKS_DIR") in err  # fmt: skip
     assert (masks / "a.png").read_bytes() == before
+
+
+def test_a_jpeg_mask_is_named_when_the_image_is_unpaired(photo, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    photo.save(images / "a.png")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / "a.jpg")
+    code, err = run_cli("export", images, masks, "--root", tmp_path / "ds", "--layout",
+                        "generic")  # fmt: skip
+    assert code == 1
+    assert (f"unpaired: {images / 'a.png'}: no mask in {masks} (a.jpg is there, but masks "
+            "are read from lossless files: .png, .bmp, .tif, .tiff; save it as PNG)") in err

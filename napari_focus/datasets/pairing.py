@@ -3,6 +3,7 @@ layout's own mask naming first; an exact name before one that differs only in ca
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,7 @@ def pair_files(
                 )
         elif not found:
             where = masks_dir if below == "." else f"{masks_dir / below} or {masks_dir}"
-            problems.append(f"{image}: no mask in {where}")
+            problems.append(f"{image}: no mask in {where}{_lossy_hint(image, masks_dir)}")
         elif len(found) > 1:
             problems.append(
                 f"{image}: several masks match: {', '.join(m.name for m in found)}; keep "
@@ -180,3 +181,21 @@ def images_below(folder: Path, leave_out: tuple[Path, ...]) -> bool:
     the dataset root) holds an image."""
     below = _files_below(folder, True, _is_image, leave_out=leave_out)
     return any(path.parent != folder for path in below)
+
+
+def _lossy_hint(image: Path, masks_dir: Path) -> str:
+    """Why a file of the image's name in the masks folder is no mask: its format."""
+    from ..io import IMAGE_EXTENSIONS
+
+    lossy = [
+        p.name
+        for p in sorted(masks_dir.glob(f"{glob.escape(image.stem)}.*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.suffix.lower() not in MASK_EXTENSIONS
+        and p.resolve() != image.resolve()
+    ]
+    if not lossy:
+        return ""
+    return (
+        f" ({lossy[0]} is there, but masks are read from lossless files: "
+        f"{', '.join(MASK_EXTENSIONS)}; save it as PNG)"
+    )
