@@ -254,8 +254,6 @@ def set_aside(path: str | os.PathLike, aside: str | os.PathLike) -> Path:
             commit_new(path, target)  # a link, then the old name goes
         except FileExistsError:
             continue
-        if path.exists():
-            path.unlink()
         return target
     raise FileExistsError(errno.EEXIST, "no free name to set the file aside", os.fspath(aside))
 

@@ -169,7 +169,7 @@ def _run_jobs(
             f"{summary.images_per_second:.2f} images/s",
             file=sys.stderr,
         )
-    if summary.stopped is not None:
+    if summary.stopped is not None and summary.not_done:
         print(f"napari-focus: stopped: {summary.stopped}; {summary.not_done} more image(s) not "
               "done: make room (or choose another --out) and run the same command again: it "
               "skips the masks written", file=sys.stderr)  # fmt: skip

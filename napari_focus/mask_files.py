@@ -14,9 +14,10 @@ threshold is used here, on every scale a mask file may use:
   pure red ``(255, 0, 0)`` outline counts like a white one; alpha is ignored, except in
   a mask of one colour whose alpha varies (a shape saved as transparency), where the
   alpha is the mask;
-* palette images whose colours are not grays (label images of VOC, CVAT, LabelMe:
-  index 1 is a dark red ``(128, 0, 0)``): a pixel is foreground when its palette index is
-  not 0, as those tools mean it.
+* palette images whose index 0 is black and whose colours are not grays (label images
+  of VOC, CVAT, LabelMe: index 1 is a dark red ``(128, 0, 0)``): a pixel is foreground
+  when its palette index is not 0, as those tools mean it; other palettes follow the
+  colour rule.
 
 Negative values, values above 65535 and NaN are refused: such a file is no mask.
 Labels layers (label ids, ``> 0`` = foreground) are not mask files and do not use this.
@@ -84,7 +85,8 @@ def _label_indices(path: str | os.PathLike) -> np.ndarray | None:
         return None  # read_image says what is wrong with it, in its words
     used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
     grays = (used == used[:, :1]).all() if used.size else True
-    return None if grays else indices
+    black_first = len(palette) > 0 and not palette[0].any()  # index 0 = background
+    return indices if black_first and not grays else None
 
 
 def _foreground(values: np.ndarray, whole: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,8 @@ def read_made_by(path: str | os.PathLike) -> MadeBy | None:
 
         with Image.open(path) as image:  # reads the chunks before the pixels only
             return MadeBy.parse(image.info.get(RECORD_KEY))
-    except (OSError, ValueError, SyntaxError):  # PIL reports broken PNG chunks as SyntaxError
-        return None
+    except Exception:  # a damaged, cut or huge file (PIL and tifffile raise many kinds):
+        return None  # no record, as for a mask drawn by hand
 
 
 class MasksOfAnotherTask(ValueError):
@@ -97,11 +98,13 @@ def check_existing_masks(masks: Iterable[str | os.PathLike], run: MadeBy) -> Fou
     of the same task (kept: proposals of an earlier model are still proposals)."""
     other_task: Found = []
     other_weights: Found = []
-    for mask in masks:
-        record = read_made_by(mask)
+    paths = [Path(mask) for mask in masks]
+    with ThreadPoolExecutor(8) as pool:  # a header each; on a network drive, a round trip
+        records = list(pool.map(read_made_by, paths))
+    for path, record in zip(paths, records, strict=True):
         if record is None or record == run:
             continue
-        (other_task if record.task != run.task else other_weights).append((Path(mask), record))
+        (other_task if record.task != run.task else other_weights).append((path, record))
     if other_task:
         raise MasksOfAnotherTask(other_task, run)
     return other_weights

@@ -31,15 +31,15 @@ if TYPE_CHECKING:
 class Job:
     """One image and where its outputs go (``probability`` None: no probability map).
     Outputs listed in ``keep`` exist already and are left as they are (a mask someone
-    may have corrected, when only its probability map is missing). Without
-    ``overwrite`` an output that appears while the run goes on (saved from napari, say)
-    is not replaced either: the image fails, saying so."""
+    may have corrected, when only its probability map is missing). With ``overwrite``
+    False (``predict`` without ``--overwrite``) an output that appears while the run goes
+    on (saved from napari, say) is not replaced either: the image fails, saying so."""
 
     source: Path
     mask: Path
     probability: Path | None = None
     keep: tuple[Path, ...] = ()
-    overwrite: bool = False
+    overwrite: bool = True
 
 
 #: write errors after which no image can be written: the run stops instead of predicting

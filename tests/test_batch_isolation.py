@@ -152,3 +152,28 @@ def test_running_out_of_memory_is_said_in_words_not_allocator_statistics() -> No
         assert say(MemoryError()).startswith("the computer ran out of memory")
     assert failure_text(ValueError("a plain reason")) == "a plain reason"
     assert failure_text(AssertionError()) == "AssertionError"
+
+
+def test_a_ray_worker_keeps_a_mask_saved_after_its_check(
+    tiny_checkpoint, photos, monkeypatch, tmp_path
+):
+    """Saved there (from napari, say) between the worker's look and its write: kept, and
+    the image fails saying so, as with the local engine."""
+    from napari_focus.distributed import worker as worker_module
+
+    saved = tmp_path / "a.png"
+    saved.write_bytes(b"corrected by hand")
+    monkeypatch.setattr(worker_module, "_needs_write", lambda _path, _settings: True)
+    worker = FocusWorker(WorkerSettings(task="sod", weights=str(tiny_checkpoint)).as_dict())
+    batch = {
+        "source": ["/in/a.png"], "name": ["a"], "mask": [str(saved)], "probability": [""],
+        "pixels": [np.ascontiguousarray(photos[0]).tobytes()],
+        "height": [photos[0].shape[0]], "width": [photos[0].shape[1]], "error": [""],
+    }  # fmt: skip
+    rows = worker(batch)
+    assert rows["status"] == ["failed"]
+    assert rows["error"] == [
+        "a.png appeared in the output folder while the run went on; it is kept (--overwrite "
+        "replaces it)"
+    ]
+    assert saved.read_bytes() == b"corrected by hand"

@@ -107,7 +107,7 @@ def test_an_output_that_appears_during_the_run_is_kept(folder, weights, tmp_path
     saved = tmp_path / "c.png"
     saved.write_bytes(b"corrected by hand")
     probability = tmp_path / "c_probability.png"
-    job = Job(folder / "c.png", saved, probability)
+    job = Job(folder / "c.png", saved, probability, overwrite=False)  # predict's default
     summary = run_pipeline(predictor, [job], workers=1)
     assert summary.written == 0 and summary.failures == [
         (folder / "c.png", "c.png appeared in the output folder while the run went on; it is "

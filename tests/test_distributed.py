@@ -681,3 +681,11 @@ def test_series_of_other_images_or_a_file_is_refused_before_any_work(
                         tmp_path / "afile", *common)  # fmt: skip
     assert code == 2 and f"--series {tmp_path / 'afile'} is a file" in err, err
     assert "Traceback" not in err and not (tmp_path / "m").exists()
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / ".napari_focus_queue.json").write_text(
+        '{"schema": "napari-focus-queue", "version": 99, "items": []}'
+    )
+    code, err = run_cli("predict", other, "--out", tmp_path / "m", "--series", newer, *common)
+    assert code == 2 and f"--series {newer}: " in err and "has state version 99" in err, err
+    assert not (tmp_path / "m").exists()

@@ -512,3 +512,25 @@ def test_a_long_file_name_is_cut_in_the_middle_keeping_the_status_in_view(
     assert len(shown) < 70, shown  # its status stays on the label's lines
     tooltip = series.position.tooltip
     assert long in tooltip and str(photos / f"{long}.png") in tooltip
+
+
+def test_with_the_others_broken_an_accepted_image_stays_on_screen(
+    qtbot, open_series, open_focus_widget, tmp_path, focus_reference
+):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    source = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
+    Image.fromarray(source[:64, :96]).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    _viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series = widget.series
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.accept_button.clicked.emit()  # a exported; b cannot be shown
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: series.state.queue.item("a.png").exported, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "a.png", series.position.value
+    assert not series.position.value.startswith("no image")
+    assert series.previous_button.enabled and series.next_button.enabled

@@ -91,6 +91,11 @@ def test_label_images_and_transparency_masks(tmp_path: Path) -> None:
     Image.fromarray(soft).convert("P").save(tmp_path / "gray_palette.png")
     assert Image.open(tmp_path / "gray_palette.png").mode == "P"
     np.testing.assert_array_equal(read_mask_file(tmp_path / "gray_palette.png"), truth)
+    red = np.zeros((H, W, 3), np.uint8)
+    red[..., 0] = square()  # red on black, saved with an adaptive palette: red may be 0
+    quantized = Image.fromarray(red).quantize(2)
+    quantized.save(tmp_path / "quantized.png")
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "quantized.png"), truth)
     cut_out = np.full((H, W, 4), 255, np.uint8)
     cut_out[..., 3] = square()  # white everywhere, the shape in the transparency
     np.testing.assert_array_equal(binary_mask(cut_out), truth)

@@ -81,7 +81,9 @@ def test_records_of_other_tools_and_broken_files_are_no_records(tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "odd.png", pnginfo=info)
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
     tifffile.imwrite(tmp_path / "described.tif", np.zeros((8, 8), np.uint8), description="x")
-    for name in ("other.png", "odd.png", "cut.png", "described.tif", "missing.png"):
+    tifffile.imwrite(tmp_path / "whole.tif", np.zeros((8, 8), np.uint8))
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:8])
+    for name in ("other.png", "odd.png", "cut.png", "described.tif", "missing.png", "cut.tif"):
         assert read_made_by(tmp_path / name) is None, name
     assert check_existing_masks([tmp_path / "other.png"], MadeBy("sod", "a.pth")) == []
 

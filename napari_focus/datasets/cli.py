@@ -251,6 +251,8 @@ def _written_into(root: Path, layout: str, images_dir: Path, masks_dir: Path) ->
     spec = get_layout(layout)
     base = dataset_dir(root, spec)
     targets = {"images": base / spec.image_dir, "masks": base / spec.mask_dir}
+    if spec.semantic_dir is not None:
+        targets["semantic masks"] = base / spec.semantic_dir
     for label, source in (("IMAGES_DIR", images_dir), ("MASKS_DIR", masks_dir)):
         for kind, target in targets.items():
             if target.is_dir() and os.path.samefile(target, source):

@@ -230,10 +230,13 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             return _fail(f"--series: the input images have no common folder but {folder}; "
                          "give images of one folder tree")  # fmt: skip
         from ..series import SeriesStateError
+        from ..series.open_state import SeriesOfAnotherFolder
 
         try:
             state = order_series(args.series, folder, ranking, exclude=[out])
         except (SeriesStateError, OSError) as error:  # found only now: the work is kept
+            if isinstance(error, SeriesOfAnotherFolder):
+                error = f"it keeps the series of {error.saved}, not of {error.folder}"
             print(f"napari-focus: --series {args.series}: {error}. The masks, the manifest "
                   "and the ranking are written: run the same command with another --series "
                   "(it skips the masks that exist)", file=sys.stderr)  # fmt: skip
@@ -253,6 +256,7 @@ def _series_problem(series: str, inputs: list[str]) -> str | None:
     from ..series import SeriesStateError, read_state_file
     from ..series.open_state import saved_image_folder
     from ..series.state import STATE_NAME
+    from ..series.state_file import NewerVersionError
 
     folder = Path(series)
     if folder.exists() and not folder.is_dir():
@@ -263,6 +267,8 @@ def _series_problem(series: str, inputs: list[str]) -> str | None:
         return f"--series {series}: {error.reason}; choose another --series folder"
     try:
         data = read_state_file(folder / STATE_NAME) if (folder / STATE_NAME).is_file() else None
+    except NewerVersionError as error:  # left alone, never replaced
+        return f"--series {series}: {error}; choose another --series folder"
     except SeriesStateError:
         return None  # set aside and started afresh, as the widget does, and said then
     if data is None or len(inputs) != 1 or not Path(inputs[0]).is_dir():

@@ -10,12 +10,13 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..mask_provenance import MadeBy
-from ..pipeline import predict_isolating
+from ..pipeline import AppearedMeanwhile, predict_isolating
 from . import journal
 from .inputs import read_source
 
@@ -178,7 +179,10 @@ class FocusWorker:
                 )
         for path, write, data in writes:
             if _needs_write(path, self.settings):
-                write(path, data, record=self.record)
+                try:  # one saved there since the check is kept, as the local engine keeps it
+                    write(path, data, record=self.record, replace=self.settings.overwrite)
+                except FileExistsError as error:
+                    raise AppearedMeanwhile(Path(path).name) from error
         row["status"] = "written"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:

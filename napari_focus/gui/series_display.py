@@ -47,9 +47,14 @@ class SeriesDisplay:
     _awaiting: str | None
     _locked_mode: str | None
     _resetting: str | None
+    _buttons_off: bool
 
     def _display(self, item: Any, image: np.ndarray | None) -> None:
         assert self.state is not None
+        if self._buttons_off:  # nothing could be shown before (a folder of broken files)
+            for button in self._buttons():
+                button.enabled = True
+            self._buttons_off = False
         self._shown = item.key
         self._awaiting = None
         self._resetting = None  # a reset asked for on the image left

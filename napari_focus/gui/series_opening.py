@@ -187,10 +187,21 @@ class SeriesOpening:
     def _step_away(self, direction: int) -> bool:
         """Move past an item that cannot be shown; False when no other item is left."""
         queue = self.state.queue
-        stepped = queue.next() if direction > 0 else queue.previous()
-        if stepped is None:
-            stepped = queue.previous() if direction > 0 else queue.next()
-        return stepped is not None
+        for exported in (None, True):  # an accepted image rather than none at all
+            stepped = (
+                queue.next(include_exported=exported)
+                if direction > 0
+                else queue.previous(include_exported=exported)
+            )
+            if stepped is None:
+                stepped = (
+                    queue.previous(include_exported=exported)
+                    if direction > 0
+                    else queue.next(include_exported=exported)
+                )
+            if stepped is not None:
+                return True
+        return False
 
     def _nothing_to_show(self) -> None:
         self._shown = self._awaiting = None
@@ -205,8 +216,9 @@ class SeriesOpening:
         self.owner.set_status(
             f"no image of this series can be shown: {why}; open another folder"
         )
-        for button in self._buttons():  # nothing to decide on; opening a folder enables them
+        for button in self._buttons():  # nothing to decide on until an image is shown
             button.enabled = False
+        self._buttons_off = True
         self.owner.update_enabled()
 
     def _open_later(self, item: Any, direction: int) -> None:

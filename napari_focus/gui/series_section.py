@@ -71,6 +71,7 @@ class SeriesSection(
         self._resetting: str | None = None  # key whose mask Reset to proposal replaces
         self._model_error: Any = None  # settings whose model failed to load
         self._load_declined: Any = None  # settings whose model loading the user cancelled
+        self._buttons_off = False  # disabled while no image of the series can be shown
         self._rank_wanted = False
 
         self.folder = FileEdit(label="image folder", mode="d")
