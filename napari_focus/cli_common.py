@@ -263,6 +263,39 @@ def weights_file_problem(weights: str) -> str | None:
     return None
 
 
+class StopRequest:
+    """What :func:`stop_between_items` hands the loop: ``signum`` is the first SIGINT or
+    SIGTERM received (None until then); the loop ends before its next item."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_between_items(prefix: str = "napari-focus") -> Iterator[StopRequest]:
+    """Within the block the first Ctrl-C (or SIGTERM) only asks the loop to stop after the
+    item under way, so that no item is left half done; a second one interrupts at once
+    (:class:`KeyboardInterrupt`, or :class:`Terminated`). In another thread than the
+    main one, where signals cannot be caught, nothing changes."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def ask(signum: int, _frame: Any) -> None:
+        if request.signum is not None:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        request.signum = signum
+        say(f"{prefix}: stopping after the item under way (Ctrl-C again to stop at once)")
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def path_argument(text: str) -> str:
     """argparse type of file and folder options: an empty value (an unset shell variable,
     ``--out "$OUT"``) is refused instead of meaning the default or the working folder."""

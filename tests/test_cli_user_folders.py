@@ -491,3 +491,44 @@ def test_a_jpeg_mask_is_named_when_the_image_is_unpaired(photo, tmp_path):
     assert code == 1
     assert (f"unpaired: {images / 'a.png'}: no mask in {masks} (a.jpg is there, but masks "
             "are read from lossless files: .png, .bmp, .tif, .tiff; save it as PNG)") in err
+
+
+@pytest.mark.parametrize("signum", [2, 15])  # SIGINT, SIGTERM
+def test_a_signal_during_export_ends_after_the_sample_being_written(photo, tmp_path, signum):
+    """The first Ctrl-C (or SIGTERM) lets the sample under way finish, its provenance
+    line included, then stops: every listed sample has its line, none is half done."""
+    import signal
+    import subprocess
+    import sys
+
+    from napari_focus.datasets import read_records
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    big = photo.resize((720, 480))
+    for i in range(40):
+        big.rotate(i).save(images / f"p{i:02d}.png")
+        Image.fromarray(np.full((480, 720), 255, np.uint8)).save(masks / f"p{i:02d}.png")
+    root = tmp_path / "ds"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_focus.cli", "export", str(images), str(masks),
+         "--root", str(root), "--layout", "generic"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # "written: p00.png -> p00 (generic)"
+    assert first.startswith("written: "), first
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "stopping after the item under way" in err
+    written = 1 + out.count("written: ")
+    assert f"napari-focus: interrupted: {written} written" in err, err
+    assert 1 <= written < 40
+    assert len(read_records(root)) == written  # a provenance line for every sample
+    assert len(list((root / "images").iterdir())) == written
+    assert not list(root.rglob(".napari_focus-journal*"))

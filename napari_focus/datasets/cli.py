@@ -123,10 +123,13 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
 
 def _export_pairs(
     args: argparse.Namespace, layout: str, pairs: list[tuple[Path, Path]],
-    counts: dict[str, int], failures: list[str],
+    counts: dict[str, int], failures: list[str], request: Any,
 ) -> None:  # fmt: skip
-    """Export each pair, counting what happened into ``counts`` and ``failures``."""
+    """Export each pair, counting what happened into ``counts`` and ``failures``, until
+    ``request`` (a :class:`~napari_focus.cli_common.StopRequest`) asks to stop."""
     for image_path, mask_path in pairs:
+        if request.signum is not None:
+            return
         try:
             result = export_sample(
                 args.root,
@@ -216,14 +219,16 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
     failures: list[str] = []
-    from ..cli_common import EXIT_INTERRUPTED, Terminated, sigterm_as_interrupt
+    from ..cli_common import EXIT_INTERRUPTED, Terminated, stop_between_items
 
-    interrupted: KeyboardInterrupt | None = None
-    try:
-        with sigterm_as_interrupt():
-            _export_pairs(args, layout, pairs, counts, failures)
-    except KeyboardInterrupt as stop:  # the samples written so far stay; say how far
-        interrupted = stop
+    interrupted: int | None = None  # the signal that stopped the export
+    with stop_between_items() as request:  # Ctrl-C ends after the sample being written
+        try:
+            _export_pairs(args, layout, pairs, counts, failures, request)
+        except KeyboardInterrupt as stop:  # a second Ctrl-C; the samples written stay
+            interrupted = int(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    if interrupted is None:
+        interrupted = request.signum
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     left = len(pairs) - sum(counts.values()) - len(failures)
     stopped = interrupted is not None
@@ -240,8 +245,7 @@ def run_export(args: argparse.Namespace) -> int:
         for message in problems:
             print(f"  unpaired: {message}", file=sys.stderr)
     if interrupted is not None:
-        terminated = isinstance(interrupted, Terminated)
-        return 128 + int(signal.SIGTERM) if terminated else EXIT_INTERRUPTED
+        return 128 + int(signal.SIGTERM) if interrupted == signal.SIGTERM else EXIT_INTERRUPTED
     return EXIT_FAILED if failures or problems else 0
 
 
