@@ -211,7 +211,7 @@ class SeriesOpening:
         gone = sum(item.missing for item in self.state.queue)
         why = f"{names} failed (the warnings said why)" if failed else ""
         if gone:
-            why += f"{'; ' if why else ''}{gone} are missing"
+            why += f"{'; ' if why else ''}{gone} {'is' if gone == 1 else 'are'} missing"
         self.position.value = "no image of this series can be shown"
         self.owner.set_status(
             f"no image of this series can be shown: {why}; open another folder"
