@@ -304,6 +304,17 @@ def path_argument(text: str) -> str:
     return text
 
 
+def positive_float(text: str) -> float:
+    """argparse type of amounts above 0 (CPUs per worker)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts (steps, batch sizes, workers)."""
     try:

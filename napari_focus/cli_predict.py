@@ -67,7 +67,8 @@ def run_predict(args: argparse.Namespace) -> int:
         for entry in plan.todo
     ]  # fmt: skip
     made_by = MadeBy.of_run(args.task, args.size, args.weights)
-    kept_masks = [e.mask for e in plan.existing] + [j.mask for j in jobs if j.mask in j.keep]
+    kept_masks = [p for e in plan.existing for p in e.paths()]  # probability maps too
+    kept_masks += [p for job in jobs for p in job.keep]
     try:
         other_weights = check_existing_masks(kept_masks, made_by)
     except MasksOfAnotherTask as error:

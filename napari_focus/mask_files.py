@@ -11,9 +11,10 @@ threshold is used here, on every scale a mask file may use:
 * integers up to 65535 (16-bit masks): ``> 32896`` (128 on the 16-bit scale, x 257);
 * floats in [0, 1]: ``> 0.5``; floats up to 255: ``> 128``;
 * colour masks (RGB or RGBA): a pixel is foreground when any colour channel is, so a
-  pure red ``(255, 0, 0)`` outline counts like a white one; alpha is ignored, except in
-  a mask of one colour whose alpha varies (a shape saved as transparency), where the
-  alpha is the mask;
+  pure red ``(255, 0, 0)`` outline counts like a white one; where alpha varies,
+  transparent pixels (alpha ``<= 128``) are background, and when the opaque pixels are
+  all of one kind (all bright or all black) the shape is the transparency itself;
+  gray masks with alpha (LA) are read as RGBA;
 * palette images whose index 0 is black and whose colours are not grays (label images
   of VOC, CVAT, LabelMe: index 1 is a dark red ``(128, 0, 0)``): a pixel is foreground
   when its palette index is not 0, as those tools mean it; other palettes follow the
@@ -44,9 +45,14 @@ def binary_mask(pixels: np.ndarray) -> np.ndarray:
     ``(H, W, 3|4)``) by the module's rule. Raises ValueError for anything else."""
     array = np.asarray(pixels)
     if array.ndim == 3 and array.shape[-1] == 4 and array.size:
-        colour, alpha = array[..., :3], array[..., 3]
-        if (colour == colour[:1, :1]).all() and alpha.min() != alpha.max():
-            return _foreground(alpha, alpha)  # one colour, the shape in its transparency
+        alpha = array[..., 3]
+        if alpha.min() != alpha.max():  # transparent pixels are background
+            opaque = _foreground(alpha, alpha)
+            colour = np.logical_or.reduce(_foreground(array[..., :3], array), axis=-1)
+            inside = colour[opaque]
+            if inside.any() and not inside.all():  # the colours draw the shapes
+                return colour & opaque
+            return opaque  # the shape is in the transparency
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         channels = array[..., : min(array.shape[-1], 3)]
         return np.logical_or.reduce(_foreground(channels, array), axis=-1)
@@ -63,9 +69,29 @@ def read_mask_file(path: str | os.PathLike) -> np.ndarray:
     mask; OSError when it cannot be read."""
     try:
         indices = _label_indices(path)
-        return indices > 0 if indices is not None else binary_mask(read_image(path))
+        if indices is not None:
+            return indices > 0
+        rgba = _with_alpha(path)
+        return binary_mask(rgba if rgba is not None else read_image(path))
     except ValueError as error:
         raise ValueError(f"{os.fspath(path)}: {error}") from error
+
+
+def _with_alpha(path: str | os.PathLike) -> np.ndarray | None:
+    """RGBA pixels of a gray-with-alpha (LA) file, upright (:func:`read_image` drops
+    that alpha, which may hold the shape); None for any other file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            limit = pixel_limit()
+            if image.mode not in ("LA", "La") or (
+                limit is not None and image.width * image.height > limit
+            ):
+                return None
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGBA"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return None
 
 
 def _label_indices(path: str | os.PathLike) -> np.ndarray | None:

@@ -101,6 +101,21 @@ def test_label_images_and_transparency_masks(tmp_path: Path) -> None:
     np.testing.assert_array_equal(binary_mask(cut_out), truth)
     Image.fromarray(cut_out).save(tmp_path / "cut_out.png")
     np.testing.assert_array_equal(read_mask_file(tmp_path / "cut_out.png"), truth)
+    shapes = np.zeros((H, W, 4), np.uint8)
+    shapes[..., :3] = 255  # a transparent background stored as white
+    shapes[truth] = [255, 0, 0, 255]  # opaque red shapes
+    np.testing.assert_array_equal(binary_mask(shapes), truth)
+    drawn = np.zeros((H, W, 4), np.uint8)
+    drawn[..., 3] = 255
+    drawn[:2, :, 3] = 0  # a transparent margin; inside, black and white draw the mask
+    drawn[truth, :3] = 255
+    np.testing.assert_array_equal(binary_mask(drawn), truth & (drawn[..., 3] > 0))
+    for gray in (0, 255):  # gray + alpha (LA): the shape in the transparency
+        pixels = np.zeros((H, W, 2), np.uint8)
+        pixels[..., 0] = gray
+        pixels[..., 1] = square()
+        Image.fromarray(pixels, "LA").save(tmp_path / f"la{gray}.png")
+        np.testing.assert_array_equal(read_mask_file(tmp_path / f"la{gray}.png"), truth)
 
 
 @pytest.mark.parametrize(

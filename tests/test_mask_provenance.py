@@ -108,6 +108,13 @@ def test_predict_refuses_to_keep_the_masks_of_another_task(photos, weights, tmp_
     assert code == 0, err
     assert {read_made_by(p) for p in out.iterdir()} == {MadeBy("cod", "tiny.safetensors")}
 
+    maps = tmp_path / "maps"  # only another task's probability maps, kept beside new masks
+    assert _predict(photos, maps, weights, "sod", "--probability")[0] == 0
+    for mask in maps.glob("p?.png"):
+        mask.unlink()
+    code, err = _predict(photos, maps, weights, "cod", "--probability")
+    assert code == 2 and "p0_probability.png, made for task sod" in err, err
+
 
 def test_predict_keeps_masks_of_other_weights_and_says_so(photos, weights, tmp_path):
     out = tmp_path / "masks"

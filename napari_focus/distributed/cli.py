@@ -37,7 +37,7 @@ def series_hint(
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--engine`` and the Ray options to the ``predict`` parser."""
-    from ..cli_common import path_argument
+    from ..cli_common import path_argument, positive_float
 
     group = parser.add_argument_group(
         "distributed (--engine ray, needs pip install 'napari-focus[ray]')"
@@ -63,7 +63,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--cpus-per-worker",
-        type=float,
+        type=positive_float,
         metavar="F",
         help="CPUs per model copy (default: 1 next to a GPU; on CPUs a node's CPUs "
         "divided among its workers); a CPU worker runs that many torch threads",
@@ -135,6 +135,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             f"--address {args.address}: nothing answers there ({unreachable}); start the "
             "cluster's head (`ray start --head`) or check the address"
         )
+    from ..atomic import WriteError
     from ..cli_common import (
         masks_of_another_task_message,
         other_weights_note,
@@ -196,6 +197,11 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         return _fail(out_replaces_input_message(out, error))
     except MasksOfAnotherTask as error:
         return _fail(masks_of_another_task_message(out, error))
+    except WriteError as error:  # the manifest, at the end or a checkpoint: the masks stay
+        print(f"napari-focus: {error}; the masks written so far stay: make room (or choose "
+              "another --out) and run the same command again: it skips them",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED_IMAGES
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
 
@@ -268,7 +274,7 @@ def _series_problem(series: str, inputs: list[str]) -> str | None:
     try:
         data = read_state_file(folder / STATE_NAME) if (folder / STATE_NAME).is_file() else None
     except NewerVersionError as error:  # left alone, never replaced
-        return f"--series {series}: {error}; choose another --series folder"
+        return f"--series {series}: {str(error).rstrip('.')}; or choose another --series folder"
     except SeriesStateError:
         return None  # set aside and started afresh, as the widget does, and said then
     if data is None or len(inputs) != 1 or not Path(inputs[0]).is_dir():

@@ -207,9 +207,9 @@ def predict_dataset(
         overwrite=overwrite, subfolders=found.subfolders,
     )  # fmt: skip
     made_by = MadeBy.of_run(task, size, weights)
-    kept = [job.mask for job in plan.existing]
-    if not overwrite:  # a mask kept while its probability map is written
-        kept += [job.mask for job in plan.todo if Path(job.mask).exists()]
+    kept = [path for job in plan.existing for path in job.outputs()]  # maps too
+    if not overwrite:  # outputs kept while the missing one is written
+        kept += [path for job in plan.todo for path in job.outputs() if Path(path).exists()]
     other_weights = check_existing_masks(kept, made_by)  # another task's: refused
     previous = earlier_rows(manifest_path)
     check_writable(out, manifest_path)
