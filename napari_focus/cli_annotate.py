@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_common import EXIT_SETUP_ERROR, TASK_HELP, device_argument, weights_file_problem
+from .cli_common import (
+    EXIT_SETUP_ERROR,
+    TASK_HELP,
+    device_argument,
+    path_argument,
+    weights_file_problem,
+)
 from .input_files import collect_inputs, unmatched_reason
 from .presets import SIZES, TASKS
 
@@ -25,6 +31,7 @@ def add_annotate_parser(commands: Any) -> argparse.ArgumentParser:
     annotate.add_argument(
         "path",
         nargs="?",
+        type=path_argument,
         help="a folder of images (opened as a series: Previous / Next / Accept) or an image",
     )
     annotate.add_argument(
@@ -36,6 +43,7 @@ def add_annotate_parser(commands: Any) -> argparse.ArgumentParser:
     annotate.add_argument(
         "--weights",
         metavar="FILE",
+        type=path_argument,
         help="a local checkpoint (.pth or .safetensors) instead of the official weights",
     )
     annotate.add_argument(

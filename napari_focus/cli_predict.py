@@ -14,6 +14,7 @@ from .cli_common import (
     masks_of_another_task_message,
     other_weights_note,
     out_replaces_input_message,
+    path_argument,
     positive_int,
     predict_summary,
     progress_bar,
@@ -40,7 +41,7 @@ def run_predict(args: argparse.Namespace) -> int:
         more = f" (and {len(found.other_names) - 1} more)" if len(found.other_names) > 1 else ""
         print(f"napari-focus: note: {left} is another name of {taken}{more}: each file is "
               "predicted once, its mask named after the file", file=sys.stderr)  # fmt: skip
-    if not args.recursive:
+    if not args.recursive and not args.quiet:
         note_images_in_subfolders(args.inputs, out_dir)
     if not images:
         from .io import IMAGE_EXTENSIONS
@@ -188,6 +189,7 @@ def add_input_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument(
         "inputs",
         nargs="+",
+        type=path_argument,
         help="image files, folders, glob patterns, or list files (.txt, .lst, .list) "
         "naming these one a line (relative to the list's folder; # starts a comment)",
     )

@@ -129,6 +129,10 @@ def pixel_limit() -> int | None:
             raise ValueError(
                 f"{MAX_PIXELS_ENV}={raw!r} is not a number of pixels (0 = no limit)"
             ) from None
+        if value < 0:
+            raise ValueError(
+                f"{MAX_PIXELS_ENV}={raw!r} is below 0; give a number of pixels (0 = no limit)"
+            )
         return value if value > 0 else None
     limit = Image.MAX_IMAGE_PIXELS
     return int(limit) if limit else None
@@ -183,7 +187,9 @@ def _read_image(path: Path, limit: int | None) -> np.ndarray:
         pil_refuses = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         if limit is not None and limit <= pil_refuses:  # ours refuses it too
             raise ImageTooLargeError(
-                f"{path.name}: {exc} Set {MAX_PIXELS_ENV} (0 = no limit) to read it."
+                f"{path.name}: more than {pil_refuses:,} pixels is above the limit of "
+                f"{limit:,} pixels (a damaged file or a decompression bomb?); not decoded. "
+                f"Set {MAX_PIXELS_ENV} to raise the limit for a genuine large image."
             ) from exc
         image_file = _open_beyond_pil_limit(path)  # a larger limit was asked for
     with image_file as image:

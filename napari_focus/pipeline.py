@@ -102,6 +102,10 @@ class AppearedMeanwhile(FileExistsError):
             f"{name} appeared in the output folder while the run went on; it is kept "
             "(--overwrite replaces it)"
         )
+        self.name = name
+
+    def __reduce__(self) -> tuple:  # survives pickling (Ray workers)
+        return (type(self), (self.name,))
 
 
 def run_pipeline(

@@ -311,6 +311,9 @@ def test_the_limit_is_configurable(tmp_path: Path, monkeypatch) -> None:
         assert read_image(tmp_path / name, max_pixels=None).shape == (40, 60)
     monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "0")
     assert pixel_limit() is None
+    monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "-5")
+    with pytest.raises(ValueError, match="is below 0"):
+        pixel_limit()
     monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "lots")
     with pytest.raises(ValueError, match="NAPARI_FOCUS_MAX_PIXELS"):
         pixel_limit()

@@ -41,7 +41,8 @@ def test_predict_recursive_mirrors_subfolders_and_export_pairs_them_back(
     tree, tiny_checkpoint, tmp_path
 ):
     out = tmp_path / "masks"
-    code, err = _predict(tree, "--weights", tiny_checkpoint, "--out", out)
+    code, err = run_cli("predict", tree, "--task", "sod", "--device", "cpu", "--weights",
+                        tiny_checkpoint, "--out", out)  # fmt: skip
     assert code == 0, err
     assert _files(out) == ["a.png", "b.png"]
     assert f"images in subfolders of {tree} are not included; add --recursive" in err

@@ -72,7 +72,22 @@ _BUILT = {
     "napari_focus.distributed.engine.RunInterrupted": lambda cls: cls(
         _interrupted_run(), KeyboardInterrupt()
     ),
+    "napari_focus.mask_provenance.MasksOfAnotherTask": lambda cls: _masks_of_another_task(cls),
+    "napari_focus.pipeline.AppearedMeanwhile": lambda cls: cls("a.png"),
+    "napari_focus.series.open_state.SeriesOfAnotherFolder": lambda cls: cls(
+        Path("/data/series"), Path("/data/images"), Path("/other/images")
+    ),
+    "napari_focus.datasets.errors.UnusableNameError": lambda cls: cls(
+        "sample name 'CON' is a reserved device name on Windows"
+    ),
 }
+
+
+def _masks_of_another_task(cls):
+    from napari_focus.mask_provenance import MadeBy
+
+    found = [(Path("/out/a.png"), MadeBy("sod", "focus_large_sod.pth"))]
+    return cls(found, MadeBy("cod", "focus_large_cod.pth"))
 
 
 def _interrupted_run():

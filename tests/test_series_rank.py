@@ -156,6 +156,7 @@ def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoin
     )  # fmt: skip
     assert code == 0, err
     assert "ranked 3 images, 0 failed" in err
+    assert f"note: 2 of the images have no ground-truth mask in --gt {gt} " in err
     with open(out_csv, newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     assert sorted(r["path"] for r in table) == ["img0.png", "img1.png", "img2.png"]
@@ -211,3 +212,16 @@ def test_an_interrupted_rank_says_how_far_it_got_and_keeps_the_earlier_csv(
         assert (f"napari-focus rank: interrupted after 1 of 3 images; nothing was written "
                 f"({out_csv} is unchanged)") in err  # fmt: skip
         assert out_csv.read_bytes() == earlier and "Traceback" not in err
+
+
+def test_rank_recursive_leaves_a_series_folder_out(tmp_path):
+    """The widget's series folder inside the image folder holds autosaves and proposals
+    as PNGs: no images of the user's (predict --recursive leaves them out too)."""
+    from napari_focus.series import STATE_NAME
+
+    images = tmp_path / "images"
+    write_png(images / "a.png", np.full((32, 32, 3), 200, np.uint8))
+    write_png(images / "napari_focus" / "work" / "a.png", np.zeros((32, 32), np.uint8))
+    (images / "napari_focus" / STATE_NAME).write_text("{}")
+    rows = rank_folder(images, FakePredictor(), recursive=True)
+    assert [r.path for r in rows] == ["a.png"]

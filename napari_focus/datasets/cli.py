@@ -18,7 +18,7 @@ from typing import Any
 
 from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
-from ..cli_common import EXIT_SETUP_ERROR
+from ..cli_common import EXIT_SETUP_ERROR, path_argument
 from ..mask_files import read_mask_file
 from .errors import ExportError, SampleExistsError, UnusableNameError
 from .export import ON_EXISTS, dataset_dir, export_sample
@@ -37,10 +37,12 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="export images + corrected masks into a FOCUS training dataset",
         description="Export images and their masks into a FOCUS training-dataset layout.",
     )
-    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
+    parser.add_argument("images_dir", metavar="IMAGES_DIR", type=path_argument,
+                        help="folder of images")  # fmt: skip
     parser.add_argument(
         "masks_dir",
         metavar="MASKS_DIR",
+        type=path_argument,
         help="folder of masks: foreground is > 128 in 8-bit masks (as the official "
         "evaluation reads ground truth), 1 in 0/1 masks, any colour channel in colour masks",
     )

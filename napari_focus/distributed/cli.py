@@ -161,7 +161,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     problem = _series_problem(args.series, args.inputs) if args.series else None
     if problem:
         return _fail(problem)
-    if not args.recursive:
+    if not args.recursive and not args.quiet:
         from ..cli_predict import note_images_in_subfolders
 
         note_images_in_subfolders(args.inputs, out)

@@ -120,6 +120,9 @@ class SeriesOfAnotherFolder(SeriesStateError):
             "series folder (or open that series with its own images)"
         )
 
+    def __reduce__(self) -> tuple:  # survives pickling (the series opens in a worker)
+        return (type(self), (self.output, self.saved, self.folder))
+
 
 def saved_image_folder(data: dict, output: Path) -> Path | None:
     """The image folder a saved state names: where its relative path leads from the

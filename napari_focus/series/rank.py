@@ -207,7 +207,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     from ..cli_common import add_model_arguments, path_argument
 
-    rank.add_argument("folder", help="folder of images")
+    rank.add_argument("folder", type=path_argument, help="folder of images")
     add_model_arguments(rank)
     rank.add_argument("--gt", metavar="MASK_FOLDER", type=path_argument,
                       help="ground-truth masks, matched by stem")  # fmt: skip
@@ -366,6 +366,14 @@ def run_rank(args: argparse.Namespace) -> int:
         f"napari-focus: ranked {len(rows) - len(failed)} images, {len(failed)} failed -> {out}",
         file=sys.stderr,
     )
+    unscored = sum(1 for r in rows if r.error is None and not r.metrics)
+    if args.gt and unscored:
+        every = unscored == len(rows) - len(failed)
+        who = "no image has" if every else f"{unscored} of the images have no"
+        print(f"napari-focus: note: {who} ground-truth mask in --gt {args.gt} (<stem>.png, "
+              "<stem>_gt.png or <stem>_mask.png; .png, .bmp or .tif): "
+              f"{'the ranking has no metrics' if every else 'no metrics for them'}",
+              file=sys.stderr)  # fmt: skip
     for row in failed:
         print(f"  failed: {row.path}: {row.error}", file=sys.stderr)
     return EXIT_FAILED_IMAGES if failed else 0

@@ -29,8 +29,9 @@ def scan_folder(
     found: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Image files under ``folder`` as relative POSIX paths, in natural order (``2`` before
-    ``10``). Hidden files and folders (``.name``) and anything under ``exclude`` (e.g. an
-    output folder inside the image folder) are left out. ``pattern`` is a glob matched
+    ``10``). Hidden files and folders (``.name``), series folders (a queue state file in
+    them: autosaves and proposals) and anything under ``exclude`` (e.g. an output folder
+    inside the image folder) are left out. ``pattern`` is a glob matched
     against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
     ``*`` also matches ``/``). ``found`` is told how many images were found so far after
     each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
@@ -39,6 +40,8 @@ def scan_folder(
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    from .state_file import STATE_NAME  # (a series folder: autosaves, proposals)
+
     excluded = [Path(e).resolve() for e in exclude]
     images: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -48,6 +51,7 @@ def scan_folder(
                 d
                 for d in dirnames
                 if not d.startswith(".") and (current / d).resolve() not in excluded
+                and not (current / d / STATE_NAME).exists()
             ]
             if recursive
             else []
