@@ -689,3 +689,18 @@ def test_series_of_other_images_or_a_file_is_refused_before_any_work(
     code, err = run_cli("predict", other, "--out", tmp_path / "m", "--series", newer, *common)
     assert code == 2 and f"--series {newer}: " in err and "has state version 99" in err, err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_file_of_the_user_s_at_the_ranking_s_name_is_refused_before_any_work(
+    images, weights, tmp_path
+):
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "focus_rank.csv").write_text("my precious notes\n")
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out", out,
+                        "--engine", "ray", "--quiet")  # fmt: skip
+    assert code == 2, err
+    assert (f"napari-focus: {out / 'focus_rank.csv'} exists and is not a ranking CSV: the run "
+            "would replace it with its ranking") in err  # fmt: skip
+    assert (out / "focus_rank.csv").read_text() == "my precious notes\n"
+    assert sorted(p.name for p in out.iterdir()) == ["focus_rank.csv"]

@@ -161,6 +161,14 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     problem = _series_problem(args.series, args.inputs) if args.series else None
     if problem:
         return _fail(problem)
+    from ..series.rank import replaceable_ranking
+    from .manifest import MANIFEST_NAME
+
+    ranking_path = Path(args.manifest or out / MANIFEST_NAME).with_name(RANKING_NAME)
+    if not replaceable_ranking(ranking_path):  # the run writes its ranking there
+        return _fail(f"{ranking_path} exists and is not a ranking CSV: the run would replace "
+                     "it with its ranking; move it away, or choose another --out or "
+                     "--manifest")  # fmt: skip
     if not args.recursive and not args.quiet:
         from ..cli_predict import note_images_in_subfolders
 

@@ -230,7 +230,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
     return rank
 
 
-def _replaceable(path: Path) -> bool:
+def replaceable_ranking(path: Path) -> bool:
     """Whether writing a ranking to ``path`` loses nothing: no file there, or a ranking
     CSV (a header with ``rank`` and ``path``, as a rerun of this command leaves)."""
     if not path.exists():
@@ -247,7 +247,7 @@ def _foreign_report_file(folder: Path) -> Path | None:
     """The file of ``folder`` a report would replace that an earlier report did not
     write (``metrics.csv`` that is no ranking, ``report.html`` of another title)."""
     metrics, page = folder / "metrics.csv", folder / "report.html"
-    if not _replaceable(metrics):
+    if not replaceable_ranking(metrics):
         return metrics
     if page.exists():
         try:
@@ -295,7 +295,7 @@ def run_rank(args: argparse.Namespace) -> int:
     except WriteError as error:
         print(f"napari-focus: --out: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    if not _replaceable(out):
+    if not replaceable_ranking(out):
         print(f"napari-focus: --out: {out} exists and is not a ranking CSV; choose another "
               "--out or move the file away", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
