@@ -43,6 +43,8 @@ def run_predict(args: argparse.Namespace) -> int:
               "predicted once, its mask named after the file", file=sys.stderr)  # fmt: skip
     if not args.recursive and not args.quiet:
         note_images_in_subfolders(args.inputs, out_dir)
+    if args.recursive and not args.quiet:
+        note_images_in_out(args.inputs, out_dir)
     if not images:
         from .io import IMAGE_EXTENSIONS
 
@@ -208,6 +210,40 @@ def note_images_in_subfolders(inputs: list[str], out_dir: Path) -> None:
         print(f"napari-focus: note: images in subfolders of {folder} are not included; "
               "add --recursive to include them (their masks go into the same subfolders "
               "of --out)", file=sys.stderr)  # fmt: skip
+
+
+def note_images_in_out(inputs: list[str], out_dir: Path) -> None:
+    """Say that the images of an --out inside a folder input are not read (--recursive
+    leaves the output folder out of its walk): images of the user's there are skipped."""
+    import itertools
+    import os
+
+    from .io import IMAGE_EXTENSIONS
+    from .mask_provenance import read_made_by
+
+    if not out_dir.is_dir():
+        return
+    out = out_dir.resolve()
+    holder = next(
+        (i for i in inputs if Path(i).is_dir() and out.is_relative_to(Path(i).resolve())), None
+    )
+    if holder is None or out == Path(holder).resolve():
+        return
+    files = (
+        Path(dirpath, name)
+        for dirpath, _, names in os.walk(out)
+        for name in sorted(names)
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+    )
+    looked = list(itertools.islice(files, 1000))  # enough to say it; a rerun has many masks
+    theirs = [path for path in looked if read_made_by(path) is None]  # not predict's
+    if theirs:
+        some = f"{len(theirs)}{'+' if len(looked) == 1000 else ''}"
+        print(f"napari-focus: note: --out {out_dir} lies in the input folder {holder}, so "
+              f"its {some} image file(s) without a "
+              f"napari-focus record (e.g. {theirs[0].name}) are not read as inputs; choose "
+              "an --out outside the image folders to predict them",
+              file=sys.stderr)  # fmt: skip
 
 
 def _folders_with_images_below(inputs: list[str], out: Path) -> list[str]:

@@ -198,6 +198,20 @@ def test_an_out_inside_the_input_folder_is_not_read_as_input(tree, tiny_checkpoi
     assert _files(out) == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
 
 
+def test_images_of_the_user_s_in_an_out_inside_the_input_folder_are_named(
+    tree, tiny_checkpoint
+):
+    """--out a subfolder holding photos: they are not read (the output folder is left out
+    of the walk), which a note says; the masks predict wrote there are not counted."""
+    out = tree / "sub"  # holds sub/a.png, a photo, and sub/deeper/c.png
+    code, err = run_cli("predict", tree, "--recursive", "--task", "sod", "--device", "cpu",
+                        "--weights", tiny_checkpoint, "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert (f"napari-focus: note: --out {out} lies in the input folder {tree}, so its 2 "
+            "image file(s) without a napari-focus record (e.g. a.png) are not read as "
+            "inputs") in err  # fmt: skip
+
+
 def test_series_folders_and_the_masks_folder_are_not_walked_as_images(tree, tmp_path):
     """The widget's series folder (autosaves, proposals) and a masks folder kept inside
     the image folder hold PNGs that are no images of the user's."""
