@@ -264,29 +264,36 @@ def weights_file_problem(weights: str) -> str | None:
 
 
 class StopRequest:
-    """What :func:`stop_between_items` hands the loop: ``signum`` is the first SIGINT or
-    SIGTERM received (None until then); the loop ends before its next item."""
+    """What :func:`first_signal_asks_to_stop` hands the block: ``signum`` is the first
+    SIGINT or SIGTERM received (None until then), ``received`` every one."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.received: set[int] = set()
 
 
 @contextlib.contextmanager
-def stop_between_items(prefix: str = "napari-focus") -> Iterator[StopRequest]:
-    """Within the block the first Ctrl-C (or SIGTERM) only asks the loop to stop after the
-    item under way, so that no item is left half done; a second one interrupts at once
-    (:class:`KeyboardInterrupt`, or :class:`Terminated`). In another thread than the
-    main one, where signals cannot be caught, nothing changes."""
+def first_signal_asks_to_stop(
+    message: Callable[[int], str], on_first: Callable[[], None] | None = None
+) -> Iterator[StopRequest]:
+    """Within the block the first Ctrl-C (or SIGTERM, a batch scheduler's stop) only asks
+    to stop: it sets the request's ``signum``, calls ``on_first`` and says
+    ``message(signum)``, so that the work under way ends in order; a second one
+    interrupts at once (:class:`KeyboardInterrupt`, or :class:`Terminated`). In another
+    thread than the main one, where signals cannot be caught, nothing changes."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
 
     def ask(signum: int, _frame: Any) -> None:
+        request.received.add(signum)
         if request.signum is not None:
             raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         request.signum = signum
-        say(f"{prefix}: stopping after the item under way (Ctrl-C again to stop at once)")
+        if on_first is not None:
+            on_first()
+        say(message(signum))
 
     previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

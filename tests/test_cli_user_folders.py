@@ -525,7 +525,7 @@ def test_a_signal_during_export_ends_after_the_sample_being_written(photo, tmp_p
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
-    assert "Traceback" not in err and "stopping after the item under way" in err
+    assert "Traceback" not in err and "stopping after the sample under way" in err
     written = 1 + out.count("written: ")
     assert f"napari-focus: interrupted: {written} written" in err, err
     assert 1 <= written < 40

@@ -221,10 +221,13 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
     failures: list[str] = []
-    from ..cli_common import EXIT_INTERRUPTED, Terminated, stop_between_items
+    from ..cli_common import EXIT_INTERRUPTED, Terminated, first_signal_asks_to_stop
 
     interrupted: int | None = None  # the signal that stopped the export
-    with stop_between_items() as request:  # Ctrl-C ends after the sample being written
+    with first_signal_asks_to_stop(  # Ctrl-C ends after the sample being written
+        lambda _signum: "napari-focus: stopping after the sample under way (Ctrl-C again "
+        "to stop at once)"
+    ) as request:
         try:
             _export_pairs(args, layout, pairs, counts, failures, request)
         except KeyboardInterrupt as stop:  # a second Ctrl-C; the samples written stay

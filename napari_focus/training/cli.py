@@ -10,8 +10,6 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,8 @@ from ..atomic import WriteError, check_writable_file
 from ..cli_common import (
     EXIT_INTERRUPTED,
     EXIT_SETUP_ERROR,
-    Terminated,
+    StopRequest,
+    first_signal_asks_to_stop,
     path_argument,
     positive_int,
     say,
@@ -167,33 +166,6 @@ RESUME_SETTINGS = {
 }  # fmt: skip
 
 
-@contextmanager
-def _first_stop_cancels(cancel: threading.Event) -> Iterator[set[int]]:
-    """Inside the block, a first Ctrl-C or SIGTERM (a batch scheduler's stop) sets
-    ``cancel``: the run stops within a model stage and saves its last completed step; a
-    second one interrupts at once. Yields the signals received."""
-    received: set[int] = set()
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def stop(signum: int, _frame: Any) -> None:
-        received.add(signum)
-        if cancel.is_set():
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        cancel.set()
-        again = "Ctrl-C" if signum == signal.SIGINT else "another SIGTERM"
-        print(f"\nnapari-focus train: stopping within a model stage and saving the last "
-              f"completed step ({again} to stop at once)", file=sys.stderr, flush=True)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _say(message: str) -> None:
     print(f"{PREFIX}: {message}", file=sys.stderr)
 
@@ -312,9 +284,15 @@ def run_train(args: argparse.Namespace) -> int:
             bar.close()
 
     cancel = threading.Event()
-    received: set[int] = set()
-    try:
-        with _first_stop_cancels(cancel) as received:
+    request = StopRequest()
+
+    def stopping(signum: int) -> str:
+        again = "Ctrl-C" if signum == signal.SIGINT else "another SIGTERM"
+        return (f"napari-focus train: stopping within a model stage and saving the last "
+                f"completed step ({again} to stop at once)")  # fmt: skip
+
+    try:  # a first Ctrl-C or SIGTERM: the run stops within a model stage, saving its state
+        with first_signal_asks_to_stop(stopping, on_first=cancel.set) as request:
             result = train(config, progress=show, cancel=cancel)
     except UnfinishedRunError:
         close_bar()
@@ -353,20 +331,20 @@ def run_train(args: argparse.Namespace) -> int:
                 " (a download of the base weights continues from where it stopped)"
             )
             _say(f"interrupted before anything was saved; run the same command again{download}")
-        return _interrupted_code(received)
+        return _interrupted_code(request.received)
     close_bar()
     if result.cancelled and not result.started:
         _say("interrupted while the base weights downloaded; run the same command again "
              "(the download continues from where it stopped)")
-        return _interrupted_code(received)
+        return _interrupted_code(request.received)
     if result.cancelled and not result.saved:
         _say("interrupted before its first step was done, so nothing was saved; run the "
              "same command again")  # fmt: skip
-        return _interrupted_code(received)
+        return _interrupted_code(request.received)
     if result.cancelled:
         _say(f"interrupted at step {result.step} of {args.steps}; the same command with "
              "`--resume` continues from there")
-        return _interrupted_code(received)
+        return _interrupted_code(request.received)
     if result.output != Path(args.out):
         _say(f"--out {args.out} appeared during training and was kept; the trained "
              f"weights are in {result.output}")  # fmt: skip
