@@ -14,7 +14,6 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from test_cli import run_cli
 
-from napari_focus import FocusPredictor
 from napari_focus.io import read_image, write_mask, write_probability
 from napari_focus.mask_files import read_mask_file
 from napari_focus.mask_provenance import (
@@ -26,11 +25,10 @@ from napari_focus.mask_provenance import (
 )
 
 
-@pytest.fixture(scope="module")
-def weights(tiny_mlp, tmp_path_factory) -> Path:
-    arch, state = tiny_mlp
-    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
-    return predictor.save_inference_checkpoint(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+@pytest.fixture
+def weights(tiny_checkpoint, tmp_path) -> Path:
+    """The tiny model under the name the messages below show."""
+    return Path(shutil.copy(tiny_checkpoint, tmp_path / "tiny.safetensors"))
 
 
 @pytest.fixture
