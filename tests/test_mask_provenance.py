@@ -144,3 +144,22 @@ def test_the_ray_engine_refuses_another_tasks_masks_before_ray_starts(photos, we
         predict_dataset(photos, out, task="cod", weights=weights, address="127.0.0.1:1")
     assert caught.value.run == MadeBy("cod", "tiny.safetensors")
     assert sorted(p.name for p in out.iterdir()) == ["p0.png"]  # no manifest, no journal
+
+
+def test_export_names_masks_predicted_for_another_task(photos, tmp_path):
+    """Masks of a cod run exported into the sod split: exported as given, with a note;
+    the provenance line names the weights the mask records."""
+    from napari_focus.datasets import read_records
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    record = MadeBy("cod", "focus_large_cod.pth").text()
+    for image in sorted(photos.iterdir()):
+        write_mask(masks / image.name, np.ones((56, 72), np.uint8), record=record)
+    code, err = run_cli("export", photos, masks, "--root", tmp_path / "ds", "--layout",
+                        "duts-tr")  # fmt: skip
+    assert code == 0, err
+    assert (f"napari-focus: note: {masks / 'p0.png'} and 2 more were predicted for task cod "
+            "(focus_large_cod.pth), and the duts-tr split is for sod: check MASKS_DIR") in err
+    records = read_records(tmp_path / "ds")
+    assert [r["weights_id"] for r in records] == ["focus_large_cod.pth"] * 3

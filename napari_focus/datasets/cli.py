@@ -20,6 +20,7 @@ from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR, path_argument
 from ..mask_files import read_mask_file
+from ..mask_provenance import read_made_by
 from .errors import ExportError, SampleExistsError, UnusableNameError
 from .export import ON_EXISTS, dataset_dir, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
@@ -126,12 +127,18 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
 def _export_pairs(
     args: argparse.Namespace, layout: str, pairs: list[tuple[Path, Path]],
     counts: dict[str, int], failures: list[str], request: Any,
-) -> None:  # fmt: skip
+) -> list[tuple[Path, Any]]:  # fmt: skip
     """Export each pair, counting what happened into ``counts`` and ``failures``, until
-    ``request`` (a :class:`~napari_focus.cli_common.StopRequest`) asks to stop."""
+    ``request`` (a :class:`~napari_focus.cli_common.StopRequest`) asks to stop. Returns
+    the masks predicted for another task than the split's, with their records."""
+    task = args.task or get_layout(layout).task  # the layout implies its task
+    other_task: list[tuple[Path, Any]] = []
     for image_path, mask_path in pairs:
         if request.signum is not None:
-            return
+            break
+        made_by = read_made_by(mask_path)  # a mask predict wrote, corrected or not
+        if made_by is not None and task is not None and made_by.task != task:
+            other_task.append((mask_path, made_by))
         try:
             result = export_sample(
                 args.root,
@@ -141,7 +148,8 @@ def _export_pairs(
                 on_exists=args.on_exists,
                 provenance={
                     "source_path": str(image_path.resolve()),
-                    "task": args.task or get_layout(layout).task,  # the layout implies its task
+                    "task": task,
+                    "weights_id": made_by.weights if made_by is not None else None,
                     "mask_path": str(mask_path.resolve()),
                     "tool": "napari-focus export",
                 },
@@ -164,6 +172,7 @@ def _export_pairs(
         counts[result.status] += 1
         if not args.quiet:
             print(f"{result.status}: {image_path.name} -> {result.name} ({layout})")
+    return other_task
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -228,8 +237,9 @@ def run_export(args: argparse.Namespace) -> int:
         lambda _signum: "napari-focus: stopping after the sample under way (Ctrl-C again "
         "to stop at once)"
     ) as request:
+        other_task: list[tuple[Path, Any]] = []
         try:
-            _export_pairs(args, layout, pairs, counts, failures, request)
+            other_task = _export_pairs(args, layout, pairs, counts, failures, request)
         except KeyboardInterrupt as stop:  # a second Ctrl-C; the samples written stay
             interrupted = int(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     if interrupted is None:
@@ -244,6 +254,14 @@ def run_export(args: argparse.Namespace) -> int:
         f"-> {args.root} ({layout})",
         file=sys.stderr,
     )
+    if other_task:
+        mask, made_by = other_task[0]
+        more = f" and {len(other_task) - 1} more" if len(other_task) > 1 else ""
+        were = "were" if more else "was"
+        print(f"napari-focus: note: {mask}{more} {were} predicted for task {made_by.task} "
+              f"({made_by.weights}), and the {layout} split is for "
+              f"{args.task or get_layout(layout).task}: check MASKS_DIR (they are "
+              "exported as given)", file=sys.stderr)  # fmt: skip
     if args.quiet:  # said as they happened otherwise
         for message in failures:
             print(f"  failed: {message}", file=sys.stderr)
