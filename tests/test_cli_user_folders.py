@@ -532,3 +532,15 @@ def test_a_signal_during_export_ends_after_the_sample_being_written(photo, tmp_p
     assert len(read_records(root)) == written  # a provenance line for every sample
     assert len(list((root / "images").iterdir())) == written
     assert not list(root.rglob(".napari_focus-journal*"))
+
+
+def test_a_broken_mask_is_named_once(photo, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    photo.save(images / "a.png")
+    (masks / "a_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 50)
+    code, err = run_cli("export", images, masks, "--root", tmp_path / "ds", "--layout",
+                        "generic")  # fmt: skip
+    assert code == 1
+    assert f"failed: a.png: its mask {masks / 'a_mask.png'}: a_mask.png is truncated" in err

@@ -98,7 +98,10 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
     try:
         mask = read_mask_file(mask_path)
     except (OSError, ValueError) as error:
-        raise ValueError(f"its mask {mask_path}: {error}") from error
+        text = str(error)
+        for named in (f"{mask_path}: ", f"{mask_path.name}: "):  # said once, here
+            text = text.removeprefix(named)
+        raise ValueError(f"its mask {mask_path}: {text}") from error
     height, width = image.shape[:2]
     if mask.shape == (height, width):
         return image, mask
