@@ -102,7 +102,8 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             check_writable_folder(out_dir)
         except WriteError as error:
-            print(f"napari-focus: --out {out_dir}: {error.reason}", file=sys.stderr)
+            print(f"napari-focus: --out {out_dir}: {error.reason}; choose another --out",
+                  file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
         folders = _output_folders(out_dir, jobs)
         for folder in folders:  # what killed runs left behind
