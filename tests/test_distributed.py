@@ -704,3 +704,16 @@ def test_a_file_of_the_user_s_at_the_ranking_s_name_is_refused_before_any_work(
             "would replace it with its ranking") in err  # fmt: skip
     assert (out / "focus_rank.csv").read_text() == "my precious notes\n"
     assert sorted(p.name for p in out.iterdir()) == ["focus_rank.csv"]
+
+
+def test_an_unreadable_series_state_is_said_when_set_aside(ray_local, images, weights, tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / ".napari_focus_queue.json").write_text("{ not json")
+    code, err = run_cli("predict", images, "--task", "sod", "--weights", weights, "--out",
+                        tmp_path / "m", "--engine", "ray", "--num-workers", "1", "--series",
+                        series, "--quiet")  # fmt: skip
+    assert code == 1, err  # broken.png
+    assert (f"napari-focus: note: the series state in --series {series} could not be read; "
+            "it was set aside as .napari_focus_queue.json.bad-") in err  # fmt: skip
+    assert "resumed from nothing: it starts afresh" in err

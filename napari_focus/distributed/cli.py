@@ -255,6 +255,11 @@ def run_predict_ray(args: argparse.Namespace) -> int:
                   "and the ranking are written: run the same command with another --series "
                   "(it skips the masks that exist)", file=sys.stderr)  # fmt: skip
             return EXIT_FAILED_IMAGES
+        if state.recovered_from is not None:
+            restored = "its backup" if state.restored_backup else "nothing: it starts afresh"
+            print(f"napari-focus: note: the series state in --series {args.series} could not "
+                  f"be read; it was set aside as {state.recovered_from.name} and the series "
+                  f"resumed from {restored}", file=sys.stderr)  # fmt: skip
         clashes = sum(1 for row in run.failed if not row["mask"])  # no output of its own
         hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes,
                            subfolders=state.settings.get("recursive", False))  # fmt: skip
