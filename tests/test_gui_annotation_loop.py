@@ -534,3 +534,26 @@ def test_with_the_others_broken_an_accepted_image_stays_on_screen(
     assert series.shown_key == "a.png", series.position.value
     assert not series.position.value.startswith("no image")
     assert series.previous_button.enabled and series.next_button.enabled
+
+
+def test_back_on_a_saved_mask_no_other_image_s_probability_map_is_left(
+    qtbot, open_series, open_focus_widget, photos
+):
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    open_series(series, photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    edited = np.asarray(labels.data).copy()
+    edited[:10, :10] = 1
+    labels.data = edited  # a_large (128 x 128) gets an autosave
+    series.next()  # b_small, 40 x 64
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.previous()  # a_large from its autosave
+    qtbot.waitUntil(lambda: series.shown_key == "a_large.png" and not series.busy,
+                    timeout=WAIT_MS)  # fmt: skip
+    probability = series_layer(viewer, "probability")
+    assert probability.data.shape == (128, 128)
+    assert not np.asarray(probability.data).any()  # not b_small's map under a_large's name

@@ -331,9 +331,9 @@ def test_export_asks_in_the_dialog_s_words(
     export.export(on_done=outcomes.append)
     qtbot.waitUntil(lambda: not export.busy, timeout=WAIT_MS)
     assert export.result_label.value == (
-        f"error: sample name '{'z' * 120}' is too long (120 characters; at most 100 "
-        "characters and 150 UTF-8 bytes): type a shorter or other name under 'sample name' "
-        "in the Export tab, then export again"
+        f"error: sample name '{'z' * 19}…{'z' * 20}' is too long (120 characters; at most "
+        "100 characters and 150 UTF-8 bytes): type a shorter or other name under 'sample "
+        "name' in the Export tab, then export again"
     )
     export.sample_name.value = ""
     (tmp_path / "a_file").write_text("not a folder")

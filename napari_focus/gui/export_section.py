@@ -4,6 +4,7 @@ into a FOCUS training split (all file-format work is in :mod:`napari_focus.datas
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..datasets import (
     root_of_export,
 )
 from . import dialogs
-from .fields import chosen_dir
+from .fields import chosen_dir, middle_cut
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 from .planes import UnsupportedLayerError, current_plane_index, layer_planes
 from .proposal_layers import META_KEY
@@ -198,8 +199,10 @@ class ExportSection(Container):
                 f"{advice}, then export again"
             )
         elif isinstance(error, UnusableNameError):
+            # a long name is shortened, so that what to do stays in the tab's line
+            reason = re.sub(r"'([^']{41,})'", lambda m: f"'{middle_cut(m[1])}'", error.reason)
             text = (
-                f"{error.reason}: type a shorter or other name under "
+                f"{reason}: type a shorter or other name under "
                 f"'{self.sample_name.label}' in the Export tab, then export again"
             )
         elif isinstance(error, ExportWriteError):

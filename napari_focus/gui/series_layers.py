@@ -83,6 +83,9 @@ def show_saved_mask(
         metadata[PROVENANCE_KEY] = provenance
     labels.metadata = metadata
     tag(labels, "labels", key)
+    probability = series_layer(viewer, "probability")
+    if probability is not None:  # the map of the image left must not stay under this name
+        probability.data = np.zeros(data.shape, np.float32)  # (a saved mask has none)
     keep_below(viewer, image, labels)
     viewer.layers.selection.active = labels
     labels.mode = "paint"
