@@ -11,6 +11,9 @@ from typing import Any
 
 from ..io import IMAGE_EXTENSIONS
 
+#: the queue state file that makes a folder a series folder (its layout: .state_file)
+STATE_NAME = ".napari_focus_queue.json"
+
 #: how often (in images found) :func:`scan_folder` reports while it lists a folder
 FOUND_EVERY = 1000
 
@@ -40,8 +43,6 @@ def scan_folder(
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    from .state_file import STATE_NAME  # (a series folder: autosaves, proposals)
-
     excluded = [Path(e).resolve() for e in exclude]
     images: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):

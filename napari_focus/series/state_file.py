@@ -34,8 +34,8 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes, fsync_dir, temp_path
 from .queue import Status
+from .scan import STATE_NAME as STATE_NAME  # re-exported: the file this module describes
 
-STATE_NAME = ".napari_focus_queue.json"
 SCHEMA = "napari-focus-queue"
 BACKUP_SUFFIX = ".bak"
 VERSION = 2
