@@ -114,6 +114,26 @@ def test_files_read_ahead_say_when_they_changed(state):
     assert read_item_files(path, None, "p0.png", source).proposal_folder is None
 
 
+def test_the_exported_mask_of_an_accepted_image_is_read_ahead(state, tmp_path):
+    path, source = state.autosave_path("p0.png"), state.queue.item("p0.png").path
+    exported = tmp_path / "dataset" / "p0.png"
+    exported.parent.mkdir()
+    Image.fromarray(_mask(5).astype(np.uint8) * 255).save(exported)
+    files = read_item_files(path, None, "p0.png", source, exported=exported)
+    np.testing.assert_array_equal(files.exported_mask, _mask(5))
+    assert files.exported_path == exported and still_current(files.exported_stamp, exported)
+    assert files.nbytes == _mask(5).nbytes
+    exported.write_bytes(b"not a png")  # replaced: the stamp no longer matches
+    assert not still_current(files.exported_stamp, exported)
+    unreadable = read_item_files(path, None, "p0.png", source, exported=exported)
+    assert unreadable.exported_mask is None and unreadable.exported_path == exported
+    exported.unlink()
+    gone = read_item_files(path, None, "p0.png", source, exported=exported)
+    assert gone.exported_mask is None and gone.exported_stamp is None
+    state.autosave("p0.png", _mask(4))  # edits since the export are shown instead
+    assert read_item_files(path, None, "p0.png", source, exported=exported).exported_path is None
+
+
 def test_files_go_with_their_pixels():
     decoded = DecodedImages(capacity=2, max_bytes=10**9)
     files = ItemFiles(autosave_read=True, autosave=np.ones((1000, 1000), bool))

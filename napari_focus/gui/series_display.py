@@ -76,7 +76,7 @@ class SeriesDisplay:
         saved, provenance = self._saved_edits(item)
         kind = "autosaved"
         if saved is None and item.status is Status.ACCEPTED:  # what was accepted, not the
-            saved, kind = self.state.exported_mask(item.key), "exported"  # proposal again
+            saved, kind = self._exported_mask(item), "exported"  # proposal again
         start = saved if saved is not None else self._start_mask(item)
         if start is not None and start.shape != tuple(shape[-2:]):
             # e.g. drawn on a photo's stored pixels before its EXIF orientation was applied
@@ -156,6 +156,21 @@ class SeriesDisplay:
             self._error(f"the autosaved mask of {item.name} cannot be used: {error}")
             return None, None
         return saved, self.state.autosaved_provenance(item.key) if saved is not None else None
+
+    def _exported_mask(self, item: Any) -> np.ndarray | None:
+        """The mask an accepted item's last export wrote: read ahead with the image when
+        its file is still the one read, else read now."""
+        assert self.state is not None
+        path = self.state.exported_mask_path(item.key)
+        files = self.decoded.files(item.key)
+        if (
+            path is not None
+            and files is not None
+            and files.exported_path == path
+            and still_current(files.exported_stamp, path)
+        ):
+            return files.exported_mask
+        return self.state.exported_mask(item.key)
 
     def _stored_proposal(self, item: Any) -> tuple[Prediction, float] | None:
         """The proposal kept in the series folder: read ahead with the image when its file

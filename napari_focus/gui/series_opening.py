@@ -160,8 +160,9 @@ class SeriesOpening:
         return pixels is not None and pixels <= INLINE_READ_PIXELS
 
     def _read_along(self, item: Any) -> Callable[[], ItemFiles]:
-        """What reads ``item``'s autosave, start mask and stored proposal in the worker
-        (the proposal only when none is computed or computing)."""
+        """What reads ``item``'s autosave, start mask, exported mask (an accepted one) and
+        stored proposal in the worker (the proposal only when none is computed or
+        computing)."""
         assert self.state is not None
         with contextlib.suppress(ValueError):  # no model chosen: no store to read
             self._use_model()  # the store of this series and model
@@ -175,7 +176,9 @@ class SeriesOpening:
             store = None
         autosave, key, path = self.state.autosave_path(item.key), item.key, item.path
         start_masks = self._start_masks_folder()
-        return lambda: read_item_files(autosave, store, key, path, start_masks)
+        accepted = item.status is Status.ACCEPTED
+        exported = self.state.exported_mask_path(key) if accepted else None
+        return lambda: read_item_files(autosave, store, key, path, start_masks, exported)
 
     def _read(self, item: Any) -> np.ndarray | None:
         """The item's pixels: decoded ahead, or (a small file) read now."""

@@ -1,6 +1,6 @@
 """What the series folder holds for one image, read ahead with its pixels: its
-autosaved mask (and where it came from), its stored proposal, and its mask in the
-*start masks* folder. A 24-MP mask takes 60-75 ms to read and a stored proposal
+autosaved mask (and where it came from), its stored proposal, its mask in the
+*start masks* folder, and the mask its last export wrote (an accepted image). A 24-MP mask takes 60-75 ms to read and a stored proposal
 80-90 ms, so the worker that decodes the image reads them too and the GUI thread only
 checks that they are still current.
 
@@ -44,11 +44,15 @@ class ItemFiles:
     start_path: Path | None = None  # the image's mask there; None: it has none
     start_mask: np.ndarray | None = None  # bool (H, W)
     start_stamp: Stamp = None
+    exported_path: Path | None = None  # the exported mask looked for; None: not read
+    exported_mask: np.ndarray | None = None  # bool (H, W); None: gone or unreadable
+    exported_stamp: Stamp = None
 
     @property
     def nbytes(self) -> int:
         size = self.autosave.nbytes if self.autosave is not None else 0
         size += self.start_mask.nbytes if self.start_mask is not None else 0
+        size += self.exported_mask.nbytes if self.exported_mask is not None else 0
         if self.proposal is not None:
             size += self.proposal.probability.nbytes + self.proposal.mask.nbytes
         return size
@@ -60,10 +64,11 @@ def read_item_files(
     key: str,
     source: Path | None,
     start_masks: Path | None = None,
+    exported: Path | None = None,
 ) -> ItemFiles:
     """Read an image's autosave (at ``autosave_path``) and, without one, its mask in the
-    ``start_masks`` folder and, with a ``store``, its stored proposal (``source``: the
-    image file they belong to). Call from a worker thread."""
+    ``start_masks`` folder, its ``exported`` mask and, with a ``store``, its stored
+    proposal (``source``: the image file they belong to). Call from a worker thread."""
     autosave_read, autosave, provenance = False, None, None
     autosave_stamp = file_stamp(autosave_path)
     if autosave_stamp is None:
@@ -86,6 +91,12 @@ def read_item_files(
             mask = read_mask_file(path) if path is not None else None
             start = {"start_folder": start_masks, "start_path": path, "start_mask": mask,
                      "start_stamp": stamp}  # fmt: skip
+    if exported is not None and autosave_stamp is None:
+        stamp = file_stamp(exported)
+        mask = None
+        with contextlib.suppress(OSError, ValueError):  # shown as never exported
+            mask = read_mask_file(exported) if stamp is not None else None
+        start.update(exported_path=exported, exported_mask=mask, exported_stamp=stamp)
     return ItemFiles(
         autosave_read, autosave, provenance, autosave_stamp,
         proposal_folder, proposal, proposal_stamp, **start,

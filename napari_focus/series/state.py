@@ -291,14 +291,21 @@ class SeriesState:
         self.save()
         return item
 
-    def exported_mask(self, key: str) -> np.ndarray | None:
-        """The mask the item's last export wrote (what was accepted), as a bool ``(H, W)``
-        array; None when it was never exported or that file is gone or unreadable."""
+    def exported_mask_path(self, key: str) -> Path | None:
+        """Where the item's last export wrote its mask (what was accepted); None when it
+        was never exported."""
         record = self.queue.item(key).export or {}
         mask = record.get("mask")
         if not mask:
             return None
-        path = Path(mask) if Path(mask).is_absolute() else self.output_folder / mask
+        return Path(mask) if Path(mask).is_absolute() else self.output_folder / mask
+
+    def exported_mask(self, key: str) -> np.ndarray | None:
+        """The mask the item's last export wrote, as a bool ``(H, W)`` array; None when it
+        was never exported or that file is gone or unreadable."""
+        path = self.exported_mask_path(key)
+        if path is None:
+            return None
         try:
             return read_mask_file(path)
         except (OSError, ValueError):
