@@ -145,3 +145,28 @@ def test_files_go_with_their_pixels():
     decoded.put("b", np.zeros(10, np.uint8))
     decoded.put("c", np.zeros(10, np.uint8))  # "a" evicted, its files with it
     assert decoded.files("a") is None and "a" not in decoded
+
+
+def test_a_file_that_cannot_be_looked_at_is_not_taken_as_current(state, monkeypatch):
+    path = state.autosave_path("p0.png")
+    files = read_item_files(path, None, "p0.png", state.queue.item("p0.png").path)
+    assert still_current(files.autosave_stamp, path)
+
+    def refused(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("napari_focus.series.merge.os.stat", refused)
+    assert not still_current(files.autosave_stamp, path)  # read (and reported) on showing
+
+
+def test_a_stack_of_small_pages_declares_all_its_pixels(tmp_path):
+    import tifffile
+
+    from napari_focus.series.images import declared_pixels
+
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((40, 100, 120), np.uint8))  # 40 small pages
+    assert declared_pixels(stack) == 40 * 100 * 120  # not decoded at once on the GUI thread
+    single = tmp_path / "single.png"
+    Image.fromarray(np.zeros((100, 120), np.uint8)).save(single)
+    assert declared_pixels(single) == 100 * 120

@@ -54,10 +54,12 @@ def load_series_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def declared_pixels(path: str | os.PathLike) -> int | None:
-    """Width times height as the file's header declares them (nothing is decoded), or
-    None when the header cannot be read here (the full read says why)."""
+    """Width times height times frames as the file's header declares them (nothing is
+    decoded; a stack of small pages is read whole before it is refused), or None when
+    the header cannot be read here (the full read says why)."""
     try:
         with Image.open(path) as image:
-            return int(image.width) * int(image.height)
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            return int(image.width) * int(image.height) * frames
     except Exception:  # PIL raises many kinds; the worker's full read reports the reason
         return None

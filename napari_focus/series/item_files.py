@@ -104,8 +104,12 @@ def read_item_files(
 
 
 def still_current(stamp: Stamp, path: Path) -> bool:
-    """Whether the file at ``path`` is the one a part was read from (or still absent)."""
-    return file_stamp(path) == stamp
+    """Whether the file at ``path`` is the one a part was read from (or still absent);
+    a file that cannot be looked at now (permissions, a stale network handle) is not."""
+    try:
+        return file_stamp(path) == stamp
+    except OSError:
+        return False
 
 
 def read_provenance(path: Path) -> dict[str, Any] | None:
