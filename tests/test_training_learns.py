@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -113,11 +115,16 @@ def test_subprocess_run_stops_when_its_watcher_goes_away(
     run = train_in_subprocess(
         config(shapes_root, out, focus_reference, steps=400, eval_every=400), threading.Event()
     )
+    interrupted_at = None
     for report in run:  # the child is training: drop the watcher (napari closing)
-        if report.phase == "train" and report.step >= 2:
+        if report.phase == "train" and report.step >= 2 and interrupted_at is None:
+            (child,) = [p for p in multiprocessing.active_children() if "training" in p.name]
+            os.kill(child.pid, signal.SIGINT)  # Ctrl+C in the terminal: the host decides
+            interrupted_at = report.step
+        elif report.phase == "train" and interrupted_at and report.step > interrupted_at:
             break
     else:
-        pytest.fail("the training process ended before its second step")
+        pytest.fail("the training process ended before its second step after Ctrl+C")
     run.close()  # asks the child to stop after its step; waits up to 30 s for it
     for child in multiprocessing.active_children():  # longer on a loaded machine
         if child.name == "napari-focus-training":

@@ -1,8 +1,8 @@
 """What the series folder holds for one image, read ahead with its pixels: its
 autosaved mask (and where it came from), its stored proposal, its mask in the
-*start masks* folder, and the mask its last export wrote (an accepted image). A 24-MP mask takes 60-75 ms to read and a stored proposal
-80-90 ms, so the worker that decodes the image reads them too and the GUI thread only
-checks that they are still current.
+*start masks* folder, and the mask its last export wrote (an accepted image). A 24-MP
+mask takes 60-75 ms to read and a stored proposal 80-90 ms, so the worker that decodes
+the image reads them too and the GUI thread only checks that they are still current.
 
 Each part keeps the stamp (inode, size, modification time) its file had *before* it
 was read: a file replaced since then has another stamp, so :func:`still_current` says

@@ -65,11 +65,24 @@ def train_in_subprocess(
             stop.set()  # the child stops within a stage and saves its resume state
         child.join(timeout=30)
     if outcome is None:
-        outcome = RuntimeError(
-            f"the training process ended unexpectedly (exit code {child.exitcode}); "
-            "out of memory?"
-        )
+        outcome = RuntimeError(_unexpected_end(child.exitcode))
     return outcome
+
+
+def _unexpected_end(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        killed = " (the system kills a process this way when memory runs out)"
+        return (
+            f"the training process was stopped by {name}"
+            f"{killed if name == 'SIGKILL' else ''}"
+        )
+    return f"the training process ended unexpectedly (exit code {exitcode}); out of memory?"
 
 
 def _relay_cancel(cancel: threading.Event, stop: Any, child: Any) -> None:
@@ -80,8 +93,13 @@ def _relay_cancel(cancel: threading.Event, stop: Any, child: Any) -> None:
 
 
 def _child(config: TrainConfig, reports: Any, stop: Any) -> None:
+    import signal
+
     from .loop import train
 
+    # Ctrl+C in the terminal reaches the whole process group: the host decides (napari
+    # closing sets ``stop``), so the run stops within a stage and saves its resume state
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cancel = threading.Event()
 
     def relay() -> None:  # the run checks a thread event at every model stage
