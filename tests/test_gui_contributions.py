@@ -25,12 +25,34 @@ def test_writer_saves_png_and_tiff(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(png)), mask * 255)
     (tif,) = write_labels(str(tmp_path / "s.tif"), np.stack([mask, mask]), {"name": "s"})
     assert tifffile.imread(tif).shape == (2, 40, 50)
-    with pytest.raises(ValueError, match=r"save it as \.tif"):
+    with pytest.raises(OSError, match=r"save it as \.tif"):
         write_labels(str(tmp_path / "s.png"), np.stack([mask, mask]), {"name": "s"})
     (tmp_path / "x.png").write_bytes(b"the user's own file")
-    with pytest.raises(ValueError, match=r"choose a file name ending in \.png or \.tif"):
+    with pytest.raises(OSError, match=r"choose a file name ending in \.png or \.tif"):
         write_labels(str(tmp_path / "x.jpg"), mask, {"name": "x"})  # never x.png instead
     assert (tmp_path / "x.png").read_bytes() == b"the user's own file"
+
+
+def test_writer_refuses_to_merge_the_labels_of_another_layer(
+    make_napari_viewer, tmp_path
+):
+    from napari_focus.gui.writer import write_labels
+
+    viewer = make_napari_viewer()
+    cells = np.zeros((30, 40), np.int32)
+    cells[2:10, 2:10], cells[15:25, 20:30] = 1, 3
+    viewer.add_labels(cells, name="cells")
+    with pytest.raises(OSError, match=r"holds several labels \(ids 1 to 3\).*napari builtins"):
+        viewer.layers.save(str(tmp_path / "cells.png"))  # as File > Save Selected Layers
+    assert not list(tmp_path.iterdir())
+    # one label (any id), or a mask of this plugin painted with a second label: one mask
+    (one,) = write_labels(str(tmp_path / "one.png"), (cells > 0) * 7, {"name": "one"})
+    focus = {"name": "sod proposal", "metadata": {"napari_focus": {"task": "sod"}}}
+    (mask,) = write_labels(str(tmp_path / "mask.png"), cells, focus)
+    from PIL import Image
+
+    for path in (one, mask):
+        np.testing.assert_array_equal(np.array(Image.open(path)), (cells > 0) * 255)
 
 
 def test_sample_data_is_bundled():
