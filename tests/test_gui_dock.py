@@ -424,3 +424,22 @@ def test_an_export_that_ends_after_the_widget_was_deleted_reports_to_nobody(
     qtbot.wait(300)  # the worker's end is delivered (to nobody) here
     assert outcomes == []
     assert list((tmp_path / "datasets").rglob("cup*.png"))  # the sample was written
+
+
+def test_the_kernels_line_is_filled_from_a_worker(qtbot, open_focus_widget, monkeypatch):
+    """On a CUDA machine the kernels line initialises CUDA and runs nvcc: seconds that
+    opening the widget must not wait for on the GUI thread."""
+    import threading
+
+    from napari_focus.gui import model_section
+
+    threads: list[threading.Thread] = []
+
+    def status_text() -> str:
+        threads.append(threading.current_thread())
+        return "CPU loaded, CUDA unavailable"
+
+    monkeypatch.setattr(model_section, "kernel_status_text", status_text)
+    _, widget = open_focus_widget()
+    qtbot.waitUntil(lambda: widget.kernels.value == "CPU loaded, CUDA unavailable", timeout=10_000)
+    assert threads and threads[0] is not threading.main_thread()

@@ -15,6 +15,7 @@ from ..presets import SIZES, TASKS, task_info
 from ..runtime import PRECISIONS
 from .job import ModelKey, SharedModel
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
+from .workers import WidgetLifetime, background
 
 
 def available_devices() -> list[str]:
@@ -85,7 +86,7 @@ class ModelSection(Container):
             value="current",
             visible=False,
         )
-        self.kernels = WrappingLabel(label="kernels", value=kernel_status_text())
+        self.kernels = WrappingLabel(label="kernels", value="checking…")
         self.task_note = WrappingLabel(label="", value="", visible=False)
         super().__init__(
             widgets=[
@@ -123,8 +124,22 @@ class ModelSection(Container):
         )
         self.planes.tooltip = "For stacks: segment the plane on screen, or every plane"
         self.weights_source.changed.connect(self._on_weights_source)
+        self._check_kernels()
         for widget in (self.task, self.weights_source, self.weights_path):
             widget.changed.connect(self._update_task_note)
+
+    def _check_kernels(self) -> None:
+        """Fill the kernels line from a worker: on a CUDA machine this initialises CUDA
+        and asks nvcc what it can build, seconds the GUI thread must not wait."""
+        lifetime = WidgetLifetime(self.native)
+        worker = background(kernel_status_text)
+        worker.returned.connect(lifetime.guard(self._show_kernels))
+        worker.errored.connect(lifetime.guard(lambda error: self._show_kernels(f"{error}")))
+        self._kernel_check = worker  # kept: the worker runs while the widget exists
+        worker.start()
+
+    def _show_kernels(self, text: str) -> None:
+        self.kernels.value = text
 
     def _on_weights_source(self, source: str) -> None:
         self.weights_path.visible = source == "file"
