@@ -57,6 +57,29 @@ def test_failed_items_are_passed_over_and_retried_after_reopening(tmp_path):
     assert reopened.queue.item("b.png").status is Status.PENDING
 
 
+def test_a_file_unreadable_for_a_moment_keeps_its_decision(tmp_path):
+    """A drive gone for a moment fails every image shown meanwhile: the decisions made
+    on them (rejected, accepted) come back when the series is opened again."""
+    from napari_focus.series import load_or_create
+
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / f"{name}.png")
+    state = load_or_create(tmp_path / "out", tmp_path)
+    state.mark("a.png", Status.REJECTED)
+    state.mark("b.png", Status.SKIPPED)
+    for _ in range(2):  # failing twice keeps the decision, not "failed"
+        state.mark_failed("a.png", "cannot read a.png: Input/output error")
+    state.mark_failed("c.png", "cannot read c.png: Input/output error")
+    state.mark_failed("b.png", "cannot read b.png: Input/output error")
+    state.mark("b.png", Status.PROPOSED)  # read again in this session and shown
+    assert state.queue.item("a.png").status is Status.FAILED
+    reopened = load_or_create(tmp_path / "out", tmp_path)
+    statuses = {item.key: item.status for item in reopened.queue}
+    assert statuses == {"a.png": Status.REJECTED, "b.png": Status.PROPOSED,
+                        "c.png": Status.PENDING}  # fmt: skip
+    assert all(item.failure is None and item.failed_from is None for item in reopened.queue)
+
+
 def test_proposal_store_round_trip_and_stale_images(tmp_path):
     image = tmp_path / "img.png"
     Image.fromarray(np.zeros((30, 40), np.uint8)).save(image)

@@ -21,7 +21,9 @@ from .queue import ImageQueue, QueueItem
 from .resume import apply_entry, has_decisions
 
 #: what a user or a run decided about an item (not facts of its file, like a fingerprint)
-DECISIONS = ("status", "updated", "export", "autosaved", "autosave_of", "failure")
+DECISIONS = (
+    "status", "updated", "export", "autosaved", "autosave_of", "failure", "failed_from",
+)  # fmt: skip
 
 
 def item_record(item: QueueItem) -> dict[str, Any]:
@@ -35,6 +37,7 @@ def item_record(item: QueueItem) -> dict[str, Any]:
         "export": dict(item.export) if item.export is not None else None,
         "autosaved": item.autosaved,
         "failure": item.failure,
+        "failed_from": item.failed_from.value if item.failed_from is not None else None,
         "missing": item.missing,
         "fingerprint": dict(item.fingerprint) if item.fingerprint is not None else None,
         "autosave_of": item.autosave_of,

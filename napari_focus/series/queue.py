@@ -52,6 +52,8 @@ class QueueItem:
     export: JSON-able record of the last export (see :func:`export_record`); None if never.
     autosaved: an edited mask was saved to the working folder and not yet exported.
     failure: why the item is ``failed`` (None otherwise).
+    failed_from: the status a ``failed`` item had before its file could not be read (a
+        drive gone for a moment must not undo a decision); it comes back on reopening.
     missing: the last scan did not find the image (moved, renamed, a drive not mounted,
         another pattern); the item keeps its status, export record and autosave, and
         navigation passes over it until a scan finds it again.
@@ -69,6 +71,7 @@ class QueueItem:
     export: dict[str, Any] | None = None
     autosaved: bool = False
     failure: str | None = None
+    failed_from: Status | None = None
     missing: bool = False
     fingerprint: dict[str, Any] | None = None
     autosave_of: str | None = None
@@ -256,13 +259,17 @@ class ImageQueue:
         item.status = Status(status)
         item.updated = now_iso()
         if item.status is not Status.FAILED:
-            item.failure = None
+            item.failure = item.failed_from = None
         return item
 
     def mark_failed(self, which: int | str | None, reason: str) -> QueueItem:
-        """Mark an item ``failed`` (unreadable, or not a single 2-D image) with why."""
+        """Mark an item ``failed`` (unreadable, or not a single 2-D image) with why; the
+        status it had is kept in ``failed_from``."""
+        item = self.items[self._resolve(which)]
+        before = item.failed_from if item.status is Status.FAILED else item.status
         item = self.mark(which, Status.FAILED)
         item.failure = reason
+        item.failed_from = before if before is not Status.PENDING else None
         return item
 
     def record_export(self, which: int | str | None, record: Mapping[str, Any]) -> QueueItem:

@@ -46,8 +46,9 @@ def restore_items(
         item.created = str(entry.get("created") or item.created)
         apply_entry(item, entry)
         item.missing = found is None
-        if item.status is Status.FAILED:  # the file may have been fixed: try it again
-            item.status, item.failure = Status.PENDING, None
+        if item.status is Status.FAILED:  # the file may have been fixed: try it again,
+            item.status = item.failed_from or Status.PENDING  # with the decision it had
+            item.failure = item.failed_from = None
         if item.missing and not has_decisions(item):
             continue  # an untouched pending item: nothing to keep
         restored.append(item)
@@ -64,10 +65,19 @@ def apply_entry(item: QueueItem, entry: dict[str, Any]) -> None:
     item.autosaved = bool(entry.get("autosaved", False))
     failure = entry.get("failure")
     item.failure = failure if isinstance(failure, str) else None
+    item.failed_from = _decision(entry.get("failed_from"))
     fingerprint = entry.get("fingerprint")
     item.fingerprint = fingerprint if _valid_fingerprint(fingerprint) else None
     autosave_of = entry.get("autosave_of")
     item.autosave_of = autosave_of if isinstance(autosave_of, str) else None
+
+
+def _decision(value: Any) -> Status | None:
+    try:
+        status = Status(value)
+    except ValueError:
+        return None
+    return status if status not in (Status.PENDING, Status.FAILED) else None
 
 
 def has_decisions(item: QueueItem) -> bool:

@@ -15,8 +15,9 @@ Items also carry ``"missing"`` (the last scan did not find the image: kept with 
 status, export record and autosave, passed over by navigation; an untouched pending item
 is simply dropped), ``"fingerprint"``
 (``{"size", "mtime_ns", "sha256"}`` of the image file, taken when the item gets a status,
-an export or an autosave) and ``"autosave_of"`` (SHA-256 of the image the autosaved mask
-was drawn on).
+an export or an autosave), ``"autosave_of"`` (SHA-256 of the image the autosaved mask
+was drawn on) and, on a ``failed`` item, ``"failed_from"`` (the status it had before its
+file could not be read, given back when the series is opened again).
 
 Version 2 differs from version 1 only in the work names; a version-1 series is opened
 and its files moved to the new names (:func:`.work_names.migrate_legacy_names`), then
