@@ -6,9 +6,11 @@ JPEG with compression noise around 0 and 255. The official evaluation (FOCUS's
 threshold is used here, on every scale a mask file may use:
 
 * bool: as is;
-* integers whose values are all 0 or 1 (0/1 masks): ``> 0``;
 * integers up to 255 (8-bit masks): ``> 128``;
 * integers up to 65535 (16-bit masks): ``> 32896`` (128 on the 16-bit scale, x 257);
+* integers that never exceed that threshold (0/1 masks, and label images of ids 1, 2,
+  3, ... that napari and instance tools save, which would read as all background):
+  ``> 0``;
 * floats in [0, 1]: ``> 0.5``; floats up to 255: ``> 128``;
 * colour masks (RGB or RGBA): a pixel is foreground when any colour channel is, so a
   pure red ``(255, 0, 0)`` outline counts like a white one; where alpha varies,
@@ -126,9 +128,10 @@ def _foreground(values: np.ndarray, whole: np.ndarray) -> np.ndarray:
             raise ValueError(
                 f"mask values run from {low} to {high}; a mask holds 0/1, 0-255 or 0-65535"
             )
-        if high <= 1:
+        threshold = FOREGROUND_ABOVE if high <= 255 else FOREGROUND_ABOVE * 257
+        if high <= threshold:  # 0/1, or label ids (1, 2, 3, ...): all background otherwise
             return values > 0
-        return values > (FOREGROUND_ABOVE if high <= 255 else FOREGROUND_ABOVE * 257)
+        return values > threshold
     if np.issubdtype(values.dtype, np.floating):
         if not np.isfinite(whole).all():
             raise ValueError("mask holds NaN or infinite values")

@@ -57,6 +57,10 @@ def test_the_rule_on_every_scale() -> None:
     np.testing.assert_array_equal(binary_mask(square(1, np.float32)), truth)
     np.testing.assert_array_equal(binary_mask(square(255, np.float64)), truth)
     np.testing.assert_array_equal(binary_mask(truth), truth)
+    # label images (napari's Labels saved as .tif, instance masks): ids, not gray levels
+    labels = square(1) + 2 * (np.arange(W)[None, :] > 40) * (square(1) > 0)  # ids 1 and 3
+    np.testing.assert_array_equal(binary_mask(labels.astype(np.uint8)), truth)
+    np.testing.assert_array_equal(binary_mask(square(1, np.int32) * 500), truth)
     # the official threshold: 128 itself is background, 129 foreground
     assert binary_mask(np.array([[128, 129]], np.uint8)).tolist() == [[False, True]]
     assert binary_mask(np.array([[128 * 257, 128 * 257 + 1]], np.uint16)).tolist() == [
