@@ -38,7 +38,8 @@ exit codes:
   {EXIT_FAILED_IMAGES}  some inputs failed or matched nothing; the others were processed
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, or weights
      that could not be downloaded or loaded
-  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (predict: also 143 when stopped by SIGTERM)
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C; 143 when stopped by SIGTERM (predict, export,
+     rank, train)
 """
 
 # each command's own (train's are in training.cli)
@@ -270,7 +271,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(
             "napari-focus: annotate opens napari, which needs a Qt binding, and none is "
             f"installed ({', '.join(QT_BINDINGS)}). Install one with "
-            '`pip install "napari-focus[gui]"` (PyQt6).',
+            "`pip install PyQt6` (napari-focus's 'gui' extra).",
             file=sys.stderr,
         )
         return EXIT_SETUP_ERROR

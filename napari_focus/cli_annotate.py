@@ -49,7 +49,8 @@ def add_annotate_parser(commands: Any) -> argparse.ArgumentParser:
     annotate.add_argument(
         "--device",
         type=device_argument,
-        help="where the model runs: auto, cpu, cuda, cuda:N or mps",
+        help="where the model runs (the Model tab's device): auto, cpu, cuda, cuda:N, gpu "
+        "(same as cuda) or mps",
     )
     annotate.set_defaults(func=run_annotate)
     return annotate

@@ -45,7 +45,7 @@ def require_metrics() -> None:
     if importlib.util.find_spec("py_sod_metrics") is None:
         raise ImportError(
             "quality metrics need PySODMetrics, which is not installed: "
-            "pip install 'napari-focus[metrics]'"
+            "pip install 'pysodmetrics>=1.6.2,<2' (napari-focus's 'metrics' extra)"
         )
 
 

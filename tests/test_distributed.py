@@ -449,7 +449,7 @@ def test_engine_ray_without_ray_says_how_to_install(images, tmp_path, monkeypatc
         "predict", images / "photo.png", "--task", "sod", "--out", tmp_path, "--engine", "ray"
     )
     assert code == 2
-    assert "pip install 'napari-focus[ray]'" in err
+    assert "pip install 'ray[data]>=2.60,<3' (napari-focus's 'ray' extra)" in err
     assert not any(tmp_path.iterdir())
 
 

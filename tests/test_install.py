@@ -100,6 +100,29 @@ def test_wheel_metadata_entry_points_and_extras(wheel) -> None:
     assert any(r.startswith("pyqt6") and "extra == 'gui'" in r for r in requires)
 
 
+def test_install_hints_name_the_extras_requirements() -> None:
+    """Messages say what to pip install for a missing extra (the requirement itself: a
+    checkout install has no PyPI name to add an extra to); they follow pyproject.toml."""
+    import tomllib
+
+    from napari_focus.distributed import cli as ray_cli
+    from napari_focus.distributed import inputs
+    from napari_focus.quality import require_metrics
+
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        pytest.skip("needs a source checkout (pyproject.toml)")
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    sources = {
+        "metrics": (Path(require_metrics.__code__.co_filename).read_text(), 1),
+        "ray": (Path(ray_cli.__file__).read_text() + Path(inputs.__file__).read_text(), 2),
+    }
+    for extra, (source, uses) in sources.items():
+        (requirement,) = extras[extra]
+        assert source.count(f"pip install '{requirement}'") == uses, extra
+
+
 def _without_a_compiler(tmp_path: Path) -> dict[str, str]:
     """An environment with no c++/g++/ninja on PATH, no CXX and a fresh kernel cache."""
     empty_bin = tmp_path / "bin"

@@ -113,7 +113,8 @@ def test_missing_metrics_stop_train_and_rank_before_any_work(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert code == 2 and err.strip() == (
         "napari-focus train: the held-out validation's quality metrics need PySODMetrics, "
-        "which is not installed: pip install 'napari-focus[metrics]'"
+        "which is not installed: pip install 'pysodmetrics>=1.6.2,<2' (napari-focus's "
+        "'metrics' extra)"
     )
     code = main(["rank", str(tmp_path), "--task", "sod", "--gt", str(tmp_path / "gt"),
                  "--out", str(tmp_path / "r.csv")])  # fmt: skip

@@ -40,7 +40,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli_common import path_argument, positive_float
 
     group = parser.add_argument_group(
-        "distributed (--engine ray, needs pip install 'napari-focus[ray]')"
+        "distributed (--engine ray, needs Ray: napari-focus's 'ray' extra)"
     )
     group.add_argument(
         "--engine",
@@ -128,7 +128,10 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     try:
         import ray  # noqa: F401
     except ImportError:
-        return _fail("--engine ray needs Ray: pip install 'napari-focus[ray]'")
+        return _fail(
+            "--engine ray needs Ray: pip install 'ray[data]>=2.60,<3' (napari-focus's 'ray' "
+            "extra)"
+        )
     unreachable = _unreachable_address(args.address)
     if unreachable:
         return _fail(

@@ -115,7 +115,8 @@ def find_sources(
                 images = _expand_uri(item, recursive, [Path(p).resolve() for p in exclude])
             except ImportError:
                 found.unmatched.append(
-                    f"{item} (URIs need pyarrow: pip install 'napari-focus[ray]')"
+                    f"{item} (URIs need pyarrow: pip install 'ray[data]>=2.60,<3', "
+                    "napari-focus's 'ray' extra)"
                 )
                 continue
             except (OSError, ValueError) as error:  # unknown scheme, no credentials, ...
