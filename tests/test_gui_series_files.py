@@ -260,3 +260,33 @@ def test_ordering_by_uncertainty_keeps_a_missing_image_as_it_was(
     item = series.state.queue.item("e_rgba.png")
     assert (item.status, item.failure) == (Status.SKIPPED, None)
     assert [i.key for i in series.state.queue] == ["a_gray.png", "e_rgba.png"]
+
+
+def test_the_start_masks_folder_is_listed_once_until_it_changes(
+    open_series, open_focus_widget, photo_crops, tmp_path
+):
+    """A start mask not read ahead (a small image shown at once, the quality line of an
+    Accept) is looked up on the GUI thread: the folder of masks (20,000 files take 0.2 s
+    to list) is listed again only after a mask was added, removed or renamed in it."""
+    import os
+
+    images = photo_crops(2)
+    masks = tmp_path / "start masks"
+    masks.mkdir()
+    half = np.zeros((64, 96), np.uint8)
+    half[:, :30] = 255
+    Image.fromarray(half).save(masks / "img0.png")
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    series.references.value = masks
+    open_series(series, images)
+    first = series._start_masks_listed(masks)
+    assert first.find(images / "img1.png") is None
+    assert series._start_masks_listed(masks) is first  # not listed again
+    item = series.state.queue.item("img0.png")
+    assert series._start_mask(item).mean() == pytest.approx(30 / 96)
+    Image.fromarray(half).save(masks / "img1.png")  # a mask added meanwhile
+    stamp = masks.stat()
+    os.utime(masks, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # coarse clocks
+    assert series._start_masks_listed(masks).find(images / "img1.png") == masks / "img1.png"

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_warning
 
+from ..mask_files import read_mask_file
 from ..predictor import Prediction
 from ..quality import uncertainty
-from ..series import Status, find_reference_mask
+from ..series import Status
 from ..series.item_files import still_current
+from ..series.references import MaskFolder
 from .fields import chosen_dir, middle_cut
 from .job import JobResult, proposal_name
 from .planes import current_plane_index, layer_planes
@@ -48,6 +50,7 @@ class SeriesDisplay:
     _locked_mode: str | None
     _resetting: str | None
     _buttons_off: bool
+    _start_listing: tuple[Any, MaskFolder] | None
 
     def _display(self, item: Any, image: np.ndarray | None) -> None:
         assert self.state is not None
@@ -213,7 +216,20 @@ class SeriesDisplay:
             files.start_path is None or still_current(files.start_stamp, files.start_path)
         ):
             return files.start_mask
-        return find_reference_mask(item.path, folder)
+        path = self._start_masks_listed(folder).find(item.path)
+        return read_mask_file(path) if path is not None else None
+
+    def _start_masks_listed(self, folder: Path) -> MaskFolder:
+        """The start masks folder listed once while it stays unchanged (its modification
+        time changes when a mask is added, removed or renamed): listing 20,000 masks
+        takes 0.2 s, too long for every image shown on the GUI thread."""
+        try:
+            stamp = (folder, folder.stat().st_mtime_ns)
+        except OSError:
+            stamp = None
+        if stamp is None or self._start_listing is None or self._start_listing[0] != stamp:
+            self._start_listing = (stamp, MaskFolder(folder))
+        return self._start_listing[1]
 
     def _image_layer_for(self, key: str) -> Any:
         """The layer showing item ``key``; None when it is a layer closed since."""

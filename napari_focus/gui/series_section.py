@@ -72,6 +72,7 @@ class SeriesSection(
         self._model_error: Any = None  # settings whose model failed to load
         self._load_declined: Any = None  # settings whose model loading the user cancelled
         self._buttons_off = False  # disabled while no image of the series can be shown
+        self._start_listing: tuple[Any, Any] | None = None  # the start masks folder, listed
         self._rank_wanted = False
 
         self.folder = FileEdit(label="image folder", mode="d")
