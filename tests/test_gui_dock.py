@@ -443,3 +443,41 @@ def test_the_kernels_line_is_filled_from_a_worker(qtbot, open_focus_widget, monk
     _, widget = open_focus_widget()
     qtbot.waitUntil(lambda: widget.kernels.value == "CPU loaded, CUDA unavailable", timeout=10_000)
     assert threads and threads[0] is not threading.main_thread()
+
+
+def test_export_reads_the_image_pixels_in_its_worker(
+    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
+):
+    """A dask or zarr layer reads its plane from disk: the export's worker does that,
+    as Run's does, not napari's thread."""
+    import threading
+
+    from napari_focus.gui import export_section as module
+
+    readers: list[threading.Thread] = []
+    layer_planes = module.layer_planes
+
+    class RecordedPlanes:
+        def __init__(self, planes):
+            self.planes = planes
+
+        def __getattr__(self, name):
+            return getattr(self.planes, name)
+
+        def plane(self, index):
+            readers.append(threading.current_thread())
+            return self.planes.plane(index)
+
+    monkeypatch.setattr(module, "layer_planes", lambda layer: RecordedPlanes(layer_planes(layer)))
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    export = widget.export_section
+    export.dataset_root.value = tmp_path / "datasets"
+    export.dataset_layout.value = "generic"
+    outcomes: list = []
+    export.export(on_done=outcomes.append)
+    qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
+    assert outcomes[0] is not None and outcomes[0].image.is_file()
+    assert readers and threading.main_thread() not in readers

@@ -143,7 +143,7 @@ class ExportSection(Container):
             try:
                 recorded = with_proposal_read(provenance, np.shape(mask))
                 return export_sample(
-                    root, layout, name, image, mask, on_exists=on_exists, provenance=recorded
+                    root, layout, name, image(), mask, on_exists=on_exists, provenance=recorded
                 ), None
             except (ExportError, OSError) as error:
                 return None, error
@@ -214,7 +214,7 @@ class ExportSection(Container):
         if on_done is not None:
             on_done(None)
 
-    def _sample(self) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
+    def _sample(self) -> tuple[Callable[[], np.ndarray], np.ndarray, str, dict[str, Any]]:
         image_layer = self.owner.selected_layer()
         if image_layer is None:
             raise ExportError("select the image to export under 'image' in the Model tab")
@@ -241,7 +241,8 @@ class ExportSection(Container):
             "extra": {"layer": image_layer.name, "plane": list(index), "tta": state.get("tta")},
         }
         mask = np.array(labels.data[index] if index else labels.data)  # a copy: painting goes on
-        return np.asarray(planes.plane(index)), mask, name, provenance
+        # the pixels are read in the export's worker: a dask or zarr layer reads from disk
+        return lambda: np.asarray(planes.plane(index)), mask, name, provenance
 
     def _own(self, labels: Any) -> Any:
         """The model's proposal a mask shown from the series' autosave was drawn from
