@@ -481,3 +481,59 @@ def test_export_reads_the_image_pixels_in_its_worker(
     qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
     assert outcomes[0] is not None and outcomes[0].image.is_file()
     assert readers and threading.main_thread() not in readers
+
+
+def test_strokes_painted_while_the_mask_is_refined_are_not_replaced_unasked(
+    qtbot, open_focus_widget, small_coffee, monkeypatch
+):
+    """A refinement runs in a worker (a large proposal: about a second); a stroke made
+    meanwhile is replaced only when the user says so."""
+    import threading
+
+    from napari_focus.gui import refine_section
+
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    labels = viewer.layers["cup [FOCUS SOD]"]
+    gate = threading.Event()
+    refine = refine_section.refine
+
+    def held_refine(*args):
+        gate.wait(30)
+        return refine(*args)
+
+    monkeypatch.setattr(refine_section, "refine", held_refine)
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q: questions.append(q) or False)
+    widget.official.value = False
+    widget.threshold.value = 0.35  # no edits yet: refined in the worker, unasked
+    qtbot.waitUntil(lambda: widget.status.value == "refining the mask…", timeout=WAIT_MS)
+    labels.paint((5, 5), 1)  # painted while the worker refines
+    painted = np.array(labels.data)
+    gate.set()
+    qtbot.waitUntil(lambda: widget.refine_section.idle, timeout=WAIT_MS)
+    assert questions == [
+        "'cup [FOCUS SOD]' was edited while it was being refined. Replace the edits with "
+        "the refined mask?"
+    ]
+    np.testing.assert_array_equal(labels.data, painted)  # "No": the stroke stays
+    assert widget.status.value == "kept your edits"
+
+
+def test_new_data_for_a_locked_mask_keeps_it_locked(make_napari_viewer):
+    """A series locks the mask while the next image opens; a refinement arriving then
+    gives the layer new data without unlocking it."""
+    from napari_focus.gui.proposal_layers import replace_labels_data
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.zeros((20, 30), np.uint8), name="mask")
+    labels.mode = "paint"
+    labels.editable = False
+    replace_labels_data(labels, np.ones((20, 30), np.uint8))
+    assert not labels.editable and labels.data.all()
+    labels.editable = True
+    labels.mode = "paint"
+    replace_labels_data(labels, np.zeros((20, 30), np.uint8))
+    assert labels.editable and labels.mode == "paint" and not labels.data.any()

@@ -22,12 +22,14 @@ def find_layer(viewer: Any, name: str) -> Any:
 def replace_labels_data(labels: Any, data: np.ndarray) -> None:
     """Give ``labels`` new data with a fresh undo history, so Ctrl+Z never pastes
     strokes made on the old data into the new one. (napari clears a Labels layer's
-    history when it stops being editable; the mode is restored afterwards.)"""
-    mode = labels.mode
+    history when it stops being editable; the mode is restored afterwards, and a layer
+    locked meanwhile, e.g. while the next series image opens, stays locked.)"""
+    mode, editable = labels.mode, labels.editable
     labels.data = data
     labels.editable = False
-    labels.editable = True
-    labels.mode = mode
+    if editable:
+        labels.editable = True
+        labels.mode = mode
 
 
 def keep_below(viewer: Any, image: Any, *above: Any) -> None:

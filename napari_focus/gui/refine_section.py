@@ -122,8 +122,9 @@ class RefineSection(Container):
         refinement = self.refinement()
         worker = background(refine, state["probability"], state["official_mask"], refinement)
         guard = self._lifetime.guard
+        shown = np.array(labels.data)  # painting while it refines changes the layer's
         worker.returned.connect(
-            guard(lambda mask: self._on_refined(labels, state, refinement, mask))
+            guard(lambda mask: self._on_refined(labels, state, refinement, mask, shown))
         )
         worker.errored.connect(guard(self.owner.report_error))
         worker.finished.connect(guard(self._on_finished))
@@ -132,10 +133,20 @@ class RefineSection(Container):
         worker.start()
 
     def _on_refined(
-        self, labels: Any, state: dict, refinement: Refinement, mask: np.ndarray
-    ) -> None:
+        self, labels: Any, state: dict, refinement: Refinement, mask: np.ndarray,
+        shown: np.ndarray,
+    ) -> None:  # fmt: skip
         if labels.metadata.get(META_KEY) is not state:
             return  # a new proposal arrived meanwhile
+        if not np.array_equal(labels.data, shown):  # painted on while it was refined
+            question = (
+                f"'{labels.name}' was edited while it was being refined. Replace the edits "
+                "with the refined mask?"
+            )
+            if not dialogs.ask_yes_no(self.native, question):
+                self.show_refinement(state["refinement"])  # the controls show the mask
+                self.owner.set_status("kept your edits")
+                return
         state["proposal"] = mask.copy()
         state["refinement"] = asdict(refinement)
         replace_labels_data(labels, mask)
