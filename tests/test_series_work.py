@@ -227,3 +227,24 @@ def test_cancel_stops_a_forward_between_stages(tiny_mlp):
     assert finished.is_set()
     stage, in_stage, total = control.snapshot()
     assert total >= in_stage >= 0 and isinstance(stage, str)
+
+
+def test_the_state_file_holds_one_item_a_line(tmp_path):
+    import json
+
+    from napari_focus.series import load_or_create
+    from napari_focus.series.state_file import state_text
+
+    for name in ("a", "b", "ü c"):
+        Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / f"{name}.png")
+    state = load_or_create(tmp_path / "out", tmp_path)
+    state.mark("b.png", Status.REJECTED)
+    text = state.state_path.read_text("utf-8")
+    assert json.loads(text) == state.to_json() and "ü c" in text  # UTF-8, not escaped
+    lines = text.splitlines()
+    assert lines[0].startswith('{"schema": "napari-focus-queue"') and lines[-1] == "]}"
+    assert [json.loads(line.rstrip(","))["key"] for line in lines[1:-1]] == [
+        "a.png", "b.png", "ü c.png"
+    ]
+    empty = {**state.to_json(), "items": []}
+    assert json.loads(state_text(empty)) == empty

@@ -28,7 +28,6 @@ always raises: it was written by a newer napari-focus and is left alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -58,6 +57,7 @@ from .state_file import (
     SeriesStateError,
     keep_backup,
     read_state_file,
+    state_text,
 )
 from .work_names import migrate_legacy_names, work_name
 
@@ -140,7 +140,7 @@ class SeriesState:
             saved = self._saved_by_others()
             self.merged = merge_saved(self.queue, self._synced, saved) if saved else []
             data = self.to_json()
-            text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+            text = state_text(data)
             keep_backup(self.state_path, self.backup_path)
             path = atomic_write_text(self.state_path, text)
             self._synced.remember(data["items"], file_stamp(path))
