@@ -557,3 +557,29 @@ def test_back_on_a_saved_mask_no_other_image_s_probability_map_is_left(
     probability = series_layer(viewer, "probability")
     assert probability.data.shape == (128, 128)
     assert not np.asarray(probability.data).any()  # not b_small's map under a_large's name
+
+
+def test_accept_after_renaming_the_series_image_exports_the_correction(
+    qtbot, open_series, open_focus_widget, photos, tmp_path
+):
+    """A user renames the series' image layer ("a_large (blurry)"): Accept still
+    exports the series' mask with its correction."""
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series = widget.series
+    open_series(series, photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    edited = np.zeros_like(labels.data)
+    edited[5:25, 5:45] = 1
+    labels.data = edited
+    image = series_layer(viewer, "image")
+    image.name = f"{image.name} (blurry)"
+    viewer.layers.selection.active = image
+    assert widget.mask_layer() is labels
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    exported = series.state.queue.item("a_large.png").export["mask"]
+    np.testing.assert_array_equal(np.array(Image.open(exported)) > 0, edited > 0)

@@ -9,6 +9,7 @@ from typing import Any
 from .job import JobResult, proposal_name
 from .planes import LayerPlanes
 from .proposal_layers import META_KEY, find_layer, merged_outputs, proposal_metadata, put_proposal
+from .series_layers import ROLE_KEY, SERIES_KEY, series_layer
 
 INLINE_REFINE_PIXELS = 2_000_000  # larger proposals are refined in a worker
 
@@ -58,14 +59,20 @@ class ProposalOutput:
 
     # --------------------------------------------------------- mask layers
     def mask_layer(self) -> Any:
-        """The Labels layer of the selected image: ``"<image> [FOCUS <task>]"`` for the
-        current task, else the one FOCUS made for this image under another task (a
-        task switch keeps the proposal)."""
+        """The Labels layer of the selected image: the series' mask for the series image
+        (also once renamed), ``"<image> [FOCUS <task>]"`` for the current task, else the
+        one FOCUS made for this image under another task (a task switch keeps the
+        proposal)."""
         from napari.layers import Labels
 
         layer = self.selected_layer()
         if layer is None:
             return None
+        if layer.metadata.get(ROLE_KEY) == "image":  # a series image, whatever its name now
+            key = layer.metadata.get(SERIES_KEY)
+            mask = series_layer(self.viewer, "labels")
+            if isinstance(mask, Labels) and mask.metadata.get(SERIES_KEY) == key:
+                return mask
         labels = find_layer(self.viewer, proposal_name(layer.name, self.task.value))
         if isinstance(labels, Labels):
             return labels
