@@ -12,6 +12,7 @@ from napari.utils.notifications import show_info
 
 from ..series import Status, export_record
 from ..series.review import quality_text
+from ..spawning import main_script_not_rerun
 from .proposal_layers import META_KEY
 from .workers import background
 
@@ -39,7 +40,9 @@ def _quality_in_a_process(
     try:
         if callable(proposal):
             proposal = proposal()
-        return pool.submit(quality_text, name, proposal, reference, against).result()
+        with main_script_not_rerun():  # the submit starts the process; an unguarded script
+            future = pool.submit(quality_text, name, proposal, reference, against)
+        return future.result()
     except (CancelledError, BrokenProcessPool):
         return None
     except RuntimeError as error:

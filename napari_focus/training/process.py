@@ -15,6 +15,7 @@ import threading
 from collections.abc import Generator
 from typing import Any
 
+from ..spawning import main_script_not_rerun
 from .config import TrainConfig
 
 
@@ -34,7 +35,8 @@ def train_in_subprocess(
     child = context.Process(
         target=_child, args=(config, reports, stop), name="napari-focus-training", daemon=False
     )
-    child.start()
+    with main_script_not_rerun():  # a launch script without a __main__ guard
+        child.start()
     # the host may abandon this generator at a yield (a GUI worker aborted as napari
     # quits): a thread of its own passes ``cancel`` on for as long as the child runs
     threading.Thread(
