@@ -204,7 +204,55 @@ def test_a_full_disk_during_training_is_said_in_words(
     err = capsys.readouterr().err
     assert code == 1
     assert "the disk is full" in err and "best.safetensors" in err and "Traceback" not in err
-    assert "--resume" in err
+    assert "nothing was saved: run the same command again once it can be written" in err
+
+
+def test_a_second_ctrl_c_inside_a_state_save_is_an_interrupt(
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+) -> None:
+    """torch's file writer turns the KeyboardInterrupt of a second Ctrl-C into a
+    RuntimeError of its own: still exit 130 and the words of an interrupt."""
+    from napari_focus.training import loop
+
+    export_shapes(tmp_path, "camo-train", 2, size=48)
+
+    def interrupted_save(config, progress, **how):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
+
+    monkeypatch.setattr(loop, "train", interrupted_save)
+    code = main(["train", "--root", str(tmp_path), "--layout", "camo-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "t.safetensors"),
+                 "--steps", "1", "--device", "cpu", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert "interrupted before anything was saved; run the same command again" in err
+
+    def broken(config, progress, **how):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(loop, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug"):  # not taken for an interrupt
+        main(["train", "--root", str(tmp_path), "--layout", "camo-train",
+              "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "u.safetensors"),
+              "--steps", "1", "--device", "cpu", "--quiet"])  # fmt: skip
+
+
+def test_a_work_folder_that_cannot_be_written_is_said_before_training(
+    tmp_path: Path, capsys, tiny_checkpoint
+) -> None:
+    export_shapes(tmp_path, "camo-train", 2, size=48)
+    out = tmp_path / "t.safetensors"
+    (tmp_path / "t.training").write_text("a file where the run's work folder goes")
+    code = main(["train", "--root", str(tmp_path), "--layout", "camo-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "1",
+                 "--device", "cpu", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("napari-focus train: --out: ")
+    assert "t.training" in last and "is a file, not a folder" in last
 
 
 def test_a_new_run_never_replaces_an_unfinished_one(

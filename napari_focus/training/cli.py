@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..atomic import WriteError, check_writable_file
+from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..cli_common import (
     EXIT_INTERRUPTED,
     EXIT_SETUP_ERROR,
@@ -247,6 +247,8 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     try:  # before hours of training: the checkpoint and its work folder go beside --out
         check_writable_file(out)
+        if config.work_dir.exists():  # a work folder of an earlier run: written again
+            check_writable_folder(config.work_dir)
     except WriteError as error:
         _say(f"--out: {error}")
         return EXIT_SETUP_ERROR
@@ -319,10 +321,16 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     except WriteError as error:  # a full disk while saving an evaluation or the output
         close_bar()
-        _say(f"{error}; `--resume` continues from the last saved evaluation once there is "
-             "room")  # fmt: skip
+        if has_saved_state(config.work_dir):
+            _say(f"{error}; `--resume` continues from the last saved evaluation once it can "
+                 "be written")  # fmt: skip
+        else:
+            _say(f"{error}; nothing was saved: run the same command again once it can be "
+                 "written")  # fmt: skip
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not _interrupted_inside(error):
+            raise
         close_bar()
         if has_saved_state(config.work_dir) or args.resume:
             _say("interrupted; `--resume` continues from the last evaluation")
@@ -356,6 +364,19 @@ def run_train(args: argparse.Namespace) -> int:
         print("  no step beat the base weights on the held-out samples: the output holds "
               "them unchanged", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _interrupted_inside(error: BaseException) -> bool:
+    """Whether ``error`` comes from a second Ctrl-C inside a library call (torch's
+    file writer turns the KeyboardInterrupt into a RuntimeError of its own)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _interrupted_code(received: set[int]) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import WriteError, atomic_write
 
 STATE_NAME = "resume.pt"
 STATE_FORMAT = "napari-focus/training-state-v1"
@@ -130,7 +130,10 @@ def save_state(
     scaler: dict,
     identity: dict[str, Any],
 ) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # said as a failed write: the run stops, its last state kept
+        raise WriteError(folder, error) from error
     payload = {
         "format": STATE_FORMAT,
         "identity": json.dumps(identity, sort_keys=True),
