@@ -240,6 +240,35 @@ def test_a_second_ctrl_c_inside_a_state_save_is_an_interrupt(
               "--steps", "1", "--device", "cpu", "--quiet"])  # fmt: skip
 
 
+def test_a_broken_sample_met_during_the_run_says_how_to_go_on(
+    tmp_path: Path, capsys, tiny_checkpoint, monkeypatch
+) -> None:
+    """Samples are decoded as training reaches them: one found broken after a state was
+    saved ends the run with exit 1 (it had started), saying what to do."""
+    from napari_focus.training import loop
+    from napari_focus.training.data import DatasetError
+    from napari_focus.training.state import STATE_NAME
+
+    export_shapes(tmp_path, "camo-train", 2, size=48)
+    out = tmp_path / "t.safetensors"
+
+    def broken_sample(config, progress, **how):
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        (config.work_dir / STATE_NAME).write_bytes(b"the state of step 10")
+        raise DatasetError("sample camo-train/a: mask (10, 10) and image (48, 48) differ in size")
+
+    monkeypatch.setattr(loop, "train", broken_sample)
+    code = main(["train", "--root", str(tmp_path), "--layout", "camo-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "20",
+                 "--device", "cpu", "--quiet"])  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and last == (
+        "napari-focus train: sample camo-train/a: mask (10, 10) and image (48, 48) differ in "
+        "size; the run stopped there: once the sample is fixed or removed, --restart trains "
+        "afresh (--resume refuses changed samples)"
+    )
+
+
 def test_a_work_folder_that_cannot_be_written_is_said_before_training(
     tmp_path: Path, capsys, tiny_checkpoint
 ) -> None:

@@ -59,8 +59,8 @@ def _crop(text: str) -> int:
 EXIT_CODES = f"""\
 exit codes:
   0  the checkpoint was written
-  1  a file could not be written during the run (a full disk); --resume
-     continues
+  1  the run stopped: a file could not be written (a full disk; --resume
+     continues) or a sample's files turned out broken (fix them, then --restart)
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, PySODMetrics
      missing, no samples, an existing --out, an unfinished run of --out (add
      --resume or --restart), or base weights that could not be loaded
@@ -317,6 +317,11 @@ def run_train(args: argparse.Namespace) -> int:
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
         close_bar()
         flag = "--val: " if isinstance(error, UnknownValidationNames) else ""
+        if not flag and not args.resume and has_saved_state(config.work_dir):
+            # a sample's files found broken during the run (they are decoded as they come)
+            _say(f"{error}; the run stopped there: once the sample is fixed or removed, "
+                 "--restart trains afresh (--resume refuses changed samples)")  # fmt: skip
+            return 1
         _say(f"{flag}{error}")
         return EXIT_SETUP_ERROR
     except WriteError as error:  # a full disk while saving an evaluation or the output
