@@ -4,7 +4,9 @@ A file is written under a temporary name in its own folder, flushed to disk (``f
 and renamed over the final name, so a reader sees the old file or the new one, never
 half of one. Temporary files are created with ``O_CREAT | O_EXCL`` and mode ``0o666``,
 so the kernel applies the user's umask (and any default ACL) exactly as for a file
-created by ``open(path, "w")``: 0644 under umask 022, 0600 under 077.
+created by ``open(path, "w")``: 0644 under umask 022, 0600 under 077. A file replaced
+keeps its permission bits, as ``open(path, "w")`` keeps them (a shared split's index
+stays readable by the group when a colleague with umask 077 exports into it).
 
 Temporary names start with :data:`TEMP_PREFIX` and carry the writer's host and
 process id::
@@ -30,6 +32,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -204,10 +207,15 @@ def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         created = os.stat(tmp).st_mode & 0o7777
     except OSError as exc:
         raise WriteError(path, exc) from exc
+    try:  # a file replaced keeps its permissions, as ``open(path, "w")`` keeps them
+        existing = os.stat(path)
+        mode = existing.st_mode & 0o777 if stat.S_ISREG(existing.st_mode) else created
+    except OSError:
+        mode = created
     try:
         write(os.fspath(tmp))
-        if os.stat(tmp).st_mode & 0o7777 != created:  # a writer that made its own file
-            os.chmod(tmp, created)
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # replacing, or a writer's own file
+            os.chmod(tmp, mode)
         fsync_path(tmp)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -263,7 +271,8 @@ def atomic_write(
 ) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, flush it and rename
     it into place, so readers never see a half-written file. The file gets the mode a
-    plain ``open(path, "w")`` would give it (the umask applies). With ``replace=False``
+    plain ``open(path, "w")`` would give it (the umask applies to a new file; a file
+    replaced keeps its permission bits). With ``replace=False``
     an existing ``path``, even one that appeared while writing, is never replaced.
 
     Raises:

@@ -177,6 +177,29 @@ def test_written_files_honour_the_umask(tmp_path: Path, mask: int, expected: int
         assert mode(Path(path)) == expected, path
 
 
+def test_a_file_replaced_keeps_its_permissions(tmp_path: Path) -> None:
+    """A colleague with umask 077 exports into a shared split: the split's index files
+    keep the mode they had (as ``open(path, "w")`` keeps it); the new sample follows the
+    colleague's umask."""
+    from napari_focus.atomic import atomic_write_text
+    from napari_focus.datasets import export_sample
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    with umask(0o022):
+        first = export_sample(tmp_path / "ds", "duts-tr", "a", image, np.ones((40, 60)))
+    with umask(0o077):
+        second = export_sample(tmp_path / "ds", "duts-tr", "b", image, np.ones((40, 60)))
+    assert second.instance_json == first.instance_json
+    for shared in (second.instance_json, second.semantic_json, second.provenance):
+        assert mode(Path(shared)) == 0o644, shared
+    assert all(mode(Path(path)) == 0o600 for path in second.files)
+    read_only = tmp_path / "notes.txt"
+    read_only.write_text("old")
+    read_only.chmod(0o444)
+    atomic_write_text(read_only, "new")  # written first, then given the old mode
+    assert read_only.read_text() == "new" and mode(read_only) == 0o444
+
+
 def test_full_disk_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     target = atomic_write_bytes(tmp_path / "a.json", b"old")
 
