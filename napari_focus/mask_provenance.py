@@ -29,9 +29,15 @@ class MadeBy:
 
     @classmethod
     def of_run(cls, task: str, size: str | None, weights: str | os.PathLike | None) -> MadeBy:
-        """What a run of ``--task``, ``--size`` and ``--weights`` records."""
-        name = Path(weights).name if weights else f"focus_{size or 'large'}_{task}.pth"
-        return cls(task=task, weights=name)
+        """What a run of ``--task``, ``--size`` and ``--weights`` records: the task the
+        weights file says it was trained for when it says one (its masks show that task,
+        whatever ``--task`` asked; the run warns), else ``task``."""
+        if not weights:
+            return cls(task=task, weights=f"focus_{size or 'large'}_{task}.pth")
+        from .checkpoint_identity import recorded_task
+
+        found = recorded_task(weights) if Path(weights).is_file() else None
+        return cls(task=found[0] if found else task, weights=Path(weights).name)
 
     def text(self) -> str:
         record = {"made_by": "napari-focus", "task": self.task, "weights": self.weights}

@@ -41,15 +41,39 @@ def photos(focus_reference, tmp_path) -> Path:
     return folder
 
 
+def trained_for(weights: Path, task: str) -> Path:
+    """A copy of ``weights`` of the same file name that records ``task`` (a checkpoint
+    tuned for that task): a run records the task its weights say."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    copy = weights.parent / f"{task} weights" / weights.name
+    if not copy.is_file():
+        copy.parent.mkdir(exist_ok=True)
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            metadata = {**(f.metadata() or {}), "task": task}
+        save_file(tensors, str(copy), metadata=metadata)
+    return copy
+
+
 def _predict(photos: Path, out: Path, weights: Path, task: str, *flags) -> tuple[int, str]:
     return run_cli(
-        "predict", photos, "--task", task, "--weights", weights, "--out", out,
-        "--device", "cpu", "--quiet", *flags,
+        "predict", photos, "--task", task, "--weights", trained_for(Path(weights), task),
+        "--out", out, "--device", "cpu", "--quiet", *flags,
     )  # fmt: skip
 
 
 def _bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_run_records_the_task_its_weights_were_trained_for(weights):
+    """--task cod with weights recorded for sod gives sod masks (the run warns): they
+    record sod, so a later export into a cod split names them."""
+    assert MadeBy.of_run("cod", None, weights) == MadeBy("sod", "tiny.safetensors")
+    assert MadeBy.of_run("cod", None, trained_for(weights, "cod")).task == "cod"
+    assert MadeBy.of_run("cod", None, "s3://bucket/w.safetensors").task == "cod"
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
@@ -141,7 +165,8 @@ def test_the_ray_engine_refuses_another_tasks_masks_before_ray_starts(photos, we
     record = MadeBy("sod", "tiny.safetensors").text()
     write_mask(out / "p0.png", np.ones((56, 72), np.uint8), record=record)
     with pytest.raises(MasksOfAnotherTask, match=r"p0\.png, made for task sod") as caught:
-        predict_dataset(photos, out, task="cod", weights=weights, address="127.0.0.1:1")
+        predict_dataset(photos, out, task="cod", weights=trained_for(weights, "cod"),
+                        address="127.0.0.1:1")  # fmt: skip
     assert caught.value.run == MadeBy("cod", "tiny.safetensors")
     assert sorted(p.name for p in out.iterdir()) == ["p0.png"]  # no manifest, no journal
 
