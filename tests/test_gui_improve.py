@@ -176,6 +176,7 @@ def test_improve_after_cancel_continues_the_run_and_on_other_data_asks_to_discar
     assert widget.status.value == "cancelling Improve's training…"
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     assert not widget.cancel_button.enabled and improve.steps.enabled
+    assert widget.status.value == "Improve's training stopped: the Improve tab says where"
     assert improve.status.value.startswith("cancelled at step ")
     assert ("of 3: Improve continues it; to start a new run, choose another file under "
             "'new weights'") in improve.status.value  # fmt: skip

@@ -280,16 +280,17 @@ def test_stacks_are_left_out_of_the_queue_of_open_layers(
     open_series(series, layers=True)
     assert series.state is None
     assert series_errors[-1] == (
-        "FOCUS series: the open image layers (stack) are stacks or not images FOCUS can "
-        "take: a series queues single images; for a stack, choose it under 'image' in the "
-        "Model tab and press Run"
+        "FOCUS series: no open image layer can be queued: stack: a series queues single "
+        "images; for a stack, choose it under 'image' in the Model tab and press Run"
     )
     viewer.add_image(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), name="photo")
+    viewer.add_image(np.zeros((10, 10), np.uint8), name="speck")  # left out for its size
     open_series(series, layers=True)
     assert [item.key for item in series.state.queue] == ["photo"]
     assert infos == [
-        "FOCUS: left out of the queue: stack (a series queues single images; for a stack, "
-        "choose it under 'image' and press Run)"
+        "FOCUS: left out of the queue: stack: a series queues single images; for a stack, "
+        "choose it under 'image' in the Model tab and press Run; 'speck' planes are 10x10 "
+        "pixels; FOCUS needs at least 32x32"
     ]
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert _labels(viewer, "photo").data.shape == (40, 56)

@@ -25,6 +25,10 @@ class WeightsChoice:
         return str(self.path) if self.source == "file" else f"official FOCUS {self.size}"
 
 
+#: the footer's status while its Cancel stops Improve's training
+CANCELLING_IMPROVE = "cancelling Improve's training…"
+
+
 class ImproveHost(Protocol):
     """What the section needs from the widget that hosts it."""
 
@@ -58,7 +62,10 @@ class FocusWidgetHost:
         return chosen_dir(export.dataset_root.value), export.dataset_layout.value
 
     def job_changed(self) -> None:
-        self.widget.update_enabled()
+        widget = self.widget
+        if widget.status.value == CANCELLING_IMPROVE and not widget.improve.running:
+            widget.set_status("Improve's training stopped: the Improve tab says where")
+        widget.update_enabled()
 
     def watch_training_data(self, callback: Callable[[], None]) -> None:
         export = self.widget.export_section

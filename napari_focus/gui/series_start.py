@@ -246,25 +246,23 @@ class SeriesStarting:
                 f"{aside}, then press Queue open layers again"
             )
             return
-        names, left_out = [], []
+        names, stacks, unusable = [], [], []
         for name in self.owner.image_layer_names():  # a series item is one picture
             try:
-                single = not layer_planes(self.viewer.layers[name]).is_stack
-            except UnsupportedLayerError:
-                single = False
-            (names if single else left_out).append(name)
-        if left_out and not names:
-            self._error(
-                f"the open image layers ({', '.join(left_out)}) are stacks or not images "
-                "FOCUS can take: a series queues single images; for a stack, choose it "
-                "under 'image' in the Model tab and press Run"
-            )
+                stack = layer_planes(self.viewer.layers[name]).is_stack
+            except UnsupportedLayerError as error:
+                unusable.append(str(error))
+                continue
+            (stacks if stack else names).append(name)
+        why = [*unusable]
+        if stacks:
+            why.insert(0, f"{', '.join(stacks)}: a series queues single images; for a "
+                       "stack, choose it under 'image' in the Model tab and press Run")  # fmt: skip
+        if why and not names:
+            self._error(f"no open image layer can be queued: {'; '.join(why)}")
             return
-        if left_out:
-            show_info(
-                f"FOCUS: left out of the queue: {', '.join(left_out)} (a series queues "
-                "single images; for a stack, choose it under 'image' and press Run)"
-            )
+        if why:
+            show_info(f"FOCUS: left out of the queue: {'; '.join(why)}")
         self._start(
             lambda _found: load_or_create(output, names=names),
             f"opening the series of the {len(names)} open image layers in {output}",

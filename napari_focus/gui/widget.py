@@ -17,6 +17,7 @@ from magicgui.widgets import Container, ProgressBar, PushButton
 from napari.utils.notifications import show_error
 
 from . import dialogs
+from .improve_host import CANCELLING_IMPROVE
 from .job import (
     JobFailure,
     JobResult,
@@ -299,7 +300,7 @@ class FocusWidget(ProposalOutput, Container):
                 return
             if self.improve.running and self.series.prefetcher.loading is None:
                 self.improve.cancel()
-                self.set_status("cancelling Improve's training…")
+                self.set_status(CANCELLING_IMPROVE)
             else:
                 self.series.cancel_model_load()
             return
