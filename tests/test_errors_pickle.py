@@ -77,6 +77,9 @@ _BUILT = {
     "napari_focus.series.open_state.SeriesOfAnotherFolder": lambda cls: cls(
         Path("/data/series"), Path("/data/images"), Path("/other/images")
     ),
+    "napari_focus.training.data.NoTrainingSamples": lambda cls: cls(
+        Path("/data/datasets"), ("cod10k-train",), ("duts-tr",)
+    ),
     "napari_focus.datasets.errors.UnusableNameError": lambda cls: cls(
         "sample name 'CON' is a reserved device name on Windows"
     ),

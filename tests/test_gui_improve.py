@@ -314,3 +314,15 @@ def test_a_continued_run_that_ends_leaves_new_weights_empty_for_the_next_improve
     assert improve.running and "error" not in improve.status.value, improve.status.value
     widget.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
+
+
+def test_no_samples_of_the_layout_is_said_in_the_tab_s_words(tmp_path: Path) -> None:
+    from napari_focus.gui.improve_messages import training_error_text
+    from napari_focus.training.data import NoTrainingSamples
+
+    error = NoTrainingSamples(tmp_path, ("cod10k-train",), ("duts-tr",))
+    assert training_error_text(error, "tuned.safetensors", "new weights") == (
+        f"no training samples under {tmp_path} for layout(s) cod10k-train: export corrected "
+        "masks there first (the Export tab); it holds duts-tr samples: choose that layout, "
+        "and its task, in the Export tab"
+    )

@@ -470,3 +470,20 @@ def _after_each_report(monkeypatch, action) -> None:
         return real_train(config, progress=report, **how)
 
     monkeypatch.setattr(loop, "train", watched)
+
+
+def test_no_samples_of_the_layout_names_the_layouts_that_hold_some(
+    tmp_path: Path, capsys, tiny_checkpoint
+) -> None:
+    """Samples exported for another task (duts-tr while training cod10k-train): the
+    message names the layout that holds them, in the command line's words."""
+    export_shapes(tmp_path, "duts-tr", 2, size=48)
+    code = main(["train", "--root", str(tmp_path), "--layout", "cod10k-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "t.safetensors"),
+                 "--steps", "1", "--device", "cpu", "--quiet"])  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last == (
+        f"napari-focus train: no training samples under {tmp_path} for layout(s) "
+        "cod10k-train: export corrected masks there first (napari-focus export); it holds "
+        "duts-tr samples: give that --layout"
+    )

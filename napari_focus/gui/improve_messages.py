@@ -34,8 +34,11 @@ def validation_text(step: int, metrics: dict[str, float]) -> str:
 
 def training_error_text(error: BaseException, out_name: str, output_label: str) -> str:
     """``error`` of the run into ``out_name``; ``output_label``: the output field's."""
+    from ..training.data import NoTrainingSamples
     from ..training.state import ResumeMismatchError, UnreadableStateError
 
+    if isinstance(error, NoTrainingSamples):
+        return error.text("the Export tab", "choose that layout, and its task, in the Export tab")
     if isinstance(error, ResumeMismatchError):
         return (
             f"the cancelled run of {out_name} was on other training data or settings "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import get_layout, recover_split, sample_paths
+from ..datasets import LAYOUTS, get_layout, recover_split, sample_paths
 from ..datasets.export import dataset_dir
 from ..io import read_image
 from ..mask_files import read_mask_file
@@ -33,6 +33,27 @@ IGNORE = 255
 
 class DatasetError(ValueError):
     """The training data cannot be read (no samples, unreadable files, bad labels)."""
+
+
+class NoTrainingSamples(DatasetError):
+    """No sample of the layouts asked for; ``elsewhere``: layouts of the root that hold
+    some (exported for another task, say). :meth:`text` says it in a front end's words."""
+
+    def __init__(self, root: Path, layouts: Sequence[str], elsewhere: Sequence[str]) -> None:
+        self.root, self.layouts, self.elsewhere = root, tuple(layouts), tuple(elsewhere)
+        super().__init__(self.text("napari-focus export", "give that --layout"))
+
+    def __reduce__(self) -> tuple:  # back from the Improve tab's training process
+        return (type(self), (self.root, self.layouts, self.elsewhere))
+
+    def text(self, how_to_export: str, how_to_choose: str) -> str:
+        said = (
+            f"no training samples under {self.root} for layout(s) {', '.join(self.layouts)}: "
+            f"export corrected masks there first ({how_to_export})"
+        )
+        if self.elsewhere:
+            said += f"; it holds {', '.join(self.elsewhere)} samples: {how_to_choose}"
+        return said
 
 
 class UnknownValidationNames(DatasetError):
@@ -154,10 +175,12 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
         if not found and not issues:
             problems.append(f"{layout}: no samples under {root}; it adds nothing to training")
     if not samples:
-        raise DatasetError(
-            f"no training samples under {root} for layout(s) {', '.join(layouts)}: export "
-            "corrected masks there first (napari-focus export, or the widget's Export tab)"
-        )
+        elsewhere = [
+            name for name in LAYOUTS
+            if name not in layouts and dataset_dir(root, get_layout(name)).is_dir()
+            and list_samples(root, name)[0]
+        ]  # fmt: skip
+        raise NoTrainingSamples(root, layouts, elsewhere)
     return samples, problems
 
 
