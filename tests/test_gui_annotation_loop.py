@@ -583,3 +583,29 @@ def test_accept_after_renaming_the_series_image_exports_the_correction(
     qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
     exported = series.state.queue.item("a_large.png").export["mask"]
     np.testing.assert_array_equal(np.array(Image.open(exported)) > 0, edited > 0)
+
+
+def test_accept_after_the_mask_layer_was_closed_says_how_to_get_it_back(
+    qtbot, open_series, open_focus_widget, photos, tmp_path, series_errors
+):
+    from napari_focus.gui.series_layers import series_layer
+
+    viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series = widget.series
+    open_series(series, photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    labels.mode = "pan_zoom"  # (removing a Labels layer in paint mode crashes Mesa's GL)
+    viewer.layers.remove(labels)
+    series.accept_button.clicked.emit()
+    assert series.shown_key == "a_large.png"
+    assert series_errors[-1] == (
+        "FOCUS series: the mask layer of a_large was closed: go to another image and back "
+        "to show its mask again (its edits were kept), then Accept"
+    )
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.previous()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "a_large.png" and series_layer(viewer, "labels") is not None

@@ -96,6 +96,12 @@ class SeriesDecisions:
                 f"the proposal of {name} is on its way (Reset to proposal): wait for it"
             )
             return True
+        if labels is None and self._awaiting != self._shown:  # the user closed the layer
+            self._error(
+                f"the mask layer of {name} was closed: go to another image and back to "
+                "show its mask again (its edits were kept), then Accept"
+            )
+            return True
         waiting = labels is None or self._awaiting == self._shown
         if not waiting or (labels is not None and np.asarray(labels.data).any()):
             return False
