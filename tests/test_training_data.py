@@ -94,6 +94,11 @@ def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
     assert [s.name for s in chosen] == ["s3", "s4"]
     with pytest.raises(DatasetError, match="no exported sample is named nope"):
         split_samples(samples, val_names=["nope"])
+    cod = tmp_path / "cod"
+    export_sample(cod, "cod10k-train", "top", *shape_sample(rng, 40))  # exported as NF-top
+    cod_samples, _ = collect_samples(cod, ["cod10k-train"])
+    with pytest.raises(DatasetError, match=r"named top \(did you mean NF-top\?\)"):
+        split_samples(cod_samples, val_names=["top"])
 
 
 def test_augmentation_keeps_image_and_labels_aligned() -> None:

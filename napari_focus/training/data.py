@@ -204,9 +204,12 @@ def split_samples(
         unknown = wanted - {s.name for s in val} - {s.key for s in val}
         if unknown:
             example = samples[0].key if samples else "duts-tr/img_001"
+            # the export gives names without a dash an "NF-" prefix in some layouts
+            prefixed = sorted(s.name for s in samples if s.name in {f"NF-{n}" for n in unknown})
+            meant = f" (did you mean {', '.join(prefixed)}?)" if prefixed else ""
             raise UnknownValidationNames(
-                f"no exported sample is named {', '.join(sorted(unknown))}; name samples as "
-                f"their file stems or as layout/name (e.g. {example})"
+                f"no exported sample is named {', '.join(sorted(unknown))}{meant}; name "
+                f"samples as they were exported or as layout/name (e.g. {example})"
             )
         chosen_val = set(val)
         train = [s for s in samples if s not in chosen_val]
