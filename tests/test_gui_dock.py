@@ -305,9 +305,9 @@ def test_errors_speak_the_widget_s_words():
     assert "'local checkpoint' in the Model tab and pick a file you trust" in text
 
 
-def test_export_asks_in_the_dialog_s_words(
-    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
-):
+def _cup_proposed(qtbot, open_focus_widget, small_coffee, tmp_path):
+    """The Export tab of a widget whose Run proposed a mask for the layer "cup", exports
+    going to ``tmp_path/datasets`` in the generic layout."""
     viewer, widget = open_focus_widget()
     viewer.add_image(small_coffee, name="cup")
     widget.run()
@@ -315,6 +315,13 @@ def test_export_asks_in_the_dialog_s_words(
     export = widget.export_section
     export.dataset_root.value = tmp_path / "datasets"
     export.dataset_layout.value = "generic"
+    return export
+
+
+def test_export_asks_in_the_dialog_s_words(
+    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
+):
+    export = _cup_proposed(qtbot, open_focus_widget, small_coffee, tmp_path)
     export.policy.value = "ask"
     outcomes: list = []
     export.export(on_done=outcomes.append)
@@ -469,13 +476,7 @@ def test_export_reads_the_image_pixels_in_its_worker(
             return self.planes.plane(index)
 
     monkeypatch.setattr(module, "layer_planes", lambda layer: RecordedPlanes(layer_planes(layer)))
-    viewer, widget = open_focus_widget()
-    viewer.add_image(small_coffee, name="cup")
-    widget.run()
-    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
-    export = widget.export_section
-    export.dataset_root.value = tmp_path / "datasets"
-    export.dataset_layout.value = "generic"
+    export = _cup_proposed(qtbot, open_focus_widget, small_coffee, tmp_path)
     outcomes: list = []
     export.export(on_done=outcomes.append)
     qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
