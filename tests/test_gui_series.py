@@ -497,3 +497,31 @@ def test_run_after_a_cancelled_model_load_gives_the_series_its_proposal(
     series.next()
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert _labels(viewer, "img1").data.shape == (64, 96)
+
+
+def test_next_to_an_image_whose_proposal_is_ready_saves_the_series_once(
+    qtbot, open_series, open_focus_widget, photo_crops, monkeypatch
+):
+    """Each save rewrites the whole state file on napari's thread (0.09 s for 20,000
+    images): Next saves the new position with the new image's status, once."""
+    from napari_focus.series import load_or_create
+    from napari_focus.series.state import SeriesState
+
+    images = photo_crops(3)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    open_series(series, images)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    saves: list[str] = []
+    save = SeriesState.save
+
+    def counted(self):
+        saves.append(self.queue.current.key)
+        return save(self)
+
+    monkeypatch.setattr(SeriesState, "save", counted)
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    assert series.state.queue.item("img1.png").status is Status.PROPOSED
+    assert saves == ["img1.png"]
+    assert load_or_create(series.state.output_folder, images).queue.current.key == "img1.png"

@@ -270,11 +270,13 @@ class SeriesSection(
             return
         if step(self.state.queue) is None:
             show_info(f"FOCUS: {self._end_text(direction)}")
-        try:
-            self.state.save()
-        except OSError as error:
-            self._error(self.close_guard.save_failure_text(error, "the series state"))
         self.show_current(direction)
+        # the image shown first; its status mark (a new proposal) saved the position too
+        if self.state is not None and not self.state.position_saved():
+            try:
+                self.state.save()
+            except OSError as error:
+                self._error(self.close_guard.save_failure_text(error, "the series state"))
 
     def _end_text(self, direction: int) -> str:
         """Why Next (``direction`` 1) or Previous (-1) found no image, and what to do."""

@@ -92,6 +92,7 @@ class SeriesState:
     merged: list[str] = field(default_factory=list)
     _synced: Synced = field(default_factory=Synced, init=False, repr=False)
     _save_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _saved_current: str | None = field(default=None, init=False, repr=False)
 
     @property
     def state_path(self) -> Path:
@@ -144,7 +145,15 @@ class SeriesState:
             keep_backup(self.state_path, self.backup_path)
             path = atomic_write_text(self.state_path, text)
             self._synced.remember(data["items"], file_stamp(path))
+            self._saved_current = data["current"]
             return path
+
+    def position_saved(self) -> bool:
+        """Whether the last save holds the current item (a reopened series shows it)."""
+        current = self.queue.current
+        return self._saved_current is not None and self._saved_current == (
+            current.key if current is not None else None
+        )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
