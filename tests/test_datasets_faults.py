@@ -154,7 +154,45 @@ def test_provenance_short_write_is_an_error_not_a_torn_line(tmp_path: Path, monk
     export_sample(tmp_path, LAYOUT, "c", image, mask)
     assert len(writes) > 10  # short writes are continued, not reported as done
     monkeypatch.undo()
-    assert [r["name"] for r in read_records(tmp_path)] == ["a", "c"]
+    # b's line, kept in its journal, is written by the next export, before c's
+    assert [r["name"] for r in read_records(tmp_path)] == ["a", "b", "c"]
+
+
+def test_a_killed_export_s_provenance_line_is_written_once_by_the_next(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Killed between its files and its provenance line, an export left a listed sample
+    with no line; its journal now carries the line, which the next export writes, and
+    never twice when the kill came after the line."""
+    from napari_focus.datasets import journal
+
+    image, mask = make_sample(0)
+
+    def killed(*_args):
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as patch:  # killed after the renames, before the line
+        patch.setattr(journal, "append_line", killed)
+        with pytest.raises(SystemExit):
+            export_sample(tmp_path, LAYOUT, "a", image, mask)
+    assert "a" in listed_in_both(tmp_path) and not (tmp_path / PROVENANCE_NAME).exists()
+    export_sample(tmp_path, LAYOUT, "b", image, mask)
+    assert [r["name"] for r in read_records(tmp_path)] == ["a", "b"]
+
+    unlink = Path.unlink
+
+    def killed_before_the_journal_went(self, *args, **kwargs):
+        if self.name == journal.JOURNAL_NAME:
+            raise SystemExit("killed")
+        return unlink(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:  # killed after the line, before the journal went
+        patch.setattr(Path, "unlink", killed_before_the_journal_went)
+        with pytest.raises(SystemExit):
+            export_sample(tmp_path, LAYOUT, "c", image, mask)
+    export_sample(tmp_path, LAYOUT, "d", image, mask)
+    assert [r["name"] for r in read_records(tmp_path)] == ["a", "b", "c", "d"]
+    check_split(tmp_path, LAYOUT)
 
 
 def test_reader_skips_and_reports_a_torn_last_line(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ Order of work, all of it under the root's lock (see :mod:`.jsonstore`):
    names; then, as one journaled transaction (:mod:`.journal`), a replaced sample's
    entries are left out of the JSON files, the files are swapped in and the JSON files
    with the new entries (in place, same ids) follow;
-4. one provenance line is appended.
+4. one provenance line is appended, before the journal goes (the journal carries it: a
+   killed export's line is written by the next one, never twice).
 
 A failure before the journal is written changes nothing (the old sample stays listed).
 A kill after it leaves the sample unlisted, never listed with half-swapped files, and
@@ -30,9 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..atomic import WriteError
 from ..transforms import to_rgb_uint8
-from .errors import ExportError, ExportWriteError, SampleExistsError
+from .errors import ExportError, SampleExistsError
 from .image_bytes import check_encodable, encode, image_bytes
 from .journal import Transaction
 from .jsonstore import root_lock
@@ -41,9 +41,9 @@ from .names import sanitize_name
 from .provenance import (
     PROVENANCE_NAME,
     Provenance,
-    append_record,
     build_record,
     check_proposal,
+    record_line,
 )
 from .recovery import recover_samples, tidy_split
 from .splitjson import Ids, SplitJson, dumps
@@ -206,26 +206,19 @@ def _export_locked(
         ids = store.put(name + spec.image_ext, fg)
         for path, data in store.files():
             tx.stage(path, dumps(data))
-        tx.commit()
-
-    record = build_record(
-        info,
-        layout=spec.name,
-        name=name,
-        status=status,
-        files=[p.relative_to(root).as_posix() for p in paths.all()],
-        image=source[0],
-        image_file=source[1],
-        mask=fg,
-    )
-    try:
-        prov_path = append_record(root, record)
-    except OSError as exc:
-        reason = WriteError(root / PROVENANCE_NAME, exc).reason
-        raise ExportWriteError(
-            f"sample {name!r} exported but its provenance line not written: {reason}", reason
-        ) from exc
-    return _result(spec, name, status, paths, store, ids, prov_path, recovered)
+        record = build_record(
+            info,
+            layout=spec.name,
+            name=name,
+            status=status,
+            files=[p.relative_to(root).as_posix() for p in paths.all()],
+            image=source[0],
+            image_file=source[1],
+            mask=fg,
+        )
+        # the journal carries the line: a killed export's sample still gets it
+        tx.commit(provenance=(root, record_line(record)))
+    return _result(spec, name, status, paths, store, ids, root / PROVENANCE_NAME, recovered)
 
 
 def recover_split(root: str | Path, layout: str) -> list[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..atomic import WriteError, atomic_write_bytes, fsync_dir, write_temp
 from .errors import ExportError, ExportWriteError
+from .provenance import PROVENANCE_NAME, append_line, holds_line
 
 JOURNAL_NAME = ".napari_focus-journal.json"
 
@@ -57,23 +58,28 @@ class Transaction:
             tmp.unlink(missing_ok=True)
         self.staged.clear()
 
-    def commit(self) -> None:
-        """Write the journal, do the renames, delete the journal.
+    def commit(self, provenance: tuple[Path, str] | None = None) -> None:
+        """Write the journal, do the renames, append the ``provenance`` line (``(root,
+        line)``) to the root's log, delete the journal. The journal carries the line, so
+        a killed export's sample never stays without its provenance.
 
         Raises:
             ExportError: the journal could not be written (nothing changed), or a rename
-                failed after it was (the next export completes the transaction).
+                or the provenance line failed after it was (the next export completes
+                the transaction).
         """
         if not self.staged:
             self.committed = True
             return
         journal = self.base / JOURNAL_NAME
-        record = {
+        record: dict = {
             "renames": [
                 [tmp.relative_to(self.base).as_posix(), final.relative_to(self.base).as_posix()]
                 for tmp, final in self.staged
             ]
         }
+        if provenance is not None:
+            record["provenance"] = provenance[1]
         try:
             atomic_write_bytes(journal, json.dumps(record).encode("utf-8"))
         except WriteError as exc:
@@ -81,13 +87,23 @@ class Transaction:
         self.committed = True
         try:
             _apply(self.base, record["renames"])
-            journal.unlink()
         except OSError as exc:
             raise ExportWriteError(
                 f"could not complete the update of {self.base}: {exc}; the next export "
                 "completes it",
                 exc.strerror,
             ) from exc
+        if provenance is not None:
+            try:
+                append_line(provenance[0], provenance[1])
+            except OSError as exc:
+                reason = WriteError(provenance[0] / PROVENANCE_NAME, exc).reason
+                raise ExportWriteError(
+                    f"the sample was exported but its provenance line not written: "
+                    f"{reason}; the next export writes it",
+                    reason,
+                ) from exc
+        journal.unlink()
 
 
 def _apply(base: Path, renames: list[list[str]]) -> None:
@@ -101,9 +117,10 @@ def _apply(base: Path, renames: list[list[str]]) -> None:
         fsync_dir(folder)
 
 
-def roll_forward(base: Path) -> list[str]:
-    """Complete a transaction a killed export committed but did not finish; returns a
-    message per completed transaction (empty if there was none)."""
+def roll_forward(base: Path, root: Path | None = None) -> list[str]:
+    """Complete a transaction a killed export committed but did not finish, its
+    provenance line (in ``root``'s log) included; returns a message per completed
+    transaction (empty if there was none)."""
     journal = base / JOURNAL_NAME
     try:
         record = json.loads(journal.read_text(encoding="utf-8"))
@@ -124,8 +141,13 @@ def roll_forward(base: Path) -> list[str]:
     if not valid:
         raise ExportError(f"{journal} is damaged; move it away and check the split")
     pending = [final for tmp, final in renames if (base / tmp).exists()]
+    line = record.get("provenance") if root is not None else None
+    line = line if isinstance(line, str) and line.strip() else None
     try:
         _apply(base, renames)
+        if line is not None and not holds_line(root, line):
+            append_line(root, line if line.endswith("\n") else line + "\n")
+            pending.append(PROVENANCE_NAME)
         journal.unlink()
     except OSError as exc:
         raise ExportError(f"could not complete an interrupted export in {base}: {exc}") from exc

@@ -126,7 +126,28 @@ def build_record(
     }
 
 
+def record_line(record: dict[str, Any]) -> str:
+    """The record as its line of the log (a transaction's journal carries it)."""
+    return json.dumps(record, default=_json_default, ensure_ascii=False) + "\n"
+
+
 def append_record(root: Path, record: dict[str, Any]) -> Path:
+    """Append one line (call it while holding the root lock); see :func:`append_line`."""
+    return append_line(root, record_line(record))
+
+
+def holds_line(root: Path, line: str) -> bool:
+    """Whether the log already holds ``line`` (a killed export may have appended it
+    before it could delete its journal)."""
+    path = root / PROVENANCE_NAME
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
+    return line.rstrip("\n") in text.split("\n")
+
+
+def append_line(root: Path, line: str) -> Path:
     """Append one line (call it while holding the root lock): the whole line is written
     and flushed, or the file is cut back to its previous length and an ``OSError`` is
     raised, so a full disk never leaves a torn line that was reported as written.
@@ -135,7 +156,6 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
     damage stays confined to that one unparseable line.
     """
     path = root / PROVENANCE_NAME
-    line = json.dumps(record, default=_json_default, ensure_ascii=False) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         size = os.fstat(fd).st_size

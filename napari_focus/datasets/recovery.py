@@ -41,7 +41,7 @@ def split_folders(base: Path, spec: Layout) -> list[Path]:
 
 def tidy_split(root: Path, base: Path, spec: Layout) -> list[str]:
     """Roll forward, then delete stale temporary files; messages of what was done."""
-    messages = roll_forward(base)
+    messages = roll_forward(base, root)
     # temp files of live processes are kept: under the lock they are not an export's
     removed = [p for folder in split_folders(base, spec) for p in remove_stale_temps(folder)]
     if removed:
