@@ -525,3 +525,32 @@ def test_next_to_an_image_whose_proposal_is_ready_saves_the_series_once(
     assert series.state.queue.item("img1.png").status is Status.PROPOSED
     assert saves == ["img1.png"]
     assert load_or_create(series.state.output_folder, images).queue.current.key == "img1.png"
+
+
+def test_a_second_window_on_the_same_series_is_warned(
+    qtbot, open_series, open_focus_widget, photo_crops, monkeypatch
+):
+    """Both windows save into the series, the later decision winning: the second one to
+    open it says so; once the first let go of it, nothing is said."""
+    from napari_focus.gui import series_section
+
+    warned: list[str] = []
+    monkeypatch.setattr(series_section, "show_warning", warned.append)
+    images = photo_crops(2)
+    _viewer, first = open_focus_widget()
+    open_series(first.series, images)
+    assert warned == []
+    _viewer2, second = open_focus_widget()
+    open_series(second.series, images)
+    assert warned == [
+        "FOCUS: this series is also open in another window of this napari: both save into "
+        "it, image by image, the later decision winning; close it there so that a click in "
+        "one window does not undo a decision made in the other"
+    ]
+    marks = lambda: sorted(images.glob("**/.napari_focus-open-*"))  # noqa: E731
+    assert len(marks()) == 2
+    qtbot.waitUntil(lambda: not first.series.busy and not second.series.busy, timeout=WAIT_MS)
+    assert first.series.close_guard.allow_close()  # napari closing: its marker goes
+    assert len(marks()) == 1
+    open_series(second.series, images)  # reopened alone: nothing said
+    assert len(warned) == 1 and len(marks()) == 1

@@ -275,3 +275,30 @@ def test_a_writer_holding_the_lock_too_long_gets_a_clear_error(folder, tmp_path,
     assert (out / STATE_NAME).read_bytes() == before
     state.save()  # free again
     assert statuses(out, folder)["a.png"] == "rejected"
+
+
+def test_a_series_open_in_another_window_is_said(tmp_path, monkeypatch):
+    import time
+
+    from napari_focus.atomic import host_id
+    from napari_focus.series.presence import MARK_PREFIX, Presence
+
+    first = Presence(tmp_path)
+    assert first.others_text() is None
+    second = Presence(tmp_path)
+    assert second.others_text() == "another window of this napari"
+    first.leave()
+    second.leave()
+    assert not list(tmp_path.iterdir())
+
+    crashed = tmp_path / f"{MARK_PREFIX}{host_id()}-999999999-0a0b"  # no such process
+    crashed.touch()
+    elsewhere = tmp_path / f"{MARK_PREFIX}otherhost-4242-0c0d"
+    elsewhere.touch()
+    old = tmp_path / f"{MARK_PREFIX}oldhost-77-0e0f"
+    old.touch()
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))  # a day and more
+    third = Presence(tmp_path)
+    assert third.others_text() == "a napari on another computer (process 4242)"
+    assert not crashed.exists()  # removed: its process ended
+    third.leave()

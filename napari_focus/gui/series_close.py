@@ -155,6 +155,7 @@ class CloseGuard:
         self.section.stop_reading_proposal()
         self.section.prefetcher.close(wait_s=wait_s)
         self.section.shutdown_metrics()
+        self.section.leave_presence()
 
 
 class _CloseFilter(QObject):

@@ -5,6 +5,7 @@ computed ahead in the background (queue, resume and prefetch logic live in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import (
@@ -16,10 +17,11 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..series import PrefetchCache, SeriesState, Status
 from ..series.decoded import DecodedImages
+from ..series.presence import Presence
 from .job import DOWNLOADING
 from .layout import WrappingLabel, enter_to_apply, narrow_combo, narrow_line_edits
 from .proposal_layers import META_KEY, is_edited
@@ -73,6 +75,7 @@ class SeriesSection(
         self._load_declined: Any = None  # settings whose model loading the user cancelled
         self._buttons_off = False  # disabled while no image of the series can be shown
         self._start_listing: tuple[Any, Any] | None = None  # the start masks folder, listed
+        self._presence: Presence | None = None  # this widget's marker in the series folder
         self._rank_wanted = False
 
         self.folder = FileEdit(label="image folder", mode="d")
@@ -207,6 +210,24 @@ class SeriesSection(
             "cancelled loading the model: no proposals are computed; press Run to load it"
         )
         self.owner.update_enabled()
+
+    def mark_presence(self, folder: Path) -> None:
+        """Leave this widget's marker in the series folder (the last one's removed) and
+        say when another napari window has the series open too."""
+        self.leave_presence()
+        self._presence = Presence(folder)
+        others = self._presence.others_text()
+        if others is not None:
+            show_warning(
+                f"FOCUS: this series is also open in {others}: both save into it, image by "
+                "image, the later decision winning; close it there so that a click in one "
+                "window does not undo a decision made in the other"
+            )
+
+    def leave_presence(self) -> None:
+        if self._presence is not None:
+            self._presence.leave()
+            self._presence = None
 
     def takes_run(self, layer: Any) -> bool:
         """Run on the series image still waiting for its proposal (its model's loading

@@ -323,6 +323,7 @@ class SeriesStarting:
         if not self.leave_current(wait=True):
             return  # edited while the series opened, and these edits cannot be saved
         self.state = state
+        self.mark_presence(state.output_folder)
         if on_shown is not None:
             on_shown()
         self.cache.clear()
