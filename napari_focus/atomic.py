@@ -214,9 +214,9 @@ def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         mode = created
     try:
         write(os.fspath(tmp))
+        fsync_path(tmp)  # before the mode: a replaced file's may not let its owner read
         if os.stat(tmp).st_mode & 0o7777 != mode:  # replacing, or a writer's own file
             os.chmod(tmp, mode)
-        fsync_path(tmp)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):

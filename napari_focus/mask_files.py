@@ -10,7 +10,7 @@ threshold is used here, on every scale a mask file may use:
 * integers up to 65535 (16-bit masks): ``> 32896`` (128 on the 16-bit scale, x 257);
 * integers that never exceed that threshold (0/1 masks, and label images of ids 1, 2,
   3, ... that napari and instance tools save, which would read as all background):
-  ``> 0``;
+  ``> 0``, except in lossy files (JPEG, WebP), whose faint values are compression noise;
 * floats in [0, 1]: ``> 0.5``; floats up to 255: ``> 128``;
 * colour masks (RGB or RGBA): a pixel is foreground when any colour channel is, so a
   pure red ``(255, 0, 0)`` outline counts like a white one; where alpha varies,
@@ -39,30 +39,36 @@ FOREGROUND_ABOVE = 128
 #: ``<stem>_gt.png`` or ``<stem>_mask.png``), and the lossless formats masks come in
 MASK_SUFFIXES = ("", "_gt", "_mask")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+#: lossy formats: their faint values are compression noise, never label ids
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
 __all__ = ["FOREGROUND_ABOVE", "MASK_EXTENSIONS", "MASK_SUFFIXES", "binary_mask", "read_mask_file"]
 
 
-def binary_mask(pixels: np.ndarray) -> np.ndarray:
+def binary_mask(pixels: np.ndarray, *, label_ids: bool = True) -> np.ndarray:
     """bool ``(H, W)`` foreground of mask pixels (gray ``(H, W)``, ``(H, W, 1)`` or colour
-    ``(H, W, 3|4)``) by the module's rule. Raises ValueError for anything else."""
+    ``(H, W, 3|4)``) by the module's rule; ``label_ids=False`` (pixels of a lossy file,
+    whose faint values are compression noise) keeps the threshold for masks that never
+    pass it. Raises ValueError for anything else."""
     array = np.asarray(pixels)
     if array.ndim == 3 and array.shape[-1] == 4 and array.size:
         alpha = array[..., 3]
         if alpha.min() != alpha.max():  # transparent pixels are background
-            opaque = _foreground(alpha, alpha)
-            colour = np.logical_or.reduce(_foreground(array[..., :3], array), axis=-1)
+            opaque = _foreground(alpha, alpha, label_ids=False)  # alpha <= 128: see-through
+            colour = np.logical_or.reduce(
+                _foreground(array[..., :3], array, label_ids), axis=-1
+            )
             inside = colour[opaque]
             if inside.any() and not inside.all():  # the colours draw the shapes
                 return colour & opaque
             return opaque  # the shape is in the transparency
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         channels = array[..., : min(array.shape[-1], 3)]
-        return np.logical_or.reduce(_foreground(channels, array), axis=-1)
+        return np.logical_or.reduce(_foreground(channels, array, label_ids), axis=-1)
     if array.ndim != 2:
         raise ValueError(
             f"a mask must be 2-D (H, W) or a gray/colour image, got shape {array.shape}"
         )
-    return _foreground(array, array)
+    return _foreground(array, array, label_ids)
 
 
 def read_mask_file(path: str | os.PathLike) -> np.ndarray:
@@ -74,7 +80,8 @@ def read_mask_file(path: str | os.PathLike) -> np.ndarray:
         if indices is not None:
             return indices > 0
         rgba = _with_alpha(path)
-        return binary_mask(rgba if rgba is not None else read_image(path))
+        lossy = os.fspath(path).lower().endswith(LOSSY_EXTENSIONS)
+        return binary_mask(rgba if rgba is not None else read_image(path), label_ids=not lossy)
     except ValueError as error:
         raise ValueError(f"{os.fspath(path)}: {error}") from error
 
@@ -117,7 +124,7 @@ def _label_indices(path: str | os.PathLike) -> np.ndarray | None:
     return indices if black_first and not grays else None
 
 
-def _foreground(values: np.ndarray, whole: np.ndarray) -> np.ndarray:
+def _foreground(values: np.ndarray, whole: np.ndarray, label_ids: bool = True) -> np.ndarray:
     if values.dtype == np.bool_:
         return values.copy()
     if values.size == 0:
@@ -129,7 +136,7 @@ def _foreground(values: np.ndarray, whole: np.ndarray) -> np.ndarray:
                 f"mask values run from {low} to {high}; a mask holds 0/1, 0-255 or 0-65535"
             )
         threshold = FOREGROUND_ABOVE if high <= 255 else FOREGROUND_ABOVE * 257
-        if high <= threshold:  # 0/1, or label ids (1, 2, 3, ...): all background otherwise
+        if high <= 1 or (label_ids and high <= threshold):  # 0/1, or label ids (1, 2, ...)
             return values > 0
         return values > threshold
     if np.issubdtype(values.dtype, np.floating):

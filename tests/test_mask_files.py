@@ -145,6 +145,13 @@ def test_jpeg_mask_noise_is_no_foreground(tmp_path: Path) -> None:
     assert ((noisy > 0) & ~(square() > 0)).any()  # the file does hold noise
     found = read_mask_file(path)
     assert (found != (square() > 0)).mean() < 0.005
+    # a faint shape only (no value past 128): compression noise in a JPEG, never label
+    # ids, so background as the official threshold says; in a PNG, a label image's id
+    path.write_bytes(jpeg_bytes(square(60)))
+    assert 0 < np.asarray(Image.open(path)).max() <= 128
+    assert not read_mask_file(path).any()
+    Image.fromarray(square(60)).save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "labels.png"), square() > 0)
 
 
 def test_export_cli_reads_masks_by_the_rule(tmp_path: Path) -> None:

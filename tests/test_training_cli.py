@@ -268,6 +268,20 @@ def test_a_broken_sample_met_during_the_run_says_how_to_go_on(
         "afresh (--resume refuses changed samples)"
     )
 
+    def refused_before_training(config, progress, **how):  # a state of an earlier run
+        raise DatasetError("no training samples under the root")
+
+    import os
+
+    state = out.with_suffix(".training") / STATE_NAME
+    os.utime(state, (state.stat().st_atime - 3600, state.stat().st_mtime - 3600))
+    monkeypatch.setattr(loop, "train", refused_before_training)
+    code = main(["train", "--root", str(tmp_path), "--layout", "camo-train",
+                 "--weights", str(tiny_checkpoint), "--out", str(out), "--steps", "20",
+                 "--device", "cpu", "--quiet", "--restart"])  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last == "napari-focus train: no training samples under the root"
+
 
 def test_a_work_folder_that_cannot_be_written_is_said_before_training(
     tmp_path: Path, capsys, tiny_checkpoint

@@ -103,7 +103,14 @@ class Transaction:
                     f"{reason}; the next export writes it",
                     reason,
                 ) from exc
-        journal.unlink()
+        try:
+            journal.unlink()
+        except OSError as exc:
+            raise ExportWriteError(
+                f"could not complete the update of {self.base}: {exc}; the next export "
+                "completes it",
+                exc.strerror,
+            ) from exc
 
 
 def _apply(base: Path, renames: list[list[str]]) -> None:

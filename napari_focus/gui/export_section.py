@@ -141,9 +141,10 @@ class ExportSection(Container):
         def write() -> tuple[Any, BaseException | None]:
             # an exception is handed back in a tuple: a worker re-raises one it returns
             try:
+                pixels = image()
                 recorded = with_proposal_read(provenance, np.shape(mask))
                 return export_sample(
-                    root, layout, name, image(), mask, on_exists=on_exists, provenance=recorded
+                    root, layout, name, pixels, mask, on_exists=on_exists, provenance=recorded
                 ), None
             except (ExportError, OSError) as error:
                 return None, error
@@ -242,7 +243,7 @@ class ExportSection(Container):
         }
         mask = np.array(labels.data[index] if index else labels.data)  # a copy: painting goes on
         # the pixels are read in the export's worker: a dask or zarr layer reads from disk
-        return lambda: np.asarray(planes.plane(index)), mask, name, provenance
+        return _read_once(planes, index, image_layer.name), mask, name, provenance
 
     def _own(self, labels: Any) -> Any:
         """The model's proposal a mask shown from the series' autosave was drawn from
@@ -252,6 +253,22 @@ class ExportSection(Container):
             return None
         proposal, made_from_it = series.own_proposal(labels)
         return proposal if made_from_it else None
+
+
+def _read_once(planes: Any, index: tuple, layer: str) -> Callable[[], np.ndarray]:
+    """What reads the plane in the export's worker, once (an export asked again, after
+    "the sample exists", reuses it); a read that fails is said as a read, not a write."""
+    kept: list[np.ndarray] = []
+
+    def read() -> np.ndarray:
+        if not kept:
+            try:
+                kept.append(np.asarray(planes.plane(index)))
+            except OSError as error:
+                raise ExportError(f"could not read the pixels of '{layer}': {error}") from error
+        return kept[0]
+
+    return read
 
 
 def with_proposal_read(provenance: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:

@@ -147,6 +147,8 @@ class RefineSection(Container):
                 self.show_refinement(state["refinement"])  # the controls show the mask
                 self.owner.set_status("kept your edits")
                 return
+            if labels.metadata.get(META_KEY) is not state or labels not in self.owner.viewer.layers:
+                return  # another proposal, or the layer gone, while the dialog was open
         state["proposal"] = mask.copy()
         state["refinement"] = asdict(refinement)
         replace_labels_data(labels, mask)

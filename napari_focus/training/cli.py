@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ EXIT_CODES = f"""\
 exit codes:
   0  the checkpoint was written
   1  the run stopped: a file could not be written (a full disk; --resume
-     continues) or a sample's files turned out broken (fix them, then --restart)
+     continues) or, after a step was saved, a sample's files turned out broken
+     (fix them, then --restart)
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, an unusable --device, PySODMetrics
      missing, no samples, an existing --out, an unfinished run of --out (add
      --resume or --restart), or base weights that could not be loaded
@@ -293,6 +295,7 @@ def run_train(args: argparse.Namespace) -> int:
         return (f"napari-focus train: stopping within a model stage and saving the last "
                 f"completed step ({again} to stop at once)")  # fmt: skip
 
+    started = time.time()  # a state saved since then is this run's: it had started
     try:  # a first Ctrl-C or SIGTERM: the run stops within a model stage, saving its state
         with first_signal_asks_to_stop(stopping, on_first=cancel.set) as request:
             result = train(config, progress=show, cancel=cancel)
@@ -317,7 +320,7 @@ def run_train(args: argparse.Namespace) -> int:
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
         close_bar()
         flag = "--val: " if isinstance(error, UnknownValidationNames) else ""
-        if not flag and not args.resume and has_saved_state(config.work_dir):
+        if not flag and _saved_since(config.work_dir, started):
             # a sample's files found broken during the run (they are decoded as they come)
             _say(f"{error}; the run stopped there: once the sample is fixed or removed, "
                  "--restart trains afresh (--resume refuses changed samples)")  # fmt: skip
@@ -369,6 +372,16 @@ def run_train(args: argparse.Namespace) -> int:
         print("  no step beat the base weights on the held-out samples: the output holds "
               "them unchanged", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _saved_since(work_dir: Path, started: float) -> bool:
+    """Whether the run saved its resume state after ``started`` (so it had trained)."""
+    from .state import STATE_NAME
+
+    try:
+        return (work_dir / STATE_NAME).stat().st_mtime >= started - 1.0
+    except OSError:
+        return False
 
 
 def _interrupted_inside(error: BaseException) -> bool:

@@ -175,13 +175,22 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
         if not found and not issues:
             problems.append(f"{layout}: no samples under {root}; it adds nothing to training")
     if not samples:
-        elsewhere = [
-            name for name in LAYOUTS
-            if name not in layouts and dataset_dir(root, get_layout(name)).is_dir()
-            and list_samples(root, name)[0]
-        ]  # fmt: skip
-        raise NoTrainingSamples(root, layouts, elsewhere)
+        raise NoTrainingSamples(root, layouts, _layouts_with_samples(root, layouts))
     return samples, problems
+
+
+def _layouts_with_samples(root: Path, besides: Sequence[str]) -> list[str]:
+    """The other layouts of ``root`` that hold samples (a damaged one counts as none)."""
+    found = []
+    for name in LAYOUTS:
+        if name in besides or not dataset_dir(root, get_layout(name)).is_dir():
+            continue
+        try:
+            if list_samples(root, name)[0]:
+                found.append(name)
+        except (DatasetError, OSError):
+            continue
+    return found
 
 
 def split_samples(
