@@ -522,6 +522,22 @@ def test_strokes_painted_while_the_mask_is_refined_are_not_replaced_unasked(
     np.testing.assert_array_equal(labels.data, painted)  # "No": the stroke stays
     assert widget.status.value == "kept your edits"
 
+    def new_proposal_meanwhile(_parent, question):  # arrives while the dialog is open
+        if "while it was being refined" in question:
+            state = dict(labels.metadata["napari_focus"])
+            labels.metadata = {**labels.metadata, "napari_focus": state}
+        return True
+
+    monkeypatch.setattr(dialogs, "ask_yes_no", new_proposal_meanwhile)
+    gate.clear()
+    widget.threshold.value = 0.6
+    qtbot.waitUntil(lambda: widget.status.value == "refining the mask…", timeout=WAIT_MS)
+    labels.paint((8, 8), 1)
+    painted = np.array(labels.data)
+    gate.set()
+    qtbot.waitUntil(lambda: widget.refine_section.idle, timeout=WAIT_MS)
+    np.testing.assert_array_equal(labels.data, painted)  # not the old proposal's refinement
+
 
 def test_new_data_for_a_locked_mask_keeps_it_locked(make_napari_viewer):
     """A series locks the mask while the next image opens; a refinement arriving then

@@ -78,6 +78,9 @@ def test_reader_rejects_a_damaged_semantic_file_and_empty_roots(tmp_path: Path) 
     json_path.write_text("{not json")
     with pytest.raises(DatasetError, match="not a readable FOCUS semantic JSON"):
         list_samples(tmp_path, "duts-tr")
+    # asked for another layout, the damaged one holds no samples: the reason stays
+    with pytest.raises(DatasetError, match=r"no training samples .* cod10k-train: export"):
+        collect_samples(tmp_path, ["cod10k-train"])
 
 
 def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
