@@ -88,11 +88,7 @@ class Transaction:
         try:
             _apply(self.base, record["renames"])
         except OSError as exc:
-            raise ExportWriteError(
-                f"could not complete the update of {self.base}: {exc}; the next export "
-                "completes it",
-                exc.strerror,
-            ) from exc
+            raise self._unfinished(exc) from exc
         if provenance is not None:
             try:
                 append_line(provenance[0], provenance[1])
@@ -106,11 +102,15 @@ class Transaction:
         try:
             journal.unlink()
         except OSError as exc:
-            raise ExportWriteError(
-                f"could not complete the update of {self.base}: {exc}; the next export "
-                "completes it",
-                exc.strerror,
-            ) from exc
+            raise self._unfinished(exc) from exc
+
+    def _unfinished(self, exc: OSError) -> ExportWriteError:
+        """A committed transaction this export could not finish (the next one does)."""
+        return ExportWriteError(
+            f"could not complete the update of {self.base}: {exc}; the next export "
+            "completes it",
+            exc.strerror,
+        )
 
 
 def _apply(base: Path, renames: list[list[str]]) -> None:
