@@ -41,6 +41,18 @@ def _fits(viewer, image) -> bool:
     )
 
 
+
+def _photos_shown(qtbot, open_series, open_focus_widget, photos, dataset_root=None):
+    """napari with the widget (exports going to ``dataset_root`` when given), the photos
+    open as a series, its first proposal on screen."""
+    viewer, widget = open_focus_widget()
+    if dataset_root is not None:
+        widget.export_section.dataset_root.value = dataset_root
+    series = widget.series
+    open_series(series, photos)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    return viewer, widget, series
+
 def test_each_image_fills_the_view_whatever_its_size(qtbot, open_series, open_focus_widget, photos):
     from napari_focus.gui.series_layers import series_layer
 
@@ -349,10 +361,7 @@ def test_reset_to_proposal_asks_before_throwing_edits_away(
 
     from napari_focus.gui.series_layers import series_layer
 
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    open_series(series, photos)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer, widget, _series = _photos_shown(qtbot, open_series, open_focus_widget, photos)
     labels = series_layer(viewer, "labels")
     proposal = labels.data.copy()
     edited = 1 - proposal
@@ -541,10 +550,7 @@ def test_back_on_a_saved_mask_no_other_image_s_probability_map_is_left(
 ):
     from napari_focus.gui.series_layers import series_layer
 
-    viewer, widget = open_focus_widget()
-    series = widget.series
-    open_series(series, photos)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    viewer, _widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos)
     labels = series_layer(viewer, "labels")
     edited = np.asarray(labels.data).copy()
     edited[:10, :10] = 1
@@ -559,17 +565,6 @@ def test_back_on_a_saved_mask_no_other_image_s_probability_map_is_left(
     assert not np.asarray(probability.data).any()  # not b_small's map under a_large's name
 
 
-def _exporting_series(qtbot, open_series, open_focus_widget, photos, tmp_path):
-    """napari with the widget, exports going to ``tmp_path/datasets``, the photos open as
-    a series, its first proposal on screen."""
-    viewer, widget = open_focus_widget()
-    widget.export_section.dataset_root.value = tmp_path / "datasets"
-    series = widget.series
-    open_series(series, photos)
-    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
-    return viewer, widget, series
-
-
 def test_accept_after_renaming_the_series_image_exports_the_correction(
     qtbot, open_series, open_focus_widget, photos, tmp_path
 ):
@@ -577,8 +572,8 @@ def test_accept_after_renaming_the_series_image_exports_the_correction(
     exports the series' mask with its correction."""
     from napari_focus.gui.series_layers import series_layer
 
-    viewer, widget, series = _exporting_series(qtbot, open_series, open_focus_widget, photos,
-                                               tmp_path)  # fmt: skip
+    viewer, widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos,
+                                           tmp_path / "datasets")  # fmt: skip
     labels = series_layer(viewer, "labels")
     edited = np.zeros_like(labels.data)
     edited[5:25, 5:45] = 1
@@ -598,8 +593,8 @@ def test_accept_after_the_mask_layer_was_closed_says_how_to_get_it_back(
 ):
     from napari_focus.gui.series_layers import series_layer
 
-    viewer, _widget, series = _exporting_series(qtbot, open_series, open_focus_widget, photos,
-                                                tmp_path)  # fmt: skip
+    viewer, _widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos,
+                                            tmp_path / "datasets")  # fmt: skip
     labels = series_layer(viewer, "labels")
     labels.mode = "pan_zoom"  # (removing a Labels layer in paint mode crashes Mesa's GL)
     viewer.layers.remove(labels)
