@@ -10,6 +10,7 @@ from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_SETUP_ERROR,
     Terminated,
+    damaged_outputs,
     load_predictor_or_say_why,
     masks_of_another_task_message,
     other_weights_note,
@@ -73,14 +74,21 @@ def run_predict(args: argparse.Namespace) -> int:
     kept_masks = [p for e in plan.existing for p in e.paths()]  # probability maps too
     kept_masks += [p for job in jobs for p in job.keep]
     try:
-        other_weights = check_existing_masks(kept_masks, made_by)
+        existing = check_existing_masks(kept_masks, made_by)
     except MasksOfAnotherTask as error:
         print(f"napari-focus: {masks_of_another_task_message(out_dir, error)}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    if other_weights:
-        print(f"napari-focus: {other_weights_note(other_weights, made_by)}", file=sys.stderr)
+    if existing.other_weights:
+        note = other_weights_note(existing.other_weights, made_by)
+        print(f"napari-focus: {note}", file=sys.stderr)
     failures = [(Path(entry.source), reason) for entry, reason in plan.clashes]
-    skipped = len(plan.existing)
+    damaged = damaged_outputs(  # an empty or cut file at an output's name: not done
+        ((entry.source, entry.paths()) for entry in (*plan.existing, *plan.todo)),
+        existing.unreadable,
+    )
+    failures += [(Path(source), reason) for source, reason in damaged.items()]
+    jobs = [job for job in jobs if str(job.source) not in damaged]
+    skipped = sum(entry.source not in damaged for entry in plan.existing)
 
     try:  # before anything slow, and whether or not there is work: the same command
         from .predictor import resolve_device  # with more images would fail then

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RECORD_KEY = "napari-focus"
@@ -68,19 +68,40 @@ Found = list[tuple[Path, MadeBy]]
 
 def read_made_by(path: str | os.PathLike) -> MadeBy | None:
     """The record of a mask file, or None (no record, or the file cannot be read)."""
-    suffix = Path(path).suffix.lower()
+    return _look(Path(path))[0]
+
+
+def _look(path: Path) -> tuple[MadeBy | None, str]:
+    """The record of a mask file and, for a file that is there but no readable image,
+    what is wrong with it ('' otherwise: read, missing, or too large to open here)."""
     try:
-        if suffix in (".tif", ".tiff"):
+        if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                return MadeBy.parse(tif.pages[0].description)
+                return MadeBy.parse(tif.pages[0].description), ""
         from PIL import Image
 
         with Image.open(path) as image:  # reads the chunks before the pixels only
-            return MadeBy.parse(image.info.get(RECORD_KEY))
-    except Exception:  # a damaged, cut or huge file (PIL and tifffile raise many kinds):
-        return None  # no record, as for a mask drawn by hand
+            return MadeBy.parse(image.info.get(RECORD_KEY)), ""
+    except FileNotFoundError:
+        return None, ""
+    except Exception as error:  # a damaged, cut or huge file (PIL and tifffile raise many
+        return None, _problem(path, error)  # kinds): no record, as for a mask drawn by hand
+
+
+def _problem(path: Path, error: Exception) -> str:
+    from PIL import Image
+
+    if isinstance(error, Image.DecompressionBombError):
+        return ""  # an image, only larger than PIL opens by default
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot be read ({error.strerror})"
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    return "is empty (0 bytes)" if empty else "is not a readable image (damaged or cut)"
 
 
 class MasksOfAnotherTask(ValueError):
@@ -98,22 +119,33 @@ class MasksOfAnotherTask(ValueError):
         return (type(self), (self.found, self.run))
 
 
-def check_existing_masks(masks: Iterable[str | os.PathLike], run: MadeBy) -> Found:
+@dataclass(frozen=True)
+class ExistingMasks:
+    """What the masks a run would keep are: ``other_weights``, those of other weights of
+    the run's task (kept, and said); ``unreadable``, files at a mask's name that are no
+    readable image (an empty or cut file), with what is wrong, not to be counted done."""
+
+    other_weights: Found = field(default_factory=list)
+    unreadable: dict[Path, str] = field(default_factory=dict)
+
+
+def check_existing_masks(masks: Iterable[str | os.PathLike], run: MadeBy) -> ExistingMasks:
     """Existing ``masks`` (to be skipped) against this ``run``: raises
-    :class:`MasksOfAnotherTask` for masks of another task, returns those of other weights
-    of the same task (kept: proposals of an earlier model are still proposals)."""
+    :class:`MasksOfAnotherTask` for masks of another task; see :class:`ExistingMasks`."""
     other_task: Found = []
-    other_weights: Found = []
+    found = ExistingMasks()
     paths = [Path(mask) for mask in masks]
     with ThreadPoolExecutor(8) as pool:  # a header each; on a network drive, a round trip
-        records = list(pool.map(read_made_by, paths))
-    for path, record in zip(paths, records, strict=True):
+        looked = list(pool.map(_look, paths))
+    for path, (record, problem) in zip(paths, looked, strict=True):
+        if problem:
+            found.unreadable[path] = problem
         if record is None or record == run:
             continue
-        (other_task if record.task != run.task else other_weights).append((path, record))
+        (other_task if record.task != run.task else found.other_weights).append((path, record))
     if other_task:
         raise MasksOfAnotherTask(other_task, run)
-    return other_weights
+    return found
 
 
 def first_and_count(found: Found) -> str:

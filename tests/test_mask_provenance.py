@@ -107,7 +107,62 @@ def test_records_of_other_tools_and_broken_files_are_no_records(tmp_path):
     (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:8])
     for name in ("other.png", "odd.png", "cut.png", "described.tif", "missing.png", "cut.tif"):
         assert read_made_by(tmp_path / name) is None, name
-    assert check_existing_masks([tmp_path / "other.png"], MadeBy("sod", "a.pth")) == []
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.tif").write_text("not a TIFF")
+    found = check_existing_masks(
+        [tmp_path / n for n in ("other.png", "cut.png", "cut.tif", "empty.png", "notes.tif")],
+        MadeBy("sod", "a.pth"),
+    )
+    assert found.other_weights == []
+    assert found.unreadable == {  # the drawn one is a mask; these are no image at all
+        tmp_path / "cut.png": "is not a readable image (damaged or cut)",
+        tmp_path / "cut.tif": "is not a readable image (damaged or cut)",
+        tmp_path / "empty.png": "is empty (0 bytes)",
+        tmp_path / "notes.tif": "is not a readable image (damaged or cut)",
+    }
+
+
+def test_an_empty_or_cut_file_at_a_masks_name_is_no_mask_and_is_never_replaced(
+    photos, weights, tmp_path
+):
+    """A rerun into a folder where a mask's name holds an empty or cut file (a copy that
+    ran out of space, a sync client's placeholder) fails that image, saying what to do,
+    instead of counting it done; the file stays, as the user's files do."""
+    out = tmp_path / "masks"
+    assert _predict(photos, out, weights, "sod")[0] == 0
+    (out / "p0.png").write_bytes(b"")
+    (out / "p1.png").write_bytes((out / "p1.png").read_bytes()[:20])
+    before = _bytes(out)
+    code, err = _predict(photos, out, weights, "sod")
+    assert code == 1, err
+    assert "0 written, 1 skipped (already exist; --overwrite to redo), 2 failed" in err
+    assert (f"failed: {photos / 'p0.png'}: p0.png in --out is empty (0 bytes): delete it, "
+            "then run again to predict this image") in err  # fmt: skip
+    assert f"failed: {photos / 'p1.png'}: p1.png in --out is not a readable image" in err
+    assert _bytes(out) == before
+    (out / "p0.png").unlink()
+    code, err = _predict(photos, out, weights, "sod")
+    assert code == 1 and "1 written, 1 skipped" in err and "p0.png in --out" not in err
+    assert read_mask_file(out / "p0.png").shape == (56, 72)
+
+    maps = tmp_path / "maps"  # a kept mask beside a probability map still to write
+    assert _predict(photos, maps, weights, "sod")[0] == 0
+    (maps / "p2.png").write_bytes(b"")
+    code, err = _predict(photos, maps, weights, "sod", "--probability")
+    assert code == 1 and "2 written" in err and "p2.png in --out is empty" in err, err
+    assert not (maps / "p2_probability.png").exists()
+
+    from napari_focus.distributed import predict_dataset  # the Ray engine, never started
+
+    run = predict_dataset(photos, out, task="sod", weights=trained_for(weights, "sod"),
+                          address="127.0.0.1:1")  # fmt: skip
+    assert {Path(r["source"]).name: (r["status"], r["error"]) for r in run.rows} == {
+        "p0.png": ("skipped", ""),
+        "p1.png": ("failed", "p1.png in --out is not a readable image (damaged or cut): "
+                   "delete it, then run again to predict this image"),
+        "p2.png": ("skipped", ""),
+    }  # fmt: skip
+    assert (out / "p1.png").read_bytes() == before["p1.png"]
 
 
 def test_predict_refuses_to_keep_the_masks_of_another_task(photos, weights, tmp_path):

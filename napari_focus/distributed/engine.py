@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cli_common import damaged_outputs
 from ..mask_provenance import Found, MadeBy, check_existing_masks
 from . import journal
 from .inputs import Job, find_sources, is_uri, plan_outputs
@@ -210,12 +211,23 @@ def predict_dataset(
     kept = [path for job in plan.existing for path in job.outputs()]  # maps too
     if not overwrite:  # outputs kept while the missing one is written
         kept += [path for job in plan.todo for path in job.outputs() if Path(path).exists()]
-    other_weights = check_existing_masks(kept, made_by)  # another task's: refused
+    existing = check_existing_masks(kept, made_by)  # another task's: refused
+    damaged = damaged_outputs(  # an empty or cut file at an output's name: not done
+        ((job.source, job.outputs()) for job in (*plan.existing, *plan.todo)),
+        existing.unreadable,
+    )
+    todo = [job for job in plan.todo if job.source not in damaged]
     previous = earlier_rows(manifest_path)
     check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
     ended = journal.ended_runs(out)  # stopped runs' rows, for outputs they wrote
-    rows = carried_rows(plan.existing, previous, journal.read_rows(ended))
+    kept_jobs = [job for job in plan.existing if job.source not in damaged]
+    rows = carried_rows(kept_jobs, previous, journal.read_rows(ended))
+    rows += [
+        empty_row(job, "failed", damaged[job.source])
+        for job in (*plan.existing, *plan.todo)
+        if job.source in damaged
+    ]
     # a clash writes nothing: its row names no output (the paths are another input's)
     rows += [
         {**empty_row(job, "failed", reason), "mask": "", "probability": ""}
@@ -223,7 +235,7 @@ def predict_dataset(
     ]
 
     workers, interrupted, run_journal = 0, None, journal.new_run_folder(out)
-    if plan.todo:
+    if todo:
         settings = WorkerSettings(
             task=task,
             size=size,
@@ -237,7 +249,7 @@ def predict_dataset(
             journal=str(run_journal),
         )
         done, workers, interrupted = _run(
-            plan.todo,
+            todo,
             settings,
             address=address,
             num_workers=num_workers,
@@ -254,8 +266,8 @@ def predict_dataset(
         rows += done
         if interrupted is not None:  # the inputs not done, for the rerun to go on
             finished = {row["source"] for row in done}
-            rows += [empty_row(job, "pending") for job in plan.todo if job.source not in finished]
-        for leftover in _leftover_temps(plan.todo, settings.run_started_ns):
+            rows += [empty_row(job, "pending") for job in todo if job.source not in finished]
+        for leftover in _leftover_temps(todo, settings.run_started_ns):
             leftover.unlink(missing_ok=True)
     rows = _ordered(rows, sources)
     write_manifest(rows, manifest_path)
@@ -268,7 +280,7 @@ def predict_dataset(
         unmatched=unmatched,
         workers=workers,
         seconds=time.perf_counter() - started,
-        other_weights=other_weights,
+        other_weights=existing.other_weights,
     )
     if interrupted is not None:
         raise RunInterrupted(run, interrupted) from interrupted
