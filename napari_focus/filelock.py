@@ -28,7 +28,7 @@ def held(path: Path, timeout: float) -> Iterator[None]:
     missing). Raises OSError if the file cannot be created, :class:`LockTimeout` if the
     lock is not free within ``timeout`` seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+b")  # noqa: SIM115 - held for the whole block
+    handle = _open(path)
     try:
         _acquire(handle, timeout)
         try:
@@ -37,6 +37,17 @@ def held(path: Path, timeout: float) -> Iterator[None]:
             _release(handle)
     finally:
         handle.close()
+
+
+def _open(path: Path) -> Any:
+    try:
+        return open(path, "a+b")  # held for the whole block of held()
+    except PermissionError:
+        # the lock file of a colleague's umask (0644) in a folder both may write to:
+        # flock needs no write access, and the lock is held as well read-only
+        if sys.platform == "win32" or not path.is_file():
+            raise
+        return open(path, "rb")
 
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only

@@ -374,8 +374,9 @@ def test_an_export_that_cannot_write_says_so_in_the_export_tab_s_words(
     qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
     assert outcomes == [None] and len(errors) == 1
     assert errors[0] == (
-        f"FOCUS export: cannot create the lock file in {root}: Is a directory. Your mask is "
-        "still in the viewer: free some space or choose another dataset root, then export again"
+        f"FOCUS export: cannot create or open the lock file in {root}: Is a directory. Your "
+        "mask is still in the viewer: free some space or choose another dataset root, then "
+        "export again"
     )
     assert "Errno" not in export.result_label.value
     assert "cup [FOCUS SOD]" in [layer.name for layer in viewer.layers]

@@ -277,6 +277,45 @@ def test_a_writer_holding_the_lock_too_long_gets_a_clear_error(folder, tmp_path,
     assert statuses(out, folder)["a.png"] == "rejected"
 
 
+_COLLEAGUE = """
+import os, sys
+from napari_focus.series import Status, load_or_create
+out, images, warm = sys.argv[1:4]
+if os.geteuid() == 0:  # root ignores permissions: warm up lazy imports, then be nobody
+    load_or_create(warm, images).mark("b.png", Status.REJECTED)
+    os.setgid(65534)
+    os.setuid(65534)
+load_or_create(out, images).mark("b.png", Status.REJECTED)
+"""
+
+
+def test_a_colleague_saves_a_shared_series_whose_lock_file_is_not_theirs() -> None:
+    """A series folder both may write to: the lock file the first writer made under a
+    0022 umask (0644) is the other's too; a lock needs no write access to its file."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as shared:  # /tmp: reachable for another user
+        shared = Path(shared)
+        os.chmod(shared, 0o755)
+        images = shared / "images"
+        for i, name in enumerate(["a.png", "b.png"]):
+            image_file(images / name, i)
+        out = shared / "out"
+        load_or_create(out, images).mark("a.png", Status.ACCEPTED)
+        os.chmod(out, 0o777)
+        lock = next(out.glob("*.lock"))
+        os.chmod(lock, 0o444 if os.geteuid() != 0 else 0o644)  # not writable by them
+        child = subprocess.run(
+            [sys.executable, "-c", _COLLEAGUE, str(out), str(images), str(shared / "warm")],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )  # fmt: skip
+        assert child.returncode == 0, child.stderr
+        assert statuses(out, images) == {"a.png": "accepted", "b.png": "rejected"}
+
+
 def test_a_series_open_in_another_window_is_said(tmp_path, monkeypatch):
     import time
 

@@ -30,7 +30,7 @@ def root_lock(folder: Path, timeout: float = 120.0) -> Iterator[None]:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ExportWriteError(
-                f"cannot create the lock file in {folder}: {reason}", reason
+                f"cannot create or open the lock file in {folder}: {reason}", reason
             ) from exc
         yield
 
