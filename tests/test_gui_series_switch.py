@@ -278,3 +278,42 @@ def test_run_on_an_image_left_since_never_lands_on_the_next_one(
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     assert labels.name == "img1 [FOCUS SOD]" and not labels.data.any()
     assert widget.status.value.startswith("'img1' shows another image than FOCUS ran on")
+
+
+def test_an_image_there_is_no_memory_for_fails_alone(tiny_mlp, photo_crops, monkeypatch):
+    """Out of memory while reading or segmenting one image: that image fails with the
+    widget's words (never marked a broken file), and the next image gets its proposal."""
+    from napari_focus.gui.job import ModelKey
+    from napari_focus.gui.series_jobs import prefetch_job
+    from napari_focus.run_control import RunControl
+    from napari_focus.series import images as series_images
+    from napari_focus.series.prefetch import JobBoard
+
+    images = photo_crops(3)
+    arch, state = tiny_mlp
+    predictor = FocusPredictor.from_state_dict(state, "sod", architecture=arch, device="cpu")
+    read, predict = series_images.read_image, predictor.predict
+
+    def read_image(path, **kwargs):
+        if path.name == "img0.png":
+            raise MemoryError
+        return read(path, **kwargs)
+
+    def predict_once_short(image, **kwargs):
+        if predictor.predict.calls == 0:
+            predictor.predict.calls += 1
+            raise MemoryError("cannot allocate 3 GiB")
+        return predict(image, **kwargs)
+
+    predict_once_short.calls = 0
+    monkeypatch.setattr(series_images, "read_image", read_image)
+    monkeypatch.setattr(predictor, "predict", predict_once_short)
+    board = JobBoard()
+    board.replace([(f"img{i}.png", i, images / f"img{i}.png") for i in range(3)])
+    key = ModelKey("sod", "large", "tiny", "cpu")
+    messages = list(prefetch_job(key, predictor, board, None, RunControl()))
+    memory = ("the computer ran out of memory for this image: close other programs, or "
+              "choose model size large in the Model tab, then press Run again")  # fmt: skip
+    assert messages[0] == ("failed", "img0.png", 0, memory)
+    assert messages[1] == ("failed", "img1.png", 1, memory)
+    assert [m[:3] for m in messages[2:]] == [("prediction", "img2.png", 2)]

@@ -77,15 +77,18 @@ def prefetch_job(
         except UnusableImageError as error:
             yield ("unusable", item_key, ticket, str(error))
             continue
+        except MemoryError as error:  # this image, now: not the file's fault
+            yield ("failed", item_key, ticket, gui_message(error))
+            continue
         try:
             with watch_model(predictor.model, control):
                 prediction = predictor.predict(image, tta=tta)
+            score = uncertainty(prediction.probability)  # here: a 24-MP map takes 0.5 s
         except Cancelled:
             return
-        except (ValueError, OSError, RuntimeError) as error:
+        except Exception as error:  # out of memory, say: this image fails, the next goes on
             yield ("failed", item_key, ticket, gui_message(error))
             continue
-        score = uncertainty(prediction.probability)  # here: a 24-MP map takes 0.5 s
         if store is not None:
             with contextlib.suppress(OSError):  # a full disk only costs a recomputation
                 store.save(item_key, path, prediction.probability, prediction.mask, score)
@@ -192,7 +195,7 @@ class Prefetcher:
         generation = self._generation
         worker.yielded.connect(lambda message: self._deliver(generation, message))
         worker.errored.connect(
-            lambda error: self._deliver(generation, ("model_failed", str(error), key))
+            lambda error: self._deliver(generation, ("model_failed", gui_message(error), key))
         )
         worker.finished.connect(self._on_finished)
         self._worker = worker

@@ -25,6 +25,8 @@ def load_series_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         image = read_image(path)
+    except MemoryError:
+        raise  # of this moment, not of the file: the series must not mark it failed
     except Exception as error:  # PIL and tifffile raise many kinds; each means unreadable
         said = str(error)  # the reading error names the file itself, mostly
         raise UnusableImageError(
