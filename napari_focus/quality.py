@@ -51,7 +51,9 @@ def require_metrics() -> None:
 
 def as_probability(prediction: np.ndarray) -> np.ndarray:
     """float64 ``(H, W)`` in [0, 1] from a probability (float in [0, 1]), an 8-bit map
-    (uint8 0-255) or a binary mask (bool). Other integer types must hold 0/1 or 0-255."""
+    (0-255) or a binary mask (bool, or integers holding only 0 and 1, as a Labels layer
+    does: an 8-bit map whose values never pass 1 reads as such a mask; pass it as float
+    ``/ 255`` to keep it a faint map). Other integers must hold 0/1 or 0-255."""
     array = np.asarray(prediction)
     if array.ndim != 2:
         raise ValueError(f"prediction must be 2-D (H, W), got shape {array.shape}")
