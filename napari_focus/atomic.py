@@ -132,11 +132,11 @@ def temp_final_name(name: str) -> str:
     """The final name as a temporary name of ``name`` carries it: the name itself, or
     shortened (keeping the extension) when it would make the temporary name too long."""
     room = _MAX_NAME_BYTES - _MAX_HEAD_BYTES
-    if len(name.encode("utf-8")) <= room:
+    if len(os.fsencode(name)) <= room:  # a name's bytes, UTF-8 or not
         return name
     suffix = Path(name).suffix
     suffix = suffix if len(suffix) < 16 else ""  # keep the extension, which writers read
-    stem = name[: len(name) - len(suffix)].encode("utf-8")[: room - len(suffix)]
+    stem = os.fsencode(name[: len(name) - len(suffix)])[: room - len(os.fsencode(suffix))]
     return stem.decode("utf-8", "ignore") + suffix
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .fs_text import CSV_ERRORS
 from .io import atomic_write
 from .mask_files import binary_mask
 
@@ -205,7 +206,8 @@ def write_csv(rows: Sequence[Any], path: str | os.PathLike) -> Path:
     for row in dicts:
         writer.writerow({c: _cell(row.get(c)) for c in columns})
     text = buffer.getvalue()
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8", CSV_ERRORS)  # a name's undecodable bytes, as they are
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _number(value: Any) -> float | None:
@@ -335,5 +337,6 @@ def folder_report(rows: Sequence[Any], out_dir: str | os.PathLike, *, top: int =
         "</style></head><body>" + "\n".join(sections) + "</body></html>\n"
     )
     return atomic_write(
-        out / "report.html", lambda tmp: Path(tmp).write_text(document, encoding="utf-8")
+        out / "report.html",
+        lambda tmp: Path(tmp).write_text(document, encoding="utf-8", errors=CSV_ERRORS)
     )

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fs_text import json_text
 from .errors import ExportError
 
 PROVENANCE_NAME = "napari_focus_provenance.jsonl"
@@ -128,7 +129,7 @@ def build_record(
 
 def record_line(record: dict[str, Any]) -> str:
     """The record as its line of the log (a transaction's journal carries it)."""
-    return json.dumps(record, default=_json_default, ensure_ascii=False) + "\n"
+    return json_text(record, default=_json_default) + "\n"
 
 
 def append_record(root: Path, record: dict[str, Any]) -> Path:

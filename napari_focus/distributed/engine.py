@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_common import damaged_outputs
+from ..fs_text import is_utf8
 from ..mask_provenance import Found, MadeBy, check_existing_masks
 from . import journal
 from .inputs import Job, find_sources, is_uri, plan_outputs
@@ -196,6 +197,13 @@ def predict_dataset(
     sources, unmatched = found.sources, found.unmatched
     if not sources:
         raise ValueError(f"no input images (nothing matches {', '.join(map(str, items))})")
+    if undecodable := [source for source in sources if not is_utf8(source)]:
+        more = f" and {len(undecodable) - 1} more" if len(undecodable) > 1 else ""
+        raise ValueError(
+            f"{undecodable[0]!r}{more}: file names that are not UTF-8, which Ray's tables "
+            "cannot carry; rename them to UTF-8 (convmv -f latin1 -t utf8), or use the "
+            "local engine (--engine local)"
+        )
 
     manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
     if manifest_path.suffix.lower() not in (".parquet", ".csv"):

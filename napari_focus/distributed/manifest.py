@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
+from ..fs_text import CSV_ERRORS
 from .inputs import Job, is_uri
 from .worker import RESULT_COLUMNS
 
@@ -118,7 +119,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if path.suffix.lower() == ".csv":
         # utf-8-sig: a manifest saved again by a spreadsheet starts with a byte-order mark
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        with path.open(encoding="utf-8-sig", errors=CSV_ERRORS, newline="") as handle:
             reader = csv.DictReader(handle)
             _check_columns(path, reader.fieldnames or ())
             return [normalize(r) for r in reader]
@@ -240,7 +241,7 @@ def write_ranking(
 def read_ranking(path: str | os.PathLike) -> dict[str, int]:
     """``path`` column -> ``rank`` of a ranking CSV (``napari-focus rank`` or
     :func:`write_ranking`)."""
-    with Path(path).open(encoding="utf-8-sig", newline="") as handle:
+    with Path(path).open(encoding="utf-8-sig", errors=CSV_ERRORS, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"rank", "path"} <= set(reader.fieldnames):
             raise ValueError(f"{path} is not a ranking CSV (needs 'rank' and 'path' columns)")

@@ -15,7 +15,6 @@ Python waits for a write under way before it exits.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..fs_text import json_text
 from ..io import write_mask
 from .merge import file_stamp
 
@@ -34,7 +34,7 @@ def write_autosave_files(path: Path, mask: np.ndarray, provenance: dict | None) 
     """Write an autosaved mask (``> 0`` = foreground) as a 0/255 PNG at ``path`` and,
     when given, where it came from beside it (``.json``); both atomic."""
     if provenance is not None:
-        text = json.dumps(provenance, ensure_ascii=False, default=str)
+        text = json_text(provenance, default=str)
         atomic_write_text(path.with_suffix(".json"), text)
     return write_mask(path, mask)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
+from ..fs_text import CSV_ERRORS
 from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
 from ..mask_files import read_mask_file
 from ..quality import (
@@ -236,7 +237,7 @@ def replaceable_ranking(path: Path) -> bool:
     if not path.exists():
         return True
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        with path.open(encoding="utf-8-sig", errors=CSV_ERRORS, newline="") as handle:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
