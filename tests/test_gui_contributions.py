@@ -82,7 +82,7 @@ def test_annotate_opens_viewer_with_widget_and_images(make_napari_viewer, tmp_pa
 
 
 def test_annotate_options_set_the_model_tab_which_the_next_session_recalls(
-    make_napari_viewer, tiny_checkpoint, tmp_path, monkeypatch, remembered_settings_folder
+    make_napari_viewer, qtbot, tiny_checkpoint, tmp_path, monkeypatch, remembered_settings_folder
 ):
     import json
     import shutil
@@ -107,6 +107,7 @@ def test_annotate_options_set_the_model_tab_which_the_next_session_recalls(
     widget.tta.value = True
 
     saved = remembered_settings_folder / "model_settings.json"
+    qtbot.waitUntil(lambda: saved.exists() and json.loads(saved.read_text())["tta"], timeout=3000)
     assert json.loads(saved.read_text())["weights_path"] == str(checkpoint)
     assert saved.stat().st_mode & 0o777 == 0o666 & ~_umask()
     _, again = make_napari_viewer().window.add_plugin_dock_widget("napari-focus", "FOCUS")
@@ -119,6 +120,28 @@ def test_annotate_options_set_the_model_tab_which_the_next_session_recalls(
     saved.write_text("{not json")  # damaged: the defaults, no error
     _, fourth = make_napari_viewer().window.add_plugin_dock_widget("napari-focus", "FOCUS")
     assert (fourth.task.value, fourth.weights_source.value) == ("sod", "official")
+
+
+def test_a_path_typed_key_by_key_is_remembered_once_and_a_close_writes_the_last(
+    make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch
+):
+    from napari_focus.gui import model_memory
+
+    written = []
+    monkeypatch.setattr(model_memory, "write_values", written.append)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-focus", "FOCUS")
+    typed = str(tiny_checkpoint)
+    for end in range(len(typed) - 8, len(typed) + 1):  # the last keys of a path
+        widget.weights_path.value = typed[:end]
+    qtbot.waitUntil(lambda: len(written) > 0, timeout=3000)
+    qtbot.wait(2 * model_memory.SETTLE_MS)
+    assert [values["weights_path"] for values in written] == [typed]
+    widget.tta.value = True  # then napari closes at once
+    viewer.window.remove_dock_widget(widget.native)
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: len(written) == 2, timeout=3000)
+    assert written[1]["tta"] is True
 
 
 def _umask() -> int:

@@ -57,12 +57,20 @@ def recall(section: Any) -> None:
 
 
 def remember(section: Any) -> None:
-    """Write the Model section's fields (small: on the GUI thread, at each change)."""
+    """Write the Model section's fields (small: on the GUI thread)."""
+    write_values(values_of(section))
+
+
+def values_of(section: Any) -> dict[str, Any]:
     path = section.weights_path.value
     values = {name: getattr(section, name).value for name in CHOICES}
     values["weights_source"] = section.weights_source.value
     values["weights_path"] = str(Path(path).absolute()) if path and str(path) != "." else ""
     values["tta"] = bool(section.tta.value)
+    return values
+
+
+def write_values(values: dict[str, Any]) -> None:
     target = settings_file()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +79,32 @@ def remember(section: Any) -> None:
         pass  # e.g. a read-only home: the next session starts from the defaults
 
 
+#: a change is written once the fields are still this long (a path typed key by key is
+#: one write, not one synced write on napari's thread per key, on a network home folder)
+SETTLE_MS = 400
+
+
 def keep_remembered(section: Any) -> None:
-    """Recall the remembered choices, then remember every change."""
+    """Recall the remembered choices, then remember every change: written once the
+    fields have settled, or when the section closes before."""
+    from qtpy.QtCore import QTimer
+
     recall(section)
+    unwritten: dict[str, dict[str, Any]] = {}
+
+    def write() -> None:
+        if "values" in unwritten:
+            write_values(unwritten.pop("values"))
+
+    timer = QTimer(section.native)  # lives and dies with the section
+    timer.setSingleShot(True)
+    timer.setInterval(SETTLE_MS)
+    timer.timeout.connect(write)
+
+    def changed(*_: Any) -> None:
+        unwritten["values"] = values_of(section)  # read now: gone once the section closes
+        timer.start()
+
     for name in (*CHOICES, "weights_source", "weights_path", "tta"):
-        getattr(section, name).changed.connect(lambda *_: remember(section))
+        getattr(section, name).changed.connect(changed)
+    section.native.destroyed.connect(lambda *_: write())
