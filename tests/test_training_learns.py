@@ -135,6 +135,24 @@ def test_subprocess_run_stops_when_its_watcher_goes_away(
     assert 2 <= stopped_at < 400  # stopped, not waited out
 
 
+def _sends_more_than_a_pipe_holds(reports) -> None:
+    reports.put(("progress", "x" * 300_000))  # a long run's result: its whole history
+    reports.put(("result", "y" * 300_000))
+
+
+def test_a_host_that_stops_listening_still_lets_the_child_end() -> None:
+    """napari closes mid-run: the child's last reports are read (and dropped) so that it
+    can end; a child blocked on a full pipe would keep napari from ever exiting."""
+    from napari_focus.training.process import drain_until_ended
+
+    context = multiprocessing.get_context("spawn")
+    reports = context.Queue()
+    child = context.Process(target=_sends_more_than_a_pipe_holds, args=(reports,))
+    child.start()
+    drain_until_ended(child, reports, timeout=120)
+    assert child.exitcode == 0
+
+
 def test_a_run_that_diverges_says_what_to_do(shapes_root: Path, tmp_path: Path, focus_reference):
     """A learning rate far too high: the predictions overflow within a few steps; the run
     stops with the advice (it was scipy's 'matrix contains invalid numeric entries'), as

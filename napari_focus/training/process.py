@@ -8,6 +8,7 @@ so nothing of the host, Qt included, is inherited) the host only waits on a queu
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pickle
 import queue
@@ -65,10 +66,24 @@ def train_in_subprocess(
     finally:  # also when the watcher goes away (the generator is closed)
         if child.is_alive() and outcome is None:
             stop.set()  # the child stops within a stage and saves its resume state
-        child.join(timeout=30)
+        drain_until_ended(child, reports, timeout=30)
     if outcome is None:
         outcome = RuntimeError(_unexpected_end(child.exitcode))
     return outcome
+
+
+def drain_until_ended(child: Any, reports: Any, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``child`` to end, reading (and dropping) what
+    it still sends: a process exits only once its queue's pipe has taken all it put (a
+    result of a long run's history is more than the pipe holds), and a host exiting
+    waits for its child, so napari would never close."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while child.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            reports.get(timeout=0.1)
+    child.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _unexpected_end(exitcode: int | None) -> str:
