@@ -609,3 +609,28 @@ def test_accept_after_the_mask_layer_was_closed_says_how_to_get_it_back(
     series.previous()
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert series.shown_key == "a_large.png" and series_layer(viewer, "labels") is not None
+
+
+def test_accept_in_a_queue_of_open_layers_exports_the_shown_layer(
+    qtbot, open_series, open_focus_widget, focus_reference, tmp_path
+):
+    """Two layers open, the last one selected: Queue open layers shows the first, and
+    Accept (after its proposal arrived, and after a click on the other layer) exports
+    the first one's pixels under its name."""
+    source = np.array(Image.open(focus_reference / "input.png").convert("RGB"))
+    viewer, widget = open_focus_widget()
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    first = viewer.add_image(source[:64, :96], name="first")
+    viewer.add_image(source[64:128, 96:160][..., ::-1].copy(), name="second")
+    series = widget.series
+    series.output.value = tmp_path / "queue"
+    open_series(series, layers=True)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "first" and widget.image.value == "first"
+    viewer.layers.selection.active = viewer.layers["second"]  # a look at the other one
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.state.queue.item("first").export is not None, timeout=WAIT_MS)
+    record = series.state.queue.item("first").export
+    assert record["name"] == "first", record
+    exported = np.asarray(Image.open(record["image"])).astype(int)  # a JPEG of the split
+    assert np.abs(exported - first.data).mean() < 4

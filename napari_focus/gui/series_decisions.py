@@ -78,6 +78,9 @@ class SeriesDecisions:
         if self.owner.export_section.busy:
             return
         key = self._shown
+        shown = self._image_layer_for(key)
+        if shown is not None:  # the image the series shows, whatever layer was clicked since
+            self.owner.image.value = shown.name
         state = labels.metadata.get(META_KEY)
         # a saved mask is shown: compare the model's own proposal, if it exists
         proposal = state["proposal"] if state else self.own_proposal(labels)[0]

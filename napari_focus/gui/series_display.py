@@ -73,6 +73,9 @@ class SeriesDisplay:
                     self.viewer.layers[queued.key].visible = queued.key == item.key
         else:
             layer = show_image(self.viewer, item.key, item.name, item.path, image)
+        # the shown image is the active layer, as when the user clicks it: the Model
+        # tab's image follows the active layer whenever layers change (a proposal arrives)
+        self.viewer.layers.selection.active = layer
         self.owner.image.value = layer.name
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
