@@ -634,3 +634,32 @@ def test_accept_in_a_queue_of_open_layers_exports_the_shown_layer(
     assert record["name"] == "first", record
     exported = np.asarray(Image.open(record["image"])).astype(int)  # a JPEG of the split
     assert np.abs(exported - first.data).mean() < 4
+
+
+def test_accept_again_after_a_typed_sample_name_meets_that_sample(
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    """An image accepted under a name typed in the Export tab, then shown again: the
+    field holds that name, so Accept asks about that sample instead of adding a copy."""
+    from napari_focus.gui import dialogs
+
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_policy", lambda _, q: questions.append(q) or None)
+    _viewer, widget, series = _photos_shown(
+        qtbot, open_series, open_focus_widget, photos, tmp_path / "datasets"
+    )
+    widget.export_section.sample_name.value = "typed_name"
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    assert series.state.queue.item("a_large.png").export["name"] == "typed_name"
+    assert widget.export_section.sample_name.value == "b_small"
+    series.include_exported.value = True
+    series.previous_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert widget.export_section.sample_name.value == "typed_name"
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(questions) == 1, timeout=WAIT_MS)
+    assert "typed_name" in questions[0]
+    masks = sorted(p.name for p in (tmp_path / "datasets").rglob("DUTS-TR-Mask/*"))
+    assert masks == ["typed_name.png"]

@@ -77,6 +77,9 @@ class SeriesDisplay:
         # tab's image follows the active layer whenever layers change (a proposal arrives)
         self.viewer.layers.selection.active = layer
         self.owner.image.value = layer.name
+        if (item.export or {}).get("name"):  # accepted before, perhaps under a name typed
+            # then: Accept again meets that sample (and asks), never adds a second copy
+            self.owner.export_section.sample_name.value = item.export["name"]
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
         saved, provenance = self._saved_edits(item)
