@@ -6,7 +6,6 @@ the widget creates and changes layers when the job returns.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import threading
 import warnings
@@ -169,8 +168,9 @@ class SharedModel:
                 # read once: forget() on the GUI thread may clear the attributes meanwhile
                 predictor = self._predictor if self._key == key else None
                 if predictor is None:
-                    self._key, self._predictor = None, None  # the old model goes first
-                    gc.collect()
+                    # the old model goes first (freed as its last reference goes: no
+                    # collection, which would stop napari's thread too, is needed)
+                    self._key, self._predictor = None, None
                     control.check()  # cancelled while another load held the lock
                     nobody_wants_it = lambda: not self.waiting(key)  # noqa: E731
                     stages = load_stages(key, lambda stage: self._show_stage(key, stage))
@@ -199,10 +199,12 @@ class SharedModel:
     def _drop(self) -> None:
         device = getattr(self._predictor, "device", None)
         self._key, self._predictor = None, None
-        gc.collect()
         if device is not None and device.type == "cuda":
+            import gc
+
             import torch
 
+            gc.collect()  # GPU memory is scarce (see ModelSection.release_model)
             torch.cuda.empty_cache()
 
     def waiting(self, key: ModelKey, besides: Any = None) -> int:
