@@ -4,6 +4,7 @@
 one sample (image, 0/255 mask, ``annotations_detectron2`` semantic file, COCO instance and
 semantic JSON entries) atomically under a lock and logs a provenance line; see
 :mod:`.layouts` for the exact folders and formats of each layout.
+``remove_sample(root, layout, name)`` takes one back out (files and JSON entries).
 """
 
 from .errors import ExportError, ExportWriteError, SampleExistsError, UnusableNameError
@@ -25,6 +26,7 @@ from .layouts import (
 )
 from .names import sanitize_name
 from .provenance import PROVENANCE_NAME, Provenance, ProvenanceLog, read_log, read_records
+from .removal import RemovedSample, remove_sample
 
 __all__ = [
     "LAYOUTS",
@@ -37,6 +39,7 @@ __all__ = [
     "Layout",
     "Provenance",
     "ProvenanceLog",
+    "RemovedSample",
     "SampleExistsError",
     "SamplePaths",
     "UnusableNameError",
@@ -46,6 +49,7 @@ __all__ = [
     "read_log",
     "read_records",
     "recover_split",
+    "remove_sample",
     "root_of_export",
     "sample_paths",
     "sanitize_name",

@@ -3,8 +3,9 @@
 Every new file (image, masks, semantic file, both JSON files) is first written completely
 under a temporary name beside its final name and flushed (:func:`napari_focus.atomic.
 write_temp`). Then the journal ``<dataset folder>/.napari_focus-journal.json``, listing
-each (temporary, final) pair, is written atomically; that is the commit point. Then the
-temporary files are renamed over the final ones and the journal is deleted.
+each (temporary, final) pair and the files to delete (a sample taken out of the split),
+is written atomically; that is the commit point. Then the temporary files are renamed
+over the final ones, the files to delete are deleted, and the journal is deleted.
 
 A kill before the journal exists leaves the split as it was (plus temporary files, which
 the next export deletes); a kill after it is rolled forward by :func:`roll_forward` at
@@ -34,6 +35,7 @@ class Transaction:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.staged: list[tuple[Path, Path]] = []
+        self.deleted: list[Path] = []  # files that go once the renames are done
         self.committed = False
 
     def __enter__(self) -> Transaction:
@@ -53,6 +55,10 @@ class Transaction:
             raise ExportWriteError(f"{exc}; the split is unchanged", exc.reason) from exc
         self.staged.append((tmp, path))
 
+    def delete(self, path: Path) -> None:
+        """Have the commit delete ``path`` (a file inside the dataset folder)."""
+        self.deleted.append(path)
+
     def abort(self) -> None:
         for tmp, _ in self.staged:
             tmp.unlink(missing_ok=True)
@@ -68,7 +74,7 @@ class Transaction:
                 or the provenance line failed after it was (the next export completes
                 the transaction).
         """
-        if not self.staged:
+        if not self.staged and not self.deleted:
             self.committed = True
             return
         journal = self.base / JOURNAL_NAME
@@ -76,7 +82,8 @@ class Transaction:
             "renames": [
                 [tmp.relative_to(self.base).as_posix(), final.relative_to(self.base).as_posix()]
                 for tmp, final in self.staged
-            ]
+            ],
+            "deletes": [path.relative_to(self.base).as_posix() for path in self.deleted],
         }
         if provenance is not None:
             record["provenance"] = provenance[1]
@@ -86,7 +93,7 @@ class Transaction:
             raise ExportWriteError(f"{exc}; the split is unchanged", exc.reason) from exc
         self.committed = True
         try:
-            _apply(self.base, record["renames"])
+            _apply(self.base, record["renames"], record["deletes"])
         except OSError as exc:
             raise self._unfinished(exc) from exc
         if provenance is not None:
@@ -113,13 +120,16 @@ class Transaction:
         )
 
 
-def _apply(base: Path, renames: list[list[str]]) -> None:
+def _apply(base: Path, renames: list[list[str]], deletes: list[str]) -> None:
     folders = set()
     for tmp_rel, final_rel in renames:
         tmp, final = base / tmp_rel, base / final_rel
         if tmp.exists():
             os.replace(tmp, final)
         folders.add(final.parent)
+    for rel in deletes:  # after the JSON files that no longer list them are in place
+        (base / rel).unlink(missing_ok=True)
+        folders.add((base / rel).parent)
     for folder in folders:
         fsync_dir(folder)
 
@@ -131,14 +141,11 @@ def roll_forward(base: Path, root: Path | None = None) -> list[str]:
     journal = base / JOURNAL_NAME
     try:
         record = json.loads(journal.read_text(encoding="utf-8"))
-        renames = record["renames"]
-        valid = all(
-            isinstance(pair, list)
-            and len(pair) == 2
-            and all(isinstance(p, str) and not Path(p).is_absolute() and ".." not in
-                    Path(p).parts for p in pair)
+        renames, deletes = record["renames"], record.get("deletes", [])
+        valid = isinstance(deletes, list) and all(map(_inside, deletes)) and all(
+            isinstance(pair, list) and len(pair) == 2 and all(map(_inside, pair))
             for pair in renames
-        )  # fmt: skip
+        )
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -148,10 +155,11 @@ def roll_forward(base: Path, root: Path | None = None) -> list[str]:
     if not valid:
         raise ExportError(f"{journal} is damaged; move it away and check the split")
     pending = [final for tmp, final in renames if (base / tmp).exists()]
+    pending += [rel for rel in deletes if (base / rel).exists()]
     line = record.get("provenance") if root is not None else None
     line = line if isinstance(line, str) and line.strip() else None
     try:
-        _apply(base, renames)
+        _apply(base, renames, deletes)
         if line is not None and not holds_line(root, line):
             append_line(root, line if line.endswith("\n") else line + "\n")
             pending.append(PROVENANCE_NAME)
@@ -162,5 +170,11 @@ def roll_forward(base: Path, root: Path | None = None) -> list[str]:
         return []
     return [
         f"completed an interrupted export in {base}: {len(pending)} file(s) put in place "
+        "or removed "
         f"({', '.join(sorted({Path(p).name for p in pending})[:4])})"
     ]
+
+
+def _inside(path: object) -> bool:
+    """A journal's path: relative, inside the dataset folder."""
+    return isinstance(path, str) and not Path(path).is_absolute() and ".." not in Path(path).parts

@@ -69,11 +69,11 @@ def recover_samples(
         messages.append(f"completed the semantic JSON entries of {spec.name} under {root}")
     orphans = _orphan_names(base, spec, store)
     if orphans:
-        ours = {
-            str(r.get("name", "")).casefold()
-            for r in read_log(root).records
-            if r.get("layout") == spec.name and r.get("status") != "skipped"
-        }
+        last: dict[str, str] = {}  # each name's last status in this layout
+        for record in read_log(root).records:
+            if record.get("layout") == spec.name and record.get("status") != "skipped":
+                last[str(record.get("name", "")).casefold()] = str(record.get("status"))
+        ours = {name for name, status in last.items() if status != "removed"}
         for name in sorted(orphans):
             if name.casefold() not in ours:
                 continue  # not made by this package: leave it to its owner
