@@ -663,3 +663,37 @@ def test_accept_again_after_a_typed_sample_name_meets_that_sample(
     assert "typed_name" in questions[0]
     masks = sorted(p.name for p in (tmp_path / "datasets").rglob("DUTS-TR-Mask/*"))
     assert masks == ["typed_name.png"]
+
+
+@pytest.mark.parametrize("take_out", [True, False])
+def test_reject_after_accept_asks_to_take_the_sample_out_of_the_split(
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch, take_out
+):
+    """Improve trains on what the split holds: rejecting an accepted image asks whether
+    its sample goes too; Yes takes it out (files and JSON entries), No keeps it."""
+    from napari_focus.datasets import read_records
+    from napari_focus.gui import dialogs
+
+    questions: list[str] = []
+    monkeypatch.setattr(
+        dialogs, "ask_yes_no", lambda _, q, **_kw: questions.append(q) or take_out
+    )
+    root = tmp_path / "datasets"
+    _viewer, widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos, root)
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    mask = Path(series.state.queue.item("a_large.png").export["mask"])
+    assert mask.is_file()
+    series.include_exported.value = True
+    series.previous_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    series.reject_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    assert len(questions) == 1 and "its sample 'a_large' is in the duts-tr split" in questions[0]
+    item = series.state.queue.item("a_large.png")
+    assert item.status.value == "rejected"
+    assert mask.exists() is not take_out
+    assert (item.export is None) is take_out
+    statuses = [r["status"] for r in read_records(root)]
+    assert statuses == (["written", "removed"] if take_out else ["written"])

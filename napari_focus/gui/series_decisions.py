@@ -177,8 +177,10 @@ class SeriesDecisions:
         return getattr(self, "_quality_worker", None) is not None  # until its line is shown
 
     def _mark_and_advance(self, status: Status) -> None:
-        if self.state is None or self._shown is None:
+        if self.state is None or self._shown is None or self.removing_sample:
             return
+        if status is Status.REJECTED and self._reject_accepted():
+            return  # its sample is taken out of the split first
         try:
             self.state.mark(self._shown, status)
         except OSError as error:

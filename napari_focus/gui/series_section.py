@@ -38,6 +38,7 @@ from .series_opening import ImageReader, SeriesOpening
 from .series_proposal import DECLINED, SeriesProposal
 from .series_scheduling import SeriesScheduling
 from .series_start import SeriesLoader, SeriesStarting
+from .series_unaccept import SeriesUnaccept
 
 
 class SeriesSection(
@@ -46,6 +47,7 @@ class SeriesSection(
     SeriesDisplay,
     SeriesScheduling,
     SeriesDecisions,
+    SeriesUnaccept,
     SeriesProposal,
     Container,
 ):
@@ -356,10 +358,11 @@ class SeriesSection(
     @property
     def busy(self) -> bool:
         """A background job (opening, reading, prefetch, scoring, reading a proposal,
-        autosave, export) is running."""
+        autosave, export, taking a sample out of its split) is running."""
         export = self.owner.export_section
         jobs = (self.loader, self.reader, self.prefetcher, self.autosaves, export)
-        return any(job.busy for job in jobs) or self.reading_scores or self.reading_proposal
+        reading = self.reading_scores or self.reading_proposal
+        return any(job.busy for job in jobs) or reading or self.removing_sample
 
     @property
     def shown_key(self) -> str | None:

@@ -300,14 +300,22 @@ class SeriesState:
         self.save()
         return item
 
-    def exported_mask_path(self, key: str) -> Path | None:
-        """Where the item's last export wrote its mask (what was accepted); None when it
-        was never exported."""
+    def exported_mask_path(self, key: str, file: str = "mask") -> Path | None:
+        """Where the item's last export wrote its mask (what was accepted), or its
+        ``file="image"``; None when it was never exported."""
         record = self.queue.item(key).export or {}
-        mask = record.get("mask")
-        if not mask:
+        path = record.get(file)
+        if not path:
             return None
-        return Path(mask) if Path(mask).is_absolute() else self.output_folder / mask
+        return Path(path) if Path(path).is_absolute() else self.output_folder / path
+
+    def record_taken_out(self, key: str) -> QueueItem:
+        """A rejected item whose exported sample was taken out of its split: no export
+        record any more (nothing of it is trained on)."""
+        item = self.queue.mark(key, Status.REJECTED)
+        item.export = None
+        self.save()
+        return item
 
     def exported_mask(self, key: str) -> np.ndarray | None:
         """The mask the item's last export wrote, as a bool ``(H, W)`` array; None when it
