@@ -337,3 +337,20 @@ def test_an_autosave_damaged_on_disk_is_said_and_the_proposal_shown(
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
     assert series.shown_key == "img0.png"
     assert any("the autosaved mask of img0 cannot be used" in e for e in errors), errors
+
+
+def test_edits_shown_under_another_task_keep_the_name_of_their_task(
+    qtbot, shown_series, folder, writes
+):
+    """Edits of a sod proposal, shown again after the task changed to cod: the layer
+    says sod (what the mask is), not the task chosen since."""
+    viewer, widget, series = shown_series(folder)
+    edited = _paint(viewer, slice(5, 40), slice(10, 60))
+    series.next()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    widget.task.value = "cod"
+    series.previous()
+    qtbot.waitUntil(lambda: series.proposal_ready, timeout=WAIT_MS)
+    labels = series_layer(viewer, "labels")
+    np.testing.assert_array_equal(np.asarray(labels.data) > 0, edited)
+    assert labels.name == "img0 [FOCUS SOD]"

@@ -83,6 +83,9 @@ class SeriesDisplay:
         shape = layer_planes(layer).spatial_shape
         name = proposal_name(item.name, self.owner.task.value)
         saved, provenance = self._saved_edits(item)
+        made_for = (provenance or {}).get("task") if saved is not None else None
+        if isinstance(made_for, str) and made_for:  # edits of another task's proposal
+            name = proposal_name(item.name, made_for)
         kind = "autosaved"
         if saved is None and item.status is Status.ACCEPTED:  # what was accepted, not the
             saved, kind = self._exported_mask(item), "exported"  # proposal again
