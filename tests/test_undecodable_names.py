@@ -85,3 +85,25 @@ def test_the_ray_engine_refuses_them_before_ray_starts(images, weights, tmp_path
         predict_dataset(images, tmp_path / "out", task="sod", weights=weights,
                         address="127.0.0.1:1")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_a_journal_an_earlier_version_left_with_such_a_name_no_longer_blocks(tmp_path):
+    """An earlier version journaled the provenance line of such a name unescaped, which
+    no export could append: every later export and training of the root failed."""
+    import json
+
+    from napari_focus.datasets import export_sample, read_records
+    from napari_focus.datasets.export import dataset_dir
+    from napari_focus.datasets.journal import JOURNAL_NAME
+
+    image, mask = np.zeros((40, 60, 3), np.uint8), np.ones((40, 60), bool)
+    export_sample(tmp_path, "duts-tr", "first", image, mask)
+    stuck = {"layout": "duts-tr", "name": "bad", "status": "written", "source_path": LATIN1_NAME}
+    journal = dataset_dir(tmp_path, "duts-tr") / JOURNAL_NAME
+    line = json.dumps(stuck, ensure_ascii=False) + "\n"
+    journal.write_text(json.dumps({"renames": [], "provenance": line}))
+    export_sample(tmp_path, "duts-tr", "second", image, mask)
+    assert not journal.exists()
+    records = read_records(tmp_path)
+    assert [r["name"] for r in records] == ["first", "bad", "second"]
+    assert records[1]["source_path"] == LATIN1_NAME

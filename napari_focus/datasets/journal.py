@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import WriteError, atomic_write_bytes, fsync_dir, write_temp
+from ..fs_text import is_utf8, json_text
 from .errors import ExportError, ExportWriteError
 from .provenance import PROVENANCE_NAME, append_line, holds_line
 
@@ -157,7 +158,7 @@ def roll_forward(base: Path, root: Path | None = None) -> list[str]:
     pending = [final for tmp, final in renames if (base / tmp).exists()]
     pending += [rel for rel in deletes if (base / rel).exists()]
     line = record.get("provenance") if root is not None else None
-    line = line if isinstance(line, str) and line.strip() else None
+    line = _writable(line) if isinstance(line, str) and line.strip() else None
     try:
         _apply(base, renames, deletes)
         if line is not None and not holds_line(root, line):
@@ -178,3 +179,14 @@ def roll_forward(base: Path, root: Path | None = None) -> list[str]:
 def _inside(path: object) -> bool:
     """A journal's path: relative, inside the dataset folder."""
     return isinstance(path, str) and not Path(path).is_absolute() and ".." not in Path(path).parts
+
+
+def _writable(line: str) -> str | None:
+    """A journaled provenance line as UTF-8 can hold it: an earlier version journaled a
+    file name's undecodable bytes (Linux) unescaped, a line no export could append."""
+    if is_utf8(line):
+        return line
+    try:
+        return json_text(json.loads(line))
+    except ValueError:
+        return None  # not a record: the transaction is completed without it
