@@ -220,6 +220,19 @@ def test_an_interrupted_export_says_how_far_it_got(photo, tmp_path, monkeypatch)
                         "--on-exists", "skip")  # fmt: skip
     assert code == 0 and "2 written, 0 renamed, 0 replaced, 1 skipped" in err, err
 
+    # the advice follows the policy: skip would keep old samples that replace had to do,
+    # and the same rename command would add the samples written again
+    monkeypatch.setattr(export_cli, "export_sample", ctrl_c_at_the_second)
+    for policy, advice in [
+        ("replace", "the same command goes on: the samples replaced are replaced again"),
+        ("rename", "from b.png on, in name order: export those images from a folder of "
+                   "their own"),
+    ]:  # fmt: skip
+        calls.clear()
+        code, err = run_cli("export", images, masks, "--root", root, "--layout", "generic",
+                            "--on-exists", policy)  # fmt: skip
+        assert code == 130 and f"2 not done ({advice}" in err, err
+
 
 @pytest.mark.parametrize(
     ("name", "content", "words"),

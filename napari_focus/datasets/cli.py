@@ -127,6 +127,18 @@ def _read_pair(image_path: Path, mask_path: Path) -> tuple[Any, Any]:
     raise ValueError(message)
 
 
+def _how_to_go_on(policy: str, left: list[tuple[Path, Path]]) -> str:
+    """What exports the pairs an interrupted export left, and only them."""
+    if policy == "replace":
+        return "the same command goes on: the samples replaced are replaced again"
+    if policy != "rename" or not left:
+        return "the same command with --on-exists skip goes on"
+    return (  # a rerun would add the samples written again, under new names
+        f"from {left[0][0].name} on, in name order: export those images from a folder "
+        "of their own, since the same command would write the others again as new samples"
+    )
+
+
 def _export_pairs(
     args: argparse.Namespace, layout: str, pairs: list[tuple[Path, Path]],
     counts: dict[str, int], failures: list[str], request: Any,
@@ -250,7 +262,7 @@ def run_export(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     left = len(pairs) - sum(counts.values()) - len(failures)
     stopped = interrupted is not None
-    rest = f", {left} not done (the same command with --on-exists skip goes on)"
+    rest = f", {left} not done ({_how_to_go_on(args.on_exists, pairs[len(pairs) - left :])})"
     print(
         f"napari-focus: {'interrupted: ' if stopped else ''}{summary}, "
         f"{len(failures)} failed, {len(problems)} unpaired{rest if stopped else ''} "
