@@ -70,6 +70,11 @@ def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
         f"its ground truth {gt / 'sure.png'} is 30x20 pixels, the image 32x32: give the mask "
         "drawn on this image"
     )
+    (gt / "sure.png").write_bytes(b"junk")  # the mask is broken, not the image
+    failed = {r.name: r.error for r in rank_folder(images, predictor, gt_folder=gt) if r.error}
+    assert failed["sure"].startswith(
+        f"its ground truth {gt / 'sure.png'}: sure.png is not an image file that can be read"
+    ), failed["sure"]
 
 
 def test_rank_folder_with_masks_beside_the_images(tmp_path):

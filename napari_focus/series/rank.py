@@ -122,7 +122,11 @@ def rank_folder(
             if masks is not None:
                 mask_path = masks.find(root / key, relative=key)
                 if mask_path is not None:
-                    reference = read_mask_file(mask_path)
+                    try:
+                        reference = read_mask_file(mask_path)
+                    except (OSError, ValueError) as error:  # the mask's fault, said so
+                        said = describe_read_error(error)
+                        raise ValueError(f"its ground truth {mask_path}: {said}") from error
                     if reference.shape != prediction.mask.shape:
                         (h, w), (mh, mw) = prediction.mask.shape, reference.shape
                         raise ValueError(
