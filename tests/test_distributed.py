@@ -464,6 +464,16 @@ def test_bad_settings_stop_before_any_work(images, tmp_path):
     code, err = run_cli(*common, "--device", "cuda:1")
     assert code == 2 and "--gpus-per-worker" in err
     assert not out.exists()
+    out.mkdir()  # every output there already (a rerun): the settings are refused as before
+    Image.new("L", (80, 64)).save(out / "photo.png")
+    for flag, value, words in [
+        ("--num-workers", "0", "--num-workers must be at least 1"),
+        ("--gpus-per-worker", "-1", "--gpus-per-worker must be 0 (CPU) or more"),
+        ("--cpus-per-worker", "0", "--cpus-per-worker: must be above 0"),
+    ]:
+        code, err = run_cli(*common, flag, value)
+        assert code == 2 and words in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png"]
 
 
 @pytest.mark.parametrize("kind", ["other table", "binary", "folder"])

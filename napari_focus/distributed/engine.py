@@ -29,7 +29,7 @@ from .manifest import (
     normalize,
     write_manifest,
 )
-from .resources import DEFAULT_ROWS_PER_CALL, MAX_BLOCKS, plan_resources
+from .resources import DEFAULT_ROWS_PER_CALL, MAX_BLOCKS, check_resources, plan_resources
 from .session import init_ray, quiet_ray
 from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
 
@@ -187,6 +187,7 @@ def predict_dataset(
         )
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch size must be at least 1")
+    check_resources(num_workers, gpus_per_worker, cpus_per_worker)
     if weights is not None:
         if not Path(weights).is_file():
             raise ValueError(f"weights file not found: {weights}")

@@ -23,6 +23,19 @@ class Resources:
     calls_per_worker: int = 1
 
 
+def check_resources(
+    num_workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float | None
+) -> None:
+    """What is wrong with the pool's settings whatever the cluster (ValueError), said
+    before any work: a rerun with nothing left to do refuses them as the first run did."""
+    if num_workers is not None and num_workers < 1:
+        raise ValueError("--num-workers must be at least 1")
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise ValueError("--gpus-per-worker must be 0 (CPU) or more")
+    if cpus_per_worker is not None and not cpus_per_worker > 0:
+        raise ValueError("--cpus-per-worker must be above 0")
+
+
 def plan_resources(
     cluster: dict[str, float],
     node_cpus: float,
@@ -33,19 +46,16 @@ def plan_resources(
 ) -> Resources:
     """Defaults: with GPUs in the cluster one worker per GPU, each reserving one GPU and
     one CPU; without, one worker per ``cpus_per_worker`` (default: a whole node's CPUs)."""
+    check_resources(num_workers, gpus_per_worker, cpus_per_worker)
     gpus = float(cluster.get("GPU", 0.0))
     cpus = float(cluster.get("CPU", 0.0))
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus >= 1 else 0.0
-    if gpus_per_worker < 0:
-        raise ValueError("--gpus-per-worker must be 0 (CPU) or more")
     if gpus_per_worker > 0 and gpus < gpus_per_worker:
         raise ValueError(
             f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPUs; "
             "use --gpus-per-worker 0 to run on CPUs"
         )
-    if num_workers is not None and num_workers < 1:
-        raise ValueError("--num-workers must be at least 1")
     if gpus_per_worker > 0:
         workers = num_workers or max(1, int(gpus // gpus_per_worker))
         return Resources(workers, gpus_per_worker, cpus_per_worker or 1.0, calls_per_worker=2)
