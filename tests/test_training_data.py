@@ -23,6 +23,7 @@ from napari_focus.training.data import (
     DatasetError,
     collect_samples,
     list_samples,
+    same_source_groups,
     split_samples,
 )
 
@@ -102,6 +103,33 @@ def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
     cod_samples, _ = collect_samples(cod, ["cod10k-train"])
     with pytest.raises(DatasetError, match=r"named top \(did you mean NF-top\?\)"):
         split_samples(cod_samples, val_names=["top"])
+
+
+def test_one_photo_in_several_layouts_stays_on_one_side_of_the_split(tmp_path: Path) -> None:
+    """The same photos exported into two layouts: validation never scores an image the
+    training saw in the other layout; a layout named twice is read once; samples of one
+    layout split as they did before."""
+    rng = np.random.default_rng(7)
+    for i in range(8):
+        image, mask = shape_sample(rng, 40)
+        for layout in ("duts-tr", "generic"):
+            export_sample(tmp_path, layout, f"p{i}", image, mask)
+    samples, _ = collect_samples(tmp_path, ["duts-tr", "generic", "duts-tr"])
+    assert len(samples) == 16
+    groups = same_source_groups(tmp_path, samples)
+    assert groups["generic/p3"] == groups["duts-tr/p3"] != groups["duts-tr/p4"]
+    for seed in range(5):
+        train, val = split_samples(samples, val_fraction=0.25, seed=seed, groups=groups)
+        assert len(val) == 4 and len(train) == 12
+        seen = {groups[s.key] for s in train}
+        assert not any(groups[s.key] in seen for s in val), seed
+    _, chosen = split_samples(samples, val_names=["generic/p2"], groups=groups)
+    assert sorted(s.key for s in chosen) == ["duts-tr/p2", "generic/p2"]
+
+    alone, _ = collect_samples(tmp_path, ["generic"])
+    assert split_samples(alone, val_fraction=0.25, groups=same_source_groups(tmp_path, alone)) == (
+        split_samples(alone, val_fraction=0.25)
+    )
 
 
 def test_augmentation_keeps_image_and_labels_aligned() -> None:

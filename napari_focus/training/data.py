@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..datasets import LAYOUTS, get_layout, recover_split, sample_paths
+from ..datasets import LAYOUTS, get_layout, read_log, recover_split, sample_paths
 from ..datasets.export import dataset_dir
 from ..io import read_image
 from ..mask_files import read_mask_file
@@ -160,7 +160,7 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder")
-    layouts = list(layouts)
+    layouts = list(dict.fromkeys(layouts))  # a layout named twice is read once
     if not layouts:
         raise DatasetError("name at least one layout to train on")
     samples: list[Sample] = []
@@ -193,12 +193,31 @@ def _layouts_with_samples(root: Path, besides: Sequence[str]) -> list[str]:
     return found
 
 
+def same_source_groups(root: str | Path, samples: Sequence[Sample]) -> dict[str, str]:
+    """Sample key -> the key that stands for every sample of the same source pixels (the
+    provenance log's ``source_sha256``: one photo exported into several layouts), the
+    smallest of them; samples without a record stand for themselves."""
+    source: dict[tuple[str, str], str] = {}
+    for record in read_log(Path(root)).records:
+        where = (str(record.get("layout")), str(record.get("name", "")).casefold())
+        if record.get("status") == "removed":
+            source.pop(where, None)
+        elif record.get("status") != "skipped" and record.get("source_sha256"):
+            source[where] = str(record["source_sha256"])
+    members: dict[str, list[str]] = {}
+    for sample in samples:
+        digest = source.get((sample.layout, sample.name.casefold()), f"key:{sample.key}")
+        members.setdefault(digest, []).append(sample.key)
+    return {key: min(keys) for keys in members.values() for key in keys}
+
+
 def split_samples(
     samples: Sequence[Sample],
     *,
     val_fraction: float = 0.2,
     val_names: Iterable[str] | None = None,
     seed: int = 0,
+    groups: Mapping[str, str] | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
     """Training and validation samples.
 
@@ -206,7 +225,12 @@ def split_samples(
     otherwise a fixed share ``val_fraction`` is held out, chosen by a seeded hash of the
     keys, so that the split does not change when new samples are exported (each sample
     keeps its side). At least one sample stays on each side when there are two or more.
+    ``groups`` (:func:`same_source_groups`) keeps the samples of one source on one side:
+    validation never scores an image the training saw in another layout.
     """
+    group = (lambda sample: groups.get(sample.key, sample.key)) if groups else (
+        lambda sample: sample.key
+    )
     if val_names is not None:
         wanted = set(val_names)
         val = [s for s in samples if s.name in wanted or s.key in wanted]
@@ -220,19 +244,29 @@ def split_samples(
                 f"no exported sample is named {', '.join(sorted(unknown))}{meant}; name "
                 f"samples as they were exported or as layout/name (e.g. {example})"
             )
-        chosen_val = set(val)
-        train = [s for s in samples if s not in chosen_val]
+        held = {group(s) for s in val}  # with the other copies of their images
+        val = [s for s in samples if group(s) in held]
+        train = [s for s in samples if group(s) not in held]
     elif len(samples) < 2 or val_fraction <= 0:
         return list(samples), []
     else:
-        def score(sample: Sample) -> str:
-            return hashlib.sha256(f"{seed}:{sample.key}".encode()).hexdigest()
+        def score(key: str) -> str:
+            return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
-        ranked = sorted(samples, key=score)
+        members: dict[str, list[Sample]] = {}
+        for sample in samples:
+            members.setdefault(group(sample), []).append(sample)
         count = min(max(1, round(len(samples) * val_fraction)), len(samples) - 1)
-        chosen = set(id(s) for s in ranked[:count])
-        val = [s for s in samples if id(s) in chosen]
-        train = [s for s in samples if id(s) not in chosen]
+        chosen: set[str] = set()
+        size = 0
+        for key in sorted(members, key=score):  # a group by its smallest key, as a sample
+            if size >= count:
+                break
+            if size + len(members[key]) <= len(samples) - 1:
+                chosen.add(key)
+                size += len(members[key])
+        val = [s for s in samples if group(s) in chosen]
+        train = [s for s in samples if group(s) not in chosen]
     if not train:
         raise DatasetError("every sample is in the validation set: nothing left to train on")
     return train, val

@@ -34,7 +34,7 @@ from .augment import AugmentConfig
 from .batches import TrainBatches
 from .config import OFFICIAL_POLY_POWER, TrainConfig
 from .criterion import SetCriterion, total_loss
-from .data import collect_samples, split_samples
+from .data import collect_samples, same_source_groups, split_samples
 from .forward import training_forward
 from .interrupt import watch_step
 from .matcher import DIVERGED_ADVICE, TrainingDiverged
@@ -116,8 +116,9 @@ def train(
     report_progress(TrainProgress("setup", 0, config.steps, "reading the training data…"))
     samples, problems = collect_samples(config.root, config.layouts)
     train_set, val_set = split_samples(
-        samples, val_fraction=config.val_fraction, val_names=config.val_names, seed=config.seed
-    )
+        samples, val_fraction=config.val_fraction, val_names=config.val_names, seed=config.seed,
+        groups=same_source_groups(config.root, samples),
+    )  # fmt: skip
     loading = TrainProgress("setup", 0, config.steps, "loading the base weights…")
     report_progress(loading)
 
