@@ -258,14 +258,15 @@ def note_images_in_out(inputs: list[str], out_dir: Path) -> None:
 def _folders_with_images_below(inputs: list[str], out: Path) -> list[str]:
     """The folder inputs that have images in subfolders (a folder input takes only its
     own images); the output folder and the widget's series folders do not count."""
-    import os
-
+    from .folder_walk import walk_files
     from .input_files import subfolders_to_walk
     from .io import IMAGE_EXTENSIONS
 
+    def keep(dirpath: str, names: list[str]) -> list[str]:
+        return subfolders_to_walk(dirpath, names, {out.resolve()})
+
     def images_below(folder: Path) -> bool:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = subfolders_to_walk(dirpath, dirnames, {out.resolve()})
+        for dirpath, filenames in walk_files(folder, keep):
             if Path(dirpath) != folder and any(
                 Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in filenames
             ):

@@ -134,11 +134,14 @@ def _expand(
 
 
 def _folder_images(folder: Path, walk: set[Path] | None) -> list[Path]:
+    from .folder_walk import walk_files
     from .io import IMAGE_EXTENSIONS
 
+    def keep(dirpath: str, names: list[str]) -> list[str]:
+        return subfolders_to_walk(dirpath, names, walk or set())
+
     images = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [] if walk is None else subfolders_to_walk(dirpath, dirnames, walk)
+    for dirpath, filenames in walk_files(folder, None if walk is None else keep):
         images += [
             Path(dirpath, name) for name in filenames
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS

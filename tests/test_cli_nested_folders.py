@@ -235,3 +235,31 @@ def test_series_folders_and_the_masks_folder_are_not_walked_as_images(tree, tmp_
     assert [problem.split(":")[0] for problem in problems] == [  # no mask taken as an image
         str(tree / "sub" / "a.png"), str(tree / "sub" / "deeper" / "c.png")
     ]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="folder links need privileges there")
+def test_linked_subfolders_are_walked_once_and_a_link_up_never_loops(
+    tree, tiny_checkpoint, tmp_path
+):
+    """A collection put together from links: --recursive follows a linked folder as a
+    file browser shows it; a link back up the tree, or to a folder walked already, adds
+    nothing (and never loops)."""
+    from napari_focus.series import scan_folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.open(tree / "a.png").save(elsewhere / "far.png")
+    (tree / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (tree / "sub" / "up").symlink_to(tree, target_is_directory=True)  # a loop
+    (tree / "again").symlink_to(tree / "sub" / "deeper", target_is_directory=True)
+
+    out = tmp_path / "masks"
+    code, err = _predict(tree, "--recursive", "--weights", tiny_checkpoint, "--out", out)
+    assert code == 0, err
+    assert _files(out) == ["a.png", "b.png", "linked/far.png", "sub/a.png", "sub/deeper/c.png"]
+    assert scan_folder(tree, recursive=True) == [
+        "a.png", "b.jpg", "linked/far.png", "sub/a.png", "sub/deeper/c.png"
+    ]  # fmt: skip
+    code, err = run_cli("export", tree, out, "--root", tmp_path / "ds", "--layout", "generic",
+                        "--recursive", "--on-exists", "rename")  # fmt: skip
+    assert "far.png" in " ".join(p.name for p in (tmp_path / "ds" / "masks").iterdir()), err

@@ -4,7 +4,6 @@ layout's own mask naming first; an exact name before one that differs only in ca
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,12 +137,15 @@ def _files_below(
     """The files of ``folder`` (and of its subfolders when ``recursive``) that ``wanted``
     takes, sorted; hidden files and folders (``.name``), the folders ``leave_out`` and
     the widget's series folders left out."""
+    from ..folder_walk import walk_files
     from ..input_files import subfolders_to_walk
 
     skipped = {path.resolve() for path in leave_out}
+    def keep(dirpath: str, names: list[str]) -> list[str]:
+        return subfolders_to_walk(dirpath, names, skipped)
+
     files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = subfolders_to_walk(dirpath, dirnames, skipped) if recursive else []
+    for dirpath, filenames in walk_files(folder, keep if recursive else None):
         files += [
             Path(dirpath, name) for name in filenames
             if not name.startswith(".") and wanted(Path(name)) and Path(dirpath, name).is_file()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..folder_walk import walk_files
 from ..io import IMAGE_EXTENSIONS
 
 #: the queue state file that makes a folder a series folder (its layout: .state_file)
@@ -44,19 +45,17 @@ def scan_folder(
         raise NotADirectoryError(f"not a folder: {root}")
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     excluded = [Path(e).resolve() for e in exclude]
-    images: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    def keep(dirpath: str, dirnames: list[str]) -> list[str]:
         current = Path(dirpath)
-        dirnames[:] = (
-            [
-                d
-                for d in dirnames
-                if not d.startswith(".") and (current / d).resolve() not in excluded
-                and not (current / d / STATE_NAME).exists()
-            ]
-            if recursive
-            else []
-        )
+        return [
+            d for d in dirnames
+            if not d.startswith(".") and (current / d).resolve() not in excluded
+            and not (current / d / STATE_NAME).exists()
+        ]  # fmt: skip
+
+    images: list[str] = []
+    for dirpath, filenames in walk_files(root, keep if recursive else None):
+        current = Path(dirpath)
         for filename in filenames:
             if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
                 continue

@@ -1,0 +1,31 @@
+"""Walking an image folder's tree: linked subfolders are followed (a collection put
+together from links, as ``ls`` and a file browser show it), each real folder once and
+under its own path where the tree has it, so a link back up the tree never loops and a
+link to a folder of the tree adds nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+
+def walk_files(
+    root: str | os.PathLike, subfolders: Callable[[str, list[str]], list[str]] | None
+) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, file names)`` of ``root`` and, when ``subfolders`` is given, of the
+    subfolders it keeps of each folder (``subfolders(folder, names)``); ``None``:
+    ``root`` alone. The folders the tree holds come first, then the linked ones."""
+    seen: set[str] = set()
+    tops: list[str] = [os.fspath(root)]
+    while tops:
+        for dirpath, dirnames, filenames in os.walk(tops.pop(0)):  # links: not entered
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a link to a folder walked already (or to an ancestor)
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            kept = [] if subfolders is None else subfolders(dirpath, dirnames)
+            linked = [name for name in kept if os.path.islink(os.path.join(dirpath, name))]
+            tops += [os.path.join(dirpath, name) for name in linked]
+            dirnames[:] = [name for name in kept if name not in linked]
+            yield dirpath, filenames
