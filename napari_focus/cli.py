@@ -78,6 +78,8 @@ exit codes:
     "annotate": f"""\
 exit codes:
   0  napari was closed (the series' edits are kept in its series folder)
+  {EXIT_INTERRUPTED}  napari was closed by Ctrl-C in the terminal (143: by SIGTERM), as by its
+     close button
   {EXIT_SETUP_ERROR}  napari was not opened: bad arguments, a --weights file that cannot be
      used, a file that is not an image, or no display to open a window on
 """,

@@ -115,8 +115,12 @@ def run_annotate(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     import napari
 
-    from .gui.annotate import open_viewer
+    from .gui.annotate import close_on_signals, open_viewer
 
-    open_viewer(paths, folder=folder, images=images, model=model_choices(args))
+    viewer, _ = open_viewer(paths, folder=folder, images=images, model=model_choices(args))
+    _timer, received = close_on_signals(viewer)
     napari.run()
+    if received:  # closed by Ctrl-C or SIGTERM, as by the window's close button
+        print("napari-focus: interrupted: napari was closed", file=sys.stderr)
+        return 128 + received[0]  # 130 for Ctrl-C, 143 for SIGTERM, as a shell says
     return 0

@@ -166,3 +166,53 @@ def test_layer_planes_multiscale_stacks_and_unsupported():
     assert stack.plane((2,)).shape == (40, 50, 3) and len(stack.all_indices()) == 3
     with pytest.raises(UnsupportedLayerError, match="Labels layer"):
         layer_planes(Labels(np.zeros((40, 40), np.uint8), name="mask"))
+
+
+def test_ctrl_c_in_the_terminal_closes_annotate_as_the_close_button_does(
+    tiny_checkpoint, focus_reference, tmp_path
+):
+    """Ctrl-C closes napari as its close button does (napari alone quits its event loop
+    with no close: the series' unsaved edits and its open-marker stayed), and the
+    command exits 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from PIL import Image
+
+    from napari_focus.series.presence import MARK_PREFIX
+
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        pytest.skip("no display to open napari on")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(focus_reference / "input.png").convert("RGB").save(folder / "a.png")
+    env = {**os.environ, "NAPARI_FOCUS_CONFIG_DIR": str(tmp_path / "config"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "napari_focus", "annotate", str(folder), "--weights",
+         str(tiny_checkpoint), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        def proposed() -> bool:  # the series is open and its first proposal computed
+            return bool(list(folder.rglob(f"{MARK_PREFIX}*"))) and any(
+                p.is_file() for p in folder.rglob("proposals/**/*")
+            )
+
+        while not proposed():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.2)
+        time.sleep(3)  # napari idle: only Qt's event loop runs
+        child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert not list(folder.rglob(f"{MARK_PREFIX}*")), err  # left as on a close
+    assert "napari-focus: interrupted: napari was closed" in err

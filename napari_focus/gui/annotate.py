@@ -56,3 +56,27 @@ def open_viewer(
     if paths and len(viewer.layers):
         viewer.layers.selection.active = viewer.layers[0]
     return viewer, widget
+
+
+def close_on_signals(viewer: Any) -> tuple[Any, list[int]]:
+    """Ctrl-C (SIGINT) and SIGTERM close napari as its window's close button does (the
+    series asks about, or keeps, what is not saved yet); the signals received are listed
+    in the returned list. ``napari.run`` quits its event loop on Ctrl-C, with no close,
+    then calls this handler; for SIGTERM, which napari leaves alone, the returned timer
+    (keep it) wakes Python every 0.2 s, as Qt's loop gives it no chance to run one."""
+    import signal
+
+    from qtpy.QtCore import QTimer
+
+    received: list[int] = []
+
+    def close(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        viewer.close()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, close)
+    timer = QTimer()
+    timer.timeout.connect(lambda: None)  # Python runs between the timer's calls
+    timer.start(200)
+    return timer, received
