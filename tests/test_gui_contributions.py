@@ -168,8 +168,9 @@ def test_layer_planes_multiscale_stacks_and_unsupported():
         layer_planes(Labels(np.zeros((40, 40), np.uint8), name="mask"))
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_in_the_terminal_closes_annotate_as_the_close_button_does(
-    tiny_checkpoint, focus_reference, tmp_path
+    tiny_checkpoint, focus_reference, tmp_path, signum
 ):
     """Ctrl-C closes napari as its close button does (napari alone quits its event loop
     with no close: the series' unsaved edits and its open-marker stayed), and the
@@ -208,11 +209,11 @@ def test_ctrl_c_in_the_terminal_closes_annotate_as_the_close_button_does(
             assert child.poll() is None and time.monotonic() < deadline, child.communicate()
             time.sleep(0.2)
         time.sleep(3)  # napari idle: only Qt's event loop runs
-        child.send_signal(signal.SIGINT)
+        child.send_signal(getattr(signal, signum))
         _out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == 130, err
+    assert child.returncode == 128 + getattr(signal, signum), err
     assert not list(folder.rglob(f"{MARK_PREFIX}*")), err  # left as on a close
     assert "napari-focus: interrupted: napari was closed" in err
