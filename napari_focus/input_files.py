@@ -18,8 +18,19 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")
 def read_list_file(path: Path) -> list[str]:
     """The entries of a list file, one a line (blank lines and ``#`` comments left out);
     a relative entry is relative to the list's folder."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows PowerShell's `>` writes UTF-16
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")  # sig: Notepad's byte-order mark
+        except UnicodeDecodeError as error:
+            raise UnicodeDecodeError(
+                error.encoding, error.object, error.start, error.end,
+                f"{error.reason}: it is not UTF-8 text; save it as UTF-8",
+            ) from None  # fmt: skip
     entries = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():  # sig: Notepad's BOM
+    for line in text.splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue

@@ -140,6 +140,12 @@ def test_a_list_file_saved_with_a_byte_order_mark_names_its_first_image(tree):
     listing = tree / "list.txt"
     listing.write_text("a.png\nsub/a.png\n", encoding="utf-8-sig")
     assert read_list_file(listing) == [str(tree / "a.png"), str(tree / "sub/a.png")]
+    listing.write_text("a.png\r\nsub/a.png\r\n", encoding="utf-16")  # PowerShell's `>`
+    assert read_list_file(listing) == [str(tree / "a.png"), str(tree / "sub/a.png")]
+    listing.write_bytes("a.png\ncaf\u00e9.png\n".encode("latin-1"))  # another code page
+    code, err = _predict(listing, "--out", tree.parent / "masks")
+    assert code == 2 and f"cannot read the list file {str(listing)!r}" in err
+    assert "it is not UTF-8 text; save it as UTF-8" in err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges")

@@ -70,6 +70,11 @@ def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
         f"its ground truth {gt / 'sure.png'} is 30x20 pixels, the image 32x32: give the mask "
         "drawn on this image"
     )
+    (images / "gone.png").symlink_to(tmp_path / "moved away.png")  # a dangling link
+    failed = {r.name: r.error for r in rank_folder(images, predictor) if r.error}
+    assert failed["gone"] == f"gone.png is a link to {str(tmp_path / 'moved away.png')!r}, " \
+        "which does not exist"
+    (images / "gone.png").unlink()
     (gt / "sure.png").write_bytes(b"junk")  # the mask is broken, not the image
     failed = {r.name: r.error for r in rank_folder(images, predictor, gt_folder=gt) if r.error}
     assert failed["sure"].startswith(

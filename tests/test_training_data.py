@@ -98,6 +98,8 @@ def test_split_is_stable_when_samples_are_added(tmp_path: Path) -> None:
     assert [s.name for s in chosen] == ["s3", "s4"]
     with pytest.raises(DatasetError, match="no exported sample is named nope"):
         split_samples(samples, val_names=["nope"])
+    with pytest.raises(DatasetError, match=r"hold out fewer samples \(fewer --val names"):
+        split_samples(samples[:2], val_names=["s0", "s1"])
     cod = tmp_path / "cod"
     export_sample(cod, "cod10k-train", "top", *shape_sample(rng, 40))  # exported as NF-top
     cod_samples, _ = collect_samples(cod, ["cod10k-train"])

@@ -138,7 +138,12 @@ def rank_folder(
         except SharedReferenceError as error:
             row.error = str(error)
         except Exception as error:  # one bad image must not stop the ranking
-            row.error = describe_read_error(error)
+            path = root / key
+            dangling = isinstance(error, FileNotFoundError) and path.is_symlink()
+            row.error = (
+                f"{Path(key).name} is a link to {os.readlink(path)!r}, which does not exist"
+                if dangling else describe_read_error(error)
+            )  # fmt: skip
         rows.append(row)
         if progress is not None:
             progress(done, len(keys), key)

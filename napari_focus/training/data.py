@@ -268,5 +268,8 @@ def split_samples(
         val = [s for s in samples if group(s) in chosen]
         train = [s for s in samples if group(s) not in chosen]
     if not train:
-        raise DatasetError("every sample is in the validation set: nothing left to train on")
+        raise DatasetError(
+            "every sample is in the validation set: nothing left to train on; hold out fewer "
+            "samples (fewer --val names, or a smaller --val-fraction)"
+        )
     return train, val
