@@ -112,6 +112,22 @@ def test_export_refuses_two_images_of_one_sample_name(photo, tmp_path):
     assert listed == ["IMG_7", "Leaf", "my_photo"]
 
 
+def test_an_image_named_like_another_s_mask_keeps_its_own(photo, tmp_path):
+    """Images x.png and x_mask.png, masks x.png and x_mask.png: each image takes the
+    mask of its exact name (x_mask.png is x_mask's, not a second mask of x)."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("x.png", "x_mask.png"):
+        photo.save(images / name)
+        Image.fromarray(np.full((48, 72), 255, np.uint8)).save(masks / name)
+    pairs, problems = pair_files(images, masks, "generic")
+    assert sorted((i.name, m.name) for i, m in pairs) == [
+        ("x.png", "x.png"), ("x_mask.png", "x_mask.png")
+    ]  # fmt: skip
+    assert problems == []
+
+
 def test_export_gives_a_mask_to_the_image_of_its_exact_name(photo, tmp_path):
     """leaf.png and Leaf.jpg, one mask leaf.png: it is leaf.png's, whatever the order of
     the names; Leaf.jpg is refused, not given the other image's mask."""
