@@ -183,9 +183,7 @@ def _export_locked(
     source: tuple[np.ndarray, str],
 ) -> ExportResult:
     base = dataset_dir(root, spec)
-    recovered = tidy_split(root, base, spec)
-    store = SplitJson.load(base, spec)
-    recovered += recover_samples(root, base, spec, store, lambda n: sample_paths(root, spec, n))
+    store, recovered = put_in_order(root, spec)
     for message in recovered:
         log.info("%s", message)
 
@@ -226,16 +224,19 @@ def recover_split(root: str | Path, layout: str) -> list[str]:
     delete stale temp files, re-list or remove orphaned samples); a message per action.
     Worth calling before training from a split whose last export may have been killed.
     """
-    spec = get_layout(layout)
     root = Path(root)
-    base = dataset_dir(root, spec)
     with root_lock(root):
-        messages = tidy_split(root, base, spec)
-        store = SplitJson.load(base, spec)
-        messages += recover_samples(
-            root, base, spec, store, lambda n: sample_paths(root, spec, n)
-        )
-    return messages
+        return put_in_order(root, get_layout(layout))[1]
+
+
+def put_in_order(root: Path, spec: Layout) -> tuple[SplitJson, list[str]]:
+    """What :func:`recover_split` does (the caller holds the root lock): the split's
+    JSON files as they are then, and a message per action."""
+    base = dataset_dir(root, spec)
+    messages = tidy_split(root, base, spec)
+    store = SplitJson.load(base, spec)
+    messages += recover_samples(root, base, spec, store, lambda n: sample_paths(root, spec, n))
+    return store, messages
 
 
 def _result(

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .export import dataset_dir, sample_paths
+from .export import dataset_dir, put_in_order, sample_paths
 from .journal import Transaction
 from .jsonstore import root_lock
 from .layouts import get_layout
 from .provenance import record_line
-from .recovery import recover_samples, tidy_split
-from .splitjson import SplitJson, dumps
+from .splitjson import dumps
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +53,12 @@ def remove_sample(root: str | Path, layout: str, name: str) -> RemovedSample:
     root = Path(root)
     base = dataset_dir(root, spec)
     with root_lock(root):
-        messages = tidy_split(root, base, spec)
-        store = SplitJson.load(base, spec)
-        paths_of = lambda n: sample_paths(root, spec, n)  # noqa: E731
-        messages += recover_samples(root, base, spec, store, paths_of)
+        store, messages = put_in_order(root, spec)
         for message in messages:
             log.info("%s", message)
         listed = store.has(name)
         name = (store.spelling(name) or name) if listed else name  # as the JSON spells it
-        files = tuple(path for path in paths_of(name).all() if path.is_file())
+        files = tuple(path for path in sample_paths(root, spec, name).all() if path.is_file())
         if not files and not listed:
             return RemovedSample(spec.name, name, (), False)
         with Transaction(base) as tx:
