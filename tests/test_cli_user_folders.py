@@ -146,6 +146,20 @@ def test_export_gives_a_mask_to_the_image_of_its_exact_name(photo, tmp_path):
     ]
 
 
+def test_the_png_beside_a_jpeg_of_its_stem_is_its_mask(photo, tmp_path):
+    """DUTS-TE style: d.jpg and its mask d.png in one folder pair as the series and
+    rank --gt pair them; a PNG photo with no JPEG of its stem stays an image."""
+    folder = tmp_path / "duts-te"
+    folder.mkdir()
+    photo.save(folder / "d.jpg")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(folder / "d.png")
+    photo.save(folder / "e.png")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(folder / "e_mask.png")
+    pairs, problems = pair_files(folder, folder, "generic")
+    assert [(i.name, m.name) for i, m in pairs] == [("d.jpg", "d.png"), ("e.png", "e_mask.png")]
+    assert problems == []
+
+
 def test_export_of_masks_beside_their_images(photo, tmp_path):
     """MASKS_DIR is IMAGES_DIR: a file is never its own mask, and a mask beside its image
     (``a_mask.png``, ``b_gt.tif``) is no image to export."""

@@ -7,7 +7,7 @@ import glob
 from collections.abc import Callable
 from pathlib import Path
 
-from ..mask_files import MASK_EXTENSIONS, MASK_SUFFIXES
+from ..mask_files import LOSSY_EXTENSIONS, MASK_EXTENSIONS, MASK_SUFFIXES
 from ..prediction_files import PROBABILITY_SUFFIX, same_file_key
 from .errors import ExportError
 from .layouts import get_layout
@@ -114,7 +114,11 @@ def _candidates(
     stem = image.stem.casefold()
 
     def usable(mask: Path) -> bool:
-        return mask.stem.casefold() != stem or mask.resolve() not in images
+        if mask.stem.casefold() != stem or mask.resolve() not in images:
+            return True
+        # beside a JPEG, the lossless file of its stem is its mask (DUTS-TE keeps them
+        # so), as the series and rank --gt find it
+        return image.suffix.lower() in LOSSY_EXTENSIONS and mask.parent == image.parent
 
     for folder in dict.fromkeys([below, "."]):
         found, is_exact = _masks_named(masks.get(folder, {}), names, usable)
