@@ -282,7 +282,8 @@ def test_run_on_an_image_left_since_never_lands_on_the_next_one(
 
 def test_an_image_there_is_no_memory_for_fails_alone(tiny_mlp, photo_crops, monkeypatch):
     """Out of memory while reading or segmenting one image: that image fails with the
-    widget's words (never marked a broken file), and the next image gets its proposal."""
+    widget's words (reading: until the series is opened again), and the next image gets
+    its proposal."""
     from napari_focus.gui.job import ModelKey
     from napari_focus.gui.series_jobs import prefetch_job
     from napari_focus.run_control import RunControl
@@ -314,6 +315,8 @@ def test_an_image_there_is_no_memory_for_fails_alone(tiny_mlp, photo_crops, monk
     messages = list(prefetch_job(key, predictor, board, None, RunControl()))
     memory = ("the computer ran out of memory for this image: close other programs, or "
               "choose model size large in the Model tab, then press Run again")  # fmt: skip
-    assert messages[0] == ("failed", "img0.png", 0, memory)
+    assert messages[0] == ("unusable", "img0.png", 0, "img0.png: the computer ran out of "
+                           "memory reading it; close other programs, then open the series "
+                           "again")  # fmt: skip
     assert messages[1] == ("failed", "img1.png", 1, memory)
     assert [m[:3] for m in messages[2:]] == [("prediction", "img2.png", 2)]

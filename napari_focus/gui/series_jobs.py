@@ -77,9 +77,6 @@ def prefetch_job(
         except UnusableImageError as error:
             yield ("unusable", item_key, ticket, str(error))
             continue
-        except MemoryError as error:  # this image, now: not the file's fault
-            yield ("failed", item_key, ticket, gui_message(error))
-            continue
         try:
             with watch_model(predictor.model, control):
                 prediction = predictor.predict(image, tta=tta)

@@ -25,8 +25,11 @@ def load_series_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         image = read_image(path)
-    except MemoryError:
-        raise  # of this moment, not of the file: the series must not mark it failed
+    except MemoryError:  # of this moment: failed until the series is opened again
+        raise UnusableImageError(
+            f"{path.name}: the computer ran out of memory reading it; close other programs, "
+            "then open the series again"
+        ) from None
     except Exception as error:  # PIL and tifffile raise many kinds; each means unreadable
         said = str(error)  # the reading error names the file itself, mostly
         raise UnusableImageError(
