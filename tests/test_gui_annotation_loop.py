@@ -697,3 +697,50 @@ def test_reject_after_accept_asks_to_take_the_sample_out_of_the_split(
     assert (item.export is None) is take_out
     statuses = [r["status"] for r in read_records(root)]
     assert statuses == (["written", "removed"] if take_out else ["written"])
+
+
+def test_a_removal_ending_after_another_series_opened_is_recorded_in_its_own(
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    """The split's lock held by another export: the removal waits. Accept waits for it;
+    another folder opened meanwhile gets nothing of it (same image names), and the
+    series it was asked in records it."""
+    import shutil
+    import threading
+
+    from napari_focus.gui import dialogs, series_unaccept
+    from napari_focus.series import load_or_create
+
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda *_a, **_kw: True)
+    gate = threading.Event()
+    real = series_unaccept.remove_sample
+
+    def slow_remove(*args):
+        assert gate.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(series_unaccept, "remove_sample", slow_remove)
+    root = tmp_path / "datasets"
+    _viewer, widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos, root)
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    series.include_exported.value = True
+    series.previous_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    first = series.state
+    series.reject_button.clicked.emit()
+    assert series.removing_sample
+    series.accept_button.clicked.emit()  # waits for the removal: nothing exported
+    assert not widget.export_section.busy
+
+    other = shutil.copytree(photos, tmp_path / "other photos", ignore=lambda *_: ["napari_focus"])
+    open_series(series, other)
+    qtbot.waitUntil(lambda: series.state is not first and series.proposal_ready, timeout=WAIT_MS)
+    gate.set()
+    qtbot.waitUntil(lambda: not series.removing_sample, timeout=WAIT_MS)
+    assert series.state.queue.item("a_large.png").status.value == "proposed"  # untouched
+    again = load_or_create(first.output_folder, photos)
+    assert again.queue.item("a_large.png").status.value == "rejected", widget.status.value
+    assert again.queue.item("a_large.png").export is None
+    assert not list(root.rglob("a_large.*"))

@@ -103,7 +103,7 @@ class Transaction:
             except OSError as exc:
                 reason = WriteError(provenance[0] / PROVENANCE_NAME, exc).reason
                 raise ExportWriteError(
-                    f"the sample was exported but its provenance line not written: "
+                    f"the split was updated but its provenance line not written: "
                     f"{reason}; the next export writes it",
                     reason,
                 ) from exc

@@ -75,12 +75,17 @@ class SeriesDecisions:
         labels = self._proposal_labels()
         if self._nothing_to_accept(labels):
             return
-        if self.owner.export_section.busy:
+        if self.owner.export_section.busy or self.removing_sample:
             return
         key = self._shown
         shown = self._image_layer_for(key)
-        if shown is not None:  # the image the series shows, whatever layer was clicked since
+        if shown is not None and self.owner.image.value != shown.name:
+            # the image the series shows, whatever layer was clicked since; that resets
+            # the sample name to the layer's, so an accepted image's own comes back
             self.owner.image.value = shown.name
+            recorded = (self.state.queue.item(key).export or {}).get("name")
+            if recorded:
+                self.owner.export_section.sample_name.value = recorded
         state = labels.metadata.get(META_KEY)
         # a saved mask is shown: compare the model's own proposal, if it exists
         proposal = state["proposal"] if state else self.own_proposal(labels)[0]

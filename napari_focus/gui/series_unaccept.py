@@ -10,7 +10,7 @@ from typing import Any
 
 from napari.utils.notifications import show_info
 
-from ..datasets import ExportError, remove_sample, root_of_export
+from ..datasets import ExportError, ExportWriteError, remove_sample, root_of_export
 from ..series import Status
 from . import dialogs
 from .workers import background
@@ -49,10 +49,10 @@ class SeriesUnaccept:
         if not dialogs.ask_yes_no(self.native, question, default_yes=True):
             show_info(f"FOCUS series: {item.name} is rejected; '{sample}' stays in {where}")
             return False
-        key = item.key
+        key, state = item.key, self.state  # another series may be open when it ends
         worker = background(remove_sample, root, layout, sample)
-        worker.returned.connect(lambda _removed: self._taken_out(key))
-        worker.errored.connect(lambda error: self._not_taken_out(key, sample, error))
+        worker.returned.connect(lambda _removed: self._taken_out(state, key))
+        worker.errored.connect(lambda error: self._not_taken_out(state, sample, error))
         self._removing = worker
         self.reject_button.enabled = False
         self.owner.set_status(f"taking '{sample}' out of {where}…")
@@ -63,21 +63,27 @@ class SeriesUnaccept:
     def removing_sample(self) -> bool:
         return getattr(self, "_removing", None) is not None
 
-    def _taken_out(self, key: str) -> None:
+    def _taken_out(self, state: Any, key: str) -> None:
+        """Recorded in the series it was asked in (saved into its folder), which moves
+        on only if it is still the one shown."""
         self._removing = None
         self.reject_button.enabled = True
-        if self.state is None:
-            return
         try:
-            self.state.record_taken_out(key)
+            state.record_taken_out(key)
         except OSError as error:
             self._error(self.close_guard.save_failure_text(error, "the series state"))
-        if self._shown == key:
+        if self.state is state and self._shown == key:
             self._move(self._forward)
 
-    def _not_taken_out(self, key: str, sample: str, error: BaseException) -> None:
+    def _not_taken_out(self, state: Any, sample: str, error: BaseException) -> None:
         self._removing = None
         self.reject_button.enabled = True
+        if isinstance(error, ExportWriteError) and "next export" in str(error):
+            self._error(  # committed: the split no longer lists it
+                f"'{sample}' was taken out of the split, but not all its files yet ({error}); "
+                "press Reject again to record it"
+            )
+            return
         reason = str(error) if isinstance(error, ExportError | OSError) else repr(error)
         self._error(
             f"'{sample}' was not taken out of the split ({reason}); the image stays "
