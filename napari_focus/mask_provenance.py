@@ -66,6 +66,9 @@ class MadeBy:
 Found = list[tuple[Path, MadeBy]]
 
 
+CUT = "is not a readable image (damaged or cut)"
+
+
 def read_made_by(path: str | os.PathLike) -> MadeBy | None:
     """The record of a mask file, or None (no record, or the file cannot be read)."""
     return _look(Path(path))[0]
@@ -79,11 +82,17 @@ def _look(path: Path) -> tuple[MadeBy | None, str]:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                return MadeBy.parse(tif.pages[0].description), ""
+                page = tif.pages[0]
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)]
+                cut = bool(ends) and max(ends) > path.stat().st_size  # pixels past the end
+                return MadeBy.parse(page.description), CUT if cut else ""
         from PIL import Image
 
         with Image.open(path) as image:  # reads the chunks before the pixels only
-            return MadeBy.parse(image.info.get(RECORD_KEY)), ""
+            record = MadeBy.parse(image.info.get(RECORD_KEY))
+            if image.format == "PNG":
+                image.verify()  # every chunk to the end (checksums, no decoding): not cut
+            return record, ""
     except FileNotFoundError:
         return None, ""
     except Exception as error:  # a damaged, cut or huge file (PIL and tifffile raise many
@@ -101,7 +110,7 @@ def _problem(path: Path, error: Exception) -> str:
         empty = path.stat().st_size == 0
     except OSError:
         empty = False
-    return "is empty (0 bytes)" if empty else "is not a readable image (damaged or cut)"
+    return "is empty (0 bytes)" if empty else CUT
 
 
 class MasksOfAnotherTask(ValueError):

@@ -109,16 +109,17 @@ def test_records_of_other_tools_and_broken_files_are_no_records(tmp_path):
         assert read_made_by(tmp_path / name) is None, name
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.tif").write_text("not a TIFF")
-    found = check_existing_masks(
-        [tmp_path / n for n in ("other.png", "cut.png", "cut.tif", "empty.png", "notes.tif")],
-        MadeBy("sod", "a.pth"),
-    )
+    whole = write_mask(tmp_path / "half.tif", np.eye(64, dtype=bool), record="x").read_bytes()
+    (tmp_path / "half.tif").write_bytes(whole[: len(whole) // 2])  # pixels past its end
+    names = ("other.png", "cut.png", "cut.tif", "empty.png", "notes.tif", "half.tif")
+    found = check_existing_masks([tmp_path / n for n in names], MadeBy("sod", "a.pth"))
     assert found.other_weights == []
     assert found.unreadable == {  # the drawn one is a mask; these are no image at all
         tmp_path / "cut.png": "is not a readable image (damaged or cut)",
         tmp_path / "cut.tif": "is not a readable image (damaged or cut)",
         tmp_path / "empty.png": "is empty (0 bytes)",
         tmp_path / "notes.tif": "is not a readable image (damaged or cut)",
+        tmp_path / "half.tif": "is not a readable image (damaged or cut)",
     }
 
 
@@ -131,7 +132,8 @@ def test_an_empty_or_cut_file_at_a_masks_name_is_no_mask_and_is_never_replaced(
     out = tmp_path / "masks"
     assert _predict(photos, out, weights, "sod")[0] == 0
     (out / "p0.png").write_bytes(b"")
-    (out / "p1.png").write_bytes((out / "p1.png").read_bytes()[:20])
+    cut = (out / "p1.png").read_bytes()
+    (out / "p1.png").write_bytes(cut[: len(cut) // 2])  # its header whole, pixels half
     before = _bytes(out)
     code, err = _predict(photos, out, weights, "sod")
     assert code == 1, err
