@@ -10,6 +10,7 @@ waits for itself until the timeout.
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from collections.abc import Iterator
@@ -77,6 +78,16 @@ else:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        except OSError as error:
+            if error.errno == errno.EBADF and handle.mode.strip("b") == "r":
+                # NFS locks a file only through a descriptor that may write it
+                raise PermissionError(
+                    errno.EACCES,
+                    f"{handle.name} is another user's lock file, and this file system "
+                    "locks only files one may write: ask its owner to make it "
+                    "group-writable (chmod g+w)",
+                ) from error
+            raise
         return True
 
     def _release(handle: Any) -> None:

@@ -15,11 +15,19 @@ def walk_files(
     """``(folder, file names)`` of ``root`` and, when ``subfolders`` is given, of the
     subfolders it keeps of each folder (``subfolders(folder, names)``); ``None``:
     ``root`` alone. The folders the tree holds come first, then the linked ones."""
-    seen: set[str] = set()
+    seen: set[object] = set()
     tops: list[str] = [os.fspath(root)]
     while tops:
         for dirpath, dirnames, filenames in os.walk(tops.pop(0)):  # links: not entered
-            real = os.path.realpath(dirpath)
+            try:
+                status = os.stat(dirpath)
+            except OSError:
+                continue
+            # the folder itself, however a link spells it (a case-insensitive disk too);
+            # a file system without inode numbers (FAT) by its resolved path
+            real: object = (status.st_dev, status.st_ino)
+            if not status.st_ino:
+                real = os.path.realpath(dirpath)
             if real in seen:  # a link to a folder walked already (or to an ancestor)
                 dirnames[:] = []
                 continue

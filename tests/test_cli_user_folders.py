@@ -126,6 +126,18 @@ def test_an_image_named_like_another_s_mask_keeps_its_own(photo, tmp_path):
         ("x.png", "x.png"), ("x_mask.png", "x_mask.png")
     ]  # fmt: skip
     assert problems == []
+    # an image of that name in another subfolder has other masks: d1's is d1's own
+    tree, tree_masks = tmp_path / "tree", tmp_path / "tree masks"
+    (tree / "d1").mkdir(parents=True)
+    (tree / "d2").mkdir()
+    (tree_masks / "d1").mkdir(parents=True)
+    photo.save(tree / "d1" / "cell.jpg")
+    photo.save(tree / "d2" / "cell_mask.jpg")
+    Image.fromarray(np.full((48, 72), 255, np.uint8)).save(tree_masks / "d1" / "cell_mask.png")
+    pairs, _ = pair_files(tree, tree_masks, "generic", recursive=True)
+    assert [(i.relative_to(tree).as_posix(), m.name) for i, m in pairs] == [
+        ("d1/cell.jpg", "cell_mask.png")
+    ]
 
 
 def test_export_gives_a_mask_to_the_image_of_its_exact_name(photo, tmp_path):

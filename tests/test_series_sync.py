@@ -316,6 +316,26 @@ def test_a_colleague_saves_a_shared_series_whose_lock_file_is_not_theirs() -> No
         assert statuses(out, images) == {"a.png": "accepted", "b.png": "rejected"}
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX locks")
+def test_a_file_system_that_locks_only_writable_files_says_what_to_ask(tmp_path, monkeypatch):
+    """NFS emulates flock with byte-range locks, which need a descriptor that may write:
+    another user's lock file, open read-only, cannot be locked there."""
+    import errno
+
+    from napari_focus import filelock
+
+    lock = tmp_path / "shared.lock"
+    lock.touch()
+
+    def nfs_flock(fd, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(filelock, "_open", lambda path: open(path, "rb"))  # noqa: SIM115
+    monkeypatch.setattr(filelock.fcntl, "flock", nfs_flock)
+    with pytest.raises(PermissionError, match=r"chmod g\+w"), filelock.held(lock, 1.0):
+        pass
+
+
 def test_a_series_open_in_another_window_is_said(tmp_path, monkeypatch):
     import time
 

@@ -128,6 +128,13 @@ def test_one_photo_in_several_layouts_stays_on_one_side_of_the_split(tmp_path: P
     _, chosen = split_samples(samples, val_names=["generic/p2"], groups=groups)
     assert sorted(s.key for s in chosen) == ["duts-tr/p2", "generic/p2"]
 
+    # a group larger than the share asked for is not taken after a smaller one was
+    sizes = {f"generic/p{i}": "generic/p0" if i < 5 else f"generic/p{i}" for i in range(8)}
+    generic = [s for s in samples if s.layout == "generic"]
+    for seed in range(10):
+        _, val = split_samples(generic, val_fraction=0.25, seed=seed, groups=sizes)
+        assert len(val) in (2, 5), (seed, [s.key for s in val])  # 2 asked: never 6
+
     alone, _ = collect_samples(tmp_path, ["generic"])
     assert split_samples(alone, val_fraction=0.25, groups=same_source_groups(tmp_path, alone)) == (
         split_samples(alone, val_fraction=0.25)

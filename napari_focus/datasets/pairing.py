@@ -53,14 +53,15 @@ def pair_files(
     problems: list[str] = []
     used: set[Path] = set()
     samples: dict[str, Path] = {}
-    stems = {image.stem for image in images}
+    # each image's mask of its own exact name: no other image's mask (x_mask.png of x.png)
+    own = {m for image in images for m in candidates[image][0] if m.stem == image.stem}
     # an image with a mask of its exact name first: it keeps its sample name
     for image in sorted(images, key=lambda i: not candidates[i][1]):
         found, is_exact = candidates[image]
         if not is_exact:  # a mask of another image's exact name is that image's
             found = [m for m in found if m not in exact]
         # x_mask.png, the mask of the image x_mask.png, is no second mask of x.png
-        found = [m for m in found if m.stem == image.stem or m.stem not in stems]
+        found = [m for m in found if m.stem == image.stem or m not in own]
         used.update(found)  # the mask of an image refused below is not an orphan
         sample_key, sample = _sample_key(image.stem, layout)
         below = image.parent.relative_to(images_dir).as_posix()

@@ -160,7 +160,7 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder")
-    layouts = list(dict.fromkeys(layouts))  # a layout named twice is read once
+    layouts = list(dict.fromkeys(get_layout(name).name for name in layouts))  # each once
     if not layouts:
         raise DatasetError("name at least one layout to train on")
     samples: list[Sample] = []
@@ -262,7 +262,8 @@ def split_samples(
         for key in sorted(members, key=score):  # a group by its smallest key, as a sample
             if size >= count:
                 break
-            if size + len(members[key]) <= len(samples) - 1:
+            fits = size + len(members[key]) <= count or not chosen  # no more than asked
+            if fits and size + len(members[key]) <= len(samples) - 1:
                 chosen.add(key)
                 size += len(members[key])
         val = [s for s in samples if group(s) in chosen]
