@@ -118,9 +118,10 @@ def run_annotate(args: argparse.Namespace) -> int:
     from .gui.annotate import close_on_signals, open_viewer
 
     viewer, _ = open_viewer(paths, folder=folder, images=images, model=model_choices(args))
-    _timer, received = close_on_signals(viewer)
+    _timer, received, close = close_on_signals(viewer)
     napari.run()
     if received:  # closed by Ctrl-C or SIGTERM, as by the window's close button
+        close()
         print("napari-focus: interrupted: napari was closed", file=sys.stderr)
         return 128 + received[0]  # 130 for Ctrl-C, 143 for SIGTERM, as a shell says
     return 0

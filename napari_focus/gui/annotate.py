@@ -3,7 +3,7 @@ series (Previous / Next / Accept), image files open as layers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +58,33 @@ def open_viewer(
     return viewer, widget
 
 
-def close_on_signals(viewer: Any) -> tuple[Any, list[int]]:
+def close_on_signals(viewer: Any) -> tuple[Any, list[int], Callable[[], None]]:
     """Ctrl-C (SIGINT) and SIGTERM close napari as its window's close button does (the
-    series asks about, or keeps, what is not saved yet); the signals received are listed
-    in the returned list. ``napari.run`` quits its event loop on Ctrl-C, with no close,
-    then calls this handler; for SIGTERM, which napari leaves alone, the returned timer
-    (keep it) wakes Python every 0.2 s, as Qt's loop gives it no chance to run one."""
+    series asks about, or keeps, what is not saved yet). Returns the timer to keep, the
+    signals received, and what closes napari once (call it when ``napari.run`` returns
+    with a signal received: napari quits its loop on Ctrl-C with no close, then calls
+    the handler). For SIGTERM, which napari leaves alone, the timer wakes Python every
+    0.2 s, as Qt's loop gives it no chance to run a handler; the close itself waits for
+    the loop, out of whatever napari was doing when the signal came."""
     import signal
 
     from qtpy.QtCore import QTimer
 
     received: list[int] = []
+    closed: list[bool] = []
 
-    def close(signum: int, _frame: Any) -> None:
+    def close_once() -> None:
+        if not closed:
+            closed.append(True)
+            viewer.close()
+
+    def on_signal(signum: int, _frame: Any) -> None:
         received.append(signum)
-        viewer.close()
+        QTimer.singleShot(0, close_once)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, close)
+        signal.signal(signum, on_signal)
     timer = QTimer()
     timer.timeout.connect(lambda: None)  # Python runs between the timer's calls
     timer.start(200)
-    return timer, received
+    return timer, received, close_once
