@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from .presets import SIZES, TASKS
@@ -185,25 +183,6 @@ def other_weights_note(found: list, run: Any) -> str:
         f"({record.weights}); they are kept, as every existing mask is: add --overwrite to "
         f"redo them with {run.weights}"
     )
-
-
-def damaged_outputs(
-    outputs_of: Iterable[tuple[str, Iterable[str | os.PathLike]]],
-    unreadable: Mapping[Path, str],
-) -> dict[str, str]:
-    """Inputs (``(source, its output paths)``) with an output file that is there but is
-    no readable image (``unreadable``: path -> what is wrong), each with why it is not
-    done (both engines): the file is not replaced (it may be someone's), the user
-    removes it."""
-    damaged = {}
-    for source, outputs in outputs_of:
-        for path in map(Path, outputs):
-            if path in unreadable:
-                damaged[source] = (
-                    f"{path.name} in --out {unreadable[path]}: delete it, then run again to "
-                    "predict this image"
-                )
-    return damaged
 
 
 def load_predictor_from_args(args: argparse.Namespace) -> Any:

@@ -10,7 +10,6 @@ from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_SETUP_ERROR,
     Terminated,
-    damaged_outputs,
     load_predictor_or_say_why,
     masks_of_another_task_message,
     other_weights_note,
@@ -22,7 +21,7 @@ from .cli_common import (
     sigterm_as_interrupt,
 )
 from .input_files import find_inputs
-from .mask_provenance import MadeBy, MasksOfAnotherTask, check_existing_masks
+from .mask_provenance import MadeBy, MasksOfAnotherTask, check_existing_masks, damaged_outputs
 from .prediction_files import OutputReplacesInput, plan_outputs
 
 

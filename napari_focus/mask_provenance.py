@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,3 +162,22 @@ def first_and_count(found: Found) -> str:
     path, record = found[0]
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     return f"{path.name}, made for {record.describe()}{more}"
+
+
+def damaged_outputs(
+    outputs_of: Iterable[tuple[str, Iterable[str | os.PathLike]]],
+    unreadable: Mapping[Path, str],
+) -> dict[str, str]:
+    """Inputs (``(source, its output paths)``) with an output file that is there but is
+    no readable image (``unreadable``: path -> what is wrong), each with why it is not
+    done (both engines): the file is not replaced (it may be someone's), the user
+    removes it."""
+    damaged = {}
+    for source, outputs in outputs_of:
+        for path in map(Path, outputs):
+            if path in unreadable:
+                damaged[source] = (
+                    f"{path.name} in --out {unreadable[path]}: delete it, then run again to "
+                    "predict this image"
+                )
+    return damaged

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli_common import damaged_outputs
 from ..fs_text import is_utf8
-from ..mask_provenance import Found, MadeBy, check_existing_masks
+from ..mask_provenance import Found, MadeBy, check_existing_masks, damaged_outputs
 from . import journal
 from .inputs import Job, find_sources, is_uri, plan_outputs
 from .manifest import (
