@@ -71,12 +71,13 @@ CUT = "is not a readable image (damaged or cut)"
 
 def read_made_by(path: str | os.PathLike) -> MadeBy | None:
     """The record of a mask file, or None (no record, or the file cannot be read)."""
-    return _look(Path(path))[0]
+    return _look(Path(path), whole=False)[0]
 
 
-def _look(path: Path) -> tuple[MadeBy | None, str]:
+def _look(path: Path, whole: bool = True) -> tuple[MadeBy | None, str]:
     """The record of a mask file and, for a file that is there but no readable image,
-    what is wrong with it ('' otherwise: read, missing, or too large to open here)."""
+    what is wrong with it ('' otherwise: read, missing, or too large to open here);
+    ``whole``: also a file cut after its header (a PNG read to its end)."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -90,7 +91,7 @@ def _look(path: Path) -> tuple[MadeBy | None, str]:
 
         with Image.open(path) as image:  # reads the chunks before the pixels only
             record = MadeBy.parse(image.info.get(RECORD_KEY))
-            if image.format == "PNG":
+            if whole and image.format == "PNG":
                 image.verify()  # every chunk to the end (checksums, no decoding): not cut
             return record, ""
     except FileNotFoundError:
@@ -144,7 +145,7 @@ def check_existing_masks(masks: Iterable[str | os.PathLike], run: MadeBy) -> Exi
     other_task: Found = []
     found = ExistingMasks()
     paths = [Path(mask) for mask in masks]
-    with ThreadPoolExecutor(8) as pool:  # a header each; on a network drive, a round trip
+    with ThreadPoolExecutor(8) as pool:  # a file each; on a network drive, a round trip
         looked = list(pool.map(_look, paths))
     for path, (record, problem) in zip(paths, looked, strict=True):
         if problem:

@@ -149,6 +149,7 @@ def _files_below(
     from ..input_files import subfolders_to_walk
 
     skipped = {path.resolve() for path in leave_out}
+
     def keep(dirpath: str, names: list[str]) -> list[str]:
         return subfolders_to_walk(dirpath, names, skipped)
 

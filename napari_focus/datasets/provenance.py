@@ -209,6 +209,17 @@ def read_log(root: Path) -> ProvenanceLog:
     return log
 
 
+def last_records(root: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(layout, case-folded name)`` -> the last record of that sample that did
+    something (written, replaced, renamed or ``removed``; ``skipped`` ones left out)."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in read_log(root).records:
+        if record.get("status") != "skipped":
+            where = (str(record.get("layout")), str(record.get("name", "")).casefold())
+            last[where] = record
+    return last
+
+
 def read_records(root: Path) -> list[dict[str, Any]]:
     """All parseable provenance lines; unparseable ones (a torn line from a crash) are
     skipped and reported with a ``UserWarning`` naming the file and line numbers."""

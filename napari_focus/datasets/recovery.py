@@ -25,7 +25,7 @@ from ..io import image_shape
 from ..mask_files import read_mask_file
 from .journal import Transaction, roll_forward
 from .layouts import Layout
-from .provenance import read_log
+from .provenance import last_records
 from .splitjson import SplitJson, dumps
 
 if TYPE_CHECKING:  # export imports this module
@@ -69,11 +69,11 @@ def recover_samples(
         messages.append(f"completed the semantic JSON entries of {spec.name} under {root}")
     orphans = _orphan_names(base, spec, store)
     if orphans:
-        last: dict[str, str] = {}  # each name's last status in this layout
-        for record in read_log(root).records:
-            if record.get("layout") == spec.name and record.get("status") != "skipped":
-                last[str(record.get("name", "")).casefold()] = str(record.get("status"))
-        ours = {name for name, status in last.items() if status != "removed"}
+        ours = {
+            name
+            for (layout, name), record in last_records(root).items()
+            if layout == spec.name and record.get("status") != "removed"
+        }
         for name in sorted(orphans):
             if name.casefold() not in ours:
                 continue  # not made by this package: leave it to its owner

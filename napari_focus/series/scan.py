@@ -45,6 +45,7 @@ def scan_folder(
         raise NotADirectoryError(f"not a folder: {root}")
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     excluded = [Path(e).resolve() for e in exclude]
+
     def keep(dirpath: str, dirnames: list[str]) -> list[str]:
         current = Path(dirpath)
         return [

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import LAYOUTS, get_layout, read_log, recover_split, sample_paths
+from ..datasets import LAYOUTS, get_layout, recover_split, sample_paths
 from ..datasets.export import dataset_dir
+from ..datasets.provenance import last_records
 from ..io import read_image
 from ..mask_files import read_mask_file
 from ..transforms import to_rgb_uint8
@@ -197,13 +198,11 @@ def same_source_groups(root: str | Path, samples: Sequence[Sample]) -> dict[str,
     """Sample key -> the key that stands for every sample of the same source pixels (the
     provenance log's ``source_sha256``: one photo exported into several layouts), the
     smallest of them; samples without a record stand for themselves."""
-    source: dict[tuple[str, str], str] = {}
-    for record in read_log(Path(root)).records:
-        where = (str(record.get("layout")), str(record.get("name", "")).casefold())
-        if record.get("status") == "removed":
-            source.pop(where, None)
-        elif record.get("status") != "skipped" and record.get("source_sha256"):
-            source[where] = str(record["source_sha256"])
+    source = {
+        where: str(record["source_sha256"])
+        for where, record in last_records(Path(root)).items()
+        if record.get("status") != "removed" and record.get("source_sha256")
+    }
     members: dict[str, list[str]] = {}
     for sample in samples:
         digest = source.get((sample.layout, sample.name.casefold()), f"key:{sample.key}")
