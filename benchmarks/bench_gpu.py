@@ -216,7 +216,7 @@ def throughput(args, compiled: bool) -> dict:
         compile_s: dict[tuple, float] = {}
         for precision, predictor in models.items():
             if compiled:
-                predictor.compile()
+                predictor.compile(mode=args.compile_mode)
             for bs in batch_sizes:  # warm-up: allocations, kernel choice, compilation
                 start = time.perf_counter()
                 timed_run(predictor, jobs[: 2 * bs], bs, args.workers, args.device)
@@ -288,6 +288,7 @@ def main() -> None:
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--batch-sizes", default="1,4,8,16")
     parser.add_argument("--compile-batch", default="8")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode")
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--max-images", type=int, default=None, help="agreement: at most N")
     parser.add_argument("--profile-batch", type=int, default=8)

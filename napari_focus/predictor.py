@@ -26,6 +26,7 @@ from .devices import default_batch_size, resolve_device
 from .hub_download import DownloadProgress
 from .model import FocusArchitecture, FocusModel
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
+from .ops import preload_kernel
 from .presets import check_task, hub_location, input_preset
 from .runtime import (
     DTYPES,
@@ -239,10 +240,12 @@ class FocusPredictor:
     def architecture(self) -> FocusArchitecture:
         return self.model.architecture
 
-    def compile(self, backend: str = "inductor") -> None:
-        """Run later forwards through ``torch.compile`` with ``backend`` (each new padded
-        input size compiles again; see docs/benchmarks.md for when it pays off)."""
-        self._compiled = torch.compile(self.model, backend=backend, dynamic=False)
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """Run later forwards through ``torch.compile`` with ``backend`` and ``mode``
+        (``"reduce-overhead"`` replays CUDA graphs); each new padded input size compiles
+        again; see docs/benchmarks.md for when it pays off."""
+        preload_kernel(self.device)  # its first use, traced, would break the graph
+        self._compiled = torch.compile(self.model, backend=backend, mode=mode, dynamic=False)
 
     # -------------------------------------------------------------- inference
     def prepare(self, image: ImageInput, *, tta: bool = False) -> PreparedInput:

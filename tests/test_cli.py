@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,13 @@ from napari_focus.io import read_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OLD_TIME_NS = 1_000_000_000 * 10**9  # 2001-09-09: any rewrite moves the mtime past it
+
+
+# annotate looks for a Qt binding before anything else
+needs_qt = pytest.mark.skipif(
+    not any(find_spec(name) for name in ("PyQt6", "PySide6", "PyQt5", "PySide2")),
+    reason="annotate needs a Qt binding (napari-focus's 'gui' extra)",
+)
 
 
 def run_cli(*args: str | os.PathLike) -> tuple[int, str]:
@@ -251,6 +259,7 @@ def test_subprocess_missing_weights_exit_code_2(images, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@needs_qt
 def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
@@ -261,6 +270,7 @@ def test_annotate_refuses_a_file_that_is_not_an_image_before_napari_opens(tmp_pa
     assert code == 2 and f"--weights {tmp_path / 'gone.pth'}: no such file" in err
 
 
+@needs_qt
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11/Wayland sessions")
 def test_annotate_without_a_display_says_so_instead_of_qt_aborting(tmp_path):
     """Over plain ssh Qt's xcb plugin aborts the process (exit 134); annotate says

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import run_cli
+from test_cli import needs_qt, run_cli
 
 from napari_focus.datasets.cli import pair_files
 from napari_focus.io import UnreadableImageError, read_image
@@ -512,6 +512,8 @@ def test_an_input_that_matches_nothing_is_said_for_what_it_is(tmp_path, monkeypa
         code, err = run_cli("predict", given, "--task", "sod", "--out", "masks")
         assert code == 2 and said in err, (given, err)
         assert "in the folder 'Été 2024'" in err or given != "Été 2024"
+    if needs_qt.args[0]:  # no Qt binding: annotate says that first
+        return
     code, err = run_cli("annotate", "cat.png")
     assert code == 2 and "'cat.png' does not exist" in err
 

@@ -705,6 +705,7 @@ def test_series_of_other_images_or_a_file_is_refused_before_any_work(
 def test_a_file_of_the_user_s_at_the_ranking_s_name_is_refused_before_any_work(
     images, weights, tmp_path
 ):
+    pytest.importorskip("ray")  # --engine ray asks for Ray first
     out = tmp_path / "masks"
     out.mkdir()
     (out / "focus_rank.csv").write_text("my precious notes\n")

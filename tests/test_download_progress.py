@@ -217,8 +217,10 @@ def test_a_file_on_a_cdn_comes_from_there_without_the_token(slow_hub, tmp_path, 
         slow_hub.redirect_to = f"{cdn.url}/blobs/focus"
         path = official_checkpoint("sod", "large", cache_dir=tmp_path, progress=lambda _p: None)
         assert path.read_bytes() == slow_hub.payload
-        assert [method for method, _ in cdn.requests] == ["GET"]
-        assert cdn.authorized == [False]
+        # huggingface_hub 1.x also sends HEADs to the file's final address; none may
+        # carry the token
+        assert "GET" in [method for method, _ in cdn.requests]
+        assert cdn.authorized and not any(cdn.authorized)
     assert slow_hub.count("GET") == 0 and any(slow_hub.authorized)  # HEADs to the hub only
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
-import napari
 import pytest
 
-from napari_focus.gui import triton_isolation
+napari = pytest.importorskip("napari")
+
+from napari_focus.gui import triton_isolation  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="RTLD_DEEPBIND is a glibc flag"

@@ -277,6 +277,39 @@ def test_the_kernel_traces_under_torch_compile(cpu_kernel: None) -> None:
     torch.testing.assert_close(traced(*args), 2 * ms_deform_attn_torch(*args))
 
 
+_FIRST_USE_TRACED = textwrap.dedent(
+    """
+    import json, torch
+    from msda_cases import random_inputs
+    from napari_focus.ops import ms_deform_attn, ms_deform_attn_torch, selfcheck
+    checks, real = [], selfcheck.run
+    def spy(op, kind):
+        checks.append(torch.compiler.is_compiling())
+        return real(op, kind)
+    selfcheck.run = spy
+    args = random_inputs(4, 2, 9, 2, 8, [(4, 4), (2, 3)], 2)
+    out = torch.compile(lambda *a: ms_deform_attn(*a) * 2, backend="eager")(*args)
+    error = float((out - 2 * ms_deform_attn_torch(*args)).abs().max())
+    print(json.dumps({"checks_traced": checks, "error": error}))
+    """
+)
+
+
+def test_a_first_use_under_torch_compile_loads_the_kernel_untraced(cpu_kernel: None) -> None:
+    """A model compiled before its kernel was loaded: the loading and the self-check run
+    as plain Python, not traced by Dynamo (on an H100, tracing them took FOCUS-L's
+    compile past minutes, a graph break at every file and random-number call)."""
+    paths = os.pathsep.join([str(PACKAGE_PARENT), str(Path(__file__).parent)])
+    env = {**os.environ, "PYTHONPATH": paths}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIRST_USE_TRACED], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["checks_traced"] == [False]  # loaded once (from the cache), untraced
+    assert result["error"] < 1e-5
+
+
 def test_a_compiler_named_by_its_path_that_is_not_there_is_said_so(monkeypatch) -> None:
     from napari_focus.ops.toolchain import unavailable_reason
 

@@ -65,8 +65,7 @@ _PROBE = textwrap.dedent(
 
 
 def _probe(reference: Path, env_changes: dict[str, str], package_parent: Path = PACKAGE_PARENT):
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC")}
-    env.update(env_changes)
+    env = {**os.environ, **env_changes}  # CXX/CC as this process has them: the same build key
     env["PYTHONPATH"] = str(package_parent)
     return subprocess.Popen(
         [sys.executable, "-c", _PROBE, str(reference / "postprocess_and_msda_golden.safetensors")],
@@ -240,7 +239,7 @@ def test_a_kernel_whose_errors_kill_the_process_is_refused_and_remembered(
     copy = cache / built.relative_to(build.cache_root())
     shutil.copytree(built, copy)
     (copy / "build.ok").write_text(json.dumps({"key": build_identity.build_key("cpu")}) + "\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC")}
+    env = dict(os.environ)  # CXX/CC as this process has them: the same build key
     env.update(
         NAPARI_FOCUS_CACHE=str(cache),
         PYTHONPATH=os.pathsep.join([str(PACKAGE_PARENT), str(Path(__file__).parent)]),

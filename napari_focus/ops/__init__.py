@@ -8,11 +8,13 @@ repository's ``ops/`` folder) plug in behind ``"cpu"``, ``"cuda"`` and
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .reference import ms_deform_attn_torch
 
-__all__ = ["BACKENDS", "ms_deform_attn", "ms_deform_attn_torch"]
+__all__ = ["BACKENDS", "ms_deform_attn", "ms_deform_attn_torch", "preload_kernel"]
 
 BACKENDS = ("auto", "torch", "cpu", "cuda")
 
@@ -81,3 +83,13 @@ def ms_deform_attn(
     return compiled.dispatch(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend
     )
+
+
+def preload_kernel(device: torch.device) -> None:
+    """Build or load the compiled kernel of ``device`` now rather than at its first call
+    (where ``backend="auto"`` would fall back, it says so at that call instead)."""
+    from . import build
+
+    if device.type in build.KINDS:
+        with contextlib.suppress(build.KernelUnavailableError):
+            build.load(device.type)

@@ -263,6 +263,10 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
     st = _STATES[kind]
     if st.op is not None:
         return st.op
+    if torch.compiler.is_compiling():
+        # Traced, the build, the loading and the self-check cost a graph break at each
+        # file, process and random-number call (minutes of tracing on FOCUS-L)
+        return _load_untraced(kind)
     if (check := getattr(_WAITS, "check", None)) is not None:
         return _wait_for_background_build(st, check)
     _load_once(st)
@@ -270,6 +274,11 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
         raise st.error
     assert st.op is not None
     return st.op
+
+
+@torch.compiler.disable
+def _load_untraced(kind: str) -> Callable[..., torch.Tensor]:
+    return load(kind)
 
 
 @contextlib.contextmanager
