@@ -60,7 +60,8 @@ exit codes:
   {EXIT_FAILED_IMAGES}  some pairs failed or some files had no partner; the others were
      exported
   {EXIT_SETUP_ERROR}  nothing was started: bad arguments, no --layout or --task, a missing
-     IMAGES_DIR or MASKS_DIR, or a --root that cannot be written
+     IMAGES_DIR or MASKS_DIR, no image in IMAGES_DIR, or a --root that cannot be
+     written
   {EXIT_INTERRUPTED}  interrupted by Ctrl-C, 143 by SIGTERM (the samples exported so far
      stay)
 """,

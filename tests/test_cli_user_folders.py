@@ -601,3 +601,21 @@ def test_a_broken_mask_is_named_once(photo, tmp_path):
                         "generic")  # fmt: skip
     assert code == 1
     assert f"failed: a.png: its mask {masks / 'a_mask.png'}: a_mask.png is truncated" in err
+
+
+def test_an_images_dir_without_images_is_said_and_nothing_is_created(tmp_path):
+    """Like predict and rank: a folder of notes (or images only in subfolders without
+    --recursive) starts nothing, exit 2, and no dataset folder appears."""
+    images, masks, root = tmp_path / "photos", tmp_path / "masks", tmp_path / "datasets"
+    (images / "day 2").mkdir(parents=True)
+    masks.mkdir()
+    (images / "notes.txt").write_text("to label\n")
+    code, err = run_cli("export", images, masks, "--root", root, "--task", "sod")
+    assert code == 2, err
+    assert "no image file (.png .jpg" in err and f"in IMAGES_DIR {images} (add --recursive" in err
+    Image.new("RGB", (8, 8)).save(images / "day 2" / "a.png")
+    code, err = run_cli("export", images, masks, "--root", root, "--task", "sod")
+    assert code == 2 and "add --recursive" in err, err
+    code, err = run_cli("export", images, masks, "--root", root, "--task", "sod", "--recursive")
+    assert code == 1 and "unpaired" in err, err  # an image now, without its mask
+    assert not (root / "DUTS").exists() or not any((root / "DUTS").rglob("*.png"))

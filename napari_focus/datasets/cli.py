@@ -241,6 +241,13 @@ def run_export(args: argparse.Namespace) -> int:
               "subfolder of MASKS_DIR, else in MASKS_DIR)", file=sys.stderr)  # fmt: skip
     pairs, problems = pair_files(images_dir, masks_dir, layout, recursive=args.recursive,
                                  leave_out=(Path(args.root),))  # fmt: skip
+    if not pairs and not problems:
+        from ..io import IMAGE_EXTENSIONS
+
+        where = " or its subfolders" if args.recursive else " (add --recursive for subfolders)"
+        print(f"napari-focus: no image file ({' '.join(IMAGE_EXTENSIONS)}) in IMAGES_DIR "
+              f"{images_dir}{where}; nothing was exported", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP_ERROR
     for message in [] if args.quiet else problems:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
