@@ -25,6 +25,7 @@ from .checkpoints import metadata_architecture, read_checkpoint, save_inference_
 from .devices import default_batch_size, resolve_device
 from .hub_download import DownloadProgress
 from .model import FocusArchitecture, FocusModel
+from .model.deform_attn import MSDeformAttn
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
 from .ops import preload_kernel
 from .presets import check_task, hub_location, input_preset
@@ -244,7 +245,8 @@ class FocusPredictor:
         """Run later forwards through ``torch.compile`` with ``backend`` and ``mode``
         (``"reduce-overhead"`` replays CUDA graphs); each new padded input size compiles
         again; see docs/benchmarks.md for when it pays off."""
-        preload_kernel(self.device)  # its first use, traced, would break the graph
+        if any(m.backend != "torch" for m in self.model.modules() if isinstance(m, MSDeformAttn)):
+            preload_kernel(self.device)  # its first use, traced, would break the graph
         self._compiled = torch.compile(self.model, backend=backend, mode=mode, dynamic=False)
 
     # -------------------------------------------------------------- inference

@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image
 
 from napari_focus import FocusPredictor
-from napari_focus.cli import main
+from napari_focus.cli import QT_BINDINGS, main
 from napari_focus.io import read_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ OLD_TIME_NS = 1_000_000_000 * 10**9  # 2001-09-09: any rewrite moves the mtime p
 
 # annotate looks for a Qt binding before anything else
 needs_qt = pytest.mark.skipif(
-    not any(find_spec(name) for name in ("PyQt6", "PySide6", "PyQt5", "PySide2")),
+    not any(find_spec(name) for name in QT_BINDINGS),
     reason="annotate needs a Qt binding (napari-focus's 'gui' extra)",
 )
 

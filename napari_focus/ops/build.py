@@ -74,6 +74,7 @@ from .build_identity import (
     log_path,
     source_files,
 )
+from .compile_support import register_fake
 from .toolchain import unavailable_reason
 
 __all__ = [
@@ -222,35 +223,12 @@ def _compile(kind: str) -> tuple[Callable[..., torch.Tensor], bool]:
         )
     if problem is not None:
         raise _ErrorsDoNotReachPython(problem)
-    _register_fake(kind)
+    register_fake(kind)
     return getattr(torch.ops, f"napari_focus_{kind}").ms_deform_attn, built_now
 
 
 class _ErrorsDoNotReachPython(RuntimeError):
     """A kernel that built and loaded, but whose C++ exceptions would kill the process."""
-
-
-def _fake_ms_deform_attn(value: torch.Tensor, *levels_and_samples: torch.Tensor) -> torch.Tensor:
-    batch, _, heads, dim = value.shape
-    queries = levels_and_samples[2].shape[1]  # sampling_locations (B, Q, M, L, P, 2)
-    return value.new_empty((batch, queries, heads * dim))
-
-
-def _register_fake(kind: str) -> None:
-    """The output's shape and dtype without running the kernel: what torch.compile
-    traces the op with (``predict --compile``). Once per process, like torch's registry
-    of the op; a failure only costs torch.compile a graph break at the op."""
-    if kind in _FAKES_REGISTERED:
-        return
-    try:
-        torch.library.register_fake(f"napari_focus_{kind}::ms_deform_attn")(_fake_ms_deform_attn)
-    except Exception as exc:
-        logger.warning("napari-focus: no torch.compile support for the %s kernel: %s", kind, exc)
-        return
-    _FAKES_REGISTERED.add(kind)
-
-
-_FAKES_REGISTERED: set[str] = set()
 
 
 def load(kind: str) -> Callable[..., torch.Tensor]:
@@ -263,10 +241,16 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
     st = _STATES[kind]
     if st.op is not None:
         return st.op
-    if torch.compiler.is_compiling():
+    if st.error is not None:
+        raise st.error
+    if torch.compiler.is_dynamo_compiling():
         # Traced, the build, the loading and the self-check cost a graph break at each
         # file, process and random-number call (minutes of tracing on FOCUS-L)
-        return _load_untraced(kind)
+        return _load_untraced(st)
+    return _load_now(st)
+
+
+def _load_now(st: KernelState) -> Callable[..., torch.Tensor]:
     if (check := getattr(_WAITS, "check", None)) is not None:
         return _wait_for_background_build(st, check)
     _load_once(st)
@@ -276,9 +260,7 @@ def load(kind: str) -> Callable[..., torch.Tensor]:
     return st.op
 
 
-@torch.compiler.disable
-def _load_untraced(kind: str) -> Callable[..., torch.Tensor]:
-    return load(kind)
+_load_untraced = torch.compiler.disable(_load_now)
 
 
 @contextlib.contextmanager
