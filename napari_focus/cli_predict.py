@@ -21,7 +21,13 @@ from .cli_common import (
     sigterm_as_interrupt,
 )
 from .input_files import find_inputs
-from .mask_provenance import MadeBy, MasksOfAnotherTask, check_existing_masks, damaged_outputs
+from .mask_provenance import (
+    MadeBy,
+    MasksOfAnotherTask,
+    check_existing_masks,
+    damaged_outputs,
+    mask_folders_note,
+)
 from .prediction_files import OutputReplacesInput, plan_outputs
 
 
@@ -41,6 +47,8 @@ def run_predict(args: argparse.Namespace) -> int:
         more = f" (and {len(found.other_names) - 1} more)" if len(found.other_names) > 1 else ""
         print(f"napari-focus: note: {left} is another name of {taken}{more}: each file is "
               "predicted once, its mask named after the file", file=sys.stderr)  # fmt: skip
+    if found.mask_folders and not args.quiet:
+        print(f"napari-focus: note: {mask_folders_note(found.mask_folders)}", file=sys.stderr)
     if not args.recursive and not args.quiet:
         note_images_in_subfolders(args.inputs, out_dir)
     if args.recursive and not args.quiet:

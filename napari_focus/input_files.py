@@ -59,6 +59,8 @@ class FoundInputs:
     seen: dict[Path, Path] = field(default_factory=dict)  # file behind -> name taken
     #: (name left out, name taken) for a file found under two names (a link beside it)
     other_names: list[tuple[Path, Path]] = field(default_factory=list)
+    #: subfolders left out of a walk: they hold masks napari-focus wrote (earlier runs)
+    mask_folders: list[Path] = field(default_factory=list)
 
 
 def find_inputs(
@@ -106,7 +108,8 @@ def _expand(
         if is_uri(item):
             matches = []
         elif path.is_dir():
-            matches = [(p, _subfolder(p, path)) for p in _folder_images(path, walk)]
+            images = _folder_images(path, walk, found.mask_folders)
+            matches = [(p, _subfolder(p, path)) for p in images]
         elif path.is_file():
             matches = [(path, "")]
         elif glob.has_magic(item):
@@ -144,15 +147,19 @@ def _expand(
                 found.other_names.append((named, taken))
 
 
-def _folder_images(folder: Path, walk: set[Path] | None) -> list[Path]:
+def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path]) -> list[Path]:
     from .folder_walk import walk_files
     from .io import IMAGE_EXTENSIONS
+    from .mask_provenance import add_mask_folder, holds_focus_masks
 
     def keep(dirpath: str, names: list[str]) -> list[str]:
         return subfolders_to_walk(dirpath, names, walk or set())
 
     images = []
     for dirpath, filenames in walk_files(folder, None if walk is None else keep):
+        if dirpath != str(folder) and holds_focus_masks(dirpath, filenames):
+            add_mask_folder(mask_folders, Path(os.path.abspath(dirpath)))
+            continue
         images += [
             Path(dirpath, name) for name in filenames
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS

@@ -69,6 +69,29 @@ Found = list[tuple[Path, MadeBy]]
 CUT = "is not a readable image (damaged or cut)"
 
 
+def holds_focus_masks(folder: str | os.PathLike, filenames: Iterable[str]) -> bool:
+    """Whether the first PNG or TIFF (by name) of a folder is a mask napari-focus wrote:
+    an earlier run's output folder, no images to segment (one header read a folder)."""
+    masks = sorted(
+        name for name in filenames
+        if not name.startswith(".") and Path(name).suffix.lower() in (".png", ".tif", ".tiff")
+    )  # fmt: skip
+    return bool(masks) and read_made_by(Path(folder, masks[0])) is not None
+
+
+def add_mask_folder(folders: list[Path], folder: Path) -> None:
+    """List ``folder`` among the mask folders left out, unless it lies in one listed."""
+    if not any(listed in folder.parents for listed in folders):
+        folders.append(folder)
+
+
+def mask_folders_note(folders: list[Path]) -> str:
+    """What a command says of the subfolders :func:`holds_focus_masks` left out."""
+    more = f" and {len(folders) - 1} more folders: they hold" if len(folders) > 1 else ": it holds"
+    return (f"left out {folders[0]}{more} masks napari-focus wrote (an earlier run's "
+            "output), not images")  # fmt: skip
+
+
 def read_made_by(path: str | os.PathLike) -> MadeBy | None:
     """The record of a mask file, or None (no record, or the file cannot be read)."""
     return _look(Path(path), whole=False)[0]

@@ -269,3 +269,32 @@ def test_linked_subfolders_are_walked_once_and_a_link_up_never_loops(
     code, err = run_cli("export", tree, out, "--root", tmp_path / "ds", "--layout", "generic",
                         "--recursive", "--on-exists", "rename")  # fmt: skip
     assert "far.png" in " ".join(p.name for p in (tmp_path / "ds" / "masks").iterdir()), err
+
+
+def test_an_earlier_run_s_masks_inside_the_image_folder_are_not_images(tree, tiny_checkpoint):
+    """A first predict wrote its masks into imgs/run1 (with their subfolders); a later
+    --recursive predict elsewhere, and rank, leave those masks out and say so, while the
+    user's own images, PNGs included, are all still read."""
+    code, err = _predict(tree, "--recursive", "--weights", tiny_checkpoint, "--out", tree / "run1")
+    assert code == 0, err
+    assert _files(tree / "run1") == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
+    found = find_inputs([str(tree)], recursive=True)
+    assert [p.relative_to(tree).as_posix() for p in found.images] == [
+        "a.png", "b.jpg", "sub/a.png", "sub/deeper/c.png"
+    ]
+    assert found.mask_folders == [tree / "run1"]  # its subfolders said with it
+
+    other = tree.parent / "run2"
+    code, err = run_cli("predict", tree, "--recursive", "--task", "sod", "--device", "cpu",
+                        "--weights", tiny_checkpoint, "--out", other)  # fmt: skip
+    assert code == 0, err
+    assert f"napari-focus: note: left out {tree / 'run1'}: it holds masks napari-focus" in err
+    assert _files(other) == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
+
+    ranking = tree.parent / "rank.csv"
+    code, err = run_cli("rank", tree, "--recursive", "--task", "sod", "--device", "cpu",
+                        "--weights", tiny_checkpoint, "--out", ranking)  # fmt: skip
+    assert code == 0, err
+    assert f"left out {tree / 'run1'}: it holds masks" in err
+    ranked = ranking.read_text()
+    assert "run1" not in ranked and "deeper/c.png" in ranked

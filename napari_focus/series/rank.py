@@ -27,6 +27,7 @@ from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..fs_text import CSV_ERRORS
 from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
 from ..mask_files import read_mask_file
+from ..mask_provenance import mask_folders_note
 from ..quality import (
     DEFAULT_UNCERTAINTY,
     REPORT_TITLE,
@@ -323,7 +324,11 @@ def run_rank(args: argparse.Namespace) -> int:
                   "report; choose another --report folder or move the file away",
                   file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
-    keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern)
+    mask_folders: list[Path] = []
+    keys = scan_folder(folder, recursive=args.recursive, pattern=args.pattern,
+                       mask_folders=mask_folders)  # fmt: skip
+    if mask_folders and not args.quiet:
+        print(f"napari-focus: note: {mask_folders_note(mask_folders)}", file=sys.stderr)
     if not keys:
         below = " or its subfolders" if args.recursive else ""
         match = f" match --pattern {args.pattern!r}" if args.pattern else ""

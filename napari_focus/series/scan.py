@@ -11,6 +11,7 @@ from typing import Any
 
 from ..folder_walk import walk_files
 from ..io import IMAGE_EXTENSIONS
+from ..mask_provenance import add_mask_folder, holds_focus_masks
 
 #: the queue state file that makes a folder a series folder (its layout: .state_file)
 STATE_NAME = ".napari_focus_queue.json"
@@ -31,6 +32,7 @@ def scan_folder(
     pattern: str | None = None,
     exclude: Iterable[str | os.PathLike] = (),
     found: Callable[[int], None] | None = None,
+    mask_folders: list[Path] | None = None,
 ) -> list[str]:
     """Image files under ``folder`` as relative POSIX paths, in natural order (``2`` before
     ``10``). Hidden files and folders (``.name``), series folders (a queue state file in
@@ -39,7 +41,9 @@ def scan_folder(
     against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
     ``*`` also matches ``/``). ``found`` is told how many images were found so far after
     each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
-    the scan (e.g. a scan nobody waits for any more)."""
+    the scan (e.g. a scan nobody waits for any more). Subfolders holding masks that
+    napari-focus wrote (an earlier run's output) are left out too, and added to
+    ``mask_folders`` when given."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
@@ -57,6 +61,10 @@ def scan_folder(
     images: list[str] = []
     for dirpath, filenames in walk_files(root, keep if recursive else None):
         current = Path(dirpath)
+        if dirpath != os.fspath(root) and holds_focus_masks(dirpath, filenames):
+            if mask_folders is not None:
+                add_mask_folder(mask_folders, current)
+            continue
         for filename in filenames:
             if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
                 continue
