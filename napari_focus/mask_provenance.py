@@ -70,13 +70,17 @@ CUT = "is not a readable image (damaged or cut)"
 
 
 def holds_focus_masks(folder: str | os.PathLike, filenames: Iterable[str]) -> bool:
-    """Whether the first PNG or TIFF (by name) of a folder is a mask napari-focus wrote:
-    an earlier run's output folder, no images to segment (one header read a folder)."""
-    masks = sorted(
-        name for name in filenames
-        if not name.startswith(".") and Path(name).suffix.lower() in (".png", ".tif", ".tiff")
-    )  # fmt: skip
-    return bool(masks) and read_made_by(Path(folder, masks[0])) is not None
+    """Whether a folder is an earlier run's output, no images to segment: its first and
+    last PNG or TIFF (by name) are masks napari-focus wrote, and it holds no image of
+    another format (masks are never JPEGs). Two header reads a folder at most."""
+    from .io import IMAGE_EXTENSIONS
+
+    images = [n for n in filenames if not n.startswith(".") and
+              Path(n).suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
+    masks = sorted(n for n in images if Path(n).suffix.lower() in (".png", ".tif", ".tiff"))
+    if not masks or len(masks) < len(images):
+        return False
+    return all(read_made_by(Path(folder, name)) is not None for name in {masks[0], masks[-1]})
 
 
 def add_mask_folder(folders: list[Path], folder: Path) -> None:

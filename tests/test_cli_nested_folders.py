@@ -4,6 +4,7 @@ mask), list files for the local engine, and too-small images named in pixels."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -283,6 +284,20 @@ def test_an_earlier_run_s_masks_inside_the_image_folder_are_not_images(tree, tin
         "a.png", "b.jpg", "sub/a.png", "sub/deeper/c.png"
     ]
     assert found.mask_folders == [tree / "run1"]  # its subfolders said with it
+    # a mask copied among photos leaves their folder in: a JPEG beside it, or a photo
+    # named after it
+    for folder, photo in (("mixed", "z.jpg"), ("pngs", "z.png")):
+        (tree / folder).mkdir()
+        shutil.copy(tree / "run1" / "a.png", tree / folder / "0.png")
+        shutil.copy(tree / "b.jpg", tree / folder / "z.jpg")
+        if photo == "z.png":
+            Image.open(tree / folder / "z.jpg").save(tree / folder / "z.png")
+            (tree / folder / "z.jpg").unlink()
+    found = find_inputs([str(tree)], recursive=True)
+    assert found.mask_folders == [tree / "run1"]
+    assert {"mixed/z.jpg", "pngs/z.png"} <= {p.relative_to(tree).as_posix() for p in found.images}
+    for folder in ("mixed", "pngs"):
+        shutil.rmtree(tree / folder)
 
     other = tree.parent / "run2"
     code, err = run_cli("predict", tree, "--recursive", "--task", "sod", "--device", "cpu",
