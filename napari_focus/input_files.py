@@ -157,7 +157,7 @@ def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path
 
     images = []
     for dirpath, filenames in walk_files(folder, None if walk is None else keep):
-        if dirpath != str(folder) and holds_focus_masks(dirpath, filenames):
+        if dirpath != str(folder) and holds_focus_masks(dirpath, filenames, IMAGE_EXTENSIONS):
             add_mask_folder(mask_folders, Path(os.path.abspath(dirpath)))
             continue
         images += [

@@ -69,14 +69,15 @@ Found = list[tuple[Path, MadeBy]]
 CUT = "is not a readable image (damaged or cut)"
 
 
-def holds_focus_masks(folder: str | os.PathLike, filenames: Iterable[str]) -> bool:
+def holds_focus_masks(
+    folder: str | os.PathLike, filenames: Iterable[str], image_suffixes: Iterable[str]
+) -> bool:
     """Whether a folder is an earlier run's output, no images to segment: its first and
     last PNG or TIFF (by name) are masks napari-focus wrote, and it holds no image of
-    another format (masks are never JPEGs). Two header reads a folder at most."""
-    from .io import IMAGE_EXTENSIONS
-
-    images = [n for n in filenames if not n.startswith(".") and
-              Path(n).suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
+    another format (``image_suffixes``, lower case; masks are never JPEGs). Two header
+    reads a folder at most."""
+    suffixes = set(image_suffixes)
+    images = [n for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
     masks = sorted(n for n in images if Path(n).suffix.lower() in (".png", ".tif", ".tiff"))
     if not masks or len(masks) < len(images):
         return False

@@ -61,7 +61,7 @@ def scan_folder(
     images: list[str] = []
     for dirpath, filenames in walk_files(root, keep if recursive else None):
         current = Path(dirpath)
-        if dirpath != os.fspath(root) and holds_focus_masks(dirpath, filenames):
+        if dirpath != os.fspath(root) and holds_focus_masks(dirpath, filenames, suffixes):
             if mask_folders is not None:
                 add_mask_folder(mask_folders, current)
             continue
