@@ -207,6 +207,9 @@ def load_predictor_from_args(args: argparse.Namespace) -> Any:
             download_progress=(lambda _progress: None) if getattr(args, "quiet", False) else None,
         )
     if getattr(args, "compile", False):
+        if not getattr(args, "quiet", False):
+            print("napari-focus: --compile: the first image of each padded size waits for "
+                  "torch.compile (a minute or more)", file=sys.stderr)  # fmt: skip
         predictor.compile()
     return predictor
 

@@ -150,21 +150,22 @@ def _expand(
 def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path]) -> list[Path]:
     from .folder_walk import walk_files
     from .io import IMAGE_EXTENSIONS
-    from .mask_provenance import add_mask_folder, holds_focus_masks
+    from .mask_provenance import OutputFolders
 
     def keep(dirpath: str, names: list[str]) -> list[str]:
         return subfolders_to_walk(dirpath, names, walk or set())
 
     images = []
+    outputs = OutputFolders(folder, IMAGE_EXTENSIONS)
     for dirpath, filenames in walk_files(folder, None if walk is None else keep):
-        if dirpath != str(folder) and holds_focus_masks(dirpath, filenames, IMAGE_EXTENSIONS):
-            add_mask_folder(mask_folders, Path(os.path.abspath(dirpath)))
+        if walk is not None and outputs.leaves_out(dirpath, filenames):
             continue
         images += [
             Path(dirpath, name) for name in filenames
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
             and Path(dirpath, name).is_file()
         ]  # fmt: skip
+    mask_folders += outputs.found
     return sorted(images)
 
 

@@ -69,32 +69,52 @@ Found = list[tuple[Path, MadeBy]]
 CUT = "is not a readable image (damaged or cut)"
 
 
-def holds_focus_masks(
-    folder: str | os.PathLike, filenames: Iterable[str], image_suffixes: Iterable[str]
-) -> bool:
-    """Whether a folder is an earlier run's output, no images to segment: its first and
-    last PNG or TIFF (by name) are masks napari-focus wrote, and it holds no image of
-    another format (``image_suffixes``, lower case; masks are never JPEGs). Two header
-    reads a folder at most."""
-    suffixes = set(image_suffixes)
-    images = [n for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
-    masks = sorted(n for n in images if Path(n).suffix.lower() in (".png", ".tif", ".tiff"))
-    if not masks or len(masks) < len(images):
+def _all_focus_masks(folder: str, filenames: Iterable[str], suffixes: set[str]) -> bool:
+    """Whether a folder holds images and every one is a mask napari-focus wrote (masks
+    are PNG or TIFF; the first image without a record ends the header reads)."""
+    images = sorted(n for n in filenames if not n.startswith(".") and
+                    Path(n).suffix.lower() in suffixes)  # fmt: skip
+    return bool(images) and all(
+        Path(n).suffix.lower() in (".png", ".tif", ".tiff")
+        and read_made_by(Path(folder, n)) is not None
+        for n in images
+    )
+
+
+class OutputFolders:
+    """Tells, folder by folder of a walk below ``root``, which subfolders are earlier
+    runs' outputs: every image in them a mask napari-focus wrote (a mask corrected
+    and saved without its record, or a photo among them, keeps the folder in). Their
+    subfolders go with them. A ``root`` that is such a folder itself was asked for as
+    it is: nothing below it is left out. ``found``: the topmost folders left out."""
+
+    def __init__(self, root: str | os.PathLike, image_suffixes: Iterable[str]) -> None:
+        self.found: list[Path] = []
+        self._root = os.fspath(root)
+        self._suffixes = {suffix.lower() for suffix in image_suffixes}
+        self._on = True
+
+    def leaves_out(self, dirpath: str, filenames: Iterable[str]) -> bool:
+        if dirpath == self._root:
+            self._on = not _all_focus_masks(dirpath, filenames, self._suffixes)
+            return False
+        path = Path(dirpath)
+        if not self._on or any(folder in path.parents for folder in self.found):
+            return self._on
+        if _all_focus_masks(dirpath, filenames, self._suffixes):
+            self.found.append(path)
+            return True
         return False
-    return all(read_made_by(Path(folder, name)) is not None for name in {masks[0], masks[-1]})
-
-
-def add_mask_folder(folders: list[Path], folder: Path) -> None:
-    """List ``folder`` among the mask folders left out, unless it lies in one listed."""
-    if not any(listed in folder.parents for listed in folders):
-        folders.append(folder)
 
 
 def mask_folders_note(folders: list[Path]) -> str:
-    """What a command says of the subfolders :func:`holds_focus_masks` left out."""
-    more = f" and {len(folders) - 1} more folders: they hold" if len(folders) > 1 else ": it holds"
-    return (f"left out {folders[0]}{more} masks napari-focus wrote (an earlier run's "
-            "output), not images")  # fmt: skip
+    """What a command says of the folders :class:`OutputFolders` left out."""
+    if len(folders) == 1:
+        return (f"left out {folders[0]} and its subfolders: its images are masks "
+                "napari-focus wrote (an earlier run's output)")  # fmt: skip
+    others = f"{len(folders) - 1} more folder" + ("s" if len(folders) > 2 else "")
+    return (f"left out {folders[0]}, {others} and their subfolders: their images are "
+            "masks napari-focus wrote (earlier runs' outputs)")  # fmt: skip
 
 
 def read_made_by(path: str | os.PathLike) -> MadeBy | None:

@@ -274,42 +274,56 @@ def test_linked_subfolders_are_walked_once_and_a_link_up_never_loops(
 
 def test_an_earlier_run_s_masks_inside_the_image_folder_are_not_images(tree, tiny_checkpoint):
     """A first predict wrote its masks into imgs/run1 (with their subfolders); a later
-    --recursive predict elsewhere, and rank, leave those masks out and say so, while the
-    user's own images, PNGs included, are all still read."""
+    --recursive predict elsewhere, and rank, leave that folder out with its subfolders
+    and say so, while the user's own images, PNGs included, are all still read."""
     code, err = _predict(tree, "--recursive", "--weights", tiny_checkpoint, "--out", tree / "run1")
     assert code == 0, err
     assert _files(tree / "run1") == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
+    photos = ["a.png", "b.jpg", "sub/a.png", "sub/deeper/c.png"]
     found = find_inputs([str(tree)], recursive=True)
-    assert [p.relative_to(tree).as_posix() for p in found.images] == [
-        "a.png", "b.jpg", "sub/a.png", "sub/deeper/c.png"
-    ]
-    assert found.mask_folders == [tree / "run1"]  # its subfolders said with it
-    # a mask copied among photos leaves their folder in: a JPEG beside it, or a photo
-    # named after it
-    for folder, photo in (("mixed", "z.jpg"), ("pngs", "z.png")):
-        (tree / folder).mkdir()
-        shutil.copy(tree / "run1" / "a.png", tree / folder / "0.png")
-        shutil.copy(tree / "b.jpg", tree / folder / "z.jpg")
-        if photo == "z.png":
-            Image.open(tree / folder / "z.jpg").save(tree / folder / "z.png")
-            (tree / folder / "z.jpg").unlink()
-    found = find_inputs([str(tree)], recursive=True)
+    assert [p.relative_to(tree).as_posix() for p in found.images] == photos
     assert found.mask_folders == [tree / "run1"]
-    assert {"mixed/z.jpg", "pngs/z.png"} <= {p.relative_to(tree).as_posix() for p in found.images}
-    for folder in ("mixed", "pngs"):
-        shutil.rmtree(tree / folder)
 
     other = tree.parent / "run2"
     code, err = run_cli("predict", tree, "--recursive", "--task", "sod", "--device", "cpu",
                         "--weights", tiny_checkpoint, "--out", other)  # fmt: skip
     assert code == 0, err
-    assert f"napari-focus: note: left out {tree / 'run1'}: it holds masks napari-focus" in err
+    assert (f"napari-focus: note: left out {tree / 'run1'} and its subfolders: its images "
+            "are masks napari-focus wrote") in err  # fmt: skip
     assert _files(other) == ["a.png", "b.png", "sub/a.png", "sub/deeper/c.png"]
 
+    # a mask corrected and saved without its record, below the output: still left out
+    corrected = tree / "run1" / "sub" / "deeper" / "c.png"
+    Image.open(corrected).save(corrected)
     ranking = tree.parent / "rank.csv"
     code, err = run_cli("rank", tree, "--recursive", "--task", "sod", "--device", "cpu",
                         "--weights", tiny_checkpoint, "--out", ranking)  # fmt: skip
     assert code == 0, err
-    assert f"left out {tree / 'run1'}: it holds masks" in err
+    assert f"left out {tree / 'run1'} and its subfolders" in err
     ranked = ranking.read_text()
     assert "run1" not in ranked and "deeper/c.png" in ranked
+
+    # the output folder given itself: its masks were asked for, all of them
+    found = find_inputs([str(tree / "run1")], recursive=True)
+    assert len(found.images) == 4 and found.mask_folders == []
+
+
+def test_masks_copied_among_photos_never_hide_them(tree, tiny_checkpoint):
+    """Only a folder whose every image is a napari-focus mask is an earlier output: masks
+    copied in at either end of a folder of PNG photos, or beside a JPEG, leave it in."""
+    code, err = _predict(tree, "--weights", tiny_checkpoint, "--out", tree.parent / "masks")
+    assert code == 0, err
+    shots = tree / "shots"
+    shots.mkdir()
+    for name in ("m.png", "n.png"):
+        Image.open(tree / "a.png").save(shots / name)
+    for name in ("0_mask.png", "z_mask.png"):
+        shutil.copy(tree.parent / "masks" / "a.png", shots / name)
+    mixed = tree / "mixed"
+    mixed.mkdir()
+    shutil.copy(tree.parent / "masks" / "a.png", mixed / "0.png")
+    shutil.copy(tree / "b.jpg", mixed / "z.jpg")
+    found = find_inputs([str(tree)], recursive=True)
+    named = {p.relative_to(tree).as_posix() for p in found.images}
+    assert {"shots/m.png", "shots/n.png", "shots/0_mask.png", "mixed/z.jpg"} <= named
+    assert found.mask_folders == []

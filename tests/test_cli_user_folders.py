@@ -616,6 +616,25 @@ def test_an_images_dir_without_images_is_said_and_nothing_is_created(tmp_path):
     Image.new("RGB", (8, 8)).save(images / "day 2" / "a.png")
     code, err = run_cli("export", images, masks, "--root", root, "--task", "sod")
     assert code == 2 and "add --recursive" in err, err
+    Image.new("L", (8, 8)).save(masks / "a.png")  # masks, and still no image: exit 2
+    code, err = run_cli("export", images, masks, "--root", root, "--task", "sod")
+    assert code == 2 and f"in IMAGES_DIR {images} (add --recursive" in err, err
+    (masks / "a.png").unlink()
     code, err = run_cli("export", images, masks, "--root", root, "--task", "sod", "--recursive")
     assert code == 1 and "unpaired" in err, err  # an image now, without its mask
     assert not (root / "DUTS").exists() or not any((root / "DUTS").rglob("*.png"))
+
+
+def test_compile_says_the_wait_before_the_first_image(weights, tmp_path, monkeypatch):
+    """torch.compile makes the first image wait a minute or more with nothing on the
+    screen (about 40 s on the tiny model here): the command says so before it starts.
+    The compilation itself is stood in for; tests/test_ops_compiled.py traces the op."""
+    from napari_focus import FocusPredictor
+
+    compiled: list[str] = []
+    monkeypatch.setattr(FocusPredictor, "compile", lambda self: compiled.append(self.device.type))
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
+    code, err = run_cli("predict", tmp_path / "a.png", "--task", "sod", "--weights", weights,
+                        "--out", tmp_path / "m", "--compile")  # fmt: skip
+    assert code == 0 and compiled == ["cpu"], err
+    assert "napari-focus: --compile: the first image of each padded size waits for" in err

@@ -24,7 +24,7 @@ from ..mask_provenance import read_made_by
 from .errors import ExportError, SampleExistsError, UnusableNameError
 from .export import ON_EXISTS, dataset_dir, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
-from .pairing import images_below, pair_files
+from .pairing import has_images, images_below, pair_files
 
 __all__ = ["add_export_parser", "pair_files", "run_export"]
 
@@ -241,7 +241,8 @@ def run_export(args: argparse.Namespace) -> int:
               "subfolder of MASKS_DIR, else in MASKS_DIR)", file=sys.stderr)  # fmt: skip
     pairs, problems = pair_files(images_dir, masks_dir, layout, recursive=args.recursive,
                                  leave_out=(Path(args.root),))  # fmt: skip
-    if not pairs and not problems:
+    if not pairs and not has_images(images_dir, masks_dir, recursive=args.recursive,
+                                    leave_out=(Path(args.root),)):  # fmt: skip
         from ..io import IMAGE_EXTENSIONS
 
         where = " or its subfolders" if args.recursive else " (add --recursive for subfolders)"

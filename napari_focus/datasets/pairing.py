@@ -187,6 +187,13 @@ def _sample_key(stem: str, layout: str) -> tuple[str, str]:
     return same_file_key(name), name
 
 
+def has_images(
+    images_dir: Path, masks_dir: Path, *, recursive: bool, leave_out: tuple[Path, ...] = ()
+) -> bool:
+    """Whether :func:`pair_files` finds any image file in ``images_dir`` to pair."""
+    return bool(_files_below(images_dir, recursive, _is_image, (*leave_out, masks_dir)))
+
+
 def images_below(folder: Path, leave_out: tuple[Path, ...]) -> bool:
     """Whether a subfolder of ``folder`` (not hidden, not in ``leave_out``: the masks,
     the dataset root) holds an image."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..folder_walk import walk_files
 from ..io import IMAGE_EXTENSIONS
-from ..mask_provenance import add_mask_folder, holds_focus_masks
+from ..mask_provenance import OutputFolders
 
 #: the queue state file that makes a folder a series folder (its layout: .state_file)
 STATE_NAME = ".napari_focus_queue.json"
@@ -41,9 +41,9 @@ def scan_folder(
     against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
     ``*`` also matches ``/``). ``found`` is told how many images were found so far after
     each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
-    the scan (e.g. a scan nobody waits for any more). Subfolders holding masks that
-    napari-focus wrote (an earlier run's output) are left out too, and added to
-    ``mask_folders`` when given."""
+    the scan (e.g. a scan nobody waits for any more). Subfolders that are earlier runs'
+    outputs (:class:`~napari_focus.mask_provenance.OutputFolders`) are left out too,
+    and added to ``mask_folders`` when given."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
@@ -59,11 +59,10 @@ def scan_folder(
         ]  # fmt: skip
 
     images: list[str] = []
+    outputs = OutputFolders(root, suffixes)
     for dirpath, filenames in walk_files(root, keep if recursive else None):
         current = Path(dirpath)
-        if dirpath != os.fspath(root) and holds_focus_masks(dirpath, filenames, suffixes):
-            if mask_folders is not None:
-                add_mask_folder(mask_folders, current)
+        if recursive and outputs.leaves_out(dirpath, filenames):
             continue
         for filename in filenames:
             if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
@@ -79,4 +78,6 @@ def scan_folder(
                 found(len(images))
         if found is not None and (not images or len(images) % FOUND_EVERY):
             found(len(images))  # the folder listed (when not just counted)
+    if mask_folders is not None:
+        mask_folders += outputs.found
     return sorted(images, key=_natural_key)
