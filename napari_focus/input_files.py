@@ -76,6 +76,9 @@ def find_inputs(
     found = FoundInputs()
     walk = {Path(folder).resolve() for folder in exclude} if recursive else None
     _expand(inputs, walk, found, listed_in=None, lists=set())
+    # a folder left out of one input's walk but read through another is not said
+    taken = {parent for image in found.images for parent in image.parents}
+    found.mask_folders = [f for f in dict.fromkeys(found.mask_folders) if f not in taken]
     return found
 
 
@@ -150,22 +153,26 @@ def _expand(
 def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path]) -> list[Path]:
     from .folder_walk import walk_files
     from .io import IMAGE_EXTENSIONS
-    from .mask_provenance import OutputFolders
+    from .mask_provenance import OutputFolders, walk_leaving_out_outputs
 
     def keep(dirpath: str, names: list[str]) -> list[str]:
         return subfolders_to_walk(dirpath, names, walk or set())
 
-    images = []
-    outputs = OutputFolders(folder, IMAGE_EXTENSIONS)
-    for dirpath, filenames in walk_files(folder, None if walk is None else keep):
-        if walk is not None and outputs.leaves_out(dirpath, filenames):
-            continue
-        images += [
-            Path(dirpath, name) for name in filenames
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-            and Path(dirpath, name).is_file()
-        ]  # fmt: skip
-    mask_folders += outputs.found
+    def images_of(outputs: OutputFolders) -> list[Path]:
+        images = []
+        for dirpath, filenames in walk_files(folder, None if walk is None else keep):
+            if outputs.leaves_out(dirpath, filenames):
+                continue
+            images += [
+                Path(dirpath, name) for name in filenames
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+                and Path(dirpath, name).is_file()
+            ]  # fmt: skip
+        return images
+
+    enabled = walk is not None  # a walk of subfolders (--recursive)
+    images, left_out = walk_leaving_out_outputs(images_of, folder, IMAGE_EXTENSIONS, enabled)
+    mask_folders += [Path(os.path.abspath(path)) for path in left_out]
     return sorted(images)
 
 

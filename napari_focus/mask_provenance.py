@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RECORD_KEY = "napari-focus"
 
@@ -70,15 +71,19 @@ CUT = "is not a readable image (damaged or cut)"
 
 
 def _all_focus_masks(folder: str, filenames: Iterable[str], suffixes: set[str]) -> bool:
-    """Whether a folder holds images and every one is a mask napari-focus wrote (masks
-    are PNG or TIFF; the first image without a record ends the header reads)."""
-    images = sorted(n for n in filenames if not n.startswith(".") and
-                    Path(n).suffix.lower() in suffixes)  # fmt: skip
-    return bool(images) and all(
-        Path(n).suffix.lower() in (".png", ".tif", ".tiff")
-        and read_made_by(Path(folder, n)) is not None
-        for n in images
-    )
+    """Whether a folder holds images and every one is a mask napari-focus wrote. Masks
+    are PNG or TIFF, so another format there costs no read; a folder of photos costs
+    one (its first image), a folder of masks one for each, several at a time (a network
+    share answers each open slowly)."""
+    names = sorted(n for n in filenames if not n.startswith(".") and
+                   Path(n).suffix.lower() in suffixes)  # fmt: skip
+    if not names or any(Path(n).suffix.lower() not in (".png", ".tif", ".tiff") for n in names):
+        return False
+    if read_made_by(Path(folder, names[0])) is None:
+        return False
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        records = pool.map(read_made_by, [Path(folder, n) for n in names[1:]])
+        return all(record is not None for record in records)
 
 
 class OutputFolders:
@@ -86,25 +91,44 @@ class OutputFolders:
     runs' outputs: every image in them a mask napari-focus wrote (a mask corrected
     and saved without its record, or a photo among them, keeps the folder in). Their
     subfolders go with them. A ``root`` that is such a folder itself was asked for as
-    it is: nothing below it is left out. ``found``: the topmost folders left out."""
+    it is: nothing below it is left out (see also :func:`walk_leaving_out_outputs`).
+    ``found``: the topmost folders left out. ``enabled=False`` leaves nothing out."""
 
-    def __init__(self, root: str | os.PathLike, image_suffixes: Iterable[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike, image_suffixes: Iterable[str], enabled: bool = True
+    ) -> None:
         self.found: list[Path] = []
         self._root = os.fspath(root)
         self._suffixes = {suffix.lower() for suffix in image_suffixes}
-        self._on = True
+        self._on = enabled
 
     def leaves_out(self, dirpath: str, filenames: Iterable[str]) -> bool:
+        if not self._on:
+            return False
         if dirpath == self._root:
             self._on = not _all_focus_masks(dirpath, filenames, self._suffixes)
             return False
         path = Path(dirpath)
-        if not self._on or any(folder in path.parents for folder in self.found):
-            return self._on
+        if any(folder in path.parents for folder in self.found):
+            return True
         if _all_focus_masks(dirpath, filenames, self._suffixes):
             self.found.append(path)
             return True
         return False
+
+
+def walk_leaving_out_outputs(
+    walk: Callable[[OutputFolders], list[Any]], root: str | os.PathLike,
+    image_suffixes: Iterable[str], enabled: bool,
+) -> tuple[list[Any], list[Path]]:  # fmt: skip
+    """``walk(outputs)``'s images and the folders it left out. A ``root`` whose images
+    all lie in left-out folders (the output tree of a ``--recursive`` run, its masks in
+    subfolders only) was asked for as it is: walked again, leaving nothing out."""
+    outputs = OutputFolders(root, image_suffixes, enabled)
+    images = walk(outputs)
+    if enabled and not images and outputs.found:
+        return walk(OutputFolders(root, image_suffixes, enabled=False)), []
+    return images, outputs.found
 
 
 def mask_folders_note(folders: list[Path]) -> str:

@@ -303,9 +303,23 @@ def test_an_earlier_run_s_masks_inside_the_image_folder_are_not_images(tree, tin
     ranked = ranking.read_text()
     assert "run1" not in ranked and "deeper/c.png" in ranked
 
-    # the output folder given itself: its masks were asked for, all of them
+    # the output folder given itself: its masks were asked for, all of them; also an
+    # output tree with masks in its subfolders only; and one read through another input
     found = find_inputs([str(tree / "run1")], recursive=True)
     assert len(found.images) == 4 and found.mask_folders == []
+    shutil.copytree(tree / "run1" / "sub", tree.parent / "tree_only" / "sub")
+    found = find_inputs([str(tree.parent / "tree_only")], recursive=True)
+    assert len(found.images) == 2 and found.mask_folders == []
+    found = find_inputs([str(tree), str(tree / "run1"), f"{tree}/"], recursive=True)
+    assert len(found.images) == 8 and found.mask_folders == []
+
+    # the widget's series keeps listing them (a saved series' items stay where they were)
+    from napari_focus.series import scan_folder
+
+    assert "run1/a.png" in scan_folder(tree, recursive=True)
+    left_out: list[Path] = []
+    assert "run1/a.png" not in scan_folder(tree, recursive=True, mask_folders=left_out)
+    assert left_out == [tree / "run1"]
 
 
 def test_masks_copied_among_photos_never_hide_them(tree, tiny_checkpoint):

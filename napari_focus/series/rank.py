@@ -103,7 +103,9 @@ def rank_folder(
     if method not in UNCERTAINTY_METHODS:
         raise ValueError(f"unknown uncertainty method {method!r}")
     root = Path(folder)
-    keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern)
+    # earlier runs' outputs left out, as run_rank's scan said
+    keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern,
+                       mask_folders=[])  # fmt: skip
     if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
         keys = _without_masks(root, keys)
     masks = MaskFolder(gt_folder) if gt_folder is not None else None

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..folder_walk import walk_files
 from ..io import IMAGE_EXTENSIONS
-from ..mask_provenance import OutputFolders
+from ..mask_provenance import OutputFolders, walk_leaving_out_outputs
 
 #: the queue state file that makes a folder a series folder (its layout: .state_file)
 STATE_NAME = ".napari_focus_queue.json"
@@ -41,9 +41,10 @@ def scan_folder(
     against the relative path or the file name, ignoring case (``"*_rgb.*"``, ``"day1/*"``;
     ``*`` also matches ``/``). ``found`` is told how many images were found so far after
     each folder listed and every :data:`FOUND_EVERY` images; an exception it raises stops
-    the scan (e.g. a scan nobody waits for any more). Subfolders that are earlier runs'
-    outputs (:class:`~napari_focus.mask_provenance.OutputFolders`) are left out too,
-    and added to ``mask_folders`` when given."""
+    the scan (e.g. a scan nobody waits for any more). Given ``mask_folders`` (the command
+    line's scans; the series keeps every image it listed before), subfolders that are
+    earlier runs' outputs (:class:`~napari_focus.mask_provenance.OutputFolders`) are
+    left out too, and added to it."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
@@ -58,26 +59,30 @@ def scan_folder(
             and not (current / d / STATE_NAME).exists()
         ]  # fmt: skip
 
-    images: list[str] = []
-    outputs = OutputFolders(root, suffixes)
-    for dirpath, filenames in walk_files(root, keep if recursive else None):
-        current = Path(dirpath)
-        if recursive and outputs.leaves_out(dirpath, filenames):
-            continue
-        for filename in filenames:
-            if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
+    def walk(outputs: OutputFolders) -> list[str]:
+        images: list[str] = []
+        for dirpath, filenames in walk_files(root, keep if recursive else None):
+            current = Path(dirpath)
+            if outputs.leaves_out(dirpath, filenames):
                 continue
-            rel = (current / filename).relative_to(root).as_posix()
-            if pattern and not (
-                fnmatch.fnmatchcase(rel.lower(), pattern.lower())
-                or fnmatch.fnmatchcase(filename.lower(), pattern.lower())
-            ):
-                continue
-            images.append(rel)
-            if found is not None and len(images) % FOUND_EVERY == 0:
-                found(len(images))
-        if found is not None and (not images or len(images) % FOUND_EVERY):
-            found(len(images))  # the folder listed (when not just counted)
+            for filename in filenames:
+                if filename.startswith(".") or Path(filename).suffix.lower() not in suffixes:
+                    continue
+                rel = (current / filename).relative_to(root).as_posix()
+                if pattern and not (
+                    fnmatch.fnmatchcase(rel.lower(), pattern.lower())
+                    or fnmatch.fnmatchcase(filename.lower(), pattern.lower())
+                ):
+                    continue
+                images.append(rel)
+                if found is not None and len(images) % FOUND_EVERY == 0:
+                    found(len(images))
+            if found is not None and (not images or len(images) % FOUND_EVERY):
+                found(len(images))  # the folder listed (when not just counted)
+        return images
+
+    leave_out = recursive and mask_folders is not None
+    images, outputs = walk_leaving_out_outputs(walk, root, suffixes, enabled=leave_out)
     if mask_folders is not None:
-        mask_folders += outputs.found
+        mask_folders += outputs
     return sorted(images, key=_natural_key)
