@@ -392,6 +392,17 @@ def test_recursive_writes_each_mask_into_its_subfolder_and_ranks_by_relative_pat
     # engine's, tested there)
     assert sorted(p.name for p in (tmp_path / "flat").glob("*.png")) == ["top.png"]
 
+    # the first run's masks, inside the tree, are no images of a run elsewhere (the note
+    # is the local engine's, tested there; --quiet: Ray Data's debug lines under pytest)
+    assert find_sources([str(tree)], recursive=True).mask_folders == [out]
+    again = tmp_path / "again"
+    code, err = run_cli(
+        "predict", tree, "--recursive", "--out", again, "--engine", "ray", "--task", "sod",
+        "--weights", weights, "--num-workers", "1", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.relative_to(again).as_posix() for p in again.rglob("*.png")) == written
+
 
 def test_the_image_folder_of_a_recursive_run_is_the_folder_its_masks_mirror(tmp_path):
     """All images in one subfolder: the ranking and the series name them by their path

@@ -146,7 +146,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         warn_if_weights_of_another_task,
     )
     from ..input_files import unmatched_reason
-    from ..mask_provenance import MadeBy, MasksOfAnotherTask
+    from ..mask_provenance import MadeBy, MasksOfAnotherTask, mask_folders_note
     from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
@@ -218,6 +218,8 @@ def run_predict_ray(args: argparse.Namespace) -> int:
 
     for item in run.unmatched:
         print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
+    if run.mask_folders and not args.quiet:
+        print(f"napari-focus: note: {mask_folders_note(run.mask_folders)}", file=sys.stderr)
     if run.other_weights:
         made_by = MadeBy.of_run(args.task, args.size, args.weights)
         print(f"napari-focus: {other_weights_note(run.other_weights, made_by)}", file=sys.stderr)

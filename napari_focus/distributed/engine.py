@@ -44,6 +44,7 @@ class DatasetRun:
     workers: int = 0
     seconds: float = 0.0
     other_weights: Found = field(default_factory=list)  # kept masks of other weights
+    mask_folders: list[Path] = field(default_factory=list)  # earlier outputs left out
 
     def count(self, status: str) -> int:
         return sum(1 for row in self.rows if row["status"] == status)
@@ -289,6 +290,7 @@ def predict_dataset(
         workers=workers,
         seconds=time.perf_counter() - started,
         other_weights=existing.other_weights,
+        mask_folders=list(dict.fromkeys(found.mask_folders)),
     )
     if interrupted is not None:
         raise RunInterrupted(run, interrupted) from interrupted

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -89,11 +89,13 @@ def _left_out_below(top: PurePosixPath, entries: Sequence, exclude: Sequence[Pat
 class FoundSources:
     """The image sources of a run (absolute local paths or URIs, deduplicated, in
     order), the subfolder of the output folder each one's outputs go to (POSIX, ``""``:
-    the output folder itself), and the inputs that matched nothing."""
+    the output folder itself), the inputs that matched nothing, and the subfolders left
+    out as earlier runs' outputs (:attr:`~napari_focus.input_files.FoundInputs.mask_folders`)."""
 
     sources: list[str]
     subfolders: dict[str, str]
     unmatched: list[str]
+    mask_folders: list[Path] = field(default_factory=list)
 
 
 def find_sources(
@@ -133,11 +135,13 @@ def find_sources(
                 continue
             listed = find_sources(entries, recursive=recursive, exclude=exclude, _lists=lists)
             found.unmatched.extend(f"{entry} (listed in {item})" for entry in listed.unmatched)
+            found.mask_folders += listed.mask_folders
             _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
         else:
             local = find_inputs([item], recursive=recursive, exclude=[Path(p) for p in exclude])
             images = [(str(p), local.subfolders[p]) for p in local.images]
+            found.mask_folders += local.mask_folders
         if not images:
             found.unmatched.append(item)
         _add(found, images)
