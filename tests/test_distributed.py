@@ -561,12 +561,14 @@ def test_an_image_sharing_its_stem_gets_no_other_images_mask(images, tmp_path):
     assert reference_mask_path(folder / "photo.jpg", folder) == folder / "photo.png"
 
 
-def _turned_photos(focus_reference: Path, folder: Path, degrees: int, size) -> list[str]:
-    """Six images ``img_i.png`` in ``folder``: the reference photo turned ``degrees * i``
-    and resized to ``size(i)``; returns their names."""
+def _turned_photos(
+    focus_reference: Path, folder: Path, degrees: int, size, count: int = 6
+) -> list[str]:
+    """``count`` images ``img_i.png`` in ``folder``: the reference photo turned
+    ``degrees * i`` and resized to ``size(i)``; returns their names."""
     source = Image.open(focus_reference / "input.png").convert("RGB")
     folder.mkdir()
-    names = [f"img_{i}" for i in range(6)]
+    names = [f"img_{i}" for i in range(count)]
     for i, name in enumerate(names):
         source.rotate(degrees * i).resize(size(i), Image.BILINEAR).save(folder / f"{name}.png")
     return names
@@ -580,7 +582,9 @@ def test_an_interrupted_run_records_every_mask_it_wrote(
     says what was done; the rerun goes on."""
     caplog.set_level(logging.INFO, logger="ray.data._internal.execution.streaming_executor")
     folder = tmp_path / "images"
-    names = _turned_photos(focus_reference, folder, 45, lambda i: (64, 64))
+    # ten worker calls: with two of six images in flight at the stop, a run of six could
+    # finish every one before the stop (seen on a loaded 2-core machine)
+    names = _turned_photos(focus_reference, folder, 45, lambda i: (64, 64), count=30)
     out = tmp_path / "masks"
     # three images a worker call: the first mask is on disk while its row is not back
     args = ("predict", folder, "--task", "sod", "--weights", weights, "--out", out,
