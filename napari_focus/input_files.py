@@ -76,9 +76,9 @@ def find_inputs(
     found = FoundInputs()
     walk = {Path(folder).resolve() for folder in exclude} if recursive else None
     _expand(inputs, walk, found, listed_in=None, lists=set())
-    # a folder left out of one input's walk but read through another is not said
-    taken = {parent for image in found.images for parent in image.parents}
-    found.mask_folders = [f for f in dict.fromkeys(found.mask_folders) if f not in taken]
+    if found.mask_folders:  # one left out of one input's walk but read through another
+        taken = {parent for image in found.images for parent in image.parents}
+        found.mask_folders = [f for f in dict.fromkeys(found.mask_folders) if f not in taken]
     return found
 
 

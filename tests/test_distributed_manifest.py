@@ -99,7 +99,7 @@ def test_order_series_resumes_with_its_statuses(tmp_path):
 
 def test_leftover_temporary_files_are_recognised(tmp_path):
     from napari_focus.atomic import TEMP_PREFIX, temp_path
-    from napari_focus.distributed.engine import _leftover_temps
+    from napari_focus.distributed.journal import leftover_temps
 
     long = "/data/" + "long-name-" * 30 + ".png"  # shortened in its temporary names
     job, long_job = plan_outputs(["/data/cat.png", long], tmp_path, probability=True).todo
@@ -115,7 +115,7 @@ def test_leftover_temporary_files_are_recognised(tmp_path):
     for path in [*leftovers, *others, old]:
         path.write_bytes(b"")
     os.utime(old, ns=(OLD_TIME_NS, OLD_TIME_NS))
-    found = _leftover_temps([job, long_job], since_ns=OLD_TIME_NS + 1)
+    found = leftover_temps([*job.outputs(), *long_job.outputs()], since_ns=OLD_TIME_NS + 1)
     assert sorted(found) == sorted(leftovers)
 
 

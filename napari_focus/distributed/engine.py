@@ -8,7 +8,6 @@ import contextlib
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -66,37 +65,6 @@ class RunInterrupted(KeyboardInterrupt):
 
     def __reduce__(self) -> tuple:  # pickles with what was done (as every error here)
         return type(self), (self.run, self.cause)
-
-
-def _storage_now(folder: Path) -> int:
-    """The storage's clock (a new file's mtime) in ns: outputs modified at or after it
-    were written by this run, whatever the nodes' clocks say."""
-    fd, marker = tempfile.mkstemp(prefix=".napari_focus_run.", dir=folder)
-    try:
-        return os.fstat(fd).st_mtime_ns
-    finally:
-        os.close(fd)
-        os.unlink(marker)
-
-
-def _leftover_temps(jobs: Sequence[Job], since_ns: int) -> list[Path]:
-    """Temporary files of these jobs' outputs (:func:`napari_focus.atomic.temp_path`
-    names) created from ``since_ns`` on (storage clock): left by workers of this run that
-    were killed while writing. Call only once no worker writes them any more."""
-    from ..atomic import parse_temp_name, temp_files, temp_final_name
-
-    wanted: dict[Path, set[str]] = {}
-    for job in jobs:
-        for output in map(Path, job.outputs()):
-            wanted.setdefault(output.parent, set()).add(temp_final_name(output.name))
-    found = []
-    for folder, names in wanted.items():
-        for temp in temp_files(folder):
-            parsed = parse_temp_name(temp.name)
-            with contextlib.suppress(OSError):
-                if parsed and parsed.final in names and temp.stat().st_mtime_ns >= since_ns:
-                    found.append(temp)
-    return found
 
 
 def _ordered(rows: Iterable[dict[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
@@ -254,7 +222,7 @@ def predict_dataset(
             batch_size=batch_size,
             compile=compile,
             overwrite=overwrite,
-            run_started_ns=_storage_now(out),
+            run_started_ns=journal.storage_now(out),
             journal=str(run_journal),
         )
         done, workers, interrupted = _run(
@@ -276,7 +244,8 @@ def predict_dataset(
         if interrupted is not None:  # the inputs not done, for the rerun to go on
             finished = {row["source"] for row in done}
             rows += [empty_row(job, "pending") for job in todo if job.source not in finished]
-        for leftover in _leftover_temps(todo, settings.run_started_ns):
+        outputs = (output for job in todo for output in job.outputs())
+        for leftover in journal.leftover_temps(outputs, settings.run_started_ns):
             leftover.unlink(missing_ok=True)
     rows = _ordered(rows, sources)
     write_manifest(rows, manifest_path)

@@ -21,12 +21,13 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..atomic import host_id
+from ..atomic import host_id, parse_temp_name, temp_files, temp_final_name
 
 JOURNAL_FOLDER = ".napari_focus_results"
 STOP_NAME = "stop"
@@ -157,3 +158,31 @@ def _workers_may_go_on(folder: Path) -> bool:
         return staying and time.time() - stop.stat().st_mtime < STALE_AFTER_S
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def storage_now(folder: Path) -> int:
+    """The storage's clock (a new file's mtime) in ns: outputs modified at or after it
+    were written by this run, whatever the nodes' clocks say."""
+    fd, marker = tempfile.mkstemp(prefix=".napari_focus_run.", dir=folder)
+    try:
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+        os.unlink(marker)
+
+
+def leftover_temps(outputs: Iterable[str | os.PathLike], since_ns: int) -> list[Path]:
+    """Temporary files of these outputs (:func:`napari_focus.atomic.temp_path` names)
+    created from ``since_ns`` on (storage clock): left by workers of this run that
+    were killed while writing. Call only once no worker writes them any more."""
+    wanted: dict[Path, set[str]] = {}
+    for output in map(Path, outputs):
+        wanted.setdefault(output.parent, set()).add(temp_final_name(output.name))
+    found = []
+    for folder, names in wanted.items():
+        for temp in temp_files(folder):
+            parsed = parse_temp_name(temp.name)
+            with contextlib.suppress(OSError):
+                if parsed and parsed.final in names and temp.stat().st_mtime_ns >= since_ns:
+                    found.append(temp)
+    return found
