@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_arguments(predict)
 
     from .datasets.cli import add_export_parser
-    from .series.rank import add_rank_parser
+    from .series.rank_cli import add_rank_parser
     from .training.cli import add_train_parser
 
     for sub in (add_export_parser(commands), add_rank_parser(commands),

@@ -106,6 +106,21 @@ def test_ranking_lists_the_mask_folder_once_not_once_per_image(tmp_path, monkeyp
     assert len(listings) <= 3, len(listings)
 
 
+def test_a_file_with_a_link_beside_it_is_ranked_once_under_its_own_name(tmp_path):
+    write_png(tmp_path / "b.png", np.full((32, 32, 3), 128, np.uint8))
+    write_png(tmp_path / "c.png", np.full((32, 32, 3), 250, np.uint8))
+    (tmp_path / "a_latest.png").symlink_to("b.png")  # sorts before the file it names
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.png").symlink_to(tmp_path / "c.png")  # another folder: first kept
+    predictor = FakePredictor()
+    rows = rank_folder(tmp_path, predictor, recursive=True)
+    assert [r.path for r in rows] == ["b.png", "c.png"] and predictor.calls == 2
+    code, err = run_rank_cli("rank", tmp_path, "--task", "sod", "--out", tmp_path / "r.csv",
+                             "--weights", tmp_path / "missing.pth")  # fmt: skip
+    assert code == 2
+    assert "note: a_latest.png is another name of b.png: each file is ranked once" in err
+
+
 def run_rank_cli(*args) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="napari-focus")
     add_rank_parser(parser.add_subparsers(dest="command", required=True))

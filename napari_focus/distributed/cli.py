@@ -164,7 +164,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     problem = _series_problem(args.series, args.inputs) if args.series else None
     if problem:
         return _fail(problem)
-    from ..series.rank import replaceable_ranking
+    from ..series.rank_cli import replaceable_ranking
     from .manifest import MANIFEST_NAME
 
     ranking_path = Path(args.manifest or out / MANIFEST_NAME).with_name(RANKING_NAME)

@@ -15,7 +15,8 @@
 from .open_state import load_or_create
 from .prefetch import PrefetchCache, needs_proposal
 from .queue import ImageQueue, QueueItem, Status, export_record, scan_folder
-from .rank import RankRow, add_rank_parser, rank_folder, run_rank, write_ranking_csv
+from .rank import RankRow, rank_folder, write_ranking_csv
+from .rank_cli import add_rank_parser, run_rank
 from .references import find_reference_mask, reference_mask_path
 from .state import (
     STATE_NAME,
