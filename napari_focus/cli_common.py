@@ -1,6 +1,6 @@
 """What the command-line commands share: exit codes, the model flags and loading the
 model from them, and the ``--out`` refusal of ``predict`` (both engines) (used by
-``predict`` in :mod:`napari_focus.cli` and by ``rank`` in :mod:`napari_focus.series.rank`,
+``predict`` in :mod:`napari_focus.cli` and by ``rank`` in :mod:`napari_focus.series.rank_cli`,
 which must not import each other)."""
 
 from __future__ import annotations
