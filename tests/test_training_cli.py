@@ -463,10 +463,10 @@ def test_ctrl_c_in_the_first_evaluation_leaves_nothing_to_resume(
 def test_the_summary_of_a_run_without_held_out_samples_names_the_last_step() -> None:
     from types import SimpleNamespace
 
-    from napari_focus.training.cli import _best_step_summary
+    from napari_focus.training.cli_messages import best_step_summary
 
     result = SimpleNamespace(best_step=None, step=40, best_metrics=None, baseline_metrics=None)
-    summary = _best_step_summary(result, "iou")
+    summary = best_step_summary(result, "iou")
     assert summary == "the last step, 40: no held-out samples to choose a best by"
 
 

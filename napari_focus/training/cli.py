@@ -26,9 +26,19 @@ from ..cli_common import (
 )
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
 from ..presets import SIZES, TASKS
+from .cli_messages import (
+    PREFIX,
+    best_step_summary,
+    interrupted_code,
+    interrupted_inside,
+    note_recorded_task,
+    resume_changes,
+    saved_since,
+    tell,
+    warn_gpu_preset_on_cpu,
+)
 from .config import DEFAULT_STEPS
 
-PREFIX = "napari-focus train"  # every line of the command, refusals to summary
 # a copy (training.presets imports torch); tests/test_training_cli.py keeps it in step
 PRESET_NAMES = ("auto", "cpu", "gpu-small", "gpu-medium", "gpu-large", "gpu-xl")
 # the same for training.validate.VALIDATION_METRICS (the figures --keep-best picks from)
@@ -138,63 +148,6 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
     return train
 
 
-def _note_recorded_task(args: argparse.Namespace) -> None:
-    """Say when the output would record the base's task although every --layout holds
-    samples of another task (``predict --task`` then warns about the new checkpoint)."""
-    from ..checkpoint_identity import recorded_task
-    from ..datasets.layouts import get_layout
-    from .setup import official_base
-
-    if args.task is not None:
-        return
-    data_tasks = {get_layout(layout).task for layout in args.layout}
-    found = official_base(args.weights) or recorded_task(args.weights)
-    base_task = found[0] if found else None
-    if len(data_tasks) == 1 and None not in data_tasks and base_task not in (None, *data_tasks):
-        (data_task,) = data_tasks
-        print(f"{PREFIX}: note: the base weights are for {base_task} and "
-              f"--layout {' '.join(args.layout)} holds {data_task} samples; the output "
-              f"records the task {base_task} (the base's) unless you add --task {data_task}",
-              file=sys.stderr)  # fmt: skip
-
-
-# the settings a resumed run must share with the run it continues, in the flags' words
-RESUME_SETTINGS = {
-    "base": "--weights", "parts": "--preset (trained parts)", "batch_size": "--batch-size",
-    "canvas": "--crop", "seed": "--seed", "steps": "--steps", "warmup": "warm-up steps",
-    "lr": "--lr", "eval_every": "--eval-every", "select_metric": "--keep-best",
-    "validation": "held-out samples (--val, --val-fraction)",
-    "data": "samples under --root --layout",
-}  # fmt: skip
-
-
-def _say(message: str) -> None:
-    print(f"{PREFIX}: {message}", file=sys.stderr)
-
-
-def _resume_changes(error: Any, args: argparse.Namespace) -> str:
-    """The settings that differ from the saved run's, as ``--crop 96 -> 128``; the
-    warm-up and evaluation period that follow --steps by default are not said twice."""
-    skip: tuple[str, ...] = ()
-    if "steps" in error.differing:
-        skip = ("warmup",) if args.eval_every is not None else ("warmup", "eval_every")
-    return error.describe(RESUME_SETTINGS, skip=skip)
-
-
-def _warn_gpu_preset_on_cpu(args: argparse.Namespace) -> None:
-    """One line when a GPU preset would train on the CPU (hours for what takes minutes)."""
-    if not args.preset.startswith("gpu"):
-        return
-    from ..devices import resolve_device
-    from .presets import PRESETS
-
-    if resolve_device(args.device).type == "cpu":
-        on = "--device cpu" if args.device == "cpu" else f"--device {args.device} (no GPU here)"
-        preset = PRESETS[args.preset]
-        _say(f"warning: --preset {args.preset} is for a GPU ({preset.description}) and {on} "
-             "trains on the CPU, many times slower per step than --preset cpu")  # fmt: skip
-
-
 def run_train(args: argparse.Namespace) -> int:
     from ..cli_common import progress_bar
     from ..quality import require_metrics
@@ -202,7 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:  # before torch and the model code are imported (seconds)
         require_metrics()
     except ImportError as error:
-        _say(f"the held-out validation's {error}")
+        tell(f"the held-out validation's {error}")
         return EXIT_SETUP_ERROR
     from .config import OFFICIAL_LR, TrainConfig
     from .data import DatasetError, UnknownValidationNames
@@ -216,9 +169,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix != ".safetensors":
         fixed = Path(args.out).with_suffix(".safetensors")
-        _say(f"--out {args.out}: the output is a .safetensors checkpoint; give --out {fixed}")
+        tell(f"--out {args.out}: the output is a .safetensors checkpoint; give --out {fixed}")
         return EXIT_SETUP_ERROR
-    _note_recorded_task(args)
+    note_recorded_task(args)
     try:
         config = TrainConfig(
             root=Path(args.root), layouts=tuple(args.layout), out=Path(args.out),
@@ -230,29 +183,29 @@ def run_train(args: argparse.Namespace) -> int:
             select_metric=args.keep_best,
         )  # fmt: skip
     except ValueError as error:
-        _say(str(error))
+        tell(str(error))
         return EXIT_SETUP_ERROR
     root = Path(args.root)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file"
-        _say(f"--root {root} {what}; give the FOCUS datasets/ folder the samples were "
+        tell(f"--root {root} {what}; give the FOCUS datasets/ folder the samples were "
              "exported to")  # fmt: skip
         return EXIT_SETUP_ERROR
     out = Path(args.out)
     if args.resume and not out.exists() and not has_saved_state(config.work_dir):
-        _say(f"--resume: {config.work_dir} holds no unfinished run of --out {out}; leave "
+        tell(f"--resume: {config.work_dir} holds no unfinished run of --out {out}; leave "
              "--resume out to start a new run")  # fmt: skip
         return EXIT_SETUP_ERROR
     if out.exists():
         finished = " (the run it came from has finished)" if args.resume else ""
-        _say(f"{out} exists{finished}; choose another --out (nothing is overwritten)")
+        tell(f"{out} exists{finished}; choose another --out (nothing is overwritten)")
         return EXIT_SETUP_ERROR
     try:  # before hours of training: the checkpoint and its work folder go beside --out
         check_writable_file(out)
         if config.work_dir.exists():  # a work folder of an earlier run: written again
             check_writable_folder(config.work_dir)
     except WriteError as error:
-        _say(f"--out: {error}")
+        tell(f"--out: {error}")
         return EXIT_SETUP_ERROR
 
     try:  # a mistyped --weights is said now, not after the samples are read
@@ -260,9 +213,9 @@ def run_train(args: argparse.Namespace) -> int:
 
         check_base_weights(args.weights, args.size)
     except ValueError as error:
-        _say(str(error))
+        tell(str(error))
         return EXIT_SETUP_ERROR
-    _warn_gpu_preset_on_cpu(args)
+    warn_gpu_preset_on_cpu(args)
 
     bar = None  # shown once the run has begun: a refusal comes without a bar before it
 
@@ -301,119 +254,74 @@ def run_train(args: argparse.Namespace) -> int:
             result = train(config, progress=show, cancel=cancel)
     except UnfinishedRunError:
         close_bar()
-        _say(f"{config.work_dir} holds an unfinished run of --out {out}: add --resume to "
+        tell(f"{config.work_dir} holds an unfinished run of --out {out}: add --resume to "
              "continue it, --restart to discard it and start this run, or choose another "
              "--out to keep it")  # fmt: skip
         return EXIT_SETUP_ERROR
     except ResumeMismatchError as error:
         close_bar()
-        _say(f"--resume: the unfinished run in {config.work_dir} had other settings (then "
-             f"-> now: {_resume_changes(error, args)}); give its settings again to continue "
+        tell(f"--resume: the unfinished run in {config.work_dir} had other settings (then "
+             f"-> now: {resume_changes(error, args)}); give its settings again to continue "
              "it, replace --resume by --restart to discard it and start this run, or "
              "choose another --out to keep it")  # fmt: skip
         return EXIT_SETUP_ERROR
     except UnreadableStateError as error:
         close_bar()
-        _say(f"--resume: {error.path} cannot be continued ({error.reason}); replace "
+        tell(f"--resume: {error.path} cannot be continued ({error.reason}); replace "
              "--resume by --restart to start the run afresh, or choose another --out")  # fmt: skip
         return EXIT_SETUP_ERROR
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError) as error:
         close_bar()
         flag = "--val: " if isinstance(error, UnknownValidationNames) else ""
-        if not flag and _saved_since(config.work_dir, started):
+        if not flag and saved_since(config.work_dir, started):
             # a sample's files found broken during the run (they are decoded as they come)
-            _say(f"{error}; the run stopped there: once the sample is fixed or removed, "
+            tell(f"{error}; the run stopped there: once the sample is fixed or removed, "
                  "--restart trains afresh (--resume refuses changed samples)")  # fmt: skip
             return 1
-        _say(f"{flag}{error}")
+        tell(f"{flag}{error}")
         return EXIT_SETUP_ERROR
     except WriteError as error:  # a full disk while saving an evaluation or the output
         close_bar()
         if has_saved_state(config.work_dir):
-            _say(f"{error}; `--resume` continues from the last saved evaluation once it can "
+            tell(f"{error}; `--resume` continues from the last saved evaluation once it can "
                  "be written")  # fmt: skip
         else:
-            _say(f"{error}; nothing was saved: run the same command again once it can be "
+            tell(f"{error}; nothing was saved: run the same command again once it can be "
                  "written")  # fmt: skip
         return 1
     except (KeyboardInterrupt, RuntimeError) as error:
-        if isinstance(error, RuntimeError) and not _interrupted_inside(error):
+        if isinstance(error, RuntimeError) and not interrupted_inside(error):
             raise
         close_bar()
         if has_saved_state(config.work_dir) or args.resume:
-            _say("interrupted; `--resume` continues from the last evaluation")
+            tell("interrupted; `--resume` continues from the last evaluation")
         else:  # nothing to resume yet (interrupted while the base weights downloaded, say)
             download = "" if Path(args.weights).is_file() else (
                 " (a download of the base weights continues from where it stopped)"
             )
-            _say(f"interrupted before anything was saved; run the same command again{download}")
-        return _interrupted_code(request.received)
+            tell(f"interrupted before anything was saved; run the same command again{download}")
+        return interrupted_code(request.received)
     close_bar()
     if result.cancelled and not result.started:
-        _say("interrupted while the base weights downloaded; run the same command again "
+        tell("interrupted while the base weights downloaded; run the same command again "
              "(the download continues from where it stopped)")
-        return _interrupted_code(request.received)
+        return interrupted_code(request.received)
     if result.cancelled and not result.saved:
-        _say("interrupted before its first step was done, so nothing was saved; run the "
+        tell("interrupted before its first step was done, so nothing was saved; run the "
              "same command again")  # fmt: skip
-        return _interrupted_code(request.received)
+        return interrupted_code(request.received)
     if result.cancelled:
-        _say(f"interrupted at step {result.step} of {args.steps}; the same command with "
+        tell(f"interrupted at step {result.step} of {args.steps}; the same command with "
              "`--resume` continues from there")
-        return _interrupted_code(request.received)
+        return interrupted_code(request.received)
     if result.output != Path(args.out):
-        _say(f"--out {args.out} appeared during training and was kept; the trained "
+        tell(f"--out {args.out} appeared during training and was kept; the trained "
              f"weights are in {result.output}")  # fmt: skip
     for problem in result.problems:
         print(f"  skipped: {problem}", file=sys.stderr)
-    _say(f"wrote {result.output} ({_best_step_summary(result, args.keep_best)}); report: "
+    tell(f"wrote {result.output} ({best_step_summary(result, args.keep_best)}); report: "
          f"{result.report}")  # fmt: skip
     if result.best_step == 0:
         print("  no step beat the base weights on the held-out samples: the output holds "
               "them unchanged", file=sys.stderr)  # fmt: skip
     return 0
-
-
-def _saved_since(work_dir: Path, started: float) -> bool:
-    """Whether the run saved its resume state after ``started`` (so it had trained)."""
-    from .state import STATE_NAME
-
-    try:
-        return (work_dir / STATE_NAME).stat().st_mtime >= started - 1.0
-    except OSError:
-        return False
-
-
-def _interrupted_inside(error: BaseException) -> bool:
-    """Whether ``error`` comes from a second Ctrl-C inside a library call (torch's
-    file writer turns the KeyboardInterrupt into a RuntimeError of its own)."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def _interrupted_code(received: set[int]) -> int:
-    """130 for Ctrl-C, 143 when SIGTERM stopped the run (as a shell reports them)."""
-    return 128 + int(signal.SIGTERM) if signal.SIGTERM in received else EXIT_INTERRUPTED
-
-
-def _best_step_summary(result: Any, keep_best: str) -> str:
-    """``best step 4 by --keep-best iou: iou 0.570 -> 0.612, mask_iou ...``: the figure
-    that chose the kept weights first, then the proposal's IoU, S-measure, edit effort."""
-    best = result.best_metrics or {}
-    base = result.baseline_metrics or {}
-    figures = ", ".join(
-        f"{k} {base[k]:.3f} -> {best[k]:.3f}" if k in base else f"{k} {best[k]:.3f}"
-        for k in dict.fromkeys((keep_best, "mask_iou", "smeasure", "edit_effort"))
-        if k in best
-    )
-    if result.best_step is None:  # no held-out samples: the last step is written
-        return f"the last step, {result.step}: no held-out samples to choose a best by"
-    if not figures:
-        return f"best step {result.best_step}"
-    return f"best step {result.best_step} by --keep-best {keep_best}: {figures}"
