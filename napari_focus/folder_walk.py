@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 def walk_files(
@@ -37,3 +38,10 @@ def walk_files(
             tops += [os.path.join(dirpath, name) for name in linked]
             dirnames[:] = [name for name in kept if name not in linked]
             yield dirpath, filenames
+
+
+def is_file_or_broken_link(path: Path) -> bool:
+    """A file (or a link to one), or a link whose target is missing: an image that is not
+    there yet (a git-annex or DataLad tree before ``get``) fails with that reason rather
+    than being left out without a word."""
+    return path.is_file() or (path.is_symlink() and not path.exists())

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .folder_walk import is_file_or_broken_link, walk_files
 from .prediction_files import is_uri
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -119,7 +120,7 @@ def _expand(
             matches = sorted(
                 (Path(p), "")
                 for p in glob.glob(item, recursive=True)
-                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
+                if is_file_or_broken_link(Path(p)) and Path(p).suffix.lower() in IMAGE_EXTENSIONS
             )
         if not matches:
             reason = unmatched_reason(item)
@@ -151,7 +152,6 @@ def _expand(
 
 
 def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path]) -> list[Path]:
-    from .folder_walk import walk_files
     from .io import IMAGE_EXTENSIONS
     from .mask_provenance import OutputFolders, walk_leaving_out_outputs
 
@@ -166,7 +166,7 @@ def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path
             images += [
                 Path(dirpath, name) for name in filenames
                 if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-                and Path(dirpath, name).is_file()
+                and is_file_or_broken_link(Path(dirpath, name))
             ]  # fmt: skip
         return images
 

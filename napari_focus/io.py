@@ -163,6 +163,10 @@ def read_image(
     """
     path = Path(path)
     limit = pixel_limit() if max_pixels == "default" else max_pixels
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"{path.name} is a link to {os.readlink(path)!r}, which does not exist"
+        )
     if path.stat().st_size == 0:
         raise UnreadableImageError(
             f"{path.name} is empty (0 bytes; an interrupted copy or download?): {_AGAIN}"

@@ -358,6 +358,27 @@ def test_rank_reports_a_broken_file_in_plain_words(photo, weights, tmp_path):
     assert "failed: empty.png: empty.png is empty (0 bytes" in err  # no exception type name
 
 
+def test_a_link_to_an_image_not_fetched_yet_fails_with_the_reason(photo, weights, tmp_path):
+    """git-annex and DataLad trees show images not fetched yet as links to missing files:
+    predict, export and rank fail them with that reason (they were left out unsaid)."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    photo.save(images / "here.png")
+    (images / "away.png").symlink_to("../.git/annex/objects/Xy/away.png")
+    reason = "away.png is a link to '../.git/annex/objects/Xy/away.png', which does not exist"
+    for given, out in (([images], tmp_path / "first"), ([str(images / "*.png")], masks)):
+        code, err = run_cli("predict", *given, "--task", "sod", "--weights", weights,
+                            "--device", "cpu", "--out", out, "--quiet")  # fmt: skip
+        assert code == 1 and "1 written, 0 skipped, 1 failed" in err, err
+        assert f"failed: {images / 'away.png'}: {reason}" in err
+    Image.fromarray(np.zeros((48, 72), np.uint8)).save(masks / "away.png")
+    code, err = run_cli("export", images, masks, "--root", tmp_path / "ds", "--task", "sod")
+    assert code == 1 and f"failed: away.png: {reason}" in err, err
+    code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--device",
+                        "cpu", "--out", tmp_path / "ranking.csv", "--quiet")  # fmt: skip
+    assert code == 1 and f"failed: away.png: {reason}" in err, err
+
+
 def test_a_rerun_with_probability_keeps_a_mask_corrected_in_place(photo, weights, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

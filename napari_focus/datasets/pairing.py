@@ -145,7 +145,7 @@ def _files_below(
     """The files of ``folder`` (and of its subfolders when ``recursive``) that ``wanted``
     takes, sorted; hidden files and folders (``.name``), the folders ``leave_out`` and
     the widget's series folders left out."""
-    from ..folder_walk import walk_files
+    from ..folder_walk import is_file_or_broken_link, walk_files
     from ..input_files import subfolders_to_walk
 
     skipped = {path.resolve() for path in leave_out}
@@ -157,7 +157,8 @@ def _files_below(
     for dirpath, filenames in walk_files(folder, keep if recursive else None):
         files += [
             Path(dirpath, name) for name in filenames
-            if not name.startswith(".") and wanted(Path(name)) and Path(dirpath, name).is_file()
+            if not name.startswith(".") and wanted(Path(name))
+            and is_file_or_broken_link(Path(dirpath, name))
         ]  # fmt: skip
     return sorted(files)
 

@@ -132,12 +132,7 @@ def rank_folder(
         except SharedReferenceError as error:
             row.error = str(error)
         except Exception as error:  # one bad image must not stop the ranking
-            path = root / key
-            dangling = isinstance(error, FileNotFoundError) and path.is_symlink()
-            row.error = (
-                f"{Path(key).name} is a link to {os.readlink(path)!r}, which does not exist"
-                if dangling else describe_read_error(error)
-            )  # fmt: skip
+            row.error = describe_read_error(error)
         rows.append(row)
         if progress is not None:
             progress(done, len(keys), key)
