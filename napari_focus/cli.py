@@ -265,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+#: the commands that read images (and so the pixel limit)
+READS_IMAGES = ("predict", "rank", "export", "train", "annotate")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args, extras = build_parser().parse_known_args(argv)
     if extras:  # said by the command's own parser: its usage, and the option meant
@@ -278,6 +282,15 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return EXIT_SETUP_ERROR
+    if getattr(args, "command", None) in READS_IMAGES:
+        from .io import pixel_limit
+
+        try:  # a bad NAPARI_FOCUS_MAX_PIXELS would fail every image: said once, first
+            pixel_limit()
+        except ValueError as error:
+            print(f"{_prefix(args)}: {error}; correct it, or unset it for the default "
+                  "limit", file=sys.stderr)  # fmt: skip
+            return EXIT_SETUP_ERROR
     if getattr(args, "command", None) == "predict" and args.engine != "ray":
         ray_only = ("address", "num_workers", "gpus_per_worker", "cpus_per_worker", "manifest",
                     "series")  # fmt: skip

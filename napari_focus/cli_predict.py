@@ -107,13 +107,6 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     written, interrupted = 0, None
     if jobs:
-        try:  # a bad NAPARI_FOCUS_MAX_PIXELS would fail every image: say it once
-            from .io import pixel_limit
-
-            pixel_limit()
-        except ValueError as error:
-            print(f"napari-focus: {error}", file=sys.stderr)
-            return EXIT_SETUP_ERROR
         try:
             check_writable_folder(out_dir)
         except WriteError as error:

@@ -300,10 +300,20 @@ def test_ray_options_without_the_ray_engine_are_refused(tmp_path):
 def test_a_bad_pixel_limit_is_one_setup_error(tmp_path, monkeypatch):
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    ranking = tmp_path / "ranking.csv"
+    ranking.write_text("rank,path\n1,a.png\n", encoding="utf-8")  # an earlier good one
     monkeypatch.setenv("NAPARI_FOCUS_MAX_PIXELS", "abc")
+    said = "NAPARI_FOCUS_MAX_PIXELS='abc' is not a number of pixels (0 = no limit); correct it"
     code, err = run_cli("predict", image, "--task", "sod", "--out", tmp_path / "out")
-    assert code == 2 and "NAPARI_FOCUS_MAX_PIXELS='abc' is not a number of pixels" in err
+    assert code == 2 and said in err
     assert not (tmp_path / "out").exists()
+    code, err = run_cli("rank", tmp_path, "--task", "sod", "--out", ranking)
+    assert code == 2 and said in err and ranking.read_text() == "rank,path\n1,a.png\n"
+    code, err = run_cli("export", tmp_path, tmp_path, "--root", tmp_path / "ds")
+    assert code == 2 and said in err and not (tmp_path / "ds").exists()
+    code, err = run_cli("train", "--root", tmp_path, "--layout", "generic", "--weights",
+                        "sod", "--out", tmp_path / "t.safetensors")  # fmt: skip
+    assert code == 2 and f"napari-focus train: {said}" in err
 
 
 def test_a_folder_with_images_in_subfolders_gets_a_note(tmp_path):
