@@ -368,7 +368,7 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 
     Raises:
         WriteError: naming the folder and why (a file in the way, permission denied,
-            read-only file system, ...).
+            read-only file system, ...); the caller says what to do, in its own words.
     """
     folder = Path(folder)
     existing = folder
@@ -377,7 +377,7 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
             break
         existing = existing.parent
     if not existing.is_dir():
-        raise WriteError(folder, f"{existing} is a file, not a folder; choose a folder")
+        raise WriteError(folder, f"{existing} is a file, not a folder")
     probe = existing / f"{_temp_head()}probe"
     try:
         if existing == folder:
@@ -389,7 +389,7 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
             probe.rmdir()
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.EINVAL, errno.ENOSYS):  # /proc, /sys and the like
-            reason = f"{existing} does not take new files or folders; choose another folder"
+            reason = f"{existing} does not take new files or folders"
             raise WriteError(folder, reason) from exc
         raise WriteError(folder, exc) from exc
     return folder
@@ -400,6 +400,6 @@ def check_writable_file(path: str | os.PathLike) -> Path:
     folder and its folder accepts new files (see :func:`check_writable_folder`)."""
     path = Path(path)
     if path.is_dir():
-        raise WriteError(path, "it is a folder; give a file name")
+        raise WriteError(path, "it is a folder, not a file")
     check_writable_folder(path.parent if str(path.parent) else Path("."))
     return path

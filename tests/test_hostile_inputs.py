@@ -100,14 +100,14 @@ def test_export_checks_the_root_first(tmp_path: Path) -> None:
     code, _, err = _cli(add_export_parser, ["export", str(tmp_path / "img"),
                                             str(tmp_path / "msk"), "--root",
                                             str(tmp_path / "file" / "ds"), "--layout", "generic"])
-    assert code == 2 and "--root" in err and "is a file, not a folder" in err
+    assert code == 2 and "--root" in err and "is a file, not a folder; choose another --root" in err
 
 
 @pytest.mark.parametrize(
     ("flag", "where", "message"),
     [("--out", "file/rank.csv", "is a file, not a folder"),
      ("--out", "folder", "is a folder"),
-     ("--report", "file", "--report takes a folder"),
+     ("--report", "file", "it is a file, not a folder; choose another --report folder"),
      ("--report", "file/sub", "is a file, not a folder")],
 )  # fmt: skip
 def test_rank_checks_outputs_before_predicting(tmp_path: Path, monkeypatch, flag, where, message):
@@ -126,7 +126,20 @@ def test_rank_checks_outputs_before_predicting(tmp_path: Path, monkeypatch, flag
     code, _, err = _cli(add_rank_parser, ["rank", str(images), "--task", "sod", "--quiet",
                                           flag, str(tmp_path / where)])
     assert code == 2, err
-    assert flag in err and message in err
+    assert flag in err and message in err and err.count("choose") == 1, err  # one remedy
+
+
+def test_an_out_that_is_a_file_is_refused_with_one_remedy(tmp_path: Path) -> None:
+    from napari_focus.cli import main
+
+    image = tmp_path / "a.png"
+    Image.fromarray(make_sample(0)[0]).save(image)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["predict", str(image), "--task", "sod", "--out", str(image)])
+    assert code == 2 and err.getvalue().strip() == (
+        f"napari-focus: --out {image}: {image} is a file, not a folder; choose another --out"
+    )
 
 
 def test_rank_names_the_pattern_that_matched_no_image(tmp_path: Path) -> None:

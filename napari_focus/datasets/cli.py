@@ -227,7 +227,7 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         check_writable_folder(args.root)
     except WriteError as exc:
-        print(f"napari-focus: --root: {exc}", file=sys.stderr)
+        print(f"napari-focus: --root: {exc}; choose another --root", file=sys.stderr)
         return EXIT_SETUP_ERROR
     overlap = _written_into(Path(args.root), layout, images_dir, masks_dir)
     if overlap:

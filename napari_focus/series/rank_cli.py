@@ -113,7 +113,7 @@ def run_rank(args: argparse.Namespace) -> int:
     try:  # before any prediction: a typo in --out must not cost the whole run
         check_writable_file(out)
     except WriteError as error:
-        print(f"napari-focus: --out: {error}", file=sys.stderr)
+        print(f"napari-focus: --out: {error}; choose another --out", file=sys.stderr)
         return EXIT_SETUP_ERROR
     if not replaceable_ranking(out):
         print(f"napari-focus: --out: {out} exists and is not a ranking CSV; choose another "
@@ -122,10 +122,11 @@ def run_rank(args: argparse.Namespace) -> int:
     if args.report:
         try:
             if Path(args.report).exists() and not Path(args.report).is_dir():
-                raise WriteError(args.report, "it is a file; --report takes a folder")
+                raise WriteError(args.report, "it is a file, not a folder")
             check_writable_folder(args.report)
         except WriteError as error:
-            print(f"napari-focus: --report: {error}", file=sys.stderr)
+            print(f"napari-focus: --report: {error}; choose another --report folder",
+                  file=sys.stderr)  # fmt: skip
             return EXIT_SETUP_ERROR
         foreign = _foreign_report_file(Path(args.report))
         if foreign is not None:

@@ -205,7 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
         if config.work_dir.exists():  # a work folder of an earlier run: written again
             check_writable_folder(config.work_dir)
     except WriteError as error:
-        tell(f"--out: {error}")
+        tell(f"--out: {error}; choose another --out")
         return EXIT_SETUP_ERROR
 
     try:  # a mistyped --weights is said now, not after the samples are read
