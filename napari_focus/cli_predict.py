@@ -105,7 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"napari-focus: --precision {args.precision}: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    written, interrupted = 0, None
+    written, interrupted, run_failures = 0, None, []
     if jobs:
         try:
             check_writable_folder(out_dir)
@@ -133,6 +133,13 @@ def run_predict(args: argparse.Namespace) -> int:
     kept_text = f" ({kept} existing file(s) among them kept)" if kept else ""
     counts = predict_summary(written, skipped, len(failures), len(unmatched), out_dir, kept_text)
     print(f"napari-focus: {status}{counts}", file=sys.stderr)
+    left = len(jobs) - written - len(run_failures)
+    if interrupted is not None and left:
+        again = ("the same command without --overwrite goes on with them (with it, every "
+                 "mask is made again)") if args.overwrite else (
+                 "the same command goes on with them (it skips the masks written)")  # fmt: skip
+        print(f"napari-focus: {left} image{'' if left == 1 else 's'} not done; {again}",
+              file=sys.stderr)  # fmt: skip
     for image, message in failures:
         print(f"  failed: {image}: {message}", file=sys.stderr)
     if interrupted is not None:

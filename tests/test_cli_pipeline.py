@@ -245,6 +245,7 @@ def test_signal_ends_the_run_with_a_summary_and_no_partial_files(
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert "interrupted:" in err and "written" in err
+    assert "not done; the same command goes on with them (it skips the masks written)" in err
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
     masks = sorted(out.glob("img??.png"))
