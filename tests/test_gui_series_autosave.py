@@ -127,6 +127,33 @@ def test_edits_left_are_shown_when_coming_back_at_once(
     assert len(writes.seen) == 2
 
 
+def test_previous_at_the_first_image_stays_with_its_edits_and_asks_nothing(
+    qtbot, shown_series, folder, writes, monkeypatch
+):
+    """No image before the first (none after the last): the image and its edits stay on
+    screen, and "unsaved edits: ask" asks nothing (a "No" threw the edits away)."""
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q, **_kw: questions.append(q) or False)
+    viewer, _, series = shown_series(folder)
+    series.on_leave.value = "ask"
+    edited = _paint(viewer, slice(5, 40), slice(10, 60))
+    layer = series_layer(viewer, "labels")
+    series.previous()
+    assert series.shown_key == "img0.png" and questions == []
+    assert series_layer(viewer, "labels") is layer  # not shown again: its undo history kept
+    np.testing.assert_array_equal(_shown_mask(viewer), edited)
+    assert writes.seen == [] and "1 / 4" in series.position.value
+    series.on_leave.value = "autosave"
+    series.jump_to.value = 4  # the last one
+    assert series.shown_key == "img3.png"
+    series.on_leave.value = "ask"
+    last = _paint(viewer, slice(0, 10), slice(0, 10))
+    series.next()
+    assert series.shown_key == "img3.png" and questions == []
+    np.testing.assert_array_equal(_shown_mask(viewer), last)
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q, **_kw: True)  # napari closes
+
+
 def test_accept_right_after_coming_back_exports_the_edits(
     qtbot, shown_series, folder, writes, tmp_path
 ):

@@ -289,10 +289,25 @@ class SeriesSection(
         self._move(lambda queue: queue.jump(number - 1))
 
     def _move(self, step: Any, direction: int = 1, *, keep_edits: bool = True) -> None:
-        if self.state is None or (keep_edits and not self.leave_current()):
+        if self.state is None:
             return
-        if step(self.state.queue) is None:
+        queue = self.state.queue
+        here = queue.index
+        moved = step(queue) is not None
+        there = queue.index
+        if not moved:
             show_info(f"FOCUS: {self._end_text(direction)}")
+            current = queue.current
+            if current is not None and current.key == self._shown:
+                self._show_position(current)  # it stays, and its edits with it, unasked
+                self._say_decision(current)
+                return
+        elif there != here:
+            queue.jump(here)  # the edits are left from the image they were made on
+        if keep_edits and not self.leave_current():
+            return
+        if moved:
+            queue.jump(there)
         self.show_current(direction)
         # the image shown first; its status mark (a new proposal) saved the position too
         if self.state is not None and not self.state.position_saved():
