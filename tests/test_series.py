@@ -69,6 +69,17 @@ def test_scan_folder_recursion_glob_and_extensions(folder):
         scan_folder(folder / "a.png")
 
 
+def test_scan_folder_lists_a_stem_before_the_longer_stems_it_begins(tmp_path: Path):
+    names = ["gray16.png", "gray.png", "frame10.png", "frame.png", "frame2.png", "Frame1.png",
+             "photo2.jpeg", "photo.jpg", "b/x.png", "b.png"]  # fmt: skip
+    for name in names:
+        touch(tmp_path / name)
+    assert scan_folder(tmp_path, recursive=True) == [
+        "b/x.png", "b.png", "frame.png", "Frame1.png", "frame2.png", "frame10.png", "gray.png",
+        "gray16.png", "photo.jpg", "photo2.jpeg",
+    ]  # fmt: skip
+
+
 def test_scan_folder_counts_what_it_finds_and_stops_when_told(tmp_path, monkeypatch):
     from napari_focus.series import scan
 

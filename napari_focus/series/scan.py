@@ -20,7 +20,15 @@ STATE_NAME = ".napari_focus_queue.json"
 FOUND_EVERY = 1000
 
 
-def _natural_key(text: str) -> list[Any]:
+def _natural_key(relative: str) -> list[tuple[list[Any], str]]:
+    """Folder by folder, then the file's stem before its extension: ``frame.png``,
+    ``frame2.png``, ``frame10.png``, as a file manager lists them."""
+    *folders, name = relative.split("/")
+    stem, suffix = os.path.splitext(name)
+    return [(_natural_words(part), "") for part in folders] + [(_natural_words(stem), suffix)]
+
+
+def _natural_words(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
