@@ -350,6 +350,8 @@ def test_export_asks_in_the_dialog_s_words(
         f"error: the dataset root {tmp_path / 'a_file'} is a file, not a folder: choose the "
         "FOCUS datasets/ folder under 'dataset root' in the Export tab"
     )
+    export.dataset_root.value = tmp_path / "datasets"  # the error's line goes with it
+    assert export.result_label.value == ""
 
 
 def test_an_export_that_cannot_write_says_so_in_the_export_tab_s_words(

@@ -71,6 +71,14 @@ class ExportSection(Container):
         self.export_button.tooltip = "Add the image and its mask to the split (needs a mask)"
         self.export_button.changed.connect(lambda: self.export())
         self.dataset_layout.changed.connect(self._on_layout_chosen)
+        for field in (self.dataset_root, self.dataset_layout, self.sample_name):
+            field.changed.connect(self._forget_error)
+
+    def _forget_error(self, _value: Any = None) -> None:
+        """A field the error may have named changed: its line would tell of a problem
+        that may be gone (the next Export says it again if not)."""
+        if self.result_label.value.startswith("error: "):
+            self.result_label.value = ""
 
     def _on_layout_chosen(self, _value: Any = None) -> None:
         if not self._following_task:
