@@ -413,7 +413,7 @@ def test_ctrl_c_stops_at_the_stage_and_resume_continues_from_the_step(
     code = main(args)
     err = capsys.readouterr().err
     assert code == expected, err
-    assert "stopping within a model stage" in err
+    assert "stopping within a model stage, saving the last completed step" in err
     assert ("interrupted at step 1 of 3; the same command with `--resume` continues from "
             "there") in err  # fmt: skip
     assert not out.exists()
@@ -451,6 +451,7 @@ def test_ctrl_c_in_the_first_evaluation_leaves_nothing_to_resume(
     code = main(args)
     err = capsys.readouterr().err
     assert code == 130, err
+    assert "stopping within a model stage, no step is done to save (Ctrl-C to stop" in err
     assert ("interrupted before its first step was done, so nothing was saved; run the "
             "same command again") in err  # fmt: skip
     assert not (tmp_path / "tuned.training" / "resume.pt").exists()

@@ -218,9 +218,11 @@ def run_train(args: argparse.Namespace) -> int:
     warn_gpu_preset_on_cpu(args)
 
     bar = None  # shown once the run has begun: a refusal comes without a bar before it
+    stepped = args.resume  # a completed step to save on a stop (a resumed run has one)
 
     def show(progress: Any) -> None:
-        nonlocal bar
+        nonlocal bar, stepped
+        stepped = stepped or (progress.phase == "train" and progress.step > 0)
         downloading = progress.phase == "setup" and progress.message.startswith("downloading")
         if bar is None and (downloading or progress.phase in ("eval", "train")):
             bar = progress_bar(args.steps, "fine-tuning", "step", quiet=args.quiet,
@@ -245,8 +247,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     def stopping(signum: int) -> str:
         again = "Ctrl-C" if signum == signal.SIGINT else "another SIGTERM"
-        return (f"napari-focus train: stopping within a model stage and saving the last "
-                f"completed step ({again} to stop at once)")  # fmt: skip
+        saving = "saving the last completed step" if stepped else "no step is done to save"
+        return f"{PREFIX}: stopping within a model stage, {saving} ({again} to stop at once)"
 
     started = time.time()  # a state saved since then is this run's: it had started
     try:  # a first Ctrl-C or SIGTERM: the run stops within a model stage, saving its state
