@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--probability",
         action="store_true",
-        help="also write <name>_probability maps (foreground probability, 0-255)",
+        help="also write <name>_probability maps of the foreground probability: 0-255 in "
+        "a PNG, float32 0-1 in a TIFF (--format tif)",
     )
     predict.add_argument(
         "--format", choices=("png", "tif"), default="png", help="mask file format (default png)"

@@ -48,6 +48,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``3 images``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def say(line: str) -> None:
     """Print ``line`` on the current ``sys.stderr``, above a running progress bar."""
     if "tqdm" in sys.modules:  # keeps a running progress bar intact
@@ -151,7 +156,7 @@ def predict_summary(
     )
     counts = [f"{written} written{kept}", skipped_text, f"{failed} failed"]
     if unmatched:
-        counts.append(f"{unmatched} input{'s' if unmatched != 1 else ''} matched no image")
+        counts.append(f"{plural(unmatched, 'input')} matched no image")
     return f"{', '.join(counts)} -> {out}"
 
 

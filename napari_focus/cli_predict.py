@@ -15,6 +15,7 @@ from .cli_common import (
     other_weights_note,
     out_replaces_input_message,
     path_argument,
+    plural,
     positive_int,
     predict_summary,
     progress_bar,
@@ -138,8 +139,7 @@ def run_predict(args: argparse.Namespace) -> int:
         again = ("the same command without --overwrite goes on with them (with it, every "
                  "mask is made again)") if args.overwrite else (
                  "the same command goes on with them (it skips the masks written)")  # fmt: skip
-        print(f"napari-focus: {left} image{'' if left == 1 else 's'} not done; {again}",
-              file=sys.stderr)  # fmt: skip
+        print(f"napari-focus: {plural(left, 'image')} not done; {again}", file=sys.stderr)
     for image, message in failures:
         print(f"  failed: {image}: {message}", file=sys.stderr)
     if interrupted is not None:
@@ -184,7 +184,7 @@ def _run_jobs(
     processed = summary.written + len(summary.failures)
     if not args.quiet and processed:  # read and predicted, failed ones included
         print(
-            f"napari-focus: {processed} image{'' if processed == 1 else 's'} in "
+            f"napari-focus: {plural(processed, 'image')} in "
             f"{summary.seconds:.1f} s, "
             f"{summary.images_per_second:.2f} images/s",
             file=sys.stderr,
@@ -222,7 +222,11 @@ def add_input_arguments(predict: argparse.ArgumentParser) -> None:
 def note_images_in_subfolders(inputs: list[str], out_dir: Path) -> None:
     """Say which folder inputs hold images in subfolders that a run without --recursive
     leaves out."""
-    for folder in _folders_with_images_below(inputs, out_dir):
+    from .input_files import images_in_subfolders
+
+    folders = [i.rstrip("/") for i in inputs if Path(i).is_dir() and images_in_subfolders(
+        Path(i), [out_dir])]  # fmt: skip
+    for folder in folders:
         print(f"napari-focus: note: images in subfolders of {folder} are not included; "
               "add --recursive to include them (their masks go into the same subfolders "
               "of --out)", file=sys.stderr)  # fmt: skip
@@ -260,27 +264,6 @@ def note_images_in_out(inputs: list[str], out_dir: Path) -> None:
               f"napari-focus record (e.g. {theirs[0].name}) are not read as inputs; choose "
               "an --out outside the image folders to predict them",
               file=sys.stderr)  # fmt: skip
-
-
-def _folders_with_images_below(inputs: list[str], out: Path) -> list[str]:
-    """The folder inputs that have images in subfolders (a folder input takes only its
-    own images); the output folder and the widget's series folders do not count."""
-    from .folder_walk import walk_files
-    from .input_files import subfolders_to_walk
-    from .io import IMAGE_EXTENSIONS
-
-    def keep(dirpath: str, names: list[str]) -> list[str]:
-        return subfolders_to_walk(dirpath, names, {out.resolve()})
-
-    def images_below(folder: Path) -> bool:
-        for dirpath, filenames in walk_files(folder, keep):
-            if Path(dirpath) != folder and any(
-                Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in filenames
-            ):
-                return True
-        return False
-
-    return [item.rstrip("/") for item in inputs if Path(item).is_dir() and images_below(Path(item))]
 
 
 def add_throughput_arguments(predict: argparse.ArgumentParser) -> None:

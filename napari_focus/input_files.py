@@ -214,3 +214,23 @@ def unmatched_reason(item: str) -> str:
     if os.path.lexists(path) and not path.is_file() and not path.is_dir():
         return f"{item!r} is not a regular file (a pipe, socket or device?); give image files"
     return f"no image matches {item!r}"
+
+
+def images_in_subfolders(folder: Path, leave_out: Sequence[Path] = ()) -> bool:
+    """Whether a subfolder of ``folder`` holds an image (what a run without --recursive
+    leaves out); hidden folders, the widget's series folders and ``leave_out`` (an output
+    folder, the masks) do not count. Stops at the first one found."""
+    from .io import IMAGE_EXTENSIONS
+
+    skipped = {Path(path).resolve() for path in leave_out}
+
+    def keep(dirpath: str, names: list[str]) -> list[str]:
+        return subfolders_to_walk(dirpath, names, skipped)
+
+    for dirpath, filenames in walk_files(folder, keep):
+        if Path(dirpath) != Path(folder) and any(
+            Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+            for name in filenames
+        ):
+            return True
+    return False

@@ -354,7 +354,7 @@ def test_rank_reports_a_broken_file_in_plain_words(photo, weights, tmp_path):
     (images / "empty.png").write_bytes(b"")
     code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--device",
                         "cpu", "--out", tmp_path / "ranking.csv", "--quiet")  # fmt: skip
-    assert code == 1 and "ranked 1 images, 1 failed" in err
+    assert code == 1 and "ranked 1 image, 1 failed" in err
     assert "failed: empty.png: empty.png is empty (0 bytes" in err  # no exception type name
 
 

@@ -119,6 +119,10 @@ def test_a_file_with_a_link_beside_it_is_ranked_once_under_its_own_name(tmp_path
                              "--weights", tmp_path / "missing.pth")  # fmt: skip
     assert code == 2
     assert "note: a_latest.png is another name of b.png: each file is ranked once" in err
+    assert f"note: images in subfolders of {tmp_path} are not ranked; add --recursive" in err
+    code, err = run_rank_cli("rank", tmp_path, "--task", "sod", "--gt", tmp_path / "sub",
+                             "--weights", tmp_path / "missing.pth")  # fmt: skip
+    assert code == 2 and "images in subfolders" not in err  # the masks' folder is no images'
 
 
 def run_rank_cli(*args) -> tuple[int, str]:
@@ -234,7 +238,7 @@ def test_an_interrupted_rank_says_how_far_it_got_and_keeps_the_earlier_csv(
             "--out", out_csv, "--quiet",
         )  # fmt: skip
         assert code == code_expected, err
-        assert (f"napari-focus rank: interrupted after 1 of 3 images; nothing was written "
+        assert (f"napari-focus: interrupted after 1 of 3 images; nothing was written "
                 f"({out_csv} is unchanged)") in err  # fmt: skip
         assert out_csv.read_bytes() == earlier and "Traceback" not in err
 

@@ -19,12 +19,13 @@ from typing import Any
 from ..atomic import WriteError, check_writable_folder
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
 from ..cli_common import EXIT_SETUP_ERROR, path_argument
+from ..input_files import images_in_subfolders
 from ..mask_files import read_mask_file
 from ..mask_provenance import read_made_by
 from .errors import ExportError, SampleExistsError, UnusableNameError
 from .export import ON_EXISTS, dataset_dir, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
-from .pairing import has_images, images_below, pair_files
+from .pairing import has_images, pair_files
 
 __all__ = ["add_export_parser", "pair_files", "run_export"]
 
@@ -235,7 +236,7 @@ def run_export(args: argparse.Namespace) -> int:
               "IMAGES_DIR and MASKS_DIR", file=sys.stderr)  # fmt: skip
         return EXIT_SETUP_ERROR
 
-    if not args.recursive and images_below(images_dir, (masks_dir, Path(args.root))):
+    if not args.recursive and images_in_subfolders(images_dir, (masks_dir, Path(args.root))):
         print(f"napari-focus: note: images in subfolders of {images_dir} are not included; "
               "add --recursive to include them (each paired with a mask in the same "
               "subfolder of MASKS_DIR, else in MASKS_DIR)", file=sys.stderr)  # fmt: skip

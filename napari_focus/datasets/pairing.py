@@ -195,13 +195,6 @@ def has_images(
     return bool(_files_below(images_dir, recursive, _is_image, (*leave_out, masks_dir)))
 
 
-def images_below(folder: Path, leave_out: tuple[Path, ...]) -> bool:
-    """Whether a subfolder of ``folder`` (not hidden, not in ``leave_out``: the masks,
-    the dataset root) holds an image."""
-    below = _files_below(folder, True, _is_image, leave_out=leave_out)
-    return any(path.parent != folder for path in below)
-
-
 def _lossy_hint(image: Path, masks_dir: Path) -> str:
     """Why a file of the image's name in the masks folder is no mask: its format."""
     from ..io import IMAGE_EXTENSIONS

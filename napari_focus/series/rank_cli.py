@@ -12,6 +12,7 @@ from typing import Any
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
 from ..fs_text import CSV_ERRORS
+from ..input_files import images_in_subfolders
 from ..mask_provenance import mask_folders_note
 from ..quality import DEFAULT_UNCERTAINTY, REPORT_TITLE, UNCERTAINTY_METHODS
 from .rank import images_to_rank, rank_folder, shared_reference_groups, write_ranking_csv
@@ -90,7 +91,12 @@ def _say_shared_references(folder: Path, keys: list[str], gt: str) -> None:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from ..cli_common import EXIT_FAILED_IMAGES, EXIT_SETUP_ERROR, load_predictor_or_say_why
+    from ..cli_common import (
+        EXIT_FAILED_IMAGES,
+        EXIT_SETUP_ERROR,
+        load_predictor_or_say_why,
+        plural,
+    )
     from ..quality import folder_report, require_metrics
 
     folder = Path(args.folder)
@@ -140,6 +146,10 @@ def run_rank(args: argparse.Namespace) -> int:
                           mask_folders=mask_folders, other_names=other_names)  # fmt: skip
     if mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(mask_folders)}", file=sys.stderr)
+    leave_out = [Path(args.gt)] if args.gt else []
+    if not args.recursive and not args.quiet and images_in_subfolders(folder, leave_out):
+        print(f"napari-focus: note: images in subfolders of {folder} are not ranked; add "
+              "--recursive to include them", file=sys.stderr)  # fmt: skip
     if other_names and not args.quiet:
         left, kept = other_names[0]
         more = f" (and {len(other_names) - 1} more)" if len(other_names) > 1 else ""
@@ -180,7 +190,7 @@ def run_rank(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as stop:  # a ranking of some images would read as the whole
         bar.close()
         kept = f"{out} is unchanged" if out.exists() else f"{out} was not written"
-        print(f"napari-focus rank: interrupted after {ranked[0]} of {len(keys)} images; "
+        print(f"napari-focus: interrupted after {ranked[0]} of {len(keys)} images; "
               f"nothing was written ({kept})", file=sys.stderr)  # fmt: skip
         return 128 + int(signal.SIGTERM) if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     finally:
@@ -194,7 +204,8 @@ def run_rank(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     failed = [r for r in rows if r.error is not None]
     print(
-        f"napari-focus: ranked {len(rows) - len(failed)} images, {len(failed)} failed -> {out}",
+        f"napari-focus: ranked {plural(len(rows) - len(failed), 'image')}, {len(failed)} failed "
+        f"-> {out}",
         file=sys.stderr,
     )
     unscored = sum(1 for r in rows if r.error is None and not r.metrics)
