@@ -317,3 +317,26 @@ def test_a_compiler_named_by_its_path_that_is_not_there_is_said_so(monkeypatch) 
     assert "('/opt/nowhere/g++' does not exist;" in unavailable_reason("cpu")
     monkeypatch.setenv("CXX", "no-such-compiler++")
     assert "('no-such-compiler++' is not on PATH;" in unavailable_reason("cpu")
+
+
+def test_a_kernel_cache_that_cannot_be_written_is_said_before_a_build(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """doctor said "builds on first use" of a cache no build could write into; the first
+    use then failed with a PermissionError that named neither the cache nor its setting."""
+    from napari_focus.ops import toolchain
+
+    if toolchain.unavailable_reason("cpu") is not None:
+        pytest.skip("no C++ compiler or ninja: their reason comes first")
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(blocker / "cache"))
+    reason = build.unavailable_reason("cpu")
+    assert reason == (
+        f"the kernel cache {blocker / 'cache'} cannot be written ({blocker} is a file, not a "
+        "folder); set NAPARI_FOCUS_CACHE to a folder you can write"
+    )
+    monkeypatch.setitem(build._STATES, "cpu", build.KernelState("cpu"))
+    assert f"cpu: unavailable - {reason}" in doctor_report()
+    monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(tmp_path / "cache"))
+    assert build.unavailable_reason("cpu") is None

@@ -66,6 +66,7 @@ from .build_identity import (
     SOURCES,
     build_directory,
     build_key,
+    cache_problem,
     cache_root,
     compile_flags,
     cuda_archs,
@@ -75,7 +76,6 @@ from .build_identity import (
     source_files,
 )
 from .compile_support import register_fake
-from .toolchain import unavailable_reason
 
 __all__ = [
     "BUILD_STARTED",
@@ -383,6 +383,13 @@ def first_build_ahead(kind: str) -> bool:
     return st.op is None and st.error is None and not is_cached(kind) and (
         unavailable_reason(kind) is None
     )
+
+
+def unavailable_reason(kind: str) -> str | None:
+    """Why ``kind`` cannot be had here, found without compiling anything: the toolchain's
+    reason, or, for a kernel not in the cache yet, a cache that cannot be written."""
+    reason = toolchain.unavailable_reason(kind)
+    return reason if reason is not None or is_cached(kind) else cache_problem()
 
 
 def is_cached(kind: str) -> bool:

@@ -30,6 +30,19 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "napari-focus"
 
 
+def cache_problem() -> str | None:
+    """Why a kernel cannot be built into :func:`cache_root` (None: it can be written)."""
+    from ..atomic import WriteError, check_writable_folder
+
+    root = cache_root()
+    try:
+        check_writable_folder(root)
+    except WriteError as error:
+        return (f"the kernel cache {root} cannot be written ({error.reason}); set "
+                "NAPARI_FOCUS_CACHE to a folder you can write")  # fmt: skip
+    return None
+
+
 def torch_variant() -> str:
     """``torch-<version>-<cpu|cuXYZ>``: a build is only valid for this pair."""
     version = torch.__version__.split("+")[0]
