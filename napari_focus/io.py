@@ -3,8 +3,10 @@ masks/probability maps atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,7 @@ __all__ = [
     "WriteError",
     "apply_orientation",
     "atomic_write",
+    "check_image_file",
     "check_single_image",
     "describe_read_error",
     "file_orientation",
@@ -163,6 +166,25 @@ def read_image(
     """
     path = Path(path)
     limit = pixel_limit() if max_pixels == "default" else max_pixels
+    with _said_plainly(path):
+        return _read_image(path, limit)
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Raise what :func:`read_image` would for a file whose header already shows that it
+    cannot be read (a link to nothing, empty, in no image format), decoding no pixels."""
+    path = Path(path)
+    with _said_plainly(path), contextlib.suppress(Image.DecompressionBombError):
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            tifffile.TiffFile(path).close()
+        else:
+            Image.open(path).close()  # the pixel limit is read_image's to apply
+
+
+@contextlib.contextmanager
+def _said_plainly(path: Path) -> Iterator[None]:
+    """Reading ``path`` inside the block: a missing, empty, unknown or truncated file
+    raises in plain words (:func:`_unreadable`)."""
     if path.is_symlink() and not path.exists():
         raise FileNotFoundError(
             f"{path.name} is a link to {os.readlink(path)!r}, which does not exist"
@@ -172,7 +194,7 @@ def read_image(
             f"{path.name} is empty (0 bytes; an interrupted copy or download?): {_AGAIN}"
         )
     try:
-        return _read_image(path, limit)
+        yield
     except (OSError, ValueError) as error:
         if isinstance(error, ImageTooLargeError | UnreadableImageError):
             raise

@@ -65,6 +65,32 @@ def test_reader_reports_listed_samples_with_missing_files(tmp_path: Path) -> Non
     assert len(problems) == 1 and "cam-0" in problems[0]
 
 
+def test_samples_whose_files_cannot_be_read_are_left_out_before_training(
+    tmp_path: Path,
+) -> None:
+    """A sample whose image or mask is empty or no image is a problem listed at the start
+    (the output recorded it as trained on when too few steps met it)."""
+    rng = np.random.default_rng(4)
+    for name in ("good", "empty", "text", "badmask"):
+        export_sample(tmp_path, "generic", name, *shape_sample(rng, 48))
+    images, masks = tmp_path / "images", tmp_path / "masks"  # generic: the root itself
+    (images / "empty.png").write_bytes(b"")
+    (images / "text.png").write_text("not an image")
+    (masks / "badmask.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a PNG cut after its signature
+    samples, problems = collect_samples(tmp_path, ["generic"])
+    assert [s.key for s in samples] == ["generic/good"]
+    assert problems == [
+        "generic/badmask: cannot read its files: badmask.png is not an image file that can be "
+        "read: its contents are in no image format napari-focus reads, whatever its name says; "
+        "copy the image again, or leave it out",
+        "generic/empty: cannot read its files: empty.png is empty (0 bytes; an interrupted copy "
+        "or download?): copy the image again, or leave it out",
+        "generic/text: cannot read its files: text.png is not an image file that can be read: "
+        "its contents are in no image format napari-focus reads, whatever its name says; copy "
+        "the image again, or leave it out",
+    ]
+
+
 def test_reader_rejects_a_damaged_semantic_file_and_empty_roots(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no training samples"):
         collect_samples(tmp_path, ["duts-tr"])

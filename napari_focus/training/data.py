@@ -23,7 +23,7 @@ import numpy as np
 from ..datasets import LAYOUTS, get_layout, recover_split, sample_paths
 from ..datasets.export import dataset_dir
 from ..datasets.provenance import last_records
-from ..io import read_image
+from ..io import check_image_file, read_image
 from ..mask_files import read_mask_file
 from ..transforms import to_rgb_uint8
 
@@ -99,6 +99,16 @@ class Sample:
                 )
         return rgb, target.astype(np.uint8)
 
+    def unreadable_reason(self) -> str | None:
+        """Why a file of the sample cannot be read, when its header already shows it
+        (empty, in no image format, a link to nothing); no pixels are decoded."""
+        try:
+            for path in (self.image, self.target):
+                check_image_file(path)
+        except (OSError, ValueError) as error:
+            return f"{self.key}: cannot read its files: {error}"
+        return None
+
     def unusable(self, error: Exception) -> DatasetError:
         """``error`` (e.g. an image too elongated for the model) as the error of this
         sample, naming it and its image file."""
@@ -157,7 +167,9 @@ def _json_names(path: Path) -> list[str]:
 
 
 def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Sample], list[str]]:
-    """Samples of every layout, in order; raises :class:`DatasetError` when there are none."""
+    """Samples of every layout, in order, and the problems met (samples left out: a file
+    missing, or one whose header shows it cannot be read); raises :class:`DatasetError`
+    when there are none."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder")
@@ -171,8 +183,9 @@ def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Samp
             # complete an export that was interrupted, as the next export would
             problems += [f"{layout}: {m}" for m in recover_split(root, layout)]
         found, issues = list_samples(root, layout)
-        samples += found
-        problems += issues
+        unreadable = {sample: sample.unreadable_reason() for sample in found}
+        samples += [sample for sample in found if unreadable[sample] is None]
+        problems += issues + [reason for reason in unreadable.values() if reason is not None]
         if not found and not issues:
             problems.append(f"{layout}: no samples under {root}; it adds nothing to training")
     if not samples:
