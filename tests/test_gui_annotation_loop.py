@@ -75,10 +75,11 @@ def test_each_image_fills_the_view_whatever_its_size(qtbot, open_series, open_fo
 def test_the_ends_of_a_series_say_what_to_do(
     qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
 ):
-    from napari_focus.gui import series_section
+    from napari_focus.gui import series_ends, series_section
 
     said: list[str] = []
     monkeypatch.setattr(series_section, "show_info", said.append)
+    monkeypatch.setattr(series_ends, "show_info", said.append)
     _viewer, widget = open_focus_widget()
     widget.export_section.dataset_root.value = tmp_path / "datasets"
     series = widget.series

@@ -154,6 +154,30 @@ def test_previous_at_the_first_image_stays_with_its_edits_and_asks_nothing(
     monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q, **_kw: True)  # napari closes
 
 
+@pytest.mark.parametrize("on_leave", ["ask", "autosave"])
+def test_accept_at_the_last_image_leaves_no_edits_behind(
+    qtbot, shown_series, folder, writes, tmp_path, monkeypatch, on_leave
+):
+    """Accept at the last image: the accepted mask is what is on screen, so moving away
+    asks nothing and autosaves nothing."""
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _p, q, **_kw: questions.append(q) or True)
+    viewer, widget, series = shown_series(folder)
+    series.jump_to.value = 4
+    qtbot.waitUntil(lambda: series.shown_key == "img3.png" and series.proposal_ready,
+                    timeout=WAIT_MS)  # fmt: skip
+    _paint(viewer, slice(8, 50), slice(12, 70))
+    widget.export_section.dataset_root.value = tmp_path / "datasets"
+    series.on_leave.value = on_leave
+    series.accept()
+    item = series.state.queue.item("img3.png")
+    qtbot.waitUntil(lambda: item.status is Status.ACCEPTED and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "img3.png"
+    series.previous()
+    qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "img2.png" and questions == [] and not item.autosaved
+
+
 def test_accept_right_after_coming_back_exports_the_edits(
     qtbot, shown_series, folder, writes, tmp_path
 ):

@@ -111,15 +111,11 @@ class SeriesDisplay:
         else:
             self._awaiting = item.key
             self.owner.set_status(f"computing the proposal of {item.name}…")
-        self._say_decision(item)
-        self._schedule()
-        self._read_ahead()
-
-    def _say_decision(self, item: Any) -> None:
-        """The status line and buttons after the shown ``item`` was shown or decided."""
         if item.status in (Status.ACCEPTED, Status.REJECTED):  # not "proposed" again
             self.owner.set_status(f"{item.name} is {item.status}")
         self.owner.update_enabled()
+        self._schedule()
+        self._read_ahead()
 
     def _show_position(self, item: Any) -> None:
         assert self.state is not None

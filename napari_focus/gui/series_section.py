@@ -29,6 +29,7 @@ from .series_autosave import BackgroundAutosaves
 from .series_close import CloseGuard, provenance_of
 from .series_decisions import SeriesDecisions
 from .series_display import SeriesDisplay
+from .series_ends import SeriesEnds
 from .series_jobs import Prefetcher
 from .series_layers import (
     SERIES_KEY,
@@ -44,6 +45,7 @@ from .series_unaccept import SeriesUnaccept
 class SeriesSection(
     SeriesStarting,
     SeriesOpening,
+    SeriesEnds,
     SeriesDisplay,
     SeriesScheduling,
     SeriesDecisions,
@@ -268,13 +270,16 @@ class SeriesSection(
 
     # ----------------------------------------------------------- navigation
     def next(self) -> None:
-        self._move(self._forward)
+        if not self._at_an_end(1):
+            self._move(self._forward)
 
     def _forward(self, queue: Any) -> Any:
         return queue.next(include_exported=self.include_exported.value)
 
     def previous(self) -> None:
-        self._move(lambda queue: queue.previous(include_exported=self.include_exported.value), -1)
+        if not self._at_an_end(-1):
+            self._move(lambda queue: queue.previous(include_exported=self.include_exported.value),
+                       -1)  # fmt: skip
 
     def _on_jump(self, number: int) -> None:
         if self.state is None or number - 1 == self.state.queue.index:
@@ -289,25 +294,10 @@ class SeriesSection(
         self._move(lambda queue: queue.jump(number - 1))
 
     def _move(self, step: Any, direction: int = 1, *, keep_edits: bool = True) -> None:
-        if self.state is None:
+        if self.state is None or (keep_edits and not self.leave_current()):
             return
-        queue = self.state.queue
-        here = queue.index
-        moved = step(queue) is not None
-        there = queue.index
-        if not moved:
+        if step(self.state.queue) is None:
             show_info(f"FOCUS: {self._end_text(direction)}")
-            current = queue.current
-            if current is not None and current.key == self._shown:
-                self._show_position(current)  # it stays, and its edits with it, unasked
-                self._say_decision(current)
-                return
-        elif there != here:
-            queue.jump(here)  # the edits are left from the image they were made on
-        if keep_edits and not self.leave_current():
-            return
-        if moved:
-            queue.jump(there)
         self.show_current(direction)
         # the image shown first; its status mark (a new proposal) saved the position too
         if self.state is not None and not self.state.position_saved():
@@ -316,31 +306,6 @@ class SeriesSection(
             except OSError as error:
                 self._error(self.close_guard.save_failure_text(error, "the series state"))
 
-    def _end_text(self, direction: int) -> str:
-        """Why Next (``direction`` 1) or Previous (-1) found no image, and what to do."""
-        assert self.state is not None
-        queue = list(self.state.queue)
-        here = self.state.queue.index
-        beyond = queue[here + 1 :] if direction > 0 else queue[:here]
-        edge = "last" if direction > 0 else "first"
-        hidden = sum(item.exported and not item.missing for item in beyond)
-        if hidden and not self.include_exported.value:
-            where = "after" if direction > 0 else "before"
-            text = (
-                f"no image {where} this one is left to annotate; {hidden} accepted "
-                f"{'image is' if hidden == 1 else 'images are'} passed over: tick "
-                f"'{self.include_exported.text}' to see them again"
-            )
-        else:
-            text = f"this is the {edge} image of the series that can be shown"
-        if direction > 0:
-            open_ = (Status.PENDING, Status.PROPOSED, Status.CORRECTED, Status.SKIPPED)
-            todo = [item for item in queue[:here] if item.status in open_ and not item.missing]
-            if todo:
-                text += f"; {len(todo)} before it still to do (◀ Previous, or 'go to #')"
-            elif queue[here].status in (Status.ACCEPTED, Status.REJECTED):
-                text += "; every image that can be shown has its decision"
-        return text
 
     def leave_current(self, wait: bool = False) -> bool:
         """Keep the user's edits of the shown image (autosave, written in the background,
