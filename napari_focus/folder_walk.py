@@ -44,4 +44,12 @@ def is_file_or_broken_link(path: Path) -> bool:
     """A file (or a link to one), or a link whose target is missing: an image that is not
     there yet (a git-annex or DataLad tree before ``get``) fails with that reason rather
     than being left out without a word."""
-    return path.is_file() or (path.is_symlink() and not path.exists())
+    if path.is_file():
+        return True
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return path.is_symlink()  # its target is missing
+    except OSError:
+        return False  # a loop of links (ELOOP): no file behind it, as before
+    return False

@@ -4,6 +4,7 @@ masks/probability maps atomically."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -134,7 +135,7 @@ def pixel_limit() -> int | None:
             ) from None
         if value < 0:
             raise ValueError(
-                f"{MAX_PIXELS_ENV}={raw!r} is below 0; give a number of pixels (0 = no limit)"
+                f"{MAX_PIXELS_ENV}={raw!r} is below 0 (a number of pixels; 0 = no limit)"
             )
         return value if value > 0 else None
     limit = Image.MAX_IMAGE_PIXELS
@@ -186,9 +187,19 @@ def _said_plainly(path: Path) -> Iterator[None]:
     """Reading ``path`` inside the block: a missing, empty, unknown or truncated file
     raises in plain words (:func:`_unreadable`)."""
     if path.is_symlink() and not path.exists():
-        raise FileNotFoundError(
-            f"{path.name} is a link to {os.readlink(path)!r}, which does not exist"
-        )
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path.name} is a link to {os.readlink(path)!r}, which does not exist"
+            ) from None
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise UnreadableImageError(
+                f"{path.name} is a link that leads back to itself (a loop of links): point "
+                "it at the image file"
+            ) from None
     if path.stat().st_size == 0:
         raise UnreadableImageError(
             f"{path.name} is empty (0 bytes; an interrupted copy or download?): {_AGAIN}"

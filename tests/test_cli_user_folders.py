@@ -365,6 +365,7 @@ def test_a_link_to_an_image_not_fetched_yet_fails_with_the_reason(photo, weights
     images.mkdir()
     photo.save(images / "here.png")
     (images / "away.png").symlink_to("../.git/annex/objects/Xy/away.png")
+    (images / "loop.png").symlink_to("loop.png")  # no file behind it at all: left out
     reason = "away.png is a link to '../.git/annex/objects/Xy/away.png', which does not exist"
     for given, out in (([images], tmp_path / "first"), ([str(images / "*.png")], masks)):
         code, err = run_cli("predict", *given, "--task", "sod", "--weights", weights,
@@ -377,6 +378,7 @@ def test_a_link_to_an_image_not_fetched_yet_fails_with_the_reason(photo, weights
     code, err = run_cli("rank", images, "--task", "sod", "--weights", weights, "--device",
                         "cpu", "--out", tmp_path / "ranking.csv", "--quiet")  # fmt: skip
     assert code == 1 and f"failed: away.png: {reason}" in err, err
+    assert "failed: loop.png: loop.png is a link that leads back to itself" in err
 
 
 def test_a_rerun_with_probability_keeps_a_mask_corrected_in_place(photo, weights, tmp_path):

@@ -333,9 +333,10 @@ def test_a_kernel_cache_that_cannot_be_written_is_said_before_a_build(
     monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(blocker / "cache"))
     reason = build.unavailable_reason("cpu")
     assert reason == (
-        f"the kernel cache {blocker / 'cache'} cannot be written ({blocker} is a file, not a "
-        "folder); set NAPARI_FOCUS_CACHE to a folder you can write"
+        f"the kernel cache cannot be written ({blocker} is a file, not a folder; the build goes "
+        f"into {build.build_directory('cpu')}); set NAPARI_FOCUS_CACHE to a folder you can write"
     )
+    assert str(blocker / "cache") in reason
     monkeypatch.setitem(build._STATES, "cpu", build.KernelState("cpu"))
     assert f"cpu: unavailable - {reason}" in doctor_report()
     monkeypatch.setenv("NAPARI_FOCUS_CACHE", str(tmp_path / "cache"))

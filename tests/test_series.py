@@ -71,12 +71,13 @@ def test_scan_folder_recursion_glob_and_extensions(folder):
 
 def test_scan_folder_lists_a_stem_before_the_longer_stems_it_begins(tmp_path: Path):
     names = ["gray16.png", "gray.png", "frame10.png", "frame.png", "frame2.png", "Frame1.png",
-             "photo2.jpeg", "photo.jpg", "b/x.png", "b.png"]  # fmt: skip
+             "photo2.jpeg", "photo.jpg", "b/x.png", "b.png", "².png", "a/²/c.png",
+             "٣.png"]  # fmt: skip
     for name in names:
         touch(tmp_path / name)
     assert scan_folder(tmp_path, recursive=True) == [
-        "b/x.png", "b.png", "frame.png", "Frame1.png", "frame2.png", "frame10.png", "gray.png",
-        "gray16.png", "photo.jpg", "photo2.jpeg",
+        "٣.png", "a/²/c.png", "b/x.png", "b.png", "frame.png", "Frame1.png", "frame2.png",
+        "frame10.png", "gray.png", "gray16.png", "photo.jpg", "photo2.jpeg", "².png",
     ]  # fmt: skip
 
 

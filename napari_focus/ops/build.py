@@ -389,7 +389,7 @@ def unavailable_reason(kind: str) -> str | None:
     """Why ``kind`` cannot be had here, found without compiling anything: the toolchain's
     reason, or, for a kernel not in the cache yet, a cache that cannot be written."""
     reason = toolchain.unavailable_reason(kind)
-    return reason if reason is not None or is_cached(kind) else cache_problem()
+    return reason if reason is not None or is_cached(kind) else cache_problem(kind)
 
 
 def is_cached(kind: str) -> bool:

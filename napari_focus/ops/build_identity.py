@@ -30,16 +30,17 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "napari-focus"
 
 
-def cache_problem() -> str | None:
-    """Why a kernel cannot be built into :func:`cache_root` (None: it can be written)."""
+def cache_problem(kind: str) -> str | None:
+    """Why ``kind`` cannot be built into its :func:`build_directory` of the cache (None:
+    it can be written there, or created)."""
     from ..atomic import WriteError, check_writable_folder
 
-    root = cache_root()
+    folder = build_directory(kind)
     try:
-        check_writable_folder(root)
+        check_writable_folder(folder)
     except WriteError as error:
-        return (f"the kernel cache {root} cannot be written ({error.reason}); set "
-                "NAPARI_FOCUS_CACHE to a folder you can write")  # fmt: skip
+        return (f"the kernel cache cannot be written ({error.reason}; the build goes into "
+                f"{folder}); set NAPARI_FOCUS_CACHE to a folder you can write")  # fmt: skip
     return None
 
 

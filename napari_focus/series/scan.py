@@ -29,7 +29,10 @@ def _natural_key(relative: str) -> list[tuple[list[Any], str]]:
 
 
 def _natural_words(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+    # the split alternates text and digits (\d: decimal digits, which int() reads; "²"
+    # is a digit to str.isdigit() but stays text), so lists compare item type by type
+    parts = re.split(r"(\d+)", text)
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(parts)]
 
 
 def scan_folder(
