@@ -136,3 +136,27 @@ def test_reading_another_programs_table_as_a_manifest_is_refused(tmp_path):
     table.write_text("sample,score\ncat,0.5\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"napari-focus manifest \(no source, status column"):
         read_manifest(table)
+
+
+def test_a_ctrl_c_that_a_library_turned_into_its_own_error_is_still_an_interrupt():
+    """Ray Data's iterator, stopped by Ctrl-C inside its lock, raises "release unlocked
+    lock": the run is interrupted (exit 130, rerun goes on), not failed (exit 2)."""
+    from napari_focus.interrupts import interrupted_inside
+
+    def iterate():
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("release unlocked lock")
+
+    try:
+        iterate()
+    except RuntimeError as error:
+        assert interrupted_inside(error)
+    plain = RuntimeError("the actor died")
+    plain.__context__ = ValueError("no")
+    assert not interrupted_inside(plain)
+    looped = RuntimeError("a")
+    looped.__context__ = ValueError("b")
+    looped.__context__.__context__ = looped  # a cycle ends the search
+    assert not interrupted_inside(looped)

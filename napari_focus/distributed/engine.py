@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fs_text import is_utf8
+from ..interrupts import interrupted_inside
 from ..mask_provenance import Found, MadeBy, check_existing_masks, damaged_outputs
 from . import journal
 from .inputs import Job, find_sources, is_uri, plan_outputs
@@ -363,6 +364,8 @@ def _run(
             checkpoint(done + [empty_row(job, "pending") for job in pending.values()])
             if isinstance(error, KeyboardInterrupt):
                 return done, resources.workers, error
+            if interrupted_inside(error):  # Ctrl-C met inside Ray Data's iterator
+                return done, resources.workers, KeyboardInterrupt()
             if not isinstance(error, Exception):
                 raise
             reasons = re.findall(rf"{re.escape(MODEL_ERROR)}(.+)", str(error))

@@ -25,12 +25,12 @@ from ..cli_common import (
     say,
 )
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
+from ..interrupts import interrupted_inside
 from ..presets import SIZES, TASKS
 from .cli_messages import (
     PREFIX,
     best_step_summary,
     interrupted_code,
-    interrupted_inside,
     note_recorded_task,
     resume_changes,
     saved_since,

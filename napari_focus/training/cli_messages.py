@@ -81,19 +81,6 @@ def saved_since(work_dir: Path, started: float) -> bool:
         return False
 
 
-def interrupted_inside(error: BaseException) -> bool:
-    """Whether ``error`` comes from a second Ctrl-C inside a library call (torch's
-    file writer turns the KeyboardInterrupt into a RuntimeError of its own)."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
 def interrupted_code(received: set[int]) -> int:
     """130 for Ctrl-C, 143 when SIGTERM stopped the run (as a shell reports them)."""
     return 128 + int(signal.SIGTERM) if signal.SIGTERM in received else EXIT_INTERRUPTED
