@@ -163,7 +163,7 @@ def test_a_ray_worker_keeps_a_mask_saved_after_its_check(
 
     saved = tmp_path / "a.png"
     saved.write_bytes(b"corrected by hand")
-    monkeypatch.setattr(worker_module, "_needs_write", lambda _path, _settings: True)
+    monkeypatch.setattr(worker_module, "_needs_write", lambda _path, _settings, _by: True)
     worker = FocusWorker(WorkerSettings(task="sod", weights=str(tiny_checkpoint)).as_dict())
     batch = {
         "source": ["/in/a.png"], "name": ["a"], "mask": [str(saved)], "probability": [""],
@@ -177,3 +177,38 @@ def test_a_ray_worker_keeps_a_mask_saved_after_its_check(
         "replaces it)"
     ]
     assert saved.read_bytes() == b"corrected by hand"
+
+
+def test_a_ray_worker_keeps_a_file_that_appeared_before_its_check(
+    tiny_checkpoint, photos, tmp_path
+):
+    """A file at a mask's name that the run did not write (copied there while it went on):
+    kept and the image failed, as the local engine does; it was recorded as written,
+    with the scores of a mask that is not on disk. An earlier attempt's mask of this run
+    is taken as written, as before."""
+    import time
+
+    from napari_focus.io import write_mask
+    from napari_focus.mask_provenance import MadeBy
+
+    settings = WorkerSettings(task="sod", weights=str(tiny_checkpoint),
+                              run_started_ns=time.time_ns() - 10**9)  # fmt: skip
+    worker = FocusWorker(settings.as_dict())
+    copied, earlier = tmp_path / "a.png", tmp_path / "b.png"
+    copied.write_bytes(b"copied by hand")
+    record = MadeBy.of_run("sod", None, str(tiny_checkpoint)).text()
+    write_mask(earlier, np.ones((8, 8), np.uint8), record=record)
+    before = earlier.read_bytes()
+    pixels = np.ascontiguousarray(photos[0]).tobytes()
+    height, width = photos[0].shape[:2]
+    batch = {
+        "source": ["/in/a.png", "/in/b.png"], "name": ["a", "b"],
+        "mask": [str(copied), str(earlier)], "probability": ["", ""],
+        "pixels": [pixels, pixels], "height": [height] * 2, "width": [width] * 2,
+        "error": ["", ""],
+    }  # fmt: skip
+    rows = worker(batch)
+    assert rows["status"] == ["failed", "written"]
+    assert rows["error"][0].startswith("a.png appeared in the output folder while the run")
+    assert copied.read_bytes() == b"copied by hand" and earlier.read_bytes() == before
+

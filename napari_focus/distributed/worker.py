@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..mask_provenance import MadeBy
+from ..mask_provenance import MadeBy, read_made_by
 from ..pipeline import AppearedMeanwhile, predict_isolating
 from . import journal
 from .inputs import read_source
@@ -121,16 +121,21 @@ def _say_kernel_fallbacks_in_words() -> None:
         warnings.showwarning = say_kernel_fallbacks(warnings.showwarning)
 
 
-def _needs_write(path: str, settings: WorkerSettings) -> bool:
+def _needs_write(path: str, settings: WorkerSettings, made_by: MadeBy) -> bool:
     """False when ``path`` was already written by this run: an earlier attempt of the same
-    batch, on a worker that died after writing it. Inputs whose outputs existed before
-    the run never reach a worker unless ``overwrite``; then "this run" means a
-    modification time not before ``run_started_ns``."""
+    batch, on a worker that died after writing it (modified since ``run_started_ns``,
+    with this run's record). Inputs whose outputs existed before the run never reach a
+    worker unless ``overwrite``; without it, any other file there appeared meanwhile
+    (:class:`AppearedMeanwhile`: kept, as the local engine keeps it)."""
     try:
         modified = os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return True
-    return settings.overwrite and modified < settings.run_started_ns
+    if modified >= settings.run_started_ns and read_made_by(path) == made_by:
+        return False
+    if settings.overwrite:
+        return True
+    raise AppearedMeanwhile(Path(path).name)
 
 
 class FocusWorker:
@@ -156,7 +161,8 @@ class FocusWorker:
         self.model_lock = threading.Lock()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         settings = self.settings
-        self.record = MadeBy.of_run(settings.task, settings.size, settings.weights).text()
+        self.made_by = MadeBy.of_run(settings.task, settings.size, settings.weights)
+        self.record = self.made_by.text()
 
     def _write(self, row: dict[str, Any], prediction: Any) -> None:
         from ..io import write_mask, write_probability
@@ -178,7 +184,7 @@ class FocusWorker:
                     {**row, "status": "written", journal.WRITTEN_SINCE: since},
                 )
         for path, write, data in writes:
-            if _needs_write(path, self.settings):
+            if _needs_write(path, self.settings, self.made_by):
                 try:  # one saved there since the check is kept, as the local engine keeps it
                     write(path, data, record=self.record, replace=self.settings.overwrite)
                 except FileExistsError as error:
