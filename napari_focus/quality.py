@@ -195,11 +195,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_csv(rows: Sequence[Any], path: str | os.PathLike) -> Path:
+def write_csv(
+    rows: Sequence[Any], path: str | os.PathLike, columns: Sequence[str] | None = None
+) -> Path:
     """Rows (mappings or objects with ``as_dict()``) as a UTF-8 CSV with a header line;
-    missing values and NaN are empty cells. Written atomically."""
+    missing values and NaN are empty cells. Written atomically. ``columns``: these, in
+    this order (default: :func:`report_columns`)."""
     dicts = [_row_dict(r) for r in rows]
-    columns = report_columns(dicts)
+    columns = list(columns) if columns is not None else report_columns(dicts)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

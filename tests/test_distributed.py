@@ -278,9 +278,10 @@ def test_sources_from_folders_globs_lists_and_uris(images, tmp_path):
         str(images / "photo.png"),
         str(images / "tall.jpg"),
     ]
-    assert unmatched == [
-        f"{tmp_path / 'missing.png'} (listed in {listing})",
-        str(tmp_path / "nope"),
+    assert unmatched == [  # in the local engine's words
+        f"'{tmp_path / 'missing.png'}' does not exist (no such file or folder); check the "
+        f"path (listed in {listing})",
+        f"'{tmp_path / 'nope'}' does not exist (no such file or folder); check the path",
     ]
 
     plan = plan_outputs(sources, tmp_path / "out", image_format="tif", probability=True)

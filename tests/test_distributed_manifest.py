@@ -3,6 +3,8 @@ series order, leftover temporary files."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 
@@ -36,7 +38,7 @@ def test_resources_default_to_one_worker_per_gpu_or_node():
     plan = plan_resources(gpu, 16, num_workers=None, gpus_per_worker=0.5, cpus_per_worker=None)
     assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (8, 0.5, 1.0)
     assert plan.calls_per_worker == 2  # a batch in the model while the last one is written
-    with pytest.raises(ValueError, match="has 0 GPUs"):
+    with pytest.raises(ValueError, match="has 0 GPUs; use --device cpu to run on CPUs"):
         plan_resources(cpu, 8, num_workers=None, gpus_per_worker=1, cpus_per_worker=None)
     with pytest.raises(ValueError, match="largest node has 8"):
         plan_resources(cpu, 8, num_workers=None, gpus_per_worker=0, cpus_per_worker=12)
@@ -58,6 +60,11 @@ def test_manifest_round_trip_and_ranking(tmp_path, suffix):
          "uncertainty": 0.7, "foreground": 0.1, "seconds": 1.0, "width": 8, "height": 8},
     ]  # fmt: skip
     path = write_manifest(rows, tmp_path / f"manifest{suffix}")
+    if suffix == ".csv":  # the Parquet manifest's columns, in its order
+        from napari_focus.distributed.manifest import COLUMNS
+
+        assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(COLUMNS)
+        assert COLUMNS[0] == "source"
     back = read_manifest(path)
     assert [r["name"] for r in back] == ["a", "b", "c", "d"]
     assert back[0]["uncertainty"] == 0.2 and back[0]["width"] == 8
@@ -160,3 +167,27 @@ def test_a_ctrl_c_that_a_library_turned_into_its_own_error_is_still_an_interrupt
     looped.__context__ = ValueError("b")
     looped.__context__.__context__ = looped  # a cycle ends the search
     assert not interrupted_inside(looped)
+
+
+def test_ray_device_and_precision_that_cannot_run_are_refused_before_ray_starts(tmp_path):
+    """--device cuda ran on CPU workers without a word; float16 on CPU workers failed in
+    every worker, with hundreds of lines of tracebacks, after Ray had started."""
+    pytest.importorskip("ray")
+    from napari_focus.cli import main
+
+    image = tmp_path / "a.png"
+    write_mask(image, np.ones((40, 40), np.uint8))
+    common = ["predict", str(image), "--task", "sod", "--engine", "ray", "--out",
+              str(tmp_path / "out")]  # fmt: skip
+    for extra, said in (
+        (["--device", "cuda", "--gpus-per-worker", "0"], "--device cuda asks for a GPU and "
+         "--gpus-per-worker 0 for none"),
+        (["--device", "cpu", "--precision", "float16"], "--precision float16 needs a GPU and "
+         "the workers run on CPUs"),
+    ):  # fmt: skip
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main([*common, *extra]) == 2
+        assert said in err.getvalue(), err.getvalue()
+    assert not (tmp_path / "out").exists()
+

@@ -145,15 +145,20 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         out_replaces_input_message,
         warn_if_weights_of_another_task,
     )
-    from ..input_files import unmatched_reason
     from ..mask_provenance import MadeBy, MasksOfAnotherTask, mask_folders_note
     from ..prediction_files import OutputReplacesInput
     from .engine import predict_dataset
     from .manifest import RANKING_NAME, image_folder_of, order_series, write_ranking
 
     gpus = args.gpus_per_worker
-    if gpus is None and args.device == "cpu":
-        gpus = 0.0
+    if gpus is None:  # --device cuda: workers on GPUs, refused where the cluster has none
+        gpus = {"cpu": 0.0, "cuda": 1.0}.get(args.device)
+    elif args.device == "cuda" and gpus == 0:
+        return _fail("--device cuda asks for a GPU and --gpus-per-worker 0 for none; leave "
+                     "one of them out")  # fmt: skip
+    if gpus == 0 and getattr(args, "precision", None) == "float16":  # on any workers' CPUs
+        return _fail("--precision float16 needs a GPU and the workers run on CPUs; use "
+                     "float32, or bfloat16 on CPUs with AVX-512 BF16 / AMX")  # fmt: skip
     out = Path(args.out or f"focus_{args.task}_masks")
     from ..cli_common import sigterm_as_interrupt, weights_file_problem
 
@@ -216,8 +221,8 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
 
-    for item in run.unmatched:
-        print(f"napari-focus: {unmatched_reason(item)}", file=sys.stderr)
+    for reason in run.unmatched:
+        print(f"napari-focus: {reason}", file=sys.stderr)
     if run.mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(run.mask_folders)}", file=sys.stderr)
     if run.other_weights:

@@ -36,7 +36,8 @@ from .worker import MODEL_ERROR, FocusWorker, WorkerSettings, decode_batch
 @dataclass
 class DatasetRun:
     """What a run did: ``rows`` (one per input, manifest columns, input order), the
-    manifest path, the inputs that matched nothing, workers used and wall seconds."""
+    manifest path, why inputs matched nothing (a sentence each), workers used and wall
+    seconds."""
 
     rows: list[dict[str, Any]]
     manifest: Path

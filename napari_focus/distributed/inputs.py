@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import prediction_files
-from ..input_files import find_inputs, is_list_file, read_list_file
+from ..input_files import find_inputs, is_list_file, read_list_file, unmatched_reason
 from ..prediction_files import is_uri, source_name
 
 __all__ = [
@@ -89,7 +89,8 @@ def _left_out_below(top: PurePosixPath, entries: Sequence, exclude: Sequence[Pat
 class FoundSources:
     """The image sources of a run (absolute local paths or URIs, deduplicated, in
     order), the subfolder of the output folder each one's outputs go to (POSIX, ``""``:
-    the output folder itself), the inputs that matched nothing, and the subfolders left
+    the output folder itself), why each input that matched nothing did (a sentence
+    naming it, as the local engine says it), and the subfolders left
     out as earlier runs' outputs (:attr:`~napari_focus.input_files.FoundInputs.mask_folders`)."""
 
     sources: list[str]
@@ -117,12 +118,12 @@ def find_sources(
                 images = _expand_uri(item, recursive, [Path(p).resolve() for p in exclude])
             except ImportError:
                 found.unmatched.append(
-                    f"{item} (URIs need pyarrow: pip install 'ray[data]>=2.60,<3', "
-                    "napari-focus's 'ray' extra)"
+                    f"{item!r}: URIs need pyarrow: pip install 'ray[data]>=2.60,<3' "
+                    "(napari-focus's 'ray' extra)"
                 )
                 continue
             except (OSError, ValueError) as error:  # unknown scheme, no credentials, ...
-                found.unmatched.append(f"{item} ({error})")
+                found.unmatched.append(f"{item!r}: {error}")
                 continue
         elif is_list_file(item):
             if Path(item).resolve() in lists:
@@ -131,10 +132,10 @@ def find_sources(
             try:
                 entries = read_list_file(Path(item))
             except (OSError, UnicodeDecodeError) as error:
-                found.unmatched.append(f"{item} (cannot read the list file: {error})")
+                found.unmatched.append(f"cannot read the list file {item!r}: {error}")
                 continue
             listed = find_sources(entries, recursive=recursive, exclude=exclude, _lists=lists)
-            found.unmatched.extend(f"{entry} (listed in {item})" for entry in listed.unmatched)
+            found.unmatched.extend(f"{reason} (listed in {item})" for reason in listed.unmatched)
             found.mask_folders += listed.mask_folders
             _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
@@ -143,7 +144,7 @@ def find_sources(
             images = [(str(p), local.subfolders[p]) for p in local.images]
             found.mask_folders += local.mask_folders
         if not images:
-            found.unmatched.append(item)
+            found.unmatched.append(unmatched_reason(item))
         _add(found, images)
     return found
 
@@ -157,7 +158,7 @@ def _add(found: FoundSources, images: Iterable[tuple[str, str]]) -> None:
 
 def list_sources(inputs: Iterable[str]) -> tuple[list[str], list[str]]:
     """Expand ``inputs`` (not recursive) into image sources (absolute local paths or URIs,
-    deduplicated, in order) and the inputs that matched nothing."""
+    deduplicated, in order) and why the inputs that matched nothing did."""
     found = find_sources(inputs)
     return found.sources, found.unmatched
 

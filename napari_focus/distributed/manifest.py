@@ -84,7 +84,7 @@ def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -
     if path.suffix.lower() == ".csv":
         from ..quality import write_csv
 
-        return write_csv(table, path) if table else _write_header(path)
+        return write_csv(table, path, COLUMNS)  # the Parquet manifest's columns and order
     if path.suffix.lower() != ".parquet":
         raise ValueError(f"manifest must end in .parquet or .csv, got {path.name!r}")
     import pyarrow as pa
@@ -98,11 +98,6 @@ def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -
     )
     data = pa.Table.from_pylist(table, schema=schema)
     return atomic_write(path, lambda tmp: pq.write_table(data, tmp))
-
-
-def _write_header(path: Path) -> Path:
-    header = ",".join(COLUMNS) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(header, encoding="utf-8"))
 
 
 #: the columns without which a table is not a manifest (another program's table)

@@ -53,8 +53,8 @@ def plan_resources(
         gpus_per_worker = 1.0 if gpus >= 1 else 0.0
     if gpus_per_worker > 0 and gpus < gpus_per_worker:
         raise ValueError(
-            f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPUs; "
-            "use --gpus-per-worker 0 to run on CPUs"
+            f"{gpus_per_worker:g} GPU(s) per worker (--gpus-per-worker, or --device cuda) but "
+            f"the Ray cluster has {gpus:g} GPUs; use --device cpu to run on CPUs"
         )
     if gpus_per_worker > 0:
         workers = num_workers or max(1, int(gpus // gpus_per_worker))
