@@ -224,10 +224,10 @@ def note_images_in_subfolders(inputs: list[str], out_dir: Path) -> None:
     leaves out."""
     from .input_files import images_in_subfolders
 
-    folders = [i.rstrip("/") for i in inputs if Path(i).is_dir() and images_in_subfolders(
-        Path(i), [out_dir])]  # fmt: skip
-    for folder in folders:
-        print(f"napari-focus: note: images in subfolders of {folder} are not included; "
+    for item in inputs:
+        if not Path(item).is_dir() or not images_in_subfolders(Path(item), [out_dir]):
+            continue
+        print(f"napari-focus: note: images in subfolders of {item.rstrip('/')} are not included; "
               "add --recursive to include them (their masks go into the same subfolders "
               "of --out)", file=sys.stderr)  # fmt: skip
 
