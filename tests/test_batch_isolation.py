@@ -4,6 +4,8 @@ worker prepares images outside its model lock."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -194,21 +196,27 @@ def test_a_ray_worker_keeps_a_file_that_appeared_before_its_check(
     settings = WorkerSettings(task="sod", weights=str(tiny_checkpoint),
                               run_started_ns=time.time_ns() - 10**9)  # fmt: skip
     worker = FocusWorker(settings.as_dict())
-    copied, earlier = tmp_path / "a.png", tmp_path / "b.png"
+    copied, earlier, older = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
     copied.write_bytes(b"copied by hand")
     record = MadeBy.of_run("sod", None, str(tiny_checkpoint)).text()
     write_mask(earlier, np.ones((8, 8), np.uint8), record=record)
+    older.write_bytes(b"a mask of an earlier run, kept; its probability map is added")
+    old = settings.run_started_ns - 10**9
+    os.utime(older, ns=(old, old))
     before = earlier.read_bytes()
     pixels = np.ascontiguousarray(photos[0]).tobytes()
     height, width = photos[0].shape[:2]
     batch = {
-        "source": ["/in/a.png", "/in/b.png"], "name": ["a", "b"],
-        "mask": [str(copied), str(earlier)], "probability": ["", ""],
-        "pixels": [pixels, pixels], "height": [height] * 2, "width": [width] * 2,
-        "error": ["", ""],
+        "source": ["/in/a.png", "/in/b.png", "/in/c.png"], "name": ["a", "b", "c"],
+        "mask": [str(copied), str(earlier), str(older)],
+        "probability": ["", "", str(tmp_path / "c_probability.png")],
+        "pixels": [pixels] * 3, "height": [height] * 3, "width": [width] * 3,
+        "error": [""] * 3,
     }  # fmt: skip
     rows = worker(batch)
-    assert rows["status"] == ["failed", "written"]
+    assert rows["status"] == ["failed", "written", "written"]
     assert rows["error"][0].startswith("a.png appeared in the output folder while the run")
     assert copied.read_bytes() == b"copied by hand" and earlier.read_bytes() == before
+    assert older.read_bytes().startswith(b"a mask of an earlier run")
+    assert (tmp_path / "c_probability.png").is_file()
 

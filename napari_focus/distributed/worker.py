@@ -122,16 +122,19 @@ def _say_kernel_fallbacks_in_words() -> None:
 
 
 def _needs_write(path: str, settings: WorkerSettings, made_by: MadeBy) -> bool:
-    """False when ``path`` was already written by this run: an earlier attempt of the same
-    batch, on a worker that died after writing it (modified since ``run_started_ns``,
-    with this run's record). Inputs whose outputs existed before the run never reach a
-    worker unless ``overwrite``; without it, any other file there appeared meanwhile
-    (:class:`AppearedMeanwhile`: kept, as the local engine keeps it)."""
+    """Whether to write ``path``. A file from before the run (modified before
+    ``run_started_ns``) is replaced with ``overwrite``, else kept (a mask beside the
+    probability map a rerun adds). One modified since is this run's own when it has the
+    run's record (an earlier attempt of the batch, on a worker that died after writing
+    it): not written again; any other appeared meanwhile and is kept, failing the image
+    (:class:`AppearedMeanwhile`, as the local engine does), unless ``overwrite``."""
     try:
         modified = os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return True
-    if modified >= settings.run_started_ns and read_made_by(path) == made_by:
+    if modified < settings.run_started_ns:
+        return settings.overwrite
+    if read_made_by(path) == made_by:
         return False
     if settings.overwrite:
         return True
