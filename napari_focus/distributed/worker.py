@@ -178,6 +178,8 @@ class FocusWorker:
             writes.append((row["probability"], write_probability, prediction.probability))
         row["uncertainty"] = uncertainty(prediction.probability)
         row["foreground"] = float(np.count_nonzero(prediction.mask)) / prediction.mask.size
+        # before the journal row: a file that appeared meanwhile gets none
+        writes = [w for w in writes if _needs_write(w[0], self.settings, self.made_by)]
         if self.settings.journal:  # first: an output on disk always has its row there
             # an output this replaces (overwrite) is not the row's until rewritten
             since = self.settings.run_started_ns if self.settings.overwrite else 0
@@ -187,11 +189,10 @@ class FocusWorker:
                     {**row, "status": "written", journal.WRITTEN_SINCE: since},
                 )
         for path, write, data in writes:
-            if _needs_write(path, self.settings, self.made_by):
-                try:  # one saved there since the check is kept, as the local engine keeps it
-                    write(path, data, record=self.record, replace=self.settings.overwrite)
-                except FileExistsError as error:
-                    raise AppearedMeanwhile(Path(path).name) from error
+            try:  # one saved there since the check is kept, as the local engine keeps it
+                write(path, data, record=self.record, replace=self.settings.overwrite)
+            except FileExistsError as error:
+                raise AppearedMeanwhile(Path(path).name) from error
         row["status"] = "written"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
