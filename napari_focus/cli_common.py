@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from .presets import SIZES, TASKS
@@ -51,6 +51,15 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def plural(count: int, noun: str) -> str:
     """``1 image``, ``3 images``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def other_names_note(other_names: Sequence[tuple[Any, Any]]) -> str:
+    """``predict``'s note (both engines) on files found under two names, (left out,
+    taken) each: a link beside the file."""
+    left, taken = other_names[0]
+    more = f" (and {len(other_names) - 1} more)" if len(other_names) > 1 else ""
+    return (f"note: {left} is another name of {taken}{more}: each file is predicted once, "
+            "its mask named after the file")  # fmt: skip
 
 
 def say(line: str) -> None:

@@ -12,6 +12,7 @@ from .cli_common import (
     Terminated,
     load_predictor_or_say_why,
     masks_of_another_task_message,
+    other_names_note,
     other_weights_note,
     out_replaces_input_message,
     path_argument,
@@ -44,10 +45,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for _, reason in unmatched:
         print(f"napari-focus: {reason}", file=sys.stderr)
     if found.other_names and not args.quiet:
-        left, taken = found.other_names[0]
-        more = f" (and {len(found.other_names) - 1} more)" if len(found.other_names) > 1 else ""
-        print(f"napari-focus: note: {left} is another name of {taken}{more}: each file is "
-              "predicted once, its mask named after the file", file=sys.stderr)  # fmt: skip
+        print(f"napari-focus: {other_names_note(found.other_names)}", file=sys.stderr)
     if found.mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(found.mask_folders)}", file=sys.stderr)
     if not args.recursive and not args.quiet:

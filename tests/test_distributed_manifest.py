@@ -169,7 +169,7 @@ def test_a_ctrl_c_that_a_library_turned_into_its_own_error_is_still_an_interrupt
     assert not interrupted_inside(looped)
 
 
-def test_ray_device_and_precision_that_cannot_run_are_refused_before_ray_starts(tmp_path):
+def test_ray_options_that_cannot_work_are_refused_before_ray_starts(tmp_path):
     """--device cuda ran on CPU workers without a word; float16 on CPU workers failed in
     every worker, with hundreds of lines of tracebacks, after Ray had started."""
     pytest.importorskip("ray")
@@ -184,10 +184,23 @@ def test_ray_device_and_precision_that_cannot_run_are_refused_before_ray_starts(
          "--gpus-per-worker 0 for none"),
         (["--device", "cpu", "--precision", "float16"], "--precision float16 needs a GPU and "
          "the workers run on CPUs"),
+        (["--address", "localhost"], "--address localhost: give the head node as HOST:PORT"),
+        (["--address", "http://head:8265"], "--address http://head:8265: give the head node"),
     ):  # fmt: skip
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             assert main([*common, *extra]) == 2
         assert said in err.getvalue(), err.getvalue()
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_sources_say_a_file_found_under_two_names(tmp_path):
+    """As the local engine says it: a link beside its file is left out, and noted."""
+    from napari_focus.distributed.inputs import find_sources
+
+    write_mask(tmp_path / "a.png", np.ones((40, 40), np.uint8))
+    (tmp_path / "0_latest.png").symlink_to("a.png")
+    found = find_sources([str(tmp_path)])
+    assert found.sources == [str(tmp_path / "a.png")]
+    assert found.other_names == [(tmp_path / "0_latest.png", tmp_path / "a.png")]
 

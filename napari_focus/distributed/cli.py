@@ -82,6 +82,16 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _malformed_address(address: str | None) -> bool:
+    """Whether ``address`` is of none of the forms ``ray.init`` takes here: auto, local,
+    ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    if not address or address in ("auto", "local"):
+        return False
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    return scheme not in ("", "ray") or not host or not port.isdigit()
+
+
 def _unreachable_address(address: str | None, timeout: float = 3.0) -> str | None:
     """Why a ``HOST:PORT`` or ``ray://HOST:PORT`` cluster address cannot be reached (Ray
     itself retries for minutes), or None when it answers or is not of that form."""
@@ -132,6 +142,9 @@ def run_predict_ray(args: argparse.Namespace) -> int:
             "--engine ray needs Ray: pip install 'ray[data]>=2.60,<3' (napari-focus's 'ray' "
             "extra)"
         )
+    if _malformed_address(args.address):
+        return _fail(f"--address {args.address}: give the head node as HOST:PORT (its port, "
+                     "6379 unless changed), ray://HOST:PORT for Ray Client, or auto")  # fmt: skip
     unreachable = _unreachable_address(args.address)
     if unreachable:
         return _fail(
@@ -141,6 +154,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     from ..atomic import WriteError
     from ..cli_common import (
         masks_of_another_task_message,
+        other_names_note,
         other_weights_note,
         out_replaces_input_message,
         warn_if_weights_of_another_task,
@@ -225,6 +239,8 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         print(f"napari-focus: {reason}", file=sys.stderr)
     if run.mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(run.mask_folders)}", file=sys.stderr)
+    if run.other_names and not args.quiet:
+        print(f"napari-focus: {other_names_note(run.other_names)}", file=sys.stderr)
     if run.other_weights:
         made_by = MadeBy.of_run(args.task, args.size, args.weights)
         print(f"napari-focus: {other_weights_note(run.other_weights, made_by)}", file=sys.stderr)

@@ -46,6 +46,7 @@ class DatasetRun:
     seconds: float = 0.0
     other_weights: Found = field(default_factory=list)  # kept masks of other weights
     mask_folders: list[Path] = field(default_factory=list)  # earlier outputs left out
+    other_names: list[tuple[Path, Path]] = field(default_factory=list)  # (left out, taken)
 
     def count(self, status: str) -> int:
         return sum(1 for row in self.rows if row["status"] == status)
@@ -262,6 +263,7 @@ def predict_dataset(
         seconds=time.perf_counter() - started,
         other_weights=existing.other_weights,
         mask_folders=list(dict.fromkeys(found.mask_folders)),
+        other_names=found.other_names,
     )
     if interrupted is not None:
         raise RunInterrupted(run, interrupted) from interrupted

@@ -97,6 +97,8 @@ class FoundSources:
     subfolders: dict[str, str]
     unmatched: list[str]
     mask_folders: list[Path] = field(default_factory=list)
+    #: (name left out, name taken) for a file found under two names (a link beside it)
+    other_names: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 def find_sources(
@@ -137,12 +139,14 @@ def find_sources(
             listed = find_sources(entries, recursive=recursive, exclude=exclude, _lists=lists)
             found.unmatched.extend(f"{reason} (listed in {item})" for reason in listed.unmatched)
             found.mask_folders += listed.mask_folders
+            found.other_names += listed.other_names
             _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
         else:
             local = find_inputs([item], recursive=recursive, exclude=[Path(p) for p in exclude])
             images = [(str(p), local.subfolders[p]) for p in local.images]
             found.mask_folders += local.mask_folders
+            found.other_names += local.other_names
         if not images:
             found.unmatched.append(unmatched_reason(item))
         _add(found, images)
