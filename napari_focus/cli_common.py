@@ -155,15 +155,17 @@ def say_kernel_fallbacks(showwarning: ShowWarning, prefix: str = "napari-focus")
 
 
 def predict_summary(
-    written: int, skipped: int, failed: int, unmatched: int, out: object, kept: str = ""
+    written: int, skipped: int, failed: int, unmatched: int, out: object, kept: int = 0
 ) -> str:
     """``predict``'s counts (both engines): ``3 written, 1 skipped (already exist;
     --overwrite to redo), 0 failed, 2 inputs matched no image -> OUT``; the advice only
-    when something was skipped, the inputs only when some matched nothing."""
+    when something was skipped, the inputs only when some matched nothing; ``kept``:
+    existing outputs left as they were beside those written (a mask beside a new map)."""
     skipped_text = f"{skipped} skipped" + (
         " (already exist; --overwrite to redo)" if skipped else ""
     )
-    counts = [f"{written} written{kept}", skipped_text, f"{failed} failed"]
+    kept_text = f" ({kept} existing file(s) among them kept)" if kept else ""
+    counts = [f"{written} written{kept_text}", skipped_text, f"{failed} failed"]
     if unmatched:
         counts.append(f"{plural(unmatched, 'input')} matched no image")
     return f"{', '.join(counts)} -> {out}"

@@ -129,8 +129,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     status = "interrupted: " if interrupted else ""
     kept = sum(len(job.keep) for job in jobs)
-    kept_text = f" ({kept} existing file(s) among them kept)" if kept else ""
-    counts = predict_summary(written, skipped, len(failures), len(unmatched), out_dir, kept_text)
+    counts = predict_summary(written, skipped, len(failures), len(unmatched), out_dir, kept)
     print(f"napari-focus: {status}{counts}", file=sys.stderr)
     left = len(jobs) - written - len(run_failures)
     if interrupted is not None and left:

@@ -178,6 +178,15 @@ def test_rerun_skips_everything(both_runs, images, weights):
         assert row["uncertainty"] == first[row["source"]]["uncertainty"]
         assert row["worker"] == first[row["source"]]["worker"]
 
+    (out / "gray_probability.png").unlink()  # the map is made again, the mask kept
+    code, err = run_cli(
+        "predict", *valid, "--task", "sod", "--weights", weights, "--out", out,
+        "--probability", "--engine", "ray", "--quiet",
+    )  # fmt: skip
+    assert code == 0 and "1 written (1 existing file(s) among them kept), 2 skipped" in err, err
+    assert (out / "gray.png").stat().st_mtime_ns == before["gray.png"]
+    assert (out / "gray_probability.png").is_file()
+
 
 def _actor_pids() -> list[int]:
     import psutil

@@ -115,7 +115,7 @@ def _summary(run: Any, out: Path, interrupted: bool) -> str:
     workers = f"{run.workers} Ray worker{'' if run.workers == 1 else 's'}"
     status = "interrupted: " if interrupted else ""
     counts = predict_summary(run.count("written"), run.count("skipped"), len(run.failed),
-                             len(run.unmatched), out)  # fmt: skip
+                             len(run.unmatched), out, run.kept_beside)  # fmt: skip
     return f"napari-focus: {status}{counts} ({workers}, {run.seconds:.1f} s)"
 
 

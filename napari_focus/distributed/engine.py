@@ -47,6 +47,7 @@ class DatasetRun:
     other_weights: Found = field(default_factory=list)  # kept masks of other weights
     mask_folders: list[Path] = field(default_factory=list)  # earlier outputs left out
     other_names: list[tuple[Path, Path]] = field(default_factory=list)  # (left out, taken)
+    kept_beside: int = 0  # outputs there before, kept while their input's others were made
 
     def count(self, status: str) -> int:
         return sum(1 for row in self.rows if row["status"] == status)
@@ -197,6 +198,8 @@ def predict_dataset(
         existing.unreadable,
     )
     todo = [job for job in plan.todo if job.source not in damaged]
+    outputs_there = [os.path.exists(path) for job in todo for path in job.outputs()]
+    kept_beside = 0 if overwrite else sum(outputs_there)
     previous = earlier_rows(manifest_path)
     check_writable(out, manifest_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +267,7 @@ def predict_dataset(
         other_weights=existing.other_weights,
         mask_folders=list(dict.fromkeys(found.mask_folders)),
         other_names=found.other_names,
+        kept_beside=kept_beside,
     )
     if interrupted is not None:
         raise RunInterrupted(run, interrupted) from interrupted
