@@ -53,13 +53,15 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def other_names_note(other_names: Sequence[tuple[Any, Any]]) -> str:
-    """``predict``'s note (both engines) on files found under two names, (left out,
-    taken) each: a link beside the file."""
+def other_names_note(
+    other_names: Sequence[tuple[Any, Any]], done: str = "predicted once, its mask named after "
+    "the file"
+) -> str:
+    """The note of ``predict`` (both engines) and ``rank`` on files found under two names,
+    (left out, taken) each: a link beside the file; ``done``: what became of each file."""
     left, taken = other_names[0]
     more = f" (and {len(other_names) - 1} more)" if len(other_names) > 1 else ""
-    return (f"note: {left} is another name of {taken}{more}: each file is predicted once, "
-            "its mask named after the file")  # fmt: skip
+    return f"note: {left} is another name of {taken}{more}: each file is {done}"
 
 
 def say(line: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,6 @@ class FoundInputs:
     images: list[Path] = field(default_factory=list)
     subfolders: dict[Path, str] = field(default_factory=dict)
     unmatched: list[tuple[str, str]] = field(default_factory=list)
-    seen: dict[Path, Path] = field(default_factory=dict)  # file behind -> name taken
     #: (name left out, name taken) for a file found under two names (a link beside it)
     other_names: list[tuple[Path, Path]] = field(default_factory=list)
     #: subfolders left out of a walk: they hold masks napari-focus wrote (earlier runs)
@@ -77,6 +76,8 @@ def find_inputs(
     found = FoundInputs()
     walk = {Path(folder).resolve() for folder in exclude} if recursive else None
     _expand(inputs, walk, found, listed_in=None, lists=set())
+    found.images, found.other_names = one_name_each(found.images)
+    found.subfolders = {image: found.subfolders[image] for image in found.images}
     if found.mask_folders:  # one left out of one input's walk but read through another
         taken = {parent for image in found.images for parent in image.parents}
         found.mask_folders = [f for f in dict.fromkeys(found.mask_folders) if f not in taken]
@@ -131,24 +132,10 @@ def _expand(
             found.unmatched.append((item, reason))
         for image, subfolder in matches:
             # named by the link, not by what it points to (git-annex and DataLad trees
-            # link every image to a file named by its hash); one file given twice is one,
-            # named by the file itself when a link to it lies beside it
-            resolved = image.resolve()
+            # link every image to a file named by its hash); find_inputs takes each once
             named = Path(os.path.abspath(image))
-            taken = found.seen.get(resolved)
-            if taken is None:
-                found.seen[resolved] = named
-                found.images.append(named)
-                found.subfolders[named] = subfolder
-            elif taken != named:
-                beside = taken.parent == named.parent  # a link next to the file itself
-                if beside and taken.is_symlink() and not named.is_symlink():
-                    found.images[found.images.index(taken)] = named
-                    found.subfolders.pop(taken)
-                    found.subfolders[named] = subfolder
-                    found.seen[resolved] = named
-                    taken, named = named, taken
-                found.other_names.append((named, taken))
+            found.images.append(named)
+            found.subfolders.setdefault(named, subfolder)
 
 
 def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path]) -> list[Path]:
@@ -192,6 +179,31 @@ def subfolders_to_walk(dirpath: str, dirnames: list[str], leave_out: set[Path]) 
 def _subfolder(image: Path, folder: Path) -> str:
     relative = image.parent.relative_to(folder).as_posix()
     return "" if relative == "." else relative
+
+
+def one_name_each(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """``paths`` with each file once, in order, and (name left out, name taken) for each
+    file found under another name too. The first name is taken, except that the file's
+    own name replaces a link to it lying beside it (a ``latest.png`` next to its image)."""
+    kept: list[Path] = []
+    where: dict[Path, int] = {}  # the file behind -> its place in kept
+    others: list[tuple[Path, Path]] = []
+    for path in paths:
+        try:
+            behind = path.resolve()
+        except (OSError, RuntimeError):  # a loop of links: a name of its own
+            behind = path
+        place = where.setdefault(behind, len(kept))
+        if place == len(kept):
+            kept.append(path)
+            continue
+        taken = kept[place]
+        if taken == path:
+            continue
+        if taken.parent == path.parent and taken.is_symlink() and not path.is_symlink():
+            kept[place], taken, path = path, path, taken
+        others.append((path, taken))
+    return kept, others
 
 
 def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:

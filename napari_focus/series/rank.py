@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..input_files import one_name_each
 from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
 from ..mask_files import read_mask_file
 from ..quality import (
@@ -151,28 +152,17 @@ def images_to_rank(
     mask_folders: list[Path] | None = None,
     other_names: list[tuple[str, str]] | None = None,
 ) -> list[str]:
-    """The images :func:`rank_folder` ranks: :func:`.scan.scan_folder`'s, each file once.
-    A file listed under several names (a link beside it) keeps the file's own name when
-    they share a folder, else the first; the others go to ``other_names`` as (name left
-    out, name kept). Earlier runs' outputs left out go to ``mask_folders``."""
+    """The images :func:`rank_folder` ranks: :func:`.scan.scan_folder`'s, each file once
+    (:func:`~napari_focus.input_files.one_name_each`, as predict takes them); the names
+    left out go to ``other_names`` as (name left out, name kept), earlier runs' outputs
+    left out to ``mask_folders``."""
     keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern,
                        mask_folders=[] if mask_folders is None else mask_folders)  # fmt: skip
-    names: dict[Path, list[str]] = {}
-    for key in keys:
-        try:
-            file = (root / key).resolve()
-        except (OSError, RuntimeError):  # a link loop: ranked (and failed) under its name
-            file = root / key
-        names.setdefault(file, []).append(key)
-    kept = set()
-    for group in names.values():
-        one_folder = len({Path(key).parent for key in group}) == 1
-        own = [key for key in group if not (root / key).is_symlink()]
-        keep = own[0] if one_folder and own else group[0]
-        kept.add(keep)
-        if other_names is not None:
-            other_names += [(key, keep) for key in group if key != keep]
-    return [key for key in keys if key in kept]
+    key_of = {root / key: key for key in keys}
+    kept, others = one_name_each(key_of)
+    if other_names is not None:
+        other_names += [(key_of[left], key_of[taken]) for left, taken in others]
+    return [key_of[path] for path in kept]
 
 
 class SharedReferenceError(ValueError):

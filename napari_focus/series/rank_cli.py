@@ -151,10 +151,10 @@ def run_rank(args: argparse.Namespace) -> int:
         print(f"napari-focus: note: images in subfolders of {folder} are not ranked; add "
               "--recursive to include them", file=sys.stderr)  # fmt: skip
     if other_names and not args.quiet:
-        left, kept = other_names[0]
-        more = f" (and {len(other_names) - 1} more)" if len(other_names) > 1 else ""
-        print(f"napari-focus: note: {left} is another name of {kept}{more}: each file is "
-              "ranked once, under its own name", file=sys.stderr)  # fmt: skip
+        from ..cli_common import other_names_note
+
+        said = other_names_note(other_names, "ranked once, under its own name")
+        print(f"napari-focus: {said}", file=sys.stderr)
     if not keys:
         below = " or its subfolders" if args.recursive else ""
         match = f" match --pattern {args.pattern!r}" if args.pattern else ""
