@@ -16,6 +16,7 @@ from napari_focus.datasets import (
     LAYOUTS,
     ExportError,
     SampleExistsError,
+    UnusableNameError,
     export_sample,
     get_layout,
     read_records,
@@ -100,7 +101,7 @@ def focus_entries(root: Path, layout: str) -> list[dict]:
     data = json.loads((base / spec.semantic_json).read_text())
     out = []
     for ann in data["annotations"]:
-        if spec.name_needs_dash and ann["file_name"].split("-")[1] == "NonCAM":
+        if spec.name_needs_dash and ann["file_name"].split("-")[1] == "NonCAM":  # as FOCUS does
             continue
         stem = ann["file_name"].split(".")[0]
         out.append({
@@ -188,6 +189,42 @@ def test_export_layout(tmp_path: Path, layout: str, existing: bool) -> None:
         assert result.image_id is not None and result.segment_ids is not None
     ids = [r.image_id for r, _, _ in written]
     assert len(set(ids)) == 3 and min(ids) == len(old) + 1
+
+
+def test_train_reads_the_samples_official_training_reads(tmp_path: Path) -> None:
+    """COD10K's official split lists its NonCAM images, which FOCUS training skips."""
+    from napari_focus.training.data import list_samples
+
+    build_official(tmp_path, "cod10k-train")
+    export_sample(tmp_path, "cod10k-train", "a-NonCAM", *make_sample(7))  # 'NonCAM.jpg'
+    samples, problems = list_samples(tmp_path, "cod10k-train")
+    official = [e["file_name"].stem for e in focus_entries(tmp_path, "cod10k-train")]
+    assert [s.name for s in samples] == official == ["COD10K-CAM-1-Aquatic-1-BatFish-2", "a-NonCAM"]
+    assert problems == [
+        "cod10k-train: 1 of its listed samples left out, as FOCUS training leaves them out "
+        "(second '-' field 'NonCAM': no object)"
+    ]
+
+
+def test_a_camo_test_image_s_name_is_not_taken_over(tmp_path: Path) -> None:
+    """CAMO's GT/ holds the test split's masks too: exporting a training sample of a
+    test image's name would replace the mask the official test split is built from."""
+    base = tmp_path / "CAMO-V.1.0-CVIU2019"
+    (base / "Images" / "Test").mkdir(parents=True)
+    (base / "GT").mkdir()
+    Image.fromarray(make_sample(1)[0]).save(base / "Images" / "Test" / "camourflage_00001.jpg")
+    test_mask = base / "GT" / "camourflage_00001.png"
+    Image.fromarray(np.full((H, W), 255, np.uint8)).save(test_mask)
+    before = test_mask.read_bytes()
+    for policy in ("error", "skip", "replace"):
+        with pytest.raises(UnusableNameError, match=r"test image .*Images/Test/camourflage_00001"):
+            export_sample(tmp_path, "camo-train", "camourflage_00001", *make_sample(2),
+                          on_exists=policy)  # fmt: skip
+    result = export_sample(tmp_path, "camo-train", "camourflage_00001", *make_sample(2),
+                           on_exists="rename")  # fmt: skip
+    assert (result.status, result.name) == ("renamed", "camourflage_00001_1")
+    assert test_mask.read_bytes() == before
+    check_split(tmp_path, "camo-train")
 
 
 def test_generic_layout(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ def test_dash_layouts() -> None:
     assert sanitize_name("1-5", get_layout("istd-train")) == "1-5"
     with pytest.raises(ExportError, match="NonCAM"):
         sanitize_name("COD10K-NonCAM-3", get_layout("cod10k-train"))
+    # the loaders test the field with the extension: 'NonCAM.jpg' is not 'NonCAM'
+    assert sanitize_name("a-NonCAM", get_layout("cod10k-train")) == "a-NonCAM"
+    assert sanitize_name("a-NonCAM.png", get_layout("istd-train")) == "a-NonCAM"
 
 
 def test_an_unusable_name_is_said_in_each_interface_s_words(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..transforms import to_rgb_uint8
-from .errors import ExportError, SampleExistsError
+from .errors import ExportError, SampleExistsError, UnusableNameError
 from .image_bytes import check_encodable, encode, image_bytes
 from .journal import Transaction
 from .jsonstore import root_lock
@@ -272,10 +272,18 @@ def _resolve_name(
 ) -> tuple[str, str]:
     def taken(candidate: str) -> bool:
         on_disk = any(p.exists() for p in sample_paths(root, spec, candidate).all())
-        return on_disk or store.has(candidate)
+        other_split = _other_split_image(root, spec, candidate) is not None
+        return on_disk or other_split or store.has(candidate)
 
     if not taken(wanted):
         return wanted, "written"
+    other_split = _other_split_image(root, spec, wanted)
+    if other_split is not None and on_exists != "rename":
+        shared = ", ".join(f"{d}/" for d in spec.extra_mask_dirs)
+        raise UnusableNameError(
+            f"sample name {wanted!r} is that of the test image {other_split}, whose mask "
+            f"in {shared} the official test split is built from"
+        )
     if on_exists == "error":
         if not spec.has_json:
             listed = "its files are on disk"
@@ -296,6 +304,13 @@ def _resolve_name(
     # skip / replace act on the existing sample, spelled as the JSON spells it
     existing = store.spelling(wanted) or wanted
     return existing, "skipped" if on_exists == "skip" else "replaced"
+
+
+def _other_split_image(root: Path, spec: Layout, name: str) -> Path | None:
+    """The image of another split named ``name`` whose mask the sample's would replace."""
+    base = dataset_dir(root, spec)
+    found = (base / folder / f"{name}{spec.image_ext}" for folder in spec.other_split_image_dirs)
+    return next((path for path in found if path.exists()), None)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -36,8 +36,9 @@ semantic folder; instance JSON; semantic JSON (all inside the dataset folder).
 * CASIA training images are written by the official script as PNG data under a ``.jpg``
   name; we do the same (lossless, which matters for forgery traces).
 * COD10K and ISTD registrations evaluate ``file_name.split('-')[1]`` (and skip
-  ``NonCAM``), so their sample names must contain a ``-``; every registration takes
-  ``file_name.split('.')[0]`` as the stem, so names never contain dots.
+  ``NonCAM``, see :meth:`Layout.training_skips`), so their sample names must contain a
+  ``-``; every registration takes ``file_name.split('.')[0]`` as the stem, so names never
+  contain dots.
 """
 
 from __future__ import annotations
@@ -62,12 +63,22 @@ class Layout:
     instance_json: str | None = None
     semantic_json: str | None = None
     extra_mask_dirs: tuple[str, ...] = ()  # folders the official scripts also read masks from
+    # image folders of the other splits whose masks share extra_mask_dirs: their names
+    # are not free (CAMO's GT holds the test masks too)
+    other_split_image_dirs: tuple[str, ...] = ()
     name_needs_dash: bool = False
     task: str | None = None
 
     @property
     def has_json(self) -> bool:
         return self.instance_json is not None and self.semantic_json is not None
+
+    def training_skips(self, file_name: str) -> bool:
+        """Whether the official loader of this split leaves out the sample its JSON lists
+        as ``file_name`` (with the extension): COD10K and ISTD skip a name whose second
+        ``-`` field, extension included, is ``NonCAM`` (COD10K's all-background images)."""
+        fields = file_name.split("-")
+        return self.name_needs_dash and len(fields) > 1 and fields[1] == "NonCAM"
 
 
 _LAYOUTS = (
@@ -114,6 +125,7 @@ _LAYOUTS = (
         instance_json="COD_Train.json",
         semantic_json="COD_SEMANTIC_Train.json",
         extra_mask_dirs=("GT",),
+        other_split_image_dirs=("Images/Test",),
     ),
     Layout(
         name="istd-train",

@@ -33,7 +33,7 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
     A trailing image extension is dropped; every run of other characters becomes ``_``.
     For layouts whose FOCUS loader splits names at ``-`` (COD10K, ISTD) a name without a
     dash is prefixed with :data:`DASH_PREFIX`, and names that loader would skip
-    (second ``-`` field ``NonCAM``) are refused.
+    (second ``-`` field ``NonCAM``, :meth:`~.layouts.Layout.training_skips`) are refused.
 
     Raises:
         UnusableNameError: (an ExportError) when nothing safe is left, or the name is
@@ -58,7 +58,7 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
     if layout is not None and layout.name_needs_dash:
         if "-" not in name:
             name = DASH_PREFIX + name
-        if name.split("-")[1] == "NonCAM":
+        if layout.training_skips(name + layout.image_ext):
             raise UnusableNameError(
                 f"sample name {name!r} would be skipped by FOCUS training for {layout.name} "
                 "(its second '-' field is 'NonCAM')"

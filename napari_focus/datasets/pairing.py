@@ -117,7 +117,7 @@ def _candidates(
     def usable(mask: Path) -> bool:
         if mask.stem.casefold() != stem or mask.resolve() not in images:
             return True
-        # beside a JPEG, the lossless file of its stem is its mask (DUTS-TE keeps them
+        # beside a JPEG, the lossless file of its stem is its mask (MSRA10K keeps them
         # so), as the series and rank --gt find it
         return image.suffix.lower() in LOSSY_EXTENSIONS and mask.parent == image.parent
 

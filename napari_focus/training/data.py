@@ -142,7 +142,13 @@ def list_samples(root: str | Path, layout: str) -> tuple[list[Sample], list[str]
         names = sorted(p.stem for p in image_dir.glob(f"*{spec.image_ext}") if p.is_file())
         names = [n for n in names if not n.startswith(".")]
     else:
-        names = _json_names(dataset_dir(root, spec) / spec.semantic_json)
+        listed = _json_file_names(dataset_dir(root, spec) / spec.semantic_json)
+        names = [name.split(".")[0] for name in listed if not spec.training_skips(name)]
+        if len(names) < len(listed):
+            problems.append(
+                f"{spec.name}: {len(listed) - len(names)} of its listed samples left out, as FOCUS "
+                "training leaves them out (second '-' field 'NonCAM': no object)"
+            )
     for name in names:
         paths = sample_paths(root, spec, name)
         target = paths.semantic if paths.semantic is not None else paths.mask
@@ -154,16 +160,21 @@ def list_samples(root: str | Path, layout: str) -> tuple[list[Sample], list[str]
     return samples, problems
 
 
-def _json_names(path: Path) -> list[str]:
+def _json_file_names(path: Path) -> list[str]:
+    """The file names the semantic JSON lists, each sample (name before the first dot,
+    as FOCUS takes it) once."""
     if not path.is_file():
         return []
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = data.get("annotations", [])
-        names = [str(entry["file_name"]).split(".")[0] for entry in entries]
+        names = [str(entry["file_name"]) for entry in entries]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise DatasetError(f"{path} is not a readable FOCUS semantic JSON: {error}") from error
-    return list(dict.fromkeys(names))
+    first: dict[str, str] = {}
+    for name in names:
+        first.setdefault(name.split(".")[0], name)
+    return list(first.values())
 
 
 def collect_samples(root: str | Path, layouts: Iterable[str]) -> tuple[list[Sample], list[str]]:
