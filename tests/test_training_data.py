@@ -14,6 +14,7 @@ from napari_focus.training.augment import (
     OFFICIAL_SHORT_SIDES,
     AugmentConfig,
     augment,
+    resize_labels,
     targets_from_classes,
 )
 from napari_focus.training.data import (
@@ -195,6 +196,18 @@ def test_augmentation_sides_and_targets_follow_the_official_mapper() -> None:
     assert masks[1].tolist() == [[False, True], [False, True]]
     labels, masks = targets_from_classes(np.full((2, 2), 255, np.uint8))
     assert labels.tolist() == [] and masks.shape == (0, 2, 2)
+
+
+def test_labels_are_resized_as_the_official_mapper_resizes_them() -> None:
+    """The mapper's float64 label map goes through torch's nearest (source floor(i * in /
+    out)), not PIL's pixel-centre nearest (floor((i + 0.5) * in / out))."""
+    column = np.arange(3, dtype=np.uint8)[:, None]
+    assert resize_labels(column, 5, 1)[:, 0].tolist() == [0, 0, 1, 1, 2]  # PIL: 0 0 1 2 2
+    row = np.array([[7, 9]], np.uint8)
+    assert resize_labels(row, 1, 3).tolist() == [[7, 7, 9]]  # PIL: 7 9 9
+    assert resize_labels(np.arange(12, dtype=np.uint8).reshape(3, 4), 3, 4).tolist() == (
+        np.arange(12).reshape(3, 4).tolist()
+    )
 
 
 def test_semantic_json_order_is_the_training_order(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 What the official dataset mapper (``focus_dataset_mapper``) applies, in its order:
 
 1. shortest-edge resize to a side drawn from ``int(x * 0.1 * 256)`` for x in 5..20
-   (128 ... 512), long side capped at 2048; image bilinear, labels nearest;
+   (128 ... 512), long side capped at 2048; image bilinear (PIL), labels nearest
+   (torch's rule, :func:`resize_labels`);
 2. a random crop of at most 640 x 640 (``RandomCrop_CategoryAreaConstraint`` with a
    single-category maximum area of 1.0, which never rejects a crop: a plain random
    crop);
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from ..transforms import resized_shape
@@ -49,6 +51,17 @@ class AugmentConfig:
         return round(OFFICIAL_CROP * self.canvas / OFFICIAL_CANVAS)
 
 
+def resize_labels(classes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``classes`` resized to ``h x w`` as the official mapper resizes its label map: it
+    reads the map as float64, which detectron2's ``ResizeTransform`` hands to torch's
+    ``nearest`` (source row ``floor(i * in / out)``; torch's own float rounding decides
+    the exact boundaries, so torch does it here too), not to PIL's, whose pixel-centre
+    rule puts the labels half a pixel elsewhere."""
+    labels = torch.from_numpy(classes.astype(np.float64))[None, None]
+    resized = torch.nn.functional.interpolate(labels, (h, w), mode="nearest")
+    return resized[0, 0].numpy().astype(np.uint8)
+
+
 def augment(
     image: np.ndarray, classes: np.ndarray, rng: np.random.Generator, config: AugmentConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +70,7 @@ def augment(
     side = int(rng.choice(config.short_sides))
     h, w = resized_shape(*classes.shape, side, config.max_long_side)
     image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    classes = np.asarray(Image.fromarray(classes).resize((w, h), Image.NEAREST))
+    classes = resize_labels(classes, h, w)
 
     crop_h, crop_w = min(config.crop, h), min(config.crop, w)
     top = int(rng.integers(0, h - crop_h + 1))
