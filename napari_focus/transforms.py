@@ -37,10 +37,11 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     * gray is repeated into three channels; an alpha channel is dropped;
     * uint8 is used as is; uint16 is scaled by ``255 / 65535`` and rounded;
       bool maps to 0/255;
-    * other integer types (int8-int64, uint32, uint64): values in the range of
-      uint8 (int8) or uint16 (wider types) are converted as that type would be,
-      so the same numbers give the same picture whatever the type; values outside
-      it (negative, or above 65535) are stretched like an out-of-range float;
+    * other integer types (int8-int64, uint32, uint64, a nested list of ints): values
+      all in ``[0, 255]`` are 8-bit intensities, as the same numbers in a float array
+      are (``np.array(pixels)`` or ``image.astype(int)`` of an 8-bit picture keeps
+      its picture); values up to 65535 are scaled as uint16; others (negative, or
+      above 65535) are stretched like an out-of-range float;
     * float in ``[0, 1]`` is multiplied by 255; float in ``[0, 255]`` is taken
       as 8-bit intensities; any other float range is stretched linearly from
       its minimum to its maximum (a constant image outside ``[0, 255]`` has no
@@ -104,7 +105,7 @@ def _uint16_to_uint8(array: np.ndarray) -> np.ndarray:
 
 def _integer_to_uint8(array: np.ndarray) -> np.ndarray:
     low, high = int(array.min()), int(array.max())
-    if low >= 0 and array.dtype == np.int8:
+    if low >= 0 and high <= 255:  # 8-bit values that arithmetic or a list made wider
         return array.astype(np.uint8)
     if low >= 0 and high <= 65535:
         return _uint16_to_uint8(array.astype(np.uint16))

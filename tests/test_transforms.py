@@ -84,6 +84,26 @@ def test_uint16_rgb():
     assert (out[..., 0] == 255).all() and (out[..., 1] == 0).all() and (out[..., 2] == 255).all()
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64])
+def test_other_integer_types_keep_an_8bit_picture(dtype):
+    picture = _rng().integers(0, 128 if dtype == np.int8 else 256, (32, 40, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb_uint8(picture.astype(dtype)), picture)
+    if np.iinfo(dtype).max >= 65535:  # beyond 255: the uint16 scale
+        deep = picture.astype(np.uint16) * 257
+        np.testing.assert_array_equal(to_rgb_uint8(deep.astype(dtype)), picture)
+
+
+def test_a_nested_list_of_8bit_values_is_that_picture():
+    picture = _rng().integers(0, 256, (32, 36), dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb_uint8(picture.tolist())[..., 0], picture)
+
+
+def test_negative_integers_are_stretched():
+    scan = np.linspace(-100, 100, 32 * 32).reshape(32, 32).astype(np.int16)
+    out = to_rgb_uint8(scan)[..., 0]
+    assert (out.min(), out.max()) == (0, 255)
+
+
 def test_bool_maps_to_0_and_255():
     mask = np.zeros((32, 40), dtype=bool)
     mask[:10] = True
