@@ -19,6 +19,7 @@ from .checkpoint_identity import (
     HubFileMismatch,
     TaskMismatchWarning,
     recorded_size_mismatch,
+    recorded_task,
     task_mismatch,
 )
 from .checkpoints import metadata_architecture, read_checkpoint, save_inference_checkpoint
@@ -92,6 +93,7 @@ class FocusPredictor:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.task = check_task(task) if task else None
+        self.weights_task = self.task  # the task the weights were trained for, if known
         self.source = source
         self.model = model.to(self.device).eval()
         cast_autocast_weights(self.model, DTYPES[self.precision])
@@ -179,16 +181,19 @@ class FocusPredictor:
         other_task = task_mismatch(task, path, cli=False) if task else None
         if other_task:
             warnings.warn(other_task, TaskMismatchWarning, stacklevel=2)
-        task = task or metadata.get("task") or None
-        return cls.from_state_dict(
+        recorded_for = recorded_task(path)
+        predictor = cls.from_state_dict(
             state,
-            task,
+            task or metadata.get("task") or None,
             architecture=architecture,
             device=device,
             precision=precision,
             source=str(path),
             cancelled=cancelled,
         )
+        if recorded_for is not None:  # what its masks show, whatever task was asked
+            predictor.weights_task = recorded_for[0]
+        return predictor
 
     @classmethod
     def from_state_dict(
@@ -210,8 +215,9 @@ class FocusPredictor:
         self, path: str | os.PathLike, *, dtype: torch.dtype = torch.float16
     ) -> Path:
         """Write only the inference weights as ``.safetensors`` (float16 by default),
-        with architecture and task in the metadata: :meth:`from_checkpoint` needs
-        nothing else and memory-maps it.
+        with architecture and task in the metadata (the task the weights were trained
+        for, :attr:`weights_task`, not one asked for besides): :meth:`from_checkpoint`
+        needs nothing else and memory-maps it.
 
         Raises:
             ValueError: a float32 copy was asked of a half-precision predictor, whose
@@ -227,7 +233,7 @@ class FocusPredictor:
             self.model.state_dict(),
             path,
             architecture=self.architecture.to_dict(),
-            task=self.task,
+            task=self.weights_task,
             dtype=dtype,
             source=self.source,
         )
@@ -389,11 +395,3 @@ class FocusPredictor:
                 if with_mask[j] and final is not None:
                     masks[j] = final[k]
         return sem_segs, masks  # type: ignore[return-value]
-
-    def _sem_seg(
-        self, rgb: np.ndarray, short_side: int, max_long_side: int, with_mask: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``sem_seg`` (and the final mask) of one view at the image's resolution."""
-        view = prepare_view(rgb, short_side, max_long_side, self.input)
-        sems, masks = self._forward([view], [rgb.shape[:2]], [with_mask])
-        return sems[0], masks[0]

@@ -166,11 +166,23 @@ def test_the_python_api_warns_once_with_its_own_words(tiny_files):
         warnings.simplefilter("always")
         predictor = FocusPredictor.from_checkpoint(tiny_files["recorded"], "fd", device="cpu")
         FocusPredictor.from_checkpoint(tiny_files["recorded"], device="cpu")  # no task given
-    assert predictor.task == "fd"
+    assert (predictor.task, predictor.weights_task) == ("fd", "sod")
     [warning] = [w for w in caught if issubclass(w.category, TaskMismatchWarning)]
     message = str(warning.message)
     assert message.startswith("task='fd' (forgeries), but ") and "Pass task='sod'" in message
     assert "--task" not in message
+
+
+def test_a_copy_saved_keeps_the_task_its_weights_were_trained_for(tiny_files, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TaskMismatchWarning)
+        predictor = FocusPredictor.from_checkpoint(tiny_files["recorded"], "cod", device="cpu")
+    copy = predictor.save_inference_checkpoint(tmp_path / "copy.safetensors")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = FocusPredictor.from_checkpoint(copy, "cod", device="cpu")
+    assert again.weights_task == "sod"
+    assert [w for w in caught if issubclass(w.category, TaskMismatchWarning)]  # still said
 
 
 @pytest.mark.parametrize("classes", [1, 3])

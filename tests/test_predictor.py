@@ -11,6 +11,7 @@ from PIL import Image
 
 from napari_focus import FocusPredictor
 from napari_focus.io import read_image
+from napari_focus.transforms import prepare_view
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,13 @@ def small_image(focus_reference) -> np.ndarray:
     return np.array(rgb.resize((72, 50), Image.BILINEAR))
 
 
+def _sem_seg(predictor, rgb: np.ndarray, short_side: int) -> torch.Tensor:
+    """``sem_seg`` of one view at the image's resolution."""
+    view = prepare_view(rgb, short_side, 4480, predictor.input)
+    sems, _ = predictor._forward([view], [rgb.shape[:2]], [False])
+    return sems[0]
+
+
 def test_tta_averages_scales_and_flips(predictor, small_image, monkeypatch):
     preset = dataclasses.replace(predictor.input, tta_short_sides=(64, 96), tta_max_long_side=4480)
     monkeypatch.setattr(predictor, "input", preset)
@@ -32,10 +40,8 @@ def test_tta_averages_scales_and_flips(predictor, small_image, monkeypatch):
 
     expected = []
     for side in (64, 96):
-        plain, _ = predictor._sem_seg(small_image, side, 4480, with_mask=False)
-        flipped, _ = predictor._sem_seg(
-            np.ascontiguousarray(small_image[:, ::-1]), side, 4480, with_mask=False
-        )
+        plain = _sem_seg(predictor, small_image, side)
+        flipped = _sem_seg(predictor, np.ascontiguousarray(small_image[:, ::-1]), side)
         expected += [plain, flipped.flip(-1)]
     average = torch.stack(expected).mean(0)
     assert result.probability.shape == small_image.shape[:2]
