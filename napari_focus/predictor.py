@@ -29,7 +29,7 @@ from .model import FocusArchitecture, FocusModel
 from .model.deform_attn import MSDeformAttn
 from .model.postprocess import final_masks, resize_mask_logits, semantic_probabilities
 from .ops import preload_kernel
-from .presets import check_task, hub_location, input_preset
+from .presets import check_size, check_task, hub_location, input_preset
 from .runtime import (
     DTYPES,
     apply_cpu_fast_path,
@@ -42,7 +42,7 @@ from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
 #: what :meth:`FocusPredictor.predict` takes: an image array or an image file's path
 ImageInput = np.ndarray | str | os.PathLike
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: == of two results would raise, so identity
 class Prediction:
     """Result at the input image's resolution.
 
@@ -175,7 +175,7 @@ class FocusPredictor:
         if architecture is None:
             architecture = recorded
         elif isinstance(architecture, str) and recorded is not None:
-            mismatch = recorded_size_mismatch(recorded, architecture.lower(), str(path))
+            mismatch = recorded_size_mismatch(recorded, check_size(architecture), str(path))
             if mismatch is not None:
                 raise mismatch
         other_task = task_mismatch(task, path, cli=False) if task else None
@@ -298,11 +298,24 @@ class FocusPredictor:
         float rounding: the math libraries sum in another order for another batch
         size (two copies of one image in one batch already differ in the last bits),
         so probabilities move by about 1e-5 and a mask pixel can flip where the
-        model's two answers for it are that close.
+        model's two answers for it are that close. Every image is prepared before the
+        model runs (host memory grows with their number, tens of MB each with ``tta``):
+        for a folder, :func:`napari_focus.pipeline.run_pipeline` streams.
         """
-        return self.predict_prepared(
-            [self.prepare(image, tta=tta) for image in images], batch_size=batch_size
-        )
+        if isinstance(images, str | os.PathLike) or _one_array_image(images):
+            raise TypeError(
+                "predict_batch takes several images (a list of arrays or paths, or an "
+                "(N, H, W[, C]) stack); for one image use predict()"
+            )
+        prepared = []
+        for i, image in enumerate(images):
+            try:
+                prepared.append(self.prepare(image, tta=tta))
+            except ValueError as error:  # a file's errors name it; an array's its place
+                if isinstance(image, str | os.PathLike):
+                    raise
+                raise ValueError(f"images[{i}]: {error}") from error
+        return self.predict_prepared(prepared, batch_size=batch_size)
 
     def predict_prepared(
         self, inputs: Sequence[PreparedInput], *, batch_size: int | None = None
@@ -395,3 +408,10 @@ class FocusPredictor:
                 if with_mask[j] and final is not None:
                     masks[j] = final[k]
         return sem_segs, masks  # type: ignore[return-value]
+
+
+def _one_array_image(images: Any) -> bool:
+    """Whether ``images`` is one 2-D image, or one with channels (``H x W x 1|3|4``),
+    rather than a stack of them."""
+    shape = getattr(images, "shape", None)
+    return shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)))

@@ -173,6 +173,11 @@ def test_the_python_api_warns_once_with_its_own_words(tiny_files):
     assert "--task" not in message
 
 
+def test_an_unknown_size_is_named_as_such_whatever_the_file_records(tiny_files):
+    with pytest.raises(ValueError, match="unknown model size 'huge'; expected one of large"):
+        FocusPredictor.from_checkpoint(tiny_files["recorded"], architecture="huge")
+
+
 def test_a_copy_saved_keeps_the_task_its_weights_were_trained_for(tiny_files, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TaskMismatchWarning)

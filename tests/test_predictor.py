@@ -71,6 +71,17 @@ def test_bad_image_is_rejected_before_the_model(predictor):
         predictor.predict(np.zeros((10, 10, 3), np.uint8))
 
 
+def test_predict_batch_wants_several_images_and_names_the_bad_one(predictor, tmp_path):
+    image = np.zeros((40, 48, 3), np.uint8)
+    for one in (image, image[..., 0], str(tmp_path / "a.png"), tmp_path / "a.png"):
+        with pytest.raises(TypeError, match="for one image use predict"):
+            predictor.predict_batch(one)
+    with pytest.raises(ValueError, match=r"^images\[1\]: unsupported image layout"):
+        predictor.predict_batch([image, np.zeros((40, 48, 2))])
+    stack = np.zeros((2, 40, 48), np.uint8)  # two gray images
+    assert [r.mask.shape for r in predictor.predict_batch(stack)] == [(40, 48)] * 2
+
+
 def test_half_precision_needs_an_accelerator(predictor):
     with pytest.raises(ValueError, match="CUDA or MPS"):
         FocusPredictor(predictor.model, "sod", device="cpu", precision="float16")
