@@ -178,6 +178,7 @@ class FocusPredictor:
             mismatch = recorded_size_mismatch(recorded, check_size(architecture), str(path))
             if mismatch is not None:
                 raise mismatch
+        task = check_task(task) if task else None
         other_task = task_mismatch(task, path, cli=False) if task else None
         if other_task:
             warnings.warn(other_task, TaskMismatchWarning, stacklevel=2)

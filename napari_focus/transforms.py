@@ -143,7 +143,7 @@ def resized_shape(height: int, width: int, short_side: int, max_long_side: int) 
             f"image of {height} x {width} pixels (H x W) is too elongated for the model: "
             f"with its long side scaled to {max_long_side} pixels its short side would be "
             f"{min(new_h, new_w):.2f} pixels; crop it or cut it into pieces no longer than "
-            f"{int(2 * max_long_side)} times their width (this one is {long / short:.0f}:1)"
+            f"{int(2 * max_long_side)} times their short side (this one is {long / short:.0f}:1)"
         )
     return int(new_h + 0.5), int(new_w + 0.5)
 
@@ -163,7 +163,7 @@ def normalize_and_pad(
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
+    x = _host_tensor(image).to(device).permute(2, 0, 1).float()
     mean = torch.tensor(preset.pixel_mean, device=x.device).view(3, 1, 1)
     std = torch.tensor(preset.pixel_std, device=x.device).view(3, 1, 1)
     x = (x - mean) / std
@@ -254,10 +254,17 @@ def upload_views(
     return images, edges
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a CPU tensor sharing its memory, copied where it is read-only (a
+    memory-mapped file: torch warns about tensors over memory it may not write)."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = _host_tensor(array)
     if device.type == "cuda":  # pinned host memory: the copy does not block the host
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)

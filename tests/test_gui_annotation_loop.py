@@ -666,6 +666,34 @@ def test_accept_again_after_a_typed_sample_name_meets_that_sample(
     assert masks == ["typed_name.png"]
 
 
+def test_a_mask_proposed_for_another_task_asks_before_going_into_its_split(
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    """The task switched to COD with a SOD proposal on screen: the layout follows the
+    task, so Accept asks before a salient-object mask becomes camouflage ground truth."""
+    from napari_focus.gui import dialogs
+
+    questions: list[str] = []
+    answer = [False]
+    monkeypatch.setattr(
+        dialogs, "ask_yes_no", lambda _, q, **_kw: questions.append(q) or answer[0]
+    )
+    root = tmp_path / "datasets"
+    _viewer, widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos, root)
+    widget.task.value = "cod"
+    assert widget.export_section.dataset_layout.value == "cod10k-train"
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(questions) == 1, timeout=WAIT_MS)
+    assert "'a_large' was proposed for salient objects (SOD)" in questions[0]
+    assert "cod10k-train is a split for camouflaged objects (COD)" in questions[0]
+    assert series.shown_key == "a_large.png" and not list(root.rglob("*.jpg"))
+    answer[0] = True
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    assert [p.name for p in root.rglob("Train/Image/*")] == ["NF-a_large.jpg"]
+
+
 @pytest.mark.parametrize("take_out", [True, False])
 def test_reject_after_accept_asks_to_take_the_sample_out_of_the_split(
     qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch, take_out

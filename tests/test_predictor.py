@@ -82,6 +82,13 @@ def test_predict_batch_wants_several_images_and_names_the_bad_one(predictor, tmp
     assert [r.mask.shape for r in predictor.predict_batch(stack)] == [(40, 48)] * 2
 
 
+def test_a_read_only_image_is_taken_without_a_torch_warning(predictor, recwarn):
+    image = np.zeros((512, 600, 3), np.uint8)  # short side 512: no resize, no copy
+    image.setflags(write=False)
+    predictor.predict(image)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
 def test_half_precision_needs_an_accelerator(predictor):
     with pytest.raises(ValueError, match="CUDA or MPS"):
         FocusPredictor(predictor.model, "sod", device="cpu", precision="float16")

@@ -19,9 +19,11 @@ from ..datasets import (
     SampleExistsError,
     UnusableNameError,
     export_sample,
+    get_layout,
     layout_for_task,
     root_of_export,
 )
+from ..presets import task_info
 from . import dialogs
 from .fields import chosen_dir, middle_cut
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
@@ -139,8 +141,15 @@ class ExportSection(Container):
         except (ExportError, UnsupportedLayerError) as error:
             self._failed(error, on_done)
             return
+        layout = self.dataset_layout.value
+        question = _other_task_question(provenance.get("task"), layout, name)
+        if question is not None and not dialogs.ask_yes_no(self.native, question):
+            self.result_label.value = f"not exported: '{name}' is not a {layout} mask yet"
+            if on_done is not None:
+                on_done(None)
+            return
         policy = self.policy.value
-        job = (root, self.dataset_layout.value, name, image, mask, provenance)
+        job = (root, layout, name, image, mask, provenance)
         self._attempt(job, "error" if policy == "ask" else policy, on_done)
 
     def _attempt(self, job: tuple, on_exists: str, on_done: Callable | None) -> None:
@@ -261,6 +270,20 @@ class ExportSection(Container):
             return None
         proposal, made_from_it = series.own_proposal(labels)
         return proposal if made_from_it else None
+
+
+def _other_task_question(task: str | None, layout: str, name: str) -> str | None:
+    """What to ask before a mask proposed for one task goes into another task's split
+    (the task was switched, or a reopened series exports where it did before)."""
+    split_task = get_layout(layout).task
+    if not task or not split_task or task == split_task:
+        return None
+    proposed, split = (f"{task_info(t)['name'].lower()} ({t.upper()})" for t in (task, split_task))
+    return (
+        f"The mask of '{name}' was proposed for {proposed}, and the Export tab's layout "
+        f"{layout} is a split for {split}.\n\nExport it there anyway? (No: press Run for a "
+        f"{split_task.upper()} proposal, or choose another layout in the Export tab.)"
+    )
 
 
 def _read_once(planes: Any, index: tuple, layer: str) -> Callable[[], np.ndarray]:
