@@ -17,6 +17,8 @@ from test_datasets import FOCUS_LAYOUTS, H, W, check_split, make_sample
 from napari_focus.datasets import (
     LAYOUTS,
     ExportError,
+    UnusableNameError,
+    fitting_name,
     get_layout,
     layout_for_task,
     read_records,
@@ -72,7 +74,6 @@ def test_an_unusable_name_is_said_in_each_interface_s_words(tmp_path: Path) -> N
     from PIL import Image
 
     from napari_focus.cli import main
-    from napari_focus.datasets import UnusableNameError
 
     with pytest.raises(UnusableNameError, match=r"too long .*; choose another name$"):
         sanitize_name("x" * 120)
@@ -89,6 +90,24 @@ def test_an_unusable_name_is_said_in_each_interface_s_words(tmp_path: Path) -> N
     assert code == 1
     assert (f"failed: {name}.png: sample name '{name}' is too long (120 characters; at most "
             "100 characters and 150 UTF-8 bytes); rename the image file") in err.getvalue()
+
+
+@given(st.text(min_size=90, max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_a_name_too_long_is_offered_shortened_for_every_layout(raw: str) -> None:
+    fitted = fitting_name(raw)
+    assert fitted == fitting_name(raw) and (fitted == raw or fitted != fitting_name(raw + "x"))
+    for layout in LAYOUTS:
+        try:
+            sanitize_name(fitted, get_layout(layout))
+        except UnusableNameError as error:
+            assert "too long" not in str(error)
+
+
+def test_a_short_name_is_offered_as_it_is() -> None:
+    assert fitting_name("cat") == "cat"
+    long = "ü" * 151
+    assert fitting_name(long).startswith("ü" * 60) and len(fitting_name(long).encode()) <= 147
 
 
 @given(st.text(max_size=40))

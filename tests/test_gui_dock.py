@@ -354,6 +354,28 @@ def test_export_asks_in_the_dialog_s_words(
     assert export.result_label.value == ""
 
 
+def test_an_image_named_too_long_for_a_sample_is_offered_a_name_that_fits(
+    qtbot, open_focus_widget, small_coffee, tmp_path
+):
+    """A photo's file name of 151 characters: the Export tab offers a shortened name,
+    so Accept works without typing one (a name typed too long is still refused)."""
+    from napari_focus.datasets import fitting_name
+
+    viewer, widget = open_focus_widget()
+    long_name = "Grüße aus dem Urlaub " * 7 + "Tag 1"
+    viewer.add_image(small_coffee, name=long_name)
+    widget.image.value = long_name
+    export = widget.export_section
+    assert export.sample_name.value == fitting_name(long_name) != long_name
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    export.dataset_root.value = tmp_path / "datasets"
+    outcomes: list = []
+    export.export(on_done=outcomes.append)
+    qtbot.waitUntil(lambda: len(outcomes) == 1 and not export.busy, timeout=WAIT_MS)
+    assert outcomes[0] is not None and outcomes[0].name.startswith("Grüße_aus_dem_Urlaub_")
+
+
 def test_an_export_that_cannot_write_says_so_in_the_export_tab_s_words(
     qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
 ):

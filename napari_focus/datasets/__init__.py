@@ -24,7 +24,7 @@ from .layouts import (
     layout_for_task,
     root_of_export,
 )
-from .names import sanitize_name
+from .names import fitting_name, sanitize_name
 from .provenance import PROVENANCE_NAME, Provenance, ProvenanceLog, read_log, read_records
 from .removal import RemovedSample, remove_sample
 
@@ -44,6 +44,7 @@ __all__ = [
     "SamplePaths",
     "UnusableNameError",
     "export_sample",
+    "fitting_name",
     "get_layout",
     "layout_for_task",
     "read_log",

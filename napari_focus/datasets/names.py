@@ -9,6 +9,7 @@ for suffixes such as ``_gt.png`` and ``_12`` within the usual 255-byte file-name
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
@@ -69,3 +70,23 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
             f"{MAX_NAME_CHARS} characters and {MAX_NAME_BYTES} UTF-8 bytes)"
         )
     return name
+
+
+def fitting_name(raw: str) -> str:
+    """``raw`` (an image's name) as a name :func:`sanitize_name` takes for every layout:
+    as it is when short enough, else its start with a hash of the whole appended
+    (``a_very_long_…_3f2a9c1e``), the same for the same name and different for others."""
+    room_chars = MAX_NAME_CHARS - len(DASH_PREFIX)
+    room_bytes = MAX_NAME_BYTES - len(DASH_PREFIX)
+
+    def size(text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+    text = unicodedata.normalize("NFC", raw)  # as sanitize_name measures it
+    if len(text) <= room_chars and size(text) <= room_bytes:
+        return raw
+    digest = "_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    head = text[: room_chars - len(digest)]
+    while size(head) > room_bytes - len(digest):
+        head = head[:-1]
+    return head + digest

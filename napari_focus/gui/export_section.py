@@ -19,6 +19,7 @@ from ..datasets import (
     SampleExistsError,
     UnusableNameError,
     export_sample,
+    fitting_name,
     get_layout,
     layout_for_task,
     root_of_export,
@@ -114,7 +115,8 @@ class ExportSection(Container):
         return str(root)
 
     def image_changed(self, name: str | None) -> None:
-        self.sample_name.value = name or ""
+        # a file name too long for a sample is offered shortened, not refused at Accept
+        self.sample_name.value = fitting_name(name) if name else ""
 
     @property
     def busy(self) -> bool:
