@@ -603,7 +603,7 @@ def test_accept_after_the_mask_layer_was_closed_says_how_to_get_it_back(
     assert series.shown_key == "a_large.png"
     assert series_errors[-1] == (
         "FOCUS series: the mask layer of a_large was closed: go to another image and back "
-        "to show its mask again (its edits were kept), then Accept"
+        "to show its mask again (any edits of it were kept), then Accept"
     )
     series.next()
     qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
@@ -664,6 +664,24 @@ def test_accept_again_after_a_typed_sample_name_meets_that_sample(
     assert "typed_name" in questions[0]
     masks = sorted(p.name for p in (tmp_path / "datasets").rglob("DUTS-TR-Mask/*"))
     assert masks == ["typed_name.png"]
+
+
+def test_a_file_found_broken_when_read_is_named_once_in_the_warning(
+    qtbot, open_series, open_focus_widget, photos, monkeypatch
+):
+    from napari_focus.gui import series_scheduling
+
+    warned: list[str] = []
+    monkeypatch.setattr(series_scheduling, "show_warning", warned.append)
+    _viewer, _widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos)
+    for _ in range(2):
+        series.next()
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bool(warned), timeout=WAIT_MS)
+    assert warned[0].startswith("FOCUS series: d_broken.png ") and warned[0].endswith(
+        " (skipped)"
+    ), warned
+    assert warned[0].count("d_broken.png") == 1
 
 
 def test_a_mask_proposed_for_another_task_asks_before_going_into_its_split(

@@ -107,7 +107,7 @@ class SeriesDecisions:
         if labels is None and self._awaiting != self._shown:  # the user closed the layer
             self._error(
                 f"the mask layer of {name} was closed: go to another image and back to "
-                "show its mask again (its edits were kept), then Accept"
+                "show its mask again (any edits of it were kept), then Accept"
             )
             return True
         waiting = labels is None or self._awaiting == self._shown

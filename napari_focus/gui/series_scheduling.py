@@ -134,7 +134,8 @@ class SeriesScheduling:
             self.state.queue.mark_failed(key, reason)
             self._error(self.close_guard.save_failure_text(error, "the series state"))
         named = reason.startswith(Path(key).name)  # "x.png is not an image file ..."
-        show_warning(f"FOCUS series: skipped {reason if named else f'{key}: {reason}'}")
+        said = f"{reason} (skipped)" if named else f"skipped {key}: {reason}"
+        show_warning(f"FOCUS series: {said}")
         current = self.state.queue.current
         if current is not None and current.key == self._shown:  # its line counts the failed
             self._show_position(current)
