@@ -204,3 +204,20 @@ def test_ray_sources_say_a_file_found_under_two_names(tmp_path):
     assert found.sources == [str(tmp_path / "a.png")]
     assert found.other_names == [(tmp_path / "0_latest.png", tmp_path / "a.png")]
 
+
+def test_ray_sources_take_a_file_once_when_two_inputs_name_it(tmp_path):
+    """Inputs a.png and a link to it (named as two arguments, or by a list file): the
+    file is predicted once, as the local engine predicts it."""
+    from napari_focus.distributed.inputs import find_sources
+    from napari_focus.input_files import find_inputs
+
+    write_mask(tmp_path / "a.png", np.ones((40, 40), np.uint8))
+    (tmp_path / "b.png").symlink_to("a.png")
+    (tmp_path / "both.txt").write_text(f"{tmp_path / 'b.png'}\n{tmp_path / 'a.png'}\n")
+    for inputs in ([tmp_path / "a.png", tmp_path / "b.png"], [tmp_path / "both.txt"]):
+        found = find_sources([str(i) for i in inputs])
+        local = find_inputs([str(i) for i in inputs])
+        assert found.sources == [str(p) for p in local.images] == [str(tmp_path / "a.png")]
+        assert found.other_names == local.other_names == [
+            (tmp_path / "b.png", tmp_path / "a.png")
+        ]

@@ -19,7 +19,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import prediction_files
-from ..input_files import find_inputs, is_list_file, read_list_file, unmatched_reason
+from ..input_files import (
+    find_inputs,
+    is_list_file,
+    one_name_each,
+    read_list_file,
+    unmatched_reason,
+)
 from ..prediction_files import is_uri, source_name
 
 __all__ = [
@@ -150,7 +156,18 @@ def find_sources(
         if not images:
             found.unmatched.append(unmatched_reason(item))
         _add(found, images)
+    if _lists is None:  # across the inputs too, each local file once, as find_inputs takes it
+        _one_name_each(found)
     return found
+
+
+def _one_name_each(found: FoundSources) -> None:
+    kept, others = one_name_each(Path(s) for s in found.sources if not is_uri(s))
+    taken = {str(path) for path in kept}
+    for left, _ in others:
+        found.subfolders.pop(str(left), None)
+    found.sources = [s for s in found.sources if is_uri(s) or s in taken]
+    found.other_names += [pair for pair in others if pair not in found.other_names]
 
 
 def _add(found: FoundSources, images: Iterable[tuple[str, str]]) -> None:
