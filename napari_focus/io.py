@@ -31,7 +31,7 @@ __all__ = [
     "atomic_write",
     "check_image_file",
     "check_single_image",
-    "describe_read_error",
+    "failure_text",
     "file_orientation",
     "image_shape",
     "pixel_limit",
@@ -116,10 +116,14 @@ def check_single_image(image: np.ndarray, name: str) -> np.ndarray:
     return image
 
 
-def describe_read_error(error: BaseException) -> str:
-    """A failed image in one line, as ``predict`` says it: the message alone (the command
-    line names no Python exception class), the exception's kind only when it has none."""
-    return str(error).strip() or type(error).__name__
+def failure_text(error: BaseException) -> str:
+    """A failed image in one line, as every command says it: the message alone (the
+    command line names no Python exception class), the exception's kind only when it
+    has none, running out of memory in words (it was already retried alone when it
+    failed in a batch)."""
+    from .devices import memory_failure_text
+
+    return memory_failure_text(error) or str(error).strip() or type(error).__name__
 
 
 def pixel_limit() -> int | None:

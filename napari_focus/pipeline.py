@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .io import failure_text
+
 if TYPE_CHECKING:
     from .predictor import FocusPredictor, Prediction, PreparedInput
 
@@ -60,16 +62,6 @@ class RunSummary:
     def images_per_second(self) -> float:
         done = self.written + len(self.failures)
         return done / self.seconds if self.seconds > 0 else 0.0
-
-
-def failure_text(error: BaseException) -> str:
-    """What an image's failure says: the exception's message, or its type when it has
-    none (a bare ``AssertionError``), never an empty text; running out of memory in
-    words (it was already retried alone when it failed in a batch)."""
-    from .devices import memory_failure_text
-
-    message = memory_failure_text(error) or str(error).strip()
-    return message or type(error).__name__
 
 
 def _read_and_prepare(predictor: FocusPredictor, job: Job, tta: bool) -> PreparedInput:

@@ -137,8 +137,7 @@ def test_an_overwrite_cut_short_leaves_no_row_for_the_old_mask(
 def test_running_out_of_memory_is_said_in_words_not_allocator_statistics() -> None:
     import torch
 
-    from napari_focus.distributed.worker import describe
-    from napari_focus.pipeline import failure_text
+    from napari_focus.io import failure_text
 
     statistics = (
         "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
@@ -146,12 +145,11 @@ def test_running_out_of_memory_is_said_in_words_not_allocator_statistics() -> No
         "PyTorch, and 1.3 GiB is reserved but unallocated. See documentation for Memory "
         "Management (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
     )
-    for say in (failure_text, describe):  # predict, and predict --engine ray
-        for error in (torch.OutOfMemoryError(statistics), RuntimeError(statistics)):
-            text = say(error)
-            assert text.startswith("the GPU ran out of memory for this image, even alone")
-            assert "Tried to allocate" not in text and "float16" in text
-        assert say(MemoryError()).startswith("the computer ran out of memory")
+    for error in (torch.OutOfMemoryError(statistics), RuntimeError(statistics)):
+        text = failure_text(error)  # predict's, predict --engine ray's and rank's words
+        assert text.startswith("the GPU ran out of memory for this image, even alone")
+        assert "Tried to allocate" not in text and "float16" in text
+    assert failure_text(MemoryError()).startswith("the computer ran out of memory")
     assert failure_text(ValueError("a plain reason")) == "a plain reason"
     assert failure_text(AssertionError()) == "AssertionError"
 

@@ -38,6 +38,16 @@ class FakePredictor:
         return Prediction(probability=prob, mask=(prob > 0.5).astype(np.uint8))
 
 
+def test_rank_says_running_out_of_memory_in_words(tmp_path):
+    class Exhausted(FakePredictor):
+        def predict(self, image, tta=False):
+            raise MemoryError()
+
+    write_png(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    [row] = rank_folder(tmp_path, Exhausted())
+    assert row.error.startswith("the computer ran out of memory for this image")
+
+
 def test_rank_folder_orders_by_uncertainty_and_reports_failures(tmp_path):
     images, gt = tmp_path / "images", tmp_path / "gt"
     for name, level in [("sure", 250), ("doubtful", 128), ("middle", 200)]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io import failure_text
 from ..mask_provenance import MadeBy, read_made_by
 from ..pipeline import AppearedMeanwhile, predict_isolating
 from . import journal
@@ -36,13 +37,6 @@ RESULT_COLUMNS = (
     "height",
     "worker",
 )
-
-
-def describe(error: BaseException) -> str:
-    from ..devices import memory_failure_text
-    from ..io import describe_read_error
-
-    return memory_failure_text(error) or describe_read_error(error)
 
 
 def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
@@ -69,7 +63,7 @@ def decode_batch(batch: dict[str, Any]) -> dict[str, list]:
             out["pixels"].append(b"")
             out["height"].append(0)
             out["width"].append(0)
-            out["error"].append(describe(error))
+            out["error"].append(failure_text(error))
     return out
 
 
@@ -227,7 +221,7 @@ class FocusWorker:
             try:
                 ready.append((i, self.predictor.prepare(image, tta=self.settings.tta)))
             except Exception as error:  # this image failed, the others go on
-                rows[i]["error"] = describe(error)
+                rows[i]["error"] = failure_text(error)
         with self.model_lock:
             predictions = predict_isolating(
                 self.predictor, [p for _, p in ready], self.settings.batch_size
@@ -236,7 +230,7 @@ class FocusWorker:
             row = rows[i]
             row["seconds"] = seconds
             if isinstance(result, Exception):
-                row["error"] = describe(result)
+                row["error"] = failure_text(result)
                 continue
             if journal.stop_requested(self.settings.journal):
                 row["status"], row["error"] = "pending", ""
@@ -244,7 +238,7 @@ class FocusWorker:
             try:
                 self._write(row, result)
             except Exception as error:  # disk full, permissions: this input failed
-                row["status"], row["error"] = "failed", describe(error)
+                row["status"], row["error"] = "failed", failure_text(error)
         return {c: [row[c] for row in rows] for c in RESULT_COLUMNS}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..input_files import one_name_each
-from ..io import IMAGE_EXTENSIONS, check_single_image, describe_read_error, read_image
+from ..io import IMAGE_EXTENSIONS, check_single_image, failure_text, read_image
 from ..mask_files import read_mask_file
 from ..quality import (
     DEFAULT_UNCERTAINTY,
@@ -120,7 +120,7 @@ def rank_folder(
                     try:
                         reference = read_mask_file(mask_path)
                     except (OSError, ValueError) as error:  # the mask's fault, said so
-                        said = describe_read_error(error)
+                        said = failure_text(error)
                         raise ValueError(f"its ground truth {mask_path}: {said}") from error
                     if reference.shape != prediction.mask.shape:
                         (h, w), (mh, mw) = prediction.mask.shape, reference.shape
@@ -133,7 +133,7 @@ def rank_folder(
         except SharedReferenceError as error:
             row.error = str(error)
         except Exception as error:  # one bad image must not stop the ranking
-            row.error = describe_read_error(error)
+            row.error = failure_text(error)
         rows.append(row)
         if progress is not None:
             progress(done, len(keys), key)
