@@ -43,6 +43,7 @@ from bench_model import random_model
 
 from napari_focus import FocusPredictor
 from napari_focus.pipeline import Job, run_pipeline
+from napari_focus.runtime import AUTO_HALF_MIN_AGREEMENT
 
 PRECISIONS = ("float32", "float16", "bfloat16")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
@@ -90,12 +91,14 @@ def compare(reference, other) -> dict[str, float]:
     }
 
 
-def summarize(rows: list[dict]) -> dict[str, float]:
+def summarize(rows: list[dict]) -> dict[str, float | bool]:
     agreements = [r["mask_agreement"] for r in rows]
     return {
         "images": len(rows),
         "mean_agreement": float(np.mean(agreements)),
         "min_agreement": float(np.min(agreements)),
+        # the bar a half type must meet on every image to be the CUDA default
+        "meets_auto_bar": bool(np.min(agreements) >= AUTO_HALF_MIN_AGREEMENT),
         "max_prob_diff": float(np.max([r["max_prob_diff"] for r in rows])),
         "mean_prob_diff": float(np.mean([r["mean_prob_diff"] for r in rows])),
     }

@@ -1,7 +1,7 @@
 """What the command-line commands share: exit codes, the model flags and loading the
-model from them, and the ``--out`` refusal of ``predict`` (both engines) (used by
-``predict`` in :mod:`napari_focus.cli` and by ``rank`` in :mod:`napari_focus.series.rank_cli`,
-which must not import each other)."""
+model from them, and the ``--out`` refusal of ``predict`` (both engines): used by
+``predict`` (:mod:`napari_focus.cli_predict`, :mod:`napari_focus.distributed.cli`), ``rank``
+(:mod:`napari_focus.series.rank_cli`) and the others."""
 
 from __future__ import annotations
 

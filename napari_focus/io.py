@@ -247,7 +247,9 @@ def _read_image(path: Path, limit: int | None) -> np.ndarray:
 
 def _open_beyond_pil_limit(path: Path) -> Image.Image:
     """``Image.open`` without PIL's pixel check (the caller applies its own limit). PIL
-    keeps that limit in a global: it is lifted for this one call only, under a lock."""
+    keeps that limit in a global, lifted for this call under a lock that orders the
+    lifts; an ``Image.open`` in another thread meanwhile skips PIL's check too, and
+    :func:`_check_pixels`, which every read applies, stands in for it."""
     with _PIL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None

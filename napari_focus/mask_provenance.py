@@ -34,7 +34,9 @@ class MadeBy:
         weights file says it was trained for when it says one (its masks show that task,
         whatever ``--task`` asked; the run warns), else ``task``."""
         if not weights:
-            return cls(task=task, weights=f"focus_{size or 'large'}_{task}.pth")
+            from .presets import hub_location
+
+            return cls(task=task, weights=hub_location(task, size or "large")[1])
         from .checkpoint_identity import recorded_task
 
         found = recorded_task(weights) if Path(weights).is_file() else None

@@ -210,8 +210,6 @@ def predict_isolating(
     start = time.perf_counter()
     try:
         predictions = predictor.predict_prepared(inputs, batch_size=per_batch)
-    except KeyboardInterrupt:
-        raise
     except Exception as error:
         if len(inputs) == 1:
             return [(error, time.perf_counter() - start)]
@@ -224,8 +222,6 @@ def predict_isolating(
         outcome: Prediction | Exception
         try:
             (outcome,) = predictor.predict_prepared([prepared], batch_size=1)
-        except KeyboardInterrupt:
-            raise
         except Exception as error:  # report this image, keep going with the others
             outcome = error
         results.append((outcome, time.perf_counter() - start))

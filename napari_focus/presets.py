@@ -78,3 +78,9 @@ def hub_location(task: str, size: str) -> tuple[str, str]:
     hub = _presets()["hub"]
     fields = {"task": check_task(task), "size": check_size(size)}
     return hub["repo_id"].format(**fields), hub["filename"].format(**fields)
+
+
+def official_weights_id(task: str, size: str) -> str:
+    """``hf://<repo>/<file>``: how records name the official weights of a task and size."""
+    repo, filename = hub_location(task, size)
+    return f"hf://{repo}/{filename}"

@@ -132,11 +132,6 @@ def record_line(record: dict[str, Any]) -> str:
     return json_text(record, default=_json_default) + "\n"
 
 
-def append_record(root: Path, record: dict[str, Any]) -> Path:
-    """Append one line (call it while holding the root lock); see :func:`append_line`."""
-    return append_line(root, record_line(record))
-
-
 def holds_line(root: Path, line: str) -> bool:
     """Whether the log already holds ``line`` (a killed export may have appended it
     before it could delete its journal)."""

@@ -20,7 +20,7 @@ from ..checkpoints import CheckpointNotAvailable
 from ..devices import out_of_memory
 from ..hub_download import DownloadProgress, ProgressCallback
 from ..predictor import FocusPredictor
-from ..presets import hub_location
+from ..presets import official_weights_id
 from ..run_control import Cancelled, RunControl, kernel_build_stage, watch_model
 from .planes import LayerPlanes
 
@@ -87,8 +87,7 @@ class ModelKey:
         """The local checkpoint path, or ``hf://<repo>/<file>`` of the official weights."""
         if self.weights:
             return self.weights
-        repo, filename = hub_location(self.task, self.size)
-        return f"hf://{repo}/{filename}"
+        return official_weights_id(self.task, self.size)
 
     def describe(self) -> str:
         return f"FOCUS {self.task.upper()} from {self.weights_id} on {self.device}"

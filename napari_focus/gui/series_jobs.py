@@ -259,7 +259,3 @@ class Prefetcher:
         if stored is None:
             return None
         return Prediction(probability=stored.probability, mask=stored.mask), stored.uncertainty
-
-    def stored_uncertainty(self, item_key: str, path: Path | None) -> float | None:
-        """The uncertainty of a proposal saved on disk earlier (its maps are not read)."""
-        return self.store.uncertainty(item_key, path) if self.store is not None else None

@@ -48,7 +48,7 @@ from .state import (
     load_state,
     save_state,
 )
-from .validate import better, score_samples, write_report
+from .validate import REPORT_NAME, better, score_samples, write_report
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def _result(
         best_step=run.best_step,
         best_metrics=run.best_metrics,
         baseline_metrics=baseline if evals and evals[0]["step"] == 0 else None,
-        report=work_dir / "training_report.html",
+        report=work_dir / REPORT_NAME,
         work_dir=work_dir,
         history=list(run.history),
         problems=tuple(problems),

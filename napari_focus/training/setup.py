@@ -16,7 +16,7 @@ from ..checkpoint_hub import official_checkpoint
 from ..checkpoints import metadata_architecture, read_checkpoint
 from ..hub_download import ProgressCallback
 from ..model import FocusModel, build_model, resolve_architecture
-from ..presets import TASKS, check_size, hub_location
+from ..presets import TASKS, check_size, official_weights_id
 from .config import TrainConfig
 from .presets import part_of
 
@@ -57,8 +57,7 @@ def load_base(
         path = official_checkpoint(task, size, progress=download_progress, cancelled=cancelled)
         state, _ = read_checkpoint(path)
         architecture = size
-        repo, filename = hub_location(task, size)
-        base_id = f"hf://{repo}/{filename}"
+        base_id = official_weights_id(task, size)
         task = config.task or task
     # the checks and messages of inference loading: shapes, other size, kinds, finiteness
     return BaseModel(load_model(state, architecture, str(path)), task, base_id)

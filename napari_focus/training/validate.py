@@ -72,6 +72,7 @@ def better(metric: str, new: float, old: float | None) -> bool:
 
 
 REPORT_COLUMNS = ("step", "kind", "loss", "lr", *VALIDATION_METRICS)
+REPORT_NAME = "training_report.html"  # beside the training log, in the work folder
 
 
 def write_report(folder: Path, history: Sequence[Mapping[str, Any]], title: str) -> Path:
@@ -101,7 +102,7 @@ def write_report(folder: Path, history: Sequence[Mapping[str, Any]], title: str)
         f"<h1>{html.escape(title)}</h1>{''.join(charts)}"
         f"<h2>Evaluations</h2><table border=1 cellpadding=3><tr>{head}</tr>{table}</table>"
     )
-    path = folder / "training_report.html"
+    path = folder / REPORT_NAME
     atomic_write_text(path, page)
     return path
 
