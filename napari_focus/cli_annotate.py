@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from .cli_common import (
     EXIT_SETUP_ERROR,
     TASK_HELP,
     device_argument,
+    interrupted_exit,
     path_argument,
     weights_file_problem,
 )
@@ -123,5 +125,5 @@ def run_annotate(args: argparse.Namespace) -> int:
     if received:  # closed by Ctrl-C or SIGTERM, as by the window's close button
         close()
         print("napari-focus: interrupted: napari was closed", file=sys.stderr)
-        return 128 + received[0]  # 130 for Ctrl-C, 143 for SIGTERM, as a shell says
+        return interrupted_exit(received[0] == signal.SIGTERM)
     return 0

@@ -19,6 +19,12 @@ from .presets import SIZES, TASKS
 EXIT_FAILED_IMAGES = 1
 EXIT_SETUP_ERROR = 2
 EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports SIGINT
+EXIT_TERMINATED = 128 + 15  # SIGTERM (a cluster's job ending), as a shell reports it
+
+
+def interrupted_exit(terminated: bool) -> int:
+    """The exit code of a command stopped by Ctrl-C, or by SIGTERM (``terminated``)."""
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 TASK_HELP = (
     "sod = salient objects, cod = camouflaged objects, sd = shadows, "

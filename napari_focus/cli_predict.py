@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_SETUP_ERROR,
     Terminated,
+    interrupted_exit,
     load_predictor_or_say_why,
     masks_of_another_task_message,
     other_names_note,
@@ -140,7 +142,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for image, message in failures:
         print(f"  failed: {image}: {message}", file=sys.stderr)
     if interrupted is not None:
-        return 128 + interrupted
+        return interrupted_exit(interrupted == signal.SIGTERM)
     return EXIT_FAILED_IMAGES if failures or unmatched else 0
 
 
@@ -150,8 +152,6 @@ def _run_jobs(
     """Run the pipeline with a progress bar; SIGTERM and Ctrl-C stop it in order. Every
     output keeps ``record`` (which model made it). Returns (written, the signal number if
     interrupted, failures)."""
-    import signal
-
     from .pipeline import run_pipeline
 
     bar = progress_bar(len(jobs), "FOCUS", "image", quiet=args.quiet, prefix="napari-focus")

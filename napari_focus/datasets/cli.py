@@ -254,7 +254,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"  unpaired: {message}", file=sys.stderr)
     counts = {"written": 0, "renamed": 0, "replaced": 0, "skipped": 0}
     failures: list[str] = []
-    from ..cli_common import EXIT_INTERRUPTED, Terminated, first_signal_asks_to_stop
+    from ..cli_common import Terminated, first_signal_asks_to_stop, interrupted_exit
 
     interrupted: int | None = None  # the signal that stopped the export
     with first_signal_asks_to_stop(  # Ctrl-C ends after the sample being written
@@ -292,7 +292,7 @@ def run_export(args: argparse.Namespace) -> int:
         for message in problems:
             print(f"  unpaired: {message}", file=sys.stderr)
     if interrupted is not None:
-        return 128 + int(signal.SIGTERM) if interrupted == signal.SIGTERM else EXIT_INTERRUPTED
+        return interrupted_exit(interrupted == signal.SIGTERM)
     return EXIT_FAILED if failures or problems else 0
 
 

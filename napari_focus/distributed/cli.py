@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -330,7 +329,7 @@ def _series_problem(series: str, inputs: list[str]) -> str | None:
 
 def _say_interrupted(stop: Any, out: Path) -> int:
     """The local engine's summary of an interrupted run, and its exit code."""
-    from ..cli_common import EXIT_INTERRUPTED, Terminated
+    from ..cli_common import Terminated, interrupted_exit
 
     run = stop.run
     pending = run.count("pending")
@@ -341,6 +340,4 @@ def _say_interrupted(stop: Any, out: Path) -> int:
     )
     for row in run.failed:
         print(f"  failed: {row['source']}: {row['error']}", file=sys.stderr)
-    if isinstance(stop.cause, Terminated):
-        return 128 + int(signal.SIGTERM)
-    return EXIT_INTERRUPTED
+    return interrupted_exit(isinstance(stop.cause, Terminated))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,7 @@ def run_rank(args: argparse.Namespace) -> int:
     if predictor is None:
         return EXIT_SETUP_ERROR
 
-    from ..cli_common import EXIT_INTERRUPTED, Terminated, progress_bar, sigterm_as_interrupt
+    from ..cli_common import Terminated, interrupted_exit, progress_bar, sigterm_as_interrupt
 
     bar = progress_bar(len(keys), "rank", "image", quiet=args.quiet, prefix="napari-focus")
     ranked = [0]
@@ -192,7 +191,7 @@ def run_rank(args: argparse.Namespace) -> int:
         kept = f"{out} is unchanged" if out.exists() else f"{out} was not written"
         print(f"napari-focus: interrupted after {ranked[0]} of {len(keys)} images; "
               f"nothing was written ({kept})", file=sys.stderr)  # fmt: skip
-        return 128 + int(signal.SIGTERM) if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+        return interrupted_exit(isinstance(stop, Terminated))
     finally:
         bar.close()
     try:

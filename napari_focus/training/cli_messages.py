@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_common import EXIT_INTERRUPTED
+from ..cli_common import interrupted_exit
 
 PREFIX = "napari-focus train"  # every line of the command, refusals to summary
 
@@ -83,7 +83,7 @@ def saved_since(work_dir: Path, started: float) -> bool:
 
 def interrupted_code(received: set[int]) -> int:
     """130 for Ctrl-C, 143 when SIGTERM stopped the run (as a shell reports them)."""
-    return 128 + int(signal.SIGTERM) if signal.SIGTERM in received else EXIT_INTERRUPTED
+    return interrupted_exit(signal.SIGTERM in received)
 
 
 def best_step_summary(result: Any, keep_best: str) -> str:
