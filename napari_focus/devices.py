@@ -157,6 +157,20 @@ DEFAULT_BATCH = {"cpu": 1, "cuda": 4, "mps": 2}
 LARGE_GPU_GIB, LARGE_GPU_BATCH = 24, 8
 
 
+def release_cached_memory(device: torch.device | None) -> None:
+    """After a model on ``device`` was let go: on a GPU, collect what reference cycles
+    still hold of it and hand PyTorch's cached blocks back (GPU memory is scarce; the
+    collection costs about 0.3 s, worth it there and nowhere else)."""
+    if device is None or device.type != "cuda":
+        return
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def default_batch_size(device: torch.device) -> int:
     """Images per forward on ``device`` when the caller names no batch size."""
     if device.type == "cuda":

@@ -122,3 +122,17 @@ def test_cli_misspelled_device_is_a_usage_error(tmp_path: Path) -> None:
         main(["predict", str(tmp_path), "--task", "sod", "--device", "tpu"])
     assert exit_.value.code == 2
     assert "argument --device: unknown device 'tpu'; choose one of auto, cpu" in err.getvalue()
+
+
+def test_a_model_let_go_on_a_gpu_hands_its_cached_memory_back(monkeypatch):
+    import torch
+
+    from napari_focus.devices import release_cached_memory
+
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    release_cached_memory(torch.device("cpu"))
+    release_cached_memory(None)
+    assert emptied == []
+    release_cached_memory(torch.device("cuda", 0))
+    assert emptied == [True]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..checkpoint_identity import HubFileMismatch, TaskMismatchWarning
 from ..checkpoints import CheckpointNotAvailable
-from ..devices import out_of_memory
+from ..devices import out_of_memory, release_cached_memory
 from ..hub_download import DownloadProgress, ProgressCallback
 from ..predictor import FocusPredictor
 from ..presets import official_weights_id
@@ -198,13 +198,7 @@ class SharedModel:
     def _drop(self) -> None:
         device = getattr(self._predictor, "device", None)
         self._key, self._predictor = None, None
-        if device is not None and device.type == "cuda":
-            import gc
-
-            import torch
-
-            gc.collect()  # GPU memory is scarce (see ModelSection.release_model)
-            torch.cuda.empty_cache()
+        release_cached_memory(device)
 
     def waiting(self, key: ModelKey, besides: Any = None) -> int:
         """How many callers not cancelled are loading ``key`` or waiting for it."""

@@ -3,7 +3,6 @@ the loaded predictor and frees the old one before another is loaded."""
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 
 from ..checkpoint_identity import recorded_task
+from ..devices import release_cached_memory
 from ..presets import SIZES, TASKS, task_info
 from ..runtime import PRECISIONS
 from .job import ModelKey, SharedModel
@@ -206,10 +206,7 @@ class ModelSection(Container):
         device = getattr(self._predictor, "device", None)
         self.shared_model.forget(self._predictor)
         self._predictor, self._predictor_key = None, None  # freed now (no cycles in it)
-        if device is not None and device.type == "cuda":
-            # GPU memory is scarce: whatever else a cycle may hold of it is worth 0.3 s
-            gc.collect()
-            torch.cuda.empty_cache()
+        release_cached_memory(device)
 
     def current_model(self) -> tuple[ModelKey | None, Any]:
         return self._predictor_key, self._predictor
