@@ -218,6 +218,28 @@ def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoin
     assert code == 2 and "cannot load the model" in err
 
 
+def test_rank_lists_a_folder_with_its_masks_beside_once(
+    focus_reference, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """--gt the image folder itself: the folder is scanned once, and the masks beside
+    the images are neither ranked nor counted in the progress bar's total."""
+    from napari_focus.series import rank
+
+    source = Image.open(focus_reference / "input.png").convert("RGB").resize((64, 48))
+    for i in range(2):
+        source.save(tmp_path / f"img{i}.png")
+        write_png(tmp_path / f"img{i}_gt.png", np.full((48, 64), 255 * i, np.uint8))
+    scans = []
+    scan = rank.scan_folder
+    monkeypatch.setattr(rank, "scan_folder", lambda *a, **k: scans.append(a) or scan(*a, **k))
+    code, err = run_rank_cli(
+        "rank", tmp_path, "--task", "sod", "--weights", tiny_checkpoint, "--device", "cpu",
+        "--gt", tmp_path, "--out", tmp_path / "out" / "rank.csv", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "ranked 2 images, 0 failed" in err and len(scans) == 1
+
+
 def test_an_interrupted_rank_says_how_far_it_got_and_keeps_the_earlier_csv(
     focus_reference, tiny_checkpoint, tmp_path, monkeypatch
 ):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ def rank_folder(
     tta: bool = False,
     method: str = DEFAULT_UNCERTAINTY,
     progress: Progress | None = None,
+    keys: Sequence[str] | None = None,
 ) -> list[RankRow]:
     """Predict every image of ``folder`` and rank by :func:`~napari_focus.quality.
     uncertainty` (``method``), most doubtful first (``rank`` 1); failures come last with
@@ -91,15 +92,17 @@ def rank_folder(
     ``folder`` itself, the mask files are not ranked as images. Images that would pair
     with one mask (``a.png`` and ``a.jpg``; ``sub/a.png`` beside ``a.png`` without a
     ``sub/`` of masks) fail with the reason (:func:`shared_references`), unscored. ``progress`` is
-    called as ``progress(done, total, name)`` after each image.
+    called as ``progress(done, total, name)`` after each image. ``keys``: the images
+    :func:`images_to_rank` listed for these arguments already (a caller that counted
+    them), not listed again.
     """
     if method not in UNCERTAINTY_METHODS:
         raise ValueError(f"unknown uncertainty method {method!r}")
     root = Path(folder)
-    # earlier runs' outputs left out, as run_rank's scan said
-    keys = images_to_rank(root, recursive=recursive, extensions=extensions, pattern=pattern)
-    if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
-        keys = _without_masks(root, keys)
+    if keys is None:
+        keys = images_to_rank(root, recursive=recursive, extensions=extensions,
+                              pattern=pattern, gt_folder=gt_folder)  # fmt: skip
+    keys = list(keys)
     masks = MaskFolder(gt_folder) if gt_folder is not None else None
     shared = shared_references(root, keys, gt_folder) if gt_folder is not None else {}
     rows: list[RankRow] = []
@@ -151,18 +154,23 @@ def images_to_rank(
     pattern: str | None = None,
     mask_folders: list[Path] | None = None,
     other_names: list[tuple[str, str]] | None = None,
+    gt_folder: str | os.PathLike | None = None,
 ) -> list[str]:
     """The images :func:`rank_folder` ranks: :func:`.scan.scan_folder`'s, each file once
-    (:func:`~napari_focus.input_files.one_name_each`, as predict takes them); the names
-    left out go to ``other_names`` as (name left out, name kept), earlier runs' outputs
-    left out to ``mask_folders``."""
+    (:func:`~napari_focus.input_files.one_name_each`, as predict takes them), and not the
+    masks of a ``gt_folder`` that is ``root`` itself; the names left out go to
+    ``other_names`` as (name left out, name kept), earlier runs' outputs left out to
+    ``mask_folders``."""
     keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern,
                        mask_folders=[] if mask_folders is None else mask_folders)  # fmt: skip
     key_of = {root / key: key for key in keys}
     kept, others = one_name_each(key_of)
     if other_names is not None:
         other_names += [(key_of[left], key_of[taken]) for left, taken in others]
-    return [key_of[path] for path in kept]
+    images = [key_of[path] for path in kept]
+    if gt_folder is not None and Path(gt_folder).resolve() == root.resolve():
+        images = _without_masks(root, images)
+    return images
 
 
 class SharedReferenceError(ValueError):

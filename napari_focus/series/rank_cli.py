@@ -142,7 +142,8 @@ def run_rank(args: argparse.Namespace) -> int:
     mask_folders: list[Path] = []
     other_names: list[tuple[str, str]] = []
     keys = images_to_rank(folder, recursive=args.recursive, pattern=args.pattern,
-                          mask_folders=mask_folders, other_names=other_names)  # fmt: skip
+                          mask_folders=mask_folders, other_names=other_names,
+                          gt_folder=args.gt)  # fmt: skip
     if mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(mask_folders)}", file=sys.stderr)
     leave_out = [Path(args.gt)] if args.gt else []
@@ -185,6 +186,7 @@ def run_rank(args: argparse.Namespace) -> int:
                 tta=args.tta,
                 method=args.method,
                 progress=advance,
+                keys=keys,
             )
     except KeyboardInterrupt as stop:  # a ranking of some images would read as the whole
         bar.close()
