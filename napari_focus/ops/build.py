@@ -145,6 +145,9 @@ def state(kind: str) -> KernelState:
 
 @contextlib.contextmanager
 def _build_environment(kind: str) -> Iterator[None]:
+    # torch's cpp_extension.load reads PATH and TORCH_CUDA_ARCH_LIST from os.environ only,
+    # so the build (one at a time, under _LOCK) sets them there; a process another thread
+    # starts meanwhile finds ninja on its PATH too, which is harmless
     saved = {key: os.environ.get(key) for key in ("PATH", "TORCH_CUDA_ARCH_LIST")}
     if ninja_dir := toolchain.ninja_dir():
         os.environ["PATH"] = ninja_dir + os.pathsep + os.environ.get("PATH", "")
