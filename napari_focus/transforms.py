@@ -69,6 +69,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _validated(image: np.ndarray) -> tuple[np.ndarray, int]:
+    if hasattr(image, "detach") and hasattr(image, "cpu"):  # a tensor, perhaps on a GPU
+        image = image.detach().cpu()
     try:
         array = np.asarray(image)
     except ValueError:  # a ragged nested list

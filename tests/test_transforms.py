@@ -98,6 +98,14 @@ def test_a_nested_list_of_8bit_values_is_that_picture():
     np.testing.assert_array_equal(to_rgb_uint8(picture.tolist())[..., 0], picture)
 
 
+def test_a_tensor_is_taken_as_its_array_even_with_gradients():
+    import torch
+
+    picture = _rng().integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(picture.astype(np.float32) / 255).requires_grad_()
+    np.testing.assert_array_equal(to_rgb_uint8(tensor), picture)
+
+
 def test_negative_integers_are_stretched():
     scan = np.linspace(-100, 100, 32 * 32).reshape(32, 32).astype(np.int16)
     out = to_rgb_uint8(scan)[..., 0]
