@@ -35,12 +35,14 @@ from .runtime import (
     apply_cpu_fast_path,
     autocast,
     cast_autocast_weights,
+    check_batch_size,
     resolve_precision,
 )
-from .transforms import PreparedView, prepare_view, to_rgb_uint8, upload_views
+from .transforms import PreparedView, is_one_image, prepare_view, to_rgb_uint8, upload_views
 
 #: what :meth:`FocusPredictor.predict` takes: an image array or an image file's path
 ImageInput = np.ndarray | str | os.PathLike
+
 
 @dataclass(frozen=True, eq=False)  # arrays: == of two results would raise, so identity
 class Prediction:
@@ -303,7 +305,7 @@ class FocusPredictor:
         model runs (host memory grows with their number, tens of MB each with ``tta``):
         for a folder, :func:`napari_focus.pipeline.run_pipeline` streams.
         """
-        if isinstance(images, str | os.PathLike) or _one_array_image(images):
+        if isinstance(images, str | os.PathLike) or is_one_image(images):
             raise TypeError(
                 "predict_batch takes several images (a list of arrays or paths, or an "
                 "(N, H, W[, C]) stack); for one image use predict()"
@@ -324,8 +326,7 @@ class FocusPredictor:
         """Run the model on inputs from :meth:`prepare`; results in the same order."""
         if batch_size is None:
             batch_size = self.default_batch_size
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         # every view of every input, grouped by padded size (order kept within a group)
         groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for i, item in enumerate(inputs):
@@ -409,10 +410,3 @@ class FocusPredictor:
                 if with_mask[j] and final is not None:
                     masks[j] = final[k]
         return sem_segs, masks  # type: ignore[return-value]
-
-
-def _one_array_image(images: Any) -> bool:
-    """Whether ``images`` is one 2-D image, or one with channels (``H x W x 1|3|4``),
-    rather than a stack of them."""
-    shape = getattr(images, "shape", None)
-    return shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)))

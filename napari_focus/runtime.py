@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from numbers import Integral
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,11 +38,21 @@ def cpu_bfloat16_supported() -> bool:
     )
 
 
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as an int of at least 1 (a NumPy integer too), else ``ValueError``."""
+    whole = isinstance(batch_size, Integral) and not isinstance(batch_size, bool)
+    if not whole or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+    return int(batch_size)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Validate ``precision`` for ``device``; returns ``"float32"``, ``"float16"`` or
     ``"bfloat16"``. Raises ``ValueError`` saying what to use instead."""
+    asked = precision
+    precision = str(precision).strip().lower()  # "Float16", as task and device are taken
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
     if precision == "auto":
         return "float16" if AUTO_HALF_ON_CUDA and device.type == "cuda" else "float32"
     if precision == "float16" and device.type == "cpu":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -66,6 +66,13 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         gray = u8 if u8.ndim == 2 else u8[..., 0]
         return np.repeat(gray[..., None], 3, axis=-1)
     return np.ascontiguousarray(u8[..., :3])
+
+
+def is_one_image(images: Any) -> bool:
+    """Whether ``images`` is one 2-D image, or one with channels (``H x W x 1|3|4``),
+    rather than a stack or a list of them."""
+    shape = getattr(images, "shape", None)
+    return shape is not None and (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4)))
 
 
 def _validated(image: np.ndarray) -> tuple[np.ndarray, int]:

@@ -82,6 +82,17 @@ def test_predict_batch_wants_several_images_and_names_the_bad_one(predictor, tmp
     assert [r.mask.shape for r in predictor.predict_batch(stack)] == [(40, 48)] * 2
 
 
+def test_batch_size_and_precision_are_checked_as_a_user_writes_them(predictor):
+    image = np.zeros((40, 48, 3), np.uint8)
+    for wrong in (0, 2.0, "2", True):
+        with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
+            predictor.predict_batch([image], batch_size=wrong)
+    assert len(predictor.predict_batch([image, image], batch_size=np.int64(2))) == 2
+    from napari_focus.runtime import resolve_precision
+
+    assert resolve_precision(" Float32", torch.device("cpu")) == "float32"
+
+
 def test_a_read_only_image_is_taken_without_a_torch_warning(predictor, recwarn):
     image = np.zeros((512, 600, 3), np.uint8)  # short side 512: no resize, no copy
     image.setflags(write=False)
