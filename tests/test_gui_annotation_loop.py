@@ -702,7 +702,7 @@ def test_a_mask_proposed_for_another_task_asks_before_going_into_its_split(
     assert widget.export_section.dataset_layout.value == "cod10k-train"
     series.accept_button.clicked.emit()
     qtbot.waitUntil(lambda: len(questions) == 1, timeout=WAIT_MS)
-    assert "'a_large' was proposed for salient objects (SOD)" in questions[0]
+    assert "'a_large' was made for salient objects (SOD)" in questions[0]
     assert "cod10k-train is a split for camouflaged objects (COD)" in questions[0]
     assert series.shown_key == "a_large.png" and not list(root.rglob("*.jpg"))
     answer[0] = True
@@ -710,6 +710,33 @@ def test_a_mask_proposed_for_another_task_asks_before_going_into_its_split(
     qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
     assert [p.name for p in root.rglob("Train/Image/*")] == ["NF-a_large.jpg"]
+
+
+def test_an_accepted_mask_shown_again_keeps_the_task_of_its_split(
+    qtbot, open_series, open_focus_widget, photos, tmp_path, monkeypatch
+):
+    """Accepted into duts-tr, shown again after a switch to COD: the layer says SOD, and
+    Accept asks before that mask goes into cod10k-train as camouflage ground truth."""
+    from napari_focus.gui import dialogs
+    from napari_focus.gui.series_layers import series_layer
+
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _, q, **_kw: questions.append(q) or False)
+    root = tmp_path / "datasets"
+    viewer, widget, series = _photos_shown(qtbot, open_series, open_focus_widget, photos, root)
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "b_small.png", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not widget.export_section.busy, timeout=WAIT_MS)
+    widget.task.value = "cod"
+    series.include_exported.value = True
+    series.previous_button.clicked.emit()
+    qtbot.waitUntil(lambda: series.shown_key == "a_large.png" and not series.busy,
+                    timeout=WAIT_MS)  # fmt: skip
+    assert series_layer(viewer, "labels").name == "a_large [FOCUS SOD]"
+    series.accept_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(questions) == 1, timeout=WAIT_MS)
+    assert "'a_large' was made for salient objects (SOD)" in questions[0]
+    assert not (root / "COD10K-v3").exists()
 
 
 @pytest.mark.parametrize("take_out", [True, False])

@@ -282,7 +282,7 @@ def _other_task_question(task: str | None, layout: str, name: str) -> str | None
         return None
     proposed, split = (f"{task_info(t)['name'].lower()} ({t.upper()})" for t in (task, split_task))
     return (
-        f"The mask of '{name}' was proposed for {proposed}, and the Export tab's layout "
+        f"The mask of '{name}' was made for {proposed}, and the Export tab's layout "
         f"{layout} is a split for {split}.\n\nExport it there anyway? (No: press Run for a "
         f"{split_task.upper()} proposal, or choose another layout in the Export tab.)"
     )

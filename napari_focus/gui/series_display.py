@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_warning
 
+from ..datasets import get_layout
 from ..mask_files import read_mask_file
 from ..predictor import Prediction
 from ..quality import uncertainty
@@ -89,6 +90,9 @@ class SeriesDisplay:
         kind = "autosaved"
         if saved is None and item.status is Status.ACCEPTED:  # what was accepted, not the
             saved, kind = self._exported_mask(item), "exported"  # proposal again
+            made_for = _task_of_split(item.export)
+            if saved is not None and made_for:  # ground truth of that split's task
+                provenance, name = {"task": made_for}, proposal_name(item.name, made_for)
         start = saved if saved is not None else self._start_mask(item)
         if start is not None and start.shape != tuple(shape[-2:]):
             # e.g. drawn on a photo's stored pixels before its EXIF orientation was applied
@@ -304,3 +308,11 @@ class _StoredModel:
         key = owner.model_key()
         self.device = key.device
         self.architecture = type("Architecture", (), {"size_name": key.size})()
+
+
+def _task_of_split(export: dict | None) -> str | None:
+    """The task of the split an export record names (None: generic, or unknown)."""
+    try:
+        return get_layout((export or {}).get("layout") or "").task
+    except ValueError:
+        return None
