@@ -202,7 +202,7 @@ def test_train_reads_the_samples_official_training_reads(tmp_path: Path) -> None
     assert [s.name for s in samples] == official == ["COD10K-CAM-1-Aquatic-1-BatFish-2", "a-NonCAM"]
     assert problems == [
         "cod10k-train: 1 of its listed samples left out, as FOCUS training leaves them out "
-        "(second '-' field 'NonCAM': no object)"
+        "(second '-' field 'NonCAM': no camouflaged object)"
     ]
 
 

@@ -147,7 +147,7 @@ def list_samples(root: str | Path, layout: str) -> tuple[list[Sample], list[str]
         if len(names) < len(listed):
             problems.append(
                 f"{spec.name}: {len(listed) - len(names)} of its listed samples left out, as FOCUS "
-                "training leaves them out (second '-' field 'NonCAM': no object)"
+                "training leaves them out (second '-' field 'NonCAM': no camouflaged object)"
             )
     for name in names:
         paths = sample_paths(root, spec, name)
