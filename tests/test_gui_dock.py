@@ -376,6 +376,30 @@ def test_an_image_named_too_long_for_a_sample_is_offered_a_name_that_fits(
     assert outcomes[0] is not None and outcomes[0].name.startswith("Grüße_aus_dem_Urlaub_")
 
 
+def test_weights_of_another_task_ask_before_their_mask_goes_into_the_task_s_split(
+    qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
+):
+    """Task COD with weights recorded for SOD: the mask shows salient objects, so
+    exporting it into cod10k-train asks first (the Model tab warned already)."""
+    from napari_focus.gui import dialogs
+
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _, q, **_kw: questions.append(q) or False)
+    viewer, widget = open_focus_widget()
+    viewer.add_image(small_coffee, name="cup")
+    widget.task.value = "cod"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
+    export = widget.export_section
+    export.dataset_root.value = tmp_path / "datasets"
+    assert export.dataset_layout.value == "cod10k-train"
+    outcomes: list = []
+    export.export(on_done=outcomes.append)
+    assert outcomes == [None] and len(questions) == 1
+    assert "'cup' was made for salient objects (SOD)" in questions[0]
+    assert not (tmp_path / "datasets").exists()
+
+
 def test_an_export_that_cannot_write_says_so_in_the_export_tab_s_words(
     qtbot, open_focus_widget, small_coffee, tmp_path, monkeypatch
 ):

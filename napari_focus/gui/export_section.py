@@ -129,7 +129,7 @@ class ExportSection(Container):
         if self._worker is not None:
             return
         try:
-            image, mask, name, provenance = self._sample()
+            image, mask, name, provenance, made_for = self._sample()
             root = chosen_dir(self.dataset_root.value)
             if root is None:
                 raise ExportError(
@@ -144,7 +144,7 @@ class ExportSection(Container):
             self._failed(error, on_done)
             return
         layout = self.dataset_layout.value
-        question = _other_task_question(provenance.get("task"), layout, name)
+        question = _other_task_question(made_for, layout, name)
         if question is not None and not dialogs.ask_yes_no(self.native, question):
             self.result_label.value = f"not exported: '{name}' is not a {layout} mask yet"
             if on_done is not None:
@@ -234,7 +234,7 @@ class ExportSection(Container):
         if on_done is not None:
             on_done(None)
 
-    def _sample(self) -> tuple[Callable[[], np.ndarray], np.ndarray, str, dict[str, Any]]:
+    def _sample(self) -> tuple[Callable[[], np.ndarray], np.ndarray, str, dict, str | None]:
         image_layer = self.owner.selected_layer()
         if image_layer is None:
             raise ExportError("select the image to export under 'image' in the Model tab")
@@ -261,8 +261,9 @@ class ExportSection(Container):
             "extra": {"layer": image_layer.name, "plane": list(index), "tta": state.get("tta")},
         }
         mask = np.array(labels.data[index] if index else labels.data)  # a copy: painting goes on
+        made_for = state.get("weights_task") or state.get("task")  # the task its masks show
         # the pixels are read in the export's worker: a dask or zarr layer reads from disk
-        return _read_once(planes, index, image_layer.name), mask, name, provenance
+        return _read_once(planes, index, image_layer.name), mask, name, provenance, made_for
 
     def _own(self, labels: Any) -> Any:
         """The model's proposal a mask shown from the series' autosave was drawn from

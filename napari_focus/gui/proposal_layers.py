@@ -63,6 +63,8 @@ def proposal_metadata(
     """What a proposal's Labels layer carries: model provenance and the model output."""
     return {
         "task": result.key.task,
+        # what its masks show: the task the weights were trained for, when they say
+        "weights_task": getattr(result.predictor, "weights_task", None) or result.key.task,
         "size": result.predictor.architecture.size_name,
         "weights": result.key.weights_id,
         "device": str(result.predictor.device),

@@ -22,7 +22,9 @@ STILL_ON_SCREEN = (
     "Your edits are still in the viewer: free some space (or choose another series "
     "folder), then try again"
 )
-PROVENANCE_FIELDS = ("task", "size", "weights", "device", "tta", "refinement", "source_image")
+PROVENANCE_FIELDS = (
+    "task", "weights_task", "size", "weights", "device", "tta", "refinement", "source_image"
+)
 
 
 def provenance_of(labels: Any) -> dict[str, Any] | None:
