@@ -314,10 +314,11 @@ class FocusPredictor:
         for i, image in enumerate(images):
             try:
                 prepared.append(self.prepare(image, tta=tta))
-            except ValueError as error:  # a file's errors name it; an array's its place
+            except (ValueError, TypeError) as error:  # a file's name it; an array's its place
                 if isinstance(image, str | os.PathLike):
                     raise
-                raise ValueError(f"images[{i}]: {error}") from error
+                kind = ValueError if isinstance(error, ValueError) else TypeError
+                raise kind(f"images[{i}]: {error}") from error
         return self.predict_prepared(prepared, batch_size=batch_size)
 
     def predict_prepared(

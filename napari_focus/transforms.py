@@ -37,11 +37,10 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     * gray is repeated into three channels; an alpha channel is dropped;
     * uint8 is used as is; uint16 is scaled by ``255 / 65535`` and rounded;
       bool maps to 0/255;
-    * other integer types (int8-int64, uint32, uint64, a nested list of ints): values
-      all in ``[0, 255]`` are 8-bit intensities, as the same numbers in a float array
-      are (``np.array(pixels)`` or ``image.astype(int)`` of an 8-bit picture keeps
-      its picture); values up to 65535 are scaled as uint16; others (negative, or
-      above 65535) are stretched like an out-of-range float;
+    * other integer types (int8-int64, uint32, uint64, a nested list of ints) as a
+      float array of the same numbers (below): ``np.array(pixels)`` or
+      ``image.astype(int)`` of an 8-bit picture keeps its picture, and one value
+      above 255 (a pixel of 256) stretches the others a little, never darkens them;
     * float in ``[0, 1]`` is multiplied by 255; float in ``[0, 255]`` is taken
       as 8-bit intensities; any other float range is stretched linearly from
       its minimum to its maximum (a constant image outside ``[0, 255]`` has no
@@ -57,9 +56,7 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         u8 = _uint16_to_uint8(array)
     elif array.dtype == np.bool_:
         u8 = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.integer):
-        u8 = _integer_to_uint8(array)
-    else:
+    else:  # other integers as a float array of the same numbers
         u8 = _float_to_uint8(array)
 
     if channels == 1:
@@ -78,6 +75,8 @@ def is_one_image(images: Any) -> bool:
 def _validated(image: np.ndarray) -> tuple[np.ndarray, int]:
     if hasattr(image, "detach") and hasattr(image, "cpu"):  # a tensor, perhaps on a GPU
         image = image.detach().cpu()
+        if str(image.dtype) == "torch.bfloat16":  # a dtype NumPy does not have
+            image = image.float()
     try:
         array = np.asarray(image)
     except ValueError:  # a ragged nested list
@@ -110,15 +109,6 @@ def _validated(image: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _uint16_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(array.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-
-
-def _integer_to_uint8(array: np.ndarray) -> np.ndarray:
-    low, high = int(array.min()), int(array.max())
-    if low >= 0 and high <= 255:  # 8-bit values that arithmetic or a list made wider
-        return array.astype(np.uint8)
-    if low >= 0 and high <= 65535:
-        return _uint16_to_uint8(array.astype(np.uint16))
-    return _float_to_uint8(array)
 
 
 def _float_to_uint8(array: np.ndarray) -> np.ndarray:

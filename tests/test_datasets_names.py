@@ -80,16 +80,20 @@ def test_an_unusable_name_is_said_in_each_interface_s_words(tmp_path: Path) -> N
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
-    name = "y" * 120
-    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / f"{name}.png")
-    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(masks / f"{name}.png")
+    long = "y" * 120  # too long for a sample: exported under its start and a hash
+    for name in ("CON", long):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / f"{name}.png")
+        Image.fromarray(np.full((40, 40), 255, np.uint8)).save(masks / f"{name}.png")
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(["export", str(images), str(masks), "--root", str(tmp_path / "ds"),
                      "--layout", "generic"])  # fmt: skip
     assert code == 1
-    assert (f"failed: {name}.png: sample name '{name}' is too long (120 characters; at most "
-            "100 characters and 150 UTF-8 bytes); rename the image file") in err.getvalue()
+    assert ("failed: CON.png: sample name 'CON' is a reserved device name on Windows; "
+            "rename the image file") in err.getvalue()  # fmt: skip
+    assert [p.name for p in (tmp_path / "ds" / "images").iterdir()] == [
+        f"{fitting_name(long, get_layout('generic'))}.png"
+    ]
 
 
 @given(st.text(min_size=90, max_size=300))
@@ -97,11 +101,19 @@ def test_an_unusable_name_is_said_in_each_interface_s_words(tmp_path: Path) -> N
 def test_a_name_too_long_is_offered_shortened_for_every_layout(raw: str) -> None:
     fitted = fitting_name(raw)
     assert fitted == fitting_name(raw) and (fitted == raw or fitted != fitting_name(raw + "x"))
-    for layout in LAYOUTS:
-        try:
-            sanitize_name(fitted, get_layout(layout))
-        except UnusableNameError as error:
-            assert "too long" not in str(error)
+    for layout in map(get_layout, LAYOUTS):
+        for name in (fitted, fitting_name(raw, layout)):
+            try:
+                sanitize_name(name, layout)
+            except UnusableNameError as error:
+                assert "too long" not in str(error)
+
+
+def test_a_name_a_layout_takes_is_kept_as_it_is() -> None:
+    for raw, layout in [("a" * 99, "duts-tr"), ("IMG_2024-" + "x" * 90, "cod10k-train"),
+                        ("my photo " * 11, "duts-tr")]:  # fmt: skip
+        assert fitting_name(raw, get_layout(layout)) == raw
+    assert fitting_name("a" * 99) != "a" * 99  # a dash layout would prefix it: too long
 
 
 def test_a_short_name_is_offered_as_it_is() -> None:

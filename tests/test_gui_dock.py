@@ -359,14 +359,15 @@ def test_an_image_named_too_long_for_a_sample_is_offered_a_name_that_fits(
 ):
     """A photo's file name of 151 characters: the Export tab offers a shortened name,
     so Accept works without typing one (a name typed too long is still refused)."""
-    from napari_focus.datasets import fitting_name
+    from napari_focus.datasets import fitting_name, get_layout
 
     viewer, widget = open_focus_widget()
     long_name = "Grüße aus dem Urlaub " * 7 + "Tag 1"
     viewer.add_image(small_coffee, name=long_name)
     widget.image.value = long_name
     export = widget.export_section
-    assert export.sample_name.value == fitting_name(long_name) != long_name
+    fitted = fitting_name(long_name, get_layout(export.dataset_layout.value))
+    assert export.sample_name.value == fitted != long_name
     widget.run()
     qtbot.waitUntil(lambda: not widget.running, timeout=WAIT_MS)
     export.dataset_root.value = tmp_path / "datasets"

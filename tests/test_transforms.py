@@ -85,12 +85,16 @@ def test_uint16_rgb():
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64])
-def test_other_integer_types_keep_an_8bit_picture(dtype):
+def test_other_integer_types_read_as_floats_of_the_same_numbers(dtype):
     picture = _rng().integers(0, 128 if dtype == np.int8 else 256, (32, 40, 3), dtype=np.uint8)
     np.testing.assert_array_equal(to_rgb_uint8(picture.astype(dtype)), picture)
-    if np.iinfo(dtype).max >= 65535:  # beyond 255: the uint16 scale
-        deep = picture.astype(np.uint16) * 257
-        np.testing.assert_array_equal(to_rgb_uint8(deep.astype(dtype)), picture)
+    if np.iinfo(dtype).max > 255:  # one pixel above 255 stretches, never darkens
+        bright = picture.astype(dtype)
+        bright[0, 0] = 256
+        np.testing.assert_array_equal(
+            to_rgb_uint8(bright), to_rgb_uint8(bright.astype(np.float64))
+        )
+        assert to_rgb_uint8(bright).mean() > 0.9 * picture.mean()
 
 
 def test_a_nested_list_of_8bit_values_is_that_picture():
@@ -104,6 +108,8 @@ def test_a_tensor_is_taken_as_its_array_even_with_gradients():
     picture = _rng().integers(0, 256, (32, 40, 3), dtype=np.uint8)
     tensor = torch.from_numpy(picture.astype(np.float32) / 255).requires_grad_()
     np.testing.assert_array_equal(to_rgb_uint8(tensor), picture)
+    exact = torch.from_numpy(picture).to(torch.bfloat16)  # 8 bits: 0-255 held exactly
+    np.testing.assert_array_equal(to_rgb_uint8(exact), picture)
 
 
 def test_negative_integers_are_stretched():

@@ -25,6 +25,7 @@ from ..mask_provenance import read_made_by
 from .errors import ExportError, SampleExistsError, UnusableNameError
 from .export import ON_EXISTS, dataset_dir, export_sample
 from .layouts import LAYOUTS, get_layout, layout_for_task
+from .names import fitting_name
 from .pairing import has_images, pair_files
 
 __all__ = ["add_export_parser", "pair_files", "run_export"]
@@ -159,7 +160,7 @@ def _export_pairs(
             result = export_sample(
                 args.root,
                 layout,
-                image_path.stem,
+                fitting_name(image_path.stem, get_layout(layout)),
                 *_read_pair(image_path, mask_path),
                 on_exists=args.on_exists,
                 provenance={

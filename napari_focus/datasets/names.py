@@ -40,6 +40,46 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
         UnusableNameError: (an ExportError) when nothing safe is left, or the name is
             reserved, too long or one FOCUS training would skip.
     """
+    name = _safe_name(raw, layout)
+    if _too_long(name):
+        raise UnusableNameError(
+            f"sample name {raw!r} is too long ({len(name)} characters; at most "
+            f"{MAX_NAME_CHARS} characters and {MAX_NAME_BYTES} UTF-8 bytes)"
+        )
+    return name
+
+
+def fitting_name(raw: str, layout: Layout | None = None) -> str:
+    """``raw`` (an image's name) as it is when :func:`sanitize_name` takes it for
+    ``layout`` (or refuses it for another reason, which the export then says); a name
+    too long becomes the start of its safe name with a hash of ``raw`` appended
+    (``a_very_long_…_3f2a9c1e``): the same for the same name, another for others. With
+    no ``layout``, room is kept for the prefix a dash layout adds."""
+
+    def fits(candidate: str) -> bool:
+        try:
+            name = _safe_name(candidate, layout)
+        except ExportError:  # refused for another reason: the export says which
+            return True
+        if layout is None and "-" not in name:  # as a dash layout would name it
+            name = DASH_PREFIX + name
+        return not _too_long(name)
+
+    if fits(raw):
+        return raw
+    digest = "_" + hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    head = _safe_name(raw, layout)[: MAX_NAME_CHARS - len(digest)]
+    while head and not fits(head + digest):  # a dash cut off, UTF-8 bytes: a bit shorter
+        head = head[:-1]
+    return head + digest
+
+
+def _too_long(name: str) -> bool:
+    return len(name) > MAX_NAME_CHARS or len(name.encode("utf-8")) > MAX_NAME_BYTES
+
+
+def _safe_name(raw: str, layout: Layout | None) -> str:
+    """:func:`sanitize_name` but for its length check."""
     if not isinstance(raw, str):
         raise ExportError(f"sample name must be a string, got {type(raw).__name__}")
     text = unicodedata.normalize("NFC", raw)
@@ -64,29 +104,4 @@ def sanitize_name(raw: str, layout: Layout | None = None) -> str:
                 f"sample name {name!r} would be skipped by FOCUS training for {layout.name} "
                 "(its second '-' field is 'NonCAM')"
             )
-    if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise UnusableNameError(
-            f"sample name {raw!r} is too long ({len(name)} characters; at most "
-            f"{MAX_NAME_CHARS} characters and {MAX_NAME_BYTES} UTF-8 bytes)"
-        )
     return name
-
-
-def fitting_name(raw: str) -> str:
-    """``raw`` (an image's name) as a name :func:`sanitize_name` takes for every layout:
-    as it is when short enough, else its start with a hash of the whole appended
-    (``a_very_long_…_3f2a9c1e``), the same for the same name and different for others."""
-    room_chars = MAX_NAME_CHARS - len(DASH_PREFIX)
-    room_bytes = MAX_NAME_BYTES - len(DASH_PREFIX)
-
-    def size(text: str) -> int:
-        return len(text.encode("utf-8", "surrogatepass"))
-
-    text = unicodedata.normalize("NFC", raw)  # as sanitize_name measures it
-    if len(text) <= room_chars and size(text) <= room_bytes:
-        return raw
-    digest = "_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    head = text[: room_chars - len(digest)]
-    while size(head) > room_bytes - len(digest):
-        head = head[:-1]
-    return head + digest

@@ -179,10 +179,11 @@ def _masks_named(
 def _sample_key(stem: str, layout: str) -> tuple[str, str]:
     """The sample name an image stem exports as, and the key under which two names are
     one sample (one file on a case-insensitive file system)."""
-    from .names import sanitize_name
+    from .names import fitting_name, sanitize_name
 
+    spec = get_layout(layout)
     try:
-        name = sanitize_name(stem, get_layout(layout))
+        name = sanitize_name(fitting_name(stem, spec), spec)
     except ExportError:  # refused when exported, with the reason
         name = stem
     return same_file_key(name), name

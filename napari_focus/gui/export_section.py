@@ -116,7 +116,8 @@ class ExportSection(Container):
 
     def image_changed(self, name: str | None) -> None:
         # a file name too long for a sample is offered shortened, not refused at Accept
-        self.sample_name.value = fitting_name(name) if name else ""
+        layout = get_layout(self.dataset_layout.value)
+        self.sample_name.value = fitting_name(name, layout) if name else ""
 
     @property
     def busy(self) -> bool:
