@@ -10,13 +10,11 @@ import warnings
 from collections.abc import Sequence
 
 from .cli_annotate import add_annotate_parser
+from .cli_arguments import TASK_HELP, add_model_arguments, path_argument
 from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_INTERRUPTED,
     EXIT_SETUP_ERROR,
-    TASK_HELP,
-    add_model_arguments,
-    path_argument,
     say,
     say_kernel_fallbacks,
 )

@@ -10,14 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_common import (
-    EXIT_SETUP_ERROR,
-    TASK_HELP,
-    device_argument,
-    interrupted_exit,
-    path_argument,
-    weights_file_problem,
-)
+from .cli_arguments import TASK_HELP, device_argument, path_argument
+from .cli_common import EXIT_SETUP_ERROR, interrupted_exit, weights_file_problem
 from .input_files import collect_inputs, unmatched_reason
 from .presets import SIZES, TASKS
 

@@ -1,5 +1,6 @@
-"""What the command-line commands share: exit codes, the model flags and loading the
-model from them, and the ``--out`` refusal of ``predict`` (both engines): used by
+"""What the command-line commands share: exit codes, signals, progress, loading the
+model from the model flags (:mod:`napari_focus.cli_arguments`), and the ``--out``
+refusal of ``predict`` (both engines): used by
 ``predict`` (:mod:`napari_focus.cli_predict`, :mod:`napari_focus.distributed.cli`), ``rank``
 (:mod:`napari_focus.series.rank_cli`) and the others."""
 
@@ -14,8 +15,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
-from .presets import SIZES, TASKS
-
 EXIT_FAILED_IMAGES = 1
 EXIT_SETUP_ERROR = 2
 EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports SIGINT
@@ -25,11 +24,6 @@ EXIT_TERMINATED = 128 + 15  # SIGTERM (a cluster's job ending), as a shell repor
 def interrupted_exit(terminated: bool) -> int:
     """The exit code of a command stopped by Ctrl-C, or by SIGTERM (``terminated``)."""
     return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-
-TASK_HELP = (
-    "sod = salient objects, cod = camouflaged objects, sd = shadows, "
-    "dbd = defocus blur, fd = forgeries (image manipulation)"
-)
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so that a run stops the same orderly way."""
@@ -328,78 +322,3 @@ def first_signal_asks_to_stop(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def path_argument(text: str) -> str:
-    """argparse type of file and folder options: an empty value (an unset shell variable,
-    ``--out "$OUT"``) is refused instead of meaning the default or the working folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give a path")
-    return text
-
-
-def positive_float(text: str) -> float:
-    """argparse type of amounts above 0 (CPUs per worker)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type of counts (steps, batch sizes, workers)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def device_argument(text: str) -> str:
-    from .devices import DeviceError, check_device_name
-
-    try:
-        return check_device_name(text)
-    except DeviceError as error:
-        raise argparse.ArgumentTypeError(
-            error.cli_message().removeprefix(f"--device {text}: ")
-        ) from None
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--task, --size, --weights, --device and --tta, shared by the commands that predict."""
-    parser.add_argument(
-        "--task", required=True, choices=TASKS, type=str.lower, help=f"what to segment: {TASK_HELP}"
-    )
-    parser.add_argument(
-        "--size",
-        choices=SIZES,
-        default=None,
-        help="model size: large (FOCUS-L, DINOv2-L, ~2 GB download) or giant (FOCUS-G, "
-        "DINOv2-G); default large, or what --weights holds",
-    )
-    parser.add_argument(
-        "--weights",
-        metavar="FILE",
-        type=path_argument,
-        help="a local checkpoint (official .pth or .safetensors) instead of downloading "
-        "geshang/focus_<size>_<task> from the Hugging Face hub",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        type=device_argument,
-        help="where the model runs: auto (CUDA, then Apple MPS, then CPU), cpu, cuda, "
-        "cuda:N, gpu (same as cuda) or mps; default auto",
-    )
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="official test-time augmentation (6 scales x horizontal flip, averaged; "
-        "about 20x slower)",
-    )

@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .cli_arguments import path_argument, positive_int
 from .cli_common import (
     EXIT_FAILED_IMAGES,
     EXIT_SETUP_ERROR,
@@ -17,9 +18,7 @@ from .cli_common import (
     other_names_note,
     other_weights_note,
     out_replaces_input_message,
-    path_argument,
     plural,
-    positive_int,
     predict_summary,
     progress_bar,
     sigterm_as_interrupt,

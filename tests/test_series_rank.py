@@ -223,8 +223,13 @@ def test_rank_lists_a_folder_with_its_masks_beside_once(
 ):
     """--gt the image folder itself: the folder is scanned once, and the masks beside
     the images are neither ranked nor counted in the progress bar's total."""
+    from napari_focus import cli_common
     from napari_focus.series import rank
 
+    totals: list[int] = []
+    bar = cli_common.progress_bar
+    counted = lambda total, *a, **k: totals.append(total) or bar(total, *a, **k)  # noqa: E731
+    monkeypatch.setattr(cli_common, "progress_bar", counted)
     source = Image.open(focus_reference / "input.png").convert("RGB").resize((64, 48))
     for i in range(2):
         source.save(tmp_path / f"img{i}.png")
@@ -237,7 +242,7 @@ def test_rank_lists_a_folder_with_its_masks_beside_once(
         "--gt", tmp_path, "--out", tmp_path / "out" / "rank.csv", "--quiet",
     )  # fmt: skip
     assert code == 0, err
-    assert "ranked 2 images, 0 failed" in err and len(scans) == 1
+    assert "ranked 2 images, 0 failed" in err and len(scans) == 1 and totals == [2]
 
 
 def test_an_interrupted_rank_says_how_far_it_got_and_keeps_the_earlier_csv(

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import WriteError, check_writable_folder
+from ..cli_arguments import path_argument
 from ..cli_common import EXIT_FAILED_IMAGES as EXIT_FAILED
-from ..cli_common import EXIT_SETUP_ERROR, path_argument
+from ..cli_common import EXIT_SETUP_ERROR
 from ..input_files import images_in_subfolders
 from ..mask_files import read_mask_file
 from ..mask_provenance import read_made_by

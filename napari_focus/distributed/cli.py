@@ -36,7 +36,7 @@ def series_hint(
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--engine`` and the Ray options to the ``predict`` parser."""
-    from ..cli_common import path_argument, positive_float
+    from ..cli_arguments import path_argument, positive_float
 
     group = parser.add_argument_group(
         "distributed (--engine ray, needs Ray: napari-focus's 'ray' extra)"

@@ -25,7 +25,7 @@ def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict every image of FOLDER and write them, most doubtful first, "
         "as CSV; with --gt also quality metrics against ground-truth masks.",
     )
-    from ..cli_common import add_model_arguments, path_argument
+    from ..cli_arguments import add_model_arguments, path_argument
 
     rank.add_argument("folder", type=path_argument, help="folder of images")
     add_model_arguments(rank)

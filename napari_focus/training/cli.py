@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import WriteError, check_writable_file, check_writable_folder
+from ..cli_arguments import path_argument, positive_int
 from ..cli_common import (
     EXIT_INTERRUPTED,
     EXIT_SETUP_ERROR,
     StopRequest,
     first_signal_asks_to_stop,
-    path_argument,
-    positive_int,
     say,
 )
 from ..datasets.layouts import LAYOUTS as LAYOUT_NAMES
