@@ -429,10 +429,15 @@ def test_a_reopened_series_shows_stored_proposals_and_still_computes_new_ones(
 
 
 def test_a_reopened_series_exports_where_it_did_before(
-    qtbot, open_series, open_focus_widget, folder, tmp_path
+    qtbot, open_series, open_focus_widget, folder, tmp_path, monkeypatch
 ):
     """Accept in a series opened again the next day: the dataset root and layout of its
-    last export are taken when the Export tab has none, so Accept does not fail."""
+    last export are taken when the Export tab has none, so Accept does not fail (the
+    SOD proposals going into a COD split are asked about, each time)."""
+    from napari_focus.gui import dialogs
+
+    questions: list[str] = []
+    monkeypatch.setattr(dialogs, "ask_yes_no", lambda _, q, **_kw: questions.append(q) or True)
     root = tmp_path / "datasets"
     viewer, widget = open_focus_widget()
     series = widget.series
@@ -455,6 +460,7 @@ def test_a_reopened_series_exports_where_it_did_before(
     qtbot.waitUntil(lambda: widget2.series.shown_key == "img2.png", timeout=WAIT_MS)
     assert (root / "COD10K-v3" / "Train" / "GT_Object" / "NF-img1.png").is_file()
     qtbot.waitUntil(lambda: not widget2.series.busy, timeout=WAIT_MS)
+    assert len(questions) == 2 and "split for camouflaged objects (COD)" in questions[1]
 
 
 def test_run_after_a_cancelled_model_load_gives_the_series_its_proposal(

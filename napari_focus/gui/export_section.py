@@ -286,7 +286,8 @@ def _other_task_question(task: str | None, layout: str, name: str) -> str | None
     return (
         f"The mask of '{name}' was made for {proposed}, and the Export tab's layout "
         f"{layout} is a split for {split}.\n\nExport it there anyway? (No: press Run for a "
-        f"{split_task.upper()} proposal, or choose another layout in the Export tab.)"
+        f"{split_task.upper()} proposal, with {split_task.upper()} weights, or choose another "
+        "layout in the Export tab.)"
     )
 
 
