@@ -23,8 +23,8 @@ from .config import TrainConfig
 def train_in_subprocess(
     config: TrainConfig, cancel: threading.Event
 ) -> Generator[Any, None, Any]:
-    """Yields the run's :class:`~.loop.TrainProgress` reports; returns its
-    :class:`~.loop.TrainResult`, or the exception it ended with. Setting ``cancel``
+    """Yields the run's :class:`~.outcome.TrainProgress` reports; returns its
+    :class:`~.outcome.TrainResult`, or the exception it ended with. Setting ``cancel``
     stops the run within one model stage, keeping the resume state of its last completed
     step (see :mod:`.loop`)."""
     context = multiprocessing.get_context("spawn")
