@@ -120,7 +120,8 @@ def add_train_parser(commands: Any) -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, metavar="N",
                        help="override the preset's batch size")  # fmt: skip
     train.add_argument("--crop", type=_crop, metavar="PIXELS",
-                       help="override the preset's crop (multiple of 32)")  # fmt: skip
+                       help="override the preset's crop: the training canvas (multiple "
+                       "of 32; its random crop is 1.25x it, official 640 for 512)")  # fmt: skip
     train.add_argument("--lr", type=_positive_float, help="learning rate (official: 1e-4)")
     train.add_argument("--keep-best", choices=KEEP_BEST_NAMES, default="mask_iou",
                        metavar="METRIC", help="the validation figure that picks the step "

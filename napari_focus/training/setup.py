@@ -170,7 +170,9 @@ def parameter_groups(
 
 
 def lr_factor(step: int, steps: int, warmup: int, power: float) -> float:
-    """detectron2's WarmupPolyLR: linear warm-up from 0.001, then ``(1 - step/steps)^power``."""
+    """``(1 - step/steps)^power``, detectron2's WarmupPolyLR, after a linear warm-up from
+    0.001 over ``warmup`` steps (detectron2's default; the official FOCUS configs have
+    none, runs from trained weights here do: see the README)."""
     factor = (1 - step / steps) ** power if step < steps else 0.0
     if step < warmup:
         alpha = step / warmup
