@@ -190,6 +190,44 @@ def test_a_proposal_is_never_shown_for_another_model(
     assert widget.current_model()[0].task == "cod"
 
 
+def test_a_proposal_computed_before_a_task_switch_keeps_its_task(
+    qtbot, open_series, open_focus_widget, tmp_path, source
+):
+    """SOD proposals computed ahead, the task switched to SD for one image and back: the
+    next image shows its stored SOD proposal as the one mask layer, named and described
+    as SOD (not after the SD model still loaded), and Accept exports what was painted
+    on it."""
+    from napari_focus.gui.series_layers import series_layer
+
+    folder = _folder(tmp_path, "images", source, count=4)
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    widget.export_section.dataset_root.value = tmp_path / "dataset"
+    widget.export_section.dataset_layout.value = "generic"
+    open_series(series, folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.prefetcher.store.has("img2.png")  # computed ahead by the SOD model
+    widget.task.value = "sd"
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert widget.current_model()[0].task == "sd"
+    widget.task.value = "sod"
+    series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    masks = [layer.name for layer in viewer.layers if "[FOCUS" in layer.name]
+    assert masks == ["img2 [FOCUS SOD]", "img2 [FOCUS SOD] probability"]
+    labels = series_layer(viewer, "labels")
+    assert labels is viewer.layers["img2 [FOCUS SOD]"]
+    assert labels.metadata["napari_focus"]["task"] == "sod"
+    painted = np.zeros(labels.data.shape, dtype=labels.data.dtype)
+    painted[5:25, 10:40] = 1
+    labels.data = painted
+    series.accept()
+    exported = tmp_path / "dataset" / "masks" / "img2.png"
+    qtbot.waitUntil(exported.exists, timeout=WAIT_MS)
+    assert (np.asarray(Image.open(exported)) > 0).sum() == 20 * 30
+
+
 def test_the_gui_thread_never_hashes_an_image_file(
     qtbot, open_series, open_focus_widget, tmp_path, source, monkeypatch
 ):

@@ -271,9 +271,12 @@ class SeriesDisplay:
     def _show_prediction(self, layer: Any, key: str, prediction: Prediction) -> None:
         assert self.state is not None
         model_key, predictor = self.owner.current_model()
-        stored = predictor is None or model_key is None
+        wanted = self.owner.model_key()
+        # a proposal read from the series folder while the model of other settings is
+        # loaded (the task switched back) is described by the settings it was made with
+        stored = predictor is None or model_key != wanted
         if stored:
-            model_key, predictor = self.owner.model_key(), _StoredModel(self.owner)
+            model_key, predictor = wanted, _StoredModel(self.owner)
         result = JobResult(
             predictor=predictor,
             key=model_key,
