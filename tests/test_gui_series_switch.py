@@ -98,6 +98,28 @@ def test_another_folder_keeps_the_edits_and_shows_its_own_pixels(
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
 
 
+def test_a_shorter_folder_opens_at_its_first_image(
+    qtbot, open_series, open_focus_widget, tmp_path, source
+):
+    """At image 3 of 4, a never-opened folder of 2 images opens at its first, not at
+    its last (the number of the image left is no jump in the new folder)."""
+    first = _folder(tmp_path, "first", source, count=4)
+    second = _folder(tmp_path, "second", source, flip=True, count=2)
+    _viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    open_series(series, first)
+    for _ in range(2):
+        qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+        series.next()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "img2.png" and series.jump_to.value == 3
+    open_series(series, second)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert series.shown_key == "img0.png" and series.jump_to.value == 1
+    assert series.state.queue.index == 0
+
+
 def test_new_model_settings_compute_the_waiting_proposal(
     qtbot, open_series, open_focus_widget, tmp_path, source, tiny_checkpoint, monkeypatch
 ):
