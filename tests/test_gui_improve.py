@@ -298,6 +298,7 @@ def test_a_continued_run_that_ends_leaves_new_weights_empty_for_the_next_improve
     export_shapes(root, "duts-tr", 4, seed=3, size=48)
     _small_run(widget, root, tmp_path / "unused.safetensors", 2)
     improve = widget.improve
+    improve.keep.value = "smeasure"
     improve.output.line_edit.value = ""  # left empty: Improve names the file itself
     improve.improve_button.clicked.emit()
     qtbot.waitUntil(lambda: improve.status.value.startswith("step"), timeout=WAIT_MS)
@@ -309,6 +310,16 @@ def test_a_continued_run_that_ends_leaves_new_weights_empty_for_the_next_improve
     improve.improve_button.clicked.emit()  # continues it
     qtbot.waitUntil(lambda: not improve.running, timeout=WAIT_MS)
     assert improve.status.value.startswith("done: ") and named.is_file(), improve.status.value
+    # the figure 'keep best' chose the step by, before and after, as the log has them
+    import csv
+
+    log = named.with_suffix(".training") / "training_log.csv"
+    evals = [r for r in csv.DictReader(log.open()) if r["kind"] == "eval"]
+    best = max(evals, key=lambda r: float(r["smeasure"]))  # the first of the best
+    before, after = float(evals[0]["smeasure"]), float(best["smeasure"])
+    assert improve.status.value.startswith(
+        f"done: S-measure {before:.3f} -> {after:.3f}"
+    ), improve.status.value
     assert improve.output.line_edit.value == ""
     improve.start()  # a new run, not "choose a .safetensors file"
     assert improve.running and "error" not in improve.status.value, improve.status.value

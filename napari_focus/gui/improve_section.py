@@ -38,6 +38,13 @@ from .improve_messages import restart_question, training_error_text, validation_
 from .improve_watch import TrainingWatch
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
+#: the validation figures "keep best" offers, as the tab names them
+KEEP_BEST_LABELS = {
+    "mask_iou": "proposal IoU",
+    "iou": "IoU of probability > 0.5",
+    "smeasure": "S-measure",
+    "edit_effort": "edit effort",
+}
 IMPROVE_TIP = "Fine-tune the current model on the corrected masks exported to the dataset root"
 
 
@@ -62,8 +69,7 @@ class ImproveSection(Container):
         )
         self.keep = ComboBox(
             label="keep best",
-            choices=[("proposal IoU", "mask_iou"), ("IoU of probability > 0.5", "iou"),
-                     ("S-measure", "smeasure"), ("edit effort", "edit_effort")],
+            choices=[(label, metric) for metric, label in KEEP_BEST_LABELS.items()],
             value="mask_iou",
         )  # fmt: skip
         self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
@@ -262,10 +268,12 @@ class ImproveSection(Container):
             )
             return
         base, best = result.baseline_metrics or {}, result.best_metrics or {}
+        metric = self._config.select_metric  # the figure that chose the step kept
         gain = (
-            f"IoU {base['mask_iou']:.3f} -> {best['mask_iou']:.3f}"
-            if "mask_iou" in base and "mask_iou" in best
-            else "no validation samples"
+            f"{KEEP_BEST_LABELS.get(metric, metric)} {base[metric]:.3f} -> {best[metric]:.3f}"
+            if metric in base and metric in best
+            else "no sample was held out to choose a step by (one is, from two exported "
+            "samples on), so the file holds the last step"
         )
         self.new_weights = WeightsChoice(
             "file", result.output, self._base.size, self._base.task, self._base.device
