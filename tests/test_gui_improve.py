@@ -84,6 +84,7 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     qtbot.waitUntil(lambda: widget.series.proposal_ready, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
     old_scores = dict(widget.series.scores)
+    shown_before = np.array(viewer.layers["s0 [FOCUS SOD] probability"].data)
 
     improve.use_new_weights()
     assert widget.weights_source.value == "file" and Path(widget.weights_path.value) == out
@@ -92,6 +93,11 @@ def test_improve_trains_in_a_worker_and_switches_weights(
     qtbot.waitUntil(lambda: not widget.series.busy, timeout=WAIT_MS)
     assert set(widget.series.scores) == {"s0.png", "s1.png"}
     assert widget.series.scores != old_scores
+    # the image on screen, not edited, shows the new weights' proposal at once
+    assert widget.series.shown_key == "s0.png" and widget.series.proposal_ready
+    shown_after = np.array(viewer.layers["s0 [FOCUS SOD] probability"].data)
+    assert not np.allclose(shown_before, shown_after, atol=1e-6)
+    assert viewer.layers["s0 [FOCUS SOD]"].metadata["napari_focus"]["weights"] == str(out)
     after = _proposal(qtbot, viewer, widget)
     assert not np.allclose(before, after, atol=1e-6), "the new weights changed nothing"
 

@@ -98,5 +98,6 @@ class FocusWidgetHost:
         series.cache.invalidate(*pending)
         for key in pending:
             series.scores.pop(key, None)
+        series.propose_shown_again()  # on screen first, unless it holds edits
         series.order_by_uncertainty()  # computes the missing proposals, then re-ranks
         return len(pending)

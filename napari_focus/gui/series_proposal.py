@@ -18,7 +18,7 @@ from ..mask_ops import Refinement, refine
 from ..predictor import Prediction
 from ..series import Status
 from . import dialogs
-from .proposal_layers import is_edited
+from .proposal_layers import META_KEY, is_edited
 from .series_layers import (
     PROVENANCE_KEY,
     ROLE_KEY,
@@ -209,6 +209,24 @@ class SeriesProposal:
             return True
         self._compute_for_reset(item)
         return True
+
+    def propose_shown_again(self) -> bool:
+        """Other weights chosen: the shown image's proposal, if it is on screen as the
+        model made it (no edits, no saved or start mask), is computed again with them,
+        the mask locked meanwhile. False when the mask on screen stays."""
+        if self.state is None or self._shown is None or self.reading_proposal:
+            return False
+        labels = self._proposal_labels()
+        item = self.state.queue.item(self._shown)
+        if labels is None or META_KEY not in labels.metadata or self._awaiting == item.key:
+            return False
+        if item.autosaved or self.autosaves.edits_of(self.state, item.key) is not None:
+            return False
+        if is_edited(labels):
+            return False
+        self.cache.invalidate(item.key)
+        self._compute_for_reset(item)
+        return self._awaiting == item.key
 
     def _fits(self, prediction: Any) -> bool:
         labels = self._proposal_labels()
