@@ -272,11 +272,15 @@ def test_what_is_missing_is_named_with_its_tab(
     series.accept_button.changed.emit(True)
     assert "dataset root" in shown[-1] and "in the Export tab" in shown[-1]
     assert series.shown_key == "a_large.png"  # nothing exported, still on the image
+    assert widget.status.value == (  # the Series tab's footer says it too
+        "a_large not accepted: error: choose the dataset root (the FOCUS datasets/ folder) in "
+        "the Export tab first"
+    )
 
     widget.weights_path.value = photos / "focus_large_sod.pth"  # typed, no such file
     series.next()
     qtbot.waitUntil(lambda: not series.busy, timeout=WAIT_MS)
-    assert "focus_large_sod.pth' is not a checkpoint file" in shown[-1]
+    assert "focus_large_sod.pth' does not exist (moved or renamed?)" in shown[-1]
     assert "under 'checkpoint' in the Model tab" in shown[-1]
 
 

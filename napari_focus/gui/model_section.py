@@ -168,6 +168,11 @@ class ModelSection(Container):
                     f"'{path}' is a folder: choose the checkpoint file in it (.pth or "
                     f".safetensors) {where}"
                 )
+            if not path.exists():
+                raise ValueError(
+                    f"'{path}' does not exist (moved or renamed?): choose the checkpoint file "
+                    f"(.pth or .safetensors) {where}"
+                )
             if not path.is_file():
                 raise ValueError(
                     f"'{path}' is not a checkpoint file: choose one (.pth or .safetensors) {where}"

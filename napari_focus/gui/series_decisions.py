@@ -127,8 +127,11 @@ class SeriesDecisions:
         self, key: str, result: Any, proposal: Any, accepted: np.ndarray
     ) -> None:
         self.accept_button.enabled = True
-        if result is None or self.state is None:
-            return  # the reason is on screen; the mask stays as it is
+        if result is None or self.state is None:  # the mask stays as it is
+            if self.state is not None:  # the footer says why, as the Export tab does
+                outcome = self.owner.export_section.result_label.value
+                self.owner.set_status(f"{self.state.queue.item(key).name} not accepted: {outcome}")
+            return
         item = self.state.queue.item(key)
         self.autosaves.forget(self.state, key)  # exported: its autosave goes, written or not
         try:
