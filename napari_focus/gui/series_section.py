@@ -184,7 +184,8 @@ class SeriesSection(
         self.jump_to.tooltip = "Go to image number N of the queue (type it, then Return)"
         self.on_leave.tooltip = (
             "What happens to your edits when you leave an image: autosave = kept in the "
-            "series folder (work/), shown again when you come back; ask = a question each time"
+            "series folder (work/), shown again when you come back; ask = a question each "
+            "time you leave an image (closing napari keeps them without asking)"
         )
         self.prefetch.tooltip = "Compute the next two proposals while you correct this one"
         self.rank_button.tooltip = "Put the images the model is least sure about first"
