@@ -157,12 +157,14 @@ def say_kernel_fallbacks(showwarning: ShowWarning, prefix: str = "napari-focus")
 
 
 def predict_summary(
-    written: int, skipped: int, failed: int, unmatched: int, out: object, kept: int = 0
-) -> str:
+    written: int, skipped: int, failed: int, unmatched: int, out: object, kept: int = 0,
+    unreadable: int = 0,
+) -> str:  # fmt: skip
     """``predict``'s counts (both engines): ``3 written, 1 skipped (already exist;
     --overwrite to redo), 0 failed, 2 inputs matched no image -> OUT``; the advice only
-    when something was skipped, the inputs only when some matched nothing; ``kept``:
-    existing outputs left as they were beside those written (a mask beside a new map)."""
+    when something was skipped, the inputs only when some matched nothing, the folders
+    only when some could not be read; ``kept``: existing outputs left as they were
+    beside those written (a mask beside a new map)."""
     skipped_text = f"{skipped} skipped" + (
         " (already exist; --overwrite to redo)" if skipped else ""
     )
@@ -170,6 +172,8 @@ def predict_summary(
     counts = [f"{written} written{kept_text}", skipped_text, f"{failed} failed"]
     if unmatched:
         counts.append(f"{plural(unmatched, 'input')} matched no image")
+    if unreadable:
+        counts.append(f"{plural(unreadable, 'folder')} not read")
     return f"{', '.join(counts)} -> {out}"
 
 

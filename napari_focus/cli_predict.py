@@ -45,6 +45,8 @@ def run_predict(args: argparse.Namespace) -> int:
     images, unmatched = found.images, found.unmatched
     for _, reason in unmatched:
         print(f"napari-focus: {reason}", file=sys.stderr)
+    for text in found.unreadable:
+        print(f"napari-focus: {text}", file=sys.stderr)
     if found.other_names and not args.quiet:
         print(f"napari-focus: {other_names_note(found.other_names)}", file=sys.stderr)
     if found.mask_folders and not args.quiet:
@@ -130,7 +132,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     status = "interrupted: " if interrupted else ""
     kept = sum(len(job.keep) for job in jobs)
-    counts = predict_summary(written, skipped, len(failures), len(unmatched), out_dir, kept)
+    counts = predict_summary(written, skipped, len(failures), len(unmatched), out_dir, kept,
+                             len(found.unreadable))  # fmt: skip
     print(f"napari-focus: {status}{counts}", file=sys.stderr)
     left = len(jobs) - written - len(run_failures)
     if interrupted is not None and left:
@@ -142,7 +145,7 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"  failed: {image}: {message}", file=sys.stderr)
     if interrupted is not None:
         return interrupted_exit(interrupted == signal.SIGTERM)
-    return EXIT_FAILED_IMAGES if failures or unmatched else 0
+    return EXIT_FAILED_IMAGES if failures or unmatched or found.unreadable else 0
 
 
 def _run_jobs(

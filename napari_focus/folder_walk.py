@@ -11,15 +11,24 @@ from pathlib import Path
 
 
 def walk_files(
-    root: str | os.PathLike, subfolders: Callable[[str, list[str]], list[str]] | None
+    root: str | os.PathLike,
+    subfolders: Callable[[str, list[str]], list[str]] | None,
+    unreadable: list[str] | None = None,
 ) -> Iterator[tuple[str, list[str]]]:
     """``(folder, file names)`` of ``root`` and, when ``subfolders`` is given, of the
     subfolders it keeps of each folder (``subfolders(folder, names)``); ``None``:
-    ``root`` alone. The folders the tree holds come first, then the linked ones."""
+    ``root`` alone. The folders the tree holds come first, then the linked ones. A
+    folder that cannot be listed (no permission) is left out, and said in
+    ``unreadable`` (:func:`unreadable_folder_text`)."""
     seen: set[object] = set()
     tops: list[str] = [os.fspath(root)]
+
+    def say(error: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(unreadable_folder_text(error.filename or "a folder", error))
+
     while tops:
-        for dirpath, dirnames, filenames in os.walk(tops.pop(0)):  # links: not entered
+        for dirpath, dirnames, filenames in os.walk(tops.pop(0), onerror=say):  # links: not entered
             try:
                 status = os.stat(dirpath)
             except OSError:
@@ -53,3 +62,22 @@ def is_file_or_broken_link(path: Path) -> bool:
     except OSError:
         return False  # a loop of links (ELOOP): no file behind it, as before
     return False
+
+
+def unreadable_folder_text(folder: str | os.PathLike, error: OSError) -> str:
+    """A folder of images that cannot be listed, in words, with what to do."""
+    reason = (error.strerror or type(error).__name__).lower()
+    return (
+        f"{os.fspath(folder)} cannot be read ({reason}): the images in it are left out; "
+        "make it readable (chmod), or leave it out"
+    )
+
+
+def holds(folder: str | os.PathLike, name: str) -> bool:
+    """Whether ``folder`` holds an entry ``name``; False also where the folder cannot be
+    looked into (a walk then says that it cannot list it)."""
+    try:
+        os.lstat(os.path.join(folder, name))
+    except OSError:
+        return False
+    return True

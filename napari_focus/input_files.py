@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .folder_walk import is_file_or_broken_link, walk_files
+from .folder_walk import holds, is_file_or_broken_link, walk_files
 from .prediction_files import is_uri
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -61,6 +61,8 @@ class FoundInputs:
     other_names: list[tuple[Path, Path]] = field(default_factory=list)
     #: subfolders left out of a walk: they hold masks napari-focus wrote (earlier runs)
     mask_folders: list[Path] = field(default_factory=list)
+    #: folders (inputs or below them) that could not be listed, each in words
+    unreadable: list[str] = field(default_factory=list)
 
 
 def find_inputs(
@@ -113,8 +115,11 @@ def _expand(
         if is_uri(item):
             matches = []
         elif path.is_dir():
-            images = _folder_images(path, walk, found.mask_folders)
+            said = len(found.unreadable)
+            images = _folder_images(path, walk, found.mask_folders, found.unreadable)
             matches = [(p, _subfolder(p, path)) for p in images]
+            if not matches and len(found.unreadable) > said:
+                continue  # the folder (or all below it) could not be read: said so
         elif path.is_file():
             matches = [(path, "")]
         elif glob.has_magic(item):
@@ -138,7 +143,9 @@ def _expand(
             found.subfolders.setdefault(named, subfolder)
 
 
-def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path]) -> list[Path]:
+def _folder_images(
+    folder: Path, walk: set[Path] | None, mask_folders: list[Path], unreadable: list[str]
+) -> list[Path]:
     from .io import IMAGE_EXTENSIONS
     from .mask_provenance import OutputFolders, walk_leaving_out_outputs
 
@@ -147,7 +154,7 @@ def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path
 
     def images_of(outputs: OutputFolders) -> list[Path]:
         images = []
-        for dirpath, filenames in walk_files(folder, None if walk is None else keep):
+        for dirpath, filenames in walk_files(folder, None if walk is None else keep, said):
             if outputs.leaves_out(dirpath, filenames):
                 continue
             images += [
@@ -157,9 +164,11 @@ def _folder_images(folder: Path, walk: set[Path] | None, mask_folders: list[Path
             ]  # fmt: skip
         return images
 
+    said: list[str] = []  # a second walk (no outputs to leave out) says it again
     enabled = walk is not None  # a walk of subfolders (--recursive)
     images, left_out = walk_leaving_out_outputs(images_of, folder, IMAGE_EXTENSIONS, enabled)
     mask_folders += [Path(os.path.abspath(path)) for path in left_out]
+    unreadable += [text for text in dict.fromkeys(said) if text not in unreadable]
     return sorted(images)
 
 
@@ -172,7 +181,7 @@ def subfolders_to_walk(dirpath: str, dirnames: list[str], leave_out: set[Path]) 
     return sorted(
         d for d in dirnames
         if not d.startswith(".") and Path(dirpath, d).resolve() not in leave_out
-        and not Path(dirpath, d, STATE_NAME).exists()
+        and not holds(os.path.join(dirpath, d), STATE_NAME)
     )  # fmt: skip
 
 

@@ -61,9 +61,14 @@ _AGAIN = "copy the image again, or leave it out"
 
 
 def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
-    """The plain-words error for a file that is empty, not an image or truncated (None
-    for other errors, which keep their own message)."""
+    """The plain-words error for a file that is not an image, truncated or not readable
+    by this user (None for other errors, which keep their own message)."""
     text = str(error)
+    if isinstance(error, PermissionError):
+        return UnreadableImageError(
+            f"{path.name} cannot be read (permission denied): make it readable (chmod), "
+            "or leave it out"
+        )
     if isinstance(error, UnidentifiedImageError) or text.startswith("not a TIFF file"):
         what = "a TIFF" if path.suffix.lower() in TIFF_EXTENSIONS else "an image"
         return UnreadableImageError(

@@ -114,7 +114,8 @@ def _summary(run: Any, out: Path, interrupted: bool) -> str:
     workers = f"{run.workers} Ray worker{'' if run.workers == 1 else 's'}"
     status = "interrupted: " if interrupted else ""
     counts = predict_summary(run.count("written"), run.count("skipped"), len(run.failed),
-                             len(run.unmatched), out, run.kept_beside)  # fmt: skip
+                             len(run.unmatched), out, run.kept_beside,
+                             len(run.unreadable))  # fmt: skip
     return f"napari-focus: {status}{counts} ({workers}, {run.seconds:.1f} s)"
 
 
@@ -234,7 +235,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, ConnectionError) as error:  # flags, model, cluster
         return _fail(str(error))
 
-    for reason in run.unmatched:
+    for reason in [*run.unmatched, *run.unreadable]:
         print(f"napari-focus: {reason}", file=sys.stderr)
     if run.mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(run.mask_folders)}", file=sys.stderr)
@@ -289,7 +290,7 @@ def run_predict_ray(args: argparse.Namespace) -> int:
         hint = series_hint(folder, Path(args.series), out, len(state.queue), clashes,
                            subfolders=state.settings.get("recursive", False))  # fmt: skip
         print(f"napari-focus: {hint}", file=sys.stderr)
-    return EXIT_FAILED_IMAGES if run.failed or run.unmatched else 0
+    return EXIT_FAILED_IMAGES if run.failed or run.unmatched or run.unreadable else 0
 
 
 def _series_problem(series: str, inputs: list[str]) -> str | None:

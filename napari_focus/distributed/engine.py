@@ -42,6 +42,7 @@ class DatasetRun:
     rows: list[dict[str, Any]]
     manifest: Path
     unmatched: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # folders not listed, in words
     workers: int = 0
     seconds: float = 0.0
     other_weights: Found = field(default_factory=list)  # kept masks of other weights
@@ -169,7 +170,8 @@ def predict_dataset(
     found = find_sources([str(i) for i in items], recursive=recursive, exclude=[out])
     sources, unmatched = found.sources, found.unmatched
     if not sources:
-        raise ValueError(f"no input images (nothing matches {', '.join(map(str, items))})")
+        why = "; ".join(found.unreadable) or f"nothing matches {', '.join(map(str, items))}"
+        raise ValueError(f"no input images ({why})")
     if undecodable := [source for source in sources if not is_utf8(source)]:
         more = f" and {len(undecodable) - 1} more" if len(undecodable) > 1 else ""
         raise ValueError(
@@ -262,6 +264,7 @@ def predict_dataset(
         rows=rows,
         manifest=manifest_path,
         unmatched=unmatched,
+        unreadable=found.unreadable,
         workers=workers,
         seconds=time.perf_counter() - started,
         other_weights=existing.other_weights,

@@ -105,6 +105,8 @@ class FoundSources:
     mask_folders: list[Path] = field(default_factory=list)
     #: (name left out, name taken) for a file found under two names (a link beside it)
     other_names: list[tuple[Path, Path]] = field(default_factory=list)
+    #: local folders that could not be listed, each in words
+    unreadable: list[str] = field(default_factory=list)
 
 
 def find_sources(
@@ -146,6 +148,7 @@ def find_sources(
             found.unmatched.extend(f"{reason} (listed in {item})" for reason in listed.unmatched)
             found.mask_folders += listed.mask_folders
             found.other_names += listed.other_names
+            found.unreadable += [t for t in listed.unreadable if t not in found.unreadable]
             _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
         else:
@@ -153,6 +156,9 @@ def find_sources(
             images = [(str(p), local.subfolders[p]) for p in local.images]
             found.mask_folders += local.mask_folders
             found.other_names += local.other_names
+            found.unreadable += [t for t in local.unreadable if t not in found.unreadable]
+            if not images and local.unreadable:
+                continue  # the folder (or all below it) could not be read: said so
         if not images:
             found.unmatched.append(unmatched_reason(item))
         _add(found, images)

@@ -311,6 +311,8 @@ class SeriesStarting:
         assert state is not None
         if state.recovered_from:
             show_warning(f"FOCUS: unreadable series state moved to {state.recovered_from}")
+        for text in state.unreadable:
+            show_warning(f"FOCUS series: {text}")
         if state.unattached:
             shared = ", ".join(path.name for path in state.unattached)
             show_warning(

@@ -50,6 +50,7 @@ def load_or_create(
         raise ValueError("give either an image folder or layer names")
     output = Path(output_folder)
     exts = [e.lower() for e in extensions]
+    unreadable: list[str] = []
     if folder is not None:
         queue = ImageQueue.from_folder(
             folder,
@@ -58,11 +59,12 @@ def load_or_create(
             pattern=pattern,
             exclude=[output, *exclude],
             found=found,
+            unreadable=unreadable,
         )
     else:
         queue = ImageQueue.from_names(names or ())
     settings = {"recursive": recursive, "pattern": pattern, "extensions": exts}
-    state = SeriesState(output, queue, settings)
+    state = SeriesState(output, queue, settings, unreadable=unreadable)
 
     path = state.state_path
     data = None

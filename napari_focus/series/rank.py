@@ -155,14 +155,16 @@ def images_to_rank(
     mask_folders: list[Path] | None = None,
     other_names: list[tuple[str, str]] | None = None,
     gt_folder: str | os.PathLike | None = None,
+    unreadable: list[str] | None = None,
 ) -> list[str]:
     """The images :func:`rank_folder` ranks: :func:`.scan.scan_folder`'s, each file once
     (:func:`~napari_focus.input_files.one_name_each`, as predict takes them), and not the
     masks of a ``gt_folder`` that is ``root`` itself; the names left out go to
     ``other_names`` as (name left out, name kept), earlier runs' outputs left out to
-    ``mask_folders``."""
+    ``mask_folders``, the folders that could not be listed to ``unreadable``."""
     keys = scan_folder(root, recursive=recursive, extensions=extensions, pattern=pattern,
-                       mask_folders=[] if mask_folders is None else mask_folders)  # fmt: skip
+                       mask_folders=[] if mask_folders is None else mask_folders,
+                       unreadable=unreadable)  # fmt: skip
     key_of = {root / key: key for key in keys}
     kept, others = one_name_each(key_of)
     if other_names is not None:

@@ -141,9 +141,12 @@ def run_rank(args: argparse.Namespace) -> int:
             return EXIT_SETUP_ERROR
     mask_folders: list[Path] = []
     other_names: list[tuple[str, str]] = []
+    unreadable: list[str] = []
     keys = images_to_rank(folder, recursive=args.recursive, pattern=args.pattern,
                           mask_folders=mask_folders, other_names=other_names,
-                          gt_folder=args.gt)  # fmt: skip
+                          gt_folder=args.gt, unreadable=unreadable)  # fmt: skip
+    for text in unreadable:
+        print(f"napari-focus: {text}", file=sys.stderr)
     if mask_folders and not args.quiet:
         print(f"napari-focus: note: {mask_folders_note(mask_folders)}", file=sys.stderr)
     leave_out = [Path(args.gt)] if args.gt else []
@@ -204,9 +207,10 @@ def run_rank(args: argparse.Namespace) -> int:
         print(f"napari-focus: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
     failed = [r for r in rows if r.error is not None]
+    not_read = f", {plural(len(unreadable), 'folder')} not read" if unreadable else ""
     print(
-        f"napari-focus: ranked {plural(len(rows) - len(failed), 'image')}, {len(failed)} failed "
-        f"-> {out}",
+        f"napari-focus: ranked {plural(len(rows) - len(failed), 'image')}, {len(failed)} failed"
+        f"{not_read} -> {out}",
         file=sys.stderr,
     )
     unscored = sum(1 for r in rows if r.error is None and not r.metrics)
@@ -219,4 +223,4 @@ def run_rank(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
     for row in failed:
         print(f"  failed: {row.path}: {row.error}", file=sys.stderr)
-    return EXIT_FAILED_IMAGES if failed else 0
+    return EXIT_FAILED_IMAGES if failed or unreadable else 0

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..folder_walk import walk_files
+from ..folder_walk import holds, walk_files
 from ..io import IMAGE_EXTENSIONS
 from ..mask_provenance import OutputFolders, walk_leaving_out_outputs
 
@@ -44,6 +44,7 @@ def scan_folder(
     exclude: Iterable[str | os.PathLike] = (),
     found: Callable[[int], None] | None = None,
     mask_folders: list[Path] | None = None,
+    unreadable: list[str] | None = None,
 ) -> list[str]:
     """Image files under ``folder`` as relative POSIX paths, in natural order (``2`` before
     ``10``). Hidden files and folders (``.name``), series folders (a queue state file in
@@ -55,7 +56,8 @@ def scan_folder(
     the scan (e.g. a scan nobody waits for any more). Given ``mask_folders`` (the command
     line's scans; the series keeps every image it listed before), subfolders that are
     earlier runs' outputs (:class:`~napari_focus.mask_provenance.OutputFolders`) are
-    left out too, and added to it."""
+    left out too, and added to it. Folders that cannot be listed are left out, and said
+    in ``unreadable``."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
@@ -67,12 +69,12 @@ def scan_folder(
         return [
             d for d in dirnames
             if not d.startswith(".") and (current / d).resolve() not in excluded
-            and not (current / d / STATE_NAME).exists()
+            and not holds(current / d, STATE_NAME)
         ]  # fmt: skip
 
     def walk(outputs: OutputFolders) -> list[str]:
         images: list[str] = []
-        for dirpath, filenames in walk_files(root, keep if recursive else None):
+        for dirpath, filenames in walk_files(root, keep if recursive else None, said):
             current = Path(dirpath)
             if outputs.leaves_out(dirpath, filenames):
                 continue
@@ -92,8 +94,11 @@ def scan_folder(
                 found(len(images))  # the folder listed (when not just counted)
         return images
 
+    said: list[str] = []  # a second walk (no outputs to leave out) says it again
     leave_out = recursive and mask_folders is not None
     images, outputs = walk_leaving_out_outputs(walk, root, suffixes, enabled=leave_out)
     if mask_folders is not None:
         mask_folders += outputs
+    if unreadable is not None:
+        unreadable += dict.fromkeys(said)
     return sorted(images, key=_natural_key)

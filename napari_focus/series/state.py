@@ -90,6 +90,8 @@ class SeriesState:
     unattached: dict[Path, list[str]] = field(default_factory=dict)
     #: keys whose entry the last save took from another writer of the series
     merged: list[str] = field(default_factory=list)
+    #: folders the scan on opening could not list (their images left out), in words
+    unreadable: list[str] = field(default_factory=list)
     _synced: Synced = field(default_factory=Synced, init=False, repr=False)
     _save_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _saved_current: str | None = field(default=None, init=False, repr=False)
