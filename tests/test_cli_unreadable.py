@@ -116,6 +116,10 @@ def test_a_locked_file_fails_alone_in_words(folder, weights, deny, tmp_path):
     assert code == 1, err
     assert f"failed: {folder / 'a.png'}: a.png {FILE_WORDS}" in err
     assert "1 written" in err and (tmp_path / "masks" / "locked" / "b.png").is_file()
+    code, err = run_cli("predict", folder, "--task", "sod", "--weights", weights,
+                        "--device", "cpu", "--out", tmp_path / "top")  # fmt: skip
+    assert code == 1 and "0 written, 0 skipped, 1 failed" in err, err
+    assert "images/s" not in err  # no rate of images that all failed
 
 
 def test_a_series_opens_without_a_locked_subfolder_and_keeps_its_words(folder, deny, tmp_path):
