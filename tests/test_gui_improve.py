@@ -343,3 +343,13 @@ def test_no_samples_of_the_layout_is_said_in_the_tab_s_words(tmp_path: Path) -> 
         "masks there first (the Export tab); it holds duts-tr samples: choose that layout, "
         "and its task, in the Export tab"
     )
+
+
+def test_a_validation_line_begins_with_the_figure_keep_best_chooses_by() -> None:
+    from napari_focus.gui.improve_messages import validation_text
+
+    metrics = {"mask_iou": 0.9, "iou": 0.8, "smeasure": 0.7, "mae": float("nan")}
+    assert validation_text(4, metrics, "smeasure") == (
+        "step 4: S-measure 0.700, proposal IoU 0.900, IoU of probability > 0.5 0.800"
+    )
+    assert validation_text(4, metrics).startswith("step 4: proposal IoU 0.900, IoU of")

@@ -22,12 +22,14 @@ METRIC_LABELS = {
 }  # fmt: skip
 
 
-def validation_text(step: int, metrics: dict[str, float]) -> str:
-    """One evaluation's figures: ``step 4: proposal IoU 0.912, S-measure 0.874, ...``."""
+def validation_text(step: int, metrics: dict[str, float], first: str = "mask_iou") -> str:
+    """One evaluation's figures, ``first`` (the one "keep best" chooses by) first, where a
+    narrow line still shows it: ``step 4: S-measure 0.874, proposal IoU 0.912, ...``."""
+    names = sorted(metrics, key=lambda name: name != first)
     parts = [
-        f"{METRIC_LABELS.get(name, name)} {value:.3f}"
-        for name, value in metrics.items()
-        if value == value  # not NaN
+        f"{METRIC_LABELS.get(name, name)} {metrics[name]:.3f}"
+        for name in names
+        if metrics[name] == metrics[name]  # not NaN
     ]
     return f"step {step}: " + ", ".join(parts)
 

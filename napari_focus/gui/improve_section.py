@@ -34,17 +34,17 @@ from ..training.config import DEFAULT_STEPS
 from . import dialogs
 from .fields import chosen_dir, clear_path
 from .improve_host import FocusWidgetHost, ImproveHost, WeightsChoice
-from .improve_messages import restart_question, training_error_text, validation_text
+from .improve_messages import (
+    METRIC_LABELS,
+    restart_question,
+    training_error_text,
+    validation_text,
+)
 from .improve_watch import TrainingWatch
 from .layout import WrappingLabel, narrow_combo, narrow_line_edits
 
-#: the validation figures "keep best" offers, as the tab names them
-KEEP_BEST_LABELS = {
-    "mask_iou": "proposal IoU",
-    "iou": "IoU of probability > 0.5",
-    "smeasure": "S-measure",
-    "edit_effort": "edit effort",
-}
+#: the validation figures "keep best" offers
+KEEP_BEST = ("mask_iou", "iou", "smeasure", "edit_effort")
 IMPROVE_TIP = "Fine-tune the current model on the corrected masks exported to the dataset root"
 
 
@@ -69,7 +69,7 @@ class ImproveSection(Container):
         )
         self.keep = ComboBox(
             label="keep best",
-            choices=[(label, metric) for metric, label in KEEP_BEST_LABELS.items()],
+            choices=[(METRIC_LABELS[metric], metric) for metric in KEEP_BEST],
             value="mask_iou",
         )  # fmt: skip
         self.output = FileEdit(label="new weights", mode="w", filter="*.safetensors")
@@ -229,7 +229,8 @@ class ImproveSection(Container):
             eta = f", {report.eta_seconds:.0f} s left" if report.eta_seconds else ""
             self.status.value = f"step {report.step}/{report.steps}, loss {report.loss:.3f}{eta}"
         elif report.phase == "eval" and report.metrics is not None:
-            self.status.value = validation_text(report.step, report.metrics)
+            metric = self._config.select_metric  # first: what a narrow line still shows
+            self.status.value = validation_text(report.step, report.metrics, metric)
         else:
             self.status.value = report.message
 
@@ -270,7 +271,7 @@ class ImproveSection(Container):
         base, best = result.baseline_metrics or {}, result.best_metrics or {}
         metric = self._config.select_metric  # the figure that chose the step kept
         gain = (
-            f"{KEEP_BEST_LABELS.get(metric, metric)} {base[metric]:.3f} -> {best[metric]:.3f}"
+            f"{METRIC_LABELS.get(metric, metric)} {base[metric]:.3f} -> {best[metric]:.3f}"
             if metric in base and metric in best
             else "no sample was held out to choose a step by (one is, from two exported "
             "samples on), so the file holds the last step"
