@@ -99,10 +99,11 @@ def _shapes_key(shapes: list[tuple[int, int, int]]) -> str:
     return " ".join("x".join(map(str, shape)) for shape in shapes)
 
 
-def choose(shapes: list[tuple[int, int, int]]) -> str:
+def choose(shapes: list[tuple[int, int, int]], model: str | None = None) -> str:
     """``"mkl"`` or ``"onednn"`` for this machine and these ``(tokens, in, out)`` shapes:
     forced by ``$NAPARI_FOCUS_CPU_LINEAR``, else from the cache, else measured (about a
-    second for FOCUS-L) and cached."""
+    second for FOCUS-L) and cached, with the name of the ``model`` they are of (the
+    architecture's size name) for ``napari-focus doctor`` to say."""
     forced = os.environ.get(ENV, "auto").strip().lower()
     if forced in PATHS:
         return "mkl" if forced == "onednn" and not onednn_available() else forced
@@ -124,6 +125,8 @@ def choose(shapes: list[tuple[int, int, int]]) -> str:
     )
     entries = _read_cache()
     entries[key] = {"path": path, "gflops": {k: round(v, 1) for k, v in rates.items()}}
+    if model is not None:
+        entries[key]["model"] = model
     try:
         atomic_write_text(_cache_file(), json.dumps(entries, indent=1, sort_keys=True) + "\n")
     except OSError as error:  # a read-only cache only costs the measurement next time
@@ -148,8 +151,10 @@ def describe() -> str:
             measured = ", ".join(
                 f"{k} {v:.0f}" for k, v in rates.items() if isinstance(v, int | float)
             )
+            model = entry.get("model")
+            of = f"the {model} model's linear shapes" if isinstance(model, str) else "shapes"
             lines.append(
-                f"  {entry['path']} for linear shapes {key[len(prefix) :]} "
+                f"  {entry['path']} for {of} {key[len(prefix) :]} "
                 f"(measured GFLOP per CPU-second: {measured})"
             )
     if not lines:

@@ -177,6 +177,6 @@ def apply_cpu_fast_path(model: FocusModel, device: torch.device, precision: str)
         return None
     model.backbone.cpu_fast_path = True
     model.backbone.folded = fold_backbone(model.backbone)  # now rather than at the first image
-    path = cpu_linear.choose(linear_shapes(model))
+    path = cpu_linear.choose(linear_shapes(model), model.architecture.size_name)
     cpu_linear.route_linears(model, path)
     return path

@@ -176,12 +176,13 @@ def test_linear_path_is_measured_once_and_cached(tiny_mlp, linear_cache, monkeyp
     assert calls == [linear_shapes(first.model)]
     shapes = " ".join("x".join(map(str, shape)) for shape in linear_shapes(first.model))
     entry = json.loads(linear_cache.read_text())[f"{cpu_linear.machine_key()}|{shapes}"]
-    assert entry == {"path": "onednn", "gflops": {"mkl": 100.0, "onednn": 250.0}}
+    assert entry == {"path": "onednn", "gflops": {"mkl": 100.0, "onednn": 250.0},
+                     "model": "custom"}  # the tiny architecture: neither large nor giant
     second = _predictor(tiny_mlp)
     assert second.cpu_linear_path == "onednn" and len(calls) == 1  # from the cache
     assert (
-        f"onednn for linear shapes {shapes} (measured GFLOP per CPU-second: mkl 100, onednn 250)"
-        in cpu_linear.describe()
+        f"onednn for the custom model's linear shapes {shapes} (measured GFLOP per "
+        "CPU-second: mkl 100, onednn 250)" in cpu_linear.describe()
     )
     # a tie within the margin keeps PyTorch's default path
     linear_cache.unlink()
