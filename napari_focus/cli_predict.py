@@ -181,7 +181,7 @@ def _run_jobs(
         terminated = isinstance(summary.interrupted, Terminated)
         interrupted = int(signal.SIGTERM if terminated else signal.SIGINT)
     processed = summary.written + len(summary.failures)
-    if not args.quiet and summary.written:  # read and predicted, failed ones included
+    if not args.quiet and summary.written:  # the rate counts the failed ones too
         print(
             f"napari-focus: {plural(processed, 'image')} in "
             f"{summary.seconds:.1f} s, "

@@ -24,8 +24,13 @@ def walk_files(
     tops: list[str] = [os.fspath(root)]
 
     def say(error: OSError) -> None:
-        if unreadable is not None:
+        # a link to a folder that cannot be read is that folder: said once, by its path
+        real = os.path.realpath(error.filename or "")
+        if unreadable is not None and real not in said:
+            said.add(real)
             unreadable.append(unreadable_folder_text(error.filename or "a folder", error))
+
+    said: set[str] = set()
 
     while tops:
         for dirpath, dirnames, filenames in os.walk(tops.pop(0), onerror=say):  # links: not entered
@@ -53,12 +58,14 @@ def is_file_or_broken_link(path: Path) -> bool:
     """A file (or a link to one), or a link whose target is missing: an image that is not
     there yet (a git-annex or DataLad tree before ``get``) fails with that reason rather
     than being left out without a word."""
-    if path.is_file():
+    if os.path.isfile(path):  # False where a folder may be listed but not entered
         return True
     try:
         os.stat(path)
     except FileNotFoundError:
         return path.is_symlink()  # its target is missing
+    except PermissionError:  # in a folder one may list but not enter: reading it says so
+        return True
     except OSError:
         return False  # a loop of links (ELOOP): no file behind it, as before
     return False
@@ -69,15 +76,5 @@ def unreadable_folder_text(folder: str | os.PathLike, error: OSError) -> str:
     reason = (error.strerror or type(error).__name__).lower()
     return (
         f"{os.fspath(folder)} cannot be read ({reason}): the images in it are left out; "
-        "make it readable (chmod), or leave it out"
+        "make it readable for you to include them"
     )
-
-
-def holds(folder: str | os.PathLike, name: str) -> bool:
-    """Whether ``folder`` holds an entry ``name``; False also where the folder cannot be
-    looked into (a walk then says that it cannot list it)."""
-    try:
-        os.lstat(os.path.join(folder, name))
-    except OSError:
-        return False
-    return True

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .folder_walk import holds, is_file_or_broken_link, walk_files
+from .folder_walk import is_file_or_broken_link, walk_files
 from .prediction_files import is_uri
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -115,10 +115,10 @@ def _expand(
         if is_uri(item):
             matches = []
         elif path.is_dir():
-            said = len(found.unreadable)
-            images = _folder_images(path, walk, found.mask_folders, found.unreadable)
+            images, unreadable = _folder_images(path, walk, found.mask_folders)
+            found.unreadable = list(dict.fromkeys([*found.unreadable, *unreadable]))
             matches = [(p, _subfolder(p, path)) for p in images]
-            if not matches and len(found.unreadable) > said:
+            if not matches and unreadable:
                 continue  # the folder (or all below it) could not be read: said so
         elif path.is_file():
             matches = [(path, "")]
@@ -144,8 +144,9 @@ def _expand(
 
 
 def _folder_images(
-    folder: Path, walk: set[Path] | None, mask_folders: list[Path], unreadable: list[str]
-) -> list[Path]:
+    folder: Path, walk: set[Path] | None, mask_folders: list[Path]
+) -> tuple[list[Path], list[str]]:
+    """The images of ``folder`` (sorted) and the folders of it that could not be listed."""
     from .io import IMAGE_EXTENSIONS
     from .mask_provenance import OutputFolders, walk_leaving_out_outputs
 
@@ -168,8 +169,7 @@ def _folder_images(
     enabled = walk is not None  # a walk of subfolders (--recursive)
     images, left_out = walk_leaving_out_outputs(images_of, folder, IMAGE_EXTENSIONS, enabled)
     mask_folders += [Path(os.path.abspath(path)) for path in left_out]
-    unreadable += [text for text in dict.fromkeys(said) if text not in unreadable]
-    return sorted(images)
+    return sorted(images), list(dict.fromkeys(said))
 
 
 def subfolders_to_walk(dirpath: str, dirnames: list[str], leave_out: set[Path]) -> list[str]:
@@ -181,7 +181,7 @@ def subfolders_to_walk(dirpath: str, dirnames: list[str], leave_out: set[Path]) 
     return sorted(
         d for d in dirnames
         if not d.startswith(".") and Path(dirpath, d).resolve() not in leave_out
-        and not holds(os.path.join(dirpath, d), STATE_NAME)
+        and not os.path.exists(os.path.join(dirpath, d, STATE_NAME))
     )  # fmt: skip
 
 

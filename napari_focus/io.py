@@ -64,10 +64,11 @@ def _unreadable(path: Path, error: Exception) -> UnreadableImageError | None:
     """The plain-words error for a file that is not an image, truncated or not readable
     by this user (None for other errors, which keep their own message)."""
     text = str(error)
-    if isinstance(error, PermissionError):
+    if isinstance(error, PermissionError):  # or locked by another program (Windows)
+        reason = (error.strerror or "permission denied").lower()
         return UnreadableImageError(
-            f"{path.name} cannot be read (permission denied): make it readable (chmod), "
-            "or leave it out"
+            f"{path.name} cannot be read ({reason}): make it readable for you, or move it "
+            "out of the folder"
         )
     if isinstance(error, UnidentifiedImageError) or text.startswith("not a TIFF file"):
         what = "a TIFF" if path.suffix.lower() in TIFF_EXTENSIONS else "an image"
@@ -193,8 +194,25 @@ def check_image_file(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def _said_plainly(path: Path) -> Iterator[None]:
-    """Reading ``path`` inside the block: a missing, empty, unknown or truncated file
-    raises in plain words (:func:`_unreadable`)."""
+    """Reading ``path`` inside the block: a missing, empty, unknown, truncated or
+    forbidden file raises in plain words (:func:`_unreadable`)."""
+    try:
+        _check_present(path)
+    except PermissionError as error:  # in a folder one may list but not enter
+        raise _unreadable(path, error) from error
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        if isinstance(error, ImageTooLargeError | UnreadableImageError):
+            raise
+        plain = _unreadable(path, error)
+        if plain is None:
+            raise
+        raise plain from error
+
+
+def _check_present(path: Path) -> None:
+    """Raise for a link to nothing, a loop of links or an empty file, in plain words."""
     if path.is_symlink() and not path.exists():
         try:
             os.stat(path)
@@ -213,15 +231,6 @@ def _said_plainly(path: Path) -> Iterator[None]:
         raise UnreadableImageError(
             f"{path.name} is empty (0 bytes; an interrupted copy or download?): {_AGAIN}"
         )
-    try:
-        yield
-    except (OSError, ValueError) as error:
-        if isinstance(error, ImageTooLargeError | UnreadableImageError):
-            raise
-        plain = _unreadable(path, error)
-        if plain is None:
-            raise
-        raise plain from error
 
 
 def _read_image(path: Path, limit: int | None) -> np.ndarray:

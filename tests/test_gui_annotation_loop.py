@@ -273,7 +273,7 @@ def test_what_is_missing_is_named_with_its_tab(
     assert "dataset root" in shown[-1] and "in the Export tab" in shown[-1]
     assert series.shown_key == "a_large.png"  # nothing exported, still on the image
     assert widget.status.value == (  # the Series tab's footer says it too
-        "a_large not accepted: error: choose the dataset root (the FOCUS datasets/ folder) in "
+        "a_large not accepted: choose the dataset root (the FOCUS datasets/ folder) in "
         "the Export tab first"
     )
 

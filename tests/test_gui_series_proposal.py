@@ -317,3 +317,31 @@ def test_queue_open_layers_names_the_field_to_fill(
     assert "choose a series folder" not in series_errors[-1]
     assert "type a folder under 'series folder'" in series_errors[-1]
     assert in_use in series_errors[-1]
+
+
+def test_other_weights_repropose_the_shown_image_unless_edited_and_unlock_if_they_fail(
+    qtbot, open_focus_widget, folder, tmp_path, series_errors
+):
+    """After a switch of weights (Improve's Use new weights): the shown, unedited proposal
+    is computed again, its mask locked meanwhile; weights that cannot be loaded unlock it
+    with the proposal kept and the reason said; an edited mask is never replaced."""
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    _open_folder(qtbot, series, folder)
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    shown = _labels(viewer).data.copy()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    widget.weights_path.value = broken
+    assert series.propose_shown_again()
+    assert not _labels(viewer).editable  # locked while the new proposal is computed
+    qtbot.waitUntil(lambda: bool(series_errors) and not series.busy, timeout=WAIT_MS)
+    assert "no proposal of img0 to reset to: the model could not be loaded" in series_errors[-1]
+    assert _labels(viewer).editable
+    np.testing.assert_array_equal(_labels(viewer).data, shown)
+
+    edited = _edit(_labels(viewer))
+    assert not series.propose_shown_again()  # the edits stay
+    np.testing.assert_array_equal(_labels(viewer).data, edited)
+    assert _labels(viewer).editable

@@ -250,6 +250,33 @@ def test_a_proposal_computed_before_a_task_switch_keeps_its_task(
     assert (np.asarray(Image.open(exported)) > 0).sum() == 20 * 30
 
 
+def test_a_proposal_arriving_while_the_weights_path_is_typed_is_shown(
+    qtbot, open_series, open_focus_widget, tmp_path, source, monkeypatch
+):
+    """The checkpoint field names no file for a moment (being typed, or the file moved)
+    when the shown image's proposal arrives: it is shown, described by its model."""
+    original = FocusPredictor.predict
+    started, go = threading.Event(), threading.Event()
+
+    def held(self, image, **kwargs):
+        started.set()
+        go.wait(30)
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(FocusPredictor, "predict", held)
+    folder = _folder(tmp_path, "images", source)
+    viewer, widget = open_focus_widget()
+    series = widget.series
+    series.prefetch.value = False
+    open_series(series, folder)
+    qtbot.waitUntil(started.is_set, timeout=WAIT_MS)
+    widget.weights_path.value = tmp_path / "focus_la"  # half typed
+    go.set()
+    qtbot.waitUntil(lambda: series.proposal_ready and not series.busy, timeout=WAIT_MS)
+    assert "img0 [FOCUS SOD]" in viewer.layers
+    assert viewer.layers["img0 [FOCUS SOD]"].metadata["napari_focus"]["task"] == "sod"
+
+
 def test_the_gui_thread_never_hashes_an_image_file(
     qtbot, open_series, open_focus_widget, tmp_path, source, monkeypatch
 ):

@@ -148,7 +148,7 @@ def find_sources(
             found.unmatched.extend(f"{reason} (listed in {item})" for reason in listed.unmatched)
             found.mask_folders += listed.mask_folders
             found.other_names += listed.other_names
-            found.unreadable += [t for t in listed.unreadable if t not in found.unreadable]
+            found.unreadable = list(dict.fromkeys([*found.unreadable, *listed.unreadable]))
             _add(found, [(source, listed.subfolders[source]) for source in listed.sources])
             continue
         else:
@@ -156,7 +156,7 @@ def find_sources(
             images = [(str(p), local.subfolders[p]) for p in local.images]
             found.mask_folders += local.mask_folders
             found.other_names += local.other_names
-            found.unreadable += [t for t in local.unreadable if t not in found.unreadable]
+            found.unreadable = list(dict.fromkeys([*found.unreadable, *local.unreadable]))
             if not images and local.unreadable:
                 continue  # the folder (or all below it) could not be read: said so
         if not images:

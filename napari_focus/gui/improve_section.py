@@ -273,8 +273,8 @@ class ImproveSection(Container):
         gain = (
             f"{METRIC_LABELS.get(metric, metric)} {base[metric]:.3f} -> {best[metric]:.3f}"
             if metric in base and metric in best
-            else "no sample was held out to choose a step by (one is, from two exported "
-            "samples on), so the file holds the last step"
+            else "no sample was held out to choose a step by (export more), so the file "
+            "holds the last step"
         )
         self.new_weights = WeightsChoice(
             "file", result.output, self._base.size, self._base.task, self._base.device

@@ -129,7 +129,7 @@ class SeriesDecisions:
         self.accept_button.enabled = True
         if result is None or self.state is None:  # the mask stays as it is
             if self.state is not None:  # the footer says why, as the Export tab does
-                outcome = self.owner.export_section.result_label.value
+                outcome = self.owner.export_section.result_label.value.removeprefix("error: ")
                 self.owner.set_status(f"{self.state.queue.item(key).name} not accepted: {outcome}")
             return
         item = self.state.queue.item(key)

@@ -130,9 +130,8 @@ class SeriesDisplay:
         whole = f"{where} {item.name} — {item.status}{failed}"  # the name uncut, and its file
         self.position.tooltip = whole if item.path is None else f"{whole}\n{item.path}"
         if self.jump_to.value != self.state.queue.index + 1:  # also after a new order
-            self.jump_to.changed.disconnect(self._on_jump)
-            self.jump_to.value = self.state.queue.index + 1
-            self.jump_to.changed.connect(self._on_jump)
+            with self.jump_to.changed.blocked():  # shown here, not a jump asked for
+                self.jump_to.value = self.state.queue.index + 1
 
     def _known_prediction(self, item: Any) -> Prediction | None:
         """The proposal from memory, or from the series folder (computed earlier)."""
@@ -271,12 +270,17 @@ class SeriesDisplay:
     def _show_prediction(self, layer: Any, key: str, prediction: Prediction) -> None:
         assert self.state is not None
         model_key, predictor = self.owner.current_model()
-        wanted = self.owner.model_key()
+        try:
+            wanted = self.owner.model_key()
+        except ValueError:  # the weights field is being typed in: the model that made it
+            wanted = model_key
+        if wanted is None:  # none loaded and none chosen: nothing to describe it by
+            return
         # a proposal read from the series folder while the model of other settings is
         # loaded (the task switched back) is described by the settings it was made with
         stored = predictor is None or model_key != wanted
         if stored:
-            model_key, predictor = wanted, _StoredModel(self.owner)
+            model_key, predictor = wanted, _StoredModel(wanted)
         result = JobResult(
             predictor=predictor,
             key=model_key,
@@ -307,8 +311,7 @@ class _StoredModel:
     """Stands in for the predictor of a proposal loaded from the series folder (only
     its description is used)."""
 
-    def __init__(self, owner: Any) -> None:
-        key = owner.model_key()
+    def __init__(self, key: Any) -> None:
         self.device = key.device
         self.architecture = type("Architecture", (), {"size_name": key.size})()
 

@@ -220,11 +220,14 @@ class SeriesProposal:
         item = self.state.queue.item(self._shown)
         if labels is None or META_KEY not in labels.metadata or self._awaiting == item.key:
             return False
+        if item.status is Status.ACCEPTED or self._image_layer_for(item.key) is None:
+            return False
         if item.autosaved or self.autosaves.edits_of(self.state, item.key) is not None:
             return False
         if is_edited(labels):
             return False
         self.cache.invalidate(item.key)
+        self._resetting = item.key  # a model that fails unlocks the mask, as for Reset
         self._compute_for_reset(item)
         return self._awaiting == item.key
 

@@ -337,9 +337,8 @@ class SeriesStarting:
         self._awaiting = None
         self._model_error = self._load_declined = None
         # a shorter queue clamps the number of the image left, which is no jump here
-        self.jump_to.changed.disconnect(self._on_jump)
-        self.jump_to.max = len(state.queue)
-        self.jump_to.changed.connect(self._on_jump)
+        with self.jump_to.changed.blocked():
+            self.jump_to.max = len(state.queue)
         for button in self._buttons():
             button.enabled = True
         self.close_guard.install()

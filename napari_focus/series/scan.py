@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..folder_walk import holds, walk_files
+from ..folder_walk import walk_files
 from ..io import IMAGE_EXTENSIONS
 from ..mask_provenance import OutputFolders, walk_leaving_out_outputs
 
@@ -69,7 +69,7 @@ def scan_folder(
         return [
             d for d in dirnames
             if not d.startswith(".") and (current / d).resolve() not in excluded
-            and not holds(current / d, STATE_NAME)
+            and not os.path.exists(current / d / STATE_NAME)
         ]  # fmt: skip
 
     def walk(outputs: OutputFolders) -> list[str]:
