@@ -22,15 +22,14 @@ def walk_files(
     ``unreadable`` (:func:`unreadable_folder_text`)."""
     seen: set[object] = set()
     tops: list[str] = [os.fspath(root)]
+    said: set[str] = set()  # the folders said unreadable, resolved
 
     def say(error: OSError) -> None:
         # a link to a folder that cannot be read is that folder: said once, by its path
-        real = os.path.realpath(error.filename or "")
-        if unreadable is not None and real not in said:
-            said.add(real)
-            unreadable.append(unreadable_folder_text(error.filename or "a folder", error))
-
-    said: set[str] = set()
+        folder = error.filename or "a folder"
+        if unreadable is not None and os.path.realpath(folder) not in said:
+            said.add(os.path.realpath(folder))
+            unreadable.append(unreadable_folder_text(folder, error))
 
     while tops:
         for dirpath, dirnames, filenames in os.walk(tops.pop(0), onerror=say):  # links: not entered
