@@ -210,6 +210,36 @@ def test_rank_cli_end_to_end_with_the_tiny_model(focus_reference, tiny_checkpoin
     assert (report / "metrics.csv").is_file() and "<svg" in (report / "report.html").read_text()
 
     assert run_rank_cli("rank", tmp_path / "nope", "--task", "sod")[0] == 2
+
+
+def test_rank_says_which_of_several_gt_masks_an_image_is_scored_against(
+    focus_reference, tiny_checkpoint, tmp_path
+):
+    """img0.png and img0_gt.png in --gt are both named after img0: export would refuse the
+    pair; rank scores against the first, and says so once, before the model loads."""
+    from napari_focus.series.references import MaskFolder
+
+    images, gt = tmp_path / "images", tmp_path / "gt"
+    source = Image.open(focus_reference / "input.png").convert("RGB")
+    images.mkdir()
+    source.resize((64, 48)).save(images / "img0.jpg")
+    source.resize((64, 48)).save(images / "img1.jpg")
+    square = np.zeros((48, 64), np.uint8)
+    square[10:38, 16:48] = 255
+    write_png(gt / "img0_gt.png", square)
+    write_png(gt / "img0.png", 255 - square)
+    write_png(gt / "img1_mask.png", square)
+    assert [p.name for p in MaskFolder(gt).all_named_after(images / "img0.jpg")] == [
+        "img0.png", "img0_gt.png"
+    ]  # fmt: skip
+    code, err = run_rank_cli(
+        "rank", images, "--task", "sod", "--weights", tiny_checkpoint, "--device", "cpu",
+        "--gt", gt, "--out", tmp_path / "rank.csv", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert err.count("several masks") == 1, err
+    assert (f"note: --gt: several masks in {gt} are named after 1 image (img0.jpg: img0.png, "
+            "img0_gt.png); each is scored against the first of them") in err  # fmt: skip
     assert run_rank_cli("rank", images, "--task", "sod", "--gt", tmp_path / "nope")[0] == 2
     code, err = run_rank_cli("rank", images, "--task", "sod", "--weights", tmp_path / "x.pth")
     assert code == 2 and f"--weights {tmp_path / 'x.pth'}: no such file" in err

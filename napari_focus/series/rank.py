@@ -210,6 +210,17 @@ def shared_reference_groups(
     return [(mask, keys) for mask, keys in claims.values() if len(keys) > 1]
 
 
+def several_references(
+    root: Path, keys: list[str], gt_folder: str | os.PathLike
+) -> list[tuple[str, list[Path]]]:
+    """(image, its candidate masks) for every image of ``keys`` that several ground-truth
+    masks of ``gt_folder`` are named after (``a.png`` and ``a_gt.png``); the first is the
+    one it is scored against."""
+    masks = MaskFolder(gt_folder)
+    found = ((key, masks.all_named_after(root / key, relative=key)) for key in keys)
+    return [(key, candidates) for key, candidates in found if len(candidates) > 1]
+
+
 def _without_masks(root: Path, keys: list[str]) -> list[str]:
     """Drop the files that are another listed image's mask (masks beside their images)."""
     beside = MaskFolder(root)

@@ -14,7 +14,13 @@ from ..fs_text import CSV_ERRORS
 from ..input_files import images_in_subfolders
 from ..mask_provenance import mask_folders_note
 from ..quality import DEFAULT_UNCERTAINTY, REPORT_TITLE, UNCERTAINTY_METHODS
-from .rank import images_to_rank, rank_folder, shared_reference_groups, write_ranking_csv
+from .rank import (
+    images_to_rank,
+    rank_folder,
+    several_references,
+    shared_reference_groups,
+    write_ranking_csv,
+)
 
 
 def add_rank_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -87,6 +93,23 @@ def _say_shared_references(folder: Path, keys: list[str], gt: str) -> None:
               f"{', '.join(claimants)}; these fail, unscored: each image needs a mask of its "
               "own stem (rename them), and images in subfolders their masks in the same "
               f"subfolders of --gt {gt}", file=sys.stderr)  # fmt: skip
+
+
+def _say_several_references(folder: Path, keys: list[str], gt: str) -> None:
+    """The images that several --gt masks are named after, and which one counts."""
+    from ..cli_common import plural
+
+    several = several_references(folder, keys, gt)
+    if not several:
+        return
+    shown = "; ".join(
+        f"{key}: {', '.join(mask.name for mask in masks)}" for key, masks in several[:3]
+    )
+    more = f"; and {len(several) - 3} more" if len(several) > 3 else ""
+    print(f"napari-focus: note: --gt: several masks in {gt} are named after "
+          f"{plural(len(several), 'image')} ({shown}{more}); each is scored against the "
+          "first of them (<stem>.png before <stem>_gt.png before <stem>_mask.png): move the "
+          "others out of --gt to choose another", file=sys.stderr)  # fmt: skip
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -165,6 +188,7 @@ def run_rank(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     if args.gt:
         _say_shared_references(folder, keys, args.gt)
+        _say_several_references(folder, keys, args.gt)
     predictor = load_predictor_or_say_why(args)
     if predictor is None:
         return EXIT_SETUP_ERROR

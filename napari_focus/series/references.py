@@ -41,6 +41,14 @@ class MaskFolder:
     ) -> Path | None:
         """The first mask file named after ``image_path`` (never the image itself), also
         when another image beside it has its stem (:meth:`find` then gives None)."""
+        found = self.all_named_after(image_path, relative=relative)
+        return found[0] if found else None
+
+    def all_named_after(
+        self, image_path: str | os.PathLike, *, relative: str | os.PathLike | None = None
+    ) -> list[Path]:
+        """Every mask file named after ``image_path`` in the first folder that has one,
+        in the order of precedence (:func:`reference_mask_path`)."""
         image = Path(image_path)
         stem = image.stem
         folders = [self.root]
@@ -49,12 +57,13 @@ class MaskFolder:
         image_resolved = image.resolve()
         for folder in folders:
             by_name = self._listing(folder)
-            for extension in MASK_EXTENSIONS:
-                for suffix in MASK_SUFFIXES:
-                    found = by_name.get(f"{stem}{suffix}{extension}".lower())
-                    if found is not None and found.resolve() != image_resolved:
-                        return found
-        return None
+            names = [f"{stem}{suffix}{ext}".lower() for ext in MASK_EXTENSIONS
+                     for suffix in MASK_SUFFIXES]  # fmt: skip
+            found = [by_name[name] for name in names if name in by_name]
+            found = [path for path in found if path.resolve() != image_resolved]
+            if found:
+                return found
+        return []
 
 
 def _shares_stem(image: Path) -> bool:
