@@ -369,3 +369,26 @@ def test_find_reference_mask_by_stem(tmp_path):
     # in the image folder itself: never the image, but its _gt file
     assert reference_mask_path(images / "two.png", images) == images / "two_gt.png"
     assert reference_mask_path(images / "four.png", images) is None
+
+
+def test_a_save_encodes_again_only_what_changed_and_writes_the_whole_state(tmp_path):
+    """Saves keep each item's encoded line: what a save writes is still the text of the
+    whole state, every change since the last save in it, whatever the order now."""
+    from napari_focus.series.queue import ImageQueue
+    from napari_focus.series.state import SeriesState
+    from napari_focus.series.state_file import state_text
+
+    queue = ImageQueue.from_names([f"img{i}" for i in range(6)])
+    state = SeriesState(tmp_path, queue, {})
+    state.save()
+    state.record_export("img2", {"layout": "duts-tr", "name": "img2"})
+    state.mark("img2", Status.ACCEPTED)
+    queue.order_by({"img4": 0.9, "img1": 0.5}, descending=True)
+    state.mark("img5", Status.SKIPPED)
+    written = state.state_path.read_text(encoding="utf-8")
+    assert written == state_text(state.to_json())  # as a save from scratch writes it
+    items = json.loads(written)["items"]
+    assert [item["key"] for item in items[:2]] == ["img4", "img1"]
+    by_key = {item["key"]: item for item in items}
+    assert by_key["img2"]["status"] == "accepted" and by_key["img2"]["export"]["name"] == "img2"
+    assert by_key["img5"]["status"] == "skipped"

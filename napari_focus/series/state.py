@@ -95,6 +95,8 @@ class SeriesState:
     _synced: Synced = field(default_factory=Synced, init=False, repr=False)
     _save_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _saved_current: str | None = field(default=None, init=False, repr=False)
+    #: each item's last record and its encoded line (a save encodes the changed ones)
+    _lines: dict[str, tuple[dict, str]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def state_path(self) -> Path:
@@ -143,7 +145,7 @@ class SeriesState:
             saved = self._saved_by_others()
             self.merged = merge_saved(self.queue, self._synced, saved) if saved else []
             data = self.to_json()
-            text = state_text(data)
+            text = state_text(data, self._lines)
             keep_backup(self.state_path, self.backup_path)
             path = atomic_write_text(self.state_path, text)
             self._synced.remember(data["items"], file_stamp(path))
