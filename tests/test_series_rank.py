@@ -234,7 +234,7 @@ def test_rank_says_which_of_several_gt_masks_an_image_is_scored_against(
     ]  # fmt: skip
     code, err = run_rank_cli(
         "rank", images, "--task", "sod", "--weights", tiny_checkpoint, "--device", "cpu",
-        "--gt", gt, "--out", tmp_path / "rank.csv", "--quiet",
+        "--gt", gt, "--out", tmp_path / "rank.csv",
     )  # fmt: skip
     assert code == 0, err
     assert err.count("several masks") == 1, err

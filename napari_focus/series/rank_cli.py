@@ -188,7 +188,8 @@ def run_rank(args: argparse.Namespace) -> int:
         return EXIT_SETUP_ERROR
     if args.gt:
         _say_shared_references(folder, keys, args.gt)
-        _say_several_references(folder, keys, args.gt)
+        if not args.quiet:
+            _say_several_references(folder, keys, args.gt)
     predictor = load_predictor_or_say_why(args)
     if predictor is None:
         return EXIT_SETUP_ERROR
